@@ -1,0 +1,140 @@
+//! The JSON bodies of the tracker's HTTP API, shared by the tracker and its clients.
+
+use serde::{Deserialize, Serialize};
+
+/// Answer to `POST /assets`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PublishResponse {
+    /// The asset id.
+    pub id: String,
+    /// Asset name.
+    pub name: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Number of chunks.
+    pub chunks: u32,
+    /// False when the asset was already in the catalog (publishing is idempotent).
+    pub created: bool,
+}
+
+/// One catalog entry, in `GET /assets`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AssetSummary {
+    /// The asset id.
+    pub id: String,
+    /// Asset name.
+    pub name: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Chunk size in bytes.
+    pub chunk_size: u32,
+    /// Number of chunks.
+    pub chunks: u32,
+}
+
+/// Body of `POST /assets/{id}/announce`: join a swarm or heartbeat.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AnnounceRequest {
+    /// A random id the peer keeps for its lifetime.
+    pub peer_id: String,
+    /// Where the peer serves chunks, as `ip:port`. An unspecified ip (`0.0.0.0:7001`,
+    /// `[::]:7001`) means "the address you see my announce come from". `None` means the
+    /// peer only downloads and is never handed to others.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addr: Option<String>,
+    /// The peer holds every chunk.
+    #[serde(default)]
+    pub complete: bool,
+    /// Hex bitfield of the chunks held, when not complete.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub have: Option<String>,
+    /// The peer is an origin: the swarm's fallback of last resort.
+    #[serde(default)]
+    pub origin: bool,
+    /// `"stopped"` to leave the swarm now instead of timing out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<String>,
+    /// Bytes this peer has served of this asset since it started.
+    #[serde(default)]
+    pub uploaded: u64,
+    /// Bytes this peer has downloaded of this asset from the network since it started.
+    #[serde(default)]
+    pub downloaded: u64,
+}
+
+/// A peer as the tracker hands it out.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// The peer's id.
+    pub peer_id: String,
+    /// Where to connect, `ip:port`.
+    pub addr: String,
+    /// The peer holds every chunk.
+    pub complete: bool,
+    /// Hex bitfield of the chunks held, when not complete.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub have: Option<String>,
+    /// The peer is an origin.
+    pub origin: bool,
+    /// Seconds since the peer last announced.
+    pub last_seen_secs: u64,
+}
+
+/// Answer to an announce.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AnnounceResponse {
+    /// Announce again within this many seconds to stay in the swarm.
+    pub interval_secs: u64,
+    /// Chunk count of the asset.
+    pub chunk_count: u32,
+    /// Peers to use (never the announcing peer, never an origin).
+    pub peers: Vec<PeerInfo>,
+    /// The swarm's origins, to use as a fallback.
+    pub origins: Vec<PeerInfo>,
+    /// The address the tracker recorded for this peer, when it serves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub your_addr: Option<String>,
+}
+
+/// Per-swarm figures in `GET /stats`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SwarmStats {
+    /// The asset id.
+    pub id: String,
+    /// Asset name.
+    pub name: String,
+    /// Serving peers, origins included.
+    pub peers: usize,
+    /// Peers holding every chunk, origins included.
+    pub seeders: usize,
+    /// Origins.
+    pub origins: usize,
+    /// Bytes served as reported by the swarm's current peers (origins included).
+    pub uploaded: u64,
+    /// Bytes served by origins, as they report it.
+    pub origin_uploaded: u64,
+    /// Announces received for this asset.
+    pub announces: u64,
+}
+
+/// `GET /stats`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Stats {
+    /// Assets in the catalog.
+    pub assets: usize,
+    /// Serving peers across all swarms.
+    pub peers: usize,
+    /// Announces received since the tracker started.
+    pub announces: u64,
+    /// Seconds since the tracker started.
+    pub uptime_secs: u64,
+    /// One entry per swarm with at least one peer.
+    pub swarms: Vec<SwarmStats>,
+}
+
+/// The body of every error answer.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ErrorBody {
+    /// What went wrong and, where useful, what to do.
+    pub error: String,
+}

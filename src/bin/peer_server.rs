@@ -1,0 +1,81 @@
+//! `peer_server`: seed files and serve the chunks of a store to other peers.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::Parser;
+use swarmcache::cli::{self, EXIT_OK};
+use swarmcache::server::{DEFAULT_MAX_CONNS, Server, ServerConfig};
+
+/// Serve the chunks of a store to other peers over the swarmcache wire protocol, and
+/// announce what the store holds to a tracker on a heartbeat.
+///
+/// Prints "seeded ID NAME" for each --seed, then "listening on ADDR" on stdout once it
+/// accepts connections.
+///
+/// Example (the origin of a swarm):
+///   peer_server --origin --listen 127.0.0.1:7001 --store ./origin --seed big.iso --tracker http://127.0.0.1:7070
+#[derive(Parser)]
+#[command(version, verbatim_doc_comment)]
+struct Args {
+    /// Address to listen on, e.g. 127.0.0.1:7001, 0.0.0.0:7001, [::]:7001; port 0 picks one.
+    #[arg(long, default_value = "127.0.0.1:7001")]
+    listen: SocketAddr,
+    /// Store directory whose assets are served (shared with peer_client; default: the user's cache).
+    #[arg(long)]
+    store: Option<PathBuf>,
+    /// Import this file into the store (and publish its manifest when --tracker is given). Repeatable.
+    #[arg(long)]
+    seed: Vec<PathBuf>,
+    /// Chunk size for --seed files, 16KiB to 64MiB.
+    #[arg(long, default_value = "1MiB", value_parser = cli::chunk_size_arg)]
+    chunk_size: u32,
+    /// Tracker URL to publish to and announce at, e.g. http://127.0.0.1:7070.
+    #[arg(long)]
+    tracker: Option<String>,
+    /// Register as the origin: the fallback of last resort for every asset served.
+    #[arg(long)]
+    origin: bool,
+    /// Address other peers should connect to, when it differs from --listen (NAT, 0.0.0.0).
+    /// Without it, a wildcard listen address is announced as the address the tracker sees.
+    #[arg(long)]
+    advertise_addr: Option<SocketAddr>,
+    /// Connections served at once; more are refused with "busy".
+    #[arg(long, default_value_t = DEFAULT_MAX_CONNS)]
+    max_conns: usize,
+    /// Upload cap for the whole process, e.g. 50MiB (per second).
+    #[arg(long, value_parser = cli::size_arg)]
+    max_upload_rate: Option<u64>,
+    /// Heartbeat period (default: what the tracker asks for).
+    #[arg(long, value_parser = cli::duration_arg)]
+    announce_interval: Option<Duration>,
+}
+
+fn run(args: Args) -> Result<u8> {
+    let config = ServerConfig {
+        listen: args.listen,
+        store: args.store.unwrap_or_else(cli::default_store),
+        seeds: args.seed,
+        chunk_size: args.chunk_size,
+        tracker: args.tracker,
+        origin: args.origin,
+        advertise: args.advertise_addr,
+        max_conns: args.max_conns,
+        max_upload_rate: args.max_upload_rate,
+        announce_interval: args.announce_interval,
+    };
+    let server = Server::bind(config)?;
+    for manifest in server.seeded() {
+        cli::println(&format!("seeded {} {}", manifest.id(), manifest.name))?;
+    }
+    cli::println(&format!("listening on {}", server.local_addr()))?;
+    server.serve()?;
+    Ok(EXIT_OK)
+}
+
+fn main() -> ExitCode {
+    cli::finish("peer_server", run(Args::parse()))
+}

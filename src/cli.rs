@@ -1,0 +1,74 @@
+//! What the binaries share: exit codes, error reporting, and stdout that tolerates a
+//! closed pipe.
+
+use std::io::{self, Write};
+use std::process::ExitCode;
+
+/// Exit status for success.
+pub const EXIT_OK: u8 = 0;
+/// Exit status for a failure (what failed is on stderr).
+pub const EXIT_FAILED: u8 = 1;
+/// Exit status for a usage error (bad flags or arguments), as clap uses.
+pub const EXIT_USAGE: u8 = 2;
+
+/// Turns a command's result into an exit code, printing the error chain on stderr.
+/// A broken pipe on stdout (`chunkify big.iso | head`) is not a failure.
+pub fn finish(program: &str, result: anyhow::Result<u8>) -> ExitCode {
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) if is_broken_pipe(&e) => ExitCode::from(EXIT_OK),
+        Err(e) => {
+            eprintln!("{program}: error: {e:#}");
+            ExitCode::from(EXIT_FAILED)
+        }
+    }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<io::Error>()
+            .is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// Writes `text` and a newline to stdout and flushes, so scripts see each line at once.
+pub fn println(text: &str) -> io::Result<()> {
+    let mut out = io::stdout().lock();
+    writeln!(out, "{text}")?;
+    out.flush()
+}
+
+/// Parses a size flag (`1MiB`, `25MiB`, `65536`) for clap.
+pub fn size_arg(text: &str) -> Result<u64, String> {
+    crate::units::parse_size(text)
+}
+
+/// Parses a duration flag (`500ms`, `10s`, `2m`) for clap.
+pub fn duration_arg(text: &str) -> Result<std::time::Duration, String> {
+    crate::units::parse_duration(text)
+}
+
+/// Parses a chunk size flag for clap, checking the manifest's bounds.
+pub fn chunk_size_arg(text: &str) -> Result<u32, String> {
+    let size = crate::units::parse_size(text)?;
+    let min = crate::manifest::MIN_CHUNK_SIZE as u64;
+    let max = crate::manifest::MAX_CHUNK_SIZE as u64;
+    if !(min..=max).contains(&size) {
+        return Err(format!("chunk size {text} is outside 16KiB..=64MiB"));
+    }
+    Ok(size as u32)
+}
+
+/// The default store: `$XDG_CACHE_HOME/swarmcache`, else `~/.cache/swarmcache`, else
+/// `./swarmcache-store`.
+pub fn default_store() -> std::path::PathBuf {
+    use std::path::PathBuf;
+    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir).join("swarmcache");
+    }
+    if let Some(home) = std::env::var_os("HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(home).join(".cache").join("swarmcache");
+    }
+    PathBuf::from("swarmcache-store")
+}

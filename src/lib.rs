@@ -1,0 +1,42 @@
+//! swarmcache: peer-assisted, centrally controlled content delivery.
+//!
+//! A file is cut into fixed-size chunks, each with a SHA-256 checksum, described by a
+//! [`manifest::Manifest`] whose hash is the asset id. A [`tracker`] is the authority: it
+//! keeps the catalog of manifests durable on disk and knows which peers hold which asset.
+//! A [`server`] serves the chunks in its [`store`] to other peers over the binary [`wire`]
+//! protocol; with `--origin` it is the swarm's fallback of last resort. A [`client`] takes
+//! an asset from its local store first, then in parallel from peers, then from the origin,
+//! verifying every chunk before it is written. The binaries in `src/bin` are thin shells
+//! over these modules.
+//!
+//! Modules:
+//! - [`units`]: human sizes and durations (`1MiB`, `60s`) for flags.
+//! - [`bitfield`]: which chunks a peer or store holds.
+//! - [`manifest`]: the manifest format, asset ids, parallel chunk hashing, verification.
+//! - [`store`]: the content-addressed, crash-safe directory of assets.
+//! - [`wire`]: the peer protocol codec (frames, messages, limits).
+//! - [`ratelimit`]: a token bucket shared by the connections of a process.
+//! - [`api`]: the JSON types of the tracker's HTTP API.
+//! - [`catalog`]: the tracker's durable catalog of manifests.
+//! - [`tracker`]: the tracker's swarms and its HTTP server.
+//! - [`tracker_client`]: the HTTP client side of the tracker API.
+//! - [`server`]: the peer server (seeding and serving chunks).
+//! - [`client`]: downloads: scheduler, connection workers, summary.
+//! - [`cli`]: helpers shared by the binaries (exit codes, logging).
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod api;
+pub mod bitfield;
+pub mod catalog;
+pub mod cli;
+pub mod client;
+pub mod manifest;
+pub mod ratelimit;
+pub mod server;
+pub mod store;
+pub mod tracker;
+pub mod tracker_client;
+pub mod units;
+pub mod wire;

@@ -1,0 +1,568 @@
+//! The manifest: what an asset is (name, size, chunking, SHA-256 of every chunk and of the
+//! whole), its canonical encoding and asset id, and parallel chunk hashing and verification.
+
+use std::fmt;
+use std::io::{self, Read};
+use std::str::FromStr;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use crossbeam_channel::bounded;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+/// The manifest format this build writes and accepts.
+pub const FORMAT_VERSION: u32 = 1;
+/// Smallest chunk size: below 16 KiB the per-request overhead (a frame, a hash, a bitfield
+/// bit) outweighs the transfer and manifests grow large.
+pub const MIN_CHUNK_SIZE: u32 = 16 << 10;
+/// Largest chunk size: a chunk is held in memory whole while it is verified, so 64 MiB
+/// bounds a connection's buffer.
+pub const MAX_CHUNK_SIZE: u32 = 64 << 20;
+/// Default chunk size: 1 MiB is small enough to spread a 100 MiB file over many peers and
+/// large enough that one request per chunk costs nothing next to the transfer.
+pub const DEFAULT_CHUNK_SIZE: u32 = 1 << 20;
+/// Most chunks a manifest may list (1 TiB at 1 MiB chunks); bounds the manifest's memory.
+pub const MAX_CHUNKS: u64 = 1 << 20;
+/// Largest manifest text accepted: 1 Mi chunk lines of ~70 bytes, plus room.
+pub const MAX_MANIFEST_BYTES: usize = 80 << 20;
+/// Longest asset name in bytes (a common file-system limit).
+pub const MAX_NAME_BYTES: usize = 255;
+/// The prefix of the canonical encoding, so an asset id can never be confused with the
+/// hash of some other structure.
+pub const CANONICAL_MAGIC: &[u8; 20] = b"swarmcache/manifest\0";
+
+/// A SHA-256 digest.
+pub type Digest = [u8; 32];
+
+/// SHA-256 of a byte slice.
+pub fn sha256(data: &[u8]) -> Digest {
+    Sha256::digest(data).into()
+}
+
+/// The id of an asset: the SHA-256 of its manifest's canonical encoding.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AssetId(pub Digest);
+
+impl fmt::Display for AssetId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for AssetId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "AssetId({self})")
+    }
+}
+
+impl FromStr for AssetId {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        parse_digest(s.trim())
+            .map(AssetId)
+            .map_err(|_| format!("{s:?} is not an asset id (64 hex digits, as printed by `chunkify --id` or `peer_client publish`)"))
+    }
+}
+
+fn parse_digest(s: &str) -> Result<Digest, String> {
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(s, &mut out)
+        .map_err(|e| format!("{s:?} is not a SHA-256 hex digest: {e}"))?;
+    Ok(out)
+}
+
+/// A validated manifest. Construct it with [`Manifest::from_toml`] or [`chunkify`]; both
+/// check every bound, so the rest of the code can trust its fields.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Manifest {
+    /// Asset name: a single path component, safe to create in any directory.
+    pub name: String,
+    /// Total size in bytes.
+    pub size: u64,
+    /// Chunk size in bytes; every chunk but the last has exactly this size.
+    pub chunk_size: u32,
+    /// SHA-256 of the whole content.
+    pub sha256: Digest,
+    /// SHA-256 of each chunk, in order.
+    pub chunks: Vec<Digest>,
+}
+
+/// The TOML shape of a manifest, before validation.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ManifestToml {
+    format: u32,
+    name: String,
+    size: u64,
+    chunk_size: u32,
+    sha256: String,
+    chunks: Vec<String>,
+}
+
+/// Checks that `name` is one safe path component: not empty, at most 255 bytes, not `.`
+/// or `..`, and free of `/`, `\`, NUL and control characters.
+pub fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("asset name is empty".into());
+    }
+    if name.len() > MAX_NAME_BYTES {
+        return Err(format!(
+            "asset name is {} bytes long, at most {MAX_NAME_BYTES} allowed",
+            name.len()
+        ));
+    }
+    if name == "." || name == ".." {
+        return Err(format!("asset name {name:?} would escape its directory"));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|&c| c == '/' || c == '\\' || c.is_control())
+    {
+        return Err(format!(
+            "asset name {name:?} contains {c:?}; names must be one path component without control characters"
+        ));
+    }
+    Ok(())
+}
+
+/// Number of chunks needed for `size` bytes in chunks of `chunk_size`.
+pub fn chunk_count_for(size: u64, chunk_size: u32) -> u64 {
+    size.div_ceil(chunk_size as u64)
+}
+
+fn check_chunk_size(chunk_size: u32) -> Result<(), String> {
+    if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&chunk_size) {
+        return Err(format!(
+            "chunk size {chunk_size} is outside {MIN_CHUNK_SIZE}..={MAX_CHUNK_SIZE} bytes (16 KiB to 64 MiB)"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks name, chunk size and that `count` hashes are exactly what `size` needs.
+fn check_shape(name: &str, size: u64, chunk_size: u32, count: usize) -> Result<(), String> {
+    check_name(name)?;
+    check_chunk_size(chunk_size)?;
+    let expected = chunk_count_for(size, chunk_size);
+    if expected > MAX_CHUNKS {
+        return Err(format!(
+            "{size} bytes in chunks of {chunk_size} make {expected} chunks, more than the {MAX_CHUNKS} allowed; use a larger chunk size"
+        ));
+    }
+    if count as u64 != expected {
+        return Err(format!(
+            "size {size} with chunk size {chunk_size} needs {expected} chunk hashes, the manifest lists {count}"
+        ));
+    }
+    Ok(())
+}
+
+impl Manifest {
+    /// Builds a manifest from its parts, checking every bound.
+    pub fn new(
+        name: String,
+        size: u64,
+        chunk_size: u32,
+        sha256: Digest,
+        chunks: Vec<Digest>,
+    ) -> Result<Self, String> {
+        check_shape(&name, size, chunk_size, chunks.len())?;
+        Ok(Manifest {
+            name,
+            size,
+            chunk_size,
+            sha256,
+            chunks,
+        })
+    }
+
+    /// Parses and validates manifest TOML.
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        if text.len() > MAX_MANIFEST_BYTES {
+            return Err(format!(
+                "manifest is {} bytes, more than the {MAX_MANIFEST_BYTES} allowed",
+                text.len()
+            ));
+        }
+        let raw: ManifestToml =
+            toml::from_str(text).map_err(|e| format!("manifest is not valid TOML: {e}"))?;
+        if raw.format != FORMAT_VERSION {
+            return Err(format!(
+                "manifest format {} is not supported (this build reads format {FORMAT_VERSION})",
+                raw.format
+            ));
+        }
+        // Check the shape before decoding every hash, so a bad list fails fast.
+        check_shape(&raw.name, raw.size, raw.chunk_size, raw.chunks.len())?;
+        let sha256 = parse_digest(&raw.sha256).map_err(|e| format!("manifest sha256: {e}"))?;
+        let chunks = raw
+            .chunks
+            .iter()
+            .enumerate()
+            .map(|(i, h)| parse_digest(h).map_err(|e| format!("manifest chunk {i}: {e}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        Manifest::new(raw.name, raw.size, raw.chunk_size, sha256, chunks)
+    }
+
+    /// Reads and validates a manifest from a reader, refusing more than [`MAX_MANIFEST_BYTES`].
+    pub fn read_from(reader: impl Read) -> Result<Self> {
+        let mut text = String::new();
+        reader
+            .take(MAX_MANIFEST_BYTES as u64 + 1)
+            .read_to_string(&mut text)
+            .context("reading manifest (it must be UTF-8 TOML)")?;
+        Manifest::from_toml(&text).map_err(anyhow::Error::msg)
+    }
+
+    /// The manifest as TOML, one chunk hash per line.
+    pub fn to_toml(&self) -> String {
+        let raw = ManifestToml {
+            format: FORMAT_VERSION,
+            name: self.name.clone(),
+            size: self.size,
+            chunk_size: self.chunk_size,
+            sha256: hex::encode(self.sha256),
+            chunks: self.chunks.iter().map(hex::encode).collect(),
+        };
+        toml::to_string_pretty(&raw).expect("a manifest always serializes")
+    }
+
+    /// The canonical binary encoding that the asset id hashes (see PROTOCOL.md).
+    pub fn canonical_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(100 + self.name.len() + 32 * self.chunks.len());
+        out.extend_from_slice(CANONICAL_MAGIC);
+        out.extend_from_slice(&FORMAT_VERSION.to_be_bytes());
+        out.extend_from_slice(&(self.name.len() as u16).to_be_bytes());
+        out.extend_from_slice(self.name.as_bytes());
+        out.extend_from_slice(&self.size.to_be_bytes());
+        out.extend_from_slice(&self.chunk_size.to_be_bytes());
+        out.extend_from_slice(&self.sha256);
+        out.extend_from_slice(&(self.chunks.len() as u32).to_be_bytes());
+        for chunk in &self.chunks {
+            out.extend_from_slice(chunk);
+        }
+        out
+    }
+
+    /// The asset id: SHA-256 of [`Manifest::canonical_bytes`].
+    pub fn id(&self) -> AssetId {
+        AssetId(sha256(&self.canonical_bytes()))
+    }
+
+    /// Number of chunks.
+    pub fn chunk_count(&self) -> u32 {
+        self.chunks.len() as u32
+    }
+
+    /// Byte offset of chunk `index`.
+    pub fn chunk_offset(&self, index: u32) -> u64 {
+        index as u64 * self.chunk_size as u64
+    }
+
+    /// Length in bytes of chunk `index` (the last one may be short).
+    pub fn chunk_len(&self, index: u32) -> u32 {
+        let start = self.chunk_offset(index);
+        (self.size - start).min(self.chunk_size as u64) as u32
+    }
+
+    /// Whether `data` is exactly chunk `index`.
+    pub fn chunk_matches(&self, index: u32, data: &[u8]) -> bool {
+        (index as usize) < self.chunks.len()
+            && data.len() == self.chunk_len(index) as usize
+            && sha256(data) == self.chunks[index as usize]
+    }
+}
+
+/// What hashing a stream produced: its size, the SHA-256 of each chunk and of the whole.
+#[derive(Debug)]
+pub struct StreamHashes {
+    /// Bytes read.
+    pub size: u64,
+    /// SHA-256 of each chunk, in order.
+    pub chunks: Vec<Digest>,
+    /// SHA-256 of everything read.
+    pub whole: Digest,
+}
+
+/// Reads until `buf` is full or the input ends; returns the bytes read.
+fn read_full(input: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match input.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+/// Hashes a stream in chunks of `chunk_size`: this thread reads, one thread per core hashes
+/// chunks, and one more thread hashes the whole content in order, so reading and both kinds
+/// of hashing overlap. Buffers are recycled; at most about two per thread are alive.
+pub fn hash_stream(mut input: impl Read, chunk_size: u32) -> Result<StreamHashes> {
+    check_chunk_size(chunk_size).map_err(anyhow::Error::msg)?;
+    let hashers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let in_flight = hashers * 2 + 2;
+    let (job_tx, job_rx) = bounded::<(usize, Arc<Vec<u8>>)>(in_flight);
+    let (whole_tx, whole_rx) = bounded::<Arc<Vec<u8>>>(in_flight);
+    let (spare_tx, spare_rx) = bounded::<Vec<u8>>(in_flight * 2);
+    let (done_tx, done_rx) = crossbeam_channel::unbounded::<(usize, Digest)>();
+
+    std::thread::scope(|scope| -> Result<StreamHashes> {
+        for _ in 0..hashers {
+            let (job_rx, done_tx, spare_tx) = (job_rx.clone(), done_tx.clone(), spare_tx.clone());
+            scope.spawn(move || {
+                for (index, buf) in job_rx {
+                    let _ = done_tx.send((index, sha256(&buf)));
+                    if let Some(buf) = Arc::into_inner(buf) {
+                        let _ = spare_tx.try_send(buf);
+                    }
+                }
+            });
+        }
+        drop(done_tx);
+        let whole_spare = spare_tx.clone();
+        let whole = scope.spawn(move || {
+            let mut hasher = Sha256::new();
+            for buf in whole_rx {
+                hasher.update(&buf[..]);
+                if let Some(buf) = Arc::into_inner(buf) {
+                    let _ = whole_spare.try_send(buf);
+                }
+            }
+            let digest: Digest = hasher.finalize().into();
+            digest
+        });
+
+        let mut size = 0u64;
+        let mut count = 0usize;
+        let read_result = loop {
+            let mut buf = spare_rx.try_recv().unwrap_or_default();
+            buf.resize(chunk_size as usize, 0);
+            let n = match read_full(&mut input, &mut buf) {
+                Ok(n) => n,
+                Err(e) => break Err(e),
+            };
+            if n == 0 {
+                break Ok(());
+            }
+            buf.truncate(n);
+            size += n as u64;
+            if chunk_count_for(size, chunk_size) > MAX_CHUNKS {
+                break Err(io::Error::other(format!(
+                    "input is larger than {MAX_CHUNKS} chunks of {chunk_size} bytes; use a larger --chunk-size"
+                )));
+            }
+            let buf = Arc::new(buf);
+            // The receivers live until the senders are dropped, so these sends cannot fail.
+            let _ = job_tx.send((count, buf.clone()));
+            let _ = whole_tx.send(buf);
+            count += 1;
+            if n < chunk_size as usize {
+                break Ok(());
+            }
+        };
+        drop(job_tx);
+        drop(whole_tx);
+        let whole = whole.join().expect("whole-content hasher panicked");
+        read_result.context("reading input")?;
+        let mut chunks = vec![[0u8; 32]; count];
+        for (index, digest) in done_rx {
+            chunks[index] = digest;
+        }
+        Ok(StreamHashes {
+            size,
+            chunks,
+            whole,
+        })
+    })
+}
+
+/// Cuts a stream into chunks, hashes them in parallel, and returns its manifest.
+pub fn chunkify(input: impl Read, name: &str, chunk_size: u32) -> Result<Manifest> {
+    check_name(name).map_err(anyhow::Error::msg)?;
+    let hashes = hash_stream(input, chunk_size)?;
+    Manifest::new(
+        name.to_string(),
+        hashes.size,
+        chunk_size,
+        hashes.whole,
+        hashes.chunks,
+    )
+    .map_err(anyhow::Error::msg)
+}
+
+/// The outcome of checking content against a manifest.
+#[derive(Debug, PartialEq, Eq)]
+pub struct VerifyReport {
+    /// Bytes the content has.
+    pub size: u64,
+    /// Indexes of the manifest's chunks that are missing or differ.
+    pub bad_chunks: Vec<u32>,
+    /// Whether the whole-content SHA-256 matches.
+    pub whole_matches: bool,
+}
+
+impl VerifyReport {
+    /// True when the content is exactly the manifest's.
+    pub fn ok(&self) -> bool {
+        self.bad_chunks.is_empty() && self.whole_matches
+    }
+}
+
+/// Checks a stream against a manifest chunk by chunk and as a whole.
+pub fn verify(manifest: &Manifest, input: impl Read) -> Result<VerifyReport> {
+    let hashes = hash_stream(input, manifest.chunk_size)?;
+    let bad_chunks = (0..manifest.chunk_count())
+        .filter(|&i| hashes.chunks.get(i as usize) != Some(&manifest.chunks[i as usize]))
+        .collect();
+    let whole_matches = hashes.size == manifest.size && hashes.whole == manifest.sha256;
+    Ok(VerifyReport {
+        size: hashes.size,
+        bad_chunks,
+        whole_matches,
+    })
+}
+
+/// Fails with a clear message unless `text` parses as an asset id.
+pub fn parse_asset_id(text: &str) -> Result<AssetId> {
+    match text.parse() {
+        Ok(id) => Ok(id),
+        Err(e) => bail!(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 7 + i / 251) as u8).collect()
+    }
+
+    #[test]
+    fn chunkify_cuts_and_hashes_every_chunk() {
+        let bytes = data(3 * MIN_CHUNK_SIZE as usize + 5);
+        let m = chunkify(&bytes[..], "a.bin", MIN_CHUNK_SIZE).unwrap();
+        assert_eq!(m.chunk_count(), 4);
+        assert_eq!(m.chunk_len(3), 5);
+        assert_eq!(m.sha256, sha256(&bytes));
+        assert_eq!(
+            m.chunks[1],
+            sha256(&bytes[MIN_CHUNK_SIZE as usize..2 * MIN_CHUNK_SIZE as usize])
+        );
+        assert!(m.chunk_matches(3, &bytes[3 * MIN_CHUNK_SIZE as usize..]));
+    }
+
+    #[test]
+    fn empty_and_one_byte_inputs_have_zero_and_one_chunks() {
+        let empty = chunkify(&[][..], "e", MIN_CHUNK_SIZE).unwrap();
+        assert_eq!((empty.size, empty.chunk_count()), (0, 0));
+        assert_eq!(empty.sha256, sha256(b""));
+        let one = chunkify(&[42u8][..], "o", MIN_CHUNK_SIZE).unwrap();
+        assert_eq!((one.size, one.chunk_count(), one.chunk_len(0)), (1, 1, 1));
+    }
+
+    #[test]
+    fn toml_round_trips_and_id_is_stable() {
+        let m = chunkify(&data(100_000)[..], "x.iso", MIN_CHUNK_SIZE).unwrap();
+        let back = Manifest::from_toml(&m.to_toml()).unwrap();
+        assert_eq!(back, m);
+        assert_eq!(back.id(), m.id());
+        // Golden id: the canonical encoding must never change between builds.
+        let fixed = Manifest::new(
+            "golden".into(),
+            1,
+            MIN_CHUNK_SIZE,
+            sha256(b"a"),
+            vec![sha256(b"a")],
+        )
+        .unwrap();
+        assert_eq!(
+            fixed.id().to_string(),
+            "64c76c206f8ba83391620dcfe7f276729164d76f370a7da8259aa930bf19742d"
+        );
+    }
+
+    #[test]
+    fn any_change_changes_the_id() {
+        let m = chunkify(&data(50_000)[..], "x", MIN_CHUNK_SIZE).unwrap();
+        let mut renamed = m.clone();
+        renamed.name = "y".into();
+        let mut other_chunk = m.clone();
+        other_chunk.chunks[0][0] ^= 1;
+        assert_ne!(m.id(), renamed.id());
+        assert_ne!(m.id(), other_chunk.id());
+    }
+
+    #[test]
+    fn bounds_are_checked() {
+        let h = sha256(b"");
+        assert!(
+            Manifest::new("a".into(), 10, 1000, h, vec![h]).is_err(),
+            "chunk size below 16 KiB"
+        );
+        assert!(
+            Manifest::new("a".into(), 10, 128 << 20, h, vec![h]).is_err(),
+            "chunk size above 64 MiB"
+        );
+        assert!(
+            Manifest::new("a".into(), 100_000, MIN_CHUNK_SIZE, h, vec![h]).is_err(),
+            "too few hashes"
+        );
+        assert!(
+            Manifest::new("a".into(), 1 << 50, MIN_CHUNK_SIZE, h, vec![]).is_err(),
+            "too many chunks"
+        );
+        for bad in [
+            "",
+            ".",
+            "..",
+            "a/b",
+            "..\\x",
+            "a\0b",
+            "a\nb",
+            &"n".repeat(300),
+        ] {
+            assert!(
+                Manifest::new(bad.into(), 0, MIN_CHUNK_SIZE, h, vec![]).is_err(),
+                "name {bad:?}"
+            );
+        }
+        assert!(Manifest::new("ok name.iso".into(), 0, MIN_CHUNK_SIZE, h, vec![]).is_ok());
+    }
+
+    #[test]
+    fn bad_toml_is_rejected_with_a_reason() {
+        assert!(
+            Manifest::from_toml("not toml [")
+                .unwrap_err()
+                .contains("TOML")
+        );
+        let m = chunkify(&data(20_000)[..], "x", MIN_CHUNK_SIZE).unwrap();
+        let future = m.to_toml().replace("format = 1", "format = 9");
+        assert!(
+            Manifest::from_toml(&future)
+                .unwrap_err()
+                .contains("format 9")
+        );
+        let extra = format!("{}\nevil = 1\n", m.to_toml());
+        assert!(Manifest::from_toml(&extra).is_err());
+    }
+
+    #[test]
+    fn verify_names_the_bad_chunks() {
+        let mut bytes = data(4 * MIN_CHUNK_SIZE as usize);
+        let m = chunkify(&bytes[..], "v", MIN_CHUNK_SIZE).unwrap();
+        assert!(verify(&m, &bytes[..]).unwrap().ok());
+        bytes[2 * MIN_CHUNK_SIZE as usize + 1] ^= 0xff;
+        let report = verify(&m, &bytes[..]).unwrap();
+        assert_eq!(report.bad_chunks, vec![2]);
+        assert!(!report.whole_matches);
+        let short = verify(&m, &bytes[..MIN_CHUNK_SIZE as usize]).unwrap();
+        assert_eq!(short.bad_chunks, vec![1, 2, 3]);
+    }
+}

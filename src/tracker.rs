@@ -1,0 +1,568 @@
+//! The tracker: the authority. It serves the durable [`Catalog`] and the in-memory swarms
+//! (which peer holds what, where it listens, when it last announced) over an HTTP/JSON API
+//! that `curl` can use. Peers silent for longer than the peer timeout leave their swarm.
+//!
+//! | method and path | answer |
+//! |---|---|
+//! | `GET /health` | `{"status":"ok",…}` |
+//! | `GET /assets` | the catalog: `[{"id","name","size","chunk_size","chunks"}]` |
+//! | `POST /assets` (body: manifest TOML) | `{"id",…,"created"}`; 201 when new, 200 when known |
+//! | `GET /assets/{id}` | the manifest, as TOML |
+//! | `POST /assets/{id}/announce` (JSON) | peers and origins to use, and the heartbeat interval |
+//! | `GET /assets/{id}/peers` | every live peer of the swarm |
+//! | `GET /stats` | global and per-swarm figures |
+//!
+//! Errors are JSON `{"error": "…"}` with a 4xx or 5xx status.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use crate::api::{
+    AnnounceRequest, AnnounceResponse, AssetSummary, ErrorBody, PeerInfo, PublishResponse, Stats,
+    SwarmStats,
+};
+use crate::bitfield::Bitfield;
+use crate::catalog::Catalog;
+use crate::manifest::{AssetId, MAX_MANIFEST_BYTES, Manifest};
+
+/// Default time after which a silent peer leaves its swarm: three missed heartbeats at the
+/// default 20 s interval, so one lost announce never drops a healthy peer.
+pub const DEFAULT_PEER_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default number of peers handed out per announce: enough to fill a client's connection
+/// pool several times over, small enough to keep the answer a few kilobytes.
+pub const DEFAULT_MAX_PEERS: usize = 30;
+/// Largest JSON body accepted (an announce carries at most a 128 KiB bitfield in hex).
+const MAX_JSON_BODY: usize = 1 << 20;
+/// How often idle request threads look at the shutdown flag.
+const POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// Request-handling threads: the work per request is a map lookup, so a few suffice.
+const HTTP_THREADS: usize = 4;
+
+/// Validated tracker settings.
+#[derive(Clone, Debug)]
+pub struct TrackerConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Directory of the durable catalog.
+    pub data: PathBuf,
+    /// Silence after which a peer leaves its swarm.
+    pub peer_timeout: Duration,
+    /// Most peers handed out per announce.
+    pub max_peers: usize,
+}
+
+/// One peer of a swarm.
+#[derive(Debug)]
+struct Peer {
+    addr: SocketAddr,
+    have: Option<Bitfield>,
+    origin: bool,
+    last_seen: Instant,
+    uploaded: u64,
+}
+
+impl Peer {
+    fn info(&self, peer_id: &str, now: Instant) -> PeerInfo {
+        PeerInfo {
+            peer_id: peer_id.to_string(),
+            addr: self.addr.to_string(),
+            complete: self.have.is_none(),
+            have: self.have.as_ref().map(Bitfield::to_hex),
+            origin: self.origin,
+            last_seen_secs: now.duration_since(self.last_seen).as_secs(),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Swarm {
+    peers: HashMap<String, Peer>,
+    announces: u64,
+    /// Where the next answer's list of peers starts, so load spreads over every peer.
+    rotation: usize,
+}
+
+impl Swarm {
+    fn prune(&mut self, now: Instant, timeout: Duration) {
+        self.peers
+            .retain(|_, p| now.duration_since(p.last_seen) <= timeout);
+    }
+}
+
+struct State {
+    catalog: RwLock<Catalog>,
+    swarms: Mutex<HashMap<AssetId, Swarm>>,
+    started: Instant,
+    announces: AtomicU64,
+    peer_timeout: Duration,
+    max_peers: usize,
+}
+
+/// A failed request: the status and the message for the JSON error body.
+#[derive(Debug)]
+struct HttpError {
+    status: u16,
+    message: String,
+}
+
+fn err(status: u16, message: impl Into<String>) -> HttpError {
+    HttpError {
+        status,
+        message: message.into(),
+    }
+}
+
+/// What a handler answers.
+enum Reply {
+    Json(u16, String),
+    Toml(String),
+}
+
+fn json(status: u16, value: &impl Serialize) -> Reply {
+    Reply::Json(
+        status,
+        serde_json::to_string_pretty(value).expect("API types always serialize"),
+    )
+}
+
+/// A bound tracker, ready to [`Tracker::serve`].
+pub struct Tracker {
+    http: Arc<tiny_http::Server>,
+    addr: SocketAddr,
+    state: Arc<State>,
+    stop: Arc<AtomicBool>,
+}
+
+/// Stops a serving tracker from another thread.
+#[derive(Clone, Debug)]
+pub struct ShutdownHandle(Arc<AtomicBool>);
+
+impl ShutdownHandle {
+    /// Asks `serve` to return; it does so within about 100 ms.
+    pub fn shutdown(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Tracker {
+    /// Loads the catalog and binds the listening socket.
+    pub fn bind(config: &TrackerConfig) -> Result<Tracker> {
+        let catalog = Catalog::open(&config.data)?;
+        let listener = TcpListener::bind(config.listen).with_context(|| {
+            format!(
+                "binding the tracker to {} (is another process using it?)",
+                config.listen
+            )
+        })?;
+        let addr = listener.local_addr()?;
+        let http = tiny_http::Server::from_listener(listener, None)
+            .map_err(|e| anyhow::anyhow!("starting the HTTP server on {addr}: {e}"))?;
+        Ok(Tracker {
+            http: Arc::new(http),
+            addr,
+            state: Arc::new(State {
+                catalog: RwLock::new(catalog),
+                swarms: Mutex::new(HashMap::new()),
+                started: Instant::now(),
+                announces: AtomicU64::new(0),
+                peer_timeout: config.peer_timeout,
+                max_peers: config.max_peers,
+            }),
+            stop: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// A handle that stops [`Tracker::serve`].
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle(Arc::clone(&self.stop))
+    }
+
+    /// Answers requests until shut down.
+    pub fn serve(self) -> Result<()> {
+        let workers: Vec<_> = (0..HTTP_THREADS)
+            .map(|_| {
+                let (http, state, stop) = (
+                    Arc::clone(&self.http),
+                    Arc::clone(&self.state),
+                    Arc::clone(&self.stop),
+                );
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::SeqCst) {
+                        match http.recv_timeout(POLL_INTERVAL) {
+                            Ok(Some(request)) => state.respond(request),
+                            Ok(None) => {}
+                            Err(e) => eprintln!("tracker: accepting a request failed: {e}"),
+                        }
+                    }
+                })
+            })
+            .collect();
+        for worker in workers {
+            let _ = worker.join();
+        }
+        Ok(())
+    }
+}
+
+impl State {
+    fn respond(&self, mut request: tiny_http::Request) {
+        let remote = request.remote_addr().copied();
+        let reply = self
+            .route(&mut request, remote)
+            .unwrap_or_else(|e| json(e.status, &ErrorBody { error: e.message }));
+        let (status, body, content_type) = match reply {
+            Reply::Json(status, body) => (status, body, "application/json"),
+            Reply::Toml(body) => (200, body, "application/toml"),
+        };
+        let header =
+            tiny_http::Header::from_bytes("Content-Type", content_type).expect("static header");
+        let response = tiny_http::Response::from_string(body)
+            .with_status_code(status)
+            .with_header(header);
+        if let Err(e) = request.respond(response) {
+            eprintln!(
+                "tracker: answering {} failed: {e}",
+                remote.map_or("?".into(), |a| a.to_string())
+            );
+        }
+    }
+
+    fn route(
+        &self,
+        request: &mut tiny_http::Request,
+        remote: Option<SocketAddr>,
+    ) -> Result<Reply, HttpError> {
+        use tiny_http::Method::{Get, Post};
+        let path = request.url().split('?').next().unwrap_or("").to_string();
+        let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+        let method = request.method().clone();
+        match (&method, parts.as_slice()) {
+            (Get, ["health"]) => Ok(json(200, &self.health())),
+            (Get, ["stats"]) => Ok(json(200, &self.stats())),
+            (Get, ["assets"]) => Ok(json(200, &self.list())),
+            (Post, ["assets"]) => {
+                let body = read_body(request, MAX_MANIFEST_BYTES)?;
+                self.publish(&body)
+            }
+            (Get, ["assets", id]) => {
+                let manifest = self.manifest(&parse_id(id)?)?;
+                Ok(Reply::Toml(manifest.to_toml()))
+            }
+            (Post, ["assets", id, "announce"]) => {
+                let id = parse_id(id)?;
+                let body = read_body(request, MAX_JSON_BODY)?;
+                let req: AnnounceRequest = serde_json::from_str(&body)
+                    .map_err(|e| err(400, format!("announce body is not valid JSON: {e}")))?;
+                Ok(json(200, &self.announce(id, req, remote)?))
+            }
+            (Get, ["assets", id, "peers"]) => Ok(json(200, &self.peers(&parse_id(id)?)?)),
+            (_, ["health" | "stats" | "assets"])
+            | (_, ["assets", _])
+            | (_, ["assets", _, "announce" | "peers"]) => {
+                Err(err(405, format!("{method} is not allowed on {path}")))
+            }
+            _ => Err(err(
+                404,
+                format!("no such endpoint: {path} (see GET /health, /assets, /stats)"),
+            )),
+        }
+    }
+
+    fn health(&self) -> serde_json::Value {
+        serde_json::json!({
+            "status": "ok",
+            "assets": self.catalog.read().unwrap_or_else(|e| e.into_inner()).len(),
+            "uptime_secs": self.started.elapsed().as_secs(),
+        })
+    }
+
+    fn manifest(&self, id: &AssetId) -> Result<Arc<Manifest>, HttpError> {
+        self.catalog
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .ok_or_else(|| {
+                err(
+                    404,
+                    format!("asset {id} is not in the catalog; publish its manifest first"),
+                )
+            })
+    }
+
+    fn list(&self) -> Vec<AssetSummary> {
+        let catalog = self.catalog.read().unwrap_or_else(|e| e.into_inner());
+        catalog
+            .iter()
+            .map(|(id, m)| AssetSummary {
+                id: id.to_string(),
+                name: m.name.clone(),
+                size: m.size,
+                chunk_size: m.chunk_size,
+                chunks: m.chunk_count(),
+            })
+            .collect()
+    }
+
+    fn publish(&self, body: &str) -> Result<Reply, HttpError> {
+        let manifest =
+            Manifest::from_toml(body).map_err(|e| err(400, format!("rejected manifest: {e}")))?;
+        let (name, size, chunks) = (manifest.name.clone(), manifest.size, manifest.chunk_count());
+        let (id, created) = self
+            .catalog
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .publish(manifest)
+            .map_err(|e| err(500, format!("storing the manifest failed: {e:#}")))?;
+        let status = if created { 201 } else { 200 };
+        Ok(json(
+            status,
+            &PublishResponse {
+                id: id.to_string(),
+                name,
+                size,
+                chunks,
+                created,
+            },
+        ))
+    }
+
+    fn announce(
+        &self,
+        id: AssetId,
+        req: AnnounceRequest,
+        remote: Option<SocketAddr>,
+    ) -> Result<AnnounceResponse, HttpError> {
+        let chunk_count = self.manifest(&id)?.chunk_count();
+        if req.peer_id.is_empty()
+            || req.peer_id.len() > 64
+            || !req
+                .peer_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(err(
+                400,
+                "peer_id must be 1 to 64 characters of letters, digits, '-' and '_'",
+            ));
+        }
+        let have = match (&req.have, req.complete) {
+            (_, true) => None,
+            (Some(hex), false) => Some(
+                Bitfield::from_hex(chunk_count, hex).map_err(|e| err(400, format!("have: {e}")))?,
+            ),
+            (None, false) => Some(Bitfield::new(chunk_count)),
+        };
+        let addr = match &req.addr {
+            Some(text) => Some(resolve_addr(text, remote)?),
+            None => None,
+        };
+        self.announces.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        let mut swarms = self.swarms.lock().unwrap_or_else(|e| e.into_inner());
+        let swarm = swarms.entry(id).or_default();
+        swarm.prune(now, self.peer_timeout);
+        swarm.announces += 1;
+        let stopping = req.event.as_deref() == Some("stopped");
+        match addr {
+            Some(addr) if !stopping => {
+                let have = have.filter(|h| !h.is_full());
+                let peer = Peer {
+                    addr,
+                    have,
+                    origin: req.origin,
+                    last_seen: now,
+                    uploaded: req.uploaded,
+                };
+                swarm.peers.insert(req.peer_id.clone(), peer);
+            }
+            _ => {
+                swarm.peers.remove(&req.peer_id);
+            }
+        }
+        let mut others: Vec<(&String, &Peer)> = swarm
+            .peers
+            .iter()
+            .filter(|(pid, p)| **pid != req.peer_id && !p.origin)
+            .collect();
+        // Complete peers first; among equals, ids in order from a rotating start.
+        others.sort_by(|a, b| {
+            a.1.have
+                .is_some()
+                .cmp(&b.1.have.is_some())
+                .then(a.0.cmp(b.0))
+        });
+        let start = if others.is_empty() {
+            0
+        } else {
+            swarm.rotation % others.len()
+        };
+        let peers = others
+            .iter()
+            .cycle()
+            .skip(start)
+            .take(others.len().min(self.max_peers))
+            .map(|(pid, p)| p.info(pid, now))
+            .collect();
+        let origins = swarm
+            .peers
+            .iter()
+            .filter(|(pid, p)| **pid != req.peer_id && p.origin)
+            .map(|(pid, p)| p.info(pid, now))
+            .collect();
+        swarm.rotation = swarm.rotation.wrapping_add(self.max_peers);
+        Ok(AnnounceResponse {
+            interval_secs: (self.peer_timeout.as_secs() / 3).max(1),
+            chunk_count,
+            peers,
+            origins,
+            your_addr: addr.map(|a| a.to_string()),
+        })
+    }
+
+    fn peers(&self, id: &AssetId) -> Result<Vec<PeerInfo>, HttpError> {
+        self.manifest(id)?;
+        let now = Instant::now();
+        let mut swarms = self.swarms.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(swarm) = swarms.get_mut(id) else {
+            return Ok(Vec::new());
+        };
+        swarm.prune(now, self.peer_timeout);
+        let mut list: Vec<PeerInfo> = swarm
+            .peers
+            .iter()
+            .map(|(pid, p)| p.info(pid, now))
+            .collect();
+        list.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
+        Ok(list)
+    }
+
+    fn stats(&self) -> Stats {
+        let now = Instant::now();
+        let catalog = self.catalog.read().unwrap_or_else(|e| e.into_inner());
+        let mut swarms = self.swarms.lock().unwrap_or_else(|e| e.into_inner());
+        let mut list = Vec::new();
+        let mut peers = 0;
+        for (id, swarm) in swarms.iter_mut() {
+            swarm.prune(now, self.peer_timeout);
+            peers += swarm.peers.len();
+            let live = swarm.peers.values();
+            list.push(SwarmStats {
+                id: id.to_string(),
+                name: catalog.get(id).map(|m| m.name.clone()).unwrap_or_default(),
+                peers: swarm.peers.len(),
+                seeders: live.clone().filter(|p| p.have.is_none()).count(),
+                origins: live.clone().filter(|p| p.origin).count(),
+                uploaded: live.clone().map(|p| p.uploaded).sum(),
+                origin_uploaded: live.filter(|p| p.origin).map(|p| p.uploaded).sum(),
+                announces: swarm.announces,
+            });
+        }
+        list.sort_by(|a, b| a.id.cmp(&b.id));
+        Stats {
+            assets: catalog.len(),
+            peers,
+            announces: self.announces.load(Ordering::Relaxed),
+            uptime_secs: self.started.elapsed().as_secs(),
+            swarms: list,
+        }
+    }
+}
+
+fn parse_id(text: &str) -> Result<AssetId, HttpError> {
+    text.parse().map_err(|e: String| err(400, e))
+}
+
+/// Reads a request body of at most `limit` bytes as UTF-8, refusing larger ones up front.
+fn read_body(request: &mut tiny_http::Request, limit: usize) -> Result<String, HttpError> {
+    if request.body_length().is_some_and(|n| n > limit) {
+        return Err(err(
+            413,
+            format!("request body is larger than the {limit} bytes allowed"),
+        ));
+    }
+    let mut body = Vec::new();
+    request
+        .as_reader()
+        .take(limit as u64 + 1)
+        .read_to_end(&mut body)
+        .map_err(|e| err(400, format!("reading the request body failed: {e}")))?;
+    if body.len() > limit {
+        return Err(err(
+            413,
+            format!("request body is larger than the {limit} bytes allowed"),
+        ));
+    }
+    String::from_utf8(body).map_err(|_| err(400, "request body is not UTF-8"))
+}
+
+/// Where a peer serves: its stated address, with an unspecified ip (`0.0.0.0`, `::`)
+/// replaced by the address its announce came from.
+fn resolve_addr(text: &str, remote: Option<SocketAddr>) -> Result<SocketAddr, HttpError> {
+    let stated: SocketAddr = text.parse().map_err(|_| {
+        err(
+            400,
+            format!("addr {text:?} is not ip:port (IPv6 as [::1]:7001)"),
+        )
+    })?;
+    if stated.port() == 0 {
+        return Err(err(
+            400,
+            format!("addr {text:?} has port 0; announce the port the peer listens on"),
+        ));
+    }
+    if !stated.ip().is_unspecified() {
+        return Ok(stated);
+    }
+    let remote = remote.ok_or_else(|| {
+        err(
+            400,
+            "addr has an unspecified ip and the request's source is unknown",
+        )
+    })?;
+    Ok(SocketAddr::new(remote.ip().to_canonical(), stated.port()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unspecified_addresses_take_the_announce_source() {
+        let remote: SocketAddr = "192.0.2.7:40000".parse().unwrap();
+        assert_eq!(
+            resolve_addr("0.0.0.0:7001", Some(remote)).unwrap(),
+            "192.0.2.7:7001".parse().unwrap()
+        );
+        assert_eq!(
+            resolve_addr("[::]:7001", Some("[::ffff:192.0.2.7]:1".parse().unwrap())).unwrap(),
+            "192.0.2.7:7001".parse().unwrap()
+        );
+        assert_eq!(
+            resolve_addr("[::1]:7001", Some(remote)).unwrap(),
+            "[::1]:7001".parse().unwrap()
+        );
+        assert_eq!(
+            resolve_addr("127.0.0.1:0", Some(remote))
+                .unwrap_err()
+                .status,
+            400
+        );
+        assert_eq!(
+            resolve_addr("nonsense", Some(remote)).unwrap_err().status,
+            400
+        );
+    }
+}

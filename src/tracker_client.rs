@@ -1,0 +1,149 @@
+//! The client side of the tracker's HTTP API: publish, fetch manifests, announce.
+
+use std::io::Read;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde::de::DeserializeOwned;
+
+use crate::api::{AnnounceRequest, AnnounceResponse, ErrorBody, PeerInfo, PublishResponse};
+use crate::manifest::{AssetId, MAX_MANIFEST_BYTES, Manifest};
+
+/// Connecting to a tracker on a LAN takes milliseconds; 5 s covers a loaded one.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// A whole request, body included: a 1 Mi-chunk manifest is ~70 MB, which takes well under
+/// 30 s on any network worth using.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest JSON answer read (an announce answer with 30 partial peers of a huge asset).
+const MAX_JSON_ANSWER: u64 = 16 << 20;
+
+/// A tracker at a base URL such as `http://127.0.0.1:7070`.
+#[derive(Clone, Debug)]
+pub struct TrackerClient {
+    base: String,
+    agent: ureq::Agent,
+}
+
+impl TrackerClient {
+    /// Checks the URL's form; no request is made yet.
+    pub fn new(url: &str) -> Result<TrackerClient> {
+        let base = url.trim_end_matches('/').to_string();
+        if !base.starts_with("http://") || base.len() <= "http://".len() {
+            bail!(
+                "tracker URL {url:?} must look like http://HOST:PORT (https is not supported yet)"
+            );
+        }
+        let agent = ureq::AgentBuilder::new()
+            .timeout_connect(CONNECT_TIMEOUT)
+            .timeout(REQUEST_TIMEOUT)
+            .build();
+        Ok(TrackerClient { base, agent })
+    }
+
+    /// The base URL.
+    pub fn url(&self) -> &str {
+        &self.base
+    }
+
+    fn call(&self, request: ureq::Request, body: Option<(&str, &str)>) -> Result<ureq::Response> {
+        let what = format!("{} {}", request.method(), request.url());
+        let result = match body {
+            Some((content_type, text)) => {
+                request.set("Content-Type", content_type).send_string(text)
+            }
+            None => request.call(),
+        };
+        match result {
+            Ok(response) => Ok(response),
+            Err(ureq::Error::Status(status, response)) => {
+                let text = response.into_string().unwrap_or_default();
+                let message = serde_json::from_str::<ErrorBody>(&text)
+                    .map(|b| b.error)
+                    .unwrap_or(text);
+                Err(anyhow!("tracker answered {status} to {what}: {message}"))
+            }
+            Err(ureq::Error::Transport(t)) => Err(anyhow!(
+                "cannot reach the tracker at {} ({what}): {t}; is it running?",
+                self.base
+            )),
+        }
+    }
+
+    fn json<T: DeserializeOwned>(&self, response: ureq::Response, what: &str) -> Result<T> {
+        let mut text = String::new();
+        response
+            .into_reader()
+            .take(MAX_JSON_ANSWER)
+            .read_to_string(&mut text)
+            .with_context(|| format!("reading the tracker's answer to {what}"))?;
+        serde_json::from_str(&text)
+            .with_context(|| format!("the tracker's answer to {what} is not the expected JSON"))
+    }
+
+    /// Publishes a manifest; returns the tracker's answer (the id among it).
+    pub fn publish(&self, manifest: &Manifest) -> Result<PublishResponse> {
+        let url = format!("{}/assets", self.base);
+        let response = self.call(
+            self.agent.post(&url),
+            Some(("application/toml", &manifest.to_toml())),
+        )?;
+        let answer: PublishResponse = self.json(response, "publish")?;
+        if answer.id != manifest.id().to_string() {
+            bail!(
+                "tracker published the manifest as {} but its id is {}",
+                answer.id,
+                manifest.id()
+            );
+        }
+        Ok(answer)
+    }
+
+    /// Fetches the manifest of `id` and checks that it hashes to `id`.
+    pub fn manifest(&self, id: &AssetId) -> Result<Manifest> {
+        let url = format!("{}/assets/{id}", self.base);
+        let response = self.call(self.agent.get(&url), None)?;
+        let manifest =
+            Manifest::read_from(response.into_reader().take(MAX_MANIFEST_BYTES as u64 + 1))
+                .with_context(|| format!("reading the manifest of {id} from {url}"))?;
+        if manifest.id() != *id {
+            bail!(
+                "the tracker's manifest for {id} hashes to {}; refusing it",
+                manifest.id()
+            );
+        }
+        Ok(manifest)
+    }
+
+    /// Announces (joins, heartbeats or leaves) the swarm of `id`.
+    pub fn announce(&self, id: &AssetId, request: &AnnounceRequest) -> Result<AnnounceResponse> {
+        let url = format!("{}/assets/{id}/announce", self.base);
+        let body = serde_json::to_string(request).expect("announce serializes");
+        let response = self.call(self.agent.post(&url), Some(("application/json", &body)))?;
+        self.json(response, "announce")
+    }
+
+    /// Every live peer of the swarm of `id`.
+    pub fn peers(&self, id: &AssetId) -> Result<Vec<PeerInfo>> {
+        let url = format!("{}/assets/{id}/peers", self.base);
+        let response = self.call(self.agent.get(&url), None)?;
+        self.json(response, "peers")
+    }
+}
+
+/// A random-enough peer id: 16 bytes of SHA-256 over the process id, the time, and a
+/// counter, in hex. It only has to be unique within a swarm, not secret.
+pub fn new_peer_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let seed = format!(
+        "{}-{}-{}-{:?}",
+        std::process::id(),
+        now.as_nanos(),
+        COUNTER.fetch_add(1, Ordering::Relaxed),
+        std::thread::current().id()
+    );
+    hex::encode(&crate::manifest::sha256(seed.as_bytes())[..16])
+}

@@ -1,0 +1,628 @@
+//! The peer wire protocol: length-prefixed binary frames over TCP, the messages they carry,
+//! and the limits checked before anything is allocated. `PROTOCOL.md` documents it byte by
+//! byte. Only this module encodes or decodes bytes on a peer socket.
+
+use std::fmt;
+use std::io::{self, Read, Write};
+
+use crate::bitfield::Bitfield;
+use crate::manifest::{AssetId, MAX_CHUNK_SIZE, MAX_CHUNKS};
+
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u16 = 1;
+/// The four bytes that open a `Hello`, so a stray client of another protocol is told apart.
+pub const MAGIC: &[u8; 4] = b"SWRM";
+/// Largest ticket a `Hello` may carry (a signed ticket is about 150 bytes).
+pub const MAX_TICKET: usize = 4096;
+/// Longest message text an `Error` frame may carry.
+pub const MAX_ERROR_TEXT: usize = 1024;
+/// Largest frame other than `Chunk`: a `Have` for [`MAX_CHUNKS`] chunks plus its header.
+pub const MAX_CONTROL_FRAME: u32 = 1 + 4 + (MAX_CHUNKS as u32) / 8;
+/// Largest frame of all: a `Chunk` of [`MAX_CHUNK_SIZE`] bytes plus its header.
+pub const MAX_FRAME: u32 = 1 + 4 + MAX_CHUNK_SIZE;
+
+/// Error codes carried by an `Error` frame.
+pub mod code {
+    /// The frame could not be decoded (bad length, unknown type, bad field).
+    pub const BAD_FRAME: u16 = 1;
+    /// The `Hello` named a protocol version this peer does not speak.
+    pub const UNSUPPORTED_VERSION: u16 = 2;
+    /// This peer holds nothing of the asset named in the `Hello`.
+    pub const UNKNOWN_ASSET: u16 = 3;
+    /// Every connection slot is taken; try another peer or come back later.
+    pub const SERVER_BUSY: u16 = 4;
+    /// The ticket is missing, invalid or expired.
+    pub const UNAUTHORIZED: u16 = 5;
+    /// The peer failed internally (for example a disk read error).
+    pub const INTERNAL: u16 = 6;
+    /// A request was out of order: a chunk index out of range or a message before `Hello`.
+    pub const BAD_REQUEST: u16 = 7;
+}
+
+/// Frame type bytes.
+mod kind {
+    pub const HELLO: u8 = 0x01;
+    pub const WELCOME: u8 = 0x02;
+    pub const HAVE_REQUEST: u8 = 0x03;
+    pub const HAVE: u8 = 0x04;
+    pub const REQUEST: u8 = 0x05;
+    pub const CHUNK: u8 = 0x06;
+    pub const DONT_HAVE: u8 = 0x07;
+    pub const BUSY: u8 = 0x08;
+    pub const ERROR: u8 = 0x09;
+    pub const CANCEL: u8 = 0x0a;
+}
+
+/// One protocol message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Message {
+    /// Client → server, first frame: protocol version, asset, and a ticket (empty in open mode).
+    Hello {
+        /// Protocol version the client speaks.
+        version: u16,
+        /// The asset this connection is about.
+        asset: AssetId,
+        /// The tracker-issued ticket, or empty.
+        ticket: Vec<u8>,
+    },
+    /// Server → client: the handshake is accepted.
+    Welcome {
+        /// Protocol version the server speaks.
+        version: u16,
+        /// Chunk count of the asset, as the server knows it.
+        chunk_count: u32,
+    },
+    /// Client → server: which chunks do you hold now?
+    HaveRequest,
+    /// Server → client: the chunks the server holds.
+    Have(Bitfield),
+    /// Client → server: send chunk `index`. Several may be in flight; replies come in order.
+    Request {
+        /// Chunk index.
+        index: u32,
+    },
+    /// Server → client: the bytes of chunk `index`.
+    Chunk {
+        /// Chunk index.
+        index: u32,
+        /// Chunk bytes (not yet verified).
+        data: Vec<u8>,
+    },
+    /// Server → client: chunk `index` is not held here.
+    DontHave {
+        /// Chunk index.
+        index: u32,
+    },
+    /// Server → client: chunk `index` is held but not served now (throttled); ask elsewhere.
+    Busy {
+        /// Chunk index.
+        index: u32,
+    },
+    /// Either way: a fatal error; the sender closes the connection after it.
+    Error {
+        /// One of the [`code`] constants.
+        code: u16,
+        /// What went wrong, for people.
+        message: String,
+    },
+    /// Client → server: chunk `index` is no longer wanted (answered already elsewhere).
+    Cancel {
+        /// Chunk index.
+        index: u32,
+    },
+}
+
+/// Why reading a frame failed.
+#[derive(Debug)]
+pub enum WireError {
+    /// The socket failed or timed out.
+    Io(io::Error),
+    /// The peer closed the connection between frames.
+    Closed,
+    /// The declared frame length is over the limit; nothing was allocated.
+    TooLarge {
+        /// Length the frame declared.
+        len: u32,
+        /// The limit in force.
+        max: u32,
+    },
+    /// The frame type byte is not one this version knows.
+    UnknownType(u8),
+    /// A field is malformed (wrong length, bad UTF-8, bad magic …).
+    Malformed(String),
+}
+
+impl WireError {
+    /// True when the error is a socket read or write timeout.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, WireError::Io(e) if is_timeout(e))
+    }
+
+    /// The error code to send back to the peer for this failure, if one should be sent.
+    pub fn reply_code(&self) -> Option<u16> {
+        match self {
+            WireError::TooLarge { .. } | WireError::UnknownType(_) | WireError::Malformed(_) => {
+                Some(code::BAD_FRAME)
+            }
+            WireError::Io(_) | WireError::Closed => None,
+        }
+    }
+}
+
+/// True for the errors a socket with a read or write timeout returns when it expires
+/// (`WouldBlock` on Unix, `TimedOut` on Windows).
+pub fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
+impl fmt::Display for WireError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WireError::Io(e) if is_timeout(e) => write!(f, "timed out"),
+            WireError::Io(e) => write!(f, "{e}"),
+            WireError::Closed => write!(f, "connection closed by peer"),
+            WireError::TooLarge { len, max } => {
+                write!(f, "frame of {len} bytes exceeds the limit of {max}")
+            }
+            WireError::UnknownType(t) => write!(f, "unknown frame type 0x{t:02x}"),
+            WireError::Malformed(why) => write!(f, "malformed frame: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for WireError {}
+
+impl From<io::Error> for WireError {
+    fn from(e: io::Error) -> Self {
+        WireError::Io(e)
+    }
+}
+
+impl Message {
+    /// The error frame to send for a fatal problem.
+    pub fn error(code: u16, message: impl Into<String>) -> Message {
+        let mut message: String = message.into();
+        if message.len() > MAX_ERROR_TEXT {
+            let mut cut = MAX_ERROR_TEXT;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+        }
+        Message::Error { code, message }
+    }
+
+    /// Appends the whole frame (length prefix included) to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let start = out.len();
+        out.extend_from_slice(&[0; 4]);
+        match self {
+            Message::Hello {
+                version,
+                asset,
+                ticket,
+            } => {
+                out.push(kind::HELLO);
+                out.extend_from_slice(MAGIC);
+                out.extend_from_slice(&version.to_be_bytes());
+                out.extend_from_slice(&asset.0);
+                out.extend_from_slice(&(ticket.len() as u16).to_be_bytes());
+                out.extend_from_slice(ticket);
+            }
+            Message::Welcome {
+                version,
+                chunk_count,
+            } => {
+                out.push(kind::WELCOME);
+                out.extend_from_slice(&version.to_be_bytes());
+                out.extend_from_slice(&chunk_count.to_be_bytes());
+            }
+            Message::HaveRequest => out.push(kind::HAVE_REQUEST),
+            Message::Have(bits) => {
+                out.push(kind::HAVE);
+                out.extend_from_slice(&bits.len().to_be_bytes());
+                out.extend_from_slice(bits.as_bytes());
+            }
+            Message::Request { index } => push_index(out, kind::REQUEST, *index),
+            Message::Chunk { index, data } => {
+                push_index(out, kind::CHUNK, *index);
+                out.extend_from_slice(data);
+            }
+            Message::DontHave { index } => push_index(out, kind::DONT_HAVE, *index),
+            Message::Busy { index } => push_index(out, kind::BUSY, *index),
+            Message::Error { code, message } => {
+                out.push(kind::ERROR);
+                out.extend_from_slice(&code.to_be_bytes());
+                out.extend_from_slice(message.as_bytes());
+            }
+            Message::Cancel { index } => push_index(out, kind::CANCEL, *index),
+        }
+        let len = (out.len() - start - 4) as u32;
+        out[start..start + 4].copy_from_slice(&len.to_be_bytes());
+    }
+
+    /// Decodes the body of a frame (type byte and payload, without the length prefix).
+    pub fn decode(body: &[u8]) -> Result<Message, WireError> {
+        let (&ty, payload) = body
+            .split_first()
+            .ok_or_else(|| WireError::Malformed("empty frame".into()))?;
+        let mut p = Payload(payload);
+        let message = match ty {
+            kind::HELLO => {
+                if p.take(4)? != MAGIC {
+                    return Err(WireError::Malformed(
+                        "hello does not start with SWRM".into(),
+                    ));
+                }
+                let version = p.u16()?;
+                let asset = AssetId(p.take(32)?.try_into().expect("32 bytes"));
+                let ticket_len = p.u16()? as usize;
+                if ticket_len > MAX_TICKET {
+                    return Err(WireError::Malformed(format!(
+                        "ticket of {ticket_len} bytes exceeds {MAX_TICKET}"
+                    )));
+                }
+                let ticket = p.take(ticket_len)?.to_vec();
+                Message::Hello {
+                    version,
+                    asset,
+                    ticket,
+                }
+            }
+            kind::WELCOME => Message::Welcome {
+                version: p.u16()?,
+                chunk_count: p.u32()?,
+            },
+            kind::HAVE_REQUEST => Message::HaveRequest,
+            kind::HAVE => {
+                let len = p.u32()?;
+                if len as u64 > MAX_CHUNKS {
+                    return Err(WireError::Malformed(format!(
+                        "have of {len} chunks exceeds {MAX_CHUNKS}"
+                    )));
+                }
+                let bytes = p.take(Bitfield::byte_len(len))?;
+                Message::Have(Bitfield::from_bytes(len, bytes).map_err(WireError::Malformed)?)
+            }
+            kind::REQUEST => Message::Request { index: p.u32()? },
+            kind::CHUNK => {
+                let index = p.u32()?;
+                let data = p.rest().to_vec();
+                return Ok(Message::Chunk { index, data });
+            }
+            kind::DONT_HAVE => Message::DontHave { index: p.u32()? },
+            kind::BUSY => Message::Busy { index: p.u32()? },
+            kind::ERROR => {
+                let code = p.u16()?;
+                let text = p.rest();
+                if text.len() > MAX_ERROR_TEXT {
+                    return Err(WireError::Malformed(format!(
+                        "error text of {} bytes exceeds {MAX_ERROR_TEXT}",
+                        text.len()
+                    )));
+                }
+                let message = String::from_utf8_lossy(text).into_owned();
+                return Ok(Message::Error { code, message });
+            }
+            kind::CANCEL => Message::Cancel { index: p.u32()? },
+            other => return Err(WireError::UnknownType(other)),
+        };
+        if !p.0.is_empty() {
+            return Err(WireError::Malformed(format!(
+                "{} trailing bytes after frame type 0x{ty:02x}",
+                p.0.len()
+            )));
+        }
+        Ok(message)
+    }
+}
+
+fn push_index(out: &mut Vec<u8>, ty: u8, index: u32) {
+    out.push(ty);
+    out.extend_from_slice(&index.to_be_bytes());
+}
+
+/// A cursor over a frame payload that fails instead of reading past the end.
+struct Payload<'a>(&'a [u8]);
+
+impl<'a> Payload<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], WireError> {
+        if self.0.len() < n {
+            return Err(WireError::Malformed(format!(
+                "frame ends {} bytes early",
+                n - self.0.len()
+            )));
+        }
+        let (head, tail) = self.0.split_at(n);
+        self.0 = tail;
+        Ok(head)
+    }
+    fn u16(&mut self) -> Result<u16, WireError> {
+        Ok(u16::from_be_bytes(
+            self.take(2)?.try_into().expect("2 bytes"),
+        ))
+    }
+    fn u32(&mut self) -> Result<u32, WireError> {
+        Ok(u32::from_be_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
+    }
+    fn rest(&mut self) -> &'a [u8] {
+        std::mem::take(&mut self.0)
+    }
+}
+
+/// Writes one message as a single frame.
+pub fn write_message(w: &mut impl Write, message: &Message) -> io::Result<()> {
+    let mut frame = Vec::with_capacity(64);
+    message.encode(&mut frame);
+    w.write_all(&frame)
+}
+
+/// Writes the header of a `Chunk` frame whose `len` data bytes the caller writes next
+/// (straight from a file, so that the kernel can send it without a copy).
+pub fn write_chunk_header(w: &mut impl Write, index: u32, len: u32) -> io::Result<()> {
+    let mut header = [0u8; 9];
+    header[..4].copy_from_slice(&(1 + 4 + len).to_be_bytes());
+    header[4] = kind::CHUNK;
+    header[5..].copy_from_slice(&index.to_be_bytes());
+    w.write_all(&header)
+}
+
+/// Reads one frame, refusing any whose declared length exceeds `max_frame` before
+/// allocating, and decodes it. A clean close between frames is [`WireError::Closed`].
+pub fn read_message(r: &mut impl Read, max_frame: u32) -> Result<Message, WireError> {
+    let mut len = [0u8; 4];
+    let mut got = 0;
+    while got < 4 {
+        match r.read(&mut len[got..]) {
+            Ok(0) if got == 0 => return Err(WireError::Closed),
+            Ok(0) => {
+                return Err(WireError::Malformed(
+                    "connection closed inside a frame length".into(),
+                ));
+            }
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(WireError::Io(e)),
+        }
+    }
+    let len = u32::from_be_bytes(len);
+    if len == 0 {
+        return Err(WireError::Malformed("frame of length 0".into()));
+    }
+    if len > max_frame {
+        return Err(WireError::TooLarge {
+            len,
+            max: max_frame,
+        });
+    }
+    let mut body = vec![0u8; len as usize];
+    r.read_exact(&mut body).map_err(|e| match e.kind() {
+        io::ErrorKind::UnexpectedEof => {
+            WireError::Malformed(format!("connection closed inside a frame of {len} bytes"))
+        }
+        _ => WireError::Io(e),
+    })?;
+    Message::decode(&body)
+}
+
+/// The largest frame a client should accept for an asset cut in chunks of `chunk_size`.
+pub fn chunk_frame_limit(chunk_size: u32) -> u32 {
+    (1 + 4 + chunk_size).max(MAX_CONTROL_FRAME)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip(m: &Message) {
+        let mut frame = Vec::new();
+        m.encode(&mut frame);
+        let back = read_message(&mut &frame[..], MAX_FRAME).unwrap();
+        assert_eq!(&back, m);
+    }
+
+    fn every_message() -> Vec<Message> {
+        let mut have = Bitfield::new(11);
+        have.set(3);
+        have.set(10);
+        vec![
+            Message::Hello {
+                version: PROTOCOL_VERSION,
+                asset: AssetId([7; 32]),
+                ticket: vec![],
+            },
+            Message::Hello {
+                version: 9,
+                asset: AssetId([1; 32]),
+                ticket: b"signed".to_vec(),
+            },
+            Message::Welcome {
+                version: PROTOCOL_VERSION,
+                chunk_count: 1024,
+            },
+            Message::HaveRequest,
+            Message::Have(have),
+            Message::Have(Bitfield::new(0)),
+            Message::Request { index: 5 },
+            Message::Chunk {
+                index: 5,
+                data: vec![1, 2, 3],
+            },
+            Message::Chunk {
+                index: 0,
+                data: vec![],
+            },
+            Message::DontHave { index: u32::MAX },
+            Message::Busy { index: 2 },
+            Message::error(code::SERVER_BUSY, "busy: 64 connections"),
+            Message::Cancel { index: 9 },
+        ]
+    }
+
+    #[test]
+    fn every_message_round_trips() {
+        for m in every_message() {
+            round_trip(&m);
+        }
+    }
+
+    #[test]
+    fn frames_match_golden_bytes() {
+        let mut out = Vec::new();
+        Message::Request { index: 0x0102_0304 }.encode(&mut out);
+        assert_eq!(out, [0, 0, 0, 5, 0x05, 1, 2, 3, 4]);
+
+        out.clear();
+        Message::Hello {
+            version: 1,
+            asset: AssetId([0xab; 32]),
+            ticket: vec![0xee],
+        }
+        .encode(&mut out);
+        let mut golden = vec![0, 0, 0, 42, 0x01, b'S', b'W', b'R', b'M', 0, 1];
+        golden.extend_from_slice(&[0xab; 32]);
+        golden.extend_from_slice(&[0, 1, 0xee]);
+        assert_eq!(out, golden);
+
+        out.clear();
+        let mut have = Bitfield::new(9);
+        have.set(0);
+        have.set(8);
+        Message::Have(have).encode(&mut out);
+        assert_eq!(out, [0, 0, 0, 7, 0x04, 0, 0, 0, 9, 0x80, 0x80]);
+
+        out.clear();
+        Message::Error {
+            code: 4,
+            message: "busy".into(),
+        }
+        .encode(&mut out);
+        assert_eq!(out, [0, 0, 0, 7, 0x09, 0, 4, b'b', b'u', b's', b'y']);
+
+        let mut header = Vec::new();
+        write_chunk_header(&mut header, 2, 3).unwrap();
+        header.extend_from_slice(&[9, 8, 7]);
+        let mut encoded = Vec::new();
+        Message::Chunk {
+            index: 2,
+            data: vec![9, 8, 7],
+        }
+        .encode(&mut encoded);
+        assert_eq!(header, encoded);
+        assert_eq!(encoded, [0, 0, 0, 8, 0x06, 0, 0, 0, 2, 9, 8, 7]);
+    }
+
+    #[test]
+    fn truncated_frames_are_errors_not_panics() {
+        for m in every_message() {
+            let mut frame = Vec::new();
+            m.encode(&mut frame);
+            for cut in 1..frame.len() {
+                let result = read_message(&mut &frame[..cut], MAX_FRAME);
+                assert!(
+                    matches!(result, Err(WireError::Malformed(_))),
+                    "{m:?} cut at {cut}: {result:?}"
+                );
+            }
+        }
+        assert!(matches!(
+            read_message(&mut &[][..], MAX_FRAME),
+            Err(WireError::Closed)
+        ));
+    }
+
+    #[test]
+    fn short_payloads_inside_a_whole_frame_are_malformed() {
+        // A frame whose declared length is honest but whose fields are cut short.
+        for body in [
+            &[0x05, 1, 2][..],
+            &[0x01, b'S', b'W'],
+            &[0x04, 0, 0, 0, 64, 1],
+            &[0x02, 0],
+        ] {
+            let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+            frame.extend_from_slice(body);
+            assert!(
+                matches!(
+                    read_message(&mut &frame[..], MAX_FRAME),
+                    Err(WireError::Malformed(_))
+                ),
+                "{body:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn oversized_frames_are_refused_before_allocation() {
+        let frame = [0xff, 0xff, 0xff, 0xff, 0x06];
+        match read_message(&mut &frame[..], MAX_CONTROL_FRAME) {
+            Err(WireError::TooLarge { len, max }) => {
+                assert_eq!((len, max), (u32::MAX, MAX_CONTROL_FRAME))
+            }
+            other => panic!("expected TooLarge, got {other:?}"),
+        }
+        let mut big_ticket = vec![0, 0, 0x20, 0x2b, 0x01];
+        big_ticket.extend_from_slice(MAGIC);
+        big_ticket.extend_from_slice(&[0, 1]);
+        big_ticket.extend_from_slice(&[0; 32]);
+        big_ticket.extend_from_slice(&[0x20, 0x00]);
+        big_ticket.resize(4 + 0x202b, 0);
+        assert!(matches!(
+            read_message(&mut &big_ticket[..], MAX_FRAME),
+            Err(WireError::Malformed(_))
+        ));
+        let huge_have = [0, 0, 0, 5, 0x04, 0xff, 0xff, 0xff, 0xff];
+        assert!(matches!(
+            read_message(&mut &huge_have[..], MAX_FRAME),
+            Err(WireError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn unknown_types_bad_magic_and_trailing_bytes_are_rejected() {
+        assert!(matches!(
+            read_message(&mut &[0, 0, 0, 1, 0x7f][..], MAX_FRAME),
+            Err(WireError::UnknownType(0x7f))
+        ));
+        assert!(matches!(
+            read_message(&mut &[0, 0, 0, 0][..], MAX_FRAME),
+            Err(WireError::Malformed(_))
+        ));
+        let mut hello = Vec::new();
+        Message::Hello {
+            version: 1,
+            asset: AssetId([0; 32]),
+            ticket: vec![],
+        }
+        .encode(&mut hello);
+        hello[5] = b'X';
+        assert!(matches!(
+            read_message(&mut &hello[..], MAX_FRAME),
+            Err(WireError::Malformed(_))
+        ));
+        let trailing = [0, 0, 0, 6, 0x05, 0, 0, 0, 1, 0];
+        assert!(matches!(
+            read_message(&mut &trailing[..], MAX_FRAME),
+            Err(WireError::Malformed(_))
+        ));
+        assert_eq!(
+            WireError::UnknownType(1).reply_code(),
+            Some(code::BAD_FRAME)
+        );
+    }
+
+    #[test]
+    fn long_error_text_is_cut_on_a_char_boundary() {
+        let m = Message::error(code::INTERNAL, "é".repeat(MAX_ERROR_TEXT));
+        let Message::Error { message, .. } = &m else {
+            unreachable!()
+        };
+        assert!(message.len() <= MAX_ERROR_TEXT);
+        round_trip(&m);
+    }
+}
