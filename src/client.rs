@@ -109,21 +109,25 @@ impl Summary {
     pub fn human(&self) -> String {
         use crate::units::{format_bytes, format_rate};
         let network = self.from_peers + self.from_origin;
-        let elapsed = Duration::from_secs_f64(self.seconds);
+        let head = format!(
+            "got {} ({}) in {:.2} s",
+            self.name,
+            format_bytes(self.size),
+            self.seconds
+        );
+        if network == 0 {
+            return format!("{head}, all from the local store");
+        }
         let peers = self
             .sources
             .iter()
             .filter(|s| !s.origin && s.bytes > 0)
             .count();
         format!(
-            "got {} ({}) in {:.2} s, {}: cache {}, peers {} ({} peer{}), origin {}",
-            self.name,
-            format_bytes(self.size),
-            self.seconds,
-            format_rate(network, elapsed),
+            "{head}, {}: cache {}, peers {} ({peers} peer{}), origin {}",
+            format_rate(network, Duration::from_secs_f64(self.seconds)),
             format_bytes(self.from_cache),
             format_bytes(self.from_peers),
-            peers,
             if peers == 1 { "" } else { "s" },
             format_bytes(self.from_origin),
         )

@@ -38,6 +38,8 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_CONNS: usize = 64;
 /// Heartbeat period used until the tracker says otherwise.
 pub const DEFAULT_ANNOUNCE_INTERVAL: Duration = Duration::from_secs(20);
+/// First retry after a failed announce; later ones back off exponentially.
+const RETRY_FIRST: Duration = Duration::from_secs(1);
 /// Refusing a connection must not stall the accept loop on a client that does not read.
 const REFUSE_TIMEOUT: Duration = Duration::from_millis(500);
 
@@ -461,28 +463,32 @@ fn announce_loop(
     let mut interval = config
         .announce_interval
         .unwrap_or(DEFAULT_ANNOUNCE_INTERVAL);
-    let mut failing = false;
+    let mut failures = 0u32;
     while !shared.stop.load(Ordering::SeqCst) {
-        let round = announce_all(shared, tracker, config, &peer_id, &addr);
-        match round {
-            Ok(Some(asked)) => {
-                if failing {
+        let wait = match announce_all(shared, tracker, config, &peer_id, &addr) {
+            Ok(asked) => {
+                if failures > 0 {
                     eprintln!("peer_server: tracker {} reachable again", tracker.url());
                 }
-                failing = false;
-                interval = config.announce_interval.unwrap_or(asked);
-            }
-            Ok(None) => {}
-            Err(e) => {
-                if !failing {
-                    eprintln!(
-                        "peer_server: announcing failed (will retry every {interval:?}): {e:#}"
-                    );
+                failures = 0;
+                if let Some(asked) = asked {
+                    interval = config.announce_interval.unwrap_or(asked);
                 }
-                failing = true;
+                interval
             }
-        }
-        let deadline = Instant::now() + interval;
+            Err(e) => {
+                if failures == 0 {
+                    eprintln!("peer_server: announcing failed (retrying with backoff): {e:#}");
+                }
+                failures += 1;
+                // 1 s, 2 s, 4 s … up to the heartbeat period: a tracker that starts after
+                // its peers, or restarts, learns of them within seconds.
+                RETRY_FIRST
+                    .saturating_mul(1 << (failures - 1).min(10))
+                    .min(interval)
+            }
+        };
+        let deadline = Instant::now() + wait;
         while Instant::now() < deadline && !shared.stop.load(Ordering::SeqCst) {
             std::thread::sleep(Duration::from_millis(50));
         }

@@ -1,0 +1,113 @@
+//! What users see when they get it wrong: clear messages and the documented exit codes.
+
+use crate::harness::{TrackerProc, run};
+
+#[test]
+fn usage_errors_exit_2_and_failures_exit_1_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    run(d, "chunkify", &["--chunk-size", "1KiB", "x"], b"").code(2);
+    run(d, "peer_client", &["frobnicate"], b"").code(2);
+    let missing = run(d, "chunkify", &["no-such-file"], b"");
+    assert!(
+        missing.code(1).contains("no-such-file"),
+        "{}",
+        missing.stderr
+    );
+    let bad_id = run(
+        d,
+        "peer_client",
+        &[
+            "get",
+            "xyz",
+            "--tracker",
+            "http://127.0.0.1:1",
+            "--store",
+            "s",
+        ],
+        b"",
+    );
+    assert!(
+        bad_id.code(1).contains("not an asset id"),
+        "{}",
+        bad_id.stderr
+    );
+    let down = run(
+        d,
+        "peer_client",
+        &[
+            "get",
+            &"ab".repeat(32),
+            "--tracker",
+            "http://127.0.0.1:1",
+            "--store",
+            "s",
+            "-o",
+            "x",
+        ],
+        b"",
+    );
+    assert!(
+        down.code(1).contains("cannot reach the tracker"),
+        "{}",
+        down.stderr
+    );
+    for help in ["chunkify", "tracker", "peer_server", "peer_client"] {
+        assert!(
+            run(d, help, &["--help"], b"").ok().contains("Usage"),
+            "{help} --help"
+        );
+    }
+}
+
+#[test]
+fn the_tracker_rejects_bad_manifests_and_unknown_assets_with_json_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let tracker = TrackerProc::start(d, &[]);
+    let bad = run(
+        d,
+        "peer_client",
+        &["publish", "--tracker", &tracker.url, "-"],
+        b"format = 1\nname = \"../etc\"\n",
+    );
+    assert!(bad.code(1).contains("manifest"), "{}", bad.stderr);
+    let evil =
+        "format = 1\nname = \"../x\"\nsize = 1\nchunk_size = 65536\nsha256 = \"00\"\nchunks = []\n";
+    match ureq::post(&format!("{}/assets", tracker.url)).send_string(evil) {
+        Err(ureq::Error::Status(400, response)) => {
+            let body: serde_json::Value = response.into_json().unwrap();
+            assert!(
+                body["error"].as_str().unwrap().contains("path component"),
+                "{body}"
+            );
+        }
+        other => panic!("expected 400, got {other:?}"),
+    }
+    let unknown = run(
+        d,
+        "peer_client",
+        &[
+            "get",
+            &"cd".repeat(32),
+            "--tracker",
+            &tracker.url,
+            "--store",
+            "s",
+            "-o",
+            "x",
+        ],
+        b"",
+    );
+    assert!(
+        unknown.code(1).contains("not in the catalog"),
+        "{}",
+        unknown.stderr
+    );
+    match ureq::get(&format!("{}/nope", tracker.url)).call() {
+        Err(ureq::Error::Status(404, response)) => {
+            assert!(response.into_string().unwrap().contains("\"error\""))
+        }
+        other => panic!("expected 404, got {other:?}"),
+    }
+}

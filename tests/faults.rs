@@ -1,0 +1,223 @@
+//! Faults: peers that die or lie, clients killed mid-download, a tracker restart.
+
+use std::fs;
+use std::os::unix::fs::FileExt;
+use std::time::Duration;
+
+use crate::harness::{Proc, ServerProc, TrackerProc, eventually, get, random_file, stored_chunks};
+
+#[test]
+fn a_peer_killed_mid_transfer_loses_its_chunks_to_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // 12 MiB through two peers capped at 2 MiB/s each takes about 3 s: time to kill one.
+    let bytes = random_file(&d.join("f.bin"), 12 << 20, 5);
+    let tracker = TrackerProc::start(d, &[]);
+    let _origin = ServerProc::start(d, "origin", Some(&tracker.url), &["f.bin"], &["--origin"]);
+    let mut victim = ServerProc::start(
+        d,
+        "peer-a",
+        Some(&tracker.url),
+        &["f.bin"],
+        &["--max-upload-rate", "2MiB"],
+    );
+    let _other = ServerProc::start(
+        d,
+        "peer-b",
+        Some(&tracker.url),
+        &["f.bin"],
+        &["--max-upload-rate", "2MiB"],
+    );
+    let id = victim.seeded[0].clone();
+    eventually("both peers in the swarm", Duration::from_secs(10), || {
+        tracker
+            .get_json(&format!("/assets/{id}/peers"))
+            .as_array()
+            .unwrap()
+            .len()
+            == 3
+    });
+
+    let mut client = Proc::spawn(
+        d,
+        "peer_client",
+        &[
+            "get",
+            &id,
+            "--tracker",
+            &tracker.url,
+            "-o",
+            "copy.bin",
+            "--store",
+            "client",
+            "--json",
+        ],
+    );
+    let client_store = d.join("client");
+    eventually(
+        "the client to record progress",
+        Duration::from_secs(20),
+        || stored_chunks(&client_store, &id) > 0,
+    );
+    victim.proc.kill();
+    assert!(
+        client.wait().success(),
+        "client failed: {}",
+        client.stderr()
+    );
+    let summary: serde_json::Value = serde_json::from_str(&client.remaining_stdout()).unwrap();
+    assert_eq!(fs::read(d.join("copy.bin")).unwrap(), bytes);
+    let sources = summary["sources"].as_array().unwrap();
+    let victim_entry = sources
+        .iter()
+        .find(|s| s["addr"] == victim.addr.as_str())
+        .expect("victim listed");
+    assert!(
+        victim_entry["dropped"].is_string(),
+        "the killed peer is reported dropped: {summary}"
+    );
+    let total: u64 = ["from_peers", "from_origin"]
+        .iter()
+        .map(|k| summary[k].as_u64().unwrap())
+        .sum();
+    assert_eq!(total, bytes.len() as u64);
+}
+
+#[test]
+fn a_peer_serving_corrupt_bytes_is_dropped_and_the_download_is_correct() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let bytes = random_file(&d.join("f.bin"), 20 * 65536, 6);
+    let tracker = TrackerProc::start(d, &[]);
+    let _origin = ServerProc::start(d, "origin", Some(&tracker.url), &["f.bin"], &["--origin"]);
+    let liar = ServerProc::start(d, "liar", Some(&tracker.url), &["f.bin"], &[]);
+    let id = liar.seeded[0].clone();
+    // Rot the liar's disk: every chunk differs from the manifest by one byte.
+    let data = liar.store.join("assets").join(&id).join("data");
+    let mut perms = fs::metadata(&data).unwrap().permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    perms.set_readonly(false);
+    fs::set_permissions(&data, perms).unwrap();
+    let file = fs::OpenOptions::new().write(true).open(&data).unwrap();
+    for chunk in 0..20u64 {
+        file.write_all_at(&[bytes[(chunk * 65536) as usize] ^ 0xff], chunk * 65536)
+            .unwrap();
+    }
+    eventually("both servers in the swarm", Duration::from_secs(10), || {
+        tracker
+            .get_json(&format!("/assets/{id}/peers"))
+            .as_array()
+            .unwrap()
+            .len()
+            == 2
+    });
+
+    let run = get(d, &tracker.url, &id, "copy.bin", "client", &[]);
+    let summary = run.json();
+    assert_eq!(fs::read(d.join("copy.bin")).unwrap(), bytes);
+    let liar_entry = summary["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["addr"] == liar.addr.as_str())
+        .unwrap();
+    assert!(
+        liar_entry["dropped"].as_str().unwrap().contains("SHA-256"),
+        "{summary}"
+    );
+    assert_eq!(liar_entry["bytes"], 0);
+    assert_eq!(summary["from_origin"], bytes.len() as u64);
+    assert!(
+        run.stderr.contains("wrong SHA-256"),
+        "the client says why it dropped the peer: {}",
+        run.stderr
+    );
+}
+
+#[test]
+fn a_killed_download_resumes_and_fetches_only_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let bytes = random_file(&d.join("f.bin"), 64 * 65536, 7);
+    let tracker = TrackerProc::start(d, &[]);
+    // 4 MiB at 1 MiB/s: about 4 s, so the client is surely killed half way.
+    let origin = ServerProc::start(
+        d,
+        "origin",
+        Some(&tracker.url),
+        &["f.bin"],
+        &["--origin", "--max-upload-rate", "1MiB"],
+    );
+    let id = origin.seeded[0].clone();
+    let mut client = Proc::spawn(
+        d,
+        "peer_client",
+        &[
+            "get",
+            &id,
+            "--tracker",
+            &tracker.url,
+            "-o",
+            "copy.bin",
+            "--store",
+            "client",
+        ],
+    );
+    let store = d.join("client");
+    eventually(
+        "a checkpoint with progress",
+        Duration::from_secs(20),
+        || stored_chunks(&store, &id) >= 8,
+    );
+    client.kill();
+    let kept = stored_chunks(&store, &id) as u64;
+    assert!(kept < 64, "the client was killed before it finished");
+    assert!(
+        !d.join("copy.bin").exists(),
+        "no output under the final name before completion"
+    );
+
+    let summary = get(d, &tracker.url, &id, "copy.bin", "client", &[]).json();
+    assert_eq!(fs::read(d.join("copy.bin")).unwrap(), bytes);
+    let cached = summary["from_cache"].as_u64().unwrap();
+    assert!(
+        cached >= kept * 65536,
+        "resume reuses what was kept: {summary}"
+    );
+    assert_eq!(
+        summary["from_origin"].as_u64().unwrap(),
+        bytes.len() as u64 - cached,
+        "only the rest is fetched"
+    );
+}
+
+#[test]
+fn a_restarted_tracker_keeps_its_catalog_and_peers_come_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let bytes = random_file(&d.join("f.bin"), 5 * 65536, 8);
+    // A 3 s peer timeout makes peers heartbeat every second.
+    let mut tracker = TrackerProc::start(d, &["--peer-timeout", "3s"]);
+    let origin = ServerProc::start(d, "origin", Some(&tracker.url), &["f.bin"], &["--origin"]);
+    let id = origin.seeded[0].clone();
+    tracker.proc.kill();
+
+    let listen = tracker.url.trim_start_matches("http://").to_string();
+    let tracker = TrackerProc::start_on(d, &listen, &["--peer-timeout", "3s"]);
+    let catalog = tracker.get_json("/assets");
+    assert_eq!(
+        catalog[0]["id"],
+        id.as_str(),
+        "the catalog survived SIGKILL"
+    );
+    eventually("the origin to re-announce", Duration::from_secs(15), || {
+        tracker
+            .get_json(&format!("/assets/{id}/peers"))
+            .as_array()
+            .unwrap()
+            .len()
+            == 1
+    });
+    get(d, &tracker.url, &id, "copy.bin", "client", &[]).ok();
+    assert_eq!(fs::read(d.join("copy.bin")).unwrap(), bytes);
+}

@@ -1,0 +1,413 @@
+//! Runs the real binaries: spawn, wait for their `listening on` line, kill on drop, and on
+//! failure show the command, its status, stdout and stderr.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, unbounded};
+
+/// How long a server may take to print its `listening on` line (seeding included).
+pub const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long any one command may run before the test gives up on it.
+pub const RUN_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Path of one of the crate's binaries.
+pub fn bin(name: &str) -> PathBuf {
+    match name {
+        "tracker" => env!("CARGO_BIN_EXE_tracker").into(),
+        "chunkify" => env!("CARGO_BIN_EXE_chunkify").into(),
+        "peer_server" => env!("CARGO_BIN_EXE_peer_server").into(),
+        "peer_client" => env!("CARGO_BIN_EXE_peer_client").into(),
+        other => panic!("no binary {other}"),
+    }
+}
+
+/// The directory holding the binaries, for scripts that call them by name.
+pub fn bin_dir() -> PathBuf {
+    bin("tracker").parent().unwrap().to_path_buf()
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so failures reproduce.
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        out.extend_from_slice(&state.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Writes `len` pseudo-random bytes to `path` and returns them.
+pub fn random_file(path: &Path, len: usize, seed: u64) -> Vec<u8> {
+    let bytes = random_bytes(len, seed);
+    std::fs::write(path, &bytes).unwrap();
+    bytes
+}
+
+/// A finished command.
+pub struct Run {
+    pub description: String,
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    fn report(&self) -> String {
+        format!(
+            "command: {}\nstatus: {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.description, self.status, self.stdout, self.stderr
+        )
+    }
+
+    /// Asserts success and returns stdout.
+    pub fn ok(&self) -> &str {
+        assert!(self.status.success(), "command failed\n{}", self.report());
+        &self.stdout
+    }
+
+    /// Asserts the exit code and returns stderr.
+    pub fn code(&self, code: i32) -> &str {
+        assert_eq!(
+            self.status.code(),
+            Some(code),
+            "unexpected exit status\n{}",
+            self.report()
+        );
+        &self.stderr
+    }
+
+    /// Parses stdout as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(self.ok().trim())
+            .unwrap_or_else(|e| panic!("stdout is not JSON: {e}\n{}", self.report()))
+    }
+}
+
+/// Runs a binary to completion (bounded by [`RUN_TIMEOUT`]) in `dir`, feeding `stdin`.
+pub fn run(dir: &Path, name: &str, args: &[&str], stdin: &[u8]) -> Run {
+    run_cmd(
+        Command::new(bin(name)).args(args).current_dir(dir),
+        &format!("{name} {}", args.join(" ")),
+        stdin,
+    )
+}
+
+/// Runs a prepared command to completion, bounded by [`RUN_TIMEOUT`].
+pub fn run_cmd(cmd: &mut Command, description: &str, stdin: &[u8]) -> Run {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawning {description}: {e}"));
+    let mut input = child.stdin.take().unwrap();
+    let stdin = stdin.to_vec();
+    let feeder = std::thread::spawn(move || {
+        let _ = input.write_all(&stdin);
+    });
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let out_reader = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = out.read_to_end(&mut s);
+        s
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = err.read_to_end(&mut s);
+        s
+    });
+    let deadline = Instant::now() + RUN_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{description} ran longer than {RUN_TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let _ = feeder.join();
+    Run {
+        description: description.to_string(),
+        status,
+        stdout: String::from_utf8_lossy(&out_reader.join().unwrap()).into_owned(),
+        stderr: String::from_utf8_lossy(&err_reader.join().unwrap()).into_owned(),
+    }
+}
+
+/// A long-running child, killed when dropped.
+pub struct Proc {
+    pub description: String,
+    child: Child,
+    lines: Receiver<String>,
+    seen: Vec<String>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Proc {
+    /// Starts a binary in `dir`.
+    pub fn spawn(dir: &Path, name: &str, args: &[&str]) -> Proc {
+        Self::spawn_cmd(
+            Command::new(bin(name)).args(args).current_dir(dir),
+            format!("{name} {}", args.join(" ")),
+        )
+    }
+
+    /// Starts a prepared command.
+    pub fn spawn_cmd(cmd: &mut Command, description: String) -> Proc {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {description}: {e}"));
+        let (tx, lines) = unbounded();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let sink = Arc::clone(&stderr);
+        let mut err = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = err.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        Proc {
+            description,
+            child,
+            lines,
+            seen: Vec::new(),
+            stderr,
+        }
+    }
+
+    /// Waits for a stdout line starting with `prefix` and returns the rest of it.
+    pub fn wait_line(&mut self, prefix: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if let Some(rest) = line.strip_prefix(prefix) {
+                        return rest.trim().to_string();
+                    }
+                }
+                Err(_) => panic!(
+                    "{} did not print {prefix:?} within {timeout:?}\nstatus: {:?}\nstdout so far: {:?}\nstderr: {}",
+                    self.description,
+                    self.child.try_wait(),
+                    self.seen,
+                    self.stderr()
+                ),
+            }
+        }
+    }
+
+    /// Waits for the `listening on ADDR` line and returns ADDR.
+    pub fn listening(&mut self) -> String {
+        self.wait_line("listening on ", START_TIMEOUT)
+    }
+
+    /// The stdout lines not yet consumed by `wait_line`, once the child has exited.
+    pub fn remaining_stdout(&mut self) -> String {
+        self.wait();
+        let mut out = String::new();
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
+            out.push_str(&line);
+            out.push('\n');
+        }
+        out
+    }
+
+    /// Everything the child wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// The child's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Kills the child (SIGKILL) and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Waits for the child to exit on its own, bounded by [`RUN_TIMEOUT`].
+    pub fn wait(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + RUN_TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not exit within {RUN_TIMEOUT:?}",
+                self.description
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Polls `condition` every 20 ms until it holds or `timeout` passes.
+pub fn eventually(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !condition() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A tracker on 127.0.0.1 port 0 with its data in `dir/tracker-data`.
+pub struct TrackerProc {
+    pub proc: Proc,
+    pub url: String,
+}
+
+impl TrackerProc {
+    pub fn start(dir: &Path, extra: &[&str]) -> TrackerProc {
+        Self::start_on(dir, "127.0.0.1:0", extra)
+    }
+
+    pub fn start_on(dir: &Path, listen: &str, extra: &[&str]) -> TrackerProc {
+        let mut args = vec!["--listen", listen, "--data", "tracker-data"];
+        args.extend_from_slice(extra);
+        let mut proc = Proc::spawn(dir, "tracker", &args);
+        let url = proc.listening();
+        TrackerProc { proc, url }
+    }
+
+    /// GET a path of the tracker API as JSON.
+    pub fn get_json(&self, path: &str) -> serde_json::Value {
+        ureq::get(&format!("{}{path}", self.url))
+            .call()
+            .unwrap()
+            .into_json()
+            .unwrap()
+    }
+}
+
+/// A peer_server on 127.0.0.1 port 0 seeding `seeds` from `dir`, with its store in `dir/store`.
+pub struct ServerProc {
+    pub proc: Proc,
+    pub addr: String,
+    pub seeded: Vec<String>,
+    pub store: PathBuf,
+}
+
+impl ServerProc {
+    pub fn start(
+        dir: &Path,
+        store: &str,
+        tracker: Option<&str>,
+        seeds: &[&str],
+        extra: &[&str],
+    ) -> ServerProc {
+        let mut args = vec![
+            "--listen",
+            "127.0.0.1:0",
+            "--store",
+            store,
+            "--chunk-size",
+            "64KiB",
+        ];
+        if let Some(url) = tracker {
+            args.extend_from_slice(&["--tracker", url]);
+        }
+        for seed in seeds {
+            args.extend_from_slice(&["--seed", seed]);
+        }
+        args.extend_from_slice(extra);
+        let mut proc = Proc::spawn(dir, "peer_server", &args);
+        let seeded = seeds
+            .iter()
+            .map(|_| proc.wait_line("seeded ", START_TIMEOUT))
+            .collect::<Vec<_>>();
+        let seeded = seeded
+            .iter()
+            .map(|l| l.split_whitespace().next().unwrap().to_string())
+            .collect();
+        let addr = proc.listening();
+        ServerProc {
+            proc,
+            addr,
+            seeded,
+            store: dir.join(store),
+        }
+    }
+}
+
+/// The chunks of `asset` a store records as held.
+pub fn stored_chunks(store: &Path, asset: &str) -> u32 {
+    std::fs::read(store.join("assets").join(asset).join("have"))
+        .map(|bytes| bytes.iter().map(|b| b.count_ones()).sum())
+        .unwrap_or(0)
+}
+
+/// Publishes `file` (chunked at 64 KiB) with `chunkify | peer_client publish -`; returns the id.
+pub fn publish(dir: &Path, tracker: &str, file: &str) -> String {
+    let manifest = run(dir, "chunkify", &["--chunk-size", "64KiB", file], b"");
+    let id = run(
+        dir,
+        "peer_client",
+        &["publish", "--tracker", tracker, "-"],
+        manifest.ok().as_bytes(),
+    );
+    id.ok().trim().to_string()
+}
+
+/// `peer_client get ID -o OUT --store STORE --json` plus `extra`; returns the run.
+pub fn get(dir: &Path, tracker: &str, id: &str, out: &str, store: &str, extra: &[&str]) -> Run {
+    let mut args = vec![
+        "get",
+        id,
+        "--tracker",
+        tracker,
+        "-o",
+        out,
+        "--store",
+        store,
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    run(dir, "peer_client", &args, b"")
+}

@@ -1,0 +1,9 @@
+//! Integration tests: the real binaries on 127.0.0.1, port 0, each test in its own
+//! temporary directory. One test binary (`autotests = false`) keeps link time down.
+
+mod harness;
+
+mod cli_errors;
+mod faults;
+mod network;
+mod pipeline;
