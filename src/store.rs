@@ -13,6 +13,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,9 +29,21 @@ pub struct Store {
     root: PathBuf,
 }
 
-/// Writes `bytes` to `path` atomically: a temporary file in the same directory, fsync,
-/// rename over `path`, fsync the directory.
+/// Writes `bytes` to `path` durably and atomically: a temporary file in the same
+/// directory, fsync, rename over `path`, fsync the directory. For manifests and the
+/// catalog, which must survive a power loss.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_via_rename(path, bytes, true)
+}
+
+/// Replaces `path` atomically without forcing it to disk: a reader, or a process started
+/// after any crash of ours, sees the old or the new content, never a mix. For progress
+/// records, which are rewritten every second and checked again on resume.
+fn replace(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_via_rename(path, bytes, false)
+}
+
+fn write_via_rename(path: &Path, bytes: &[u8], durable: bool) -> Result<()> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let dir = path.parent().unwrap_or(Path::new("."));
     let file_name = path
@@ -45,9 +58,14 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let result = (|| -> io::Result<()> {
         let mut file = File::create(&tmp)?;
         file.write_all(bytes)?;
-        file.sync_all()?;
+        if durable {
+            file.sync_all()?;
+        }
         fs::rename(&tmp, path)?;
-        sync_dir(dir)
+        if durable {
+            sync_dir(dir)?;
+        }
+        Ok(())
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
@@ -183,6 +201,11 @@ impl Store {
                 )
             })?;
         }
+        let have = if have.is_full() || have.count() == 0 {
+            have
+        } else {
+            recheck(manifest, &data, &have)?
+        };
         Ok(Partial {
             id,
             dir,
@@ -212,7 +235,6 @@ impl Store {
                 return Ok(manifest);
             }
             let partial = self.begin(&manifest)?;
-            File::open(&tmp)?.sync_all()?;
             fs::rename(&tmp, partial.dir.join("data"))
                 .with_context(|| format!("moving {} into the store", tmp.display()))?;
             partial.finish()?;
@@ -244,7 +266,6 @@ impl Store {
             if fs::hard_link(&data, &tmp).is_err() {
                 fs::copy(&data, &tmp)
                     .with_context(|| format!("copying {} to {}", data.display(), tmp.display()))?;
-                File::open(&tmp)?.sync_all()?;
             }
             fs::rename(&tmp, out)
                 .with_context(|| format!("renaming {} to {}", tmp.display(), out.display()))?;
@@ -283,33 +304,46 @@ impl Partial {
         &self.have
     }
 
-    /// Persists progress: flushes the content, then records `have` atomically. Call it only
-    /// with chunks whose bytes were written before the call, so the record never claims
-    /// data that a crash could lose.
+    /// Records progress. Call it only with chunks whose bytes were written before the call:
+    /// the record then never claims data that a crash of this process could lose (written
+    /// data lives in the page cache, which outlives the process). The content is not forced
+    /// to disk here: syncing a gigabyte every second stalls the writes behind it and costs
+    /// as much disk time as the download itself. After a power loss the record may claim
+    /// chunks the disk never got; [`Store::begin`] re-hashes claimed chunks on resume.
     pub fn checkpoint(&self, have: &Bitfield) -> Result<()> {
-        self.data
-            .sync_data()
-            .with_context(|| format!("syncing {}", self.dir.join("data").display()))?;
-        write_atomic(&self.dir.join("have"), have.as_bytes())
+        replace(&self.dir.join("have"), have.as_bytes())
     }
 
     /// Marks the asset complete (every chunk verified) and makes its content read-only.
     pub fn finish(self) -> Result<()> {
-        let data_path = self.dir.join("data");
-        let file =
-            File::open(&data_path).with_context(|| format!("opening {}", data_path.display()))?;
-        file.sync_all()
-            .with_context(|| format!("syncing {}", data_path.display()))?;
-        write_atomic(
+        replace(
             &self.dir.join("have"),
             Bitfield::full(self.have.len()).as_bytes(),
         )?;
-        let mut perms = file.metadata()?.permissions();
+        let data_path = self.dir.join("data");
+        let mut perms = self.data.metadata()?.permissions();
         perms.set_readonly(true);
         fs::set_permissions(&data_path, perms)
             .with_context(|| format!("making {} read-only", data_path.display()))?;
         Ok(())
     }
+}
+
+/// The chunks of `claimed` whose bytes in `data` match the manifest. Run on resume, so a
+/// record that outlived its data (power loss, disk rot, a hand edit) costs a re-fetch, not
+/// a corrupt file.
+fn recheck(manifest: &Manifest, data: &File, claimed: &Bitfield) -> Result<Bitfield> {
+    let mut kept = Bitfield::new(claimed.len());
+    let mut buf = vec![0u8; manifest.chunk_size as usize];
+    for index in claimed.ones() {
+        let chunk = &mut buf[..manifest.chunk_len(index) as usize];
+        data.read_exact_at(chunk, manifest.chunk_offset(index))
+            .with_context(|| format!("re-reading chunk {index} of {}", manifest.id()))?;
+        if manifest.chunk_matches(index, chunk) {
+            kept.set(index);
+        }
+    }
+    Ok(kept)
 }
 
 #[cfg(test)]
@@ -358,6 +392,14 @@ mod tests {
         }
         let again = store.begin(&m).unwrap();
         assert_eq!(again.have().ones().collect::<Vec<_>>(), vec![0]);
+        // A record claiming a chunk whose bytes are not there loses that claim on resume.
+        let mut claims = Bitfield::new(3);
+        claims.set(0);
+        claims.set(2);
+        again.checkpoint(&claims).unwrap();
+        drop(again);
+        let rechecked = store.begin(&m).unwrap();
+        assert_eq!(rechecked.have().ones().collect::<Vec<_>>(), vec![0]);
         assert_eq!(
             fs::metadata(store.data_path(&m.id())).unwrap().len(),
             bytes.len() as u64

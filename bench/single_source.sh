@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Single-source benchmark: one peer_server -> one `peer_client get` to a file, against curl
+# fetching the same file from nginx (sendfile on), alternated in the same run.
+#
+#   bench/single_source.sh            # 1 GiB, 5 runs each
+#   SIZE_MIB=256 RUNS=3 bench/single_source.sh
+#
+# Needs nginx (Debian: nginx-light) and curl. Everything listens on 127.0.0.1. Outputs are
+# deleted and synced outside the timed region. Prints each run, then medians and the ratio.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SIZE_MIB=${SIZE_MIB:-1024}
+RUNS=${RUNS:-5}
+cargo build --release -q
+B=$PWD/target/release
+W=$(mktemp -d "${TMPDIR:-/tmp}/swarmcache-bench.XXXXXX")
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$W"; }
+trap cleanup EXIT
+chmod 755 "$W"   # nginx workers run as an unprivileged user
+cd "$W"
+
+wait_line() { # file prefix -> rest of the first line starting with prefix (30 s at most)
+  for _ in $(seq 300); do
+    v=$(sed -n "s/^$2//p" "$1" | head -1); [ -n "$v" ] && { echo "$v"; return; }; sleep 0.1
+  done; echo "no '$2' in $1" >&2; cat "$1" >&2; exit 1
+}
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+now() { date +%s.%N; }
+median() { sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+
+head -c $((SIZE_MIB << 20)) /dev/urandom > file.bin
+BYTES=$(stat -c %s file.bin)
+
+mkdir -p www nginx/logs && ln file.bin www/file.bin
+PORT=$(free_port)
+cat > nginx/nginx.conf <<CONF
+worker_processes 1;
+daemon off;
+error_log $W/nginx/logs/error.log;
+pid $W/nginx/nginx.pid;
+events { worker_connections 64; }
+http {
+  access_log off;
+  sendfile on;
+  server { listen 127.0.0.1:$PORT; root $W/www; }
+}
+CONF
+nginx -p "$W/nginx" -c "$W/nginx/nginx.conf" & pids+=($!)
+
+"$B/tracker" --listen 127.0.0.1:0 --data tracker-data > tracker.log 2>&1 & pids+=($!)
+URL=$(wait_line tracker.log "listening on ")
+"$B/peer_server" --listen 127.0.0.1:0 --store origin --seed file.bin --tracker "$URL" --origin > server.log 2>&1 & pids+=($!)
+wait_line server.log "listening on " > /dev/null
+ID=$(wait_line server.log "seeded " | cut -d' ' -f1)
+ok=0; for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$PORT/file.bin" && { ok=1; break; }; sleep 0.1; done
+[ "$ok" = 1 ] || { echo "nginx does not serve the file:" >&2; cat nginx/logs/error.log >&2; exit 1; }
+cat file.bin > /dev/null   # both sources read from the page cache
+
+: > curl.times; : > swarm.times
+for i in $(seq "$RUNS"); do
+  t0=$(now); curl -s -o out.curl "http://127.0.0.1:$PORT/file.bin"; t1=$(now)
+  cmp -s file.bin out.curl || { echo "curl output differs" >&2; exit 1; }
+  rm -f out.curl; sync
+  t2=$(now); "$B/peer_client" get "$ID" --tracker "$URL" -o out.swarm --store "store-$i" --quiet; t3=$(now)
+  cmp -s file.bin out.swarm || { echo "swarmcache output differs" >&2; exit 1; }
+  rm -rf out.swarm "store-$i"; sync
+  c=$(echo "$t1 - $t0" | bc -l); s=$(echo "$t3 - $t2" | bc -l)
+  echo "$c" >> curl.times; echo "$s" >> swarm.times
+  printf 'run %d: curl %.3f s (%.2f GB/s)   swarmcache %.3f s (%.2f GB/s)\n' "$i" "$c" "$(echo "$BYTES/$c/1000000000" | bc -l)" "$s" "$(echo "$BYTES/$s/1000000000" | bc -l)"
+done
+mc=$(median < curl.times); ms=$(median < swarm.times)
+printf 'median of %d, %d MiB: curl %.3f s (%.2f GB/s), swarmcache get %.3f s (%.2f GB/s, every chunk verified); swarmcache throughput / curl = %.2f\n' \
+  "$RUNS" "$SIZE_MIB" "$mc" "$(echo "$BYTES/$mc/1000000000" | bc -l)" "$ms" "$(echo "$BYTES/$ms/1000000000" | bc -l)" "$(echo "$mc/$ms" | bc -l)"
