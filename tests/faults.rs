@@ -221,3 +221,79 @@ fn a_restarted_tracker_keeps_its_catalog_and_peers_come_back() {
     get(d, &tracker.url, &id, "copy.bin", "client", &[]).ok();
     assert_eq!(fs::read(d.join("copy.bin")).unwrap(), bytes);
 }
+
+#[test]
+fn a_stalled_peer_is_dropped_after_the_chunk_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let bytes = random_file(&d.join("f.bin"), 12 << 20, 13);
+    let tracker = TrackerProc::start(d, &[]);
+    let _origin = ServerProc::start(d, "origin", Some(&tracker.url), &["f.bin"], &["--origin"]);
+    // Capped so that the transfer is still running when the peer is frozen.
+    let staller = ServerProc::start(
+        d,
+        "staller",
+        Some(&tracker.url),
+        &["f.bin"],
+        &["--max-upload-rate", "2MiB"],
+    );
+    let id = staller.seeded[0].clone();
+    eventually("both servers in the swarm", Duration::from_secs(10), || {
+        tracker
+            .get_json(&format!("/assets/{id}/peers"))
+            .as_array()
+            .unwrap()
+            .len()
+            == 2
+    });
+    let mut client = Proc::spawn(
+        d,
+        "peer_client",
+        &[
+            "get",
+            &id,
+            "--tracker",
+            &tracker.url,
+            "-o",
+            "copy.bin",
+            "--store",
+            "client",
+            "--json",
+            "--chunk-timeout",
+            "1s",
+        ],
+    );
+    let store = d.join("client");
+    eventually(
+        "the client to record progress",
+        Duration::from_secs(20),
+        || stored_chunks(&store, &id) > 0,
+    );
+    // SIGSTOP: the peer keeps its connections open but never sends another byte.
+    let stopped = std::process::Command::new("kill")
+        .args(["-STOP", &staller.proc.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(stopped.success());
+    assert!(
+        client.wait().success(),
+        "client failed: {}",
+        client.stderr()
+    );
+    let summary: serde_json::Value = serde_json::from_str(&client.remaining_stdout()).unwrap();
+    assert_eq!(fs::read(d.join("copy.bin")).unwrap(), bytes);
+    let entry = summary["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["addr"] == staller.addr.as_str())
+        .unwrap();
+    assert!(
+        entry["dropped"].as_str().unwrap().contains("stalled"),
+        "{summary}"
+    );
+    assert!(
+        summary["from_origin"].as_u64().unwrap() > 0,
+        "the origin took over: {summary}"
+    );
+}
