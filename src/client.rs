@@ -671,15 +671,17 @@ impl Worker {
             Err(e) => return End::Failed(format!("unreachable: {e}")),
         };
         let setup = stream
-            .set_read_timeout(Some(self.chunk_timeout))
-            .and_then(|()| stream.set_write_timeout(Some(self.chunk_timeout)))
+            .set_write_timeout(Some(self.chunk_timeout))
             .and_then(|()| stream.set_nodelay(true));
         if let Err(e) = setup {
             return End::Failed(format!("configuring the socket: {e}"));
         }
-        let mut reader = &stream;
         let mut writer = &stream;
         let limit = chunk_frame_limit(self.manifest.chunk_size);
+        // Every reply must arrive whole within the chunk timeout of our starting to wait for
+        // it, so a source trickling a byte at a time is as stalled as a silent one.
+        let next_reply =
+            || wire::read_message_by(&stream, limit, Instant::now() + self.chunk_timeout);
         let hello = Message::Hello {
             version: PROTOCOL_VERSION,
             asset: self.asset,
@@ -691,7 +693,7 @@ impl Worker {
             return End::Failed(format!("sending the handshake: {e}"));
         }
         let count = self.manifest.chunk_count();
-        match wire::read_message(&mut reader, limit) {
+        match next_reply() {
             Ok(Message::Welcome { chunk_count, .. }) if chunk_count == count => {}
             Ok(Message::Welcome { chunk_count, .. }) => {
                 return End::Lied(format!(
@@ -704,12 +706,15 @@ impl Worker {
             Ok(other) => return End::Lied(format!("answered the handshake with {other:?}")),
             Err(e) => return End::Failed(format!("handshake: {e}")),
         }
-        match wire::read_message(&mut reader, limit) {
+        match next_reply() {
             Ok(Message::Have(have)) if have.len() == count => {
                 let _ = self.events.send(Event::Ready {
                     conn: self.conn,
                     have,
                 });
+            }
+            Ok(Message::Error { code, message }) => {
+                return End::Failed(format!("refused the have request (code {code}): {message}"));
             }
             Ok(other) => return End::Lied(format!("answered a have request with {other:?}")),
             Err(e) => return End::Failed(format!("reading its have list: {e}")),
@@ -738,7 +743,7 @@ impl Worker {
                 return End::Failed(format!("sending requests: {e}"));
             }
             let expected = *in_flight.front().expect("in flight is not empty");
-            let message = match wire::read_message(&mut reader, limit) {
+            let message = match next_reply() {
                 Ok(m) => m,
                 Err(e) if e.is_timeout() => {
                     return End::Failed(format!(

@@ -7,15 +7,15 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io::{self, Read};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use crossbeam_channel::{TrySendError, bounded};
+use crossbeam_channel::bounded;
 
 use crate::api::AnnounceRequest;
 use crate::bitfield::Bitfield;
@@ -33,15 +33,20 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// A write (one chunk to a client) that cannot progress for this long means the client
 /// stopped reading; give its worker to someone else.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Default connection slots. Each is a thread with a small stack, and a 1 MiB chunk goes
-/// out with `sendfile` without a user-space buffer, so 64 cost little memory.
+/// Default connection slots. Each is a thread with a small stack, and a chunk goes out with
+/// `sendfile` without a user-space buffer, so 64 cost little memory.
 pub const DEFAULT_MAX_CONNS: usize = 64;
 /// Heartbeat period used until the tracker says otherwise.
 pub const DEFAULT_ANNOUNCE_INTERVAL: Duration = Duration::from_secs(20);
 /// First retry after a failed announce; later ones back off exponentially.
 const RETRY_FIRST: Duration = Duration::from_secs(1);
-/// Refusing a connection must not stall the accept loop on a client that does not read.
-const REFUSE_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long a closing connection waits for its error frame to leave and for the peer's
+/// unread bytes to drain: long enough on any LAN, short enough not to hold a worker.
+const CLOSE_LINGER: Duration = Duration::from_millis(500);
+/// Most bytes drained from a closing connection before giving up on a clean close.
+const MAX_DRAIN: usize = 256 << 10;
+/// Refusal threads alive at once; a flood beyond this is closed without an explanation.
+const MAX_REFUSERS: usize = 16;
 
 /// Validated peer server settings.
 #[derive(Clone, Debug)]
@@ -80,6 +85,10 @@ struct Shared {
     limiter: Option<RateLimiter>,
     stop: AtomicBool,
     active: Mutex<HashMap<u64, TcpStream>>,
+    /// Connections being served now.
+    in_use: AtomicUsize,
+    /// Refusal threads running now.
+    refusing: AtomicUsize,
 }
 
 /// A bound peer server, ready to [`Server::serve`].
@@ -159,6 +168,8 @@ impl Server {
             limiter: config.max_upload_rate.map(RateLimiter::new),
             stop: AtomicBool::new(false),
             active: Mutex::new(HashMap::new()),
+            in_use: AtomicUsize::new(0),
+            refusing: AtomicUsize::new(0),
         });
         Ok(Server {
             listener,
@@ -200,21 +211,19 @@ impl Server {
             }
             None => None,
         };
-        let (conn_tx, conn_rx) = bounded::<(u64, TcpStream)>(0);
-        let workers: Vec<_> = (0..self.config.max_conns.max(1))
+        let max_conns = self.config.max_conns.max(1);
+        // Slots are counted, not inferred from idle workers: a connection is refused only
+        // when `max_conns` are really being served, and the queue never holds more than the
+        // free slots, so sending on it never blocks the accept loop.
+        let (conn_tx, conn_rx) = bounded::<(u64, TcpStream)>(max_conns);
+        let workers: Vec<_> = (0..max_conns)
             .map(|_| {
                 let (rx, shared) = (conn_rx.clone(), Arc::clone(&self.shared));
                 std::thread::spawn(move || {
                     for (id, stream) in rx {
-                        let peer = stream.peer_addr().map_or("?".into(), |a| a.to_string());
-                        if let Err(e) = shared.handle(&stream) {
-                            eprintln!("peer_server: connection from {peer}: {e:#}");
-                        }
-                        shared
-                            .active
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .remove(&id);
+                        shared.serve_connection(&stream);
+                        shared.lock_active().remove(&id);
+                        shared.in_use.fetch_sub(1, Ordering::SeqCst);
                     }
                 })
             })
@@ -231,27 +240,17 @@ impl Server {
                     continue;
                 }
             };
+            if self.shared.in_use.fetch_add(1, Ordering::SeqCst) >= max_conns {
+                self.shared.in_use.fetch_sub(1, Ordering::SeqCst);
+                self.shared.refuse(stream, max_conns);
+                continue;
+            }
             next_id += 1;
             if let Ok(clone) = stream.try_clone() {
-                self.shared
-                    .active
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(next_id, clone);
+                self.shared.lock_active().insert(next_id, clone);
             }
-            match conn_tx.try_send((next_id, stream)) {
-                Ok(()) => {}
-                Err(
-                    TrySendError::Full((id, stream)) | TrySendError::Disconnected((id, stream)),
-                ) => {
-                    self.shared
-                        .active
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .remove(&id);
-                    refuse(stream, self.config.max_conns);
-                }
-            }
+            // Cannot fail: the workers hold the receiver until this sender is dropped.
+            let _ = conn_tx.send((next_id, stream));
         }
         drop(conn_tx);
         for worker in workers {
@@ -264,15 +263,70 @@ impl Server {
     }
 }
 
-fn refuse(mut stream: TcpStream, max_conns: usize) {
-    let _ = stream.set_write_timeout(Some(REFUSE_TIMEOUT));
-    let message = format!(
-        "server busy: all {max_conns} connection slots are taken; try another peer or retry later"
-    );
-    let _ = wire::write_message(&mut stream, &Message::error(code::SERVER_BUSY, message));
+/// A request the server declines, with the error frame that says why.
+#[derive(Debug)]
+struct Reject {
+    code: u16,
+    text: String,
+}
+
+impl std::fmt::Display for Reject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl std::error::Error for Reject {}
+
+fn reject(code: u16, text: impl Into<String>) -> anyhow::Error {
+    Reject {
+        code,
+        text: text.into(),
+    }
+    .into()
+}
+
+/// Sends a last error frame, then closes without a reset: the write side is shut first and
+/// what the peer already sent is drained (briefly), so the error frame is not discarded by
+/// a TCP reset on the peer's side.
+fn close_with_error(stream: &TcpStream, code: u16, text: &str) {
+    let _ = stream.set_write_timeout(Some(CLOSE_LINGER));
+    let _ = wire::write_message(&mut &*stream, &Message::error(code, text));
+    let _ = stream.shutdown(Shutdown::Write);
+    let _ = stream.set_read_timeout(Some(CLOSE_LINGER));
+    let mut sink = [0u8; 4096];
+    let deadline = Instant::now() + CLOSE_LINGER;
+    let mut drained = 0;
+    while Instant::now() < deadline && drained < MAX_DRAIN {
+        match (&mut &*stream).read(&mut sink) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => drained += n,
+        }
+    }
 }
 
 impl Shared {
+    fn lock_active(&self) -> std::sync::MutexGuard<'_, HashMap<u64, TcpStream>> {
+        self.active.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Tells a client over the connection limit to go elsewhere, on a short-lived thread so
+    /// the accept loop never waits on it; past [`MAX_REFUSERS`] at once it just closes.
+    fn refuse(self: &Arc<Self>, stream: TcpStream, max_conns: usize) {
+        if self.refusing.fetch_add(1, Ordering::SeqCst) >= MAX_REFUSERS {
+            self.refusing.fetch_sub(1, Ordering::SeqCst);
+            return;
+        }
+        let shared = Arc::clone(self);
+        std::thread::spawn(move || {
+            let text = format!(
+                "server busy: all {max_conns} connection slots are taken; try another peer or retry later"
+            );
+            close_with_error(&stream, code::SERVER_BUSY, &text);
+            shared.refusing.fetch_sub(1, Ordering::SeqCst);
+        });
+    }
+
     /// The asset's manifest, read from the store once and then kept in memory.
     fn served(&self, id: &AssetId) -> Result<Option<Arc<Served>>> {
         if let Some(s) = self
@@ -294,67 +348,71 @@ impl Shared {
         Ok(Some(Arc::clone(assets.entry(*id).or_insert(served))))
     }
 
+    /// Serves one connection and, when it ends in error, tells the client why and logs it.
+    fn serve_connection(&self, stream: &TcpStream) {
+        let peer = stream.peer_addr().map_or("?".into(), |a| a.to_string());
+        let Err(e) = self.handle(stream) else { return };
+        let reply = if let Some(r) = e.downcast_ref::<Reject>() {
+            Some((r.code, r.text.clone()))
+        } else if let Some(w) = e.downcast_ref::<WireError>() {
+            w.reply_code().map(|code| (code, w.to_string()))
+        } else {
+            // Includes socket failures, where this last write simply fails fast.
+            Some((code::INTERNAL, format!("{e:#}")))
+        };
+        if let Some((code, text)) = reply {
+            close_with_error(stream, code, &text);
+        }
+        eprintln!("peer_server: connection from {peer}: {e:#}");
+    }
+
     /// Serves one connection: handshake, then requests until the client leaves.
     fn handle(&self, stream: &TcpStream) -> Result<()> {
-        stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
         stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
         stream.set_nodelay(true)?;
-        let mut reader = stream;
         let mut writer = stream;
-        let hello = match wire::read_message(&mut reader, MAX_CONTROL_FRAME) {
-            Ok(m) => m,
-            Err(e) => return Err(fail(&mut writer, "handshake", e)),
-        };
+        let hello = wire::read_message_by(
+            stream,
+            MAX_CONTROL_FRAME,
+            Instant::now() + HANDSHAKE_TIMEOUT,
+        )
+        .context("waiting for Hello")?;
         let Message::Hello { version, asset, .. } = hello else {
-            let _ = wire::write_message(
-                &mut writer,
-                &Message::error(code::BAD_REQUEST, "the first frame must be Hello"),
-            );
-            anyhow::bail!("first frame was not Hello");
+            return Err(reject(code::BAD_REQUEST, "the first frame must be Hello"));
         };
         if version != PROTOCOL_VERSION {
-            let text = format!(
-                "protocol version {version} is not supported; this peer speaks {PROTOCOL_VERSION}"
-            );
-            let _ = wire::write_message(
-                &mut writer,
-                &Message::error(code::UNSUPPORTED_VERSION, text.clone()),
-            );
-            anyhow::bail!(text);
+            return Err(reject(
+                code::UNSUPPORTED_VERSION,
+                format!(
+                    "protocol version {version} is not supported; this peer speaks {PROTOCOL_VERSION}"
+                ),
+            ));
         }
-        let served = match self.served(&asset) {
-            Ok(Some(s)) => s,
-            Ok(None) => {
-                let text = format!("asset {asset} is not held here");
-                wire::write_message(&mut writer, &Message::error(code::UNKNOWN_ASSET, text))?;
-                return Ok(());
-            }
-            Err(e) => {
-                let _ = wire::write_message(
-                    &mut writer,
-                    &Message::error(code::INTERNAL, format!("{e:#}")),
-                );
-                return Err(e);
-            }
+        let Some(served) = self.served(&asset)? else {
+            return Err(reject(
+                code::UNKNOWN_ASSET,
+                format!("asset {asset} is not held here"),
+            ));
         };
         let manifest = &served.manifest;
         let mut have = self.store.have(&asset, manifest)?;
         let data_path = self.store.data_path(&asset);
-        let mut data =
+        let data =
             File::open(&data_path).with_context(|| format!("opening {}", data_path.display()))?;
-        wire::write_message(
-            &mut writer,
-            &Message::Welcome {
-                version: PROTOCOL_VERSION,
-                chunk_count: manifest.chunk_count(),
-            },
-        )?;
-        stream.set_read_timeout(Some(IDLE_TIMEOUT))?;
+        let welcome = Message::Welcome {
+            version: PROTOCOL_VERSION,
+            chunk_count: manifest.chunk_count(),
+        };
+        wire::write_message(&mut writer, &welcome)?;
         loop {
-            let message = match wire::read_message(&mut reader, MAX_CONTROL_FRAME) {
+            let message = match wire::read_message_by(
+                stream,
+                MAX_CONTROL_FRAME,
+                Instant::now() + IDLE_TIMEOUT,
+            ) {
                 Ok(m) => m,
                 Err(WireError::Closed) => return Ok(()),
-                Err(e) => return Err(fail(&mut writer, "waiting for a request", e)),
+                Err(e) => return Err(anyhow::Error::new(e).context("waiting for a request")),
             };
             match message {
                 Message::HaveRequest => {
@@ -362,15 +420,13 @@ impl Shared {
                     wire::write_message(&mut writer, &Message::Have(have.clone()))?;
                 }
                 Message::Request { index } if index >= manifest.chunk_count() => {
-                    let text = format!(
-                        "chunk {index} is out of range: the asset has {} chunks",
-                        manifest.chunk_count()
-                    );
-                    let _ = wire::write_message(
-                        &mut writer,
-                        &Message::error(code::BAD_REQUEST, text.clone()),
-                    );
-                    anyhow::bail!(text);
+                    return Err(reject(
+                        code::BAD_REQUEST,
+                        format!(
+                            "chunk {index} is out of range: the asset has {} chunks",
+                            manifest.chunk_count()
+                        ),
+                    ));
                 }
                 Message::Request { index } => {
                     if !have.get(index) {
@@ -383,57 +439,54 @@ impl Shared {
                     }
                     let len = manifest.chunk_len(index);
                     ratelimit::take(self.limiter.as_ref(), len as u64);
-                    send_chunk(
-                        &mut writer,
-                        &mut data,
-                        manifest.chunk_offset(index),
-                        index,
-                        len,
-                    )
-                    .with_context(|| format!("sending chunk {index} of {asset}"))?;
+                    send_chunk(stream, &data, manifest.chunk_offset(index), index, len)
+                        .with_context(|| format!("sending chunk {index} of {asset}"))?;
                     served.uploaded.fetch_add(len as u64, Ordering::Relaxed);
                 }
                 Message::Cancel { .. } => {}
+                // The client gave up and said why; nothing to answer.
+                Message::Error { code, message } => {
+                    anyhow::bail!("client closed with error {code}: {message}")
+                }
                 other => {
-                    let text = format!("unexpected {} after the handshake", message_name(&other));
-                    let _ = wire::write_message(
-                        &mut writer,
-                        &Message::error(code::BAD_REQUEST, text.clone()),
-                    );
-                    anyhow::bail!(text);
+                    return Err(reject(
+                        code::BAD_REQUEST,
+                        format!("unexpected {} after the handshake", message_name(&other)),
+                    ));
                 }
             }
         }
     }
 }
 
-/// Sends one chunk frame, the data going from the file to the socket inside the kernel.
-fn send_chunk(
-    writer: &mut &TcpStream,
-    data: &mut File,
-    offset: u64,
-    index: u32,
-    len: u32,
-) -> Result<()> {
-    data.seek(SeekFrom::Start(offset))?;
-    wire::write_chunk_header(writer, index, len)?;
-    let sent = io::copy(&mut (&*data).take(len as u64), writer)?;
-    if sent != len as u64 {
-        // The frame header promised `len` bytes; closing is the only honest option left.
-        anyhow::bail!(
-            "store file is {} bytes short; the store is damaged",
-            len as u64 - sent
-        );
+/// Sends one chunk frame; on Linux the data goes from the page cache to the socket with
+/// `sendfile`, without passing through user space.
+fn send_chunk(stream: &TcpStream, data: &File, offset: u64, index: u32, len: u32) -> Result<()> {
+    wire::write_chunk_header(&mut &*stream, index, len)?;
+    let mut position = offset;
+    let end = offset + len as u64;
+    while position < end {
+        let left = (end - position) as usize;
+        #[cfg(target_os = "linux")]
+        let sent = rustix::fs::sendfile(stream, data, Some(&mut position), left)
+            .map_err(io::Error::from)?;
+        #[cfg(not(target_os = "linux"))]
+        let sent = {
+            let mut buf = vec![0u8; left];
+            let n = std::os::unix::fs::FileExt::read_at(data, &mut buf, position)?;
+            io::Write::write_all(&mut &*stream, &buf[..n])?;
+            position += n as u64;
+            n
+        };
+        if sent == 0 {
+            // The frame header promised `len` bytes; closing is the only honest option left.
+            anyhow::bail!(
+                "store file ends {} bytes early; the store is damaged",
+                end - position
+            );
+        }
     }
     Ok(())
-}
-
-/// Answers a protocol failure with an error frame when the peer should hear why.
-fn fail(writer: &mut &TcpStream, phase: &str, e: WireError) -> anyhow::Error {
-    if let Some(code) = e.reply_code() {
-        let _ = wire::write_message(writer, &Message::error(code, e.to_string()));
-    }
-    anyhow::anyhow!("{phase}: {e}")
 }
 
 fn message_name(m: &Message) -> &'static str {

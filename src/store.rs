@@ -1,6 +1,10 @@
 //! The store: one directory per machine holding assets by id, shared by `peer_server` and
-//! `peer_client`. Every file is replaced atomically (write, fsync, rename, fsync the
-//! directory), so a crash at any moment leaves either the old or the new version.
+//! `peer_client`. Files are replaced by rename, so a crash at any moment leaves either the
+//! old or the new version; manifests are also fsynced. Chunk data is written in place and
+//! recorded in `have` only after it is written, so a killed process never loses a chunk it
+//! recorded; data is not fsynced during a download, and [`Store::begin`] re-hashes what a
+//! partial record claims, so a power loss costs a re-fetch. A record that claims every chunk
+//! is trusted as is (checking it would cost a full read and hash on every use).
 //!
 //! Layout of a store root:
 //! ```text

@@ -4,6 +4,8 @@
 
 use std::fmt;
 use std::io::{self, Read, Write};
+use std::net::TcpStream;
+use std::time::Instant;
 
 use crate::bitfield::Bitfield;
 use crate::manifest::{AssetId, MAX_CHUNK_SIZE, MAX_CHUNKS};
@@ -355,8 +357,20 @@ impl<'a> Payload<'a> {
     }
 }
 
-/// Writes one message as a single frame.
+/// Writes one message as a single frame. Fails with `InvalidInput`, writing nothing, when a
+/// field is over its limit (a ticket over [`MAX_TICKET`], error text over [`MAX_ERROR_TEXT`]).
 pub fn write_message(w: &mut impl Write, message: &Message) -> io::Result<()> {
+    let over = match message {
+        Message::Hello { ticket, .. } => ticket.len() > MAX_TICKET,
+        Message::Error { message, .. } => message.len() > MAX_ERROR_TEXT,
+        _ => false,
+    };
+    if over {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "frame field over its protocol limit",
+        ));
+    }
     let mut frame = Vec::with_capacity(64);
     message.encode(&mut frame);
     w.write_all(&frame)
@@ -408,6 +422,37 @@ pub fn read_message(r: &mut impl Read, max_frame: u32) -> Result<Message, WireEr
         _ => WireError::Io(e),
     })?;
     Message::decode(&body)
+}
+
+/// Reads one frame from a socket like [`read_message`], but the whole frame must arrive
+/// before `deadline`: a peer trickling one byte at a time cannot hold the connection past it.
+/// An expired deadline is an `Io` error of kind `TimedOut` ([`WireError::is_timeout`]).
+pub fn read_message_by(
+    stream: &TcpStream,
+    max_frame: u32,
+    deadline: Instant,
+) -> Result<Message, WireError> {
+    read_message(&mut DeadlineReader { stream, deadline }, max_frame)
+}
+
+/// A socket reader whose every read waits at most until a fixed instant.
+struct DeadlineReader<'a> {
+    stream: &'a TcpStream,
+    deadline: Instant,
+}
+
+impl Read for DeadlineReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "frame deadline passed",
+            ));
+        }
+        self.stream.set_read_timeout(Some(left))?;
+        (&mut &*self.stream).read(buf)
+    }
 }
 
 /// The largest frame a client should accept for an asset cut in chunks of `chunk_size`.
@@ -614,6 +659,57 @@ mod tests {
             WireError::UnknownType(1).reply_code(),
             Some(code::BAD_FRAME)
         );
+    }
+
+    #[test]
+    fn over_limit_fields_are_refused_on_write() {
+        let hello = Message::Hello {
+            version: 1,
+            asset: AssetId([0; 32]),
+            ticket: vec![0; MAX_TICKET + 1],
+        };
+        let mut out = Vec::new();
+        assert_eq!(
+            write_message(&mut out, &hello).unwrap_err().kind(),
+            io::ErrorKind::InvalidInput
+        );
+        let error = Message::Error {
+            code: 1,
+            message: "x".repeat(MAX_ERROR_TEXT + 1),
+        };
+        assert_eq!(
+            write_message(&mut out, &error).unwrap_err().kind(),
+            io::ErrorKind::InvalidInput
+        );
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn a_trickled_frame_misses_its_deadline() {
+        use std::time::Duration;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let sender = std::thread::spawn(move || {
+            let mut s = TcpStream::connect(addr).unwrap();
+            // A 9-byte Request, one byte every 100 ms: each read is quick, the frame is not.
+            for byte in [0u8, 0, 0, 5, 5, 0, 0, 0, 1] {
+                if s.write_all(&[byte]).is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        let (stream, _) = listener.accept().unwrap();
+        let started = Instant::now();
+        let result = read_message_by(
+            &stream,
+            MAX_CONTROL_FRAME,
+            started + Duration::from_millis(350),
+        );
+        assert!(matches!(&result, Err(e) if e.is_timeout()), "{result:?}");
+        assert!(started.elapsed() < Duration::from_millis(700));
+        drop(stream);
+        sender.join().unwrap();
     }
 
     #[test]
