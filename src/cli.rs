@@ -39,14 +39,25 @@ pub fn println(text: &str) -> io::Result<()> {
     out.flush()
 }
 
-/// Parses a size flag (`1MiB`, `25MiB`, `65536`) for clap.
+/// Parses a rate or size flag (`1MiB`, `25MiB`, `65536`) for clap; zero is refused, since
+/// a zero rate would stall for ever.
 pub fn size_arg(text: &str) -> Result<u64, String> {
-    crate::units::parse_size(text)
+    match crate::units::parse_size(text)? {
+        0 => Err(format!(
+            "{text} is zero; give a positive size such as 25MiB"
+        )),
+        n => Ok(n),
+    }
 }
 
-/// Parses a duration flag (`500ms`, `10s`, `2m`) for clap.
+/// Parses a duration flag (`500ms`, `10s`, `2m`) for clap; zero is refused.
 pub fn duration_arg(text: &str) -> Result<std::time::Duration, String> {
-    crate::units::parse_duration(text)
+    match crate::units::parse_duration(text)? {
+        d if d.is_zero() => Err(format!(
+            "{text} is zero; give a positive duration such as 500ms or 10s"
+        )),
+        d => Ok(d),
+    }
 }
 
 /// Parses a chunk size flag for clap, checking the manifest's bounds.

@@ -26,7 +26,9 @@ use crate::manifest::{AssetId, Manifest};
 use crate::ratelimit::{self, RateLimiter};
 use crate::store::{Partial, Store};
 use crate::tracker_client::{TrackerClient, new_peer_id};
-use crate::wire::{self, Message, PROTOCOL_VERSION, WireError, chunk_frame_limit};
+use crate::wire::{
+    self, MAX_CONTROL_FRAME, Message, PROTOCOL_VERSION, WireError, chunk_frame_limit, code,
+};
 
 /// Requests kept in flight per connection: with 1 MiB chunks, 4 MiB outstanding covers the
 /// bandwidth-delay product of a 1 Gbit/s link with 30 ms of round trip.
@@ -50,7 +52,8 @@ pub struct GetConfig {
     pub asset: AssetId,
     /// Tracker URL; optional when the store already has the manifest and every chunk.
     pub tracker: Option<String>,
-    /// Where to place the finished file; `None` leaves it in the store only.
+    /// Where to place the finished file; `None` means the asset's name in the current
+    /// directory, which must not exist yet.
     pub output: Option<PathBuf>,
     /// The local store (cache).
     pub store: PathBuf,
@@ -89,9 +92,8 @@ pub struct Summary {
     pub name: String,
     /// Size in bytes.
     pub size: u64,
-    /// Where the file was placed, if anywhere.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub output: Option<PathBuf>,
+    /// Where the file was placed.
+    pub output: PathBuf,
     /// Bytes already in the local store.
     pub from_cache: u64,
     /// Bytes received from peers.
@@ -154,44 +156,60 @@ pub fn get(config: &GetConfig) -> Result<Summary> {
             ),
         },
     };
-    let partial = store.begin(&manifest)?;
-    let initial = partial.have().clone();
-    let from_cache: u64 = initial.ones().map(|i| manifest.chunk_len(i) as u64).sum();
+    let output = match &config.output {
+        Some(path) => path.clone(),
+        None => {
+            // The name comes from the manifest, that is from whoever published it: never
+            // let it replace a file the user did not name.
+            let path = PathBuf::from(&manifest.name);
+            if path.exists() || manifest.name.starts_with('.') {
+                bail!(
+                    "refusing to write {:?} in the current directory without being asked; pass -o {:?} to do so",
+                    manifest.name,
+                    manifest.name
+                );
+            }
+            path
+        }
+    };
+    let mut from_cache = manifest.size;
     let mut sources_summary = Vec::new();
-    if !initial.is_full() {
-        let tracker = tracker.with_context(|| {
-            format!(
-                "asset {} is only partly in the store; give --tracker to fetch the rest",
-                config.asset
-            )
-        })?;
-        let answer = tracker.announce(
-            &config.asset,
-            &AnnounceRequest {
+    if !store.is_complete(&config.asset, &manifest)? {
+        let partial = store.begin(&manifest)?;
+        let initial = partial.have().clone();
+        from_cache = initial.ones().map(|i| manifest.chunk_len(i) as u64).sum();
+        if !initial.is_full() {
+            let tracker = tracker.with_context(|| {
+                format!(
+                    "asset {} is only partly in the store; give --tracker to fetch the rest",
+                    config.asset
+                )
+            })?;
+            let request = AnnounceRequest {
                 peer_id: new_peer_id(),
                 have: Some(initial.to_hex()),
                 ..AnnounceRequest::default()
-            },
-        )?;
-        let sources = answer
-            .peers
-            .iter()
-            .chain(&answer.origins)
-            .map(Source::from_info)
-            .collect::<Vec<_>>();
-        if sources.is_empty() {
-            bail!(
-                "the tracker knows no peer or origin for {}; start a peer_server that holds it",
-                config.asset
-            );
+            };
+            let answer = tracker.announce(&config.asset, &request)?;
+            let count = manifest.chunk_count();
+            let sources: Vec<Source> = answer
+                .peers
+                .iter()
+                .chain(&answer.origins)
+                .map(|info| Source::from_info(info, count))
+                .collect();
+            if sources.is_empty() {
+                bail!(
+                    "the tracker knows no peer or origin for {}; start a peer_server that holds it",
+                    config.asset
+                );
+            }
+            sources_summary =
+                Scheduler::new(config, Arc::new(manifest.clone()), &partial, sources).run()?;
         }
-        let manifest = Arc::new(manifest.clone());
-        sources_summary = Scheduler::new(config, manifest, &partial, sources).run()?;
+        partial.finish()?;
     }
-    partial.finish()?;
-    if let Some(out) = &config.output {
-        store.export(&config.asset, out)?;
-    }
+    store.export(&config.asset, &output)?;
     let sum = |origin: bool| {
         sources_summary
             .iter()
@@ -203,7 +221,7 @@ pub fn get(config: &GetConfig) -> Result<Summary> {
         asset: config.asset.to_string(),
         name: manifest.name.clone(),
         size: manifest.size,
-        output: config.output.clone(),
+        output,
         from_cache,
         from_peers: sum(false),
         from_origin: sum(true),
@@ -224,43 +242,69 @@ struct Source {
     chunks: u32,
     /// Chunks this source said it does not hold or would not send now.
     refused: HashSet<u32>,
+    /// Failed or refused connections since the source last delivered a chunk.
+    failures: u32,
+    /// Connections to open again once `retry_at` has passed.
+    reconnects: u32,
+    retry_at: Option<Instant>,
 }
 
 impl Source {
-    fn from_info(info: &PeerInfo) -> Source {
+    fn from_info(info: &PeerInfo, chunk_count: u32) -> Source {
+        // The tracker's view of what a partial peer holds, until its own Have arrives.
+        let have = match (&info.have, info.complete) {
+            (Some(hex), false) => Bitfield::from_hex(chunk_count, hex).ok(),
+            _ => None,
+        };
         Source {
             addr: info.addr.clone(),
             origin: info.origin,
-            have: None,
+            have,
             dropped: None,
             bytes: 0,
             chunks: 0,
             refused: HashSet::new(),
+            failures: 0,
+            reconnects: 0,
+            retry_at: None,
         }
     }
 
-    fn can_serve(&self, index: u32) -> bool {
-        self.dropped.is_none()
-            && self.have.as_ref().is_none_or(|h| h.get(index))
-            && !self.refused.contains(&index)
+    fn holds(&self, index: u32) -> bool {
+        self.have.as_ref().is_none_or(|h| h.get(index)) && !self.refused.contains(&index)
+    }
+
+    fn kind(&self) -> &'static str {
+        if self.origin { "origin" } else { "peer" }
     }
 }
 
 /// What a connection worker reports.
 #[derive(Debug)]
 enum Event {
-    /// Handshake done; the source holds these chunks.
+    /// Handshake or keepalive done; the source holds these chunks.
     Ready { conn: usize, have: Bitfield },
     /// Chunk verified and written.
     Done { conn: usize, index: u32 },
     /// The source does not hold, or will not now send, this chunk.
     Refused { conn: usize, index: u32 },
-    /// The connection is over; `trust` is false when the source misbehaved.
-    Closed {
-        conn: usize,
-        error: Option<String>,
-        trust: bool,
-    },
+    /// The connection is over, and why.
+    Closed { conn: usize, end: End },
+}
+
+/// Why a connection ended.
+#[derive(Debug)]
+enum End {
+    /// The scheduler has no more work for it.
+    Finished,
+    /// The source has no free connection slot now; worth trying again later.
+    Busy(String),
+    /// The network or the source failed (refused, reset, stalled).
+    Failed(String),
+    /// The source sent bad data: never use it again in this download.
+    Lied(String),
+    /// Writing to the local store failed: no source can help, so the download stops.
+    Local(String),
 }
 
 struct Conn {
@@ -268,6 +312,8 @@ struct Conn {
     jobs: Option<Sender<u32>>,
     in_flight: VecDeque<u32>,
     ready: bool,
+    /// The availability epoch at which `pick` last found nothing for this connection.
+    starved_at: Option<u64>,
     handle: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -276,6 +322,19 @@ enum ChunkState {
     InFlight,
     Done,
 }
+
+/// A refusing or failing origin is tried again after 250 ms, 500 ms, 1 s … up to 4 s.
+const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+const MAX_BACKOFF: Duration = Duration::from_secs(4);
+/// "Server busy" answers a source may give in a row (about 40 s with the backoff above)
+/// before it is given up: slots free up as other clients finish.
+const BUSY_RETRIES: u32 = 16;
+/// Failed connections in a row before the origin is given up. A peer that drops or
+/// stalls is dropped at once (there are others), but the origin is the last resort.
+const ORIGIN_RETRIES: u32 = 4;
+/// An idle connection asks for the source's have list this often: it keeps the connection
+/// inside the server's 30 s idle timeout and the source's have list fresh.
+const KEEPALIVE: Duration = Duration::from_secs(10);
 
 /// The single owner of a download's state.
 struct Scheduler<'a> {
@@ -287,6 +346,14 @@ struct Scheduler<'a> {
     chunks: Vec<ChunkState>,
     missing: BTreeSet<u32>,
     have: Bitfield,
+    /// Requests in flight per connection: 1 under a download cap, so a server never has
+    /// chunks queued for a client that is sleeping off its rate.
+    depth: usize,
+    /// Chunks some usable peer holds; an origin is only asked for the others.
+    peer_held: Bitfield,
+    /// Bumped whenever work or availability changes, so starved connections look again.
+    epoch: u64,
+    fatal: Option<String>,
     events_tx: Sender<Event>,
     events_rx: Receiver<Event>,
     limiter: Option<Arc<RateLimiter>>,
@@ -301,7 +368,8 @@ impl<'a> Scheduler<'a> {
         sources: Vec<Source>,
     ) -> Self {
         let have = partial.have().clone();
-        let chunks = (0..manifest.chunk_count())
+        let count = manifest.chunk_count();
+        let chunks = (0..count)
             .map(|i| {
                 if have.get(i) {
                     ChunkState::Done
@@ -310,9 +378,7 @@ impl<'a> Scheduler<'a> {
                 }
             })
             .collect();
-        let missing = (0..manifest.chunk_count())
-            .filter(|&i| !have.get(i))
-            .collect();
+        let missing = (0..count).filter(|&i| !have.get(i)).collect();
         let (events_tx, events_rx) = unbounded();
         let progress = config.progress.then(|| {
             let bar = indicatif::ProgressBar::new(manifest.size);
@@ -325,11 +391,14 @@ impl<'a> Scheduler<'a> {
             bar.set_position(have.ones().map(|i| manifest.chunk_len(i) as u64).sum());
             bar
         });
-        Scheduler {
+        let limiter = config
+            .max_download_rate
+            .map(|r| Arc::new(RateLimiter::new(r)));
+        let mut scheduler = Scheduler {
             config,
-            limiter: config
-                .max_download_rate
-                .map(|r| Arc::new(RateLimiter::new(r))),
+            depth: if limiter.is_some() { 1 } else { PIPELINE_DEPTH },
+            limiter,
+            peer_held: Bitfield::new(count),
             manifest,
             partial,
             sources,
@@ -337,10 +406,14 @@ impl<'a> Scheduler<'a> {
             chunks,
             missing,
             have,
+            epoch: 0,
+            fatal: None,
             events_tx,
             events_rx,
             progress,
-        }
+        };
+        scheduler.refresh_availability();
+        scheduler
     }
 
     /// Connections per source: peers share the workers, and an origin gets one while peers
@@ -379,6 +452,7 @@ impl<'a> Scheduler<'a> {
             jobs: Some(jobs_tx),
             in_flight: VecDeque::new(),
             ready: false,
+            starved_at: None,
             handle: Some(handle),
         });
     }
@@ -395,9 +469,15 @@ impl<'a> Scheduler<'a> {
                 Ok(())
             });
             let outcome = self.drive(&ckpt_tx);
+            if outcome.is_err() {
+                // Keep everything verified so far, so that "run it again to resume" holds.
+                let _ = ckpt_tx.send(self.have.clone());
+            }
             drop(ckpt_tx);
             let persisted = persister.join().expect("checkpoint thread panicked");
-            outcome.and(persisted)
+            persisted
+                .context("recording download progress")
+                .and(outcome)
         });
         self.stop_all();
         if let Some(bar) = &self.progress {
@@ -424,11 +504,22 @@ impl<'a> Scheduler<'a> {
                     self.handle(event);
                 }
             }
+            if let Some(error) = self.fatal.take() {
+                bail!(error);
+            }
+            self.reconnect_due();
             if dirty && last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL {
-                // Skipped when the last checkpoint is still being written; the next tick retries.
-                if ckpt_tx.try_send(self.have.clone()).is_ok() {
-                    dirty = false;
-                    last_checkpoint = Instant::now();
+                match ckpt_tx.try_send(self.have.clone()) {
+                    Ok(()) => {
+                        dirty = false;
+                        last_checkpoint = Instant::now();
+                    }
+                    // The last checkpoint is still being written; the next tick retries.
+                    Err(crossbeam_channel::TrySendError::Full(_)) => {}
+                    // The persister stopped on an error, which `run` reports.
+                    Err(crossbeam_channel::TrySendError::Disconnected(_)) => {
+                        bail!("progress could not be recorded")
+                    }
                 }
             }
             self.check_stuck()?;
@@ -442,7 +533,7 @@ impl<'a> Scheduler<'a> {
                 let source = self.conns[conn].source;
                 self.conns[conn].ready = true;
                 self.sources[source].have = Some(have);
-                self.assign_all();
+                self.refresh_availability();
             }
             Event::Done { conn, index } => {
                 self.conns[conn].in_flight.retain(|&i| i != index);
@@ -454,46 +545,75 @@ impl<'a> Scheduler<'a> {
                     let source = &mut self.sources[self.conns[conn].source];
                     source.bytes += len;
                     source.chunks += 1;
+                    source.failures = 0;
                     if let Some(bar) = &self.progress {
                         bar.inc(len);
                     }
                 }
-                self.assign_all();
             }
             Event::Refused { conn, index } => {
                 self.conns[conn].in_flight.retain(|&i| i != index);
                 let source = self.conns[conn].source;
                 self.sources[source].refused.insert(index);
                 self.release(index);
-                self.assign_all();
+                self.refresh_availability();
             }
-            Event::Closed { conn, error, trust } => {
-                let source = self.conns[conn].source;
-                self.conns[conn].jobs = None;
-                for index in std::mem::take(&mut self.conns[conn].in_flight) {
-                    self.release(index);
-                }
-                if let Some(error) = error {
-                    let src = &mut self.sources[source];
-                    if src.dropped.is_none() {
-                        eprintln!(
-                            "peer_client: dropping {} {}: {error}",
-                            if src.origin { "origin" } else { "peer" },
-                            src.addr
-                        );
-                        src.dropped = Some(error);
-                    }
-                    if !trust {
-                        // Stop every other connection to the same source.
-                        for c in self.conns.iter_mut().filter(|c| c.source == source) {
-                            c.jobs = None;
-                        }
-                    }
-                    self.replace_lost_connection();
-                }
-                self.assign_all();
-            }
+            Event::Closed { conn, end } => self.closed(conn, end),
         }
+        self.assign_all();
+    }
+
+    fn closed(&mut self, conn: usize, end: End) {
+        let source = self.conns[conn].source;
+        self.conns[conn].jobs = None;
+        self.conns[conn].ready = false;
+        for index in std::mem::take(&mut self.conns[conn].in_flight) {
+            self.release(index);
+        }
+        let src = &mut self.sources[source];
+        match end {
+            End::Finished => {}
+            End::Local(error) => self.fatal = Some(error),
+            End::Lied(error) => self.drop_source(source, error),
+            End::Busy(error) if src.failures < BUSY_RETRIES => self.retry_later(source, &error),
+            End::Failed(error) if src.origin && src.failures < ORIGIN_RETRIES => {
+                self.retry_later(source, &error)
+            }
+            End::Busy(error) | End::Failed(error) => self.drop_source(source, error),
+        }
+        self.refresh_availability();
+    }
+
+    fn retry_later(&mut self, source: usize, error: &str) {
+        let src = &mut self.sources[source];
+        let backoff = FIRST_BACKOFF
+            .saturating_mul(1 << src.failures.min(8))
+            .min(MAX_BACKOFF);
+        src.failures += 1;
+        src.reconnects += 1;
+        src.retry_at = Some(Instant::now() + backoff);
+        if src.failures == 1 {
+            eprintln!(
+                "peer_client: {} {}: {error}; retrying",
+                src.kind(),
+                src.addr
+            );
+        }
+    }
+
+    /// Gives a source up for this download: its connections close and its chunks go elsewhere.
+    fn drop_source(&mut self, source: usize, error: String) {
+        let src = &mut self.sources[source];
+        if src.dropped.is_none() {
+            eprintln!("peer_client: dropping {} {}: {error}", src.kind(), src.addr);
+            src.dropped = Some(error);
+            src.reconnects = 0;
+            src.retry_at = None;
+        }
+        for c in self.conns.iter_mut().filter(|c| c.source == source) {
+            c.jobs = None;
+        }
+        self.replace_lost_connection();
     }
 
     /// When a source is lost, an origin that is still healthy takes over its share.
@@ -509,21 +629,71 @@ impl<'a> Scheduler<'a> {
         }
     }
 
+    fn reconnect_due(&mut self) {
+        let now = Instant::now();
+        for source in 0..self.sources.len() {
+            let src = &mut self.sources[source];
+            if src.dropped.is_none() && src.retry_at.is_some_and(|t| t <= now) {
+                src.retry_at = None;
+                for _ in 0..std::mem::take(&mut src.reconnects) {
+                    self.connect(source);
+                }
+            }
+        }
+    }
+
+    fn usable(&self, source: usize) -> bool {
+        let src = &self.sources[source];
+        src.dropped.is_none()
+            && (src.retry_at.is_some()
+                || self
+                    .conns
+                    .iter()
+                    .any(|c| c.source == source && c.jobs.is_some()))
+    }
+
+    /// Recomputes which chunks usable peers hold, and wakes starved connections.
+    fn refresh_availability(&mut self) {
+        let mut held = Bitfield::new(self.manifest.chunk_count());
+        for source in (0..self.sources.len()).filter(|&s| !self.sources[s].origin && self.usable(s))
+        {
+            for index in self
+                .missing
+                .iter()
+                .copied()
+                .filter(|&i| self.sources[source].holds(i))
+            {
+                held.set(index);
+            }
+        }
+        self.peer_held = held;
+        self.epoch += 1;
+    }
+
     fn release(&mut self, index: u32) {
         if matches!(self.chunks[index as usize], ChunkState::InFlight) {
             self.chunks[index as usize] = ChunkState::Missing;
             self.missing.insert(index);
+            self.epoch += 1;
         }
     }
 
     /// Tops every ready connection up to the pipeline depth.
     fn assign_all(&mut self) {
         for conn in 0..self.conns.len() {
-            while self.conns[conn].ready
-                && self.conns[conn].jobs.is_some()
-                && self.conns[conn].in_flight.len() < PIPELINE_DEPTH
-            {
-                let Some(index) = self.pick(conn) else { break };
+            loop {
+                let c = &self.conns[conn];
+                if !c.ready
+                    || c.jobs.is_none()
+                    || c.in_flight.len() >= self.depth
+                    || c.starved_at == Some(self.epoch)
+                {
+                    break;
+                }
+                let Some(index) = self.pick(conn) else {
+                    self.conns[conn].starved_at = Some(self.epoch);
+                    break;
+                };
                 self.chunks[index as usize] = ChunkState::InFlight;
                 self.missing.remove(&index);
                 self.conns[conn].in_flight.push_back(index);
@@ -538,20 +708,10 @@ impl<'a> Scheduler<'a> {
     /// only takes chunks that no usable peer holds, so peers carry all they can.
     fn pick(&self, conn: usize) -> Option<u32> {
         let source = &self.sources[self.conns[conn].source];
-        self.missing.iter().copied().find(|&i| {
-            source.can_serve(i)
-                && (!source.origin
-                    || !self
-                        .sources
-                        .iter()
-                        .any(|s| !s.origin && s.can_serve(i) && self.has_live_conn(s)))
-        })
-    }
-
-    fn has_live_conn(&self, source: &Source) -> bool {
-        self.conns
+        self.missing
             .iter()
-            .any(|c| c.jobs.is_some() && std::ptr::eq(&self.sources[c.source], source))
+            .copied()
+            .find(|&i| source.holds(i) && (!source.origin || !self.peer_held.get(i)))
     }
 
     /// Fails when chunks are missing that no connection left can ever deliver.
@@ -563,15 +723,9 @@ impl<'a> Scheduler<'a> {
         if busy || self.missing.is_empty() {
             return Ok(());
         }
-        let live_sources: Vec<&Source> = self
-            .sources
-            .iter()
-            .filter(|s| s.dropped.is_none() && self.has_live_conn(s))
-            .collect();
-        let servable = self
-            .missing
-            .iter()
-            .any(|&i| live_sources.iter().any(|s| s.can_serve(i)));
+        let servable = (0..self.sources.len())
+            .filter(|&s| self.usable(s))
+            .any(|s| self.missing.iter().any(|&i| self.sources[s].holds(i)));
         if servable {
             return Ok(());
         }
@@ -582,7 +736,7 @@ impl<'a> Scheduler<'a> {
             .map(|s| {
                 format!(
                     "{} {}: {}",
-                    if s.origin { "origin" } else { "peer" },
+                    s.kind(),
                     s.addr,
                     s.dropped.as_deref().unwrap_or("does not hold them")
                 )
@@ -634,29 +788,74 @@ struct Worker {
     events: Sender<Event>,
 }
 
-/// Why a connection ended.
-enum End {
-    /// The scheduler has no more work for it.
-    Finished,
-    /// A network or protocol failure; the source may be fine later.
-    Failed(String),
-    /// The source sent bad data: never trust it again in this download.
-    Lied(String),
+/// Describes a socket error, naming a timeout as one (a timed-out socket says "os error 11").
+fn socket_error(phase: &str, e: &std::io::Error, timeout: Duration) -> String {
+    if wire::is_timeout(e) {
+        format!("{phase} timed out after {timeout:?}")
+    } else {
+        format!("{phase}: {e}")
+    }
 }
 
 impl Worker {
     fn run(self, jobs: Receiver<u32>) {
         let end = self.session(&jobs);
-        let (error, trust) = match end {
-            End::Finished => (None, true),
-            End::Failed(e) => (Some(e), true),
-            End::Lied(e) => (Some(e), false),
-        };
         let _ = self.events.send(Event::Closed {
             conn: self.conn,
-            error,
-            trust,
+            end,
         });
+    }
+
+    /// Reads one reply; every reply must arrive whole within the chunk timeout of our
+    /// starting to wait for it, so a source trickling a byte at a time is as stalled as a
+    /// silent one.
+    fn reply(&self, stream: &TcpStream, limit: u32) -> Result<Message, WireError> {
+        wire::read_message_by(stream, limit, Instant::now() + self.chunk_timeout)
+    }
+
+    /// Adds a request for `index` to the frames about to be sent. Under a download cap the
+    /// allowance is taken before asking, so a source never has a chunk waiting on a client
+    /// that is asleep.
+    fn queue(&self, index: u32, frames: &mut Vec<u8>, in_flight: &mut VecDeque<u32>) {
+        ratelimit::take(
+            self.limiter.as_deref(),
+            self.manifest.chunk_len(index) as u64,
+        );
+        Message::Request { index }.encode(frames);
+        in_flight.push_back(index);
+    }
+
+    /// Sends HaveRequest and reports the answer.
+    fn refresh_have(&self, stream: &TcpStream) -> Result<(), End> {
+        let count = self.manifest.chunk_count();
+        wire::write_message(&mut &*stream, &Message::HaveRequest).map_err(|e| {
+            End::Failed(socket_error(
+                "sending a have request",
+                &e,
+                self.chunk_timeout,
+            ))
+        })?;
+        match self.reply(stream, MAX_CONTROL_FRAME) {
+            Ok(Message::Have(have)) if have.len() == count => {
+                let _ = self.events.send(Event::Ready {
+                    conn: self.conn,
+                    have,
+                });
+                Ok(())
+            }
+            Ok(Message::Error { code, message }) => Err(End::Failed(format!(
+                "refused the have request (code {code}): {message}"
+            ))),
+            Ok(other) => Err(End::Lied(format!(
+                "answered a have request with {}",
+                other.name()
+            ))),
+            Err(e) if e.is_timeout() => Err(End::Failed(format!(
+                "stalled: no have list within {:?}",
+                self.chunk_timeout
+            ))),
+            Err(e) => Err(End::Failed(format!("reading its have list: {e}"))),
+        }
     }
 
     fn session(&self, jobs: &Receiver<u32>) -> End {
@@ -668,82 +867,81 @@ impl Worker {
         };
         let stream = match TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {
             Ok(s) => s,
-            Err(e) => return End::Failed(format!("unreachable: {e}")),
+            Err(e) => return End::Failed(socket_error("unreachable", &e, CONNECT_TIMEOUT)),
         };
-        let setup = stream
+        if let Err(e) = stream
             .set_write_timeout(Some(self.chunk_timeout))
-            .and_then(|()| stream.set_nodelay(true));
-        if let Err(e) = setup {
+            .and_then(|()| stream.set_nodelay(true))
+        {
             return End::Failed(format!("configuring the socket: {e}"));
         }
-        let mut writer = &stream;
-        let limit = chunk_frame_limit(self.manifest.chunk_size);
-        // Every reply must arrive whole within the chunk timeout of our starting to wait for
-        // it, so a source trickling a byte at a time is as stalled as a silent one.
-        let next_reply =
-            || wire::read_message_by(&stream, limit, Instant::now() + self.chunk_timeout);
         let hello = Message::Hello {
             version: PROTOCOL_VERSION,
             asset: self.asset,
             ticket: Vec::new(),
         };
-        if let Err(e) = wire::write_message(&mut writer, &hello)
-            .and_then(|()| wire::write_message(&mut writer, &Message::HaveRequest))
-        {
-            return End::Failed(format!("sending the handshake: {e}"));
+        if let Err(e) = wire::write_message(&mut &stream, &hello) {
+            return End::Failed(socket_error(
+                "sending the handshake",
+                &e,
+                self.chunk_timeout,
+            ));
         }
         let count = self.manifest.chunk_count();
-        match next_reply() {
+        match self.reply(&stream, MAX_CONTROL_FRAME) {
             Ok(Message::Welcome { chunk_count, .. }) if chunk_count == count => {}
             Ok(Message::Welcome { chunk_count, .. }) => {
                 return End::Lied(format!(
                     "it says the asset has {chunk_count} chunks, the manifest says {count}"
                 ));
             }
+            Ok(Message::Error {
+                code: code::SERVER_BUSY,
+                message,
+            }) => return End::Busy(message),
             Ok(Message::Error { code, message }) => {
                 return End::Failed(format!("refused the handshake (code {code}): {message}"));
             }
-            Ok(other) => return End::Lied(format!("answered the handshake with {other:?}")),
+            Ok(other) => return End::Lied(format!("answered the handshake with {}", other.name())),
+            Err(e) if e.is_timeout() => {
+                return End::Failed(format!(
+                    "stalled: no handshake within {:?}",
+                    self.chunk_timeout
+                ));
+            }
             Err(e) => return End::Failed(format!("handshake: {e}")),
         }
-        match next_reply() {
-            Ok(Message::Have(have)) if have.len() == count => {
-                let _ = self.events.send(Event::Ready {
-                    conn: self.conn,
-                    have,
-                });
-            }
-            Ok(Message::Error { code, message }) => {
-                return End::Failed(format!("refused the have request (code {code}): {message}"));
-            }
-            Ok(other) => return End::Lied(format!("answered a have request with {other:?}")),
-            Err(e) => return End::Failed(format!("reading its have list: {e}")),
+        if let Err(end) = self.refresh_have(&stream) {
+            return end;
         }
+        let limit = chunk_frame_limit(self.manifest.chunk_size);
         // Requests sent and not yet answered, oldest first: replies come in request order.
         let mut in_flight: VecDeque<u32> = VecDeque::new();
         let mut frames = Vec::new();
         loop {
             frames.clear();
             if in_flight.is_empty() {
-                match jobs.recv() {
-                    Ok(index) => {
-                        Message::Request { index }.encode(&mut frames);
-                        in_flight.push_back(index);
+                match jobs.recv_timeout(KEEPALIVE) {
+                    Ok(index) => self.queue(index, &mut frames, &mut in_flight),
+                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                        if let Err(end) = self.refresh_have(&stream) {
+                            return end;
+                        }
+                        continue;
                     }
-                    Err(_) => return End::Finished,
+                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return End::Finished,
                 }
             }
             while let Ok(index) = jobs.try_recv() {
-                Message::Request { index }.encode(&mut frames);
-                in_flight.push_back(index);
+                self.queue(index, &mut frames, &mut in_flight);
             }
             if !frames.is_empty()
-                && let Err(e) = std::io::Write::write_all(&mut writer, &frames)
+                && let Err(e) = std::io::Write::write_all(&mut &stream, &frames)
             {
-                return End::Failed(format!("sending requests: {e}"));
+                return End::Failed(socket_error("sending requests", &e, self.chunk_timeout));
             }
             let expected = *in_flight.front().expect("in flight is not empty");
-            let message = match next_reply() {
+            let message = match self.reply(&stream, limit) {
                 Ok(m) => m,
                 Err(e) if e.is_timeout() => {
                     return End::Failed(format!(
@@ -762,12 +960,18 @@ impl Worker {
                     if !self.manifest.chunk_matches(index, &data) {
                         return End::Lied(format!("sent chunk {index} with the wrong SHA-256"));
                     }
-                    ratelimit::take(self.limiter.as_deref(), data.len() as u64);
                     if let Err(e) = self
                         .data
                         .write_all_at(&data, self.manifest.chunk_offset(index))
                     {
-                        return End::Failed(format!("writing chunk {index} to the store: {e}"));
+                        let hint = if e.kind() == std::io::ErrorKind::StorageFull {
+                            " (the disk is full)"
+                        } else {
+                            ""
+                        };
+                        return End::Local(format!(
+                            "writing chunk {index} to the store failed{hint}: {e}"
+                        ));
                     }
                     let _ = self.events.send(Event::Done {
                         conn: self.conn,
@@ -786,22 +990,16 @@ impl Worker {
                         "error {code} with chunk {expected} due: {message}"
                     ));
                 }
+                Message::Chunk { index, .. } => {
+                    return End::Lied(format!("sent chunk {index} when chunk {expected} was due"));
+                }
                 other => {
                     return End::Lied(format!(
                         "answered a request for chunk {expected} with {}",
-                        describe(&other)
+                        other.name()
                     ));
                 }
             }
         }
-    }
-}
-
-fn describe(m: &Message) -> String {
-    match m {
-        Message::Chunk { index, data } => {
-            format!("chunk {index} ({} bytes) out of order", data.len())
-        }
-        other => format!("{other:?}"),
     }
 }

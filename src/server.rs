@@ -22,7 +22,7 @@ use crate::bitfield::Bitfield;
 use crate::manifest::{AssetId, Manifest};
 use crate::ratelimit::{self, RateLimiter};
 use crate::store::Store;
-use crate::tracker_client::{TrackerClient, new_peer_id};
+use crate::tracker_client::{HttpStatus, TrackerClient, new_peer_id};
 use crate::wire::{self, MAX_CONTROL_FRAME, Message, PROTOCOL_VERSION, WireError, code};
 
 /// A client has this long to send its `Hello` after connecting: a healthy one sends it at
@@ -38,6 +38,8 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_CONNS: usize = 64;
 /// Heartbeat period used until the tracker says otherwise.
 pub const DEFAULT_ANNOUNCE_INTERVAL: Duration = Duration::from_secs(20);
+/// Longest heartbeat period accepted from a tracker: an hour, whatever it answers.
+const MAX_ANNOUNCE_INTERVAL_SECS: u64 = 3600;
 /// First retry after a failed announce; later ones back off exponentially.
 const RETRY_FIRST: Duration = Duration::from_secs(1);
 /// How long a closing connection waits for its error frame to leave and for the peer's
@@ -366,6 +368,16 @@ impl Shared {
         eprintln!("peer_server: connection from {peer}: {e:#}");
     }
 
+    /// What the store holds of an asset, and its content file. They are read together: a
+    /// `have` is written after the content it describes is in place, so a content file
+    /// opened after reading `have` is never older than it.
+    fn open_content(&self, asset: &AssetId, manifest: &Manifest) -> Result<(Bitfield, File)> {
+        let have = self.store.have(asset, manifest)?;
+        let path = self.store.data_path(asset);
+        let data = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+        Ok((have, data))
+    }
+
     /// Serves one connection: handshake, then requests until the client leaves.
     fn handle(&self, stream: &TcpStream) -> Result<()> {
         stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
@@ -395,16 +407,13 @@ impl Shared {
             ));
         };
         let manifest = &served.manifest;
-        let mut have = self.store.have(&asset, manifest)?;
-        let data_path = self.store.data_path(&asset);
-        let data =
-            File::open(&data_path).with_context(|| format!("opening {}", data_path.display()))?;
+        let (mut have, mut data) = self.open_content(&asset, manifest)?;
         let welcome = Message::Welcome {
             version: PROTOCOL_VERSION,
             chunk_count: manifest.chunk_count(),
         };
         wire::write_message(&mut writer, &welcome)?;
-        loop {
+        while !self.stop.load(Ordering::SeqCst) {
             let message = match wire::read_message_by(
                 stream,
                 MAX_CONTROL_FRAME,
@@ -416,7 +425,7 @@ impl Shared {
             };
             match message {
                 Message::HaveRequest => {
-                    have = self.store.have(&asset, manifest)?;
+                    (have, data) = self.open_content(&asset, manifest)?;
                     wire::write_message(&mut writer, &Message::Have(have.clone()))?;
                 }
                 Message::Request { index } if index >= manifest.chunk_count() => {
@@ -431,7 +440,7 @@ impl Shared {
                 Message::Request { index } => {
                     if !have.get(index) {
                         // The store may have grown since the handshake (a download in progress).
-                        have = self.store.have(&asset, manifest)?;
+                        (have, data) = self.open_content(&asset, manifest)?;
                     }
                     if !have.get(index) {
                         wire::write_message(&mut writer, &Message::DontHave { index })?;
@@ -451,11 +460,12 @@ impl Shared {
                 other => {
                     return Err(reject(
                         code::BAD_REQUEST,
-                        format!("unexpected {} after the handshake", message_name(&other)),
+                        format!("unexpected {} after the handshake", other.name()),
                     ));
                 }
             }
         }
+        Ok(())
     }
 }
 
@@ -487,21 +497,6 @@ fn send_chunk(stream: &TcpStream, data: &File, offset: u64, index: u32, len: u32
         }
     }
     Ok(())
-}
-
-fn message_name(m: &Message) -> &'static str {
-    match m {
-        Message::Hello { .. } => "Hello",
-        Message::Welcome { .. } => "Welcome",
-        Message::HaveRequest => "HaveRequest",
-        Message::Have(_) => "Have",
-        Message::Request { .. } => "Request",
-        Message::Chunk { .. } => "Chunk",
-        Message::DontHave { .. } => "DontHave",
-        Message::Busy { .. } => "Busy",
-        Message::Error { .. } => "Error",
-        Message::Cancel { .. } => "Cancel",
-    }
 }
 
 /// Announces every asset of the store on a heartbeat until the server stops.
@@ -558,10 +553,19 @@ fn announce_all(
 ) -> Result<Option<Duration>> {
     let mut asked = None;
     for id in shared.store.list()? {
-        let Some(served) = shared.served(&id)? else {
-            continue;
+        // One damaged asset must not take the server out of every other swarm.
+        let state = shared.served(&id).and_then(|served| {
+            let served = served.with_context(|| format!("asset {id} has no manifest"))?;
+            let have = shared.store.have(&id, &served.manifest)?;
+            Ok((served, have))
+        });
+        let (served, have) = match state {
+            Ok(state) => state,
+            Err(e) => {
+                eprintln!("peer_server: not announcing {id}: {e:#}");
+                continue;
+            }
         };
-        let have: Bitfield = shared.store.have(&id, &served.manifest)?;
         if have.count() == 0 && !have.is_empty() {
             continue;
         }
@@ -576,9 +580,15 @@ fn announce_all(
             downloaded: 0,
         };
         match tracker.announce(&id, &request) {
-            Ok(answer) => asked = Some(Duration::from_secs(answer.interval_secs.max(1))),
+            Ok(answer) => {
+                asked = Some(Duration::from_secs(
+                    answer.interval_secs.clamp(1, MAX_ANNOUNCE_INTERVAL_SECS),
+                ))
+            }
             // An asset published to another tracker is not an error for this one.
-            Err(e) if e.to_string().contains("answered 404") => {}
+            Err(e)
+                if e.downcast_ref::<HttpStatus>()
+                    .is_some_and(|s| s.status == 404) => {}
             Err(e) => return Err(e),
         }
     }

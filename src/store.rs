@@ -27,6 +27,9 @@ use anyhow::{Context, Result, bail};
 use crate::bitfield::Bitfield;
 use crate::manifest::{self, AssetId, Manifest};
 
+/// Age after which a file in `tmp/` belongs to an import that died.
+const STALE_TMP: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// A store directory.
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -95,6 +98,19 @@ impl Store {
                 )
             })?;
         }
+        // Imports interrupted by a crash leave copies behind; an hour-old one is abandoned.
+        if let Ok(entries) = fs::read_dir(root.join("tmp")) {
+            for entry in entries.flatten() {
+                let age = entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok());
+                if age.is_some_and(|a| a > STALE_TMP) {
+                    let _ = fs::remove_file(entry.path());
+                }
+            }
+        }
         Ok(Store { root })
     }
 
@@ -145,6 +161,18 @@ impl Store {
         }
     }
 
+    /// True when every chunk of `id` is in the store and its content file is as it was
+    /// when it was completed (same size and modification time). Anything else (say, the
+    /// exported copy edited in place) makes the asset go through [`Store::begin`], which
+    /// re-hashes it.
+    pub fn is_complete(&self, id: &AssetId, manifest: &Manifest) -> Result<bool> {
+        if !self.have(id, manifest)?.is_full() {
+            return Ok(false);
+        }
+        let seal = fs::read_to_string(self.asset_dir(id).join("sealed")).unwrap_or_default();
+        Ok(matches!(fs::metadata(self.data_path(id)), Ok(meta) if seal_of(&meta) == seal))
+    }
+
     /// The ids of every asset whose manifest the store holds.
     pub fn list(&self) -> Result<Vec<AssetId>> {
         let dir = self.root.join("assets");
@@ -185,6 +213,16 @@ impl Store {
         }
         let have = self.have(&id, manifest)?;
         let data_path = dir.join("data");
+        if let Ok(meta) = fs::metadata(&data_path)
+            && meta.permissions().readonly()
+        {
+            // Completed once (completion makes it read-only), changed since: writable again.
+            let mut perms = meta.permissions();
+            #[allow(clippy::permissions_set_readonly_false)]
+            perms.set_readonly(false);
+            fs::set_permissions(&data_path, perms)
+                .with_context(|| format!("making {} writable", data_path.display()))?;
+        }
         let data = OpenOptions::new()
             .read(true)
             .write(true)
@@ -205,7 +243,8 @@ impl Store {
                 )
             })?;
         }
-        let have = if have.is_full() || have.count() == 0 {
+        // Anything claimed but not sealed complete is checked before it is trusted.
+        let have = if have.count() == 0 || self.is_complete(&id, manifest)? {
             have
         } else {
             recheck(manifest, &data, &have)?
@@ -235,7 +274,7 @@ impl Store {
             let manifest = manifest::chunkify(file, name, chunk_size)
                 .with_context(|| format!("hashing {}", path.display()))?;
             let id = manifest.id();
-            if self.manifest(&id)?.is_some() && self.have(&id, &manifest)?.is_full() {
+            if self.manifest(&id)?.is_some() && self.is_complete(&id, &manifest)? {
                 return Ok(manifest);
             }
             let partial = self.begin(&manifest)?;
@@ -280,6 +319,16 @@ impl Store {
         }
         result.with_context(|| format!("writing output {}", out.display()))
     }
+}
+
+/// What identifies the content file as the one that was completed: size and mtime.
+fn seal_of(meta: &fs::Metadata) -> String {
+    let mtime = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .unwrap_or_default();
+    format!("{} {}", meta.len(), mtime.as_nanos())
 }
 
 /// An asset open for writing, locked against other writers until dropped.
@@ -329,7 +378,9 @@ impl Partial {
         perms.set_readonly(true);
         fs::set_permissions(&data_path, perms)
             .with_context(|| format!("making {} read-only", data_path.display()))?;
-        Ok(())
+        let meta =
+            fs::metadata(&data_path).with_context(|| format!("reading {}", data_path.display()))?;
+        replace(&self.dir.join("sealed"), seal_of(&meta).as_bytes())
     }
 }
 

@@ -17,6 +17,23 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest JSON answer read (an announce answer with 30 partial peers of a huge asset).
 const MAX_JSON_ANSWER: u64 = 16 << 20;
 
+/// The tracker answered with an error status; callers that must branch on it downcast.
+#[derive(Debug)]
+pub struct HttpStatus {
+    /// The HTTP status code.
+    pub status: u16,
+    /// The tracker's error message.
+    pub message: String,
+}
+
+impl std::fmt::Display for HttpStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.status, self.message)
+    }
+}
+
+impl std::error::Error for HttpStatus {}
+
 /// A tracker at a base URL such as `http://127.0.0.1:7070`.
 #[derive(Clone, Debug)]
 pub struct TrackerClient {
@@ -60,8 +77,10 @@ impl TrackerClient {
                 let message = serde_json::from_str::<ErrorBody>(&text)
                     .map(|b| b.error)
                     .unwrap_or(text);
-                Err(anyhow!("tracker answered {status} to {what}: {message}"))
+                Err(anyhow::Error::new(HttpStatus { status, message })
+                    .context(format!("tracker refused {what}")))
             }
+
             Err(ureq::Error::Transport(t)) => Err(anyhow!(
                 "cannot reach the tracker at {} ({what}): {t}; is it running?",
                 self.base

@@ -2,17 +2,23 @@
 
 use std::time::Duration;
 
-/// Parses a byte size such as `1048576`, `64KiB`, `1MiB`, `2GiB`, `10MB` or `1.5GiB`.
-///
-/// Binary suffixes (`KiB`, `MiB`, `GiB`, `TiB`, and the short `K`, `M`, `G`, `T`) are powers
-/// of 1024; decimal ones (`kB`, `MB`, `GB`, `TB`) are powers of 1000.
-pub fn parse_size(text: &str) -> Result<u64, String> {
+/// Splits `"1.5 GiB"` into `("1.5", "GiB")`.
+fn split_number(text: &str) -> (&str, &str) {
     let s = text.trim();
     let split = s
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(s.len());
     let (number, suffix) = s.split_at(split);
-    let multiplier: u64 = match suffix.trim() {
+    (number, suffix.trim())
+}
+
+/// Parses a byte size such as `1048576`, `64KiB`, `1MiB`, `2GiB`, `10MB` or `1.5GiB`.
+///
+/// Binary suffixes (`KiB`, `MiB`, `GiB`, `TiB`, and the short `K`, `M`, `G`, `T`) are powers
+/// of 1024; decimal ones (`kB`, `MB`, `GB`, `TB`) are powers of 1000.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let (number, suffix) = split_number(text);
+    let multiplier: u64 = match suffix {
         "" | "B" => 1,
         "K" | "KiB" | "k" => 1 << 10,
         "M" | "MiB" => 1 << 20,
@@ -40,15 +46,11 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 
 /// Parses a duration such as `60`, `60s`, `500ms`, `2m` or `1h` (a bare number is seconds).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let s = text.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (number, suffix) = s.split_at(split);
+    let (number, suffix) = split_number(text);
     let value: f64 = number
         .parse()
         .map_err(|_| format!("{text:?} is not a duration (examples: 500ms, 10s, 2m)"))?;
-    let seconds = match suffix.trim() {
+    let seconds = match suffix {
         "ms" => value / 1000.0,
         "" | "s" => value,
         "m" | "min" => value * 60.0,

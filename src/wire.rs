@@ -184,6 +184,22 @@ impl From<io::Error> for WireError {
 }
 
 impl Message {
+    /// The message's name, for logs and error messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Message::Hello { .. } => "Hello",
+            Message::Welcome { .. } => "Welcome",
+            Message::HaveRequest => "HaveRequest",
+            Message::Have(_) => "Have",
+            Message::Request { .. } => "Request",
+            Message::Chunk { .. } => "Chunk",
+            Message::DontHave { .. } => "DontHave",
+            Message::Busy { .. } => "Busy",
+            Message::Error { .. } => "Error",
+            Message::Cancel { .. } => "Cancel",
+        }
+    }
+
     /// The error frame to send for a fatal problem.
     pub fn error(code: u16, message: impl Into<String>) -> Message {
         let mut message: String = message.into();

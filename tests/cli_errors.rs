@@ -111,3 +111,44 @@ fn the_tracker_rejects_bad_manifests_and_unknown_assets_with_json_errors() {
         other => panic!("expected 404, got {other:?}"),
     }
 }
+
+#[test]
+fn a_default_output_name_never_replaces_an_existing_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    crate::harness::random_file(&d.join("f.bin"), 1000, 16);
+    let tracker = TrackerProc::start(d, &[]);
+    let origin = crate::harness::ServerProc::start(
+        d,
+        "origin",
+        Some(&tracker.url),
+        &["f.bin"],
+        &["--origin"],
+    );
+    let id = &origin.seeded[0];
+    // The asset is named f.bin and f.bin exists here: without -o nothing is overwritten.
+    let refused = run(
+        d,
+        "peer_client",
+        &["get", id, "--tracker", &tracker.url, "--store", "s"],
+        b"",
+    );
+    assert!(
+        refused.code(1).contains("-o \"f.bin\""),
+        "{}",
+        refused.stderr
+    );
+    let sub = d.join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    run(
+        &sub,
+        "peer_client",
+        &["get", id, "--tracker", &tracker.url, "--store", "../s"],
+        b"",
+    )
+    .ok();
+    assert_eq!(
+        std::fs::read(sub.join("f.bin")).unwrap(),
+        std::fs::read(d.join("f.bin")).unwrap()
+    );
+}

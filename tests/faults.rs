@@ -297,3 +297,65 @@ fn a_stalled_peer_is_dropped_after_the_chunk_timeout() {
         "the origin took over: {summary}"
     );
 }
+
+#[test]
+fn a_busy_origin_is_retried_not_given_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let bytes = random_file(&d.join("f.bin"), 40 * 65536, 14);
+    let tracker = TrackerProc::start(d, &[]);
+    // One slot, four client connections: three are refused "busy" at first.
+    let origin = ServerProc::start(
+        d,
+        "origin",
+        Some(&tracker.url),
+        &["f.bin"],
+        &["--origin", "--max-conns", "1"],
+    );
+    let id = origin.seeded[0].clone();
+    let summary = get(
+        d,
+        &tracker.url,
+        &id,
+        "copy.bin",
+        "client",
+        &["--workers", "4"],
+    )
+    .json();
+    assert_eq!(fs::read(d.join("copy.bin")).unwrap(), bytes);
+    assert_eq!(summary["from_origin"], bytes.len() as u64);
+    assert!(summary["sources"][0]["dropped"].is_null(), "{summary}");
+}
+
+#[test]
+fn an_output_edited_in_place_does_not_poison_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let bytes = random_file(&d.join("f.bin"), 8 * 65536, 15);
+    let tracker = TrackerProc::start(d, &[]);
+    let origin = ServerProc::start(d, "origin", Some(&tracker.url), &["f.bin"], &["--origin"]);
+    let id = origin.seeded[0].clone();
+    get(d, &tracker.url, &id, "copy.bin", "client", &[]).ok();
+    // The output may share its bytes with the store; scribble on it (root ignores 0444).
+    let mut perms = fs::metadata(d.join("copy.bin")).unwrap().permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    perms.set_readonly(false);
+    fs::set_permissions(d.join("copy.bin"), perms).unwrap();
+    let file = fs::OpenOptions::new()
+        .write(true)
+        .open(d.join("copy.bin"))
+        .unwrap();
+    file.write_all_at(b"scribble", 3 * 65536 + 10).unwrap();
+    drop(file);
+
+    let summary = get(d, &tracker.url, &id, "again.bin", "client", &[]).json();
+    assert_eq!(
+        fs::read(d.join("again.bin")).unwrap(),
+        bytes,
+        "the damaged chunk is fetched again"
+    );
+    assert_eq!(
+        summary["from_origin"], 65536,
+        "only the damaged chunk: {summary}"
+    );
+}

@@ -1,6 +1,6 @@
 //! `peer_client`: publish manifests and get assets from the swarm.
 
-use std::io::{IsTerminal, Read};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -91,16 +91,12 @@ fn run(args: Args) -> Result<u8> {
             let config = GetConfig {
                 asset,
                 tracker,
-                output: None,
+                output,
                 store: store.unwrap_or_else(cli::default_store),
                 workers,
                 chunk_timeout,
                 max_download_rate,
                 progress: !quiet && std::io::stderr().is_terminal(),
-            };
-            let config = GetConfig {
-                output: Some(output_path(&config, output)?),
-                ..config
             };
             let summary = client::get(&config)?;
             if !quiet {
@@ -114,38 +110,15 @@ fn run(args: Args) -> Result<u8> {
     Ok(EXIT_OK)
 }
 
-/// The output path: as given, or the asset's name in the current directory.
-fn output_path(config: &GetConfig, given: Option<PathBuf>) -> Result<PathBuf> {
-    if let Some(path) = given {
-        return Ok(path);
-    }
-    let store = swarmcache::store::Store::open(&config.store)?;
-    let manifest = match store.manifest(&config.asset)? {
-        Some(m) => m,
-        None => {
-            let url = config
-                .tracker
-                .as_deref()
-                .context("give -o FILE or --tracker URL")?;
-            TrackerClient::new(url)?.manifest(&config.asset)?
-        }
-    };
-    Ok(PathBuf::from(manifest.name))
-}
-
 fn read_manifest(path: &Path) -> Result<Manifest> {
-    let mut text = Vec::new();
-    if path == Path::new("-") {
-        std::io::stdin()
-            .lock()
-            .take(manifest::MAX_MANIFEST_BYTES as u64 + 1)
-            .read_to_end(&mut text)
-            .context("reading the manifest from standard input")?;
+    let manifest = if path == Path::new("-") {
+        Manifest::read_from(std::io::stdin().lock())
     } else {
-        text =
-            std::fs::read(path).with_context(|| format!("reading manifest {}", path.display()))?;
-    }
-    Manifest::read_from(&text[..]).with_context(|| format!("manifest {}", path.display()))
+        let file = std::fs::File::open(path)
+            .with_context(|| format!("opening manifest {}", path.display()))?;
+        Manifest::read_from(file)
+    };
+    manifest.with_context(|| format!("manifest {}", path.display()))
 }
 
 fn main() -> ExitCode {
