@@ -12,7 +12,7 @@ use anyhow::{Context, Result};
 use swarmcache::client::{self, DEFAULT_CHUNK_TIMEOUT, DEFAULT_WORKERS, GetConfig};
 use swarmcache::manifest::DEFAULT_CHUNK_SIZE;
 use swarmcache::server::{DEFAULT_MAX_CONNS, Server, ServerConfig};
-use swarmcache::tracker::{DEFAULT_MAX_PEERS, Tracker, TrackerConfig};
+use swarmcache::tracker::{DEFAULT_HTTP_TIMEOUT, DEFAULT_MAX_PEERS, Tracker, TrackerConfig};
 use swarmcache::units::format_bytes;
 
 const FILE_SIZE: usize = 64 << 20;
@@ -31,6 +31,7 @@ fn main() -> Result<()> {
         data: dir.path().join("tracker-data"),
         peer_timeout: Duration::from_secs(60),
         max_peers: DEFAULT_MAX_PEERS,
+        http_timeout: DEFAULT_HTTP_TIMEOUT,
     })?;
     let url = format!("http://{}", tracker.local_addr());
     let stop_tracker = tracker.shutdown_handle();

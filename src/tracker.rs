@@ -43,8 +43,14 @@ pub const DEFAULT_MAX_PEERS: usize = 30;
 const MAX_JSON_BODY: usize = 1 << 20;
 /// How often idle request threads look at the shutdown flag.
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
-/// Request-handling threads: the work per request is a map lookup, so a few suffice.
-const HTTP_THREADS: usize = 4;
+/// Default for how long a request's bytes, or the reading of an answer, may pause before
+/// the connection is dropped: generous for any client, short enough that a stalled one
+/// cannot keep a request thread for long.
+pub const DEFAULT_HTTP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Request-handling threads. Most requests take microseconds, but one whose client
+/// stalls holds its thread until the HTTP timeout; with 32, a handful of stalled
+/// clients leave everyone else served at once.
+const HTTP_THREADS: usize = 32;
 
 /// Validated tracker settings.
 #[derive(Clone, Debug)]
@@ -57,6 +63,8 @@ pub struct TrackerConfig {
     pub peer_timeout: Duration,
     /// Most peers handed out per announce.
     pub max_peers: usize,
+    /// Longest pause in a request or in the reading of an answer.
+    pub http_timeout: Duration,
 }
 
 /// One peer of a swarm.
@@ -163,6 +171,17 @@ impl Tracker {
             )
         })?;
         let addr = listener.local_addr()?;
+        // tiny_http sets no timeouts on the connections it accepts; sockets accepted from a
+        // listener inherit its SO_RCVTIMEO/SO_SNDTIMEO, so set them here. A client that stops
+        // sending its request, or stops reading our answer, then frees its thread.
+        for which in [
+            rustix::net::sockopt::Timeout::Recv,
+            rustix::net::sockopt::Timeout::Send,
+        ] {
+            rustix::net::sockopt::set_socket_timeout(&listener, which, Some(config.http_timeout))
+                .map_err(std::io::Error::from)
+                .with_context(|| format!("setting socket timeouts on {addr}"))?;
+        }
         let http = tiny_http::Server::from_listener(listener, None)
             .map_err(|e| anyhow::anyhow!("starting the HTTP server on {addr}: {e}"))?;
         Ok(Tracker {

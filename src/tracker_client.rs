@@ -53,6 +53,10 @@ impl TrackerClient {
         let agent = ureq::AgentBuilder::new()
             .timeout_connect(CONNECT_TIMEOUT)
             .timeout(REQUEST_TIMEOUT)
+            // The tracker closes idle connections after 10 s; a pooled one may be dead by the
+            // next heartbeat, and ureq does not retry a POST on it. A fresh connection per
+            // request costs a millisecond.
+            .max_idle_connections(0)
             .build();
         Ok(TrackerClient { base, agent })
     }

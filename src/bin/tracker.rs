@@ -31,6 +31,9 @@ struct Args {
     /// Most peers handed out per announce.
     #[arg(long, default_value_t = DEFAULT_MAX_PEERS)]
     max_peers: usize,
+    /// Drop a connection whose request, or the reading of our answer, pauses this long.
+    #[arg(long, default_value = "10s", value_parser = cli::duration_arg)]
+    http_timeout: Duration,
 }
 
 fn run(args: Args) -> Result<u8> {
@@ -39,6 +42,7 @@ fn run(args: Args) -> Result<u8> {
         data: args.data,
         peer_timeout: args.peer_timeout,
         max_peers: args.max_peers,
+        http_timeout: args.http_timeout,
     };
     let tracker = Tracker::bind(&config)?;
     cli::println(&format!("listening on http://{}", tracker.local_addr()))?;
