@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use swarmcache::client::{self, DEFAULT_CHUNK_TIMEOUT, DEFAULT_WORKERS, GetConfig};
+use swarmcache::client::{self, GetConfig};
 use swarmcache::manifest::DEFAULT_CHUNK_SIZE;
 use swarmcache::server::{DEFAULT_MAX_CONNS, Server, ServerConfig};
 use swarmcache::tracker::{DEFAULT_HTTP_TIMEOUT, DEFAULT_MAX_PEERS, Tracker, TrackerConfig};
@@ -83,30 +83,26 @@ fn main() -> Result<()> {
 
     for n in 1..=CLIENTS {
         let config = GetConfig {
-            asset,
-            tracker: Some(url.clone()),
             output: Some(dir.path().join(format!("copy-{n}.bin"))),
-            store: dir.path().join(format!("client-{n}")),
-            workers: DEFAULT_WORKERS,
-            chunk_timeout: DEFAULT_CHUNK_TIMEOUT,
-            max_download_rate: None,
-            progress: false,
+            serve: Some(any_port),
+            ..GetConfig::new(
+                asset,
+                Some(url.clone()),
+                dir.path().join(format!("client-{n}")),
+            )
         };
-        let summary = client::get(&config)?;
-        println!("client {n}  {}", summary.human());
+        let got = client::get(&config, false)?;
+        println!("client {n}  {}", got.summary.human());
     }
     // The first client again, now from its own store.
-    let again = client::get(&GetConfig {
-        asset,
-        tracker: Some(url.clone()),
+    let again = GetConfig {
         output: Some(dir.path().join("copy-again.bin")),
-        store: dir.path().join("client-1"),
-        workers: DEFAULT_WORKERS,
-        chunk_timeout: DEFAULT_CHUNK_TIMEOUT,
-        max_download_rate: None,
-        progress: false,
-    })?;
-    println!("client 1  again: {}", again.human());
+        ..GetConfig::new(asset, Some(url.clone()), dir.path().join("client-1"))
+    };
+    println!(
+        "client 1  again: {}",
+        client::get(&again, false)?.summary.human()
+    );
 
     let stats = ureq::get(&format!("{url}/stats")).call()?.into_string()?;
     println!("tracker stats: {stats}");

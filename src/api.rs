@@ -94,6 +94,10 @@ pub struct AnnounceResponse {
     /// The address the tracker recorded for this peer, when it serves.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub your_addr: Option<String>,
+    /// For a serving peer still downloading: hex bitfield of the chunks to take from the
+    /// origin. Other leechers were given disjoint shares; the rest comes from peers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin_share: Option<String>,
 }
 
 /// Per-swarm figures in `GET /stats`.

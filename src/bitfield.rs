@@ -96,6 +96,29 @@ impl Bitfield {
         }
     }
 
+    /// Removes chunk `i`; out-of-range indexes are ignored.
+    pub fn unset(&mut self, i: u32) {
+        if i < self.len {
+            self.bytes[(i / 8) as usize] &= !(0x80 >> (i % 8));
+        }
+    }
+
+    /// Adds every chunk of `other` (which must range over as many chunks).
+    pub fn union_with(&mut self, other: &Bitfield) {
+        debug_assert_eq!(self.len, other.len);
+        for (a, b) in self.bytes.iter_mut().zip(&other.bytes) {
+            *a |= b;
+        }
+    }
+
+    /// Removes every chunk of `other` (which must range over as many chunks).
+    pub fn remove_all(&mut self, other: &Bitfield) {
+        debug_assert_eq!(self.len, other.len);
+        for (a, b) in self.bytes.iter_mut().zip(&other.bytes) {
+            *a &= !b;
+        }
+    }
+
     /// How many chunks are in the set.
     pub fn count(&self) -> u32 {
         self.bytes.iter().map(|b| b.count_ones()).sum()
@@ -125,6 +148,23 @@ mod tests {
         assert!(b.get(0) && b.get(9) && !b.get(1) && !b.get(10));
         assert_eq!(b.count(), 2);
         assert_eq!(b.ones().collect::<Vec<_>>(), vec![0, 9]);
+    }
+
+    #[test]
+    fn set_operations_work_bytewise() {
+        let mut a = Bitfield::new(12);
+        let mut b = Bitfield::new(12);
+        a.set(1);
+        a.set(9);
+        b.set(9);
+        b.set(11);
+        let mut union = a.clone();
+        union.union_with(&b);
+        assert_eq!(union.ones().collect::<Vec<_>>(), vec![1, 9, 11]);
+        union.remove_all(&a);
+        assert_eq!(union.ones().collect::<Vec<_>>(), vec![11]);
+        union.unset(11);
+        assert_eq!(union.count(), 0);
     }
 
     #[test]

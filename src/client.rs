@@ -13,7 +13,8 @@ use std::fs::File;
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -24,6 +25,9 @@ use crate::api::{AnnounceRequest, PeerInfo};
 use crate::bitfield::Bitfield;
 use crate::manifest::{AssetId, Manifest};
 use crate::ratelimit::{self, RateLimiter};
+use crate::server::{
+    DEFAULT_MAX_CONNS, LiveHave, Server, ServerConfig, ShutdownHandle, UploadCounter,
+};
 use crate::store::{Partial, Store};
 use crate::tracker_client::{TrackerClient, new_peer_id};
 use crate::wire::{
@@ -44,6 +48,12 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 /// How long the scheduler waits for an event before it looks at the clock again.
 const TICK: Duration = Duration::from_millis(100);
+/// While downloading, progress is announced this often, so that other peers learn within
+/// half a second what this one can serve and this one learns of newcomers as fast.
+const ANNOUNCE_PERIOD: Duration = Duration::from_millis(500);
+/// When no peer has delivered for this long, the origin may send chunks outside this
+/// client's share: the peer that was to fetch them from the origin may have gone.
+const FALLBACK_AFTER: Duration = Duration::from_secs(2);
 
 /// Validated settings of one `get`.
 #[derive(Clone, Debug)]
@@ -65,6 +75,32 @@ pub struct GetConfig {
     pub max_download_rate: Option<u64>,
     /// Show a progress bar on stderr.
     pub progress: bool,
+    /// Serve the asset to other peers while downloading, listening here (`None`: do not).
+    pub serve: Option<SocketAddr>,
+    /// Address to announce instead of the listening one.
+    pub advertise: Option<SocketAddr>,
+    /// Upload cap in bytes per second while serving.
+    pub max_upload_rate: Option<u64>,
+}
+
+impl GetConfig {
+    /// Settings for fetching `asset` into `store` with defaults for everything else:
+    /// serving while downloading on an ephemeral port of every interface.
+    pub fn new(asset: AssetId, tracker: Option<String>, store: PathBuf) -> GetConfig {
+        GetConfig {
+            asset,
+            tracker,
+            output: None,
+            store,
+            workers: DEFAULT_WORKERS,
+            chunk_timeout: DEFAULT_CHUNK_TIMEOUT,
+            max_download_rate: None,
+            progress: false,
+            serve: Some(SocketAddr::from(([0, 0, 0, 0], 0))),
+            advertise: None,
+            max_upload_rate: None,
+        }
+    }
 }
 
 /// Bytes taken from one source.
@@ -136,8 +172,41 @@ impl Summary {
     }
 }
 
-/// Fetches an asset into the store and places it at the output path.
-pub fn get(config: &GetConfig) -> Result<Summary> {
+/// The outcome of [`get`]: the summary, and the embedded server when the asset is to be
+/// seeded on after the download.
+pub struct Got {
+    /// What the download did.
+    pub summary: Summary,
+    /// Keeps serving the asset, for [`Seeding::run`] to finish.
+    pub seeding: Option<Seeding>,
+}
+
+/// A peer server seeding a downloaded asset, announced to the tracker until it stops.
+pub struct Seeding {
+    serving: Serving,
+    announcer: Option<Announcer>,
+}
+
+impl Seeding {
+    /// Serves for `duration`, then leaves the swarm.
+    pub fn run(self, duration: Duration) {
+        let deadline = Instant::now() + duration;
+        while Instant::now() < deadline {
+            std::thread::sleep(
+                Duration::from_millis(50).min(deadline.saturating_duration_since(Instant::now())),
+            );
+        }
+        if let Some(announcer) = self.announcer {
+            announcer.leave();
+        }
+        self.serving.stop();
+    }
+}
+
+/// Fetches an asset into the store and places it at the output path. Unless
+/// `config.serve` is `None`, the asset is served to other peers while it downloads; with
+/// `seed` the server is handed back, still serving, for [`Seeding::run`].
+pub fn get(config: &GetConfig, seed: bool) -> Result<Got> {
     let started = Instant::now();
     let store = Store::open(&config.store)?;
     let tracker = config
@@ -156,57 +225,86 @@ pub fn get(config: &GetConfig) -> Result<Summary> {
             ),
         },
     };
-    let output = match &config.output {
-        Some(path) => path.clone(),
-        None => {
-            // The name comes from the manifest, that is from whoever published it: never
-            // let it replace a file the user did not name.
-            let path = PathBuf::from(&manifest.name);
-            if path.exists() || manifest.name.starts_with('.') {
-                bail!(
-                    "refusing to write {:?} in the current directory without being asked; pass -o {:?} to do so",
-                    manifest.name,
-                    manifest.name
-                );
-            }
-            path
-        }
+    let output = output_path(config, &manifest)?;
+    let complete = store.is_complete(&config.asset, &manifest)?;
+    let partial = if complete {
+        None
+    } else {
+        Some(store.begin(&manifest)?)
     };
-    let mut from_cache = manifest.size;
-    let mut sources_summary = Vec::new();
-    if !store.is_complete(&config.asset, &manifest)? {
-        let partial = store.begin(&manifest)?;
-        let initial = partial.have().clone();
-        from_cache = initial.ones().map(|i| manifest.chunk_len(i) as u64).sum();
-        if !initial.is_full() {
-            let tracker = tracker.with_context(|| {
-                format!(
-                    "asset {} is only partly in the store; give --tracker to fetch the rest",
-                    config.asset
-                )
-            })?;
-            let request = AnnounceRequest {
-                peer_id: new_peer_id(),
-                have: Some(initial.to_hex()),
-                ..AnnounceRequest::default()
-            };
-            let answer = tracker.announce(&config.asset, &request)?;
-            let count = manifest.chunk_count();
-            let sources: Vec<Source> = answer
-                .peers
-                .iter()
-                .chain(&answer.origins)
-                .map(|info| Source::from_info(info, count))
-                .collect();
-            if sources.is_empty() {
-                bail!(
-                    "the tracker knows no peer or origin for {}; start a peer_server that holds it",
-                    config.asset
-                );
-            }
-            sources_summary =
-                Scheduler::new(config, Arc::new(manifest.clone()), &partial, sources).run()?;
+    let initial = partial.as_ref().map_or_else(
+        || Bitfield::full(manifest.chunk_count()),
+        |p| p.have().clone(),
+    );
+    let from_cache: u64 = initial.ones().map(|i| manifest.chunk_len(i) as u64).sum();
+    let live: LiveHave = Arc::new(RwLock::new(initial.clone()));
+    let serving = match config.serve {
+        Some(listen) if seed || !complete => {
+            Some(Serving::start(config, listen, &manifest, &live)?)
         }
+        _ => None,
+    };
+    let mut announcer = None;
+    let mut sources_summary = Vec::new();
+    if let Some(partial) = &partial {
+        let tracker = tracker.clone().with_context(|| {
+            format!(
+                "asset {} is only partly in the store; give --tracker to fetch the rest",
+                config.asset
+            )
+        })?;
+        let mut template = AnnounceRequest {
+            peer_id: new_peer_id(),
+            ..AnnounceRequest::default()
+        };
+        template.addr = serving.as_ref().map(|s| s.advertised.to_string());
+        let first = announce_progress(
+            &tracker,
+            &config.asset,
+            &template,
+            &live,
+            serving.as_ref().map(|s| &s.uploaded),
+        )?;
+        let count = manifest.chunk_count();
+        let sources: Vec<Source> = first
+            .peers
+            .iter()
+            .chain(&first.origins)
+            .map(|info| Source::from_info(info, count))
+            .collect();
+        if sources.is_empty() {
+            bail!(
+                "the tracker knows no peer or origin for {}; start a peer_server that holds it",
+                config.asset
+            );
+        }
+        let origin_share = first
+            .origin_share
+            .as_deref()
+            .and_then(|hex| Bitfield::from_hex(count, hex).ok());
+        let scheduler = Scheduler::new(
+            config,
+            Arc::new(manifest.clone()),
+            partial,
+            sources,
+            Arc::clone(&live),
+            origin_share,
+        );
+        announcer = Some(Announcer::start(
+            tracker,
+            config.asset,
+            template,
+            Arc::clone(&live),
+            serving.as_ref().map(|s| s.uploaded.clone()),
+            Some(scheduler.events_tx.clone()),
+        ));
+        let outcome = scheduler.run();
+        if let (Err(_), Some(a)) = (&outcome, announcer.take()) {
+            a.leave();
+        }
+        sources_summary = outcome?;
+    }
+    if let Some(partial) = partial {
         partial.finish()?;
     }
     store.export(&config.asset, &output)?;
@@ -217,7 +315,7 @@ pub fn get(config: &GetConfig) -> Result<Summary> {
             .map(|s| s.bytes)
             .sum()
     };
-    Ok(Summary {
+    let summary = Summary {
         asset: config.asset.to_string(),
         name: manifest.name.clone(),
         size: manifest.size,
@@ -227,7 +325,238 @@ pub fn get(config: &GetConfig) -> Result<Summary> {
         from_origin: sum(true),
         seconds: started.elapsed().as_secs_f64(),
         sources: sources_summary,
-    })
+    };
+    let seeding = match serving {
+        Some(serving) if seed => {
+            let announcer = match (announcer, &tracker) {
+                (Some(a), _) => Some(a.seeding()),
+                (None, Some(tracker)) => {
+                    let template = AnnounceRequest {
+                        peer_id: new_peer_id(),
+                        addr: Some(serving.advertised.to_string()),
+                        ..AnnounceRequest::default()
+                    };
+                    Some(Announcer::start(
+                        tracker.clone(),
+                        config.asset,
+                        template,
+                        Arc::clone(&live),
+                        Some(serving.uploaded.clone()),
+                        None,
+                    ))
+                }
+                (None, None) => None,
+            };
+            Some(Seeding { serving, announcer })
+        }
+        Some(serving) => {
+            if let Some(a) = announcer {
+                a.leave();
+            }
+            serving.stop();
+            None
+        }
+        None => {
+            if let Some(a) = announcer {
+                a.leave();
+            }
+            None
+        }
+    };
+    Ok(Got { summary, seeding })
+}
+
+/// Where the output goes: as given, or the asset's name in the current directory. The name
+/// comes from whoever published the manifest: it may not replace a file nobody named.
+fn output_path(config: &GetConfig, manifest: &Manifest) -> Result<PathBuf> {
+    if let Some(path) = &config.output {
+        return Ok(path.clone());
+    }
+    let path = PathBuf::from(&manifest.name);
+    if path.exists() || manifest.name.starts_with('.') {
+        bail!(
+            "refusing to write {:?} in the current directory without being asked; pass -o {:?} to do so",
+            manifest.name,
+            manifest.name
+        );
+    }
+    Ok(path)
+}
+
+/// The server embedded in a `get`: serves the asset from the download's store while it
+/// downloads, and after it when seeding.
+struct Serving {
+    stop: ShutdownHandle,
+    thread: std::thread::JoinHandle<Result<()>>,
+    uploaded: UploadCounter,
+    advertised: SocketAddr,
+}
+
+impl Serving {
+    fn start(
+        config: &GetConfig,
+        listen: SocketAddr,
+        manifest: &Manifest,
+        live: &LiveHave,
+    ) -> Result<Serving> {
+        let server = Server::bind(ServerConfig {
+            listen,
+            store: config.store.clone(),
+            seeds: Vec::new(),
+            chunk_size: manifest.chunk_size,
+            tracker: None,
+            origin: false,
+            advertise: config.advertise,
+            max_conns: DEFAULT_MAX_CONNS,
+            max_upload_rate: config.max_upload_rate,
+            announce_interval: None,
+        })
+        .context("starting to serve while downloading (use --no-serve to download only)")?;
+        server.serve_live(manifest.id(), Arc::clone(live));
+        let advertised = config.advertise.unwrap_or(server.local_addr());
+        let (stop, uploaded) = (server.shutdown_handle(), server.uploaded());
+        let thread = std::thread::spawn(move || server.serve());
+        Ok(Serving {
+            stop,
+            thread,
+            uploaded,
+            advertised,
+        })
+    }
+
+    fn stop(self) {
+        self.stop.shutdown();
+        if let Ok(Err(e)) = self.thread.join() {
+            eprintln!("peer_client: serving stopped with an error: {e:#}");
+        }
+    }
+}
+
+/// One announce of what `live` holds.
+fn announce_progress(
+    tracker: &TrackerClient,
+    asset: &AssetId,
+    template: &AnnounceRequest,
+    live: &LiveHave,
+    uploaded: Option<&UploadCounter>,
+) -> Result<crate::api::AnnounceResponse> {
+    let have = live.read().unwrap_or_else(|e| e.into_inner()).clone();
+    let request = AnnounceRequest {
+        complete: have.is_full(),
+        have: (!have.is_full()).then(|| have.to_hex()),
+        uploaded: uploaded.map_or(0, |u| u.get(asset)),
+        ..template.clone()
+    };
+    tracker.announce(asset, &request)
+}
+
+/// Announces progress on a period from its own thread, so a slow tracker never holds up
+/// the scheduler, and forwards each answer (new peers, a new origin share) to it.
+struct Announcer {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+    tracker: TrackerClient,
+    asset: AssetId,
+    template: AnnounceRequest,
+    live: LiveHave,
+    uploaded: Option<UploadCounter>,
+}
+
+impl Announcer {
+    fn start(
+        tracker: TrackerClient,
+        asset: AssetId,
+        template: AnnounceRequest,
+        live: LiveHave,
+        uploaded: Option<UploadCounter>,
+        events: Option<Sender<Event>>,
+    ) -> Announcer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (stop, tracker, template, live, uploaded) = (
+                Arc::clone(&stop),
+                tracker.clone(),
+                template.clone(),
+                Arc::clone(&live),
+                uploaded.clone(),
+            );
+            std::thread::spawn(move || {
+                let mut period = if events.is_some() {
+                    ANNOUNCE_PERIOD
+                } else {
+                    Duration::ZERO
+                };
+                let mut failing = false;
+                loop {
+                    let deadline = Instant::now() + period;
+                    while Instant::now() < deadline {
+                        if stop.load(Ordering::SeqCst) {
+                            return;
+                        }
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    if stop.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    match announce_progress(&tracker, &asset, &template, &live, uploaded.as_ref()) {
+                        Ok(answer) => {
+                            failing = false;
+                            if events.is_none() {
+                                period = Duration::from_secs(answer.interval_secs.clamp(1, 3600));
+                            }
+                            if let Some(events) = &events {
+                                let _ = events.send(Event::Swarm(answer));
+                            }
+                        }
+                        Err(e) => {
+                            if !failing {
+                                eprintln!("peer_client: announcing failed (will retry): {e:#}");
+                            }
+                            failing = true;
+                            period = period.max(Duration::from_secs(1));
+                        }
+                    }
+                }
+            })
+        };
+        Announcer {
+            stop,
+            thread,
+            tracker,
+            asset,
+            template,
+            live,
+            uploaded,
+        }
+    }
+
+    /// The same announcer, now at the tracker's heartbeat period and without a scheduler.
+    fn seeding(self) -> Announcer {
+        self.halt();
+        Announcer::start(
+            self.tracker,
+            self.asset,
+            self.template,
+            self.live,
+            self.uploaded,
+            None,
+        )
+    }
+
+    fn halt(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+
+    /// Stops announcing and tells the tracker this peer is gone.
+    fn leave(self) {
+        self.halt();
+        let _ = self.thread.join();
+        let request = AnnounceRequest {
+            event: Some("stopped".into()),
+            ..self.template.clone()
+        };
+        let _ = self.tracker.announce(&self.asset, &request);
+    }
 }
 
 /// A place chunks can come from.
@@ -290,6 +619,8 @@ enum Event {
     Refused { conn: usize, index: u32 },
     /// The connection is over, and why.
     Closed { conn: usize, end: End },
+    /// The tracker's latest answer: peers (maybe new ones) and this client's origin share.
+    Swarm(crate::api::AnnounceResponse),
 }
 
 /// Why a connection ended.
@@ -332,9 +663,12 @@ const BUSY_RETRIES: u32 = 16;
 /// Failed connections in a row before the origin is given up. A peer that drops or
 /// stalls is dropped at once (there are others), but the origin is the last resort.
 const ORIGIN_RETRIES: u32 = 4;
-/// An idle connection asks for the source's have list this often: it keeps the connection
-/// inside the server's 30 s idle timeout and the source's have list fresh.
+/// An idle connection to a complete source asks for its have list this often, which keeps
+/// the connection inside the server's 30 s idle timeout.
 const KEEPALIVE: Duration = Duration::from_secs(10);
+/// An idle connection to a source that is still downloading asks this often: its new
+/// chunks are what this client is waiting for.
+const PARTIAL_REFRESH: Duration = Duration::from_millis(250);
 
 /// The single owner of a download's state.
 struct Scheduler<'a> {
@@ -353,6 +687,15 @@ struct Scheduler<'a> {
     peer_held: Bitfield,
     /// Bumped whenever work or availability changes, so starved connections look again.
     epoch: u64,
+    /// What is verified and written, shared with the embedded server and the announcer.
+    live: LiveHave,
+    /// The chunks the tracker planned for this client to take from the origin (`None`: no
+    /// plan, the origin sends whatever no peer holds).
+    origin_share: Option<Bitfield>,
+    /// When a chunk last arrived from a peer; long silence lets the origin step outside
+    /// the share.
+    last_peer_progress: Instant,
+    fallback_open: bool,
     fatal: Option<String>,
     events_tx: Sender<Event>,
     events_rx: Receiver<Event>,
@@ -366,6 +709,8 @@ impl<'a> Scheduler<'a> {
         manifest: Arc<Manifest>,
         partial: &'a Partial,
         sources: Vec<Source>,
+        live: LiveHave,
+        origin_share: Option<Bitfield>,
     ) -> Self {
         let have = partial.have().clone();
         let count = manifest.chunk_count();
@@ -407,6 +752,10 @@ impl<'a> Scheduler<'a> {
             missing,
             have,
             epoch: 0,
+            live,
+            origin_share,
+            last_peer_progress: Instant::now(),
+            fallback_open: false,
             fatal: None,
             events_tx,
             events_rx,
@@ -508,6 +857,15 @@ impl<'a> Scheduler<'a> {
                 bail!(error);
             }
             self.reconnect_due();
+            // The share holds while peers deliver: with no usable peer left, or none
+            // delivering for a while, the origin sends whatever no usable peer holds.
+            let fallback = self.last_peer_progress.elapsed() > FALLBACK_AFTER
+                || !(0..self.sources.len()).any(|s| !self.sources[s].origin && self.usable(s));
+            if fallback != self.fallback_open {
+                self.fallback_open = fallback;
+                self.epoch += 1;
+                self.assign_all();
+            }
             if dirty && last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL {
                 match ckpt_tx.try_send(self.have.clone()) {
                     Ok(()) => {
@@ -541,8 +899,15 @@ impl<'a> Scheduler<'a> {
                     self.chunks[index as usize] = ChunkState::Done;
                     self.missing.remove(&index);
                     self.have.set(index);
+                    self.live
+                        .write()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .set(index);
                     let len = self.manifest.chunk_len(index) as u64;
                     let source = &mut self.sources[self.conns[conn].source];
+                    if !source.origin {
+                        self.last_peer_progress = Instant::now();
+                    }
                     source.bytes += len;
                     source.chunks += 1;
                     source.failures = 0;
@@ -559,8 +924,30 @@ impl<'a> Scheduler<'a> {
                 self.refresh_availability();
             }
             Event::Closed { conn, end } => self.closed(conn, end),
+            Event::Swarm(answer) => self.swarm(answer),
         }
         self.assign_all();
+    }
+
+    /// Takes in the tracker's latest answer: connects to peers not seen before, and
+    /// replaces the origin share.
+    fn swarm(&mut self, answer: crate::api::AnnounceResponse) {
+        let count = self.manifest.chunk_count();
+        for info in answer.peers.iter().chain(&answer.origins) {
+            if self.sources.iter().any(|s| s.addr == info.addr) {
+                continue;
+            }
+            self.sources.push(Source::from_info(info, count));
+            self.connect(self.sources.len() - 1);
+        }
+        if let Some(share) = answer
+            .origin_share
+            .as_deref()
+            .and_then(|hex| Bitfield::from_hex(count, hex).ok())
+        {
+            self.origin_share = Some(share);
+        }
+        self.refresh_availability();
     }
 
     fn closed(&mut self, conn: usize, end: End) {
@@ -708,10 +1095,16 @@ impl<'a> Scheduler<'a> {
     /// only takes chunks that no usable peer holds, so peers carry all they can.
     fn pick(&self, conn: usize) -> Option<u32> {
         let source = &self.sources[self.conns[conn].source];
+        if !source.origin {
+            return self.missing.iter().copied().find(|&i| source.holds(i));
+        }
+        // The origin sends this client's planned share; outside it, only what no peer
+        // holds, and only once the swarm has gone quiet (the planned peer may be gone).
+        let share = self.origin_share.as_ref().filter(|_| !self.fallback_open);
         self.missing
             .iter()
             .copied()
-            .find(|&i| source.holds(i) && (!source.origin || !self.peer_held.get(i)))
+            .find(|&i| source.holds(i) && !self.peer_held.get(i) && share.is_none_or(|s| s.get(i)))
     }
 
     /// Fails when chunks are missing that no connection left can ever deliver.
@@ -825,8 +1218,8 @@ impl Worker {
         in_flight.push_back(index);
     }
 
-    /// Sends HaveRequest and reports the answer.
-    fn refresh_have(&self, stream: &TcpStream) -> Result<(), End> {
+    /// Sends HaveRequest and reports the answer; returns whether the source is complete.
+    fn refresh_have(&self, stream: &TcpStream) -> Result<bool, End> {
         let count = self.manifest.chunk_count();
         wire::write_message(&mut &*stream, &Message::HaveRequest).map_err(|e| {
             End::Failed(socket_error(
@@ -837,11 +1230,12 @@ impl Worker {
         })?;
         match self.reply(stream, MAX_CONTROL_FRAME) {
             Ok(Message::Have(have)) if have.len() == count => {
+                let complete = have.is_full();
                 let _ = self.events.send(Event::Ready {
                     conn: self.conn,
                     have,
                 });
-                Ok(())
+                Ok(complete)
             }
             Ok(Message::Error { code, message }) => Err(End::Failed(format!(
                 "refused the have request (code {code}): {message}"
@@ -911,9 +1305,10 @@ impl Worker {
             }
             Err(e) => return End::Failed(format!("handshake: {e}")),
         }
-        if let Err(end) = self.refresh_have(&stream) {
-            return end;
-        }
+        let mut complete = match self.refresh_have(&stream) {
+            Ok(complete) => complete,
+            Err(end) => return end,
+        };
         let limit = chunk_frame_limit(self.manifest.chunk_size);
         // Requests sent and not yet answered, oldest first: replies come in request order.
         let mut in_flight: VecDeque<u32> = VecDeque::new();
@@ -921,12 +1316,14 @@ impl Worker {
         loop {
             frames.clear();
             if in_flight.is_empty() {
-                match jobs.recv_timeout(KEEPALIVE) {
+                let idle = if complete { KEEPALIVE } else { PARTIAL_REFRESH };
+                match jobs.recv_timeout(idle) {
                     Ok(index) => self.queue(index, &mut frames, &mut in_flight),
                     Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
-                        if let Err(end) = self.refresh_have(&stream) {
-                            return end;
-                        }
+                        complete = match self.refresh_have(&stream) {
+                            Ok(complete) => complete,
+                            Err(end) => return end,
+                        };
                         continue;
                     }
                     Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return End::Finished,

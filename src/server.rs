@@ -81,8 +81,14 @@ struct Served {
     uploaded: AtomicU64,
 }
 
+/// What a download in this process holds so far, shared with the server so that peers can
+/// fetch each chunk the moment it is verified, before it is recorded on disk.
+pub type LiveHave = Arc<std::sync::RwLock<Bitfield>>;
+
 struct Shared {
     store: Store,
+    /// Assets being downloaded by this process, served from their in-memory progress.
+    live: Mutex<HashMap<AssetId, LiveHave>>,
     assets: Mutex<HashMap<AssetId, Arc<Served>>>,
     limiter: Option<RateLimiter>,
     stop: AtomicBool,
@@ -100,6 +106,22 @@ pub struct Server {
     config: ServerConfig,
     shared: Arc<Shared>,
     seeded: Vec<Manifest>,
+    /// With a tracker: the heartbeat, already announced once, and when to beat next.
+    heartbeat: Option<(Heartbeat, Duration)>,
+}
+
+/// Reads how many bytes of an asset a [`Server`] has sent, from any thread.
+#[derive(Clone)]
+pub struct UploadCounter(Arc<Shared>);
+
+impl UploadCounter {
+    /// Bytes of `asset` sent so far.
+    pub fn get(&self, asset: &AssetId) -> u64 {
+        let assets = self.0.assets.lock().unwrap_or_else(|e| e.into_inner());
+        assets
+            .get(asset)
+            .map_or(0, |s| s.uploaded.load(Ordering::Relaxed))
+    }
 }
 
 /// Stops a serving [`Server`] from another thread.
@@ -166,6 +188,7 @@ impl Server {
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             store,
+            live: Mutex::new(HashMap::new()),
             assets: Mutex::new(HashMap::new()),
             limiter: config.max_upload_rate.map(RateLimiter::new),
             stop: AtomicBool::new(false),
@@ -173,12 +196,20 @@ impl Server {
             in_use: AtomicUsize::new(0),
             refusing: AtomicUsize::new(0),
         });
+        // Announce before reporting "listening", so that a script which starts a download as
+        // soon as the server is up finds it in the swarm.
+        let heartbeat = tracker.map(|tracker| {
+            let mut heartbeat = Heartbeat::new(tracker, &config, addr);
+            let wait = heartbeat.beat(&shared, &config);
+            (heartbeat, wait)
+        });
         Ok(Server {
             listener,
             addr,
             config,
             shared,
             seeded,
+            heartbeat,
         })
     }
 
@@ -192,6 +223,21 @@ impl Server {
         &self.seeded
     }
 
+    /// Serves `asset` from a download in progress: requests are answered from `have`, which
+    /// the downloader updates as chunks are verified and written.
+    pub fn serve_live(&self, asset: AssetId, have: LiveHave) {
+        self.shared
+            .live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(asset, have);
+    }
+
+    /// A counter of the bytes of `asset` this server has sent, for announces.
+    pub fn uploaded(&self) -> UploadCounter {
+        UploadCounter(Arc::clone(&self.shared))
+    }
+
     /// A handle that stops [`Server::serve`].
     pub fn shutdown_handle(&self) -> ShutdownHandle {
         ShutdownHandle {
@@ -202,17 +248,10 @@ impl Server {
 
     /// Serves until shut down; announces to the tracker, if any, in the background.
     pub fn serve(self) -> Result<()> {
-        let announcer = match &self.config.tracker {
-            Some(url) => {
-                let tracker = TrackerClient::new(url)?;
-                let shared = Arc::clone(&self.shared);
-                let (config, addr) = (self.config.clone(), self.addr);
-                Some(std::thread::spawn(move || {
-                    announce_loop(&shared, &tracker, &config, addr)
-                }))
-            }
-            None => None,
-        };
+        let announcer = self.heartbeat.map(|(heartbeat, wait)| {
+            let (shared, config) = (Arc::clone(&self.shared), self.config.clone());
+            std::thread::spawn(move || heartbeat.run(&shared, &config, wait))
+        });
         let max_conns = self.config.max_conns.max(1);
         // Slots are counted, not inferred from idle workers: a connection is refused only
         // when `max_conns` are really being served, and the queue never holds more than the
@@ -372,7 +411,16 @@ impl Shared {
     /// `have` is written after the content it describes is in place, so a content file
     /// opened after reading `have` is never older than it.
     fn open_content(&self, asset: &AssetId, manifest: &Manifest) -> Result<(Bitfield, File)> {
-        let have = self.store.have(asset, manifest)?;
+        let live = self
+            .live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(asset)
+            .cloned();
+        let have = match live {
+            Some(live) => live.read().unwrap_or_else(|e| e.into_inner()).clone(),
+            None => self.store.have(asset, manifest)?,
+        };
         let path = self.store.data_path(asset);
         let data = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
         Ok((have, data))
@@ -499,46 +547,69 @@ fn send_chunk(stream: &TcpStream, data: &File, offset: u64, index: u32, len: u32
     Ok(())
 }
 
-/// Announces every asset of the store on a heartbeat until the server stops.
-fn announce_loop(
-    shared: &Shared,
-    tracker: &TrackerClient,
-    config: &ServerConfig,
-    bound: SocketAddr,
-) {
-    let peer_id = new_peer_id();
-    let addr = config.advertise.unwrap_or(bound).to_string();
-    let mut interval = config
-        .announce_interval
-        .unwrap_or(DEFAULT_ANNOUNCE_INTERVAL);
-    let mut failures = 0u32;
-    while !shared.stop.load(Ordering::SeqCst) {
-        let wait = match announce_all(shared, tracker, config, &peer_id, &addr) {
+/// The server's heartbeats to its tracker.
+struct Heartbeat {
+    tracker: TrackerClient,
+    peer_id: String,
+    addr: String,
+    interval: Duration,
+    failures: u32,
+}
+
+impl Heartbeat {
+    fn new(tracker: TrackerClient, config: &ServerConfig, bound: SocketAddr) -> Heartbeat {
+        Heartbeat {
+            tracker,
+            peer_id: new_peer_id(),
+            addr: config.advertise.unwrap_or(bound).to_string(),
+            interval: config
+                .announce_interval
+                .unwrap_or(DEFAULT_ANNOUNCE_INTERVAL),
+            failures: 0,
+        }
+    }
+
+    /// Announces every asset once; returns how long to wait before the next beat.
+    fn beat(&mut self, shared: &Shared, config: &ServerConfig) -> Duration {
+        match announce_all(shared, &self.tracker, config, &self.peer_id, &self.addr) {
             Ok(asked) => {
-                if failures > 0 {
-                    eprintln!("peer_server: tracker {} reachable again", tracker.url());
+                if self.failures > 0 {
+                    eprintln!(
+                        "peer_server: tracker {} reachable again",
+                        self.tracker.url()
+                    );
                 }
-                failures = 0;
+                self.failures = 0;
                 if let Some(asked) = asked {
-                    interval = config.announce_interval.unwrap_or(asked);
+                    self.interval = config.announce_interval.unwrap_or(asked);
                 }
-                interval
+                self.interval
             }
             Err(e) => {
-                if failures == 0 {
+                if self.failures == 0 {
                     eprintln!("peer_server: announcing failed (retrying with backoff): {e:#}");
                 }
-                failures += 1;
+                self.failures += 1;
                 // 1 s, 2 s, 4 s … up to the heartbeat period: a tracker that starts after
                 // its peers, or restarts, learns of them within seconds.
                 RETRY_FIRST
-                    .saturating_mul(1 << (failures - 1).min(10))
-                    .min(interval)
+                    .saturating_mul(1 << (self.failures - 1).min(10))
+                    .min(self.interval)
             }
-        };
-        let deadline = Instant::now() + wait;
-        while Instant::now() < deadline && !shared.stop.load(Ordering::SeqCst) {
-            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Beats until the server stops, the first after `wait`.
+    fn run(mut self, shared: &Shared, config: &ServerConfig, mut wait: Duration) {
+        loop {
+            let deadline = Instant::now() + wait;
+            while Instant::now() < deadline {
+                if shared.stop.load(Ordering::SeqCst) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            wait = self.beat(shared, config);
         }
     }
 }

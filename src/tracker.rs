@@ -75,9 +75,15 @@ struct Peer {
     origin: bool,
     last_seen: Instant,
     uploaded: u64,
+    /// For a peer still downloading: the chunks it was told to take from the origin.
+    plan: Option<Bitfield>,
 }
 
 impl Peer {
+    fn is_leecher(&self) -> bool {
+        !self.origin && self.have.is_some()
+    }
+
     fn info(&self, peer_id: &str, now: Instant) -> PeerInfo {
         PeerInfo {
             peer_id: peer_id.to_string(),
@@ -102,6 +108,62 @@ impl Swarm {
     fn prune(&mut self, now: Instant, timeout: Duration) {
         self.peers
             .retain(|_, p| now.duration_since(p.last_seen) <= timeout);
+    }
+
+    /// The chunks leecher `me` should take from the origin. The chunks no peer holds yet
+    /// are split into disjoint shares, one per serving leecher, so that when a crowd
+    /// arrives together the origin sends each chunk about once and the leechers trade the
+    /// rest. Shares are rebalanced as leechers come and go: a share above the fair size
+    /// gives up its highest chunks (those its owner fetches last), and the announcing
+    /// leecher is topped up from the chunks nobody has been given.
+    fn plan_for(&mut self, me: &str, count: u32) -> Bitfield {
+        let mut needed = Bitfield::full(count);
+        for peer in self.peers.values().filter(|p| !p.origin) {
+            match &peer.have {
+                Some(have) => needed.remove_all(have),
+                None => return Bitfield::new(count), // a complete peer holds everything
+            }
+        }
+        let leechers = self
+            .peers
+            .values()
+            .filter(|p| p.is_leecher())
+            .count()
+            .max(1) as u32;
+        let fair = needed.count().div_ceil(leechers);
+        let mut assigned = Bitfield::new(count);
+        for (id, peer) in self.peers.iter_mut().filter(|(_, p)| p.is_leecher()) {
+            let mut plan = peer.plan.take().unwrap_or_else(|| Bitfield::new(count));
+            for index in plan.ones().collect::<Vec<_>>() {
+                if !needed.get(index) || assigned.get(index) {
+                    plan.unset(index);
+                }
+            }
+            for index in plan.ones().skip(fair as usize).collect::<Vec<_>>() {
+                plan.unset(index);
+            }
+            if id != me {
+                assigned.union_with(&plan);
+            }
+            peer.plan = Some(plan);
+        }
+        let Some(peer) = self.peers.get_mut(me) else {
+            return Bitfield::new(count);
+        };
+        let plan = peer.plan.get_or_insert_with(|| Bitfield::new(count));
+        let mut room = fair.saturating_sub(plan.count());
+        let mut free = needed;
+        free.remove_all(&assigned);
+        for index in free.ones() {
+            if room == 0 {
+                break;
+            }
+            if !plan.get(index) {
+                plan.set(index);
+                room -= 1;
+            }
+        }
+        plan.clone()
     }
 }
 
@@ -398,12 +460,14 @@ impl State {
         match addr {
             Some(addr) if !stopping => {
                 let have = have.filter(|h| !h.is_full());
+                let plan = swarm.peers.remove(&req.peer_id).and_then(|p| p.plan);
                 let peer = Peer {
                     addr,
                     have,
                     origin: req.origin,
                     last_seen: now,
                     uploaded: req.uploaded,
+                    plan,
                 };
                 swarm.peers.insert(req.peer_id.clone(), peer);
             }
@@ -411,6 +475,8 @@ impl State {
                 swarm.peers.remove(&req.peer_id);
             }
         }
+        let leeching = swarm.peers.get(&req.peer_id).is_some_and(Peer::is_leecher);
+        let origin_share = leeching.then(|| swarm.plan_for(&req.peer_id, chunk_count).to_hex());
         let mut others: Vec<(&String, &Peer)> = swarm
             .peers
             .iter()
@@ -448,6 +514,7 @@ impl State {
             peers,
             origins,
             your_addr: addr.map(|a| a.to_string()),
+            origin_share,
         })
     }
 
@@ -557,6 +624,51 @@ fn resolve_addr(text: &str, remote: Option<SocketAddr>) -> Result<SocketAddr, Ht
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn peer(have: Option<Bitfield>, origin: bool) -> Peer {
+        let addr = "127.0.0.1:1".parse().unwrap();
+        Peer {
+            addr,
+            have,
+            origin,
+            last_seen: Instant::now(),
+            uploaded: 0,
+            plan: None,
+        }
+    }
+
+    #[test]
+    fn leechers_get_disjoint_shares_that_rebalance_as_they_arrive() {
+        let mut swarm = Swarm::default();
+        swarm.peers.insert("origin".into(), peer(None, true));
+        swarm
+            .peers
+            .insert("a".into(), peer(Some(Bitfield::new(100)), false));
+        let alone = swarm.plan_for("a", 100);
+        assert_eq!(
+            alone.count(),
+            100,
+            "a lone leecher takes everything from the origin"
+        );
+        for id in ["b", "c", "d"] {
+            swarm
+                .peers
+                .insert(id.into(), peer(Some(Bitfield::new(100)), false));
+        }
+        let mut union = Bitfield::new(100);
+        for id in ["b", "c", "d", "a"] {
+            let share = swarm.plan_for(id, 100);
+            assert_eq!(share.count(), 25, "{id}: a fair quarter");
+            let mut overlap = share.clone();
+            overlap.remove_all(&union);
+            assert_eq!(overlap.count(), 25, "{id}: shares are disjoint");
+            union.union_with(&share);
+        }
+        assert!(union.is_full(), "together the shares cover every chunk");
+        // A complete peer holds everything: nothing more is needed from the origin.
+        swarm.peers.insert("seed".into(), peer(None, false));
+        assert_eq!(swarm.plan_for("a", 100).count(), 0);
+    }
 
     #[test]
     fn unspecified_addresses_take_the_announce_source() {

@@ -7,3 +7,4 @@ mod cli_errors;
 mod faults;
 mod network;
 mod pipeline;
+mod swarm;

@@ -193,13 +193,12 @@ fn bad_frames_get_an_error_frame_and_the_server_keeps_serving() {
 }
 
 #[test]
-fn stalled_http_clients_do_not_freeze_the_tracker() {
+fn stalled_http_clients_get_an_error_and_do_not_freeze_the_tracker() {
     let dir = tempfile::tempdir().unwrap();
     let tracker = TrackerProc::start(dir.path(), &["--http-timeout", "1s"]);
     let addr = tracker.url.trim_start_matches("http://").to_string();
-    // More stalled uploads than the tracker's 32 request threads: each announces a body and
-    // never sends it. Only the socket timeouts free the threads they hold.
-    let stalled: Vec<TcpStream> = (0..40)
+    // Uploads that announce a body and never send it.
+    let stalled: Vec<TcpStream> = (0..8)
         .map(|_| {
             let mut s = TcpStream::connect(&addr).unwrap();
             let head = "POST /assets HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\nformat";
@@ -207,27 +206,26 @@ fn stalled_http_clients_do_not_freeze_the_tracker() {
             s
         })
         .collect();
-    let agent = ureq::AgentBuilder::new()
-        .timeout(Duration::from_secs(60))
-        .build();
-    let health: serde_json::Value = agent
-        .get(&format!("{}/health", tracker.url))
+    let health: serde_json::Value = ureq::get(&format!("{}/health", tracker.url))
         .call()
         .unwrap()
         .into_json()
         .unwrap();
-    assert_eq!(health["status"], "ok");
-    // And the tracker itself ends a stalled request, rather than waiting for ever.
-    let mut first = &stalled[0];
-    first
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
-    let mut answer = Vec::new();
-    let read = std::io::Read::read_to_end(&mut first, &mut answer);
-    assert!(
-        read.is_ok() || !answer.is_empty(),
-        "the tracker should answer or close a stalled request within a few of its 1 s I/O timeouts: {read:?}"
+    assert_eq!(
+        health["status"], "ok",
+        "others are served while uploads stall"
     );
-    let text = String::from_utf8_lossy(&answer);
-    assert!(text.is_empty() || text.starts_with("HTTP/1.1 4"), "{text}");
+    // The tracker ends each stalled request with an error once its I/O timeout passes,
+    // freeing the thread it held; without socket timeouts it would wait for ever.
+    for mut s in &stalled {
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut answer = [0u8; 12];
+        std::io::Read::read_exact(&mut s, &mut answer).expect("an answer to the stalled request");
+        assert_eq!(
+            &answer,
+            b"HTTP/1.1 400",
+            "{}",
+            String::from_utf8_lossy(&answer)
+        );
+    }
 }

@@ -1,6 +1,7 @@
 //! `peer_client`: publish manifests and get assets from the swarm.
 
 use std::io::IsTerminal;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -37,36 +38,57 @@ enum Command {
     },
     /// Get an asset into the store and write it to a file.
     ///
+    /// Sources in order: the local store, then peers, then the origin. While it downloads,
+    /// the asset is served to other peers (see --listen, --no-serve, --seed-for).
     /// Interrupted downloads resume: run the same command again and only missing chunks are
     /// fetched. The output appears under its name only once complete and verified.
-    Get {
-        /// The asset id (64 hex digits).
-        asset: String,
-        /// Tracker URL, e.g. http://127.0.0.1:7070 (not needed when the store holds the whole asset).
-        #[arg(long, env = "SWARMCACHE_TRACKER")]
-        tracker: Option<String>,
-        /// Output file (default: the asset's name in the current directory).
-        #[arg(short, long)]
-        output: Option<PathBuf>,
-        /// Store (cache) directory, shared with peer_server (default: the user's cache).
-        #[arg(long, visible_alias = "cache")]
-        store: Option<PathBuf>,
-        /// Parallel connections to peers and origin.
-        #[arg(long, default_value_t = DEFAULT_WORKERS)]
-        workers: usize,
-        /// Drop a source when a requested chunk has not started arriving after this long.
-        #[arg(long, default_value = "10s", value_parser = cli::duration_arg)]
-        chunk_timeout: Duration,
-        /// Download cap, e.g. 25MiB (per second).
-        #[arg(long, value_parser = cli::size_arg)]
-        max_download_rate: Option<u64>,
-        /// Print the summary as JSON on stdout.
-        #[arg(long)]
-        json: bool,
-        /// No progress bar and no summary line on stderr.
-        #[arg(short, long)]
-        quiet: bool,
-    },
+    Get(GetArgs),
+}
+
+#[derive(clap::Args)]
+struct GetArgs {
+    /// The asset id (64 hex digits).
+    asset: String,
+    /// Tracker URL, e.g. http://127.0.0.1:7070 (not needed when the store holds the whole asset).
+    #[arg(long, env = "SWARMCACHE_TRACKER")]
+    tracker: Option<String>,
+    /// Output file (default: the asset's name in the current directory, never replacing a file).
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+    /// Store (cache) directory, shared with peer_server (default: the user's cache).
+    #[arg(long, visible_alias = "cache")]
+    store: Option<PathBuf>,
+    /// Parallel connections to peers and origin.
+    #[arg(long, default_value_t = DEFAULT_WORKERS)]
+    workers: usize,
+    /// Drop a source when a requested chunk has not fully arrived this long after its turn.
+    #[arg(long, default_value = "10s", value_parser = cli::duration_arg)]
+    chunk_timeout: Duration,
+    /// Download cap, e.g. 25MiB (per second).
+    #[arg(long, value_parser = cli::size_arg)]
+    max_download_rate: Option<u64>,
+    /// Address to serve the asset to other peers from while downloading
+    /// (default: every interface, a free port).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Do not serve the asset to other peers.
+    #[arg(long, conflicts_with_all = ["listen", "seed_for"])]
+    no_serve: bool,
+    /// Address other peers should connect to, when it differs from --listen (NAT).
+    #[arg(long)]
+    advertise_addr: Option<SocketAddr>,
+    /// Upload cap while serving, e.g. 25MiB (per second).
+    #[arg(long, value_parser = cli::size_arg)]
+    max_upload_rate: Option<u64>,
+    /// Keep serving this long after the download completes (e.g. 30s, 10m).
+    #[arg(long, value_parser = cli::duration_arg)]
+    seed_for: Option<Duration>,
+    /// Print the summary as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+    /// No progress bar and no summary line on stderr.
+    #[arg(short, long)]
+    quiet: bool,
 }
 
 fn run(args: Args) -> Result<u8> {
@@ -76,38 +98,48 @@ fn run(args: Args) -> Result<u8> {
             let answer = TrackerClient::new(&tracker)?.publish(&manifest)?;
             cli::println(&answer.id)?;
         }
-        Command::Get {
-            asset,
-            tracker,
-            output,
-            store,
-            workers,
-            chunk_timeout,
-            max_download_rate,
-            json,
-            quiet,
-        } => {
-            let asset = manifest::parse_asset_id(&asset)?;
-            let config = GetConfig {
-                asset,
-                tracker,
-                output,
-                store: store.unwrap_or_else(cli::default_store),
-                workers,
-                chunk_timeout,
-                max_download_rate,
-                progress: !quiet && std::io::stderr().is_terminal(),
-            };
-            let summary = client::get(&config)?;
-            if !quiet {
-                eprintln!("peer_client: {}", summary.human());
-            }
-            if json {
-                cli::println(&serde_json::to_string(&summary)?)?;
-            }
-        }
+        Command::Get(args) => get(args)?,
     }
     Ok(EXIT_OK)
+}
+
+fn get(args: GetArgs) -> Result<()> {
+    let asset = manifest::parse_asset_id(&args.asset)?;
+    // Serve on the address family the tracker is reached by, so the address the tracker
+    // sees the announce come from is one this listener answers on.
+    let any_port = match &args.tracker {
+        Some(url) if url.contains('[') => SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0)),
+        _ => SocketAddr::from(([0, 0, 0, 0], 0)),
+    };
+    let config = GetConfig {
+        output: args.output,
+        workers: args.workers,
+        chunk_timeout: args.chunk_timeout,
+        max_download_rate: args.max_download_rate,
+        progress: !args.quiet && std::io::stderr().is_terminal(),
+        serve: (!args.no_serve).then(|| args.listen.unwrap_or(any_port)),
+        advertise: args.advertise_addr,
+        max_upload_rate: args.max_upload_rate,
+        ..GetConfig::new(
+            asset,
+            args.tracker,
+            args.store.unwrap_or_else(cli::default_store),
+        )
+    };
+    let got = client::get(&config, args.seed_for.is_some())?;
+    if !args.quiet {
+        eprintln!("peer_client: {}", got.summary.human());
+    }
+    if args.json {
+        cli::println(&serde_json::to_string(&got.summary)?)?;
+    }
+    if let (Some(seeding), Some(duration)) = (got.seeding, args.seed_for) {
+        if !args.quiet {
+            eprintln!("peer_client: seeding for {duration:?}");
+        }
+        seeding.run(duration);
+    }
+    Ok(())
 }
 
 fn read_manifest(path: &Path) -> Result<Manifest> {
