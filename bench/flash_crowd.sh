@@ -32,12 +32,18 @@ median() { sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+
 
 head -c $((SIZE_MIB << 20)) /dev/urandom > file.bin
 F=$(stat -c %s file.bin)
-"$B/tracker" --listen 127.0.0.1:0 --data tracker-data > tracker.log 2>&1 & pids+=($!)
-URL=$(wait_line tracker.log "listening on ")
-"$B/peer_server" --listen 127.0.0.1:0 --store origin --seed file.bin --tracker "$URL" --origin \
-  --max-upload-rate "${ORIGIN_MIB}MiB" > origin.log 2>&1 & pids+=($!)
-wait_line origin.log "listening on " > /dev/null
-ID=$(wait_line origin.log "seeded " | cut -d' ' -f1)
+# Each run gets a fresh tracker and origin (started outside the timed region), so that
+# peers of an earlier run are never in the swarm.
+start_swarm() {
+  rm -rf tracker-data origin c-*; sync
+  "$B/tracker" --listen 127.0.0.1:0 --data tracker-data > tracker.log 2>&1 & tracker_pid=$!; pids+=($!)
+  URL=$(wait_line tracker.log "listening on ")
+  "$B/peer_server" --listen 127.0.0.1:0 --store origin --seed file.bin --tracker "$URL" --origin \
+    --max-upload-rate "${ORIGIN_MIB}MiB" > origin.log 2>&1 & origin_pid=$!; pids+=($!)
+  wait_line origin.log "listening on " > /dev/null
+  ID=$(wait_line origin.log "seeded " | cut -d' ' -f1)
+}
+stop_swarm() { kill "$tracker_pid" "$origin_pid" 2>/dev/null || true; wait "$tracker_pid" "$origin_pid" 2>/dev/null || true; }
 
 printf '%-4s %10s %10s %12s %10s %14s\n' N wall_s bound_s origin_only_s wall/bound origin_sent/F
 for N in $NS; do
@@ -45,7 +51,7 @@ for N in $NS; do
   only=$(echo "$N * $F / ($ORIGIN_MIB * 1048576)" | bc -l)
   : > walls; : > ratios
   for run in $(seq "$RUNS"); do
-    rm -rf c-*; sync
+    start_swarm
     cpids=()
     t0=$(now)
     for i in $(seq "$N"); do
@@ -63,8 +69,12 @@ for N in $NS; do
     done
     [ -n "$end" ] || { echo "N=$N: not every client finished within ${limit}s" >&2; tail -3 c-*.err >&2; exit 1; }
     for p in "${cpids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+    if [ -n "${SHOW_CLIENTS:-}" ]; then cat c-*.json | python3 -c 'import sys, json
+for l in sys.stdin:
+    s = json.loads(l); print("  client: %.2f s, origin %d MiB, peers %d MiB, dropped %s" % (s["seconds"], s["from_origin"] >> 20, s["from_peers"] >> 20, [x["addr"] for x in s["sources"] if x.get("dropped")]))'; grep -h "dropping\|retrying" c-*.err | sed 's/^/    /' | sort | uniq -c | sort -rn | head -8 || true; fi
     for i in $(seq "$N"); do cmp -s file.bin "c-$i.out" || { echo "client $i output differs" >&2; exit 1; }; done
     origin=$(cat c-*.json | python3 -c 'import sys, json; print(sum(json.loads(l)["from_origin"] for l in sys.stdin if l.startswith("{")))')
+    stop_swarm
     wall=$(echo "$end - $t0" | bc -l)
     echo "$wall" >> walls; echo "$origin / $F" | bc -l >> ratios
   done

@@ -60,6 +60,10 @@ pub struct AnnounceRequest {
     /// Bytes this peer has downloaded of this asset from the network since it started.
     #[serde(default)]
     pub downloaded: u64,
+    /// Ids of peers of this swarm that this peer could not connect to. The tracker drops
+    /// those that have not announced recently: they are most likely gone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unreachable: Vec<String>,
 }
 
 /// A peer as the tracker hands it out.

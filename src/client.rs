@@ -172,6 +172,9 @@ impl Summary {
     }
 }
 
+/// Peer ids the scheduler found unreachable, drained by the next announce.
+type Reports = Arc<std::sync::Mutex<Vec<String>>>;
+
 /// The outcome of [`get`]: the summary, and the embedded server when the asset is to be
 /// seeded on after the download.
 pub struct Got {
@@ -244,27 +247,18 @@ pub fn get(config: &GetConfig, seed: bool) -> Result<Got> {
         }
         _ => None,
     };
+    let announce =
+        tracker.map(|t| Announce::new(t, config.asset, serving.as_ref(), Arc::clone(&live)));
     let mut announcer = None;
     let mut sources_summary = Vec::new();
     if let Some(partial) = &partial {
-        let tracker = tracker.clone().with_context(|| {
+        let announce = announce.clone().with_context(|| {
             format!(
                 "asset {} is only partly in the store; give --tracker to fetch the rest",
                 config.asset
             )
         })?;
-        let mut template = AnnounceRequest {
-            peer_id: new_peer_id(),
-            ..AnnounceRequest::default()
-        };
-        template.addr = serving.as_ref().map(|s| s.advertised.to_string());
-        let first = announce_progress(
-            &tracker,
-            &config.asset,
-            &template,
-            &live,
-            serving.as_ref().map(|s| &s.uploaded),
-        )?;
+        let first = announce.once()?;
         let count = manifest.chunk_count();
         let sources: Vec<Source> = first
             .peers
@@ -282,20 +276,19 @@ pub fn get(config: &GetConfig, seed: bool) -> Result<Got> {
             .origin_share
             .as_deref()
             .and_then(|hex| Bitfield::from_hex(count, hex).ok());
+        let manifest = Arc::new(manifest.clone());
+        let reports = Arc::clone(&announce.reports);
         let scheduler = Scheduler::new(
             config,
-            Arc::new(manifest.clone()),
+            manifest,
             partial,
             sources,
             Arc::clone(&live),
             origin_share,
+            reports,
         );
         announcer = Some(Announcer::start(
-            tracker,
-            config.asset,
-            template,
-            Arc::clone(&live),
-            serving.as_ref().map(|s| s.uploaded.clone()),
+            announce,
             Some(scheduler.events_tx.clone()),
         ));
         let outcome = scheduler.run();
@@ -328,37 +321,17 @@ pub fn get(config: &GetConfig, seed: bool) -> Result<Got> {
     };
     let seeding = match serving {
         Some(serving) if seed => {
-            let announcer = match (announcer, &tracker) {
-                (Some(a), _) => Some(a.seeding()),
-                (None, Some(tracker)) => {
-                    let template = AnnounceRequest {
-                        peer_id: new_peer_id(),
-                        addr: Some(serving.advertised.to_string()),
-                        ..AnnounceRequest::default()
-                    };
-                    Some(Announcer::start(
-                        tracker.clone(),
-                        config.asset,
-                        template,
-                        Arc::clone(&live),
-                        Some(serving.uploaded.clone()),
-                        None,
-                    ))
-                }
-                (None, None) => None,
-            };
+            let announcer = announcer
+                .map(Announcer::seeding)
+                .or_else(|| announce.map(|a| Announcer::start(a, None)));
             Some(Seeding { serving, announcer })
         }
-        Some(serving) => {
+        serving => {
             if let Some(a) = announcer {
                 a.leave();
             }
-            serving.stop();
-            None
-        }
-        None => {
-            if let Some(a) = announcer {
-                a.leave();
+            if let Some(serving) = serving {
+                serving.stop();
             }
             None
         }
@@ -432,54 +405,80 @@ impl Serving {
     }
 }
 
-/// One announce of what `live` holds.
-fn announce_progress(
-    tracker: &TrackerClient,
-    asset: &AssetId,
-    template: &AnnounceRequest,
-    live: &LiveHave,
-    uploaded: Option<&UploadCounter>,
-) -> Result<crate::api::AnnounceResponse> {
-    let have = live.read().unwrap_or_else(|e| e.into_inner()).clone();
-    let request = AnnounceRequest {
-        complete: have.is_full(),
-        have: (!have.is_full()).then(|| have.to_hex()),
-        uploaded: uploaded.map_or(0, |u| u.get(asset)),
-        ..template.clone()
-    };
-    tracker.announce(asset, &request)
-}
-
-/// Announces progress on a period from its own thread, so a slow tracker never holds up
-/// the scheduler, and forwards each answer (new peers, a new origin share) to it.
-struct Announcer {
-    stop: Arc<AtomicBool>,
-    thread: std::thread::JoinHandle<()>,
+/// What this client announces, and to which tracker.
+#[derive(Clone)]
+struct Announce {
     tracker: TrackerClient,
     asset: AssetId,
     template: AnnounceRequest,
     live: LiveHave,
     uploaded: Option<UploadCounter>,
+    /// Peers found unreachable since the last announce.
+    reports: Reports,
+}
+
+impl Announce {
+    fn new(
+        tracker: TrackerClient,
+        asset: AssetId,
+        serving: Option<&Serving>,
+        live: LiveHave,
+    ) -> Announce {
+        let template = AnnounceRequest {
+            peer_id: new_peer_id(),
+            addr: serving.map(|s| s.advertised.to_string()),
+            ..AnnounceRequest::default()
+        };
+        let uploaded = serving.map(|s| s.uploaded.clone());
+        Announce {
+            tracker,
+            asset,
+            template,
+            live,
+            uploaded,
+            reports: Reports::default(),
+        }
+    }
+
+    /// One announce of what `live` holds, with the peers found unreachable since the last.
+    fn once(&self) -> Result<crate::api::AnnounceResponse> {
+        let have = self.live.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let unreachable =
+            std::mem::take(&mut *self.reports.lock().unwrap_or_else(|e| e.into_inner()));
+        let request = AnnounceRequest {
+            complete: have.is_full(),
+            have: (!have.is_full()).then(|| have.to_hex()),
+            uploaded: self.uploaded.as_ref().map_or(0, |u| u.get(&self.asset)),
+            unreachable,
+            ..self.template.clone()
+        };
+        self.tracker.announce(&self.asset, &request)
+    }
+
+    /// Tells the tracker this peer is gone.
+    fn leave(&self) {
+        let request = AnnounceRequest {
+            event: Some("stopped".into()),
+            ..self.template.clone()
+        };
+        let _ = self.tracker.announce(&self.asset, &request);
+    }
+}
+
+/// Announces on a period from its own thread, so a slow tracker never holds up the
+/// scheduler, and forwards each answer (new peers, a new origin share) to it. Without a
+/// scheduler (seeding) it beats at the tracker's heartbeat period.
+struct Announcer {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+    announce: Announce,
 }
 
 impl Announcer {
-    fn start(
-        tracker: TrackerClient,
-        asset: AssetId,
-        template: AnnounceRequest,
-        live: LiveHave,
-        uploaded: Option<UploadCounter>,
-        events: Option<Sender<Event>>,
-    ) -> Announcer {
+    fn start(announce: Announce, events: Option<Sender<Event>>) -> Announcer {
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
-            let (stop, tracker, template, live, uploaded) = (
-                Arc::clone(&stop),
-                tracker.clone(),
-                template.clone(),
-                Arc::clone(&live),
-                uploaded.clone(),
-            );
+            let (stop, announce) = (Arc::clone(&stop), announce.clone());
             std::thread::spawn(move || {
                 let mut period = if events.is_some() {
                     ANNOUNCE_PERIOD
@@ -498,14 +497,17 @@ impl Announcer {
                     if stop.load(Ordering::SeqCst) {
                         return;
                     }
-                    match announce_progress(&tracker, &asset, &template, &live, uploaded.as_ref()) {
+                    match announce.once() {
                         Ok(answer) => {
                             failing = false;
-                            if events.is_none() {
-                                period = Duration::from_secs(answer.interval_secs.clamp(1, 3600));
-                            }
-                            if let Some(events) = &events {
-                                let _ = events.send(Event::Swarm(answer));
+                            match &events {
+                                Some(events) => {
+                                    let _ = events.send(Event::Swarm(answer));
+                                }
+                                None => {
+                                    period =
+                                        Duration::from_secs(answer.interval_secs.clamp(1, 3600))
+                                }
                             }
                         }
                         Err(e) => {
@@ -522,46 +524,29 @@ impl Announcer {
         Announcer {
             stop,
             thread,
-            tracker,
-            asset,
-            template,
-            live,
-            uploaded,
+            announce,
         }
     }
 
-    /// The same announcer, now at the tracker's heartbeat period and without a scheduler.
+    /// The same announces, now at the tracker's heartbeat period and without a scheduler.
     fn seeding(self) -> Announcer {
-        self.halt();
-        Announcer::start(
-            self.tracker,
-            self.asset,
-            self.template,
-            self.live,
-            self.uploaded,
-            None,
-        )
-    }
-
-    fn halt(&self) {
         self.stop.store(true, Ordering::SeqCst);
+        let _ = self.thread.join();
+        Announcer::start(self.announce, None)
     }
 
     /// Stops announcing and tells the tracker this peer is gone.
     fn leave(self) {
-        self.halt();
+        self.stop.store(true, Ordering::SeqCst);
         let _ = self.thread.join();
-        let request = AnnounceRequest {
-            event: Some("stopped".into()),
-            ..self.template.clone()
-        };
-        let _ = self.tracker.announce(&self.asset, &request);
+        self.announce.leave();
     }
 }
 
 /// A place chunks can come from.
 #[derive(Debug)]
 struct Source {
+    peer_id: String,
     addr: String,
     origin: bool,
     /// What the source holds, as far as we know; `None` means everything.
@@ -586,6 +571,7 @@ impl Source {
             _ => None,
         };
         Source {
+            peer_id: info.peer_id.clone(),
             addr: info.addr.clone(),
             origin: info.origin,
             have,
@@ -630,7 +616,9 @@ enum End {
     Finished,
     /// The source has no free connection slot now; worth trying again later.
     Busy(String),
-    /// The network or the source failed (refused, reset, stalled).
+    /// The source could not be connected to at all.
+    Unreachable(String),
+    /// The network or the source failed (reset, stalled, closed).
     Failed(String),
     /// The source sent bad data: never use it again in this download.
     Lied(String),
@@ -667,8 +655,14 @@ const ORIGIN_RETRIES: u32 = 4;
 /// the connection inside the server's 30 s idle timeout.
 const KEEPALIVE: Duration = Duration::from_secs(10);
 /// An idle connection to a source that is still downloading asks this often: its new
-/// chunks are what this client is waiting for.
-const PARTIAL_REFRESH: Duration = Duration::from_millis(250);
+/// chunks are what this client is waiting for. At 25 MiB/s a peer gains a 1 MiB chunk
+/// every 40 ms, so a tenth of a second keeps the lag to a couple of chunks.
+const PARTIAL_REFRESH: Duration = Duration::from_millis(100);
+/// Requests in flight per peer connection (see `Scheduler::depth`).
+const PEER_PIPELINE_DEPTH: usize = 2;
+/// How many candidate chunks rarest-first compares per pick; bounds the cost of a pick on
+/// assets of a million chunks.
+const RAREST_SCAN: usize = 256;
 
 /// The single owner of a download's state.
 struct Scheduler<'a> {
@@ -680,11 +674,15 @@ struct Scheduler<'a> {
     chunks: Vec<ChunkState>,
     missing: BTreeSet<u32>,
     have: Bitfield,
-    /// Requests in flight per connection: 1 under a download cap, so a server never has
-    /// chunks queued for a client that is sleeping off its rate.
+    /// Requests in flight per origin connection: 1 under a download cap, so a server never
+    /// has chunks queued for a client that is sleeping off its rate.
     depth: usize,
     /// Chunks some usable peer holds; an origin is only asked for the others.
     peer_held: Bitfield,
+    /// How many usable peers hold each missing chunk, for rarest-first.
+    copies: Vec<u16>,
+    /// State of the generator that spreads chunk choices.
+    random: u64,
     /// Bumped whenever work or availability changes, so starved connections look again.
     epoch: u64,
     /// What is verified and written, shared with the embedded server and the announcer.
@@ -692,6 +690,8 @@ struct Scheduler<'a> {
     /// The chunks the tracker planned for this client to take from the origin (`None`: no
     /// plan, the origin sends whatever no peer holds).
     origin_share: Option<Bitfield>,
+    /// Peers that could not be reached, to report in the next announce.
+    unreachable: Reports,
     /// When a chunk last arrived from a peer; long silence lets the origin step outside
     /// the share.
     last_peer_progress: Instant,
@@ -711,6 +711,7 @@ impl<'a> Scheduler<'a> {
         sources: Vec<Source>,
         live: LiveHave,
         origin_share: Option<Bitfield>,
+        unreachable: Reports,
     ) -> Self {
         let have = partial.have().clone();
         let count = manifest.chunk_count();
@@ -744,6 +745,8 @@ impl<'a> Scheduler<'a> {
             depth: if limiter.is_some() { 1 } else { PIPELINE_DEPTH },
             limiter,
             peer_held: Bitfield::new(count),
+            copies: vec![0; count as usize],
+            random: seed_from_clock(),
             manifest,
             partial,
             sources,
@@ -755,6 +758,7 @@ impl<'a> Scheduler<'a> {
             live,
             origin_share,
             last_peer_progress: Instant::now(),
+            unreachable,
             fallback_open: false,
             fatal: None,
             events_tx,
@@ -963,8 +967,19 @@ impl<'a> Scheduler<'a> {
             End::Local(error) => self.fatal = Some(error),
             End::Lied(error) => self.drop_source(source, error),
             End::Busy(error) if src.failures < BUSY_RETRIES => self.retry_later(source, &error),
-            End::Failed(error) if src.origin && src.failures < ORIGIN_RETRIES => {
+            End::Failed(error) | End::Unreachable(error)
+                if src.origin && src.failures < ORIGIN_RETRIES =>
+            {
                 self.retry_later(source, &error)
+            }
+            End::Unreachable(error) => {
+                if !src.origin {
+                    self.unreachable
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(src.peer_id.clone());
+                }
+                self.drop_source(source, error)
             }
             End::Busy(error) | End::Failed(error) => self.drop_source(source, error),
         }
@@ -1041,7 +1056,9 @@ impl<'a> Scheduler<'a> {
 
     /// Recomputes which chunks usable peers hold, and wakes starved connections.
     fn refresh_availability(&mut self) {
-        let mut held = Bitfield::new(self.manifest.chunk_count());
+        let count = self.manifest.chunk_count();
+        let mut held = Bitfield::new(count);
+        let mut copies = vec![0u16; count as usize];
         for source in (0..self.sources.len()).filter(|&s| !self.sources[s].origin && self.usable(s))
         {
             for index in self
@@ -1051,10 +1068,23 @@ impl<'a> Scheduler<'a> {
                 .filter(|&i| self.sources[source].holds(i))
             {
                 held.set(index);
+                copies[index as usize] = copies[index as usize].saturating_add(1);
             }
         }
         self.peer_held = held;
+        self.copies = copies;
         self.epoch += 1;
+    }
+
+    /// Requests kept in flight on a connection to `source`. Peers get fewer than the
+    /// origin: a short queue at each peer lets new requests go to whichever peer frees up
+    /// first, and keeps the chunks a peer is asked for close to what it has just received.
+    fn depth(&self, source: usize) -> usize {
+        if self.sources[source].origin {
+            self.depth
+        } else {
+            self.depth.min(PEER_PIPELINE_DEPTH)
+        }
     }
 
     fn release(&mut self, index: u32) {
@@ -1072,7 +1102,7 @@ impl<'a> Scheduler<'a> {
                 let c = &self.conns[conn];
                 if !c.ready
                     || c.jobs.is_none()
-                    || c.in_flight.len() >= self.depth
+                    || c.in_flight.len() >= self.depth(c.source)
                     || c.starved_at == Some(self.epoch)
                 {
                     break;
@@ -1093,10 +1123,10 @@ impl<'a> Scheduler<'a> {
 
     /// The next chunk for a connection: the lowest missing one its source holds. An origin
     /// only takes chunks that no usable peer holds, so peers carry all they can.
-    fn pick(&self, conn: usize) -> Option<u32> {
+    fn pick(&mut self, conn: usize) -> Option<u32> {
         let source = &self.sources[self.conns[conn].source];
         if !source.origin {
-            return self.missing.iter().copied().find(|&i| source.holds(i));
+            return self.rarest_held_by(self.conns[conn].source);
         }
         // The origin sends this client's planned share; outside it, only what no peer
         // holds, and only once the swarm has gone quiet (the planned peer may be gone).
@@ -1105,6 +1135,33 @@ impl<'a> Scheduler<'a> {
             .iter()
             .copied()
             .find(|&i| source.holds(i) && !self.peer_held.get(i) && share.is_none_or(|s| s.get(i)))
+    }
+
+    /// Among the missing chunks `source` holds, one of those fewest peers hold. The scan
+    /// starts at a random place so that clients, and connections, asking the same peers
+    /// spread over different chunks instead of queueing for the same one.
+    fn rarest_held_by(&mut self, source: usize) -> Option<u32> {
+        let start = (self.next_random() % self.manifest.chunk_count().max(1) as u64) as u32;
+        let candidates = self
+            .missing
+            .range(start..)
+            .chain(self.missing.range(..start));
+        let src = &self.sources[source];
+        candidates
+            .copied()
+            .filter(|&i| src.holds(i))
+            .take(RAREST_SCAN)
+            .min_by_key(|&i| self.copies[i as usize])
+    }
+
+    /// xorshift64: enough to spread choices, no need for a random-number crate.
+    fn next_random(&mut self) -> u64 {
+        let mut x = self.random;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.random = x;
+        x
     }
 
     /// Fails when chunks are missing that no connection left can ever deliver.
@@ -1167,6 +1224,15 @@ impl<'a> Scheduler<'a> {
             })
             .collect()
     }
+}
+
+/// A seed for the chunk-choice generator: the clock's nanoseconds, never zero.
+fn seed_from_clock() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    (nanos as u64 ^ u64::from(std::process::id()).rotate_left(32)) | 1
 }
 
 /// One connection to one source.
@@ -1261,7 +1327,7 @@ impl Worker {
         };
         let stream = match TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {
             Ok(s) => s,
-            Err(e) => return End::Failed(socket_error("unreachable", &e, CONNECT_TIMEOUT)),
+            Err(e) => return End::Unreachable(socket_error("unreachable", &e, CONNECT_TIMEOUT)),
         };
         if let Err(e) = stream
             .set_write_timeout(Some(self.chunk_timeout))

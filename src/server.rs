@@ -646,9 +646,8 @@ fn announce_all(
             complete: have.is_full(),
             have: (!have.is_full()).then(|| have.to_hex()),
             origin: config.origin,
-            event: None,
             uploaded: served.uploaded.load(Ordering::Relaxed),
-            downloaded: 0,
+            ..AnnounceRequest::default()
         };
         match tracker.announce(&id, &request) {
             Ok(answer) => {

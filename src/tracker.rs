@@ -39,6 +39,10 @@ pub const DEFAULT_PEER_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default number of peers handed out per announce: enough to fill a client's connection
 /// pool several times over, small enough to keep the answer a few kilobytes.
 pub const DEFAULT_MAX_PEERS: usize = 30;
+/// A peer reported unreachable is dropped from its swarm unless it announced within this
+/// long: downloading peers announce twice a second, so two seconds of silence from one that
+/// others cannot reach means it is gone; a seeder is dropped until its next heartbeat.
+const REPORT_GRACE: Duration = Duration::from_secs(2);
 /// Largest JSON body accepted (an announce carries at most a 128 KiB bitfield in hex).
 const MAX_JSON_BODY: usize = 1 << 20;
 /// How often idle request threads look at the shutdown flag.
@@ -102,6 +106,8 @@ struct Swarm {
     announces: u64,
     /// Where the next answer's list of peers starts, so load spreads over every peer.
     rotation: usize,
+    /// How many leechers the origin shares were last split between.
+    planned_for: u32,
 }
 
 impl Swarm {
@@ -114,8 +120,8 @@ impl Swarm {
     /// are split into disjoint shares, one per serving leecher, so that when a crowd
     /// arrives together the origin sends each chunk about once and the leechers trade the
     /// rest. Shares are rebalanced as leechers come and go: a share above the fair size
-    /// gives up its highest chunks (those its owner fetches last), and the announcing
-    /// leecher is topped up from the chunks nobody has been given.
+    /// gives up its highest chunks (those its owner fetches last) when leechers arrive, and
+    /// the announcing leecher is topped up from the chunks nobody has been given.
     fn plan_for(&mut self, me: &str, count: u32) -> Bitfield {
         let mut needed = Bitfield::full(count);
         for peer in self.peers.values().filter(|p| !p.origin) {
@@ -131,6 +137,11 @@ impl Swarm {
             .count()
             .max(1) as u32;
         let fair = needed.count().div_ceil(leechers);
+        // Shares shrink only when leechers arrive. Shrinking as the swarm progresses would
+        // take from a share the chunks its owner is fetching right now, and both would get
+        // them from the origin.
+        let arrived = leechers > self.planned_for;
+        self.planned_for = leechers;
         let mut assigned = Bitfield::new(count);
         for (id, peer) in self.peers.iter_mut().filter(|(_, p)| p.is_leecher()) {
             let mut plan = peer.plan.take().unwrap_or_else(|| Bitfield::new(count));
@@ -139,8 +150,10 @@ impl Swarm {
                     plan.unset(index);
                 }
             }
-            for index in plan.ones().skip(fair as usize).collect::<Vec<_>>() {
-                plan.unset(index);
+            if arrived {
+                for index in plan.ones().skip(fair as usize).collect::<Vec<_>>() {
+                    plan.unset(index);
+                }
             }
             if id != me {
                 assigned.union_with(&plan);
@@ -456,6 +469,17 @@ impl State {
         let swarm = swarms.entry(id).or_default();
         swarm.prune(now, self.peer_timeout);
         swarm.announces += 1;
+        for reported in &req.unreachable {
+            // A peer that announced a moment ago is alive as far as the tracker can tell
+            // (the reporter may be the one with the network problem); a quiet one is gone.
+            if swarm
+                .peers
+                .get(reported)
+                .is_some_and(|p| now.duration_since(p.last_seen) > REPORT_GRACE)
+            {
+                swarm.peers.remove(reported);
+            }
+        }
         let stopping = req.event.as_deref() == Some("stopped");
         match addr {
             Some(addr) if !stopping => {
