@@ -4,9 +4,14 @@
 //! connection, or done). Each connection is a worker thread that keeps up to
 //! [`PIPELINE_DEPTH`] requests in flight, verifies every chunk it receives against the
 //! manifest, writes it to the store at its offset, and reports the outcome back on one
-//! channel. A source that stalls, drops, or sends a chunk that fails its hash loses its
-//! chunks to other sources and is not used again in this download. Progress is persisted
+//! channel. A source that sends a chunk failing its hash, or a peer that drops or stalls,
+//! loses its chunks to other sources and is not used again in this download; a busy source,
+//! or an origin whose connection fails, is tried again with backoff. Progress is recorded
 //! every second, so a killed download resumes where it stopped.
+//!
+//! While it downloads, the client serves what it has through an embedded [`Server`] and
+//! announces its progress twice a second; the tracker answers with new peers and the share
+//! of chunks this client should take from the origin.
 
 use std::collections::{BTreeSet, HashSet, VecDeque};
 use std::fs::File;
@@ -40,7 +45,8 @@ pub const PIPELINE_DEPTH: usize = 4;
 /// Default connections per download: enough to overlap receiving, hashing and writing on a
 /// two-core machine and to spread load over several peers.
 pub const DEFAULT_WORKERS: usize = 4;
-/// Default time a chunk may take to start arriving before its source is declared stalled.
+/// Default time a reply (a whole chunk) may take to arrive, from when the client starts
+/// waiting for it, before its source is declared stalled: 1 MiB in 10 s is 100 KiB/s.
 pub const DEFAULT_CHUNK_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connecting to a peer on a LAN takes milliseconds; one that takes 5 s is of no use.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -69,7 +75,8 @@ pub struct GetConfig {
     pub store: PathBuf,
     /// Parallel connections.
     pub workers: usize,
-    /// A source silent for this long while a chunk is due is dropped.
+    /// A source whose due reply has not fully arrived this long after the client started
+    /// waiting for it is declared stalled.
     pub chunk_timeout: Duration,
     /// Download cap in bytes per second.
     pub max_download_rate: Option<u64>,
@@ -645,7 +652,7 @@ enum ChunkState {
 /// A refusing or failing origin is tried again after 250 ms, 500 ms, 1 s … up to 4 s.
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(4);
-/// "Server busy" answers a source may give in a row (about 40 s with the backoff above)
+/// "Server busy" answers a source may give in a row (about 50 s with the backoff above)
 /// before it is given up: slots free up as other clients finish.
 const BUSY_RETRIES: u32 = 16;
 /// Failed connections in a row before the origin is given up. A peer that drops or

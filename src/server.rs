@@ -319,6 +319,19 @@ impl std::fmt::Display for Reject {
 
 impl std::error::Error for Reject {}
 
+/// A failure after a chunk frame's header went out: the peer is mid-frame, so no error
+/// frame can follow; the connection just closes.
+#[derive(Debug)]
+struct MidFrame(String);
+
+impl std::fmt::Display for MidFrame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for MidFrame {}
+
 fn reject(code: u16, text: impl Into<String>) -> anyhow::Error {
     Reject {
         code,
@@ -395,6 +408,8 @@ impl Shared {
         let Err(e) = self.handle(stream) else { return };
         let reply = if let Some(r) = e.downcast_ref::<Reject>() {
             Some((r.code, r.text.clone()))
+        } else if e.downcast_ref::<MidFrame>().is_some() {
+            None
         } else if let Some(w) = e.downcast_ref::<WireError>() {
             w.reply_code().map(|code| (code, w.to_string()))
         } else {
@@ -496,14 +511,16 @@ impl Shared {
                     }
                     let len = manifest.chunk_len(index);
                     ratelimit::take(self.limiter.as_ref(), len as u64);
-                    send_chunk(stream, &data, manifest.chunk_offset(index), index, len)
-                        .with_context(|| format!("sending chunk {index} of {asset}"))?;
+                    send_chunk(stream, &data, manifest.chunk_offset(index), index, len).map_err(
+                        |e| MidFrame(format!("sending chunk {index} of {asset}: {e:#}")),
+                    )?;
                     served.uploaded.fetch_add(len as u64, Ordering::Relaxed);
                 }
                 Message::Cancel { .. } => {}
                 // The client gave up and said why; nothing to answer.
                 Message::Error { code, message } => {
-                    anyhow::bail!("client closed with error {code}: {message}")
+                    eprintln!("peer_server: client closed with error {code}: {message}");
+                    return Ok(());
                 }
                 other => {
                     return Err(reject(

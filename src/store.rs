@@ -4,13 +4,15 @@
 //! recorded in `have` only after it is written, so a killed process never loses a chunk it
 //! recorded; data is not fsynced during a download, and [`Store::begin`] re-hashes what a
 //! partial record claims, so a power loss costs a re-fetch. A record that claims every chunk
-//! is trusted as is (checking it would cost a full read and hash on every use).
+//! is trusted when the `sealed` file matches the content's size and modification time
+//! (checking the hashes would cost a full read on every use); otherwise it is re-hashed.
 //!
 //! Layout of a store root:
 //! ```text
 //! assets/<asset-id>/manifest.toml   the manifest (its hash is the directory name)
 //! assets/<asset-id>/data            the content, at its final size from the start
-//! assets/<asset-id>/have            the bitfield of chunks verified and synced to `data`
+//! assets/<asset-id>/have            the bitfield of chunks verified and written to `data`
+//! assets/<asset-id>/sealed          "size mtime_ns" of `data` when it was completed
 //! assets/<asset-id>/lock            locked by the one process writing the asset
 //! tmp/                              files being imported
 //! ```
@@ -352,7 +354,7 @@ impl Partial {
         Arc::clone(&self.data)
     }
 
-    /// The chunks already verified and synced when the asset was opened.
+    /// The chunks already verified and written when the asset was opened.
     pub fn have(&self) -> &Bitfield {
         &self.have
     }
