@@ -299,7 +299,9 @@ pub fn get(config: &GetConfig, seed: bool) -> Result<Got> {
             Some(scheduler.events_tx.clone()),
         ));
         let outcome = scheduler.run();
-        if let (Err(_), Some(a)) = (&outcome, announcer.take()) {
+        if outcome.is_err()
+            && let Some(a) = announcer.take()
+        {
             a.leave();
         }
         sources_summary = outcome?;
