@@ -47,13 +47,13 @@ const REPORT_GRACE: Duration = Duration::from_secs(2);
 const MAX_JSON_BODY: usize = 1 << 20;
 /// How often idle request threads look at the shutdown flag.
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
-/// Default for how long a request's bytes, or the reading of an answer, may pause before
-/// the connection is dropped: generous for any client, short enough that a stalled one
-/// cannot keep a request thread for long.
+/// Default for how long a client may leave our answer unread before its connection is
+/// dropped: generous for any client, short enough that a stalled one cannot keep a request
+/// thread for long.
 pub const DEFAULT_HTTP_TIMEOUT: Duration = Duration::from_secs(10);
-/// Request-handling threads. Most requests take microseconds, but one whose client
-/// stalls holds its thread until the HTTP timeout; with 32, a handful of stalled
-/// clients leave everyone else served at once.
+/// Request-handling threads. Most requests take microseconds, but one whose client stalls
+/// in the middle of its request body holds its thread until the client goes (tiny_http
+/// offers no read timeout); with 32, a handful of such clients leave everyone else served.
 const HTTP_THREADS: usize = 32;
 
 /// Validated tracker settings.
@@ -67,7 +67,7 @@ pub struct TrackerConfig {
     pub peer_timeout: Duration,
     /// Most peers handed out per announce.
     pub max_peers: usize,
-    /// Longest pause in a request or in the reading of an answer.
+    /// Longest time a client may leave an answer unread.
     pub http_timeout: Duration,
 }
 
@@ -246,17 +246,18 @@ impl Tracker {
             )
         })?;
         let addr = listener.local_addr()?;
-        // tiny_http sets no timeouts on the connections it accepts; sockets accepted from a
-        // listener inherit its SO_RCVTIMEO/SO_SNDTIMEO, so set them here. A client that stops
-        // sending its request, or stops reading our answer, then frees its thread.
-        for which in [
-            rustix::net::sockopt::Timeout::Recv,
+        // tiny_http sets no timeouts on the connections it accepts, but accepted sockets
+        // inherit SO_SNDTIMEO from the listener: a client that stops reading our answer
+        // frees its thread after --http-timeout. SO_RCVTIMEO cannot be set the same way:
+        // on Linux it also bounds accept(), and tiny_http stops accepting for good after
+        // one failed accept, so an idle tracker would go deaf.
+        rustix::net::sockopt::set_socket_timeout(
+            &listener,
             rustix::net::sockopt::Timeout::Send,
-        ] {
-            rustix::net::sockopt::set_socket_timeout(&listener, which, Some(config.http_timeout))
-                .map_err(std::io::Error::from)
-                .with_context(|| format!("setting socket timeouts on {addr}"))?;
-        }
+            Some(config.http_timeout),
+        )
+        .map_err(std::io::Error::from)
+        .with_context(|| format!("setting the send timeout on {addr}"))?;
         let http = tiny_http::Server::from_listener(listener, None)
             .map_err(|e| anyhow::anyhow!("starting the HTTP server on {addr}: {e}"))?;
         Ok(Tracker {

@@ -34,7 +34,11 @@ fn pipeline_delivers_a_multi_chunk_file_byte_for_byte() {
     assert_eq!(summary["from_cache"], 0);
     // The client served while it downloaded and left the swarm when it finished.
     let peers = tracker.get_json(&format!("/assets/{id}/peers"));
-    assert_eq!(peers.as_array().unwrap().len(), 1, "only the origin is left: {peers}");
+    assert_eq!(
+        peers.as_array().unwrap().len(),
+        1,
+        "only the origin is left: {peers}"
+    );
 
     // The catalog lists it and the manifest served verifies the copy.
     let catalog = tracker.get_json("/assets");

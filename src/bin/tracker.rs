@@ -31,7 +31,7 @@ struct Args {
     /// Most peers handed out per announce.
     #[arg(long, default_value_t = DEFAULT_MAX_PEERS)]
     max_peers: usize,
-    /// Drop a connection whose request, or the reading of our answer, pauses this long.
+    /// Drop a connection whose client leaves our answer unread this long.
     #[arg(long, default_value = "10s", value_parser = cli::duration_arg)]
     http_timeout: Duration,
 }
