@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Single-source benchmark: one peer_server -> one `peer_client get` to a file, against curl
-# fetching the same file from nginx (sendfile on), alternated in the same run.
+# and aria2c -x4 fetching the same file from nginx (sendfile on), alternated in one run.
 #
 #   bench/single_source.sh            # 1 GiB, 5 runs each
 #   SIZE_MIB=256 RUNS=3 bench/single_source.sh
 #
-# Needs nginx (Debian: nginx-light) and curl. Everything listens on 127.0.0.1. Outputs are
+# Needs nginx (Debian: nginx-light), curl and aria2c (Debian: aria2). Everything listens on 127.0.0.1. Outputs are
 # deleted and synced outside the timed region. Prints each run, then medians and the ratio.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -57,7 +57,7 @@ ok=0; for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$PORT/file
 [ "$ok" = 1 ] || { echo "nginx does not serve the file:" >&2; cat nginx/logs/error.log >&2; exit 1; }
 cat file.bin > /dev/null   # both sources read from the page cache
 
-: > curl.times; : > swarm.times
+: > curl.times; : > swarm.times; : > aria.times
 for i in $(seq "$RUNS"); do
   t0=$(now); curl -s -o out.curl "http://127.0.0.1:$PORT/file.bin"; t1=$(now)
   cmp -s file.bin out.curl || { echo "curl output differs" >&2; exit 1; }
@@ -65,10 +65,15 @@ for i in $(seq "$RUNS"); do
   t2=$(now); "$B/peer_client" get "$ID" --tracker "$URL" -o out.swarm --store "store-$i" --quiet; t3=$(now)
   cmp -s file.bin out.swarm || { echo "swarmcache output differs" >&2; exit 1; }
   rm -rf out.swarm "store-$i"; sync
-  c=$(echo "$t1 - $t0" | bc -l); s=$(echo "$t3 - $t2" | bc -l)
-  echo "$c" >> curl.times; echo "$s" >> swarm.times
-  printf 'run %d: curl %.3f s (%.2f GB/s)   swarmcache %.3f s (%.2f GB/s)\n' "$i" "$c" "$(echo "$BYTES/$c/1000000000" | bc -l)" "$s" "$(echo "$BYTES/$s/1000000000" | bc -l)"
+  t4=$(now); aria2c -q -x4 -s4 --file-allocation=falloc --enable-dht=false --allow-overwrite=true -d . -o out.aria "http://127.0.0.1:$PORT/file.bin"; t5=$(now)
+  cmp -s file.bin out.aria || { echo "aria2c output differs" >&2; exit 1; }
+  rm -f out.aria; sync
+  c=$(echo "$t1 - $t0" | bc -l); s=$(echo "$t3 - $t2" | bc -l); a=$(echo "$t5 - $t4" | bc -l)
+  echo "$c" >> curl.times; echo "$s" >> swarm.times; echo "$a" >> aria.times
+  printf 'run %d: curl %.3f s   swarmcache %.3f s   aria2c -x4 %.3f s\n' "$i" "$c" "$s" "$a"
 done
-mc=$(median < curl.times); ms=$(median < swarm.times)
+mc=$(median < curl.times); ms=$(median < swarm.times); ma=$(median < aria.times)
+printf 'median of %d, %d MiB: aria2c -x4 %.3f s (%.2f GB/s); swarmcache throughput / aria2c = %.2f\n' \
+  "$RUNS" "$SIZE_MIB" "$ma" "$(echo "$BYTES/$ma/1000000000" | bc -l)" "$(echo "$ma/$ms" | bc -l)"
 printf 'median of %d, %d MiB: curl %.3f s (%.2f GB/s), swarmcache get %.3f s (%.2f GB/s, every chunk verified); swarmcache throughput / curl = %.2f\n' \
   "$RUNS" "$SIZE_MIB" "$mc" "$(echo "$BYTES/$mc/1000000000" | bc -l)" "$ms" "$(echo "$BYTES/$ms/1000000000" | bc -l)" "$(echo "$mc/$ms" | bc -l)"

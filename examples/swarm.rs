@@ -1,12 +1,13 @@
-//! A local swarm on built-in defaults: a tracker, an origin capped at 50 MiB/s, a peer
-//! seeding the same file, and clients that download one after another, each printing where
-//! its bytes came from. Everything runs in this process on 127.0.0.1 with ports chosen by
-//! the system, in a temporary directory that is removed at the end.
+//! A local swarm on built-in defaults: a tracker, an origin whose upload is capped at
+//! 20 MiB/s, and four clients that start together on a 64 MiB file. The clients serve each
+//! other while they download, and the tracker splits the origin's work between them, so the
+//! origin sends the file about once instead of four times. Everything runs in this process
+//! on 127.0.0.1, with ports chosen by the system, in a temporary directory removed at the end.
 //!
 //!     cargo run --release --example swarm
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use swarmcache::client::{self, GetConfig};
@@ -17,12 +18,11 @@ use swarmcache::units::format_bytes;
 
 const FILE_SIZE: usize = 64 << 20;
 const CLIENTS: usize = 4;
-const ORIGIN_RATE: u64 = 50 << 20;
+const ORIGIN_RATE: u64 = 20 << 20;
 
 fn main() -> Result<()> {
     let dir = tempfile::tempdir().context("creating a temporary directory")?;
     let any_port: SocketAddr = "127.0.0.1:0".parse()?;
-
     let file = dir.path().join("demo.bin");
     std::fs::write(&file, pseudo_random(FILE_SIZE)).context("writing the demo file")?;
 
@@ -38,81 +38,63 @@ fn main() -> Result<()> {
     let tracker_thread = std::thread::spawn(move || tracker.serve());
     println!("tracker   {url}");
 
-    let server = |name: &str, origin: bool, rate: Option<u64>| -> Result<Server> {
-        Server::bind(ServerConfig {
-            listen: any_port,
-            store: dir.path().join(name),
-            seeds: vec![file.clone()],
-            chunk_size: DEFAULT_CHUNK_SIZE,
-            tracker: Some(url.clone()),
-            origin,
-            advertise: None,
-            max_conns: DEFAULT_MAX_CONNS,
-            max_upload_rate: rate,
-            announce_interval: Some(Duration::from_millis(200)),
-        })
-    };
-    let origin = server("origin", true, Some(ORIGIN_RATE))?;
-    let peer = server("peer", false, None)?;
+    let origin = Server::bind(ServerConfig {
+        listen: any_port,
+        store: dir.path().join("origin"),
+        seeds: vec![file.clone()],
+        chunk_size: DEFAULT_CHUNK_SIZE,
+        tracker: Some(url.clone()),
+        origin: true,
+        advertise: None,
+        max_conns: DEFAULT_MAX_CONNS,
+        max_upload_rate: Some(ORIGIN_RATE),
+        announce_interval: None,
+    })?;
     let asset = origin.seeded()[0].id();
     println!(
-        "origin    {} (capped at {}/s)",
+        "origin    {}, upload capped at {}/s",
         origin.local_addr(),
         format_bytes(ORIGIN_RATE)
     );
-    println!("peer      {}", peer.local_addr());
-    println!(
-        "asset     {asset} ({}, {})",
-        origin.seeded()[0].name,
-        format_bytes(FILE_SIZE as u64)
-    );
-    let stops = [origin.shutdown_handle(), peer.shutdown_handle()];
-    let servers: Vec<_> = [origin, peer]
-        .into_iter()
-        .map(|s| std::thread::spawn(move || s.serve()))
+    println!("asset     {asset} ({})", format_bytes(FILE_SIZE as u64));
+    let stop_origin = origin.shutdown_handle();
+    let origin_thread = std::thread::spawn(move || origin.serve());
+
+    // Four clients at once; each keeps serving (seeding) until all are done.
+    let started = Instant::now();
+    let clients: Vec<_> = (1..=CLIENTS)
+        .map(|n| {
+            let config = GetConfig {
+                output: Some(dir.path().join(format!("copy-{n}.bin"))),
+                serve: Some(any_port),
+                ..GetConfig::new(
+                    asset,
+                    Some(url.clone()),
+                    dir.path().join(format!("client-{n}")),
+                )
+            };
+            std::thread::spawn(move || client::get(&config, true))
+        })
         .collect();
-
-    // Wait (bounded) until the tracker knows both servers.
-    let tracker_client = swarmcache::tracker_client::TrackerClient::new(&url)?;
-    for _ in 0..100 {
-        if tracker_client.peers(&asset)?.len() == 2 {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    let mut from_origin = 0;
+    let mut seeders = Vec::new();
+    for (n, handle) in clients.into_iter().enumerate() {
+        let got = handle.join().expect("client thread panicked")?;
+        println!("client {}  {}", n + 1, got.summary.human());
+        from_origin += got.summary.from_origin;
+        seeders.extend(got.seeding);
     }
-
-    for n in 1..=CLIENTS {
-        let config = GetConfig {
-            output: Some(dir.path().join(format!("copy-{n}.bin"))),
-            serve: Some(any_port),
-            ..GetConfig::new(
-                asset,
-                Some(url.clone()),
-                dir.path().join(format!("client-{n}")),
-            )
-        };
-        let got = client::get(&config, false)?;
-        println!("client {n}  {}", got.summary.human());
-    }
-    // The first client again, now from its own store.
-    let again = GetConfig {
-        output: Some(dir.path().join("copy-again.bin")),
-        ..GetConfig::new(asset, Some(url.clone()), dir.path().join("client-1"))
-    };
+    let wall = started.elapsed().as_secs_f64();
+    let origin_only = (CLIENTS * FILE_SIZE) as f64 / ORIGIN_RATE as f64;
     println!(
-        "client 1  again: {}",
-        client::get(&again, false)?.summary.human()
+        "all {CLIENTS} done in {wall:.1} s; the origin sent {:.2} × the file (alone it would have sent {CLIENTS} × in {origin_only:.1} s)",
+        from_origin as f64 / FILE_SIZE as f64
     );
-
-    let stats = ureq::get(&format!("{url}/stats")).call()?.into_string()?;
-    println!("tracker stats: {stats}");
-
-    for stop in &stops {
-        stop.shutdown();
+    for seeding in seeders {
+        seeding.run(Duration::ZERO);
     }
-    for s in servers {
-        s.join().expect("server thread panicked")?;
-    }
+    stop_origin.shutdown();
+    origin_thread.join().expect("origin thread panicked")?;
     stop_tracker.shutdown();
     tracker_thread.join().expect("tracker thread panicked")?;
     Ok(())
