@@ -1,8 +1,8 @@
 //! Downloads: local store first, then the peers the tracker names, then the origin.
 //!
 //! One scheduler thread owns the download state (which chunk is missing, in flight on which
-//! connection, or done). Each connection is a worker thread that keeps up to
-//! [`PIPELINE_DEPTH`] requests in flight, verifies every chunk it receives against the
+//! connection, or done). Each connection is a worker thread that keeps a few requests in
+//! flight (see [`PIPELINE_DEPTH`]), verifies every chunk it receives against the
 //! manifest, writes it to the store at its offset, and reports the outcome back on one
 //! channel. A source that sends a chunk failing its hash, or a peer that drops or stalls,
 //! loses its chunks to other sources and is not used again in this download; a busy source,
@@ -39,8 +39,9 @@ use crate::wire::{
     self, MAX_CONTROL_FRAME, Message, PROTOCOL_VERSION, WireError, chunk_frame_limit, code,
 };
 
-/// Requests kept in flight per connection: with 1 MiB chunks, 4 MiB outstanding covers the
-/// bandwidth-delay product of a 1 Gbit/s link with 30 ms of round trip.
+/// Requests kept in flight per origin connection: with 1 MiB chunks, 4 MiB outstanding
+/// covers the bandwidth-delay product of a 1 Gbit/s link with 30 ms of round trip. Peer
+/// connections keep fewer (2), and any connection under a download cap keeps 1.
 pub const PIPELINE_DEPTH: usize = 4;
 /// Default connections per download: enough to overlap receiving, hashing and writing on a
 /// two-core machine and to spread load over several peers.
@@ -206,10 +207,9 @@ impl Seeding {
                 Duration::from_millis(50).min(deadline.saturating_duration_since(Instant::now())),
             );
         }
-        if let Some(announcer) = self.announcer {
-            announcer.leave();
-        }
-        self.serving.stop();
+        // Dropping the announcer says "stopped"; dropping the server shuts it down.
+        drop(self.announcer);
+        drop(self.serving);
     }
 }
 
@@ -266,6 +266,8 @@ pub fn get(config: &GetConfig, seed: bool) -> Result<Got> {
             )
         })?;
         let first = announce.once()?;
+        // From here on, every way out of this function leaves the swarm again.
+        let departure = Departure(Some(announce.clone()));
         let count = manifest.chunk_count();
         let sources: Vec<Source> = first
             .peers
@@ -297,14 +299,9 @@ pub fn get(config: &GetConfig, seed: bool) -> Result<Got> {
         announcer = Some(Announcer::start(
             announce,
             Some(scheduler.events_tx.clone()),
+            departure,
         ));
-        let outcome = scheduler.run();
-        if outcome.is_err()
-            && let Some(a) = announcer.take()
-        {
-            a.leave();
-        }
-        sources_summary = outcome?;
+        sources_summary = scheduler.run()?;
     }
     if let Some(partial) = partial {
         partial.finish()?;
@@ -328,22 +325,17 @@ pub fn get(config: &GetConfig, seed: bool) -> Result<Got> {
         seconds: started.elapsed().as_secs_f64(),
         sources: sources_summary,
     };
+    // Without seeding, `announcer` and `serving` are dropped here: the client says
+    // "stopped" to the tracker and its server shuts down.
     let seeding = match serving {
         Some(serving) if seed => {
-            let announcer = announcer
-                .map(Announcer::seeding)
-                .or_else(|| announce.map(|a| Announcer::start(a, None)));
+            let announcer = match announcer {
+                Some(announcer) => Some(announcer.seeding()),
+                None => announce.map(|a| Announcer::start(a.clone(), None, Departure(Some(a)))),
+            };
             Some(Seeding { serving, announcer })
         }
-        serving => {
-            if let Some(a) = announcer {
-                a.leave();
-            }
-            if let Some(serving) = serving {
-                serving.stop();
-            }
-            None
-        }
+        _ => None,
     };
     Ok(Got { summary, seeding })
 }
@@ -369,7 +361,7 @@ fn output_path(config: &GetConfig, manifest: &Manifest) -> Result<PathBuf> {
 /// downloads, and after it when seeding.
 struct Serving {
     stop: ShutdownHandle,
-    thread: std::thread::JoinHandle<Result<()>>,
+    thread: Option<std::thread::JoinHandle<Result<()>>>,
     uploaded: UploadCounter,
     advertised: SocketAddr,
 }
@@ -400,15 +392,17 @@ impl Serving {
         let thread = std::thread::spawn(move || server.serve());
         Ok(Serving {
             stop,
-            thread,
+            thread: Some(thread),
             uploaded,
             advertised,
         })
     }
+}
 
-    fn stop(self) {
+impl Drop for Serving {
+    fn drop(&mut self) {
         self.stop.shutdown();
-        if let Ok(Err(e)) = self.thread.join() {
+        if let Some(Ok(Err(e))) = self.thread.take().map(|t| t.join()) {
             eprintln!("peer_client: serving stopped with an error: {e:#}");
         }
     }
@@ -474,17 +468,30 @@ impl Announce {
     }
 }
 
+/// Says "stopped" to the tracker when dropped, unless disarmed.
+struct Departure(Option<Announce>);
+
+impl Drop for Departure {
+    fn drop(&mut self) {
+        if let Some(announce) = self.0.take() {
+            announce.leave();
+        }
+    }
+}
+
 /// Announces on a period from its own thread, so a slow tracker never holds up the
 /// scheduler, and forwards each answer (new peers, a new origin share) to it. Without a
-/// scheduler (seeding) it beats at the tracker's heartbeat period.
+/// scheduler (seeding) it beats at the tracker's heartbeat period. Dropping it stops the
+/// thread and, through its [`Departure`], leaves the swarm.
 struct Announcer {
     stop: Arc<AtomicBool>,
-    thread: std::thread::JoinHandle<()>,
+    thread: Option<std::thread::JoinHandle<()>>,
     announce: Announce,
+    departure: Departure,
 }
 
 impl Announcer {
-    fn start(announce: Announce, events: Option<Sender<Event>>) -> Announcer {
+    fn start(announce: Announce, events: Option<Sender<Event>>, departure: Departure) -> Announcer {
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
             let (stop, announce) = (Arc::clone(&stop), announce.clone());
@@ -532,23 +539,31 @@ impl Announcer {
         };
         Announcer {
             stop,
-            thread,
+            thread: Some(thread),
             announce,
+            departure,
         }
     }
 
-    /// The same announces, now at the tracker's heartbeat period and without a scheduler.
-    fn seeding(self) -> Announcer {
+    fn halt(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        let _ = self.thread.join();
-        Announcer::start(self.announce, None)
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 
-    /// Stops announcing and tells the tracker this peer is gone.
-    fn leave(self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = self.thread.join();
-        self.announce.leave();
+    /// The same announces, now at the tracker's heartbeat period and without a scheduler;
+    /// the peer stays in the swarm across the switch.
+    fn seeding(mut self) -> Announcer {
+        self.halt();
+        let departure = Departure(self.departure.0.take());
+        Announcer::start(self.announce.clone(), None, departure)
+    }
+}
+
+impl Drop for Announcer {
+    fn drop(&mut self) {
+        self.halt();
     }
 }
 
@@ -1130,8 +1145,9 @@ impl<'a> Scheduler<'a> {
         }
     }
 
-    /// The next chunk for a connection: the lowest missing one its source holds. An origin
-    /// only takes chunks that no usable peer holds, so peers carry all they can.
+    /// The next chunk for a connection: from a peer, a rare one it holds; from an origin,
+    /// the lowest missing chunk of this client's share that no usable peer holds, so peers
+    /// carry all they can.
     fn pick(&mut self, conn: usize) -> Option<u32> {
         let source = &self.sources[self.conns[conn].source];
         if !source.origin {

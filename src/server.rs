@@ -1,7 +1,7 @@
 //! The peer server: serves the chunks of a store to other peers over the [`wire`] protocol
 //! and announces what it holds to a tracker. One accept thread hands connections to a fixed
-//! pool of workers; when every worker is busy the newcomer gets a "server busy" error frame
-//! instead of waiting in a queue.
+//! pool of workers; when all `max_conns` slots are taken the newcomer gets a "server busy"
+//! error frame instead of waiting in a queue.
 //!
 //! [`wire`]: crate::wire
 

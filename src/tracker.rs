@@ -473,10 +473,11 @@ impl State {
         for reported in &req.unreachable {
             // A peer that announced a moment ago is alive as far as the tracker can tell
             // (the reporter may be the one with the network problem); a quiet one is gone.
+            // Origins are registered by their operator and are never dropped on a report.
             if swarm
                 .peers
                 .get(reported)
-                .is_some_and(|p| now.duration_since(p.last_seen) > REPORT_GRACE)
+                .is_some_and(|p| !p.origin && now.duration_since(p.last_seen) > REPORT_GRACE)
             {
                 swarm.peers.remove(reported);
             }

@@ -152,3 +152,39 @@ fn a_default_output_name_never_replaces_an_existing_file() {
         std::fs::read(d.join("f.bin")).unwrap()
     );
 }
+
+#[test]
+fn a_get_that_fails_leaves_the_swarm() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    crate::harness::random_file(&d.join("f.bin"), 70_000, 19);
+    let tracker = TrackerProc::start(d, &[]);
+    // Published, but no server holds it: the get announces itself, finds no source, fails.
+    let id = crate::harness::publish(d, &tracker.url, "f.bin");
+    let failed = run(
+        d,
+        "peer_client",
+        &[
+            "get",
+            &id,
+            "--tracker",
+            &tracker.url,
+            "--store",
+            "s",
+            "-o",
+            "x",
+        ],
+        b"",
+    );
+    assert!(
+        failed.code(1).contains("knows no peer or origin"),
+        "{}",
+        failed.stderr
+    );
+    let peers = tracker.get_json(&format!("/assets/{id}/peers"));
+    assert_eq!(
+        peers.as_array().unwrap().len(),
+        0,
+        "the failed client said it stopped: {peers}"
+    );
+}
