@@ -212,7 +212,7 @@ enum Reply {
 fn json(status: u16, value: &impl Serialize) -> Reply {
     Reply::Json(
         status,
-        serde_json::to_string_pretty(value).expect("API types always serialize"),
+        serde_json::to_string(value).expect("API types always serialize"),
     )
 }
 
@@ -258,6 +258,12 @@ impl Tracker {
         )
         .map_err(std::io::Error::from)
         .with_context(|| format!("setting the send timeout on {addr}"))?;
+        // tiny_http writes an answer's head and body separately; with Nagle's algorithm the
+        // body then waits for the client's delayed ACK, 40 ms on a kept-alive connection.
+        // Accepted sockets inherit TCP_NODELAY from the listener.
+        rustix::net::sockopt::set_tcp_nodelay(&listener, true)
+            .map_err(std::io::Error::from)
+            .with_context(|| format!("setting TCP_NODELAY on {addr}"))?;
         let http = tiny_http::Server::from_listener(listener, None)
             .map_err(|e| anyhow::anyhow!("starting the HTTP server on {addr}: {e}"))?;
         Ok(Tracker {
