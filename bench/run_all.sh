@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every benchmark, one after the other, with the figures BENCHMARKS.md records.
-# Needs nginx (Debian: nginx-light), curl, openssl, python3 and bc. Takes about 10 minutes.
+# Needs nginx (Debian: nginx-light), curl, openssl, python3 and bc. Takes about 15 minutes.
 set -euo pipefail
 cd "$(dirname "$0")"
 echo "== machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(free -g | awk '/Mem/ {print $2}') GiB"
@@ -10,3 +10,7 @@ echo "== chunkify: 1 GiB, against openssl dgst -sha256"
 ./chunkify.sh | tail -1
 echo "== flash crowd: 256 MiB, origin capped at 50 MiB/s, clients at 25 MiB/s"
 ./flash_crowd.sh
+echo "== tracker: 100 000 peers in 1 000 swarms"
+./tracker.sh | tail -1
+echo "== memory"
+./memory.sh
