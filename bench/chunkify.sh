@@ -5,14 +5,13 @@
 #   SIZE_MIB=256 RUNS=3 bench/chunkify.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/common.sh
 SIZE_MIB=${SIZE_MIB:-1024}
 RUNS=${RUNS:-5}
 cargo build --release -q
 B=$PWD/target/release
 W=$(mktemp -d "${TMPDIR:-/tmp}/swarmcache-chunkify.XXXXXX")
 trap 'rm -rf "$W"' EXIT
-now() { date +%s.%N; }
-median() { sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 head -c $((SIZE_MIB << 20)) /dev/urandom > "$W/file.bin"
 BYTES=$(stat -c %s "$W/file.bin")
 cat "$W/file.bin" > /dev/null

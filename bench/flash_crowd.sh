@@ -9,6 +9,7 @@
 #   NS="8" RUNS=5 SIZE_MIB=256 bench/flash_crowd.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/common.sh
 SIZE_MIB=${SIZE_MIB:-256}
 NS=${NS:-"2 4 8 16"}
 RUNS=${RUNS:-3}
@@ -22,13 +23,6 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -r
 trap cleanup EXIT
 cd "$W"
 
-wait_line() { # file prefix -> rest of the first line starting with prefix (30 s at most)
-  for _ in $(seq 300); do
-    v=$(sed -n "s/^$2//p" "$1" | head -1); [ -n "$v" ] && { echo "$v"; return; }; sleep 0.1
-  done; echo "no '$2' in $1" >&2; cat "$1" >&2; exit 1
-}
-now() { date +%s.%N; }
-median() { sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 
 head -c $((SIZE_MIB << 20)) /dev/urandom > file.bin
 F=$(stat -c %s file.bin)

@@ -6,6 +6,7 @@
 #   GET_MIB=1024 CLIENTS=32 bench/memory.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/common.sh
 GET_MIB=${GET_MIB:-4096}
 CLIENTS=${CLIENTS:-64}
 SERVE_MIB=${SERVE_MIB:-64}
@@ -16,11 +17,6 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$W"; }
 trap cleanup EXIT
 cd "$W"
-wait_line() {
-  for _ in $(seq 600); do
-    v=$(sed -n "s/^$2//p" "$1" | head -1); [ -n "$v" ] && { echo "$v"; return; }; sleep 0.1
-  done; echo "no '$2' in $1" >&2; cat "$1" >&2; exit 1
-}
 peak_kib() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
 
 "$B/tracker" --listen 127.0.0.1:0 --data tracker-data > tracker.log 2>&1 & pids+=($!)

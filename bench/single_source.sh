@@ -9,6 +9,7 @@
 # deleted and synced outside the timed region. Prints each run, then medians and the ratio.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/common.sh
 SIZE_MIB=${SIZE_MIB:-1024}
 RUNS=${RUNS:-5}
 cargo build --release -q
@@ -20,14 +21,7 @@ trap cleanup EXIT
 chmod 755 "$W"   # nginx workers run as an unprivileged user
 cd "$W"
 
-wait_line() { # file prefix -> rest of the first line starting with prefix (30 s at most)
-  for _ in $(seq 300); do
-    v=$(sed -n "s/^$2//p" "$1" | head -1); [ -n "$v" ] && { echo "$v"; return; }; sleep 0.1
-  done; echo "no '$2' in $1" >&2; cat "$1" >&2; exit 1
-}
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-now() { date +%s.%N; }
-median() { sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 
 head -c $((SIZE_MIB << 20)) /dev/urandom > file.bin
 BYTES=$(stat -c %s file.bin)

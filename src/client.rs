@@ -219,11 +219,7 @@ impl Seeding {
 pub fn get(config: &GetConfig, seed: bool) -> Result<Got> {
     let started = Instant::now();
     let store = Store::open(&config.store)?;
-    let tracker = config
-        .tracker
-        .as_deref()
-        .map(TrackerClient::new)
-        .transpose()?;
+    let tracker = TrackerClient::optional(config.tracker.as_deref())?;
     let manifest = match store.manifest(&config.asset)? {
         Some(m) => m,
         None => match &tracker {

@@ -162,11 +162,7 @@ impl Server {
     /// Opens the store, imports and publishes the seed files, and binds the socket.
     pub fn bind(config: ServerConfig) -> Result<Server> {
         let store = Store::open(&config.store)?;
-        let tracker = config
-            .tracker
-            .as_deref()
-            .map(TrackerClient::new)
-            .transpose()?;
+        let tracker = TrackerClient::optional(config.tracker.as_deref())?;
         let mut seeded = Vec::new();
         for path in &config.seeds {
             let name = path

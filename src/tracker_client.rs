@@ -61,6 +61,11 @@ impl TrackerClient {
         Ok(TrackerClient { base, agent })
     }
 
+    /// A client for `url` when one is given.
+    pub fn optional(url: Option<&str>) -> Result<Option<TrackerClient>> {
+        url.map(TrackerClient::new).transpose()
+    }
+
     /// The base URL.
     pub fn url(&self) -> &str {
         &self.base

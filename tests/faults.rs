@@ -4,7 +4,9 @@ use std::fs;
 use std::os::unix::fs::FileExt;
 use std::time::Duration;
 
-use crate::harness::{Proc, ServerProc, TrackerProc, eventually, get, random_file, stored_chunks};
+use crate::harness::{
+    Proc, ServerProc, TrackerProc, eventually, get, random_file, spawn_get, stored_chunks,
+};
 
 #[test]
 fn a_peer_killed_mid_transfer_loses_its_chunks_to_the_others() {
@@ -29,30 +31,9 @@ fn a_peer_killed_mid_transfer_loses_its_chunks_to_the_others() {
         &["--max-upload-rate", "2MiB"],
     );
     let id = victim.seeded[0].clone();
-    eventually("both peers in the swarm", Duration::from_secs(10), || {
-        tracker
-            .get_json(&format!("/assets/{id}/peers"))
-            .as_array()
-            .unwrap()
-            .len()
-            == 3
-    });
+    tracker.wait_for_peers(&id, 3);
 
-    let mut client = Proc::spawn(
-        d,
-        "peer_client",
-        &[
-            "get",
-            &id,
-            "--tracker",
-            &tracker.url,
-            "-o",
-            "copy.bin",
-            "--store",
-            "client",
-            "--json",
-        ],
-    );
+    let mut client = spawn_get(d, &tracker.url, &id, "copy.bin", "client", &[]);
     let client_store = d.join("client");
     eventually(
         "the client to record progress",
@@ -65,7 +46,7 @@ fn a_peer_killed_mid_transfer_loses_its_chunks_to_the_others() {
         "client failed: {}",
         client.stderr()
     );
-    let summary: serde_json::Value = serde_json::from_str(&client.remaining_stdout()).unwrap();
+    let summary: serde_json::Value = client.summary();
     assert_eq!(fs::read(d.join("copy.bin")).unwrap(), bytes);
     let sources = summary["sources"].as_array().unwrap();
     let victim_entry = sources
@@ -103,14 +84,7 @@ fn a_peer_serving_corrupt_bytes_is_dropped_and_the_download_is_correct() {
         file.write_all_at(&[bytes[(chunk * 65536) as usize] ^ 0xff], chunk * 65536)
             .unwrap();
     }
-    eventually("both servers in the swarm", Duration::from_secs(10), || {
-        tracker
-            .get_json(&format!("/assets/{id}/peers"))
-            .as_array()
-            .unwrap()
-            .len()
-            == 2
-    });
+    tracker.wait_for_peers(&id, 2);
 
     let run = get(d, &tracker.url, &id, "copy.bin", "client", &[]);
     let summary = run.json();
@@ -210,14 +184,7 @@ fn a_restarted_tracker_keeps_its_catalog_and_peers_come_back() {
         id.as_str(),
         "the catalog survived SIGKILL"
     );
-    eventually("the origin to re-announce", Duration::from_secs(15), || {
-        tracker
-            .get_json(&format!("/assets/{id}/peers"))
-            .as_array()
-            .unwrap()
-            .len()
-            == 1
-    });
+    tracker.wait_for_peers(&id, 1);
     get(d, &tracker.url, &id, "copy.bin", "client", &[]).ok();
     assert_eq!(fs::read(d.join("copy.bin")).unwrap(), bytes);
 }
@@ -238,30 +205,14 @@ fn a_stalled_peer_is_dropped_after_the_chunk_timeout() {
         &["--max-upload-rate", "2MiB"],
     );
     let id = staller.seeded[0].clone();
-    eventually("both servers in the swarm", Duration::from_secs(10), || {
-        tracker
-            .get_json(&format!("/assets/{id}/peers"))
-            .as_array()
-            .unwrap()
-            .len()
-            == 2
-    });
-    let mut client = Proc::spawn(
+    tracker.wait_for_peers(&id, 2);
+    let mut client = spawn_get(
         d,
-        "peer_client",
-        &[
-            "get",
-            &id,
-            "--tracker",
-            &tracker.url,
-            "-o",
-            "copy.bin",
-            "--store",
-            "client",
-            "--json",
-            "--chunk-timeout",
-            "1s",
-        ],
+        &tracker.url,
+        &id,
+        "copy.bin",
+        "client",
+        &["--chunk-timeout", "1s"],
     );
     let store = d.join("client");
     eventually(
@@ -280,7 +231,7 @@ fn a_stalled_peer_is_dropped_after_the_chunk_timeout() {
         "client failed: {}",
         client.stderr()
     );
-    let summary: serde_json::Value = serde_json::from_str(&client.remaining_stdout()).unwrap();
+    let summary: serde_json::Value = client.summary();
     assert_eq!(fs::read(d.join("copy.bin")).unwrap(), bytes);
     let entry = summary["sources"]
         .as_array()

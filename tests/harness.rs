@@ -246,6 +246,13 @@ impl Proc {
         out
     }
 
+    /// Waits for the JSON summary line a `get --json` prints and parses it.
+    pub fn summary(&mut self) -> serde_json::Value {
+        let rest = self.wait_line("{", RUN_TIMEOUT);
+        serde_json::from_str(&format!("{{{rest}"))
+            .unwrap_or_else(|e| panic!("summary of {}: {e}", self.description))
+    }
+
     /// Everything the child wrote to stderr so far.
     pub fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()
@@ -316,6 +323,23 @@ impl TrackerProc {
         TrackerProc { proc, url }
     }
 
+    /// The live peers of the swarm of `id`.
+    pub fn peers(&self, id: &str) -> Vec<serde_json::Value> {
+        self.get_json(&format!("/assets/{id}/peers"))
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
+    /// Waits until the swarm of `id` lists `count` peers.
+    pub fn wait_for_peers(&self, id: &str, count: usize) {
+        eventually(
+            &format!("{count} peers in the swarm of {id}"),
+            Duration::from_secs(15),
+            || self.peers(id).len() == count,
+        );
+    }
+
     /// GET a path of the tracker API as JSON.
     pub fn get_json(&self, path: &str) -> serde_json::Value {
         ureq::get(&format!("{}{path}", self.url))
@@ -342,9 +366,21 @@ impl ServerProc {
         seeds: &[&str],
         extra: &[&str],
     ) -> ServerProc {
+        Self::start_on(dir, "127.0.0.1:0", store, tracker, seeds, extra)
+    }
+
+    /// Like [`ServerProc::start`], listening on `listen`.
+    pub fn start_on(
+        dir: &Path,
+        listen: &str,
+        store: &str,
+        tracker: Option<&str>,
+        seeds: &[&str],
+        extra: &[&str],
+    ) -> ServerProc {
         let mut args = vec![
             "--listen",
-            "127.0.0.1:0",
+            listen,
             "--store",
             store,
             "--chunk-size",
@@ -393,6 +429,30 @@ pub fn publish(dir: &Path, tracker: &str, file: &str) -> String {
         manifest.ok().as_bytes(),
     );
     id.ok().trim().to_string()
+}
+
+/// Starts `peer_client get ID -o OUT --store STORE --json` plus `extra` in the background.
+pub fn spawn_get(
+    dir: &Path,
+    tracker: &str,
+    id: &str,
+    out: &str,
+    store: &str,
+    extra: &[&str],
+) -> Proc {
+    let mut args = vec![
+        "get",
+        id,
+        "--tracker",
+        tracker,
+        "-o",
+        out,
+        "--store",
+        store,
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    Proc::spawn(dir, "peer_client", &args)
 }
 
 /// `peer_client get ID -o OUT --store STORE --json` plus `extra`; returns the run.

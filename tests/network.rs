@@ -7,7 +7,7 @@ use std::time::Duration;
 use swarmcache::manifest::AssetId;
 use swarmcache::wire::{self, MAX_FRAME, Message, PROTOCOL_VERSION, code};
 
-use crate::harness::{Proc, ServerProc, TrackerProc, eventually, get, random_file};
+use crate::harness::{ServerProc, TrackerProc, eventually, get, random_file};
 
 #[test]
 fn a_wildcard_listener_is_announced_at_the_address_the_tracker_sees() {
@@ -15,30 +15,16 @@ fn a_wildcard_listener_is_announced_at_the_address_the_tracker_sees() {
     let d = dir.path();
     let bytes = random_file(&d.join("f.bin"), 3 * 65536, 9);
     let tracker = TrackerProc::start(d, &[]);
-    let mut server = Proc::spawn(
+    let server = ServerProc::start_on(
         d,
-        "peer_server",
-        &[
-            "--listen",
-            "0.0.0.0:0",
-            "--store",
-            "s",
-            "--chunk-size",
-            "64KiB",
-            "--seed",
-            "f.bin",
-            "--tracker",
-            &tracker.url,
-            "--origin",
-        ],
+        "0.0.0.0:0",
+        "s",
+        Some(&tracker.url),
+        &["f.bin"],
+        &["--origin"],
     );
-    let id = server
-        .wait_line("seeded ", Duration::from_secs(30))
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string();
-    let port = server.listening().rsplit(':').next().unwrap().to_string();
+    let id = server.seeded[0].clone();
+    let port = server.addr.rsplit(':').next().unwrap().to_string();
     let mut peers = serde_json::Value::Null;
     eventually("the server to announce", Duration::from_secs(10), || {
         peers = tracker.get_json(&format!("/assets/{id}/peers"));
@@ -60,30 +46,16 @@ fn ipv6_addresses_work_like_ipv4_ones() {
     let bytes = random_file(&d.join("f.bin"), 3 * 65536 + 1, 10);
     let tracker = TrackerProc::start_on(d, "[::1]:0", &[]);
     assert!(tracker.url.starts_with("http://[::1]:"), "{}", tracker.url);
-    let mut server = Proc::spawn(
+    let server = ServerProc::start_on(
         d,
-        "peer_server",
-        &[
-            "--listen",
-            "[::1]:0",
-            "--store",
-            "s",
-            "--chunk-size",
-            "64KiB",
-            "--seed",
-            "f.bin",
-            "--tracker",
-            &tracker.url,
-            "--origin",
-        ],
+        "[::1]:0",
+        "s",
+        Some(&tracker.url),
+        &["f.bin"],
+        &["--origin"],
     );
-    let id = server
-        .wait_line("seeded ", Duration::from_secs(30))
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string();
-    assert!(server.listening().starts_with("[::1]:"));
+    let id = server.seeded[0].clone();
+    assert!(server.addr.starts_with("[::1]:"), "{}", server.addr);
     get(d, &tracker.url, &id, "copy.bin", "client", &[]).ok();
     assert_eq!(fs::read(d.join("copy.bin")).unwrap(), bytes);
 }

@@ -2,30 +2,18 @@
 //! and rate caps hold.
 
 use std::fs;
-use std::time::Duration;
 
-use crate::harness::{Proc, ServerProc, TrackerProc, get, random_file};
+use crate::harness::{Proc, ServerProc, TrackerProc, get, random_file, spawn_get};
 
 fn client(dir: &std::path::Path, n: usize, tracker: &str, id: &str, extra: &[&str]) -> Proc {
-    let (out, store) = (format!("copy-{n}.bin"), format!("client-{n}"));
-    let mut args = vec![
-        "get",
-        id,
-        "--tracker",
+    spawn_get(
+        dir,
         tracker,
-        "-o",
-        &out,
-        "--store",
-        &store,
-        "--json",
-    ];
-    args.extend_from_slice(extra);
-    Proc::spawn(dir, "peer_client", &args)
-}
-
-fn summary(client: &mut Proc) -> serde_json::Value {
-    let line = client.wait_line("{", Duration::from_secs(60));
-    serde_json::from_str(&format!("{{{line}")).unwrap()
+        id,
+        &format!("copy-{n}.bin"),
+        &format!("client-{n}"),
+        extra,
+    )
 }
 
 #[test]
@@ -46,7 +34,7 @@ fn a_crowd_shares_the_work_and_a_late_client_takes_nothing_from_the_origin() {
     let mut crowd: Vec<Proc> = (0..4)
         .map(|n| client(d, n, &tracker.url, &id, &["--seed-for", "8s"]))
         .collect();
-    let summaries: Vec<serde_json::Value> = crowd.iter_mut().map(summary).collect();
+    let summaries: Vec<serde_json::Value> = crowd.iter_mut().map(Proc::summary).collect();
     let mut from_origin = 0;
     for (n, s) in summaries.iter().enumerate() {
         assert_eq!(
@@ -73,9 +61,7 @@ fn a_crowd_shares_the_work_and_a_late_client_takes_nothing_from_the_origin() {
     );
 
     // The crowd is seeding now: a newcomer needs nothing from the origin.
-    let late = client(d, 9, &tracker.url, &id, &[]);
-    let mut late = late;
-    let late_summary = summary(&mut late);
+    let late_summary = client(d, 9, &tracker.url, &id, &[]).summary();
     assert_eq!(fs::read(d.join("copy-9.bin")).unwrap(), bytes);
     assert_eq!(late_summary["from_origin"], 0, "{late_summary}");
     assert_eq!(late_summary["from_peers"], size);
