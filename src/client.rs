@@ -964,6 +964,7 @@ impl<'a> Scheduler<'a> {
             self.sources.push(Source::from_info(info, count));
             self.connect(self.sources.len() - 1);
         }
+        self.retire_extra_origin_connections();
         if let Some(share) = answer
             .origin_share
             .as_deref()
@@ -972,6 +973,25 @@ impl<'a> Scheduler<'a> {
             self.origin_share = Some(share);
         }
         self.refresh_availability();
+    }
+
+    /// With peers to trade with, one connection per origin is enough: the origin splits its
+    /// upload between connections, so a client that started alone with every worker at the
+    /// origin would otherwise keep several times its fair part of it and starve the others.
+    /// Extra connections stop taking work and close once their requests are answered.
+    fn retire_extra_origin_connections(&mut self) {
+        let peers = (0..self.sources.len()).any(|s| !self.sources[s].origin && self.usable(s));
+        if !peers {
+            return;
+        }
+        for origin in (0..self.sources.len()).filter(|&s| self.sources[s].origin) {
+            let live: Vec<usize> = (0..self.conns.len())
+                .filter(|&c| self.conns[c].source == origin && self.conns[c].jobs.is_some())
+                .collect();
+            for &conn in live.iter().skip(1) {
+                self.conns[conn].jobs = None;
+            }
+        }
     }
 
     fn closed(&mut self, conn: usize, end: End) {
