@@ -431,6 +431,29 @@ pub fn publish(dir: &Path, tracker: &str, file: &str) -> String {
     id.ok().trim().to_string()
 }
 
+/// The arguments of `peer_client get ID --tracker URL -o OUT --store STORE --json EXTRA…`.
+fn get_args<'a>(
+    tracker: &'a str,
+    id: &'a str,
+    out: &'a str,
+    store: &'a str,
+    extra: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = vec![
+        "get",
+        id,
+        "--tracker",
+        tracker,
+        "-o",
+        out,
+        "--store",
+        store,
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
 /// Starts `peer_client get ID -o OUT --store STORE --json` plus `extra` in the background.
 pub fn spawn_get(
     dir: &Path,
@@ -440,34 +463,19 @@ pub fn spawn_get(
     store: &str,
     extra: &[&str],
 ) -> Proc {
-    let mut args = vec![
-        "get",
-        id,
-        "--tracker",
-        tracker,
-        "-o",
-        out,
-        "--store",
-        store,
-        "--json",
-    ];
-    args.extend_from_slice(extra);
-    Proc::spawn(dir, "peer_client", &args)
+    Proc::spawn(
+        dir,
+        "peer_client",
+        &get_args(tracker, id, out, store, extra),
+    )
 }
 
 /// `peer_client get ID -o OUT --store STORE --json` plus `extra`; returns the run.
 pub fn get(dir: &Path, tracker: &str, id: &str, out: &str, store: &str, extra: &[&str]) -> Run {
-    let mut args = vec![
-        "get",
-        id,
-        "--tracker",
-        tracker,
-        "-o",
-        out,
-        "--store",
-        store,
-        "--json",
-    ];
-    args.extend_from_slice(extra);
-    run(dir, "peer_client", &args, b"")
+    run(
+        dir,
+        "peer_client",
+        &get_args(tracker, id, out, store, extra),
+        b"",
+    )
 }
