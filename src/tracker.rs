@@ -514,7 +514,8 @@ impl State {
             .iter()
             .filter(|(pid, p)| **pid != req.peer_id && !p.origin)
             .collect();
-        // Complete peers first; among equals, ids in order from a rotating start.
+        // A stable order (complete peers first, then by id), handed out as a window that
+        // moves on with every answer, so that large swarms spread load over every peer.
         others.sort_by(|a, b| {
             a.1.have
                 .is_some()
