@@ -180,6 +180,21 @@ impl Summary {
     }
 }
 
+/// Set by [`interrupt`]: downloads and seeding in this process stop as soon as they can.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Asks every download and seeding in this process to stop soon (for Ctrl-C or SIGTERM):
+/// a download records its progress and fails with "interrupted", seeding ends, and both
+/// leave the swarm on the way out. Safe to call from a signal-handling thread.
+pub fn interrupt() {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// Whether [`interrupt`] was called.
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
 /// Peer ids the scheduler found unreachable, drained by the next announce.
 type Reports = Arc<std::sync::Mutex<Vec<String>>>;
 
@@ -199,10 +214,10 @@ pub struct Seeding {
 }
 
 impl Seeding {
-    /// Serves for `duration`, then leaves the swarm.
+    /// Serves for `duration` (or until [`interrupt`]), then leaves the swarm.
     pub fn run(self, duration: Duration) {
         let deadline = Instant::now() + duration;
-        while Instant::now() < deadline {
+        while Instant::now() < deadline && !interrupted() {
             std::thread::sleep(
                 Duration::from_millis(50).min(deadline.saturating_duration_since(Instant::now())),
             );
@@ -879,6 +894,9 @@ impl<'a> Scheduler<'a> {
             }
             if let Some(error) = self.fatal.take() {
                 bail!(error);
+            }
+            if interrupted() {
+                bail!("interrupted; progress is kept: run the same command again to resume");
             }
             self.reconnect_due();
             // The share holds while peers deliver: with no usable peer left, or none

@@ -310,3 +310,46 @@ fn an_output_edited_in_place_does_not_poison_the_store() {
         "only the damaged chunk: {summary}"
     );
 }
+
+#[test]
+fn ctrl_c_keeps_progress_and_leaves_the_swarm() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let bytes = random_file(&d.join("f.bin"), 64 * 65536, 20);
+    let tracker = TrackerProc::start(d, &[]);
+    let origin = ServerProc::start(
+        d,
+        "origin",
+        Some(&tracker.url),
+        &["f.bin"],
+        &["--origin", "--max-upload-rate", "1MiB"],
+    );
+    let id = origin.seeded[0].clone();
+    let mut client = spawn_get(d, &tracker.url, &id, "copy.bin", "client", &[]);
+    let store = d.join("client");
+    eventually(
+        "progress and the client in the swarm",
+        Duration::from_secs(20),
+        || stored_chunks(&store, &id) >= 4 && tracker.peers(&id).len() == 2,
+    );
+    let sent = std::process::Command::new("kill")
+        .args(["-INT", &client.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let status = client.wait();
+    assert_eq!(status.code(), Some(130), "stderr: {}", client.stderr());
+    assert!(
+        client.stderr().contains("interrupted"),
+        "{}",
+        client.stderr()
+    );
+    assert_eq!(tracker.peers(&id).len(), 1, "the client left the swarm");
+    let kept = stored_chunks(&store, &id) as u64;
+    let summary = get(d, &tracker.url, &id, "copy.bin", "client", &[]).json();
+    assert_eq!(fs::read(d.join("copy.bin")).unwrap(), bytes);
+    assert!(
+        summary["from_cache"].as_u64().unwrap() >= kept * 65536,
+        "{summary}"
+    );
+}

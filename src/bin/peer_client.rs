@@ -98,13 +98,19 @@ fn run(args: Args) -> Result<u8> {
             let answer = TrackerClient::new(&tracker)?.publish(&manifest)?;
             cli::println(&answer.id)?;
         }
-        Command::Get(args) => get(args)?,
+        Command::Get(args) => return get(args),
     }
     Ok(EXIT_OK)
 }
 
-fn get(args: GetArgs) -> Result<()> {
+/// Exit status after Ctrl-C or SIGTERM during a download, as shells report a SIGINT.
+const EXIT_INTERRUPTED: u8 = 130;
+
+fn get(args: GetArgs) -> Result<u8> {
     let asset = manifest::parse_asset_id(&args.asset)?;
+    // Ctrl-C and SIGTERM end the download or seeding cleanly: progress recorded, the swarm
+    // told, the embedded server stopped.
+    ctrlc::set_handler(client::interrupt).context("installing the Ctrl-C handler")?;
     // Serve on the address family the tracker is reached by, so the address the tracker
     // sees the announce come from is one this listener answers on.
     let any_port = match &args.tracker {
@@ -126,7 +132,13 @@ fn get(args: GetArgs) -> Result<()> {
             args.store.unwrap_or_else(cli::default_store),
         )
     };
-    let got = client::get(&config, args.seed_for.is_some())?;
+    let got = match client::get(&config, args.seed_for.is_some()) {
+        Err(e) if client::interrupted() => {
+            eprintln!("peer_client: {e:#}");
+            return Ok(EXIT_INTERRUPTED);
+        }
+        result => result?,
+    };
     if !args.quiet {
         eprintln!("peer_client: {}", got.summary.human());
     }
@@ -139,7 +151,7 @@ fn get(args: GetArgs) -> Result<()> {
         }
         seeding.run(duration);
     }
-    Ok(())
+    Ok(EXIT_OK)
 }
 
 fn read_manifest(path: &Path) -> Result<Manifest> {
