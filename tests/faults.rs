@@ -108,13 +108,20 @@ fn a_peer_serving_corrupt_bytes_is_dropped_and_the_download_is_correct() {
     );
 }
 
-#[test]
-fn a_killed_download_resumes_and_fetches_only_the_rest() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let bytes = random_file(&d.join("f.bin"), 64 * 65536, 7);
+/// A download that takes a few seconds: 64 chunks of 64 KiB from an origin capped at
+/// 1 MiB/s, started in the background into the store `client` with output `copy.bin`.
+/// Bind `_origin` to a name for the whole test: dropping it kills the origin.
+struct SlowDownload {
+    bytes: Vec<u8>,
+    tracker: TrackerProc,
+    _origin: ServerProc,
+    id: String,
+    client: Proc,
+}
+
+fn slow_download(d: &std::path::Path, seed: u64) -> SlowDownload {
+    let bytes = random_file(&d.join("f.bin"), 64 * 65536, seed);
     let tracker = TrackerProc::start(d, &[]);
-    // 4 MiB at 1 MiB/s: about 4 s, so the client is surely killed half way.
     let origin = ServerProc::start(
         d,
         "origin",
@@ -123,20 +130,28 @@ fn a_killed_download_resumes_and_fetches_only_the_rest() {
         &["--origin", "--max-upload-rate", "1MiB"],
     );
     let id = origin.seeded[0].clone();
-    let mut client = Proc::spawn(
-        d,
-        "peer_client",
-        &[
-            "get",
-            &id,
-            "--tracker",
-            &tracker.url,
-            "-o",
-            "copy.bin",
-            "--store",
-            "client",
-        ],
-    );
+    let client = spawn_get(d, &tracker.url, &id, "copy.bin", "client", &[]);
+    SlowDownload {
+        bytes,
+        tracker,
+        _origin: origin,
+        id,
+        client,
+    }
+}
+
+#[test]
+fn a_killed_download_resumes_and_fetches_only_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // 4 MiB at 1 MiB/s: about 4 s, so the client is surely killed half way.
+    let SlowDownload {
+        bytes,
+        tracker,
+        id,
+        mut client,
+        _origin: _origin_alive,
+    } = slow_download(d, 7);
     let store = d.join("client");
     eventually(
         "a checkpoint with progress",
@@ -221,11 +236,7 @@ fn a_stalled_peer_is_dropped_after_the_chunk_timeout() {
         || stored_chunks(&store, &id) > 0,
     );
     // SIGSTOP: the peer keeps its connections open but never sends another byte.
-    let stopped = std::process::Command::new("kill")
-        .args(["-STOP", &staller.proc.pid().to_string()])
-        .status()
-        .unwrap();
-    assert!(stopped.success());
+    staller.proc.signal("STOP");
     assert!(
         client.wait().success(),
         "client failed: {}",
@@ -315,28 +326,20 @@ fn an_output_edited_in_place_does_not_poison_the_store() {
 fn ctrl_c_keeps_progress_and_leaves_the_swarm() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let bytes = random_file(&d.join("f.bin"), 64 * 65536, 20);
-    let tracker = TrackerProc::start(d, &[]);
-    let origin = ServerProc::start(
-        d,
-        "origin",
-        Some(&tracker.url),
-        &["f.bin"],
-        &["--origin", "--max-upload-rate", "1MiB"],
-    );
-    let id = origin.seeded[0].clone();
-    let mut client = spawn_get(d, &tracker.url, &id, "copy.bin", "client", &[]);
+    let SlowDownload {
+        bytes,
+        tracker,
+        id,
+        mut client,
+        _origin: _origin_alive,
+    } = slow_download(d, 20);
     let store = d.join("client");
     eventually(
         "progress and the client in the swarm",
         Duration::from_secs(20),
         || stored_chunks(&store, &id) >= 4 && tracker.peers(&id).len() == 2,
     );
-    let sent = std::process::Command::new("kill")
-        .args(["-INT", &client.pid().to_string()])
-        .status()
-        .unwrap();
-    assert!(sent.success());
+    client.signal("INT");
     let status = client.wait();
     assert_eq!(status.code(), Some(130), "stderr: {}", client.stderr());
     assert!(

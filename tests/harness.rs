@@ -263,6 +263,15 @@ impl Proc {
         self.child.id()
     }
 
+    /// Sends a signal by name (`STOP`, `INT`, …) with kill(1).
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{name}"), self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{name} {}", self.pid());
+    }
+
     /// Kills the child (SIGKILL) and reaps it.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
