@@ -15,11 +15,12 @@
 
 use std::collections::{BTreeSet, HashSet, VecDeque};
 use std::fs::File;
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -34,6 +35,7 @@ use crate::server::{
     DEFAULT_MAX_CONNS, LiveHave, Server, ServerConfig, ShutdownHandle, UploadCounter,
 };
 use crate::store::{Partial, Store};
+use crate::stream::{DEFAULT_WINDOW, Stream};
 use crate::tracker_client::{TrackerClient, new_peer_id};
 use crate::wire::{
     self, MAX_CONTROL_FRAME, Message, PROTOCOL_VERSION, WireError, chunk_frame_limit, code,
@@ -81,8 +83,10 @@ pub struct GetConfig {
     pub chunk_timeout: Duration,
     /// Download cap in bytes per second.
     pub max_download_rate: Option<u64>,
-    /// Show a progress bar on stderr.
-    pub progress: bool,
+    /// How progress is shown on stderr.
+    pub progress: Progress,
+    /// When streaming, how many chunks ahead of the reader are urgent.
+    pub window: u32,
     /// Serve the asset to other peers while downloading, listening here (`None`: do not).
     pub serve: Option<SocketAddr>,
     /// Address to announce instead of the listening one.
@@ -103,12 +107,24 @@ impl GetConfig {
             workers: DEFAULT_WORKERS,
             chunk_timeout: DEFAULT_CHUNK_TIMEOUT,
             max_download_rate: None,
-            progress: false,
+            progress: Progress::Off,
+            window: DEFAULT_WINDOW,
             serve: Some(SocketAddr::from(([0, 0, 0, 0], 0))),
             advertise: None,
             max_upload_rate: None,
         }
     }
+}
+
+/// How a download shows its progress on stderr.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Progress {
+    /// Nothing.
+    Off,
+    /// A bar with rate, ETA, peers connected and the P2P share so far (for terminals).
+    Bar,
+    /// One JSON object per line every second (for scripts and CI logs).
+    Json,
 }
 
 /// Bytes taken from one source.
@@ -136,47 +152,81 @@ pub struct Summary {
     pub name: String,
     /// Size in bytes.
     pub size: u64,
-    /// Where the file was placed.
-    pub output: PathBuf,
+    /// Where the file was placed (`None` when streamed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output: Option<PathBuf>,
     /// Bytes already in the local store.
     pub from_cache: u64,
     /// Bytes received from peers.
     pub from_peers: u64,
     /// Bytes received from origins.
     pub from_origin: u64,
+    /// Peer bytes / network bytes (`None` when nothing came over the network).
+    pub p2p_ratio: Option<f64>,
     /// Wall time in seconds.
     pub seconds: f64,
+    /// Network bytes per second over the whole `get`.
+    pub average_rate: f64,
+    /// Network bytes per second in the best one-second stretch (0 when it took less).
+    pub peak_rate: f64,
+    /// Bytes of this asset served to other peers during the `get`.
+    pub uploaded: u64,
+    /// Peers that delivered at least one chunk.
+    pub peers_used: usize,
+    /// Seconds to the first byte: written to the stream when streaming, otherwise the
+    /// first chunk verified (`None` when nothing was needed from the network or stream).
+    pub first_byte_secs: Option<f64>,
+    /// Times the stream waited for a chunk after its first byte (0 when not streaming).
+    pub stalls: u32,
+    /// Seconds the stream spent in those waits.
+    pub stall_secs: f64,
+    /// Late urgent chunks also asked of a second source (streaming).
+    pub hedged: u32,
     /// Every source used or tried.
     pub sources: Vec<SourceSummary>,
 }
 
 impl Summary {
-    /// One line for people: where the bytes came from, time and rate.
+    /// One line for people: where the bytes came from, time and rates.
     pub fn human(&self) -> String {
         use crate::units::{format_bytes, format_rate};
         let network = self.from_peers + self.from_origin;
-        let head = format!(
+        let mut line = format!(
             "got {} ({}) in {:.2} s",
             self.name,
             format_bytes(self.size),
             self.seconds
         );
         if network == 0 {
-            return format!("{head}, all from the local store");
+            line.push_str(", all from the local store");
+        } else {
+            line.push_str(&format!(
+                ", {} (peak {}): cache {}, peers {} ({} peer{}), origin {}, p2p {:.0}%",
+                format_rate(network, Duration::from_secs_f64(self.seconds)),
+                format_rate(self.peak_rate as u64, Duration::from_secs(1)),
+                format_bytes(self.from_cache),
+                format_bytes(self.from_peers),
+                self.peers_used,
+                if self.peers_used == 1 { "" } else { "s" },
+                format_bytes(self.from_origin),
+                self.p2p_ratio.unwrap_or(0.0) * 100.0,
+            ));
         }
-        let peers = self
-            .sources
-            .iter()
-            .filter(|s| !s.origin && s.bytes > 0)
-            .count();
-        format!(
-            "{head}, {}: cache {}, peers {} ({peers} peer{}), origin {}",
-            format_rate(network, Duration::from_secs_f64(self.seconds)),
-            format_bytes(self.from_cache),
-            format_bytes(self.from_peers),
-            if peers == 1 { "" } else { "s" },
-            format_bytes(self.from_origin),
-        )
+        if self.uploaded > 0 {
+            line.push_str(&format!(", uploaded {}", format_bytes(self.uploaded)));
+        }
+        if let Some(first) = self.first_byte_secs {
+            line.push_str(&format!(", first byte {:.1} ms", first * 1000.0));
+        }
+        if self.output.is_none() {
+            line.push_str(&format!(
+                ", {} stall{} ({:.2} s)",
+                self.stalls,
+                if self.stalls == 1 { "" } else { "s" },
+                self.stall_secs
+            ));
+        }
+        line
     }
 }
 
@@ -232,6 +282,18 @@ impl Seeding {
 /// `config.serve` is `None`, the asset is served to other peers while it downloads; with
 /// `seed` the server is handed back, still serving, for [`Seeding::run`].
 pub fn get(config: &GetConfig, seed: bool) -> Result<Got> {
+    fetch(config, seed, None)
+}
+
+/// Like [`get`], but writes the asset to `out` in order while it downloads instead of
+/// placing a file: each chunk as soon as it and those before it are verified. The next
+/// `config.window` chunks are fetched first; a late one is also asked of another source.
+/// The asset still lands in the store, so memory stays bounded however slowly `out` reads.
+pub fn stream(config: &GetConfig, seed: bool, out: &mut (dyn Write + Send)) -> Result<Got> {
+    fetch(config, seed, Some(out))
+}
+
+fn fetch(config: &GetConfig, seed: bool, out: Option<&mut (dyn Write + Send)>) -> Result<Got> {
     let started = Instant::now();
     let store = Store::open(&config.store)?;
     let tracker = TrackerClient::optional(config.tracker.as_deref())?;
@@ -246,7 +308,10 @@ pub fn get(config: &GetConfig, seed: bool) -> Result<Got> {
             ),
         },
     };
-    let output = output_path(config, &manifest)?;
+    let output = match out {
+        Some(_) => None,
+        None => Some(output_path(config, &manifest)?),
+    };
     let complete = store.is_complete(&config.asset, &manifest)?;
     let partial = if complete {
         None
@@ -268,73 +333,151 @@ pub fn get(config: &GetConfig, seed: bool) -> Result<Got> {
     let announce =
         tracker.map(|t| Announce::new(t, config.asset, serving.as_ref(), Arc::clone(&live)));
     let mut announcer = None;
-    let mut sources_summary = Vec::new();
-    if let Some(partial) = &partial {
-        let announce = announce.clone().with_context(|| {
-            format!(
-                "asset {} is only partly in the store; give --tracker to fetch the rest",
-                config.asset
-            )
-        })?;
-        let first = announce.once()?;
-        // From here on, every way out of this function leaves the swarm again.
-        let departure = Departure(Some(announce.clone()));
-        let count = manifest.chunk_count();
-        let sources: Vec<Source> = first
-            .peers
-            .iter()
-            .chain(&first.origins)
-            .map(|info| Source::from_info(info, count))
-            .collect();
-        if sources.is_empty() {
-            bail!(
-                "the tracker knows no peer or origin for {}; start a peer_server that holds it",
-                config.asset
+    // Chunks verified during the download, for the stream.
+    let (done_tx, done_rx) = unbounded();
+    let streaming = out.is_some().then_some(done_tx);
+    let shared = Arc::new(manifest.clone());
+    let scheduler = match &partial {
+        None => None,
+        Some(partial) => {
+            let announce = announce.clone().with_context(|| {
+                format!(
+                    "asset {} is only partly in the store; give --tracker to fetch the rest",
+                    config.asset
+                )
+            })?;
+            let first = announce.once()?;
+            // From here on, every way out of this function leaves the swarm again.
+            let departure = Departure(Some(announce.clone()));
+            let count = manifest.chunk_count();
+            let sources: Vec<Source> = first
+                .peers
+                .iter()
+                .chain(&first.origins)
+                .map(|info| Source::from_info(info, count))
+                .collect();
+            if sources.is_empty() {
+                bail!(
+                    "the tracker knows no peer or origin for {}; start a peer_server that holds it",
+                    config.asset
+                );
+            }
+            let origin_share = first
+                .origin_share
+                .as_deref()
+                .and_then(|hex| Bitfield::from_hex(count, hex).ok());
+            let scheduler = Scheduler::new(
+                config,
+                Arc::clone(&shared),
+                partial,
+                sources,
+                origin_share,
+                Watch {
+                    started,
+                    live: Arc::clone(&live),
+                    unreachable: Arc::clone(&announce.reports),
+                    streaming,
+                },
             );
+            announcer = Some(Announcer::start(
+                announce,
+                Some(scheduler.events_tx.clone()),
+                departure,
+            ));
+            Some(scheduler)
         }
-        let origin_share = first
-            .origin_share
-            .as_deref()
-            .and_then(|hex| Bitfield::from_hex(count, hex).ok());
-        let manifest = Arc::new(manifest.clone());
-        let reports = Arc::clone(&announce.reports);
-        let scheduler = Scheduler::new(
-            config,
-            manifest,
-            partial,
-            sources,
-            Arc::clone(&live),
-            origin_share,
-            reports,
-        );
-        announcer = Some(Announcer::start(
-            announce,
-            Some(scheduler.events_tx.clone()),
-            departure,
-        ));
-        sources_summary = scheduler.run()?;
-    }
+    };
+    let data = match (&partial, out.is_some()) {
+        (Some(partial), _) => Some(partial.data()),
+        (None, true) => {
+            let path = store.data_path(&config.asset);
+            let file = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+            Some(Arc::new(file))
+        }
+        (None, false) => None,
+    };
+    let output_failed = AtomicBool::new(false);
+    let (downloaded, streamed) = std::thread::scope(|scope| {
+        let streamer = out.zip(data).map(|(out, data)| {
+            let events = scheduler.as_ref().map(|s| s.events_tx.clone());
+            let stream = Stream {
+                manifest: &manifest,
+                data,
+                have: initial.clone(),
+                done: done_rx,
+                started,
+            };
+            let output_failed = &output_failed;
+            scope.spawn(move || {
+                let tell = |event: Event| {
+                    if let Some(events) = &events {
+                        let _ = events.send(event);
+                    }
+                };
+                let result = stream.run(out, |next| tell(Event::Position(next)), interrupted);
+                if result.is_err() {
+                    output_failed.store(true, Ordering::SeqCst);
+                    tell(Event::OutputFailed);
+                }
+                result
+            })
+        });
+        let downloaded = scheduler.map(Scheduler::run).transpose();
+        let streamed = streamer
+            .map(|s| s.join().expect("stream thread panicked"))
+            .transpose();
+        (downloaded, streamed)
+    });
+    // When the stream failed first (the reader went away), its error is the one to tell;
+    // when the download failed first, the stream only ran out of chunks.
+    let (downloaded, streamed) = match (downloaded, streamed) {
+        (Err(_), Err(e)) if output_failed.load(Ordering::SeqCst) => return Err(e),
+        (downloaded, streamed) => (downloaded?, streamed?),
+    };
     if let Some(partial) = partial {
         partial.finish()?;
     }
-    store.export(&config.asset, &output)?;
+    if let Some(output) = &output {
+        store.export(&config.asset, output)?;
+    }
+    let downloaded = downloaded.unwrap_or_default();
     let sum = |origin: bool| {
-        sources_summary
+        downloaded
+            .sources
             .iter()
             .filter(|s| s.origin == origin)
             .map(|s| s.bytes)
-            .sum()
+            .sum::<u64>()
     };
+    let (from_peers, from_origin) = (sum(false), sum(true));
+    let network = from_peers + from_origin;
+    let seconds = started.elapsed().as_secs_f64();
+    let streamed = streamed.unwrap_or_default();
     let summary = Summary {
         asset: config.asset.to_string(),
         name: manifest.name.clone(),
         size: manifest.size,
         output,
         from_cache,
-        from_peers: sum(false),
-        from_origin: sum(true),
-        seconds: started.elapsed().as_secs_f64(),
-        sources: sources_summary,
+        from_peers,
+        from_origin,
+        p2p_ratio: (network > 0).then(|| from_peers as f64 / network as f64),
+        seconds,
+        average_rate: network as f64 / seconds.max(1e-9),
+        peak_rate: downloaded.peak_rate,
+        uploaded: serving
+            .as_ref()
+            .map_or(0, |s| s.uploaded.get(&config.asset)),
+        peers_used: downloaded
+            .sources
+            .iter()
+            .filter(|s| !s.origin && s.bytes > 0)
+            .count(),
+        first_byte_secs: streamed.first_byte_secs.or(downloaded.first_chunk_secs),
+        stalls: streamed.stalls,
+        stall_secs: streamed.stall_secs,
+        hedged: downloaded.hedged,
+        sources: downloaded.sources,
     };
     // Without seeding, `announcer` and `serving` are dropped here: the client says
     // "stopped" to the tracker and its server shuts down.
@@ -596,6 +739,8 @@ struct Source {
     /// Connections to open again once `retry_at` has passed.
     reconnects: u32,
     retry_at: Option<Instant>,
+    /// Measured seconds per byte of chunk service (moving average), once it delivered.
+    secs_per_byte: Option<f64>,
 }
 
 impl Source {
@@ -617,6 +762,7 @@ impl Source {
             failures: 0,
             reconnects: 0,
             retry_at: None,
+            secs_per_byte: None,
         }
     }
 
@@ -642,6 +788,10 @@ enum Event {
     Closed { conn: usize, end: End },
     /// The tracker's latest answer: peers (maybe new ones) and this client's origin share.
     Swarm(crate::api::AnnounceResponse),
+    /// The stream needs this chunk next.
+    Position(u32),
+    /// The stream could not write its output: the download stops.
+    OutputFailed,
 }
 
 /// Why a connection ended.
@@ -665,6 +815,10 @@ struct Conn {
     source: usize,
     jobs: Option<Sender<u32>>,
     in_flight: VecDeque<u32>,
+    /// Since when the oldest request in flight has been the one being served.
+    head_since: Instant,
+    /// The worker's socket once connected, to shut down a wait that is no longer needed.
+    socket: Arc<OnceLock<TcpStream>>,
     ready: bool,
     /// The availability epoch at which `pick` last found nothing for this connection.
     starved_at: Option<u64>,
@@ -673,7 +827,8 @@ struct Conn {
 
 enum ChunkState {
     Missing,
-    InFlight,
+    /// Requested from this many connections (2 when a late urgent chunk was hedged).
+    InFlight(u8),
     Done,
 }
 
@@ -698,6 +853,59 @@ const PEER_PIPELINE_DEPTH: usize = 2;
 /// How many candidate chunks rarest-first compares per pick; bounds the cost of a pick on
 /// assets of a million chunks.
 const RAREST_SCAN: usize = 256;
+/// How often a streaming download looks for late urgent chunks: a 1 MiB chunk takes 40 ms
+/// at 25 MiB/s, so the 100 ms tick of a plain download would notice a late one too late.
+const STREAM_TICK: Duration = Duration::from_millis(10);
+/// An urgent chunk is late, and worth asking of a second source, once it has taken this
+/// many times its source's measured time per chunk...
+const HEDGE_FACTOR: f64 = 2.0;
+/// ...plus this much, which absorbs the jitter of a loaded machine.
+const HEDGE_SLACK: Duration = Duration::from_millis(10);
+/// The time per byte assumed for a source not yet measured: 100 MB/s, 10 ms a 1 MiB chunk.
+const UNMEASURED_SECS_PER_BYTE: f64 = 1e-8;
+/// While peers can deliver, a streaming download asks the origin for chunks no further
+/// ahead of the reader than this many windows: what the player needs soon, not the file.
+const ORIGIN_READAHEAD_WINDOWS: u32 = 2;
+
+/// Who watches a download, and what the scheduler tells them.
+struct Watch {
+    /// When the `get` started, for the time to the first chunk.
+    started: Instant,
+    /// What is verified and written, shared with the embedded server and the announcer.
+    live: LiveHave,
+    /// Peers that could not be reached, for the next announce to report.
+    unreachable: Reports,
+    /// Where to send the index of each chunk verified, when streaming.
+    streaming: Option<Sender<u32>>,
+}
+
+/// What a download did, for the summary.
+#[derive(Default)]
+struct Downloaded {
+    sources: Vec<SourceSummary>,
+    /// Seconds from the start of the `get` to the first chunk verified.
+    first_chunk_secs: Option<f64>,
+    /// Best network rate over a one-second stretch, in bytes per second.
+    peak_rate: f64,
+    /// Urgent chunks asked of a second source.
+    hedged: u32,
+}
+
+/// One line of `--progress json`.
+#[derive(Serialize)]
+struct ProgressLine {
+    elapsed_secs: f64,
+    bytes: u64,
+    size: u64,
+    from_cache: u64,
+    from_peers: u64,
+    from_origin: u64,
+    /// Network bytes per second over the last second.
+    rate: f64,
+    eta_secs: Option<f64>,
+    peers_connected: usize,
+    p2p_ratio: Option<f64>,
+}
 
 /// The single owner of a download's state.
 struct Scheduler<'a> {
@@ -720,13 +928,9 @@ struct Scheduler<'a> {
     random: u64,
     /// Bumped whenever work or availability changes, so starved connections look again.
     epoch: u64,
-    /// What is verified and written, shared with the embedded server and the announcer.
-    live: LiveHave,
     /// The chunks the tracker planned for this client to take from the origin (`None`: no
     /// plan, the origin sends whatever no peer holds).
     origin_share: Option<Bitfield>,
-    /// Peers that could not be reached, to report in the next announce.
-    unreachable: Reports,
     /// When a chunk last arrived from a peer; long silence lets the origin step outside
     /// the share.
     last_peer_progress: Instant,
@@ -735,7 +939,18 @@ struct Scheduler<'a> {
     events_tx: Sender<Event>,
     events_rx: Receiver<Event>,
     limiter: Option<Arc<RateLimiter>>,
-    progress: Option<indicatif::ProgressBar>,
+    bar: Option<indicatif::ProgressBar>,
+    watch: Watch,
+    /// The next chunk the stream needs, when streaming.
+    stream_pos: Option<u32>,
+    from_cache: u64,
+    from_peers: u64,
+    from_origin: u64,
+    first_chunk_secs: Option<f64>,
+    /// When progress was last sampled, and the network bytes then.
+    sampled: (Instant, u64),
+    peak_rate: f64,
+    hedged: u32,
 }
 
 impl<'a> Scheduler<'a> {
@@ -744,9 +959,8 @@ impl<'a> Scheduler<'a> {
         manifest: Arc<Manifest>,
         partial: &'a Partial,
         sources: Vec<Source>,
-        live: LiveHave,
         origin_share: Option<Bitfield>,
-        unreachable: Reports,
+        watch: Watch,
     ) -> Self {
         let have = partial.have().clone();
         let count = manifest.chunk_count();
@@ -761,15 +975,16 @@ impl<'a> Scheduler<'a> {
             .collect();
         let missing = (0..count).filter(|&i| !have.get(i)).collect();
         let (events_tx, events_rx) = unbounded();
-        let progress = config.progress.then(|| {
+        let from_cache = have.ones().map(|i| manifest.chunk_len(i) as u64).sum();
+        let bar = (config.progress == Progress::Bar).then(|| {
             let bar = indicatif::ProgressBar::new(manifest.size);
             bar.set_style(
                 indicatif::ProgressStyle::with_template(
-                    "{bar:40} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta} {msg}",
+                    "{bar:30} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta} {msg}",
                 )
                 .expect("valid template"),
             );
-            bar.set_position(have.ones().map(|i| manifest.chunk_len(i) as u64).sum());
+            bar.set_position(from_cache);
             bar
         });
         let limiter = config
@@ -790,15 +1005,22 @@ impl<'a> Scheduler<'a> {
             missing,
             have,
             epoch: 0,
-            live,
             origin_share,
             last_peer_progress: Instant::now(),
-            unreachable,
             fallback_open: false,
             fatal: None,
             events_tx,
             events_rx,
-            progress,
+            bar,
+            stream_pos: watch.streaming.is_some().then_some(0),
+            watch,
+            from_cache,
+            from_peers: 0,
+            from_origin: 0,
+            first_chunk_secs: None,
+            sampled: (Instant::now(), 0),
+            peak_rate: 0.0,
+            hedged: 0,
         };
         scheduler.refresh_availability();
         scheduler
@@ -824,7 +1046,9 @@ impl<'a> Scheduler<'a> {
     fn connect(&mut self, source: usize) {
         let conn = self.conns.len();
         let (jobs_tx, jobs_rx) = unbounded();
+        let socket = Arc::new(OnceLock::new());
         let worker = Worker {
+            socket: Arc::clone(&socket),
             conn,
             addr: self.sources[source].addr.clone(),
             asset: self.manifest.id(),
@@ -839,13 +1063,15 @@ impl<'a> Scheduler<'a> {
             source,
             jobs: Some(jobs_tx),
             in_flight: VecDeque::new(),
+            head_since: Instant::now(),
+            socket,
             ready: false,
             starved_at: None,
             handle: Some(handle),
         });
     }
 
-    fn run(mut self) -> Result<Vec<SourceSummary>> {
+    fn run(mut self) -> Result<Downloaded> {
         self.open_connections();
         let (ckpt_tx, ckpt_rx) = bounded::<Bitfield>(1);
         let result = std::thread::scope(|scope| {
@@ -868,23 +1094,34 @@ impl<'a> Scheduler<'a> {
                 .and(outcome)
         });
         self.stop_all();
-        if let Some(bar) = &self.progress {
+        if let Some(bar) = &self.bar {
             bar.finish_and_clear();
         }
         result?;
-        Ok(self.summaries())
+        self.sample(true);
+        Ok(Downloaded {
+            sources: self.summaries(),
+            first_chunk_secs: self.first_chunk_secs,
+            peak_rate: self.peak_rate,
+            hedged: self.hedged,
+        })
     }
 
     fn drive(&mut self, ckpt_tx: &Sender<Bitfield>) -> Result<()> {
         let mut last_checkpoint = Instant::now();
         let mut dirty = false;
+        let tick = if self.stream_pos.is_some() {
+            STREAM_TICK
+        } else {
+            TICK
+        };
         while !self.missing.is_empty()
             || self
                 .chunks
                 .iter()
-                .any(|c| matches!(c, ChunkState::InFlight))
+                .any(|c| matches!(c, ChunkState::InFlight(_)))
         {
-            if let Ok(event) = self.events_rx.recv_timeout(TICK) {
+            if let Ok(event) = self.events_rx.recv_timeout(tick) {
                 dirty |= matches!(event, Event::Done { .. });
                 self.handle(event);
                 while let Ok(event) = self.events_rx.try_recv() {
@@ -899,6 +1136,12 @@ impl<'a> Scheduler<'a> {
                 bail!("interrupted; progress is kept: run the same command again to resume");
             }
             self.reconnect_due();
+            if self.stream_pos.is_some() {
+                // Lateness grows with time alone: look again at what is urgent.
+                self.epoch += 1;
+                self.assign_all();
+            }
+            self.sample(false);
             // The share holds while peers deliver: with no usable peer left, or none
             // delivering for a while, the origin sends whatever no usable peer holds.
             let fallback = self.last_peer_progress.elapsed() > FALLBACK_AFTER
@@ -935,31 +1178,10 @@ impl<'a> Scheduler<'a> {
                 self.sources[source].have = Some(have);
                 self.refresh_availability();
             }
-            Event::Done { conn, index } => {
-                self.conns[conn].in_flight.retain(|&i| i != index);
-                if !matches!(self.chunks[index as usize], ChunkState::Done) {
-                    self.chunks[index as usize] = ChunkState::Done;
-                    self.missing.remove(&index);
-                    self.have.set(index);
-                    self.live
-                        .write()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .set(index);
-                    let len = self.manifest.chunk_len(index) as u64;
-                    let source = &mut self.sources[self.conns[conn].source];
-                    if !source.origin {
-                        self.last_peer_progress = Instant::now();
-                    }
-                    source.bytes += len;
-                    source.chunks += 1;
-                    source.failures = 0;
-                    if let Some(bar) = &self.progress {
-                        bar.inc(len);
-                    }
-                }
-            }
+            Event::Done { conn, index } => self.done(conn, index),
             Event::Refused { conn, index } => {
                 self.conns[conn].in_flight.retain(|&i| i != index);
+                self.conns[conn].head_since = Instant::now();
                 let source = self.conns[conn].source;
                 self.sources[source].refused.insert(index);
                 self.release(index);
@@ -967,8 +1189,105 @@ impl<'a> Scheduler<'a> {
             }
             Event::Closed { conn, end } => self.closed(conn, end),
             Event::Swarm(answer) => self.swarm(answer),
+            Event::Position(next) => {
+                self.stream_pos = Some(next);
+                self.epoch += 1;
+            }
+            Event::OutputFailed => self.fatal = Some("the output stream failed".into()),
         }
         self.assign_all();
+    }
+
+    /// A chunk arrived verified on `conn`: the first copy counts, a hedged second is ignored.
+    fn done(&mut self, conn: usize, index: u32) {
+        let now = Instant::now();
+        let c = &mut self.conns[conn];
+        c.in_flight.retain(|&i| i != index);
+        let service = now.saturating_duration_since(c.head_since);
+        c.head_since = now;
+        let len = self.manifest.chunk_len(index) as u64;
+        let source = &mut self.sources[c.source];
+        let sample = service.as_secs_f64() / len.max(1) as f64;
+        source.secs_per_byte = Some(match source.secs_per_byte {
+            Some(avg) => 0.75 * avg + 0.25 * sample,
+            None => sample,
+        });
+        if matches!(self.chunks[index as usize], ChunkState::Done) {
+            return;
+        }
+        self.chunks[index as usize] = ChunkState::Done;
+        self.missing.remove(&index);
+        self.have.set(index);
+        self.watch
+            .live
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .set(index);
+        if !source.origin {
+            self.last_peer_progress = now;
+            self.from_peers += len;
+        } else {
+            self.from_origin += len;
+        }
+        source.bytes += len;
+        source.chunks += 1;
+        source.failures = 0;
+        if let Some(stream) = &self.watch.streaming {
+            let _ = stream.send(index);
+        }
+        let since_start = self.watch.started.elapsed().as_secs_f64();
+        self.first_chunk_secs.get_or_insert(since_start);
+        if let Some(bar) = &self.bar {
+            bar.inc(len);
+        }
+    }
+
+    /// Once a second (and at the end): the peak rate, the bar's message, a JSON line.
+    fn sample(&mut self, last: bool) {
+        let (at, bytes) = self.sampled;
+        let elapsed = at.elapsed();
+        if elapsed < Duration::from_secs(1) && !last {
+            return;
+        }
+        let network = self.from_peers + self.from_origin;
+        let rate = (network - bytes) as f64 / elapsed.as_secs_f64().max(1e-9);
+        if elapsed >= Duration::from_secs(1) {
+            self.peak_rate = self.peak_rate.max(rate);
+        }
+        self.sampled = (Instant::now(), network);
+        let peers_connected = self
+            .conns
+            .iter()
+            .filter(|c| c.ready && c.jobs.is_some() && !self.sources[c.source].origin)
+            .map(|c| c.source)
+            .collect::<HashSet<_>>()
+            .len();
+        let p2p_ratio = (network > 0).then(|| self.from_peers as f64 / network as f64);
+        if let Some(bar) = &self.bar {
+            bar.set_message(format!(
+                "{peers_connected} peers, p2p {:.0}%",
+                p2p_ratio.unwrap_or(0.0) * 100.0
+            ));
+        }
+        if self.config.progress == Progress::Json {
+            let done = self.from_cache + network;
+            let left = self.manifest.size - done.min(self.manifest.size);
+            let line = ProgressLine {
+                elapsed_secs: self.watch.started.elapsed().as_secs_f64(),
+                bytes: done,
+                size: self.manifest.size,
+                from_cache: self.from_cache,
+                from_peers: self.from_peers,
+                from_origin: self.from_origin,
+                rate,
+                eta_secs: (rate > 0.0).then(|| left as f64 / rate),
+                peers_connected,
+                p2p_ratio,
+            };
+            if let Ok(text) = serde_json::to_string(&line) {
+                eprintln!("{text}");
+            }
+        }
     }
 
     /// Takes in the tracker's latest answer: connects to peers not seen before, and
@@ -1032,7 +1351,8 @@ impl<'a> Scheduler<'a> {
             }
             End::Unreachable(error) => {
                 if !src.origin {
-                    self.unreachable
+                    self.watch
+                        .unreachable
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .push(src.peer_id.clone());
@@ -1145,11 +1465,17 @@ impl<'a> Scheduler<'a> {
         }
     }
 
+    /// One connection gave up its request for `index`; with no other copy in flight the
+    /// chunk is missing again.
     fn release(&mut self, index: u32) {
-        if matches!(self.chunks[index as usize], ChunkState::InFlight) {
-            self.chunks[index as usize] = ChunkState::Missing;
-            self.missing.insert(index);
-            self.epoch += 1;
+        match self.chunks[index as usize] {
+            ChunkState::InFlight(1) => {
+                self.chunks[index as usize] = ChunkState::Missing;
+                self.missing.insert(index);
+                self.epoch += 1;
+            }
+            ChunkState::InFlight(n) => self.chunks[index as usize] = ChunkState::InFlight(n - 1),
+            _ => {}
         }
     }
 
@@ -1169,9 +1495,19 @@ impl<'a> Scheduler<'a> {
                     self.conns[conn].starved_at = Some(self.epoch);
                     break;
                 };
-                self.chunks[index as usize] = ChunkState::InFlight;
+                self.chunks[index as usize] = match self.chunks[index as usize] {
+                    ChunkState::InFlight(n) => {
+                        self.hedged += 1;
+                        ChunkState::InFlight(n + 1)
+                    }
+                    _ => ChunkState::InFlight(1),
+                };
                 self.missing.remove(&index);
-                self.conns[conn].in_flight.push_back(index);
+                let c = &mut self.conns[conn];
+                if c.in_flight.is_empty() {
+                    c.head_since = Instant::now();
+                }
+                c.in_flight.push_back(index);
                 if let Some(jobs) = &self.conns[conn].jobs {
                     let _ = jobs.send(index);
                 }
@@ -1183,6 +1519,9 @@ impl<'a> Scheduler<'a> {
     /// the lowest missing chunk of this client's share that no usable peer holds, so peers
     /// carry all they can.
     fn pick(&mut self, conn: usize) -> Option<u32> {
+        if let Some(index) = self.urgent_for(conn) {
+            return Some(index);
+        }
         let source = &self.sources[self.conns[conn].source];
         if !source.origin {
             return self.rarest_held_by(self.conns[conn].source);
@@ -1190,10 +1529,82 @@ impl<'a> Scheduler<'a> {
         // The origin sends this client's planned share; outside it, only what no peer
         // holds, and only once the swarm has gone quiet (the planned peer may be gone).
         let share = self.origin_share.as_ref().filter(|_| !self.fallback_open);
+        // A stream does not have the origin read far ahead while peers can deliver.
+        let peers = (0..self.sources.len()).any(|s| !self.sources[s].origin && self.usable(s));
+        let horizon = match self.stream_pos {
+            Some(pos) if peers => {
+                pos.saturating_add(self.config.window.saturating_mul(ORIGIN_READAHEAD_WINDOWS))
+            }
+            _ => u32::MAX,
+        };
         self.missing
-            .iter()
+            .range(..horizon)
             .copied()
             .find(|&i| source.holds(i) && !self.peer_held.get(i) && share.is_none_or(|s| s.get(i)))
+    }
+
+    /// When streaming, the chunk of the urgent window (the next `window` chunks the reader
+    /// needs) this connection should fetch, nearest first: a missing one, or a late one
+    /// another source is slow with (hedged: the first copy to arrive wins). The origin
+    /// takes a missing urgent chunk only when no connected peer holds it.
+    fn urgent_for(&self, conn: usize) -> Option<u32> {
+        let pos = self.stream_pos?;
+        let source = self.conns[conn].source;
+        let src = &self.sources[source];
+        let end = pos
+            .saturating_add(self.config.window)
+            .min(self.manifest.chunk_count());
+        (pos..end).find(|&index| {
+            src.holds(index)
+                && match self.chunks[index as usize] {
+                    ChunkState::Missing => !src.origin || !self.ready_peer_holds(index),
+                    ChunkState::InFlight(1) => {
+                        self.is_late(index)
+                            && !self
+                                .conns
+                                .iter()
+                                .any(|c| c.source == source && c.in_flight.contains(&index))
+                    }
+                    _ => false,
+                }
+        })
+    }
+
+    /// Whether a connected peer that still takes work, and is not late with what it was
+    /// asked for, holds `index`.
+    fn ready_peer_holds(&self, index: u32) -> bool {
+        self.conns.iter().any(|c| {
+            c.ready
+                && c.jobs.is_some()
+                && !self.sources[c.source].origin
+                && self.sources[c.source].holds(index)
+                && !self.overdue(c, 0)
+        })
+    }
+
+    /// Whether chunk `index`, in flight, has taken longer than its source should need.
+    fn is_late(&self, index: u32) -> bool {
+        self.conns.iter().any(|c| {
+            c.in_flight
+                .iter()
+                .position(|&i| i == index)
+                .is_some_and(|position| self.overdue(c, position))
+        })
+    }
+
+    /// Whether the request at `position` in the queue of `conn` is overdue: not done
+    /// within [`HEDGE_FACTOR`] times the source's measured time per chunk for each request
+    /// up to and including it, plus [`HEDGE_SLACK`]. An idle connection is never overdue.
+    fn overdue(&self, conn: &Conn, position: usize) -> bool {
+        if conn.in_flight.len() <= position {
+            return false;
+        }
+        let per_byte = self.sources[conn.source]
+            .secs_per_byte
+            .unwrap_or(UNMEASURED_SECS_PER_BYTE);
+        let per_chunk = per_byte * self.manifest.chunk_size as f64;
+        let allowed = HEDGE_FACTOR * per_chunk * (position + 1) as f64;
+        conn.head_since.elapsed() > Duration::from_secs_f64(allowed) + HEDGE_SLACK
     }
 
     /// Among the missing chunks `source` holds, one of those fewest peers hold. The scan
@@ -1260,9 +1671,16 @@ impl<'a> Scheduler<'a> {
         )
     }
 
+    /// Ends every connection. Those still waiting for a reply (a hedged request, a stalled
+    /// source) are shut down rather than left to time out: the download is over.
     fn stop_all(&mut self) {
         for conn in &mut self.conns {
             conn.jobs = None;
+            if !conn.in_flight.is_empty()
+                && let Some(socket) = conn.socket.get()
+            {
+                let _ = socket.shutdown(std::net::Shutdown::Both);
+            }
         }
         for conn in &mut self.conns {
             if let Some(handle) = conn.handle.take() {
@@ -1297,6 +1715,8 @@ fn seed_from_clock() -> u64 {
 /// One connection to one source.
 struct Worker {
     conn: usize,
+    /// Where to leave a handle on the connected socket for the scheduler.
+    socket: Arc<OnceLock<TcpStream>>,
     addr: String,
     asset: AssetId,
     manifest: Arc<Manifest>,
@@ -1388,6 +1808,9 @@ impl Worker {
             Ok(s) => s,
             Err(e) => return End::Unreachable(socket_error("unreachable", &e, CONNECT_TIMEOUT)),
         };
+        if let Ok(handle) = stream.try_clone() {
+            let _ = self.socket.set(handle);
+        }
         if let Err(e) = stream
             .set_write_timeout(Some(self.chunk_timeout))
             .and_then(|()| stream.set_nodelay(true))

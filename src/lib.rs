@@ -22,6 +22,7 @@
 //! - [`tracker_client`]: the HTTP client side of the tracker API.
 //! - [`server`]: the peer server (seeding and serving chunks).
 //! - [`client`]: downloads: scheduler, connection workers, summary.
+//! - [`stream`]: writing an asset out in order while it downloads.
 //! - [`cli`]: helpers shared by the binaries (exit codes, logging).
 
 #![forbid(unsafe_code)]
@@ -36,6 +37,7 @@ pub mod manifest;
 pub mod ratelimit;
 pub mod server;
 pub mod store;
+pub mod stream;
 pub mod tracker;
 pub mod tracker_client;
 pub mod units;

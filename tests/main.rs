@@ -7,4 +7,5 @@ mod cli_errors;
 mod faults;
 mod network;
 mod pipeline;
+mod stream;
 mod swarm;

@@ -9,8 +9,9 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use swarmcache::cli::{self, EXIT_OK};
-use swarmcache::client::{self, DEFAULT_WORKERS, GetConfig};
+use swarmcache::client::{self, DEFAULT_WORKERS, GetConfig, Progress};
 use swarmcache::manifest::{self, Manifest};
+use swarmcache::stream::DEFAULT_WINDOW;
 use swarmcache::tracker_client::TrackerClient;
 
 /// Publish manifests to a tracker and get assets: from the local store first, then in
@@ -19,6 +20,7 @@ use swarmcache::tracker_client::TrackerClient;
 /// Examples:
 ///   ID=$(chunkify big.iso | peer_client publish --tracker http://127.0.0.1:7070 -)
 ///   peer_client get "$ID" --tracker http://127.0.0.1:7070 -o copy.iso
+///   peer_client get "$ID" --tracker http://127.0.0.1:7070 --stream | mpv -
 #[derive(Parser)]
 #[command(version, verbatim_doc_comment)]
 struct Args {
@@ -36,12 +38,13 @@ enum Command {
         #[arg(long, env = "SWARMCACHE_TRACKER")]
         tracker: String,
     },
-    /// Get an asset into the store and write it to a file.
+    /// Get an asset into the store and write it to a file, or stream it to stdout.
     ///
     /// Sources in order: the local store, then peers, then the origin. While it downloads,
     /// the asset is served to other peers (see --listen, --no-serve, --seed-for).
     /// Interrupted downloads resume: run the same command again and only missing chunks are
-    /// fetched. The output appears under its name only once complete and verified.
+    /// fetched. The output appears under its name only once complete and verified; with
+    /// --stream, bytes go to stdout in order as soon as they are verified.
     Get(GetArgs),
 }
 
@@ -55,6 +58,14 @@ struct GetArgs {
     /// Output file (default: the asset's name in the current directory, never replacing a file).
     #[arg(short, long)]
     output: Option<PathBuf>,
+    /// Write the asset to stdout in order while it downloads (e.g. `| mpv -`, `| tar x`).
+    /// Only verified bytes are written; the asset also lands in the store.
+    #[arg(long, conflicts_with = "output")]
+    stream: bool,
+    /// With --stream: how many chunks ahead of the reader are fetched first; one that is
+    /// late is also asked of a second source.
+    #[arg(long, default_value_t = DEFAULT_WINDOW, value_parser = clap::value_parser!(u32).range(1..))]
+    window: u32,
     /// Store (cache) directory, shared with peer_server (default: the user's cache).
     #[arg(long, visible_alias = "cache")]
     store: Option<PathBuf>,
@@ -83,12 +94,24 @@ struct GetArgs {
     /// Keep serving this long after the download completes (e.g. 30s, 10m).
     #[arg(long, value_parser = cli::duration_arg)]
     seed_for: Option<Duration>,
-    /// Print the summary as JSON on stdout.
+    /// Print the summary as JSON on stdout (on stderr with --stream).
     #[arg(long)]
     json: bool,
-    /// No progress bar and no summary line on stderr.
+    /// How to show progress on stderr: a bar when stderr is a terminal (auto), always a bar,
+    /// one JSON object per line every second (json), or nothing.
+    #[arg(long, value_enum, default_value_t = ProgressArg::Auto)]
+    progress: ProgressArg,
+    /// No progress and no summary line on stderr.
     #[arg(short, long)]
     quiet: bool,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ProgressArg {
+    Auto,
+    Bar,
+    Json,
+    None,
 }
 
 fn run(args: Args) -> Result<u8> {
@@ -122,7 +145,14 @@ fn get(args: GetArgs) -> Result<u8> {
         workers: args.workers,
         chunk_timeout: args.chunk_timeout,
         max_download_rate: args.max_download_rate,
-        progress: !args.quiet && std::io::stderr().is_terminal(),
+        progress: match args.progress {
+            _ if args.quiet => Progress::Off,
+            ProgressArg::Auto if std::io::stderr().is_terminal() => Progress::Bar,
+            ProgressArg::Auto | ProgressArg::None => Progress::Off,
+            ProgressArg::Bar => Progress::Bar,
+            ProgressArg::Json => Progress::Json,
+        },
+        window: args.window,
         serve: (!args.no_serve).then(|| args.listen.unwrap_or(any_port)),
         advertise: args.advertise_addr,
         max_upload_rate: args.max_upload_rate,
@@ -132,7 +162,14 @@ fn get(args: GetArgs) -> Result<u8> {
             args.store.unwrap_or_else(cli::default_store),
         )
     };
-    let got = match client::get(&config, args.seed_for.is_some()) {
+    let seed = args.seed_for.is_some();
+    let result = if args.stream {
+        let mut stdout = stdout_file()?;
+        client::stream(&config, seed, &mut stdout)
+    } else {
+        client::get(&config, seed)
+    };
+    let got = match result {
         Err(e) if client::interrupted() => {
             eprintln!("peer_client: {e:#}");
             return Ok(EXIT_INTERRUPTED);
@@ -143,7 +180,12 @@ fn get(args: GetArgs) -> Result<u8> {
         eprintln!("peer_client: {}", got.summary.human());
     }
     if args.json {
-        cli::println(&serde_json::to_string(&got.summary)?)?;
+        let json = serde_json::to_string(&got.summary)?;
+        if args.stream {
+            eprintln!("{json}");
+        } else {
+            cli::println(&json)?;
+        }
     }
     if let (Some(seeding), Some(duration)) = (got.seeding, args.seed_for) {
         if !args.quiet {
@@ -152,6 +194,17 @@ fn get(args: GetArgs) -> Result<u8> {
         seeding.run(duration);
     }
     Ok(EXIT_OK)
+}
+
+/// Standard output as a plain file: the stream writes whole chunks, which std's line
+/// buffering would only split.
+fn stdout_file() -> Result<std::fs::File> {
+    use std::os::fd::AsFd;
+    let fd = std::io::stdout()
+        .as_fd()
+        .try_clone_to_owned()
+        .context("duplicating standard output")?;
+    Ok(std::fs::File::from(fd))
 }
 
 fn read_manifest(path: &Path) -> Result<Manifest> {

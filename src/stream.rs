@@ -1,0 +1,173 @@
+//! Writes an asset to a pipe in order while it downloads: each chunk once it is verified
+//! and in the store, never a byte before.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use serde::Serialize;
+
+use crate::bitfield::Bitfield;
+use crate::manifest::Manifest;
+
+/// Chunks ahead of the reader that the download treats as urgent (`--window`): with 1 MiB
+/// chunks, 20 is 20 MiB, a few seconds of high-bitrate video, enough that one slow
+/// chunk can be fetched again elsewhere before the player reaches it.
+pub const DEFAULT_WINDOW: u32 = 20;
+
+/// How often a waiting stream checks whether it should give up (interrupted).
+const POLL: Duration = Duration::from_millis(100);
+
+/// What a stream saw: when its first byte went out and how often it had to wait.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct StreamStats {
+    /// Seconds from the start of the `get` to the first byte written out.
+    pub first_byte_secs: Option<f64>,
+    /// Times the stream, once started, had to wait for the next chunk.
+    pub stalls: u32,
+    /// Seconds spent in those waits.
+    pub stall_secs: f64,
+}
+
+/// An in-order writer of an asset's verified chunks.
+pub struct Stream<'a> {
+    /// The asset's manifest.
+    pub manifest: &'a Manifest,
+    /// The store's content file, where verified chunks are written.
+    pub data: Arc<File>,
+    /// Chunks verified before the stream started.
+    pub have: Bitfield,
+    /// Indices of chunks verified since, in any order. Closed when the download ends,
+    /// whether it succeeded or not.
+    pub done: Receiver<u32>,
+    /// When the `get` started, for the time to first byte.
+    pub started: Instant,
+}
+
+impl Stream<'_> {
+    /// Writes every chunk to `out` in order, calling `position(next)` each time the index
+    /// of the next chunk needed changes, so the download can fetch what is due first.
+    /// `cancelled` is polled while waiting.
+    pub fn run(
+        mut self,
+        out: &mut dyn Write,
+        mut position: impl FnMut(u32),
+        cancelled: impl Fn() -> bool,
+    ) -> Result<StreamStats> {
+        let count = self.manifest.chunk_count();
+        let mut stats = StreamStats::default();
+        let mut buf = vec![0u8; self.manifest.chunk_size as usize];
+        for index in 0..count {
+            position(index);
+            if !self.have.get(index) {
+                let waited = Instant::now();
+                self.wait_for(index, &cancelled)?;
+                // Waiting before the first byte is start-up, reported as the time to it.
+                if stats.first_byte_secs.is_some() {
+                    stats.stalls += 1;
+                    stats.stall_secs += waited.elapsed().as_secs_f64();
+                }
+            }
+            let chunk = &mut buf[..self.manifest.chunk_len(index) as usize];
+            self.data
+                .read_exact_at(chunk, self.manifest.chunk_offset(index))
+                .with_context(|| {
+                    format!(
+                        "reading chunk {index} of {} from the store",
+                        self.manifest.id()
+                    )
+                })?;
+            out.write_all(chunk)
+                .and_then(|()| out.flush())
+                .context("writing to the output stream")?;
+            if stats.first_byte_secs.is_none() {
+                stats.first_byte_secs = Some(self.started.elapsed().as_secs_f64());
+            }
+        }
+        position(count);
+        Ok(stats)
+    }
+
+    /// Blocks until chunk `index` is verified; fails when the download ends without it.
+    fn wait_for(&mut self, index: u32, cancelled: &impl Fn() -> bool) -> Result<()> {
+        while !self.have.get(index) {
+            match self.done.recv_timeout(POLL) {
+                Ok(done) => self.have.set(done),
+                Err(RecvTimeoutError::Timeout) if cancelled() => bail!("interrupted"),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => bail!(
+                    "the download ended before chunk {index} of {} arrived",
+                    self.manifest.chunk_count()
+                ),
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::chunkify;
+
+    fn asset(len: usize, chunk: u32) -> (tempfile::TempDir, Manifest, Arc<File>, Vec<u8>) {
+        let dir = tempfile::tempdir().unwrap();
+        let bytes: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+        let path = dir.path().join("data");
+        std::fs::write(&path, &bytes).unwrap();
+        let manifest = chunkify(&bytes[..], "a", chunk).unwrap();
+        let file = Arc::new(File::open(&path).unwrap());
+        (dir, manifest, file, bytes)
+    }
+
+    #[test]
+    fn writes_chunks_in_order_as_they_arrive_out_of_order() {
+        let (_dir, manifest, data, bytes) = asset(5 * 16384 + 100, 16384);
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let mut have = Bitfield::new(manifest.chunk_count());
+        have.set(1);
+        let stream = Stream {
+            manifest: &manifest,
+            data,
+            have,
+            done: rx,
+            started: Instant::now(),
+        };
+        for index in [5, 0, 3, 2, 4] {
+            tx.send(index).unwrap();
+        }
+        drop(tx);
+        let mut out = Vec::new();
+        let mut positions = Vec::new();
+        let stats = stream
+            .run(&mut out, |p| positions.push(p), || false)
+            .unwrap();
+        assert_eq!(out, bytes);
+        assert_eq!(positions, vec![0, 1, 2, 3, 4, 5, 6]);
+        assert!(stats.first_byte_secs.is_some());
+    }
+
+    #[test]
+    fn stops_with_an_error_when_the_download_ends_short() {
+        let (_dir, manifest, data, bytes) = asset(3 * 16384, 16384);
+        let (tx, rx) = crossbeam_channel::unbounded();
+        tx.send(0).unwrap();
+        drop(tx);
+        let stream = Stream {
+            manifest: &manifest,
+            data,
+            have: Bitfield::new(3),
+            done: rx,
+            started: Instant::now(),
+        };
+        let mut out = Vec::new();
+        let error = stream.run(&mut out, |_| {}, || false).unwrap_err();
+        assert!(error.to_string().contains("before chunk 1 of 3"), "{error}");
+        // What was verified went out; nothing else did.
+        assert_eq!(out, bytes[..16384]);
+    }
+}

@@ -1,0 +1,230 @@
+//! Streaming: `get --stream` writes the asset to stdout in order while it downloads, only
+//! verified bytes, with bounded memory however slowly the reader reads.
+
+use std::io::Read;
+use std::path::Path;
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::harness::{RUN_TIMEOUT, ServerProc, TrackerProc, bin, collect, eventually, random_file};
+
+/// A `peer_client get --stream --json --progress json` whose stdout the test reads at its
+/// own pace; killed when dropped.
+struct Streaming {
+    child: Child,
+    stdout: ChildStdout,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Streaming {
+    fn start(dir: &Path, tracker: &str, id: &str, store: &str, extra: &[&str]) -> Streaming {
+        let mut child = Command::new(bin("peer_client"))
+            .args(["get", id, "--tracker", tracker, "--store", store])
+            .args(["--stream", "--json", "--progress", "json"])
+            .args(extra)
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let stderr = collect(child.stderr.take().unwrap());
+        Streaming {
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    fn read(&mut self, len: usize) -> Vec<u8> {
+        let mut buf = vec![0; len];
+        self.stdout
+            .read_exact(&mut buf)
+            .unwrap_or_else(|e| panic!("reading the stream: {e}\nstderr: {}", self.stderr()));
+        buf
+    }
+
+    /// Reads the rest of the stream, checks the client succeeded, returns what it read.
+    fn finish(&mut self) -> Vec<u8> {
+        let mut rest = Vec::new();
+        self.stdout.read_to_end(&mut rest).unwrap();
+        let deadline = Instant::now() + RUN_TIMEOUT;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "the client did not exit");
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert!(status.success(), "client failed: {}", self.stderr());
+        rest
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// The JSON objects on stderr: progress lines, then the summary.
+    fn json_lines(&self) -> Vec<serde_json::Value> {
+        self.stderr()
+            .lines()
+            .filter(|l| l.starts_with('{'))
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?} is not JSON: {e}")))
+            .collect()
+    }
+
+    fn summary(&self) -> serde_json::Value {
+        self.json_lines()
+            .into_iter()
+            .rfind(|v| v.get("asset").is_some())
+            .unwrap_or_else(|| panic!("no summary on stderr: {}", self.stderr()))
+    }
+
+    /// Peak resident memory (VmHWM) in bytes.
+    fn peak_rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .expect("VmHWM in /proc/PID/status");
+        kib << 10
+    }
+}
+
+impl Drop for Streaming {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_stream_is_the_file_byte_for_byte_even_when_a_peer_dies_mid_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // 12 MiB from a peer and an origin capped at 4 MiB/s each: a couple of seconds.
+    let bytes = random_file(&d.join("f.bin"), 12 << 20, 31);
+    let tracker = TrackerProc::start(d, &[]);
+    let _origin = ServerProc::start(
+        d,
+        "origin",
+        Some(&tracker.url),
+        &["f.bin"],
+        &["--origin", "--max-upload-rate", "4MiB"],
+    );
+    let mut peer = ServerProc::start(
+        d,
+        "peer",
+        Some(&tracker.url),
+        &["f.bin"],
+        &["--max-upload-rate", "4MiB"],
+    );
+    let id = peer.seeded[0].clone();
+    tracker.wait_for_peers(&id, 2);
+
+    let mut stream = Streaming::start(d, &tracker.url, &id, "client", &[]);
+    let mut out = stream.read(2 << 20);
+    peer.proc.kill();
+    out.extend(stream.finish());
+    assert!(out == bytes, "the stream differs from the file");
+    let summary = stream.summary();
+    assert!(summary["from_peers"].as_u64().unwrap() > 0, "{summary}");
+    assert!(summary["first_byte_secs"].as_f64().is_some(), "{summary}");
+    assert!(summary["output"].is_null(), "{summary}");
+    // The asset landed in the store too: a second stream needs no network at all.
+    drop(tracker);
+    let mut again = Streaming::start(d, "http://127.0.0.1:9", &id, "client", &[]);
+    assert!(again.finish() == bytes);
+    assert_eq!(again.summary()["from_cache"], 12 << 20);
+}
+
+#[test]
+fn a_late_chunk_is_asked_of_another_source_instead_of_waiting_for_a_stalled_peer() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let bytes = random_file(&d.join("f.bin"), 8 << 20, 32);
+    let tracker = TrackerProc::start(d, &[]);
+    let _origin = ServerProc::start(
+        d,
+        "origin",
+        Some(&tracker.url),
+        &["f.bin"],
+        &["--origin", "--max-upload-rate", "4MiB"],
+    );
+    let peer = ServerProc::start(
+        d,
+        "peer",
+        Some(&tracker.url),
+        &["f.bin"],
+        &["--max-upload-rate", "4MiB"],
+    );
+    let id = peer.seeded[0].clone();
+    tracker.wait_for_peers(&id, 2);
+
+    // Without hedging, the chunks the stopped peer holds would wait out the chunk timeout
+    // (60 s): the test would still pass, but "hedged" would be 0.
+    let mut stream = Streaming::start(d, &tracker.url, &id, "client", &["--chunk-timeout", "60s"]);
+    let mut out = stream.read(1 << 20);
+    peer.proc.signal("STOP");
+    out.extend(stream.finish());
+    peer.proc.signal("CONT");
+    assert!(out == bytes, "the stream differs from the file");
+    let summary = stream.summary();
+    assert!(summary["hedged"].as_u64().unwrap() >= 1, "{summary}");
+}
+
+#[test]
+fn a_reader_that_does_not_read_does_not_make_the_client_buffer() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let size: u64 = 64 << 20;
+    let bytes = random_file(&d.join("f.bin"), size as usize, 33);
+    let tracker = TrackerProc::start(d, &[]);
+    let origin = ServerProc::start(d, "origin", Some(&tracker.url), &["f.bin"], &["--origin"]);
+    let id = origin.seeded[0].clone();
+
+    let mut stream = Streaming::start(d, &tracker.url, &id, "client", &[]);
+    // The reader sleeps; the download goes on into the store, not into memory.
+    eventually(
+        "the download to finish while nobody reads the stream",
+        Duration::from_secs(60),
+        || {
+            stream
+                .json_lines()
+                .iter()
+                .any(|line| line["bytes"].as_u64() == Some(size))
+        },
+    );
+    let peak = stream.peak_rss();
+    assert!(
+        peak < 40 << 20,
+        "peak RSS {} MiB for a {} MiB asset nobody read",
+        peak >> 20,
+        size >> 20
+    );
+    let out = stream.finish();
+    assert!(out == bytes, "the stream differs from the file");
+    // Each progress line is one JSON object with the fields scripts rely on.
+    let lines = stream.json_lines();
+    let progress: Vec<_> = lines
+        .iter()
+        .filter(|l| l.get("elapsed_secs").is_some())
+        .collect();
+    assert!(!progress.is_empty());
+    for line in progress {
+        for field in [
+            "bytes",
+            "size",
+            "from_peers",
+            "from_origin",
+            "rate",
+            "peers_connected",
+        ] {
+            assert!(line.get(field).is_some(), "{field} missing in {line}");
+        }
+    }
+}
