@@ -167,7 +167,8 @@ pub struct Summary {
     pub seconds: f64,
     /// Network bytes per second over the whole `get`.
     pub average_rate: f64,
-    /// Network bytes per second in the best one-second stretch (0 when it took less).
+    /// Network bytes per second in the best one-second stretch (or the whole download when
+    /// it took less).
     pub peak_rate: f64,
     /// Bytes of this asset served to other peers during the `get`.
     pub uploaded: u64,
@@ -1251,7 +1252,8 @@ impl<'a> Scheduler<'a> {
         }
         let network = self.from_peers + self.from_origin;
         let rate = (network - bytes) as f64 / elapsed.as_secs_f64().max(1e-9);
-        if elapsed >= Duration::from_secs(1) {
+        // A download shorter than a second has its only stretch as its peak.
+        if elapsed >= Duration::from_secs(1) || self.peak_rate == 0.0 {
             self.peak_rate = self.peak_rate.max(rate);
         }
         self.sampled = (Instant::now(), network);
@@ -1522,6 +1524,9 @@ impl<'a> Scheduler<'a> {
         if let Some(index) = self.urgent_for(conn) {
             return Some(index);
         }
+        if self.stream_starting() {
+            return None;
+        }
         let source = &self.sources[self.conns[conn].source];
         if !source.origin {
             return self.rarest_held_by(self.conns[conn].source);
@@ -1551,9 +1556,12 @@ impl<'a> Scheduler<'a> {
         let pos = self.stream_pos?;
         let source = self.conns[conn].source;
         let src = &self.sources[source];
-        let end = pos
-            .saturating_add(self.config.window)
-            .min(self.manifest.chunk_count());
+        let window = if self.stream_starting() {
+            1
+        } else {
+            self.config.window
+        };
+        let end = pos.saturating_add(window).min(self.manifest.chunk_count());
         (pos..end).find(|&index| {
             src.holds(index)
                 && match self.chunks[index as usize] {
@@ -1568,6 +1576,19 @@ impl<'a> Scheduler<'a> {
                     _ => false,
                 }
         })
+    }
+
+    /// Whether a stream is waiting for its first chunk. Until it arrives no other chunk is
+    /// asked for: requests in flight share the bandwidth, and eight 1 MiB requests at once
+    /// would put the first byte 8 MiB of transfer away instead of 1.
+    fn stream_starting(&self) -> bool {
+        self.first_chunk_secs.is_none()
+            && self.stream_pos.is_some_and(|pos| {
+                matches!(
+                    self.chunks.get(pos as usize),
+                    Some(ChunkState::Missing | ChunkState::InFlight(_))
+                )
+            })
     }
 
     /// Whether a connected peer that still takes work, and is not late with what it was

@@ -25,7 +25,7 @@ const POLL: Duration = Duration::from_millis(100);
 /// What a stream saw: when its first byte went out and how often it had to wait.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct StreamStats {
-    /// Seconds from the start of the `get` to the first byte written out.
+    /// Seconds from the start of the `get` to the first byte handed to the output.
     pub first_byte_secs: Option<f64>,
     /// Times the stream, once started, had to wait for the next chunk.
     pub stalls: u32,
@@ -81,12 +81,12 @@ impl Stream<'_> {
                         self.manifest.id()
                     )
                 })?;
-            out.write_all(chunk)
-                .and_then(|()| out.flush())
-                .context("writing to the output stream")?;
             if stats.first_byte_secs.is_none() {
                 stats.first_byte_secs = Some(self.started.elapsed().as_secs_f64());
             }
+            out.write_all(chunk)
+                .and_then(|()| out.flush())
+                .context("writing to the output stream")?;
         }
         position(count);
         Ok(stats)
