@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The swarmcache pipeline as a shell script: tracker, chunkify | publish, an origin
-# peer_server, peer_client get, cmp. Runs in the current directory.
+# peer_server, peer_client get, cmp; then streaming into real programs while the asset
+# downloads (sha256sum, tar x). Runs in the current directory.
 #
 #   cargo build --release && examples/pipeline.sh
 #
@@ -49,4 +50,19 @@ echo "origin at $(listening_addr origin.log)"
 
 peer_client get "$ID" --tracker "$TRACKER" -o copy.iso --store ./client
 cmp big.iso copy.iso && echo "copy.iso and big.iso are identical"
+
+# Streaming: bytes reach the pipe in order while the download runs (a fresh store, so they
+# come from the swarm). Any reader works: `| mpv -`, `| ffplay -`, `| tar x`.
+streamed=$(peer_client get "$ID" --tracker "$TRACKER" --store ./viewer --stream | sha256sum)
+[ "$streamed" = "$(sha256sum < big.iso)" ] && echo "the stream of $ID hashes like big.iso"
+
+mkdir -p album && for n in 1 2 3; do head -c $((SIZE_MIB * 1024 * 64)) /dev/urandom > "album/track-$n.bin"; done
+tar cf album.tar album
+ALBUM=$(chunkify album.tar | peer_client publish --tracker "$TRACKER" -)
+peer_server --origin --listen "${ORIGIN_LISTEN%:*}:0" --store ./origin-2 --seed album.tar --tracker "$TRACKER" > origin-2.log 2> origin-2.log.err &
+pids+=($!)
+listening_addr origin-2.log > /dev/null
+mkdir -p unpacked
+peer_client get "$ALBUM" --tracker "$TRACKER" --store ./viewer --stream | tar x -C unpacked
+diff -r album unpacked/album && echo "album.tar streamed into tar x unpacks identical"
 curl -s "$TRACKER/stats" 2>/dev/null || true
