@@ -181,7 +181,8 @@ pub struct Summary {
     pub stalls: u32,
     /// Seconds the stream spent in those waits.
     pub stall_secs: f64,
-    /// Late urgent chunks also asked of a second source (streaming).
+    /// Late chunks also asked of a second source (urgent ones of a stream, and any in the
+    /// endgame).
     pub hedged: u32,
     /// Every source used or tried.
     pub sources: Vec<SourceSummary>,
@@ -854,11 +855,12 @@ const PEER_PIPELINE_DEPTH: usize = 2;
 /// How many candidate chunks rarest-first compares per pick; bounds the cost of a pick on
 /// assets of a million chunks.
 const RAREST_SCAN: usize = 256;
-/// How often a streaming download looks for late urgent chunks: a 1 MiB chunk takes 40 ms
-/// at 25 MiB/s, so the 100 ms tick of a plain download would notice a late one too late.
-const STREAM_TICK: Duration = Duration::from_millis(10);
-/// An urgent chunk is late, and worth asking of a second source, once it has taken this
-/// many times its source's measured time per chunk...
+/// How often a stream or a download's endgame looks for late chunks: a 1 MiB chunk takes
+/// 40 ms at 25 MiB/s, so the 100 ms tick of the rest of a download would notice too late.
+const LATENESS_TICK: Duration = Duration::from_millis(10);
+/// A chunk in flight is late, and worth asking of a second source (when it is urgent, or
+/// nothing else is left to fetch), once it has taken this many times its source's measured
+/// time per chunk...
 const HEDGE_FACTOR: f64 = 2.0;
 /// ...plus this much, which absorbs the jitter of a loaded machine.
 const HEDGE_SLACK: Duration = Duration::from_millis(10);
@@ -1111,17 +1113,15 @@ impl<'a> Scheduler<'a> {
     fn drive(&mut self, ckpt_tx: &Sender<Bitfield>) -> Result<()> {
         let mut last_checkpoint = Instant::now();
         let mut dirty = false;
-        let tick = if self.stream_pos.is_some() {
-            STREAM_TICK
-        } else {
-            TICK
-        };
         while !self.missing.is_empty()
             || self
                 .chunks
                 .iter()
                 .any(|c| matches!(c, ChunkState::InFlight(_)))
         {
+            // Streams and the endgame act on lateness, which grows with time alone.
+            let watch_lateness = self.stream_pos.is_some() || self.missing.is_empty();
+            let tick = if watch_lateness { LATENESS_TICK } else { TICK };
             if let Ok(event) = self.events_rx.recv_timeout(tick) {
                 dirty |= matches!(event, Event::Done { .. });
                 self.handle(event);
@@ -1137,8 +1137,7 @@ impl<'a> Scheduler<'a> {
                 bail!("interrupted; progress is kept: run the same command again to resume");
             }
             self.reconnect_due();
-            if self.stream_pos.is_some() {
-                // Lateness grows with time alone: look again at what is urgent.
+            if watch_lateness {
                 self.epoch += 1;
                 self.assign_all();
             }
@@ -1527,6 +1526,9 @@ impl<'a> Scheduler<'a> {
         if self.stream_starting() {
             return None;
         }
+        if self.missing.is_empty() {
+            return self.endgame_for(conn);
+        }
         let source = &self.sources[self.conns[conn].source];
         if !source.origin {
             return self.rarest_held_by(self.conns[conn].source);
@@ -1562,20 +1564,36 @@ impl<'a> Scheduler<'a> {
             self.config.window
         };
         let end = pos.saturating_add(window).min(self.manifest.chunk_count());
-        (pos..end).find(|&index| {
-            src.holds(index)
-                && match self.chunks[index as usize] {
-                    ChunkState::Missing => !src.origin || !self.ready_peer_holds(index),
-                    ChunkState::InFlight(1) => {
-                        self.is_late(index)
-                            && !self
-                                .conns
-                                .iter()
-                                .any(|c| c.source == source && c.in_flight.contains(&index))
-                    }
-                    _ => false,
-                }
+        (pos..end).find(|&index| match self.chunks[index as usize] {
+            ChunkState::Missing => {
+                src.holds(index) && (!src.origin || !self.ready_peer_holds(index))
+            }
+            _ => self.hedgeable(index, source),
         })
+    }
+
+    /// The endgame: nothing is left to ask for, and the download ends with its slowest
+    /// request. A free connection takes a late chunk of another source (the first copy
+    /// wins), lowest first.
+    fn endgame_for(&self, conn: usize) -> Option<u32> {
+        let source = self.conns[conn].source;
+        self.conns
+            .iter()
+            .flat_map(|c| c.in_flight.iter().copied())
+            .filter(|&index| self.hedgeable(index, source))
+            .min()
+    }
+
+    /// Whether `index`, in flight at one source only, is late there and `source` could
+    /// deliver it too.
+    fn hedgeable(&self, index: u32, source: usize) -> bool {
+        matches!(self.chunks[index as usize], ChunkState::InFlight(1))
+            && self.sources[source].holds(index)
+            && self.is_late(index)
+            && !self
+                .conns
+                .iter()
+                .any(|c| c.source == source && c.in_flight.contains(&index))
     }
 
     /// Whether a stream is waiting for its first chunk. Until it arrives no other chunk is
