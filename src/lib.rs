@@ -17,6 +17,7 @@
 //! - [`wire`]: the peer protocol codec (frames, messages, limits).
 //! - [`ratelimit`]: a token bucket shared by the connections of a process.
 //! - [`api`]: the JSON types of the tracker's HTTP API.
+//! - [`auth`]: tokens and permissions, signing keys, and the tickets peers check.
 //! - [`catalog`]: the tracker's durable catalog of manifests.
 //! - [`tracker`]: the tracker's swarms and its HTTP server.
 //! - [`tracker_client`]: the HTTP client side of the tracker API.
@@ -29,6 +30,7 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod auth;
 pub mod bitfield;
 pub mod catalog;
 pub mod cli;

@@ -1,0 +1,560 @@
+//! Who may do what: the tracker's tokens and their permissions, its Ed25519 signing keys,
+//! and the short-lived tickets it signs so that peers can check that a client was allowed
+//! an asset without holding any secret themselves.
+//!
+//! A ticket is [`TICKET_MAGIC`], the signing key's id (8 bytes: the start of the SHA-256 of
+//! its public key), the asset id (32), the expiry in Unix seconds (u64, big-endian), the
+//! client's peer id (a length byte, then that many bytes), and an Ed25519 signature (64)
+//! over [`TICKET_CONTEXT`] followed by everything before the signature.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+use ed25519_dalek::{Signature, Signer as _, SigningKey, Verifier as _, VerifyingKey};
+use serde::Deserialize;
+
+use crate::manifest::{AssetId, Digest, sha256};
+
+/// How long a ticket stays valid. A client announces every 500 ms while it downloads and
+/// every heartbeat (30 s) while it seeds, each time getting a fresh ticket, so ten minutes
+/// only bounds how long a leaked ticket is worth anything.
+pub const DEFAULT_TICKET_TTL: Duration = Duration::from_secs(600);
+/// First bytes of every ticket (version 1).
+pub const TICKET_MAGIC: &[u8; 4] = b"SCT1";
+/// What a ticket's signature covers before the ticket's bytes, so that no other message
+/// signed with the same key can pass for a ticket.
+pub const TICKET_CONTEXT: &[u8] = b"swarmcache/ticket\0";
+/// Clocks of peers and tracker may disagree by this much.
+const CLOCK_SKEW: u64 = 30;
+/// Longest peer id a ticket can carry (its length is one byte).
+const MAX_PEER_ID: usize = 255;
+const KEY_ID_LEN: usize = 8;
+const SIGNATURE_LEN: usize = 64;
+const HEADER_LEN: usize = TICKET_MAGIC.len() + KEY_ID_LEN + 32 + 8 + 1;
+
+/// What a request wants to do, for [`Tokens::authorize`].
+#[derive(Clone, Copy, Debug)]
+pub enum Action<'a> {
+    /// See the catalog and swarm statistics.
+    Browse,
+    /// Publish a manifest.
+    Publish,
+    /// Get a manifest, its peers, and a ticket; serve it to others once held.
+    Fetch(&'a AssetId),
+    /// Announce as the origin of an asset.
+    Origin(&'a AssetId),
+}
+
+/// Why a request was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Denied {
+    /// No token, or one the tracker does not know (HTTP 401).
+    Unauthenticated(String),
+    /// A known token without the permission (HTTP 403).
+    Forbidden(String),
+}
+
+/// One entry of the permissions file, as written.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenEntry {
+    name: String,
+    sha256: String,
+    #[serde(default)]
+    publish: bool,
+    #[serde(default)]
+    origin: bool,
+    #[serde(default)]
+    fetch: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuthFile {
+    #[serde(default)]
+    token: Vec<TokenEntry>,
+}
+
+/// What one token may do.
+#[derive(Clone, Debug)]
+pub struct Grant {
+    /// Who holds the token, for logs and errors.
+    pub name: String,
+    digest: Digest,
+    publish: bool,
+    origin: bool,
+    /// `None`: every asset.
+    fetch: Option<Vec<AssetId>>,
+}
+
+impl Grant {
+    /// Whether this token may fetch (and serve) `asset`.
+    pub fn may_fetch(&self, asset: &AssetId) -> bool {
+        self.fetch.as_ref().is_none_or(|ids| ids.contains(asset))
+    }
+}
+
+/// The tokens the tracker accepts (`tracker --auth auth.toml`).
+///
+/// ```toml
+/// [[token]]
+/// name = "ci"
+/// sha256 = "…"            # of the token; `tracker token` prints new tokens with this line
+/// publish = true
+/// origin = true
+/// fetch = ["*"]           # or asset ids
+/// ```
+#[derive(Clone, Debug)]
+pub struct Tokens {
+    grants: Vec<Grant>,
+}
+
+impl Tokens {
+    /// Reads and checks a permissions file.
+    pub fn load(path: &Path) -> Result<Tokens> {
+        let text =
+            fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        Tokens::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    }
+
+    /// Parses a permissions file.
+    pub fn parse(text: &str) -> Result<Tokens, String> {
+        let file: AuthFile = toml::from_str(text).map_err(|e| e.to_string())?;
+        let mut grants = Vec::with_capacity(file.token.len());
+        for entry in file.token {
+            let digest = hex::decode(&entry.sha256)
+                .ok()
+                .and_then(|b| Digest::try_from(b.as_slice()).ok())
+                .ok_or_else(|| {
+                    format!(
+                        "token {:?}: sha256 must be 64 hex digits (the SHA-256 of the token)",
+                        entry.name
+                    )
+                })?;
+            let fetch = if entry.fetch.iter().any(|f| f == "*") {
+                None
+            } else {
+                let ids = entry
+                    .fetch
+                    .iter()
+                    .map(|f| f.parse::<AssetId>())
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| format!("token {:?}: fetch: {e}", entry.name))?;
+                Some(ids)
+            };
+            grants.push(Grant {
+                name: entry.name,
+                digest,
+                publish: entry.publish,
+                origin: entry.origin,
+                fetch,
+            });
+        }
+        Ok(Tokens { grants })
+    }
+
+    /// The grant of the token presented (`Authorization: Bearer TOKEN`), if it allows
+    /// `action`.
+    pub fn authorize(&self, token: Option<&str>, action: Action) -> Result<&Grant, Denied> {
+        let token = token.ok_or_else(|| {
+            Denied::Unauthenticated(
+                "this tracker needs a token: pass --token or set SWARMCACHE_TOKEN".into(),
+            )
+        })?;
+        // Comparing digests, not tokens, leaks nothing useful through timing.
+        let digest = sha256(token.as_bytes());
+        let grant = self
+            .grants
+            .iter()
+            .find(|g| g.digest == digest)
+            .ok_or_else(|| Denied::Unauthenticated("unknown token".into()))?;
+        let allowed = match action {
+            Action::Browse => true,
+            Action::Publish => grant.publish,
+            Action::Fetch(id) => grant.may_fetch(id),
+            Action::Origin(id) => grant.origin && grant.may_fetch(id),
+        };
+        if allowed {
+            Ok(grant)
+        } else {
+            let what = match action {
+                Action::Browse => "browse".to_string(),
+                Action::Publish => "publish".to_string(),
+                Action::Fetch(id) => format!("fetch {id}"),
+                Action::Origin(id) => format!("be the origin of {id}"),
+            };
+            Err(Denied::Forbidden(format!(
+                "token {:?} may not {what}",
+                grant.name
+            )))
+        }
+    }
+}
+
+/// A new random token and the permissions-file entry that grants it `fetch` (asset ids or
+/// `*`), and publishing and origin rights when asked.
+pub fn new_token(
+    name: &str,
+    publish: bool,
+    origin: bool,
+    fetch: &[String],
+) -> Result<(String, String)> {
+    let mut bytes = [0u8; 24];
+    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness for a token: {e}"))?;
+    let token = format!("sct_{}", hex::encode(bytes));
+    let fetch: Vec<String> = fetch.iter().map(|f| format!("{f:?}")).collect();
+    let entry = format!(
+        "[[token]]\nname = {name:?}\nsha256 = \"{}\"\npublish = {publish}\norigin = {origin}\nfetch = [{}]\n",
+        hex::encode(sha256(token.as_bytes())),
+        fetch.join(", ")
+    );
+    Ok((token, entry))
+}
+
+/// The tracker's signing keys: the current one signs; the previous one, kept after a
+/// rotation, still verifies the tickets it signed until they expire.
+pub struct KeyRing {
+    current: SigningKey,
+    previous: Option<SigningKey>,
+}
+
+impl KeyRing {
+    const CURRENT: &'static str = "signing.key";
+    const PREVIOUS: &'static str = "signing.previous.key";
+
+    /// The key directory under a tracker's data directory.
+    pub fn dir(data: &Path) -> PathBuf {
+        data.join("keys")
+    }
+
+    /// Loads the keys in `dir`, creating a first key if there is none.
+    pub fn load_or_create(dir: &Path) -> Result<KeyRing> {
+        match read_key(&dir.join(Self::CURRENT))? {
+            Some(current) => Ok(KeyRing {
+                current,
+                previous: read_key(&dir.join(Self::PREVIOUS))?,
+            }),
+            None => Self::rotate(dir),
+        }
+    }
+
+    /// Makes a new current key; the old current key becomes the previous one (and the old
+    /// previous is dropped). A running tracker picks the new key up when restarted.
+    pub fn rotate(dir: &Path) -> Result<KeyRing> {
+        create_private_dir(dir)?;
+        let previous = read_key(&dir.join(Self::CURRENT))?;
+        let mut seed = [0u8; 32];
+        getrandom::fill(&mut seed).map_err(|e| anyhow::anyhow!("no randomness for a key: {e}"))?;
+        let current = SigningKey::from_bytes(&seed);
+        if let Some(old) = &previous {
+            crate::store::write_atomic(
+                &dir.join(Self::PREVIOUS),
+                hex::encode(old.to_bytes()).as_bytes(),
+            )?;
+        }
+        crate::store::write_atomic(
+            &dir.join(Self::CURRENT),
+            hex::encode(current.to_bytes()).as_bytes(),
+        )?;
+        Ok(KeyRing { current, previous })
+    }
+
+    /// The public keys, current first, as hex: what peers verify tickets with.
+    pub fn public_keys(&self) -> Vec<String> {
+        std::iter::once(&self.current)
+            .chain(&self.previous)
+            .map(|k| hex::encode(k.verifying_key().to_bytes()))
+            .collect()
+    }
+
+    /// Signs a ticket letting `peer_id` fetch `asset` until `ttl` from now.
+    pub fn issue(&self, asset: &AssetId, peer_id: &str, ttl: Duration) -> Vec<u8> {
+        let expires = unix_now().saturating_add(ttl.as_secs());
+        let peer = &peer_id.as_bytes()[..peer_id.len().min(MAX_PEER_ID)];
+        let mut ticket = Vec::with_capacity(HEADER_LEN + peer.len() + SIGNATURE_LEN);
+        ticket.extend_from_slice(TICKET_MAGIC);
+        ticket.extend_from_slice(&key_id(&self.current.verifying_key()));
+        ticket.extend_from_slice(&asset.0);
+        ticket.extend_from_slice(&expires.to_be_bytes());
+        ticket.push(peer.len() as u8);
+        ticket.extend_from_slice(peer);
+        let signature = self.current.sign(&signed_bytes(&ticket));
+        ticket.extend_from_slice(&signature.to_bytes());
+        ticket
+    }
+}
+
+/// Creates `dir` readable by its owner only: it holds private keys.
+fn create_private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating {}", dir.display()))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("restricting {} to its owner", dir.display()))
+}
+
+fn read_key(path: &Path) -> Result<Option<SigningKey>> {
+    let text = match fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let seed: [u8; 32] = hex::decode(text.trim())
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .with_context(|| format!("{} is not a signing key (64 hex digits)", path.display()))?;
+    Ok(Some(SigningKey::from_bytes(&seed)))
+}
+
+fn key_id(key: &VerifyingKey) -> [u8; KEY_ID_LEN] {
+    let digest = sha256(key.as_bytes());
+    let mut id = [0u8; KEY_ID_LEN];
+    id.copy_from_slice(&digest[..KEY_ID_LEN]);
+    id
+}
+
+fn signed_bytes(body: &[u8]) -> Vec<u8> {
+    [TICKET_CONTEXT, body].concat()
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+}
+
+/// What a valid ticket says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ticket {
+    /// The asset it allows.
+    pub asset: AssetId,
+    /// The client it was issued to.
+    pub peer_id: String,
+    /// Unix seconds after which it is void.
+    pub expires: u64,
+}
+
+/// Checks tickets against the tracker's public keys.
+#[derive(Clone, Debug)]
+pub struct TicketVerifier {
+    keys: Vec<VerifyingKey>,
+}
+
+impl TicketVerifier {
+    /// From the tracker's public keys in hex (as `GET /keys` lists them).
+    pub fn from_hex(keys: &[String]) -> Result<TicketVerifier> {
+        let keys = keys
+            .iter()
+            .map(|k| {
+                let bytes: [u8; 32] = hex::decode(k.trim())
+                    .ok()
+                    .and_then(|b| b.try_into().ok())
+                    .with_context(|| format!("{k:?} is not a public key (64 hex digits)"))?;
+                VerifyingKey::from_bytes(&bytes)
+                    .map_err(|e| anyhow::anyhow!("{k:?} is not an Ed25519 public key: {e}"))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        if keys.is_empty() {
+            bail!("no tracker public key to verify tickets with");
+        }
+        Ok(TicketVerifier { keys })
+    }
+
+    /// The ticket's content, if it was signed by one of the keys, is for `asset`, and has
+    /// not expired.
+    pub fn verify(&self, ticket: &[u8], asset: &AssetId) -> Result<Ticket, String> {
+        if ticket.is_empty() {
+            return Err("no ticket: this peer serves only clients the tracker allowed".into());
+        }
+        if ticket.len() < HEADER_LEN + SIGNATURE_LEN || &ticket[..4] != TICKET_MAGIC {
+            return Err("malformed ticket".into());
+        }
+        let (body, signature) = ticket.split_at(ticket.len() - SIGNATURE_LEN);
+        let peer_len = body[HEADER_LEN - 1] as usize;
+        if body.len() != HEADER_LEN + peer_len {
+            return Err("malformed ticket".into());
+        }
+        let id = &body[4..4 + KEY_ID_LEN];
+        let key = self
+            .keys
+            .iter()
+            .find(|k| key_id(k) == id)
+            .ok_or("ticket signed by a key this peer does not know")?;
+        let signature = Signature::from_slice(signature).map_err(|_| "malformed ticket")?;
+        key.verify(&signed_bytes(body), &signature)
+            .map_err(|_| "ticket signature does not verify")?;
+        let mut digest = Digest::default();
+        digest.copy_from_slice(&body[12..44]);
+        let ticket_asset = AssetId(digest);
+        if &ticket_asset != asset {
+            return Err(format!("ticket is for asset {ticket_asset}, not {asset}"));
+        }
+        let expires = u64::from_be_bytes(body[44..52].try_into().expect("8 bytes"));
+        if expires.saturating_add(CLOCK_SKEW) < unix_now() {
+            return Err("ticket expired: the client should announce again for a new one".into());
+        }
+        Ok(Ticket {
+            asset: ticket_asset,
+            peer_id: String::from_utf8_lossy(&body[HEADER_LEN..]).into_owned(),
+            expires,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn asset(n: u8) -> AssetId {
+        AssetId([n; 32])
+    }
+
+    #[test]
+    fn a_ticket_verifies_only_for_its_asset_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let ring = KeyRing::load_or_create(dir.path()).unwrap();
+        let verifier = TicketVerifier::from_hex(&ring.public_keys()).unwrap();
+        let ticket = ring.issue(&asset(1), "peer-7", DEFAULT_TICKET_TTL);
+        let t = verifier.verify(&ticket, &asset(1)).unwrap();
+        assert_eq!(t.peer_id, "peer-7");
+        assert!(
+            verifier
+                .verify(&ticket, &asset(2))
+                .unwrap_err()
+                .contains("not")
+        );
+        // Any flipped bit breaks it.
+        for i in 0..ticket.len() {
+            let mut bad = ticket.clone();
+            bad[i] ^= 0x01;
+            assert!(
+                verifier.verify(&bad, &asset(1)).is_err(),
+                "bit flip at {i} passed"
+            );
+        }
+        // Truncations never panic and never pass.
+        for len in 0..ticket.len() {
+            assert!(verifier.verify(&ticket[..len], &asset(1)).is_err());
+        }
+        let other = tempfile::tempdir().unwrap();
+        let stranger = KeyRing::load_or_create(other.path()).unwrap();
+        let forged = stranger.issue(&asset(1), "peer-7", DEFAULT_TICKET_TTL);
+        assert!(
+            verifier
+                .verify(&forged, &asset(1))
+                .unwrap_err()
+                .contains("does not know")
+        );
+    }
+
+    #[test]
+    fn an_expired_ticket_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let ring = KeyRing::load_or_create(dir.path()).unwrap();
+        let verifier = TicketVerifier::from_hex(&ring.public_keys()).unwrap();
+        let mut ticket = ring.issue(&asset(1), "p", Duration::ZERO);
+        // Re-sign with an expiry well in the past.
+        let body_len = ticket.len() - SIGNATURE_LEN;
+        ticket.truncate(body_len);
+        ticket[44..52].copy_from_slice(&(unix_now() - 3600).to_be_bytes());
+        let signature = ring.current.sign(&signed_bytes(&ticket));
+        ticket.extend_from_slice(&signature.to_bytes());
+        assert!(
+            verifier
+                .verify(&ticket, &asset(1))
+                .unwrap_err()
+                .contains("expired")
+        );
+    }
+
+    #[test]
+    fn rotation_keeps_the_previous_key_verifying() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = KeyRing::load_or_create(dir.path()).unwrap();
+        let old_ticket = first.issue(&asset(3), "p", DEFAULT_TICKET_TTL);
+        let rotated = KeyRing::rotate(dir.path()).unwrap();
+        assert_eq!(rotated.public_keys()[1], first.public_keys()[0]);
+        let reloaded = KeyRing::load_or_create(dir.path()).unwrap();
+        assert_eq!(reloaded.public_keys(), rotated.public_keys());
+        let verifier = TicketVerifier::from_hex(&reloaded.public_keys()).unwrap();
+        verifier.verify(&old_ticket, &asset(3)).unwrap();
+        verifier
+            .verify(
+                &reloaded.issue(&asset(3), "p", DEFAULT_TICKET_TTL),
+                &asset(3),
+            )
+            .unwrap();
+        // A second rotation retires the first key.
+        let again = KeyRing::rotate(dir.path()).unwrap();
+        let verifier = TicketVerifier::from_hex(&again.public_keys()).unwrap();
+        assert!(verifier.verify(&old_ticket, &asset(3)).is_err());
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(dir.path()).unwrap().permissions().mode();
+        assert_eq!(
+            mode & 0o077,
+            0,
+            "key directory readable by others: {mode:o}"
+        );
+    }
+
+    #[test]
+    fn tokens_grant_what_the_file_says() {
+        let (ci, ci_entry) = new_token("ci", true, true, &["*".into()]).unwrap();
+        let id = asset(9).to_string();
+        let (viewer, viewer_entry) = new_token("viewer", false, false, &[id]).unwrap();
+        let tokens = Tokens::parse(&format!("{ci_entry}\n{viewer_entry}")).unwrap();
+        assert_eq!(
+            tokens.authorize(Some(&ci), Action::Publish).unwrap().name,
+            "ci"
+        );
+        assert!(
+            tokens
+                .authorize(Some(&ci), Action::Origin(&asset(1)))
+                .is_ok()
+        );
+        assert!(
+            tokens
+                .authorize(Some(&viewer), Action::Fetch(&asset(9)))
+                .is_ok()
+        );
+        assert!(matches!(
+            tokens.authorize(Some(&viewer), Action::Fetch(&asset(1))),
+            Err(Denied::Forbidden(_))
+        ));
+        assert!(matches!(
+            tokens.authorize(Some(&viewer), Action::Publish),
+            Err(Denied::Forbidden(_))
+        ));
+        assert!(matches!(
+            tokens.authorize(Some("sct_nope"), Action::Browse),
+            Err(Denied::Unauthenticated(_))
+        ));
+        assert!(matches!(
+            tokens.authorize(None, Action::Browse),
+            Err(Denied::Unauthenticated(_))
+        ));
+    }
+
+    #[test]
+    fn a_bad_permissions_file_says_what_is_wrong() {
+        let short = "[[token]]\nname = \"x\"\nsha256 = \"abc\"\n";
+        assert!(Tokens::parse(short).unwrap_err().contains("64 hex digits"));
+        let unknown = "[[token]]\nname = \"x\"\nsha256 = \"abc\"\nadmin = true\n";
+        assert!(Tokens::parse(unknown).unwrap_err().contains("admin"));
+        let bad_id = format!(
+            "[[token]]\nname = \"x\"\nsha256 = \"{}\"\nfetch = [\"nope\"]\n",
+            "0".repeat(64)
+        );
+        assert!(
+            Tokens::parse(&bad_id)
+                .unwrap_err()
+                .contains("not an asset id")
+        );
+    }
+}
