@@ -22,6 +22,7 @@
 //! - [`tracker_client`]: the HTTP client side of the tracker API.
 //! - [`server`]: the peer server (seeding and serving chunks).
 //! - [`client`]: downloads: scheduler, connection workers, summary.
+//! - [`metrics`]: the Prometheus text format of the `/metrics` endpoints.
 //! - [`cli`]: helpers shared by the binaries (exit codes, logging).
 
 #![forbid(unsafe_code)]
@@ -33,6 +34,7 @@ pub mod catalog;
 pub mod cli;
 pub mod client;
 pub mod manifest;
+pub mod metrics;
 pub mod ratelimit;
 pub mod server;
 pub mod store;
