@@ -17,6 +17,7 @@
 //! - [`wire`]: the peer protocol codec (frames, messages, limits).
 //! - [`ratelimit`]: a token bucket shared by the connections of a process.
 //! - [`api`]: the JSON types of the tracker's HTTP API.
+//! - [`http`]: the HTTP plumbing of the tracker and of the peer server's metrics.
 //! - [`catalog`]: the tracker's durable catalog of manifests.
 //! - [`tracker`]: the tracker's swarms and its HTTP server.
 //! - [`tracker_client`]: the HTTP client side of the tracker API.
@@ -33,6 +34,7 @@ pub mod bitfield;
 pub mod catalog;
 pub mod cli;
 pub mod client;
+pub mod http;
 pub mod manifest;
 pub mod metrics;
 pub mod ratelimit;
