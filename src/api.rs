@@ -54,7 +54,9 @@ pub struct AnnounceRequest {
     /// `"stopped"` to leave the swarm now instead of timing out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event: Option<String>,
-    /// Bytes this peer has served of this asset since it started.
+    /// Bytes this peer has served of this asset since it started: a running total, of
+    /// which the tracker adds each increase to the swarm's figures (a lower value than
+    /// last time means the peer restarted, and counts in full).
     #[serde(default)]
     pub uploaded: u64,
     /// Bytes this peer has downloaded of this asset from the network since it started.
@@ -104,39 +106,58 @@ pub struct AnnounceResponse {
     pub origin_share: Option<String>,
 }
 
-/// Per-swarm figures in `GET /stats`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+/// Per-swarm figures in `GET /stats`. The byte totals count from the tracker's start and
+/// never drop when peers leave: each announce adds what the peer's `uploaded` counter grew
+/// by since its previous one.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct SwarmStats {
     /// The asset id.
     pub id: String,
     /// Asset name.
     pub name: String,
-    /// Serving peers, origins included.
+    /// Live serving peers, origins included.
     pub peers: usize,
-    /// Peers holding every chunk, origins included.
+    /// Live peers holding every chunk, origins included.
     pub seeders: usize,
-    /// Origins.
+    /// Live origins.
     pub origins: usize,
-    /// Bytes served as reported by the swarm's current peers (origins included).
+    /// Bytes served in this swarm, by peers and origins together.
     pub uploaded: u64,
-    /// Bytes served by origins, as they report it.
+    /// Bytes served in this swarm by peers that are not origins.
+    pub peer_uploaded: u64,
+    /// Bytes served in this swarm by origins.
     pub origin_uploaded: u64,
+    /// `peer_uploaded / uploaded`: the share of the bytes that peers served. `null` until
+    /// something was served.
+    pub p2p_ratio: Option<f64>,
     /// Announces received for this asset.
     pub announces: u64,
 }
 
-/// `GET /stats`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+/// `GET /stats`: the figures of every swarm, and their sums.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Stats {
     /// Assets in the catalog.
     pub assets: usize,
-    /// Serving peers across all swarms.
+    /// Live serving peers, summed over the swarms (origins included).
     pub peers: usize,
+    /// Live peers holding every chunk, summed over the swarms (origins included).
+    pub seeders: usize,
+    /// Live origins, summed over the swarms.
+    pub origins: usize,
+    /// Bytes served in every swarm, by peers and origins together.
+    pub uploaded: u64,
+    /// Bytes served in every swarm by peers that are not origins.
+    pub peer_uploaded: u64,
+    /// Bytes served in every swarm by origins.
+    pub origin_uploaded: u64,
+    /// `peer_uploaded / uploaded`; `null` until something was served.
+    pub p2p_ratio: Option<f64>,
     /// Announces received since the tracker started.
     pub announces: u64,
     /// Seconds since the tracker started.
     pub uptime_secs: u64,
-    /// One entry per swarm with at least one peer.
+    /// One entry per swarm announced to since the tracker started, by asset id.
     pub swarms: Vec<SwarmStats>,
 }
 

@@ -18,12 +18,14 @@
 //! - [`ratelimit`]: a token bucket shared by the connections of a process.
 //! - [`api`]: the JSON types of the tracker's HTTP API.
 //! - [`auth`]: tokens and permissions, signing keys, and the tickets peers check.
+//! - [`http`]: the HTTP plumbing of the tracker and of the peer server's metrics.
 //! - [`catalog`]: the tracker's durable catalog of manifests.
 //! - [`tracker`]: the tracker's swarms and its HTTP server.
 //! - [`tracker_client`]: the HTTP client side of the tracker API.
 //! - [`server`]: the peer server (seeding and serving chunks).
 //! - [`client`]: downloads: scheduler, connection workers, summary.
 //! - [`stream`]: writing an asset out in order while it downloads.
+//! - [`metrics`]: the Prometheus text format of the `/metrics` endpoints.
 //! - [`cli`]: helpers shared by the binaries (exit codes, logging).
 
 #![forbid(unsafe_code)]
@@ -35,7 +37,9 @@ pub mod bitfield;
 pub mod catalog;
 pub mod cli;
 pub mod client;
+pub mod http;
 pub mod manifest;
+pub mod metrics;
 pub mod ratelimit;
 pub mod server;
 pub mod store;

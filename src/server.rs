@@ -1,7 +1,8 @@
 //! The peer server: serves the chunks of a store to other peers over the [`wire`] protocol
 //! and announces what it holds to a tracker. One accept thread hands connections to a fixed
 //! pool of workers; when all `max_conns` slots are taken the newcomer gets a "server busy"
-//! error frame instead of waiting in a queue.
+//! error frame instead of waiting in a queue. Optionally an HTTP endpoint serves the
+//! server's counters as Prometheus metrics (`GET /metrics`).
 //!
 //! [`wire`]: crate::wire
 
@@ -19,7 +20,9 @@ use crossbeam_channel::bounded;
 
 use crate::api::AnnounceRequest;
 use crate::bitfield::Bitfield;
+use crate::http;
 use crate::manifest::{AssetId, Manifest};
+use crate::metrics::{self, Exposition};
 use crate::ratelimit::{self, RateLimiter};
 use crate::store::Store;
 use crate::tracker_client::{HttpStatus, TrackerClient, new_peer_id};
@@ -49,6 +52,11 @@ const CLOSE_LINGER: Duration = Duration::from_millis(500);
 const MAX_DRAIN: usize = 256 << 10;
 /// Refusal threads alive at once; a flood beyond this is closed without an explanation.
 const MAX_REFUSERS: usize = 16;
+/// A metrics scraper that leaves our answer unread this long loses its connection: a
+/// scrape is a few kilobytes, so 10 s is generous.
+const METRICS_SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the metrics thread looks at the shutdown flag between requests.
+const METRICS_POLL: Duration = Duration::from_millis(100);
 
 /// Validated peer server settings.
 #[derive(Clone, Debug)]
@@ -75,10 +83,13 @@ pub struct ServerConfig {
     pub announce_interval: Option<Duration>,
 }
 
-/// An asset the server has served, with its counter.
+/// An asset the server has served, with its counters.
 struct Served {
     manifest: Arc<Manifest>,
+    /// Bytes of chunks sent.
     uploaded: AtomicU64,
+    /// Chunks sent.
+    chunks: AtomicU64,
 }
 
 /// What a download in this process holds so far, shared with the server so that peers can
@@ -97,6 +108,24 @@ struct Shared {
     in_use: AtomicUsize,
     /// Refusal threads running now.
     refusing: AtomicUsize,
+    /// What the metrics endpoint reports beyond the per-asset counters.
+    counters: Counters,
+}
+
+/// Connection counters for the metrics endpoint: atomics, bumped once per connection.
+struct Counters {
+    started: Instant,
+    /// Connection slots (`max_conns`).
+    slots: usize,
+    /// Connections accepted, refused ones included.
+    accepted: AtomicU64,
+    /// Connections refused because every slot was taken.
+    refused: AtomicU64,
+    /// Connections that ended in an error (logged on stderr).
+    failed: AtomicU64,
+    /// Of those, the ones where the client broke the protocol: a malformed frame, an
+    /// unsupported version, a request out of order or out of range.
+    protocol_errors: AtomicU64,
 }
 
 /// A bound peer server, ready to [`Server::serve`].
@@ -108,6 +137,8 @@ pub struct Server {
     seeded: Vec<Manifest>,
     /// With a tracker: the heartbeat, already announced once, and when to beat next.
     heartbeat: Option<(Heartbeat, Duration)>,
+    /// The metrics endpoint, when asked for, and its address.
+    metrics: Option<(tiny_http::Server, SocketAddr)>,
 }
 
 /// Reads how many bytes of an asset a [`Server`] has sent, from any thread.
@@ -161,6 +192,12 @@ impl ShutdownHandle {
 impl Server {
     /// Opens the store, imports and publishes the seed files, and binds the socket.
     pub fn bind(config: ServerConfig) -> Result<Server> {
+        Server::bind_with_metrics(config, None)
+    }
+
+    /// Like [`Server::bind`], and with `metrics` also binds an HTTP endpoint there that
+    /// answers `GET /metrics` with the server's counters in the Prometheus text format.
+    pub fn bind_with_metrics(config: ServerConfig, metrics: Option<SocketAddr>) -> Result<Server> {
         let store = Store::open(&config.store)?;
         let tracker = TrackerClient::optional(config.tracker.as_deref())?;
         let mut seeded = Vec::new();
@@ -182,6 +219,14 @@ impl Server {
         let listener = TcpListener::bind(config.listen)
             .with_context(|| format!("binding {} (is another process using it?)", config.listen))?;
         let addr = listener.local_addr()?;
+        let metrics = match metrics {
+            Some(at) => {
+                let server = http::bind(at, METRICS_SEND_TIMEOUT, "the metrics endpoint")?;
+                let bound = http::local_addr(&server)?;
+                Some((server, bound))
+            }
+            None => None,
+        };
         let shared = Arc::new(Shared {
             store,
             live: Mutex::new(HashMap::new()),
@@ -191,6 +236,14 @@ impl Server {
             active: Mutex::new(HashMap::new()),
             in_use: AtomicUsize::new(0),
             refusing: AtomicUsize::new(0),
+            counters: Counters {
+                started: Instant::now(),
+                slots: config.max_conns.max(1),
+                accepted: AtomicU64::new(0),
+                refused: AtomicU64::new(0),
+                failed: AtomicU64::new(0),
+                protocol_errors: AtomicU64::new(0),
+            },
         });
         // Announce before reporting "listening", so that a script which starts a download as
         // soon as the server is up finds it in the swarm.
@@ -206,12 +259,18 @@ impl Server {
             shared,
             seeded,
             heartbeat,
+            metrics,
         })
     }
 
     /// The address actually bound.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The address the metrics endpoint is bound to, when there is one.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(|(_, addr)| *addr)
     }
 
     /// The manifests of the files seeded at start.
@@ -242,11 +301,16 @@ impl Server {
         }
     }
 
-    /// Serves until shut down; announces to the tracker, if any, in the background.
+    /// Serves until shut down; announces to the tracker, if any, and answers metrics
+    /// requests, if asked to, in the background.
     pub fn serve(self) -> Result<()> {
         let announcer = self.heartbeat.map(|(heartbeat, wait)| {
             let (shared, config) = (Arc::clone(&self.shared), self.config.clone());
             std::thread::spawn(move || heartbeat.run(&shared, &config, wait))
+        });
+        let metrics = self.metrics.map(|(http, _)| {
+            let shared = Arc::clone(&self.shared);
+            std::thread::spawn(move || shared.serve_metrics(&http))
         });
         let max_conns = self.config.max_conns.max(1);
         // Slots are counted, not inferred from idle workers: a connection is refused only
@@ -277,8 +341,11 @@ impl Server {
                     continue;
                 }
             };
+            let counters = &self.shared.counters;
+            counters.accepted.fetch_add(1, Ordering::Relaxed);
             if self.shared.in_use.fetch_add(1, Ordering::SeqCst) >= max_conns {
                 self.shared.in_use.fetch_sub(1, Ordering::SeqCst);
+                counters.refused.fetch_add(1, Ordering::Relaxed);
                 self.shared.refuse(stream, max_conns);
                 continue;
             }
@@ -295,6 +362,9 @@ impl Server {
         }
         if let Some(announcer) = announcer {
             let _ = announcer.join();
+        }
+        if let Some(metrics) = metrics {
+            let _ = metrics.join();
         }
         Ok(())
     }
@@ -377,6 +447,111 @@ impl Shared {
         });
     }
 
+    /// Answers metrics requests until the server stops.
+    fn serve_metrics(&self, http: &tiny_http::Server) {
+        while !self.stop.load(Ordering::SeqCst) {
+            let request = match http.recv_timeout(METRICS_POLL) {
+                Ok(Some(request)) => request,
+                Ok(None) => continue,
+                Err(e) => {
+                    eprintln!("peer_server: receiving a metrics request failed: {e}");
+                    continue;
+                }
+            };
+            let path = request.url().split('?').next().unwrap_or("").to_string();
+            let (status, content_type, body) = match (request.method(), path.as_str()) {
+                (tiny_http::Method::Get, "/metrics") => {
+                    (200, metrics::CONTENT_TYPE, self.metrics())
+                }
+                (method, "/metrics") => (
+                    405,
+                    "application/json",
+                    http::error_body(format!("{method} is not allowed on /metrics")),
+                ),
+                _ => (
+                    404,
+                    "application/json",
+                    http::error_body(format!(
+                        "no such endpoint: {path} (the peer server answers GET /metrics)"
+                    )),
+                ),
+            };
+            http::respond(request, status, content_type, body, "peer_server");
+        }
+    }
+
+    /// The server's counters in the Prometheus text format.
+    fn metrics(&self) -> String {
+        // Every asset in the store is listed, served yet or not, so that its counters start
+        // at 0 instead of appearing with their first bytes (which `rate()` would miss).
+        for id in self.store.list().unwrap_or_default() {
+            let _ = self.served(&id);
+        }
+        let mut assets: Vec<(String, Arc<Served>)> = self
+            .assets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(id, served)| (id.to_string(), Arc::clone(served)))
+            .collect();
+        assets.sort_by(|a, b| a.0.cmp(&b.0));
+        let counters = &self.counters;
+        let count = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        let mut m = Exposition::new();
+        m.gauge(
+            "swarmcache_peer_server_uptime_seconds",
+            "Seconds since the peer server started.",
+        )
+        .sample(&[], counters.started.elapsed().as_secs());
+        m.gauge(
+            "swarmcache_peer_server_connection_slots",
+            "Connections served at once (--max-conns); more are refused as busy.",
+        )
+        .sample(&[], counters.slots);
+        m.gauge(
+            "swarmcache_peer_server_connections_active",
+            "Connections being served now.",
+        )
+        .sample(&[], self.lock_active().len());
+        m.counter(
+            "swarmcache_peer_server_connections_accepted_total",
+            "Connections accepted, busy refusals included.",
+        )
+        .sample(&[], count(&counters.accepted));
+        m.counter(
+            "swarmcache_peer_server_busy_refusals_total",
+            "Connections refused because every slot was taken.",
+        )
+        .sample(&[], count(&counters.refused));
+        m.counter(
+            "swarmcache_peer_server_connections_failed_total",
+            "Connections that ended in an error (timeouts, resets, protocol errors, unknown assets).",
+        )
+        .sample(&[], count(&counters.failed));
+        m.counter(
+            "swarmcache_peer_server_protocol_errors_total",
+            "Connections closed because the client broke the protocol.",
+        )
+        .sample(&[], count(&counters.protocol_errors));
+        let mut family = m.counter(
+            "swarmcache_peer_server_served_bytes_total",
+            "Bytes of chunks sent, per asset.",
+        );
+        for (id, served) in &assets {
+            let labels = [("asset", id.as_str()), ("name", &served.manifest.name)];
+            family.sample(&labels, count(&served.uploaded));
+        }
+        let mut family = m.counter(
+            "swarmcache_peer_server_served_chunks_total",
+            "Chunks sent, per asset.",
+        );
+        for (id, served) in &assets {
+            let labels = [("asset", id.as_str()), ("name", &served.manifest.name)];
+            family.sample(&labels, count(&served.chunks));
+        }
+        m.finish()
+    }
+
     /// The asset's manifest, read from the store once and then kept in memory.
     fn served(&self, id: &AssetId) -> Result<Option<Arc<Served>>> {
         if let Some(s) = self
@@ -393,6 +568,7 @@ impl Shared {
         let served = Arc::new(Served {
             manifest: Arc::new(manifest),
             uploaded: AtomicU64::new(0),
+            chunks: AtomicU64::new(0),
         });
         let mut assets = self.assets.lock().unwrap_or_else(|e| e.into_inner());
         Ok(Some(Arc::clone(assets.entry(*id).or_insert(served))))
@@ -402,6 +578,7 @@ impl Shared {
     fn serve_connection(&self, stream: &TcpStream) {
         let peer = stream.peer_addr().map_or("?".into(), |a| a.to_string());
         let Err(e) = self.handle(stream) else { return };
+        self.counters.failed.fetch_add(1, Ordering::Relaxed);
         let reply = if let Some(r) = e.downcast_ref::<Reject>() {
             Some((r.code, r.text.clone()))
         } else if e.downcast_ref::<MidFrame>().is_some() {
@@ -413,6 +590,14 @@ impl Shared {
             Some((code::INTERNAL, format!("{e:#}")))
         };
         if let Some((code, text)) = reply {
+            if matches!(
+                code,
+                code::BAD_FRAME | code::UNSUPPORTED_VERSION | code::BAD_REQUEST
+            ) {
+                self.counters
+                    .protocol_errors
+                    .fetch_add(1, Ordering::Relaxed);
+            }
             close_with_error(stream, code, &text);
         }
         eprintln!("peer_server: connection from {peer}: {e:#}");
@@ -511,6 +696,7 @@ impl Shared {
                         |e| MidFrame(format!("sending chunk {index} of {asset}: {e:#}")),
                     )?;
                     served.uploaded.fetch_add(len as u64, Ordering::Relaxed);
+                    served.chunks.fetch_add(1, Ordering::Relaxed);
                 }
                 Message::Cancel { .. } => {}
                 // The client gave up and said why; nothing to answer.
@@ -676,4 +862,53 @@ fn announce_all(
         }
     }
     Ok(asked)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shutdown_stops_the_metrics_endpoint_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = ServerConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            store: dir.path().join("store"),
+            seeds: Vec::new(),
+            chunk_size: 1 << 16,
+            tracker: None,
+            origin: false,
+            advertise: None,
+            max_conns: 2,
+            max_upload_rate: None,
+            announce_interval: None,
+        };
+        let server =
+            Server::bind_with_metrics(config, Some("127.0.0.1:0".parse().unwrap())).expect("bind");
+        let metrics = server.metrics_addr().expect("a metrics address");
+        let stop = server.shutdown_handle();
+        let (done_tx, done) = crossbeam_channel::bounded(1);
+        std::thread::spawn(move || done_tx.send(server.serve().is_ok()));
+        let body = ureq::get(&format!("http://{metrics}/metrics"))
+            .call()
+            .expect("a scrape")
+            .into_string()
+            .unwrap();
+        assert!(body.contains("swarmcache_peer_server_connections_accepted_total 0"));
+        stop.shutdown();
+        assert_eq!(
+            done.recv_timeout(Duration::from_secs(10)),
+            Ok(true),
+            "serve returns, its metrics thread joined"
+        );
+        // The endpoint's listener closes once its server is dropped, just after.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect_timeout(&metrics, Duration::from_secs(1)).is_ok() {
+            assert!(
+                Instant::now() < deadline,
+                "metrics still accepted after shutdown"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }

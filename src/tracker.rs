@@ -10,19 +10,20 @@
 //! | `GET /assets/{id}` | the manifest, as TOML |
 //! | `POST /assets/{id}/announce` (JSON) | peers and origins to use, and the heartbeat interval |
 //! | `GET /assets/{id}/peers` | every live peer of the swarm |
-//! | `GET /stats` | global and per-swarm figures |
+//! | `GET /stats` | global and per-swarm figures: peers, bytes served by peers and origins |
+//! | `GET /metrics` | the same figures in the Prometheus text format |
 //!
 //! Errors are JSON `{"error": "…"}` with a 4xx or 5xx status.
 
 use std::collections::HashMap;
 use std::io::Read;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde::Serialize;
 
 use crate::api::{
@@ -31,7 +32,9 @@ use crate::api::{
 };
 use crate::bitfield::Bitfield;
 use crate::catalog::Catalog;
+use crate::http;
 use crate::manifest::{AssetId, MAX_MANIFEST_BYTES, Manifest};
+use crate::metrics::{self, Exposition, Kind};
 
 /// Default time after which a silent peer leaves its swarm: three missed heartbeats at the
 /// default 20 s interval, so one lost announce never drops a healthy peer.
@@ -55,6 +58,11 @@ pub const DEFAULT_HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 /// in the middle of its request body holds its thread until the client goes (tiny_http
 /// offers no read timeout); with 32, a handful of such clients leave everyone else served.
 const HTTP_THREADS: usize = 32;
+/// A peer's `uploaded` counter is remembered for this many peer timeouts after its last
+/// announce, so that a peer dropped from its swarm (silent too long, reported unreachable)
+/// that comes back under the same id is not counted twice. Ids live as long as their
+/// process, so a peer away for longer is almost certainly gone for good.
+const COUNTER_MEMORY_TIMEOUTS: u32 = 10;
 
 /// Validated tracker settings.
 #[derive(Clone, Debug)]
@@ -78,7 +86,6 @@ struct Peer {
     have: Option<Bitfield>,
     origin: bool,
     last_seen: Instant,
-    uploaded: u64,
     /// For a peer still downloading: the chunks it was told to take from the origin.
     plan: Option<Bitfield>,
 }
@@ -100,10 +107,26 @@ impl Peer {
     }
 }
 
+/// The last `uploaded` counter a peer reported, and when.
+#[derive(Debug)]
+struct Reported {
+    uploaded: u64,
+    at: Instant,
+}
+
 #[derive(Debug, Default)]
 struct Swarm {
     peers: HashMap<String, Peer>,
     announces: u64,
+    /// Bytes served in this swarm since the tracker started, by peers that are not origins
+    /// and by origins: the sums of the increases of every peer's `uploaded` counter.
+    peer_bytes: u64,
+    origin_bytes: u64,
+    /// Every peer's last reported counter, kept past its departure (see
+    /// [`COUNTER_MEMORY_TIMEOUTS`]); peers that never served are not listed.
+    counters: HashMap<String, Reported>,
+    /// When `counters` was last swept of peers long gone.
+    swept: Option<Instant>,
     /// Where the next answer's list of peers starts, so load spreads over every peer.
     rotation: usize,
     /// How many leechers the origin shares were last split between.
@@ -114,6 +137,40 @@ impl Swarm {
     fn prune(&mut self, now: Instant, timeout: Duration) {
         self.peers
             .retain(|_, p| now.duration_since(p.last_seen) <= timeout);
+        // A sweep walks every peer seen lately; once per peer timeout is often enough.
+        if self.swept.is_none_or(|t| now.duration_since(t) >= timeout) {
+            let memory = timeout.saturating_mul(COUNTER_MEMORY_TIMEOUTS);
+            self.counters
+                .retain(|_, r| now.duration_since(r.at) <= memory);
+            self.swept = Some(now);
+        }
+    }
+
+    /// Adds to the swarm's totals what `peer_id`'s cumulative `uploaded` counter grew by
+    /// since its previous report. A counter lower than before belongs to a restarted peer,
+    /// so all of it is new. A leaving peer's counter is forgotten once counted.
+    fn count_upload(
+        &mut self,
+        peer_id: &str,
+        uploaded: u64,
+        origin: bool,
+        leaving: bool,
+        now: Instant,
+    ) {
+        let previous = self.counters.get(peer_id).map_or(0, |r| r.uploaded);
+        let increase = uploaded.checked_sub(previous).unwrap_or(uploaded);
+        let total = if origin {
+            &mut self.origin_bytes
+        } else {
+            &mut self.peer_bytes
+        };
+        *total = total.saturating_add(increase);
+        if leaving {
+            self.counters.remove(peer_id);
+        } else if uploaded > 0 || previous > 0 {
+            let report = Reported { uploaded, at: now };
+            self.counters.insert(peer_id.to_string(), report);
+        }
     }
 
     /// The chunks leecher `me` should take from the origin. The chunks no peer holds yet
@@ -207,6 +264,7 @@ fn err(status: u16, message: impl Into<String>) -> HttpError {
 enum Reply {
     Json(u16, String),
     Toml(String),
+    Metrics(String),
 }
 
 fn json(status: u16, value: &impl Serialize) -> Reply {
@@ -239,33 +297,9 @@ impl Tracker {
     /// Loads the catalog and binds the listening socket.
     pub fn bind(config: &TrackerConfig) -> Result<Tracker> {
         let catalog = Catalog::open(&config.data)?;
-        let listener = TcpListener::bind(config.listen).with_context(|| {
-            format!(
-                "binding the tracker to {} (is another process using it?)",
-                config.listen
-            )
-        })?;
-        let addr = listener.local_addr()?;
-        // tiny_http sets no timeouts on the connections it accepts, but accepted sockets
-        // inherit SO_SNDTIMEO from the listener: a client that stops reading our answer
-        // frees its thread after --http-timeout. SO_RCVTIMEO cannot be set the same way:
-        // on Linux it also bounds accept(), and tiny_http stops accepting for good after
-        // one failed accept, so an idle tracker would go deaf.
-        rustix::net::sockopt::set_socket_timeout(
-            &listener,
-            rustix::net::sockopt::Timeout::Send,
-            Some(config.http_timeout),
-        )
-        .map_err(std::io::Error::from)
-        .with_context(|| format!("setting the send timeout on {addr}"))?;
-        // tiny_http writes an answer's head and body separately; with Nagle's algorithm the
-        // body then waits for the client's delayed ACK, 40 ms on a kept-alive connection.
-        // Accepted sockets inherit TCP_NODELAY from the listener.
-        rustix::net::sockopt::set_tcp_nodelay(&listener, true)
-            .map_err(std::io::Error::from)
-            .with_context(|| format!("setting TCP_NODELAY on {addr}"))?;
-        let http = tiny_http::Server::from_listener(listener, None)
-            .map_err(|e| anyhow::anyhow!("starting the HTTP server on {addr}: {e}"))?;
+        // A client that leaves our answer unread frees its thread after --http-timeout.
+        let http = http::bind(config.listen, config.http_timeout, "the tracker")?;
+        let addr = http::local_addr(&http)?;
         Ok(Tracker {
             http: Arc::new(http),
             addr,
@@ -327,18 +361,9 @@ impl State {
         let (status, body, content_type) = match reply {
             Reply::Json(status, body) => (status, body, "application/json"),
             Reply::Toml(body) => (200, body, "application/toml"),
+            Reply::Metrics(body) => (200, body, metrics::CONTENT_TYPE),
         };
-        let header =
-            tiny_http::Header::from_bytes("Content-Type", content_type).expect("static header");
-        let response = tiny_http::Response::from_string(body)
-            .with_status_code(status)
-            .with_header(header);
-        if let Err(e) = request.respond(response) {
-            eprintln!(
-                "tracker: answering {} failed: {e}",
-                remote.map_or("?".into(), |a| a.to_string())
-            );
-        }
+        http::respond(request, status, content_type, body, "tracker");
     }
 
     fn route(
@@ -353,6 +378,7 @@ impl State {
         match (&method, parts.as_slice()) {
             (Get, ["health"]) => Ok(json(200, &self.health())),
             (Get, ["stats"]) => Ok(json(200, &self.stats())),
+            (Get, ["metrics"]) => Ok(Reply::Metrics(self.metrics())),
             (Get, ["assets"]) => Ok(json(200, &self.list())),
             (Post, ["assets"]) => {
                 let body = read_body(request, MAX_MANIFEST_BYTES)?;
@@ -370,14 +396,14 @@ impl State {
                 Ok(json(200, &self.announce(id, req, remote)?))
             }
             (Get, ["assets", id, "peers"]) => Ok(json(200, &self.peers(&parse_id(id)?)?)),
-            (_, ["health" | "stats" | "assets"])
+            (_, ["health" | "stats" | "metrics" | "assets"])
             | (_, ["assets", _])
             | (_, ["assets", _, "announce" | "peers"]) => {
                 Err(err(405, format!("{method} is not allowed on {path}")))
             }
             _ => Err(err(
                 404,
-                format!("no such endpoint: {path} (see GET /health, /assets, /stats)"),
+                format!("no such endpoint: {path} (see GET /health, /assets, /stats, /metrics)"),
             )),
         }
     }
@@ -476,6 +502,8 @@ impl State {
         let swarm = swarms.entry(id).or_default();
         swarm.prune(now, self.peer_timeout);
         swarm.announces += 1;
+        let stopping = req.event.as_deref() == Some("stopped");
+        swarm.count_upload(&req.peer_id, req.uploaded, req.origin, stopping, now);
         for reported in &req.unreachable {
             // A peer that announced a moment ago is alive as far as the tracker can tell
             // (the reporter may be the one with the network problem); a quiet one is gone.
@@ -488,7 +516,6 @@ impl State {
                 swarm.peers.remove(reported);
             }
         }
-        let stopping = req.event.as_deref() == Some("stopped");
         match addr {
             Some(addr) if !stopping => {
                 let have = have.filter(|h| !h.is_full());
@@ -498,7 +525,6 @@ impl State {
                     have,
                     origin: req.origin,
                     last_seen: now,
-                    uploaded: req.uploaded,
                     plan,
                 };
                 swarm.peers.insert(req.peer_id.clone(), peer);
@@ -572,32 +598,124 @@ impl State {
         let now = Instant::now();
         let catalog = self.catalog.read().unwrap_or_else(|e| e.into_inner());
         let mut swarms = self.swarms.lock().unwrap_or_else(|e| e.into_inner());
-        let mut list = Vec::new();
-        let mut peers = 0;
-        for (id, swarm) in swarms.iter_mut() {
-            swarm.prune(now, self.peer_timeout);
-            peers += swarm.peers.len();
-            let live = swarm.peers.values();
-            list.push(SwarmStats {
-                id: id.to_string(),
-                name: catalog.get(id).map(|m| m.name.clone()).unwrap_or_default(),
-                peers: swarm.peers.len(),
-                seeders: live.clone().filter(|p| p.have.is_none()).count(),
-                origins: live.clone().filter(|p| p.origin).count(),
-                uploaded: live.clone().map(|p| p.uploaded).sum(),
-                origin_uploaded: live.filter(|p| p.origin).map(|p| p.uploaded).sum(),
-                announces: swarm.announces,
-            });
-        }
+        let mut list: Vec<SwarmStats> = swarms
+            .iter_mut()
+            .map(|(id, swarm)| {
+                swarm.prune(now, self.peer_timeout);
+                let live = swarm.peers.values();
+                SwarmStats {
+                    id: id.to_string(),
+                    name: catalog.get(id).map(|m| m.name.clone()).unwrap_or_default(),
+                    peers: swarm.peers.len(),
+                    seeders: live.clone().filter(|p| p.have.is_none()).count(),
+                    origins: live.filter(|p| p.origin).count(),
+                    uploaded: swarm.peer_bytes.saturating_add(swarm.origin_bytes),
+                    peer_uploaded: swarm.peer_bytes,
+                    origin_uploaded: swarm.origin_bytes,
+                    p2p_ratio: p2p_ratio(swarm.peer_bytes, swarm.origin_bytes),
+                    announces: swarm.announces,
+                }
+            })
+            .collect();
         list.sort_by(|a, b| a.id.cmp(&b.id));
+        let count = |figure: fn(&SwarmStats) -> usize| list.iter().map(figure).sum();
+        let bytes =
+            |figure: fn(&SwarmStats) -> u64| list.iter().map(figure).fold(0, u64::saturating_add);
+        let (peer_uploaded, origin_uploaded) =
+            (bytes(|s| s.peer_uploaded), bytes(|s| s.origin_uploaded));
         Stats {
             assets: catalog.len(),
-            peers,
+            peers: count(|s| s.peers),
+            seeders: count(|s| s.seeders),
+            origins: count(|s| s.origins),
+            uploaded: peer_uploaded.saturating_add(origin_uploaded),
+            peer_uploaded,
+            origin_uploaded,
+            p2p_ratio: p2p_ratio(peer_uploaded, origin_uploaded),
             announces: self.announces.load(Ordering::Relaxed),
             uptime_secs: self.started.elapsed().as_secs(),
             swarms: list,
         }
     }
+
+    /// The figures of `GET /stats` in the Prometheus text format.
+    fn metrics(&self) -> String {
+        let stats = self.stats();
+        let mut m = Exposition::new();
+        m.gauge(
+            "swarmcache_tracker_uptime_seconds",
+            "Seconds since the tracker started.",
+        )
+        .sample(&[], stats.uptime_secs);
+        m.gauge("swarmcache_tracker_assets", "Assets in the catalog.")
+            .sample(&[], stats.assets);
+        m.counter(
+            "swarmcache_tracker_announces_total",
+            "Announces received, every swarm together.",
+        )
+        .sample(&[], stats.announces);
+        let per_swarm = |m: &mut Exposition, name, kind, help, figure: fn(&SwarmStats) -> u64| {
+            let mut family = m.family(name, kind, help);
+            for swarm in &stats.swarms {
+                family.sample(
+                    &[("asset", &swarm.id), ("name", &swarm.name)],
+                    figure(swarm),
+                );
+            }
+        };
+        per_swarm(
+            &mut m,
+            "swarmcache_tracker_swarm_peers",
+            Kind::Gauge,
+            "Live serving peers of the swarm, origins included.",
+            |s| s.peers as u64,
+        );
+        per_swarm(
+            &mut m,
+            "swarmcache_tracker_swarm_seeders",
+            Kind::Gauge,
+            "Live peers of the swarm holding every chunk, origins included.",
+            |s| s.seeders as u64,
+        );
+        per_swarm(
+            &mut m,
+            "swarmcache_tracker_swarm_origins",
+            Kind::Gauge,
+            "Live origins of the swarm.",
+            |s| s.origins as u64,
+        );
+        per_swarm(
+            &mut m,
+            "swarmcache_tracker_swarm_announces_total",
+            Kind::Counter,
+            "Announces received for the asset.",
+            |s| s.announces,
+        );
+        let mut family = m.counter(
+            "swarmcache_tracker_swarm_served_bytes_total",
+            "Bytes served in the swarm, as its peers report them, by source: peer or origin.",
+        );
+        for swarm in &stats.swarms {
+            for (source, bytes) in [
+                ("peer", swarm.peer_uploaded),
+                ("origin", swarm.origin_uploaded),
+            ] {
+                let labels = [
+                    ("asset", swarm.id.as_str()),
+                    ("name", &swarm.name),
+                    ("source", source),
+                ];
+                family.sample(&labels, bytes);
+            }
+        }
+        m.finish()
+    }
+}
+
+/// The share of the bytes served that peers served; `None` when nothing was served.
+fn p2p_ratio(peer: u64, origin: u64) -> Option<f64> {
+    let total = peer as f64 + origin as f64;
+    (total > 0.0).then(|| peer as f64 / total)
 }
 
 fn parse_id(text: &str) -> Result<AssetId, HttpError> {
@@ -665,7 +783,6 @@ mod tests {
             have,
             origin,
             last_seen: Instant::now(),
-            uploaded: 0,
             plan: None,
         }
     }
@@ -701,6 +818,45 @@ mod tests {
         // A complete peer holds everything: nothing more is needed from the origin.
         swarm.peers.insert("seed".into(), peer(None, false));
         assert_eq!(swarm.plan_for("a", 100).count(), 0);
+    }
+
+    #[test]
+    fn served_bytes_add_up_counter_increases_and_survive_departures() {
+        let timeout = Duration::from_secs(60);
+        let start = Instant::now();
+        let mut swarm = Swarm::default();
+        swarm.count_upload("origin", 100, true, false, start);
+        swarm.count_upload("a", 50, false, false, start);
+        swarm.count_upload("a", 80, false, false, start);
+        swarm.count_upload("origin", 100, true, false, start);
+        assert_eq!((swarm.peer_bytes, swarm.origin_bytes), (80, 100));
+        // A counter lower than before is a restarted peer: all of it is new.
+        swarm.count_upload("a", 10, false, false, start);
+        assert_eq!(swarm.peer_bytes, 90);
+        // Peers that never served cost no memory.
+        swarm.count_upload("leecher", 0, false, false, start);
+        assert!(!swarm.counters.contains_key("leecher"));
+        // Gone for two peer timeouts and back under the same id: only the increase counts.
+        let later = start + 2 * timeout;
+        swarm.prune(later, timeout);
+        swarm.count_upload("a", 15, false, false, later);
+        assert_eq!(swarm.peer_bytes, 95);
+        // A leaving peer's last increase counts, then its counter is forgotten.
+        swarm.count_upload("a", 20, false, true, later);
+        assert_eq!(swarm.peer_bytes, 100);
+        assert!(!swarm.counters.contains_key("a"));
+        // Past the memory, a counter is forgotten and would count in full again.
+        swarm.prune(start + (COUNTER_MEMORY_TIMEOUTS + 1) * timeout, timeout);
+        assert!(swarm.counters.is_empty());
+        assert_eq!((swarm.peer_bytes, swarm.origin_bytes), (100, 100));
+    }
+
+    #[test]
+    fn the_p2p_ratio_is_the_peers_share_and_absent_before_any_byte() {
+        assert_eq!(p2p_ratio(0, 0), None);
+        assert_eq!(p2p_ratio(0, 10), Some(0.0));
+        assert_eq!(p2p_ratio(30, 10), Some(0.75));
+        assert_eq!(p2p_ratio(u64::MAX, 0), Some(1.0));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -10,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, unbounded};
+use openmetrics_parser::{PrometheusType, PrometheusValue};
 
 /// How long a server may take to print its `listening on` line (seeding included).
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -370,6 +372,8 @@ pub struct ServerProc {
     pub addr: String,
     pub seeded: Vec<String>,
     pub store: PathBuf,
+    /// The URL of its metrics, when started with `--metrics`.
+    pub metrics: Option<String>,
 }
 
 impl ServerProc {
@@ -416,12 +420,16 @@ impl ServerProc {
             .iter()
             .map(|l| l.split_whitespace().next().unwrap().to_string())
             .collect();
+        let metrics = extra
+            .contains(&"--metrics")
+            .then(|| proc.wait_line("metrics on ", START_TIMEOUT));
         let addr = proc.listening();
         ServerProc {
             proc,
             addr,
             seeded,
             store: dir.join(store),
+            metrics,
         }
     }
 }
@@ -492,4 +500,104 @@ pub fn get(dir: &Path, tracker: &str, id: &str, out: &str, store: &str, extra: &
         &get_args(tracker, id, out, store, extra),
         b"",
     )
+}
+
+/// An HTTP answer: status, content type and body, whatever the status.
+pub struct Answer {
+    pub status: u16,
+    pub content_type: String,
+    pub body: String,
+}
+
+/// GET `url`, any status.
+pub fn http_get(url: &str) -> Answer {
+    let response = match ureq::get(url).call() {
+        Ok(response) => response,
+        Err(ureq::Error::Status(_, response)) => response,
+        Err(e) => panic!("GET {url}: {e}"),
+    };
+    Answer {
+        status: response.status(),
+        content_type: response.header("Content-Type").unwrap_or("").to_string(),
+        body: response
+            .into_string()
+            .unwrap_or_else(|e| panic!("GET {url}: reading the body: {e}")),
+    }
+}
+
+/// A scrape of a `/metrics` endpoint that a strict parser of the Prometheus text format
+/// accepted, flattened to (family, labels) → value.
+pub struct Metrics {
+    pub text: String,
+    pub samples: BTreeMap<(String, BTreeMap<String, String>), f64>,
+}
+
+impl Metrics {
+    /// The value of the one sample of `family` whose labels include `labels`.
+    pub fn value(&self, family: &str, labels: &[(&str, &str)]) -> f64 {
+        let matching: Vec<f64> = self
+            .samples
+            .iter()
+            .filter(|((name, have), _)| {
+                name == family
+                    && labels
+                        .iter()
+                        .all(|(k, v)| have.get(*k).map(String::as_str) == Some(*v))
+            })
+            .map(|(_, value)| *value)
+            .collect();
+        match matching[..] {
+            [value] => value,
+            _ => panic!(
+                "{} samples of {family} with labels {labels:?} in\n{}",
+                matching.len(),
+                self.text
+            ),
+        }
+    }
+}
+
+/// GETs a `/metrics` URL and parses it as the Prometheus text format (version 0.0.4):
+/// the content type, the grammar, and that every family has a help text and a type, and
+/// every counter a name in `_total`.
+pub fn scrape(url: &str) -> Metrics {
+    let answer = http_get(url);
+    assert_eq!(answer.status, 200, "GET {url}: {}", answer.body);
+    assert!(
+        answer.content_type.starts_with("text/plain; version=0.0.4"),
+        "GET {url}: Content-Type {:?}",
+        answer.content_type
+    );
+    let text = answer.body;
+    let parsed = openmetrics_parser::prometheus::parse_prometheus(&text)
+        .unwrap_or_else(|e| panic!("GET {url} is not Prometheus text: {e:?}\n{text}"));
+    let mut samples = BTreeMap::new();
+    for (name, family) in &parsed.families {
+        assert!(!family.help.is_empty(), "{name} has no HELP\n{text}");
+        let counter = match family.family_type {
+            PrometheusType::Counter => true,
+            PrometheusType::Gauge => false,
+            ref other => panic!("{name} is a {other:?}, not a counter or gauge\n{text}"),
+        };
+        assert_eq!(
+            counter,
+            name.ends_with("_total"),
+            "{name}: only counters end in _total\n{text}"
+        );
+        for sample in family.iter_samples() {
+            let labels = sample
+                .get_labelset()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            let value = match &sample.value {
+                PrometheusValue::Counter(c) => c.value.as_f64(),
+                PrometheusValue::Gauge(n) => n.as_f64(),
+                other => panic!("{name}: unexpected sample {other:?}"),
+            };
+            samples.insert((name.clone(), labels), value);
+        }
+    }
+    Metrics { text, samples }
 }

@@ -5,6 +5,7 @@ mod harness;
 
 mod cli_errors;
 mod faults;
+mod metrics;
 mod network;
 mod pipeline;
 mod stream;

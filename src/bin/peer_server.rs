@@ -13,8 +13,9 @@ use swarmcache::server::{DEFAULT_MAX_CONNS, Server, ServerConfig};
 /// Serve the chunks of a store to other peers over the swarmcache wire protocol, and
 /// announce what the store holds to a tracker on a heartbeat.
 ///
-/// Prints "seeded ID NAME" for each --seed, then "listening on ADDR" on stdout once it
-/// accepts connections.
+/// Prints "seeded ID NAME" for each --seed, with --metrics "metrics on http://ADDR/metrics",
+/// then "listening on ADDR" on stdout once it accepts connections (port 0 picks a port;
+/// the lines show the ones bound).
 ///
 /// Example (the origin of a swarm):
 ///   peer_server --origin --listen 127.0.0.1:7001 --store ./origin --seed big.iso --tracker http://127.0.0.1:7070
@@ -52,6 +53,11 @@ struct Args {
     /// Heartbeat period (default: what the tracker asks for).
     #[arg(long, value_parser = cli::duration_arg)]
     announce_interval: Option<Duration>,
+    /// Serve Prometheus metrics over HTTP at http://ADDR/metrics, e.g. 127.0.0.1:9101:
+    /// bytes and chunks served per asset, connections accepted, active and failed, busy
+    /// refusals, protocol errors.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
 }
 
 fn run(args: Args) -> Result<u8> {
@@ -67,9 +73,12 @@ fn run(args: Args) -> Result<u8> {
         max_upload_rate: args.max_upload_rate,
         announce_interval: args.announce_interval,
     };
-    let server = Server::bind(config)?;
+    let server = Server::bind_with_metrics(config, args.metrics)?;
     for manifest in server.seeded() {
         cli::println(&format!("seeded {} {}", manifest.id(), manifest.name))?;
+    }
+    if let Some(addr) = server.metrics_addr() {
+        cli::println(&format!("metrics on http://{addr}/metrics"))?;
     }
     cli::println(&format!("listening on {}", server.local_addr()))?;
     server.serve()?;

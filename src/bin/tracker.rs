@@ -15,7 +15,10 @@ use swarmcache::tracker::{DEFAULT_MAX_PEERS, Tracker, TrackerConfig};
 ///
 /// Prints "listening on http://ADDR" on stdout once it accepts requests (port 0 picks a
 /// free port). Endpoints: GET /health, GET /assets, POST /assets (manifest TOML),
-/// GET /assets/ID, POST /assets/ID/announce, GET /assets/ID/peers, GET /stats.
+/// GET /assets/ID, POST /assets/ID/announce, GET /assets/ID/peers,
+/// GET /stats (JSON: peers, seeders, origins, bytes served by peers and by origins since
+/// the tracker started, P2P ratio; global and per swarm), GET /metrics (the same figures
+/// for Prometheus).
 #[derive(Parser)]
 #[command(version, verbatim_doc_comment)]
 struct Args {
