@@ -13,7 +13,7 @@ use anyhow::{Context, Result};
 use swarmcache::client::{self, GetConfig};
 use swarmcache::manifest::DEFAULT_CHUNK_SIZE;
 use swarmcache::server::{DEFAULT_MAX_CONNS, Server, ServerConfig};
-use swarmcache::tracker::{DEFAULT_HTTP_TIMEOUT, DEFAULT_MAX_PEERS, Tracker, TrackerConfig};
+use swarmcache::tracker::{Tracker, TrackerConfig};
 use swarmcache::units::format_bytes;
 
 const FILE_SIZE: usize = 64 << 20;
@@ -26,13 +26,10 @@ fn main() -> Result<()> {
     let file = dir.path().join("demo.bin");
     std::fs::write(&file, pseudo_random(FILE_SIZE)).context("writing the demo file")?;
 
-    let tracker = Tracker::bind(&TrackerConfig {
-        listen: any_port,
-        data: dir.path().join("tracker-data"),
-        peer_timeout: Duration::from_secs(60),
-        max_peers: DEFAULT_MAX_PEERS,
-        http_timeout: DEFAULT_HTTP_TIMEOUT,
-    })?;
+    let tracker = Tracker::bind(&TrackerConfig::new(
+        any_port,
+        dir.path().join("tracker-data"),
+    ))?;
     let url = format!("http://{}", tracker.local_addr());
     let stop_tracker = tracker.shutdown_handle();
     let tracker_thread = std::thread::spawn(move || tracker.serve());

@@ -104,6 +104,18 @@ pub struct AnnounceResponse {
     /// origin. Other leechers were given disjoint shares; the rest comes from peers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub origin_share: Option<String>,
+    /// With auth on: a ticket (hex) for this peer and asset, signed by the tracker, to
+    /// present in the `Hello` to other peers. Each announce brings a fresh one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ticket: Option<String>,
+}
+
+/// `GET /keys`: the public keys peers verify tickets with, current first (empty in open
+/// mode, where peers need no ticket).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct KeysResponse {
+    /// Ed25519 public keys, hex.
+    pub keys: Vec<String>,
 }
 
 /// Per-swarm figures in `GET /stats`. The byte totals count from the tracker's start and

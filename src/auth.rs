@@ -213,6 +213,34 @@ pub fn new_token(
     Ok((token, entry))
 }
 
+/// Appends a token entry to a permissions file (created readable by its owner only), after
+/// checking that the file with it still parses.
+pub fn append_token(path: &Path, entry: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let existing = match fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let separator = if existing.is_empty() || existing.ends_with('\n') {
+        ""
+    } else {
+        "\n"
+    };
+    Tokens::parse(&format!("{existing}{separator}\n{entry}"))
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let mut file = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    file.write_all(format!("{separator}\n{entry}").as_bytes())
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("appending to {}", path.display()))
+}
+
 /// The tracker's signing keys: the current one signs; the previous one, kept after a
 /// rotation, still verifies the tickets it signed until they expire.
 pub struct KeyRing {

@@ -614,10 +614,11 @@ impl Announce {
         self.tracker.announce(&self.asset, &request)
     }
 
-    /// Tells the tracker this peer is gone.
+    /// Tells the tracker this peer is gone, with what it served since the last announce.
     fn leave(&self) {
         let request = AnnounceRequest {
             event: Some("stopped".into()),
+            uploaded: self.uploaded.as_ref().map_or(0, |u| u.get(&self.asset)),
             ..self.template.clone()
         };
         let _ = self.tracker.announce(&self.asset, &request);

@@ -27,9 +27,10 @@ use anyhow::Result;
 use serde::Serialize;
 
 use crate::api::{
-    AnnounceRequest, AnnounceResponse, AssetSummary, ErrorBody, PeerInfo, PublishResponse, Stats,
-    SwarmStats,
+    AnnounceRequest, AnnounceResponse, AssetSummary, ErrorBody, KeysResponse, PeerInfo,
+    PublishResponse, Stats, SwarmStats,
 };
+use crate::auth::{Action, DEFAULT_TICKET_TTL, Denied, Grant, KeyRing, Tokens};
 use crate::bitfield::Bitfield;
 use crate::catalog::Catalog;
 use crate::http;
@@ -77,6 +78,33 @@ pub struct TrackerConfig {
     pub max_peers: usize,
     /// Longest time a client may leave an answer unread.
     pub http_timeout: Duration,
+    /// Permissions file: with one, every request but `/health` and `/keys` needs a token,
+    /// and announces are answered with signed tickets. `None`: open mode.
+    pub auth: Option<PathBuf>,
+    /// How long a ticket stays valid.
+    pub ticket_ttl: Duration,
+}
+
+impl TrackerConfig {
+    /// Open-mode settings with the defaults for everything but the address and data.
+    pub fn new(listen: SocketAddr, data: PathBuf) -> TrackerConfig {
+        TrackerConfig {
+            listen,
+            data,
+            peer_timeout: DEFAULT_PEER_TIMEOUT,
+            max_peers: DEFAULT_MAX_PEERS,
+            http_timeout: DEFAULT_HTTP_TIMEOUT,
+            auth: None,
+            ticket_ttl: DEFAULT_TICKET_TTL,
+        }
+    }
+}
+
+/// With auth on: who may do what, and the keys tickets are signed with.
+struct Auth {
+    tokens: Tokens,
+    keys: KeyRing,
+    ticket_ttl: Duration,
 }
 
 /// One peer of a swarm.
@@ -244,6 +272,7 @@ struct State {
     announces: AtomicU64,
     peer_timeout: Duration,
     max_peers: usize,
+    auth: Option<Auth>,
 }
 
 /// A failed request: the status and the message for the JSON error body.
@@ -297,6 +326,14 @@ impl Tracker {
     /// Loads the catalog and binds the listening socket.
     pub fn bind(config: &TrackerConfig) -> Result<Tracker> {
         let catalog = Catalog::open(&config.data)?;
+        let auth = match &config.auth {
+            Some(path) => Some(Auth {
+                tokens: Tokens::load(path)?,
+                keys: KeyRing::load_or_create(&KeyRing::dir(&config.data))?,
+                ticket_ttl: config.ticket_ttl,
+            }),
+            None => None,
+        };
         // A client that leaves our answer unread frees its thread after --http-timeout.
         let http = http::bind(config.listen, config.http_timeout, "the tracker")?;
         let addr = http::local_addr(&http)?;
@@ -310,6 +347,7 @@ impl Tracker {
                 announces: AtomicU64::new(0),
                 peer_timeout: config.peer_timeout,
                 max_peers: config.max_peers,
+                auth,
             }),
             stop: Arc::new(AtomicBool::new(false)),
         })
@@ -375,28 +413,51 @@ impl State {
         let path = request.url().split('?').next().unwrap_or("").to_string();
         let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
         let method = request.method().clone();
+        let token = bearer_token(request);
+        let allow = |action: Action| self.authorize(token.as_deref(), action);
         match (&method, parts.as_slice()) {
             (Get, ["health"]) => Ok(json(200, &self.health())),
-            (Get, ["stats"]) => Ok(json(200, &self.stats())),
-            (Get, ["metrics"]) => Ok(Reply::Metrics(self.metrics())),
-            (Get, ["assets"]) => Ok(json(200, &self.list())),
+            (Get, ["keys"]) => Ok(json(200, &self.keys())),
+            (Get, ["stats"]) => {
+                allow(Action::Browse)?;
+                Ok(json(200, &self.stats()))
+            }
+            (Get, ["metrics"]) => {
+                allow(Action::Browse)?;
+                Ok(Reply::Metrics(self.metrics()))
+            }
+            (Get, ["assets"]) => {
+                let grant = allow(Action::Browse)?;
+                Ok(json(200, &self.list(grant)))
+            }
             (Post, ["assets"]) => {
+                allow(Action::Publish)?;
                 let body = read_body(request, MAX_MANIFEST_BYTES)?;
                 self.publish(&body)
             }
             (Get, ["assets", id]) => {
-                let manifest = self.manifest(&parse_id(id)?)?;
+                let id = parse_id(id)?;
+                allow(Action::Fetch(&id))?;
+                let manifest = self.manifest(&id)?;
                 Ok(Reply::Toml(manifest.to_toml()))
             }
             (Post, ["assets", id, "announce"]) => {
                 let id = parse_id(id)?;
+                allow(Action::Fetch(&id))?;
                 let body = read_body(request, MAX_JSON_BODY)?;
                 let req: AnnounceRequest = serde_json::from_str(&body)
                     .map_err(|e| err(400, format!("announce body is not valid JSON: {e}")))?;
+                if req.origin {
+                    allow(Action::Origin(&id))?;
+                }
                 Ok(json(200, &self.announce(id, req, remote)?))
             }
-            (Get, ["assets", id, "peers"]) => Ok(json(200, &self.peers(&parse_id(id)?)?)),
-            (_, ["health" | "stats" | "metrics" | "assets"])
+            (Get, ["assets", id, "peers"]) => {
+                let id = parse_id(id)?;
+                allow(Action::Fetch(&id))?;
+                Ok(json(200, &self.peers(&id)?))
+            }
+            (_, ["health" | "keys" | "stats" | "metrics" | "assets"])
             | (_, ["assets", _])
             | (_, ["assets", _, "announce" | "peers"]) => {
                 Err(err(405, format!("{method} is not allowed on {path}")))
@@ -405,6 +466,28 @@ impl State {
                 404,
                 format!("no such endpoint: {path} (see GET /health, /assets, /stats, /metrics)"),
             )),
+        }
+    }
+
+    /// With auth on, what the presented token may do; in open mode, anything (`None`).
+    fn authorize(&self, token: Option<&str>, action: Action) -> Result<Option<&Grant>, HttpError> {
+        let Some(auth) = &self.auth else {
+            return Ok(None);
+        };
+        match auth.tokens.authorize(token, action) {
+            Ok(grant) => Ok(Some(grant)),
+            Err(Denied::Unauthenticated(message)) => Err(err(401, message)),
+            Err(Denied::Forbidden(message)) => Err(err(403, message)),
+        }
+    }
+
+    fn keys(&self) -> KeysResponse {
+        KeysResponse {
+            keys: self
+                .auth
+                .as_ref()
+                .map(|a| a.keys.public_keys())
+                .unwrap_or_default(),
         }
     }
 
@@ -429,10 +512,12 @@ impl State {
             })
     }
 
-    fn list(&self) -> Vec<AssetSummary> {
+    /// The catalog, or the part of it `grant` may fetch.
+    fn list(&self, grant: Option<&Grant>) -> Vec<AssetSummary> {
         let catalog = self.catalog.read().unwrap_or_else(|e| e.into_inner());
         catalog
             .iter()
+            .filter(|(id, _)| grant.is_none_or(|g| g.may_fetch(id)))
             .map(|(id, m)| AssetSummary {
                 id: id.to_string(),
                 name: m.name.clone(),
@@ -574,6 +659,11 @@ impl State {
             origins,
             your_addr: addr.map(|a| a.to_string()),
             origin_share,
+            ticket: self
+                .auth
+                .as_ref()
+                .filter(|_| !stopping)
+                .map(|a| hex::encode(a.keys.issue(&id, &req.peer_id, a.ticket_ttl))),
         })
     }
 
@@ -716,6 +806,16 @@ impl State {
 fn p2p_ratio(peer: u64, origin: u64) -> Option<f64> {
     let total = peer as f64 + origin as f64;
     (total > 0.0).then(|| peer as f64 / total)
+}
+
+/// The token of an `Authorization: Bearer TOKEN` header.
+fn bearer_token(request: &tiny_http::Request) -> Option<String> {
+    request
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv("Authorization"))
+        .and_then(|h| h.value.as_str().strip_prefix("Bearer "))
+        .map(|t| t.trim().to_string())
 }
 
 fn parse_id(text: &str) -> Result<AssetId, HttpError> {

@@ -6,7 +6,9 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail};
 use serde::de::DeserializeOwned;
 
-use crate::api::{AnnounceRequest, AnnounceResponse, ErrorBody, PeerInfo, PublishResponse};
+use crate::api::{
+    AnnounceRequest, AnnounceResponse, ErrorBody, KeysResponse, PeerInfo, PublishResponse,
+};
 use crate::manifest::{AssetId, MAX_MANIFEST_BYTES, Manifest};
 
 /// Connecting to a tracker on a LAN takes milliseconds; 5 s covers a loaded one.
@@ -39,6 +41,7 @@ impl std::error::Error for HttpStatus {}
 pub struct TrackerClient {
     base: String,
     agent: ureq::Agent,
+    token: Option<String>,
 }
 
 impl TrackerClient {
@@ -58,7 +61,18 @@ impl TrackerClient {
             // request costs a millisecond.
             .max_idle_connections(0)
             .build();
-        Ok(TrackerClient { base, agent })
+        Ok(TrackerClient {
+            base,
+            agent,
+            token: None,
+        })
+    }
+
+    /// Presents `token` (`Authorization: Bearer`) with every request, for a tracker
+    /// started with `--auth`.
+    pub fn with_token(mut self, token: Option<String>) -> TrackerClient {
+        self.token = token.filter(|t| !t.is_empty());
+        self
     }
 
     /// A client for `url` when one is given.
@@ -73,6 +87,10 @@ impl TrackerClient {
 
     fn call(&self, request: ureq::Request, body: Option<(&str, &str)>) -> Result<ureq::Response> {
         let what = format!("{} {}", request.method(), request.url());
+        let request = match &self.token {
+            Some(token) => request.set("Authorization", &format!("Bearer {token}")),
+            None => request,
+        };
         let result = match body {
             Some((content_type, text)) => {
                 request.set("Content-Type", content_type).send_string(text)
@@ -148,6 +166,13 @@ impl TrackerClient {
         let body = serde_json::to_string(request).expect("announce serializes");
         let response = self.call(self.agent.post(&url), Some(("application/json", &body)))?;
         self.json(response, "announce")
+    }
+
+    /// The public keys tickets are signed with (none in open mode).
+    pub fn keys(&self) -> Result<Vec<String>> {
+        let url = format!("{}/keys", self.base);
+        let response = self.call(self.agent.get(&url), None)?;
+        Ok(self.json::<KeysResponse>(response, "keys")?.keys)
     }
 
     /// Every live peer of the swarm of `id`.

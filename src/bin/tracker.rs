@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Result;
-use clap::Parser;
+use clap::{Parser, Subcommand};
+use swarmcache::auth::{self, KeyRing};
 use swarmcache::cli::{self, EXIT_OK};
 use swarmcache::tracker::{DEFAULT_MAX_PEERS, Tracker, TrackerConfig};
 
@@ -18,10 +19,20 @@ use swarmcache::tracker::{DEFAULT_MAX_PEERS, Tracker, TrackerConfig};
 /// GET /assets/ID, POST /assets/ID/announce, GET /assets/ID/peers,
 /// GET /stats (JSON: peers, seeders, origins, bytes served by peers and by origins since
 /// the tracker started, P2P ratio; global and per swarm), GET /metrics (the same figures
-/// for Prometheus).
+/// for Prometheus), GET /keys (the public keys peers check tickets with).
+///
+/// Open mode by default. With --auth FILE every request but /health and /keys needs a
+/// token (Authorization: Bearer TOKEN) with the right permission, and each announce is
+/// answered with a short-lived ticket signed by the tracker's Ed25519 key (kept in
+/// DATA/keys, created on first start), which peers check before serving anything:
+///   TOKEN=$(tracker token --auth auth.toml --name ci --publish --origin --fetch '*')
+///   tracker --auth auth.toml --data tracker-data
+///   tracker keygen --data tracker-data     # rotate the key, then restart the tracker
 #[derive(Parser)]
-#[command(version, verbatim_doc_comment)]
+#[command(version, verbatim_doc_comment, args_conflicts_with_subcommands = true)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Address to listen on, e.g. 127.0.0.1:7070, 0.0.0.0:7070 or [::]:7070.
     #[arg(long, default_value = "127.0.0.1:7070")]
     listen: SocketAddr,
@@ -37,15 +48,77 @@ struct Args {
     /// Drop a connection whose client leaves our answer unread this long.
     #[arg(long, default_value = "10s", value_parser = cli::duration_arg)]
     http_timeout: Duration,
+    /// Permissions file (TOML, see `tracker token`): turns authentication and tickets on.
+    #[arg(long)]
+    auth: Option<PathBuf>,
+    /// How long the tickets handed out with announces stay valid.
+    #[arg(long, default_value = "10m", value_parser = cli::duration_arg)]
+    ticket_ttl: Duration,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create the ticket-signing key, or rotate it: the new key signs, the old one still
+    /// verifies tickets it signed until they expire. Restart the tracker to use it; peers
+    /// fetch the new public key from GET /keys when they meet it. Prints the public keys.
+    Keygen {
+        /// The tracker's data directory (the keys go in DATA/keys).
+        #[arg(long, default_value = "tracker-data")]
+        data: PathBuf,
+    },
+    /// Make a new token: appends its entry (name, SHA-256, permissions) to the permissions
+    /// file, creating it, and prints the token itself on stdout. The file never holds the
+    /// token. Restart the tracker to accept it.
+    Token {
+        /// The permissions file to append to.
+        #[arg(long)]
+        auth: PathBuf,
+        /// Who the token is for (shown in errors and logs).
+        #[arg(long)]
+        name: String,
+        /// May publish manifests.
+        #[arg(long)]
+        publish: bool,
+        /// May announce as an origin.
+        #[arg(long)]
+        origin: bool,
+        /// Assets it may fetch and serve: an id, or '*' for all (repeatable).
+        #[arg(long)]
+        fetch: Vec<String>,
+    },
 }
 
 fn run(args: Args) -> Result<u8> {
+    match args.command {
+        Some(Command::Keygen { data }) => {
+            let ring = KeyRing::rotate(&KeyRing::dir(&data))?;
+            for key in ring.public_keys() {
+                cli::println(&key)?;
+            }
+            return Ok(EXIT_OK);
+        }
+        Some(Command::Token {
+            auth,
+            name,
+            publish,
+            origin,
+            fetch,
+        }) => {
+            let (token, entry) = auth::new_token(&name, publish, origin, &fetch)?;
+            auth::append_token(&auth, &entry)?;
+            cli::println(&token)?;
+            return Ok(EXIT_OK);
+        }
+        None => {}
+    }
     let config = TrackerConfig {
         listen: args.listen,
         data: args.data,
         peer_timeout: args.peer_timeout,
         max_peers: args.max_peers,
         http_timeout: args.http_timeout,
+        auth: args.auth,
+        ticket_ttl: args.ticket_ttl,
     };
     let tracker = Tracker::bind(&config)?;
     cli::println(&format!("listening on http://{}", tracker.local_addr()))?;
