@@ -287,6 +287,17 @@ impl Store {
             let file = match open_used(&path) {
                 Ok(file) => Some(file),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+                // A store this process may only read (an origin's, mounted read-only) is
+                // still served: the mark is taken if the file is there, else skipped.
+                Err(e) if read_only(&e) => match File::open(&path) {
+                    Ok(file) => Some(file),
+                    Err(_) => {
+                        return Ok(Some(InUse {
+                            id: *id,
+                            _file: None,
+                        }));
+                    }
+                },
                 Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
             };
             if let Some(file) = file {
@@ -294,14 +305,18 @@ impl Store {
                     // Locked, but maybe the file of a directory removed while we opened it:
                     // only the file still at `path` protects the asset.
                     Ok(()) if same_file(&file, &path) => {
-                        if create {
-                            file.set_modified(SystemTime::now()).with_context(|| {
+                        // Not recorded in a store this process may only read.
+                        if create
+                            && let Err(e) = file.set_modified(SystemTime::now())
+                            && !read_only(&e)
+                        {
+                            return Err(e).with_context(|| {
                                 format!("recording the use of {id} in {}", path.display())
-                            })?;
+                            });
                         }
                         return Ok(Some(InUse {
                             id: *id,
-                            _file: file,
+                            _file: Some(file),
                         }));
                     }
                     Ok(()) | Err(TryLockError::WouldBlock) => {}
@@ -554,6 +569,14 @@ fn open_used(path: &Path) -> io::Result<File> {
         .open(path)
 }
 
+/// True for the errors of a store this process may read but not write.
+fn read_only(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem
+    )
+}
+
 /// True when `path` names the open `file` (not another file put in its place since).
 fn same_file(file: &File, path: &Path) -> bool {
     match (file.metadata(), fs::metadata(path)) {
@@ -612,7 +635,9 @@ fn lock_holders(file: &File) -> Vec<User> {
 #[derive(Debug)]
 pub struct InUse {
     id: AssetId,
-    _file: File,
+    /// The locked `used` file; `None` in a store this process may not write, which it
+    /// cannot mark.
+    _file: Option<File>,
 }
 
 impl InUse {
@@ -870,7 +895,8 @@ mod tests {
         };
         for _ in 0..300 {
             let held = store.hold(&id).unwrap();
-            assert!(same_file(&held._file, &path), "held a removed directory");
+            let file = held._file.as_ref().unwrap();
+            assert!(same_file(file, &path), "held a removed directory");
             assert_eq!(store.remove(&id).unwrap(), Removal::InUse);
         }
         done.store(true, Ordering::SeqCst);
