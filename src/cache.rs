@@ -140,10 +140,13 @@ pub fn remove(store: &Store, id: &AssetId) -> Result<Entry> {
         Removal::Absent => bail!(not_there()),
         Removal::InUse => {
             entry.users = store.users(id)?.unwrap_or_default();
+            let named = match entry.name.as_str() {
+                "" => String::new(),
+                name => format!(" ({name})"),
+            };
             bail!(
-                "asset {id} ({}) is in use by {}; stop it (a get stops using it when it \
+                "asset {id}{named} is in use by {}; stop it (a get stops using it when it \
                  finishes), then remove the asset again",
-                entry.name,
                 entry.holders()
             )
         }
@@ -296,9 +299,14 @@ fn over_limit(
             entry.holders()
         ));
     }
+    let remedy = match in_use {
+        [] => "raise --cache-size",
+        [_] => "stop that process or raise --cache-size",
+        _ => "stop those processes or raise --cache-size",
+    };
     format!(
         "cache {} stays over its limit of {}: it {holds}, and what is left cannot go: {}; \
-         stop what uses it or raise --cache-size",
+         {remedy}",
         store.root().display(),
         format_bytes(limit),
         why.join("; ")
