@@ -50,6 +50,11 @@ pub fn size_arg(text: &str) -> Result<u64, String> {
     }
 }
 
+/// Parses a cache size limit (`10GiB`) for clap; zero is allowed and keeps only what is in use.
+pub fn cache_size_arg(text: &str) -> Result<u64, String> {
+    crate::units::parse_size(text)
+}
+
 /// Parses a duration flag (`500ms`, `10s`, `2m`) for clap; zero is refused.
 pub fn duration_arg(text: &str) -> Result<std::time::Duration, String> {
     match crate::units::parse_duration(text)? {

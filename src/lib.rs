@@ -14,6 +14,7 @@
 //! - [`bitfield`]: which chunks a peer or store holds.
 //! - [`manifest`]: the manifest format, asset ids, parallel chunk hashing, verification.
 //! - [`store`]: the content-addressed, crash-safe directory of assets.
+//! - [`cache`]: what the store holds and what to evict to keep it under a size limit.
 //! - [`wire`]: the peer protocol codec (frames, messages, limits).
 //! - [`ratelimit`]: a token bucket shared by the connections of a process.
 //! - [`api`]: the JSON types of the tracker's HTTP API.
@@ -34,6 +35,7 @@
 pub mod api;
 pub mod auth;
 pub mod bitfield;
+pub mod cache;
 pub mod catalog;
 pub mod cli;
 pub mod client;

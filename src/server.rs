@@ -24,7 +24,7 @@ use crate::http;
 use crate::manifest::{AssetId, Manifest};
 use crate::metrics::{self, Exposition};
 use crate::ratelimit::{self, RateLimiter};
-use crate::store::Store;
+use crate::store::{InUse, Store};
 use crate::tracker_client::{HttpStatus, TrackerClient, new_peer_id};
 use crate::wire::{self, MAX_CONTROL_FRAME, Message, PROTOCOL_VERSION, WireError, code};
 
@@ -135,6 +135,8 @@ pub struct Server {
     config: ServerConfig,
     shared: Arc<Shared>,
     seeded: Vec<Manifest>,
+    /// The seeded assets, held in use (safe from eviction) for as long as the server runs.
+    _seeds_in_use: Vec<InUse>,
     /// With a tracker: the heartbeat, already announced once, and when to beat next.
     heartbeat: Option<(Heartbeat, Duration)>,
     /// The metrics endpoint, when asked for, and its address.
@@ -200,13 +202,13 @@ impl Server {
     pub fn bind_with_metrics(config: ServerConfig, metrics: Option<SocketAddr>) -> Result<Server> {
         let store = Store::open(&config.store)?;
         let tracker = TrackerClient::optional(config.tracker.as_deref())?;
-        let mut seeded = Vec::new();
+        let (mut seeded, mut seeds_in_use) = (Vec::new(), Vec::new());
         for path in &config.seeds {
             let name = path
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .with_context(|| format!("seed path {} names no file", path.display()))?;
-            let manifest = store
+            let (manifest, in_use) = store
                 .import_file(path, &name, config.chunk_size)
                 .with_context(|| format!("seeding {}", path.display()))?;
             if let Some(tracker) = &tracker {
@@ -215,6 +217,7 @@ impl Server {
                     .with_context(|| format!("publishing {}", path.display()))?;
             }
             seeded.push(manifest);
+            seeds_in_use.push(in_use);
         }
         let listener = TcpListener::bind(config.listen)
             .with_context(|| format!("binding {} (is another process using it?)", config.listen))?;
@@ -258,6 +261,7 @@ impl Server {
             config,
             shared,
             seeded,
+            _seeds_in_use: seeds_in_use,
             heartbeat,
             metrics,
         })
@@ -648,6 +652,13 @@ impl Shared {
             return Err(reject(
                 code::UNKNOWN_ASSET,
                 format!("asset {asset} is not held here"),
+            ));
+        };
+        // Held while this connection serves it, so `cache gc` elsewhere leaves it alone.
+        let Some(_in_use) = self.store.hold_existing(&asset)? else {
+            return Err(reject(
+                code::UNKNOWN_ASSET,
+                format!("asset {asset} is not held here (removed from the store)"),
             ));
         };
         let manifest = &served.manifest;

@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod cache;
 mod cli_errors;
 mod faults;
 mod metrics;

@@ -8,9 +8,11 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use swarmcache::cli::{self, EXIT_OK};
+use swarmcache::cache;
+use swarmcache::cli::{self, EXIT_FAILED, EXIT_OK};
 use swarmcache::client::{self, DEFAULT_WORKERS, GetConfig, Progress};
 use swarmcache::manifest::{self, Manifest};
+use swarmcache::store::Store;
 use swarmcache::stream::DEFAULT_WINDOW;
 use swarmcache::tracker_client::TrackerClient;
 
@@ -46,6 +48,67 @@ enum Command {
     /// fetched. The output appears under its name only once complete and verified; with
     /// --stream, bytes go to stdout in order as soon as they are verified.
     Get(GetArgs),
+    /// Look at the cache (the store get fills) and trim it: ls, rm, gc.
+    ///
+    /// Assets in use by a running process (a get, a peer_server seeding them or sending
+    /// them to a peer) are never removed. A removed asset is simply fetched again by the
+    /// next get. Content placed with get -o by a hard link stays on disk as that file.
+    ///
+    /// Examples:
+    ///   peer_client cache ls
+    ///   peer_client cache gc --cache-size 10GiB
+    ///   peer_client cache rm 3f5c…e1 --cache /srv/swarmcache
+    #[command(verbatim_doc_comment)]
+    Cache(CacheArgs),
+}
+
+#[derive(clap::Args)]
+struct CacheArgs {
+    /// Cache (store) directory (default: the user's cache, as for get).
+    #[arg(long, visible_alias = "cache", global = true, value_name = "DIR")]
+    store: Option<PathBuf>,
+    #[command(subcommand)]
+    command: CacheCommand,
+}
+
+#[derive(Subcommand)]
+enum CacheCommand {
+    /// List the cached assets, most recently used first.
+    ///
+    /// Columns: id, full size, share present, last use, the processes using it, name.
+    Ls {
+        /// Print a JSON array instead: id, name, size, present (bytes), complete,
+        /// last_used (Unix seconds), in_use, users ([{pid, command}]).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove assets from the cache.
+    ///
+    /// An asset in use by a running process is refused (exit 1), naming the process to
+    /// stop; the other ids are still removed.
+    Rm {
+        /// Asset ids (64 hex digits each).
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Evict least recently used assets until the cache fits in --cache-size.
+    ///
+    /// Assets a running process uses are never evicted; when what is left still exceeds
+    /// the size, a warning on stderr says why (exit 0). Leftovers of interrupted work are
+    /// removed too.
+    Gc {
+        /// Size limit for the whole cache, e.g. 10GiB; every asset counts at its full size.
+        #[arg(
+            long,
+            env = "SWARMCACHE_CACHE_SIZE",
+            value_name = "SIZE",
+            value_parser = cli::cache_size_arg
+        )]
+        cache_size: u64,
+        /// Print what was done as JSON on stdout instead.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(clap::Args)]
@@ -122,6 +185,7 @@ fn run(args: Args) -> Result<u8> {
             cli::println(&answer.id)?;
         }
         Command::Get(args) => return get(args),
+        Command::Cache(args) => return cache_command(args),
     }
     Ok(EXIT_OK)
 }
@@ -205,6 +269,51 @@ fn stdout_file() -> Result<std::fs::File> {
         .try_clone_to_owned()
         .context("duplicating standard output")?;
     Ok(std::fs::File::from(fd))
+}
+
+fn cache_command(args: CacheArgs) -> Result<u8> {
+    let store = Store::open(args.store.unwrap_or_else(cli::default_store))?;
+    match args.command {
+        CacheCommand::Ls { json: true } => {
+            cli::println(&serde_json::to_string(&cache::entries(&store)?)?)?;
+        }
+        CacheCommand::Ls { json: false } => {
+            let table = cache::table(&cache::entries(&store)?, std::time::SystemTime::now());
+            cli::println(table.trim_end())?;
+        }
+        CacheCommand::Rm { ids } => {
+            let mut failed = false;
+            for text in &ids {
+                match manifest::parse_asset_id(text).and_then(|id| cache::remove(&store, &id)) {
+                    Ok(gone) => cli::println(&format!("removed {} {}", gone.id, gone.name))?,
+                    Err(e) => {
+                        eprintln!("peer_client: error: {e:#}");
+                        failed = true;
+                    }
+                }
+            }
+            return Ok(if failed { EXIT_FAILED } else { EXIT_OK });
+        }
+        CacheCommand::Gc { cache_size, json } => {
+            let report = cache::make_room(&store, cache_size, 0, &[])?;
+            if json {
+                cli::println(&serde_json::to_string(&report)?)?;
+            } else {
+                for gone in &report.evicted {
+                    cli::println(&format!("evicted {} {}", gone.id, gone.name))?;
+                }
+                eprintln!(
+                    "peer_client: cache {}: {}",
+                    store.root().display(),
+                    report.human()
+                );
+            }
+            if let Some(warning) = &report.warning {
+                eprintln!("peer_client: warning: {warning}");
+            }
+        }
+    }
+    Ok(EXIT_OK)
 }
 
 fn read_manifest(path: &Path) -> Result<Manifest> {

@@ -26,7 +26,7 @@ struct Args {
     #[arg(long, default_value = "127.0.0.1:7001")]
     listen: SocketAddr,
     /// Store directory whose assets are served (shared with peer_client; default: the user's cache).
-    #[arg(long)]
+    #[arg(long, visible_alias = "cache")]
     store: Option<PathBuf>,
     /// Import this file into the store (and publish its manifest when --tracker is given). Repeatable.
     #[arg(long)]
