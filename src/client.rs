@@ -29,12 +29,13 @@ use serde::Serialize;
 
 use crate::api::{AnnounceRequest, PeerInfo};
 use crate::bitfield::Bitfield;
+use crate::cache;
 use crate::manifest::{AssetId, Manifest};
 use crate::ratelimit::{self, RateLimiter};
 use crate::server::{
     DEFAULT_MAX_CONNS, LiveHave, Server, ServerConfig, ShutdownHandle, UploadCounter,
 };
-use crate::store::{Partial, Store};
+use crate::store::{InUse, Partial, Store};
 use crate::stream::{DEFAULT_WINDOW, Stream};
 use crate::tracker_client::{TrackerClient, new_peer_id};
 use crate::wire::{
@@ -93,6 +94,9 @@ pub struct GetConfig {
     pub advertise: Option<SocketAddr>,
     /// Upload cap in bytes per second while serving.
     pub max_upload_rate: Option<u64>,
+    /// Bound on the store's size: least recently used assets no process uses are evicted
+    /// to make room before the download starts.
+    pub cache_size: Option<u64>,
 }
 
 impl GetConfig {
@@ -112,6 +116,7 @@ impl GetConfig {
             serve: Some(SocketAddr::from(([0, 0, 0, 0], 0))),
             advertise: None,
             max_upload_rate: None,
+            cache_size: None,
         }
     }
 }
@@ -263,6 +268,8 @@ pub struct Got {
 pub struct Seeding {
     serving: Serving,
     announcer: Option<Announcer>,
+    /// Keeps the asset from being evicted while it is seeded.
+    _in_use: InUse,
 }
 
 impl Seeding {
@@ -298,6 +305,9 @@ pub fn stream(config: &GetConfig, seed: bool, out: &mut (dyn Write + Send)) -> R
 fn fetch(config: &GetConfig, seed: bool, out: Option<&mut (dyn Write + Send)>) -> Result<Got> {
     let started = Instant::now();
     let store = Store::open(&config.store)?;
+    // Marked in use before anything is looked up, so that no eviction can take the asset
+    // between our look and our use.
+    let in_use = store.hold(&config.asset)?;
     let tracker = TrackerClient::optional(config.tracker.as_deref())?;
     let manifest = match store.manifest(&config.asset)? {
         Some(m) => m,
@@ -314,6 +324,12 @@ fn fetch(config: &GetConfig, seed: bool, out: Option<&mut (dyn Write + Send)>) -
         Some(_) => None,
         None => Some(output_path(config, &manifest)?),
     };
+    if let Some(limit) = config.cache_size {
+        let report = cache::make_room_for(&store, limit, &manifest)?;
+        if let Some(warning) = &report.warning {
+            eprintln!("peer_client: warning: {warning}");
+        }
+    }
     let complete = store.is_complete(&config.asset, &manifest)?;
     let partial = if complete {
         None
@@ -489,7 +505,11 @@ fn fetch(config: &GetConfig, seed: bool, out: Option<&mut (dyn Write + Send)>) -
                 Some(announcer) => Some(announcer.seeding()),
                 None => announce.map(|a| Announcer::start(a.clone(), None, Departure(Some(a)))),
             };
-            Some(Seeding { serving, announcer })
+            Some(Seeding {
+                serving,
+                announcer,
+                _in_use: in_use,
+            })
         }
         _ => None,
     };

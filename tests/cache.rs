@@ -306,3 +306,44 @@ fn cache_commands_explain_mistakes() {
         empty.stdout
     );
 }
+
+#[test]
+fn get_with_a_cache_size_evicts_the_least_recently_used_asset_but_not_one_being_seeded() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let names = ["a.bin", "b.bin", "c.bin", "d.bin"];
+    for (i, name) in names.iter().enumerate() {
+        random_file(&d.join(name), 4 * 65536, 60 + i as u64);
+    }
+    let tracker = TrackerProc::start(d, &[]);
+    let origin = ServerProc::start(d, "origin", Some(&tracker.url), &names, &["--origin"]);
+    let ids = origin.seeded.clone();
+    // a is fetched and seeded on (in use); b and c are fetched after it, c last.
+    let mut seeding = spawn_get(
+        d,
+        &tracker.url,
+        &ids[0],
+        "a.out",
+        "cache",
+        &["--seed-for", "60s"],
+    );
+    seeding.summary();
+    for (id, out) in [(&ids[1], "b.out"), (&ids[2], "c.out")] {
+        get(d, &tracker.url, id, out, "cache", &[]).ok();
+    }
+    // Room for three of the four: the least recently used one not in use must go, and that
+    // is b (a is older, but in use).
+    let limit = (3 * 4 * 65536).to_string();
+    get(
+        d,
+        &tracker.url,
+        &ids[3],
+        "d.out",
+        "cache",
+        &["--cache-size", &limit],
+    )
+    .ok();
+    let store = d.join("cache");
+    holds_exactly(&store, &[&ids[0], &ids[2], &ids[3]]);
+    drop(seeding);
+}

@@ -154,6 +154,10 @@ struct GetArgs {
     /// Upload cap while serving, e.g. 25MiB (per second).
     #[arg(long, value_parser = cli::size_arg)]
     max_upload_rate: Option<u64>,
+    /// Bound the store, e.g. 10GiB: before downloading, least recently used assets that no
+    /// running process uses are evicted until this asset fits.
+    #[arg(long, env = "SWARMCACHE_CACHE_SIZE", value_parser = cli::cache_size_arg)]
+    cache_size: Option<u64>,
     /// Keep serving this long after the download completes (e.g. 30s, 10m).
     #[arg(long, value_parser = cli::duration_arg)]
     seed_for: Option<Duration>,
@@ -220,6 +224,7 @@ fn get(args: GetArgs) -> Result<u8> {
         serve: (!args.no_serve).then(|| args.listen.unwrap_or(any_port)),
         advertise: args.advertise_addr,
         max_upload_rate: args.max_upload_rate,
+        cache_size: args.cache_size,
         ..GetConfig::new(
             asset,
             args.tracker,
