@@ -47,7 +47,7 @@ enum Command {
     /// Interrupted downloads resume: run the same command again and only missing chunks are
     /// fetched. The output appears under its name only once complete and verified; with
     /// --stream, bytes go to stdout in order as soon as they are verified.
-    Get(GetArgs),
+    Get(Box<GetArgs>),
     /// Look at the cache (the store get fills) and trim it: ls, rm, gc.
     ///
     /// Assets in use by a running process (a get, a peer_server seeding them or sending
@@ -188,7 +188,7 @@ fn run(args: Args) -> Result<u8> {
             let answer = TrackerClient::new(&tracker)?.publish(&manifest)?;
             cli::println(&answer.id)?;
         }
-        Command::Get(args) => return get(args),
+        Command::Get(args) => return get(*args),
         Command::Cache(args) => return cache_command(args),
     }
     Ok(EXIT_OK)
