@@ -46,6 +46,8 @@ fn main() -> Result<()> {
         max_conns: DEFAULT_MAX_CONNS,
         max_upload_rate: Some(ORIGIN_RATE),
         announce_interval: None,
+        token: None,
+        ticket_keys: Vec::new(),
     })?;
     let asset = origin.seeded()[0].id();
     println!(

@@ -97,6 +97,8 @@ pub struct GetConfig {
     /// Bound on the store's size: least recently used assets no process uses are evicted
     /// to make room before the download starts.
     pub cache_size: Option<u64>,
+    /// Token for a tracker started with `--auth`.
+    pub token: Option<String>,
 }
 
 impl GetConfig {
@@ -117,6 +119,7 @@ impl GetConfig {
             advertise: None,
             max_upload_rate: None,
             cache_size: None,
+            token: None,
         }
     }
 }
@@ -308,7 +311,8 @@ fn fetch(config: &GetConfig, seed: bool, out: Option<&mut (dyn Write + Send)>) -
     // Marked in use before anything is looked up, so that no eviction can take the asset
     // between our look and our use.
     let in_use = store.hold(&config.asset)?;
-    let tracker = TrackerClient::optional(config.tracker.as_deref())?;
+    let tracker = TrackerClient::optional(config.tracker.as_deref())?
+        .map(|t| t.with_token(config.token.clone()));
     let manifest = match store.manifest(&config.asset)? {
         Some(m) => m,
         None => match &tracker {
@@ -344,7 +348,12 @@ fn fetch(config: &GetConfig, seed: bool, out: Option<&mut (dyn Write + Send)>) -
     let live: LiveHave = Arc::new(RwLock::new(initial.clone()));
     let serving = match config.serve {
         Some(listen) if seed || !complete => {
-            Some(Serving::start(config, listen, &manifest, &live)?)
+            // With a token the tracker may want tickets: serve only to clients it allowed.
+            let keys = match (&tracker, &config.token) {
+                (Some(tracker), Some(_)) => tracker.keys()?,
+                _ => Vec::new(),
+            };
+            Some(Serving::start(config, listen, &manifest, &live, keys)?)
         }
         _ => None,
     };
@@ -394,6 +403,7 @@ fn fetch(config: &GetConfig, seed: bool, out: Option<&mut (dyn Write + Send)>) -
                     started,
                     live: Arc::clone(&live),
                     unreachable: Arc::clone(&announce.reports),
+                    ticket: Arc::clone(&announce.ticket),
                     streaming,
                 },
             );
@@ -548,6 +558,7 @@ impl Serving {
         listen: SocketAddr,
         manifest: &Manifest,
         live: &LiveHave,
+        ticket_keys: Vec<String>,
     ) -> Result<Serving> {
         let server = Server::bind(ServerConfig {
             listen,
@@ -560,6 +571,8 @@ impl Serving {
             max_conns: DEFAULT_MAX_CONNS,
             max_upload_rate: config.max_upload_rate,
             announce_interval: None,
+            token: None,
+            ticket_keys,
         })
         .context("starting to serve while downloading (use --no-serve to download only)")?;
         server.serve_live(manifest.id(), Arc::clone(live));
@@ -594,7 +607,12 @@ struct Announce {
     uploaded: Option<UploadCounter>,
     /// Peers found unreachable since the last announce.
     reports: Reports,
+    /// The latest ticket the tracker handed out (empty in open mode).
+    ticket: Ticket,
 }
+
+/// The ticket to present to peers, renewed by every announce.
+type Ticket = Arc<RwLock<Vec<u8>>>;
 
 impl Announce {
     fn new(
@@ -616,6 +634,7 @@ impl Announce {
             live,
             uploaded,
             reports: Reports::default(),
+            ticket: Ticket::default(),
         }
     }
 
@@ -631,7 +650,11 @@ impl Announce {
             unreachable,
             ..self.template.clone()
         };
-        self.tracker.announce(&self.asset, &request)
+        let answer = self.tracker.announce(&self.asset, &request)?;
+        if let Some(ticket) = answer.ticket.as_deref().and_then(|t| hex::decode(t).ok()) {
+            *self.ticket.write().unwrap_or_else(|e| e.into_inner()) = ticket;
+        }
+        Ok(answer)
     }
 
     /// Tells the tracker this peer is gone, with what it served since the last announce.
@@ -899,6 +922,8 @@ struct Watch {
     live: LiveHave,
     /// Peers that could not be reached, for the next announce to report.
     unreachable: Reports,
+    /// The ticket workers present in their `Hello`.
+    ticket: Ticket,
     /// Where to send the index of each chunk verified, when streaming.
     streaming: Option<Sender<u32>>,
 }
@@ -1073,6 +1098,7 @@ impl<'a> Scheduler<'a> {
         let socket = Arc::new(OnceLock::new());
         let worker = Worker {
             socket: Arc::clone(&socket),
+            ticket: Arc::clone(&self.watch.ticket),
             conn,
             addr: self.sources[source].addr.clone(),
             asset: self.manifest.id(),
@@ -1777,6 +1803,8 @@ struct Worker {
     conn: usize,
     /// Where to leave a handle on the connected socket for the scheduler.
     socket: Arc<OnceLock<TcpStream>>,
+    /// The ticket to present, as of the latest announce.
+    ticket: Ticket,
     addr: String,
     asset: AssetId,
     manifest: Arc<Manifest>,
@@ -1880,7 +1908,11 @@ impl Worker {
         let hello = Message::Hello {
             version: PROTOCOL_VERSION,
             asset: self.asset,
-            ticket: Vec::new(),
+            ticket: self
+                .ticket
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
         };
         if let Err(e) = wire::write_message(&mut &stream, &hello) {
             return End::Failed(socket_error(

@@ -12,13 +12,14 @@ use std::io::{self, Read};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use crossbeam_channel::bounded;
 
 use crate::api::AnnounceRequest;
+use crate::auth::TicketVerifier;
 use crate::bitfield::Bitfield;
 use crate::http;
 use crate::manifest::{AssetId, Manifest};
@@ -81,6 +82,69 @@ pub struct ServerConfig {
     pub max_upload_rate: Option<u64>,
     /// Heartbeat period override (otherwise what the tracker asks for).
     pub announce_interval: Option<Duration>,
+    /// Token presented to the tracker (publish, announce).
+    pub token: Option<String>,
+    /// The tracker's public keys (hex): with any, clients must present a ticket signed by
+    /// one of them. Empty: ask the tracker (`GET /keys`), whose empty answer means open mode.
+    pub ticket_keys: Vec<String>,
+}
+
+/// How often a peer asks the tracker for its keys again when it meets a ticket signed by a
+/// key it does not know (after a rotation): a forged ticket cannot make it ask more often.
+const KEY_REFRESH: Duration = Duration::from_secs(10);
+
+/// Checks the tickets clients present, learning the tracker's new key after a rotation.
+struct TicketCheck {
+    verifier: RwLock<TicketVerifier>,
+    tracker: Option<TrackerClient>,
+    /// When the keys were last fetched again (`None`: not since start-up).
+    refreshed: Mutex<Option<Instant>>,
+}
+
+impl TicketCheck {
+    fn verify(&self, ticket: &[u8], asset: &AssetId) -> Result<(), String> {
+        let first = self
+            .verifier
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .verify(ticket, asset);
+        match first {
+            Err(e) if e.contains("does not know") && self.refresh() => self
+                .verifier
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .verify(ticket, asset)
+                .map(drop),
+            other => other.map(drop),
+        }
+    }
+
+    /// Fetches the tracker's keys again, at most every [`KEY_REFRESH`]; whether it did.
+    fn refresh(&self) -> bool {
+        let Some(tracker) = &self.tracker else {
+            return false;
+        };
+        {
+            let mut last = self.refreshed.lock().unwrap_or_else(|e| e.into_inner());
+            if last.is_some_and(|t| t.elapsed() < KEY_REFRESH) {
+                return false;
+            }
+            *last = Some(Instant::now());
+        }
+        match tracker
+            .keys()
+            .and_then(|keys| TicketVerifier::from_hex(&keys))
+        {
+            Ok(verifier) => {
+                *self.verifier.write().unwrap_or_else(|e| e.into_inner()) = verifier;
+                true
+            }
+            Err(e) => {
+                eprintln!("peer_server: refreshing the tracker's keys failed: {e:#}");
+                false
+            }
+        }
+    }
 }
 
 /// An asset the server has served, with its counters.
@@ -103,6 +167,8 @@ struct Shared {
     assets: Mutex<HashMap<AssetId, Arc<Served>>>,
     limiter: Option<RateLimiter>,
     stop: AtomicBool,
+    /// With auth on: the check every `Hello` must pass.
+    tickets: Option<TicketCheck>,
     active: Mutex<HashMap<u64, TcpStream>>,
     /// Connections being served now.
     in_use: AtomicUsize,
@@ -201,7 +267,23 @@ impl Server {
     /// answers `GET /metrics` with the server's counters in the Prometheus text format.
     pub fn bind_with_metrics(config: ServerConfig, metrics: Option<SocketAddr>) -> Result<Server> {
         let store = Store::open(&config.store)?;
-        let tracker = TrackerClient::optional(config.tracker.as_deref())?;
+        let tracker = TrackerClient::optional(config.tracker.as_deref())?
+            .map(|t| t.with_token(config.token.clone()));
+        let keys = match (&tracker, config.ticket_keys.is_empty()) {
+            (Some(tracker), true) => tracker
+                .keys()
+                .context("asking the tracker whether peers need tickets (GET /keys)")?,
+            _ => config.ticket_keys.clone(),
+        };
+        let tickets = if keys.is_empty() {
+            None
+        } else {
+            Some(TicketCheck {
+                verifier: RwLock::new(TicketVerifier::from_hex(&keys)?),
+                tracker: tracker.clone(),
+                refreshed: Mutex::new(None),
+            })
+        };
         let (mut seeded, mut seeds_in_use) = (Vec::new(), Vec::new());
         for path in &config.seeds {
             let name = path
@@ -236,6 +318,7 @@ impl Server {
             assets: Mutex::new(HashMap::new()),
             limiter: config.max_upload_rate.map(RateLimiter::new),
             stop: AtomicBool::new(false),
+            tickets,
             active: Mutex::new(HashMap::new()),
             in_use: AtomicUsize::new(0),
             refusing: AtomicUsize::new(0),
@@ -637,7 +720,12 @@ impl Shared {
             Instant::now() + HANDSHAKE_TIMEOUT,
         )
         .context("waiting for Hello")?;
-        let Message::Hello { version, asset, .. } = hello else {
+        let Message::Hello {
+            version,
+            asset,
+            ticket,
+        } = hello
+        else {
             return Err(reject(code::BAD_REQUEST, "the first frame must be Hello"));
         };
         if version != PROTOCOL_VERSION {
@@ -647,6 +735,11 @@ impl Shared {
                     "protocol version {version} is not supported; this peer speaks {PROTOCOL_VERSION}"
                 ),
             ));
+        }
+        if let Some(check) = &self.tickets {
+            check
+                .verify(&ticket, &asset)
+                .map_err(|e| reject(code::UNAUTHORIZED, e))?;
         }
         let Some(served) = self.served(&asset)? else {
             return Err(reject(
@@ -893,6 +986,8 @@ mod tests {
             max_conns: 2,
             max_upload_rate: None,
             announce_interval: None,
+            token: None,
+            ticket_keys: Vec::new(),
         };
         let server =
             Server::bind_with_metrics(config, Some("127.0.0.1:0".parse().unwrap())).expect("bind");

@@ -39,6 +39,9 @@ enum Command {
         /// Tracker URL, e.g. http://127.0.0.1:7070.
         #[arg(long, env = "SWARMCACHE_TRACKER")]
         tracker: String,
+        /// Token with the publish right, for a tracker started with --auth.
+        #[arg(long, env = "SWARMCACHE_TOKEN", hide_env_values = true)]
+        token: Option<String>,
     },
     /// Get an asset into the store and write it to a file, or stream it to stdout.
     ///
@@ -154,6 +157,9 @@ struct GetArgs {
     /// Upload cap while serving, e.g. 25MiB (per second).
     #[arg(long, value_parser = cli::size_arg)]
     max_upload_rate: Option<u64>,
+    /// Token for a tracker started with --auth.
+    #[arg(long, env = "SWARMCACHE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// Bound the store, e.g. 10GiB: before downloading, least recently used assets that no
     /// running process uses are evicted until this asset fits.
     #[arg(long, env = "SWARMCACHE_CACHE_SIZE", value_parser = cli::cache_size_arg)]
@@ -183,9 +189,15 @@ enum ProgressArg {
 
 fn run(args: Args) -> Result<u8> {
     match args.command {
-        Command::Publish { manifest, tracker } => {
+        Command::Publish {
+            manifest,
+            tracker,
+            token,
+        } => {
             let manifest = read_manifest(&manifest)?;
-            let answer = TrackerClient::new(&tracker)?.publish(&manifest)?;
+            let answer = TrackerClient::new(&tracker)?
+                .with_token(token)
+                .publish(&manifest)?;
             cli::println(&answer.id)?;
         }
         Command::Get(args) => return get(*args),
@@ -225,6 +237,7 @@ fn get(args: GetArgs) -> Result<u8> {
         advertise: args.advertise_addr,
         max_upload_rate: args.max_upload_rate,
         cache_size: args.cache_size,
+        token: args.token,
         ..GetConfig::new(
             asset,
             args.tracker,

@@ -58,6 +58,14 @@ struct Args {
     /// refusals, protocol errors.
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
+    /// Token for a tracker started with --auth (publishing seeds needs the publish right,
+    /// --origin the origin right).
+    #[arg(long, env = "SWARMCACHE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// The tracker's public key (hex, as GET /keys lists): serve only clients with a ticket
+    /// it signed. Repeatable. Default: ask the --tracker; open mode if it has no keys.
+    #[arg(long)]
+    tracker_key: Vec<String>,
 }
 
 fn run(args: Args) -> Result<u8> {
@@ -72,6 +80,8 @@ fn run(args: Args) -> Result<u8> {
         max_conns: args.max_conns,
         max_upload_rate: args.max_upload_rate,
         announce_interval: args.announce_interval,
+        token: args.token,
+        ticket_keys: args.tracker_key,
     };
     let server = Server::bind_with_metrics(config, args.metrics)?;
     for manifest in server.seeded() {
