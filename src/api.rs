@@ -66,6 +66,10 @@ pub struct AnnounceRequest {
     /// those that have not announced recently: they are most likely gone.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unreachable: Vec<String>,
+    /// Ids of peers of this swarm that sent this peer a chunk failing its hash or broke the
+    /// protocol. Once enough different peers report one, the tracker stops handing it out.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub corrupt: Vec<String>,
 }
 
 /// A peer as the tracker hands it out.

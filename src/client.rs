@@ -255,8 +255,17 @@ pub fn interrupted() -> bool {
     INTERRUPTED.load(Ordering::SeqCst)
 }
 
-/// Peer ids the scheduler found unreachable, drained by the next announce.
-type Reports = Arc<std::sync::Mutex<Vec<String>>>;
+/// Peers the scheduler gave up on for a reason the tracker should know, drained by the next
+/// announce.
+#[derive(Default)]
+struct Complaints {
+    /// Could not be connected to.
+    unreachable: Vec<String>,
+    /// Sent data failing its hash, or broke the protocol.
+    corrupt: Vec<String>,
+}
+
+type Reports = Arc<std::sync::Mutex<Complaints>>;
 
 /// The outcome of [`get`]: the summary, and the embedded server when the asset is to be
 /// seeded on after the download.
@@ -402,7 +411,7 @@ fn fetch(config: &GetConfig, seed: bool, out: Option<&mut (dyn Write + Send)>) -
                 Watch {
                     started,
                     live: Arc::clone(&live),
-                    unreachable: Arc::clone(&announce.reports),
+                    complaints: Arc::clone(&announce.reports),
                     ticket: Arc::clone(&announce.ticket),
                     streaming,
                 },
@@ -641,13 +650,16 @@ impl Announce {
     /// One announce of what `live` holds, with the peers found unreachable since the last.
     fn once(&self) -> Result<crate::api::AnnounceResponse> {
         let have = self.live.read().unwrap_or_else(|e| e.into_inner()).clone();
-        let unreachable =
-            std::mem::take(&mut *self.reports.lock().unwrap_or_else(|e| e.into_inner()));
+        let Complaints {
+            unreachable,
+            corrupt,
+        } = std::mem::take(&mut *self.reports.lock().unwrap_or_else(|e| e.into_inner()));
         let request = AnnounceRequest {
             complete: have.is_full(),
             have: (!have.is_full()).then(|| have.to_hex()),
             uploaded: self.uploaded.as_ref().map_or(0, |u| u.get(&self.asset)),
             unreachable,
+            corrupt,
             ..self.template.clone()
         };
         let answer = self.tracker.announce(&self.asset, &request)?;
@@ -657,10 +669,17 @@ impl Announce {
         Ok(answer)
     }
 
-    /// Tells the tracker this peer is gone, with what it served since the last announce.
+    /// Tells the tracker this peer is gone, with what it served and found wrong since the
+    /// last announce.
     fn leave(&self) {
+        let Complaints {
+            unreachable,
+            corrupt,
+        } = std::mem::take(&mut *self.reports.lock().unwrap_or_else(|e| e.into_inner()));
         let request = AnnounceRequest {
             event: Some("stopped".into()),
+            unreachable,
+            corrupt,
             uploaded: self.uploaded.as_ref().map_or(0, |u| u.get(&self.asset)),
             ..self.template.clone()
         };
@@ -920,8 +939,8 @@ struct Watch {
     started: Instant,
     /// What is verified and written, shared with the embedded server and the announcer.
     live: LiveHave,
-    /// Peers that could not be reached, for the next announce to report.
-    unreachable: Reports,
+    /// Peers to report to the tracker with the next announce.
+    complaints: Reports,
     /// The ticket workers present in their `Hello`.
     ticket: Ticket,
     /// Where to send the index of each chunk verified, when streaming.
@@ -1390,7 +1409,10 @@ impl<'a> Scheduler<'a> {
         match end {
             End::Finished => {}
             End::Local(error) => self.fatal = Some(error),
-            End::Lied(error) => self.drop_source(source, error),
+            End::Lied(error) => {
+                self.complain(source, |c| &mut c.corrupt);
+                self.drop_source(source, error)
+            }
             End::Busy(error) if src.failures < BUSY_RETRIES => self.retry_later(source, &error),
             End::Failed(error) | End::Unreachable(error)
                 if src.origin && src.failures < ORIGIN_RETRIES =>
@@ -1399,17 +1421,23 @@ impl<'a> Scheduler<'a> {
             }
             End::Unreachable(error) => {
                 if !src.origin {
-                    self.watch
-                        .unreachable
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push(src.peer_id.clone());
+                    self.complain(source, |c| &mut c.unreachable);
                 }
                 self.drop_source(source, error)
             }
             End::Busy(error) | End::Failed(error) => self.drop_source(source, error),
         }
         self.refresh_availability();
+    }
+
+    /// Adds `source` to one of the lists the next announce reports.
+    fn complain(&self, source: usize, list: impl FnOnce(&mut Complaints) -> &mut Vec<String>) {
+        let mut complaints = self
+            .watch
+            .complaints
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        list(&mut complaints).push(self.sources[source].peer_id.clone());
     }
 
     fn retry_later(&mut self, source: usize, error: &str) {

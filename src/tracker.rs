@@ -15,7 +15,7 @@
 //!
 //! Errors are JSON `{"error": "…"}` with a 4xx or 5xx status.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::Read;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -64,6 +64,14 @@ const HTTP_THREADS: usize = 32;
 /// that comes back under the same id is not counted twice. Ids live as long as their
 /// process, so a peer away for longer is almost certainly gone for good.
 const COUNTER_MEMORY_TIMEOUTS: u32 = 10;
+/// Different peers that must report a peer for corrupt data before it is no longer handed
+/// out: one report could be a lie about an honest peer (peer ids cost nothing, so this
+/// only raises the bar; with `--auth`, reporters are token holders), while a peer whose
+/// disk rots is caught by the second client that meets it.
+const LIAR_REPORTS: usize = 2;
+/// How long a peer dropped for lying stays out of its swarm: long enough to matter, short
+/// enough that a repaired peer at a reused address is not out for ever.
+const BAN_TIME: Duration = Duration::from_secs(3600);
 
 /// Validated tracker settings.
 #[derive(Clone, Debug)]
@@ -159,6 +167,11 @@ struct Swarm {
     rotation: usize,
     /// How many leechers the origin shares were last split between.
     planned_for: u32,
+    /// Peers reported for sending corrupt data, and by whom (peer ids).
+    accused: HashMap<String, HashSet<String>>,
+    /// Peers no longer handed out for lying, by id and by address, and since when.
+    banned_ids: HashMap<String, Instant>,
+    banned_addrs: HashMap<SocketAddr, Instant>,
 }
 
 impl Swarm {
@@ -170,8 +183,51 @@ impl Swarm {
             let memory = timeout.saturating_mul(COUNTER_MEMORY_TIMEOUTS);
             self.counters
                 .retain(|_, r| now.duration_since(r.at) <= memory);
+            self.banned_ids
+                .retain(|_, at| now.duration_since(*at) <= BAN_TIME);
+            self.banned_addrs
+                .retain(|_, at| now.duration_since(*at) <= BAN_TIME);
+            let peers = &self.peers;
+            self.accused.retain(|id, _| peers.contains_key(id));
             self.swept = Some(now);
         }
+    }
+
+    /// Takes `reporter`'s word that `accused` sent it corrupt data. A peer reported by
+    /// [`LIAR_REPORTS`] different peers is dropped and no longer handed out, under its id
+    /// and at its address, for [`BAN_TIME`]. Origins are only logged: they are the
+    /// operator's, and the swarm's last resort.
+    fn accuse(&mut self, accused: &str, reporter: &str, asset: &AssetId, now: Instant) {
+        let Some(peer) = self.peers.get(accused) else {
+            return;
+        };
+        let reporters = self.accused.entry(accused.to_string()).or_default();
+        if reporters.len() >= LIAR_REPORTS || !reporters.insert(reporter.to_string()) {
+            return;
+        }
+        if reporters.len() < LIAR_REPORTS {
+            return;
+        }
+        if peer.origin {
+            eprintln!(
+                "tracker: origin {} of {asset} was reported for corrupt data by {LIAR_REPORTS} peers; check its store",
+                peer.addr
+            );
+            return;
+        }
+        eprintln!(
+            "tracker: no longer handing out peer {accused} at {} for {asset}: {LIAR_REPORTS} peers got corrupt data from it",
+            peer.addr
+        );
+        self.banned_addrs.insert(peer.addr, now);
+        self.banned_ids.insert(accused.to_string(), now);
+        self.peers.remove(accused);
+        self.accused.remove(accused);
+    }
+
+    /// Whether a peer was banned for lying.
+    fn is_banned(&self, peer_id: &str, addr: &SocketAddr) -> bool {
+        self.banned_ids.contains_key(peer_id) || self.banned_addrs.contains_key(addr)
     }
 
     /// Adds to the swarm's totals what `peer_id`'s cumulative `uploaded` counter grew by
@@ -589,6 +645,9 @@ impl State {
         swarm.announces += 1;
         let stopping = req.event.as_deref() == Some("stopped");
         swarm.count_upload(&req.peer_id, req.uploaded, req.origin, stopping, now);
+        for accused in &req.corrupt {
+            swarm.accuse(accused, &req.peer_id, &id, now);
+        }
         for reported in &req.unreachable {
             // A peer that announced a moment ago is alive as far as the tracker can tell
             // (the reporter may be the one with the network problem); a quiet one is gone.
@@ -602,7 +661,7 @@ impl State {
             }
         }
         match addr {
-            Some(addr) if !stopping => {
+            Some(addr) if !stopping && !swarm.is_banned(&req.peer_id, &addr) => {
                 let have = have.filter(|h| !h.is_full());
                 let plan = swarm.peers.remove(&req.peer_id).and_then(|p| p.plan);
                 let peer = Peer {

@@ -65,13 +65,19 @@ fn a_peer_killed_mid_transfer_loses_its_chunks_to_the_others() {
 }
 
 #[test]
-fn a_peer_serving_corrupt_bytes_is_dropped_and_the_download_is_correct() {
+fn a_peer_serving_corrupt_bytes_is_dropped_reported_and_no_longer_handed_out() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let bytes = random_file(&d.join("f.bin"), 20 * 65536, 6);
     let tracker = TrackerProc::start(d, &[]);
     let _origin = ServerProc::start(d, "origin", Some(&tracker.url), &["f.bin"], &["--origin"]);
-    let liar = ServerProc::start(d, "liar", Some(&tracker.url), &["f.bin"], &[]);
+    let liar = ServerProc::start(
+        d,
+        "liar",
+        Some(&tracker.url),
+        &["f.bin"],
+        &["--announce-interval", "1s"],
+    );
     let id = liar.seeded[0].clone();
     // Rot the liar's disk: every chunk differs from the manifest by one byte.
     let data = liar.store.join("assets").join(&id).join("data");
@@ -106,6 +112,41 @@ fn a_peer_serving_corrupt_bytes_is_dropped_and_the_download_is_correct() {
         "the client says why it dropped the peer: {}",
         run.stderr
     );
+
+    // The client reported it; once a second client reports it too, the tracker stops
+    // handing it out, and a third client never meets it.
+    let listed = |tracker: &TrackerProc| {
+        tracker
+            .peers(&id)
+            .iter()
+            .any(|p| p["addr"] == liar.addr.as_str())
+    };
+    assert!(listed(&tracker), "one report is not enough to drop a peer");
+    get(d, &tracker.url, &id, "copy2.bin", "client2", &[]).ok();
+    assert!(
+        !listed(&tracker),
+        "reported twice, the liar is still handed out"
+    );
+    let third = get(d, &tracker.url, &id, "copy3.bin", "client3", &[]).json();
+    assert!(
+        third["sources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["addr"] != liar.addr.as_str()),
+        "{third}"
+    );
+    // Its heartbeats (every second) do not bring it back.
+    let announces = || {
+        tracker.get_json("/stats")["swarms"][0]["announces"]
+            .as_u64()
+            .unwrap()
+    };
+    let before = announces();
+    eventually("two more heartbeats", Duration::from_secs(10), || {
+        announces() >= before + 2
+    });
+    assert!(!listed(&tracker));
 }
 
 /// A download that takes a few seconds: 64 chunks of 64 KiB from an origin capped at
