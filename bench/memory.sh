@@ -40,7 +40,7 @@ rm -rf big.out client
 
 # 2. One server, many clients at once.
 head -c $((SERVE_MIB << 20)) /dev/urandom > small.bin
-"$B/peer_server" --listen 127.0.0.1:0 --store seeder --seed small.bin --tracker "$URL" --origin --max-conns 64 > seeder.log 2>&1 &
+"$B/peer_server" --listen 127.0.0.1:0 --store seeder --seed small.bin --tracker "$URL" --origin --max-conns 64 --max-conns-per-addr 64 > seeder.log 2>&1 &
 seeder=$!; pids+=($!)
 wait_line seeder.log "listening on " > /dev/null
 SMALL=$(wait_line seeder.log "seeded " | cut -d' ' -f1)

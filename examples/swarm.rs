@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use swarmcache::client::{self, GetConfig};
 use swarmcache::manifest::DEFAULT_CHUNK_SIZE;
-use swarmcache::server::{DEFAULT_MAX_CONNS, Server, ServerConfig};
+use swarmcache::server::{DEFAULT_MAX_CONNS, DEFAULT_MAX_CONNS_PER_ADDR, Server, ServerConfig};
 use swarmcache::tracker::{Tracker, TrackerConfig};
 use swarmcache::units::format_bytes;
 
@@ -44,6 +44,7 @@ fn main() -> Result<()> {
         origin: true,
         advertise: None,
         max_conns: DEFAULT_MAX_CONNS,
+        max_conns_per_addr: DEFAULT_MAX_CONNS_PER_ADDR,
         max_upload_rate: Some(ORIGIN_RATE),
         announce_interval: None,
         token: None,

@@ -33,7 +33,8 @@ use crate::cache;
 use crate::manifest::{AssetId, Manifest};
 use crate::ratelimit::{self, RateLimiter};
 use crate::server::{
-    DEFAULT_MAX_CONNS, LiveHave, Server, ServerConfig, ShutdownHandle, UploadCounter,
+    DEFAULT_MAX_CONNS, DEFAULT_MAX_CONNS_PER_ADDR, LiveHave, Server, ServerConfig, ShutdownHandle,
+    UploadCounter,
 };
 use crate::store::{InUse, Partial, Store};
 use crate::stream::{DEFAULT_WINDOW, Stream};
@@ -578,6 +579,7 @@ impl Serving {
             origin: false,
             advertise: config.advertise,
             max_conns: DEFAULT_MAX_CONNS,
+            max_conns_per_addr: DEFAULT_MAX_CONNS_PER_ADDR,
             max_upload_rate: config.max_upload_rate,
             announce_interval: None,
             token: None,

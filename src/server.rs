@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -40,6 +40,10 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default connection slots. Each is a thread with a small stack, and a chunk goes out with
 /// `sendfile` without a user-space buffer, so 64 cost little memory.
 pub const DEFAULT_MAX_CONNS: usize = 64;
+/// Default cap of connections from one address: half the slots, so one host (or one NAT of
+/// CI runners) cannot take them all, while a crowd on one machine still fits: a client
+/// keeps one connection to a peer once it has several peers, and four at most.
+pub const DEFAULT_MAX_CONNS_PER_ADDR: usize = DEFAULT_MAX_CONNS / 2;
 /// Heartbeat period used until the tracker says otherwise.
 pub const DEFAULT_ANNOUNCE_INTERVAL: Duration = Duration::from_secs(20);
 /// Longest heartbeat period accepted from a tracker: an hour, whatever it answers.
@@ -78,6 +82,8 @@ pub struct ServerConfig {
     pub advertise: Option<SocketAddr>,
     /// Connection slots.
     pub max_conns: usize,
+    /// Connections one remote address may hold at once.
+    pub max_conns_per_addr: usize,
     /// Upload cap in bytes per second for the whole process.
     pub max_upload_rate: Option<u64>,
     /// Heartbeat period override (otherwise what the tracker asks for).
@@ -169,7 +175,8 @@ struct Shared {
     stop: AtomicBool,
     /// With auth on: the check every `Hello` must pass.
     tickets: Option<TicketCheck>,
-    active: Mutex<HashMap<u64, TcpStream>>,
+    /// Connections being served, with the address they come from.
+    active: Mutex<HashMap<u64, (IpAddr, TcpStream)>>,
     /// Connections being served now.
     in_use: AtomicUsize,
     /// Refusal threads running now.
@@ -245,7 +252,7 @@ impl ShutdownHandle {
             _ => self.addr,
         };
         let _ = TcpStream::connect_timeout(&wake, Duration::from_secs(1));
-        for stream in self
+        for (_, stream) in self
             .shared
             .active
             .lock()
@@ -430,15 +437,38 @@ impl Server {
             };
             let counters = &self.shared.counters;
             counters.accepted.fetch_add(1, Ordering::Relaxed);
+            let Ok(ip) = stream.peer_addr().map(|a| a.ip()) else {
+                continue;
+            };
+            let per_addr = self.config.max_conns_per_addr.max(1);
+            let from_ip = || {
+                let active = self.shared.lock_active();
+                active.values().filter(|(a, _)| *a == ip).count()
+            };
+            if from_ip() >= per_addr {
+                counters.refused.fetch_add(1, Ordering::Relaxed);
+                self.shared.refuse(
+                    stream,
+                    format!(
+                        "server busy: {ip} already has {per_addr} connections here, the most one address may hold; use those"
+                    ),
+                );
+                continue;
+            }
             if self.shared.in_use.fetch_add(1, Ordering::SeqCst) >= max_conns {
                 self.shared.in_use.fetch_sub(1, Ordering::SeqCst);
                 counters.refused.fetch_add(1, Ordering::Relaxed);
-                self.shared.refuse(stream, max_conns);
+                self.shared.refuse(
+                    stream,
+                    format!(
+                        "server busy: all {max_conns} connection slots are taken; try another peer or retry later"
+                    ),
+                );
                 continue;
             }
             next_id += 1;
             if let Ok(clone) = stream.try_clone() {
-                self.shared.lock_active().insert(next_id, clone);
+                self.shared.lock_active().insert(next_id, (ip, clone));
             }
             // Cannot fail: the workers hold the receiver until this sender is dropped.
             let _ = conn_tx.send((next_id, stream));
@@ -513,22 +543,19 @@ fn close_with_error(stream: &TcpStream, code: u16, text: &str) {
 }
 
 impl Shared {
-    fn lock_active(&self) -> std::sync::MutexGuard<'_, HashMap<u64, TcpStream>> {
+    fn lock_active(&self) -> std::sync::MutexGuard<'_, HashMap<u64, (IpAddr, TcpStream)>> {
         self.active.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Tells a client over the connection limit to go elsewhere, on a short-lived thread so
     /// the accept loop never waits on it; past [`MAX_REFUSERS`] at once it just closes.
-    fn refuse(self: &Arc<Self>, stream: TcpStream, max_conns: usize) {
+    fn refuse(self: &Arc<Self>, stream: TcpStream, text: String) {
         if self.refusing.fetch_add(1, Ordering::SeqCst) >= MAX_REFUSERS {
             self.refusing.fetch_sub(1, Ordering::SeqCst);
             return;
         }
         let shared = Arc::clone(self);
         std::thread::spawn(move || {
-            let text = format!(
-                "server busy: all {max_conns} connection slots are taken; try another peer or retry later"
-            );
             close_with_error(&stream, code::SERVER_BUSY, &text);
             shared.refusing.fetch_sub(1, Ordering::SeqCst);
         });
@@ -984,6 +1011,7 @@ mod tests {
             origin: false,
             advertise: None,
             max_conns: 2,
+            max_conns_per_addr: 2,
             max_upload_rate: None,
             announce_interval: None,
             token: None,

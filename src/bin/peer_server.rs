@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Result;
 use clap::Parser;
 use swarmcache::cli::{self, EXIT_OK};
-use swarmcache::server::{DEFAULT_MAX_CONNS, Server, ServerConfig};
+use swarmcache::server::{DEFAULT_MAX_CONNS, DEFAULT_MAX_CONNS_PER_ADDR, Server, ServerConfig};
 
 /// Serve the chunks of a store to other peers over the swarmcache wire protocol, and
 /// announce what the store holds to a tracker on a heartbeat.
@@ -47,6 +47,9 @@ struct Args {
     /// Connections served at once; more are refused with "busy".
     #[arg(long, default_value_t = DEFAULT_MAX_CONNS)]
     max_conns: usize,
+    /// Connections one remote address may hold at once; more are refused with "busy".
+    #[arg(long, default_value_t = DEFAULT_MAX_CONNS_PER_ADDR)]
+    max_conns_per_addr: usize,
     /// Upload cap for the whole process, e.g. 50MiB (per second).
     #[arg(long, value_parser = cli::size_arg)]
     max_upload_rate: Option<u64>,
@@ -78,6 +81,7 @@ fn run(args: Args) -> Result<u8> {
         origin: args.origin,
         advertise: args.advertise_addr,
         max_conns: args.max_conns,
+        max_conns_per_addr: args.max_conns_per_addr,
         max_upload_rate: args.max_upload_rate,
         announce_interval: args.announce_interval,
         token: args.token,
