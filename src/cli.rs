@@ -18,18 +18,27 @@ pub fn finish(program: &str, result: anyhow::Result<u8>) -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(e) if is_broken_pipe(&e) => ExitCode::from(EXIT_OK),
         Err(e) => {
-            eprintln!("{program}: error: {e:#}");
+            let hint = if has_io_kind(&e, io::ErrorKind::StorageFull) {
+                "; the disk is full: free some space (peer_client cache gc) and run the same command again"
+            } else {
+                ""
+            };
+            eprintln!("{program}: error: {e:#}{hint}");
             ExitCode::from(EXIT_FAILED)
         }
     }
 }
 
-fn is_broken_pipe(e: &anyhow::Error) -> bool {
+fn has_io_kind(e: &anyhow::Error, kind: io::ErrorKind) -> bool {
     e.chain().any(|cause| {
         cause
             .downcast_ref::<io::Error>()
-            .is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe)
+            .is_some_and(|io| io.kind() == kind)
     })
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    has_io_kind(e, io::ErrorKind::BrokenPipe)
 }
 
 /// Writes `text` and a newline to stdout and flushes, so scripts see each line at once.

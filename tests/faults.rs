@@ -9,38 +9,39 @@ use crate::harness::{
 };
 
 #[test]
-fn a_peer_killed_mid_transfer_loses_its_chunks_to_the_others() {
+fn peers_killed_one_after_another_mid_transfer_lose_their_chunks_to_the_others() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    // 12 MiB through two peers capped at 2 MiB/s each takes about 3 s: time to kill one.
-    let bytes = random_file(&d.join("f.bin"), 12 << 20, 5);
+    // 8 MiB through three peers capped at 2 MiB/s each: time to kill two along the way.
+    let bytes = random_file(&d.join("f.bin"), 8 << 20, 5);
     let tracker = TrackerProc::start(d, &[]);
     let _origin = ServerProc::start(d, "origin", Some(&tracker.url), &["f.bin"], &["--origin"]);
-    let mut victim = ServerProc::start(
-        d,
-        "peer-a",
-        Some(&tracker.url),
-        &["f.bin"],
-        &["--max-upload-rate", "2MiB"],
-    );
-    let _other = ServerProc::start(
-        d,
-        "peer-b",
-        Some(&tracker.url),
-        &["f.bin"],
-        &["--max-upload-rate", "2MiB"],
-    );
-    let id = victim.seeded[0].clone();
-    tracker.wait_for_peers(&id, 3);
+    let mut peers: Vec<ServerProc> = ["peer-a", "peer-b", "peer-c"]
+        .iter()
+        .map(|store| {
+            ServerProc::start(
+                d,
+                store,
+                Some(&tracker.url),
+                &["f.bin"],
+                &["--max-upload-rate", "2MiB"],
+            )
+        })
+        .collect();
+    let id = peers[0].seeded[0].clone();
+    tracker.wait_for_peers(&id, 4);
 
     let mut client = spawn_get(d, &tracker.url, &id, "copy.bin", "client", &[]);
     let client_store = d.join("client");
-    eventually(
-        "the client to record progress",
-        Duration::from_secs(20),
-        || stored_chunks(&client_store, &id) > 0,
-    );
-    victim.proc.kill();
+    // SIGKILL one peer after the first chunks, another after a quarter of the file.
+    for (victim, chunks) in [(0, 1), (1, 32)] {
+        eventually(
+            "the client to record progress",
+            Duration::from_secs(30),
+            || stored_chunks(&client_store, &id) >= chunks,
+        );
+        peers[victim].proc.kill();
+    }
     assert!(
         client.wait().success(),
         "client failed: {}",
@@ -49,14 +50,16 @@ fn a_peer_killed_mid_transfer_loses_its_chunks_to_the_others() {
     let summary: serde_json::Value = client.summary();
     assert_eq!(fs::read(d.join("copy.bin")).unwrap(), bytes);
     let sources = summary["sources"].as_array().unwrap();
-    let victim_entry = sources
-        .iter()
-        .find(|s| s["addr"] == victim.addr.as_str())
-        .expect("victim listed");
-    assert!(
-        victim_entry["dropped"].is_string(),
-        "the killed peer is reported dropped: {summary}"
-    );
+    for victim in &peers[..2] {
+        let entry = sources
+            .iter()
+            .find(|s| s["addr"] == victim.addr.as_str())
+            .expect("victim listed");
+        assert!(
+            entry["dropped"].is_string(),
+            "a killed peer is reported dropped: {summary}"
+        );
+    }
     let total: u64 = ["from_peers", "from_origin"]
         .iter()
         .map(|k| summary[k].as_u64().unwrap())
@@ -443,4 +446,119 @@ fn one_address_cannot_take_every_connection_slot() {
         let mut again = TcpStream::connect(&server.addr).unwrap();
         matches!(hello(&mut again), Message::Welcome { .. })
     });
+}
+
+/// A tmpfs of `size` mounted at `dir` for the life of the value (tests run as root).
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    /// `None` when this process may not mount (not root, or no mount namespace rights).
+    fn mount(dir: &std::path::Path, size: &str) -> Option<Tmpfs> {
+        fs::create_dir_all(dir).unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .ok()?;
+        status.success().then(|| Tmpfs(dir.to_path_buf()))
+    }
+
+    fn resize(&self, size: &str) {
+        let status = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .status()
+            .unwrap();
+        assert!(status.success(), "remounting {}", self.0.display());
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_is_a_clear_error_and_the_download_resumes_once_there_is_room() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let Some(disk) = Tmpfs::mount(&d.join("small"), "1m") else {
+        eprintln!("skipped: mounting a tmpfs needs root (the disk-full case is not tested)");
+        return;
+    };
+    let bytes = random_file(&d.join("f.bin"), 3 << 20, 17);
+    let tracker = TrackerProc::start(d, &[]);
+    let origin = ServerProc::start(d, "origin", Some(&tracker.url), &["f.bin"], &["--origin"]);
+    let id = origin.seeded[0].clone();
+
+    let full = get(d, &tracker.url, &id, "copy.bin", "small/store", &[]);
+    let stderr = full.code(1);
+    assert!(stderr.contains("disk is full"), "{stderr}");
+    assert!(
+        !d.join("copy.bin").exists(),
+        "a partial file under the final name"
+    );
+    // What the store claims is there, is there: the resume re-hashes nothing in vain and
+    // fetches only the rest.
+    let kept = stored_chunks(&d.join("small/store"), &id);
+    disk.resize("8m");
+    let summary = get(d, &tracker.url, &id, "copy.bin", "small/store", &[]).json();
+    assert!(fs::read(d.join("copy.bin")).unwrap() == bytes);
+    assert_eq!(
+        summary["from_cache"].as_u64().unwrap(),
+        u64::from(kept) * 65536,
+        "the chunks recorded before the disk filled are kept: {summary}"
+    );
+}
+
+#[test]
+fn a_tracker_killed_while_publishing_restarts_with_a_readable_catalog() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // A large manifest (8 Ki chunks of 16 KiB, ~600 KB of TOML) keeps the tracker busy.
+    random_file(&d.join("f.bin"), 128 << 20, 18);
+    let manifest = crate::harness::run(d, "chunkify", &["--chunk-size", "16KiB", "f.bin"], b"");
+    let manifest = manifest.ok().to_string();
+    let id = crate::harness::run(
+        d,
+        "chunkify",
+        &["--id", "--chunk-size", "16KiB", "f.bin"],
+        b"",
+    )
+    .ok()
+    .trim()
+    .to_string();
+    for delay_ms in [0u64, 2, 5, 10, 20] {
+        let mut tracker = TrackerProc::start(d, &[]);
+        let url = tracker.url.clone();
+        let body = manifest.clone();
+        let publisher = std::thread::spawn(move || {
+            let _ = ureq::post(&format!("{url}/assets")).send_string(&body);
+        });
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        tracker.proc.kill();
+        let _ = publisher.join();
+        // Restarted, the tracker reads its catalog: the asset is there whole, or absent.
+        let tracker = TrackerProc::start(d, &[]);
+        let listed = tracker.get_json("/assets");
+        let ids: Vec<&str> = listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["id"].as_str().unwrap())
+            .collect();
+        if ids.contains(&id.as_str()) {
+            let fetched = ureq::get(&format!("{}/assets/{id}", tracker.url))
+                .call()
+                .unwrap()
+                .into_string()
+                .unwrap();
+            let parsed = swarmcache::manifest::Manifest::from_toml(&fetched).unwrap();
+            assert_eq!(parsed.id().to_string(), id, "a half-written manifest");
+            return;
+        }
+        assert!(ids.is_empty(), "{listed}");
+    }
 }
