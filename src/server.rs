@@ -929,17 +929,38 @@ impl Heartbeat {
         }
     }
 
-    /// Beats until the server stops, the first after `wait`.
+    /// Beats until the server stops, the first after `wait`; then leaves every swarm.
     fn run(mut self, shared: &Shared, config: &ServerConfig, mut wait: Duration) {
         loop {
             let deadline = Instant::now() + wait;
             while Instant::now() < deadline {
                 if shared.stop.load(Ordering::SeqCst) {
+                    self.leave(shared);
                     return;
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
             wait = self.beat(shared, config);
+        }
+    }
+
+    /// Tells the tracker this server is gone from each swarm, with what it served, so that
+    /// clients stop being sent to it now rather than after the peer timeout.
+    fn leave(&self, shared: &Shared) {
+        for id in shared.store.list().unwrap_or_default() {
+            let uploaded = shared
+                .assets
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&id)
+                .map_or(0, |s| s.uploaded.load(Ordering::Relaxed));
+            let request = AnnounceRequest {
+                peer_id: self.peer_id.clone(),
+                event: Some("stopped".into()),
+                uploaded,
+                ..AnnounceRequest::default()
+            };
+            let _ = self.tracker.announce(&id, &request);
         }
     }
 }

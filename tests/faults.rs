@@ -562,3 +562,18 @@ fn a_tracker_killed_while_publishing_restarts_with_a_readable_catalog() {
         assert!(ids.is_empty(), "{listed}");
     }
 }
+
+#[test]
+fn a_stopped_peer_server_leaves_its_swarms_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    random_file(&d.join("f.bin"), 65536, 19);
+    let tracker = TrackerProc::start(d, &[]);
+    let mut server = ServerProc::start(d, "seeder", Some(&tracker.url), &["f.bin"], &[]);
+    let id = server.seeded[0].clone();
+    tracker.wait_for_peers(&id, 1);
+    server.proc.signal("TERM");
+    assert!(server.proc.wait().success(), "{}", server.proc.stderr());
+    // Well within the 60 s the tracker would otherwise wait.
+    tracker.wait_for_peers(&id, 0);
+}

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Parser;
 use swarmcache::cli::{self, EXIT_OK};
 use swarmcache::server::{DEFAULT_MAX_CONNS, DEFAULT_MAX_CONNS_PER_ADDR, Server, ServerConfig};
@@ -95,7 +95,11 @@ fn run(args: Args) -> Result<u8> {
         cli::println(&format!("metrics on http://{addr}/metrics"))?;
     }
     cli::println(&format!("listening on {}", server.local_addr()))?;
+    // Ctrl-C and SIGTERM stop the server cleanly: it leaves its swarms and exits 0.
+    let stop = server.shutdown_handle();
+    ctrlc::set_handler(move || stop.shutdown()).context("installing the Ctrl-C handler")?;
     server.serve()?;
+    eprintln!("peer_server: stopped");
     Ok(EXIT_OK)
 }
 
