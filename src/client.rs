@@ -934,6 +934,9 @@ const UNMEASURED_SECS_PER_BYTE: f64 = 1e-8;
 /// While peers can deliver, a streaming download asks the origin for chunks no further
 /// ahead of the reader than this many windows: what the player needs soon, not the file.
 const ORIGIN_READAHEAD_WINDOWS: u32 = 2;
+/// How long a stream's start waits for its first chunk to go out before the rest of the
+/// download starts anyway: a reader that does not read yet must not hold the download up.
+const STREAM_START_GRACE: Duration = Duration::from_millis(20);
 
 /// Who watches a download, and what the scheduler tells them.
 struct Watch {
@@ -1013,6 +1016,11 @@ struct Scheduler<'a> {
     watch: Watch,
     /// The next chunk the stream needs, when streaming.
     stream_pos: Option<u32>,
+    /// The first chunk the stream needs from the network (`None`: not streaming, or all
+    /// cached).
+    stream_first: Option<u32>,
+    /// When the first chunk of this download arrived.
+    first_chunk_at: Option<Instant>,
     from_cache: u64,
     from_peers: u64,
     from_origin: u64,
@@ -1033,6 +1041,7 @@ impl<'a> Scheduler<'a> {
         watch: Watch,
     ) -> Self {
         let have = partial.have().clone();
+        let first_missing = (0..manifest.chunk_count()).find(|&i| !have.get(i));
         let count = manifest.chunk_count();
         let chunks = (0..count)
             .map(|i| {
@@ -1083,6 +1092,8 @@ impl<'a> Scheduler<'a> {
             events_rx,
             bar,
             stream_pos: watch.streaming.is_some().then_some(0),
+            stream_first: watch.streaming.as_ref().and(first_missing),
+            first_chunk_at: None,
             watch,
             from_cache,
             from_peers: 0,
@@ -1305,6 +1316,7 @@ impl<'a> Scheduler<'a> {
         }
         let since_start = self.watch.started.elapsed().as_secs_f64();
         self.first_chunk_secs.get_or_insert(since_start);
+        self.first_chunk_at.get_or_insert(now);
         if let Some(bar) = &self.bar {
             bar.inc(len);
         }
@@ -1673,17 +1685,19 @@ impl<'a> Scheduler<'a> {
                 .any(|c| c.source == source && c.in_flight.contains(&index))
     }
 
-    /// Whether a stream is waiting for its first chunk. Until it arrives no other chunk is
-    /// asked for: requests in flight share the bandwidth, and eight 1 MiB requests at once
-    /// would put the first byte 8 MiB of transfer away instead of 1.
+    /// Whether a stream is waiting for the first chunk it needs from the network. Until that
+    /// chunk has gone out (or [`STREAM_START_GRACE`] after it arrived, if the reader is
+    /// slow) no other chunk is asked for: requests in flight share the bandwidth, and eight
+    /// 1 MiB requests at once would put the first byte 8 MiB of transfer away instead of 1;
+    /// and the workers verifying them would keep the two cores from the stream's write.
     fn stream_starting(&self) -> bool {
-        self.first_chunk_secs.is_none()
-            && self.stream_pos.is_some_and(|pos| {
-                matches!(
-                    self.chunks.get(pos as usize),
-                    Some(ChunkState::Missing | ChunkState::InFlight(_))
-                )
-            })
+        let Some(first) = self.stream_first else {
+            return false;
+        };
+        self.stream_pos.is_some_and(|pos| pos <= first)
+            && self
+                .first_chunk_at
+                .is_none_or(|at| at.elapsed() < STREAM_START_GRACE)
     }
 
     /// Whether a connected peer that still takes work, and is not late with what it was
