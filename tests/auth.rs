@@ -1,14 +1,15 @@
 //! Authority: tokens at the tracker, signed tickets at every peer, key rotation.
 
-use std::net::TcpStream;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use swarmcache::auth::KeyRing;
-use swarmcache::wire::{self, MAX_FRAME, Message, PROTOCOL_VERSION, code};
+use swarmcache::wire::{Message, code};
 
-use crate::harness::{Proc, ServerProc, TrackerProc, bin, eventually, random_file, run, run_cmd};
+use crate::harness::{
+    Proc, ServerProc, TrackerProc, bin, connect, eventually, handshake, random_file, run, run_cmd,
+};
 
 /// `tracker token --auth auth.toml …` in `d`; returns the token.
 fn token(d: &Path, name: &str, rights: &[&str]) -> String {
@@ -17,19 +18,9 @@ fn token(d: &Path, name: &str, rights: &[&str]) -> String {
     run(d, "tracker", &args, b"").ok().trim().to_string()
 }
 
-/// Sends a `Hello` for `asset` with `ticket` and returns the answer.
+/// A new connection's answer to a `Hello` for `asset` with `ticket`.
 fn hello(addr: &str, asset: &str, ticket: Vec<u8>) -> Message {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let hello = Message::Hello {
-        version: PROTOCOL_VERSION,
-        asset: asset.parse().unwrap(),
-        ticket,
-    };
-    wire::write_message(&mut stream, &hello).unwrap();
-    wire::read_message(&mut stream, MAX_FRAME).unwrap()
+    handshake(&mut connect(addr), asset, ticket)
 }
 
 fn refused_as_unauthorized(answer: &Message) -> bool {

@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use std::net::TcpStream;
 
-use swarmcache::wire::{self, MAX_FRAME, Message, PROTOCOL_VERSION, code};
+use swarmcache::wire::{Message, code};
 
 use crate::harness::{
-    Proc, ServerProc, TrackerProc, eventually, get, random_file, run, run_cmd, spawn_get,
+    Proc, ServerProc, TrackerProc, eventually, get, handshake, random_file, run, run_cmd, spawn_get,
 };
 
 /// `peer_client cache ARGS… --cache cache` in `d`.
@@ -201,17 +201,7 @@ fn a_peer_server_holds_an_asset_it_did_not_seed_only_while_it_sends_it() {
     random_file(&d.join("v.bin"), 65536, 70);
     let [v] = <[String; 1]>::try_from(seed_into_cache(d, &["v.bin"])).unwrap();
     let server = ServerProc::start(d, "cache", None, &[], &[]);
-    let hello = |s: &mut TcpStream| {
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let asset = v.parse().unwrap();
-        let hello = Message::Hello {
-            version: PROTOCOL_VERSION,
-            asset,
-            ticket: vec![],
-        };
-        wire::write_message(s, &hello).unwrap();
-        wire::read_message(s, MAX_FRAME).unwrap()
-    };
+    let hello = |s: &mut TcpStream| handshake(s, &v, vec![]);
     let mut peer = TcpStream::connect(&server.addr).unwrap();
     assert!(matches!(hello(&mut peer), Message::Welcome { .. }));
     let gc = cache(d, &["gc", "--cache-size", "0"]);

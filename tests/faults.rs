@@ -403,8 +403,9 @@ fn ctrl_c_keeps_progress_and_leaves_the_swarm() {
 
 #[test]
 fn one_address_cannot_take_every_connection_slot() {
+    use crate::harness::{connect, handshake};
     use std::net::TcpStream;
-    use swarmcache::wire::{self, MAX_FRAME, Message, PROTOCOL_VERSION, code};
+    use swarmcache::wire::{Message, code};
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     random_file(&d.join("f.bin"), 65536, 16);
@@ -416,24 +417,11 @@ fn one_address_cannot_take_every_connection_slot() {
         &["--max-conns", "8", "--max-conns-per-addr", "2"],
     );
     let id = server.seeded[0].clone();
-    let hello = |stream: &mut TcpStream| {
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        let hello = Message::Hello {
-            version: PROTOCOL_VERSION,
-            asset: id.parse().unwrap(),
-            ticket: vec![],
-        };
-        wire::write_message(stream, &hello).unwrap();
-        wire::read_message(stream, MAX_FRAME).unwrap()
-    };
     // Two connections that say nothing hold this address's share of the slots...
     let silent: Vec<TcpStream> = (0..2)
         .map(|_| TcpStream::connect(&server.addr).unwrap())
         .collect();
-    let mut third = TcpStream::connect(&server.addr).unwrap();
-    match hello(&mut third) {
+    match handshake(&mut connect(&server.addr), &id, vec![]) {
         Message::Error { code: c, message } => {
             assert_eq!(c, code::SERVER_BUSY);
             assert!(message.contains("127.0.0.1 already has 2"), "{message}");
@@ -443,8 +431,10 @@ fn one_address_cannot_take_every_connection_slot() {
     // ...and once they go, the address is served again.
     drop(silent);
     eventually("a slot for this address", Duration::from_secs(10), || {
-        let mut again = TcpStream::connect(&server.addr).unwrap();
-        matches!(hello(&mut again), Message::Welcome { .. })
+        matches!(
+            handshake(&mut connect(&server.addr), &id, vec![]),
+            Message::Welcome { .. }
+        )
     });
 }
 

@@ -601,3 +601,28 @@ pub fn scrape(url: &str) -> Metrics {
     }
     Metrics { text, samples }
 }
+
+/// Connects to a peer, with a 10 s read timeout so a silent server fails the test.
+pub fn connect(addr: &str) -> std::net::TcpStream {
+    let stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+}
+
+/// Sends a `Hello` for `asset` presenting `ticket`, and returns the server's answer.
+pub fn handshake(
+    stream: &mut std::net::TcpStream,
+    asset: &str,
+    ticket: Vec<u8>,
+) -> swarmcache::wire::Message {
+    use swarmcache::wire::{self, MAX_FRAME, Message, PROTOCOL_VERSION};
+    let hello = Message::Hello {
+        version: PROTOCOL_VERSION,
+        asset: asset.parse().unwrap(),
+        ticket,
+    };
+    wire::write_message(stream, &hello).unwrap();
+    wire::read_message(stream, MAX_FRAME).unwrap()
+}

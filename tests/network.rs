@@ -1,13 +1,12 @@
 //! Addresses and connection handling: wildcard listeners, IPv6, busy servers, bad frames.
 
 use std::fs;
-use std::net::TcpStream;
 use std::time::Duration;
 
 use swarmcache::manifest::AssetId;
 use swarmcache::wire::{self, MAX_FRAME, Message, PROTOCOL_VERSION, code};
 
-use crate::harness::{ServerProc, TrackerProc, eventually, get, random_file};
+use crate::harness::{ServerProc, TrackerProc, connect, eventually, get, random_file};
 
 #[test]
 fn a_wildcard_listener_is_announced_at_the_address_the_tracker_sees() {
@@ -58,14 +57,6 @@ fn ipv6_addresses_work_like_ipv4_ones() {
     assert!(server.addr.starts_with("[::1]:"), "{}", server.addr);
     get(d, &tracker.url, &id, "copy.bin", "client", &[]).ok();
     assert_eq!(fs::read(d.join("copy.bin")).unwrap(), bytes);
-}
-
-fn connect(addr: &str) -> TcpStream {
-    let stream = TcpStream::connect(addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    stream
 }
 
 fn hello(asset: &str) -> Message {

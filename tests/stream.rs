@@ -102,29 +102,35 @@ impl Drop for Streaming {
     }
 }
 
+/// A tracker, an origin and a peer, both serving `size` pseudo-random bytes at 4 MiB/s;
+/// returns them and the bytes once the swarm lists both.
+fn origin_and_peer(
+    d: &Path,
+    size: usize,
+    seed: u64,
+) -> (TrackerProc, ServerProc, ServerProc, Vec<u8>) {
+    let bytes = random_file(&d.join("f.bin"), size, seed);
+    let tracker = TrackerProc::start(d, &[]);
+    let serve = |store: &str, origin: bool| {
+        let mut extra = vec!["--max-upload-rate", "4MiB"];
+        if origin {
+            extra.push("--origin");
+        }
+        ServerProc::start(d, store, Some(&tracker.url), &["f.bin"], &extra)
+    };
+    let origin = serve("origin", true);
+    let peer = serve("peer", false);
+    tracker.wait_for_peers(&peer.seeded[0], 2);
+    (tracker, origin, peer, bytes)
+}
+
 #[test]
 fn a_stream_is_the_file_byte_for_byte_even_when_a_peer_dies_mid_stream() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     // 12 MiB from a peer and an origin capped at 4 MiB/s each: a couple of seconds.
-    let bytes = random_file(&d.join("f.bin"), 12 << 20, 31);
-    let tracker = TrackerProc::start(d, &[]);
-    let _origin = ServerProc::start(
-        d,
-        "origin",
-        Some(&tracker.url),
-        &["f.bin"],
-        &["--origin", "--max-upload-rate", "4MiB"],
-    );
-    let mut peer = ServerProc::start(
-        d,
-        "peer",
-        Some(&tracker.url),
-        &["f.bin"],
-        &["--max-upload-rate", "4MiB"],
-    );
+    let (tracker, _origin, mut peer, bytes) = origin_and_peer(d, 12 << 20, 31);
     let id = peer.seeded[0].clone();
-    tracker.wait_for_peers(&id, 2);
 
     let mut stream = Streaming::start(d, &tracker.url, &id, "client", &[]);
     let mut out = stream.read(2 << 20);
@@ -135,9 +141,11 @@ fn a_stream_is_the_file_byte_for_byte_even_when_a_peer_dies_mid_stream() {
     assert!(summary["from_peers"].as_u64().unwrap() > 0, "{summary}");
     assert!(summary["first_byte_secs"].as_f64().is_some(), "{summary}");
     assert!(summary["output"].is_null(), "{summary}");
-    // The asset landed in the store too: a second stream needs no network at all.
+    // The asset landed in the store too: a second stream needs no network at all, not
+    // even the tracker.
+    let url = tracker.url.clone();
     drop(tracker);
-    let mut again = Streaming::start(d, "http://127.0.0.1:9", &id, "client", &[]);
+    let mut again = Streaming::start(d, &url, &id, "client", &[]);
     assert!(again.finish() == bytes);
     assert_eq!(again.summary()["from_cache"], 12 << 20);
 }
@@ -146,24 +154,8 @@ fn a_stream_is_the_file_byte_for_byte_even_when_a_peer_dies_mid_stream() {
 fn a_late_chunk_is_asked_of_another_source_instead_of_waiting_for_a_stalled_peer() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let bytes = random_file(&d.join("f.bin"), 8 << 20, 32);
-    let tracker = TrackerProc::start(d, &[]);
-    let _origin = ServerProc::start(
-        d,
-        "origin",
-        Some(&tracker.url),
-        &["f.bin"],
-        &["--origin", "--max-upload-rate", "4MiB"],
-    );
-    let peer = ServerProc::start(
-        d,
-        "peer",
-        Some(&tracker.url),
-        &["f.bin"],
-        &["--max-upload-rate", "4MiB"],
-    );
+    let (tracker, _origin, peer, bytes) = origin_and_peer(d, 8 << 20, 32);
     let id = peer.seeded[0].clone();
-    tracker.wait_for_peers(&id, 2);
 
     // Without hedging, the chunks the stopped peer holds would wait out the chunk timeout
     // (60 s): the test would still pass, but "hedged" would be 0.
