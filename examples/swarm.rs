@@ -49,6 +49,7 @@ fn main() -> Result<()> {
         announce_interval: None,
         token: None,
         ticket_keys: Vec::new(),
+        await_keys: false,
     })?;
     let asset = origin.seeded()[0].id();
     println!(

@@ -112,6 +112,11 @@ pub struct AnnounceResponse {
     /// present in the `Hello` to other peers. Each announce brings a fresh one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ticket: Option<String>,
+    /// With auth on: the tracker's public keys (as `GET /keys` lists them), so that a
+    /// client serving while it downloads checks the tickets presented to it, and learns a
+    /// rotated key from its next announce.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keys: Vec<String>,
 }
 
 /// `GET /keys`: the public keys peers verify tickets with, current first (empty in open

@@ -34,7 +34,7 @@ use crate::manifest::{AssetId, Manifest};
 use crate::ratelimit::{self, RateLimiter};
 use crate::server::{
     DEFAULT_MAX_CONNS, DEFAULT_MAX_CONNS_PER_ADDR, LiveHave, Server, ServerConfig, ShutdownHandle,
-    UploadCounter,
+    TicketKeys, UploadCounter,
 };
 use crate::store::{InUse, Partial, Store};
 use crate::stream::{DEFAULT_WINDOW, Stream};
@@ -358,12 +358,12 @@ fn fetch(config: &GetConfig, seed: bool, out: Option<&mut (dyn Write + Send)>) -
     let live: LiveHave = Arc::new(RwLock::new(initial.clone()));
     let serving = match config.serve {
         Some(listen) if seed || !complete => {
-            // With a token the tracker may want tickets: serve only to clients it allowed.
-            let keys = match (&tracker, &config.token) {
-                (Some(tracker), Some(_)) => tracker.keys()?,
-                _ => Vec::new(),
-            };
-            Some(Serving::start(config, listen, &manifest, &live, keys)?)
+            // With a tracker, serve nobody until its first announce answer says whether
+            // clients need tickets, and with which keys.
+            let await_keys = tracker.is_some();
+            Some(Serving::start(
+                config, listen, &manifest, &live, await_keys,
+            )?)
         }
         _ => None,
     };
@@ -560,6 +560,8 @@ struct Serving {
     thread: Option<std::thread::JoinHandle<Result<()>>>,
     uploaded: UploadCounter,
     advertised: SocketAddr,
+    /// Where announce answers put the tracker's keys.
+    keys: TicketKeys,
 }
 
 impl Serving {
@@ -568,7 +570,7 @@ impl Serving {
         listen: SocketAddr,
         manifest: &Manifest,
         live: &LiveHave,
-        ticket_keys: Vec<String>,
+        await_keys: bool,
     ) -> Result<Serving> {
         let server = Server::bind(ServerConfig {
             listen,
@@ -583,18 +585,21 @@ impl Serving {
             max_upload_rate: config.max_upload_rate,
             announce_interval: None,
             token: None,
-            ticket_keys,
+            ticket_keys: Vec::new(),
+            await_keys,
         })
         .context("starting to serve while downloading (use --no-serve to download only)")?;
         server.serve_live(manifest.id(), Arc::clone(live));
         let advertised = config.advertise.unwrap_or(server.local_addr());
         let (stop, uploaded) = (server.shutdown_handle(), server.uploaded());
+        let keys = server.ticket_keys();
         let thread = std::thread::spawn(move || server.serve());
         Ok(Serving {
             stop,
             thread: Some(thread),
             uploaded,
             advertised,
+            keys,
         })
     }
 }
@@ -620,6 +625,8 @@ struct Announce {
     reports: Reports,
     /// The latest ticket the tracker handed out (empty in open mode).
     ticket: Ticket,
+    /// The embedded server, told the tracker's keys from every answer.
+    keys: Option<TicketKeys>,
 }
 
 /// The ticket to present to peers, renewed by every announce.
@@ -638,6 +645,7 @@ impl Announce {
             ..AnnounceRequest::default()
         };
         let uploaded = serving.map(|s| s.uploaded.clone());
+        let keys = serving.map(|s| s.keys.clone());
         Announce {
             tracker,
             asset,
@@ -646,6 +654,7 @@ impl Announce {
             uploaded,
             reports: Reports::default(),
             ticket: Ticket::default(),
+            keys,
         }
     }
 
@@ -667,6 +676,10 @@ impl Announce {
         let answer = self.tracker.announce(&self.asset, &request)?;
         if let Some(ticket) = answer.ticket.as_deref().and_then(|t| hex::decode(t).ok()) {
             *self.ticket.write().unwrap_or_else(|e| e.into_inner()) = ticket;
+        }
+        if let Some(keys) = &self.keys {
+            keys.set(&answer.keys)
+                .context("the tracker's announce answer carries a bad key")?;
         }
         Ok(answer)
     }
@@ -960,7 +973,7 @@ struct Downloaded {
     first_chunk_secs: Option<f64>,
     /// Best network rate over a one-second stretch, in bytes per second.
     peak_rate: f64,
-    /// Urgent chunks asked of a second source.
+    /// Late chunks asked of a second source (stream or endgame).
     hedged: u32,
 }
 

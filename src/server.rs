@@ -93,14 +93,49 @@ pub struct ServerConfig {
     /// The tracker's public keys (hex): with any, clients must present a ticket signed by
     /// one of them. Empty: ask the tracker (`GET /keys`), whose empty answer means open mode.
     pub ticket_keys: Vec<String>,
+    /// Refuse every client until [`Server::ticket_keys`]'s handle is told the keys (for a
+    /// server whose owner learns them from its announces).
+    pub await_keys: bool,
 }
 
 /// How often a peer asks the tracker for its keys again when it meets a ticket signed by a
 /// key it does not know (after a rotation): a forged ticket cannot make it ask more often.
 const KEY_REFRESH: Duration = Duration::from_secs(10);
 
+/// Whether a server asks clients for tickets.
+enum Tickets {
+    /// Not known yet: every client is refused "busy" until [`TicketKeys::set`] is called
+    /// (a client serving while it downloads, before its first announce answer).
+    Pending,
+    /// Open mode: no ticket needed.
+    Open,
+    /// A valid ticket for the asset is needed.
+    Check(TicketCheck),
+}
+
+/// Tells a running server the tracker's public keys, as announce answers bring them: none
+/// means open mode.
+#[derive(Clone)]
+pub struct TicketKeys(Arc<Shared>);
+
+impl TicketKeys {
+    /// Sets the keys tickets must be signed with (empty: no tickets needed).
+    pub fn set(&self, keys: &[String]) -> Result<()> {
+        let mut tickets = self.0.tickets.write().unwrap_or_else(|e| e.into_inner());
+        match &*tickets {
+            Tickets::Check(check) if check.keys == keys => {}
+            Tickets::Open if keys.is_empty() => {}
+            _ if keys.is_empty() => *tickets = Tickets::Open,
+            _ => *tickets = Tickets::Check(TicketCheck::new(keys, None)?),
+        }
+        Ok(())
+    }
+}
+
 /// Checks the tickets clients present, learning the tracker's new key after a rotation.
 struct TicketCheck {
+    /// The keys it was made with, to tell whether new ones differ.
+    keys: Vec<String>,
     verifier: RwLock<TicketVerifier>,
     tracker: Option<TrackerClient>,
     /// When the keys were last fetched again (`None`: not since start-up).
@@ -108,6 +143,17 @@ struct TicketCheck {
 }
 
 impl TicketCheck {
+    /// Checks tickets against `keys`; with `tracker`, fetches them again when a ticket is
+    /// signed by a key it does not know.
+    fn new(keys: &[String], tracker: Option<TrackerClient>) -> Result<TicketCheck> {
+        Ok(TicketCheck {
+            keys: keys.to_vec(),
+            verifier: RwLock::new(TicketVerifier::from_hex(keys)?),
+            tracker,
+            refreshed: Mutex::new(None),
+        })
+    }
+
     fn verify(&self, ticket: &[u8], asset: &AssetId) -> Result<(), String> {
         let first = self
             .verifier
@@ -174,7 +220,7 @@ struct Shared {
     limiter: Option<RateLimiter>,
     stop: AtomicBool,
     /// With auth on: the check every `Hello` must pass.
-    tickets: Option<TicketCheck>,
+    tickets: RwLock<Tickets>,
     /// Connections being served, with the address they come from.
     active: Mutex<HashMap<u64, (IpAddr, TcpStream)>>,
     /// Connections being served now.
@@ -192,7 +238,7 @@ struct Counters {
     slots: usize,
     /// Connections accepted, refused ones included.
     accepted: AtomicU64,
-    /// Connections refused because every slot was taken.
+    /// Connections refused because every slot, or the address's share of them, was taken.
     refused: AtomicU64,
     /// Connections that ended in an error (logged on stderr).
     failed: AtomicU64,
@@ -282,14 +328,10 @@ impl Server {
                 .context("asking the tracker whether peers need tickets (GET /keys)")?,
             _ => config.ticket_keys.clone(),
         };
-        let tickets = if keys.is_empty() {
-            None
-        } else {
-            Some(TicketCheck {
-                verifier: RwLock::new(TicketVerifier::from_hex(&keys)?),
-                tracker: tracker.clone(),
-                refreshed: Mutex::new(None),
-            })
+        let tickets = match (config.await_keys, keys.is_empty()) {
+            (true, _) => Tickets::Pending,
+            (false, true) => Tickets::Open,
+            (false, false) => Tickets::Check(TicketCheck::new(&keys, tracker.clone())?),
         };
         let (mut seeded, mut seeds_in_use) = (Vec::new(), Vec::new());
         for path in &config.seeds {
@@ -325,7 +367,7 @@ impl Server {
             assets: Mutex::new(HashMap::new()),
             limiter: config.max_upload_rate.map(RateLimiter::new),
             stop: AtomicBool::new(false),
-            tickets,
+            tickets: RwLock::new(tickets),
             active: Mutex::new(HashMap::new()),
             in_use: AtomicUsize::new(0),
             refusing: AtomicUsize::new(0),
@@ -385,6 +427,12 @@ impl Server {
     /// A counter of the bytes of `asset` this server has sent, for announces.
     pub fn uploaded(&self) -> UploadCounter {
         UploadCounter(Arc::clone(&self.shared))
+    }
+
+    /// A handle that sets the ticket keys while the server runs (see
+    /// [`ServerConfig::await_keys`]).
+    pub fn ticket_keys(&self) -> TicketKeys {
+        TicketKeys(Arc::clone(&self.shared))
     }
 
     /// A handle that stops [`Server::serve`].
@@ -634,7 +682,7 @@ impl Shared {
         .sample(&[], count(&counters.accepted));
         m.counter(
             "swarmcache_peer_server_busy_refusals_total",
-            "Connections refused because every slot was taken.",
+            "Connections refused because every slot, or the remote address's share of them, was taken.",
         )
         .sample(&[], count(&counters.refused));
         m.counter(
@@ -763,10 +811,17 @@ impl Shared {
                 ),
             ));
         }
-        if let Some(check) = &self.tickets {
-            check
+        match &*self.tickets.read().unwrap_or_else(|e| e.into_inner()) {
+            Tickets::Open => {}
+            Tickets::Pending => {
+                return Err(reject(
+                    code::SERVER_BUSY,
+                    "not serving yet: this peer has not heard from its tracker; retry soon",
+                ));
+            }
+            Tickets::Check(check) => check
                 .verify(&ticket, &asset)
-                .map_err(|e| reject(code::UNAUTHORIZED, e))?;
+                .map_err(|e| reject(code::UNAUTHORIZED, e))?,
         }
         let Some(served) = self.served(&asset)? else {
             return Err(reject(
@@ -935,7 +990,7 @@ impl Heartbeat {
             let deadline = Instant::now() + wait;
             while Instant::now() < deadline {
                 if shared.stop.load(Ordering::SeqCst) {
-                    self.leave(shared);
+                    self.leave(shared, config);
                     return;
                 }
                 std::thread::sleep(Duration::from_millis(50));
@@ -946,7 +1001,7 @@ impl Heartbeat {
 
     /// Tells the tracker this server is gone from each swarm, with what it served, so that
     /// clients stop being sent to it now rather than after the peer timeout.
-    fn leave(&self, shared: &Shared) {
+    fn leave(&self, shared: &Shared, config: &ServerConfig) {
         for id in shared.store.list().unwrap_or_default() {
             let uploaded = shared
                 .assets
@@ -958,6 +1013,8 @@ impl Heartbeat {
                 peer_id: self.peer_id.clone(),
                 event: Some("stopped".into()),
                 uploaded,
+                // So that the tracker counts an origin's last bytes as the origin's.
+                origin: config.origin,
                 ..AnnounceRequest::default()
             };
             let _ = self.tracker.announce(&id, &request);
@@ -1037,6 +1094,7 @@ mod tests {
             announce_interval: None,
             token: None,
             ticket_keys: Vec::new(),
+            await_keys: false,
         };
         let server =
             Server::bind_with_metrics(config, Some("127.0.0.1:0".parse().unwrap())).expect("bind");

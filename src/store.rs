@@ -279,7 +279,20 @@ impl Store {
         let mut pause = Duration::from_millis(1);
         loop {
             if create {
-                fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+                match fs::create_dir_all(&dir) {
+                    Ok(()) => {}
+                    // The directory existed, then a removal renamed it away before
+                    // create_dir_all could see it was a directory: look again.
+                    Err(e)
+                        if e.kind() == io::ErrorKind::AlreadyExists
+                            && Instant::now() < deadline =>
+                    {
+                        continue;
+                    }
+                    Err(e) => {
+                        return Err(e).with_context(|| format!("creating {}", dir.display()));
+                    }
+                }
             } else if !dir.join("manifest.toml").exists() {
                 return Ok(None);
             }

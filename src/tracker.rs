@@ -723,6 +723,7 @@ impl State {
                 .as_ref()
                 .filter(|_| !stopping)
                 .map(|a| hex::encode(a.keys.issue(&id, &req.peer_id, a.ticket_ttl))),
+            keys: self.keys().keys,
         })
     }
 

@@ -86,6 +86,7 @@ fn run(args: Args) -> Result<u8> {
         announce_interval: args.announce_interval,
         token: args.token,
         ticket_keys: args.tracker_key,
+        await_keys: false,
     };
     let server = Server::bind_with_metrics(config, args.metrics)?;
     for manifest in server.seeded() {
