@@ -19,7 +19,7 @@
 //! - [`ratelimit`]: a token bucket shared by the connections of a process.
 //! - [`api`]: the JSON types of the tracker's HTTP API.
 //! - [`auth`]: tokens and permissions, signing keys, and the tickets peers check.
-//! - [`http`]: the HTTP plumbing of the tracker and of the peer server's metrics.
+//! - [`http`]: the HTTP/1.1 server of the tracker and of the peer server's metrics.
 //! - [`catalog`]: the tracker's durable catalog of manifests.
 //! - [`tracker`]: the tracker's swarms and its HTTP server.
 //! - [`tracker_client`]: the HTTP client side of the tracker API.

@@ -6,6 +6,7 @@
 //! by sleeping before the bytes go out. Over any interval T the bytes let through are at
 //! most `rate × T + burst + one chunk`, where the burst is 50 ms of rate.
 
+use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -66,6 +67,20 @@ pub fn take(limiter: Option<&RateLimiter>, bytes: u64) {
     }
 }
 
+/// Who counts as one client for per-address limits: an IPv4 address (an IPv4-mapped IPv6
+/// one included), or an IPv6 /64, the block a single host or home network is given, so
+/// that a host cannot escape its limit by cycling through its addresses.
+pub fn client_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let mut segments = v6.segments();
+            segments[4..].fill(0);
+            IpAddr::V6(segments.into())
+        }
+        v4 => v4,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,5 +111,14 @@ mod tests {
             "{:?}",
             start.elapsed()
         );
+    }
+
+    #[test]
+    fn an_ipv6_host_is_one_client_across_its_64() {
+        let key = |s: &str| client_key(s.parse().unwrap());
+        assert_eq!(key("2001:db8:1:2:aaaa::1"), key("2001:db8:1:2:bbbb::2"));
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+        assert_eq!(key("::ffff:192.0.2.7"), key("192.0.2.7"));
+        assert_ne!(key("192.0.2.7"), key("192.0.2.8"));
     }
 }

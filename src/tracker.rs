@@ -16,10 +16,9 @@
 //! Errors are JSON `{"error": "…"}` with a 4xx or 5xx status.
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -33,7 +32,7 @@ use crate::api::{
 use crate::auth::{Action, DEFAULT_TICKET_TTL, Denied, Grant, KeyRing, Tokens};
 use crate::bitfield::Bitfield;
 use crate::catalog::Catalog;
-use crate::http;
+use crate::http::{self, HttpConfig, HttpServer};
 use crate::manifest::{AssetId, MAX_MANIFEST_BYTES, Manifest};
 use crate::metrics::{self, Exposition, Kind};
 
@@ -49,16 +48,17 @@ pub const DEFAULT_MAX_PEERS: usize = 30;
 const REPORT_GRACE: Duration = Duration::from_secs(2);
 /// Largest JSON body accepted (an announce carries at most a 128 KiB bitfield in hex).
 const MAX_JSON_BODY: usize = 1 << 20;
-/// How often idle request threads look at the shutdown flag.
-const POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// Default for how long a client may leave our answer unread before its connection is
 /// dropped: generous for any client, short enough that a stalled one cannot keep a request
 /// thread for long.
-pub const DEFAULT_HTTP_TIMEOUT: Duration = Duration::from_secs(10);
-/// Request-handling threads. Most requests take microseconds, but one whose client stalls
-/// in the middle of its request body holds its thread until the client goes (tiny_http
-/// offers no read timeout); with 32, a handful of such clients leave everyone else served.
+pub const DEFAULT_HTTP_TIMEOUT: Duration = http::DEFAULT_WRITE_TIMEOUT;
+/// Request-handling threads. Most requests take microseconds; a client that stalls holds
+/// its thread until the request timeout at most, and one address holds at most
+/// `max_conns_per_ip` of them, so 32 leave everyone else served.
 const HTTP_THREADS: usize = 32;
+/// Connections that may wait for a thread before newcomers are told the tracker is busy:
+/// a crowd of peers starting together, while the threads answer in microseconds.
+const HTTP_QUEUE: usize = 128;
 /// A peer's `uploaded` counter is remembered for this many peer timeouts after its last
 /// announce, so that a peer dropped from its swarm (silent too long, reported unreachable)
 /// that comes back under the same id is not counted twice. Ids live as long as their
@@ -78,6 +78,12 @@ pub struct TrackerConfig {
     pub max_peers: usize,
     /// Longest time a client may leave an answer unread.
     pub http_timeout: Duration,
+    /// Longest time a client may take to send a request, head and body.
+    pub request_timeout: Duration,
+    /// Longest time a kept-alive connection may idle between requests.
+    pub idle_timeout: Duration,
+    /// Most connections one client address may hold open; 0 for no limit.
+    pub max_conns_per_ip: usize,
     /// Permissions file: with one, every request but `/health` and `/keys` needs a token,
     /// and announces are answered with signed tickets. `None`: open mode.
     pub auth: Option<PathBuf>,
@@ -94,6 +100,9 @@ impl TrackerConfig {
             peer_timeout: DEFAULT_PEER_TIMEOUT,
             max_peers: DEFAULT_MAX_PEERS,
             http_timeout: DEFAULT_HTTP_TIMEOUT,
+            request_timeout: http::DEFAULT_REQUEST_TIMEOUT,
+            idle_timeout: http::DEFAULT_IDLE_TIMEOUT,
+            max_conns_per_ip: http::DEFAULT_MAX_CONNS_PER_IP,
             auth: None,
             ticket_ttl: DEFAULT_TICKET_TTL,
         }
@@ -305,20 +314,18 @@ fn json(status: u16, value: &impl Serialize) -> Reply {
 
 /// A bound tracker, ready to [`Tracker::serve`].
 pub struct Tracker {
-    http: Arc<tiny_http::Server>,
-    addr: SocketAddr,
+    http: HttpServer,
     state: Arc<State>,
-    stop: Arc<AtomicBool>,
 }
 
 /// Stops a serving tracker from another thread.
 #[derive(Clone, Debug)]
-pub struct ShutdownHandle(Arc<AtomicBool>);
+pub struct ShutdownHandle(http::ShutdownHandle);
 
 impl ShutdownHandle {
-    /// Asks `serve` to return; it does so within about 100 ms.
+    /// Asks `serve` to return; it does so once the requests under way are answered.
     pub fn shutdown(&self) {
-        self.0.store(true, Ordering::SeqCst);
+        self.0.shutdown();
     }
 }
 
@@ -334,12 +341,17 @@ impl Tracker {
             }),
             None => None,
         };
-        // A client that leaves our answer unread frees its thread after --http-timeout.
-        let http = http::bind(config.listen, config.http_timeout, "the tracker")?;
-        let addr = http::local_addr(&http)?;
+        let http = HttpServer::bind(HttpConfig {
+            workers: HTTP_THREADS,
+            queue: HTTP_QUEUE,
+            max_conns_per_ip: config.max_conns_per_ip,
+            request_timeout: config.request_timeout,
+            idle_timeout: config.idle_timeout,
+            write_timeout: config.http_timeout,
+            ..HttpConfig::new(config.listen, "the tracker", "tracker")
+        })?;
         Ok(Tracker {
-            http: Arc::new(http),
-            addr,
+            http,
             state: Arc::new(State {
                 catalog: RwLock::new(catalog),
                 swarms: Mutex::new(HashMap::new()),
@@ -349,67 +361,46 @@ impl Tracker {
                 max_peers: config.max_peers,
                 auth,
             }),
-            stop: Arc::new(AtomicBool::new(false)),
         })
     }
 
     /// The address actually bound (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
-        self.addr
+        self.http.local_addr()
     }
 
     /// A handle that stops [`Tracker::serve`].
     pub fn shutdown_handle(&self) -> ShutdownHandle {
-        ShutdownHandle(Arc::clone(&self.stop))
+        ShutdownHandle(self.http.shutdown_handle())
     }
 
     /// Answers requests until shut down.
     pub fn serve(self) -> Result<()> {
-        let workers: Vec<_> = (0..HTTP_THREADS)
-            .map(|_| {
-                let (http, state, stop) = (
-                    Arc::clone(&self.http),
-                    Arc::clone(&self.state),
-                    Arc::clone(&self.stop),
-                );
-                std::thread::spawn(move || {
-                    while !stop.load(Ordering::SeqCst) {
-                        match http.recv_timeout(POLL_INTERVAL) {
-                            Ok(Some(request)) => state.respond(request),
-                            Ok(None) => {}
-                            Err(e) => eprintln!("tracker: accepting a request failed: {e}"),
-                        }
-                    }
-                })
-            })
-            .collect();
-        for worker in workers {
-            let _ = worker.join();
-        }
-        Ok(())
+        let state = self.state;
+        self.http.serve(|request| state.respond(request))
     }
 }
 
 impl State {
-    fn respond(&self, mut request: tiny_http::Request) {
-        let remote = request.remote_addr().copied();
+    fn respond(&self, request: &mut http::Request<'_>) -> http::Response {
+        let remote = Some(request.remote_addr());
         let reply = self
-            .route(&mut request, remote)
+            .route(request, remote)
             .unwrap_or_else(|e| json(e.status, &ErrorBody { error: e.message }));
         let (status, body, content_type) = match reply {
             Reply::Json(status, body) => (status, body, "application/json"),
             Reply::Toml(body) => (200, body, "application/toml"),
             Reply::Metrics(body) => (200, body, metrics::CONTENT_TYPE),
         };
-        http::respond(request, status, content_type, body, "tracker");
+        http::Response::new(status, content_type, body)
     }
 
     fn route(
         &self,
-        request: &mut tiny_http::Request,
+        request: &mut http::Request<'_>,
         remote: Option<SocketAddr>,
     ) -> Result<Reply, HttpError> {
-        use tiny_http::Method::{Get, Post};
+        use http::Method::{Get, Post};
         let path = request.url().split('?').next().unwrap_or("").to_string();
         let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
         let method = request.method().clone();
@@ -809,12 +800,10 @@ fn p2p_ratio(peer: u64, origin: u64) -> Option<f64> {
 }
 
 /// The token of an `Authorization: Bearer TOKEN` header.
-fn bearer_token(request: &tiny_http::Request) -> Option<String> {
+fn bearer_token(request: &http::Request<'_>) -> Option<String> {
     request
-        .headers()
-        .iter()
-        .find(|h| h.field.equiv("Authorization"))
-        .and_then(|h| h.value.as_str().strip_prefix("Bearer "))
+        .header("Authorization")
+        .and_then(|value| value.strip_prefix("Bearer "))
         .map(|t| t.trim().to_string())
 }
 
@@ -823,25 +812,8 @@ fn parse_id(text: &str) -> Result<AssetId, HttpError> {
 }
 
 /// Reads a request body of at most `limit` bytes as UTF-8, refusing larger ones up front.
-fn read_body(request: &mut tiny_http::Request, limit: usize) -> Result<String, HttpError> {
-    if request.body_length().is_some_and(|n| n > limit) {
-        return Err(err(
-            413,
-            format!("request body is larger than the {limit} bytes allowed"),
-        ));
-    }
-    let mut body = Vec::new();
-    request
-        .as_reader()
-        .take(limit as u64 + 1)
-        .read_to_end(&mut body)
-        .map_err(|e| err(400, format!("reading the request body failed: {e}")))?;
-    if body.len() > limit {
-        return Err(err(
-            413,
-            format!("request body is larger than the {limit} bytes allowed"),
-        ));
-    }
+fn read_body(request: &mut http::Request<'_>, limit: usize) -> Result<String, HttpError> {
+    let body = request.body(limit).map_err(|e| err(e.status, e.message))?;
     String::from_utf8(body).map_err(|_| err(400, "request body is not UTF-8"))
 }
 

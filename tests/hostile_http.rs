@@ -1,0 +1,264 @@
+//! Hostile HTTP clients against a real tracker, over raw sockets: silent and slow clients,
+//! too many connections from one address, oversized, chunked and garbage requests. Short
+//! timeouts and limits come from the tracker's flags.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use crate::harness::{TrackerProc, eventually};
+
+/// The tracker's address.
+fn addr(tracker: &TrackerProc) -> SocketAddr {
+    tracker.url.trim_start_matches("http://").parse().unwrap()
+}
+
+fn connect(to: SocketAddr) -> TcpStream {
+    let stream = TcpStream::connect_timeout(&to, Duration::from_secs(5)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+}
+
+/// Connects from another address of the loopback network (127.0.0.2), to show that limits
+/// are per address; `None` where this machine does not route it.
+fn connect_from_another_address(to: SocketAddr) -> Option<TcpStream> {
+    use rustix::net::{AddressFamily, SocketType, bind, connect, socket};
+    let fd = socket(AddressFamily::INET, SocketType::STREAM, None).ok()?;
+    bind(&fd, &SocketAddr::from(([127, 0, 0, 2], 0))).ok()?;
+    connect(&fd, &to).ok()?;
+    let stream = TcpStream::from(fd);
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    Some(stream)
+}
+
+/// One raw HTTP/1.1 connection, kept alive.
+struct Client {
+    stream: TcpStream,
+    reader: BufReader<TcpStream>,
+}
+
+impl Client {
+    fn new(stream: TcpStream) -> Client {
+        let reader = BufReader::new(stream.try_clone().unwrap());
+        Client { stream, reader }
+    }
+
+    /// Sends a request with `body` (none when empty) and reads the answer.
+    fn send(&mut self, method: &str, path: &str, body: &str) -> (u16, String) {
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: tracker\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        self.stream.write_all(request.as_bytes()).unwrap();
+        self.answer()
+    }
+
+    /// Reads one answer: status and body.
+    fn answer(&mut self) -> (u16, String) {
+        read_answer(&mut self.reader)
+    }
+}
+
+/// Reads one answer from `reader`: status and body (by its Content-Length).
+fn read_answer(reader: &mut impl BufRead) -> (u16, String) {
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    let status = line
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_else(|| panic!("no status line, got {line:?}"))
+        .parse()
+        .unwrap();
+    let mut length = 0;
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        let (name, value) = line.split_once(':').unwrap();
+        if name.eq_ignore_ascii_case("content-length") {
+            length = value.trim().parse().unwrap();
+        }
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).unwrap();
+    (status, String::from_utf8(body).unwrap())
+}
+
+/// The message of a JSON error body.
+fn error_message(body: &str) -> String {
+    let value: serde_json::Value =
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"));
+    value["error"].as_str().unwrap().to_string()
+}
+
+/// Whether the peer closed: a read gives end of file (or a reset).
+fn closed(stream: &mut TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    matches!(stream.read(&mut byte), Ok(0) | Err(_))
+}
+
+#[test]
+fn silent_and_slow_clients_are_cut_off_at_the_deadline_while_others_are_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let tracker = TrackerProc::start(dir.path(), &["--request-timeout", "2s"]);
+    let to = addr(&tracker);
+    let started = Instant::now();
+    let mut silent = connect(to);
+    let slow = connect(to);
+    // One header byte every 200 ms: activity that must not push the deadline back.
+    let mut writer = slow.try_clone().unwrap();
+    let trickle = std::thread::spawn(move || {
+        let head = b"GET /health HTTP/1.1\r\nHost: tracker\r\nX-Slow: ";
+        if writer.write_all(head).is_err() {
+            return;
+        }
+        for _ in 0..25 {
+            if writer.write_all(b"z").is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    });
+    // Meanwhile everyone else is served at once.
+    let agent = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(5))
+        .build();
+    for _ in 0..10 {
+        let asked = Instant::now();
+        let answer: serde_json::Value = agent
+            .get(&format!("{}/health", tracker.url))
+            .call()
+            .unwrap()
+            .into_json()
+            .unwrap();
+        assert_eq!(answer["status"], "ok");
+        assert!(
+            asked.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            asked.elapsed()
+        );
+    }
+    for (what, stream) in [
+        ("silent", &mut silent),
+        ("slow", &mut slow.try_clone().unwrap()),
+    ] {
+        let (status, body) = read_answer(&mut BufReader::new(&*stream));
+        let after = started.elapsed();
+        assert_eq!(status, 408, "{what}: {body}");
+        assert!(error_message(&body).contains("2s"), "{what}: {body}");
+        assert!(
+            after >= Duration::from_millis(1500) && after < Duration::from_millis(4000),
+            "{what} client cut off after {after:?}, the deadline is 2s"
+        );
+        assert!(closed(stream), "{what}: the connection is closed");
+    }
+    trickle.join().unwrap();
+}
+
+#[test]
+fn one_address_holds_at_most_its_share_of_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let tracker = TrackerProc::start(dir.path(), &["--max-conns-per-ip", "3"]);
+    let to = addr(&tracker);
+    let mut held: Vec<Client> = (0..3).map(|_| Client::new(connect(to))).collect();
+    // Connections under the cap work.
+    assert_eq!(held[0].send("GET", "/health", "").0, 200);
+    // One more from the same address is refused at once, with the reason.
+    let mut extra = Client::new(connect(to));
+    let (status, body) = extra.answer();
+    assert_eq!(status, 429, "{body}");
+    let message = error_message(&body);
+    assert!(
+        message.contains("too many connections from 127.0.0.1")
+            && message.contains("3 per address"),
+        "{message}"
+    );
+    // Another address is not affected.
+    match connect_from_another_address(to) {
+        Some(stream) => assert_eq!(Client::new(stream).send("GET", "/health", "").0, 200),
+        None => eprintln!("skipped the second address: this machine does not route 127.0.0.2"),
+    }
+    // Once the idle connections close, the address is served again.
+    drop(held);
+    eventually(
+        "a new connection from 127.0.0.1 to be served",
+        Duration::from_secs(5),
+        || Client::new(connect(to)).send("GET", "/health", "").0 == 200,
+    );
+}
+
+#[test]
+fn oversized_chunked_invalid_and_garbage_requests_get_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let tracker = TrackerProc::start(dir.path(), &[]);
+    let to = addr(&tracker);
+    let id = "ab".repeat(32);
+    // Bodies over the limit are refused from their Content-Length, before they are sent.
+    for (path, length, limit) in [
+        ("/assets".to_string(), 100 << 20, 80 << 20),
+        (format!("/assets/{id}/announce"), 2 << 20, 1 << 20),
+    ] {
+        let mut stream = connect(to);
+        let head = format!("POST {path} HTTP/1.1\r\nHost: t\r\nContent-Length: {length}\r\n\r\n");
+        stream.write_all(head.as_bytes()).unwrap();
+        let (status, body) = read_answer(&mut BufReader::new(&stream));
+        assert_eq!(status, 413, "POST {path}: {body}");
+        let message = error_message(&body);
+        assert!(
+            message.contains(&format!("{limit} bytes allowed")),
+            "{message}"
+        );
+    }
+    // Invalid bodies and requests the tracker cannot read.
+    let cases: [(&str, Vec<u8>, u16, &str); 5] = [
+        (
+            "invalid JSON",
+            format!("POST /assets/{id}/announce HTTP/1.1\r\nContent-Length: 9\r\n\r\n{{not json")
+                .into_bytes(),
+            400,
+            "not valid JSON",
+        ),
+        (
+            "an invalid manifest",
+            b"POST /assets HTTP/1.1\r\nContent-Length: 8\r\n\r\nnot toml".to_vec(),
+            400,
+            "rejected manifest",
+        ),
+        (
+            "a chunked body",
+            b"POST /assets HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nname\r\n0\r\n\r\n"
+                .to_vec(),
+            411,
+            "Content-Length",
+        ),
+        (
+            "TLS",
+            b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03".to_vec(),
+            400,
+            "HTTP/1.1",
+        ),
+        (
+            "garbage",
+            b"hello tracker\r\n\r\n".to_vec(),
+            400,
+            "malformed",
+        ),
+    ];
+    for (what, bytes, expected, words) in cases {
+        let mut stream = connect(to);
+        stream.write_all(&bytes).unwrap();
+        let (status, body) = read_answer(&mut BufReader::new(&stream));
+        assert_eq!(status, expected, "{what}: {body}");
+        let message = error_message(&body);
+        assert!(message.contains(words), "{what}: {message}");
+    }
+    // None of it disturbed the tracker.
+    assert_eq!(tracker.get_json("/health")["status"], "ok");
+}
