@@ -35,6 +35,7 @@ use crate::catalog::Catalog;
 use crate::http::{self, HttpConfig, HttpServer};
 use crate::manifest::{AssetId, MAX_MANIFEST_BYTES, Manifest};
 use crate::metrics::{self, Exposition, Kind};
+use crate::ratelimit::AddressLimiter;
 
 /// Default time after which a silent peer leaves its swarm: three missed heartbeats at the
 /// default 20 s interval, so one lost announce never drops a healthy peer.
@@ -59,6 +60,14 @@ const HTTP_THREADS: usize = 32;
 /// Connections that may wait for a thread before newcomers are told the tracker is busy:
 /// a crowd of peers starting together, while the threads answer in microseconds.
 const HTTP_QUEUE: usize = 128;
+/// Default announces a second per client address. A downloading peer announces twice a
+/// second and a seeder every 20 s; 50 leaves room for a busy machine or a small NAT.
+pub const DEFAULT_ANNOUNCE_RATE: u32 = 50;
+/// Default publishes a second per client address: publishing is an operator's act.
+pub const DEFAULT_PUBLISH_RATE: u32 = 5;
+/// Per-address limits let through this many seconds' worth of requests at once from an
+/// address that was quiet: peers starting together, a script publishing a few files.
+const RATE_BURST_SECS: u32 = 2;
 /// A peer's `uploaded` counter is remembered for this many peer timeouts after its last
 /// announce, so that a peer dropped from its swarm (silent too long, reported unreachable)
 /// that comes back under the same id is not counted twice. Ids live as long as their
@@ -84,6 +93,10 @@ pub struct TrackerConfig {
     pub idle_timeout: Duration,
     /// Most connections one client address may hold open; 0 for no limit.
     pub max_conns_per_ip: usize,
+    /// Most announces a second per client address; 0 for no limit.
+    pub announce_rate: u32,
+    /// Most publishes a second per client address; 0 for no limit.
+    pub publish_rate: u32,
     /// Permissions file: with one, every request but `/health` and `/keys` needs a token,
     /// and announces are answered with signed tickets. `None`: open mode.
     pub auth: Option<PathBuf>,
@@ -103,6 +116,8 @@ impl TrackerConfig {
             request_timeout: http::DEFAULT_REQUEST_TIMEOUT,
             idle_timeout: http::DEFAULT_IDLE_TIMEOUT,
             max_conns_per_ip: http::DEFAULT_MAX_CONNS_PER_IP,
+            announce_rate: DEFAULT_ANNOUNCE_RATE,
+            publish_rate: DEFAULT_PUBLISH_RATE,
             auth: None,
             ticket_ttl: DEFAULT_TICKET_TTL,
         }
@@ -282,6 +297,8 @@ struct State {
     peer_timeout: Duration,
     max_peers: usize,
     auth: Option<Auth>,
+    announce_limit: Option<AddressLimiter>,
+    publish_limit: Option<AddressLimiter>,
 }
 
 /// A failed request: the status and the message for the JSON error body.
@@ -350,6 +367,9 @@ impl Tracker {
             write_timeout: config.http_timeout,
             ..HttpConfig::new(config.listen, "the tracker", "tracker")
         })?;
+        let limit = |rate: u32| {
+            (rate > 0).then(|| AddressLimiter::new(rate, rate.saturating_mul(RATE_BURST_SECS)))
+        };
         Ok(Tracker {
             http,
             state: Arc::new(State {
@@ -360,6 +380,8 @@ impl Tracker {
                 peer_timeout: config.peer_timeout,
                 max_peers: config.max_peers,
                 auth,
+                announce_limit: limit(config.announce_rate),
+                publish_limit: limit(config.publish_rate),
             }),
         })
     }
@@ -422,6 +444,7 @@ impl State {
                 Ok(json(200, &self.list(grant)))
             }
             (Post, ["assets"]) => {
+                rate_limit(&self.publish_limit, remote, "publishes")?;
                 allow(Action::Publish)?;
                 let body = read_body(request, MAX_MANIFEST_BYTES)?;
                 self.publish(&body)
@@ -433,6 +456,7 @@ impl State {
                 Ok(Reply::Toml(manifest.to_toml()))
             }
             (Post, ["assets", id, "announce"]) => {
+                rate_limit(&self.announce_limit, remote, "announces")?;
                 let id = parse_id(id)?;
                 allow(Action::Fetch(&id))?;
                 let body = read_body(request, MAX_JSON_BODY)?;
@@ -805,6 +829,29 @@ fn bearer_token(request: &http::Request<'_>) -> Option<String> {
         .header("Authorization")
         .and_then(|value| value.strip_prefix("Bearer "))
         .map(|t| t.trim().to_string())
+}
+
+/// Takes one request from `remote`'s allowance of `what`, when there is a limit.
+fn rate_limit(
+    limiter: &Option<AddressLimiter>,
+    remote: Option<SocketAddr>,
+    what: &str,
+) -> Result<(), HttpError> {
+    let (Some(limiter), Some(remote)) = (limiter, remote) else {
+        return Ok(());
+    };
+    limiter.check(remote.ip()).map_err(|wait| {
+        err(
+            429,
+            format!(
+                "too many {what} from {}: at most {} a second per address (bursts of {}); retry in {} ms",
+                remote.ip().to_canonical(),
+                limiter.rate(),
+                limiter.burst(),
+                wait.as_millis().max(1)
+            ),
+        )
+    })
 }
 
 fn parse_id(text: &str) -> Result<AssetId, HttpError> {

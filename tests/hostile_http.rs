@@ -1,12 +1,12 @@
 //! Hostile HTTP clients against a real tracker, over raw sockets: silent and slow clients,
-//! too many connections from one address, oversized, chunked and garbage requests. Short
-//! timeouts and limits come from the tracker's flags.
+//! too many connections from one address, oversized, chunked and garbage requests, and
+//! announce and publish floods. Short timeouts and limits come from the tracker's flags.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use crate::harness::{TrackerProc, eventually};
+use crate::harness::{TrackerProc, eventually, random_file, run};
 
 /// The tracker's address.
 fn addr(tracker: &TrackerProc) -> SocketAddr {
@@ -261,4 +261,65 @@ fn oversized_chunked_invalid_and_garbage_requests_get_clear_errors() {
     }
     // None of it disturbed the tracker.
     assert_eq!(tracker.get_json("/health")["status"], "ok");
+}
+
+#[test]
+fn announce_and_publish_floods_get_429_and_a_paced_client_does_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let tracker = TrackerProc::start(d, &["--announce-rate", "10", "--publish-rate", "1"]);
+    let to = addr(&tracker);
+    random_file(&d.join("f.bin"), 65536, 31);
+    let manifest = run(d, "chunkify", &["--chunk-size", "64KiB", "f.bin"], b"");
+    let manifest = manifest.ok();
+    // Publishing: a burst of 2, then one a second.
+    let mut client = Client::new(connect(to));
+    let mut statuses = Vec::new();
+    let mut id = String::new();
+    for _ in 0..4 {
+        let (status, body) = client.send("POST", "/assets", manifest);
+        if status == 201 {
+            id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string();
+        }
+        if status == 429 {
+            assert!(
+                error_message(&body).contains("too many publishes from 127.0.0.1"),
+                "{body}"
+            );
+        }
+        statuses.push(status);
+    }
+    assert_eq!(&statuses[..2], [201, 200], "{statuses:?}");
+    assert!(statuses[2..].contains(&429), "{statuses:?}");
+    // Announcing: a burst of 20, then ten a second.
+    let announce = r#"{"peer_id":"flood","addr":"127.0.0.1:7001","complete":true}"#;
+    let path = format!("/assets/{id}/announce");
+    let flood: Vec<(u16, String)> = (0..40)
+        .map(|_| client.send("POST", &path, announce))
+        .collect();
+    assert!(flood[..20].iter().all(|(s, _)| *s == 200), "{flood:?}");
+    let (_, refused) = flood
+        .iter()
+        .find(|(s, _)| *s == 429)
+        .unwrap_or_else(|| panic!("no 429 in a flood of 40: {flood:?}"));
+    let message = error_message(refused);
+    assert!(
+        message.contains("too many announces from 127.0.0.1")
+            && message.contains("at most 10 a second"),
+        "{message}"
+    );
+    // Another address is not limited by this one's flood.
+    if let Some(stream) = connect_from_another_address(to) {
+        let mut other = Client::new(stream);
+        assert_eq!(other.send("POST", &path, announce).0, 200);
+    }
+    // Right after the flood, a client that keeps to five a second is always answered.
+    for n in 0..5 {
+        std::thread::sleep(Duration::from_millis(200));
+        let (status, body) = client.send("POST", &path, announce);
+        assert_eq!(status, 200, "paced announce {n}: {body}");
+    }
 }
