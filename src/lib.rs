@@ -16,10 +16,10 @@
 //! - [`store`]: the content-addressed, crash-safe directory of assets.
 //! - [`cache`]: what the store holds and what to evict to keep it under a size limit.
 //! - [`wire`]: the peer protocol codec (frames, messages, limits).
-//! - [`ratelimit`]: a token bucket shared by the connections of a process.
+//! - [`ratelimit`]: token buckets: bytes per process, requests per client address.
 //! - [`api`]: the JSON types of the tracker's HTTP API.
 //! - [`auth`]: tokens and permissions, signing keys, and the tickets peers check.
-//! - [`http`]: the HTTP plumbing of the tracker and of the peer server's metrics.
+//! - [`http`]: the HTTP/1.1 server of the tracker and of the peer server's metrics.
 //! - [`catalog`]: the tracker's durable catalog of manifests.
 //! - [`tracker`]: the tracker's swarms and its HTTP server.
 //! - [`tracker_client`]: the HTTP client side of the tracker API.

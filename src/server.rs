@@ -21,7 +21,7 @@ use crossbeam_channel::bounded;
 use crate::api::AnnounceRequest;
 use crate::auth::TicketVerifier;
 use crate::bitfield::Bitfield;
-use crate::http;
+use crate::http::{self, HttpConfig, HttpServer};
 use crate::manifest::{AssetId, Manifest};
 use crate::metrics::{self, Exposition};
 use crate::ratelimit::{self, RateLimiter};
@@ -60,8 +60,6 @@ const MAX_REFUSERS: usize = 16;
 /// A metrics scraper that leaves our answer unread this long loses its connection: a
 /// scrape is a few kilobytes, so 10 s is generous.
 const METRICS_SEND_TIMEOUT: Duration = Duration::from_secs(10);
-/// How often the metrics thread looks at the shutdown flag between requests.
-const METRICS_POLL: Duration = Duration::from_millis(100);
 
 /// Validated peer server settings.
 #[derive(Clone, Debug)]
@@ -258,8 +256,8 @@ pub struct Server {
     _seeds_in_use: Vec<InUse>,
     /// With a tracker: the heartbeat, already announced once, and when to beat next.
     heartbeat: Option<(Heartbeat, Duration)>,
-    /// The metrics endpoint, when asked for, and its address.
-    metrics: Option<(tiny_http::Server, SocketAddr)>,
+    /// The metrics endpoint, when asked for.
+    metrics: Option<HttpServer>,
 }
 
 /// Reads how many bytes of an asset a [`Server`] has sent, from any thread.
@@ -281,12 +279,16 @@ impl UploadCounter {
 pub struct ShutdownHandle {
     shared: Arc<Shared>,
     addr: SocketAddr,
+    metrics: Option<http::ShutdownHandle>,
 }
 
 impl ShutdownHandle {
     /// Stops accepting, closes open connections, and lets `serve` return.
     pub fn shutdown(&self) {
         self.shared.stop.store(true, Ordering::SeqCst);
+        if let Some(metrics) = &self.metrics {
+            metrics.shutdown();
+        }
         // Wake the accept loop with a connection to ourselves.
         let wake = match self.addr.ip() {
             ip if ip.is_unspecified() && self.addr.is_ipv4() => {
@@ -354,11 +356,10 @@ impl Server {
             .with_context(|| format!("binding {} (is another process using it?)", config.listen))?;
         let addr = listener.local_addr()?;
         let metrics = match metrics {
-            Some(at) => {
-                let server = http::bind(at, METRICS_SEND_TIMEOUT, "the metrics endpoint")?;
-                let bound = http::local_addr(&server)?;
-                Some((server, bound))
-            }
+            Some(at) => Some(HttpServer::bind(HttpConfig {
+                write_timeout: METRICS_SEND_TIMEOUT,
+                ..HttpConfig::new(at, "the metrics endpoint", "peer_server")
+            })?),
             None => None,
         };
         let shared = Arc::new(Shared {
@@ -406,7 +407,7 @@ impl Server {
 
     /// The address the metrics endpoint is bound to, when there is one.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
-        self.metrics.as_ref().map(|(_, addr)| *addr)
+        self.metrics.as_ref().map(HttpServer::local_addr)
     }
 
     /// The manifests of the files seeded at start.
@@ -440,6 +441,7 @@ impl Server {
         ShutdownHandle {
             shared: Arc::clone(&self.shared),
             addr: self.addr,
+            metrics: self.metrics.as_ref().map(HttpServer::shutdown_handle),
         }
     }
 
@@ -450,9 +452,9 @@ impl Server {
             let (shared, config) = (Arc::clone(&self.shared), self.config.clone());
             std::thread::spawn(move || heartbeat.run(&shared, &config, wait))
         });
-        let metrics = self.metrics.map(|(http, _)| {
+        let metrics = self.metrics.map(|http| {
             let shared = Arc::clone(&self.shared);
-            std::thread::spawn(move || shared.serve_metrics(&http))
+            std::thread::spawn(move || http.serve(|request| shared.answer_metrics(request)))
         });
         let max_conns = self.config.max_conns.max(1);
         // Slots are counted, not inferred from idle workers: a connection is refused only
@@ -609,36 +611,20 @@ impl Shared {
         });
     }
 
-    /// Answers metrics requests until the server stops.
-    fn serve_metrics(&self, http: &tiny_http::Server) {
-        while !self.stop.load(Ordering::SeqCst) {
-            let request = match http.recv_timeout(METRICS_POLL) {
-                Ok(Some(request)) => request,
-                Ok(None) => continue,
-                Err(e) => {
-                    eprintln!("peer_server: receiving a metrics request failed: {e}");
-                    continue;
-                }
-            };
-            let path = request.url().split('?').next().unwrap_or("").to_string();
-            let (status, content_type, body) = match (request.method(), path.as_str()) {
-                (tiny_http::Method::Get, "/metrics") => {
-                    (200, metrics::CONTENT_TYPE, self.metrics())
-                }
-                (method, "/metrics") => (
-                    405,
-                    "application/json",
-                    http::error_body(format!("{method} is not allowed on /metrics")),
-                ),
-                _ => (
-                    404,
-                    "application/json",
-                    http::error_body(format!(
-                        "no such endpoint: {path} (the peer server answers GET /metrics)"
-                    )),
-                ),
-            };
-            http::respond(request, status, content_type, body, "peer_server");
+    /// Answers a request to the metrics endpoint.
+    fn answer_metrics(&self, request: &mut http::Request<'_>) -> http::Response {
+        let path = request.path();
+        match (request.method(), path) {
+            (http::Method::Get, "/metrics") => {
+                http::Response::new(200, metrics::CONTENT_TYPE, self.metrics())
+            }
+            (method, "/metrics") => {
+                http::Response::error(405, format!("{method} is not allowed on /metrics"))
+            }
+            _ => http::Response::error(
+                404,
+                format!("no such endpoint: {path} (the peer server answers GET /metrics)"),
+            ),
         }
     }
 

@@ -16,10 +16,9 @@
 //! Errors are JSON `{"error": "…"}` with a 4xx or 5xx status.
 
 use std::collections::{HashMap, HashSet};
-use std::io::Read;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -33,9 +32,10 @@ use crate::api::{
 use crate::auth::{Action, DEFAULT_TICKET_TTL, Denied, Grant, KeyRing, Tokens};
 use crate::bitfield::Bitfield;
 use crate::catalog::Catalog;
-use crate::http;
+use crate::http::{self, HttpConfig, HttpServer};
 use crate::manifest::{AssetId, MAX_MANIFEST_BYTES, Manifest};
 use crate::metrics::{self, Exposition, Kind};
+use crate::ratelimit::AddressLimiter;
 
 /// Default time after which a silent peer leaves its swarm: three missed heartbeats at the
 /// default 20 s interval, so one lost announce never drops a healthy peer.
@@ -49,16 +49,25 @@ pub const DEFAULT_MAX_PEERS: usize = 30;
 const REPORT_GRACE: Duration = Duration::from_secs(2);
 /// Largest JSON body accepted (an announce carries at most a 128 KiB bitfield in hex).
 const MAX_JSON_BODY: usize = 1 << 20;
-/// How often idle request threads look at the shutdown flag.
-const POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// Default for how long a client may leave our answer unread before its connection is
 /// dropped: generous for any client, short enough that a stalled one cannot keep a request
 /// thread for long.
-pub const DEFAULT_HTTP_TIMEOUT: Duration = Duration::from_secs(10);
-/// Request-handling threads. Most requests take microseconds, but one whose client stalls
-/// in the middle of its request body holds its thread until the client goes (tiny_http
-/// offers no read timeout); with 32, a handful of such clients leave everyone else served.
+pub const DEFAULT_HTTP_TIMEOUT: Duration = http::DEFAULT_WRITE_TIMEOUT;
+/// Request-handling threads. Most requests take microseconds; a client that stalls holds
+/// its thread until the request timeout at most, and one address holds at most
+/// `max_conns_per_ip` of them, so 32 leave everyone else served.
 const HTTP_THREADS: usize = 32;
+/// Connections that may wait for a thread before newcomers are told the tracker is busy:
+/// a crowd of peers starting together, while the threads answer in microseconds.
+const HTTP_QUEUE: usize = 128;
+/// Default announces a second per client address. A downloading peer announces twice a
+/// second and a seeder every 20 s; 50 leaves room for a busy machine or a small NAT.
+pub const DEFAULT_ANNOUNCE_RATE: u32 = 50;
+/// Default publishes a second per client address: publishing is an operator's act.
+pub const DEFAULT_PUBLISH_RATE: u32 = 5;
+/// Per-address limits let through this many seconds' worth of requests at once from an
+/// address that was quiet: peers starting together, a script publishing a few files.
+const RATE_BURST_SECS: u32 = 2;
 /// A peer's `uploaded` counter is remembered for this many peer timeouts after its last
 /// announce, so that a peer dropped from its swarm (silent too long, reported unreachable)
 /// that comes back under the same id is not counted twice. Ids live as long as their
@@ -86,6 +95,16 @@ pub struct TrackerConfig {
     pub max_peers: usize,
     /// Longest time a client may leave an answer unread.
     pub http_timeout: Duration,
+    /// Longest time a client may take to send a request, head and body.
+    pub request_timeout: Duration,
+    /// Longest time a kept-alive connection may idle between requests.
+    pub idle_timeout: Duration,
+    /// Most connections one client address may hold open; 0 for no limit.
+    pub max_conns_per_ip: usize,
+    /// Most announces a second per client address; 0 for no limit.
+    pub announce_rate: u32,
+    /// Most publishes a second per client address; 0 for no limit.
+    pub publish_rate: u32,
     /// Permissions file: with one, every request but `/health` and `/keys` needs a token,
     /// and announces are answered with signed tickets. `None`: open mode.
     pub auth: Option<PathBuf>,
@@ -102,6 +121,11 @@ impl TrackerConfig {
             peer_timeout: DEFAULT_PEER_TIMEOUT,
             max_peers: DEFAULT_MAX_PEERS,
             http_timeout: DEFAULT_HTTP_TIMEOUT,
+            request_timeout: http::DEFAULT_REQUEST_TIMEOUT,
+            idle_timeout: http::DEFAULT_IDLE_TIMEOUT,
+            max_conns_per_ip: http::DEFAULT_MAX_CONNS_PER_IP,
+            announce_rate: DEFAULT_ANNOUNCE_RATE,
+            publish_rate: DEFAULT_PUBLISH_RATE,
             auth: None,
             ticket_ttl: DEFAULT_TICKET_TTL,
         }
@@ -329,6 +353,8 @@ struct State {
     peer_timeout: Duration,
     max_peers: usize,
     auth: Option<Auth>,
+    announce_limit: Option<AddressLimiter>,
+    publish_limit: Option<AddressLimiter>,
 }
 
 /// A failed request: the status and the message for the JSON error body.
@@ -361,20 +387,18 @@ fn json(status: u16, value: &impl Serialize) -> Reply {
 
 /// A bound tracker, ready to [`Tracker::serve`].
 pub struct Tracker {
-    http: Arc<tiny_http::Server>,
-    addr: SocketAddr,
+    http: HttpServer,
     state: Arc<State>,
-    stop: Arc<AtomicBool>,
 }
 
 /// Stops a serving tracker from another thread.
 #[derive(Clone, Debug)]
-pub struct ShutdownHandle(Arc<AtomicBool>);
+pub struct ShutdownHandle(http::ShutdownHandle);
 
 impl ShutdownHandle {
-    /// Asks `serve` to return; it does so within about 100 ms.
+    /// Asks `serve` to return; it does so once the requests under way are answered.
     pub fn shutdown(&self) {
-        self.0.store(true, Ordering::SeqCst);
+        self.0.shutdown();
     }
 }
 
@@ -390,12 +414,20 @@ impl Tracker {
             }),
             None => None,
         };
-        // A client that leaves our answer unread frees its thread after --http-timeout.
-        let http = http::bind(config.listen, config.http_timeout, "the tracker")?;
-        let addr = http::local_addr(&http)?;
+        let http = HttpServer::bind(HttpConfig {
+            workers: HTTP_THREADS,
+            queue: HTTP_QUEUE,
+            max_conns_per_ip: config.max_conns_per_ip,
+            request_timeout: config.request_timeout,
+            idle_timeout: config.idle_timeout,
+            write_timeout: config.http_timeout,
+            ..HttpConfig::new(config.listen, "the tracker", "tracker")
+        })?;
+        let limit = |rate: u32| {
+            (rate > 0).then(|| AddressLimiter::new(rate, rate.saturating_mul(RATE_BURST_SECS)))
+        };
         Ok(Tracker {
-            http: Arc::new(http),
-            addr,
+            http,
             state: Arc::new(State {
                 catalog: RwLock::new(catalog),
                 swarms: Mutex::new(HashMap::new()),
@@ -404,68 +436,49 @@ impl Tracker {
                 peer_timeout: config.peer_timeout,
                 max_peers: config.max_peers,
                 auth,
+                announce_limit: limit(config.announce_rate),
+                publish_limit: limit(config.publish_rate),
             }),
-            stop: Arc::new(AtomicBool::new(false)),
         })
     }
 
     /// The address actually bound (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
-        self.addr
+        self.http.local_addr()
     }
 
     /// A handle that stops [`Tracker::serve`].
     pub fn shutdown_handle(&self) -> ShutdownHandle {
-        ShutdownHandle(Arc::clone(&self.stop))
+        ShutdownHandle(self.http.shutdown_handle())
     }
 
     /// Answers requests until shut down.
     pub fn serve(self) -> Result<()> {
-        let workers: Vec<_> = (0..HTTP_THREADS)
-            .map(|_| {
-                let (http, state, stop) = (
-                    Arc::clone(&self.http),
-                    Arc::clone(&self.state),
-                    Arc::clone(&self.stop),
-                );
-                std::thread::spawn(move || {
-                    while !stop.load(Ordering::SeqCst) {
-                        match http.recv_timeout(POLL_INTERVAL) {
-                            Ok(Some(request)) => state.respond(request),
-                            Ok(None) => {}
-                            Err(e) => eprintln!("tracker: accepting a request failed: {e}"),
-                        }
-                    }
-                })
-            })
-            .collect();
-        for worker in workers {
-            let _ = worker.join();
-        }
-        Ok(())
+        let state = self.state;
+        self.http.serve(|request| state.respond(request))
     }
 }
 
 impl State {
-    fn respond(&self, mut request: tiny_http::Request) {
-        let remote = request.remote_addr().copied();
+    fn respond(&self, request: &mut http::Request<'_>) -> http::Response {
+        let remote = Some(request.remote_addr());
         let reply = self
-            .route(&mut request, remote)
+            .route(request, remote)
             .unwrap_or_else(|e| json(e.status, &ErrorBody { error: e.message }));
         let (status, body, content_type) = match reply {
             Reply::Json(status, body) => (status, body, "application/json"),
             Reply::Toml(body) => (200, body, "application/toml"),
             Reply::Metrics(body) => (200, body, metrics::CONTENT_TYPE),
         };
-        http::respond(request, status, content_type, body, "tracker");
+        http::Response::new(status, content_type, body)
     }
 
     fn route(
         &self,
-        request: &mut tiny_http::Request,
+        request: &mut http::Request<'_>,
         remote: Option<SocketAddr>,
     ) -> Result<Reply, HttpError> {
-        use tiny_http::Method::{Get, Post};
+        use http::Method::{Get, Post};
         let path = request.url().split('?').next().unwrap_or("").to_string();
         let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
         let method = request.method().clone();
@@ -487,6 +500,7 @@ impl State {
                 Ok(json(200, &self.list(grant)))
             }
             (Post, ["assets"]) => {
+                rate_limit(&self.publish_limit, remote, "publishes")?;
                 allow(Action::Publish)?;
                 let body = read_body(request, MAX_MANIFEST_BYTES)?;
                 self.publish(&body)
@@ -498,6 +512,7 @@ impl State {
                 Ok(Reply::Toml(manifest.to_toml()))
             }
             (Post, ["assets", id, "announce"]) => {
+                rate_limit(&self.announce_limit, remote, "announces")?;
                 let id = parse_id(id)?;
                 allow(Action::Fetch(&id))?;
                 let body = read_body(request, MAX_JSON_BODY)?;
@@ -869,13 +884,34 @@ fn p2p_ratio(peer: u64, origin: u64) -> Option<f64> {
 }
 
 /// The token of an `Authorization: Bearer TOKEN` header.
-fn bearer_token(request: &tiny_http::Request) -> Option<String> {
+fn bearer_token(request: &http::Request<'_>) -> Option<String> {
     request
-        .headers()
-        .iter()
-        .find(|h| h.field.equiv("Authorization"))
-        .and_then(|h| h.value.as_str().strip_prefix("Bearer "))
+        .header("Authorization")
+        .and_then(|value| value.strip_prefix("Bearer "))
         .map(|t| t.trim().to_string())
+}
+
+/// Takes one request from `remote`'s allowance of `what`, when there is a limit.
+fn rate_limit(
+    limiter: &Option<AddressLimiter>,
+    remote: Option<SocketAddr>,
+    what: &str,
+) -> Result<(), HttpError> {
+    let (Some(limiter), Some(remote)) = (limiter, remote) else {
+        return Ok(());
+    };
+    limiter.check(remote.ip()).map_err(|wait| {
+        err(
+            429,
+            format!(
+                "too many {what} from {}: at most {} a second per address (bursts of {}); retry in {} ms",
+                remote.ip().to_canonical(),
+                limiter.rate(),
+                limiter.burst(),
+                wait.as_millis().max(1)
+            ),
+        )
+    })
 }
 
 fn parse_id(text: &str) -> Result<AssetId, HttpError> {
@@ -883,25 +919,8 @@ fn parse_id(text: &str) -> Result<AssetId, HttpError> {
 }
 
 /// Reads a request body of at most `limit` bytes as UTF-8, refusing larger ones up front.
-fn read_body(request: &mut tiny_http::Request, limit: usize) -> Result<String, HttpError> {
-    if request.body_length().is_some_and(|n| n > limit) {
-        return Err(err(
-            413,
-            format!("request body is larger than the {limit} bytes allowed"),
-        ));
-    }
-    let mut body = Vec::new();
-    request
-        .as_reader()
-        .take(limit as u64 + 1)
-        .read_to_end(&mut body)
-        .map_err(|e| err(400, format!("reading the request body failed: {e}")))?;
-    if body.len() > limit {
-        return Err(err(
-            413,
-            format!("request body is larger than the {limit} bytes allowed"),
-        ));
-    }
+fn read_body(request: &mut http::Request<'_>, limit: usize) -> Result<String, HttpError> {
+    let body = request.body(limit).map_err(|e| err(e.status, e.message))?;
     String::from_utf8(body).map_err(|_| err(400, "request body is not UTF-8"))
 }
 

@@ -7,6 +7,7 @@ mod auth;
 mod cache;
 mod cli_errors;
 mod faults;
+mod hostile_http;
 mod metrics;
 mod network;
 mod pipeline;

@@ -160,7 +160,8 @@ fn an_idle_tracker_keeps_accepting_connections() {
     let dir = tempfile::tempdir().unwrap();
     let tracker = TrackerProc::start(dir.path(), &["--http-timeout", "1s"]);
     // Idle for longer than the HTTP timeout. (A receive timeout on the listening socket
-    // also bounds accept(), after which tiny_http stops accepting for good.)
+    // would also bound accept(), and a server that gave up after a failed accept would
+    // go deaf.)
     std::thread::sleep(Duration::from_millis(2500));
     let agent = ureq::AgentBuilder::new()
         .timeout(Duration::from_secs(10))

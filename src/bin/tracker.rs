@@ -9,7 +9,10 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use swarmcache::auth::{self, KeyRing};
 use swarmcache::cli::{self, EXIT_OK};
-use swarmcache::tracker::{DEFAULT_MAX_PEERS, Tracker, TrackerConfig};
+use swarmcache::http::DEFAULT_MAX_CONNS_PER_IP;
+use swarmcache::tracker::{
+    DEFAULT_ANNOUNCE_RATE, DEFAULT_MAX_PEERS, DEFAULT_PUBLISH_RATE, Tracker, TrackerConfig,
+};
 
 /// The swarmcache tracker: keeps the catalog of manifests durable in --data, tracks which
 /// peers hold which asset, and answers an HTTP/JSON API (try: curl http://ADDR/stats).
@@ -28,6 +31,11 @@ use swarmcache::tracker::{DEFAULT_MAX_PEERS, Tracker, TrackerConfig};
 ///   TOKEN=$(tracker token --auth auth.toml --name ci --publish --origin --fetch '*')
 ///   tracker --auth auth.toml --data tracker-data
 ///   tracker keygen --data tracker-data     # rotate the key, then restart the tracker
+///
+/// Hostile clients are bounded: a request must arrive whole within --request-timeout, an
+/// idle connection closes after --idle-timeout, one address holds at most
+/// --max-conns-per-ip connections and may announce and publish at most --announce-rate
+/// and --publish-rate times a second (bursts of twice that); beyond, answers are 429.
 #[derive(Parser)]
 #[command(version, verbatim_doc_comment, args_conflicts_with_subcommands = true)]
 struct Args {
@@ -48,6 +56,25 @@ struct Args {
     /// Drop a connection whose client leaves our answer unread this long.
     #[arg(long, default_value = "10s", value_parser = cli::duration_arg)]
     http_timeout: Duration,
+    /// Drop a connection whose client takes longer than this to send a request (head and
+    /// body; large bodies get one more second per 256 KiB).
+    #[arg(long, default_value = "10s", value_parser = cli::duration_arg)]
+    request_timeout: Duration,
+    /// Close a kept-alive connection idle this long between requests.
+    #[arg(long, default_value = "10s", value_parser = cli::duration_arg)]
+    idle_timeout: Duration,
+    /// Most connections one client address (an IPv4 address, an IPv6 /64) may hold open;
+    /// more are answered 429. 0: no limit.
+    #[arg(long, default_value_t = DEFAULT_MAX_CONNS_PER_IP)]
+    max_conns_per_ip: usize,
+    /// Most announces a second from one client address (bursts of twice that); more are
+    /// answered 429. 0: no limit.
+    #[arg(long, default_value_t = DEFAULT_ANNOUNCE_RATE)]
+    announce_rate: u32,
+    /// Most publishes (POST /assets) a second from one client address (bursts of twice
+    /// that); more are answered 429. 0: no limit.
+    #[arg(long, default_value_t = DEFAULT_PUBLISH_RATE)]
+    publish_rate: u32,
     /// Permissions file (TOML, see `tracker token`): turns authentication and tickets on.
     #[arg(long)]
     auth: Option<PathBuf>,
@@ -117,6 +144,11 @@ fn run(args: Args) -> Result<u8> {
         peer_timeout: args.peer_timeout,
         max_peers: args.max_peers,
         http_timeout: args.http_timeout,
+        request_timeout: args.request_timeout,
+        idle_timeout: args.idle_timeout,
+        max_conns_per_ip: args.max_conns_per_ip,
+        announce_rate: args.announce_rate,
+        publish_rate: args.publish_rate,
         auth: args.auth,
         ticket_ttl: args.ticket_ttl,
     };
