@@ -15,7 +15,7 @@
 //!
 //! Errors are JSON `{"error": "…"}` with a 4xx or 5xx status.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -73,6 +73,8 @@ const RATE_BURST_SECS: u32 = 2;
 /// that comes back under the same id is not counted twice. Ids live as long as their
 /// process, so a peer away for longer is almost certainly gone for good.
 const COUNTER_MEMORY_TIMEOUTS: u32 = 10;
+/// How often a swarm drops peers silent past the timeout.
+const PRUNE_EVERY: Duration = Duration::from_secs(1);
 /// Different peers that must report a peer for corrupt data before it is no longer handed
 /// out: one report could be a lie about an honest peer (peer ids cost nothing, so this
 /// only raises the bar; with `--auth`, reporters are token holders), while a peer whose
@@ -143,6 +145,8 @@ struct Auth {
 #[derive(Debug)]
 struct Peer {
     addr: SocketAddr,
+    /// `addr` as handed out, formatted once per announce rather than once per answer.
+    addr_text: String,
     have: Option<Bitfield>,
     origin: bool,
     last_seen: Instant,
@@ -158,7 +162,7 @@ impl Peer {
     fn info(&self, peer_id: &str, now: Instant) -> PeerInfo {
         PeerInfo {
             peer_id: peer_id.to_string(),
-            addr: self.addr.to_string(),
+            addr: self.addr_text.clone(),
             complete: self.have.is_none(),
             have: self.have.as_ref().map(Bitfield::to_hex),
             origin: self.origin,
@@ -176,7 +180,10 @@ struct Reported {
 
 #[derive(Debug, Default)]
 struct Swarm {
-    peers: HashMap<String, Peer>,
+    /// By id: iterating gives the stable order answers hand peers out in.
+    peers: BTreeMap<String, Peer>,
+    /// When expired peers were last removed.
+    pruned: Option<Instant>,
     announces: u64,
     /// Bytes served in this swarm since the tracker started, by peers that are not origins
     /// and by origins: the sums of the increases of every peer's `uploaded` counter.
@@ -200,8 +207,16 @@ struct Swarm {
 
 impl Swarm {
     fn prune(&mut self, now: Instant, timeout: Duration) {
-        self.peers
-            .retain(|_, p| now.duration_since(p.last_seen) <= timeout);
+        // Walking every peer on every announce cost a tenth of the tracker's time; a peer
+        // silent past the timeout may be handed out for one second more.
+        if self
+            .pruned
+            .is_none_or(|t| now.duration_since(t) >= PRUNE_EVERY)
+        {
+            self.peers
+                .retain(|_, p| now.duration_since(p.last_seen) <= timeout);
+            self.pruned = Some(now);
+        }
         // A sweep walks every peer seen lately; once per peer timeout is often enough.
         if self.swept.is_none_or(|t| now.duration_since(t) >= timeout) {
             let memory = timeout.saturating_mul(COUNTER_MEMORY_TIMEOUTS);
@@ -681,6 +696,7 @@ impl State {
                 let plan = swarm.peers.remove(&req.peer_id).and_then(|p| p.plan);
                 let peer = Peer {
                     addr,
+                    addr_text: addr.to_string(),
                     have,
                     origin: req.origin,
                     last_seen: now,
@@ -694,19 +710,21 @@ impl State {
         }
         let leeching = swarm.peers.get(&req.peer_id).is_some_and(Peer::is_leecher);
         let origin_share = leeching.then(|| swarm.plan_for(&req.peer_id, chunk_count).to_hex());
-        let mut others: Vec<(&String, &Peer)> = swarm
-            .peers
-            .iter()
-            .filter(|(pid, p)| **pid != req.peer_id && !p.origin)
-            .collect();
         // A stable order (complete peers first, then by id), handed out as a window that
         // moves on with every answer, so that large swarms spread load over every peer.
-        others.sort_by(|a, b| {
-            a.1.have
-                .is_some()
-                .cmp(&b.1.have.is_some())
-                .then(a.0.cmp(b.0))
-        });
+        // The announcer is told apart by where its key lives, not by comparing ids.
+        let me = swarm
+            .peers
+            .get_key_value(&req.peer_id)
+            .map_or(std::ptr::null(), |(k, _)| k as *const String);
+        let others: Vec<(&String, &Peer)> = [true, false]
+            .into_iter()
+            .flat_map(|complete| {
+                swarm.peers.iter().filter(move |(pid, p)| {
+                    !p.origin && p.have.is_none() == complete && !std::ptr::eq(*pid, me)
+                })
+            })
+            .collect();
         let start = if others.is_empty() {
             0
         } else {
@@ -956,9 +974,10 @@ mod tests {
     use super::*;
 
     fn peer(have: Option<Bitfield>, origin: bool) -> Peer {
-        let addr = "127.0.0.1:1".parse().unwrap();
+        let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
         Peer {
             addr,
+            addr_text: addr.to_string(),
             have,
             origin,
             last_seen: Instant::now(),
