@@ -26,6 +26,12 @@ pub const DEFAULT_CHUNK_SIZE: u32 = 1 << 20;
 pub const MAX_CHUNKS: u64 = 1 << 20;
 /// Largest manifest text accepted: 1 Mi chunk lines of ~70 bytes, plus room.
 pub const MAX_MANIFEST_BYTES: usize = 80 << 20;
+/// Most TOML separators (`,` `=` `.` `[` `{`, counted anywhere in the text) a manifest may
+/// hold: one per chunk hash plus room for the six keys, comments and a name full of them.
+/// The TOML parser builds every value (about 150 bytes each) before the chunk count can be
+/// checked, so without this bound 80 MiB of `"",` would cost 4 GiB; with it, at most what a
+/// manifest of [`MAX_CHUNKS`] chunks costs anyway.
+pub const MAX_MANIFEST_SEPARATORS: usize = MAX_CHUNKS as usize + 1024;
 /// Longest asset name in bytes (a common file-system limit).
 pub const MAX_NAME_BYTES: usize = 255;
 /// The prefix of the canonical encoding, so an asset id can never be confused with the
@@ -183,6 +189,16 @@ impl Manifest {
             return Err(format!(
                 "manifest is {} bytes, more than the {MAX_MANIFEST_BYTES} allowed",
                 text.len()
+            ));
+        }
+        // Every key, value and table the parser builds is introduced by one of these bytes.
+        let separators = text
+            .bytes()
+            .filter(|b| matches!(b, b',' | b'=' | b'.' | b'[' | b'{'))
+            .count();
+        if separators > MAX_MANIFEST_SEPARATORS {
+            return Err(format!(
+                "manifest has {separators} of the separators `,` `=` `.` `[` `{{`, more than the {MAX_MANIFEST_SEPARATORS} that {MAX_CHUNKS} chunk hashes need"
             ));
         }
         let raw: ManifestToml =
@@ -560,6 +576,29 @@ mod tests {
         );
         let extra = format!("{}\nevil = 1\n", m.to_toml());
         assert!(Manifest::from_toml(&extra).is_err());
+    }
+
+    #[test]
+    fn many_tiny_values_are_refused_before_parsing() {
+        // A short list of empty strings: each costs the parser ~150 bytes, its text 3.
+        let mut text = String::from("format = 1\nname = \"a\"\nsize = 0\nchunk_size = 16384\n");
+        text.push_str("sha256 = \"\"\nchunks = [");
+        text.push_str(&"\"\",".repeat(MAX_MANIFEST_SEPARATORS));
+        text.push(']');
+        let e = Manifest::from_toml(&text).unwrap_err();
+        assert!(e.contains("separators"), "{e}");
+        // The bound is inclusive, and a manifest of MAX_CHUNKS chunks whose name is all
+        // separators stays within it: to_toml writes one comma per chunk and a few others.
+        let m = chunkify(&data(100_000)[..], &".,=[{".repeat(51), MIN_CHUNK_SIZE).unwrap();
+        let text = m.to_toml();
+        let count = |t: &str| t.bytes().filter(|b| b",=.[{".contains(b)).count();
+        assert!(count(&text) <= m.chunks.len() + 300, "{text}");
+        let at_limit = format!(
+            "{text}#{}",
+            ",".repeat(MAX_MANIFEST_SEPARATORS - count(&text))
+        );
+        assert_eq!(Manifest::from_toml(&at_limit).unwrap(), m);
+        assert!(Manifest::from_toml(&format!("{at_limit},")).is_err());
     }
 
     #[test]
