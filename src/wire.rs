@@ -322,8 +322,9 @@ impl Message {
                         text.len()
                     )));
                 }
-                let message = String::from_utf8_lossy(text).into_owned();
-                return Ok(Message::Error { code, message });
+                // An invalid byte becomes U+FFFD, three bytes: cut the text again so that what
+                // was read stays within the limit and can be written back.
+                return Ok(Message::error(code, String::from_utf8_lossy(text)));
             }
             kind::CANCEL => Message::Cancel { index: p.u32()? },
             other => return Err(WireError::UnknownType(other)),
@@ -726,6 +727,21 @@ mod tests {
         assert!(started.elapsed() < Duration::from_millis(700));
         drop(stream);
         sender.join().unwrap();
+    }
+
+    #[test]
+    fn invalid_utf8_error_text_stays_within_the_limit() {
+        let mut body = vec![0x09, 0, 1];
+        body.extend_from_slice(&[0xff; MAX_ERROR_TEXT]);
+        let m = Message::decode(&body).unwrap();
+        let Message::Error { message, .. } = &m else {
+            unreachable!()
+        };
+        assert!(message.len() <= MAX_ERROR_TEXT, "{} bytes", message.len());
+        assert!(message.chars().all(|c| c == char::REPLACEMENT_CHARACTER));
+        let mut frame = Vec::new();
+        write_message(&mut frame, &m).unwrap();
+        assert_eq!(read_message(&mut &frame[..], MAX_FRAME).unwrap(), m);
     }
 
     #[test]
