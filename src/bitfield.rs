@@ -176,4 +176,50 @@ mod tests {
         assert!(Bitfield::from_bytes(10, &[0xff]).is_err());
         assert!(Bitfield::from_bytes(0, &[]).unwrap().is_full());
     }
+
+    mod properties {
+        use super::*;
+        use proptest::collection::vec;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn byte_and_hex_forms_round_trip(bits in vec(any::<bool>(), 0..300)) {
+                let mut field = Bitfield::new(bits.len() as u32);
+                for (i, &on) in bits.iter().enumerate() {
+                    if on {
+                        field.set(i as u32);
+                    }
+                }
+                let ones: Vec<u32> = (0..bits.len() as u32).filter(|&i| bits[i as usize]).collect();
+                prop_assert_eq!(field.ones().collect::<Vec<_>>(), ones.clone());
+                prop_assert_eq!(field.count() as usize, ones.len());
+                prop_assert_eq!(field.is_full(), ones.len() == bits.len());
+                prop_assert_eq!(Bitfield::from_bytes(field.len(), field.as_bytes()), Ok(field.clone()));
+                prop_assert_eq!(Bitfield::from_hex(field.len(), &field.to_hex()), Ok(field.clone()));
+            }
+
+            #[test]
+            fn arbitrary_bytes_are_accepted_only_with_the_right_length_and_no_padding(
+                len in 0u32..100,
+                bytes in vec(any::<u8>(), 0..16),
+            ) {
+                let spare = (8 - len % 8) % 8;
+                let padding_clear = bytes.last().is_none_or(|b| b & ((1u16 << spare) - 1) as u8 == 0);
+                let fits = bytes.len() == Bitfield::byte_len(len) && padding_clear;
+                match Bitfield::from_bytes(len, &bytes) {
+                    Ok(field) => {
+                        prop_assert!(fits);
+                        prop_assert!(field.ones().all(|i| i < len));
+                    }
+                    Err(_) => prop_assert!(!fits),
+                }
+            }
+
+            #[test]
+            fn arbitrary_text_as_hex_never_panics(len in 0u32..100, text in ".{0,40}") {
+                let _ = Bitfield::from_hex(len, &text);
+            }
+        }
+    }
 }

@@ -26,6 +26,12 @@ pub const DEFAULT_CHUNK_SIZE: u32 = 1 << 20;
 pub const MAX_CHUNKS: u64 = 1 << 20;
 /// Largest manifest text accepted: 1 Mi chunk lines of ~70 bytes, plus room.
 pub const MAX_MANIFEST_BYTES: usize = 80 << 20;
+/// Most TOML separators (`,` `=` `.` `[` `{`, counted anywhere in the text) a manifest may
+/// hold: one per chunk hash plus room for the six keys, comments and a name full of them.
+/// The TOML parser builds every value (about 150 bytes each) before the chunk count can be
+/// checked, so without this bound 80 MiB of `"",` would cost 4 GiB; with it, at most what a
+/// manifest of [`MAX_CHUNKS`] chunks costs anyway.
+pub const MAX_MANIFEST_SEPARATORS: usize = MAX_CHUNKS as usize + 1024;
 /// Longest asset name in bytes (a common file-system limit).
 pub const MAX_NAME_BYTES: usize = 255;
 /// The prefix of the canonical encoding, so an asset id can never be confused with the
@@ -183,6 +189,16 @@ impl Manifest {
             return Err(format!(
                 "manifest is {} bytes, more than the {MAX_MANIFEST_BYTES} allowed",
                 text.len()
+            ));
+        }
+        // Every key, value and table the parser builds is introduced by one of these bytes.
+        let separators = text
+            .bytes()
+            .filter(|b| matches!(b, b',' | b'=' | b'.' | b'[' | b'{'))
+            .count();
+        if separators > MAX_MANIFEST_SEPARATORS {
+            return Err(format!(
+                "manifest has {separators} of the separators `,` `=` `.` `[` `{{`, more than the {MAX_MANIFEST_SEPARATORS} that {MAX_CHUNKS} chunk hashes need"
             ));
         }
         let raw: ManifestToml =
@@ -563,6 +579,29 @@ mod tests {
     }
 
     #[test]
+    fn many_tiny_values_are_refused_before_parsing() {
+        // A short list of empty strings: each costs the parser ~150 bytes, its text 3.
+        let mut text = String::from("format = 1\nname = \"a\"\nsize = 0\nchunk_size = 16384\n");
+        text.push_str("sha256 = \"\"\nchunks = [");
+        text.push_str(&"\"\",".repeat(MAX_MANIFEST_SEPARATORS));
+        text.push(']');
+        let e = Manifest::from_toml(&text).unwrap_err();
+        assert!(e.contains("separators"), "{e}");
+        // The bound is inclusive, and a manifest of MAX_CHUNKS chunks whose name is all
+        // separators stays within it: to_toml writes one comma per chunk and a few others.
+        let m = chunkify(&data(100_000)[..], &".,=[{".repeat(51), MIN_CHUNK_SIZE).unwrap();
+        let text = m.to_toml();
+        let count = |t: &str| t.bytes().filter(|b| b",=.[{".contains(b)).count();
+        assert!(count(&text) <= m.chunks.len() + 300, "{text}");
+        let at_limit = format!(
+            "{text}#{}",
+            ",".repeat(MAX_MANIFEST_SEPARATORS - count(&text))
+        );
+        assert_eq!(Manifest::from_toml(&at_limit).unwrap(), m);
+        assert!(Manifest::from_toml(&format!("{at_limit},")).is_err());
+    }
+
+    #[test]
     fn verify_names_the_bad_chunks() {
         let mut bytes = data(4 * MIN_CHUNK_SIZE as usize);
         let m = chunkify(&bytes[..], "v", MIN_CHUNK_SIZE).unwrap();
@@ -573,5 +612,113 @@ mod tests {
         assert!(!report.whole_matches);
         let short = verify(&m, &bytes[..MIN_CHUNK_SIZE as usize]).unwrap();
         assert_eq!(short.bad_chunks, vec![1, 2, 3]);
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::collection::vec;
+        use proptest::prelude::*;
+        use proptest::sample::Index;
+
+        fn name() -> impl Strategy<Value = String> {
+            // Plain names, and any non-control Unicode (quotes, `#`, `=`, emoji …).
+            prop_oneof!["[a-zA-Z0-9._ -]{1,40}", "\\PC{1,80}"]
+                .prop_filter("a valid name", |n| check_name(n).is_ok())
+        }
+
+        fn manifest() -> impl Strategy<Value = Manifest> {
+            (name(), MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE, 0usize..40)
+                .prop_flat_map(|(name, chunk_size, count)| {
+                    let last = if count == 0 { 0..=0 } else { 1..=chunk_size };
+                    (
+                        Just(name),
+                        Just(chunk_size),
+                        last,
+                        any::<Digest>(),
+                        vec(any::<Digest>(), count),
+                    )
+                })
+                .prop_map(|(name, chunk_size, last, whole, chunks)| {
+                    let size =
+                        (chunks.len() as u64).saturating_sub(1) * chunk_size as u64 + last as u64;
+                    Manifest::new(name, size, chunk_size, whole, chunks).expect("a valid shape")
+                })
+        }
+
+        fn parse(text: &str) -> Result<Manifest, TestCaseError> {
+            Manifest::from_toml(text).map_err(TestCaseError::fail)
+        }
+
+        /// The same values as `to_toml` writes, written another way: keys in reverse
+        /// order, hashes in uppercase, the array on one line, comments.
+        fn rewritten(m: &Manifest) -> String {
+            let chunks: Vec<String> = m
+                .chunks
+                .iter()
+                .map(|c| format!("\"{}\"", hex::encode_upper(c)))
+                .collect();
+            format!(
+                "# rewritten\nchunks = [{}] # {}\nsha256 = '{}'\nchunk_size = {}\nsize = {}\nname = {}\nformat = 1\n",
+                chunks.join(", "),
+                m.chunks.len(),
+                hex::encode_upper(m.sha256),
+                m.chunk_size,
+                m.size,
+                toml::Value::String(m.name.clone()),
+            )
+        }
+
+        proptest! {
+            #[test]
+            fn toml_round_trips_and_the_id_is_stable(m in manifest()) {
+                let back = parse(&m.to_toml())?;
+                prop_assert_eq!(&back, &m);
+                prop_assert_eq!(back.canonical_bytes(), m.canonical_bytes());
+                prop_assert_eq!(back.id(), m.id());
+                prop_assert_eq!(back.to_toml(), m.to_toml());
+                let other_text = parse(&rewritten(&m))?;
+                prop_assert_eq!(other_text.id(), m.id());
+            }
+
+            #[test]
+            fn the_canonical_encoding_has_its_documented_layout(m in manifest()) {
+                let bytes = m.canonical_bytes();
+                let (l, c) = (m.name.len(), m.chunks.len());
+                prop_assert_eq!(bytes.len(), 74 + l + 32 * c);
+                prop_assert_eq!(&bytes[..20], CANONICAL_MAGIC);
+                prop_assert_eq!(&bytes[26..26 + l], m.name.as_bytes());
+                prop_assert_eq!(&bytes[70 + l..74 + l], &(c as u32).to_be_bytes());
+                prop_assert_eq!(m.id(), AssetId(sha256(&bytes)));
+            }
+
+            #[test]
+            fn arbitrary_text_never_panics(
+                text in prop_oneof![any::<String>(), "[a-z_=\\[\\]{}\"',.0-9 \n#-]{0,200}"],
+            ) {
+                if let Ok(m) = Manifest::from_toml(&text) {
+                    prop_assert_eq!(parse(&m.to_toml())?, m);
+                }
+            }
+
+            #[test]
+            fn damaged_manifests_are_rejected_or_valid(
+                m in manifest(),
+                damage in vec((any::<Index>(), any::<char>()), 1..4),
+                cut in any::<Index>(),
+            ) {
+                let mut text: Vec<char> = m.to_toml().chars().collect();
+                for (at, c) in damage {
+                    let at = at.index(text.len());
+                    text[at] = c;
+                }
+                text.truncate(cut.index(text.len() + 1).max(text.len() / 2));
+                let text: String = text.into_iter().collect();
+                if let Ok(m) = Manifest::from_toml(&text) {
+                    prop_assert!(check_name(&m.name).is_ok());
+                    prop_assert_eq!(m.chunks.len() as u64, chunk_count_for(m.size, m.chunk_size));
+                    prop_assert_eq!(parse(&m.to_toml())?, m);
+                }
+            }
+        }
     }
 }

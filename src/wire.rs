@@ -322,8 +322,9 @@ impl Message {
                         text.len()
                     )));
                 }
-                let message = String::from_utf8_lossy(text).into_owned();
-                return Ok(Message::Error { code, message });
+                // An invalid byte becomes U+FFFD, three bytes: cut the text again so that what
+                // was read stays within the limit and can be written back.
+                return Ok(Message::error(code, String::from_utf8_lossy(text)));
             }
             kind::CANCEL => Message::Cancel { index: p.u32()? },
             other => return Err(WireError::UnknownType(other)),
@@ -729,6 +730,21 @@ mod tests {
     }
 
     #[test]
+    fn invalid_utf8_error_text_stays_within_the_limit() {
+        let mut body = vec![0x09, 0, 1];
+        body.extend_from_slice(&[0xff; MAX_ERROR_TEXT]);
+        let m = Message::decode(&body).unwrap();
+        let Message::Error { message, .. } = &m else {
+            unreachable!()
+        };
+        assert!(message.len() <= MAX_ERROR_TEXT, "{} bytes", message.len());
+        assert!(message.chars().all(|c| c == char::REPLACEMENT_CHARACTER));
+        let mut frame = Vec::new();
+        write_message(&mut frame, &m).unwrap();
+        assert_eq!(read_message(&mut &frame[..], MAX_FRAME).unwrap(), m);
+    }
+
+    #[test]
     fn long_error_text_is_cut_on_a_char_boundary() {
         let m = Message::error(code::INTERNAL, "é".repeat(MAX_ERROR_TEXT));
         let Message::Error { message, .. } = &m else {
@@ -736,5 +752,204 @@ mod tests {
         };
         assert!(message.len() <= MAX_ERROR_TEXT);
         round_trip(&m);
+    }
+
+    /// Property tests: the cases above, over generated messages and hostile bytes.
+    mod properties {
+        use super::*;
+        use proptest::collection::vec;
+        use proptest::prelude::*;
+        use proptest::sample::Index;
+
+        fn bitfield() -> impl Strategy<Value = Bitfield> {
+            vec(any::<bool>(), 0..2000).prop_map(|bits| {
+                let mut field = Bitfield::new(bits.len() as u32);
+                for (i, &on) in bits.iter().enumerate() {
+                    if on {
+                        field.set(i as u32);
+                    }
+                }
+                field
+            })
+        }
+
+        /// Any message a correct peer may send.
+        fn message() -> impl Strategy<Value = Message> {
+            prop_oneof![
+                (
+                    any::<u16>(),
+                    any::<[u8; 32]>(),
+                    vec(any::<u8>(), 0..=MAX_TICKET)
+                )
+                    .prop_map(|(version, asset, ticket)| Message::Hello {
+                        version,
+                        asset: AssetId(asset),
+                        ticket,
+                    }),
+                (any::<u16>(), any::<u32>()).prop_map(|(version, chunk_count)| {
+                    Message::Welcome {
+                        version,
+                        chunk_count,
+                    }
+                }),
+                Just(Message::HaveRequest),
+                bitfield().prop_map(Message::Have),
+                any::<u32>().prop_map(|index| Message::Request { index }),
+                (any::<u32>(), vec(any::<u8>(), 0..4096))
+                    .prop_map(|(index, data)| Message::Chunk { index, data }),
+                any::<u32>().prop_map(|index| Message::DontHave { index }),
+                any::<u32>().prop_map(|index| Message::Busy { index }),
+                // Up to 400 characters of up to 4 bytes: often over the limit, and cut.
+                (any::<u16>(), ".{0,400}").prop_map(|(code, text)| Message::error(code, text)),
+                any::<u32>().prop_map(|index| Message::Cancel { index }),
+            ]
+        }
+
+        fn frame_of(m: &Message) -> Vec<u8> {
+            let mut frame = Vec::new();
+            m.encode(&mut frame);
+            frame
+        }
+
+        /// A reader that hands out at most `step` bytes per read and remembers the largest
+        /// buffer it was given: `read_message` reads each body into one buffer of its length.
+        struct Trickle<'a> {
+            data: &'a [u8],
+            step: usize,
+            largest_buffer: usize,
+            consumed: usize,
+        }
+
+        impl<'a> Trickle<'a> {
+            fn new(data: &'a [u8], step: usize) -> Self {
+                Trickle {
+                    data,
+                    step,
+                    largest_buffer: 0,
+                    consumed: 0,
+                }
+            }
+        }
+
+        impl Read for Trickle<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                self.largest_buffer = self.largest_buffer.max(buf.len());
+                let n = buf.len().min(self.step).min(self.data.len());
+                buf[..n].copy_from_slice(&self.data[..n]);
+                self.data = &self.data[n..];
+                self.consumed += n;
+                Ok(n)
+            }
+        }
+
+        /// What a decoded message may hold at most, and that it survives being sent on.
+        fn check_decoded(m: &Message, body_len: usize) -> Result<(), TestCaseError> {
+            match m {
+                Message::Hello { ticket, .. } => prop_assert!(ticket.len() <= MAX_TICKET),
+                Message::Have(bits) => prop_assert!(bits.len() as u64 <= MAX_CHUNKS),
+                Message::Chunk { data, .. } => prop_assert!(data.len() < body_len),
+                Message::Error { message, .. } => prop_assert!(message.len() <= MAX_ERROR_TEXT),
+                _ => {}
+            }
+            let mut frame = Vec::new();
+            write_message(&mut frame, m)?;
+            prop_assert_eq!(&Message::decode(&frame[4..])?, m);
+            Ok(())
+        }
+
+        proptest! {
+            #[test]
+            fn every_message_round_trips(m in message()) {
+                let frame = frame_of(&m);
+                prop_assert_eq!(&frame[..4], &((frame.len() - 4) as u32).to_be_bytes());
+                prop_assert_eq!(&Message::decode(&frame[4..])?, &m);
+                prop_assert_eq!(&read_message(&mut &frame[..], MAX_FRAME)?, &m);
+                let mut written = Vec::new();
+                write_message(&mut written, &m)?;
+                prop_assert_eq!(written, frame);
+            }
+
+            #[test]
+            fn frames_read_back_in_order_however_the_bytes_arrive(
+                messages in vec(message(), 1..5),
+                step in 1usize..64,
+            ) {
+                let stream: Vec<u8> = messages.iter().flat_map(frame_of).collect();
+                let mut reader = Trickle::new(&stream, step);
+                for m in &messages {
+                    prop_assert_eq!(&read_message(&mut reader, MAX_FRAME)?, m);
+                }
+                prop_assert!(matches!(
+                    read_message(&mut reader, MAX_FRAME),
+                    Err(WireError::Closed)
+                ));
+            }
+
+            #[test]
+            fn any_truncation_of_a_frame_is_malformed(m in message(), cut in any::<Index>()) {
+                let frame = frame_of(&m);
+                let cut = 1 + cut.index(frame.len() - 1);
+                let result = read_message(&mut &frame[..cut], MAX_FRAME);
+                prop_assert!(matches!(result, Err(WireError::Malformed(_))), "{:?}", result);
+            }
+
+            #[test]
+            fn arbitrary_bodies_decode_within_the_limits(
+                ty in prop_oneof![0u8..=0x0b, any::<u8>()],
+                payload in vec(any::<u8>(), 0..600),
+            ) {
+                let body: Vec<u8> = std::iter::once(ty).chain(payload).collect();
+                if let Ok(m) = Message::decode(&body) {
+                    check_decoded(&m, body.len())?;
+                }
+            }
+
+            #[test]
+            fn damaged_frames_decode_within_the_limits_or_fail(
+                m in message(),
+                damage in vec((any::<Index>(), any::<u8>()), 1..4),
+            ) {
+                let mut frame = frame_of(&m);
+                for (at, byte) in damage {
+                    let at = 4 + at.index(frame.len() - 4);
+                    frame[at] = byte;
+                }
+                if let Ok(m) = Message::decode(&frame[4..]) {
+                    check_decoded(&m, frame.len() - 4)?;
+                }
+            }
+
+            #[test]
+            fn arbitrary_streams_never_read_a_frame_over_the_limit(
+                len in prop_oneof![0u32..700, any::<u32>()],
+                rest in vec(any::<u8>(), 0..700),
+                max in prop_oneof![Just(MAX_CONTROL_FRAME), 1u32..700],
+                step in 1usize..32,
+            ) {
+                let stream: Vec<u8> = len.to_be_bytes().into_iter().chain(rest).collect();
+                let mut reader = Trickle::new(&stream, step);
+                while let Ok(m) = read_message(&mut reader, max) {
+                    check_decoded(&m, max as usize)?;
+                }
+                prop_assert!(reader.largest_buffer <= max.max(4) as usize);
+            }
+
+            #[test]
+            fn a_length_over_the_limit_is_refused_before_the_body_is_read(
+                max in 1u32..=MAX_FRAME,
+                over in 1u32..,
+                rest in vec(any::<u8>(), 0..64),
+            ) {
+                let len = max.saturating_add(over);
+                let stream: Vec<u8> = len.to_be_bytes().into_iter().chain(rest).collect();
+                let mut reader = Trickle::new(&stream, 64);
+                let result = read_message(&mut reader, max);
+                prop_assert!(
+                    matches!(result, Err(WireError::TooLarge { len: l, max: m }) if l == len && m == max),
+                    "{:?}", result
+                );
+                prop_assert_eq!((reader.consumed, reader.largest_buffer), (4, 4));
+            }
+        }
     }
 }

@@ -1,0 +1,23 @@
+//! The manifest parser on arbitrary bytes, as the tracker (`POST /assets`, the catalog on
+//! start) and `chunkify verify` read them. Nothing may panic; whatever parses must be a
+//! valid manifest whose TOML round-trips to the same values, canonical encoding and id.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use swarmcache::manifest::{AssetId, Manifest, check_name, chunk_count_for};
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(m) = Manifest::read_from(data) else {
+        return;
+    };
+    assert!(check_name(&m.name).is_ok(), "{:?}", m.name);
+    assert_eq!(m.chunks.len() as u64, chunk_count_for(m.size, m.chunk_size));
+    let text = m.to_toml();
+    let again = Manifest::from_toml(&text).expect("to_toml output parses");
+    assert_eq!(again, m);
+    let bytes = m.canonical_bytes();
+    assert_eq!(bytes, again.canonical_bytes());
+    assert_eq!(bytes.len(), 74 + m.name.len() + 32 * m.chunks.len());
+    assert_eq!(again.id(), m.id());
+    assert_eq!(m.id().to_string().parse::<AssetId>(), Ok(m.id()));
+});
