@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every benchmark, one after the other, with the figures BENCHMARKS.md records.
-# Needs nginx (Debian: nginx-light), curl, openssl, python3 and bc. Takes about 15 minutes.
+# Needs nginx (Debian: nginx-light), curl, aria2, openssl, python3 and bc. Takes about 20 minutes.
 set -euo pipefail
 cd "$(dirname "$0")"
 echo "== machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(free -g | awk '/Mem/ {print $2}') GiB"
@@ -14,3 +14,5 @@ echo "== tracker: 100 000 peers in 1 000 swarms"
 ./tracker.sh | tail -1
 echo "== memory"
 ./memory.sh
+echo "== time to first byte of --stream: 1 MiB chunks, warm swarm and origin only"
+./ttfb.sh | tail -3
