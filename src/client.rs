@@ -1657,13 +1657,13 @@ impl<'a> Scheduler<'a> {
     /// another source is slow with (hedged: the first copy to arrive wins). The origin
     /// takes a missing urgent chunk only when no connected peer holds it.
     fn urgent_for(&self, conn: usize) -> Option<u32> {
-        let pos = self.stream_pos?;
         let source = self.conns[conn].source;
         let src = &self.sources[source];
-        let window = if self.stream_starting() {
-            1
-        } else {
-            self.config.window
+        // At the start, only the first chunk the stream needs from the network, even
+        // while it still writes out cached ones before it.
+        let (pos, window) = match self.stream_first {
+            Some(first) if self.stream_starting() => (first, 1),
+            _ => (self.stream_pos?, self.config.window),
         };
         let end = pos.saturating_add(window).min(self.manifest.chunk_count());
         (pos..end).find(|&index| match self.chunks[index as usize] {

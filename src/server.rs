@@ -96,6 +96,9 @@ pub struct ServerConfig {
     pub await_keys: bool,
 }
 
+/// Longest a handshake waits for its server to learn whether tickets are needed (a client's
+/// server before its first announce answer); then the client is told to retry.
+const PENDING_KEYS_WAIT: Duration = Duration::from_secs(2);
 /// How often a peer asks the tracker for its keys again when it meets a ticket signed by a
 /// key it does not know (after a rotation): a forged ticket cannot make it ask more often.
 const KEY_REFRESH: Duration = Duration::from_secs(10);
@@ -126,6 +129,10 @@ impl TicketKeys {
             _ if keys.is_empty() => *tickets = Tickets::Open,
             _ => *tickets = Tickets::Check(TicketCheck::new(keys, None)?),
         }
+        drop(tickets);
+        let (known, changed) = &self.0.keys_known;
+        *known.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        changed.notify_all();
         Ok(())
     }
 }
@@ -219,6 +226,8 @@ struct Shared {
     stop: AtomicBool,
     /// With auth on: the check every `Hello` must pass.
     tickets: RwLock<Tickets>,
+    /// Set (and signalled) once `tickets` is no longer pending.
+    keys_known: (Mutex<bool>, std::sync::Condvar),
     /// Connections being served, with the address they come from.
     active: Mutex<HashMap<u64, (IpAddr, TcpStream)>>,
     /// Connections being served now.
@@ -368,6 +377,10 @@ impl Server {
             assets: Mutex::new(HashMap::new()),
             limiter: config.max_upload_rate.map(RateLimiter::new),
             stop: AtomicBool::new(false),
+            keys_known: (
+                Mutex::new(!matches!(tickets, Tickets::Pending)),
+                std::sync::Condvar::new(),
+            ),
             tickets: RwLock::new(tickets),
             active: Mutex::new(HashMap::new()),
             in_use: AtomicUsize::new(0),
@@ -593,6 +606,15 @@ fn close_with_error(stream: &TcpStream, code: u16, text: &str) {
 }
 
 impl Shared {
+    /// A client may connect as soon as the tracker names this peer, a moment before the
+    /// announce answer that says whether tickets are needed is read here: waiting for it
+    /// costs that client milliseconds, where a refusal would cost it a retry.
+    fn wait_for_ticket_keys(&self) {
+        let (known, changed) = &self.keys_known;
+        let known = known.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = changed.wait_timeout_while(known, PENDING_KEYS_WAIT, |known| !*known);
+    }
+
     fn lock_active(&self) -> std::sync::MutexGuard<'_, HashMap<u64, (IpAddr, TcpStream)>> {
         self.active.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -797,6 +819,7 @@ impl Shared {
                 ),
             ));
         }
+        self.wait_for_ticket_keys();
         match &*self.tickets.read().unwrap_or_else(|e| e.into_inner()) {
             Tickets::Open => {}
             Tickets::Pending => {

@@ -61,8 +61,14 @@ const HTTP_THREADS: usize = 32;
 /// a crowd of peers starting together, while the threads answer in microseconds.
 const HTTP_QUEUE: usize = 128;
 /// Default announces a second per client address. A downloading peer announces twice a
-/// second and a seeder every 20 s; 50 leaves room for a busy machine or a small NAT.
-pub const DEFAULT_ANNOUNCE_RATE: u32 = 50;
+/// second and a seeder every 20 s; 100 lets fifty downloads run at once behind one address
+/// (a machine running a crowd, a NAT of CI runners) before clients have to retry.
+pub const DEFAULT_ANNOUNCE_RATE: u32 = 100;
+/// Default connections one client address may hold at once: half the request threads. Our
+/// clients open one per request, so this is how many of them behind one address can start
+/// at the same instant (a crowd arriving together retries the rest: 429 is answered with
+/// `Retry-After`); one address can never hold more than half the threads.
+pub const DEFAULT_MAX_CONNS_PER_IP: usize = HTTP_THREADS / 2;
 /// Default publishes a second per client address: publishing is an operator's act.
 pub const DEFAULT_PUBLISH_RATE: u32 = 5;
 /// Per-address limits let through this many seconds' worth of requests at once from an
@@ -125,7 +131,7 @@ impl TrackerConfig {
             http_timeout: DEFAULT_HTTP_TIMEOUT,
             request_timeout: http::DEFAULT_REQUEST_TIMEOUT,
             idle_timeout: http::DEFAULT_IDLE_TIMEOUT,
-            max_conns_per_ip: http::DEFAULT_MAX_CONNS_PER_IP,
+            max_conns_per_ip: DEFAULT_MAX_CONNS_PER_IP,
             announce_rate: DEFAULT_ANNOUNCE_RATE,
             publish_rate: DEFAULT_PUBLISH_RATE,
             auth: None,

@@ -16,6 +16,12 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// A whole request, body included: a 1 Mi-chunk manifest is ~70 MB, which takes well under
 /// 30 s on any network worth using.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Tries of a request the tracker answers "busy" (503) or "too many from your address"
+/// (429), waiting 100 ms, 200 ms, 400 ms … (or the `Retry-After` it gives, at most 2 s)
+/// between them: about 4 s in all before the error is reported.
+const BUSY_ATTEMPTS: u32 = 6;
+const FIRST_RETRY: Duration = Duration::from_millis(100);
+const MAX_RETRY: Duration = Duration::from_secs(2);
 /// Largest JSON answer read (an announce answer with 30 partial peers of a huge asset).
 const MAX_JSON_ANSWER: u64 = 16 << 20;
 
@@ -91,28 +97,44 @@ impl TrackerClient {
             Some(token) => request.set("Authorization", &format!("Bearer {token}")),
             None => request,
         };
-        let result = match body {
-            Some((content_type, text)) => {
-                request.set("Content-Type", content_type).send_string(text)
+        let mut pause = FIRST_RETRY;
+        for attempt in 1.. {
+            let result = match body {
+                Some((content_type, text)) => request
+                    .clone()
+                    .set("Content-Type", content_type)
+                    .send_string(text),
+                None => request.clone().call(),
+            };
+            match result {
+                Ok(response) => return Ok(response),
+                // Busy (503) or over this address's share (429): a crowd arriving at once
+                // behind one address meets these; every request here may be repeated.
+                Err(ureq::Error::Status(429 | 503, response)) if attempt < BUSY_ATTEMPTS => {
+                    let asked = response
+                        .header("Retry-After")
+                        .and_then(|s| s.trim().parse::<u64>().ok())
+                        .map(Duration::from_secs);
+                    std::thread::sleep(asked.unwrap_or(pause).min(MAX_RETRY));
+                    pause = (pause * 2).min(MAX_RETRY);
+                }
+                Err(ureq::Error::Status(status, response)) => {
+                    let text = response.into_string().unwrap_or_default();
+                    let message = serde_json::from_str::<ErrorBody>(&text)
+                        .map(|b| b.error)
+                        .unwrap_or(text);
+                    return Err(anyhow::Error::new(HttpStatus { status, message })
+                        .context(format!("tracker refused {what}")));
+                }
+                Err(ureq::Error::Transport(t)) => {
+                    return Err(anyhow!(
+                        "cannot reach the tracker at {} ({what}): {t}; is it running?",
+                        self.base
+                    ));
+                }
             }
-            None => request.call(),
-        };
-        match result {
-            Ok(response) => Ok(response),
-            Err(ureq::Error::Status(status, response)) => {
-                let text = response.into_string().unwrap_or_default();
-                let message = serde_json::from_str::<ErrorBody>(&text)
-                    .map(|b| b.error)
-                    .unwrap_or(text);
-                Err(anyhow::Error::new(HttpStatus { status, message })
-                    .context(format!("tracker refused {what}")))
-            }
-
-            Err(ureq::Error::Transport(t)) => Err(anyhow!(
-                "cannot reach the tracker at {} ({what}): {t}; is it running?",
-                self.base
-            )),
         }
+        unreachable!("the loop returns")
     }
 
     fn json<T: DeserializeOwned>(&self, response: ureq::Response, what: &str) -> Result<T> {

@@ -102,3 +102,27 @@ fn a_capped_server_stays_within_its_rate() {
     );
     assert!(rate >= cap as f64 * 0.5, "far below the cap: {rate:.0} B/s");
 }
+
+#[test]
+fn a_crowd_behind_one_address_gets_through_a_tight_connection_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let bytes = random_file(&d.join("f.bin"), 8 * 65536, 23);
+    // Two connections per address: eight clients starting together are refused (429) at
+    // first and must retry.
+    let tracker = TrackerProc::start(d, &["--max-conns-per-ip", "2"]);
+    let origin = ServerProc::start(d, "origin", Some(&tracker.url), &["f.bin"], &["--origin"]);
+    let id = origin.seeded[0].clone();
+    let mut clients: Vec<Proc> = (0..8)
+        .map(|n| client(d, n, &tracker.url, &id, &[]))
+        .collect();
+    for (n, c) in clients.iter_mut().enumerate() {
+        assert!(c.wait().success(), "client {n}: {}", c.stderr());
+        assert_eq!(fs::read(d.join(format!("copy-{n}.bin"))).unwrap(), bytes);
+    }
+    assert!(
+        tracker.proc.stderr().contains("refused"),
+        "the cap was never reached, so retrying was not tested: {}",
+        tracker.proc.stderr()
+    );
+}

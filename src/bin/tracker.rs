@@ -9,9 +9,9 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use swarmcache::auth::{self, KeyRing};
 use swarmcache::cli::{self, EXIT_OK};
-use swarmcache::http::DEFAULT_MAX_CONNS_PER_IP;
 use swarmcache::tracker::{
-    DEFAULT_ANNOUNCE_RATE, DEFAULT_MAX_PEERS, DEFAULT_PUBLISH_RATE, Tracker, TrackerConfig,
+    DEFAULT_ANNOUNCE_RATE, DEFAULT_MAX_CONNS_PER_IP, DEFAULT_MAX_PEERS, DEFAULT_PUBLISH_RATE,
+    Tracker, TrackerConfig,
 };
 
 /// The swarmcache tracker: keeps the catalog of manifests durable in --data, tracks which
