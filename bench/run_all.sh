@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 echo "== machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(free -g | awk '/Mem/ {print $2}') GiB"
 echo "== single source: 1 GiB, peer_server -> peer_client get, against nginx -> curl"
-./single_source.sh | tail -1
+./single_source.sh | tail -2
 echo "== chunkify: 1 GiB, against openssl dgst -sha256"
 ./chunkify.sh | tail -1
 echo "== flash crowd: 256 MiB, origin capped at 50 MiB/s, clients at 25 MiB/s"
