@@ -151,17 +151,7 @@ impl ShutdownHandle {
     /// connections waiting for their next request are closed within [`POLL`].
     pub fn shutdown(&self) {
         self.stop.store(true, Ordering::SeqCst);
-        // Wake the accept loop with a connection to ourselves.
-        let wake = match self.addr.ip() {
-            ip if ip.is_unspecified() && self.addr.is_ipv4() => {
-                SocketAddr::from(([127, 0, 0, 1], self.addr.port()))
-            }
-            ip if ip.is_unspecified() => {
-                SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, self.addr.port()))
-            }
-            _ => self.addr,
-        };
-        let _ = TcpStream::connect_timeout(&wake, Duration::from_secs(1));
+        crate::net::wake_accept_loop(self.addr);
     }
 }
 

@@ -19,6 +19,7 @@
 //! - [`ratelimit`]: token buckets: bytes per process, requests per client address.
 //! - [`api`]: the JSON types of the tracker's HTTP API.
 //! - [`auth`]: tokens and permissions, signing keys, and the tickets peers check.
+//! - [`net`]: what our listening servers share (waking an accept loop).
 //! - [`http`]: the HTTP/1.1 server of the tracker and of the peer server's metrics.
 //! - [`catalog`]: the tracker's durable catalog of manifests.
 //! - [`tracker`]: the tracker's swarms and its HTTP server.
@@ -42,6 +43,7 @@ pub mod client;
 pub mod http;
 pub mod manifest;
 pub mod metrics;
+pub mod net;
 pub mod ratelimit;
 pub mod server;
 pub mod store;
