@@ -7,7 +7,9 @@ use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::harness::{RUN_TIMEOUT, ServerProc, TrackerProc, bin, collect, eventually, random_file};
+use crate::harness::{
+    RUN_TIMEOUT, ServerProc, TrackerProc, bin, collect, eventually, random_file, stored_chunks,
+};
 
 /// A `peer_client get --stream --json --progress json` whose stdout the test reads at its
 /// own pace; killed when dropped.
@@ -219,4 +221,49 @@ fn a_reader_that_does_not_read_does_not_make_the_client_buffer() {
             assert!(line.get(field).is_some(), "{field} missing in {line}");
         }
     }
+}
+
+#[test]
+fn a_stream_resumed_from_a_partial_cache_downloads_on_while_nobody_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let size: u64 = 8 << 20;
+    let bytes = random_file(&d.join("f.bin"), size as usize, 34);
+    let tracker = TrackerProc::start(d, &[]);
+    let origin = ServerProc::start(
+        d,
+        "origin",
+        Some(&tracker.url),
+        &["f.bin"],
+        &["--origin", "--max-upload-rate", "4MiB"],
+    );
+    let id = origin.seeded[0].clone();
+
+    // A first stream stopped with Ctrl-C part way leaves the first chunks in the store.
+    let mut first = Streaming::start(d, &tracker.url, &id, "client", &[]);
+    first.read(2 << 20);
+    let status = Command::new("kill")
+        .args(["-INT", &first.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let _ = first.child.wait();
+    let cached = stored_chunks(&d.join("client"), &id);
+    assert!(cached > 2, "{cached} chunks recorded");
+
+    // The second stream has cached chunks to write before its first missing one, and a
+    // reader that reads nothing: the download must go on regardless.
+    let mut stream = Streaming::start(d, &tracker.url, &id, "client", &[]);
+    eventually(
+        "the download to finish while nobody reads the stream",
+        Duration::from_secs(30),
+        || {
+            stream
+                .json_lines()
+                .iter()
+                .any(|line| line["bytes"].as_u64() == Some(size))
+        },
+    );
+    assert!(stream.finish() == bytes, "the stream differs from the file");
+    assert!(stream.summary()["from_cache"].as_u64().unwrap() > 0);
 }
