@@ -72,13 +72,14 @@ pub struct AnnounceRequest {
     pub corrupt: Vec<String>,
 }
 
-/// A peer as the tracker hands it out.
+/// A peer as the tracker hands it out. `S` is the string type: owned where an answer is
+/// read, borrowed from the swarm where the tracker writes one (no copy per peer listed).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct PeerInfo {
+pub struct PeerInfo<S = String> {
     /// The peer's id.
-    pub peer_id: String,
+    pub peer_id: S,
     /// Where to connect, `ip:port`.
-    pub addr: String,
+    pub addr: S,
     /// The peer holds every chunk.
     pub complete: bool,
     /// Hex bitfield of the chunks held, when not complete.
@@ -90,17 +91,17 @@ pub struct PeerInfo {
     pub last_seen_secs: u64,
 }
 
-/// Answer to an announce.
+/// Answer to an announce (`S` as in [`PeerInfo`]).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct AnnounceResponse {
+pub struct AnnounceResponse<S = String> {
     /// Announce again within this many seconds to stay in the swarm.
     pub interval_secs: u64,
     /// Chunk count of the asset.
     pub chunk_count: u32,
     /// Peers to use (never the announcing peer, never an origin).
-    pub peers: Vec<PeerInfo>,
+    pub peers: Vec<PeerInfo<S>>,
     /// The swarm's origins, to use as a fallback.
-    pub origins: Vec<PeerInfo>,
+    pub origins: Vec<PeerInfo<S>>,
     /// The address the tracker recorded for this peer, when it serves.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub your_addr: Option<String>,

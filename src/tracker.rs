@@ -165,10 +165,10 @@ impl Peer {
         !self.origin && self.have.is_some()
     }
 
-    fn info(&self, peer_id: &str, now: Instant) -> PeerInfo {
+    fn info<'a>(&'a self, peer_id: &'a str, now: Instant) -> PeerInfo<&'a str> {
         PeerInfo {
-            peer_id: peer_id.to_string(),
-            addr: self.addr_text.clone(),
+            peer_id,
+            addr: &self.addr_text,
             complete: self.have.is_none(),
             have: self.have.as_ref().map(Bitfield::to_hex),
             origin: self.origin,
@@ -542,12 +542,12 @@ impl State {
                 if req.origin {
                     allow(Action::Origin(&id))?;
                 }
-                Ok(json(200, &self.announce(id, req, remote)?))
+                self.announce(id, req, remote)
             }
             (Get, ["assets", id, "peers"]) => {
                 let id = parse_id(id)?;
                 allow(Action::Fetch(&id))?;
-                Ok(json(200, &self.peers(&id)?))
+                self.peers(&id)
             }
             (_, ["health" | "keys" | "stats" | "metrics" | "assets"])
             | (_, ["assets", _])
@@ -648,7 +648,7 @@ impl State {
         id: AssetId,
         req: AnnounceRequest,
         remote: Option<SocketAddr>,
-    ) -> Result<AnnounceResponse, HttpError> {
+    ) -> Result<Reply, HttpError> {
         let chunk_count = self.manifest(&id)?.chunk_count();
         if req.peer_id.is_empty()
             || req.peer_id.len() > 64
@@ -716,6 +716,8 @@ impl State {
         }
         let leeching = swarm.peers.get(&req.peer_id).is_some_and(Peer::is_leecher);
         let origin_share = leeching.then(|| swarm.plan_for(&req.peer_id, chunk_count).to_hex());
+        let rotation = swarm.rotation;
+        swarm.rotation = rotation.wrapping_add(self.max_peers);
         // A stable order (complete peers first, then by id), handed out as a window that
         // moves on with every answer, so that large swarms spread load over every peer.
         // The announcer is told apart by where its key lives, not by comparing ids.
@@ -734,7 +736,7 @@ impl State {
         let start = if others.is_empty() {
             0
         } else {
-            swarm.rotation % others.len()
+            rotation % others.len()
         };
         let peers = others
             .iter()
@@ -749,38 +751,41 @@ impl State {
             .filter(|(pid, p)| **pid != req.peer_id && p.origin)
             .map(|(pid, p)| p.info(pid, now))
             .collect();
-        swarm.rotation = swarm.rotation.wrapping_add(self.max_peers);
-        Ok(AnnounceResponse {
-            interval_secs: (self.peer_timeout.as_secs() / 3).max(1),
-            chunk_count,
-            peers,
-            origins,
-            your_addr: addr.map(|a| a.to_string()),
-            origin_share,
-            ticket: self
-                .auth
-                .as_ref()
-                .filter(|_| !stopping)
-                .map(|a| hex::encode(a.keys.issue(&id, &req.peer_id, a.ticket_ttl))),
-            keys: self.keys().keys,
-        })
+        // Written while the swarm is locked: the answer borrows its peers' strings.
+        Ok(json(
+            200,
+            &AnnounceResponse {
+                interval_secs: (self.peer_timeout.as_secs() / 3).max(1),
+                chunk_count,
+                peers,
+                origins,
+                your_addr: addr.map(|a| a.to_string()),
+                origin_share,
+                ticket: self
+                    .auth
+                    .as_ref()
+                    .filter(|_| !stopping)
+                    .map(|a| hex::encode(a.keys.issue(&id, &req.peer_id, a.ticket_ttl))),
+                keys: self.keys().keys,
+            },
+        ))
     }
 
-    fn peers(&self, id: &AssetId) -> Result<Vec<PeerInfo>, HttpError> {
+    /// The swarm's live peers, by id.
+    fn peers(&self, id: &AssetId) -> Result<Reply, HttpError> {
         self.manifest(id)?;
         let now = Instant::now();
         let mut swarms = self.swarms.lock().unwrap_or_else(|e| e.into_inner());
         let Some(swarm) = swarms.get_mut(id) else {
-            return Ok(Vec::new());
+            return Ok(json(200, &Vec::<PeerInfo>::new()));
         };
         swarm.prune(now, self.peer_timeout);
-        let mut list: Vec<PeerInfo> = swarm
+        let list: Vec<PeerInfo<&str>> = swarm
             .peers
             .iter()
             .map(|(pid, p)| p.info(pid, now))
             .collect();
-        list.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
-        Ok(list)
+        Ok(json(200, &list))
     }
 
     fn stats(&self) -> Stats {
