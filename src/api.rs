@@ -128,32 +128,62 @@ pub struct KeysResponse {
     pub keys: Vec<String>,
 }
 
-/// Per-swarm figures in `GET /stats`. The byte totals count from the tracker's start and
-/// never drop when peers leave: each announce adds what the peer's `uploaded` counter grew
-/// by since its previous one.
+/// What `GET /stats` reports of one swarm, or summed over every swarm. The byte totals
+/// count from the tracker's start and never drop when peers leave: each announce adds what
+/// the peer's `uploaded` counter grew by since its previous one.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct SwarmStats {
-    /// The asset id.
-    pub id: String,
-    /// Asset name.
-    pub name: String,
+pub struct Figures {
     /// Live serving peers, origins included.
     pub peers: usize,
     /// Live peers holding every chunk, origins included.
     pub seeders: usize,
     /// Live origins.
     pub origins: usize,
-    /// Bytes served in this swarm, by peers and origins together.
+    /// Bytes served, by peers and origins together.
     pub uploaded: u64,
-    /// Bytes served in this swarm by peers that are not origins.
+    /// Bytes served by peers that are not origins.
     pub peer_uploaded: u64,
-    /// Bytes served in this swarm by origins.
+    /// Bytes served by origins.
     pub origin_uploaded: u64,
     /// `peer_uploaded / uploaded`: the share of the bytes that peers served. `null` until
     /// something was served.
     pub p2p_ratio: Option<f64>,
-    /// Announces received for this asset.
+    /// Announces received (for the asset, or by the tracker).
     pub announces: u64,
+}
+
+impl Figures {
+    /// The figures from the counts; the total and the ratio follow from the bytes.
+    pub fn new(
+        (peers, seeders, origins): (usize, usize, usize),
+        peer_uploaded: u64,
+        origin_uploaded: u64,
+        announces: u64,
+    ) -> Figures {
+        let uploaded = peer_uploaded.saturating_add(origin_uploaded);
+        Figures {
+            peers,
+            seeders,
+            origins,
+            uploaded,
+            peer_uploaded,
+            origin_uploaded,
+            p2p_ratio: (uploaded > 0).then(|| peer_uploaded as f64 / uploaded as f64),
+            announces,
+        }
+    }
+}
+
+/// One swarm in `GET /stats`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct SwarmStats {
+    /// The asset id.
+    pub id: String,
+    /// Asset name.
+    pub name: String,
+    /// The swarm's figures.
+    #[serde(flatten)]
+    pub figures: Figures,
 }
 
 /// `GET /stats`: the figures of every swarm, and their sums.
@@ -161,22 +191,9 @@ pub struct SwarmStats {
 pub struct Stats {
     /// Assets in the catalog.
     pub assets: usize,
-    /// Live serving peers, summed over the swarms (origins included).
-    pub peers: usize,
-    /// Live peers holding every chunk, summed over the swarms (origins included).
-    pub seeders: usize,
-    /// Live origins, summed over the swarms.
-    pub origins: usize,
-    /// Bytes served in every swarm, by peers and origins together.
-    pub uploaded: u64,
-    /// Bytes served in every swarm by peers that are not origins.
-    pub peer_uploaded: u64,
-    /// Bytes served in every swarm by origins.
-    pub origin_uploaded: u64,
-    /// `peer_uploaded / uploaded`; `null` until something was served.
-    pub p2p_ratio: Option<f64>,
-    /// Announces received since the tracker started.
-    pub announces: u64,
+    /// Every swarm's figures summed (announces: all the tracker received).
+    #[serde(flatten)]
+    pub totals: Figures,
     /// Seconds since the tracker started.
     pub uptime_secs: u64,
     /// One entry per swarm announced to since the tracker started, by asset id.

@@ -373,7 +373,6 @@ fn fetch(config: &GetConfig, seed: bool, out: Option<&mut (dyn Write + Send)>) -
     // Chunks verified during the download, for the stream.
     let (done_tx, done_rx) = unbounded();
     let streaming = out.is_some().then_some(done_tx);
-    let shared = Arc::new(manifest.clone());
     let scheduler = match &partial {
         None => None,
         Some(partial) => {
@@ -405,7 +404,7 @@ fn fetch(config: &GetConfig, seed: bool, out: Option<&mut (dyn Write + Send)>) -
                 .and_then(|hex| Bitfield::from_hex(count, hex).ok());
             let scheduler = Scheduler::new(
                 config,
-                Arc::clone(&shared),
+                Arc::new(manifest.clone()),
                 partial,
                 sources,
                 origin_share,
@@ -1037,7 +1036,6 @@ struct Scheduler<'a> {
     from_cache: u64,
     from_peers: u64,
     from_origin: u64,
-    first_chunk_secs: Option<f64>,
     /// When progress was last sampled, and the network bytes then.
     sampled: (Instant, u64),
     peak_rate: f64,
@@ -1111,7 +1109,6 @@ impl<'a> Scheduler<'a> {
             from_cache,
             from_peers: 0,
             from_origin: 0,
-            first_chunk_secs: None,
             sampled: (Instant::now(), 0),
             peak_rate: 0.0,
             hedged: 0,
@@ -1196,7 +1193,10 @@ impl<'a> Scheduler<'a> {
         self.sample(true);
         Ok(Downloaded {
             sources: self.summaries(),
-            first_chunk_secs: self.first_chunk_secs,
+            first_chunk_secs: self.first_chunk_at.map(|at| {
+                at.saturating_duration_since(self.watch.started)
+                    .as_secs_f64()
+            }),
             peak_rate: self.peak_rate,
             hedged: self.hedged,
         })
@@ -1327,8 +1327,6 @@ impl<'a> Scheduler<'a> {
         if let Some(stream) = &self.watch.streaming {
             let _ = stream.send(index);
         }
-        let since_start = self.watch.started.elapsed().as_secs_f64();
-        self.first_chunk_secs.get_or_insert(since_start);
         self.first_chunk_at.get_or_insert(now);
         if let Some(bar) = &self.bar {
             bar.inc(len);

@@ -494,11 +494,10 @@ impl Server {
                 continue;
             };
             let per_addr = self.config.max_conns_per_addr.max(1);
-            let from_ip = || {
-                let active = self.shared.lock_active();
-                active.values().filter(|(a, _)| *a == ip).count()
-            };
-            if from_ip() >= per_addr {
+            let from_ip = (self.shared.lock_active().values())
+                .filter(|(a, _)| *a == ip)
+                .count();
+            if from_ip >= per_addr {
                 counters.refused.fetch_add(1, Ordering::Relaxed);
                 self.shared.refuse(
                     stream,

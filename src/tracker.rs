@@ -26,7 +26,7 @@ use anyhow::Result;
 use serde::Serialize;
 
 use crate::api::{
-    AnnounceRequest, AnnounceResponse, AssetSummary, ErrorBody, KeysResponse, PeerInfo,
+    AnnounceRequest, AnnounceResponse, AssetSummary, ErrorBody, Figures, KeysResponse, PeerInfo,
     PublishResponse, Stats, SwarmStats,
 };
 use crate::auth::{Action, DEFAULT_TICKET_TTL, Denied, Grant, KeyRing, Tokens};
@@ -797,36 +797,40 @@ impl State {
             .map(|(id, swarm)| {
                 swarm.prune(now, self.peer_timeout);
                 let live = swarm.peers.values();
+                let counts = (
+                    swarm.peers.len(),
+                    live.clone().filter(|p| p.have.is_none()).count(),
+                    live.filter(|p| p.origin).count(),
+                );
                 SwarmStats {
                     id: id.to_string(),
                     name: catalog.get(id).map(|m| m.name.clone()).unwrap_or_default(),
-                    peers: swarm.peers.len(),
-                    seeders: live.clone().filter(|p| p.have.is_none()).count(),
-                    origins: live.filter(|p| p.origin).count(),
-                    uploaded: swarm.peer_bytes.saturating_add(swarm.origin_bytes),
-                    peer_uploaded: swarm.peer_bytes,
-                    origin_uploaded: swarm.origin_bytes,
-                    p2p_ratio: p2p_ratio(swarm.peer_bytes, swarm.origin_bytes),
-                    announces: swarm.announces,
+                    figures: Figures::new(
+                        counts,
+                        swarm.peer_bytes,
+                        swarm.origin_bytes,
+                        swarm.announces,
+                    ),
                 }
             })
             .collect();
         list.sort_by(|a, b| a.id.cmp(&b.id));
-        let count = |figure: fn(&SwarmStats) -> usize| list.iter().map(figure).sum();
+        let figures = || list.iter().map(|s| &s.figures);
+        let count = |figure: fn(&Figures) -> usize| figures().map(figure).sum();
         let bytes =
-            |figure: fn(&SwarmStats) -> u64| list.iter().map(figure).fold(0, u64::saturating_add);
-        let (peer_uploaded, origin_uploaded) =
-            (bytes(|s| s.peer_uploaded), bytes(|s| s.origin_uploaded));
+            |figure: fn(&Figures) -> u64| figures().map(figure).fold(0, u64::saturating_add);
         Stats {
             assets: catalog.len(),
-            peers: count(|s| s.peers),
-            seeders: count(|s| s.seeders),
-            origins: count(|s| s.origins),
-            uploaded: peer_uploaded.saturating_add(origin_uploaded),
-            peer_uploaded,
-            origin_uploaded,
-            p2p_ratio: p2p_ratio(peer_uploaded, origin_uploaded),
-            announces: self.announces.load(Ordering::Relaxed),
+            totals: Figures::new(
+                (
+                    count(|f| f.peers),
+                    count(|f| f.seeders),
+                    count(|f| f.origins),
+                ),
+                bytes(|f| f.peer_uploaded),
+                bytes(|f| f.origin_uploaded),
+                self.announces.load(Ordering::Relaxed),
+            ),
             uptime_secs: self.started.elapsed().as_secs(),
             swarms: list,
         }
@@ -847,13 +851,13 @@ impl State {
             "swarmcache_tracker_announces_total",
             "Announces received, every swarm together.",
         )
-        .sample(&[], stats.announces);
-        let per_swarm = |m: &mut Exposition, name, kind, help, figure: fn(&SwarmStats) -> u64| {
+        .sample(&[], stats.totals.announces);
+        let per_swarm = |m: &mut Exposition, name, kind, help, figure: fn(&Figures) -> u64| {
             let mut family = m.family(name, kind, help);
             for swarm in &stats.swarms {
                 family.sample(
                     &[("asset", &swarm.id), ("name", &swarm.name)],
-                    figure(swarm),
+                    figure(&swarm.figures),
                 );
             }
         };
@@ -891,8 +895,8 @@ impl State {
         );
         for swarm in &stats.swarms {
             for (source, bytes) in [
-                ("peer", swarm.peer_uploaded),
-                ("origin", swarm.origin_uploaded),
+                ("peer", swarm.figures.peer_uploaded),
+                ("origin", swarm.figures.origin_uploaded),
             ] {
                 let labels = [
                     ("asset", swarm.id.as_str()),
@@ -907,11 +911,6 @@ impl State {
 }
 
 /// The share of the bytes served that peers served; `None` when nothing was served.
-fn p2p_ratio(peer: u64, origin: u64) -> Option<f64> {
-    let total = peer as f64 + origin as f64;
-    (total > 0.0).then(|| peer as f64 / total)
-}
-
 /// The token of an `Authorization: Bearer TOKEN` header.
 fn bearer_token(request: &http::Request<'_>) -> Option<String> {
     request
@@ -1062,6 +1061,7 @@ mod tests {
 
     #[test]
     fn the_p2p_ratio_is_the_peers_share_and_absent_before_any_byte() {
+        let p2p_ratio = |peer, origin| Figures::new((0, 0, 0), peer, origin, 0).p2p_ratio;
         assert_eq!(p2p_ratio(0, 0), None);
         assert_eq!(p2p_ratio(0, 10), Some(0.0));
         assert_eq!(p2p_ratio(30, 10), Some(0.75));
