@@ -7,6 +7,8 @@
 #
 #   bench/flash_crowd.sh                 # N = 2 4 8 16, 256 MiB, 3 runs each
 #   NS="8" RUNS=5 SIZE_MIB=256 bench/flash_crowd.sh
+#   CHUNK=256KiB NS=8 bench/flash_crowd.sh   # another chunk size than chunkify's default
+#   SHOW_CLIENTS=1 NS=8 bench/flash_crowd.sh # each client's summary, and why peers dropped
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/common.sh
@@ -32,7 +34,7 @@ start_swarm() {
   rm -rf tracker-data origin c-*; sync
   "$B/tracker" --listen 127.0.0.1:0 --data tracker-data > tracker.log 2>&1 & tracker_pid=$!; pids+=($!)
   URL=$(wait_line tracker.log "listening on ")
-  "$B/peer_server" --listen 127.0.0.1:0 --store origin --seed file.bin --tracker "$URL" --origin \
+  "$B/peer_server" --listen 127.0.0.1:0 --store origin --seed file.bin --tracker "$URL" --origin ${CHUNK:+--chunk-size $CHUNK} \
     --max-upload-rate "${ORIGIN_MIB}MiB" > origin.log 2>&1 & origin_pid=$!; pids+=($!)
   wait_line origin.log "listening on " > /dev/null
   ID=$(wait_line origin.log "seeded " | cut -d' ' -f1)
@@ -65,7 +67,7 @@ for N in $NS; do
     for p in "${cpids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
     if [ -n "${SHOW_CLIENTS:-}" ]; then cat c-*.json | python3 -c 'import sys, json
 for l in sys.stdin:
-    s = json.loads(l); print("  client: %.2f s, origin %d MiB, peers %d MiB, dropped %s" % (s["seconds"], s["from_origin"] >> 20, s["from_peers"] >> 20, [x["addr"] for x in s["sources"] if x.get("dropped")]))'; grep -h "dropping\|retrying" c-*.err | sed 's/^/    /' | sort | uniq -c | sort -rn | head -8 || true; fi
+    s = json.loads(l); print("  client: %.2f s, first byte %.3f s, origin %d MiB, peers %d MiB, uploaded %d MiB, hedged %d, dropped %s" % (s["seconds"], s["first_byte_secs"] or 0, s["from_origin"] >> 20, s["from_peers"] >> 20, s["uploaded"] >> 20, s["hedged"], [x["addr"] for x in s["sources"] if x.get("dropped")]))'; grep -h "dropping\|retrying" c-*.err | sed 's/^/    /' | sort | uniq -c | sort -rn | head -8 || true; fi
     for i in $(seq "$N"); do cmp -s file.bin "c-$i.out" || { echo "client $i output differs" >&2; exit 1; }; done
     origin=$(cat c-*.json | python3 -c 'import sys, json; print(sum(json.loads(l)["from_origin"] for l in sys.stdin if l.startswith("{")))')
     stop_swarm
@@ -75,4 +77,4 @@ for l in sys.stdin:
   w=$(median < walls); r=$(median < ratios)
   printf '%-4s %10.2f %10.2f %12.2f %10.2f %14.2f\n' "$N" "$w" "$bound" "$only" "$(echo "$w / $bound" | bc -l)" "$r"
 done
-echo "(medians of $RUNS runs; F = $SIZE_MIB MiB, origin capped at $ORIGIN_MIB MiB/s, clients at $CLIENT_MIB MiB/s upload, 1 MiB chunks)"
+echo "(medians of $RUNS runs; F = $SIZE_MIB MiB, origin capped at $ORIGIN_MIB MiB/s, clients at $CLIENT_MIB MiB/s upload, ${CHUNK:-1MiB} chunks)"

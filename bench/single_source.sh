@@ -4,6 +4,7 @@
 #
 #   bench/single_source.sh            # 1 GiB, 5 runs each
 #   SIZE_MIB=256 RUNS=3 bench/single_source.sh
+#   CHUNK=256KiB bench/single_source.sh   # another chunk size than chunkify's default
 #
 # Needs nginx (Debian: nginx-light), curl and aria2c (Debian: aria2). Everything listens on 127.0.0.1. Outputs are
 # deleted and synced outside the timed region. Prints each run, then medians and the ratio.
@@ -44,7 +45,7 @@ nginx -p "$W/nginx" -c "$W/nginx/nginx.conf" & pids+=($!)
 
 "$B/tracker" --listen 127.0.0.1:0 --data tracker-data > tracker.log 2>&1 & pids+=($!)
 URL=$(wait_line tracker.log "listening on ")
-"$B/peer_server" --listen 127.0.0.1:0 --store origin --seed file.bin --tracker "$URL" --origin > server.log 2>&1 & pids+=($!)
+"$B/peer_server" --listen 127.0.0.1:0 --store origin --seed file.bin --tracker "$URL" --origin ${CHUNK:+--chunk-size $CHUNK} > server.log 2>&1 & pids+=($!)
 wait_line server.log "listening on " > /dev/null
 ID=$(wait_line server.log "seeded " | cut -d' ' -f1)
 ok=0; for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$PORT/file.bin" && { ok=1; break; }; sleep 0.1; done

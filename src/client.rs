@@ -17,7 +17,6 @@ use std::collections::{BTreeSet, HashSet, VecDeque};
 use std::fs::File;
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
-use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
@@ -40,7 +39,7 @@ use crate::store::{InUse, Partial, Store};
 use crate::stream::{DEFAULT_WINDOW, Stream};
 use crate::tracker_client::{TrackerClient, new_peer_id};
 use crate::wire::{
-    self, MAX_CONTROL_FRAME, Message, PROTOCOL_VERSION, WireError, chunk_frame_limit, code,
+    self, MAX_CONTROL_FRAME, Message, PROTOCOL_VERSION, Reply, WireError, chunk_frame_limit, code,
 };
 
 /// Requests kept in flight per origin connection: with 1 MiB chunks, 4 MiB outstanding
@@ -2008,6 +2007,8 @@ impl Worker {
         // Requests sent and not yet answered, oldest first: replies come in request order.
         let mut in_flight: VecDeque<u32> = VecDeque::new();
         let mut frames = Vec::new();
+        // Every chunk is received into this one buffer, verified and written from it.
+        let mut buf = Vec::new();
         loop {
             frames.clear();
             if in_flight.is_empty() {
@@ -2033,7 +2034,13 @@ impl Worker {
                 return End::Failed(socket_error("sending requests", &e, self.chunk_timeout));
             }
             let expected = *in_flight.front().expect("in flight is not empty");
-            let message = match self.reply(&stream, limit) {
+            let reply = wire::read_reply_by(
+                &stream,
+                limit,
+                Instant::now() + self.chunk_timeout,
+                &mut buf,
+            );
+            let message = match reply {
                 Ok(m) => m,
                 Err(e) if e.is_timeout() => {
                     return End::Failed(format!(
@@ -2046,15 +2053,14 @@ impl Worker {
                 }
                 Err(e) => return End::Failed(format!("receiving chunk {expected}: {e}")),
             };
-            match message {
-                Message::Chunk { index, data } if index == expected => {
+            let message = match message {
+                Reply::Chunk { index, data } if index == expected => {
                     in_flight.pop_front();
-                    if !self.manifest.chunk_matches(index, &data) {
+                    if !self.manifest.chunk_matches(index, data) {
                         return End::Lied(format!("sent chunk {index} with the wrong SHA-256"));
                     }
-                    if let Err(e) = self
-                        .data
-                        .write_all_at(&data, self.manifest.chunk_offset(index))
+                    if let Err(e) =
+                        Partial::write_at(&self.data, data, self.manifest.chunk_offset(index))
                     {
                         let hint = if e.kind() == std::io::ErrorKind::StorageFull {
                             " (the disk is full)"
@@ -2069,7 +2075,14 @@ impl Worker {
                         conn: self.conn,
                         index,
                     });
+                    continue;
                 }
+                Reply::Chunk { index, .. } => {
+                    return End::Lied(format!("sent chunk {index} when chunk {expected} was due"));
+                }
+                Reply::Other(message) => message,
+            };
+            match message {
                 Message::DontHave { index } | Message::Busy { index } if index == expected => {
                     in_flight.pop_front();
                     let _ = self.events.send(Event::Refused {
@@ -2081,9 +2094,6 @@ impl Worker {
                     return End::Failed(format!(
                         "error {code} with chunk {expected} due: {message}"
                     ));
-                }
-                Message::Chunk { index, .. } => {
-                    return End::Lied(format!("sent chunk {index} when chunk {expected} was due"));
                 }
                 other => {
                     return End::Lied(format!(

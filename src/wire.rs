@@ -406,6 +406,17 @@ pub fn write_chunk_header(w: &mut impl Write, index: u32, len: u32) -> io::Resul
 /// Reads one frame, refusing any whose declared length exceeds `max_frame` before
 /// allocating, and decodes it. A clean close between frames is [`WireError::Closed`].
 pub fn read_message(r: &mut impl Read, max_frame: u32) -> Result<Message, WireError> {
+    let mut body = Vec::new();
+    Message::decode(read_frame(r, max_frame, &mut body)?)
+}
+
+/// Reads one frame's body (type byte and payload) into `buf`, which only ever grows, and
+/// returns it. Refuses a declared length over `max_frame` before allocating.
+fn read_frame<'b>(
+    r: &mut impl Read,
+    max_frame: u32,
+    buf: &'b mut Vec<u8>,
+) -> Result<&'b [u8], WireError> {
     let mut len = [0u8; 4];
     let mut got = 0;
     while got < 4 {
@@ -431,14 +442,54 @@ pub fn read_message(r: &mut impl Read, max_frame: u32) -> Result<Message, WireEr
             max: max_frame,
         });
     }
-    let mut body = vec![0u8; len as usize];
-    r.read_exact(&mut body).map_err(|e| match e.kind() {
+    let len = len as usize;
+    if buf.len() < len {
+        buf.resize(len, 0);
+    }
+    let body = &mut buf[..len];
+    r.read_exact(body).map_err(|e| match e.kind() {
         io::ErrorKind::UnexpectedEof => {
             WireError::Malformed(format!("connection closed inside a frame of {len} bytes"))
         }
         _ => WireError::Io(e),
     })?;
-    Message::decode(&body)
+    Ok(body)
+}
+
+/// A server's reply read by [`read_reply_by`]: a chunk's data stays in the caller's buffer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Reply<'a> {
+    /// Chunk `index`, its data borrowed from the buffer.
+    Chunk {
+        /// Chunk index.
+        index: u32,
+        /// The chunk's bytes.
+        data: &'a [u8],
+    },
+    /// Any other message.
+    Other(Message),
+}
+
+/// Reads one frame like [`read_message_by`] into a buffer the caller keeps from one reply
+/// to the next, so that receiving a chunk neither allocates nor copies it: a download
+/// reads gigabytes through the same few megabytes.
+pub fn read_reply_by<'b>(
+    stream: &TcpStream,
+    max_frame: u32,
+    deadline: Instant,
+    buf: &'b mut Vec<u8>,
+) -> Result<Reply<'b>, WireError> {
+    let body = read_frame(&mut DeadlineReader { stream, deadline }, max_frame, buf)?;
+    match body.split_first() {
+        Some((&kind::CHUNK, payload)) if payload.len() >= 4 => {
+            let (index, data) = payload.split_at(4);
+            Ok(Reply::Chunk {
+                index: u32::from_be_bytes(index.try_into().expect("4 bytes")),
+                data,
+            })
+        }
+        _ => Message::decode(body).map(Reply::Other),
+    }
 }
 
 /// Reads one frame from a socket like [`read_message`], but the whole frame must arrive
@@ -726,6 +777,61 @@ mod tests {
         assert!(matches!(&result, Err(e) if e.is_timeout()), "{result:?}");
         assert!(started.elapsed() < Duration::from_millis(700));
         drop(stream);
+        sender.join().unwrap();
+    }
+
+    #[test]
+    fn replies_read_through_one_buffer_match_their_messages() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let sent = vec![
+            Message::Chunk {
+                index: 3,
+                data: vec![7; 1000],
+            },
+            // Shorter than the first: no byte of the earlier chunk may show through.
+            Message::Chunk {
+                index: 4,
+                data: vec![1, 2, 3],
+            },
+            Message::Chunk {
+                index: 5,
+                data: vec![],
+            },
+            Message::DontHave { index: 6 },
+            Message::error(code::INTERNAL, "gone"),
+        ];
+        let frames = {
+            let mut frames = Vec::new();
+            for m in &sent {
+                m.encode(&mut frames);
+            }
+            frames
+        };
+        let sender = std::thread::spawn(move || {
+            TcpStream::connect(addr)
+                .unwrap()
+                .write_all(&frames)
+                .unwrap();
+        });
+        let (stream, _) = listener.accept().unwrap();
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        let mut buf = Vec::new();
+        for m in &sent {
+            let reply = read_reply_by(&stream, MAX_FRAME, deadline, &mut buf).unwrap();
+            match (m, reply) {
+                (Message::Chunk { index, data }, Reply::Chunk { index: i, data: d }) => {
+                    assert_eq!((*index, &data[..]), (i, d));
+                }
+                (m, Reply::Other(got)) => assert_eq!(&got, m),
+                (m, other) => panic!("sent {m:?}, read {other:?}"),
+            }
+        }
+        assert_eq!(buf.len(), 1005, "the buffer grew to the largest frame only");
+        assert!(matches!(
+            read_reply_by(&stream, MAX_FRAME, deadline, &mut buf),
+            Err(WireError::Closed)
+        ));
         sender.join().unwrap();
     }
 
