@@ -77,4 +77,4 @@ for l in sys.stdin:
   w=$(median < walls); r=$(median < ratios)
   printf '%-4s %10.2f %10.2f %12.2f %10.2f %14.2f\n' "$N" "$w" "$bound" "$only" "$(echo "$w / $bound" | bc -l)" "$r"
 done
-echo "(medians of $RUNS runs; F = $SIZE_MIB MiB, origin capped at $ORIGIN_MIB MiB/s, clients at $CLIENT_MIB MiB/s upload, ${CHUNK:-1MiB} chunks)"
+echo "(medians of $RUNS runs; F = $SIZE_MIB MiB, origin capped at $ORIGIN_MIB MiB/s, clients at $CLIENT_MIB MiB/s upload, ${CHUNK:-default} chunks)"

@@ -14,5 +14,5 @@ echo "== tracker: 100 000 peers in 1 000 swarms"
 ./tracker.sh | tail -1
 echo "== memory"
 ./memory.sh
-echo "== time to first byte of --stream: 1 MiB chunks, warm swarm and origin only"
+echo "== time to first byte of --stream: default chunk size, warm swarm and origin only"
 ./ttfb.sh | tail -3

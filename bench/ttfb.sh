@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Time to first byte of `peer_client get --stream` (1 MiB chunks, fresh store each run) in a
+# Time to first byte of `peer_client get --stream` (default chunk size, fresh store each run) in a
 # warm swarm (an origin and PEERS peer_servers holding the asset) and with the origin only,
 # alternated, RUNS runs each. Two figures per run: from spawning the process to the first
 # byte read from its stdout (what a player sees), and the client's own first_byte_secs.

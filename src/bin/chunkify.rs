@@ -27,7 +27,7 @@ struct Args {
     /// The file to chunk, or - for standard input.
     path: Option<PathBuf>,
     /// Chunk size, 16KiB to 64MiB (e.g. 256KiB, 1MiB, 4MiB).
-    #[arg(long, default_value = "1MiB", value_parser = cli::chunk_size_arg)]
+    #[arg(long, default_value = "256KiB", value_parser = cli::chunk_size_arg)]
     chunk_size: u32,
     /// Asset name recorded in the manifest (default: the file's name; "stdin" for -).
     #[arg(long)]

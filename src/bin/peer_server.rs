@@ -32,7 +32,7 @@ struct Args {
     #[arg(long)]
     seed: Vec<PathBuf>,
     /// Chunk size for --seed files, 16KiB to 64MiB.
-    #[arg(long, default_value = "1MiB", value_parser = cli::chunk_size_arg)]
+    #[arg(long, default_value = "256KiB", value_parser = cli::chunk_size_arg)]
     chunk_size: u32,
     /// Tracker URL to publish to and announce at, e.g. http://127.0.0.1:7070.
     #[arg(long)]
