@@ -862,6 +862,8 @@ enum Event {
     Done { conn: usize, index: u32 },
     /// The source does not hold, or will not now send, this chunk.
     Refused { conn: usize, index: u32 },
+    /// The source dropped this request, as asked: the chunk came from another source.
+    Cancelled { conn: usize, index: u32 },
     /// The connection is over, and why.
     Closed { conn: usize, end: End },
     /// The tracker's latest answer: peers (maybe new ones) and this client's origin share.
@@ -889,9 +891,17 @@ enum End {
     Local(String),
 }
 
+/// What the scheduler asks of a connection's worker.
+enum Job {
+    /// Request this chunk.
+    Fetch(u32),
+    /// The chunk came from elsewhere: cancel the request, if still unanswered.
+    Cancel(u32),
+}
+
 struct Conn {
     source: usize,
-    jobs: Option<Sender<u32>>,
+    jobs: Option<Sender<Job>>,
     in_flight: VecDeque<u32>,
     /// Since when the oldest request in flight has been the one being served.
     head_since: Instant,
@@ -1278,6 +1288,12 @@ impl<'a> Scheduler<'a> {
                 self.release(index);
                 self.refresh_availability();
             }
+            Event::Cancelled { conn, index } => {
+                let c = &mut self.conns[conn];
+                c.in_flight.retain(|&i| i != index);
+                c.head_since = Instant::now();
+                self.epoch += 1;
+            }
             Event::Closed { conn, end } => self.closed(conn, end),
             Event::Swarm(answer) => self.swarm(answer),
             Event::Position(next) => {
@@ -1303,8 +1319,17 @@ impl<'a> Scheduler<'a> {
             Some(avg) => 0.75 * avg + 0.25 * sample,
             None => sample,
         });
-        if matches!(self.chunks[index as usize], ChunkState::Done) {
-            return;
+        match self.chunks[index as usize] {
+            ChunkState::Done => return,
+            // Asked of other sources too: they need not send it any more.
+            ChunkState::InFlight(n) if n > 1 => {
+                for other in self.conns.iter().filter(|c| c.in_flight.contains(&index)) {
+                    if let Some(jobs) = &other.jobs {
+                        let _ = jobs.send(Job::Cancel(index));
+                    }
+                }
+            }
+            _ => {}
         }
         self.chunks[index as usize] = ChunkState::Done;
         self.missing.remove(&index);
@@ -1609,7 +1634,7 @@ impl<'a> Scheduler<'a> {
                 }
                 c.in_flight.push_back(index);
                 if let Some(jobs) = &self.conns[conn].jobs {
-                    let _ = jobs.send(index);
+                    let _ = jobs.send(Job::Fetch(index));
                 }
             }
         }
@@ -1672,23 +1697,57 @@ impl<'a> Scheduler<'a> {
     }
 
     /// The endgame: nothing is left to ask for, and the download ends with its slowest
-    /// request. A free connection takes a late chunk of another source (the first copy
-    /// wins), lowest first.
+    /// request. A connection with room takes a chunk in flight elsewhere that is late
+    /// there, or, from a peer, one this connection is expected to deliver sooner than its
+    /// source will (expected time: the requests queued ahead times the measured time per
+    /// chunk). The first copy wins and the other is cancelled. An origin takes only late
+    /// chunks, so that hedging never costs it more than the chunks peers fail to deliver.
     fn endgame_for(&self, conn: usize) -> Option<u32> {
         let source = self.conns[conn].source;
+        let here = self.expected_wait(&self.conns[conn], self.conns[conn].in_flight.len());
         self.conns
             .iter()
-            .flat_map(|c| c.in_flight.iter().copied())
-            .filter(|&index| self.hedgeable(index, source))
+            .flat_map(|c| {
+                c.in_flight
+                    .iter()
+                    .enumerate()
+                    .map(move |(at, &i)| (c, at, i))
+            })
+            .filter(|&(c, at, index)| {
+                self.hedgeable(index, source)
+                    || (!self.sources[source].origin
+                        && self.duplicable(index, source)
+                        && here + HEDGE_SLACK < self.expected_wait(c, at))
+            })
+            .map(|(_, _, index)| index)
             .min()
+    }
+
+    /// How long until the request at `position` of a connection's queue (or a new one at
+    /// the end) is done, by the source's measured time per chunk.
+    fn expected_wait(&self, conn: &Conn, position: usize) -> Duration {
+        let per_chunk = self.sources[conn.source]
+            .secs_per_byte
+            .unwrap_or(UNMEASURED_SECS_PER_BYTE)
+            * self.manifest.chunk_size as f64;
+        let queued = Duration::from_secs_f64(per_chunk * (position + 1) as f64);
+        if conn.in_flight.is_empty() {
+            queued
+        } else {
+            queued.saturating_sub(conn.head_since.elapsed())
+        }
     }
 
     /// Whether `index`, in flight at one source only, is late there and `source` could
     /// deliver it too.
     fn hedgeable(&self, index: u32, source: usize) -> bool {
+        self.duplicable(index, source) && self.is_late(index)
+    }
+
+    /// Whether `index` is in flight at one source only, and `source` holds it too.
+    fn duplicable(&self, index: u32, source: usize) -> bool {
         matches!(self.chunks[index as usize], ChunkState::InFlight(1))
             && self.sources[source].holds(index)
-            && self.is_late(index)
             && !self
                 .conns
                 .iter()
@@ -1878,7 +1937,7 @@ fn socket_error(phase: &str, e: &std::io::Error, timeout: Duration) -> String {
 }
 
 impl Worker {
-    fn run(self, jobs: Receiver<u32>) {
+    fn run(self, jobs: Receiver<Job>) {
         let end = self.session(&jobs);
         let _ = self.events.send(Event::Closed {
             conn: self.conn,
@@ -1893,16 +1952,25 @@ impl Worker {
         wire::read_message_by(stream, limit, Instant::now() + self.chunk_timeout)
     }
 
-    /// Adds a request for `index` to the frames about to be sent. Under a download cap the
-    /// allowance is taken before asking, so a source never has a chunk waiting on a client
-    /// that is asleep.
-    fn queue(&self, index: u32, frames: &mut Vec<u8>, in_flight: &mut VecDeque<u32>) {
-        ratelimit::take(
-            self.limiter.as_deref(),
-            self.manifest.chunk_len(index) as u64,
-        );
-        Message::Request { index }.encode(frames);
-        in_flight.push_back(index);
+    /// Adds a job's frame to those about to be sent. Under a download cap the allowance for
+    /// a chunk is taken before asking, so a source never has a chunk waiting on a client
+    /// that is asleep. A cancel goes out only for a request still unanswered; the request
+    /// stays in flight until its reply (`Cancelled`, or the chunk if the cancel came late).
+    fn queue(&self, job: Job, frames: &mut Vec<u8>, in_flight: &mut VecDeque<u32>) {
+        match job {
+            Job::Fetch(index) => {
+                ratelimit::take(
+                    self.limiter.as_deref(),
+                    self.manifest.chunk_len(index) as u64,
+                );
+                Message::Request { index }.encode(frames);
+                in_flight.push_back(index);
+            }
+            Job::Cancel(index) if in_flight.contains(&index) => {
+                Message::Cancel { index }.encode(frames);
+            }
+            Job::Cancel(_) => {}
+        }
     }
 
     /// Sends HaveRequest and reports the answer; returns whether the source is complete.
@@ -1939,7 +2007,7 @@ impl Worker {
         }
     }
 
-    fn session(&self, jobs: &Receiver<u32>) -> End {
+    fn session(&self, jobs: &Receiver<Job>) -> End {
         let addr: SocketAddr = match self.addr.parse() {
             Ok(a) => a,
             Err(_) => {
@@ -2014,7 +2082,7 @@ impl Worker {
             if in_flight.is_empty() {
                 let idle = if complete { KEEPALIVE } else { PARTIAL_REFRESH };
                 match jobs.recv_timeout(idle) {
-                    Ok(index) => self.queue(index, &mut frames, &mut in_flight),
+                    Ok(job) => self.queue(job, &mut frames, &mut in_flight),
                     Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
                         complete = match self.refresh_have(&stream) {
                             Ok(complete) => complete,
@@ -2025,15 +2093,18 @@ impl Worker {
                     Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return End::Finished,
                 }
             }
-            while let Ok(index) = jobs.try_recv() {
-                self.queue(index, &mut frames, &mut in_flight);
+            while let Ok(job) = jobs.try_recv() {
+                self.queue(job, &mut frames, &mut in_flight);
             }
             if !frames.is_empty()
                 && let Err(e) = std::io::Write::write_all(&mut &stream, &frames)
             {
                 return End::Failed(socket_error("sending requests", &e, self.chunk_timeout));
             }
-            let expected = *in_flight.front().expect("in flight is not empty");
+            // Only a cancel of an answered request came: nothing to wait for.
+            let Some(&expected) = in_flight.front() else {
+                continue;
+            };
             let reply = wire::read_reply_by(
                 &stream,
                 limit,
@@ -2083,6 +2154,13 @@ impl Worker {
                 Reply::Other(message) => message,
             };
             match message {
+                Message::Cancelled { index } if index == expected => {
+                    in_flight.pop_front();
+                    let _ = self.events.send(Event::Cancelled {
+                        conn: self.conn,
+                        index,
+                    });
+                }
                 Message::DontHave { index } | Message::Busy { index } if index == expected => {
                     in_flight.pop_front();
                     let _ = self.events.send(Event::Refused {

@@ -67,6 +67,14 @@ impl RateLimiter {
         self.rate as u64
     }
 
+    /// Returns an allowance taken for bytes that were not sent after all (up to the burst),
+    /// so that the next caller need not wait for them.
+    pub fn give_back(&self, bytes: u64) {
+        let mut bucket = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        bucket.refill(self.rate, self.burst, Instant::now());
+        bucket.tokens = (bucket.tokens + bytes as f64).min(self.burst);
+    }
+
     /// Blocks until `bytes` may pass.
     pub fn take(&self, bytes: u64) {
         let wait = {
@@ -208,6 +216,18 @@ mod tests {
             "{:?}",
             start.elapsed()
         );
+    }
+
+    #[test]
+    fn an_allowance_given_back_pays_debt_up_to_the_burst() {
+        let limiter = RateLimiter::new(1_000_000);
+        let tokens = |l: &RateLimiter| l.state.lock().unwrap().tokens;
+        limiter.state.lock().unwrap().tokens = -200_000.0;
+        limiter.give_back(100_000);
+        // Less than 10 ms of refill can have been added meanwhile.
+        assert!((-100_000.0..-90_000.0).contains(&tokens(&limiter)));
+        limiter.give_back(10_000_000);
+        assert_eq!(tokens(&limiter), 50_000.0, "never more than 50 ms of rate");
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //!
 //! [`wire`]: crate::wire
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io::{self, Read};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -57,6 +57,9 @@ const CLOSE_LINGER: Duration = Duration::from_millis(500);
 const MAX_DRAIN: usize = 256 << 10;
 /// Refusal threads alive at once; a flood beyond this is closed without an explanation.
 const MAX_REFUSERS: usize = 16;
+/// Messages read ahead of the request being served. The reference client keeps at most
+/// four requests in flight, plus a have request and a cancel for each request.
+const MAX_PENDING: usize = 64;
 /// A metrics scraper that leaves our answer unread this long loses its connection: a
 /// scrape is a few kilobytes, so 10 s is generous.
 const METRICS_SEND_TIMEOUT: Duration = Duration::from_secs(10);
@@ -841,22 +844,36 @@ impl Shared {
             chunk_count: manifest.chunk_count(),
         };
         wire::write_message(&mut writer, &welcome)?;
+        // Requests read but not answered yet, in order; reading ahead of the one being served
+        // lets a `Cancel` reach a request still waiting here.
+        let mut pending = VecDeque::new();
         while !self.stop.load(Ordering::SeqCst) {
-            let message = match wire::read_message_by(
-                stream,
-                MAX_CONTROL_FRAME,
-                Instant::now() + IDLE_TIMEOUT,
-            ) {
-                Ok(m) => m,
-                Err(WireError::Closed) => return Ok(()),
-                Err(e) => return Err(anyhow::Error::new(e).context("waiting for a request")),
-            };
-            match message {
-                Message::HaveRequest => {
+            if pending.is_empty() {
+                let message = match wire::read_message_by(
+                    stream,
+                    MAX_CONTROL_FRAME,
+                    Instant::now() + IDLE_TIMEOUT,
+                ) {
+                    Ok(m) => m,
+                    Err(WireError::Closed) => return Ok(()),
+                    Err(e) => return Err(anyhow::Error::new(e).context("waiting for a request")),
+                };
+                if !take_in(message, &mut pending)? {
+                    return Ok(());
+                }
+            }
+            if !read_ahead(stream, &mut pending)? {
+                return Ok(());
+            }
+            match pending.pop_front().expect("a request is pending") {
+                Pending::Have => {
                     (have, data) = self.open_content(&asset, manifest)?;
                     wire::write_message(&mut writer, &Message::Have(have.clone()))?;
                 }
-                Message::Request { index } if index >= manifest.chunk_count() => {
+                Pending::Cancelled(index) => {
+                    wire::write_message(&mut writer, &Message::Cancelled { index })?;
+                }
+                Pending::Chunk(index) if index >= manifest.chunk_count() => {
                     return Err(reject(
                         code::BAD_REQUEST,
                         format!(
@@ -865,7 +882,7 @@ impl Shared {
                         ),
                     ));
                 }
-                Message::Request { index } => {
+                Pending::Chunk(index) => {
                     if !have.get(index) {
                         // The store may have grown since the handshake (a download in progress).
                         (have, data) = self.open_content(&asset, manifest)?;
@@ -874,29 +891,109 @@ impl Shared {
                         wire::write_message(&mut writer, &Message::DontHave { index })?;
                         continue;
                     }
-                    let len = manifest.chunk_len(index);
-                    ratelimit::take(self.limiter.as_ref(), len as u64);
-                    send_chunk(stream, &data, manifest.chunk_offset(index), index, len).map_err(
-                        |e| MidFrame(format!("sending chunk {index} of {asset}: {e:#}")),
-                    )?;
-                    served.uploaded.fetch_add(len as u64, Ordering::Relaxed);
-                    served.chunks.fetch_add(1, Ordering::Relaxed);
+                    let len = manifest.chunk_len(index) as u64;
+                    ratelimit::take(self.limiter.as_ref(), len);
+                    // Waiting for the rate took time: the client may have got the chunk
+                    // elsewhere meanwhile.
+                    let more = read_ahead(stream, &mut pending)?;
+                    if let Some(at) = pending.iter().position(|p| *p == Pending::Cancel(index)) {
+                        pending.remove(at);
+                        if let Some(limiter) = &self.limiter {
+                            limiter.give_back(len);
+                        }
+                        wire::write_message(&mut writer, &Message::Cancelled { index })?;
+                    } else {
+                        send_chunk(
+                            stream,
+                            &data,
+                            manifest.chunk_offset(index),
+                            index,
+                            len as u32,
+                        )
+                        .map_err(|e| {
+                            MidFrame(format!("sending chunk {index} of {asset}: {e:#}"))
+                        })?;
+                        served.uploaded.fetch_add(len, Ordering::Relaxed);
+                        served.chunks.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if !more {
+                        return Ok(());
+                    }
                 }
-                Message::Cancel { .. } => {}
-                // The client gave up and said why; nothing to answer.
-                Message::Error { code, message } => {
-                    eprintln!("peer_server: client closed with error {code}: {message}");
-                    return Ok(());
-                }
-                other => {
-                    return Err(reject(
-                        code::BAD_REQUEST,
-                        format!("unexpected {} after the handshake", other.name()),
-                    ));
-                }
+                // Cancels of requests already answered, or never made.
+                Pending::Cancel(_) => {}
             }
         }
         Ok(())
+    }
+}
+
+/// A request read and not yet answered, or a cancel that arrived while its request was
+/// being served.
+#[derive(Debug, PartialEq, Eq)]
+enum Pending {
+    Have,
+    Chunk(u32),
+    /// A chunk request cancelled before it was served: answered with `Cancelled`.
+    Cancelled(u32),
+    Cancel(u32),
+}
+
+/// Adds a message read after the handshake to the requests pending. A `Cancel` turns the
+/// pending request for its chunk into a cancelled one, or is kept for the request being
+/// served. Returns false when the client said it is leaving (an `Error` frame).
+fn take_in(message: Message, pending: &mut VecDeque<Pending>) -> Result<bool> {
+    match message {
+        Message::HaveRequest => pending.push_back(Pending::Have),
+        Message::Request { index } => pending.push_back(Pending::Chunk(index)),
+        Message::Cancel { index } => {
+            match pending.iter_mut().find(|p| **p == Pending::Chunk(index)) {
+                Some(request) => *request = Pending::Cancelled(index),
+                None => pending.push_back(Pending::Cancel(index)),
+            }
+        }
+        // The client gave up and said why; nothing to answer.
+        Message::Error { code, message } => {
+            eprintln!("peer_server: client closed with error {code}: {message}");
+            return Ok(false);
+        }
+        other => {
+            return Err(reject(
+                code::BAD_REQUEST,
+                format!("unexpected {} after the handshake", other.name()),
+            ));
+        }
+    }
+    Ok(true)
+}
+
+/// Takes in every whole message the client has already sent, without waiting for more.
+/// Returns false when the client closed the connection or said it is leaving.
+fn read_ahead(stream: &TcpStream, pending: &mut VecDeque<Pending>) -> Result<bool> {
+    // Bounded: a client may not queue more than this many requests ahead.
+    while pending.len() < MAX_PENDING && readable(stream)? {
+        match wire::read_message_by(stream, MAX_CONTROL_FRAME, Instant::now() + IDLE_TIMEOUT) {
+            Ok(message) => {
+                if !take_in(message, pending)? {
+                    return Ok(false);
+                }
+            }
+            Err(WireError::Closed) => return Ok(false),
+            Err(e) => return Err(anyhow::Error::new(e).context("reading a request")),
+        }
+    }
+    Ok(true)
+}
+
+/// Whether bytes (or the end of the stream) wait on the socket, without blocking.
+fn readable(stream: &TcpStream) -> Result<bool> {
+    stream.set_nonblocking(true)?;
+    let peeked = stream.peek(&mut [0u8; 1]);
+    stream.set_nonblocking(false)?;
+    match peeked {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+        Err(e) => Err(anyhow::Error::new(e).context("reading a request")),
     }
 }
 

@@ -53,6 +53,8 @@ mod kind {
     pub const BUSY: u8 = 0x08;
     pub const ERROR: u8 = 0x09;
     pub const CANCEL: u8 = 0x0a;
+    /// Server → client: a request was cancelled before its chunk went out.
+    pub const CANCELLED: u8 = 0x0b;
 }
 
 /// One protocol message.
@@ -109,6 +111,12 @@ pub enum Message {
     },
     /// Client → server: chunk `index` is no longer wanted (answered already elsewhere).
     Cancel {
+        /// Chunk index.
+        index: u32,
+    },
+    /// Server → client: the reply, in its turn, to a request for `index` that a `Cancel`
+    /// reached before the chunk went out.
+    Cancelled {
         /// Chunk index.
         index: u32,
     },
@@ -197,6 +205,7 @@ impl Message {
             Message::Busy { .. } => "Busy",
             Message::Error { .. } => "Error",
             Message::Cancel { .. } => "Cancel",
+            Message::Cancelled { .. } => "Cancelled",
         }
     }
 
@@ -257,6 +266,7 @@ impl Message {
                 out.extend_from_slice(message.as_bytes());
             }
             Message::Cancel { index } => push_index(out, kind::CANCEL, *index),
+            Message::Cancelled { index } => push_index(out, kind::CANCELLED, *index),
         }
         let len = (out.len() - start - 4) as u32;
         out[start..start + 4].copy_from_slice(&len.to_be_bytes());
@@ -327,6 +337,7 @@ impl Message {
                 return Ok(Message::error(code, String::from_utf8_lossy(text)));
             }
             kind::CANCEL => Message::Cancel { index: p.u32()? },
+            kind::CANCELLED => Message::Cancelled { index: p.u32()? },
             other => return Err(WireError::UnknownType(other)),
         };
         if !p.0.is_empty() {
@@ -574,6 +585,7 @@ mod tests {
             Message::Busy { index: 2 },
             Message::error(code::SERVER_BUSY, "busy: 64 connections"),
             Message::Cancel { index: 9 },
+            Message::Cancelled { index: 10 },
         ]
     }
 
@@ -908,6 +920,7 @@ mod tests {
                 // Up to 400 characters of up to 4 bytes: often over the limit, and cut.
                 (any::<u16>(), ".{0,400}").prop_map(|(code, text)| Message::error(code, text)),
                 any::<u32>().prop_map(|index| Message::Cancel { index }),
+                any::<u32>().prop_map(|index| Message::Cancelled { index }),
             ]
         }
 
@@ -1001,7 +1014,7 @@ mod tests {
 
             #[test]
             fn arbitrary_bodies_decode_within_the_limits(
-                ty in prop_oneof![0u8..=0x0b, any::<u8>()],
+                ty in prop_oneof![0u8..=0x0c, any::<u8>()],
                 payload in vec(any::<u8>(), 0..600),
             ) {
                 let body: Vec<u8> = std::iter::once(ty).chain(payload).collect();

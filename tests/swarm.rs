@@ -126,3 +126,61 @@ fn a_crowd_behind_one_address_gets_through_a_tight_connection_cap() {
         tracker.proc.stderr()
     );
 }
+
+#[test]
+fn a_cancel_drops_a_queued_request_and_replies_keep_their_order() {
+    use crate::harness::{connect, handshake};
+    use std::io::Write;
+    use swarmcache::wire::{MAX_FRAME, Message, read_message};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let bytes = random_file(&d.join("f.bin"), 8 * 65536, 29);
+    // Four 64 KiB chunks a second: requests queue behind one another.
+    let server = ServerProc::start(
+        d,
+        "origin",
+        None,
+        &["f.bin"],
+        &["--max-upload-rate", "256KiB"],
+    );
+    let mut stream = connect(&server.addr);
+    let welcome = handshake(&mut stream, &server.seeded[0], vec![]);
+    assert!(matches!(welcome, Message::Welcome { .. }), "{welcome:?}");
+    let mut frames = Vec::new();
+    for index in 0..4 {
+        Message::Request { index }.encode(&mut frames);
+    }
+    // Sent with the requests: they reach the server while chunk 0 waits for its rate.
+    Message::Cancel { index: 3 }.encode(&mut frames);
+    Message::Cancel { index: 2 }.encode(&mut frames);
+    stream.write_all(&frames).unwrap();
+    let mut replies = Vec::new();
+    for _ in 0..4 {
+        replies.push(match read_message(&mut stream, MAX_FRAME).unwrap() {
+            Message::Chunk { index, data } => {
+                let at = index as usize * 65536;
+                assert_eq!(data, bytes[at..at + 65536], "chunk {index}");
+                format!("chunk {index}")
+            }
+            other => format!("{other:?}"),
+        });
+    }
+    assert_eq!(
+        replies,
+        [
+            "chunk 0",
+            "chunk 1",
+            "Cancelled { index: 2 }",
+            "Cancelled { index: 3 }"
+        ]
+    );
+    // A cancel of a chunk already sent gets no reply; the connection serves on.
+    let mut frames = Vec::new();
+    Message::Cancel { index: 0 }.encode(&mut frames);
+    Message::Request { index: 5 }.encode(&mut frames);
+    stream.write_all(&frames).unwrap();
+    match read_message(&mut stream, MAX_FRAME).unwrap() {
+        Message::Chunk { index: 5, data } => assert_eq!(data, bytes[5 * 65536..6 * 65536]),
+        other => panic!("expected chunk 5, got {other:?}"),
+    }
+}
