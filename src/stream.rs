@@ -14,9 +14,9 @@ use serde::Serialize;
 use crate::bitfield::Bitfield;
 use crate::manifest::Manifest;
 
-/// Chunks ahead of the reader that the download treats as urgent (`--window`): with 1 MiB
-/// chunks, 20 is 20 MiB, a few seconds of high-bitrate video, enough that one slow
-/// chunk can be fetched again elsewhere before the player reaches it.
+/// Chunks ahead of the reader that the download treats as urgent (`--window`): with the
+/// default 256 KiB chunks, 20 is 5 MiB, two seconds of 20 Mbit/s video, enough that one
+/// slow chunk can be fetched again elsewhere before the player reaches it.
 pub const DEFAULT_WINDOW: u32 = 20;
 
 /// How often a waiting stream checks whether it should give up (interrupted).
