@@ -46,6 +46,7 @@ fn main() -> Result<()> {
         max_conns: DEFAULT_MAX_CONNS,
         max_conns_per_addr: DEFAULT_MAX_CONNS_PER_ADDR,
         max_upload_rate: Some(ORIGIN_RATE),
+        upload_slots: swarmcache::server::DEFAULT_UPLOAD_SLOTS,
         announce_interval: None,
         token: None,
         ticket_keys: Vec::new(),

@@ -32,8 +32,8 @@ use crate::cache;
 use crate::manifest::{AssetId, Manifest};
 use crate::ratelimit::{self, RateLimiter};
 use crate::server::{
-    DEFAULT_MAX_CONNS, DEFAULT_MAX_CONNS_PER_ADDR, LiveHave, Server, ServerConfig, ShutdownHandle,
-    TicketKeys, UploadCounter,
+    DEFAULT_MAX_CONNS, DEFAULT_MAX_CONNS_PER_ADDR, DEFAULT_UPLOAD_SLOTS, LiveHave, Server,
+    ServerConfig, ShutdownHandle, TicketKeys, UploadCounter,
 };
 use crate::store::{InUse, Partial, Store};
 use crate::stream::{DEFAULT_WINDOW, Stream};
@@ -584,6 +584,7 @@ impl Serving {
             max_conns: DEFAULT_MAX_CONNS,
             max_conns_per_addr: DEFAULT_MAX_CONNS_PER_ADDR,
             max_upload_rate: config.max_upload_rate,
+            upload_slots: DEFAULT_UPLOAD_SLOTS,
             announce_interval: None,
             token: None,
             ticket_keys: Vec::new(),

@@ -404,14 +404,14 @@ pub fn write_message(w: &mut impl Write, message: &Message) -> io::Result<()> {
     w.write_all(&frame)
 }
 
-/// Writes the header of a `Chunk` frame whose `len` data bytes the caller writes next
-/// (straight from a file, so that the kernel can send it without a copy).
-pub fn write_chunk_header(w: &mut impl Write, index: u32, len: u32) -> io::Result<()> {
+/// The header of a `Chunk` frame whose `len` data bytes the caller sends next (straight
+/// from a file, so that the kernel can send it without a copy).
+pub fn chunk_header(index: u32, len: u32) -> [u8; 9] {
     let mut header = [0u8; 9];
     header[..4].copy_from_slice(&(1 + 4 + len).to_be_bytes());
     header[4] = kind::CHUNK;
     header[5..].copy_from_slice(&index.to_be_bytes());
-    w.write_all(&header)
+    header
 }
 
 /// Reads one frame, refusing any whose declared length exceeds `max_frame` before
@@ -629,8 +629,7 @@ mod tests {
         .encode(&mut out);
         assert_eq!(out, [0, 0, 0, 7, 0x09, 0, 4, b'b', b'u', b's', b'y']);
 
-        let mut header = Vec::new();
-        write_chunk_header(&mut header, 2, 3).unwrap();
+        let mut header = chunk_header(2, 3).to_vec();
         header.extend_from_slice(&[9, 8, 7]);
         let mut encoded = Vec::new();
         Message::Chunk {

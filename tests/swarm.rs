@@ -184,3 +184,47 @@ fn a_cancel_drops_a_queued_request_and_replies_keep_their_order() {
         other => panic!("expected chunk 5, got {other:?}"),
     }
 }
+
+#[test]
+fn a_client_that_stops_reading_does_not_keep_the_upload_slot() {
+    use crate::harness::{connect, handshake};
+    use std::io::Write;
+    use std::time::Duration;
+    use swarmcache::wire::{MAX_FRAME, Message, read_message};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let chunks = 512;
+    let bytes = random_file(&d.join("f.bin"), chunks * 65536, 31);
+    let server = ServerProc::start(d, "origin", None, &["f.bin"], &["--upload-slots", "1"]);
+    let id = &server.seeded[0];
+    // The greedy client asks for all 32 MiB, more than the socket buffers hold, and reads
+    // nothing: a send to it blocks with the only slot taken.
+    let mut greedy = connect(&server.addr);
+    assert!(matches!(
+        handshake(&mut greedy, id, vec![]),
+        Message::Welcome { .. }
+    ));
+    let mut frames = Vec::new();
+    for index in 0..chunks as u32 {
+        Message::Request { index }.encode(&mut frames);
+    }
+    greedy.write_all(&frames).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    // Another client is still served.
+    let mut other = connect(&server.addr);
+    other
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    assert!(matches!(
+        handshake(&mut other, id, vec![]),
+        Message::Welcome { .. }
+    ));
+    let mut frames = Vec::new();
+    Message::Request { index: 7 }.encode(&mut frames);
+    other.write_all(&frames).unwrap();
+    match read_message(&mut other, MAX_FRAME) {
+        Ok(Message::Chunk { index: 7, data }) => assert_eq!(data, bytes[7 * 65536..8 * 65536]),
+        other => panic!("expected chunk 7, got {other:?}"),
+    }
+    drop(greedy);
+}

@@ -8,7 +8,9 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Parser;
 use swarmcache::cli::{self, EXIT_OK};
-use swarmcache::server::{DEFAULT_MAX_CONNS, DEFAULT_MAX_CONNS_PER_ADDR, Server, ServerConfig};
+use swarmcache::server::{
+    DEFAULT_MAX_CONNS, DEFAULT_MAX_CONNS_PER_ADDR, DEFAULT_UPLOAD_SLOTS, Server, ServerConfig,
+};
 
 /// Serve the chunks of a store to other peers over the swarmcache wire protocol, and
 /// announce what the store holds to a tracker on a heartbeat.
@@ -53,6 +55,10 @@ struct Args {
     /// Upload cap for the whole process, e.g. 50MiB (per second).
     #[arg(long, value_parser = cli::size_arg)]
     max_upload_rate: Option<u64>,
+    /// Chunks sent at once over all connections; other requests wait their turn. A send
+    /// that takes over 100 ms gives its slot up, so a slow reader holds nobody up.
+    #[arg(long, default_value_t = DEFAULT_UPLOAD_SLOTS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1024))]
+    upload_slots: usize,
     /// Heartbeat period (default: what the tracker asks for).
     #[arg(long, value_parser = cli::duration_arg)]
     announce_interval: Option<Duration>,
@@ -83,6 +89,7 @@ fn run(args: Args) -> Result<u8> {
         max_conns: args.max_conns,
         max_conns_per_addr: args.max_conns_per_addr,
         max_upload_rate: args.max_upload_rate,
+        upload_slots: args.upload_slots,
         announce_interval: args.announce_interval,
         token: args.token,
         ticket_keys: args.tracker_key,
