@@ -1298,6 +1298,9 @@ impl<'a> Scheduler<'a> {
                 let c = &mut self.conns[conn];
                 c.in_flight.retain(|&i| i != index);
                 c.head_since = Instant::now();
+                // Cancels go out only for chunks done elsewhere; this keeps the count of
+                // copies in flight right whatever the source says.
+                self.release(index);
                 self.epoch += 1;
             }
             Event::Closed { conn, end } => self.closed(conn, end),
@@ -1962,7 +1965,13 @@ impl Worker {
     /// a chunk is taken before asking, so a source never has a chunk waiting on a client
     /// that is asleep. A cancel goes out only for a request still unanswered; the request
     /// stays in flight until its reply (`Cancelled`, or the chunk if the cancel came late).
-    fn queue(&self, job: Job, frames: &mut Vec<u8>, in_flight: &mut VecDeque<u32>) {
+    fn queue(
+        &self,
+        job: Job,
+        frames: &mut Vec<u8>,
+        in_flight: &mut VecDeque<u32>,
+        cancelled: &mut HashSet<u32>,
+    ) {
         match job {
             Job::Fetch(index) => {
                 ratelimit::take(
@@ -1974,6 +1983,7 @@ impl Worker {
             }
             Job::Cancel(index) if in_flight.contains(&index) => {
                 Message::Cancel { index }.encode(frames);
+                cancelled.insert(index);
             }
             Job::Cancel(_) => {}
         }
@@ -2083,12 +2093,14 @@ impl Worker {
         let mut frames = Vec::new();
         // Every chunk is received into this one buffer, verified and written from it.
         let mut buf = Vec::new();
+        // Requests in flight that this connection asked the source to cancel.
+        let mut cancelled = HashSet::new();
         loop {
             frames.clear();
             if in_flight.is_empty() {
                 let idle = if complete { KEEPALIVE } else { PARTIAL_REFRESH };
                 match jobs.recv_timeout(idle) {
-                    Ok(job) => self.queue(job, &mut frames, &mut in_flight),
+                    Ok(job) => self.queue(job, &mut frames, &mut in_flight, &mut cancelled),
                     Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
                         complete = match self.refresh_have(&stream) {
                             Ok(complete) => complete,
@@ -2100,7 +2112,7 @@ impl Worker {
                 }
             }
             while let Ok(job) = jobs.try_recv() {
-                self.queue(job, &mut frames, &mut in_flight);
+                self.queue(job, &mut frames, &mut in_flight, &mut cancelled);
             }
             if !frames.is_empty()
                 && let Err(e) = std::io::Write::write_all(&mut &stream, &frames)
@@ -2133,6 +2145,7 @@ impl Worker {
             let message = match message {
                 Reply::Chunk { index, data } if index == expected => {
                     in_flight.pop_front();
+                    cancelled.remove(&index);
                     if !self.manifest.chunk_matches(index, data) {
                         return End::Lied(format!("sent chunk {index} with the wrong SHA-256"));
                     }
@@ -2160,8 +2173,12 @@ impl Worker {
                 Reply::Other(message) => message,
             };
             match message {
-                Message::Cancelled { index } if index == expected => {
+                Message::Cancelled { index } if index == expected && cancelled.remove(&index) => {
                     in_flight.pop_front();
+                    // The allowance taken for it under a download cap was not used.
+                    if let Some(limiter) = &self.limiter {
+                        limiter.give_back(self.manifest.chunk_len(index) as u64);
+                    }
                     let _ = self.events.send(Event::Cancelled {
                         conn: self.conn,
                         index,
@@ -2169,6 +2186,7 @@ impl Worker {
                 }
                 Message::DontHave { index } | Message::Busy { index } if index == expected => {
                     in_flight.pop_front();
+                    cancelled.remove(&index);
                     let _ = self.events.send(Event::Refused {
                         conn: self.conn,
                         index,

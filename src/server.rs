@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use crossbeam_channel::bounded;
+use rustix::io::Errno;
+use rustix::net::RecvFlags;
 
 use crate::api::AnnounceRequest;
 use crate::auth::TicketVerifier;
@@ -70,6 +72,8 @@ const MAX_REFUSERS: usize = 16;
 /// Messages read ahead of the request being served. The reference client keeps at most
 /// four requests in flight, plus a have request and a cancel for each request.
 const MAX_PENDING: usize = 64;
+/// How far ahead the server looks for whole frames: requests and cancels are 9 bytes.
+const PEEK_BYTES: usize = 4096;
 /// A metrics scraper that leaves our answer unread this long loses its connection: a
 /// scrape is a few kilobytes, so 10 s is generous.
 const METRICS_SEND_TIMEOUT: Duration = Duration::from_secs(10);
@@ -861,8 +865,13 @@ impl Shared {
         // Requests read but not answered yet, in order; reading ahead of the one being served
         // lets a `Cancel` reach a request still waiting here.
         let mut pending = VecDeque::new();
+        // The client closed its side: what it asked for is still answered, then we close.
+        let mut closed = false;
         while !self.stop.load(Ordering::SeqCst) {
             if pending.is_empty() {
+                if closed {
+                    return Ok(());
+                }
                 let message = match wire::read_message_by(
                     stream,
                     MAX_CONTROL_FRAME,
@@ -876,7 +885,7 @@ impl Shared {
                     return Ok(());
                 }
             }
-            if !read_ahead(stream, &mut pending)? {
+            if !read_ahead(stream, &mut pending, &mut closed)? {
                 return Ok(());
             }
             match pending.pop_front().expect("a request is pending") {
@@ -908,11 +917,14 @@ impl Shared {
                     let len = manifest.chunk_len(index) as u64;
                     let slot = self.upload_slots.take();
                     ratelimit::take(self.limiter.as_ref(), len);
-                    // Waiting for the rate took time: the client may have got the chunk
-                    // elsewhere meanwhile.
-                    let more = read_ahead(stream, &mut pending)?;
+                    // Waiting for a slot and the rate took time: the client may have got the
+                    // chunk elsewhere meanwhile, or left.
+                    if !read_ahead(stream, &mut pending, &mut closed)? {
+                        return Ok(());
+                    }
                     if let Some(at) = pending.iter().position(|p| *p == Pending::Cancel(index)) {
                         pending.remove(at);
+                        drop(slot);
                         if let Some(limiter) = &self.limiter {
                             limiter.give_back(len);
                         }
@@ -924,9 +936,6 @@ impl Shared {
                         })?;
                         served.uploaded.fetch_add(len, Ordering::Relaxed);
                         served.chunks.fetch_add(1, Ordering::Relaxed);
-                    }
-                    if !more {
-                        return Ok(());
                     }
                 }
                 // Cancels of requests already answered, or never made.
@@ -1010,34 +1019,63 @@ fn take_in(message: Message, pending: &mut VecDeque<Pending>) -> Result<bool> {
     Ok(true)
 }
 
-/// Takes in every whole message the client has already sent, without waiting for more.
-/// Returns false when the client closed the connection or said it is leaving.
-fn read_ahead(stream: &TcpStream, pending: &mut VecDeque<Pending>) -> Result<bool> {
-    // Bounded: a client may not queue more than this many requests ahead.
-    while pending.len() < MAX_PENDING && readable(stream)? {
-        match wire::read_message_by(stream, MAX_CONTROL_FRAME, Instant::now() + IDLE_TIMEOUT) {
-            Ok(message) => {
-                if !take_in(message, pending)? {
-                    return Ok(false);
-                }
+/// Takes in the whole messages the client has already sent, without waiting for more: a
+/// frame only partly arrived stays in the socket for later. Sets `closed` when the client
+/// has closed its side. Returns false when the client said it is leaving (an `Error`).
+fn read_ahead(
+    stream: &TcpStream,
+    pending: &mut VecDeque<Pending>,
+    closed: &mut bool,
+) -> Result<bool> {
+    while pending.len() < MAX_PENDING {
+        let whole = match whole_frames(stream)? {
+            Some(0) => return Ok(true),
+            Some(n) => n,
+            None => {
+                *closed = true;
+                return Ok(true);
             }
-            Err(WireError::Closed) => return Ok(false),
-            Err(e) => return Err(anyhow::Error::new(e).context("reading a request")),
+        };
+        for _ in 0..whole {
+            // Whole frames are in the socket already: this read does not wait.
+            let message =
+                wire::read_message_by(stream, MAX_CONTROL_FRAME, Instant::now() + IDLE_TIMEOUT)
+                    .context("reading a request")?;
+            if !take_in(message, pending)? {
+                return Ok(false);
+            }
         }
     }
     Ok(true)
 }
 
-/// Whether bytes (or the end of the stream) wait on the socket, without blocking.
-fn readable(stream: &TcpStream) -> Result<bool> {
-    stream.set_nonblocking(true)?;
-    let peeked = stream.peek(&mut [0u8; 1]);
-    stream.set_nonblocking(false)?;
-    match peeked {
-        Ok(_) => Ok(true),
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
-        Err(e) => Err(anyhow::Error::new(e).context("reading a request")),
+/// How many whole frames wait in the socket (counting one whose declared length is already
+/// out of bounds, which the next read refuses at once), looking at most [`PEEK_BYTES`] ahead
+/// and without waiting; `None` when the client closed its side and nothing is left.
+fn whole_frames(stream: &TcpStream) -> Result<Option<usize>> {
+    let mut buf = [0u8; PEEK_BYTES];
+    let peeked =
+        match rustix::net::recv(stream, &mut buf[..], RecvFlags::PEEK | RecvFlags::DONTWAIT) {
+            Ok((0, _)) => return Ok(None),
+            Ok((n, _)) => n,
+            Err(e) if e == Errno::AGAIN || e == Errno::INTR => return Ok(Some(0)),
+            Err(e) => {
+                return Err(anyhow::Error::new(io::Error::from(e)).context("reading a request"));
+            }
+        };
+    let (mut at, mut count) = (0, 0);
+    while at + 4 <= peeked {
+        let len = u32::from_be_bytes(buf[at..at + 4].try_into().expect("4 bytes"));
+        if len == 0 || len > MAX_CONTROL_FRAME {
+            return Ok(Some(count + 1));
+        }
+        at += 4 + len as usize;
+        if at > peeked {
+            break;
+        }
+        count += 1;
     }
+    Ok(Some(count))
 }
 
 /// Sends one chunk frame; on Linux the data goes from the page cache to the socket with
@@ -1079,6 +1117,7 @@ fn send_chunk(
                 );
             }
             Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) if slot.is_some() && wire::is_timeout(&e) => {
                 slot = None;
                 stream.set_write_timeout(Some(WRITE_TIMEOUT))?;

@@ -228,3 +228,53 @@ fn a_client_that_stops_reading_does_not_keep_the_upload_slot() {
     }
     drop(greedy);
 }
+
+#[test]
+fn a_half_sent_frame_neither_holds_the_slot_nor_loses_the_replies_of_a_closing_client() {
+    use crate::harness::{connect, handshake};
+    use std::io::Write;
+    use std::net::Shutdown;
+    use std::time::Duration;
+    use swarmcache::wire::{MAX_FRAME, Message, read_message};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let bytes = random_file(&d.join("f.bin"), 8 * 65536, 37);
+    let chunk = |i: usize| bytes[i * 65536..(i + 1) * 65536].to_vec();
+    // One slot, and 250 ms per chunk: each request waits its turn holding the slot.
+    let server = ServerProc::start(
+        d,
+        "origin",
+        None,
+        &["f.bin"],
+        &["--upload-slots", "1", "--max-upload-rate", "256KiB"],
+    );
+    let id = &server.seeded[0];
+    let hello = |s: &mut std::net::TcpStream| {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        assert!(matches!(handshake(s, id, vec![]), Message::Welcome { .. }));
+    };
+    // The first client asks for two chunks and starts a third request it never finishes.
+    let mut stuck = connect(&server.addr);
+    hello(&mut stuck);
+    let mut frames = Vec::new();
+    Message::Request { index: 0 }.encode(&mut frames);
+    Message::Request { index: 1 }.encode(&mut frames);
+    frames.extend_from_slice(&[0, 0, 0]);
+    stuck.write_all(&frames).unwrap();
+    // The second asks for two chunks and closes its sending side at once.
+    let mut closing = connect(&server.addr);
+    hello(&mut closing);
+    let mut frames = Vec::new();
+    Message::Request { index: 2 }.encode(&mut frames);
+    Message::Request { index: 3 }.encode(&mut frames);
+    closing.write_all(&frames).unwrap();
+    closing.shutdown(Shutdown::Write).unwrap();
+    for (stream, index) in [(&stuck, 0), (&closing, 2), (&stuck, 1), (&closing, 3)] {
+        match read_message(&mut &*stream, MAX_FRAME) {
+            Ok(Message::Chunk { index: i, data }) if i == index => {
+                assert_eq!(data, chunk(index as usize))
+            }
+            other => panic!("expected chunk {index}, got {other:?}"),
+        }
+    }
+}
