@@ -1735,16 +1735,21 @@ impl<'a> Scheduler<'a> {
     /// How long until the request at `position` of a connection's queue (or a new one at
     /// the end) is done, by the source's measured time per chunk.
     fn expected_wait(&self, conn: &Conn, position: usize) -> Duration {
-        let per_chunk = self.sources[conn.source]
-            .secs_per_byte
-            .unwrap_or(UNMEASURED_SECS_PER_BYTE)
-            * self.manifest.chunk_size as f64;
-        let queued = Duration::from_secs_f64(per_chunk * (position + 1) as f64);
+        let queued =
+            Duration::from_secs_f64(self.secs_per_chunk(conn.source) * (position + 1) as f64);
         if conn.in_flight.is_empty() {
             queued
         } else {
             queued.saturating_sub(conn.head_since.elapsed())
         }
+    }
+
+    /// A source's measured time per chunk (an assumed one before it has delivered).
+    fn secs_per_chunk(&self, source: usize) -> f64 {
+        self.sources[source]
+            .secs_per_byte
+            .unwrap_or(UNMEASURED_SECS_PER_BYTE)
+            * self.manifest.chunk_size as f64
     }
 
     /// Whether `index`, in flight at one source only, is late there and `source` could
@@ -1807,11 +1812,7 @@ impl<'a> Scheduler<'a> {
         if conn.in_flight.len() <= position {
             return false;
         }
-        let per_byte = self.sources[conn.source]
-            .secs_per_byte
-            .unwrap_or(UNMEASURED_SECS_PER_BYTE);
-        let per_chunk = per_byte * self.manifest.chunk_size as f64;
-        let allowed = HEDGE_FACTOR * per_chunk * (position + 1) as f64;
+        let allowed = HEDGE_FACTOR * self.secs_per_chunk(conn.source) * (position + 1) as f64;
         conn.head_since.elapsed() > Duration::from_secs_f64(allowed) + HEDGE_SLACK
     }
 
