@@ -1287,22 +1287,12 @@ impl<'a> Scheduler<'a> {
             }
             Event::Done { conn, index } => self.done(conn, index),
             Event::Refused { conn, index } => {
-                self.conns[conn].in_flight.retain(|&i| i != index);
-                self.conns[conn].head_since = Instant::now();
+                self.answered_without_chunk(conn, index);
                 let source = self.conns[conn].source;
                 self.sources[source].refused.insert(index);
-                self.release(index);
                 self.refresh_availability();
             }
-            Event::Cancelled { conn, index } => {
-                let c = &mut self.conns[conn];
-                c.in_flight.retain(|&i| i != index);
-                c.head_since = Instant::now();
-                // Cancels go out only for chunks done elsewhere; this keeps the count of
-                // copies in flight right whatever the source says.
-                self.release(index);
-                self.epoch += 1;
-            }
+            Event::Cancelled { conn, index } => self.answered_without_chunk(conn, index),
             Event::Closed { conn, end } => self.closed(conn, end),
             Event::Swarm(answer) => self.swarm(answer),
             Event::Position(next) => {
@@ -1597,6 +1587,17 @@ impl<'a> Scheduler<'a> {
         } else {
             self.depth.min(PEER_PIPELINE_DEPTH)
         }
+    }
+
+    /// `conn`'s request for `index` was answered without the chunk (refused, or cancelled
+    /// as asked): the connection has room again, and the chunk, unless done elsewhere or
+    /// still in flight at another source, is missing again.
+    fn answered_without_chunk(&mut self, conn: usize, index: u32) {
+        let c = &mut self.conns[conn];
+        c.in_flight.retain(|&i| i != index);
+        c.head_since = Instant::now();
+        self.release(index);
+        self.epoch += 1;
     }
 
     /// One connection gave up its request for `index`; with no other copy in flight the

@@ -872,14 +872,8 @@ impl Shared {
                 if closed {
                     return Ok(());
                 }
-                let message = match wire::read_message_by(
-                    stream,
-                    MAX_CONTROL_FRAME,
-                    Instant::now() + IDLE_TIMEOUT,
-                ) {
-                    Ok(m) => m,
-                    Err(WireError::Closed) => return Ok(()),
-                    Err(e) => return Err(anyhow::Error::new(e).context("waiting for a request")),
+                let Some(message) = next_message(stream)? else {
+                    return Ok(());
                 };
                 if !take_in(message, &mut pending)? {
                     return Ok(());
@@ -1038,15 +1032,26 @@ fn read_ahead(
         };
         for _ in 0..whole {
             // Whole frames are in the socket already: this read does not wait.
-            let message =
-                wire::read_message_by(stream, MAX_CONTROL_FRAME, Instant::now() + IDLE_TIMEOUT)
-                    .context("reading a request")?;
+            let Some(message) = next_message(stream)? else {
+                *closed = true;
+                return Ok(true);
+            };
             if !take_in(message, pending)? {
                 return Ok(false);
             }
         }
     }
     Ok(true)
+}
+
+/// Reads the client's next message, waiting up to [`IDLE_TIMEOUT`] for it; `None` when the
+/// client closed the connection between frames.
+fn next_message(stream: &TcpStream) -> Result<Option<Message>> {
+    match wire::read_message_by(stream, MAX_CONTROL_FRAME, Instant::now() + IDLE_TIMEOUT) {
+        Ok(message) => Ok(Some(message)),
+        Err(WireError::Closed) => Ok(None),
+        Err(e) => Err(anyhow::Error::new(e).context("waiting for a request")),
+    }
 }
 
 /// How many whole frames wait in the socket (counting one whose declared length is already

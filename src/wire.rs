@@ -317,9 +317,11 @@ impl Message {
             }
             kind::REQUEST => Message::Request { index: p.u32()? },
             kind::CHUNK => {
-                let index = p.u32()?;
-                let data = p.rest().to_vec();
-                return Ok(Message::Chunk { index, data });
+                let (index, data) = chunk_parts(payload)?;
+                return Ok(Message::Chunk {
+                    index,
+                    data: data.to_vec(),
+                });
             }
             kind::DONT_HAVE => Message::DontHave { index: p.u32()? },
             kind::BUSY => Message::Busy { index: p.u32()? },
@@ -348,6 +350,12 @@ impl Message {
         }
         Ok(message)
     }
+}
+
+/// A `Chunk` frame's payload: its index, then the data to the end of the frame.
+fn chunk_parts(payload: &[u8]) -> Result<(u32, &[u8]), WireError> {
+    let mut p = Payload(payload);
+    Ok((p.u32()?, p.rest()))
 }
 
 fn push_index(out: &mut Vec<u8>, ty: u8, index: u32) {
@@ -492,12 +500,9 @@ pub fn read_reply_by<'b>(
 ) -> Result<Reply<'b>, WireError> {
     let body = read_frame(&mut DeadlineReader { stream, deadline }, max_frame, buf)?;
     match body.split_first() {
-        Some((&kind::CHUNK, payload)) if payload.len() >= 4 => {
-            let (index, data) = payload.split_at(4);
-            Ok(Reply::Chunk {
-                index: u32::from_be_bytes(index.try_into().expect("4 bytes")),
-                data,
-            })
+        Some((&kind::CHUNK, payload)) => {
+            let (index, data) = chunk_parts(payload)?;
+            Ok(Reply::Chunk { index, data })
         }
         _ => Message::decode(body).map(Reply::Other),
     }

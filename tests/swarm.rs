@@ -2,8 +2,15 @@
 //! and rate caps hold.
 
 use std::fs;
+use std::io::Write;
+use std::net::{Shutdown, TcpStream};
+use std::time::Duration;
 
-use crate::harness::{Proc, ServerProc, TrackerProc, get, random_file, spawn_get};
+use swarmcache::wire::{MAX_FRAME, Message, read_message};
+
+use crate::harness::{
+    Proc, ServerProc, TrackerProc, connect, get, handshake, random_file, spawn_get,
+};
 
 fn client(dir: &std::path::Path, n: usize, tracker: &str, id: &str, extra: &[&str]) -> Proc {
     spawn_get(
@@ -127,11 +134,29 @@ fn a_crowd_behind_one_address_gets_through_a_tight_connection_cap() {
     );
 }
 
+/// A raw connection to the peer server at `addr`, past the handshake for asset `id`, its
+/// reads bounded to 10 s.
+fn wire_session(addr: &str, id: &str) -> TcpStream {
+    let mut stream = connect(addr);
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let welcome = handshake(&mut stream, id, vec![]);
+    assert!(matches!(welcome, Message::Welcome { .. }), "{welcome:?}");
+    stream
+}
+
+/// The frames of `messages`, back to back.
+fn frames(messages: impl IntoIterator<Item = Message>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for m in messages {
+        m.encode(&mut out);
+    }
+    out
+}
+
 #[test]
 fn a_cancel_drops_a_queued_request_and_replies_keep_their_order() {
-    use crate::harness::{connect, handshake};
-    use std::io::Write;
-    use swarmcache::wire::{MAX_FRAME, Message, read_message};
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let bytes = random_file(&d.join("f.bin"), 8 * 65536, 29);
@@ -143,17 +168,11 @@ fn a_cancel_drops_a_queued_request_and_replies_keep_their_order() {
         &["f.bin"],
         &["--max-upload-rate", "256KiB"],
     );
-    let mut stream = connect(&server.addr);
-    let welcome = handshake(&mut stream, &server.seeded[0], vec![]);
-    assert!(matches!(welcome, Message::Welcome { .. }), "{welcome:?}");
-    let mut frames = Vec::new();
-    for index in 0..4 {
-        Message::Request { index }.encode(&mut frames);
-    }
+    let mut stream = wire_session(&server.addr, &server.seeded[0]);
+    let requests = (0..4).map(|index| Message::Request { index });
     // Sent with the requests: they reach the server while chunk 0 waits for its rate.
-    Message::Cancel { index: 3 }.encode(&mut frames);
-    Message::Cancel { index: 2 }.encode(&mut frames);
-    stream.write_all(&frames).unwrap();
+    let cancels = [Message::Cancel { index: 3 }, Message::Cancel { index: 2 }];
+    stream.write_all(&frames(requests.chain(cancels))).unwrap();
     let mut replies = Vec::new();
     for _ in 0..4 {
         replies.push(match read_message(&mut stream, MAX_FRAME).unwrap() {
@@ -175,10 +194,12 @@ fn a_cancel_drops_a_queued_request_and_replies_keep_their_order() {
         ]
     );
     // A cancel of a chunk already sent gets no reply; the connection serves on.
-    let mut frames = Vec::new();
-    Message::Cancel { index: 0 }.encode(&mut frames);
-    Message::Request { index: 5 }.encode(&mut frames);
-    stream.write_all(&frames).unwrap();
+    stream
+        .write_all(&frames([
+            Message::Cancel { index: 0 },
+            Message::Request { index: 5 },
+        ]))
+        .unwrap();
     match read_message(&mut stream, MAX_FRAME).unwrap() {
         Message::Chunk { index: 5, data } => assert_eq!(data, bytes[5 * 65536..6 * 65536]),
         other => panic!("expected chunk 5, got {other:?}"),
@@ -187,10 +208,6 @@ fn a_cancel_drops_a_queued_request_and_replies_keep_their_order() {
 
 #[test]
 fn a_client_that_stops_reading_does_not_keep_the_upload_slot() {
-    use crate::harness::{connect, handshake};
-    use std::io::Write;
-    use std::time::Duration;
-    use swarmcache::wire::{MAX_FRAME, Message, read_message};
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let chunks = 512;
@@ -199,29 +216,15 @@ fn a_client_that_stops_reading_does_not_keep_the_upload_slot() {
     let id = &server.seeded[0];
     // The greedy client asks for all 32 MiB, more than the socket buffers hold, and reads
     // nothing: a send to it blocks with the only slot taken.
-    let mut greedy = connect(&server.addr);
-    assert!(matches!(
-        handshake(&mut greedy, id, vec![]),
-        Message::Welcome { .. }
-    ));
-    let mut frames = Vec::new();
-    for index in 0..chunks as u32 {
-        Message::Request { index }.encode(&mut frames);
-    }
-    greedy.write_all(&frames).unwrap();
+    let mut greedy = wire_session(&server.addr, id);
+    let requests = (0..chunks as u32).map(|index| Message::Request { index });
+    greedy.write_all(&frames(requests)).unwrap();
     std::thread::sleep(Duration::from_millis(500));
     // Another client is still served.
-    let mut other = connect(&server.addr);
+    let mut other = wire_session(&server.addr, id);
     other
-        .set_read_timeout(Some(Duration::from_secs(10)))
+        .write_all(&frames([Message::Request { index: 7 }]))
         .unwrap();
-    assert!(matches!(
-        handshake(&mut other, id, vec![]),
-        Message::Welcome { .. }
-    ));
-    let mut frames = Vec::new();
-    Message::Request { index: 7 }.encode(&mut frames);
-    other.write_all(&frames).unwrap();
     match read_message(&mut other, MAX_FRAME) {
         Ok(Message::Chunk { index: 7, data }) => assert_eq!(data, bytes[7 * 65536..8 * 65536]),
         other => panic!("expected chunk 7, got {other:?}"),
@@ -231,11 +234,6 @@ fn a_client_that_stops_reading_does_not_keep_the_upload_slot() {
 
 #[test]
 fn a_half_sent_frame_neither_holds_the_slot_nor_loses_the_replies_of_a_closing_client() {
-    use crate::harness::{connect, handshake};
-    use std::io::Write;
-    use std::net::Shutdown;
-    use std::time::Duration;
-    use swarmcache::wire::{MAX_FRAME, Message, read_message};
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let bytes = random_file(&d.join("f.bin"), 8 * 65536, 37);
@@ -249,25 +247,19 @@ fn a_half_sent_frame_neither_holds_the_slot_nor_loses_the_replies_of_a_closing_c
         &["--upload-slots", "1", "--max-upload-rate", "256KiB"],
     );
     let id = &server.seeded[0];
-    let hello = |s: &mut std::net::TcpStream| {
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        assert!(matches!(handshake(s, id, vec![]), Message::Welcome { .. }));
-    };
     // The first client asks for two chunks and starts a third request it never finishes.
-    let mut stuck = connect(&server.addr);
-    hello(&mut stuck);
-    let mut frames = Vec::new();
-    Message::Request { index: 0 }.encode(&mut frames);
-    Message::Request { index: 1 }.encode(&mut frames);
-    frames.extend_from_slice(&[0, 0, 0]);
-    stuck.write_all(&frames).unwrap();
+    let mut stuck = wire_session(&server.addr, id);
+    let mut sent = frames([Message::Request { index: 0 }, Message::Request { index: 1 }]);
+    sent.extend_from_slice(&[0, 0, 0]);
+    stuck.write_all(&sent).unwrap();
     // The second asks for two chunks and closes its sending side at once.
-    let mut closing = connect(&server.addr);
-    hello(&mut closing);
-    let mut frames = Vec::new();
-    Message::Request { index: 2 }.encode(&mut frames);
-    Message::Request { index: 3 }.encode(&mut frames);
-    closing.write_all(&frames).unwrap();
+    let mut closing = wire_session(&server.addr, id);
+    closing
+        .write_all(&frames([
+            Message::Request { index: 2 },
+            Message::Request { index: 3 },
+        ]))
+        .unwrap();
     closing.shutdown(Shutdown::Write).unwrap();
     for (stream, index) in [(&stuck, 0), (&closing, 2), (&stuck, 1), (&closing, 3)] {
         match read_message(&mut &*stream, MAX_FRAME) {
