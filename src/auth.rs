@@ -277,12 +277,12 @@ impl KeyRing {
         getrandom::fill(&mut seed).map_err(|e| anyhow::anyhow!("no randomness for a key: {e}"))?;
         let current = SigningKey::from_bytes(&seed);
         if let Some(old) = &previous {
-            crate::store::write_atomic(
+            crate::fsutil::write_atomic(
                 &dir.join(Self::PREVIOUS),
                 hex::encode(old.to_bytes()).as_bytes(),
             )?;
         }
-        crate::store::write_atomic(
+        crate::fsutil::write_atomic(
             &dir.join(Self::CURRENT),
             hex::encode(current.to_bytes()).as_bytes(),
         )?;

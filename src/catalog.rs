@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 
+use crate::fsutil::write_atomic;
 use crate::manifest::{AssetId, Manifest};
-use crate::store::write_atomic;
 
 /// The durable set of published manifests.
 #[derive(Debug)]

@@ -41,6 +41,32 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
     has_io_kind(e, io::ErrorKind::BrokenPipe)
 }
 
+/// Sends the library's `log` records to stderr as `PROGRAM: message`, the way the
+/// binaries have always printed: info and above by default, `RUST_LOG=swarmcache=debug`
+/// for more (debug lines also name their module), `SWARMCACHE_LOG_TIMESTAMPS=1` to
+/// prefix each line with the time. Safe to call more than once (later calls do nothing).
+pub fn init_logging(program: &'static str) {
+    use std::io::Write as _;
+    let stamps =
+        std::env::var_os("SWARMCACHE_LOG_TIMESTAMPS").is_some_and(|v| v != "0" && !v.is_empty());
+    let _ = env_logger::Builder::new()
+        .filter_level(log::LevelFilter::Warn)
+        .filter_module("swarmcache", log::LevelFilter::Info)
+        .parse_env(env_logger::Env::default())
+        .format(move |f, record| {
+            if stamps {
+                write!(f, "{} ", f.timestamp_millis())?;
+            }
+            write!(f, "{program}: ")?;
+            match record.level() {
+                log::Level::Error | log::Level::Warn | log::Level::Info => {}
+                level => write!(f, "{} {}: ", level.as_str().to_lowercase(), record.target())?,
+            }
+            writeln!(f, "{}", record.args())
+        })
+        .try_init();
+}
+
 /// Writes `text` and a newline to stdout and flushes, so scripts see each line at once.
 pub fn println(text: &str) -> io::Result<()> {
     let mut out = io::stdout().lock();

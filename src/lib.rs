@@ -10,9 +10,12 @@
 //! over these modules.
 //!
 //! Modules:
+//! - [`backoff`]: the one jittered exponential backoff of every retry loop.
+//! - [`sync`]: locks that survive a panicked holder.
 //! - [`units`]: human sizes and durations (`1MiB`, `60s`) for flags.
 //! - [`bitfield`]: which chunks a peer or store holds.
 //! - [`manifest`]: the manifest format, asset ids, parallel chunk hashing, verification.
+//! - [`fsutil`]: crash-safe writes (temporary name, fsync, rename).
 //! - [`store`]: the content-addressed, crash-safe directory of assets.
 //! - [`cache`]: what the store holds and what to evict to keep it under a size limit.
 //! - [`wire`]: the peer protocol codec (frames, messages, limits).
@@ -35,11 +38,13 @@
 
 pub mod api;
 pub mod auth;
+pub mod backoff;
 pub mod bitfield;
 pub mod cache;
 pub mod catalog;
 pub mod cli;
 pub mod client;
+pub mod fsutil;
 pub mod http;
 pub mod manifest;
 pub mod metrics;
@@ -48,6 +53,7 @@ pub mod ratelimit;
 pub mod server;
 pub mod store;
 pub mod stream;
+pub mod sync;
 pub mod tracker;
 pub mod tracker_client;
 pub mod units;

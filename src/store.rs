@@ -27,7 +27,7 @@
 //! leaves a half-deleted asset in `assets/`.
 
 use std::fs::{self, File, OpenOptions, TryLockError};
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -37,6 +37,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{Context, Result, bail};
 
 use crate::bitfield::Bitfield;
+use crate::fsutil::{replace, sync_dir, write_atomic};
 use crate::manifest::{self, AssetId, Manifest};
 
 /// Age after which a file in `tmp/` belongs to an import that died.
@@ -57,55 +58,6 @@ const HOLD_RETRY_MAX: Duration = Duration::from_millis(50);
 #[derive(Clone, Debug)]
 pub struct Store {
     root: PathBuf,
-}
-
-/// Writes `bytes` to `path` durably and atomically: a temporary file in the same
-/// directory, fsync, rename over `path`, fsync the directory. For manifests and the
-/// catalog, which must survive a power loss.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    write_via_rename(path, bytes, true)
-}
-
-/// Replaces `path` atomically without forcing it to disk: a reader, or a process started
-/// after any crash of ours, sees the old or the new content, never a mix. For progress
-/// records, which are rewritten every second and checked again on resume.
-fn replace(path: &Path, bytes: &[u8]) -> Result<()> {
-    write_via_rename(path, bytes, false)
-}
-
-fn write_via_rename(path: &Path, bytes: &[u8], durable: bool) -> Result<()> {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(
-        ".{file_name}.tmp-{}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let result = (|| -> io::Result<()> {
-        let mut file = File::create(&tmp)?;
-        file.write_all(bytes)?;
-        if durable {
-            file.sync_all()?;
-        }
-        fs::rename(&tmp, path)?;
-        if durable {
-            sync_dir(dir)?;
-        }
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result.with_context(|| format!("writing {}", path.display()))
-}
-
-/// Flushes a directory's entries (new names, renames) to disk.
-pub fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
 }
 
 impl Store {

@@ -117,5 +117,6 @@ fn run(args: Args) -> Result<u8> {
 }
 
 fn main() -> ExitCode {
+    cli::init_logging("chunkify");
     cli::finish("chunkify", run(Args::parse()))
 }

@@ -346,5 +346,6 @@ fn read_manifest(path: &Path) -> Result<Manifest> {
 }
 
 fn main() -> ExitCode {
+    cli::init_logging("peer_client");
     cli::finish("peer_client", run(Args::parse()))
 }

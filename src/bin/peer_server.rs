@@ -112,5 +112,6 @@ fn run(args: Args) -> Result<u8> {
 }
 
 fn main() -> ExitCode {
+    cli::init_logging("peer_server");
     cli::finish("peer_server", run(Args::parse()))
 }

@@ -159,5 +159,6 @@ fn run(args: Args) -> Result<u8> {
 }
 
 fn main() -> ExitCode {
+    cli::init_logging("tracker");
     cli::finish("tracker", run(Args::parse()))
 }
