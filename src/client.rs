@@ -28,7 +28,7 @@ use serde::Serialize;
 
 use crate::api::{AnnounceRequest, PeerInfo};
 use crate::bitfield::Bitfield;
-use crate::cache;
+use crate::store::cache;
 use crate::manifest::{AssetId, Manifest};
 use crate::ratelimit::{self, RateLimiter};
 use crate::server::{

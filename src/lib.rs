@@ -16,16 +16,16 @@
 //! - [`bitfield`]: which chunks a peer or store holds.
 //! - [`manifest`]: the manifest format, asset ids, parallel chunk hashing, verification.
 //! - [`fsutil`]: crash-safe writes (temporary name, fsync, rename).
-//! - [`store`]: the content-addressed, crash-safe directory of assets.
-//! - [`cache`]: what the store holds and what to evict to keep it under a size limit.
+//! - [`store`]: the content-addressed, crash-safe directory of assets: layout, in-use
+//!   locks, partial downloads, and the cache (what to evict to stay under a size limit).
 //! - [`wire`]: the peer protocol codec (frames, messages, limits).
 //! - [`ratelimit`]: token buckets: bytes per process, requests per client address.
 //! - [`api`]: the JSON types of the tracker's HTTP API.
 //! - [`auth`]: tokens and permissions, signing keys, and the tickets peers check.
 //! - [`net`]: what our listening servers share (waking an accept loop).
 //! - [`http`]: the HTTP/1.1 server of the tracker and of the peer server's metrics.
-//! - [`catalog`]: the tracker's durable catalog of manifests.
-//! - [`tracker`]: the tracker's swarms and its HTTP server.
+//! - [`tracker`]: the tracker: its routes, swarms, origin shares, figures and durable
+//!   catalog of manifests.
 //! - [`tracker_client`]: the HTTP client side of the tracker API.
 //! - [`server`]: the peer server (seeding and serving chunks).
 //! - [`client`]: downloads: scheduler, connection workers, summary.
@@ -40,8 +40,6 @@ pub mod api;
 pub mod auth;
 pub mod backoff;
 pub mod bitfield;
-pub mod cache;
-pub mod catalog;
 pub mod cli;
 pub mod client;
 pub mod fsutil;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use swarmcache::cache;
+use swarmcache::store::cache;
 use swarmcache::cli::{self, EXIT_FAILED, EXIT_OK};
 use swarmcache::client::{self, DEFAULT_WORKERS, GetConfig, Progress};
 use swarmcache::manifest::{self, Manifest};

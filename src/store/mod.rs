@@ -26,6 +26,8 @@
 //! its directory into `tmp/` before deleting anything, so a crash part way through never
 //! leaves a half-deleted asset in `assets/`.
 
+pub mod cache;
+
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};

@@ -15,6 +15,8 @@
 //!
 //! Errors are JSON `{"error": "…"}` with a 4xx or 5xx status.
 
+pub mod catalog;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -31,7 +33,7 @@ use crate::api::{
 };
 use crate::auth::{Action, DEFAULT_TICKET_TTL, Denied, Grant, KeyRing, Tokens};
 use crate::bitfield::Bitfield;
-use crate::catalog::Catalog;
+use catalog::Catalog;
 use crate::http::{self, HttpConfig, HttpServer};
 use crate::manifest::{AssetId, MAX_MANIFEST_BYTES, Manifest};
 use crate::metrics::{self, Exposition, Kind};

@@ -10,7 +10,7 @@ use anyhow::{Result, bail};
 use serde::{Serialize, Serializer};
 
 use crate::manifest::{AssetId, Manifest};
-use crate::store::{Removal, Store, User};
+use super::{Removal, Store, User};
 use crate::units::format_bytes;
 
 /// One asset in the cache.
