@@ -53,7 +53,7 @@ pub struct AnnounceRequest {
     pub origin: bool,
     /// `"stopped"` to leave the swarm now instead of timing out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub event: Option<String>,
+    pub event: Option<AnnounceEvent>,
     /// Bytes this peer has served of this asset since it started: a running total, of
     /// which the tracker adds each increase to the swarm's figures (a lower value than
     /// last time means the peer restarted, and counts in full).
@@ -70,6 +70,19 @@ pub struct AnnounceRequest {
     /// protocol. Once enough different peers report one, the tracker stops handing it out.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub corrupt: Vec<String>,
+}
+
+/// The `event` of an announce: a JSON string. Only `"stopped"` changes what the tracker
+/// does; any other word is accepted and ignored, as it always was, so a client that sends
+/// an event this tracker does not know (say, a newer one's) is not refused.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AnnounceEvent {
+    /// Leave the swarm now instead of timing out.
+    Stopped,
+    /// Any other word.
+    #[serde(other)]
+    Other,
 }
 
 /// A peer as the tracker hands it out. `S` is the string type: owned where an answer is
@@ -205,4 +218,34 @@ pub struct Stats {
 pub struct ErrorBody {
     /// What went wrong and, where useful, what to do.
     pub error: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_announce_event_is_a_bare_string_on_the_wire_and_unknown_words_pass() {
+        let leave = AnnounceRequest {
+            peer_id: "p".into(),
+            event: Some(AnnounceEvent::Stopped),
+            ..AnnounceRequest::default()
+        };
+        let text = serde_json::to_string(&leave).unwrap();
+        assert!(text.contains(r#""event":"stopped""#), "{text}");
+        assert_eq!(
+            serde_json::from_str::<AnnounceRequest>(&text).unwrap(),
+            leave
+        );
+        let event = |json: &str| serde_json::from_str::<AnnounceRequest>(json).map(|r| r.event);
+        assert_eq!(event(r#"{"peer_id":"p"}"#).unwrap(), None);
+        assert_eq!(event(r#"{"peer_id":"p","event":null}"#).unwrap(), None);
+        for word in ["started", "completed", "Stopped", ""] {
+            let json = format!(r#"{{"peer_id":"p","event":"{word}"}}"#);
+            assert_eq!(event(&json).unwrap(), Some(AnnounceEvent::Other), "{word}");
+        }
+        assert!(event(r#"{"peer_id":"p","event":5}"#).is_err());
+        let without = serde_json::to_string(&AnnounceRequest::default()).unwrap();
+        assert!(!without.contains("event"), "{without}");
+    }
 }

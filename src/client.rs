@@ -28,13 +28,13 @@ use serde::Serialize;
 
 use crate::api::{AnnounceRequest, PeerInfo};
 use crate::bitfield::Bitfield;
-use crate::store::cache;
 use crate::manifest::{AssetId, Manifest};
 use crate::ratelimit::{self, RateLimiter};
 use crate::server::{
     DEFAULT_MAX_CONNS, DEFAULT_MAX_CONNS_PER_ADDR, DEFAULT_UPLOAD_SLOTS, LiveHave, Server,
     ServerConfig, ShutdownHandle, TicketKeys, UploadCounter,
 };
+use crate::store::cache;
 use crate::store::{InUse, Partial, Store};
 use crate::stream::{DEFAULT_WINDOW, Stream};
 use crate::tracker_client::{TrackerClient, new_peer_id};
@@ -694,7 +694,7 @@ impl Announce {
             corrupt,
         } = std::mem::take(&mut *self.reports.lock().unwrap_or_else(|e| e.into_inner()));
         let request = AnnounceRequest {
-            event: Some("stopped".into()),
+            event: Some(crate::api::AnnounceEvent::Stopped),
             unreachable,
             corrupt,
             uploaded: self.uploaded.as_ref().map_or(0, |u| u.get(&self.asset)),

@@ -1233,7 +1233,7 @@ impl Heartbeat {
                 .map_or(0, |s| s.uploaded.load(Ordering::Relaxed));
             let request = AnnounceRequest {
                 peer_id: self.peer_id.clone(),
-                event: Some("stopped".into()),
+                event: Some(crate::api::AnnounceEvent::Stopped),
                 uploaded,
                 // So that the tracker counts an origin's last bytes as the origin's.
                 origin: config.origin,

@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use swarmcache::store::cache;
 use swarmcache::cli::{self, EXIT_FAILED, EXIT_OK};
 use swarmcache::client::{self, DEFAULT_WORKERS, GetConfig, Progress};
 use swarmcache::manifest::{self, Manifest};
 use swarmcache::store::Store;
+use swarmcache::store::cache;
 use swarmcache::stream::DEFAULT_WINDOW;
 use swarmcache::tracker_client::TrackerClient;
 

@@ -139,8 +139,6 @@ fn run(args: Args) -> Result<u8> {
         None => {}
     }
     let config = TrackerConfig {
-        listen: args.listen,
-        data: args.data,
         peer_timeout: args.peer_timeout,
         max_peers: args.max_peers,
         http_timeout: args.http_timeout,
@@ -151,6 +149,7 @@ fn run(args: Args) -> Result<u8> {
         publish_rate: args.publish_rate,
         auth: args.auth,
         ticket_ttl: args.ticket_ttl,
+        ..TrackerConfig::new(args.listen, args.data)
     };
     let tracker = Tracker::bind(&config)?;
     cli::println(&format!("listening on http://{}", tracker.local_addr()))?;

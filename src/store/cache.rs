@@ -9,8 +9,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Result, bail};
 use serde::{Serialize, Serializer};
 
-use crate::manifest::{AssetId, Manifest};
 use super::{Removal, Store, User};
+use crate::manifest::{AssetId, Manifest};
 use crate::units::format_bytes;
 
 /// One asset in the cache.

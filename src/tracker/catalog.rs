@@ -57,12 +57,8 @@ impl Catalog {
                 Ok(m) if m.id() == id => {
                     assets.insert(id, Arc::new(m));
                 }
-                Ok(m) => eprintln!(
-                    "tracker: skipping {}: it holds asset {}",
-                    path.display(),
-                    m.id()
-                ),
-                Err(e) => eprintln!("tracker: skipping {}: {e:#}", path.display()),
+                Ok(m) => log::warn!("skipping {}: it holds asset {}", path.display(), m.id()),
+                Err(e) => log::warn!("skipping {}: {e:#}", path.display()),
             }
         }
         Ok(Catalog { dir, assets })

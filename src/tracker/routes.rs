@@ -1,0 +1,400 @@
+//! The tracker's HTTP routes: parse each request, check its rate limit and token, call
+//! into the catalog or the swarm, and answer JSON (or TOML, or the metrics text). Nothing
+//! here decides who is handed out or what comes from the origin: that is [`super::swarm`]
+//! and [`super::plan`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use super::State;
+use super::swarm::Announce;
+use crate::api::{
+    AnnounceEvent, AnnounceRequest, AnnounceResponse, AssetSummary, ErrorBody, KeysResponse,
+    PeerInfo, PublishResponse,
+};
+use crate::auth::{Action, Denied, Grant};
+use crate::bitfield::Bitfield;
+use crate::http;
+use crate::manifest::{AssetId, MAX_MANIFEST_BYTES, Manifest};
+use crate::metrics;
+use crate::ratelimit::AddressLimiter;
+use crate::sync::{LockExt, RwLockExt};
+
+/// Largest JSON body accepted (an announce carries at most a 128 KiB bitfield in hex).
+const MAX_JSON_BODY: usize = 1 << 20;
+/// A failed request: the status and the message for the JSON error body.
+#[derive(Debug)]
+struct HttpError {
+    status: u16,
+    message: String,
+}
+
+fn err(status: u16, message: impl Into<String>) -> HttpError {
+    HttpError {
+        status,
+        message: message.into(),
+    }
+}
+
+/// What a handler answers.
+enum Reply {
+    Json(u16, String),
+    Toml(String),
+    Metrics(String),
+}
+
+fn json(status: u16, value: &impl Serialize) -> Reply {
+    Reply::Json(
+        status,
+        serde_json::to_string(value).expect("API types always serialize"),
+    )
+}
+
+impl State {
+    /// Answers one request: routes it, and turns a refusal into a JSON error body.
+    pub(super) fn respond(&self, request: &mut http::Request<'_>) -> http::Response {
+        let remote = Some(request.remote_addr());
+        let reply = self
+            .route(request, remote)
+            .unwrap_or_else(|e| json(e.status, &ErrorBody { error: e.message }));
+        let (status, body, content_type) = match reply {
+            Reply::Json(status, body) => (status, body, "application/json"),
+            Reply::Toml(body) => (200, body, "application/toml"),
+            Reply::Metrics(body) => (200, body, metrics::CONTENT_TYPE),
+        };
+        http::Response::new(status, content_type, body)
+    }
+
+    fn route(
+        &self,
+        request: &mut http::Request<'_>,
+        remote: Option<SocketAddr>,
+    ) -> Result<Reply, HttpError> {
+        use http::Method::{Get, Post};
+        let path = request.url().split('?').next().unwrap_or("").to_string();
+        let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+        let method = request.method().clone();
+        let token = bearer_token(request);
+        let allow = |action: Action| self.authorize(token.as_deref(), action);
+        match (&method, parts.as_slice()) {
+            (Get, ["health"]) => Ok(json(200, &self.health())),
+            (Get, ["keys"]) => Ok(json(200, &self.keys())),
+            (Get, ["stats"]) => {
+                allow(Action::Browse)?;
+                Ok(json(200, &self.stats()))
+            }
+            (Get, ["metrics"]) => {
+                allow(Action::Browse)?;
+                Ok(Reply::Metrics(self.metrics()))
+            }
+            (Get, ["assets"]) => {
+                let grant = allow(Action::Browse)?;
+                Ok(json(200, &self.list(grant)))
+            }
+            (Post, ["assets"]) => {
+                rate_limit(&self.publish_limit, remote, "publishes")?;
+                allow(Action::Publish)?;
+                let body = read_body(request, MAX_MANIFEST_BYTES)?;
+                self.publish(&body)
+            }
+            (Get, ["assets", id]) => {
+                let id = parse_id(id)?;
+                allow(Action::Fetch(&id))?;
+                let manifest = self.manifest(&id)?;
+                Ok(Reply::Toml(manifest.to_toml()))
+            }
+            (Post, ["assets", id, "announce"]) => {
+                rate_limit(&self.announce_limit, remote, "announces")?;
+                let id = parse_id(id)?;
+                allow(Action::Fetch(&id))?;
+                let body = read_body(request, MAX_JSON_BODY)?;
+                let req: AnnounceRequest = serde_json::from_str(&body)
+                    .map_err(|e| err(400, format!("announce body is not valid JSON: {e}")))?;
+                if req.origin {
+                    allow(Action::Origin(&id))?;
+                }
+                self.announce(id, req, remote)
+            }
+            (Get, ["assets", id, "peers"]) => {
+                let id = parse_id(id)?;
+                allow(Action::Fetch(&id))?;
+                self.peers(&id)
+            }
+            (_, ["health" | "keys" | "stats" | "metrics" | "assets"])
+            | (_, ["assets", _])
+            | (_, ["assets", _, "announce" | "peers"]) => {
+                Err(err(405, format!("{method} is not allowed on {path}")))
+            }
+            _ => Err(err(
+                404,
+                format!("no such endpoint: {path} (see GET /health, /assets, /stats, /metrics)"),
+            )),
+        }
+    }
+
+    /// With auth on, what the presented token may do; in open mode, anything (`None`).
+    fn authorize(&self, token: Option<&str>, action: Action) -> Result<Option<&Grant>, HttpError> {
+        let Some(auth) = &self.auth else {
+            return Ok(None);
+        };
+        match auth.tokens.authorize(token, action) {
+            Ok(grant) => Ok(Some(grant)),
+            Err(Denied::Unauthenticated(message)) => Err(err(401, message)),
+            Err(Denied::Forbidden(message)) => Err(err(403, message)),
+        }
+    }
+
+    fn keys(&self) -> KeysResponse {
+        KeysResponse {
+            keys: self
+                .auth
+                .as_ref()
+                .map(|a| a.keys.public_keys())
+                .unwrap_or_default(),
+        }
+    }
+
+    fn health(&self) -> serde_json::Value {
+        serde_json::json!({
+            "status": "ok",
+            "assets": self.catalog.read_now().len(),
+            "uptime_secs": self.started.elapsed().as_secs(),
+        })
+    }
+
+    fn manifest(&self, id: &AssetId) -> Result<Arc<Manifest>, HttpError> {
+        self.catalog.read_now().get(id).ok_or_else(|| {
+            err(
+                404,
+                format!("asset {id} is not in the catalog; publish its manifest first"),
+            )
+        })
+    }
+
+    /// The catalog, or the part of it `grant` may fetch.
+    fn list(&self, grant: Option<&Grant>) -> Vec<AssetSummary> {
+        let catalog = self.catalog.read_now();
+        catalog
+            .iter()
+            .filter(|(id, _)| grant.is_none_or(|g| g.may_fetch(id)))
+            .map(|(id, m)| AssetSummary {
+                id: id.to_string(),
+                name: m.name.clone(),
+                size: m.size,
+                chunk_size: m.chunk_size,
+                chunks: m.chunk_count(),
+            })
+            .collect()
+    }
+
+    fn publish(&self, body: &str) -> Result<Reply, HttpError> {
+        let manifest =
+            Manifest::from_toml(body).map_err(|e| err(400, format!("rejected manifest: {e}")))?;
+        let (name, size, chunks) = (manifest.name.clone(), manifest.size, manifest.chunk_count());
+        let (id, created) = self
+            .catalog
+            .write_now()
+            .publish(manifest)
+            .map_err(|e| err(500, format!("storing the manifest failed: {e:#}")))?;
+        let status = if created { 201 } else { 200 };
+        Ok(json(
+            status,
+            &PublishResponse {
+                id: id.to_string(),
+                name,
+                size,
+                chunks,
+                created,
+            },
+        ))
+    }
+
+    fn announce(
+        &self,
+        id: AssetId,
+        req: AnnounceRequest,
+        remote: Option<SocketAddr>,
+    ) -> Result<Reply, HttpError> {
+        let chunk_count = self.manifest(&id)?.chunk_count();
+        if req.peer_id.is_empty()
+            || req.peer_id.len() > 64
+            || !req
+                .peer_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(err(
+                400,
+                "peer_id must be 1 to 64 characters of letters, digits, '-' and '_'",
+            ));
+        }
+        let have = match (&req.have, req.complete) {
+            (_, true) => None,
+            (Some(hex), false) => Some(
+                Bitfield::from_hex(chunk_count, hex).map_err(|e| err(400, format!("have: {e}")))?,
+            ),
+            (None, false) => Some(Bitfield::new(chunk_count)),
+        };
+        let addr = match &req.addr {
+            Some(text) => Some(resolve_addr(text, remote)?),
+            None => None,
+        };
+        self.announces.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        let leaving = req.event == Some(AnnounceEvent::Stopped);
+        let mut swarms = self.swarms.locked();
+        let swarm = swarms.entry(id).or_default();
+        let announce = Announce {
+            peer_id: &req.peer_id,
+            addr,
+            have,
+            origin: req.origin,
+            leaving,
+            uploaded: req.uploaded,
+            corrupt: &req.corrupt,
+            unreachable: &req.unreachable,
+        };
+        let answer = swarm.announce(
+            announce,
+            &id,
+            chunk_count,
+            self.max_peers,
+            self.peer_timeout,
+            now,
+        );
+        // Written while the swarm is locked: the answer borrows its peers' strings.
+        Ok(json(
+            200,
+            &AnnounceResponse {
+                interval_secs: (self.peer_timeout.as_secs() / 3).max(1),
+                chunk_count,
+                peers: answer.peers,
+                origins: answer.origins,
+                your_addr: addr.map(|a| a.to_string()),
+                origin_share: answer.origin_share,
+                ticket: self
+                    .auth
+                    .as_ref()
+                    .filter(|_| !leaving)
+                    .map(|a| hex::encode(a.keys.issue(&id, &req.peer_id, a.ticket_ttl))),
+                keys: self.keys().keys,
+            },
+        ))
+    }
+
+    /// The swarm's live peers, by id.
+    fn peers(&self, id: &AssetId) -> Result<Reply, HttpError> {
+        self.manifest(id)?;
+        let now = Instant::now();
+        let mut swarms = self.swarms.locked();
+        let Some(swarm) = swarms.get_mut(id) else {
+            return Ok(json(200, &Vec::<PeerInfo>::new()));
+        };
+        swarm.prune(now, self.peer_timeout);
+        Ok(json(200, &swarm.list(now)))
+    }
+}
+
+/// The token of an `Authorization: Bearer TOKEN` header.
+fn bearer_token(request: &http::Request<'_>) -> Option<String> {
+    request
+        .header("Authorization")
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .map(|t| t.trim().to_string())
+}
+
+/// Takes one request from `remote`'s allowance of `what`, when there is a limit.
+fn rate_limit(
+    limiter: &Option<AddressLimiter>,
+    remote: Option<SocketAddr>,
+    what: &str,
+) -> Result<(), HttpError> {
+    let (Some(limiter), Some(remote)) = (limiter, remote) else {
+        return Ok(());
+    };
+    limiter.check(remote.ip()).map_err(|wait| {
+        err(
+            429,
+            format!(
+                "too many {what} from {}: at most {} a second per address (bursts of {}); retry in {} ms",
+                remote.ip().to_canonical(),
+                limiter.rate(),
+                limiter.burst(),
+                wait.as_millis().max(1)
+            ),
+        )
+    })
+}
+
+fn parse_id(text: &str) -> Result<AssetId, HttpError> {
+    text.parse().map_err(|e: String| err(400, e))
+}
+
+/// Reads a request body of at most `limit` bytes as UTF-8, refusing larger ones up front.
+fn read_body(request: &mut http::Request<'_>, limit: usize) -> Result<String, HttpError> {
+    let body = request.body(limit).map_err(|e| err(e.status, e.message))?;
+    String::from_utf8(body).map_err(|_| err(400, "request body is not UTF-8"))
+}
+
+/// Where a peer serves: its stated address, with an unspecified ip (`0.0.0.0`, `::`)
+/// replaced by the address its announce came from.
+fn resolve_addr(text: &str, remote: Option<SocketAddr>) -> Result<SocketAddr, HttpError> {
+    let stated: SocketAddr = text.parse().map_err(|_| {
+        err(
+            400,
+            format!("addr {text:?} is not ip:port (IPv6 as [::1]:7001)"),
+        )
+    })?;
+    if stated.port() == 0 {
+        return Err(err(
+            400,
+            format!("addr {text:?} has port 0; announce the port the peer listens on"),
+        ));
+    }
+    if !stated.ip().is_unspecified() {
+        return Ok(stated);
+    }
+    let remote = remote.ok_or_else(|| {
+        err(
+            400,
+            "addr has an unspecified ip and the request's source is unknown",
+        )
+    })?;
+    Ok(SocketAddr::new(remote.ip().to_canonical(), stated.port()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unspecified_addresses_take_the_announce_source() {
+        let remote: SocketAddr = "192.0.2.7:40000".parse().unwrap();
+        assert_eq!(
+            resolve_addr("0.0.0.0:7001", Some(remote)).unwrap(),
+            "192.0.2.7:7001".parse().unwrap()
+        );
+        assert_eq!(
+            resolve_addr("[::]:7001", Some("[::ffff:192.0.2.7]:1".parse().unwrap())).unwrap(),
+            "192.0.2.7:7001".parse().unwrap()
+        );
+        assert_eq!(
+            resolve_addr("[::1]:7001", Some(remote)).unwrap(),
+            "[::1]:7001".parse().unwrap()
+        );
+        assert_eq!(
+            resolve_addr("127.0.0.1:0", Some(remote))
+                .unwrap_err()
+                .status,
+            400
+        );
+        assert_eq!(
+            resolve_addr("nonsense", Some(remote)).unwrap_err().status,
+            400
+        );
+    }
+}

@@ -1,0 +1,138 @@
+//! The tracker's figures: `GET /stats` (JSON: peers, seeders, origins, bytes served by
+//! peers and by origins, announces; per swarm and summed) and `GET /metrics` (the same
+//! figures in the Prometheus text format).
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use super::State;
+use crate::api::{Figures, Stats, SwarmStats};
+use crate::metrics::{Exposition, Kind};
+use crate::sync::{LockExt, RwLockExt};
+
+impl State {
+    /// The figures of `GET /stats`, every swarm pruned first.
+    pub(super) fn stats(&self) -> Stats {
+        let now = Instant::now();
+        let catalog = self.catalog.read_now();
+        let mut swarms = self.swarms.locked();
+        let mut list: Vec<SwarmStats> = swarms
+            .iter_mut()
+            .map(|(id, swarm)| {
+                swarm.prune(now, self.peer_timeout);
+                SwarmStats {
+                    id: id.to_string(),
+                    name: catalog.get(id).map(|m| m.name.clone()).unwrap_or_default(),
+                    figures: swarm.figures(),
+                }
+            })
+            .collect();
+        list.sort_by(|a, b| a.id.cmp(&b.id));
+        let figures = || list.iter().map(|s| &s.figures);
+        let count = |figure: fn(&Figures) -> usize| figures().map(figure).sum();
+        let bytes =
+            |figure: fn(&Figures) -> u64| figures().map(figure).fold(0, u64::saturating_add);
+        Stats {
+            assets: catalog.len(),
+            totals: Figures::new(
+                (
+                    count(|f| f.peers),
+                    count(|f| f.seeders),
+                    count(|f| f.origins),
+                ),
+                bytes(|f| f.peer_uploaded),
+                bytes(|f| f.origin_uploaded),
+                self.announces.load(Ordering::Relaxed),
+            ),
+            uptime_secs: self.started.elapsed().as_secs(),
+            swarms: list,
+        }
+    }
+
+    /// The figures of `GET /stats` in the Prometheus text format.
+    pub(super) fn metrics(&self) -> String {
+        let stats = self.stats();
+        let mut m = Exposition::new();
+        m.gauge(
+            "swarmcache_tracker_uptime_seconds",
+            "Seconds since the tracker started.",
+        )
+        .sample(&[], stats.uptime_secs);
+        m.gauge("swarmcache_tracker_assets", "Assets in the catalog.")
+            .sample(&[], stats.assets);
+        m.counter(
+            "swarmcache_tracker_announces_total",
+            "Announces received, every swarm together.",
+        )
+        .sample(&[], stats.totals.announces);
+        let per_swarm = |m: &mut Exposition, name, kind, help, figure: fn(&Figures) -> u64| {
+            let mut family = m.family(name, kind, help);
+            for swarm in &stats.swarms {
+                family.sample(
+                    &[("asset", &swarm.id), ("name", &swarm.name)],
+                    figure(&swarm.figures),
+                );
+            }
+        };
+        per_swarm(
+            &mut m,
+            "swarmcache_tracker_swarm_peers",
+            Kind::Gauge,
+            "Live serving peers of the swarm, origins included.",
+            |s| s.peers as u64,
+        );
+        per_swarm(
+            &mut m,
+            "swarmcache_tracker_swarm_seeders",
+            Kind::Gauge,
+            "Live peers of the swarm holding every chunk, origins included.",
+            |s| s.seeders as u64,
+        );
+        per_swarm(
+            &mut m,
+            "swarmcache_tracker_swarm_origins",
+            Kind::Gauge,
+            "Live origins of the swarm.",
+            |s| s.origins as u64,
+        );
+        per_swarm(
+            &mut m,
+            "swarmcache_tracker_swarm_announces_total",
+            Kind::Counter,
+            "Announces received for the asset.",
+            |s| s.announces,
+        );
+        let mut family = m.counter(
+            "swarmcache_tracker_swarm_served_bytes_total",
+            "Bytes served in the swarm, as its peers report them, by source: peer or origin.",
+        );
+        for swarm in &stats.swarms {
+            for (source, bytes) in [
+                ("peer", swarm.figures.peer_uploaded),
+                ("origin", swarm.figures.origin_uploaded),
+            ] {
+                let labels = [
+                    ("asset", swarm.id.as_str()),
+                    ("name", &swarm.name),
+                    ("source", source),
+                ];
+                family.sample(&labels, bytes);
+            }
+        }
+        m.finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_p2p_ratio_is_the_peers_share_and_absent_before_any_byte() {
+        let p2p_ratio = |peer, origin| Figures::new((0, 0, 0), peer, origin, 0).p2p_ratio;
+        assert_eq!(p2p_ratio(0, 0), None);
+        assert_eq!(p2p_ratio(0, 10), Some(0.0));
+        assert_eq!(p2p_ratio(30, 10), Some(0.75));
+        assert_eq!(p2p_ratio(u64::MAX, 0), Some(1.0));
+    }
+}
