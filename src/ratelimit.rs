@@ -15,6 +15,8 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::sync::LockExt;
+
 /// How much unused allowance may accumulate: 50 ms of rate, enough to absorb scheduling
 /// jitter between chunks without letting a long idle period turn into a spike.
 const BURST_WINDOW: Duration = Duration::from_millis(50);
@@ -70,7 +72,7 @@ impl RateLimiter {
     /// Returns an allowance taken for bytes that were not sent after all (up to the burst),
     /// so that the next caller need not wait for them.
     pub fn give_back(&self, bytes: u64) {
-        let mut bucket = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut bucket = self.state.locked();
         bucket.refill(self.rate, self.burst, Instant::now());
         bucket.tokens = (bucket.tokens + bytes as f64).min(self.burst);
     }
@@ -78,7 +80,7 @@ impl RateLimiter {
     /// Blocks until `bytes` may pass.
     pub fn take(&self, bytes: u64) {
         let wait = {
-            let mut bucket = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            let mut bucket = self.state.locked();
             bucket.refill(self.rate, self.burst, Instant::now());
             bucket.tokens -= bytes as f64;
             if bucket.tokens < 0.0 {
@@ -172,7 +174,7 @@ impl AddressLimiter {
         let (rate, burst) = (self.rate, self.burst);
         // A bucket left alone this long is full again, which is what a missing one means.
         let refilled_after = Duration::from_secs_f64(burst / rate);
-        let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        let mut table = self.table.locked();
         let table = &mut *table;
         // At most one sweep per refill time, so that a full table of busy addresses does
         // not cost a walk of it per request.

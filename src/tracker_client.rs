@@ -9,6 +9,7 @@ use serde::de::DeserializeOwned;
 use crate::api::{
     AnnounceRequest, AnnounceResponse, ErrorBody, KeysResponse, PeerInfo, PublishResponse,
 };
+use crate::backoff::Backoff;
 use crate::manifest::{AssetId, MAX_MANIFEST_BYTES, Manifest};
 
 /// Connecting to a tracker on a LAN takes milliseconds; 5 s covers a loaded one.
@@ -17,8 +18,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// 30 s on any network worth using.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Tries of a request the tracker answers "busy" (503) or "too many from your address"
-/// (429), waiting 100 ms, 200 ms, 400 ms … (or the `Retry-After` it gives, at most 2 s)
-/// between them: about 4 s in all before the error is reported.
+/// (429), waiting 100 ms, 200 ms, 400 ms … (jittered down to half, so a crowd behind one
+/// address does not retry in step; or the `Retry-After` it gives, at most 2 s) between
+/// them: 2 to 4 s in all before the error is reported.
 const BUSY_ATTEMPTS: u32 = 6;
 const FIRST_RETRY: Duration = Duration::from_millis(100);
 const MAX_RETRY: Duration = Duration::from_secs(2);
@@ -97,7 +99,7 @@ impl TrackerClient {
             Some(token) => request.set("Authorization", &format!("Bearer {token}")),
             None => request,
         };
-        let mut pause = FIRST_RETRY;
+        let mut backoff = Backoff::new(FIRST_RETRY, MAX_RETRY);
         for attempt in 1.. {
             let result = match body {
                 Some((content_type, text)) => request
@@ -115,8 +117,8 @@ impl TrackerClient {
                         .header("Retry-After")
                         .and_then(|s| s.trim().parse::<u64>().ok())
                         .map(Duration::from_secs);
+                    let pause = backoff.next_delay();
                     std::thread::sleep(asked.unwrap_or(pause).min(MAX_RETRY));
-                    pause = (pause * 2).min(MAX_RETRY);
                 }
                 Err(ureq::Error::Status(status, response)) => {
                     let text = response.into_string().unwrap_or_default();
