@@ -117,7 +117,8 @@ pub fn client_key(ip: IpAddr) -> IpAddr {
 }
 
 /// Requests a second per client address (see [`client_key`]), with bursts: a token bucket
-/// per address, full to start with. Memory is bounded: see [`MAX_TRACKED_ADDRESSES`].
+/// per address, full to start with. Memory is bounded: at most 65 536 addresses are
+/// tracked at once (about 50 bytes each).
 #[derive(Debug)]
 pub struct AddressLimiter {
     rate: f64,

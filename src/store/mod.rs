@@ -27,7 +27,7 @@
 //! leaves a half-deleted asset in `assets/`.
 //!
 //! Rooms: this file is the layout (open, paths, manifests, listing, import, export);
-//! [`locks`] the in-use marks and removal; [`partial`] downloads in progress; [`cache`]
+//! `locks` the in-use marks and removal; `partial` downloads in progress; [`cache`]
 //! what to evict to stay under a size limit.
 
 pub mod cache;

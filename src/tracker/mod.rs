@@ -14,6 +14,12 @@
 //! | `GET /metrics` | the same figures in the Prometheus text format |
 //!
 //! Errors are JSON `{"error": "…"}` with a 4xx or 5xx status.
+//!
+//! Rooms: this file binds and serves; `routes` parses, authorises and answers each
+//! request; `swarm` keeps one asset's peers (heartbeats, timeouts, reports, bans) and
+//! picks whom to hand out; `plan` splits what the origin sends among the downloaders
+//! (pure); `stats` computes `/stats` and `/metrics`; [`catalog`] keeps the manifests on
+//! disk. A request goes routes → swarm → plan, and nothing below calls back up.
 
 pub mod catalog;
 mod plan;

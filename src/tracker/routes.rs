@@ -1,7 +1,7 @@
 //! The tracker's HTTP routes: parse each request, check its rate limit and token, call
 //! into the catalog or the swarm, and answer JSON (or TOML, or the metrics text). Nothing
-//! here decides who is handed out or what comes from the origin: that is [`super::swarm`]
-//! and [`super::plan`].
+//! here decides who is handed out or what comes from the origin: that is `swarm`
+//! and `plan`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
