@@ -504,4 +504,31 @@ mod tests {
         swarm.announce(announce("liar", 9, None), &asset, 4, 30, timeout, later);
         assert!(swarm.peers.contains_key("liar"));
     }
+
+    #[test]
+    fn an_unreachable_report_drops_a_quiet_peer_but_not_a_fresh_one_or_an_origin() {
+        let timeout = Duration::from_secs(60);
+        let start = Instant::now();
+        let asset = AssetId([2; 32]);
+        let mut swarm = Swarm::default();
+        swarm.announce(announce("quiet", 1, None), &asset, 4, 30, timeout, start);
+        let origin = Announce {
+            origin: true,
+            ..announce("origin", 2, None)
+        };
+        swarm.announce(origin, &asset, 4, 30, timeout, start);
+        let gone = ["quiet".to_string(), "origin".to_string()];
+        let report = || Announce {
+            unreachable: &gone,
+            ..announce("reporter", 3, Some(Bitfield::new(4)))
+        };
+        // Announced a moment ago: alive as far as the tracker can tell.
+        swarm.announce(report(), &asset, 4, 30, timeout, start + REPORT_GRACE / 2);
+        assert!(swarm.peers.contains_key("quiet"));
+        let later = start + REPORT_GRACE * 2;
+        let answer = swarm.announce(report(), &asset, 4, 30, timeout, later);
+        assert!(answer.peers.is_empty(), "{:?}", answer.peers);
+        assert_eq!(answer.origins.len(), 1, "origins stay whatever is reported");
+        assert!(!swarm.peers.contains_key("quiet"));
+    }
 }
