@@ -17,8 +17,9 @@ NS=${NS:-"2 4 8 16"}
 RUNS=${RUNS:-3}
 ORIGIN_MIB=${ORIGIN_MIB:-50}
 CLIENT_MIB=${CLIENT_MIB:-25}
-cargo build --release -q
-B=$PWD/target/release
+# BIN=DIR runs binaries built elsewhere (an A/B against an older commit), without building.
+[ -n "${BIN:-}" ] || cargo build --release -q
+B=${BIN:-$PWD/target/release}
 W=$(mktemp -d "${TMPDIR:-/tmp}/swarmcache-crowd.XXXXXX")
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$W"; }

@@ -10,8 +10,9 @@ cd "$(dirname "$0")/.."
 GET_MIB=${GET_MIB:-4096}
 CLIENTS=${CLIENTS:-64}
 SERVE_MIB=${SERVE_MIB:-64}
-cargo build --release -q
-B=$PWD/target/release
+# BIN=DIR runs binaries built elsewhere (an A/B against an older commit), without building.
+[ -n "${BIN:-}" ] || cargo build --release -q
+B=${BIN:-$PWD/target/release}
 W=$(mktemp -d "${TMPDIR:-/tmp}/swarmcache-memory.XXXXXX")
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$W"; }

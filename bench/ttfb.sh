@@ -12,8 +12,9 @@ cd "$(dirname "$0")/.."
 RUNS=${RUNS:-30}
 PEERS=${PEERS:-3}
 SIZE_MIB=${SIZE_MIB:-64}
-cargo build --release -q
-B=$PWD/target/release
+# BIN=DIR runs binaries built elsewhere (an A/B against an older commit), without building.
+[ -n "${BIN:-}" ] || cargo build --release -q
+B=${BIN:-$PWD/target/release}
 W=$(mktemp -d "${TMPDIR:-/tmp}/swarmcache-ttfb.XXXXXX")
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$W"; }
