@@ -39,7 +39,7 @@ use crate::store::{InUse, Partial, Store};
 use crate::stream::{DEFAULT_WINDOW, Stream};
 use crate::tracker_client::{TrackerClient, new_peer_id};
 use crate::wire::{
-    self, MAX_CONTROL_FRAME, Message, PROTOCOL_VERSION, Reply, WireError, chunk_frame_limit, code,
+    self, Message, PROTOCOL_VERSION, WireError, chunk_frame_limit, code,
 };
 
 /// Requests kept in flight per origin connection: with 256 KiB chunks, 1 MiB per
@@ -1956,13 +1956,6 @@ impl Worker {
         });
     }
 
-    /// Reads one reply; every reply must arrive whole within the chunk timeout of our
-    /// starting to wait for it, so a source trickling a byte at a time is as stalled as a
-    /// silent one.
-    fn reply(&self, stream: &TcpStream, limit: u32) -> Result<Message, WireError> {
-        wire::read_message_by(stream, limit, Instant::now() + self.chunk_timeout)
-    }
-
     /// Adds a job's frame to those about to be sent. Under a download cap the allowance for
     /// a chunk is taken before asking, so a source never has a chunk waiting on a client
     /// that is asleep. A cancel goes out only for a request still unanswered; the request
@@ -1970,38 +1963,41 @@ impl Worker {
     fn queue(
         &self,
         job: Job,
-        frames: &mut Vec<u8>,
+        conn: &mut wire::Conn,
         in_flight: &mut VecDeque<u32>,
         cancelled: &mut HashSet<u32>,
-    ) {
+    ) -> std::io::Result<()> {
         match job {
             Job::Fetch(index) => {
                 ratelimit::take(
                     self.limiter.as_deref(),
                     self.manifest.chunk_len(index) as u64,
                 );
-                Message::Request { index }.encode(frames);
+                conn.queue(&Message::Request { index })?;
                 in_flight.push_back(index);
             }
             Job::Cancel(index) if in_flight.contains(&index) => {
-                Message::Cancel { index }.encode(frames);
+                conn.queue(&Message::Cancel { index })?;
                 cancelled.insert(index);
             }
             Job::Cancel(_) => {}
         }
+        Ok(())
     }
 
     /// Sends HaveRequest and reports the answer; returns whether the source is complete.
-    fn refresh_have(&self, stream: &TcpStream) -> Result<bool, End> {
+    fn refresh_have(&self, conn: &mut wire::Conn) -> Result<bool, End> {
         let count = self.manifest.chunk_count();
-        wire::write_message(&mut &*stream, &Message::HaveRequest).map_err(|e| {
+        conn.send(&Message::HaveRequest).map_err(|e| {
             End::Failed(socket_error(
                 "sending a have request",
                 &e,
                 self.chunk_timeout,
             ))
         })?;
-        match self.reply(stream, MAX_CONTROL_FRAME) {
+        // Every reply must arrive whole within the chunk timeout of our starting to wait for
+        // it, so a source trickling a byte at a time is as stalled as a silent one.
+        match conn.recv_control(self.chunk_timeout) {
             Ok(Message::Have(have)) if have.len() == count => {
                 let complete = have.is_full();
                 let _ = self.events.send(Event::Ready {
@@ -2054,7 +2050,8 @@ impl Worker {
                 .unwrap_or_else(|e| e.into_inner())
                 .clone(),
         };
-        if let Err(e) = wire::write_message(&mut &stream, &hello) {
+        let mut conn = wire::Conn::new(stream, chunk_frame_limit(self.manifest.chunk_size));
+        if let Err(e) = conn.send(&hello) {
             return End::Failed(socket_error(
                 "sending the handshake",
                 &e,
@@ -2062,7 +2059,7 @@ impl Worker {
             ));
         }
         let count = self.manifest.chunk_count();
-        match self.reply(&stream, MAX_CONTROL_FRAME) {
+        match conn.recv_control(self.chunk_timeout) {
             Ok(Message::Welcome { chunk_count, .. }) if chunk_count == count => {}
             Ok(Message::Welcome { chunk_count, .. }) => {
                 return End::Lied(format!(
@@ -2085,26 +2082,32 @@ impl Worker {
             }
             Err(e) => return End::Failed(format!("handshake: {e}")),
         }
-        let mut complete = match self.refresh_have(&stream) {
+        let mut complete = match self.refresh_have(&mut conn) {
             Ok(complete) => complete,
             Err(end) => return end,
         };
-        let limit = chunk_frame_limit(self.manifest.chunk_size);
         // Requests sent and not yet answered, oldest first: replies come in request order.
+        // Every chunk is received into the connection's one buffer, verified and written
+        // from it.
         let mut in_flight: VecDeque<u32> = VecDeque::new();
-        let mut frames = Vec::new();
-        // Every chunk is received into this one buffer, verified and written from it.
-        let mut buf = Vec::new();
         // Requests in flight that this connection asked the source to cancel.
         let mut cancelled = HashSet::new();
         loop {
-            frames.clear();
             if in_flight.is_empty() {
                 let idle = if complete { KEEPALIVE } else { PARTIAL_REFRESH };
                 match jobs.recv_timeout(idle) {
-                    Ok(job) => self.queue(job, &mut frames, &mut in_flight, &mut cancelled),
+                    Ok(job) => {
+                        if let Err(e) = self.queue(job, &mut conn, &mut in_flight, &mut cancelled)
+                        {
+                            return End::Failed(socket_error(
+                                "sending requests",
+                                &e,
+                                self.chunk_timeout,
+                            ));
+                        }
+                    }
                     Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
-                        complete = match self.refresh_have(&stream) {
+                        complete = match self.refresh_have(&mut conn) {
                             Ok(complete) => complete,
                             Err(end) => return end,
                         };
@@ -2113,25 +2116,20 @@ impl Worker {
                     Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return End::Finished,
                 }
             }
-            while let Ok(job) = jobs.try_recv() {
-                self.queue(job, &mut frames, &mut in_flight, &mut cancelled);
-            }
-            if !frames.is_empty()
-                && let Err(e) = std::io::Write::write_all(&mut &stream, &frames)
+            let mut queued = Ok(());
+            while queued.is_ok()
+                && let Ok(job) = jobs.try_recv()
             {
+                queued = self.queue(job, &mut conn, &mut in_flight, &mut cancelled);
+            }
+            if let Err(e) = queued.and_then(|()| conn.flush()) {
                 return End::Failed(socket_error("sending requests", &e, self.chunk_timeout));
             }
             // Only a cancel of an answered request came: nothing to wait for.
             let Some(&expected) = in_flight.front() else {
                 continue;
             };
-            let reply = wire::read_reply_by(
-                &stream,
-                limit,
-                Instant::now() + self.chunk_timeout,
-                &mut buf,
-            );
-            let message = match reply {
+            let message = match conn.recv(self.chunk_timeout) {
                 Ok(m) => m,
                 Err(e) if e.is_timeout() => {
                     return End::Failed(format!(
@@ -2144,15 +2142,15 @@ impl Worker {
                 }
                 Err(e) => return End::Failed(format!("receiving chunk {expected}: {e}")),
             };
-            let message = match message {
-                Reply::Chunk { index, data } if index == expected => {
+            match message {
+                Message::Chunk { index, data } if index == expected => {
                     in_flight.pop_front();
                     cancelled.remove(&index);
-                    if !self.manifest.chunk_matches(index, data) {
+                    if !self.manifest.chunk_matches(index, &data) {
                         return End::Lied(format!("sent chunk {index} with the wrong SHA-256"));
                     }
                     if let Err(e) =
-                        Partial::write_at(&self.data, data, self.manifest.chunk_offset(index))
+                        Partial::write_at(&self.data, &data, self.manifest.chunk_offset(index))
                     {
                         let hint = if e.kind() == std::io::ErrorKind::StorageFull {
                             " (the disk is full)"
@@ -2167,14 +2165,10 @@ impl Worker {
                         conn: self.conn,
                         index,
                     });
-                    continue;
                 }
-                Reply::Chunk { index, .. } => {
+                Message::Chunk { index, .. } => {
                     return End::Lied(format!("sent chunk {index} when chunk {expected} was due"));
                 }
-                Reply::Other(message) => message,
-            };
-            match message {
                 Message::Cancelled { index } if index == expected && cancelled.remove(&index) => {
                     in_flight.pop_front();
                     // The allowance taken for it under a download cap was not used.

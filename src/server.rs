@@ -17,8 +17,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use crossbeam_channel::bounded;
-use rustix::io::Errno;
-use rustix::net::RecvFlags;
 
 use crate::api::AnnounceRequest;
 use crate::auth::TicketVerifier;
@@ -29,7 +27,7 @@ use crate::metrics::{self, Exposition};
 use crate::ratelimit::{self, RateLimiter};
 use crate::store::{InUse, Store};
 use crate::tracker_client::{HttpStatus, TrackerClient, new_peer_id};
-use crate::wire::{self, MAX_CONTROL_FRAME, Message, PROTOCOL_VERSION, WireError, code};
+use crate::wire::{self, Conn, MAX_CONTROL_FRAME, Message, PROTOCOL_VERSION, WireError, code};
 
 /// A client has this long to send its `Hello` after connecting: a healthy one sends it at
 /// once, so 10 s only ever cuts off the stuck and the hostile.
@@ -72,8 +70,6 @@ const MAX_REFUSERS: usize = 16;
 /// Messages read ahead of the request being served. The reference client keeps at most
 /// four requests in flight, plus a have request and a cancel for each request.
 const MAX_PENDING: usize = 64;
-/// How far ahead the server looks for whole frames: requests and cancels are 9 bytes.
-const PEEK_BYTES: usize = 4096;
 /// A metrics scraper that leaves our answer unread this long loses its connection: a
 /// scrape is a few kilobytes, so 10 s is generous.
 const METRICS_SEND_TIMEOUT: Duration = Duration::from_secs(10);
@@ -806,13 +802,8 @@ impl Shared {
     fn handle(&self, stream: &TcpStream) -> Result<()> {
         stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
         stream.set_nodelay(true)?;
-        let mut writer = stream;
-        let hello = wire::read_message_by(
-            stream,
-            MAX_CONTROL_FRAME,
-            Instant::now() + HANDSHAKE_TIMEOUT,
-        )
-        .context("waiting for Hello")?;
+        let mut conn = Conn::new(stream, MAX_CONTROL_FRAME);
+        let hello = conn.recv(HANDSHAKE_TIMEOUT).context("waiting for Hello")?;
         let Message::Hello {
             version,
             asset,
@@ -861,7 +852,7 @@ impl Shared {
             version: PROTOCOL_VERSION,
             chunk_count: manifest.chunk_count(),
         };
-        wire::write_message(&mut writer, &welcome)?;
+        conn.send(&welcome)?;
         // Requests read but not answered yet, in order; reading ahead of the one being served
         // lets a `Cancel` reach a request still waiting here.
         let mut pending = VecDeque::new();
@@ -872,23 +863,23 @@ impl Shared {
                 if closed {
                     return Ok(());
                 }
-                let Some(message) = next_message(stream)? else {
+                let Some(message) = next_message(&mut conn)? else {
                     return Ok(());
                 };
                 if !take_in(message, &mut pending)? {
                     return Ok(());
                 }
             }
-            if !read_ahead(stream, &mut pending, &mut closed)? {
+            if !read_ahead(&mut conn, &mut pending, &mut closed)? {
                 return Ok(());
             }
             match pending.pop_front().expect("a request is pending") {
                 Pending::Have => {
                     (have, data) = self.open_content(&asset, manifest)?;
-                    wire::write_message(&mut writer, &Message::Have(have.clone()))?;
+                    conn.send(&Message::Have(have.clone()))?;
                 }
                 Pending::Cancelled(index) => {
-                    wire::write_message(&mut writer, &Message::Cancelled { index })?;
+                    conn.send(&Message::Cancelled { index })?;
                 }
                 Pending::Chunk(index) if index >= manifest.chunk_count() => {
                     return Err(reject(
@@ -905,7 +896,7 @@ impl Shared {
                         (have, data) = self.open_content(&asset, manifest)?;
                     }
                     if !have.get(index) {
-                        wire::write_message(&mut writer, &Message::DontHave { index })?;
+                        conn.send(&Message::DontHave { index })?;
                         continue;
                     }
                     let len = manifest.chunk_len(index) as u64;
@@ -913,7 +904,7 @@ impl Shared {
                     ratelimit::take(self.limiter.as_ref(), len);
                     // Waiting for a slot and the rate took time: the client may have got the
                     // chunk elsewhere meanwhile, or left.
-                    if !read_ahead(stream, &mut pending, &mut closed)? {
+                    if !read_ahead(&mut conn, &mut pending, &mut closed)? {
                         return Ok(());
                     }
                     if let Some(at) = pending.iter().position(|p| *p == Pending::Cancel(index)) {
@@ -922,7 +913,7 @@ impl Shared {
                         if let Some(limiter) = &self.limiter {
                             limiter.give_back(len);
                         }
-                        wire::write_message(&mut writer, &Message::Cancelled { index })?;
+                        conn.send(&Message::Cancelled { index })?;
                     } else {
                         let at = manifest.chunk_offset(index);
                         send_chunk(stream, &data, at, index, len as u32, slot).map_err(|e| {
@@ -988,7 +979,7 @@ enum Pending {
 /// Adds a message read after the handshake to the requests pending. A `Cancel` turns the
 /// pending request for its chunk into a cancelled one, or is kept for the request being
 /// served. Returns false when the client said it is leaving (an `Error` frame).
-fn take_in(message: Message, pending: &mut VecDeque<Pending>) -> Result<bool> {
+fn take_in(message: Message<'_>, pending: &mut VecDeque<Pending>) -> Result<bool> {
     match message {
         Message::HaveRequest => pending.push_back(Pending::Have),
         Message::Request { index } => pending.push_back(Pending::Chunk(index)),
@@ -1017,12 +1008,13 @@ fn take_in(message: Message, pending: &mut VecDeque<Pending>) -> Result<bool> {
 /// frame only partly arrived stays in the socket for later. Sets `closed` when the client
 /// has closed its side. Returns false when the client said it is leaving (an `Error`).
 fn read_ahead(
-    stream: &TcpStream,
+    conn: &mut Conn<&TcpStream>,
     pending: &mut VecDeque<Pending>,
     closed: &mut bool,
 ) -> Result<bool> {
     while pending.len() < MAX_PENDING {
-        let whole = match whole_frames(stream)? {
+        let waiting = conn.frames_waiting().context("reading a request")?;
+        let whole = match waiting {
             Some(0) => return Ok(true),
             Some(n) => n,
             None => {
@@ -1032,7 +1024,7 @@ fn read_ahead(
         };
         for _ in 0..whole {
             // Whole frames are in the socket already: this read does not wait.
-            let Some(message) = next_message(stream)? else {
+            let Some(message) = next_message(conn)? else {
                 *closed = true;
                 return Ok(true);
             };
@@ -1046,41 +1038,12 @@ fn read_ahead(
 
 /// Reads the client's next message, waiting up to [`IDLE_TIMEOUT`] for it; `None` when the
 /// client closed the connection between frames.
-fn next_message(stream: &TcpStream) -> Result<Option<Message>> {
-    match wire::read_message_by(stream, MAX_CONTROL_FRAME, Instant::now() + IDLE_TIMEOUT) {
+fn next_message<'c>(conn: &'c mut Conn<&TcpStream>) -> Result<Option<Message<'c>>> {
+    match conn.recv(IDLE_TIMEOUT) {
         Ok(message) => Ok(Some(message)),
         Err(WireError::Closed) => Ok(None),
         Err(e) => Err(anyhow::Error::new(e).context("waiting for a request")),
     }
-}
-
-/// How many whole frames wait in the socket (counting one whose declared length is already
-/// out of bounds, which the next read refuses at once), looking at most [`PEEK_BYTES`] ahead
-/// and without waiting; `None` when the client closed its side and nothing is left.
-fn whole_frames(stream: &TcpStream) -> Result<Option<usize>> {
-    let mut buf = [0u8; PEEK_BYTES];
-    let peeked =
-        match rustix::net::recv(stream, &mut buf[..], RecvFlags::PEEK | RecvFlags::DONTWAIT) {
-            Ok((0, _)) => return Ok(None),
-            Ok((n, _)) => n,
-            Err(e) if e == Errno::AGAIN || e == Errno::INTR => return Ok(Some(0)),
-            Err(e) => {
-                return Err(anyhow::Error::new(io::Error::from(e)).context("reading a request"));
-            }
-        };
-    let (mut at, mut count) = (0, 0);
-    while at + 4 <= peeked {
-        let len = u32::from_be_bytes(buf[at..at + 4].try_into().expect("4 bytes"));
-        if len == 0 || len > MAX_CONTROL_FRAME {
-            return Ok(Some(count + 1));
-        }
-        at += 4 + len as usize;
-        if at > peeked {
-            break;
-        }
-        count += 1;
-    }
-    Ok(Some(count))
 }
 
 /// Sends one chunk frame; on Linux the data goes from the page cache to the socket with

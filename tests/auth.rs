@@ -19,7 +19,7 @@ fn token(d: &Path, name: &str, rights: &[&str]) -> String {
 }
 
 /// A new connection's answer to a `Hello` for `asset` with `ticket`.
-fn hello(addr: &str, asset: &str, ticket: Vec<u8>) -> Message {
+fn hello(addr: &str, asset: &str, ticket: Vec<u8>) -> Message<'static> {
     handshake(&mut connect(addr), asset, ticket)
 }
 

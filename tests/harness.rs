@@ -616,7 +616,7 @@ pub fn handshake(
     stream: &mut std::net::TcpStream,
     asset: &str,
     ticket: Vec<u8>,
-) -> swarmcache::wire::Message {
+) -> swarmcache::wire::Message<'static> {
     use swarmcache::wire::{self, MAX_FRAME, Message, PROTOCOL_VERSION};
     let hello = Message::Hello {
         version: PROTOCOL_VERSION,

@@ -59,7 +59,7 @@ fn ipv6_addresses_work_like_ipv4_ones() {
     assert_eq!(fs::read(d.join("copy.bin")).unwrap(), bytes);
 }
 
-fn hello(asset: &str) -> Message {
+fn hello(asset: &str) -> Message<'static> {
     Message::Hello {
         version: PROTOCOL_VERSION,
         asset: asset.parse::<AssetId>().unwrap(),

@@ -147,7 +147,7 @@ fn wire_session(addr: &str, id: &str) -> TcpStream {
 }
 
 /// The frames of `messages`, back to back.
-fn frames(messages: impl IntoIterator<Item = Message>) -> Vec<u8> {
+fn frames(messages: impl IntoIterator<Item = Message<'static>>) -> Vec<u8> {
     let mut out = Vec::new();
     for m in messages {
         m.encode(&mut out);
@@ -178,7 +178,7 @@ fn a_cancel_drops_a_queued_request_and_replies_keep_their_order() {
         replies.push(match read_message(&mut stream, MAX_FRAME).unwrap() {
             Message::Chunk { index, data } => {
                 let at = index as usize * 65536;
-                assert_eq!(data, bytes[at..at + 65536], "chunk {index}");
+                assert_eq!(*data, bytes[at..at + 65536], "chunk {index}");
                 format!("chunk {index}")
             }
             other => format!("{other:?}"),
@@ -201,7 +201,7 @@ fn a_cancel_drops_a_queued_request_and_replies_keep_their_order() {
         ]))
         .unwrap();
     match read_message(&mut stream, MAX_FRAME).unwrap() {
-        Message::Chunk { index: 5, data } => assert_eq!(data, bytes[5 * 65536..6 * 65536]),
+        Message::Chunk { index: 5, data } => assert_eq!(*data, bytes[5 * 65536..6 * 65536]),
         other => panic!("expected chunk 5, got {other:?}"),
     }
 }
@@ -226,7 +226,7 @@ fn a_client_that_stops_reading_does_not_keep_the_upload_slot() {
         .write_all(&frames([Message::Request { index: 7 }]))
         .unwrap();
     match read_message(&mut other, MAX_FRAME) {
-        Ok(Message::Chunk { index: 7, data }) => assert_eq!(data, bytes[7 * 65536..8 * 65536]),
+        Ok(Message::Chunk { index: 7, data }) => assert_eq!(*data, bytes[7 * 65536..8 * 65536]),
         other => panic!("expected chunk 7, got {other:?}"),
     }
     drop(greedy);
