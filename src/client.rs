@@ -38,9 +38,7 @@ use crate::store::cache;
 use crate::store::{InUse, Partial, Store};
 use crate::stream::{DEFAULT_WINDOW, Stream};
 use crate::tracker_client::{TrackerClient, new_peer_id};
-use crate::wire::{
-    self, Message, PROTOCOL_VERSION, WireError, chunk_frame_limit, code,
-};
+use crate::wire::{self, Message, PROTOCOL_VERSION, WireError, chunk_frame_limit, code};
 
 /// Requests kept in flight per origin connection: with 256 KiB chunks, 1 MiB per
 /// connection and 4 MiB over the default four connections, which covers the
@@ -2097,8 +2095,7 @@ impl Worker {
                 let idle = if complete { KEEPALIVE } else { PARTIAL_REFRESH };
                 match jobs.recv_timeout(idle) {
                     Ok(job) => {
-                        if let Err(e) = self.queue(job, &mut conn, &mut in_flight, &mut cancelled)
-                        {
+                        if let Err(e) = self.queue(job, &mut conn, &mut in_flight, &mut cancelled) {
                             return End::Failed(socket_error(
                                 "sending requests",
                                 &e,

@@ -1,7 +1,7 @@
 //! A peer connection: the socket, the buffer each frame is read into, the frame limit and
 //! the per-frame deadline in one [`Conn`], so that callers send and receive messages
 //! instead of passing `(stream, limit, deadline, &mut buf)` around. Frames are cut and
-//! decoded by the [`codec`](super::codec) alone; this file only moves bytes.
+//! decoded by the [`codec`] alone; this file only moves bytes.
 //!
 //! A read never takes a byte past the frame at hand: what has not been returned as a
 //! message is still in the socket, where [`Conn::frames_waiting`] can peek at it.
@@ -107,7 +107,7 @@ impl<S: Borrow<TcpStream>> Conn<S> {
 
     /// How many whole frames wait in the socket (counting one whose declared length is
     /// already out of bounds, which the next [`Conn::recv`] refuses at once), looking at
-    /// most [`PEEK_BYTES`] ahead and without waiting; `None` when the peer closed its side
+    /// most `PEEK_BYTES` (4 KiB) ahead and without waiting; `None` when the peer closed its side
     /// and nothing is left. Reading that many frames next does not wait.
     pub fn frames_waiting(&self) -> io::Result<Option<usize>> {
         let mut peeked = [0u8; PEEK_BYTES];
@@ -305,10 +305,7 @@ mod tests {
         let (stream, _sender) = pair();
         let mut conn = Conn::new(stream, MAX_CONTROL_FRAME);
         let result = conn.recv_control(Duration::from_millis(50));
-        assert!(
-            matches!(result, Err(WireError::Timeout(_))),
-            "{result:?}"
-        );
+        assert!(matches!(result, Err(WireError::Timeout(_))), "{result:?}");
     }
 
     #[test]
@@ -348,7 +345,9 @@ mod tests {
     #[test]
     fn a_control_read_refuses_a_chunk_sized_frame() {
         let (stream, mut sender) = pair();
-        sender.write_all(&frame_of(&chunk(0, vec![0; 200_000]))).unwrap();
+        sender
+            .write_all(&frame_of(&chunk(0, vec![0; 200_000])))
+            .unwrap();
         let mut conn = Conn::new(stream, MAX_FRAME);
         assert!(matches!(
             conn.recv_control(Duration::from_secs(10)),
