@@ -18,7 +18,7 @@
 //! - [`fsutil`]: crash-safe writes (temporary name, fsync, rename).
 //! - [`store`]: the content-addressed, crash-safe directory of assets: layout, in-use
 //!   locks, partial downloads, and the cache (what to evict to stay under a size limit).
-//! - [`wire`]: the peer protocol codec (frames, messages, limits).
+//! - [`wire`]: the peer protocol (limits, a pure codec, the connection that reads frames).
 //! - [`ratelimit`]: token buckets: bytes per process, requests per client address.
 //! - [`api`]: the JSON types of the tracker's HTTP API.
 //! - [`auth`]: tokens and permissions, signing keys, and the tickets peers check.
