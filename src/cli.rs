@@ -1,8 +1,15 @@
-//! What the binaries share: exit codes, error reporting, and stdout that tolerates a
-//! closed pipe.
+//! What the binaries share: exit codes and their mapping from typed failures, error
+//! reporting, stdout that tolerates a closed pipe, flag value parsers, and the one parse
+//! step that adds `SWARMCACHE_*` variables, the config file, completions and man pages to
+//! every clap command.
 
 use std::io::{self, Write};
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::process::ExitCode;
+
+use crate::failure::Failure;
+
+pub mod config;
 
 /// Exit status for success.
 pub const EXIT_OK: u8 = 0;
@@ -10,6 +17,28 @@ pub const EXIT_OK: u8 = 0;
 pub const EXIT_FAILED: u8 = 1;
 /// Exit status for a usage error (bad flags or arguments), as clap uses.
 pub const EXIT_USAGE: u8 = 2;
+/// Exit status when the tracker is unreachable, is not a tracker, or refuses us.
+pub const EXIT_TRACKER: u8 = 3;
+/// Exit status when no source (peer or origin) could deliver the asset.
+pub const EXIT_NO_SOURCE: u8 = 4;
+/// Exit status when the local disk or permissions stopped the command.
+pub const EXIT_LOCAL: u8 = 5;
+/// Exit status when the reader of `--stream` (or `-o -`) closed the pipe early, as curl's 23.
+pub const EXIT_READER_CLOSED: u8 = 23;
+/// Exit status after Ctrl-C or SIGTERM, as shells report a SIGINT.
+pub const EXIT_INTERRUPTED: u8 = 130;
+
+/// The exit statuses, as every `--help` and the README list them.
+pub const EXIT_STATUS_HELP: &str = "\
+Exit status:
+  0    success
+  1    failure (the reason is on stderr)
+  2    usage error (bad flag, argument, variable or config file)
+  3    tracker unreachable, not a tracker, or refusing (401, 403, 429, 5xx)
+  4    no source (peer or origin) could deliver the asset
+  5    local disk full, read-only or permission denied
+  23   the reader of --stream or -o - closed early
+  130  interrupted (Ctrl-C, SIGTERM)";
 
 /// Turns a command's result into an exit code, printing the error chain on stderr.
 /// A broken pipe on stdout (`chunkify big.iso | head`) is not a failure.
@@ -24,8 +53,34 @@ pub fn finish(program: &str, result: anyhow::Result<u8>) -> ExitCode {
                 ""
             };
             eprintln!("{program}: error: {e:#}{hint}");
-            ExitCode::from(EXIT_FAILED)
+            ExitCode::from(exit_code(&e))
         }
+    }
+}
+
+/// The exit status for a failed command: its tagged [`Failure`], else a local disk or
+/// permission error anywhere in its chain, else [`EXIT_FAILED`].
+pub fn exit_code(e: &anyhow::Error) -> u8 {
+    use io::ErrorKind::{
+        FileTooLarge, PermissionDenied, QuotaExceeded, ReadOnlyFilesystem, StorageFull,
+    };
+    match Failure::of(e) {
+        Some(Failure::TrackerUnreachable | Failure::TrackerRefused) => EXIT_TRACKER,
+        Some(Failure::NoSource) => EXIT_NO_SOURCE,
+        Some(Failure::Local) => EXIT_LOCAL,
+        None if [
+            StorageFull,
+            PermissionDenied,
+            ReadOnlyFilesystem,
+            QuotaExceeded,
+            FileTooLarge,
+        ]
+        .into_iter()
+        .any(|kind| has_io_kind(e, kind)) =>
+        {
+            EXIT_LOCAL
+        }
+        None => EXIT_FAILED,
     }
 }
 
@@ -37,8 +92,20 @@ fn has_io_kind(e: &anyhow::Error, kind: io::ErrorKind) -> bool {
     })
 }
 
-fn is_broken_pipe(e: &anyhow::Error) -> bool {
+/// Whether `e` is (caused by) a write to a pipe whose reader has gone.
+pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
     has_io_kind(e, io::ErrorKind::BrokenPipe)
+}
+
+/// Refuses to write an asset to a terminal, as curl does: binary bytes garble it.
+pub fn refuse_terminal_stdout() -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    if io::stdout().is_terminal() {
+        anyhow::bail!(
+            "would write binary to a terminal; redirect or pipe it (--stream > FILE, --stream | mpv -)"
+        );
+    }
+    Ok(())
 }
 
 /// Sends the library's `log` records to stderr as `PROGRAM: message`, the way the
@@ -122,4 +189,215 @@ pub fn default_store() -> std::path::PathBuf {
         return PathBuf::from(home).join(".cache").join("swarmcache");
     }
     PathBuf::from("swarmcache-store")
+}
+
+/// Parses a socket address for clap: `127.0.0.1:7001`, `[::1]:7001`, or a host name such
+/// as `localhost:7070` (resolved; its first IPv4 address is preferred). An address
+/// without a port says to add one.
+pub fn addr_arg(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let bare = text.trim_start_matches('[').trim_end_matches(']');
+    if bare.parse::<std::net::IpAddr>().is_ok() || !text.contains(':') {
+        let example = if bare.contains(':') {
+            format!("[{bare}]:7001")
+        } else {
+            format!("{bare}:7001")
+        };
+        return Err(format!("{text} has no port; add :PORT, e.g. {example}"));
+    }
+    let addrs: Vec<SocketAddr> = text
+        .to_socket_addrs()
+        .map_err(|e| format!("{text} is not HOST:PORT: {e}"))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| format!("{text} resolves to no address"))
+}
+
+/// Parses a tracker URL for clap: `http://HOST:PORT`. A bare `HOST:PORT` suggests the
+/// `http://` form.
+pub fn tracker_arg(text: &str) -> Result<String, String> {
+    if !text.contains("://") && addr_arg(text).is_ok() {
+        return Err(format!(
+            "{text} is an address, not a URL; did you mean http://{text}?"
+        ));
+    }
+    crate::tracker_client::TrackerClient::new(text)
+        .map(|t| t.url().to_string())
+        .map_err(|e| format!("{e:#}"))
+}
+
+/// Parses an asset id (64 hex digits) for clap.
+pub fn asset_id_arg(text: &str) -> Result<crate::manifest::AssetId, String> {
+    crate::manifest::parse_asset_id(text).map_err(|e| format!("{e:#}"))
+}
+
+/// The addresses to dial a server listening on `addr` by: itself, or for a wildcard
+/// (`0.0.0.0`, `[::]`) the loopback address and the address of the interface the default
+/// route leaves by (found by connecting a UDP socket, which sends nothing).
+pub fn dial_addrs(addr: SocketAddr) -> Vec<SocketAddr> {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, UdpSocket};
+    if !addr.ip().is_unspecified() {
+        return vec![addr];
+    }
+    let (loopback, any, probe): (IpAddr, IpAddr, SocketAddr) = if addr.is_ipv4() {
+        (
+            Ipv4Addr::LOCALHOST.into(),
+            Ipv4Addr::UNSPECIFIED.into(),
+            // TEST-NET-1 (RFC 5737): routed by the default route, never answered.
+            SocketAddr::from(([192, 0, 2, 1], 9)),
+        )
+    } else {
+        (
+            Ipv6Addr::LOCALHOST.into(),
+            Ipv6Addr::UNSPECIFIED.into(),
+            // The documentation prefix (RFC 3849).
+            SocketAddr::from((Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1), 9)),
+        )
+    };
+    let mut out = Vec::new();
+    if let Ok(ip) = UdpSocket::bind(SocketAddr::new(any, 0))
+        .and_then(|s| s.connect(probe).and_then(|()| s.local_addr()))
+        .map(|a| a.ip())
+        && !ip.is_loopback()
+        && !ip.is_unspecified()
+    {
+        out.push(SocketAddr::new(ip, addr.port()));
+    }
+    out.push(SocketAddr::new(loopback, addr.port()));
+    out
+}
+
+/// Long flags whose meaning differs between programs: their variable carries the program's
+/// name (`SWARMCACHE_TRACKER_LISTEN`, `SWARMCACHE_PEER_SERVER_LISTEN`), so one exported for
+/// one program does not move another.
+const PER_PROGRAM_FLAGS: [&str; 4] = ["listen", "advertise-addr", "metrics", "name"];
+
+/// Parses the command line of `A` the way every binary does: each flag also read from its
+/// `SWARMCACHE_*` variable, then from the config file ([`config`]); `--version` on every
+/// subcommand; the exit statuses in `--help`; `--completions SHELL` and `--man` print a
+/// shell completion script or the man page and exit. Usage errors exit 2.
+pub fn parse<A: clap::Parser>(program: &'static str) -> A {
+    let file = match config::Config::load() {
+        Ok(file) => file,
+        Err(e) => {
+            eprintln!("{program}: error: {e:#}");
+            std::process::exit(EXIT_USAGE.into());
+        }
+    };
+    let mut command = command::<A>(program, &file);
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if let Some(code) = generate(&mut command, program, &args) {
+        std::process::exit(code.into());
+    }
+    let matches = command.get_matches_from(args);
+    A::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
+/// The clap command of `A` with variables, config-file defaults, help text and the
+/// completion and man flags added (what [`parse`] parses with).
+pub fn command<A: clap::CommandFactory>(
+    program: &'static str,
+    file: &config::Config,
+) -> clap::Command {
+    let command = A::command()
+        .name(program)
+        .bin_name(program)
+        .propagate_version(true)
+        .arg(
+            clap::Arg::new("completions")
+                .long("completions")
+                .value_name("SHELL")
+                .value_parser(clap::value_parser!(clap_complete::Shell))
+                .exclusive(true)
+                .hide_short_help(true)
+                .help("Print a completion script for SHELL (bash, zsh, fish, elvish, powershell) and exit"),
+        )
+        .arg(
+            clap::Arg::new("man")
+                .long("man")
+                .action(clap::ArgAction::SetTrue)
+                .exclusive(true)
+                .hide_short_help(true)
+                .help("Print the man page (roff) and exit"),
+        );
+    let prefix = program.to_uppercase();
+    with_env_and_defaults(command, &prefix, file)
+}
+
+/// Adds a `SWARMCACHE_*` variable to every flag of `command` and its subcommands that has
+/// none, and the config file's values as defaults of the flags they name.
+fn with_env_and_defaults(
+    mut command: clap::Command,
+    prefix: &str,
+    file: &config::Config,
+) -> clap::Command {
+    command = command.after_help(format!("{EXIT_STATUS_HELP}\n\n{}", config::HELP));
+    let ids: Vec<(String, String)> = command
+        .get_arguments()
+        .filter(|a| a.get_env().is_none())
+        .filter_map(|a| Some((a.get_id().to_string(), a.get_long()?.to_string())))
+        .filter(|(id, _)| !["help", "version", "completions", "man"].contains(&id.as_str()))
+        .collect();
+    for (id, long) in ids {
+        let flag = long.to_uppercase().replace('-', "_");
+        let name = if PER_PROGRAM_FLAGS.contains(&long.as_str()) {
+            format!("SWARMCACHE_{prefix}_{flag}")
+        } else {
+            format!("SWARMCACHE_{flag}")
+        };
+        command = command.mut_arg(id, |a| a.env(name));
+    }
+    let present: Vec<String> = command
+        .get_arguments()
+        .map(|a| a.get_id().to_string())
+        .collect();
+    for (id, value) in file.values() {
+        if present.iter().any(|p| p == id) {
+            command = command.mut_arg(id, |a| a.default_value(value.clone()).required(false));
+        }
+    }
+    let subcommands: Vec<String> = command
+        .get_subcommands()
+        .map(|c| c.get_name().to_string())
+        .collect();
+    for name in subcommands {
+        command = command.mut_subcommand(name, |c| with_env_and_defaults(c, prefix, file));
+    }
+    command
+}
+
+/// Handles `PROGRAM --completions SHELL` and `PROGRAM --man`; the exit status when one was
+/// asked for.
+fn generate(command: &mut clap::Command, program: &str, args: &[std::ffi::OsString]) -> Option<u8> {
+    let asked = args.get(1)?.to_str()?;
+    let mut out = io::stdout().lock();
+    let written = match (asked, args.get(2).and_then(|a| a.to_str())) {
+        ("--man", None) => {
+            command.build();
+            clap_mangen::Man::new(command.clone()).render(&mut out)
+        }
+        ("--completions", Some(shell)) => {
+            let shell: clap_complete::Shell = match shell.parse() {
+                Ok(shell) => shell,
+                Err(_) => return None,
+            };
+            clap_complete::generate(shell, command, program, &mut out);
+            Ok(())
+        }
+        _ => return None,
+    };
+    Some(match written.and_then(|()| out.flush()) {
+        Ok(()) => EXIT_OK,
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => EXIT_OK,
+        Err(e) => {
+            eprintln!("{program}: error: writing to stdout: {e}");
+            EXIT_FAILED
+        }
+    })
 }

@@ -393,10 +393,10 @@ fn fetch(config: &GetConfig, seed: bool, out: Option<&mut (dyn Write + Send)>) -
                 .map(|info| Source::from_info(info, count))
                 .collect();
             if sources.is_empty() {
-                bail!(
+                return Err(crate::failure::Failure::NoSource.error(format!(
                     "the tracker knows no peer or origin for {}; start a peer_server that holds it",
                     config.asset
-                );
+                )));
             }
             let origin_share = first
                 .origin_share
@@ -1870,13 +1870,13 @@ impl<'a> Scheduler<'a> {
                 )
             })
             .collect();
-        bail!(
+        Err(crate::failure::Failure::NoSource.error(format!(
             "{} of {} chunks (first: {}) are held by no source still usable; sources: {}. Progress is kept: run the same command again to resume",
             self.missing.len(),
             self.manifest.chunk_count(),
             first.join(", "),
             reasons.join("; ")
-        )
+        )))
     }
 
     /// Ends every connection. Those still waiting for a reply (a hedged request, a stalled

@@ -31,7 +31,8 @@
 //! - [`client`]: downloads: scheduler, connection workers, summary.
 //! - [`stream`]: writing an asset out in order while it downloads.
 //! - [`metrics`]: the Prometheus text format of the `/metrics` endpoints.
-//! - [`cli`]: helpers shared by the binaries (exit codes, logging).
+//! - [`failure`]: the typed causes of a failed command that exit codes tell apart.
+//! - [`cli`]: helpers shared by the binaries (exit codes, logging, flags, config file).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -42,6 +43,7 @@ pub mod backoff;
 pub mod bitfield;
 pub mod cli;
 pub mod client;
+pub mod failure;
 pub mod fsutil;
 pub mod http;
 pub mod manifest;

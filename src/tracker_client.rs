@@ -3,13 +3,14 @@
 use std::io::Read;
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 use serde::de::DeserializeOwned;
 
 use crate::api::{
     AnnounceRequest, AnnounceResponse, ErrorBody, KeysResponse, PeerInfo, PublishResponse,
 };
 use crate::backoff::Backoff;
+use crate::failure::Failure;
 use crate::manifest::{AssetId, MAX_MANIFEST_BYTES, Manifest};
 
 /// Connecting to a tracker on a LAN takes milliseconds; 5 s covers a loaded one.
@@ -125,20 +126,58 @@ impl TrackerClient {
                     let message = serde_json::from_str::<ErrorBody>(&text)
                         .map(|b| b.error)
                         .unwrap_or(text);
-                    return Err(anyhow::Error::new(HttpStatus { status, message })
-                        .context(format!("tracker refused {what}")));
+                    let error = anyhow::Error::new(HttpStatus { status, message });
+                    let refusal = format!("tracker refused {what}");
+                    // Refusals of the caller (credentials, load, a broken tracker) are what
+                    // a script retries or escalates; 400/404/409/413 answer the request itself.
+                    return Err(match status {
+                        401 | 403 | 429 | 500..=599 => {
+                            error.context(Failure::TrackerRefused.tag(refusal))
+                        }
+                        _ => error.context(refusal),
+                    });
                 }
                 Err(ureq::Error::Transport(t)) => {
-                    return Err(anyhow!(
-                        "cannot reach the tracker at {} ({what}): {t}; is it running?",
-                        self.base
-                    ));
+                    let message = if answered_but_not_http(&t) {
+                        format!(
+                            "{} answered but is not a swarmcache tracker (is it a peer_server port?)",
+                            self.base
+                        )
+                    } else {
+                        format!(
+                            "cannot reach the tracker at {} ({what}): {t}; is it running?",
+                            self.base
+                        )
+                    };
+                    return Err(Failure::TrackerUnreachable.error(message));
                 }
             }
         }
         unreachable!("the loop returns")
     }
+}
 
+/// Whether a transport error means that something answered, but not in HTTP: a
+/// peer_server port answers a request with a wire frame (`00 00 00 38 09 …`, no newline),
+/// which ureq reports as a bad status line or header, or as an `InvalidInput` read error.
+fn answered_but_not_http(t: &ureq::Transport) -> bool {
+    use std::error::Error;
+    use ureq::ErrorKind::{BadHeader, BadStatus, Io};
+    let io_kind = t
+        .source()
+        .and_then(|s| s.downcast_ref::<std::io::Error>())
+        .map(std::io::Error::kind);
+    match t.kind() {
+        BadStatus | BadHeader => true,
+        Io => matches!(
+            io_kind,
+            Some(std::io::ErrorKind::InvalidInput | std::io::ErrorKind::InvalidData)
+        ),
+        _ => false,
+    }
+}
+
+impl TrackerClient {
     fn json<T: DeserializeOwned>(&self, response: ureq::Response, what: &str) -> Result<T> {
         let mut text = String::new();
         response

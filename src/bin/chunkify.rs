@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use std::io::BufRead;
 use swarmcache::cli::{self, EXIT_FAILED, EXIT_OK};
 use swarmcache::manifest::{self, Manifest};
 
@@ -51,6 +52,26 @@ enum Command {
 fn open_input(path: &Path) -> Result<Box<dyn Read>> {
     if path == Path::new("-") {
         return Ok(Box::new(io::stdin().lock()));
+    }
+    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    Ok(Box::new(file))
+}
+
+/// The content to chunk; an empty standard input is refused: it is what a failed
+/// producer (`tar c missing-dir | chunkify -`) leaves, and its manifest helps nobody.
+fn open_content(path: &Path) -> Result<Box<dyn Read>> {
+    if path == Path::new("-") {
+        let mut input = io::BufReader::new(io::stdin().lock());
+        if input
+            .fill_buf()
+            .context("reading standard input")?
+            .is_empty()
+        {
+            anyhow::bail!(
+                "standard input is empty: nothing to chunk (did the command before | fail?)"
+            );
+        }
+        return Ok(Box::new(input));
     }
     let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
     Ok(Box::new(file))
@@ -103,7 +124,7 @@ fn run(args: Args) -> Result<u8> {
             .map(|n| n.to_string_lossy().into_owned())
             .with_context(|| format!("{} names no file; give --name", path.display()))?,
     };
-    let manifest = manifest::chunkify(open_input(&path)?, &name, args.chunk_size)
+    let manifest = manifest::chunkify(open_content(&path)?, &name, args.chunk_size)
         .with_context(|| format!("chunking {}", path.display()))?;
     if args.id {
         cli::println(&manifest.id().to_string())?;
@@ -118,5 +139,5 @@ fn run(args: Args) -> Result<u8> {
 
 fn main() -> ExitCode {
     cli::init_logging("chunkify");
-    cli::finish("chunkify", run(Args::parse()))
+    cli::finish("chunkify", run(cli::parse("chunkify")))
 }

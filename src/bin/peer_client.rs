@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use swarmcache::cli::{self, EXIT_FAILED, EXIT_OK};
+use swarmcache::cli::{self, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_READER_CLOSED};
 use swarmcache::client::{self, DEFAULT_WORKERS, GetConfig, Progress};
-use swarmcache::manifest::{self, Manifest};
+use swarmcache::manifest::AssetId;
+use swarmcache::manifest::Manifest;
 use swarmcache::store::Store;
 use swarmcache::store::cache;
 use swarmcache::stream::DEFAULT_WINDOW;
@@ -37,7 +38,7 @@ enum Command {
         /// The manifest TOML, as printed by chunkify, or - for standard input.
         manifest: PathBuf,
         /// Tracker URL, e.g. http://127.0.0.1:7070.
-        #[arg(long, env = "SWARMCACHE_TRACKER")]
+        #[arg(long, env = "SWARMCACHE_TRACKER", value_parser = cli::tracker_arg)]
         tracker: String,
         /// Token with the publish right, for a tracker started with --auth.
         #[arg(long, env = "SWARMCACHE_TOKEN", hide_env_values = true)]
@@ -91,8 +92,8 @@ enum CacheCommand {
     /// stop; the other ids are still removed.
     Rm {
         /// Asset ids (64 hex digits each).
-        #[arg(required = true)]
-        ids: Vec<String>,
+        #[arg(required = true, value_parser = cli::asset_id_arg)]
+        ids: Vec<AssetId>,
     },
     /// Evict least recently used assets until the cache fits in --cache-size.
     ///
@@ -117,15 +118,18 @@ enum CacheCommand {
 #[derive(clap::Args)]
 struct GetArgs {
     /// The asset id (64 hex digits).
-    asset: String,
+    #[arg(value_parser = cli::asset_id_arg)]
+    asset: AssetId,
     /// Tracker URL, e.g. http://127.0.0.1:7070 (not needed when the store holds the whole asset).
-    #[arg(long, env = "SWARMCACHE_TRACKER")]
+    #[arg(long, env = "SWARMCACHE_TRACKER", value_parser = cli::tracker_arg)]
     tracker: Option<String>,
-    /// Output file (default: the asset's name in the current directory, never replacing a file).
+    /// Output file (default: the asset's name in the current directory, never replacing a
+    /// file); - writes to stdout as --stream does.
     #[arg(short, long)]
     output: Option<PathBuf>,
     /// Write the asset to stdout in order while it downloads (e.g. `| mpv -`, `| tar x`).
-    /// Only verified bytes are written; the asset also lands in the store.
+    /// Only verified bytes are written; the asset also lands in the store. Refused when
+    /// stdout is a terminal; a reader that closes early exits 23.
     #[arg(long, conflicts_with = "output")]
     stream: bool,
     /// With --stream: how many chunks ahead of the reader are fetched first; one that is
@@ -144,15 +148,15 @@ struct GetArgs {
     /// Download cap, e.g. 25MiB (per second).
     #[arg(long, value_parser = cli::size_arg)]
     max_download_rate: Option<u64>,
-    /// Address to serve the asset to other peers from while downloading
-    /// (default: every interface, a free port).
-    #[arg(long)]
+    /// Address to serve the asset to other peers from while downloading, e.g.
+    /// 0.0.0.0:7002 for a port a firewall lets in (default: every interface, a free port).
+    #[arg(long, value_parser = cli::addr_arg)]
     listen: Option<SocketAddr>,
     /// Do not serve the asset to other peers.
     #[arg(long, conflicts_with_all = ["listen", "seed_for"])]
     no_serve: bool,
     /// Address other peers should connect to, when it differs from --listen (NAT).
-    #[arg(long)]
+    #[arg(long, value_parser = cli::addr_arg)]
     advertise_addr: Option<SocketAddr>,
     /// Upload cap while serving, e.g. 25MiB (per second).
     #[arg(long, value_parser = cli::size_arg)]
@@ -206,11 +210,15 @@ fn run(args: Args) -> Result<u8> {
     Ok(EXIT_OK)
 }
 
-/// Exit status after Ctrl-C or SIGTERM during a download, as shells report a SIGINT.
-const EXIT_INTERRUPTED: u8 = 130;
-
-fn get(args: GetArgs) -> Result<u8> {
-    let asset = manifest::parse_asset_id(&args.asset)?;
+fn get(mut args: GetArgs) -> Result<u8> {
+    let asset = args.asset;
+    if args.output.as_deref() == Some(Path::new("-")) {
+        args.output = None;
+        args.stream = true;
+    }
+    if args.stream {
+        cli::refuse_terminal_stdout()?;
+    }
     // Ctrl-C and SIGTERM end the download or seeding cleanly: progress recorded, the swarm
     // told, the embedded server stopped.
     ctrlc::set_handler(client::interrupt).context("installing the Ctrl-C handler")?;
@@ -255,6 +263,13 @@ fn get(args: GetArgs) -> Result<u8> {
         Err(e) if client::interrupted() => {
             eprintln!("peer_client: {e:#}");
             return Ok(EXIT_INTERRUPTED);
+        }
+        // A player that quits mid-stream must not look like a complete delivery.
+        Err(e) if args.stream && cli::is_broken_pipe(&e) => {
+            eprintln!(
+                "peer_client: the reader of the stream closed it early ({e:#}); progress is kept in the store"
+            );
+            return Ok(EXIT_READER_CLOSED);
         }
         result => result?,
     };
@@ -301,8 +316,8 @@ fn cache_command(args: CacheArgs) -> Result<u8> {
         }
         CacheCommand::Rm { ids } => {
             let mut failed = false;
-            for text in &ids {
-                match manifest::parse_asset_id(text).and_then(|id| cache::remove(&store, &id)) {
+            for id in &ids {
+                match cache::remove(&store, id) {
                     Ok(gone) => cli::println(&format!("removed {} {}", gone.id, gone.name))?,
                     Err(e) => {
                         eprintln!("peer_client: error: {e:#}");
@@ -336,7 +351,18 @@ fn cache_command(args: CacheArgs) -> Result<u8> {
 
 fn read_manifest(path: &Path) -> Result<Manifest> {
     let manifest = if path == Path::new("-") {
-        Manifest::read_from(std::io::stdin().lock())
+        use std::io::BufRead;
+        let mut input = std::io::BufReader::new(std::io::stdin().lock());
+        if input
+            .fill_buf()
+            .context("reading standard input")?
+            .is_empty()
+        {
+            anyhow::bail!(
+                "standard input is empty: no manifest to publish (did chunkify before | fail?)"
+            );
+        }
+        Manifest::read_from(input)
     } else {
         let file = std::fs::File::open(path)
             .with_context(|| format!("opening manifest {}", path.display()))?;
@@ -347,5 +373,5 @@ fn read_manifest(path: &Path) -> Result<Manifest> {
 
 fn main() -> ExitCode {
     cli::init_logging("peer_client");
-    cli::finish("peer_client", run(Args::parse()))
+    cli::finish("peer_client", run(cli::parse("peer_client")))
 }

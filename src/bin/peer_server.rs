@@ -25,7 +25,7 @@ use swarmcache::server::{
 #[command(version, verbatim_doc_comment)]
 struct Args {
     /// Address to listen on, e.g. 127.0.0.1:7001, 0.0.0.0:7001, [::]:7001; port 0 picks one.
-    #[arg(long, default_value = "127.0.0.1:7001")]
+    #[arg(long, default_value = "127.0.0.1:7001", value_parser = cli::addr_arg)]
     listen: SocketAddr,
     /// Store directory whose assets are served (shared with peer_client; default: the user's cache).
     #[arg(long, visible_alias = "cache")]
@@ -37,14 +37,14 @@ struct Args {
     #[arg(long, default_value = "256KiB", value_parser = cli::chunk_size_arg)]
     chunk_size: u32,
     /// Tracker URL to publish to and announce at, e.g. http://127.0.0.1:7070.
-    #[arg(long)]
+    #[arg(long, env = "SWARMCACHE_TRACKER", value_parser = cli::tracker_arg)]
     tracker: Option<String>,
     /// Register as the origin: the fallback of last resort for every asset served.
     #[arg(long)]
     origin: bool,
     /// Address other peers should connect to, when it differs from --listen (NAT, 0.0.0.0).
     /// Without it, a wildcard listen address is announced as the address the tracker sees.
-    #[arg(long)]
+    #[arg(long, value_parser = cli::addr_arg)]
     advertise_addr: Option<SocketAddr>,
     /// Connections served at once; more are refused with "busy".
     #[arg(long, default_value_t = DEFAULT_MAX_CONNS)]
@@ -65,7 +65,7 @@ struct Args {
     /// Serve Prometheus metrics over HTTP at http://ADDR/metrics, e.g. 127.0.0.1:9101:
     /// bytes and chunks served per asset, connections accepted, active and failed, busy
     /// refusals, protocol errors.
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", value_parser = cli::addr_arg)]
     metrics: Option<SocketAddr>,
     /// Token for a tracker started with --auth (publishing seeds needs the publish right,
     /// --origin the origin right).
@@ -113,5 +113,5 @@ fn run(args: Args) -> Result<u8> {
 
 fn main() -> ExitCode {
     cli::init_logging("peer_server");
-    cli::finish("peer_server", run(Args::parse()))
+    cli::finish("peer_server", run(cli::parse("peer_server")))
 }

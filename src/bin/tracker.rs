@@ -44,7 +44,7 @@ struct Args {
     /// Address to listen on, e.g. 127.0.0.1:7070, 0.0.0.0:7070 or [::]:7070.
     // The help text shows an IPv6 address in brackets, which rustdoc takes for a link.
     #[allow(rustdoc::broken_intra_doc_links)]
-    #[arg(long, default_value = "127.0.0.1:7070")]
+    #[arg(long, default_value = "127.0.0.1:7070", value_parser = cli::addr_arg)]
     listen: SocketAddr,
     /// Directory for the durable catalog (created if missing).
     #[arg(long, default_value = "tracker-data")]
@@ -154,12 +154,24 @@ fn run(args: Args) -> Result<u8> {
         ..TrackerConfig::new(args.listen, args.data)
     };
     let tracker = Tracker::bind(&config)?;
-    cli::println(&format!("listening on http://{}", tracker.local_addr()))?;
+    let addr = tracker.local_addr();
+    cli::println(&format!("listening on http://{addr}"))?;
+    if addr.ip().is_unspecified() {
+        // Scripts read the line above as is; this one tells people what to give --tracker.
+        let urls: Vec<String> = cli::dial_addrs(addr)
+            .iter()
+            .map(|a| format!("http://{a}"))
+            .collect();
+        eprintln!(
+            "tracker: listening on every interface; dial {}",
+            urls.join(" or ")
+        );
+    }
     tracker.serve()?;
     Ok(EXIT_OK)
 }
 
 fn main() -> ExitCode {
     cli::init_logging("tracker");
-    cli::finish("tracker", run(Args::parse()))
+    cli::finish("tracker", run(cli::parse("tracker")))
 }
