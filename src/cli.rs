@@ -401,3 +401,53 @@ fn generate(command: &mut clap::Command, program: &str, args: &[std::ffi::OsStri
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wildcard_listener_is_dialled_at_loopback_and_the_routed_address() {
+        let any: SocketAddr = "0.0.0.0:7070".parse().unwrap();
+        let dial = dial_addrs(any);
+        assert!(
+            dial.contains(&"127.0.0.1:7070".parse().unwrap()),
+            "{dial:?}"
+        );
+        assert!(
+            dial.iter()
+                .all(|a| !a.ip().is_unspecified() && a.port() == 7070)
+        );
+        let one: SocketAddr = "10.1.2.3:7070".parse().unwrap();
+        assert_eq!(dial_addrs(one), [one]);
+    }
+
+    #[test]
+    fn addresses_need_a_port_and_host_names_resolve() {
+        assert!(addr_arg("127.0.0.1").unwrap_err().contains("add :PORT"));
+        assert!(addr_arg("[::1]").unwrap_err().contains("[::1]:7001"));
+        assert!(addr_arg("localhost").unwrap_err().contains("add :PORT"));
+        assert_eq!(addr_arg("localhost:7070").unwrap().port(), 7070);
+        assert!(
+            tracker_arg("127.0.0.1:7070")
+                .unwrap_err()
+                .contains("http://127.0.0.1:7070")
+        );
+        assert_eq!(tracker_arg("http://t:7070/").unwrap(), "http://t:7070");
+    }
+
+    #[test]
+    fn typed_failures_and_local_io_errors_get_their_exit_codes() {
+        use anyhow::Context;
+        let tagged = Err::<(), _>(Failure::NoSource.error("none"))
+            .context("getting x")
+            .unwrap_err();
+        assert_eq!(exit_code(&tagged), EXIT_NO_SOURCE);
+        let full = anyhow::Error::new(io::Error::from(io::ErrorKind::StorageFull));
+        assert_eq!(exit_code(&full.context("writing chunk 3")), EXIT_LOCAL);
+        let missing = anyhow::Error::new(io::Error::from(io::ErrorKind::NotFound));
+        assert_eq!(exit_code(&missing), EXIT_FAILED);
+        let refused = Failure::TrackerRefused.error("403");
+        assert_eq!(exit_code(&refused), EXIT_TRACKER);
+    }
+}

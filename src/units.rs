@@ -80,16 +80,19 @@ pub fn format_bytes(bytes: u64) -> String {
     }
 }
 
-/// Formats a rate in bytes per second with decimal units, as network tools do: `850.3 MB/s`.
+/// Formats a rate in bytes per second in binary units, as every other size we print
+/// (and the progress bar's rate) is: `820.4 MiB/s`.
 pub fn format_rate(bytes: u64, elapsed: Duration) -> String {
     let secs = elapsed.as_secs_f64().max(1e-9);
     let rate = bytes as f64 / secs;
-    if rate >= 1e9 {
-        format!("{:.2} GB/s", rate / 1e9)
-    } else if rate >= 1e6 {
-        format!("{:.1} MB/s", rate / 1e6)
+    const GIB: f64 = (1u64 << 30) as f64;
+    const MIB: f64 = (1u64 << 20) as f64;
+    if rate >= GIB {
+        format!("{:.2} GiB/s", rate / GIB)
+    } else if rate >= MIB {
+        format!("{:.1} MiB/s", rate / MIB)
     } else {
-        format!("{:.1} kB/s", rate / 1e3)
+        format!("{:.1} KiB/s", rate / 1024.0)
     }
 }
 
@@ -123,9 +126,9 @@ mod tests {
     fn bytes_format_for_people() {
         assert_eq!(format_bytes(512), "512 B");
         assert_eq!(format_bytes(1 << 30), "1.00 GiB");
-        assert_eq!(
-            format_rate(1_000_000_000, Duration::from_secs(1)),
-            "1.00 GB/s"
-        );
+        // The summary's rate in the units of the progress bar and of every size.
+        assert_eq!(format_rate(1 << 30, Duration::from_secs(1)), "1.00 GiB/s");
+        assert_eq!(format_rate(25 << 20, Duration::from_secs(2)), "12.5 MiB/s");
+        assert_eq!(format_rate(512, Duration::from_secs(1)), "0.5 KiB/s");
     }
 }

@@ -74,7 +74,7 @@ fn tokens_gate_the_tracker_and_tickets_gate_every_peer() {
         b"",
     );
     assert!(
-        stderr.code(1).contains("may not publish"),
+        stderr.code(3).contains("may not publish"),
         "{}",
         stderr.stderr
     );
@@ -104,8 +104,8 @@ fn tokens_gate_the_tracker_and_tickets_gate_every_peer() {
     };
     get(&a_id, &viewer, "a.out").ok();
     assert!(std::fs::read(d.join("a.out")).unwrap() == a);
-    assert!(get(&b_id, &viewer, "b.out").code(1).contains("403"));
-    assert!(get(&a_id, "", "a2.out").code(1).contains("401"));
+    assert!(get(&b_id, &viewer, "b.out").code(3).contains("403"));
+    assert!(get(&a_id, "", "a2.out").code(3).contains("401"));
     let listed = ureq::get(&format!("{}/assets", tracker.url))
         .set("Authorization", &format!("Bearer {viewer}"))
         .call()

@@ -282,7 +282,7 @@ fn cache_commands_explain_mistakes() {
     );
     cache(d, &["rm"]).code(2);
     let bad = cache(d, &["rm", "xyz"]);
-    assert!(bad.code(1).contains("not an asset id"), "{}", bad.stderr);
+    assert!(bad.code(2).contains("not an asset id"), "{}", bad.stderr);
     let absent = cache(d, &["rm", &"ab".repeat(32)]);
     assert!(
         absent.code(1).contains("not in the cache"),

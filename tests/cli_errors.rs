@@ -3,7 +3,7 @@
 use crate::harness::{TrackerProc, run};
 
 #[test]
-fn usage_errors_exit_2_and_failures_exit_1_with_a_reason() {
+fn usage_errors_exit_2_and_failures_exit_1_or_their_own_code_with_a_reason() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     run(d, "chunkify", &["--chunk-size", "1KiB", "x"], b"").code(2);
@@ -28,7 +28,7 @@ fn usage_errors_exit_2_and_failures_exit_1_with_a_reason() {
         b"",
     );
     assert!(
-        bad_id.code(1).contains("not an asset id"),
+        bad_id.code(2).contains("not an asset id"),
         "{}",
         bad_id.stderr
     );
@@ -48,7 +48,7 @@ fn usage_errors_exit_2_and_failures_exit_1_with_a_reason() {
         b"",
     );
     assert!(
-        down.code(1).contains("cannot reach the tracker"),
+        down.code(3).contains("cannot reach the tracker"),
         "{}",
         down.stderr
     );
@@ -177,7 +177,7 @@ fn a_get_that_fails_leaves_the_swarm() {
         b"",
     );
     assert!(
-        failed.code(1).contains("knows no peer or origin"),
+        failed.code(4).contains("knows no peer or origin"),
         "{}",
         failed.stderr
     );

@@ -484,7 +484,7 @@ fn a_full_disk_is_a_clear_error_and_the_download_resumes_once_there_is_room() {
     let id = origin.seeded[0].clone();
 
     let full = get(d, &tracker.url, &id, "copy.bin", "small/store", &[]);
-    let stderr = full.code(1);
+    let stderr = full.code(5);
     assert!(stderr.contains("disk is full"), "{stderr}");
     assert!(
         !d.join("copy.bin").exists(),

@@ -6,6 +6,7 @@ mod harness;
 mod auth;
 mod cache;
 mod cli_errors;
+mod cli_scripts;
 mod faults;
 mod hostile_http;
 mod metrics;
