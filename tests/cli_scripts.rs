@@ -325,3 +325,50 @@ fn a_flag_beats_its_variable_which_beats_the_config_file() {
     assert!(stderr.contains(&file.display().to_string()), "{stderr}");
     assert!(stderr.contains("line 2"), "{stderr}");
 }
+
+#[test]
+fn the_shipped_systemd_units_parse() {
+    let Ok(analyze) = which("systemd-analyze") else {
+        eprintln!("skipped: no systemd-analyze to verify contrib/systemd/ with");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let units = Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/systemd");
+    // (shipped file, binary its ExecStart runs, the instance name verified)
+    for (file, binary, instance) in [
+        (
+            "swarmcache-tracker.service",
+            "tracker",
+            "swarmcache-tracker.service",
+        ),
+        (
+            "swarmcache-peer-server@.service",
+            "peer_server",
+            "swarmcache-peer-server@root.service",
+        ),
+    ] {
+        let text = std::fs::read_to_string(units.join(file)).unwrap();
+        let installed = format!("/usr/local/bin/{binary} ");
+        assert!(text.contains(&installed), "{file} runs {installed}");
+        // Verified from a temporary copy whose ExecStart names this build's binary, so
+        // nothing under /etc or /usr is read for it or written.
+        let local = text.replace(&installed, &format!("{} ", bin(binary).display()));
+        std::fs::write(d.join(file), &local).unwrap();
+        std::fs::write(d.join(instance), &local).unwrap();
+        let verify = run_cmd(
+            Command::new(&analyze)
+                .args(["verify", "--man=no"])
+                .arg(d.join(instance))
+                .current_dir(d),
+            &format!("systemd-analyze verify {instance}"),
+            b"",
+        );
+        assert!(
+            !verify.stderr.contains(file) && !verify.stderr.contains(instance),
+            "{instance}: {}",
+            verify.stderr
+        );
+        verify.ok();
+    }
+}
