@@ -351,7 +351,16 @@ fn with_env_and_defaults(
         } else {
             format!("SWARMCACHE_{flag}")
         };
-        command = command.mut_arg(id, |a| a.env(name));
+        command = command.mut_arg(id, |a| {
+            // A switch from a variable takes what shells write: 1/0, yes/no, true/false.
+            let switch = matches!(a.get_action(), clap::ArgAction::SetTrue);
+            let a = a.env(name);
+            if switch {
+                a.value_parser(clap::builder::FalseyValueParser::new())
+            } else {
+                a
+            }
+        });
     }
     let present: Vec<String> = command
         .get_arguments()

@@ -314,6 +314,10 @@ fn a_flag_beats_its_variable_which_beats_the_config_file() {
     // A flag no one gave a variable by hand has one too, checked like the flag.
     let env_chunk = run_env(d, "chunkify", &["x"], &[("SWARMCACHE_CHUNK_SIZE", "1KiB")]);
     assert!(env_chunk.code(2).contains("1KiB"), "{}", env_chunk.stderr);
+    // A switch takes what shells write.
+    std::fs::write(d.join("f.bin"), b"some bytes").unwrap();
+    let id_only = run_env(d, "chunkify", &["f.bin"], &[("SWARMCACHE_ID", "1")]);
+    assert_eq!(id_only.ok().trim().len(), 64, "{}", id_only.stdout);
     // A bad file names itself and the line.
     std::fs::write(
         &file,

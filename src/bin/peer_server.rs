@@ -1,5 +1,8 @@
 //! `peer_server`: seed files and serve the chunks of a store to other peers.
 
+// The `///` docs below are the --help text, not rustdoc: `[::]:7070` is an address.
+#![allow(rustdoc::broken_intra_doc_links)]
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;

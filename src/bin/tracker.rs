@@ -1,5 +1,8 @@
 //! `tracker`: the authority — catalog, swarms, HTTP/JSON API.
 
+// The `///` docs below are the --help text, not rustdoc: `[::]:7070` is an address.
+#![allow(rustdoc::broken_intra_doc_links)]
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
