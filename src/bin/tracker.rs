@@ -45,8 +45,6 @@ struct Args {
     #[command(subcommand)]
     command: Option<Command>,
     /// Address to listen on, e.g. 127.0.0.1:7070, 0.0.0.0:7070 or [::]:7070.
-    // The help text shows an IPv6 address in brackets, which rustdoc takes for a link.
-    #[allow(rustdoc::broken_intra_doc_links)]
     #[arg(long, default_value = "127.0.0.1:7070", value_parser = cli::addr_arg)]
     listen: SocketAddr,
     /// Directory for the durable catalog (created if missing).
