@@ -151,10 +151,18 @@ pub fn run_cmd(cmd: &mut Command, description: &str, stdin: &[u8]) -> Run {
 }
 
 /// Gathers everything `reader` yields into a string, from a thread of its own.
-pub fn collect(mut reader: impl Read + Send + 'static) -> Arc<Mutex<String>> {
+pub fn collect(reader: impl Read + Send + 'static) -> Arc<Mutex<String>> {
+    collect_until_eof(reader).0
+}
+
+/// Like [`collect`], with a receiver that disconnects once the reader reached its end, so
+/// that a caller who saw the child exit can wait for its last lines.
+fn collect_until_eof(mut reader: impl Read + Send + 'static) -> (Arc<Mutex<String>>, Receiver<()>) {
     let text = Arc::new(Mutex::new(String::new()));
     let sink = Arc::clone(&text);
+    let (eof_tx, eof) = crossbeam_channel::bounded::<()>(0);
     std::thread::spawn(move || {
+        let _eof_tx = eof_tx;
         let mut buf = [0u8; 4096];
         while let Ok(n) = reader.read(&mut buf) {
             if n == 0 {
@@ -165,7 +173,7 @@ pub fn collect(mut reader: impl Read + Send + 'static) -> Arc<Mutex<String>> {
                 .push_str(&String::from_utf8_lossy(&buf[..n]));
         }
     });
-    text
+    (text, eof)
 }
 
 /// A long-running child, killed when dropped.
@@ -175,6 +183,7 @@ pub struct Proc {
     lines: Receiver<String>,
     seen: Vec<String>,
     stderr: Arc<Mutex<String>>,
+    stderr_eof: Receiver<()>,
 }
 
 impl Proc {
@@ -204,13 +213,14 @@ impl Proc {
                 }
             }
         });
-        let stderr = collect(child.stderr.take().unwrap());
+        let (stderr, stderr_eof) = collect_until_eof(child.stderr.take().unwrap());
         Proc {
             description,
             child,
             lines,
             seen: Vec::new(),
             stderr,
+            stderr_eof,
         }
     }
 
@@ -290,6 +300,9 @@ impl Proc {
         let deadline = Instant::now() + RUN_TIMEOUT;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
+                // The child has exited, but its last stderr lines may still be in the pipe:
+                // wait (bounded) for the collector to reach the end.
+                let _ = self.stderr_eof.recv_timeout(Duration::from_secs(5));
                 return status;
             }
             assert!(
