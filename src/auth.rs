@@ -368,6 +368,49 @@ pub struct Ticket {
     pub expires: u64,
 }
 
+/// Why a ticket was refused; the texts are what the client is told in its error frame.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TicketError {
+    /// The client presented none.
+    Missing,
+    /// Not a ticket: wrong magic, lengths or signature encoding.
+    Malformed,
+    /// Signed by a key this peer does not know (the tracker may have rotated its key).
+    UnknownKey,
+    /// Signed in the name of a known key, but the signature is false.
+    BadSignature,
+    /// A valid ticket for another asset.
+    WrongAsset {
+        /// The asset the ticket allows.
+        ticket: AssetId,
+        /// The asset the client asked for.
+        asked: AssetId,
+    },
+    /// Past its expiry (beyond the clock skew allowed).
+    Expired,
+}
+
+impl std::fmt::Display for TicketError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TicketError::Missing => {
+                f.write_str("no ticket: this peer serves only clients the tracker allowed")
+            }
+            TicketError::Malformed => f.write_str("malformed ticket"),
+            TicketError::UnknownKey => f.write_str("ticket signed by a key this peer does not know"),
+            TicketError::BadSignature => f.write_str("ticket signature does not verify"),
+            TicketError::WrongAsset { ticket, asked } => {
+                write!(f, "ticket is for asset {ticket}, not {asked}")
+            }
+            TicketError::Expired => {
+                f.write_str("ticket expired: the client should announce again for a new one")
+            }
+        }
+    }
+}
+
+impl std::error::Error for TicketError {}
+
 /// Checks tickets against the tracker's public keys.
 #[derive(Clone, Debug)]
 pub struct TicketVerifier {
@@ -396,36 +439,39 @@ impl TicketVerifier {
 
     /// The ticket's content, if it was signed by one of the keys, is for `asset`, and has
     /// not expired.
-    pub fn verify(&self, ticket: &[u8], asset: &AssetId) -> Result<Ticket, String> {
+    pub fn verify(&self, ticket: &[u8], asset: &AssetId) -> Result<Ticket, TicketError> {
         if ticket.is_empty() {
-            return Err("no ticket: this peer serves only clients the tracker allowed".into());
+            return Err(TicketError::Missing);
         }
         if ticket.len() < HEADER_LEN + SIGNATURE_LEN || &ticket[..4] != TICKET_MAGIC {
-            return Err("malformed ticket".into());
+            return Err(TicketError::Malformed);
         }
         let (body, signature) = ticket.split_at(ticket.len() - SIGNATURE_LEN);
         let peer_len = body[HEADER_LEN - 1] as usize;
         if body.len() != HEADER_LEN + peer_len {
-            return Err("malformed ticket".into());
+            return Err(TicketError::Malformed);
         }
         let id = &body[4..4 + KEY_ID_LEN];
         let key = self
             .keys
             .iter()
             .find(|k| key_id(k) == id)
-            .ok_or("ticket signed by a key this peer does not know")?;
-        let signature = Signature::from_slice(signature).map_err(|_| "malformed ticket")?;
+            .ok_or(TicketError::UnknownKey)?;
+        let signature = Signature::from_slice(signature).map_err(|_| TicketError::Malformed)?;
         key.verify(&signed_bytes(body), &signature)
-            .map_err(|_| "ticket signature does not verify")?;
+            .map_err(|_| TicketError::BadSignature)?;
         let mut digest = Digest::default();
         digest.copy_from_slice(&body[12..44]);
         let ticket_asset = AssetId(digest);
         if &ticket_asset != asset {
-            return Err(format!("ticket is for asset {ticket_asset}, not {asset}"));
+            return Err(TicketError::WrongAsset {
+                ticket: ticket_asset,
+                asked: *asset,
+            });
         }
         let expires = u64::from_be_bytes(body[44..52].try_into().expect("8 bytes"));
         if expires.saturating_add(CLOCK_SKEW) < unix_now() {
-            return Err("ticket expired: the client should announce again for a new one".into());
+            return Err(TicketError::Expired);
         }
         Ok(Ticket {
             asset: ticket_asset,
@@ -455,6 +501,7 @@ mod tests {
             verifier
                 .verify(&ticket, &asset(2))
                 .unwrap_err()
+                .to_string()
                 .contains("not")
         );
         // Any flipped bit breaks it.
@@ -477,6 +524,7 @@ mod tests {
             verifier
                 .verify(&forged, &asset(1))
                 .unwrap_err()
+                .to_string()
                 .contains("does not know")
         );
     }
@@ -497,6 +545,7 @@ mod tests {
             verifier
                 .verify(&ticket, &asset(1))
                 .unwrap_err()
+                .to_string()
                 .contains("expired")
         );
     }

@@ -135,6 +135,11 @@ impl Bitfield {
     }
 }
 
+/// What a download in this process holds so far, shared with the peer server in the same
+/// process so that peers can fetch each chunk the moment it is verified, before it is
+/// recorded on disk.
+pub type LiveHave = std::sync::Arc<std::sync::RwLock<Bitfield>>;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -30,9 +30,10 @@ use crate::api::{AnnounceRequest, PeerInfo};
 use crate::bitfield::Bitfield;
 use crate::manifest::{AssetId, Manifest};
 use crate::ratelimit::{self, RateLimiter};
+use crate::bitfield::LiveHave;
 use crate::server::{
-    DEFAULT_MAX_CONNS, DEFAULT_MAX_CONNS_PER_ADDR, DEFAULT_UPLOAD_SLOTS, LiveHave, Server,
-    ServerConfig, ShutdownHandle, TicketKeys, UploadCounter,
+    DEFAULT_MAX_CONNS, DEFAULT_MAX_CONNS_PER_ADDR, DEFAULT_UPLOAD_SLOTS, Server, ServerConfig,
+    ShutdownHandle, TicketKeys, UploadCounter,
 };
 use crate::store::cache;
 use crate::store::{InUse, Partial, Store};

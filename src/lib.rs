@@ -22,12 +22,13 @@
 //! - [`ratelimit`]: token buckets: bytes per process, requests per client address.
 //! - [`api`]: the JSON types of the tracker's HTTP API.
 //! - [`auth`]: tokens and permissions, signing keys, and the tickets peers check.
-//! - [`net`]: what our listening servers share (waking an accept loop).
+//! - [`net`]: the one listener skeleton: accept loop, per-address caps, refusals, shutdown.
 //! - [`http`]: the HTTP/1.1 server of the tracker and of the peer server's metrics.
 //! - [`tracker`]: the tracker: its routes, swarms, origin shares, figures and durable
 //!   catalog of manifests.
 //! - [`tracker_client`]: the HTTP client side of the tracker API.
 //! - [`server`]: the peer server (seeding and serving chunks).
+//! - [`announce`]: the one announce loop (heartbeats, retries, leaving the swarms).
 //! - [`client`]: downloads: scheduler, connection workers, summary.
 //! - [`stream`]: writing an asset out in order while it downloads.
 //! - [`metrics`]: the Prometheus text format of the `/metrics` endpoints.
@@ -37,6 +38,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod announce;
 pub mod api;
 pub mod auth;
 pub mod backoff;

@@ -1,18 +1,378 @@
-//! What our listening servers share below HTTP and the wire protocol: waking an accept loop.
+//! The one listener skeleton under the HTTP server and the peer server: binding, an accept
+//! loop that sees its stop flag by itself, per-address connection caps (an IPv6 /64 counts
+//! as one address), refusals answered by a small fixed pool instead of a thread each, and
+//! the linger-close that keeps a last answer from being destroyed by a TCP reset.
+//!
+//! Shutdown never depends on reaching our own port: the listener is non-blocking and the
+//! loop waits for it with `poll(2)` for at most [`ACCEPT_POLL`], so a host that drops
+//! inbound TCP (a firewall, a dead interface) cannot keep `serve` in `accept` for ever.
 
-use std::net::{Ipv6Addr, SocketAddr, TcpStream};
-use std::time::Duration;
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
-/// Connects to our own listener at `addr` so that its blocked `accept` returns and the loop
-/// sees its stop flag. A wildcard address is reached through the loopback address of its
-/// family. Failure is ignored: a listener that cannot be reached is not accepting either.
-pub fn wake_accept_loop(addr: SocketAddr) {
-    let wake = match addr.ip() {
-        ip if ip.is_unspecified() && addr.is_ipv4() => {
-            SocketAddr::from(([127, 0, 0, 1], addr.port()))
+use crossbeam_channel::{Sender, bounded};
+use rustix::event::{PollFd, PollFlags, Timespec};
+
+use crate::ratelimit::client_key;
+use crate::sync::LockExt;
+
+/// Longest the accept loop waits for a connection before it looks at its stop flag again:
+/// a stop is seen within 100 ms, and an idle server wakes ten times a second, which costs
+/// nothing measurable.
+pub const ACCEPT_POLL: Duration = Duration::from_millis(100);
+/// After a failed accept (most often: out of file descriptors), wait this long before the
+/// next one instead of spinning.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
+/// How long a closing connection waits for its last answer to leave and for the peer to
+/// close first: closing with unread input makes the kernel send a reset, which can destroy
+/// the answer before it is read. Long enough on any LAN, short enough not to hold a thread.
+pub const CLOSE_LINGER: Duration = Duration::from_millis(500);
+/// Most bytes read and dropped while lingering: a peer that pipelined requests (a few
+/// hundred 9-byte chunk requests, or HTTP heads of a few hundred bytes) fits many times.
+const MAX_DRAIN: usize = 256 << 10;
+
+/// A timed-out blocking read or write: `WouldBlock` on Unix, `TimedOut` on Windows.
+pub fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
+/// Stops a serving server from another thread: a flag its accept loop and its workers
+/// look at. Clones share the flag.
+#[derive(Clone, Debug, Default)]
+pub struct ShutdownHandle(Arc<AtomicBool>);
+
+impl ShutdownHandle {
+    /// A handle not yet shut down.
+    pub fn new() -> ShutdownHandle {
+        ShutdownHandle::default()
+    }
+
+    /// Asks the server to stop: its accept loop returns within [`ACCEPT_POLL`], and
+    /// `serve` once the work under way is done.
+    pub fn shutdown(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether [`ShutdownHandle::shutdown`] was called.
+    pub fn is_shutdown(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// A bound, non-blocking listening socket.
+#[derive(Debug)]
+pub struct Listener {
+    listener: TcpListener,
+    addr: SocketAddr,
+}
+
+impl Listener {
+    /// Binds `addr` (port 0 picks one; [`Listener::local_addr`] tells which).
+    pub fn bind(addr: SocketAddr) -> io::Result<Listener> {
+        let listener = TcpListener::bind(addr)?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        Ok(Listener { listener, addr })
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Accepts connections until `stop` is set, handing each (blocking, like any socket
+    /// from `std`) to `accepted` with its peer's address. A failed accept goes to `failed`
+    /// and never ends the loop.
+    pub fn accept_until(
+        &self,
+        stop: &ShutdownHandle,
+        mut accepted: impl FnMut(TcpStream, SocketAddr),
+        mut failed: impl FnMut(&io::Error),
+    ) {
+        while !stop.is_shutdown() {
+            match self.listener.accept() {
+                Ok((stream, remote)) => {
+                    // Linux does not pass O_NONBLOCK on to accepted sockets; other systems do.
+                    if stream.set_nonblocking(false).is_ok() {
+                        accepted(stream, remote);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.wait(),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    failed(&e);
+                    std::thread::sleep(ACCEPT_BACKOFF);
+                }
+            }
         }
-        ip if ip.is_unspecified() => SocketAddr::from((Ipv6Addr::LOCALHOST, addr.port())),
-        _ => addr,
-    };
-    let _ = TcpStream::connect_timeout(&wake, Duration::from_secs(1));
+    }
+
+    /// Waits up to [`ACCEPT_POLL`] for a connection to accept.
+    fn wait(&self) {
+        let timeout = Timespec {
+            tv_sec: 0,
+            tv_nsec: ACCEPT_POLL.as_nanos() as _,
+        };
+        let mut fds = [PollFd::new(&self.listener, PollFlags::IN)];
+        // An error (EINTR, say) only means looking at the flag sooner.
+        let _ = rustix::event::poll(&mut fds, Some(&timeout));
+    }
+}
+
+/// Why [`Conns::enter`] turned a connection away.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// Its address (see [`client_key`]) holds `open` connections already, the cap.
+    Address {
+        /// The address counted: an IPv4 address or an IPv6 /64.
+        key: IpAddr,
+        /// Connections it holds.
+        open: usize,
+    },
+    /// Every connection slot is taken.
+    Full,
+}
+
+/// The connections a server has open: how many from each address (an IPv6 /64 counts as
+/// one, see [`client_key`]), and the sockets to close when it stops.
+#[derive(Clone, Debug, Default)]
+pub struct Conns(Arc<Mutex<Table>>);
+
+#[derive(Debug, Default)]
+struct Table {
+    per_key: HashMap<IpAddr, usize>,
+    total: usize,
+    next_id: u64,
+    /// Clones of the sockets to shut down in [`Conns::close_all`].
+    streams: HashMap<u64, TcpStream>,
+}
+
+/// One connection counted in [`Conns`]; uncounted when dropped.
+#[derive(Debug)]
+pub struct Counted {
+    conns: Conns,
+    key: IpAddr,
+    id: u64,
+}
+
+impl Conns {
+    /// Counts a connection from `ip`, unless its address holds `per_addr` already or
+    /// `total` are open (0: no cap). With `stream`, [`Conns::close_all`] shuts it down.
+    pub fn enter(
+        &self,
+        ip: IpAddr,
+        per_addr: usize,
+        total: usize,
+        stream: Option<&TcpStream>,
+    ) -> Result<Counted, Refused> {
+        let key = client_key(ip);
+        let mut table = self.0.locked();
+        let open = table.per_key.get(&key).copied().unwrap_or(0);
+        if per_addr > 0 && open >= per_addr {
+            return Err(Refused::Address { key, open });
+        }
+        if total > 0 && table.total >= total {
+            return Err(Refused::Full);
+        }
+        *table.per_key.entry(key).or_insert(0) += 1;
+        table.total += 1;
+        table.next_id += 1;
+        let id = table.next_id;
+        if let Some(clone) = stream.and_then(|s| s.try_clone().ok()) {
+            table.streams.insert(id, clone);
+        }
+        Ok(Counted {
+            conns: self.clone(),
+            key,
+            id,
+        })
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.0.locked().total
+    }
+
+    /// Shuts down every registered socket, so that workers blocked reading them return.
+    pub fn close_all(&self) {
+        for stream in self.0.locked().streams.values() {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        let mut table = self.conns.0.locked();
+        table.streams.remove(&self.id);
+        table.total -= 1;
+        if let Some(count) = table.per_key.get_mut(&self.key) {
+            *count -= 1;
+            if *count == 0 {
+                table.per_key.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// A small fixed pool of threads that answer refused connections and close them, so the
+/// accept loop never waits on a client and a flood costs no thread per connection.
+#[derive(Debug)]
+pub struct Refusals {
+    tx: Option<Sender<(TcpStream, Vec<u8>)>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Refusals {
+    /// `threads` refusers with `queue` refused connections waiting for them; past that, a
+    /// flood is closed unanswered.
+    pub fn start(threads: usize, queue: usize) -> Refusals {
+        let (tx, rx) = bounded::<(TcpStream, Vec<u8>)>(queue.max(1));
+        let threads = (0..threads.max(1))
+            .map(|_| {
+                let rx = rx.clone();
+                std::thread::spawn(move || {
+                    for (stream, last_words) in rx {
+                        refuse_now(&stream, &last_words);
+                    }
+                })
+            })
+            .collect();
+        Refusals {
+            tx: Some(tx),
+            threads,
+        }
+    }
+
+    /// Sends `last_words` on `stream` and closes it, from a refuser thread.
+    pub fn refuse(&self, stream: TcpStream, last_words: Vec<u8>) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.try_send((stream, last_words));
+        }
+    }
+}
+
+impl Drop for Refusals {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Writes a refusal and closes without a reset.
+fn refuse_now(stream: &TcpStream, last_words: &[u8]) {
+    let _ = stream.set_write_timeout(Some(CLOSE_LINGER));
+    let _ = (&*stream).write_all(last_words);
+    linger_close(stream);
+}
+
+/// Closes after our last answer: no more writes, then a short wait for the peer to close
+/// first, reading and dropping what it still sends (see [`CLOSE_LINGER`]).
+pub fn linger_close(stream: &TcpStream) {
+    let _ = stream.shutdown(Shutdown::Write);
+    let deadline = Instant::now() + CLOSE_LINGER;
+    let mut sink = [0u8; 4096];
+    let mut drained = 0;
+    while drained < MAX_DRAIN {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+            break;
+        }
+        match (&*stream).read(&mut sink) {
+            Ok(0) => break,
+            Ok(n) => drained += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shutdown_with_no_connection_ever_made_returns_within_a_second() {
+        let listener = Listener::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let stop = ShutdownHandle::new();
+        let (done_tx, done) = crossbeam_channel::bounded(1);
+        let thread = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                listener.accept_until(&stop, |_, _| {}, |_| {});
+                let _ = done_tx.send(());
+            })
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        let asked = Instant::now();
+        stop.shutdown();
+        assert_eq!(done.recv_timeout(Duration::from_secs(1)), Ok(()));
+        assert!(asked.elapsed() < Duration::from_secs(1), "{:?}", asked.elapsed());
+        thread.join().unwrap();
+    }
+
+    #[test]
+    fn accepted_sockets_block_and_carry_their_peer() {
+        let listener = Listener::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr();
+        let stop = ShutdownHandle::new();
+        let thread = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                listener.accept_until(
+                    &stop,
+                    |mut stream, _| {
+                        let mut byte = [0u8; 1];
+                        // Blocking: the client's byte comes 50 ms after the accept.
+                        stream.read_exact(&mut byte).unwrap();
+                        stream.write_all(&byte).unwrap();
+                        stop.shutdown();
+                    },
+                    |e| panic!("{e}"),
+                )
+            })
+        };
+        let mut client = TcpStream::connect(addr).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        client.write_all(b"x").unwrap();
+        let mut byte = [0u8; 1];
+        client.read_exact(&mut byte).unwrap();
+        assert_eq!(&byte, b"x");
+        thread.join().unwrap();
+    }
+
+    #[test]
+    fn caps_count_an_ipv6_64_as_one_address_and_free_on_drop() {
+        let conns = Conns::default();
+        let a: IpAddr = "2001:db8::1".parse().unwrap();
+        let b: IpAddr = "2001:db8::2".parse().unwrap();
+        let first = conns.enter(a, 2, 0, None).unwrap();
+        let _second = conns.enter(b, 2, 0, None).unwrap();
+        assert_eq!(
+            conns.enter(a, 2, 0, None).unwrap_err(),
+            Refused::Address {
+                key: "2001:db8::".parse().unwrap(),
+                open: 2
+            }
+        );
+        let other: IpAddr = "127.0.0.1".parse().unwrap();
+        assert_eq!(
+            conns.enter(other, 2, 2, None).unwrap_err(),
+            Refused::Full,
+            "every slot taken"
+        );
+        drop(first);
+        assert_eq!(conns.open(), 1);
+        conns.enter(a, 2, 2, None).expect("a slot freed");
+    }
 }

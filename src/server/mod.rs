@@ -1,0 +1,501 @@
+//! The peer server: serves the chunks of a store to other peers over the [`wire`] protocol
+//! and announces what it holds to a tracker. One accept thread (the [`crate::net`]
+//! skeleton) hands connections to a fixed pool of workers; when all `max_conns` slots are
+//! taken the newcomer gets a "server busy" error frame instead of waiting in a queue.
+//! Optionally an HTTP endpoint serves the server's counters as Prometheus metrics
+//! (`GET /metrics`).
+//!
+//! Rooms: `session` (one connection's protocol), `uploads` (upload slots, sending chunks,
+//! the rate cap), [`tickets`] (who may be served), `stats` (counters, `/metrics`); the
+//! heartbeat runs on [`crate::announce`].
+//!
+//! [`wire`]: crate::wire
+
+mod session;
+mod stats;
+pub mod tickets;
+mod uploads;
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use crossbeam_channel::bounded;
+
+use crate::announce::{Announce, Announcer, Departure, Rhythm};
+use crate::api::{AnnounceEvent, AnnounceRequest};
+use crate::bitfield::LiveHave;
+use crate::http::{HttpConfig, HttpServer};
+use crate::manifest::{AssetId, Manifest};
+use crate::net::{Conns, Counted, Listener, Refusals, Refused};
+use crate::store::{InUse, Store};
+use crate::sync::LockExt;
+use crate::tracker_client::{HttpStatus, TrackerClient, new_peer_id};
+use crate::wire::{Message, code};
+use stats::{Counters, Served};
+use tickets::{Gate, TicketCheck, Tickets};
+use uploads::Uploads;
+
+pub use crate::announce::DEFAULT_ANNOUNCE_INTERVAL;
+pub use crate::net::ShutdownHandle;
+pub use stats::UploadCounter;
+pub use tickets::TicketKeys;
+
+/// A client has this long to send its `Hello` after connecting: a healthy one sends it at
+/// once, so 10 s only ever cuts off the stuck and the hostile.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection with no request for this long is closed, freeing its worker for others.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// A write (one chunk to a client) that cannot progress for this long means the client
+/// stopped reading; give its worker to someone else.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default connection slots. Each is a thread with a small stack, and a chunk goes out with
+/// `sendfile` without a user-space buffer, so 64 cost little memory.
+pub const DEFAULT_MAX_CONNS: usize = 64;
+/// Default cap of connections from one address: half the slots, so one host (or one NAT of
+/// CI runners) cannot take them all, while a crowd on one machine still fits: a client
+/// keeps one connection to a peer once it has several peers, and four at most.
+pub const DEFAULT_MAX_CONNS_PER_ADDR: usize = DEFAULT_MAX_CONNS / 2;
+/// Default upload slots: chunks sent at once over all connections. Fewer chunks at a time
+/// each finish sooner, and a chunk a peer has received whole can be passed on; the other
+/// requests wait their turn (in order of arrival under an upload cap).
+pub const DEFAULT_UPLOAD_SLOTS: usize = 4;
+/// A metrics scraper that leaves our answer unread this long loses its connection: a
+/// scrape is a few kilobytes, so 10 s is generous.
+const METRICS_SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// Threads that write "busy" to refused connections. A refusal is one write of a small
+/// frame and a wait for the client, which closes as soon as it reads it: four keep up
+/// with a crowd while the accept thread never waits on a client.
+const REFUSERS: usize = 4;
+/// Refused connections waiting for a refuser; past this many they are closed unanswered.
+const REFUSAL_QUEUE: usize = 64;
+
+/// Validated peer server settings.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Address to listen on (`0.0.0.0:7001`, `[::]:7001`, `127.0.0.1:0` …).
+    pub listen: SocketAddr,
+    /// The store whose chunks are served.
+    pub store: PathBuf,
+    /// Files to import into the store (and publish, with a tracker) before serving.
+    pub seeds: Vec<PathBuf>,
+    /// Chunk size for seeded files.
+    pub chunk_size: u32,
+    /// Tracker to publish to and announce at.
+    pub tracker: Option<String>,
+    /// Register as the swarms' origin (fallback of last resort).
+    pub origin: bool,
+    /// Address to announce instead of the listening one.
+    pub advertise: Option<SocketAddr>,
+    /// Connection slots.
+    pub max_conns: usize,
+    /// Connections one remote address (an IPv4 address or an IPv6 /64) may hold at once.
+    pub max_conns_per_addr: usize,
+    /// Upload cap in bytes per second for the whole process.
+    pub max_upload_rate: Option<u64>,
+    /// Chunks sent at once over all connections (see [`DEFAULT_UPLOAD_SLOTS`]).
+    pub upload_slots: usize,
+    /// Heartbeat period override (otherwise what the tracker asks for).
+    pub announce_interval: Option<Duration>,
+    /// Token presented to the tracker (publish, announce).
+    pub token: Option<String>,
+    /// The tracker's public keys (hex): with any, clients must present a ticket signed by
+    /// one of them. Empty: ask the tracker (`GET /keys`), whose empty answer means open mode.
+    pub ticket_keys: Vec<String>,
+    /// Refuse every client until [`Server::ticket_keys`]'s handle is told the keys (for a
+    /// server whose owner learns them from its announces).
+    pub await_keys: bool,
+}
+
+impl ServerConfig {
+    /// A server of `store` on `listen` with the defaults: nothing seeded, no tracker, not
+    /// an origin, the `DEFAULT_*` slots and caps, no upload cap, open mode.
+    pub fn new(listen: SocketAddr, store: PathBuf) -> ServerConfig {
+        ServerConfig {
+            listen,
+            store,
+            seeds: Vec::new(),
+            chunk_size: crate::manifest::DEFAULT_CHUNK_SIZE,
+            tracker: None,
+            origin: false,
+            advertise: None,
+            max_conns: DEFAULT_MAX_CONNS,
+            max_conns_per_addr: DEFAULT_MAX_CONNS_PER_ADDR,
+            max_upload_rate: None,
+            upload_slots: DEFAULT_UPLOAD_SLOTS,
+            announce_interval: None,
+            token: None,
+            ticket_keys: Vec::new(),
+            await_keys: false,
+        }
+    }
+}
+
+/// What the workers, the announcer and the metrics endpoint share.
+struct Shared {
+    store: Store,
+    /// Assets being downloaded by this process, served from their in-memory progress.
+    live: Mutex<HashMap<AssetId, LiveHave>>,
+    assets: Mutex<HashMap<AssetId, Arc<Served>>>,
+    uploads: Uploads,
+    stop: ShutdownHandle,
+    /// Whether, and how, every `Hello`'s ticket is checked.
+    gate: Arc<Gate>,
+    /// Connections being served, per address, closed on shutdown.
+    conns: Conns,
+    /// What the metrics endpoint reports beyond the per-asset counters.
+    counters: Counters,
+}
+
+/// A bound peer server, ready to [`Server::serve`].
+pub struct Server {
+    listener: Listener,
+    config: ServerConfig,
+    shared: Arc<Shared>,
+    seeded: Vec<Manifest>,
+    /// The seeded assets, held in use (safe from eviction) for as long as the server runs.
+    _seeds_in_use: Vec<InUse>,
+    /// With a tracker: the heartbeat, already announced once, its rhythm and when to beat
+    /// next.
+    heartbeat: Option<(StoreAnnounce, Rhythm, Duration)>,
+    /// The metrics endpoint, when asked for.
+    metrics: Option<HttpServer>,
+}
+
+impl Server {
+    /// Opens the store, imports and publishes the seed files, and binds the socket.
+    pub fn bind(config: ServerConfig) -> Result<Server> {
+        Server::bind_with_metrics(config, None)
+    }
+
+    /// Like [`Server::bind`], and with `metrics` also binds an HTTP endpoint there that
+    /// answers `GET /metrics` with the server's counters in the Prometheus text format.
+    pub fn bind_with_metrics(config: ServerConfig, metrics: Option<SocketAddr>) -> Result<Server> {
+        let store = Store::open(&config.store)?;
+        let tracker = TrackerClient::optional(config.tracker.as_deref())?
+            .map(|t| t.with_token(config.token.clone()));
+        let keys = match (&tracker, config.ticket_keys.is_empty()) {
+            (Some(tracker), true) => tracker
+                .keys()
+                .context("asking the tracker whether peers need tickets (GET /keys)")?,
+            _ => config.ticket_keys.clone(),
+        };
+        let tickets = match (config.await_keys, keys.is_empty()) {
+            (true, _) => Tickets::Pending,
+            (false, true) => Tickets::Open,
+            (false, false) => Tickets::Check(TicketCheck::new(&keys, tracker.clone())?),
+        };
+        let (mut seeded, mut seeds_in_use) = (Vec::new(), Vec::new());
+        for path in &config.seeds {
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .with_context(|| format!("seed path {} names no file", path.display()))?;
+            let (manifest, in_use) = store
+                .import_file(path, &name, config.chunk_size)
+                .with_context(|| format!("seeding {}", path.display()))?;
+            if let Some(tracker) = &tracker {
+                tracker
+                    .publish(&manifest)
+                    .with_context(|| format!("publishing {}", path.display()))?;
+            }
+            seeded.push(manifest);
+            seeds_in_use.push(in_use);
+        }
+        let listener = Listener::bind(config.listen)
+            .with_context(|| format!("binding {} (is another process using it?)", config.listen))?;
+        let metrics = match metrics {
+            Some(at) => Some(HttpServer::bind(HttpConfig {
+                write_timeout: METRICS_SEND_TIMEOUT,
+                ..HttpConfig::new(at, "the metrics endpoint", "peer_server")
+            })?),
+            None => None,
+        };
+        let shared = Arc::new(Shared {
+            store,
+            live: Mutex::new(HashMap::new()),
+            assets: Mutex::new(HashMap::new()),
+            uploads: Uploads::new(config.upload_slots, config.max_upload_rate),
+            stop: ShutdownHandle::new(),
+            gate: Arc::new(Gate::new(tickets)),
+            conns: Conns::default(),
+            counters: Counters::new(config.max_conns.max(1)),
+        });
+        // Announce before reporting "listening", so that a script which starts a download as
+        // soon as the server is up finds it in the swarm.
+        let heartbeat = tracker.map(|tracker| {
+            let mut announce = StoreAnnounce {
+                tracker,
+                peer_id: new_peer_id(),
+                addr: config.advertise.unwrap_or(listener.local_addr()).to_string(),
+                origin: config.origin,
+                shared: Arc::clone(&shared),
+            };
+            let mut rhythm = match config.announce_interval {
+                Some(fixed) => Rhythm::fixed(fixed),
+                None => Rhythm::tracker(DEFAULT_ANNOUNCE_INTERVAL),
+            };
+            let first = announce.beat();
+            let wait = rhythm.after(first, &announce.tracker());
+            (announce, rhythm, wait)
+        });
+        Ok(Server {
+            listener,
+            config,
+            shared,
+            seeded,
+            _seeds_in_use: seeds_in_use,
+            heartbeat,
+            metrics,
+        })
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr()
+    }
+
+    /// The address the metrics endpoint is bound to, when there is one.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(HttpServer::local_addr)
+    }
+
+    /// The manifests of the files seeded at start.
+    pub fn seeded(&self) -> &[Manifest] {
+        &self.seeded
+    }
+
+    /// Serves `asset` from a download in progress: requests are answered from `have`, which
+    /// the downloader updates as chunks are verified and written.
+    pub fn serve_live(&self, asset: AssetId, have: LiveHave) {
+        self.shared.live.locked().insert(asset, have);
+    }
+
+    /// A counter of the bytes of `asset` this server has sent, for announces.
+    pub fn uploaded(&self) -> UploadCounter {
+        UploadCounter(Arc::clone(&self.shared))
+    }
+
+    /// A handle that sets the ticket keys while the server runs (see
+    /// [`ServerConfig::await_keys`]).
+    pub fn ticket_keys(&self) -> TicketKeys {
+        TicketKeys(Arc::clone(&self.shared.gate))
+    }
+
+    /// A handle that stops [`Server::serve`]: it stops accepting within
+    /// [`crate::net::ACCEPT_POLL`], closes open connections, leaves the swarms and returns.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        self.shared.stop.clone()
+    }
+
+    /// Serves until shut down; announces to the tracker, if any, and answers metrics
+    /// requests, if asked to, in the background.
+    pub fn serve(self) -> Result<()> {
+        let announcer = self.heartbeat.map(|(announce, rhythm, wait)| {
+            Announcer::start(Departure::new(announce), rhythm, wait)
+        });
+        let metrics_stop = self.metrics.as_ref().map(HttpServer::shutdown_handle);
+        let metrics = self.metrics.map(|http| {
+            let shared = Arc::clone(&self.shared);
+            std::thread::spawn(move || http.serve(|request| shared.answer_metrics(request)))
+        });
+        let max_conns = self.config.max_conns.max(1);
+        let per_addr = self.config.max_conns_per_addr.max(1);
+        // Slots are counted, not inferred from idle workers: a connection is refused only
+        // when `max_conns` are really being served, and the queue never holds more than the
+        // free slots, so sending on it never blocks the accept loop.
+        let (conn_tx, conn_rx) = bounded::<(Counted, TcpStream)>(max_conns);
+        let workers: Vec<_> = (0..max_conns)
+            .map(|_| {
+                let (rx, shared) = (conn_rx.clone(), Arc::clone(&self.shared));
+                std::thread::spawn(move || {
+                    for (counted, stream) in rx {
+                        shared.serve_connection(&stream);
+                        drop(counted);
+                    }
+                })
+            })
+            .collect();
+        let refusals = Refusals::start(REFUSERS, REFUSAL_QUEUE);
+        let shared = &self.shared;
+        let accepted = |stream: TcpStream, remote: SocketAddr| {
+            let counters = &shared.counters;
+            Counters::bump(&counters.accepted);
+            let text = match shared
+                .conns
+                .enter(remote.ip(), per_addr, max_conns, Some(&stream))
+            {
+                Ok(counted) => {
+                    // Cannot fail: the workers hold the receiver until this sender is dropped.
+                    let _ = conn_tx.send((counted, stream));
+                    return;
+                }
+                Err(Refused::Address { key, .. }) => format!(
+                    "server busy: {key} already has {per_addr} connections here, the most one address may hold; use those"
+                ),
+                Err(Refused::Full) => format!(
+                    "server busy: all {max_conns} connection slots are taken; try another peer or retry later"
+                ),
+            };
+            Counters::bump(&counters.refused);
+            let mut frame = Vec::new();
+            let _ = crate::wire::write_message(&mut frame, &Message::error(code::SERVER_BUSY, text));
+            refusals.refuse(stream, frame);
+        };
+        self.listener.accept_until(&shared.stop, accepted, |e| {
+            log::warn!("serving: accept failed: {e}")
+        });
+        // Workers blocked reading a connection return as soon as it is shut down.
+        shared.conns.close_all();
+        if let Some(stop) = metrics_stop {
+            stop.shutdown();
+        }
+        // Leaves the swarms, while the workers finish.
+        drop(announcer);
+        drop(conn_tx);
+        for worker in workers {
+            let _ = worker.join();
+        }
+        drop(refusals);
+        if let Some(metrics) = metrics {
+            let _ = metrics.join();
+        }
+        Ok(())
+    }
+}
+
+/// The peer server's heartbeat: every asset of its store, announced to its tracker.
+struct StoreAnnounce {
+    tracker: TrackerClient,
+    peer_id: String,
+    addr: String,
+    origin: bool,
+    shared: Arc<Shared>,
+}
+
+impl Announce for StoreAnnounce {
+    /// One announce for every asset in the store; the interval the tracker asked for.
+    fn beat(&mut self) -> Result<Option<Duration>> {
+        let shared = &self.shared;
+        let mut asked = None;
+        for id in shared.store.list()? {
+            // One damaged asset must not take the server out of every other swarm.
+            let state = shared.served(&id).and_then(|served| {
+                let served = served.with_context(|| format!("asset {id} has no manifest"))?;
+                let have = shared.store.have(&id, &served.manifest)?;
+                Ok((served, have))
+            });
+            let (served, have) = match state {
+                Ok(state) => state,
+                Err(e) => {
+                    log::warn!("announce: not announcing {id}: {e:#}");
+                    continue;
+                }
+            };
+            if have.count() == 0 && !have.is_empty() {
+                continue;
+            }
+            let request = AnnounceRequest {
+                peer_id: self.peer_id.clone(),
+                addr: Some(self.addr.clone()),
+                complete: have.is_full(),
+                have: (!have.is_full()).then(|| have.to_hex()),
+                origin: self.origin,
+                uploaded: served.uploaded.load(Ordering::Relaxed),
+                ..AnnounceRequest::default()
+            };
+            match self.tracker.announce(&id, &request) {
+                Ok(answer) => asked = Some(Duration::from_secs(answer.interval_secs)),
+                // An asset published to another tracker is not an error for this one.
+                Err(e)
+                    if e.downcast_ref::<HttpStatus>()
+                        .is_some_and(|s| s.status == 404) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(asked)
+    }
+
+    /// Tells the tracker this server is gone from each swarm, with what it served, so that
+    /// clients stop being sent to it now rather than after the peer timeout.
+    fn leave(&mut self) {
+        for id in self.shared.store.list().unwrap_or_default() {
+            let request = AnnounceRequest {
+                peer_id: self.peer_id.clone(),
+                event: Some(AnnounceEvent::Stopped),
+                uploaded: self.shared.uploaded(&id),
+                // So that the tracker counts an origin's last bytes as the origin's.
+                origin: self.origin,
+                ..AnnounceRequest::default()
+            };
+            let _ = self.tracker.announce(&id, &request);
+        }
+    }
+
+    fn tracker(&self) -> String {
+        self.tracker.url().to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn shutdown_stops_the_metrics_endpoint_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = ServerConfig {
+            chunk_size: 1 << 16,
+            max_conns: 2,
+            max_conns_per_addr: 2,
+            ..ServerConfig::new("127.0.0.1:0".parse().unwrap(), dir.path().join("store"))
+        };
+        let server =
+            Server::bind_with_metrics(config, Some("127.0.0.1:0".parse().unwrap())).expect("bind");
+        let metrics = server.metrics_addr().expect("a metrics address");
+        let stop = server.shutdown_handle();
+        let (done_tx, done) = crossbeam_channel::bounded(1);
+        std::thread::spawn(move || done_tx.send(server.serve().is_ok()));
+        let body = ureq::get(&format!("http://{metrics}/metrics"))
+            .call()
+            .expect("a scrape")
+            .into_string()
+            .unwrap();
+        assert!(body.contains("swarmcache_peer_server_connections_accepted_total 0"));
+        stop.shutdown();
+        assert_eq!(
+            done.recv_timeout(Duration::from_secs(10)),
+            Ok(true),
+            "serve returns, its metrics thread joined"
+        );
+        // The endpoint's listener closes once its server is dropped, just after.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect_timeout(&metrics, Duration::from_secs(1)).is_ok() {
+            assert!(
+                Instant::now() < deadline,
+                "metrics still accepted after shutdown"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    #[test]
+    fn shutdown_with_no_connection_ever_made_returns_within_a_second() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = ServerConfig::new("127.0.0.1:0".parse().unwrap(), dir.path().join("s"));
+        let server = Server::bind(config).expect("bind");
+        let stop = server.shutdown_handle();
+        let (done_tx, done) = crossbeam_channel::bounded(1);
+        std::thread::spawn(move || done_tx.send(server.serve().is_ok()));
+        std::thread::sleep(Duration::from_millis(50));
+        let asked = Instant::now();
+        stop.shutdown();
+        assert_eq!(done.recv_timeout(Duration::from_secs(1)), Ok(true));
+        assert!(asked.elapsed() < Duration::from_secs(1), "{:?}", asked.elapsed());
+    }
+}

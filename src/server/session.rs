@@ -1,0 +1,318 @@
+//! One connection's protocol: the handshake (version, ticket, asset), then requests
+//! answered in order until the client leaves, reading ahead so that a `Cancel` reaches a
+//! request still waiting here. Failures close with an error frame that says why.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::net::TcpStream;
+use std::sync::atomic::Ordering;
+
+use anyhow::{Context, Result};
+
+use super::stats::Counters;
+use super::tickets::Verdict;
+use super::uploads::send_chunk;
+use super::{HANDSHAKE_TIMEOUT, IDLE_TIMEOUT, Shared, WRITE_TIMEOUT};
+use crate::bitfield::Bitfield;
+use crate::manifest::{AssetId, Manifest};
+use crate::net::{CLOSE_LINGER, linger_close};
+use crate::sync::{LockExt, RwLockExt};
+use crate::wire::{self, Conn, MAX_CONTROL_FRAME, Message, PROTOCOL_VERSION, WireError, code};
+
+/// Messages read ahead of the request being served. The reference client keeps at most
+/// four requests in flight, plus a have request and a cancel for each request.
+const MAX_PENDING: usize = 64;
+
+/// A request the server declines, with the error frame that says why.
+#[derive(Debug)]
+struct Reject {
+    code: u16,
+    text: String,
+}
+
+impl std::fmt::Display for Reject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl std::error::Error for Reject {}
+
+/// A failure after a chunk frame's header went out: the peer is mid-frame, so no error
+/// frame can follow; the connection just closes.
+#[derive(Debug)]
+struct MidFrame(String);
+
+impl std::fmt::Display for MidFrame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for MidFrame {}
+
+fn reject(code: u16, text: impl Into<String>) -> anyhow::Error {
+    Reject {
+        code,
+        text: text.into(),
+    }
+    .into()
+}
+
+/// Sends a last error frame, then closes without a reset: the write side is shut first and
+/// what the peer already sent is drained (briefly), so the error frame is not discarded by
+/// a TCP reset on the peer's side.
+pub(super) fn close_with_error(stream: &TcpStream, code: u16, text: &str) {
+    let _ = stream.set_write_timeout(Some(CLOSE_LINGER));
+    let _ = wire::write_message(&mut &*stream, &Message::error(code, text));
+    linger_close(stream);
+}
+impl Shared {
+    /// Serves one connection and, when it ends in error, tells the client why and logs it.
+    pub(super) fn serve_connection(&self, stream: &TcpStream) {
+        let peer = stream.peer_addr().map_or("?".into(), |a| a.to_string());
+        let Err(e) = self.handle(stream) else { return };
+        Counters::bump(&self.counters.failed);
+        let reply = if let Some(r) = e.downcast_ref::<Reject>() {
+            Some((r.code, r.text.clone()))
+        } else if e.downcast_ref::<MidFrame>().is_some() {
+            None
+        } else if let Some(w) = e.downcast_ref::<WireError>() {
+            w.reply_code().map(|code| (code, w.to_string()))
+        } else {
+            // Includes socket failures, where this last write simply fails fast.
+            Some((code::INTERNAL, format!("{e:#}")))
+        };
+        if let Some((code, text)) = reply {
+            if matches!(
+                code,
+                code::BAD_FRAME | code::UNSUPPORTED_VERSION | code::BAD_REQUEST
+            ) {
+                Counters::bump(&self.counters.protocol_errors);
+            }
+            close_with_error(stream, code, &text);
+        }
+        log::warn!("serving: connection from {peer}: {e:#}");
+    }
+
+    /// What the store holds of an asset, and its content file. They are read together: a
+    /// `have` is written after the content it describes is in place, so a content file
+    /// opened after reading `have` is never older than it.
+    fn open_content(&self, asset: &AssetId, manifest: &Manifest) -> Result<(Bitfield, File)> {
+        let live = self.live.locked().get(asset).cloned();
+        let have = match live {
+            Some(live) => live.read_now().clone(),
+            None => self.store.have(asset, manifest)?,
+        };
+        let path = self.store.data_path(asset);
+        let data = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+        Ok((have, data))
+    }
+
+    /// Serves one connection: handshake, then requests until the client leaves.
+    fn handle(&self, stream: &TcpStream) -> Result<()> {
+        stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
+        stream.set_nodelay(true)?;
+        let mut conn = Conn::new(stream, MAX_CONTROL_FRAME);
+        let hello = conn.recv(HANDSHAKE_TIMEOUT).context("waiting for Hello")?;
+        let Message::Hello {
+            version,
+            asset,
+            ticket,
+        } = hello
+        else {
+            return Err(reject(code::BAD_REQUEST, "the first frame must be Hello"));
+        };
+        if version != PROTOCOL_VERSION {
+            return Err(reject(
+                code::UNSUPPORTED_VERSION,
+                format!(
+                    "protocol version {version} is not supported; this peer speaks {PROTOCOL_VERSION}"
+                ),
+            ));
+        }
+        match self.gate.check(&ticket, &asset) {
+            Verdict::Pass => {}
+            Verdict::Pending => {
+                return Err(reject(
+                    code::SERVER_BUSY,
+                    "not serving yet: this peer has not heard from its tracker; retry soon",
+                ));
+            }
+            Verdict::Refused(e) => return Err(reject(code::UNAUTHORIZED, e.to_string())),
+        }
+        let Some(served) = self.served(&asset)? else {
+            return Err(reject(
+                code::UNKNOWN_ASSET,
+                format!("asset {asset} is not held here"),
+            ));
+        };
+        // Held while this connection serves it, so `cache gc` elsewhere leaves it alone.
+        let Some(_in_use) = self.store.hold_existing(&asset)? else {
+            return Err(reject(
+                code::UNKNOWN_ASSET,
+                format!("asset {asset} is not held here (removed from the store)"),
+            ));
+        };
+        let manifest = &served.manifest;
+        let (mut have, mut data) = self.open_content(&asset, manifest)?;
+        let welcome = Message::Welcome {
+            version: PROTOCOL_VERSION,
+            chunk_count: manifest.chunk_count(),
+        };
+        conn.send(&welcome)?;
+        // Requests read but not answered yet, in order; reading ahead of the one being served
+        // lets a `Cancel` reach a request still waiting here.
+        let mut pending = VecDeque::new();
+        // The client closed its side: what it asked for is still answered, then we close.
+        let mut closed = false;
+        while !self.stop.is_shutdown() {
+            if pending.is_empty() {
+                if closed {
+                    return Ok(());
+                }
+                let Some(message) = next_message(&mut conn)? else {
+                    return Ok(());
+                };
+                if !take_in(message, &mut pending)? {
+                    return Ok(());
+                }
+            }
+            if !read_ahead(&mut conn, &mut pending, &mut closed)? {
+                return Ok(());
+            }
+            match pending.pop_front().expect("a request is pending") {
+                Pending::Have => {
+                    (have, data) = self.open_content(&asset, manifest)?;
+                    conn.send(&Message::Have(have.clone()))?;
+                }
+                Pending::Cancelled(index) => {
+                    conn.send(&Message::Cancelled { index })?;
+                }
+                Pending::Chunk(index) if index >= manifest.chunk_count() => {
+                    return Err(reject(
+                        code::BAD_REQUEST,
+                        format!(
+                            "chunk {index} is out of range: the asset has {} chunks",
+                            manifest.chunk_count()
+                        ),
+                    ));
+                }
+                Pending::Chunk(index) => {
+                    if !have.get(index) {
+                        // The store may have grown since the handshake (a download in progress).
+                        (have, data) = self.open_content(&asset, manifest)?;
+                    }
+                    if !have.get(index) {
+                        conn.send(&Message::DontHave { index })?;
+                        continue;
+                    }
+                    let len = manifest.chunk_len(index) as u64;
+                    let slot = self.uploads.take(len);
+                    // Waiting for a slot and the rate took time: the client may have got the
+                    // chunk elsewhere meanwhile, or left.
+                    if !read_ahead(&mut conn, &mut pending, &mut closed)? {
+                        return Ok(());
+                    }
+                    if let Some(at) = pending.iter().position(|p| *p == Pending::Cancel(index)) {
+                        pending.remove(at);
+                        self.uploads.give_back(slot, len);
+                        conn.send(&Message::Cancelled { index })?;
+                    } else {
+                        let at = manifest.chunk_offset(index);
+                        send_chunk(stream, &data, at, index, len as u32, slot).map_err(|e| {
+                            MidFrame(format!("sending chunk {index} of {asset}: {e:#}"))
+                        })?;
+                        served.uploaded.fetch_add(len, Ordering::Relaxed);
+                        served.chunks.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                // Cancels of requests already answered, or never made.
+                Pending::Cancel(_) => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A request read and not yet answered, or a cancel that arrived while its request was
+/// being served.
+#[derive(Debug, PartialEq, Eq)]
+enum Pending {
+    Have,
+    Chunk(u32),
+    /// A chunk request cancelled before it was served: answered with `Cancelled`.
+    Cancelled(u32),
+    Cancel(u32),
+}
+
+/// Adds a message read after the handshake to the requests pending. A `Cancel` turns the
+/// pending request for its chunk into a cancelled one, or is kept for the request being
+/// served. Returns false when the client said it is leaving (an `Error` frame).
+fn take_in(message: Message<'_>, pending: &mut VecDeque<Pending>) -> Result<bool> {
+    match message {
+        Message::HaveRequest => pending.push_back(Pending::Have),
+        Message::Request { index } => pending.push_back(Pending::Chunk(index)),
+        Message::Cancel { index } => {
+            match pending.iter_mut().find(|p| **p == Pending::Chunk(index)) {
+                Some(request) => *request = Pending::Cancelled(index),
+                None => pending.push_back(Pending::Cancel(index)),
+            }
+        }
+        // The client gave up and said why; nothing to answer.
+        Message::Error { code, message } => {
+            log::info!("serving: client closed with error {code}: {message}");
+            return Ok(false);
+        }
+        other => {
+            return Err(reject(
+                code::BAD_REQUEST,
+                format!("unexpected {} after the handshake", other.name()),
+            ));
+        }
+    }
+    Ok(true)
+}
+
+/// Takes in the whole messages the client has already sent, without waiting for more: a
+/// frame only partly arrived stays in the socket for later. Sets `closed` when the client
+/// has closed its side. Returns false when the client said it is leaving (an `Error`).
+fn read_ahead(
+    conn: &mut Conn<&TcpStream>,
+    pending: &mut VecDeque<Pending>,
+    closed: &mut bool,
+) -> Result<bool> {
+    while pending.len() < MAX_PENDING {
+        let waiting = conn.frames_waiting().context("reading a request")?;
+        let whole = match waiting {
+            Some(0) => return Ok(true),
+            Some(n) => n,
+            None => {
+                *closed = true;
+                return Ok(true);
+            }
+        };
+        for _ in 0..whole {
+            // Whole frames are in the socket already: this read does not wait.
+            let Some(message) = next_message(conn)? else {
+                *closed = true;
+                return Ok(true);
+            };
+            if !take_in(message, pending)? {
+                return Ok(false);
+            }
+        }
+    }
+    Ok(true)
+}
+
+/// Reads the client's next message, waiting up to [`IDLE_TIMEOUT`] for it; `None` when the
+/// client closed the connection between frames.
+fn next_message<'c>(conn: &'c mut Conn<&TcpStream>) -> Result<Option<Message<'c>>> {
+    match conn.recv(IDLE_TIMEOUT) {
+        Ok(message) => Ok(Some(message)),
+        Err(WireError::Closed) => Ok(None),
+        Err(e) => Err(anyhow::Error::new(e).context("waiting for a request")),
+    }
+}
+
