@@ -232,7 +232,11 @@ mod tests {
         }
         let asked = Instant::now();
         announcer.stop();
-        assert!(asked.elapsed() < Duration::from_millis(500), "{:?}", asked.elapsed());
+        assert!(
+            asked.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            asked.elapsed()
+        );
         assert_eq!(events(&log), ["beat", "leave"]);
     }
 
@@ -255,10 +259,16 @@ mod tests {
         let first = rhythm.after(down(), "t");
         assert!(first >= Duration::from_millis(500) && first <= Duration::from_secs(1));
         let waits: Vec<Duration> = (0..8).map(|_| rhythm.after(down(), "t")).collect();
-        assert!(waits.iter().all(|w| *w <= Duration::from_secs(20)), "{waits:?}");
+        assert!(
+            waits.iter().all(|w| *w <= Duration::from_secs(20)),
+            "{waits:?}"
+        );
         assert!(waits[7] >= Duration::from_secs(10), "{waits:?}");
         // The tracker's period is taken (bounded), and a success forgets the failures.
-        assert_eq!(rhythm.after(Ok(Some(Duration::from_secs(5))), "t"), Duration::from_secs(5));
+        assert_eq!(
+            rhythm.after(Ok(Some(Duration::from_secs(5))), "t"),
+            Duration::from_secs(5)
+        );
         assert!(rhythm.after(down(), "t") <= Duration::from_secs(1));
         assert_eq!(
             rhythm.after(Ok(Some(Duration::from_secs(1 << 20))), "t"),
@@ -266,6 +276,9 @@ mod tests {
         );
         // A fixed period ignores what the tracker asks.
         let mut fixed = Rhythm::fixed(Duration::from_secs(2));
-        assert_eq!(fixed.after(Ok(Some(Duration::from_secs(60))), "t"), Duration::from_secs(2));
+        assert_eq!(
+            fixed.after(Ok(Some(Duration::from_secs(60))), "t"),
+            Duration::from_secs(2)
+        );
     }
 }

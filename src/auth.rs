@@ -397,7 +397,9 @@ impl std::fmt::Display for TicketError {
                 f.write_str("no ticket: this peer serves only clients the tracker allowed")
             }
             TicketError::Malformed => f.write_str("malformed ticket"),
-            TicketError::UnknownKey => f.write_str("ticket signed by a key this peer does not know"),
+            TicketError::UnknownKey => {
+                f.write_str("ticket signed by a key this peer does not know")
+            }
             TicketError::BadSignature => f.write_str("ticket signature does not verify"),
             TicketError::WrongAsset { ticket, asked } => {
                 write!(f, "ticket is for asset {ticket}, not {asked}")
@@ -527,6 +529,15 @@ mod tests {
                 .to_string()
                 .contains("does not know")
         );
+        assert_eq!(
+            verifier.verify(&forged, &asset(1)),
+            Err(TicketError::UnknownKey)
+        );
+        assert_eq!(verifier.verify(&[], &asset(1)), Err(TicketError::Missing));
+        assert_eq!(
+            verifier.verify(&ticket[..10], &asset(1)),
+            Err(TicketError::Malformed)
+        );
     }
 
     #[test]
@@ -547,6 +558,10 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("expired")
+        );
+        assert_eq!(
+            verifier.verify(&ticket, &asset(1)),
+            Err(TicketError::Expired)
         );
     }
 

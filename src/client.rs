@@ -27,10 +27,9 @@ use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
 use serde::Serialize;
 
 use crate::api::{AnnounceRequest, PeerInfo};
-use crate::bitfield::Bitfield;
+use crate::bitfield::{Bitfield, LiveHave};
 use crate::manifest::{AssetId, Manifest};
 use crate::ratelimit::{self, RateLimiter};
-use crate::bitfield::LiveHave;
 use crate::server::{
     DEFAULT_MAX_CONNS, DEFAULT_MAX_CONNS_PER_ADDR, DEFAULT_UPLOAD_SLOTS, Server, ServerConfig,
     ShutdownHandle, TicketKeys, UploadCounter,

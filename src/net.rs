@@ -317,7 +317,11 @@ mod tests {
         let asked = Instant::now();
         stop.shutdown();
         assert_eq!(done.recv_timeout(Duration::from_secs(1)), Ok(()));
-        assert!(asked.elapsed() < Duration::from_secs(1), "{:?}", asked.elapsed());
+        assert!(
+            asked.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            asked.elapsed()
+        );
         thread.join().unwrap();
     }
 

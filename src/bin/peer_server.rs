@@ -52,7 +52,8 @@ struct Args {
     /// Connections served at once; more are refused with "busy".
     #[arg(long, default_value_t = DEFAULT_MAX_CONNS)]
     max_conns: usize,
-    /// Connections one remote address may hold at once; more are refused with "busy".
+    /// Connections one remote address (an IPv6 /64 counts as one) may hold at once; more are
+    /// refused with "busy".
     #[arg(long, default_value_t = DEFAULT_MAX_CONNS_PER_ADDR)]
     max_conns_per_addr: usize,
     /// Upload cap for the whole process, e.g. 50MiB (per second).
@@ -82,8 +83,6 @@ struct Args {
 
 fn run(args: Args) -> Result<u8> {
     let config = ServerConfig {
-        listen: args.listen,
-        store: args.store.unwrap_or_else(cli::default_store),
         seeds: args.seed,
         chunk_size: args.chunk_size,
         tracker: args.tracker,
@@ -96,7 +95,7 @@ fn run(args: Args) -> Result<u8> {
         announce_interval: args.announce_interval,
         token: args.token,
         ticket_keys: args.tracker_key,
-        await_keys: false,
+        ..ServerConfig::new(args.listen, args.store.unwrap_or_else(cli::default_store))
     };
     let server = Server::bind_with_metrics(config, args.metrics)?;
     for manifest in server.seeded() {

@@ -96,7 +96,11 @@ impl Socket {
     /// Writes `parts` in full: each write may wait `per_write` for the client to make room,
     /// and all of it must be out by a deadline of `per_write` plus the time the bytes take
     /// at [`MIN_TRANSFER_RATE`].
-    pub(super) fn write_all(&mut self, parts: &[&[u8]], per_write: Duration) -> Result<(), Failure> {
+    pub(super) fn write_all(
+        &mut self,
+        parts: &[&[u8]],
+        per_write: Duration,
+    ) -> Result<(), Failure> {
         let total: usize = parts.iter().map(|p| p.len()).sum();
         let deadline = Instant::now() + per_write + transfer_allowance(total as u64);
         let mut slices: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
@@ -195,7 +199,10 @@ impl Conn {
 
     /// Reads and parses a request head by `deadline`. On failure, the answer to send before
     /// closing (none when the client is gone) and what to log.
-    pub(super) fn read_head(&mut self, deadline: Instant) -> Result<Head, (Option<Response>, String)> {
+    pub(super) fn read_head(
+        &mut self,
+        deadline: Instant,
+    ) -> Result<Head, (Option<Response>, String)> {
         loop {
             let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
             let mut parsed = httparse::Request::new(&mut headers);
@@ -255,7 +262,12 @@ impl Conn {
     }
 
     /// Sends `response` (its head only, for a HEAD request).
-    pub(super) fn send(&mut self, response: &Response, close: bool, head_only: bool) -> Result<(), Failure> {
+    pub(super) fn send(
+        &mut self,
+        response: &Response,
+        close: bool,
+        head_only: bool,
+    ) -> Result<(), Failure> {
         let body: &[u8] = if head_only { &[] } else { &response.body };
         let head = response::response_head(response, response.body.len(), close);
         let per_write = self.write_timeout;

@@ -11,12 +11,12 @@
 //! answered 503 at once. Refusals (503, 429) are written by a pool of two threads, so the
 //! accept thread never waits on a client.
 //!
-//! Rooms: [`request`] (heads, framing, bodies), [`response`] (answers), `conn` (one
+//! Rooms: `request` (heads, framing, bodies), `response` (answers), `conn` (one
 //! connection's socket, deadlines and buffer).
 
 mod conn;
-pub mod request;
-pub mod response;
+mod request;
+mod response;
 
 use std::net::{SocketAddr, TcpStream};
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -26,11 +26,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
 
+pub use crate::net::ShutdownHandle;
 use crate::net::{Conns, Counted, Listener, Refusals, Refused, linger_close};
 use crate::sync::LockExt;
 use conn::{Conn, NoRequest, Socket};
 use request::framing;
-pub use crate::net::ShutdownHandle;
 pub use request::{BodyError, Method, Request};
 pub use response::{Response, error_body};
 
@@ -38,7 +38,7 @@ pub use response::{Response, error_body};
 /// (from the connection being taken up, for its first request). Requests are a few hundred
 /// bytes sent at once, so 10 s only ever cuts off the stuck and the hostile; a client that
 /// dribbles a byte a second gets no longer (only body bytes push the deadline back, at
-/// [`MIN_TRANSFER_RATE`]).
+/// 256 KiB/s).
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default time a kept-alive connection may sit idle between requests: our own clients open
 /// a connection per request, and pooling clients reconnect when they find one closed.
@@ -47,7 +47,7 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// connection is dropped: generous for any client, short enough that a stalled one cannot
 /// keep a worker for long.
 pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Default connections one client address (see [`client_key`]) may hold at once, queued or
+/// Default connections one client address (see [`crate::ratelimit::client_key`]) may hold at once, queued or
 /// served. Our clients open one per request, so a machine running several downloads rarely
 /// has more than one or two open; 8 leaves room for a small NAT, and one address can never
 /// hold more than 8 workers.
@@ -694,5 +694,25 @@ mod tests {
             "the listener is closed"
         );
     }
-}
 
+    #[test]
+    fn shutdown_with_no_connection_ever_made_returns_within_a_second() {
+        let config = HttpConfig::new("127.0.0.1:0".parse().unwrap(), "the test server", "test");
+        let server = HttpServer::bind(config).unwrap();
+        let stop = server.shutdown_handle();
+        let (done_tx, done) = crossbeam_channel::bounded(1);
+        std::thread::spawn(move || {
+            let result = server.serve(|_| Response::new(200, "text/plain", "ok"));
+            let _ = done_tx.send(result.is_ok());
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        let asked = Instant::now();
+        stop.shutdown();
+        assert_eq!(done.recv_timeout(Duration::from_secs(1)), Ok(true));
+        assert!(
+            asked.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            asked.elapsed()
+        );
+    }
+}

@@ -99,7 +99,10 @@ mod tests {
 
     #[test]
     fn an_error_body_is_the_json_every_client_reads() {
-        assert_eq!(error_body("no \"such\" asset"), r#"{"error":"no \"such\" asset"}"#);
+        assert_eq!(
+            error_body("no \"such\" asset"),
+            r#"{"error":"no \"such\" asset"}"#
+        );
         let head = response_head(&Response::error(404, "x"), 11, true);
         assert!(head.starts_with("HTTP/1.1 404 Not Found\r\n"), "{head}");
         assert!(head.contains("Content-Type: application/json\r\nContent-Length: 11\r\n"));

@@ -6,14 +6,14 @@
 //! (`GET /metrics`).
 //!
 //! Rooms: `session` (one connection's protocol), `uploads` (upload slots, sending chunks,
-//! the rate cap), [`tickets`] (who may be served), `stats` (counters, `/metrics`); the
+//! the rate cap), `tickets` (who may be served), `stats` (counters, `/metrics`); the
 //! heartbeat runs on [`crate::announce`].
 //!
 //! [`wire`]: crate::wire
 
 mod session;
 mod stats;
-pub mod tickets;
+mod tickets;
 mod uploads;
 
 use std::collections::HashMap;
@@ -231,7 +231,10 @@ impl Server {
             let mut announce = StoreAnnounce {
                 tracker,
                 peer_id: new_peer_id(),
-                addr: config.advertise.unwrap_or(listener.local_addr()).to_string(),
+                addr: config
+                    .advertise
+                    .unwrap_or(listener.local_addr())
+                    .to_string(),
                 origin: config.origin,
                 shared: Arc::clone(&shared),
             };
@@ -343,7 +346,8 @@ impl Server {
             };
             Counters::bump(&counters.refused);
             let mut frame = Vec::new();
-            let _ = crate::wire::write_message(&mut frame, &Message::error(code::SERVER_BUSY, text));
+            let _ =
+                crate::wire::write_message(&mut frame, &Message::error(code::SERVER_BUSY, text));
             refusals.refuse(stream, frame);
         };
         self.listener.accept_until(&shared.stop, accepted, |e| {
@@ -496,6 +500,10 @@ mod tests {
         let asked = Instant::now();
         stop.shutdown();
         assert_eq!(done.recv_timeout(Duration::from_secs(1)), Ok(true));
-        assert!(asked.elapsed() < Duration::from_secs(1), "{:?}", asked.elapsed());
+        assert!(
+            asked.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            asked.elapsed()
+        );
     }
 }

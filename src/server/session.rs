@@ -316,3 +316,49 @@ fn next_message<'c>(conn: &'c mut Conn<&TcpStream>) -> Result<Option<Message<'c>
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cancel_turns_its_waiting_request_into_a_cancelled_one() {
+        let mut pending = VecDeque::new();
+        for message in [
+            Message::Request { index: 1 },
+            Message::HaveRequest,
+            Message::Request { index: 2 },
+            Message::Cancel { index: 2 },
+            // For the request being served (not pending here): kept for it to find.
+            Message::Cancel { index: 7 },
+        ] {
+            assert!(take_in(message, &mut pending).unwrap());
+        }
+        assert_eq!(
+            Vec::from(pending),
+            [
+                Pending::Chunk(1),
+                Pending::Have,
+                Pending::Cancelled(2),
+                Pending::Cancel(7)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_leaving_client_ends_and_a_stray_message_is_a_bad_request() {
+        let mut pending = VecDeque::new();
+        assert!(!take_in(Message::error(code::INTERNAL, "bye"), &mut pending).unwrap());
+        let welcome = Message::Welcome {
+            version: PROTOCOL_VERSION,
+            chunk_count: 1,
+        };
+        let e = take_in(welcome, &mut pending).unwrap_err();
+        let reject = e.downcast_ref::<Reject>().expect("a reject");
+        assert_eq!(reject.code, code::BAD_REQUEST);
+        assert!(
+            reject.text.contains("after the handshake"),
+            "{}",
+            reject.text
+        );
+    }
+}

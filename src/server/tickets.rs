@@ -159,3 +159,35 @@ impl TicketCheck {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn keys_told_to_a_pending_server_open_it_or_ask_for_tickets() {
+        let gate = Arc::new(Gate::new(Tickets::Pending));
+        let keys = TicketKeys(Arc::clone(&gate));
+        let asset = AssetId([1; 32]);
+        keys.set(&[]).unwrap();
+        assert!(
+            matches!(gate.check(b"", &asset), Verdict::Pass),
+            "open mode"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let ring = crate::auth::KeyRing::load_or_create(dir.path()).unwrap();
+        keys.set(&ring.public_keys()).unwrap();
+        assert!(matches!(
+            gate.check(b"", &asset),
+            Verdict::Refused(TicketError::Missing)
+        ));
+        let ticket = ring.issue(&asset, "peer", Duration::from_secs(60));
+        assert!(matches!(gate.check(&ticket, &asset), Verdict::Pass));
+        assert!(matches!(
+            gate.check(&ticket, &AssetId([2; 32])),
+            Verdict::Refused(TicketError::WrongAsset { .. })
+        ));
+        assert!(keys.set(&["not a key".into()]).is_err());
+    }
+}

@@ -158,3 +158,30 @@ fn send_piece(stream: &TcpStream, data: &File, position: &mut u64, end: u64) -> 
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_slot_goes_back_when_dropped_or_given_back() {
+        let uploads = Uploads::new(1, None);
+        let slot = uploads.take(10);
+        let (taken_tx, taken) = crossbeam_channel::bounded(1);
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                let _second = uploads.take(10);
+                taken_tx.send(()).unwrap();
+            });
+            assert!(
+                taken.recv_timeout(Duration::from_millis(100)).is_err(),
+                "one slot: the second waits"
+            );
+            uploads.give_back(slot, 10);
+            taken
+                .recv_timeout(Duration::from_secs(5))
+                .expect("the slot went back");
+        });
+        drop(uploads.take(10));
+        drop(uploads.take(10));
+    }
+}
