@@ -9,6 +9,13 @@
 //! A [`Departure`] leaves the swarm when dropped, so every way out of a download or a
 //! server says "stopped", and [`Announcer::halt`] hands it back to start another rhythm
 //! without leaving (a client switching from downloading to seeding).
+//!
+//! How a client fits: its `beat` announces the asset with the live have, the complaints
+//! since the last beat and the uploaded bytes, keeps the ticket and tells its server the
+//! keys, then sends the answer to its scheduler and returns `Ok(None)`, on
+//! [`Rhythm::fixed`] while it downloads; to seed, it [`Announcer::halt`]s, drops the
+//! scheduler's sender from its announce, and starts again on [`Rhythm::tracker`] with a
+//! first wait of zero. The peer server's `beat` announces every asset of its store.
 
 use std::thread::JoinHandle;
 use std::time::Duration;
