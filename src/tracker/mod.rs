@@ -150,16 +150,9 @@ pub struct Tracker {
     state: Arc<State>,
 }
 
-/// Stops a serving tracker from another thread.
-#[derive(Clone, Debug)]
-pub struct ShutdownHandle(http::ShutdownHandle);
-
-impl ShutdownHandle {
-    /// Asks `serve` to return; it does so once the requests under way are answered.
-    pub fn shutdown(&self) {
-        self.0.shutdown();
-    }
-}
+/// Stops a serving tracker from another thread: `serve` returns once the requests under
+/// way are answered. The one handle of every server in the crate.
+pub use crate::net::ShutdownHandle;
 
 impl Tracker {
     /// Loads the catalog and binds the listening socket.
@@ -208,7 +201,7 @@ impl Tracker {
 
     /// A handle that stops [`Tracker::serve`].
     pub fn shutdown_handle(&self) -> ShutdownHandle {
-        ShutdownHandle(self.http.shutdown_handle())
+        self.http.shutdown_handle()
     }
 
     /// Answers requests until shut down.
