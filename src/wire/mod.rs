@@ -82,14 +82,9 @@ impl WireError {
     }
 }
 
-/// True for the errors a socket with a read or write timeout returns when it expires
-/// (`WouldBlock` on Unix, `TimedOut` on Windows).
-pub fn is_timeout(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-    )
-}
+/// True for the errors a socket with a read or write timeout returns when it expires: the
+/// one test of the crate, shared with the listeners.
+pub use crate::net::is_timeout;
 
 impl fmt::Display for WireError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
