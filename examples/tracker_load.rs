@@ -37,7 +37,7 @@ fn main() -> Result<()> {
         .map(|i| {
             let digest = sha256(format!("load-{i}").as_bytes());
             let manifest =
-                Manifest::new(format!("load-{i}"), 1, MIN_CHUNK_SIZE, digest, vec![digest])
+                Manifest::new(format!("load-{i}"), 1, MIN_CHUNK_SIZE, Some(digest), vec![digest])
                     .map_err(anyhow::Error::msg)?;
             Ok(tracker.publish(&manifest)?.id)
         })

@@ -1,10 +1,19 @@
-//! The manifest: what an asset is (name, size, chunking, SHA-256 of every chunk and of the
-//! whole), its canonical encoding and asset id, and parallel chunk hashing and verification.
+//! The manifest: what an asset is (size, chunking, SHA-256 of every chunk and optionally of
+//! the whole, a name as a label), its canonical encoding and asset id, and chunk hashing on
+//! every core and verification.
+//!
+//! Format 2 (this build): the asset id hashes the content's description only, never the
+//! name, so the same bytes chunked the same way are one asset whatever they are called.
+//! The whole-content SHA-256 is optional because it is one sequential chain: without it,
+//! hashing a file scales with the cores (see [`hash_file`]).
 
 use std::fmt;
+use std::fs::File;
 use std::io::{self, Read};
+use std::os::unix::fs::FileExt as _;
 use std::str::FromStr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::{Context, Result, bail};
 use crossbeam_channel::bounded;
@@ -12,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 /// The manifest format this build writes and accepts.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// Smallest chunk size: below 16 KiB the per-request overhead (a frame, a hash, a bitfield
 /// bit) outweighs the transfer and manifests grow large.
 pub const MIN_CHUNK_SIZE: u32 = 16 << 10;
@@ -85,14 +94,15 @@ fn parse_digest(s: &str) -> Result<Digest, String> {
 /// check every bound, so the rest of the code can trust its fields.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Manifest {
-    /// Asset name: a single path component, safe to create in any directory.
+    /// Asset name: a single path component, safe to create in any directory. A label
+    /// only: it is not part of the asset id.
     pub name: String,
     /// Total size in bytes.
     pub size: u64,
     /// Chunk size in bytes; every chunk but the last has exactly this size.
     pub chunk_size: u32,
-    /// SHA-256 of the whole content.
-    pub sha256: Digest,
+    /// SHA-256 of the whole content, when the manifest carries one (`chunkify --sha256`).
+    pub sha256: Option<Digest>,
     /// SHA-256 of each chunk, in order.
     pub chunks: Vec<Digest>,
 }
@@ -105,8 +115,32 @@ struct ManifestToml {
     name: String,
     size: u64,
     chunk_size: u32,
-    sha256: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sha256: Option<String>,
     chunks: Vec<String>,
+    /// Reserved for directory assets: a manifest that has it is refused, so that a later
+    /// build can give it a meaning without this one misreading such a manifest.
+    #[serde(default, skip_serializing)]
+    files: Option<serde::de::IgnoredAny>,
+}
+
+/// Just the format of a manifest, to say why one that is not format 2 fails to parse.
+#[derive(Deserialize)]
+struct FormatOnly {
+    format: u32,
+}
+
+/// Why a manifest of another format is refused, with what to do about it.
+fn format_error(format: u32) -> String {
+    if format == 1 {
+        format!(
+            "this is a format 1 manifest, which this build no longer reads: format {FORMAT_VERSION} asset ids leave the name out, so ids changed; re-run chunkify on the content to make a format {FORMAT_VERSION} manifest (and publish that)"
+        )
+    } else {
+        format!(
+            "manifest format {format} is not supported (this build reads format {FORMAT_VERSION})"
+        )
+    }
 }
 
 /// Checks that `name` is one safe path component: not empty, at most 255 bytes, not `.`
@@ -149,16 +183,22 @@ fn check_chunk_size(chunk_size: u32) -> Result<(), String> {
     Ok(())
 }
 
+/// The chunk count `size` needs, refused above [`MAX_CHUNKS`].
+fn check_chunk_count(size: u64, chunk_size: u32) -> Result<u64, String> {
+    let count = chunk_count_for(size, chunk_size);
+    if count > MAX_CHUNKS {
+        return Err(format!(
+            "{size} bytes in chunks of {chunk_size} make {count} chunks, more than the {MAX_CHUNKS} allowed; use a larger chunk size"
+        ));
+    }
+    Ok(count)
+}
+
 /// Checks name, chunk size and that `count` hashes are exactly what `size` needs.
 fn check_shape(name: &str, size: u64, chunk_size: u32, count: usize) -> Result<(), String> {
     check_name(name)?;
     check_chunk_size(chunk_size)?;
-    let expected = chunk_count_for(size, chunk_size);
-    if expected > MAX_CHUNKS {
-        return Err(format!(
-            "{size} bytes in chunks of {chunk_size} make {expected} chunks, more than the {MAX_CHUNKS} allowed; use a larger chunk size"
-        ));
-    }
+    let expected = check_chunk_count(size, chunk_size)?;
     if count as u64 != expected {
         return Err(format!(
             "size {size} with chunk size {chunk_size} needs {expected} chunk hashes, the manifest lists {count}"
@@ -173,7 +213,7 @@ impl Manifest {
         name: String,
         size: u64,
         chunk_size: u32,
-        sha256: Digest,
+        sha256: Option<Digest>,
         chunks: Vec<Digest>,
     ) -> Result<Self, String> {
         check_shape(&name, size, chunk_size, chunks.len())?;
@@ -204,17 +244,27 @@ impl Manifest {
                 "manifest has {separators} of the separators `,` `=` `.` `[` `{{`, more than the {MAX_MANIFEST_SEPARATORS} that {MAX_CHUNKS} chunk hashes need"
             ));
         }
-        let raw: ManifestToml =
-            toml::from_str(text).map_err(|e| format!("manifest is not valid TOML: {e}"))?;
+        let raw: ManifestToml = match toml::from_str(text) {
+            Ok(raw) => raw,
+            // Another format may have other keys: name the format rather than a key. The
+            // second parse costs what the first did, and only on this failing path.
+            Err(e) => match toml::from_str::<FormatOnly>(text) {
+                Ok(f) if f.format != FORMAT_VERSION => return Err(format_error(f.format)),
+                _ => return Err(format!("manifest is not valid TOML: {e}")),
+            },
+        };
         if raw.format != FORMAT_VERSION {
-            return Err(format!(
-                "manifest format {} is not supported (this build reads format {FORMAT_VERSION})",
-                raw.format
-            ));
+            return Err(format_error(raw.format));
+        }
+        if raw.files.is_some() {
+            return Err("manifest lists `files` (a directory asset): this build reads single-file assets only; chunk one file, or a tar of the directory".into());
         }
         // Check the shape before decoding every hash, so a bad list fails fast.
         check_shape(&raw.name, raw.size, raw.chunk_size, raw.chunks.len())?;
-        let sha256 = parse_digest(&raw.sha256).map_err(|e| format!("manifest sha256: {e}"))?;
+        let sha256 = raw
+            .sha256
+            .map(|h| parse_digest(&h).map_err(|e| format!("manifest sha256: {e}")))
+            .transpose()?;
         let chunks = raw
             .chunks
             .iter()
@@ -241,22 +291,31 @@ impl Manifest {
             name: self.name.clone(),
             size: self.size,
             chunk_size: self.chunk_size,
-            sha256: hex::encode(self.sha256),
+            sha256: self.sha256.map(hex::encode),
             chunks: self.chunks.iter().map(hex::encode).collect(),
+            files: None,
         };
         toml::to_string_pretty(&raw).expect("a manifest always serializes")
     }
 
-    /// The canonical binary encoding that the asset id hashes (see PROTOCOL.md).
+    /// The canonical binary encoding that the asset id hashes (PROTOCOL.md, section 13):
+    /// every value that describes the content, and not the name.
     pub fn canonical_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(100 + self.name.len() + 32 * self.chunks.len());
+        let mut out = Vec::with_capacity(CANONICAL_FIXED_BYTES + 32 + 32 * self.chunks.len());
         out.extend_from_slice(CANONICAL_MAGIC);
         out.extend_from_slice(&FORMAT_VERSION.to_be_bytes());
-        out.extend_from_slice(&(self.name.len() as u16).to_be_bytes());
-        out.extend_from_slice(self.name.as_bytes());
         out.extend_from_slice(&self.size.to_be_bytes());
         out.extend_from_slice(&self.chunk_size.to_be_bytes());
-        out.extend_from_slice(&self.sha256);
+        match &self.sha256 {
+            Some(whole) => {
+                out.push(1);
+                out.extend_from_slice(whole);
+            }
+            None => out.push(0),
+        }
+        // The file count: 0 for a single-file asset. Directory assets will list their
+        // files here, so the ids of single-file assets stay what they are now.
+        out.extend_from_slice(&0u32.to_be_bytes());
         out.extend_from_slice(&(self.chunks.len() as u32).to_be_bytes());
         for chunk in &self.chunks {
             out.extend_from_slice(chunk);
@@ -293,15 +352,34 @@ impl Manifest {
     }
 }
 
-/// What hashing a stream produced: its size, the SHA-256 of each chunk and of the whole.
+/// Bytes of the canonical encoding without the whole-content hash and the chunk hashes:
+/// magic 20, format 4, size 8, chunk size 4, whole-hash flag 1, file count 4, chunk count 4.
+pub const CANONICAL_FIXED_BYTES: usize = 45;
+
+/// What hashing content produced: its size, the SHA-256 of each chunk, and of the whole
+/// when asked for.
 #[derive(Debug)]
 pub struct StreamHashes {
     /// Bytes read.
     pub size: u64,
     /// SHA-256 of each chunk, in order.
     pub chunks: Vec<Digest>,
-    /// SHA-256 of everything read.
-    pub whole: Digest,
+    /// SHA-256 of everything read, when asked for.
+    pub whole: Option<Digest>,
+}
+
+impl StreamHashes {
+    /// The manifest of the hashed content under `name`.
+    pub fn into_manifest(self, name: &str, chunk_size: u32) -> Result<Manifest> {
+        Manifest::new(
+            name.to_string(),
+            self.size,
+            chunk_size,
+            self.whole,
+            self.chunks,
+        )
+        .map_err(anyhow::Error::msg)
+    }
 }
 
 /// Reads until `buf` is full or the input ends; returns the bytes read.
@@ -323,19 +401,28 @@ fn read_full(input: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
 const MAX_HASHERS: usize = 8;
 /// Bytes of chunk buffers `hash_stream` keeps queued at most (about twice that alive).
 const HASH_MEMORY: usize = 128 << 20;
+/// Bytes `hash_file` reads at once per worker: 256 KiB stays in a core's L2 cache between
+/// the copy out of the page cache and the hash, and bounds a worker's memory whatever the
+/// chunk size (up to 64 MiB).
+const PREAD_BYTES: usize = 256 << 10;
+
+fn hasher_count() -> usize {
+    std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .min(MAX_HASHERS)
+}
 
 /// Hashes a stream in chunks of `chunk_size`: this thread reads, one thread per core hashes
-/// chunks, and one more thread hashes the whole content in order, so reading and both kinds
-/// of hashing overlap. Buffers are recycled, and bounded by count and by bytes.
-pub fn hash_stream(mut input: impl Read, chunk_size: u32) -> Result<StreamHashes> {
+/// chunks, and with `whole` one more thread hashes the whole content in order, so reading
+/// and both kinds of hashing overlap. Buffers are recycled, and bounded by count and by bytes.
+pub fn hash_stream(mut input: impl Read, chunk_size: u32, whole: bool) -> Result<StreamHashes> {
     check_chunk_size(chunk_size).map_err(anyhow::Error::msg)?;
-    let hashers = std::thread::available_parallelism()
-        .map_or(2, |n| n.get())
-        .min(MAX_HASHERS);
+    let hashers = hasher_count();
     // Two buffers per hasher keep every core fed; never more than HASH_MEMORY in all.
     let in_flight = (hashers * 2 + 2).min((HASH_MEMORY / chunk_size as usize).max(2));
     let (job_tx, job_rx) = bounded::<(usize, Arc<Vec<u8>>)>(in_flight);
     let (whole_tx, whole_rx) = bounded::<Arc<Vec<u8>>>(in_flight);
+    let whole_tx = whole.then_some(whole_tx);
     let (spare_tx, spare_rx) = bounded::<Vec<u8>>(in_flight * 2);
     let (done_tx, done_rx) = crossbeam_channel::unbounded::<(usize, Digest)>();
 
@@ -353,16 +440,18 @@ pub fn hash_stream(mut input: impl Read, chunk_size: u32) -> Result<StreamHashes
         }
         drop(done_tx);
         let whole_spare = spare_tx.clone();
-        let whole = scope.spawn(move || {
-            let mut hasher = Sha256::new();
-            for buf in whole_rx {
-                hasher.update(&buf[..]);
-                if let Some(buf) = Arc::into_inner(buf) {
-                    let _ = whole_spare.try_send(buf);
+        let whole_hasher = whole.then(|| {
+            scope.spawn(move || {
+                let mut hasher = Sha256::new();
+                for buf in whole_rx {
+                    hasher.update(&buf[..]);
+                    if let Some(buf) = Arc::into_inner(buf) {
+                        let _ = whole_spare.try_send(buf);
+                    }
                 }
-            }
-            let digest: Digest = hasher.finalize().into();
-            digest
+                let digest: Digest = hasher.finalize().into();
+                digest
+            })
         });
 
         let mut size = 0u64;
@@ -386,8 +475,10 @@ pub fn hash_stream(mut input: impl Read, chunk_size: u32) -> Result<StreamHashes
             }
             let buf = Arc::new(buf);
             // The receivers live until the senders are dropped, so these sends cannot fail.
-            let _ = job_tx.send((count, buf.clone()));
-            let _ = whole_tx.send(buf);
+            if let Some(whole_tx) = &whole_tx {
+                let _ = whole_tx.send(buf.clone());
+            }
+            let _ = job_tx.send((count, buf));
             count += 1;
             if n < chunk_size as usize {
                 break Ok(());
@@ -395,7 +486,7 @@ pub fn hash_stream(mut input: impl Read, chunk_size: u32) -> Result<StreamHashes
         };
         drop(job_tx);
         drop(whole_tx);
-        let whole = whole.join().expect("whole-content hasher panicked");
+        let whole = whole_hasher.map(|h| h.join().expect("whole-content hasher panicked"));
         read_result.context("reading input")?;
         let mut chunks = vec![[0u8; 32]; count];
         for (index, digest) in done_rx {
@@ -409,18 +500,118 @@ pub fn hash_stream(mut input: impl Read, chunk_size: u32) -> Result<StreamHashes
     })
 }
 
-/// Cuts a stream into chunks, hashes them in parallel, and returns its manifest.
+/// Hashes an open file in chunks of `chunk_size`. A regular file without `whole` is hashed
+/// by one worker per core, each taking the next chunk and reading it with `pread` into its
+/// own reused buffer: no reader thread, no copy between threads, no sequential chain, so
+/// the cores' hashing speeds add up. Anything else (a pipe, a device, `whole`) goes through
+/// [`hash_stream`]. A regular file is read from its start whatever its position; a file
+/// that changes size while it is hashed on every core is an error.
+pub fn hash_file(file: &File, chunk_size: u32, whole: bool) -> Result<StreamHashes> {
+    check_chunk_size(chunk_size).map_err(anyhow::Error::msg)?;
+    let meta = file.metadata().context("reading the file's metadata")?;
+    if !meta.is_file() {
+        return hash_stream(file, chunk_size, whole);
+    }
+    if whole {
+        // From the start whatever the file's position, as the workers below read.
+        return hash_stream(ReadFrom { file, at: 0 }, chunk_size, whole);
+    }
+    let size = meta.len();
+    let count = check_chunk_count(size, chunk_size)
+        .map_err(|e| anyhow::anyhow!("{e} (--chunk-size)"))? as usize;
+    let next = AtomicUsize::new(0);
+    let workers = hasher_count().min(count).max(1);
+    let results: Vec<Result<Vec<(usize, Digest)>>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                let next = &next;
+                scope.spawn(move || -> Result<Vec<(usize, Digest)>> {
+                    let mut buf = vec![0u8; PREAD_BYTES.min(chunk_size as usize)];
+                    let mut done = Vec::with_capacity(count / workers + 1);
+                    loop {
+                        let index = next.fetch_add(1, Ordering::Relaxed);
+                        if index >= count {
+                            return Ok(done);
+                        }
+                        match hash_chunk_at(file, &mut buf, index, chunk_size, size) {
+                            Ok(digest) => done.push((index, digest)),
+                            Err(e) => {
+                                // Stop the other workers at their next chunk.
+                                next.store(count, Ordering::Relaxed);
+                                return Err(e);
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("chunk hasher panicked"))
+            .collect()
+    });
+    let mut chunks = vec![[0u8; 32]; count];
+    for result in results {
+        for (index, digest) in result? {
+            chunks[index] = digest;
+        }
+    }
+    let now = file.metadata().context("reading the file's metadata")?.len();
+    if now != size {
+        bail!("the file changed size while it was read ({size} bytes, then {now})");
+    }
+    Ok(StreamHashes {
+        size,
+        chunks,
+        whole: None,
+    })
+}
+
+/// Reads a file with `pread` from an offset of its own, leaving the file's position alone.
+struct ReadFrom<'a> {
+    file: &'a File,
+    at: u64,
+}
+
+impl Read for ReadFrom<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.file.read_at(buf, self.at)?;
+        self.at += n as u64;
+        Ok(n)
+    }
+}
+
+/// SHA-256 of chunk `index` of `file`, read in pieces of `buf`'s length.
+fn hash_chunk_at(
+    file: &File,
+    buf: &mut [u8],
+    index: usize,
+    chunk_size: u32,
+    size: u64,
+) -> Result<Digest> {
+    let start = index as u64 * chunk_size as u64;
+    let end = (start + chunk_size as u64).min(size);
+    let mut hasher = Sha256::new();
+    let mut at = start;
+    while at < end {
+        let len = (end - at).min(buf.len() as u64) as usize;
+        let piece = &mut buf[..len];
+        file.read_exact_at(piece, at).map_err(|e| {
+            let shrank = e.kind() == io::ErrorKind::UnexpectedEof;
+            let what = if shrank { "the file shrank while it was read: " } else { "" };
+            anyhow::Error::new(e).context(format!("{what}reading chunk {index} at offset {at}"))
+        })?;
+        hasher.update(&*piece);
+        at += piece.len() as u64;
+    }
+    Ok(hasher.finalize().into())
+}
+
+/// Cuts a stream into chunks, hashes them in parallel, and returns its manifest (without a
+/// whole-content SHA-256; [`hash_stream`] and [`StreamHashes::into_manifest`] add one).
 pub fn chunkify(input: impl Read, name: &str, chunk_size: u32) -> Result<Manifest> {
     check_name(name).map_err(anyhow::Error::msg)?;
-    let hashes = hash_stream(input, chunk_size)?;
-    Manifest::new(
-        name.to_string(),
-        hashes.size,
-        chunk_size,
-        hashes.whole,
-        hashes.chunks,
-    )
-    .map_err(anyhow::Error::msg)
+    hash_stream(input, chunk_size, false)?.into_manifest(name, chunk_size)
 }
 
 /// The outcome of checking content against a manifest.
@@ -428,31 +619,48 @@ pub fn chunkify(input: impl Read, name: &str, chunk_size: u32) -> Result<Manifes
 pub struct VerifyReport {
     /// Bytes the content has.
     pub size: u64,
+    /// Whether that is the manifest's size.
+    pub size_matches: bool,
     /// Indexes of the manifest's chunks that are missing or differ.
     pub bad_chunks: Vec<u32>,
-    /// Whether the whole-content SHA-256 matches.
-    pub whole_matches: bool,
+    /// Whether the whole-content SHA-256 matches; `None` when the manifest has none.
+    pub whole_matches: Option<bool>,
 }
 
 impl VerifyReport {
     /// True when the content is exactly the manifest's.
     pub fn ok(&self) -> bool {
-        self.bad_chunks.is_empty() && self.whole_matches
+        self.size_matches && self.bad_chunks.is_empty() && self.whole_matches != Some(false)
+    }
+
+    fn of(manifest: &Manifest, hashes: StreamHashes) -> VerifyReport {
+        let bad_chunks = (0..manifest.chunk_count())
+            .filter(|&i| hashes.chunks.get(i as usize) != Some(&manifest.chunks[i as usize]))
+            .collect();
+        let size_matches = hashes.size == manifest.size;
+        VerifyReport {
+            size: hashes.size,
+            size_matches,
+            bad_chunks,
+            whole_matches: manifest
+                .sha256
+                .map(|want| size_matches && hashes.whole == Some(want)),
+        }
     }
 }
 
-/// Checks a stream against a manifest chunk by chunk and as a whole.
+/// Checks a stream against a manifest chunk by chunk, and as a whole when the manifest
+/// carries a whole-content SHA-256.
 pub fn verify(manifest: &Manifest, input: impl Read) -> Result<VerifyReport> {
-    let hashes = hash_stream(input, manifest.chunk_size)?;
-    let bad_chunks = (0..manifest.chunk_count())
-        .filter(|&i| hashes.chunks.get(i as usize) != Some(&manifest.chunks[i as usize]))
-        .collect();
-    let whole_matches = hashes.size == manifest.size && hashes.whole == manifest.sha256;
-    Ok(VerifyReport {
-        size: hashes.size,
-        bad_chunks,
-        whole_matches,
-    })
+    let hashes = hash_stream(input, manifest.chunk_size, manifest.sha256.is_some())?;
+    Ok(VerifyReport::of(manifest, hashes))
+}
+
+/// [`verify`] for an open file, hashed on every core when the manifest has no
+/// whole-content SHA-256 (see [`hash_file`]).
+pub fn verify_file(manifest: &Manifest, file: &File) -> Result<VerifyReport> {
+    let hashes = hash_file(file, manifest.chunk_size, manifest.sha256.is_some())?;
+    Ok(VerifyReport::of(manifest, hashes))
 }
 
 /// Fails with a clear message unless `text` parses as an asset id.
@@ -471,13 +679,32 @@ mod tests {
         (0..len).map(|i| (i * 7 + i / 251) as u8).collect()
     }
 
+    fn with_whole(bytes: &[u8], name: &str, chunk_size: u32) -> Manifest {
+        hash_stream(bytes, chunk_size, true)
+            .unwrap()
+            .into_manifest(name, chunk_size)
+            .unwrap()
+    }
+
+    fn temp_file(bytes: &[u8]) -> (tempfile::TempDir, File) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.bin");
+        std::fs::write(&path, bytes).unwrap();
+        let file = File::open(&path).unwrap();
+        (dir, file)
+    }
+
     #[test]
     fn chunkify_cuts_and_hashes_every_chunk() {
         let bytes = data(3 * MIN_CHUNK_SIZE as usize + 5);
         let m = chunkify(&bytes[..], "a.bin", MIN_CHUNK_SIZE).unwrap();
         assert_eq!(m.chunk_count(), 4);
         assert_eq!(m.chunk_len(3), 5);
-        assert_eq!(m.sha256, sha256(&bytes));
+        assert_eq!(m.sha256, None, "format 2 leaves the whole-content hash out by default");
+        assert_eq!(
+            with_whole(&bytes, "a.bin", MIN_CHUNK_SIZE).sha256,
+            Some(sha256(&bytes))
+        );
         assert_eq!(
             m.chunks[1],
             sha256(&bytes[MIN_CHUNK_SIZE as usize..2 * MIN_CHUNK_SIZE as usize])
@@ -489,60 +716,100 @@ mod tests {
     fn empty_and_one_byte_inputs_have_zero_and_one_chunks() {
         let empty = chunkify(&[][..], "e", MIN_CHUNK_SIZE).unwrap();
         assert_eq!((empty.size, empty.chunk_count()), (0, 0));
-        assert_eq!(empty.sha256, sha256(b""));
+        assert_eq!(
+            with_whole(&[], "e", MIN_CHUNK_SIZE).sha256,
+            Some(sha256(b""))
+        );
         let one = chunkify(&[42u8][..], "o", MIN_CHUNK_SIZE).unwrap();
         assert_eq!((one.size, one.chunk_count(), one.chunk_len(0)), (1, 1, 1));
     }
 
     #[test]
-    fn toml_round_trips_and_id_is_stable() {
-        let m = chunkify(&data(100_000)[..], "x.iso", MIN_CHUNK_SIZE).unwrap();
-        let back = Manifest::from_toml(&m.to_toml()).unwrap();
-        assert_eq!(back, m);
-        assert_eq!(back.id(), m.id());
-        // Golden id: the canonical encoding must never change between builds.
-        let fixed = Manifest::new(
-            "golden".into(),
-            1,
-            MIN_CHUNK_SIZE,
-            sha256(b"a"),
-            vec![sha256(b"a")],
-        )
-        .unwrap();
-        assert_eq!(
-            fixed.id().to_string(),
-            "64c76c206f8ba83391620dcfe7f276729164d76f370a7da8259aa930bf19742d"
-        );
+    fn a_file_hashed_on_every_core_gives_what_the_stream_gives() {
+        // Chunk sizes above PREAD_BYTES make a worker read a chunk in several pieces.
+        for (len, chunk_size) in [
+            (0, MIN_CHUNK_SIZE),
+            (1, MIN_CHUNK_SIZE),
+            (5 * MIN_CHUNK_SIZE as usize, MIN_CHUNK_SIZE),
+            (7 * MIN_CHUNK_SIZE as usize + 3, MIN_CHUNK_SIZE),
+            (2 * (1 << 20) + 12_345, 1 << 20),
+        ] {
+            let bytes = data(len);
+            let (_dir, file) = temp_file(&bytes);
+            let parallel = hash_file(&file, chunk_size, false).unwrap();
+            let stream = hash_stream(&bytes[..], chunk_size, false).unwrap();
+            assert_eq!(parallel.size, len as u64);
+            assert_eq!(parallel.chunks, stream.chunks, "{len} bytes");
+            assert_eq!(parallel.whole, None);
+            let whole = hash_file(&file, chunk_size, true).unwrap();
+            assert_eq!(whole.chunks, stream.chunks);
+            assert_eq!(whole.whole, Some(sha256(&bytes)));
+        }
     }
 
     #[test]
-    fn any_change_changes_the_id() {
+    fn toml_round_trips_and_id_is_stable() {
+        for m in [
+            chunkify(&data(100_000)[..], "x.iso", MIN_CHUNK_SIZE).unwrap(),
+            with_whole(&data(100_000), "x.iso", MIN_CHUNK_SIZE),
+        ] {
+            let back = Manifest::from_toml(&m.to_toml()).unwrap();
+            assert_eq!(back, m);
+            assert_eq!(back.id(), m.id());
+        }
+        // Golden ids: the canonical encoding must never change between builds.
+        let golden = |name: &str, whole| {
+            Manifest::new(name.into(), 1, MIN_CHUNK_SIZE, whole, vec![sha256(b"a")]).unwrap()
+        };
+        assert_eq!(
+            golden("golden", None).id().to_string(),
+            "b7873dcefc10ed3a36ebcd082d05edfb2060d30aa0d7e4cf81074a8d242b0321"
+        );
+        assert_eq!(
+            golden("golden", Some(sha256(b"a"))).id().to_string(),
+            "d104563fe7183e49961adb70c27a6582b9df897c7aae00db085f4950ba4791a0"
+        );
+        assert_eq!(golden("another name", None).id(), golden("golden", None).id());
+    }
+
+    #[test]
+    fn the_name_is_a_label_and_any_change_of_content_changes_the_id() {
         let m = chunkify(&data(50_000)[..], "x", MIN_CHUNK_SIZE).unwrap();
         let mut renamed = m.clone();
         renamed.name = "y".into();
+        assert_eq!(m.id(), renamed.id(), "byte-identical content under two names");
         let mut other_chunk = m.clone();
         other_chunk.chunks[0][0] ^= 1;
-        assert_ne!(m.id(), renamed.id());
-        assert_ne!(m.id(), other_chunk.id());
+        let mut whole = m.clone();
+        whole.sha256 = Some(sha256(&data(50_000)));
+        let mut other_whole = whole.clone();
+        other_whole.sha256.as_mut().unwrap()[31] ^= 1;
+        let other_chunking = chunkify(&data(50_000)[..], "x", 2 * MIN_CHUNK_SIZE).unwrap();
+        let ids = [m.id(), other_chunk.id(), whole.id(), other_whole.id(), other_chunking.id()];
+        for (i, a) in ids.iter().enumerate() {
+            for b in &ids[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
     }
 
     #[test]
     fn bounds_are_checked() {
         let h = sha256(b"");
         assert!(
-            Manifest::new("a".into(), 10, 1000, h, vec![h]).is_err(),
+            Manifest::new("a".into(), 10, 1000, None, vec![h]).is_err(),
             "chunk size below 16 KiB"
         );
         assert!(
-            Manifest::new("a".into(), 10, 128 << 20, h, vec![h]).is_err(),
+            Manifest::new("a".into(), 10, 128 << 20, Some(h), vec![h]).is_err(),
             "chunk size above 64 MiB"
         );
         assert!(
-            Manifest::new("a".into(), 100_000, MIN_CHUNK_SIZE, h, vec![h]).is_err(),
+            Manifest::new("a".into(), 100_000, MIN_CHUNK_SIZE, None, vec![h]).is_err(),
             "too few hashes"
         );
         assert!(
-            Manifest::new("a".into(), 1 << 50, MIN_CHUNK_SIZE, h, vec![]).is_err(),
+            Manifest::new("a".into(), 1 << 50, MIN_CHUNK_SIZE, None, vec![]).is_err(),
             "too many chunks"
         );
         for bad in [
@@ -556,11 +823,11 @@ mod tests {
             &"n".repeat(300),
         ] {
             assert!(
-                Manifest::new(bad.into(), 0, MIN_CHUNK_SIZE, h, vec![]).is_err(),
+                Manifest::new(bad.into(), 0, MIN_CHUNK_SIZE, None, vec![]).is_err(),
                 "name {bad:?}"
             );
         }
-        assert!(Manifest::new("ok name.iso".into(), 0, MIN_CHUNK_SIZE, h, vec![]).is_ok());
+        assert!(Manifest::new("ok name.iso".into(), 0, MIN_CHUNK_SIZE, None, vec![]).is_ok());
     }
 
     #[test]
@@ -571,9 +838,15 @@ mod tests {
                 .contains("TOML")
         );
         let m = chunkify(&data(20_000)[..], "x", MIN_CHUNK_SIZE).unwrap();
-        let future = m.to_toml().replace("format = 1", "format = 9");
+        let future = m.to_toml().replace("format = 2", "format = 9");
         assert!(
             Manifest::from_toml(&future)
+                .unwrap_err()
+                .contains("format 9")
+        );
+        let future_keys = format!("{future}\nsomething_new = 1\n");
+        assert!(
+            Manifest::from_toml(&future_keys)
                 .unwrap_err()
                 .contains("format 9")
         );
@@ -582,9 +855,31 @@ mod tests {
     }
 
     #[test]
+    fn format_1_manifests_are_refused_with_what_to_do() {
+        // What chunkify wrote before format 2 (fuzz/seeds/manifest_parse had it).
+        let old = "format = 1\nname = \"one.bin\"\nsize = 1\nchunk_size = 16384\n\
+            sha256 = \"ca978112ca1bbdcafac231b39a23dc4da786eff8147c4e72b9807785afee48bb\"\n\
+            chunks = [\"ca978112ca1bbdcafac231b39a23dc4da786eff8147c4e72b9807785afee48bb\"]\n";
+        let e = Manifest::from_toml(old).unwrap_err();
+        assert!(e.contains("format 1") && e.contains("re-run chunkify"), "{e}");
+        let e = Manifest::from_toml("format = 1\nname = \"x\"\n").unwrap_err();
+        assert!(e.contains("format 1"), "{e}");
+    }
+
+    #[test]
+    fn a_list_of_files_is_reserved_and_refused() {
+        let m = chunkify(&data(20_000)[..], "x", MIN_CHUNK_SIZE).unwrap();
+        for files in ["files = []\n", "[[files]]\npath = \"a/b\"\nsize = 1\n"] {
+            let text = format!("{}{files}", m.to_toml());
+            let e = Manifest::from_toml(&text).unwrap_err();
+            assert!(e.contains("`files`") && e.contains("single-file"), "{e}");
+        }
+    }
+
+    #[test]
     fn many_tiny_values_are_refused_before_parsing() {
         // A short list of empty strings: each costs the parser ~150 bytes, its text 3.
-        let mut text = String::from("format = 1\nname = \"a\"\nsize = 0\nchunk_size = 16384\n");
+        let mut text = String::from("format = 2\nname = \"a\"\nsize = 0\nchunk_size = 16384\n");
         text.push_str("sha256 = \"\"\nchunks = [");
         text.push_str(&"\"\",".repeat(MAX_MANIFEST_SEPARATORS));
         text.push(']');
@@ -592,7 +887,7 @@ mod tests {
         assert!(e.contains("separators"), "{e}");
         // The bound is inclusive, and a manifest of MAX_CHUNKS chunks whose name is all
         // separators stays within it: to_toml writes one comma per chunk and a few others.
-        let m = chunkify(&data(100_000)[..], &".,=[{".repeat(51), MIN_CHUNK_SIZE).unwrap();
+        let m = with_whole(&data(100_000), &".,=[{".repeat(51), MIN_CHUNK_SIZE);
         let text = m.to_toml();
         let count = |t: &str| t.bytes().filter(|b| b",=.[{".contains(b)).count();
         assert!(count(&text) <= m.chunks.len() + 300, "{text}");
@@ -607,14 +902,37 @@ mod tests {
     #[test]
     fn verify_names_the_bad_chunks() {
         let mut bytes = data(4 * MIN_CHUNK_SIZE as usize);
-        let m = chunkify(&bytes[..], "v", MIN_CHUNK_SIZE).unwrap();
+        let m = with_whole(&bytes, "v", MIN_CHUNK_SIZE);
         assert!(verify(&m, &bytes[..]).unwrap().ok());
         bytes[2 * MIN_CHUNK_SIZE as usize + 1] ^= 0xff;
         let report = verify(&m, &bytes[..]).unwrap();
         assert_eq!(report.bad_chunks, vec![2]);
-        assert!(!report.whole_matches);
+        assert_eq!(report.whole_matches, Some(false));
         let short = verify(&m, &bytes[..MIN_CHUNK_SIZE as usize]).unwrap();
         assert_eq!(short.bad_chunks, vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn verify_checks_the_whole_hash_only_when_present_and_the_size_always() {
+        let bytes = data(3 * MIN_CHUNK_SIZE as usize + 10);
+        let plain = chunkify(&bytes[..], "v", MIN_CHUNK_SIZE).unwrap();
+        let (_dir, file) = temp_file(&bytes);
+        let report = verify_file(&plain, &file).unwrap();
+        assert!(report.ok(), "{report:?}");
+        assert_eq!(report.whole_matches, None);
+        // Right chunks, wrong whole hash: only the whole check can tell.
+        let mut lying = plain.clone();
+        lying.sha256 = Some(sha256(b"something else"));
+        let report = verify_file(&lying, &file).unwrap();
+        assert!(report.bad_chunks.is_empty());
+        assert_eq!(report.whole_matches, Some(false));
+        assert!(!report.ok());
+        assert!(verify_file(&with_whole(&bytes, "v", MIN_CHUNK_SIZE), &file).unwrap().ok());
+        // Trailing bytes past the manifest's size are not the manifest's content.
+        let mut longer = bytes.clone();
+        longer.extend_from_slice(b"more");
+        let report = verify(&plain, &longer[..]).unwrap();
+        assert!(!report.size_matches && !report.ok(), "{report:?}");
     }
 
     mod properties {
@@ -637,7 +955,7 @@ mod tests {
                         Just(name),
                         Just(chunk_size),
                         last,
-                        any::<Digest>(),
+                        proptest::option::of(any::<Digest>()),
                         vec(any::<Digest>(), count),
                     )
                 })
@@ -660,11 +978,14 @@ mod tests {
                 .iter()
                 .map(|c| format!("\"{}\"", hex::encode_upper(c)))
                 .collect();
+            let whole = m
+                .sha256
+                .map(|h| format!("sha256 = '{}'\n", hex::encode_upper(h)))
+                .unwrap_or_default();
             format!(
-                "# rewritten\nchunks = [{}] # {}\nsha256 = '{}'\nchunk_size = {}\nsize = {}\nname = {}\nformat = 1\n",
+                "# rewritten\nchunks = [{}] # {}\n{whole}chunk_size = {}\nsize = {}\nname = {}\nformat = 2\n",
                 chunks.join(", "),
                 m.chunks.len(),
-                hex::encode_upper(m.sha256),
                 m.chunk_size,
                 m.size,
                 toml::Value::String(m.name.clone()),
@@ -686,11 +1007,22 @@ mod tests {
             #[test]
             fn the_canonical_encoding_has_its_documented_layout(m in manifest()) {
                 let bytes = m.canonical_bytes();
-                let (l, c) = (m.name.len(), m.chunks.len());
-                prop_assert_eq!(bytes.len(), 74 + l + 32 * c);
+                let w = if m.sha256.is_some() { 32 } else { 0 };
+                let c = m.chunks.len();
+                prop_assert_eq!(bytes.len(), CANONICAL_FIXED_BYTES + w + 32 * c);
                 prop_assert_eq!(&bytes[..20], CANONICAL_MAGIC);
-                prop_assert_eq!(&bytes[26..26 + l], m.name.as_bytes());
-                prop_assert_eq!(&bytes[70 + l..74 + l], &(c as u32).to_be_bytes());
+                prop_assert_eq!(&bytes[20..24], &2u32.to_be_bytes());
+                prop_assert_eq!(&bytes[24..32], &m.size.to_be_bytes());
+                prop_assert_eq!(&bytes[32..36], &m.chunk_size.to_be_bytes());
+                prop_assert_eq!(bytes[36], m.sha256.is_some() as u8);
+                if let Some(whole) = &m.sha256 {
+                    prop_assert_eq!(&bytes[37..69], whole);
+                }
+                prop_assert_eq!(&bytes[37 + w..41 + w], &[0u8; 4]);
+                prop_assert_eq!(&bytes[41 + w..45 + w], &(c as u32).to_be_bytes());
+                for (i, chunk) in m.chunks.iter().enumerate() {
+                    prop_assert_eq!(&bytes[45 + w + 32 * i..77 + w + 32 * i], chunk);
+                }
                 prop_assert_eq!(m.id(), AssetId(sha256(&bytes)));
             }
 

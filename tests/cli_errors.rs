@@ -69,11 +69,11 @@ fn the_tracker_rejects_bad_manifests_and_unknown_assets_with_json_errors() {
         d,
         "peer_client",
         &["publish", "--tracker", &tracker.url, "-"],
-        b"format = 1\nname = \"../etc\"\n",
+        b"format = 2\nname = \"../etc\"\n",
     );
     assert!(bad.code(1).contains("manifest"), "{}", bad.stderr);
     let evil =
-        "format = 1\nname = \"../x\"\nsize = 1\nchunk_size = 65536\nsha256 = \"00\"\nchunks = []\n";
+        "format = 2\nname = \"../x\"\nsize = 1\nchunk_size = 65536\nsha256 = \"00\"\nchunks = []\n";
     match ureq::post(&format!("{}/assets", tracker.url)).send_string(evil) {
         Err(ureq::Error::Status(400, response)) => {
             let body: serde_json::Value = response.into_json().unwrap();

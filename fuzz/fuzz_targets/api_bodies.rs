@@ -50,7 +50,7 @@ fn live() -> &'static Live {
         let hash = [7; 32];
         let chunks = vec![hash; CHUNKS as usize];
         let size = CHUNKS as u64 * MIN_CHUNK_SIZE as u64;
-        let manifest = Manifest::new("fuzz".into(), size, MIN_CHUNK_SIZE, hash, chunks).unwrap();
+        let manifest = Manifest::new("fuzz".into(), size, MIN_CHUNK_SIZE, Some(hash), chunks).unwrap();
         TrackerClient::new(&url)
             .and_then(|client| client.publish(&manifest))
             .expect("publishing the fuzzed asset");

@@ -1,24 +1,25 @@
 //! `chunkify`: cut a file into chunks, hash them on every core, print the manifest.
 
 use std::fs::File;
-use std::io::{self, Read};
+use std::io::{self, BufRead};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use std::io::BufRead;
 use swarmcache::cli::{self, EXIT_FAILED, EXIT_OK};
 use swarmcache::manifest::{self, Manifest};
 
 /// Cut a file into fixed-size chunks, hash every chunk with SHA-256 on all cores, and print
-/// the manifest (TOML) on stdout.
+/// the manifest (TOML, format 2) on stdout. The asset id depends on the content and its
+/// chunking only, not on the name: the same bytes under two names are one asset.
 ///
 /// Examples:
 ///   chunkify big.iso > big.toml
 ///   chunkify big.iso | peer_client publish --tracker http://127.0.0.1:7070 -
 ///   tar c dir | chunkify --name dir.tar -
 ///   chunkify --id big.iso
+///   chunkify --sha256 big.iso      (also records the whole file's SHA-256)
 ///   chunkify verify big.toml copy.iso
 #[derive(Parser)]
 #[command(version, args_conflicts_with_subcommands = true, verbatim_doc_comment)]
@@ -30,9 +31,15 @@ struct Args {
     /// Chunk size, 16KiB to 64MiB (e.g. 256KiB, 1MiB, 4MiB).
     #[arg(long, default_value = "256KiB", value_parser = cli::chunk_size_arg)]
     chunk_size: u32,
-    /// Asset name recorded in the manifest (default: the file's name; "stdin" for -).
+    /// Asset name recorded in the manifest (default: the file's name; "stdin" for -). A
+    /// label: it does not change the asset id.
     #[arg(long)]
     name: Option<String>,
+    /// Also record the SHA-256 of the whole content, for comparing with a published
+    /// checksum (`sha256sum`). It is one sequential hash, so chunkify runs at about one
+    /// core's speed with it; it changes the asset id, and `verify` checks it.
+    #[arg(long)]
+    sha256: bool,
     /// Print only the asset id instead of the manifest.
     #[arg(long)]
     id: bool,
@@ -40,7 +47,8 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Check content against a manifest: exit 0 when it matches, else 1 and name the bad chunks.
+    /// Check content against a manifest: exit 0 when it matches, else 1 and name the bad
+    /// chunks. The whole-content SHA-256 is checked too when the manifest has one.
     Verify {
         /// The manifest (TOML) file.
         manifest: PathBuf,
@@ -49,32 +57,48 @@ enum Command {
     },
 }
 
-fn open_input(path: &Path) -> Result<Box<dyn Read>> {
-    if path == Path::new("-") {
-        return Ok(Box::new(io::stdin().lock()));
-    }
-    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    Ok(Box::new(file))
+/// Where the content comes from: a file is hashed on every core with `pread`, a pipe in order.
+enum Input {
+    Stdin,
+    File(File),
 }
 
-/// The content to chunk; an empty standard input is refused: it is what a failed
-/// producer (`tar c missing-dir | chunkify -`) leaves, and its manifest helps nobody.
-fn open_content(path: &Path) -> Result<Box<dyn Read>> {
+fn open_input(path: &Path) -> Result<Input> {
     if path == Path::new("-") {
-        let mut input = io::BufReader::new(io::stdin().lock());
-        if input
-            .fill_buf()
-            .context("reading standard input")?
-            .is_empty()
-        {
-            anyhow::bail!(
-                "standard input is empty: nothing to chunk (did the command before | fail?)"
-            );
-        }
-        return Ok(Box::new(input));
+        return Ok(Input::Stdin);
     }
     let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    Ok(Box::new(file))
+    Ok(Input::File(file))
+}
+
+impl Input {
+    /// The content's hashes. An empty standard input is refused: it is what a failed
+    /// producer (`tar c missing-dir | chunkify -`) leaves, and its manifest helps nobody.
+    fn hash(&self, chunk_size: u32, whole: bool) -> Result<manifest::StreamHashes> {
+        match self {
+            Input::Stdin => {
+                let mut input = io::BufReader::new(io::stdin().lock());
+                if input
+                    .fill_buf()
+                    .context("reading standard input")?
+                    .is_empty()
+                {
+                    anyhow::bail!(
+                        "standard input is empty: nothing to chunk (did the command before | fail?)"
+                    );
+                }
+                manifest::hash_stream(input, chunk_size, whole)
+            }
+            Input::File(file) => manifest::hash_file(file, chunk_size, whole),
+        }
+    }
+
+    fn verify(&self, manifest: &Manifest) -> Result<manifest::VerifyReport> {
+        match self {
+            Input::Stdin => manifest::verify(manifest, io::stdin().lock()),
+            Input::File(file) => manifest::verify_file(manifest, file),
+        }
+    }
 }
 
 fn run(args: Args) -> Result<u8> {
@@ -83,7 +107,8 @@ fn run(args: Args) -> Result<u8> {
             .with_context(|| format!("opening manifest {}", manifest.display()))?;
         let manifest_value = Manifest::read_from(file)
             .with_context(|| format!("reading manifest {}", manifest.display()))?;
-        let report = manifest::verify(&manifest_value, open_input(&path)?)
+        let report = open_input(&path)?
+            .verify(&manifest_value)
             .with_context(|| format!("reading {}", path.display()))?;
         if report.ok() {
             eprintln!(
@@ -94,7 +119,7 @@ fn run(args: Args) -> Result<u8> {
             );
             return Ok(EXIT_OK);
         }
-        if report.size != manifest_value.size {
+        if !report.size_matches {
             eprintln!(
                 "chunkify: {} is {} bytes, the manifest says {}",
                 path.display(),
@@ -110,7 +135,7 @@ fn run(args: Args) -> Result<u8> {
                 manifest_value.chunk_count()
             );
             cli::println(&format!("bad chunks: {}", bad.join(" ")))?;
-        } else {
+        } else if report.whole_matches == Some(false) {
             eprintln!("chunkify: every chunk matches but the whole-content SHA-256 differs");
         }
         return Ok(EXIT_FAILED);
@@ -124,7 +149,10 @@ fn run(args: Args) -> Result<u8> {
             .map(|n| n.to_string_lossy().into_owned())
             .with_context(|| format!("{} names no file; give --name", path.display()))?,
     };
-    let manifest = manifest::chunkify(open_content(&path)?, &name, args.chunk_size)
+    manifest::check_name(&name).map_err(anyhow::Error::msg)?;
+    let manifest = open_input(&path)?
+        .hash(args.chunk_size, args.sha256)
+        .and_then(|hashes| hashes.into_manifest(&name, args.chunk_size))
         .with_context(|| format!("chunking {}", path.display()))?;
     if args.id {
         cli::println(&manifest.id().to_string())?;
