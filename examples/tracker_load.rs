@@ -36,9 +36,14 @@ fn main() -> Result<()> {
     let assets: Vec<String> = (0..swarms)
         .map(|i| {
             let digest = sha256(format!("load-{i}").as_bytes());
-            let manifest =
-                Manifest::new(format!("load-{i}"), 1, MIN_CHUNK_SIZE, Some(digest), vec![digest])
-                    .map_err(anyhow::Error::msg)?;
+            let manifest = Manifest::new(
+                format!("load-{i}"),
+                1,
+                MIN_CHUNK_SIZE,
+                Some(digest),
+                vec![digest],
+            )
+            .map_err(anyhow::Error::msg)?;
             Ok(tracker.publish(&manifest)?.id)
         })
         .collect::<Result<_>>()?;

@@ -575,6 +575,7 @@ impl Serving {
             listen,
             store: config.store.clone(),
             seeds: Vec::new(),
+            seed_names: Vec::new(),
             chunk_size: manifest.chunk_size,
             tracker: None,
             origin: false,

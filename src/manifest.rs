@@ -556,7 +556,10 @@ pub fn hash_file(file: &File, chunk_size: u32, whole: bool) -> Result<StreamHash
             chunks[index] = digest;
         }
     }
-    let now = file.metadata().context("reading the file's metadata")?.len();
+    let now = file
+        .metadata()
+        .context("reading the file's metadata")?
+        .len();
     if now != size {
         bail!("the file changed size while it was read ({size} bytes, then {now})");
     }
@@ -598,7 +601,11 @@ fn hash_chunk_at(
         let piece = &mut buf[..len];
         file.read_exact_at(piece, at).map_err(|e| {
             let shrank = e.kind() == io::ErrorKind::UnexpectedEof;
-            let what = if shrank { "the file shrank while it was read: " } else { "" };
+            let what = if shrank {
+                "the file shrank while it was read: "
+            } else {
+                ""
+            };
             anyhow::Error::new(e).context(format!("{what}reading chunk {index} at offset {at}"))
         })?;
         hasher.update(&*piece);
@@ -700,7 +707,10 @@ mod tests {
         let m = chunkify(&bytes[..], "a.bin", MIN_CHUNK_SIZE).unwrap();
         assert_eq!(m.chunk_count(), 4);
         assert_eq!(m.chunk_len(3), 5);
-        assert_eq!(m.sha256, None, "format 2 leaves the whole-content hash out by default");
+        assert_eq!(
+            m.sha256, None,
+            "format 2 leaves the whole-content hash out by default"
+        );
         assert_eq!(
             with_whole(&bytes, "a.bin", MIN_CHUNK_SIZE).sha256,
             Some(sha256(&bytes))
@@ -769,7 +779,10 @@ mod tests {
             golden("golden", Some(sha256(b"a"))).id().to_string(),
             "d104563fe7183e49961adb70c27a6582b9df897c7aae00db085f4950ba4791a0"
         );
-        assert_eq!(golden("another name", None).id(), golden("golden", None).id());
+        assert_eq!(
+            golden("another name", None).id(),
+            golden("golden", None).id()
+        );
     }
 
     #[test]
@@ -777,7 +790,11 @@ mod tests {
         let m = chunkify(&data(50_000)[..], "x", MIN_CHUNK_SIZE).unwrap();
         let mut renamed = m.clone();
         renamed.name = "y".into();
-        assert_eq!(m.id(), renamed.id(), "byte-identical content under two names");
+        assert_eq!(
+            m.id(),
+            renamed.id(),
+            "byte-identical content under two names"
+        );
         let mut other_chunk = m.clone();
         other_chunk.chunks[0][0] ^= 1;
         let mut whole = m.clone();
@@ -785,7 +802,13 @@ mod tests {
         let mut other_whole = whole.clone();
         other_whole.sha256.as_mut().unwrap()[31] ^= 1;
         let other_chunking = chunkify(&data(50_000)[..], "x", 2 * MIN_CHUNK_SIZE).unwrap();
-        let ids = [m.id(), other_chunk.id(), whole.id(), other_whole.id(), other_chunking.id()];
+        let ids = [
+            m.id(),
+            other_chunk.id(),
+            whole.id(),
+            other_whole.id(),
+            other_chunking.id(),
+        ];
         for (i, a) in ids.iter().enumerate() {
             for b in &ids[i + 1..] {
                 assert_ne!(a, b);
@@ -861,7 +884,10 @@ mod tests {
             sha256 = \"ca978112ca1bbdcafac231b39a23dc4da786eff8147c4e72b9807785afee48bb\"\n\
             chunks = [\"ca978112ca1bbdcafac231b39a23dc4da786eff8147c4e72b9807785afee48bb\"]\n";
         let e = Manifest::from_toml(old).unwrap_err();
-        assert!(e.contains("format 1") && e.contains("re-run chunkify"), "{e}");
+        assert!(
+            e.contains("format 1") && e.contains("re-run chunkify"),
+            "{e}"
+        );
         let e = Manifest::from_toml("format = 1\nname = \"x\"\n").unwrap_err();
         assert!(e.contains("format 1"), "{e}");
     }
@@ -927,7 +953,11 @@ mod tests {
         assert!(report.bad_chunks.is_empty());
         assert_eq!(report.whole_matches, Some(false));
         assert!(!report.ok());
-        assert!(verify_file(&with_whole(&bytes, "v", MIN_CHUNK_SIZE), &file).unwrap().ok());
+        assert!(
+            verify_file(&with_whole(&bytes, "v", MIN_CHUNK_SIZE), &file)
+                .unwrap()
+                .ok()
+        );
         // Trailing bytes past the manifest's size are not the manifest's content.
         let mut longer = bytes.clone();
         longer.extend_from_slice(b"more");

@@ -152,3 +152,187 @@ fn the_pipeline_example_script_runs_as_is() {
         assert!(stdout.contains(line), "{line:?} missing; stdout: {stdout}");
     }
 }
+
+#[test]
+fn the_same_bytes_under_two_names_are_one_asset_and_keep_the_first_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let bytes = random_file(&d.join("dir.tar"), 3 * 65536 + 17, 11);
+    let tracker = TrackerProc::start(d, &[]);
+    // `tar c dir | chunkify - | peer_client publish -`: the manifest is named "stdin".
+    let manifest = run(d, "chunkify", &["--chunk-size", "64KiB", "-"], &bytes);
+    assert!(
+        manifest.ok().contains("name = \"stdin\""),
+        "{}",
+        manifest.stdout
+    );
+    let published = run(
+        d,
+        "peer_client",
+        &["publish", "--tracker", &tracker.url, "-"],
+        manifest.ok().as_bytes(),
+    );
+    let id = published.ok().trim().to_string();
+    // `peer_server --seed dir.tar` publishes the same content under its file name, and
+    // another server the same again under --name: one asset, whose first name stays.
+    let origin = ServerProc::start(d, "origin", Some(&tracker.url), &["dir.tar"], &["--origin"]);
+    assert_eq!(origin.seeded, vec![id.clone()]);
+    let named = ServerProc::start(
+        d,
+        "named",
+        Some(&tracker.url),
+        &["dir.tar"],
+        &["--name", "backup.tar"],
+    );
+    assert_eq!(named.seeded, vec![id.clone()]);
+    let catalog = tracker.get_json("/assets");
+    assert_eq!(catalog.as_array().unwrap().len(), 1, "{catalog}");
+    assert_eq!(catalog[0]["id"], id.as_str());
+    assert_eq!(catalog[0]["name"], "stdin");
+    let again = ureq::post(&format!("{}/assets", tracker.url))
+        .send_string(
+            &manifest
+                .ok()
+                .replace("name = \"stdin\"", "name = \"other.tar\""),
+        )
+        .unwrap();
+    assert_eq!(again.status(), 200);
+    let answer: serde_json::Value = again.into_json().unwrap();
+    assert_eq!(
+        (answer["id"].as_str(), answer["name"].as_str()),
+        (Some(id.as_str()), Some("stdin"))
+    );
+    assert_eq!(answer["created"], false);
+
+    let summary = get(d, &tracker.url, &id, "copy.tar", "client", &[]).json();
+    assert_eq!(fs::read(d.join("copy.tar")).unwrap(), bytes);
+    assert_eq!(summary["size"], bytes.len() as u64);
+}
+
+#[test]
+fn peer_server_names_each_seed_with_its_name_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    random_file(&d.join("a.bin"), 65536, 12);
+    random_file(&d.join("b.bin"), 65536, 13);
+    let server = ServerProc::start(d, "s", None, &["a.bin", "b.bin"], &["--name", "first"]);
+    let store = d.join("s");
+    let names: Vec<String> = origin_names(&store, &server.seeded);
+    assert_eq!(names, ["first", "b.bin"]);
+    let too_many = run(
+        d,
+        "peer_server",
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--store",
+            "t",
+            "--seed",
+            "a.bin",
+            "--name",
+            "x",
+            "--name",
+            "y",
+        ],
+        b"",
+    );
+    assert!(too_many.code(2).contains("--name"), "{}", too_many.stderr);
+}
+
+/// The names the store's manifests of `ids` record.
+fn origin_names(store: &std::path::Path, ids: &[String]) -> Vec<String> {
+    ids.iter()
+        .map(|id| {
+            let text =
+                fs::read_to_string(store.join("assets").join(id).join("manifest.toml")).unwrap();
+            let line = text
+                .lines()
+                .find(|l| l.starts_with("name = "))
+                .unwrap()
+                .to_string();
+            line["name = ".len()..].trim_matches('"').to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn chunkify_sha256_records_the_whole_hash_and_verify_checks_it() {
+    use sha2::Digest as _;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let bytes = random_file(&d.join("f.bin"), 4 * 65536 + 3, 14);
+    let whole = hex::encode(sha2::Sha256::digest(&bytes));
+    let plain = run(d, "chunkify", &["--chunk-size", "64KiB", "f.bin"], b"");
+    assert!(!plain.ok().contains("sha256"), "{}", plain.stdout);
+    let with = run(
+        d,
+        "chunkify",
+        &["--sha256", "--chunk-size", "64KiB", "f.bin"],
+        b"",
+    );
+    assert!(
+        with.ok().contains(&format!("sha256 = \"{whole}\"")),
+        "{}",
+        with.stdout
+    );
+    let from_pipe = run(
+        d,
+        "chunkify",
+        &["--sha256", "--chunk-size", "64KiB", "--name", "f.bin", "-"],
+        &bytes,
+    );
+    assert_eq!(from_pipe.ok(), with.ok());
+    let ids: Vec<String> = [&["--id"][..], &["--id", "--sha256"][..]]
+        .iter()
+        .map(|flags| {
+            let mut args = flags.to_vec();
+            args.extend_from_slice(&["--chunk-size", "64KiB", "f.bin"]);
+            run(d, "chunkify", &args, b"").ok().trim().to_string()
+        })
+        .collect();
+    assert_ne!(ids[0], ids[1], "the whole-content hash is part of the id");
+
+    fs::write(d.join("plain.toml"), plain.ok()).unwrap();
+    fs::write(d.join("with.toml"), with.ok()).unwrap();
+    run(d, "chunkify", &["verify", "plain.toml", "f.bin"], b"").ok();
+    run(d, "chunkify", &["verify", "with.toml", "f.bin"], b"").ok();
+    run(d, "chunkify", &["verify", "with.toml", "-"], &bytes).ok();
+    let lying = with.ok().replace(&whole, &"0".repeat(64));
+    fs::write(d.join("lying.toml"), lying).unwrap();
+    let bad = run(d, "chunkify", &["verify", "lying.toml", "f.bin"], b"");
+    assert!(
+        bad.code(1).contains("whole-content SHA-256 differs"),
+        "{}",
+        bad.stderr
+    );
+}
+
+#[test]
+fn format_1_manifests_are_refused_with_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    fs::write(d.join("one.bin"), b"a").unwrap();
+    // What chunkify printed before format 2.
+    let old = "format = 1\nname = \"one.bin\"\nsize = 1\nchunk_size = 16384\n\
+        sha256 = \"ca978112ca1bbdcafac231b39a23dc4da786eff8147c4e72b9807785afee48bb\"\n\
+        chunks = [\"ca978112ca1bbdcafac231b39a23dc4da786eff8147c4e72b9807785afee48bb\"]\n";
+    fs::write(d.join("old.toml"), old).unwrap();
+    let verify = run(d, "chunkify", &["verify", "old.toml", "one.bin"], b"");
+    let stderr = verify.code(1);
+    assert!(
+        stderr.contains("format 1") && stderr.contains("re-run chunkify"),
+        "{stderr}"
+    );
+    let tracker = TrackerProc::start(d, &[]);
+    let publish = run(
+        d,
+        "peer_client",
+        &["publish", "--tracker", &tracker.url, "-"],
+        old.as_bytes(),
+    );
+    assert!(
+        publish.code(1).contains("re-run chunkify"),
+        "{}",
+        publish.stderr
+    );
+}

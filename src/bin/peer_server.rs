@@ -9,7 +9,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use clap::Parser;
+use clap::error::ErrorKind;
+use clap::{CommandFactory, Parser};
 use swarmcache::cli::{self, EXIT_OK};
 use swarmcache::server::{
     DEFAULT_MAX_CONNS, DEFAULT_MAX_CONNS_PER_ADDR, DEFAULT_UPLOAD_SLOTS, Server, ServerConfig,
@@ -36,6 +37,11 @@ struct Args {
     /// Import this file into the store (and publish its manifest when --tracker is given). Repeatable.
     #[arg(long)]
     seed: Vec<PathBuf>,
+    /// Asset name for a --seed (default: its file name). Repeatable: the first --name names
+    /// the first --seed, and so on. A label only: the asset id depends on the content, so
+    /// the same bytes under another name are the same asset.
+    #[arg(long)]
+    name: Vec<String>,
     /// Chunk size for --seed files, 16KiB to 64MiB.
     #[arg(long, default_value = "256KiB", value_parser = cli::chunk_size_arg)]
     chunk_size: u32,
@@ -82,8 +88,21 @@ struct Args {
 }
 
 fn run(args: Args) -> Result<u8> {
+    if args.name.len() > args.seed.len() {
+        Args::command()
+            .error(
+                ErrorKind::ArgumentConflict,
+                format!(
+                    "{} --name for {} --seed: each --name names the --seed at its place",
+                    args.name.len(),
+                    args.seed.len()
+                ),
+            )
+            .exit();
+    }
     let config = ServerConfig {
         seeds: args.seed,
+        seed_names: args.name,
         chunk_size: args.chunk_size,
         tracker: args.tracker,
         origin: args.origin,

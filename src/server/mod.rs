@@ -83,6 +83,9 @@ pub struct ServerConfig {
     pub store: PathBuf,
     /// Files to import into the store (and publish, with a tracker) before serving.
     pub seeds: Vec<PathBuf>,
+    /// Asset names for the seeds, in order; a seed without one is named by its file name.
+    /// A label kept beside the manifest: it does not change the asset id.
+    pub seed_names: Vec<String>,
     /// Chunk size for seeded files.
     pub chunk_size: u32,
     /// Tracker to publish to and announce at.
@@ -119,6 +122,7 @@ impl ServerConfig {
             listen,
             store,
             seeds: Vec::new(),
+            seed_names: Vec::new(),
             chunk_size: crate::manifest::DEFAULT_CHUNK_SIZE,
             tracker: None,
             origin: false,
@@ -190,11 +194,16 @@ impl Server {
             (false, false) => Tickets::Check(TicketCheck::new(&keys, tracker.clone())?),
         };
         let (mut seeded, mut seeds_in_use) = (Vec::new(), Vec::new());
-        for path in &config.seeds {
-            let name = path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .with_context(|| format!("seed path {} names no file", path.display()))?;
+        for (i, path) in config.seeds.iter().enumerate() {
+            let name = match config.seed_names.get(i) {
+                Some(name) => name.clone(),
+                None => path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .with_context(|| {
+                        format!("seed path {} names no file; give --name", path.display())
+                    })?,
+            };
             let (manifest, in_use) = store
                 .import_file(path, &name, config.chunk_size)
                 .with_context(|| format!("seeding {}", path.display()))?;

@@ -404,7 +404,10 @@ mod tests {
     /// Stores `len` bytes under `name`, whole, and returns the manifest.
     fn stored(store: &Store, name: &str, len: usize) -> Manifest {
         // Content differs by name: the name is not part of the asset id (manifest format 2).
-        let seed = name.bytes().fold(0usize, |h, b| h.wrapping_mul(31) ^ b as usize) % 251;
+        let seed = name
+            .bytes()
+            .fold(0usize, |h, b| h.wrapping_mul(31) ^ b as usize)
+            % 251;
         let bytes: Vec<u8> = (0..len).map(|i| (i * 31 + seed) as u8).collect();
         let m = chunkify(&bytes[..], name, MIN_CHUNK_SIZE).unwrap();
         let partial = store.begin(&m).unwrap();

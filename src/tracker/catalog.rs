@@ -64,7 +64,9 @@ impl Catalog {
         Ok(Catalog { dir, assets })
     }
 
-    /// Adds a manifest; returns its id and whether it was new. Publishing twice is harmless.
+    /// Adds a manifest; returns its id and whether it was new. Publishing twice is harmless,
+    /// and so is publishing the same content under another name (the name is not part of
+    /// the id): the first name published stays, so an asset's name never changes.
     pub fn publish(&mut self, manifest: Manifest) -> Result<(AssetId, bool)> {
         let id = manifest.id();
         if self.assets.contains_key(&id) {
@@ -121,5 +123,20 @@ mod tests {
         assert_eq!(catalog.len(), 1);
         assert_eq!(*catalog.get(&m.id()).unwrap(), m);
         assert!(!manifests.join(".half-written.tmp-1-0").exists());
+    }
+
+    #[test]
+    fn the_same_content_under_another_name_is_the_same_asset_and_keeps_its_first_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut catalog = Catalog::open(dir.path()).unwrap();
+        let first = chunkify(&b"same bytes"[..], "dir.tar", MIN_CHUNK_SIZE).unwrap();
+        let second = chunkify(&b"same bytes"[..], "stdin", MIN_CHUNK_SIZE).unwrap();
+        assert_eq!(catalog.publish(first.clone()).unwrap(), (first.id(), true));
+        assert_eq!(catalog.publish(second).unwrap(), (first.id(), false));
+        assert_eq!(catalog.len(), 1);
+        assert_eq!(catalog.get(&first.id()).unwrap().name, "dir.tar");
+        drop(catalog);
+        let reopened = Catalog::open(dir.path()).unwrap();
+        assert_eq!(*reopened.get(&first.id()).unwrap(), first);
     }
 }

@@ -195,11 +195,13 @@ impl State {
         let manifest =
             Manifest::from_toml(body).map_err(|e| err(400, format!("rejected manifest: {e}")))?;
         let (name, size, chunks) = (manifest.name.clone(), manifest.size, manifest.chunk_count());
-        let (id, created) = self
-            .catalog
-            .write_now()
+        let mut catalog = self.catalog.write_now();
+        let (id, created) = catalog
             .publish(manifest)
             .map_err(|e| err(500, format!("storing the manifest failed: {e:#}")))?;
+        // The same content under another name is the same asset: the first name stays.
+        let name = catalog.get(&id).map_or(name, |m| m.name.clone());
+        drop(catalog);
         let status = if created { 201 } else { 200 };
         Ok(json(
             status,
