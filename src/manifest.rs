@@ -49,6 +49,9 @@ pub const MAX_NAME_BYTES: usize = 255;
 /// The prefix of the canonical encoding, so an asset id can never be confused with the
 /// hash of some other structure.
 pub const CANONICAL_MAGIC: &[u8; 20] = b"swarmcache/manifest\0";
+/// Bytes of the canonical encoding without the whole-content hash and the chunk hashes:
+/// magic 20, format 4, size 8, chunk size 4, whole-hash flag 1, file count 4, chunk count 4.
+pub const CANONICAL_FIXED_BYTES: usize = 45;
 
 /// A SHA-256 digest.
 pub type Digest = [u8; 32];
@@ -351,10 +354,6 @@ impl Manifest {
             && sha256(data) == self.chunks[index as usize]
     }
 }
-
-/// Bytes of the canonical encoding without the whole-content hash and the chunk hashes:
-/// magic 20, format 4, size 8, chunk size 4, whole-hash flag 1, file count 4, chunk count 4.
-pub const CANONICAL_FIXED_BYTES: usize = 45;
 
 /// What hashing content produced: its size, the SHA-256 of each chunk, and of the whole
 /// when asked for.
@@ -963,6 +962,25 @@ mod tests {
         longer.extend_from_slice(b"more");
         let report = verify(&plain, &longer[..]).unwrap();
         assert!(!report.size_matches && !report.ok(), "{report:?}");
+    }
+
+    #[test]
+    fn the_fuzz_seeds_follow_the_format() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/seeds/manifest_parse");
+        for (seed, refusal) in [
+            ("empty.toml", None),
+            ("one.toml", None),
+            ("three.toml", None),
+            ("format1.toml", Some("re-run chunkify")),
+            ("files.toml", Some("`files`")),
+        ] {
+            let text = std::fs::read_to_string(format!("{dir}/{seed}")).unwrap();
+            match (Manifest::from_toml(&text), refusal) {
+                (Ok(m), None) => assert_eq!(m.to_toml(), text, "{seed} is what chunkify writes"),
+                (Err(e), Some(why)) => assert!(e.contains(why), "{seed}: {e}"),
+                (other, _) => panic!("{seed}: {other:?}"),
+            }
+        }
     }
 
     mod properties {

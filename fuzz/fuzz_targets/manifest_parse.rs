@@ -1,10 +1,13 @@
 //! The manifest parser on arbitrary bytes, as the tracker (`POST /assets`, the catalog on
 //! start) and `chunkify verify` read them. Nothing may panic; whatever parses must be a
-//! valid manifest whose TOML round-trips to the same values, canonical encoding and id.
+//! valid format 2 manifest whose TOML round-trips to the same values, canonical encoding
+//! and id, and whose id does not depend on its name.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use swarmcache::manifest::{AssetId, Manifest, check_name, chunk_count_for};
+use swarmcache::manifest::{
+    AssetId, CANONICAL_FIXED_BYTES, Manifest, check_name, chunk_count_for,
+};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(m) = Manifest::read_from(data) else {
@@ -17,7 +20,11 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(again, m);
     let bytes = m.canonical_bytes();
     assert_eq!(bytes, again.canonical_bytes());
-    assert_eq!(bytes.len(), 74 + m.name.len() + 32 * m.chunks.len());
+    let whole = if m.sha256.is_some() { 32 } else { 0 };
+    assert_eq!(bytes.len(), CANONICAL_FIXED_BYTES + whole + 32 * m.chunks.len());
     assert_eq!(again.id(), m.id());
+    let mut renamed = m.clone();
+    renamed.name = "another name".into();
+    assert_eq!(renamed.id(), m.id());
     assert_eq!(m.id().to_string().parse::<AssetId>(), Ok(m.id()));
 });
