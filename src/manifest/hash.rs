@@ -179,8 +179,7 @@ pub fn hash_file(file: &File, chunk_size: u32, whole: bool) -> Result<StreamHash
         return hash_stream(ReadFrom { file, at: 0 }, chunk_size, whole);
     }
     let size = meta.len();
-    let count = check_chunk_count(size, chunk_size)
-        .map_err(|e| anyhow::anyhow!("{e} (--chunk-size)"))? as usize;
+    let count = check_chunk_count(size, chunk_size).map_err(anyhow::Error::msg)? as usize;
     let next = AtomicUsize::new(0);
     let workers = hasher_count().min(count).max(1);
     let results: Vec<Result<Vec<(usize, Digest)>>> = std::thread::scope(|scope| {
