@@ -11,8 +11,9 @@ cd "$(dirname "$0")/.."
 . bench/common.sh
 SIZE_MIB=${SIZE_MIB:-1024}
 RUNS=${RUNS:-5}
-cargo build --release -q
-B=$PWD/target/release
+# BIN=DIR runs binaries built elsewhere (an A/B against an older commit), without building.
+[ -n "${BIN:-}" ] || cargo build --release -q
+B=${BIN:-$PWD/target/release}
 W=$(mktemp -d "${TMPDIR:-/tmp}/swarmcache-chunkify.XXXXXX")
 trap 'rm -rf "$W"' EXIT
 head -c $((SIZE_MIB << 20)) /dev/urandom > "$W/file.bin"
