@@ -29,8 +29,8 @@
 //! - [`tracker_client`]: the HTTP client side of the tracker API.
 //! - [`server`]: the peer server (seeding and serving chunks).
 //! - [`announce`]: the one announce loop (heartbeats, retries, leaving the swarms).
-//! - [`client`]: downloads: scheduler, connection workers, summary.
-//! - [`stream`]: writing an asset out in order while it downloads.
+//! - [`client`]: downloads: the pure chunk plan, its scheduler, connection workers,
+//!   streaming out in order, the summary.
 //! - [`metrics`]: the Prometheus text format of the `/metrics` endpoints.
 //! - [`failure`]: the typed causes of a failed command that exit codes tell apart.
 //! - [`cli`]: helpers shared by the binaries (exit codes, logging, flags, config file).
@@ -54,7 +54,6 @@ pub mod net;
 pub mod ratelimit;
 pub mod server;
 pub mod store;
-pub mod stream;
 pub mod sync;
 pub mod tracker;
 pub mod tracker_client;

@@ -9,12 +9,11 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use swarmcache::cli::{self, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_READER_CLOSED};
-use swarmcache::client::{self, DEFAULT_WORKERS, GetConfig, Progress};
+use swarmcache::client::{self, DEFAULT_WINDOW, DEFAULT_WORKERS, GetConfig, Progress};
 use swarmcache::manifest::AssetId;
 use swarmcache::manifest::Manifest;
 use swarmcache::store::Store;
 use swarmcache::store::cache;
-use swarmcache::stream::DEFAULT_WINDOW;
 use swarmcache::tracker_client::TrackerClient;
 
 /// Publish manifests to a tracker and get assets: from the local store first, then in

@@ -1,0 +1,86 @@
+//! The validated settings of one `get` ([`GetConfig`]) and their defaults.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::manifest::AssetId;
+
+use super::stream::DEFAULT_WINDOW;
+
+/// Default connections per download: enough to overlap receiving, hashing and writing on a
+/// two-core machine and to spread load over several peers.
+pub const DEFAULT_WORKERS: usize = 4;
+/// Default time a reply (a whole chunk) may take to arrive, from when the client starts
+/// waiting for it, before its source is declared stalled: 256 KiB in 10 s is 26 KiB/s.
+pub const DEFAULT_CHUNK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Validated settings of one `get`.
+#[derive(Clone, Debug)]
+pub struct GetConfig {
+    /// The asset to fetch.
+    pub asset: AssetId,
+    /// Tracker URL; optional when the store already has the manifest and every chunk.
+    pub tracker: Option<String>,
+    /// Where to place the finished file; `None` means the asset's name in the current
+    /// directory, which must not exist yet.
+    pub output: Option<PathBuf>,
+    /// The local store (cache).
+    pub store: PathBuf,
+    /// Parallel connections.
+    pub workers: usize,
+    /// A source whose due reply has not fully arrived this long after the client started
+    /// waiting for it is declared stalled.
+    pub chunk_timeout: Duration,
+    /// Download cap in bytes per second.
+    pub max_download_rate: Option<u64>,
+    /// How progress is shown on stderr.
+    pub progress: Progress,
+    /// When streaming, how many chunks ahead of the reader are urgent.
+    pub window: u32,
+    /// Serve the asset to other peers while downloading, listening here (`None`: do not).
+    pub serve: Option<SocketAddr>,
+    /// Address to announce instead of the listening one.
+    pub advertise: Option<SocketAddr>,
+    /// Upload cap in bytes per second while serving.
+    pub max_upload_rate: Option<u64>,
+    /// Bound on the store's size: least recently used assets no process uses are evicted
+    /// to make room before the download starts.
+    pub cache_size: Option<u64>,
+    /// Token for a tracker started with `--auth`.
+    pub token: Option<String>,
+}
+
+impl GetConfig {
+    /// Settings for fetching `asset` into `store` with defaults for everything else:
+    /// serving while downloading on an ephemeral port of every interface.
+    pub fn new(asset: AssetId, tracker: Option<String>, store: PathBuf) -> GetConfig {
+        GetConfig {
+            asset,
+            tracker,
+            output: None,
+            store,
+            workers: DEFAULT_WORKERS,
+            chunk_timeout: DEFAULT_CHUNK_TIMEOUT,
+            max_download_rate: None,
+            progress: Progress::Off,
+            window: DEFAULT_WINDOW,
+            serve: Some(SocketAddr::from(([0, 0, 0, 0], 0))),
+            advertise: None,
+            max_upload_rate: None,
+            cache_size: None,
+            token: None,
+        }
+    }
+}
+
+/// How a download shows its progress on stderr.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Progress {
+    /// Nothing.
+    Off,
+    /// A bar with rate, ETA, peers connected and the P2P share so far (for terminals).
+    Bar,
+    /// One JSON object per line every second (for scripts and CI logs).
+    Json,
+}

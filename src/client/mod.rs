@@ -1,0 +1,360 @@
+//! Downloads: local store first, then the peers the tracker names, then the origin.
+//!
+//! One scheduler thread ([`scheduler`]) owns the download state, kept in a pure chunk
+//! book ([`plan`]: which chunk is missing, in flight on which connection, or done, and
+//! which to ask of whom next). Each connection is a worker thread ([`worker`]) that keeps a
+//! few requests in flight (see [`PIPELINE_DEPTH`]), verifies every chunk it receives
+//! against the manifest, writes it to the store at its offset, and reports the outcome
+//! back on one channel. A source ([`sources`]) that sends a chunk failing its hash, or a
+//! peer that drops or stalls, loses its chunks to other sources and is not used again in
+//! this download; a busy source, or an origin whose connection fails, is tried again with
+//! backoff. Progress is recorded every second, so a killed download resumes where it
+//! stopped.
+//!
+//! While it downloads, the client serves what it has through an embedded server
+//! ([`serving`]) and announces its progress twice a second ([`announce`]); the tracker
+//! answers with new peers and the share of chunks this client should take from the origin.
+//! [`stream`] writes the asset out in order while it downloads; [`summary`] reports.
+//!
+//! The data path reads one way: socket → [`crate::wire`] (in the worker) → [`plan`] →
+//! [`crate::store`]; the plan imports neither the scheduler, the workers nor sockets.
+
+mod announce;
+mod config;
+mod plan;
+mod scheduler;
+mod serving;
+mod sources;
+pub mod stream;
+mod summary;
+mod worker;
+
+use std::fs::File;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use crossbeam_channel::unbounded;
+
+use crate::bitfield::Bitfield;
+use crate::failure::Failure;
+use crate::manifest::Manifest;
+use crate::store::cache;
+use crate::store::{InUse, Store};
+use crate::tracker_client::TrackerClient;
+
+use announce::{Announce, Announcer, Departure};
+use scheduler::{Event, Scheduler, Watch};
+use serving::{LiveHave, Serving};
+use sources::Source;
+use stream::Stream;
+
+pub use config::{DEFAULT_CHUNK_TIMEOUT, DEFAULT_WORKERS, GetConfig, Progress};
+pub use plan::PIPELINE_DEPTH;
+pub use stream::{DEFAULT_WINDOW, StreamStats};
+pub use summary::{SourceSummary, Summary};
+
+/// Set by [`interrupt`]: downloads and seeding in this process stop as soon as they can.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Asks every download and seeding in this process to stop soon (for Ctrl-C or SIGTERM):
+/// a download records its progress and fails with "interrupted", seeding ends, and both
+/// leave the swarm on the way out. Safe to call from a signal-handling thread.
+pub fn interrupt() {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// Whether [`interrupt`] was called.
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
+/// The outcome of [`get`]: the summary, and the embedded server when the asset is to be
+/// seeded on after the download.
+pub struct Got {
+    /// What the download did.
+    pub summary: Summary,
+    /// Keeps serving the asset, for [`Seeding::run`] to finish.
+    pub seeding: Option<Seeding>,
+}
+
+/// A peer server seeding a downloaded asset, announced to the tracker until it stops.
+pub struct Seeding {
+    serving: Serving,
+    announcer: Option<Announcer>,
+    /// Keeps the asset from being evicted while it is seeded.
+    _in_use: InUse,
+}
+
+impl Seeding {
+    /// Serves for `duration` (or until [`interrupt`]), then leaves the swarm.
+    pub fn run(self, duration: Duration) {
+        let deadline = Instant::now() + duration;
+        while Instant::now() < deadline && !interrupted() {
+            std::thread::sleep(
+                Duration::from_millis(50).min(deadline.saturating_duration_since(Instant::now())),
+            );
+        }
+        // Dropping the announcer says "stopped"; dropping the server shuts it down.
+        drop(self.announcer);
+        drop(self.serving);
+    }
+}
+
+/// Fetches an asset into the store and places it at the output path. Unless
+/// `config.serve` is `None`, the asset is served to other peers while it downloads; with
+/// `seed` the server is handed back, still serving, for [`Seeding::run`].
+pub fn get(config: &GetConfig, seed: bool) -> Result<Got> {
+    fetch(config, seed, None)
+}
+
+/// Like [`get`], but writes the asset to `out` in order while it downloads instead of
+/// placing a file: each chunk as soon as it and those before it are verified. The next
+/// `config.window` chunks are fetched first; a late one is also asked of another source.
+/// The asset still lands in the store, so memory stays bounded however slowly `out` reads.
+pub fn stream(config: &GetConfig, seed: bool, out: &mut (dyn Write + Send)) -> Result<Got> {
+    fetch(config, seed, Some(out))
+}
+
+fn fetch(config: &GetConfig, seed: bool, out: Option<&mut (dyn Write + Send)>) -> Result<Got> {
+    let started = Instant::now();
+    let store = Store::open(&config.store)?;
+    // Marked in use before anything is looked up, so that no eviction can take the asset
+    // between our look and our use.
+    let in_use = store.hold(&config.asset)?;
+    let tracker = TrackerClient::optional(config.tracker.as_deref())?
+        .map(|t| t.with_token(config.token.clone()));
+    let manifest = match store.manifest(&config.asset)? {
+        Some(m) => m,
+        None => match &tracker {
+            Some(t) => t.manifest(&config.asset)?,
+            None => bail!(
+                "asset {} is not in the store {} and no --tracker was given",
+                config.asset,
+                config.store.display()
+            ),
+        },
+    };
+    let output = match out {
+        Some(_) => None,
+        None => Some(output_path(config, &manifest)?),
+    };
+    if let Some(limit) = config.cache_size {
+        let report = cache::make_room_for(&store, limit, &manifest)?;
+        if let Some(warning) = &report.warning {
+            log::warn!("warning: {warning}");
+        }
+    }
+    let complete = store.is_complete(&config.asset, &manifest)?;
+    let partial = if complete {
+        None
+    } else {
+        Some(store.begin(&manifest)?)
+    };
+    let initial = partial.as_ref().map_or_else(
+        || Bitfield::full(manifest.chunk_count()),
+        |p| p.have().clone(),
+    );
+    let from_cache: u64 = initial.ones().map(|i| manifest.chunk_len(i) as u64).sum();
+    let live: LiveHave = Arc::new(RwLock::new(initial.clone()));
+    let serving = match config.serve {
+        Some(listen) if seed || !complete => {
+            // With a tracker, serve nobody until its first announce answer says whether
+            // clients need tickets, and with which keys.
+            let await_keys = tracker.is_some();
+            Some(Serving::start(
+                config, listen, &manifest, &live, await_keys,
+            )?)
+        }
+        _ => None,
+    };
+    let announce =
+        tracker.map(|t| Announce::new(t, config.asset, serving.as_ref(), Arc::clone(&live)));
+    let mut announcer = None;
+    // Chunks verified during the download, for the stream.
+    let (done_tx, done_rx) = unbounded();
+    let streaming = out.is_some().then_some(done_tx);
+    let scheduler = match &partial {
+        None => None,
+        Some(partial) => {
+            let announce = announce.clone().with_context(|| {
+                format!(
+                    "asset {} is only partly in the store; give --tracker to fetch the rest",
+                    config.asset
+                )
+            })?;
+            let first = announce.once()?;
+            // From here on, every way out of this function leaves the swarm again.
+            let departure = Departure(Some(announce.clone()));
+            let count = manifest.chunk_count();
+            let sources: Vec<Source> = first
+                .peers
+                .iter()
+                .chain(&first.origins)
+                .map(|info| Source::from_info(info, count))
+                .collect();
+            if sources.is_empty() {
+                return Err(Failure::NoSource.error(format!(
+                    "the tracker knows no peer or origin for {}; start a peer_server that holds it",
+                    config.asset
+                )));
+            }
+            let origin_share = first
+                .origin_share
+                .as_deref()
+                .and_then(|hex| Bitfield::from_hex(count, hex).ok());
+            let scheduler = Scheduler::new(
+                config,
+                Arc::new(manifest.clone()),
+                partial,
+                sources,
+                origin_share,
+                Watch {
+                    started,
+                    live: Arc::clone(&live),
+                    complaints: announce.reports.clone(),
+                    ticket: Arc::clone(&announce.ticket),
+                    streaming,
+                },
+            );
+            let events = scheduler.events();
+            announcer = Some(Announcer::start(
+                announce,
+                Some(Box::new(move |answer| {
+                    let _ = events.send(Event::Swarm(answer));
+                })),
+                departure,
+            ));
+            Some(scheduler)
+        }
+    };
+    let data = match (&partial, out.is_some()) {
+        (Some(partial), _) => Some(partial.data()),
+        (None, true) => {
+            let path = store.data_path(&config.asset);
+            let file = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+            Some(Arc::new(file))
+        }
+        (None, false) => None,
+    };
+    let output_failed = AtomicBool::new(false);
+    let (downloaded, streamed) = std::thread::scope(|scope| {
+        let streamer = out.zip(data).map(|(out, data)| {
+            let events = scheduler.as_ref().map(Scheduler::events);
+            let stream = Stream {
+                manifest: &manifest,
+                data,
+                have: initial.clone(),
+                done: done_rx,
+                started,
+            };
+            let output_failed = &output_failed;
+            scope.spawn(move || {
+                let tell = |event: Event| {
+                    if let Some(events) = &events {
+                        let _ = events.send(event);
+                    }
+                };
+                let result = stream.run(out, |next| tell(Event::Position(next)), interrupted);
+                if result.is_err() {
+                    output_failed.store(true, Ordering::SeqCst);
+                    tell(Event::OutputFailed);
+                }
+                result
+            })
+        });
+        let downloaded = scheduler.map(Scheduler::run).transpose();
+        let streamed = streamer
+            .map(|s| s.join().expect("stream thread panicked"))
+            .transpose();
+        (downloaded, streamed)
+    });
+    // When the stream failed first (the reader went away), its error is the one to tell;
+    // when the download failed first, the stream only ran out of chunks.
+    let (downloaded, streamed) = match (downloaded, streamed) {
+        (Err(_), Err(e)) if output_failed.load(Ordering::SeqCst) => return Err(e),
+        (downloaded, streamed) => (downloaded?, streamed?),
+    };
+    if let Some(partial) = partial {
+        partial.finish()?;
+    }
+    if let Some(output) = &output {
+        store.export(&config.asset, output)?;
+    }
+    let downloaded = downloaded.unwrap_or_default();
+    let sum = |origin: bool| {
+        downloaded
+            .sources
+            .iter()
+            .filter(|s| s.origin == origin)
+            .map(|s| s.bytes)
+            .sum::<u64>()
+    };
+    let (from_peers, from_origin) = (sum(false), sum(true));
+    let network = from_peers + from_origin;
+    let seconds = started.elapsed().as_secs_f64();
+    let streamed = streamed.unwrap_or_default();
+    let summary = Summary {
+        asset: config.asset.to_string(),
+        name: manifest.name.clone(),
+        size: manifest.size,
+        output,
+        from_cache,
+        from_peers,
+        from_origin,
+        p2p_ratio: (network > 0).then(|| from_peers as f64 / network as f64),
+        seconds,
+        average_rate: network as f64 / seconds.max(1e-9),
+        peak_rate: downloaded.peak_rate,
+        uploaded: serving
+            .as_ref()
+            .map_or(0, |s| s.uploaded.get(&config.asset)),
+        peers_used: downloaded
+            .sources
+            .iter()
+            .filter(|s| !s.origin && s.bytes > 0)
+            .count(),
+        first_byte_secs: streamed.first_byte_secs.or(downloaded.first_chunk_secs),
+        stalls: streamed.stalls,
+        stall_secs: streamed.stall_secs,
+        hedged: downloaded.hedged,
+        sources: downloaded.sources,
+    };
+    // Without seeding, `announcer` and `serving` are dropped here: the client says
+    // "stopped" to the tracker and its server shuts down.
+    let seeding = match serving {
+        Some(serving) if seed => {
+            let announcer = match announcer {
+                Some(announcer) => Some(announcer.seeding()),
+                None => announce.map(|a| Announcer::start(a.clone(), None, Departure(Some(a)))),
+            };
+            Some(Seeding {
+                serving,
+                announcer,
+                _in_use: in_use,
+            })
+        }
+        _ => None,
+    };
+    Ok(Got { summary, seeding })
+}
+
+/// Where the output goes: as given, or the asset's name in the current directory. The name
+/// comes from whoever published the manifest: it may not replace a file nobody named.
+fn output_path(config: &GetConfig, manifest: &Manifest) -> Result<PathBuf> {
+    if let Some(path) = &config.output {
+        return Ok(path.clone());
+    }
+    let path = PathBuf::from(&manifest.name);
+    if path.exists() || manifest.name.starts_with('.') {
+        bail!(
+            "refusing to write {:?} in the current directory without being asked; pass -o {:?} to do so",
+            manifest.name,
+            manifest.name
+        );
+    }
+    Ok(path)
+}

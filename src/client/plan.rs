@@ -1,0 +1,951 @@
+//! The chunk book of one download: which chunks are missing, in flight (on which
+//! connection, since when) or done; how many usable peers hold each; the sources and their
+//! health; the stream window and the origin share; and, given the time, which chunk to ask
+//! of which connection next. Pure: no threads, sockets or clock. The scheduler feeds it
+//! what its workers report, calls [`Plan::assign`], and carries out the [`Order`]s; it
+//! opens a worker for every connection the plan adds and closes the job channel of every
+//! connection the plan stops giving work.
+//!
+//! Invariants (checked after every step of the unit tests by `Plan::check`):
+//! 1. Every chunk is in exactly one state: done (`done`), missing (`missing`: nobody was
+//!    asked for it), or in flight (in the queue of at least one connection, neither done
+//!    nor missing). That is the only record of chunk state. A done chunk may still sit in
+//!    a queue (the slower copy whose cancel is on its way); it is never handed out again.
+//! 2. `copies[i]` is how many counted sources hold chunk `i`; a source is counted
+//!    (`counted[s]`) exactly when it is a usable peer. Counts move only by what changed: a
+//!    new have list by the bits that differ, a refusal by one bit, a source becoming
+//!    usable or unusable by its own bits. Nothing rescans every chunk per tick or event.
+//! 3. A connection is asked only while open and ready, only for chunks its source holds,
+//!    never twice for one chunk, and never for more than its depth at once.
+//! 4. A chunk is in flight at two connections at most when it was late at the first
+//!    (hedged), or in the endgame when the second is expected to deliver sooner; the
+//!    first copy to arrive wins and the other connection is told to cancel.
+//! 5. A source that sent bad data is dropped: its connections take no more work, and
+//!    what they had in flight becomes missing again when they close.
+//! 6. `epoch` grows whenever work or availability changes; a connection found starved at
+//!    an epoch is not asked again until it grows (a pick costs up to [`RAREST_SCAN`]
+//!    steps, so it is not repeated for nothing).
+//!
+//! This module is over 600 lines of code because the rules of choice belong together: each
+//! reads the same book, and splitting them would spread one decision over several files.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use crate::bitfield::Bitfield;
+
+use super::sources::{BUSY_RETRIES, End, ORIGIN_RETRIES, Source};
+
+/// Requests kept in flight per origin connection: with 256 KiB chunks, 1 MiB per
+/// connection and 4 MiB over the default four connections, which covers the
+/// bandwidth-delay product of a 1 Gbit/s link with 30 ms of round trip. Peer connections
+/// keep fewer (2), and any connection under a download cap keeps 1. (Keeping 50 ms of each
+/// source's measured rate in flight instead, up to 8 or 32 requests, made a 1 GiB loopback
+/// download 6-10% slower, so the depths stay fixed.)
+pub const PIPELINE_DEPTH: usize = 4;
+/// Requests in flight per peer connection (see [`Plan::depth`]).
+const PEER_PIPELINE_DEPTH: usize = 2;
+/// How many candidate chunks rarest-first compares per pick; bounds the cost of a pick on
+/// assets of a million chunks.
+const RAREST_SCAN: usize = 256;
+/// A chunk in flight is late, and worth asking of a second source (when it is urgent, or
+/// nothing else is left to fetch), once it has taken this many times its source's measured
+/// time per chunk...
+const HEDGE_FACTOR: f64 = 2.0;
+/// ...plus this much, which absorbs the jitter of a loaded machine.
+const HEDGE_SLACK: Duration = Duration::from_millis(10);
+/// While peers can deliver, a streaming download asks the origin for chunks no further
+/// ahead of the reader than this many windows: what the player needs soon, not the file.
+const ORIGIN_READAHEAD_WINDOWS: u32 = 2;
+/// How long a stream's start waits for its first chunk to go out before the rest of the
+/// download starts anyway: a reader that does not read yet must not hold the download up.
+const STREAM_START_GRACE: Duration = Duration::from_millis(20);
+/// When no peer has delivered for this long, the origin may send chunks outside this
+/// client's share: the peer that was to fetch them from the origin may have gone.
+const FALLBACK_AFTER: Duration = Duration::from_secs(2);
+
+/// What the plan asks the scheduler to tell a connection's worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Order {
+    /// Request chunk `index` on connection `conn`.
+    Fetch {
+        /// The connection.
+        conn: usize,
+        /// The chunk.
+        index: u32,
+    },
+    /// The chunk came from elsewhere: cancel the request on `conn`, if still unanswered.
+    Cancel {
+        /// The connection.
+        conn: usize,
+        /// The chunk.
+        index: u32,
+    },
+}
+
+/// Which list the next announce reports a source on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Complaint {
+    /// Sent data failing its hash, or broke the protocol.
+    Corrupt,
+    /// Could not be connected to.
+    Unreachable,
+}
+
+/// What became of a source when one of its connections ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// Nothing to say: the connection ended as asked.
+    Kept,
+    /// The download cannot go on (the local store failed).
+    Fatal(String),
+    /// Paused and tried again later; `first` for the first failure in a row.
+    Retrying {
+        /// Whether this is the first failure since it last delivered.
+        first: bool,
+        /// What went wrong.
+        error: String,
+    },
+    /// Given up for this download.
+    Dropped {
+        /// What went wrong.
+        error: String,
+        /// Whether it had not been given up before (so it is worth a log line).
+        newly: bool,
+    },
+}
+
+/// A chunk's first verified copy arrived: who to credit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Credit {
+    /// The source that delivered it.
+    pub(crate) source: usize,
+    /// Its length in bytes.
+    pub(crate) len: u64,
+    /// Whether that source is an origin.
+    pub(crate) origin: bool,
+}
+
+/// One connection to one source, as the plan sees it.
+#[derive(Debug)]
+pub(crate) struct Conn {
+    /// The source it is connected to.
+    pub(crate) source: usize,
+    /// Whether it takes work (its worker's job channel stays open).
+    open: bool,
+    /// Whether the handshake is done and the source's have list known.
+    ready: bool,
+    /// Requests sent and not yet answered, oldest first: replies come in request order.
+    in_flight: VecDeque<u32>,
+    /// Since when the oldest request in flight has been the one being served.
+    head_since: Instant,
+    /// The epoch at which a pick last found nothing for this connection.
+    starved_at: Option<u64>,
+}
+
+impl Conn {
+    /// Whether it still takes work.
+    pub(crate) fn is_open(&self) -> bool {
+        self.open
+    }
+
+    /// Whether it has requests not yet answered.
+    pub(crate) fn has_in_flight(&self) -> bool {
+        !self.in_flight.is_empty()
+    }
+}
+
+/// How a download is to be planned.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    /// Connections per download (at least 1).
+    pub(crate) workers: usize,
+    /// Requests in flight per origin connection ([`PIPELINE_DEPTH`], or 1 under a cap).
+    pub(crate) depth: usize,
+    /// When streaming, how many chunks ahead of the reader are urgent.
+    pub(crate) window: u32,
+    /// Whether the asset is streamed out in order.
+    pub(crate) streaming: bool,
+    /// The chunks the tracker planned for this client to take from the origin (`None`:
+    /// no plan, the origin sends whatever no peer holds).
+    pub(crate) origin_share: Option<Bitfield>,
+    /// Seed of the generator that spreads chunk choices (never 0).
+    pub(crate) seed: u64,
+}
+
+/// The single book of a download's chunks, sources and connections.
+#[derive(Debug)]
+pub(crate) struct Plan {
+    size: u64,
+    chunk_size: u32,
+    count: u32,
+    workers: usize,
+    depth: usize,
+    window: u32,
+    /// Verified chunks (what is checkpointed and served).
+    done: Bitfield,
+    /// How many chunks are not verified yet (`count` minus the ones of `done`).
+    remaining: u32,
+    /// Chunks nobody was asked for yet (or any more), in index order.
+    missing: BTreeSet<u32>,
+    sources: Vec<Source>,
+    /// Whether each source's holds are in `copies` (it is a usable peer).
+    counted: Vec<bool>,
+    /// How many usable peers hold each chunk, for rarest-first and the origin's choice.
+    copies: Vec<u32>,
+    conns: Vec<Conn>,
+    origin_share: Option<Bitfield>,
+    /// When a chunk last arrived from a peer; long silence lets the origin step outside
+    /// the share.
+    last_peer_progress: Instant,
+    fallback_open: bool,
+    /// The next chunk the stream needs, when streaming.
+    stream_pos: Option<u32>,
+    /// The first chunk the stream needs from the network (`None`: not streaming, or all
+    /// cached).
+    stream_first: Option<u32>,
+    /// When the first chunk of this download arrived.
+    first_chunk_at: Option<Instant>,
+    random: u64,
+    epoch: u64,
+    /// Late chunks asked of a second source (stream or endgame).
+    hedged: u32,
+    orders: Vec<Order>,
+}
+
+impl Plan {
+    /// A book for an asset of `size` bytes in chunks of `chunk_size`, of which `have` is
+    /// verified already, with the sources the tracker named (no connection yet).
+    pub(crate) fn new(
+        size: u64,
+        chunk_size: u32,
+        have: Bitfield,
+        sources: Vec<Source>,
+        settings: Settings,
+        now: Instant,
+    ) -> Plan {
+        let count = have.len();
+        let missing: BTreeSet<u32> = (0..count).filter(|&i| !have.get(i)).collect();
+        let first_missing = missing.first().copied();
+        let remaining = count - have.count();
+        Plan {
+            remaining,
+            size,
+            chunk_size,
+            count,
+            workers: settings.workers.max(1),
+            depth: settings.depth.max(1),
+            window: settings.window,
+            done: have,
+            missing,
+            counted: vec![false; sources.len()],
+            sources,
+            copies: vec![0; count as usize],
+            conns: Vec::new(),
+            origin_share: settings.origin_share,
+            last_peer_progress: now,
+            fallback_open: false,
+            stream_pos: settings.streaming.then_some(0),
+            stream_first: if settings.streaming {
+                first_missing
+            } else {
+                None
+            },
+            first_chunk_at: None,
+            random: settings.seed | 1,
+            epoch: 0,
+            hedged: 0,
+            orders: Vec::new(),
+        }
+    }
+
+    // ----- what the scheduler reads -----
+
+    /// Whether every chunk is verified.
+    pub(crate) fn is_complete(&self) -> bool {
+        self.remaining == 0
+    }
+
+    /// The verified chunks.
+    pub(crate) fn done(&self) -> &Bitfield {
+        &self.done
+    }
+
+    /// The sources, in the order they were added (their index is their id).
+    pub(crate) fn sources(&self) -> &[Source] {
+        &self.sources
+    }
+
+    /// The connections, in the order they were opened (their index is their id).
+    pub(crate) fn conns(&self) -> &[Conn] {
+        &self.conns
+    }
+
+    /// Late chunks asked of a second source so far.
+    pub(crate) fn hedged(&self) -> u32 {
+        self.hedged
+    }
+
+    /// When the first chunk of the download arrived.
+    pub(crate) fn first_chunk_at(&self) -> Option<Instant> {
+        self.first_chunk_at
+    }
+
+    /// Whether the stream (or the endgame) must be looked at often: lateness grows with
+    /// time alone.
+    pub(crate) fn watches_lateness(&self) -> bool {
+        self.stream_pos.is_some() || self.missing.is_empty()
+    }
+
+    /// Distinct peers with a ready connection that takes work.
+    pub(crate) fn peers_connected(&self) -> usize {
+        let mut peers: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|c| c.ready && c.open && !self.sources[c.source].origin)
+            .map(|c| c.source)
+            .collect();
+        peers.sort_unstable();
+        peers.dedup();
+        peers.len()
+    }
+
+    /// The orders given since the last call, oldest first.
+    pub(crate) fn take_orders(&mut self) -> Vec<Order> {
+        std::mem::take(&mut self.orders)
+    }
+
+    /// Length of chunk `index` (the last one may be short).
+    fn chunk_len(&self, index: u32) -> u64 {
+        let start = index as u64 * self.chunk_size as u64;
+        self.size.saturating_sub(start).min(self.chunk_size as u64)
+    }
+
+    // ----- connections -----
+
+    /// Opens the first connections: peers share the workers, and an origin gets one while
+    /// peers exist (it is the fallback) or all of them when it is the only kind of source.
+    pub(crate) fn open_initial(&mut self, now: Instant) {
+        let peers = self.sources.iter().filter(|s| !s.origin).count();
+        for source in 0..self.sources.len() {
+            let count = if self.sources[source].origin {
+                if peers == 0 { self.workers } else { 1 }
+            } else {
+                (self.workers / peers).max(1)
+            };
+            for _ in 0..count {
+                self.open_conn(source, now);
+            }
+        }
+    }
+
+    /// Adds a connection to `source`; the scheduler starts its worker.
+    pub(crate) fn open_conn(&mut self, source: usize, now: Instant) -> usize {
+        self.conns.push(Conn {
+            source,
+            open: true,
+            ready: false,
+            in_flight: VecDeque::new(),
+            head_since: now,
+            starved_at: None,
+        });
+        self.recount(source);
+        self.conns.len() - 1
+    }
+
+    /// Stops giving every connection work (the download is over).
+    pub(crate) fn close_all(&mut self) {
+        for conn in &mut self.conns {
+            conn.open = false;
+        }
+    }
+
+    /// Reopens the connections of sources whose pause is over.
+    pub(crate) fn reconnect_due(&mut self, now: Instant) {
+        for source in 0..self.sources.len() {
+            let src = &mut self.sources[source];
+            if src.dropped.is_none() && src.retry_at.is_some_and(|t| t <= now) {
+                src.retry_at = None;
+                for _ in 0..std::mem::take(&mut src.reconnects) {
+                    self.open_conn(source, now);
+                }
+            }
+        }
+    }
+
+    /// Takes in the tracker's latest answer: connects to sources not seen before (one
+    /// connection each), and replaces the origin share when it names one.
+    pub(crate) fn take_swarm(&mut self, new: Vec<Source>, share: Option<Bitfield>, now: Instant) {
+        for source in new {
+            if self.sources.iter().any(|s| s.addr == source.addr) {
+                continue;
+            }
+            self.sources.push(source);
+            self.counted.push(false);
+            self.open_conn(self.sources.len() - 1, now);
+        }
+        self.retire_extra_origin_connections();
+        if let Some(share) = share.filter(|s| s.len() == self.count) {
+            self.origin_share = Some(share);
+        }
+        self.availability_changed();
+    }
+
+    /// With peers to trade with, one connection per origin is enough: the origin splits its
+    /// upload between connections, so a client that started alone with every worker at the
+    /// origin would otherwise keep several times its fair part of it and starve the others.
+    /// Extra connections stop taking work and close once their requests are answered.
+    fn retire_extra_origin_connections(&mut self) {
+        if !self.any_usable_peer() {
+            return;
+        }
+        for origin in (0..self.sources.len()).filter(|&s| self.sources[s].origin) {
+            let open: Vec<usize> = (0..self.conns.len())
+                .filter(|&c| self.conns[c].source == origin && self.conns[c].open)
+                .collect();
+            for &conn in open.iter().skip(1) {
+                self.conns[conn].open = false;
+            }
+        }
+    }
+
+    /// Whether `source` can still deliver: not dropped, and connected or paused.
+    fn usable(&self, source: usize) -> bool {
+        let src = &self.sources[source];
+        src.dropped.is_none()
+            && (src.retry_at.is_some() || self.conns.iter().any(|c| c.source == source && c.open))
+    }
+
+    fn any_usable_peer(&self) -> bool {
+        (0..self.sources.len()).any(|s| !self.sources[s].origin && self.usable(s))
+    }
+
+    // ----- availability, kept incrementally -----
+
+    /// Counts a source's holds in or out when it became a usable peer or stopped being one.
+    fn recount(&mut self, source: usize) {
+        let count_it = !self.sources[source].origin && self.usable(source);
+        if count_it == self.counted[source] {
+            return;
+        }
+        self.counted[source] = count_it;
+        let src = &self.sources[source];
+        let copies = &mut self.copies;
+        let mut adjust = |i: u32| {
+            let c = &mut copies[i as usize];
+            *c = if count_it {
+                *c + 1
+            } else {
+                c.saturating_sub(1)
+            };
+        };
+        match &src.have {
+            None => (0..self.count)
+                .filter(|i| !src.refused.contains(i))
+                .for_each(&mut adjust),
+            Some(have) => have
+                .ones()
+                .filter(|i| !src.refused.contains(i))
+                .for_each(&mut adjust),
+        }
+    }
+
+    fn recount_all(&mut self) {
+        for source in 0..self.sources.len() {
+            self.recount(source);
+        }
+    }
+
+    /// Replaces what `source` holds; a counted source adjusts only the bits that differ.
+    fn set_have(&mut self, source: usize, have: Bitfield) {
+        if have.len() != self.count {
+            return;
+        }
+        if self.counted[source] {
+            let src = &self.sources[source];
+            let full;
+            let old = match &src.have {
+                Some(old) => old,
+                None => {
+                    full = Bitfield::full(self.count);
+                    &full
+                }
+            };
+            for (byte, (a, b)) in old.as_bytes().iter().zip(have.as_bytes()).enumerate() {
+                let mut changed = a ^ b;
+                while changed != 0 {
+                    let bit = changed.leading_zeros();
+                    changed &= !(0x80u8 >> bit);
+                    let i = byte as u32 * 8 + bit;
+                    if i >= self.count || src.refused.contains(&i) {
+                        continue;
+                    }
+                    let c = &mut self.copies[i as usize];
+                    *c = if have.get(i) {
+                        *c + 1
+                    } else {
+                        c.saturating_sub(1)
+                    };
+                }
+            }
+        }
+        self.sources[source].have = Some(have);
+    }
+
+    fn availability_changed(&mut self) {
+        self.recount_all();
+        self.epoch += 1;
+    }
+
+    // ----- what the workers report -----
+
+    /// The handshake (or a have refresh) on `conn` is done: its source holds `have`.
+    pub(crate) fn ready(&mut self, conn: usize, have: Bitfield) {
+        let source = self.conns[conn].source;
+        self.conns[conn].ready = true;
+        self.set_have(source, have);
+        self.availability_changed();
+    }
+
+    /// A chunk arrived verified on `conn`. The first copy counts (and the others in flight
+    /// are cancelled); a second copy only measures its source.
+    pub(crate) fn delivered(&mut self, conn: usize, index: u32, now: Instant) -> Option<Credit> {
+        let len = self.chunk_len(index);
+        let c = &mut self.conns[conn];
+        c.in_flight.retain(|&i| i != index);
+        let service = now.saturating_duration_since(c.head_since);
+        c.head_since = now;
+        let source = c.source;
+        self.sources[source].record_service(service, len);
+        if index >= self.count || self.done.get(index) {
+            return None;
+        }
+        // Asked of other sources too: they need not send it any more.
+        for (other, c) in self.conns.iter().enumerate() {
+            if c.open && c.in_flight.contains(&index) {
+                self.orders.push(Order::Cancel { conn: other, index });
+            }
+        }
+        self.missing.remove(&index);
+        self.done.set(index);
+        self.remaining -= 1;
+        let src = &mut self.sources[source];
+        if !src.origin {
+            self.last_peer_progress = now;
+        }
+        src.credit(len);
+        self.first_chunk_at.get_or_insert(now);
+        Some(Credit {
+            source,
+            len,
+            origin: src.origin,
+        })
+    }
+
+    /// `conn`'s source does not hold `index`, or would not send it now: ask elsewhere.
+    pub(crate) fn refused(&mut self, conn: usize, index: u32, now: Instant) {
+        self.answered_without_chunk(conn, index, now);
+        let source = self.conns[conn].source;
+        let src = &mut self.sources[source];
+        let held = src.holds(index);
+        src.refused.insert(index);
+        if held && self.counted[source] && index < self.count {
+            let c = &mut self.copies[index as usize];
+            *c = c.saturating_sub(1);
+        }
+        self.availability_changed();
+    }
+
+    /// `conn`'s source dropped the request for `index`, as asked.
+    pub(crate) fn cancelled(&mut self, conn: usize, index: u32, now: Instant) {
+        self.answered_without_chunk(conn, index, now);
+    }
+
+    /// The request for `index` on `conn` was answered without the chunk: the connection has
+    /// room again, and the chunk, unless done or still in flight elsewhere, is missing again.
+    fn answered_without_chunk(&mut self, conn: usize, index: u32, now: Instant) {
+        let c = &mut self.conns[conn];
+        c.in_flight.retain(|&i| i != index);
+        c.head_since = now;
+        self.release(index);
+        self.epoch += 1;
+    }
+
+    /// A connection gave up its request for `index`; with no other copy in flight the
+    /// chunk is missing again.
+    fn release(&mut self, index: u32) {
+        if index >= self.count || self.done.get(index) || self.missing.contains(&index) {
+            return;
+        }
+        if !self.conns.iter().any(|c| c.in_flight.contains(&index)) {
+            self.missing.insert(index);
+            self.epoch += 1;
+        }
+    }
+
+    /// `conn` ended. Its requests go elsewhere; its source is kept, paused, or dropped.
+    pub(crate) fn closed(
+        &mut self,
+        conn: usize,
+        end: End,
+        now: Instant,
+    ) -> (Verdict, Option<Complaint>) {
+        let source = self.conns[conn].source;
+        self.conns[conn].open = false;
+        self.conns[conn].ready = false;
+        for index in std::mem::take(&mut self.conns[conn].in_flight) {
+            self.release(index);
+        }
+        let src = &self.sources[source];
+        let (failures, origin) = (src.failures(), src.origin);
+        let outcome = match end {
+            End::Finished => (Verdict::Kept, None),
+            End::Local(error) => (Verdict::Fatal(error), None),
+            End::Lied(error) => (
+                self.drop_source(source, error, now),
+                Some(Complaint::Corrupt),
+            ),
+            End::Busy(error) if failures < BUSY_RETRIES => {
+                (self.retry_later(source, error, now), None)
+            }
+            End::Failed(error) | End::Unreachable(error) if origin && failures < ORIGIN_RETRIES => {
+                (self.retry_later(source, error, now), None)
+            }
+            End::Unreachable(error) => {
+                let complaint = (!origin).then_some(Complaint::Unreachable);
+                (self.drop_source(source, error, now), complaint)
+            }
+            End::Busy(error) | End::Failed(error) => (self.drop_source(source, error, now), None),
+        };
+        self.availability_changed();
+        outcome
+    }
+
+    fn retry_later(&mut self, source: usize, error: String, now: Instant) -> Verdict {
+        let first = self.sources[source].retry_later(now);
+        Verdict::Retrying { first, error }
+    }
+
+    /// Gives a source up for this download: its connections take no more work and their
+    /// chunks go elsewhere; a healthy origin takes over the connection lost.
+    fn drop_source(&mut self, source: usize, error: String, now: Instant) -> Verdict {
+        let newly = self.sources[source].give_up(error.clone());
+        for c in self.conns.iter_mut().filter(|c| c.source == source) {
+            c.open = false;
+        }
+        let open = self.conns.iter().filter(|c| c.open).count();
+        if open < self.workers
+            && let Some(origin) = (0..self.sources.len())
+                .find(|&s| self.sources[s].origin && self.sources[s].dropped.is_none())
+        {
+            self.open_conn(origin, now);
+        }
+        Verdict::Dropped { error, newly }
+    }
+
+    // ----- what the stream and the clock say -----
+
+    /// The stream needs chunk `next` now.
+    pub(crate) fn set_stream_pos(&mut self, next: u32) {
+        self.stream_pos = Some(next);
+        self.epoch += 1;
+    }
+
+    /// Looks again at every connection because time passed (lateness grows alone).
+    pub(crate) fn nudge(&mut self, now: Instant) {
+        self.epoch += 1;
+        self.assign(now);
+    }
+
+    /// The share holds while peers deliver: with no usable peer left, or none delivering for
+    /// [`FALLBACK_AFTER`], the origin sends whatever no usable peer holds.
+    pub(crate) fn update_fallback(&mut self, now: Instant) {
+        let fallback = now.saturating_duration_since(self.last_peer_progress) > FALLBACK_AFTER
+            || !self.any_usable_peer();
+        if fallback != self.fallback_open {
+            self.fallback_open = fallback;
+            self.epoch += 1;
+            self.assign(now);
+        }
+    }
+
+    /// Why the download cannot finish, when chunks are missing that no connection left can
+    /// ever deliver.
+    pub(crate) fn stuck(&self) -> Option<String> {
+        let busy = self
+            .conns
+            .iter()
+            .any(|c| c.open && (!c.ready || !c.in_flight.is_empty()));
+        if busy || self.missing.is_empty() {
+            return None;
+        }
+        let servable = (0..self.sources.len())
+            .filter(|&s| self.usable(s))
+            .any(|s| self.missing.iter().any(|&i| self.sources[s].holds(i)));
+        if servable {
+            return None;
+        }
+        let first: Vec<String> = self.missing.iter().take(8).map(|i| i.to_string()).collect();
+        let reasons: Vec<String> = self
+            .sources
+            .iter()
+            .map(|s| {
+                format!(
+                    "{} {}: {}",
+                    s.kind(),
+                    s.addr,
+                    s.dropped.as_deref().unwrap_or("does not hold them")
+                )
+            })
+            .collect();
+        Some(format!(
+            "{} of {} chunks (first: {}) are held by no source still usable; sources: {}. Progress is kept: run the same command again to resume",
+            self.missing.len(),
+            self.count,
+            first.join(", "),
+            reasons.join("; ")
+        ))
+    }
+
+    // ----- the choice -----
+
+    /// Requests kept in flight on a connection to `source`. Peers get fewer than the
+    /// origin: a short queue at each peer lets new requests go to whichever peer frees up
+    /// first, and keeps the chunks a peer is asked for close to what it has just received.
+    fn depth(&self, source: usize) -> usize {
+        if self.sources[source].origin {
+            self.depth
+        } else {
+            self.depth.min(PEER_PIPELINE_DEPTH)
+        }
+    }
+
+    /// Tops every ready connection up to its depth, as [`Order::Fetch`]es.
+    pub(crate) fn assign(&mut self, now: Instant) {
+        for conn in 0..self.conns.len() {
+            loop {
+                let c = &self.conns[conn];
+                if !c.ready
+                    || !c.open
+                    || c.in_flight.len() >= self.depth(c.source)
+                    || c.starved_at == Some(self.epoch)
+                {
+                    break;
+                }
+                let Some(index) = self.pick(conn, now) else {
+                    self.conns[conn].starved_at = Some(self.epoch);
+                    break;
+                };
+                if !self.missing.remove(&index) {
+                    self.hedged += 1;
+                }
+                let c = &mut self.conns[conn];
+                if c.in_flight.is_empty() {
+                    c.head_since = now;
+                }
+                c.in_flight.push_back(index);
+                self.orders.push(Order::Fetch { conn, index });
+            }
+        }
+    }
+
+    /// The next chunk for a connection: from a peer, a rare one it holds; from an origin,
+    /// the lowest missing chunk of this client's share that no usable peer holds, so peers
+    /// carry all they can.
+    fn pick(&mut self, conn: usize, now: Instant) -> Option<u32> {
+        if let Some(index) = self.urgent_for(conn, now) {
+            return Some(index);
+        }
+        if self.stream_starting(now) {
+            return None;
+        }
+        if self.missing.is_empty() {
+            return self.endgame_for(conn, now);
+        }
+        let source = self.conns[conn].source;
+        if !self.sources[source].origin {
+            return self.rarest_held_by(source);
+        }
+        // The origin sends this client's planned share; outside it, only what no peer
+        // holds, and only once the swarm has gone quiet (the planned peer may be gone).
+        let share = self.origin_share.as_ref().filter(|_| !self.fallback_open);
+        // A stream does not have the origin read far ahead while peers can deliver.
+        let horizon = match self.stream_pos {
+            Some(pos) if self.any_usable_peer() => {
+                pos.saturating_add(self.window.saturating_mul(ORIGIN_READAHEAD_WINDOWS))
+            }
+            _ => u32::MAX,
+        };
+        let src = &self.sources[source];
+        self.missing.range(..horizon).copied().find(|&i| {
+            src.holds(i) && self.copies[i as usize] == 0 && share.is_none_or(|s| s.get(i))
+        })
+    }
+
+    /// When streaming, the chunk of the urgent window (the next `window` chunks the reader
+    /// needs) this connection should fetch, nearest first: a missing one, or a late one
+    /// another source is slow with (hedged: the first copy to arrive wins). The origin
+    /// takes a missing urgent chunk only when no punctual connected peer holds it.
+    fn urgent_for(&self, conn: usize, now: Instant) -> Option<u32> {
+        let source = self.conns[conn].source;
+        let src = &self.sources[source];
+        // At the start, only the first chunk the stream needs from the network, even
+        // while it still writes out cached ones before it.
+        let (pos, window) = match self.stream_first {
+            Some(first) if self.stream_starting(now) => (first, 1),
+            _ => (self.stream_pos?, self.window),
+        };
+        let end = pos.saturating_add(window).min(self.count);
+        (pos..end).find(|&index| {
+            if self.missing.contains(&index) {
+                src.holds(index) && (!src.origin || !self.ready_peer_holds(index, now))
+            } else {
+                self.hedgeable(index, source, now)
+            }
+        })
+    }
+
+    /// The endgame: nothing is left to ask for, and the download ends with its slowest
+    /// request. A connection with room takes a chunk in flight elsewhere that is late
+    /// there, or, from a peer, one this connection is expected to deliver sooner than its
+    /// source will (expected time: the requests queued ahead times the measured time per
+    /// chunk). The first copy wins and the other is cancelled. An origin takes only late
+    /// chunks, so that hedging never costs it more than the chunks peers fail to deliver.
+    fn endgame_for(&self, conn: usize, now: Instant) -> Option<u32> {
+        let source = self.conns[conn].source;
+        let here = self.expected_wait(&self.conns[conn], self.conns[conn].in_flight.len(), now);
+        self.conns
+            .iter()
+            .flat_map(|c| {
+                c.in_flight
+                    .iter()
+                    .enumerate()
+                    .map(move |(at, &i)| (c, at, i))
+            })
+            .filter(|&(c, at, index)| {
+                self.hedgeable(index, source, now)
+                    || (!self.sources[source].origin
+                        && self.duplicable(index, source)
+                        && here + HEDGE_SLACK < self.expected_wait(c, at, now))
+            })
+            .map(|(_, _, index)| index)
+            .min()
+    }
+
+    /// How long until the request at `position` of a connection's queue (or a new one at
+    /// the end) is done, by the source's measured time per chunk.
+    fn expected_wait(&self, conn: &Conn, position: usize, now: Instant) -> Duration {
+        let queued =
+            Duration::from_secs_f64(self.secs_per_chunk(conn.source) * (position + 1) as f64);
+        if conn.in_flight.is_empty() {
+            queued
+        } else {
+            queued.saturating_sub(now.saturating_duration_since(conn.head_since))
+        }
+    }
+
+    fn secs_per_chunk(&self, source: usize) -> f64 {
+        self.sources[source].secs_per_chunk(self.chunk_size)
+    }
+
+    /// Copies of `index` in flight (0 when it is done or missing).
+    fn flying(&self, index: u32) -> usize {
+        if self.done.get(index) || self.missing.contains(&index) {
+            return 0;
+        }
+        self.conns
+            .iter()
+            .filter(|c| c.in_flight.contains(&index))
+            .count()
+    }
+
+    /// Whether `index`, in flight at one source only, is late there and `source` could
+    /// deliver it too.
+    fn hedgeable(&self, index: u32, source: usize, now: Instant) -> bool {
+        self.duplicable(index, source) && self.is_late(index, now)
+    }
+
+    /// Whether `index` is in flight at one connection only, and `source` holds it too.
+    fn duplicable(&self, index: u32, source: usize) -> bool {
+        self.flying(index) == 1
+            && self.sources[source].holds(index)
+            && !self
+                .conns
+                .iter()
+                .any(|c| c.source == source && c.in_flight.contains(&index))
+    }
+
+    /// Whether a stream is waiting for the first chunk it needs from the network. Until that
+    /// chunk has gone out (or [`STREAM_START_GRACE`] after it arrived, if the reader is
+    /// slow) no other chunk is asked for: requests in flight share the bandwidth, and eight
+    /// requests at once would put the first byte eight chunks of transfer away instead of one;
+    /// and the workers verifying them would keep the two cores from the stream's write.
+    fn stream_starting(&self, now: Instant) -> bool {
+        let Some(first) = self.stream_first else {
+            return false;
+        };
+        self.stream_pos.is_some_and(|pos| pos <= first)
+            && self
+                .first_chunk_at
+                .is_none_or(|at| now.saturating_duration_since(at) < STREAM_START_GRACE)
+    }
+
+    /// Whether a connected peer that still takes work, and is not late with what it was
+    /// asked for, holds `index`.
+    fn ready_peer_holds(&self, index: u32, now: Instant) -> bool {
+        self.conns.iter().any(|c| {
+            c.ready
+                && c.open
+                && !self.sources[c.source].origin
+                && self.sources[c.source].holds(index)
+                && !self.overdue(c, 0, now)
+        })
+    }
+
+    /// Whether chunk `index`, in flight, has taken longer than its source should need.
+    fn is_late(&self, index: u32, now: Instant) -> bool {
+        self.conns.iter().any(|c| {
+            c.in_flight
+                .iter()
+                .position(|&i| i == index)
+                .is_some_and(|position| self.overdue(c, position, now))
+        })
+    }
+
+    /// Whether the request at `position` in the queue of `conn` is overdue: not done
+    /// within [`HEDGE_FACTOR`] times the source's measured time per chunk for each request
+    /// up to and including it, plus [`HEDGE_SLACK`]. An idle connection is never overdue.
+    fn overdue(&self, conn: &Conn, position: usize, now: Instant) -> bool {
+        if conn.in_flight.len() <= position {
+            return false;
+        }
+        let allowed = HEDGE_FACTOR * self.secs_per_chunk(conn.source) * (position + 1) as f64;
+        now.saturating_duration_since(conn.head_since)
+            > Duration::from_secs_f64(allowed) + HEDGE_SLACK
+    }
+
+    /// Among the missing chunks `source` holds, one of those fewest peers hold. The scan
+    /// starts at a random place so that clients, and connections, asking the same peers
+    /// spread over different chunks instead of queueing for the same one.
+    fn rarest_held_by(&mut self, source: usize) -> Option<u32> {
+        let start = (self.next_random() % self.count.max(1) as u64) as u32;
+        let src = &self.sources[source];
+        self.missing
+            .range(start..)
+            .chain(self.missing.range(..start))
+            .copied()
+            .filter(|&i| src.holds(i))
+            .take(RAREST_SCAN)
+            .min_by_key(|&i| self.copies[i as usize])
+    }
+
+    /// xorshift64: enough to spread choices, no need for a random-number crate.
+    fn next_random(&mut self) -> u64 {
+        let mut x = self.random;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.random = x;
+        x
+    }
+}

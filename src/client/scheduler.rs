@@ -1,0 +1,365 @@
+//! The one thread that owns a download's state. It takes what the workers, the announcer
+//! and the stream report from one channel, hands it to the [`Plan`], and carries out what
+//! the plan decides: it starts a worker for every connection the plan opens, sends each
+//! worker its jobs, closes the job channel of every connection the plan retires, records
+//! progress every second, and keeps the live have-bitmap the embedded server serves from.
+
+use std::net::TcpStream;
+use std::sync::{Arc, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
+
+use crate::api::AnnounceResponse;
+use crate::bitfield::Bitfield;
+use crate::failure::Failure;
+use crate::manifest::Manifest;
+use crate::ratelimit::RateLimiter;
+use crate::store::Partial;
+use crate::sync::RwLockExt;
+
+use super::announce::Reports;
+use super::config::GetConfig;
+use super::interrupted;
+use super::plan::{Order, PIPELINE_DEPTH, Plan, Settings, Verdict};
+use super::serving::LiveHave;
+use super::sources::Source;
+use super::summary::{Downloaded, Meter};
+use super::worker::{Job, Report, Ticket, Worker};
+
+/// Progress is synced and recorded this often, bounding what a crash can lose.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
+/// How long the scheduler waits for an event before it looks at the clock again.
+const TICK: Duration = Duration::from_millis(100);
+/// How often a stream or a download's endgame looks for late chunks: a 256 KiB chunk takes
+/// 10 ms at 25 MiB/s, so the 100 ms tick of the rest of a download would notice too late.
+const LATENESS_TICK: Duration = Duration::from_millis(10);
+
+/// What the scheduler hears about.
+#[derive(Debug)]
+pub(crate) enum Event {
+    /// A connection worker's report.
+    Worker(Report),
+    /// The tracker's latest answer: peers (maybe new ones) and this client's origin share.
+    Swarm(AnnounceResponse),
+    /// The stream needs this chunk next.
+    Position(u32),
+    /// The stream could not write its output: the download stops.
+    OutputFailed,
+}
+
+/// Who watches a download, and what the scheduler tells them.
+pub(crate) struct Watch {
+    /// When the `get` started, for the time to the first chunk.
+    pub(crate) started: Instant,
+    /// What is verified and written, shared with the embedded server and the announcer.
+    pub(crate) live: LiveHave,
+    /// Peers to report to the tracker with the next announce.
+    pub(crate) complaints: Reports,
+    /// The ticket workers present in their `Hello`.
+    pub(crate) ticket: Ticket,
+    /// Where to send the index of each chunk verified, when streaming.
+    pub(crate) streaming: Option<Sender<u32>>,
+}
+
+/// The threads and channels of one connection; its state is in the plan.
+struct Link {
+    jobs: Option<Sender<Job>>,
+    /// The worker's socket once connected, to shut down a wait that is no longer needed.
+    socket: Arc<OnceLock<TcpStream>>,
+    handle: Option<JoinHandle<()>>,
+}
+
+/// The single owner of a download's state.
+pub(crate) struct Scheduler<'a> {
+    config: &'a GetConfig,
+    manifest: Arc<Manifest>,
+    partial: &'a Partial,
+    plan: Plan,
+    links: Vec<Link>,
+    fatal: Option<String>,
+    events_tx: Sender<Event>,
+    events_rx: Receiver<Event>,
+    limiter: Option<Arc<RateLimiter>>,
+    meter: Meter,
+    watch: Watch,
+}
+
+impl<'a> Scheduler<'a> {
+    /// A scheduler for the rest of `partial`, from `sources`.
+    pub(crate) fn new(
+        config: &'a GetConfig,
+        manifest: Arc<Manifest>,
+        partial: &'a Partial,
+        sources: Vec<Source>,
+        origin_share: Option<Bitfield>,
+        watch: Watch,
+    ) -> Self {
+        let have = partial.have().clone();
+        let (events_tx, events_rx) = unbounded();
+        let from_cache = have.ones().map(|i| manifest.chunk_len(i) as u64).sum();
+        let meter = Meter::new(config.progress, manifest.size, from_cache, watch.started);
+        let limiter = config
+            .max_download_rate
+            .map(|r| Arc::new(RateLimiter::new(r)));
+        let settings = Settings {
+            workers: config.workers,
+            // 1 under a download cap, so a server never has chunks queued for a client
+            // that is sleeping off its rate.
+            depth: if limiter.is_some() { 1 } else { PIPELINE_DEPTH },
+            window: config.window,
+            streaming: watch.streaming.is_some(),
+            origin_share,
+            seed: crate::backoff::seed_from_clock(),
+        };
+        let plan = Plan::new(
+            manifest.size,
+            manifest.chunk_size,
+            have,
+            sources,
+            settings,
+            Instant::now(),
+        );
+        Scheduler {
+            config,
+            manifest,
+            partial,
+            plan,
+            links: Vec::new(),
+            fatal: None,
+            events_tx,
+            events_rx,
+            limiter,
+            meter,
+            watch,
+        }
+    }
+
+    /// Where the announcer and the stream tell the scheduler what they see.
+    pub(crate) fn events(&self) -> Sender<Event> {
+        self.events_tx.clone()
+    }
+
+    /// Downloads every missing chunk, recording progress as it goes.
+    pub(crate) fn run(mut self) -> Result<Downloaded> {
+        self.plan.open_initial(Instant::now());
+        self.sync();
+        let (ckpt_tx, ckpt_rx) = bounded::<Bitfield>(1);
+        let result = std::thread::scope(|scope| {
+            let partial = self.partial;
+            let persister = scope.spawn(move || -> Result<()> {
+                for have in ckpt_rx {
+                    partial.checkpoint(&have)?;
+                }
+                Ok(())
+            });
+            let outcome = self.drive(&ckpt_tx);
+            if outcome.is_err() {
+                // Keep everything verified so far, so that "run it again to resume" holds.
+                let _ = ckpt_tx.send(self.plan.done().clone());
+            }
+            drop(ckpt_tx);
+            let persisted = persister.join().expect("checkpoint thread panicked");
+            persisted
+                .context("recording download progress")
+                .and(outcome)
+        });
+        self.stop_all();
+        self.meter.finish();
+        result?;
+        self.meter.sample(true, self.plan.peers_connected());
+        Ok(Downloaded {
+            sources: self.plan.sources().iter().map(Source::summary).collect(),
+            first_chunk_secs: self.plan.first_chunk_at().map(|at| {
+                at.saturating_duration_since(self.watch.started)
+                    .as_secs_f64()
+            }),
+            peak_rate: self.meter.peak_rate(),
+            hedged: self.plan.hedged(),
+        })
+    }
+
+    fn drive(&mut self, ckpt_tx: &Sender<Bitfield>) -> Result<()> {
+        let mut last_checkpoint = Instant::now();
+        let mut dirty = false;
+        while !self.plan.is_complete() {
+            // Streams and the endgame act on lateness, which grows with time alone.
+            let watch_lateness = self.plan.watches_lateness();
+            let tick = if watch_lateness { LATENESS_TICK } else { TICK };
+            if let Ok(event) = self.events_rx.recv_timeout(tick) {
+                dirty |= self.handle(event);
+                while let Ok(event) = self.events_rx.try_recv() {
+                    dirty |= self.handle(event);
+                }
+            }
+            if let Some(error) = self.fatal.take() {
+                bail!(error);
+            }
+            if interrupted() {
+                bail!("interrupted; progress is kept: run the same command again to resume");
+            }
+            self.plan.reconnect_due(Instant::now());
+            self.sync();
+            if watch_lateness {
+                self.plan.nudge(Instant::now());
+                self.sync();
+            }
+            self.meter.sample(false, self.plan.peers_connected());
+            self.plan.update_fallback(Instant::now());
+            self.sync();
+            if dirty && last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL {
+                match ckpt_tx.try_send(self.plan.done().clone()) {
+                    Ok(()) => {
+                        dirty = false;
+                        last_checkpoint = Instant::now();
+                    }
+                    // The last checkpoint is still being written; the next tick retries.
+                    Err(crossbeam_channel::TrySendError::Full(_)) => {}
+                    // The persister stopped on an error, which `run` reports.
+                    Err(crossbeam_channel::TrySendError::Disconnected(_)) => {
+                        bail!("progress could not be recorded")
+                    }
+                }
+            }
+            if let Some(error) = self.plan.stuck() {
+                return Err(Failure::NoSource.error(error));
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands one event to the plan and carries out what it decides; returns whether a
+    /// chunk arrived (progress to record).
+    fn handle(&mut self, event: Event) -> bool {
+        let now = Instant::now();
+        let mut arrived = false;
+        match event {
+            Event::Worker(Report::Ready { conn, have }) => self.plan.ready(conn, have),
+            Event::Worker(Report::Done { conn, index }) => {
+                arrived = true;
+                if let Some(credit) = self.plan.delivered(conn, index, now) {
+                    // The one place the live have-bitmap follows the plan.
+                    self.watch.live.write_now().set(index);
+                    self.meter.add(credit.origin, credit.len);
+                    if let Some(stream) = &self.watch.streaming {
+                        let _ = stream.send(index);
+                    }
+                }
+            }
+            Event::Worker(Report::Refused { conn, index }) => self.plan.refused(conn, index, now),
+            Event::Worker(Report::Cancelled { conn, index }) => {
+                self.plan.cancelled(conn, index, now)
+            }
+            Event::Worker(Report::Closed { conn, end }) => {
+                let source = self.plan.conns()[conn].source;
+                let (verdict, complaint) = self.plan.closed(conn, end, now);
+                let src = &self.plan.sources()[source];
+                if let Some(complaint) = complaint {
+                    self.watch.complaints.file(&src.peer_id, complaint);
+                }
+                match verdict {
+                    Verdict::Kept => {}
+                    Verdict::Fatal(error) => self.fatal = Some(error),
+                    Verdict::Retrying { first, error } => {
+                        if first {
+                            log::warn!("{} {}: {error}; retrying", src.kind(), src.addr);
+                        }
+                    }
+                    Verdict::Dropped { error, newly } => {
+                        if newly {
+                            log::warn!("dropping {} {}: {error}", src.kind(), src.addr);
+                        }
+                    }
+                }
+            }
+            Event::Swarm(answer) => {
+                let count = self.manifest.chunk_count();
+                let new = answer
+                    .peers
+                    .iter()
+                    .chain(&answer.origins)
+                    .map(|info| Source::from_info(info, count))
+                    .collect();
+                let share = answer
+                    .origin_share
+                    .as_deref()
+                    .and_then(|hex| Bitfield::from_hex(count, hex).ok());
+                self.plan.take_swarm(new, share, now);
+            }
+            Event::Position(next) => self.plan.set_stream_pos(next),
+            Event::OutputFailed => self.fatal = Some("the output stream failed".into()),
+        }
+        self.plan.assign(now);
+        self.sync();
+        arrived
+    }
+
+    /// Carries out the plan: workers for new connections, jobs, closed job channels.
+    fn sync(&mut self) {
+        for conn in self.links.len()..self.plan.conns().len() {
+            self.spawn(conn);
+        }
+        for order in self.plan.take_orders() {
+            let (conn, job) = match order {
+                Order::Fetch { conn, index } => (conn, Job::Fetch(index)),
+                Order::Cancel { conn, index } => (conn, Job::Cancel(index)),
+            };
+            if let Some(jobs) = &self.links[conn].jobs {
+                let _ = jobs.send(job);
+            }
+        }
+        for (link, conn) in self.links.iter_mut().zip(self.plan.conns()) {
+            if !conn.is_open() {
+                link.jobs = None;
+            }
+        }
+    }
+
+    fn spawn(&mut self, conn: usize) {
+        let (jobs_tx, jobs_rx) = unbounded();
+        let socket = Arc::new(OnceLock::new());
+        let events = self.events_tx.clone();
+        let source = self.plan.conns()[conn].source;
+        let worker = Worker {
+            socket: Arc::clone(&socket),
+            ticket: Arc::clone(&self.watch.ticket),
+            conn,
+            addr: self.plan.sources()[source].addr.clone(),
+            asset: self.manifest.id(),
+            manifest: Arc::clone(&self.manifest),
+            data: self.partial.data(),
+            chunk_timeout: self.config.chunk_timeout,
+            limiter: self.limiter.clone(),
+            tell: Box::new(move |report| {
+                let _ = events.send(Event::Worker(report));
+            }),
+        };
+        let handle = std::thread::spawn(move || worker.run(jobs_rx));
+        self.links.push(Link {
+            jobs: Some(jobs_tx),
+            socket,
+            handle: Some(handle),
+        });
+    }
+
+    /// Ends every connection. Those still waiting for a reply (a hedged request, a stalled
+    /// source) are shut down rather than left to time out: the download is over.
+    fn stop_all(&mut self) {
+        self.plan.close_all();
+        for (link, conn) in self.links.iter_mut().zip(self.plan.conns()) {
+            link.jobs = None;
+            if conn.has_in_flight()
+                && let Some(socket) = link.socket.get()
+            {
+                let _ = socket.shutdown(std::net::Shutdown::Both);
+            }
+        }
+        for link in &mut self.links {
+            if let Some(handle) = link.handle.take() {
+                let _ = handle.join();
+            }
+        }
+    }
+}

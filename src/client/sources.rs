@@ -1,0 +1,218 @@
+//! A source's identity and health: where it listens, what it holds as far as this client
+//! knows, what it delivered and how fast, its retries (one [`Backoff`]) and why it was
+//! dropped; and [`End`], the typed reason a connection to it ended. Pure: time is an
+//! argument.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use crate::api::PeerInfo;
+use crate::backoff::Backoff;
+use crate::bitfield::Bitfield;
+
+use super::summary::SourceSummary;
+
+/// A refusing or failing source is tried again after about 250 ms, 500 ms, 1 s … up to
+/// 4 s (each pause jittered into the upper half, so clients refused together do not
+/// come back together).
+const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+const MAX_BACKOFF: Duration = Duration::from_secs(4);
+/// "Server busy" answers a source may give in a row (26-52 s with the backoff above)
+/// before it is given up: slots free up as other clients finish.
+pub(crate) const BUSY_RETRIES: u32 = 16;
+/// Failed connections in a row before the origin is given up. A peer that drops or
+/// stalls is dropped at once (there are others), but the origin is the last resort.
+pub(crate) const ORIGIN_RETRIES: u32 = 4;
+/// The time per byte assumed for a source not yet measured: 100 MB/s, 2.6 ms a 256 KiB
+/// chunk.
+const UNMEASURED_SECS_PER_BYTE: f64 = 1e-8;
+
+/// Why a connection ended: the worker says, the plan branches on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum End {
+    /// The scheduler has no more work for it.
+    Finished,
+    /// The source has no free connection slot now; worth trying again later.
+    Busy(String),
+    /// The source could not be connected to at all.
+    Unreachable(String),
+    /// The network or the source failed (reset, stalled, closed).
+    Failed(String),
+    /// The source sent bad data: never use it again in this download.
+    Lied(String),
+    /// Writing to the local store failed: no source can help, so the download stops.
+    Local(String),
+}
+
+/// A place chunks can come from.
+#[derive(Debug)]
+pub(crate) struct Source {
+    /// The tracker's id of the peer, for complaints.
+    pub(crate) peer_id: String,
+    /// Where it listens, `ip:port`.
+    pub(crate) addr: String,
+    /// Whether it is an origin.
+    pub(crate) origin: bool,
+    /// What the source holds, as far as we know; `None` means everything.
+    pub(crate) have: Option<Bitfield>,
+    /// Chunks this source said it does not hold or would not send now.
+    pub(crate) refused: HashSet<u32>,
+    /// Why it was given up, if it was.
+    pub(crate) dropped: Option<String>,
+    /// Verified bytes received from it.
+    pub(crate) bytes: u64,
+    /// Verified chunks received from it.
+    pub(crate) chunks: u32,
+    /// Failed or refused connections since the source last delivered a chunk, and the
+    /// pause before the next attempt.
+    backoff: Backoff,
+    /// Connections to open again once `retry_at` has passed.
+    pub(crate) reconnects: u32,
+    /// When to try it again, while it is paused.
+    pub(crate) retry_at: Option<Instant>,
+    /// Measured seconds per byte of chunk service (moving average), once it delivered.
+    pub(crate) secs_per_byte: Option<f64>,
+}
+
+impl Source {
+    /// A source nothing is known about yet but what it holds (`None`: everything).
+    pub(crate) fn new(peer_id: &str, addr: &str, origin: bool, have: Option<Bitfield>) -> Source {
+        Source {
+            peer_id: peer_id.to_string(),
+            addr: addr.to_string(),
+            origin,
+            have,
+            refused: HashSet::new(),
+            dropped: None,
+            bytes: 0,
+            chunks: 0,
+            backoff: Backoff::new(FIRST_BACKOFF, MAX_BACKOFF),
+            reconnects: 0,
+            retry_at: None,
+            secs_per_byte: None,
+        }
+    }
+
+    /// A source as the tracker describes it.
+    pub(crate) fn from_info(info: &PeerInfo, chunk_count: u32) -> Source {
+        // The tracker's view of what a partial peer holds, until its own Have arrives.
+        let have = match (&info.have, info.complete) {
+            (Some(hex), false) => Bitfield::from_hex(chunk_count, hex).ok(),
+            _ => None,
+        };
+        Source::new(&info.peer_id, &info.addr, info.origin, have)
+    }
+
+    /// Whether the source holds chunk `index` and has not refused it.
+    pub(crate) fn holds(&self, index: u32) -> bool {
+        self.has_bit(index) && !self.refused.contains(&index)
+    }
+
+    /// Whether its have list (or its being complete) says it holds `index`.
+    pub(crate) fn has_bit(&self, index: u32) -> bool {
+        self.have.as_ref().is_none_or(|h| h.get(index))
+    }
+
+    /// "origin" or "peer", for messages.
+    pub(crate) fn kind(&self) -> &'static str {
+        if self.origin { "origin" } else { "peer" }
+    }
+
+    /// Takes in how long one chunk of `len` bytes took to serve (moving average: a
+    /// quarter weight for the newest sample, so one slow chunk does not condemn a source).
+    pub(crate) fn record_service(&mut self, service: Duration, len: u64) {
+        let sample = service.as_secs_f64() / len.max(1) as f64;
+        self.secs_per_byte = Some(match self.secs_per_byte {
+            Some(avg) => 0.75 * avg + 0.25 * sample,
+            None => sample,
+        });
+    }
+
+    /// Counts a verified chunk of `len` bytes; a delivering source is healthy again.
+    pub(crate) fn credit(&mut self, len: u64) {
+        self.bytes += len;
+        self.chunks += 1;
+        self.backoff.reset();
+    }
+
+    /// Failed or refused connections since the source last delivered.
+    pub(crate) fn failures(&self) -> u32 {
+        self.backoff.failures()
+    }
+
+    /// Pauses the source after a failure; returns whether it is the first in a row.
+    pub(crate) fn retry_later(&mut self, now: Instant) -> bool {
+        let pause = self.backoff.next_delay();
+        self.reconnects += 1;
+        self.retry_at = Some(now + pause);
+        self.backoff.failures() == 1
+    }
+
+    /// Gives the source up; returns whether it was not given up already.
+    pub(crate) fn give_up(&mut self, error: String) -> bool {
+        if self.dropped.is_some() {
+            return false;
+        }
+        self.dropped = Some(error);
+        self.reconnects = 0;
+        self.retry_at = None;
+        true
+    }
+
+    /// Its measured time per chunk of `chunk_size` bytes (an assumed one before it has
+    /// delivered).
+    pub(crate) fn secs_per_chunk(&self, chunk_size: u32) -> f64 {
+        self.secs_per_byte.unwrap_or(UNMEASURED_SECS_PER_BYTE) * chunk_size as f64
+    }
+
+    /// What the summary says of it.
+    pub(crate) fn summary(&self) -> SourceSummary {
+        SourceSummary {
+            addr: self.addr.clone(),
+            origin: self.origin,
+            bytes: self.bytes,
+            chunks: self.chunks,
+            dropped: self.dropped.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_delivery_resets_the_failures() {
+        let mut s = Source::new("p", "127.0.0.1:1", false, None);
+        let now = Instant::now();
+        assert!(s.retry_later(now));
+        assert!(!s.retry_later(now));
+        assert_eq!(s.failures(), 2);
+        assert_eq!(s.reconnects, 2);
+        assert!(s.retry_at.unwrap() <= now + MAX_BACKOFF);
+        s.credit(10);
+        assert_eq!(s.failures(), 0);
+        assert_eq!((s.bytes, s.chunks), (10, 1));
+    }
+
+    #[test]
+    fn the_measured_rate_is_a_moving_average() {
+        let mut s = Source::new("p", "a", false, None);
+        assert_eq!(s.secs_per_chunk(100), UNMEASURED_SECS_PER_BYTE * 100.0);
+        s.record_service(Duration::from_secs(4), 4);
+        assert_eq!(s.secs_per_byte, Some(1.0));
+        s.record_service(Duration::from_secs(0), 4);
+        assert_eq!(s.secs_per_byte, Some(0.75));
+    }
+
+    #[test]
+    fn a_refused_chunk_is_no_longer_held_and_giving_up_is_once() {
+        let mut s = Source::new("p", "a", false, Some(Bitfield::full(4)));
+        assert!(s.holds(2));
+        s.refused.insert(2);
+        assert!(!s.holds(2) && s.has_bit(2));
+        assert!(s.give_up("lied".into()));
+        assert!(!s.give_up("again".into()));
+        assert_eq!(s.dropped.as_deref(), Some("lied"));
+    }
+}

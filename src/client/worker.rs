@@ -1,0 +1,370 @@
+//! A connection worker: one thread, one socket to one source. It shakes hands, keeps the
+//! requests the scheduler sends in flight, verifies every chunk against the manifest,
+//! writes it to the store at its offset, and reports each outcome as a [`Report`]. It
+//! decides nothing: which chunk to ask for comes from the plan, through the scheduler.
+
+use std::collections::{HashSet, VecDeque};
+use std::fs::File;
+use std::net::{SocketAddr, TcpStream};
+use std::sync::{Arc, OnceLock, RwLock};
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+
+use crate::bitfield::Bitfield;
+use crate::manifest::{AssetId, Manifest};
+use crate::ratelimit::{self, RateLimiter};
+use crate::store::Partial;
+use crate::sync::RwLockExt;
+use crate::wire::{self, Message, PROTOCOL_VERSION, WireError, chunk_frame_limit, code};
+
+use super::sources::End;
+
+/// Connecting to a peer on a LAN takes milliseconds; one that takes 5 s is of no use.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// An idle connection to a complete source asks for its have list this often, which keeps
+/// the connection inside the server's 30 s idle timeout.
+const KEEPALIVE: Duration = Duration::from_secs(10);
+/// An idle connection to a source that is still downloading asks this often: its new
+/// chunks are what this client is waiting for. At 25 MiB/s a peer gains a 256 KiB chunk
+/// every 10 ms; a tenth of a second keeps the lag to a few chunks without asking for the
+/// have list of every peer a hundred times a second.
+const PARTIAL_REFRESH: Duration = Duration::from_millis(100);
+
+/// The ticket to present to peers, renewed by every announce (empty in open mode).
+pub(crate) type Ticket = Arc<RwLock<Vec<u8>>>;
+
+/// What a connection worker reports.
+#[derive(Debug)]
+pub(crate) enum Report {
+    /// Handshake or keepalive done; the source holds these chunks.
+    Ready {
+        /// The connection.
+        conn: usize,
+        /// What its source holds.
+        have: Bitfield,
+    },
+    /// Chunk verified and written.
+    Done {
+        /// The connection.
+        conn: usize,
+        /// The chunk.
+        index: u32,
+    },
+    /// The source does not hold, or will not now send, this chunk.
+    Refused {
+        /// The connection.
+        conn: usize,
+        /// The chunk.
+        index: u32,
+    },
+    /// The source dropped this request, as asked: the chunk came from another source.
+    Cancelled {
+        /// The connection.
+        conn: usize,
+        /// The chunk.
+        index: u32,
+    },
+    /// The connection is over, and why.
+    Closed {
+        /// The connection.
+        conn: usize,
+        /// Why.
+        end: End,
+    },
+}
+
+/// What the scheduler asks of a connection's worker.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Job {
+    /// Request this chunk.
+    Fetch(u32),
+    /// The chunk came from elsewhere: cancel the request, if still unanswered.
+    Cancel(u32),
+}
+
+/// One connection to one source.
+pub(crate) struct Worker {
+    /// The plan's id of this connection.
+    pub(crate) conn: usize,
+    /// Where to leave a handle on the connected socket for the scheduler.
+    pub(crate) socket: Arc<OnceLock<TcpStream>>,
+    /// The ticket to present, as of the latest announce.
+    pub(crate) ticket: Ticket,
+    /// Where the source listens.
+    pub(crate) addr: String,
+    /// The asset.
+    pub(crate) asset: AssetId,
+    /// Its manifest, to verify chunks against.
+    pub(crate) manifest: Arc<Manifest>,
+    /// The store's content file, where verified chunks are written.
+    pub(crate) data: Arc<File>,
+    /// How long a reply may take to arrive whole.
+    pub(crate) chunk_timeout: Duration,
+    /// The download cap, if any.
+    pub(crate) limiter: Option<Arc<RateLimiter>>,
+    /// Where reports go.
+    pub(crate) tell: Box<dyn Fn(Report) + Send>,
+}
+
+/// Describes a socket error, naming a timeout as one (a timed-out socket says "os error 11").
+fn socket_error(phase: &str, e: &std::io::Error, timeout: Duration) -> String {
+    if wire::is_timeout(e) {
+        format!("{phase} timed out after {timeout:?}")
+    } else {
+        format!("{phase}: {e}")
+    }
+}
+
+impl Worker {
+    /// Runs the connection until the scheduler closes its jobs or the source fails.
+    pub(crate) fn run(self, jobs: Receiver<Job>) {
+        let end = self.session(&jobs);
+        (self.tell)(Report::Closed {
+            conn: self.conn,
+            end,
+        });
+    }
+
+    /// Adds a job's frame to those about to be sent. Under a download cap the allowance for
+    /// a chunk is taken before asking, so a source never has a chunk waiting on a client
+    /// that is asleep. A cancel goes out only for a request still unanswered; the request
+    /// stays in flight until its reply (`Cancelled`, or the chunk if the cancel came late).
+    fn queue(
+        &self,
+        job: Job,
+        conn: &mut wire::Conn,
+        in_flight: &mut VecDeque<u32>,
+        cancelled: &mut HashSet<u32>,
+    ) -> std::io::Result<()> {
+        match job {
+            Job::Fetch(index) => {
+                ratelimit::take(
+                    self.limiter.as_deref(),
+                    self.manifest.chunk_len(index) as u64,
+                );
+                conn.queue(&Message::Request { index })?;
+                in_flight.push_back(index);
+            }
+            Job::Cancel(index) if in_flight.contains(&index) => {
+                conn.queue(&Message::Cancel { index })?;
+                cancelled.insert(index);
+            }
+            Job::Cancel(_) => {}
+        }
+        Ok(())
+    }
+
+    /// Sends HaveRequest and reports the answer; returns whether the source is complete.
+    fn refresh_have(&self, conn: &mut wire::Conn) -> Result<bool, End> {
+        let count = self.manifest.chunk_count();
+        conn.send(&Message::HaveRequest).map_err(|e| {
+            End::Failed(socket_error(
+                "sending a have request",
+                &e,
+                self.chunk_timeout,
+            ))
+        })?;
+        // Every reply must arrive whole within the chunk timeout of our starting to wait for
+        // it, so a source trickling a byte at a time is as stalled as a silent one.
+        match conn.recv_control(self.chunk_timeout) {
+            Ok(Message::Have(have)) if have.len() == count => {
+                let complete = have.is_full();
+                (self.tell)(Report::Ready {
+                    conn: self.conn,
+                    have,
+                });
+                Ok(complete)
+            }
+            Ok(Message::Error { code, message }) => Err(End::Failed(format!(
+                "refused the have request (code {code}): {message}"
+            ))),
+            Ok(other) => Err(End::Lied(format!(
+                "answered a have request with {}",
+                other.name()
+            ))),
+            Err(e) if e.is_timeout() => Err(End::Failed(format!(
+                "stalled: no have list within {:?}",
+                self.chunk_timeout
+            ))),
+            Err(e) => Err(End::Failed(format!("reading its have list: {e}"))),
+        }
+    }
+
+    fn session(&self, jobs: &Receiver<Job>) -> End {
+        let addr: SocketAddr = match self.addr.parse() {
+            Ok(a) => a,
+            Err(_) => {
+                return End::Failed(format!("tracker gave an invalid address {:?}", self.addr));
+            }
+        };
+        let stream = match TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {
+            Ok(s) => s,
+            Err(e) => return End::Unreachable(socket_error("unreachable", &e, CONNECT_TIMEOUT)),
+        };
+        if let Ok(handle) = stream.try_clone() {
+            let _ = self.socket.set(handle);
+        }
+        if let Err(e) = stream
+            .set_write_timeout(Some(self.chunk_timeout))
+            .and_then(|()| stream.set_nodelay(true))
+        {
+            return End::Failed(format!("configuring the socket: {e}"));
+        }
+        let hello = Message::Hello {
+            version: PROTOCOL_VERSION,
+            asset: self.asset,
+            ticket: self.ticket.read_now().clone(),
+        };
+        let mut conn = wire::Conn::new(stream, chunk_frame_limit(self.manifest.chunk_size));
+        if let Err(e) = conn.send(&hello) {
+            return End::Failed(socket_error(
+                "sending the handshake",
+                &e,
+                self.chunk_timeout,
+            ));
+        }
+        let count = self.manifest.chunk_count();
+        match conn.recv_control(self.chunk_timeout) {
+            Ok(Message::Welcome { chunk_count, .. }) if chunk_count == count => {}
+            Ok(Message::Welcome { chunk_count, .. }) => {
+                return End::Lied(format!(
+                    "it says the asset has {chunk_count} chunks, the manifest says {count}"
+                ));
+            }
+            Ok(Message::Error {
+                code: code::SERVER_BUSY,
+                message,
+            }) => return End::Busy(message),
+            Ok(Message::Error { code, message }) => {
+                return End::Failed(format!("refused the handshake (code {code}): {message}"));
+            }
+            Ok(other) => return End::Lied(format!("answered the handshake with {}", other.name())),
+            Err(e) if e.is_timeout() => {
+                return End::Failed(format!(
+                    "stalled: no handshake within {:?}",
+                    self.chunk_timeout
+                ));
+            }
+            Err(e) => return End::Failed(format!("handshake: {e}")),
+        }
+        let mut complete = match self.refresh_have(&mut conn) {
+            Ok(complete) => complete,
+            Err(end) => return end,
+        };
+        // Requests sent and not yet answered, oldest first: replies come in request order.
+        // Every chunk is received into the connection's one buffer, verified and written
+        // from it.
+        let mut in_flight: VecDeque<u32> = VecDeque::new();
+        // Requests in flight that this connection asked the source to cancel.
+        let mut cancelled = HashSet::new();
+        loop {
+            if in_flight.is_empty() {
+                let idle = if complete { KEEPALIVE } else { PARTIAL_REFRESH };
+                match jobs.recv_timeout(idle) {
+                    Ok(job) => {
+                        if let Err(e) = self.queue(job, &mut conn, &mut in_flight, &mut cancelled) {
+                            return End::Failed(socket_error(
+                                "sending requests",
+                                &e,
+                                self.chunk_timeout,
+                            ));
+                        }
+                    }
+                    Err(RecvTimeoutError::Timeout) => {
+                        complete = match self.refresh_have(&mut conn) {
+                            Ok(complete) => complete,
+                            Err(end) => return end,
+                        };
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => return End::Finished,
+                }
+            }
+            let mut queued = Ok(());
+            while queued.is_ok()
+                && let Ok(job) = jobs.try_recv()
+            {
+                queued = self.queue(job, &mut conn, &mut in_flight, &mut cancelled);
+            }
+            if let Err(e) = queued.and_then(|()| conn.flush()) {
+                return End::Failed(socket_error("sending requests", &e, self.chunk_timeout));
+            }
+            // Only a cancel of an answered request came: nothing to wait for.
+            let Some(&expected) = in_flight.front() else {
+                continue;
+            };
+            let message = match conn.recv(self.chunk_timeout) {
+                Ok(m) => m,
+                Err(e) if e.is_timeout() => {
+                    return End::Failed(format!(
+                        "stalled: chunk {expected} did not arrive within {:?}",
+                        self.chunk_timeout
+                    ));
+                }
+                Err(WireError::Closed) => {
+                    return End::Failed(format!("closed the connection with chunk {expected} due"));
+                }
+                Err(e) => return End::Failed(format!("receiving chunk {expected}: {e}")),
+            };
+            match message {
+                Message::Chunk { index, data } if index == expected => {
+                    in_flight.pop_front();
+                    cancelled.remove(&index);
+                    if !self.manifest.chunk_matches(index, &data) {
+                        return End::Lied(format!("sent chunk {index} with the wrong SHA-256"));
+                    }
+                    if let Err(e) =
+                        Partial::write_at(&self.data, &data, self.manifest.chunk_offset(index))
+                    {
+                        let hint = if e.kind() == std::io::ErrorKind::StorageFull {
+                            " (the disk is full)"
+                        } else {
+                            ""
+                        };
+                        return End::Local(format!(
+                            "writing chunk {index} to the store failed{hint}: {e}"
+                        ));
+                    }
+                    (self.tell)(Report::Done {
+                        conn: self.conn,
+                        index,
+                    });
+                }
+                Message::Chunk { index, .. } => {
+                    return End::Lied(format!("sent chunk {index} when chunk {expected} was due"));
+                }
+                Message::Cancelled { index } if index == expected && cancelled.remove(&index) => {
+                    in_flight.pop_front();
+                    // The allowance taken for it under a download cap was not used.
+                    if let Some(limiter) = &self.limiter {
+                        limiter.give_back(self.manifest.chunk_len(index) as u64);
+                    }
+                    (self.tell)(Report::Cancelled {
+                        conn: self.conn,
+                        index,
+                    });
+                }
+                Message::DontHave { index } | Message::Busy { index } if index == expected => {
+                    in_flight.pop_front();
+                    cancelled.remove(&index);
+                    (self.tell)(Report::Refused {
+                        conn: self.conn,
+                        index,
+                    });
+                }
+                Message::Error { code, message } => {
+                    return End::Failed(format!(
+                        "error {code} with chunk {expected} due: {message}"
+                    ));
+                }
+                other => {
+                    return End::Lied(format!(
+                        "answered a request for chunk {expected} with {}",
+                        other.name()
+                    ));
+                }
+            }
+        }
+    }
+}
