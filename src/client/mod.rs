@@ -1,22 +1,22 @@
 //! Downloads: local store first, then the peers the tracker names, then the origin.
 //!
-//! One scheduler thread ([`scheduler`]) owns the download state, kept in a pure chunk
-//! book ([`plan`]: which chunk is missing, in flight on which connection, or done, and
-//! which to ask of whom next). Each connection is a worker thread ([`worker`]) that keeps a
+//! One scheduler thread (`scheduler`) owns the download state, kept in a pure chunk
+//! book (`plan`: which chunk is missing, in flight on which connection, or done, and
+//! which to ask of whom next). Each connection is a worker thread (`worker`) that keeps a
 //! few requests in flight (see [`PIPELINE_DEPTH`]), verifies every chunk it receives
 //! against the manifest, writes it to the store at its offset, and reports the outcome
-//! back on one channel. A source ([`sources`]) that sends a chunk failing its hash, or a
+//! back on one channel. A source (`sources`) that sends a chunk failing its hash, or a
 //! peer that drops or stalls, loses its chunks to other sources and is not used again in
 //! this download; a busy source, or an origin whose connection fails, is tried again with
 //! backoff. Progress is recorded every second, so a killed download resumes where it
 //! stopped.
 //!
 //! While it downloads, the client serves what it has through an embedded server
-//! ([`serving`]) and announces its progress twice a second ([`announce`]); the tracker
+//! (`serving`) and announces its progress twice a second (`announce`); the tracker
 //! answers with new peers and the share of chunks this client should take from the origin.
-//! [`stream`] writes the asset out in order while it downloads; [`summary`] reports.
+//! [`stream`] writes the asset out in order while it downloads; `summary` reports.
 //!
-//! The data path reads one way: socket → [`crate::wire`] (in the worker) → [`plan`] →
+//! The data path reads one way: socket → [`crate::wire`] (in the worker) → `plan` →
 //! [`crate::store`]; the plan imports neither the scheduler, the workers nor sockets.
 
 mod announce;

@@ -358,6 +358,7 @@ impl Plan {
         for conn in &mut self.conns {
             conn.open = false;
         }
+        self.recount_all();
     }
 
     /// Reopens the connections of sources whose pause is over.
@@ -947,5 +948,721 @@ impl Plan {
         x ^= x << 17;
         self.random = x;
         x
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CHUNK: u32 = 16384;
+    const MS: Duration = Duration::from_millis(1);
+
+    impl Plan {
+        /// Asserts the invariants of the module docs.
+        fn check(&self) {
+            for i in 0..self.count {
+                let queued = self.conns.iter().any(|c| c.in_flight.contains(&i));
+                let (done, missing) = (self.done.get(i), self.missing.contains(&i));
+                assert!(!(done && missing), "chunk {i} both done and missing");
+                assert!(!(missing && queued), "chunk {i} missing and in flight");
+                assert!(done || missing || queued, "chunk {i} in no state");
+            }
+            assert_eq!(self.remaining, self.count - self.done.count());
+            let mut copies = vec![0u32; self.count as usize];
+            for s in 0..self.sources.len() {
+                let counted = !self.sources[s].origin && self.usable(s);
+                assert_eq!(counted, self.counted[s], "source {s} counted wrongly");
+                for i in (0..self.count).filter(|&i| counted && self.sources[s].holds(i)) {
+                    copies[i as usize] += 1;
+                }
+            }
+            assert_eq!(copies, self.copies, "availability drifted");
+            for c in &self.conns {
+                let mut queue: Vec<u32> = c.in_flight.iter().copied().collect();
+                queue.sort_unstable();
+                queue.dedup();
+                assert_eq!(
+                    queue.len(),
+                    c.in_flight.len(),
+                    "a chunk asked twice of one conn"
+                );
+            }
+        }
+
+        /// The fetches ordered since the last call, checking the invariants first.
+        fn fetches(&mut self) -> Vec<(usize, u32)> {
+            self.check();
+            self.take_orders()
+                .into_iter()
+                .filter_map(|o| match o {
+                    Order::Fetch { conn, index } => Some((conn, index)),
+                    Order::Cancel { .. } => None,
+                })
+                .collect()
+        }
+    }
+
+    fn bits(count: u32, ones: impl IntoIterator<Item = u32>) -> Bitfield {
+        let mut b = Bitfield::new(count);
+        ones.into_iter().for_each(|i| b.set(i));
+        b
+    }
+
+    fn peer(n: u8, have: Option<Bitfield>) -> Source {
+        Source::new(
+            &format!("peer{n}"),
+            &format!("10.0.0.{n}:7000"),
+            false,
+            have,
+        )
+    }
+
+    fn origin() -> Source {
+        Source::new("origin", "10.0.0.100:7001", true, None)
+    }
+
+    fn settings(streaming: bool, window: u32, share: Option<Bitfield>) -> Settings {
+        Settings {
+            workers: 4,
+            depth: PIPELINE_DEPTH,
+            window,
+            streaming,
+            origin_share: share,
+            seed: 7,
+        }
+    }
+
+    /// A plan of `count` chunks, none held, with one ready connection per source.
+    fn plan_with(count: u32, sources: Vec<Source>, settings: Settings, now: Instant) -> Plan {
+        let size = count as u64 * CHUNK as u64;
+        let mut plan = Plan::new(size, CHUNK, Bitfield::new(count), sources, settings, now);
+        for s in 0..plan.sources.len() {
+            let conn = plan.open_conn(s, now);
+            let have = plan.sources[s]
+                .have
+                .clone()
+                .unwrap_or_else(|| Bitfield::full(count));
+            plan.ready(conn, have);
+        }
+        plan.check();
+        plan
+    }
+
+    /// Delivers every fetch as soon as it is ordered until nothing more is ordered.
+    fn run_to_end(plan: &mut Plan, now: Instant) -> Vec<(usize, u32)> {
+        let mut all = Vec::new();
+        loop {
+            plan.assign(now);
+            let fetches = plan.fetches();
+            if fetches.is_empty() {
+                return all;
+            }
+            for &(conn, index) in &fetches {
+                plan.delivered(conn, index, now);
+            }
+            all.extend(fetches);
+        }
+    }
+
+    #[test]
+    fn rarest_first() {
+        let now = Instant::now();
+        let b_lacks_3 = bits(8, (0..8).filter(|&i| i != 3));
+        let mut plan = plan_with(
+            8,
+            vec![peer(1, Some(Bitfield::full(8))), peer(2, Some(b_lacks_3))],
+            settings(false, 4, None),
+            now,
+        );
+        assert_eq!(plan.copies[3], 1);
+        assert_eq!(plan.copies[0], 2);
+        plan.assign(now);
+        assert_eq!(
+            plan.fetches()[0],
+            (0, 3),
+            "the chunk only one peer holds goes first"
+        );
+    }
+
+    #[test]
+    fn a_source_is_never_asked_for_what_it_lacks() {
+        let now = Instant::now();
+        let evens = bits(16, (0..16).filter(|i| i % 2 == 0));
+        let odds = bits(16, (0..16).filter(|i| i % 2 == 1));
+        let mut plan = plan_with(
+            16,
+            vec![peer(1, Some(evens)), peer(2, Some(odds))],
+            settings(false, 4, None),
+            now,
+        );
+        let all = run_to_end(&mut plan, now);
+        assert_eq!(all.len(), 16);
+        for (conn, index) in all {
+            assert_eq!(index % 2, conn as u32, "conn {conn} asked for {index}");
+        }
+        assert!(plan.is_complete());
+    }
+
+    #[test]
+    fn done_chunks_are_never_handed_out_again() {
+        let now = Instant::now();
+        let size = 8 * CHUNK as u64;
+        let mut plan = Plan::new(
+            size,
+            CHUNK,
+            bits(8, [0, 1]),
+            vec![origin()],
+            settings(false, 4, None),
+            now,
+        );
+        let conn = plan.open_conn(0, now);
+        plan.ready(conn, Bitfield::full(8));
+        let mut fetched: Vec<u32> = run_to_end(&mut plan, now)
+            .into_iter()
+            .map(|f| f.1)
+            .collect();
+        fetched.sort_unstable();
+        assert_eq!(fetched, (2..8).collect::<Vec<_>>());
+        assert!(plan.is_complete());
+        plan.nudge(now + Duration::from_secs(60));
+        assert!(plan.fetches().is_empty());
+    }
+
+    #[test]
+    fn depths_four_for_the_origin_two_for_a_peer_one_under_a_cap() {
+        let now = Instant::now();
+        let mut plan = plan_with(
+            32,
+            vec![peer(1, None), origin()],
+            settings(false, 4, None),
+            now,
+        );
+        plan.update_fallback(now + Duration::from_secs(3));
+        plan.assign(now);
+        let fetches = plan.fetches();
+        assert_eq!(fetches.iter().filter(|f| f.0 == 0).count(), 2);
+        // The peer holds everything, so the origin, even with the fallback open, has
+        // nothing no peer holds to send.
+        assert_eq!(fetches.iter().filter(|f| f.0 == 1).count(), 0);
+        let mut alone = plan_with(32, vec![origin()], settings(false, 4, None), now);
+        alone.assign(now);
+        assert_eq!(alone.fetches(), vec![(0, 0), (0, 1), (0, 2), (0, 3)]);
+        let capped = Settings {
+            depth: 1,
+            ..settings(false, 4, None)
+        };
+        let mut capped = plan_with(32, vec![origin()], capped, now);
+        capped.assign(now);
+        assert_eq!(capped.fetches(), vec![(0, 0)]);
+    }
+
+    #[test]
+    fn the_origin_sends_only_its_share_of_what_no_peer_holds() {
+        let now = Instant::now();
+        let peer_has = bits(8, 4..8);
+        let share = bits(8, [0, 1, 4]);
+        let mut plan = plan_with(
+            8,
+            vec![peer(1, Some(peer_has)), origin()],
+            settings(false, 4, Some(share)),
+            now,
+        );
+        plan.assign(now);
+        let fetches = plan.fetches();
+        let at_origin: Vec<u32> = fetches.iter().filter(|f| f.0 == 1).map(|f| f.1).collect();
+        assert_eq!(
+            at_origin,
+            vec![0, 1],
+            "4 is in the share but a peer holds it"
+        );
+        assert!(fetches.iter().filter(|f| f.0 == 0).all(|f| f.1 >= 4));
+    }
+
+    #[test]
+    fn the_origin_steps_outside_its_share_once_peers_go_quiet() {
+        let now = Instant::now();
+        let mut plan = plan_with(
+            8,
+            vec![peer(1, Some(bits(8, 4..8))), origin()],
+            settings(false, 4, Some(bits(8, [0, 1]))),
+            now,
+        );
+        plan.assign(now);
+        plan.fetches();
+        plan.update_fallback(now + Duration::from_secs(1));
+        assert!(
+            plan.fetches().is_empty(),
+            "1 s of silence is not yet a fallback"
+        );
+        plan.update_fallback(now + Duration::from_secs(3));
+        let at_origin: Vec<u32> = plan
+            .fetches()
+            .iter()
+            .filter(|f| f.0 == 1)
+            .map(|f| f.1)
+            .collect();
+        assert_eq!(at_origin, vec![2, 3]);
+    }
+
+    #[test]
+    fn without_a_usable_peer_the_origin_sends_everything_in_order() {
+        let now = Instant::now();
+        let mut plan = plan_with(
+            8,
+            vec![peer(1, Some(bits(8, 4..8))), origin()],
+            settings(false, 4, Some(bits(8, [0]))),
+            now,
+        );
+        plan.closed(0, End::Failed("reset".into()), now);
+        plan.update_fallback(now);
+        let mut all: Vec<u32> = run_to_end(&mut plan, now)
+            .into_iter()
+            .map(|f| f.1)
+            .collect();
+        all.sort_unstable();
+        assert_eq!(all, (0..8).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_stream_starts_with_its_first_chunk_alone() {
+        let now = Instant::now();
+        let mut plan = plan_with(16, vec![origin()], settings(true, 4, None), now);
+        plan.assign(now);
+        assert_eq!(plan.fetches(), vec![(0, 0)]);
+        plan.delivered(0, 0, now);
+        plan.assign(now);
+        assert!(
+            plan.fetches().is_empty(),
+            "the reader has not taken chunk 0 yet"
+        );
+        plan.set_stream_pos(1);
+        plan.assign(now);
+        assert_eq!(plan.fetches(), vec![(0, 1), (0, 2), (0, 3), (0, 4)]);
+    }
+
+    #[test]
+    fn a_slow_reader_holds_the_download_up_for_the_grace_only() {
+        let now = Instant::now();
+        let mut plan = plan_with(16, vec![origin()], settings(true, 4, None), now);
+        plan.assign(now);
+        plan.fetches();
+        plan.delivered(0, 0, now);
+        plan.nudge(now + 10 * MS);
+        assert!(plan.fetches().is_empty());
+        plan.nudge(now + 25 * MS);
+        assert_eq!(plan.fetches(), vec![(0, 1), (0, 2), (0, 3), (0, 4)]);
+    }
+
+    #[test]
+    fn a_stream_cached_at_its_start_asks_first_for_the_first_chunk_it_lacks() {
+        let now = Instant::now();
+        let mut plan = Plan::new(
+            8 * CHUNK as u64,
+            CHUNK,
+            bits(8, [0, 1, 2]),
+            vec![origin()],
+            settings(true, 4, None),
+            now,
+        );
+        let conn = plan.open_conn(0, now);
+        plan.ready(conn, Bitfield::full(8));
+        plan.assign(now);
+        assert_eq!(plan.fetches(), vec![(0, 3)]);
+    }
+
+    #[test]
+    fn the_window_goes_first_when_streaming() {
+        let now = Instant::now();
+        let mut plan = plan_with(64, vec![peer(1, None)], settings(true, 4, None), now);
+        plan.assign(now);
+        assert_eq!(plan.fetches(), vec![(0, 0)]);
+        plan.delivered(0, 0, now);
+        plan.set_stream_pos(10);
+        plan.assign(now);
+        assert_eq!(
+            plan.fetches(),
+            vec![(0, 10), (0, 11)],
+            "nearest the reader first"
+        );
+    }
+
+    #[test]
+    fn the_origin_leaves_urgent_chunks_to_punctual_peers_and_takes_them_from_late_ones() {
+        let t0 = Instant::now();
+        let mut plan = plan_with(
+            16,
+            vec![peer(1, None), origin()],
+            settings(true, 4, None),
+            t0,
+        );
+        plan.assign(t0);
+        assert_eq!(plan.fetches(), vec![(0, 0)]);
+        plan.delivered(0, 0, t0);
+        plan.set_stream_pos(1);
+        plan.assign(t0);
+        assert_eq!(
+            plan.fetches(),
+            vec![(0, 1), (0, 2)],
+            "the origin waits while the peer is on time"
+        );
+        // The peer delivered chunk 0 at once (0 s per byte): 100 ms later it is late.
+        plan.nudge(t0 + 100 * MS);
+        assert_eq!(plan.fetches(), vec![(1, 1), (1, 2), (1, 3), (1, 4)]);
+        assert_eq!(
+            plan.hedged(),
+            2,
+            "1 and 2 were hedged; 3 and 4 were missing"
+        );
+    }
+
+    #[test]
+    fn the_origin_reads_at_most_two_windows_ahead_of_a_stream_while_peers_deliver() {
+        let now = Instant::now();
+        let mut plan = plan_with(
+            32,
+            vec![peer(1, Some(bits(32, [0]))), origin()],
+            settings(true, 1, None),
+            now,
+        );
+        plan.assign(now);
+        assert_eq!(plan.fetches(), vec![(0, 0)]);
+        plan.delivered(0, 0, now);
+        plan.set_stream_pos(1);
+        plan.assign(now);
+        assert_eq!(
+            plan.fetches(),
+            vec![(1, 1), (1, 2)],
+            "window 1 to chunk 1, horizon 3"
+        );
+    }
+
+    #[test]
+    fn the_endgame_hedges_a_late_chunk_and_cancels_the_slower_copy() {
+        let t0 = Instant::now();
+        let mut plan = plan_with(
+            2,
+            vec![peer(1, None), peer(2, None)],
+            settings(false, 4, None),
+            t0,
+        );
+        plan.assign(t0);
+        let first = plan.fetches();
+        assert_eq!(first.len(), 2);
+        assert!(first.iter().all(|f| f.0 == 0), "the first peer took both");
+        plan.nudge(t0 + 5 * MS);
+        assert!(plan.fetches().is_empty(), "nothing is late yet");
+        plan.nudge(t0 + 50 * MS);
+        assert_eq!(plan.fetches(), vec![(1, 0), (1, 1)]);
+        assert_eq!(plan.hedged(), 2);
+        let credit = plan.delivered(1, 0, t0 + 60 * MS).unwrap();
+        assert_eq!(
+            (credit.source, credit.origin, credit.len),
+            (1, false, CHUNK as u64)
+        );
+        assert_eq!(
+            plan.take_orders(),
+            vec![Order::Cancel { conn: 0, index: 0 }]
+        );
+        assert_eq!(
+            plan.delivered(0, 0, t0 + 70 * MS),
+            None,
+            "a second copy is not counted"
+        );
+        plan.cancelled(0, 1, t0 + 70 * MS);
+        plan.delivered(1, 1, t0 + 80 * MS);
+        assert!(plan.is_complete());
+        plan.check();
+    }
+
+    #[test]
+    fn the_endgame_duplicates_what_a_faster_peer_will_deliver_sooner() {
+        let t0 = Instant::now();
+        let mut plan = plan_with(
+            2,
+            vec![peer(1, None), peer(2, None)],
+            settings(false, 4, None),
+            t0,
+        );
+        plan.sources[0].secs_per_byte = Some(1e-6); // 16 ms a chunk
+        plan.sources[1].secs_per_byte = Some(1e-9); // 16 µs a chunk
+        plan.assign(t0);
+        let fetches = plan.fetches();
+        let to_slow = fetches.iter().filter(|f| f.0 == 0).count();
+        let to_fast: Vec<u32> = fetches.iter().filter(|f| f.0 == 1).map(|f| f.1).collect();
+        assert_eq!(to_slow, 2);
+        assert_eq!(
+            to_fast,
+            vec![0, 1],
+            "expected 16 µs here against 16 and 32 ms there"
+        );
+    }
+
+    #[test]
+    fn an_origin_in_the_endgame_takes_only_late_chunks() {
+        let t0 = Instant::now();
+        let mut plan = plan_with(
+            2,
+            vec![peer(1, None), origin()],
+            settings(false, 4, None),
+            t0,
+        );
+        plan.sources[0].secs_per_byte = Some(1e-6);
+        plan.sources[1].secs_per_byte = Some(1e-9);
+        plan.assign(t0);
+        let at_peer = plan.fetches();
+        assert!(at_peer.iter().all(|f| f.0 == 0));
+        let (head, second) = (at_peer[0].1, at_peer[1].1);
+        // 2 x 16 ms x 1 + 10 ms = 42.8 ms for the head; 75.6 ms for the second.
+        plan.nudge(t0 + 40 * MS);
+        assert!(
+            plan.fetches().is_empty(),
+            "the origin does not race a punctual peer"
+        );
+        plan.nudge(t0 + 50 * MS);
+        assert_eq!(plan.fetches(), vec![(1, head)]);
+        plan.nudge(t0 + 80 * MS);
+        assert_eq!(plan.fetches(), vec![(1, second)]);
+    }
+
+    #[test]
+    fn a_lying_source_loses_its_chunks_and_is_never_asked_again() {
+        let now = Instant::now();
+        let mut plan = plan_with(
+            8,
+            vec![peer(1, None), peer(2, None)],
+            settings(false, 4, None),
+            now,
+        );
+        plan.assign(now);
+        let first = plan.fetches();
+        let lost: Vec<u32> = first.iter().filter(|f| f.0 == 0).map(|f| f.1).collect();
+        assert_eq!(lost.len(), 2);
+        let (verdict, complaint) = plan.closed(
+            0,
+            End::Lied("sent chunk 1 with the wrong SHA-256".into()),
+            now,
+        );
+        assert_eq!(
+            verdict,
+            Verdict::Dropped {
+                error: "sent chunk 1 with the wrong SHA-256".into(),
+                newly: true
+            }
+        );
+        assert_eq!(complaint, Some(Complaint::Corrupt));
+        assert!(lost.iter().all(|i| plan.missing.contains(i)));
+        assert_eq!(plan.copies[0], 1, "the liar's copies no longer count");
+        for &(conn, index) in first.iter().filter(|f| f.0 == 1) {
+            plan.delivered(conn, index, now);
+        }
+        let rest = run_to_end(&mut plan, now);
+        assert!(rest.iter().all(|f| f.0 == 1));
+        assert!(lost.iter().all(|i| rest.iter().any(|f| f.1 == *i)));
+        assert!(plan.is_complete());
+    }
+
+    #[test]
+    fn availability_moves_by_the_bits_that_change() {
+        let now = Instant::now();
+        let mut plan = plan_with(
+            16,
+            vec![peer(1, Some(bits(16, 0..8))), peer(2, None), origin()],
+            settings(false, 4, None),
+            now,
+        );
+        assert_eq!((plan.copies[0], plan.copies[8], plan.copies[15]), (2, 1, 1));
+        plan.ready(0, bits(16, 0..10));
+        plan.check();
+        assert_eq!((plan.copies[8], plan.copies[9], plan.copies[10]), (2, 2, 1));
+        plan.ready(0, bits(16, 2..10));
+        plan.check();
+        assert_eq!((plan.copies[0], plan.copies[2]), (1, 2));
+        plan.refused(1, 8, now);
+        plan.check();
+        assert_eq!(plan.copies[8], 1);
+        plan.refused(1, 8, now);
+        assert_eq!(plan.copies[8], 1, "a second refusal changes nothing");
+        plan.closed(1, End::Failed("reset".into()), now);
+        plan.check();
+        assert_eq!((plan.copies[8], plan.copies[10], plan.copies[2]), (1, 0, 1));
+        assert!(
+            plan.copies.iter().all(|&c| c <= 1),
+            "the origin never counts"
+        );
+    }
+
+    #[test]
+    fn a_refused_chunk_goes_to_another_source() {
+        let now = Instant::now();
+        let mut plan = plan_with(
+            1,
+            vec![peer(1, None), peer(2, None)],
+            settings(false, 4, None),
+            now,
+        );
+        plan.assign(now);
+        assert_eq!(plan.fetches(), vec![(0, 0)]);
+        plan.refused(0, 0, now);
+        plan.assign(now);
+        assert_eq!(plan.fetches(), vec![(1, 0)]);
+        plan.refused(1, 0, now);
+        plan.assign(now);
+        assert!(plan.fetches().is_empty());
+        assert!(plan.stuck().unwrap().contains("1 of 1 chunks (first: 0)"));
+    }
+
+    #[test]
+    fn a_busy_source_is_paused_then_tried_again() {
+        let now = Instant::now();
+        let mut plan = plan_with(4, vec![origin()], settings(false, 4, None), now);
+        let (verdict, complaint) = plan.closed(0, End::Busy("no free slot".into()), now);
+        assert_eq!(
+            verdict,
+            Verdict::Retrying {
+                first: true,
+                error: "no free slot".into()
+            }
+        );
+        assert_eq!(complaint, None);
+        assert_eq!(plan.stuck(), None, "a paused source may still deliver");
+        plan.reconnect_due(now);
+        assert_eq!(plan.conns().len(), 1, "the pause is at least 125 ms");
+        plan.reconnect_due(now + Duration::from_secs(5));
+        assert_eq!(plan.conns().len(), 2);
+        assert!(plan.conns()[1].is_open());
+        plan.check();
+    }
+
+    #[test]
+    fn the_origin_is_given_up_after_its_retries() {
+        let now = Instant::now();
+        let mut plan = plan_with(4, vec![origin()], settings(false, 4, None), now);
+        let mut conn = 0;
+        for attempt in 0..ORIGIN_RETRIES {
+            let (verdict, _) = plan.closed(conn, End::Failed("reset".into()), now);
+            assert!(matches!(verdict, Verdict::Retrying { first, .. } if first == (attempt == 0)));
+            plan.reconnect_due(now + Duration::from_secs(60));
+            conn = plan.conns().len() - 1;
+        }
+        let (verdict, _) = plan.closed(conn, End::Failed("reset".into()), now);
+        assert!(matches!(verdict, Verdict::Dropped { newly: true, .. }));
+        let stuck = plan.stuck().unwrap();
+        assert!(stuck.contains("held by no source still usable"), "{stuck}");
+        assert!(stuck.contains("origin 10.0.0.100:7001: reset"), "{stuck}");
+    }
+
+    #[test]
+    fn an_unreachable_peer_is_reported_and_an_origin_takes_its_place() {
+        let now = Instant::now();
+        let size = 8 * CHUNK as u64;
+        let two = Settings {
+            workers: 2,
+            ..settings(false, 4, None)
+        };
+        let mut plan = Plan::new(
+            size,
+            CHUNK,
+            Bitfield::new(8),
+            vec![peer(1, None), origin()],
+            two,
+            now,
+        );
+        plan.open_initial(now);
+        assert_eq!(
+            plan.conns().iter().map(|c| c.source).collect::<Vec<_>>(),
+            vec![0, 0, 1]
+        );
+        let (verdict, complaint) =
+            plan.closed(0, End::Unreachable("connection refused".into()), now);
+        assert!(matches!(verdict, Verdict::Dropped { newly: true, .. }));
+        assert_eq!(complaint, Some(Complaint::Unreachable));
+        assert!(
+            !plan.conns()[1].is_open(),
+            "the peer's other connection retires"
+        );
+        assert_eq!(plan.conns().len(), 4);
+        assert_eq!(
+            plan.conns()[3].source,
+            1,
+            "an origin connection replaces the lost one"
+        );
+        let (verdict, _) = plan.closed(1, End::Unreachable("connection refused".into()), now);
+        assert!(matches!(verdict, Verdict::Dropped { newly: false, .. }));
+        let (verdict, complaint) = plan.closed(2, End::Unreachable("refused".into()), now);
+        assert!(matches!(verdict, Verdict::Retrying { .. }));
+        assert_eq!(complaint, None, "the origin is retried, not reported");
+        plan.check();
+    }
+
+    #[test]
+    fn a_store_failure_stops_the_download() {
+        let now = Instant::now();
+        let mut plan = plan_with(4, vec![origin()], settings(false, 4, None), now);
+        plan.assign(now);
+        plan.fetches();
+        let (verdict, _) = plan.closed(0, End::Local("the disk is full".into()), now);
+        assert_eq!(verdict, Verdict::Fatal("the disk is full".into()));
+        plan.check();
+    }
+
+    #[test]
+    fn new_peers_join_once_and_retire_the_extra_origin_connections() {
+        let now = Instant::now();
+        let mut plan = Plan::new(
+            8 * CHUNK as u64,
+            CHUNK,
+            Bitfield::new(8),
+            vec![origin()],
+            settings(false, 4, None),
+            now,
+        );
+        plan.open_initial(now);
+        assert_eq!(plan.conns().len(), 4, "an origin alone gets every worker");
+        plan.take_swarm(
+            vec![origin(), peer(1, Some(bits(8, [1])))],
+            Some(bits(8, [0])),
+            now,
+        );
+        assert_eq!(
+            plan.sources().len(),
+            2,
+            "a known address is not added twice"
+        );
+        assert_eq!(plan.conns().len(), 5);
+        let open: Vec<bool> = plan.conns().iter().map(Conn::is_open).collect();
+        assert_eq!(open, vec![true, false, false, false, true]);
+        assert_eq!(plan.origin_share, Some(bits(8, [0])));
+        plan.take_swarm(Vec::new(), None, now);
+        assert_eq!(
+            plan.origin_share,
+            Some(bits(8, [0])),
+            "no share named: the old holds"
+        );
+        plan.check();
+    }
+
+    #[test]
+    fn a_starved_connection_waits_for_something_to_change() {
+        let now = Instant::now();
+        let mut plan = plan_with(
+            8,
+            vec![peer(1, Some(bits(8, [0])))],
+            settings(false, 4, None),
+            now,
+        );
+        plan.assign(now);
+        assert_eq!(plan.fetches(), vec![(0, 0)]);
+        plan.delivered(0, 0, now);
+        plan.assign(now);
+        assert!(plan.fetches().is_empty());
+        assert_eq!(plan.conns[0].starved_at, Some(plan.epoch));
+        plan.ready(0, bits(8, [0, 5]));
+        plan.assign(now);
+        assert_eq!(
+            plan.fetches(),
+            vec![(0, 5)],
+            "its new chunk is asked for at once"
+        );
     }
 }
