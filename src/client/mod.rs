@@ -14,7 +14,7 @@
 //! While it downloads, the client serves what it has through an embedded server
 //! (`serving`) and announces its progress twice a second (`announce`); the tracker
 //! answers with new peers and the share of chunks this client should take from the origin.
-//! [`stream`] writes the asset out in order while it downloads; `summary` reports.
+//! [`stream`](mod@stream) writes the asset out in order while it downloads; `summary` reports.
 //!
 //! The data path reads one way: socket → [`crate::wire`] (in the worker) → `plan` →
 //! [`crate::store`]; the plan imports neither the scheduler, the workers nor sockets.
