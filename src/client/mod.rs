@@ -284,44 +284,19 @@ fn fetch(config: &GetConfig, seed: bool, out: Option<&mut (dyn Write + Send)>) -
     if let Some(output) = &output {
         store.export(&config.asset, output)?;
     }
-    let downloaded = downloaded.unwrap_or_default();
-    let sum = |origin: bool| {
-        downloaded
-            .sources
-            .iter()
-            .filter(|s| s.origin == origin)
-            .map(|s| s.bytes)
-            .sum::<u64>()
-    };
-    let (from_peers, from_origin) = (sum(false), sum(true));
-    let network = from_peers + from_origin;
-    let seconds = started.elapsed().as_secs_f64();
-    let streamed = streamed.unwrap_or_default();
     let summary = Summary {
-        asset: config.asset.to_string(),
-        name: manifest.name.clone(),
-        size: manifest.size,
         output,
-        from_cache,
-        from_peers,
-        from_origin,
-        p2p_ratio: (network > 0).then(|| from_peers as f64 / network as f64),
-        seconds,
-        average_rate: network as f64 / seconds.max(1e-9),
-        peak_rate: downloaded.peak_rate,
-        uploaded: serving
-            .as_ref()
-            .map_or(0, |s| s.uploaded.get(&config.asset)),
-        peers_used: downloaded
-            .sources
-            .iter()
-            .filter(|s| !s.origin && s.bytes > 0)
-            .count(),
-        first_byte_secs: streamed.first_byte_secs.or(downloaded.first_chunk_secs),
-        stalls: streamed.stalls,
-        stall_secs: streamed.stall_secs,
-        hedged: downloaded.hedged,
-        sources: downloaded.sources,
+        ..Summary::new(
+            &config.asset,
+            &manifest,
+            from_cache,
+            downloaded.unwrap_or_default(),
+            streamed.unwrap_or_default(),
+            serving
+                .as_ref()
+                .map_or(0, |s| s.uploaded.get(&config.asset)),
+            started.elapsed(),
+        )
     };
     // Without seeding, `announcer` and `serving` are dropped here: the client says
     // "stopped" to the tracker and its server shuts down.

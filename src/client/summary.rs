@@ -7,7 +7,10 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::manifest::{AssetId, Manifest};
+
 use super::config::Progress;
+use super::stream::StreamStats;
 
 /// Bytes taken from one source.
 #[derive(Clone, Debug, Serialize)]
@@ -71,6 +74,54 @@ pub struct Summary {
 }
 
 impl Summary {
+    /// The summary of a `get` of `manifest` that took `elapsed`, from what the download
+    /// and the stream saw (with no output path: the caller names it).
+    pub(crate) fn new(
+        asset: &AssetId,
+        manifest: &Manifest,
+        from_cache: u64,
+        downloaded: Downloaded,
+        streamed: StreamStats,
+        uploaded: u64,
+        elapsed: Duration,
+    ) -> Summary {
+        let sum = |origin: bool| {
+            downloaded
+                .sources
+                .iter()
+                .filter(|s| s.origin == origin)
+                .map(|s| s.bytes)
+                .sum::<u64>()
+        };
+        let (from_peers, from_origin) = (sum(false), sum(true));
+        let network = from_peers + from_origin;
+        let seconds = elapsed.as_secs_f64();
+        Summary {
+            asset: asset.to_string(),
+            name: manifest.name.clone(),
+            size: manifest.size,
+            output: None,
+            from_cache,
+            from_peers,
+            from_origin,
+            p2p_ratio: (network > 0).then(|| from_peers as f64 / network as f64),
+            seconds,
+            average_rate: network as f64 / seconds.max(1e-9),
+            peak_rate: downloaded.peak_rate,
+            uploaded,
+            peers_used: downloaded
+                .sources
+                .iter()
+                .filter(|s| !s.origin && s.bytes > 0)
+                .count(),
+            first_byte_secs: streamed.first_byte_secs.or(downloaded.first_chunk_secs),
+            stalls: streamed.stalls,
+            stall_secs: streamed.stall_secs,
+            hedged: downloaded.hedged,
+            sources: downloaded.sources,
+        }
+    }
+
     /// One line for people: where the bytes came from, time and rates.
     pub fn human(&self) -> String {
         use crate::units::{format_bytes, format_rate};
