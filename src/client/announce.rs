@@ -12,12 +12,11 @@ use crossbeam_channel::{Sender, bounded};
 
 use crate::api::{AnnounceEvent, AnnounceRequest, AnnounceResponse};
 use crate::manifest::AssetId;
-use crate::server::{TicketKeys, UploadCounter};
 use crate::sync::{LockExt, RwLockExt};
 use crate::tracker_client::{TrackerClient, new_peer_id};
 
 use super::plan::Complaint;
-use super::serving::{LiveHave, Serving};
+use super::serving::{LiveHave, Serving, TicketKeys, UploadCounter};
 use super::worker::Ticket;
 
 /// While downloading, progress is announced this often, so that other peers learn within

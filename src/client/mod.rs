@@ -266,7 +266,7 @@ fn fetch(config: &GetConfig, seed: bool, out: Option<&mut (dyn Write + Send)>) -
                 result
             })
         });
-        let downloaded = scheduler.map(Scheduler::run).transpose();
+        let downloaded = scheduler.map(|s| s.run(interrupted)).transpose();
         let streamed = streamer
             .map(|s| s.join().expect("stream thread panicked"))
             .transpose();

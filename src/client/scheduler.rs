@@ -22,7 +22,6 @@ use crate::sync::RwLockExt;
 
 use super::announce::Reports;
 use super::config::GetConfig;
-use super::interrupted;
 use super::plan::{Order, PIPELINE_DEPTH, Plan, Settings, Verdict};
 use super::serving::LiveHave;
 use super::sources::Source;
@@ -142,8 +141,9 @@ impl<'a> Scheduler<'a> {
         self.events_tx.clone()
     }
 
-    /// Downloads every missing chunk, recording progress as it goes.
-    pub(crate) fn run(mut self) -> Result<Downloaded> {
+    /// Downloads every missing chunk, recording progress as it goes; `interrupted` is
+    /// polled every tick and ends the download when it says so.
+    pub(crate) fn run(mut self, interrupted: impl Fn() -> bool) -> Result<Downloaded> {
         self.plan.open_initial(Instant::now());
         self.sync();
         let (ckpt_tx, ckpt_rx) = bounded::<Bitfield>(1);
@@ -155,7 +155,7 @@ impl<'a> Scheduler<'a> {
                 }
                 Ok(())
             });
-            let outcome = self.drive(&ckpt_tx);
+            let outcome = self.drive(&ckpt_tx, &interrupted);
             if outcome.is_err() {
                 // Keep everything verified so far, so that "run it again to resume" holds.
                 let _ = ckpt_tx.send(self.plan.done().clone());
@@ -181,7 +181,7 @@ impl<'a> Scheduler<'a> {
         })
     }
 
-    fn drive(&mut self, ckpt_tx: &Sender<Bitfield>) -> Result<()> {
+    fn drive(&mut self, ckpt_tx: &Sender<Bitfield>, interrupted: &impl Fn() -> bool) -> Result<()> {
         let mut last_checkpoint = Instant::now();
         let mut dirty = false;
         while !self.plan.is_complete() {

@@ -8,11 +8,11 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 
 use crate::manifest::Manifest;
-pub(crate) use crate::server::LiveHave;
 use crate::server::{
     DEFAULT_MAX_CONNS, DEFAULT_MAX_CONNS_PER_ADDR, DEFAULT_UPLOAD_SLOTS, Server, ServerConfig,
-    ShutdownHandle, TicketKeys, UploadCounter,
+    ShutdownHandle,
 };
+pub(crate) use crate::server::{LiveHave, TicketKeys, UploadCounter};
 
 use super::config::GetConfig;
 
