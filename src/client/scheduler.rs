@@ -276,10 +276,13 @@ impl<'a> Scheduler<'a> {
             }
             Event::Swarm(answer) => {
                 let count = self.manifest.chunk_count();
+                // Only sources not seen before are built (their have lists parsed).
+                let known = self.plan.sources();
                 let new = answer
                     .peers
                     .iter()
                     .chain(&answer.origins)
+                    .filter(|info| !known.iter().any(|s| s.addr == info.addr))
                     .map(|info| Source::from_info(info, count))
                     .collect();
                 let share = answer
