@@ -1,15 +1,15 @@
-//! The client's announces: one before the download (its sources), then from their own
-//! thread twice a second while it downloads (new peers and origin shares go to the
-//! scheduler), at the tracker's heartbeat period while it seeds, and "stopped" on the way
-//! out, with the peers found unreachable or corrupt since the last announce.
+//! What a client announces, through the crate's one announce loop ([`crate::announce`]):
+//! one announce before the download (its sources), then every half second while it
+//! downloads (each answer, with new peers and origin shares, goes to the scheduler), at the
+//! tracker's heartbeat period while it seeds, and "stopped" on the way out, with the peers
+//! found unreachable or corrupt since the last announce.
 
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use crossbeam_channel::{Sender, bounded};
 
+use crate::announce::{self, DEFAULT_ANNOUNCE_INTERVAL, Departure, Rhythm};
 use crate::api::{AnnounceEvent, AnnounceRequest, AnnounceResponse};
 use crate::manifest::AssetId;
 use crate::sync::{LockExt, RwLockExt};
@@ -22,8 +22,6 @@ use super::worker::Ticket;
 /// While downloading, progress is announced this often, so that other peers learn within
 /// half a second what this one can serve and this one learns of newcomers as fast.
 const ANNOUNCE_PERIOD: Duration = Duration::from_millis(500);
-/// After a failed announce the next comes at least this much later.
-const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
 
 /// Peers the scheduler gave up on for a reason the tracker should know, drained by the next
 /// announce.
@@ -68,6 +66,8 @@ pub(crate) struct Announce {
     pub(crate) ticket: Ticket,
     /// The embedded server, told the tracker's keys from every answer.
     keys: Option<TicketKeys>,
+    /// While downloading, where each answer goes (the scheduler); `None` when seeding.
+    on_answer: Option<OnAnswer>,
 }
 
 impl Announce {
@@ -92,6 +92,7 @@ impl Announce {
             reports: Reports::default(),
             ticket: Ticket::default(),
             keys: serving.map(|s| s.keys.clone()),
+            on_answer: None,
         }
     }
 
@@ -123,7 +124,7 @@ impl Announce {
 
     /// Tells the tracker this peer is gone, with what it served and found wrong since the
     /// last announce.
-    fn leave(&self) {
+    fn stopped(&self) {
         let Complaints {
             unreachable,
             corrupt,
@@ -139,101 +140,49 @@ impl Announce {
     }
 }
 
-/// Says "stopped" to the tracker when dropped, unless disarmed.
-pub(crate) struct Departure(pub(crate) Option<Announce>);
-
-impl Drop for Departure {
-    fn drop(&mut self) {
-        if let Some(announce) = self.0.take() {
-            announce.leave();
+impl announce::Announce for Announce {
+    /// One announce; while downloading the answer goes to the scheduler and the period
+    /// stays fixed, while seeding the tracker's heartbeat period is taken.
+    fn beat(&mut self) -> Result<Option<Duration>> {
+        let answer = self.once()?;
+        match &self.on_answer {
+            Some(on_answer) => {
+                on_answer(answer);
+                Ok(None)
+            }
+            None => Ok(Some(Duration::from_secs(answer.interval_secs))),
         }
+    }
+
+    fn leave(&mut self) {
+        self.stopped();
+    }
+
+    fn tracker(&self) -> String {
+        self.tracker.url().to_string()
     }
 }
 
 /// Where a downloading client's announce answers go.
-pub(crate) type OnAnswer = Box<dyn Fn(AnnounceResponse) + Send>;
+pub(crate) type OnAnswer = Arc<dyn Fn(AnnounceResponse) + Send + Sync>;
 
-/// Announces on a period from its own thread, so a slow tracker never holds up the
-/// scheduler, and hands each answer (new peers, a new origin share) to it. Without a
-/// scheduler (seeding) it beats at the tracker's heartbeat period. Dropping it stops the
-/// thread at once and, through its [`Departure`], leaves the swarm.
-pub(crate) struct Announcer {
-    /// Dropped to stop the thread (it waits on the other end instead of sleeping).
-    stop: Option<Sender<()>>,
-    thread: Option<JoinHandle<()>>,
-    announce: Announce,
-    departure: Departure,
+/// The client's announce loop.
+pub(crate) type Announcer = announce::Announcer<Announce>;
+
+/// Announces every [`ANNOUNCE_PERIOD`] while the download runs, handing each answer to
+/// `on_answer`; dropping the announcer leaves the swarm.
+pub(crate) fn downloading(mut departure: Departure<Announce>, on_answer: OnAnswer) -> Announcer {
+    departure.announce().on_answer = Some(on_answer);
+    Announcer::start(departure, Rhythm::fixed(ANNOUNCE_PERIOD), ANNOUNCE_PERIOD)
 }
 
-impl Announcer {
-    /// Starts announcing; `on_answer` is the scheduler's, `None` when seeding.
-    pub(crate) fn start(
-        announce: Announce,
-        on_answer: Option<OnAnswer>,
-        departure: Departure,
-    ) -> Announcer {
-        let (stop, stopped) = bounded::<()>(0);
-        let thread = {
-            let announce = announce.clone();
-            std::thread::spawn(move || {
-                let mut period = if on_answer.is_some() {
-                    ANNOUNCE_PERIOD
-                } else {
-                    Duration::ZERO
-                };
-                let mut failing = false;
-                // Disconnected (the announcer dropped) ends the loop; a timeout announces.
-                while let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
-                    stopped.recv_timeout(period)
-                {
-                    match announce.once() {
-                        Ok(answer) => {
-                            failing = false;
-                            match &on_answer {
-                                Some(on_answer) => on_answer(answer),
-                                None => {
-                                    period =
-                                        Duration::from_secs(answer.interval_secs.clamp(1, 3600))
-                                }
-                            }
-                        }
-                        Err(e) => {
-                            if !failing {
-                                log::warn!("announcing failed (will retry): {e:#}");
-                            }
-                            failing = true;
-                            period = period.max(RETRY_AFTER_FAILURE);
-                        }
-                    }
-                }
-            })
-        };
-        Announcer {
-            stop: Some(stop),
-            thread: Some(thread),
-            announce,
-            departure,
-        }
-    }
-
-    fn halt(&mut self) {
-        drop(self.stop.take());
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-
-    /// The same announces, now at the tracker's heartbeat period and without a scheduler;
-    /// the peer stays in the swarm across the switch.
-    pub(crate) fn seeding(mut self) -> Announcer {
-        self.halt();
-        let departure = Departure(self.departure.0.take());
-        Announcer::start(self.announce.clone(), None, departure)
-    }
-}
-
-impl Drop for Announcer {
-    fn drop(&mut self) {
-        self.halt();
-    }
+/// Announces at the tracker's heartbeat period, the first at once, while the asset is
+/// seeded; dropping the announcer leaves the swarm.
+pub(crate) fn seeding(mut departure: Departure<Announce>) -> Announcer {
+    departure.announce().on_answer = None;
+    Announcer::start(
+        departure,
+        Rhythm::tracker(DEFAULT_ANNOUNCE_INTERVAL),
+        Duration::ZERO,
+    )
 }

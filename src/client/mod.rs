@@ -46,7 +46,8 @@ use crate::store::cache;
 use crate::store::{InUse, Store};
 use crate::tracker_client::TrackerClient;
 
-use announce::{Announce, Announcer, Departure};
+use crate::announce::Departure;
+use announce::{Announce, Announcer};
 use scheduler::{Event, Scheduler, Watch};
 use serving::{LiveHave, Serving};
 use sources::Source;
@@ -188,7 +189,7 @@ fn fetch(config: &GetConfig, seed: bool, out: Option<&mut (dyn Write + Send)>) -
             })?;
             let first = announce.once()?;
             // From here on, every way out of this function leaves the swarm again.
-            let departure = Departure(Some(announce.clone()));
+            let departure = Departure::new(announce.clone());
             let count = manifest.chunk_count();
             let sources: Vec<Source> = first
                 .peers
@@ -221,12 +222,11 @@ fn fetch(config: &GetConfig, seed: bool, out: Option<&mut (dyn Write + Send)>) -
                 },
             );
             let events = scheduler.events();
-            announcer = Some(Announcer::start(
-                announce,
-                Some(Box::new(move |answer| {
-                    let _ = events.send(Event::Swarm(answer));
-                })),
+            announcer = Some(announce::downloading(
                 departure,
+                Arc::new(move |answer| {
+                    let _ = events.send(Event::Swarm(answer));
+                }),
             ));
             Some(scheduler)
         }
@@ -303,8 +303,9 @@ fn fetch(config: &GetConfig, seed: bool, out: Option<&mut (dyn Write + Send)>) -
     let seeding = match serving {
         Some(serving) if seed => {
             let announcer = match announcer {
-                Some(announcer) => Some(announcer.seeding()),
-                None => announce.map(|a| Announcer::start(a.clone(), None, Departure(Some(a)))),
+                // The peer stays in the swarm across the switch.
+                Some(announcer) => Some(announce::seeding(announcer.halt())),
+                None => announce.map(|a| announce::seeding(Departure::new(a))),
             };
             Some(Seeding {
                 serving,

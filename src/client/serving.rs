@@ -1,18 +1,16 @@
 //! The peer server a `get` embeds: it serves the asset from the download's store while it
 //! downloads (from the live have-bitmap the scheduler updates), and after it when seeding.
-//! Every name this client takes from [`crate::server`] is used here and only here.
+//! Every name this client takes from [`crate::server`] comes through here.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
 
+pub(crate) use crate::bitfield::LiveHave;
 use crate::manifest::Manifest;
-use crate::server::{
-    DEFAULT_MAX_CONNS, DEFAULT_MAX_CONNS_PER_ADDR, DEFAULT_UPLOAD_SLOTS, Server, ServerConfig,
-    ShutdownHandle,
-};
-pub(crate) use crate::server::{LiveHave, TicketKeys, UploadCounter};
+use crate::server::{Server, ServerConfig, ShutdownHandle};
+pub(crate) use crate::server::{TicketKeys, UploadCounter};
 
 use super::config::GetConfig;
 
@@ -36,21 +34,11 @@ impl Serving {
         await_keys: bool,
     ) -> Result<Serving> {
         let server = Server::bind(ServerConfig {
-            listen,
-            store: config.store.clone(),
-            seeds: Vec::new(),
             chunk_size: manifest.chunk_size,
-            tracker: None,
-            origin: false,
             advertise: config.advertise,
-            max_conns: DEFAULT_MAX_CONNS,
-            max_conns_per_addr: DEFAULT_MAX_CONNS_PER_ADDR,
             max_upload_rate: config.max_upload_rate,
-            upload_slots: DEFAULT_UPLOAD_SLOTS,
-            announce_interval: None,
-            token: None,
-            ticket_keys: Vec::new(),
             await_keys,
+            ..ServerConfig::new(listen, config.store.clone())
         })
         .context("starting to serve while downloading (use --no-serve to download only)")?;
         server.serve_live(manifest.id(), Arc::clone(live));
