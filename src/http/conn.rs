@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 
-use super::request::{Head, Method};
+use super::head::{Head, Method};
 use super::{Accepted, MAX_HEAD, Response, response};
 use crate::net::{ShutdownHandle, is_timeout};
 

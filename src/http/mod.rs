@@ -1,5 +1,7 @@
-//! The HTTP/1.1 server under the tracker's API and the peer server's metrics endpoint, on
-//! the listener skeleton of [`crate::net`]: one accept thread, a fixed pool of workers, and
+//! The HTTP/1.1 server under the tracker's API and the peer server's metrics endpoint.
+//! Our own because no blocking HTTP server crate bounds how long a client may take to send
+//! its request (tiny_http has no read deadlines), and a tracker handed to hostile token
+//! holders needs that bound. It runs on the listener skeleton of [`crate::net`]: one accept thread, a fixed pool of workers, and
 //! a bound on everything a client controls: how long it takes to send a request, how long
 //! it idles between requests, how long it leaves an answer unread, how large a head or a
 //! body may be, and how many connections one address holds. Request heads are parsed by
@@ -11,10 +13,11 @@
 //! answered 503 at once. Refusals (503, 429) are written by a pool of two threads, so the
 //! accept thread never waits on a client.
 //!
-//! Rooms: `request` (heads, framing, bodies), `response` (answers), `conn` (one
-//! connection's socket, deadlines and buffer).
+//! Rooms: `head` (methods, heads, body framing: pure), `request` (what a handler reads,
+//! bodies), `response` (answers), `conn` (one connection's socket, deadlines and buffer).
 
 mod conn;
+mod head;
 mod request;
 mod response;
 
@@ -30,8 +33,9 @@ pub use crate::net::ShutdownHandle;
 use crate::net::{Conns, Counted, Listener, Refusals, Refused, linger_close};
 use crate::sync::LockExt;
 use conn::{Conn, NoRequest, Socket};
-use request::framing;
-pub use request::{BodyError, Method, Request};
+pub use head::Method;
+use head::framing;
+pub use request::{BodyError, Request};
 pub use response::{Response, error_body};
 
 /// Default time a client has to send a whole request, head and body, from its first byte
