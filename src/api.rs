@@ -118,6 +118,15 @@ pub struct AnnounceResponse<S = String> {
     /// The address the tracker recorded for this peer, when it serves.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub your_addr: Option<String>,
+    /// A random id the tracker picks at each start. A peer that sees it change knows the
+    /// tracker restarted and forgot every swarm (absent from trackers older than it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
+    /// "Warming up, retry in N s": set when the tracker knows no source for the asset
+    /// because it restarted less than a heartbeat period ago. Every live source announces
+    /// again within N seconds, so a client waits and announces again instead of failing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warming_up_secs: Option<u64>,
     /// For a serving peer still downloading: hex bitfield of the chunks to take from the
     /// origin. Other leechers were given disjoint shares; the rest comes from peers.
     #[serde(default, skip_serializing_if = "Option::is_none")]

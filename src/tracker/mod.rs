@@ -18,14 +18,15 @@
 //! Rooms: this file binds and serves; `routes` parses, authorises and answers each
 //! request; `swarm` keeps one asset's peers (heartbeats, timeouts, reports, bans) and
 //! picks whom to hand out; `plan` splits what the origin sends among the downloaders
-//! (pure); `stats` computes `/stats` and `/metrics`; [`catalog`] keeps the manifests on
-//! disk. A request goes routes → swarm → plan, and nothing below calls back up.
+//! (pure); `stats` computes `/stats` and `/metrics`; `warmup` is what a restarted tracker
+//! says until its swarms have filled again; [`catalog`] keeps the manifests on disk. A request goes routes → swarm → plan, and nothing below calls back up.
 
 pub mod catalog;
 mod plan;
 mod routes;
 mod stats;
 mod swarm;
+mod warmup;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -42,6 +43,7 @@ use crate::manifest::AssetId;
 use crate::ratelimit::AddressLimiter;
 use catalog::Catalog;
 use swarm::Swarm;
+use warmup::WarmUp;
 
 /// Default time after which a silent peer leaves its swarm: three missed heartbeats at the
 /// default 20 s interval, so one lost announce never drops a healthy peer.
@@ -124,6 +126,12 @@ impl TrackerConfig {
     }
 }
 
+/// How often peers are asked to announce: a third of the peer timeout (at least 1 s), so
+/// one lost announce never drops a healthy peer.
+fn heartbeat(peer_timeout: Duration) -> Duration {
+    Duration::from_secs((peer_timeout.as_secs() / 3).max(1))
+}
+
 /// With auth on: who may do what, and the keys tickets are signed with.
 struct Auth {
     tokens: Tokens,
@@ -136,6 +144,8 @@ struct State {
     catalog: RwLock<Catalog>,
     swarms: Mutex<HashMap<AssetId, Swarm>>,
     started: Instant,
+    /// The instance id, and the hint for sources that may not have announced since the start.
+    warm_up: WarmUp,
     announces: AtomicU64,
     peer_timeout: Duration,
     max_peers: usize,
@@ -175,6 +185,9 @@ impl Tracker {
             write_timeout: config.http_timeout,
             ..HttpConfig::new(config.listen, "the tracker", "tracker")
         })?;
+        let started = Instant::now();
+        let known = catalog.iter().map(|(id, _)| *id).collect();
+        let warm_up = WarmUp::new(started, heartbeat(config.peer_timeout), known)?;
         let limit = |rate: u32| {
             (rate > 0).then(|| AddressLimiter::new(rate, rate.saturating_mul(RATE_BURST_SECS)))
         };
@@ -183,7 +196,8 @@ impl Tracker {
             state: Arc::new(State {
                 catalog: RwLock::new(catalog),
                 swarms: Mutex::new(HashMap::new()),
-                started: Instant::now(),
+                started,
+                warm_up,
                 announces: AtomicU64::new(0),
                 peer_timeout: config.peer_timeout,
                 max_peers: config.max_peers,

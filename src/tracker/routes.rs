@@ -10,8 +10,8 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use super::State;
 use super::swarm::Announce;
+use super::{State, heartbeat};
 use crate::api::{
     AnnounceEvent, AnnounceRequest, AnnounceResponse, AssetSummary, ErrorBody, KeysResponse,
     PeerInfo, PublishResponse,
@@ -161,6 +161,7 @@ impl State {
     fn health(&self) -> serde_json::Value {
         serde_json::json!({
             "status": "ok",
+            "instance": self.warm_up.instance(),
             "assets": self.catalog.read_now().len(),
             "uptime_secs": self.started.elapsed().as_secs(),
         })
@@ -268,11 +269,16 @@ impl State {
             self.peer_timeout,
             now,
         );
+        let has_sources = !answer.peers.is_empty() || !answer.origins.is_empty();
         // Written while the swarm is locked: the answer borrows its peers' strings.
         Ok(json(
             200,
             &AnnounceResponse {
-                interval_secs: (self.peer_timeout.as_secs() / 3).max(1),
+                interval_secs: heartbeat(self.peer_timeout).as_secs(),
+                instance: Some(self.warm_up.instance().to_string()),
+                warming_up_secs: (!leaving)
+                    .then(|| self.warm_up.retry_in(&id, has_sources, now))
+                    .flatten(),
                 chunk_count,
                 peers: answer.peers,
                 origins: answer.origins,
@@ -343,7 +349,8 @@ fn read_body(request: &mut http::Request<'_>, limit: usize) -> Result<String, Ht
 }
 
 /// Where a peer serves: its stated address, with an unspecified ip (`0.0.0.0`, `::`)
-/// replaced by the address its announce came from.
+/// replaced by the address its announce came from. A loopback address announced from
+/// another address is refused: handed out, it would send every client to itself.
 fn resolve_addr(text: &str, remote: Option<SocketAddr>) -> Result<SocketAddr, HttpError> {
     let stated: SocketAddr = text.parse().map_err(|_| {
         err(
@@ -355,6 +362,21 @@ fn resolve_addr(text: &str, remote: Option<SocketAddr>) -> Result<SocketAddr, Ht
         return Err(err(
             400,
             format!("addr {text:?} has port 0; announce the port the peer listens on"),
+        ));
+    }
+    let from_elsewhere = remote.is_some_and(|r| !r.ip().to_canonical().is_loopback());
+    if stated.ip().to_canonical().is_loopback() && from_elsewhere {
+        return Err(err(
+            400,
+            format!(
+                "addr {stated} is a loopback address, but this announce came from {}: \
+                 peers on other hosts cannot reach it; listen with --listen 0.0.0.0:{} \
+                 (announced as the address the tracker sees) or give --advertise-addr HOST:PORT",
+                remote
+                    .map(|r| r.ip().to_canonical().to_string())
+                    .unwrap_or_default(),
+                stated.port()
+            ),
         ));
     }
     if !stated.ip().is_unspecified() {
@@ -384,9 +406,10 @@ mod tests {
             resolve_addr("[::]:7001", Some("[::ffff:192.0.2.7]:1".parse().unwrap())).unwrap(),
             "192.0.2.7:7001".parse().unwrap()
         );
+        // A stated address is kept as is (issue 11: unless it is loopback, see below).
         assert_eq!(
-            resolve_addr("[::1]:7001", Some(remote)).unwrap(),
-            "[::1]:7001".parse().unwrap()
+            resolve_addr("[2001:db8::1]:7001", Some(remote)).unwrap(),
+            "[2001:db8::1]:7001".parse().unwrap()
         );
         assert_eq!(
             resolve_addr("127.0.0.1:0", Some(remote))
@@ -398,5 +421,44 @@ mod tests {
             resolve_addr("nonsense", Some(remote)).unwrap_err().status,
             400
         );
+    }
+
+    #[test]
+    fn a_loopback_address_is_refused_from_another_host_and_kept_from_this_one() {
+        let remote: SocketAddr = "10.77.0.2:40000".parse().unwrap();
+        let refused = resolve_addr("127.0.0.1:7001", Some(remote)).unwrap_err();
+        assert_eq!(refused.status, 400);
+        for words in [
+            "127.0.0.1:7001",
+            "10.77.0.2",
+            "--listen 0.0.0.0:7001",
+            "--advertise-addr",
+        ] {
+            assert!(
+                refused.message.contains(words),
+                "{words}: {}",
+                refused.message
+            );
+        }
+        let mapped: SocketAddr = "[::ffff:10.77.0.2]:1".parse().unwrap();
+        assert_eq!(
+            resolve_addr("[::1]:7001", Some(mapped)).unwrap_err().status,
+            400
+        );
+        assert_eq!(
+            resolve_addr("127.0.0.2:7001", Some(remote))
+                .unwrap_err()
+                .status,
+            400,
+            "all of 127/8 is loopback"
+        );
+        let local: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        assert_eq!(
+            resolve_addr("127.0.0.1:7001", Some(local)).unwrap(),
+            "127.0.0.1:7001".parse().unwrap()
+        );
+        let mapped_local: SocketAddr = "[::ffff:127.0.0.1]:1".parse().unwrap();
+        assert!(resolve_addr("127.0.0.1:7001", Some(mapped_local)).is_ok());
+        assert!(resolve_addr("10.77.0.2:7001", Some(remote)).is_ok());
     }
 }
