@@ -289,6 +289,20 @@ impl Proc {
         assert!(status.success(), "kill -{name} {}", self.pid());
     }
 
+    /// Waits at most `limit` for the child to exit; its status, or `None` if it still runs.
+    pub fn exited_within(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Kills the child (SIGKILL) and reaps it.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

@@ -2,6 +2,7 @@
 //! temporary directory. One test binary (`autotests = false`) keeps link time down.
 
 mod harness;
+mod netns;
 
 mod auth;
 mod cache;
@@ -12,5 +13,6 @@ mod hostile_http;
 mod metrics;
 mod network;
 mod pipeline;
+mod restarts;
 mod stream;
 mod swarm;
