@@ -51,6 +51,8 @@ pub struct TrackerClient {
     base: String,
     agent: ureq::Agent,
     token: Option<String>,
+    /// Tries of a request answered "busy": [`BUSY_ATTEMPTS`], or 1 for a hurried client.
+    attempts: u32,
 }
 
 impl TrackerClient {
@@ -62,19 +64,24 @@ impl TrackerClient {
                 "tracker URL {url:?} must look like http://HOST:PORT (https is not supported yet)"
             );
         }
-        let agent = ureq::AgentBuilder::new()
-            .timeout_connect(CONNECT_TIMEOUT)
-            .timeout(REQUEST_TIMEOUT)
-            // The tracker closes idle connections after 10 s; a pooled one may be dead by the
-            // next heartbeat, and ureq does not retry a POST on it. A fresh connection per
-            // request costs a millisecond.
-            .max_idle_connections(0)
-            .build();
         Ok(TrackerClient {
             base,
-            agent,
+            agent: agent(CONNECT_TIMEOUT, REQUEST_TIMEOUT),
             token: None,
+            attempts: BUSY_ATTEMPTS,
         })
+    }
+
+    /// The same tracker, for a request that must be over within `within` whatever the
+    /// tracker or the network does: one try, connection and answer bounded by `within`.
+    /// For the `"stopped"` announce of a process told to exit, which only spares peers a
+    /// failed connection, and must not keep the process past its 2 s after SIGTERM.
+    pub fn hurried(&self, within: Duration) -> TrackerClient {
+        TrackerClient {
+            agent: agent(within, within),
+            attempts: 1,
+            ..self.clone()
+        }
     }
 
     /// Presents `token` (`Authorization: Bearer`) with every request, for a tracker
@@ -113,7 +120,7 @@ impl TrackerClient {
                 Ok(response) => return Ok(response),
                 // Busy (503) or over this address's share (429): a crowd arriving at once
                 // behind one address meets these; every request here may be repeated.
-                Err(ureq::Error::Status(429 | 503, response)) if attempt < BUSY_ATTEMPTS => {
+                Err(ureq::Error::Status(429 | 503, response)) if attempt < self.attempts => {
                     let asked = response
                         .header("Retry-After")
                         .and_then(|s| s.trim().parse::<u64>().ok())
@@ -155,6 +162,18 @@ impl TrackerClient {
         }
         unreachable!("the loop returns")
     }
+}
+
+/// An agent with these bounds on connecting and on a whole request.
+fn agent(connect: Duration, request: Duration) -> ureq::Agent {
+    ureq::AgentBuilder::new()
+        .timeout_connect(connect)
+        .timeout(request)
+        // The tracker closes idle connections after 10 s; a pooled one may be dead by the
+        // next heartbeat, and ureq does not retry a POST on it. A fresh connection per
+        // request costs a millisecond.
+        .max_idle_connections(0)
+        .build()
 }
 
 /// Whether a transport error means that something answered, but not in HTTP: a

@@ -21,7 +21,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use crossbeam_channel::bounded;
@@ -236,25 +236,43 @@ impl Server {
         });
         // Announce before reporting "listening", so that a script which starts a download as
         // soon as the server is up finds it in the swarm.
-        let heartbeat = tracker.map(|tracker| {
-            let mut announce = StoreAnnounce {
-                tracker,
-                peer_id: new_peer_id(),
-                addr: config
-                    .advertise
-                    .unwrap_or(listener.local_addr())
-                    .to_string(),
-                origin: config.origin,
-                shared: Arc::clone(&shared),
-            };
-            let mut rhythm = match config.announce_interval {
-                Some(fixed) => Rhythm::fixed(fixed),
-                None => Rhythm::tracker(DEFAULT_ANNOUNCE_INTERVAL),
-            };
-            let first = announce.beat();
-            let wait = rhythm.after(first, &announce.tracker());
-            (announce, rhythm, wait)
-        });
+        let heartbeat = match tracker {
+            None => None,
+            Some(tracker) => {
+                let mut announce = StoreAnnounce {
+                    tracker,
+                    peer_id: new_peer_id(),
+                    addr: config
+                        .advertise
+                        .unwrap_or(listener.local_addr())
+                        .to_string(),
+                    origin: config.origin,
+                    shared: Arc::clone(&shared),
+                    instance: None,
+                };
+                let mut rhythm = match config.announce_interval {
+                    Some(fixed) => Rhythm::fixed(fixed),
+                    None => Rhythm::tracker(DEFAULT_ANNOUNCE_INTERVAL),
+                };
+                // A tracker that refuses the announce itself (400: a loopback address it sees
+                // come from another host, say) refuses every later one too: retrying for ever
+                // would leave a server that nobody is ever sent to, saying so only in its log.
+                let first = match announce.beat() {
+                    Err(e)
+                        if e.downcast_ref::<HttpStatus>()
+                            .is_some_and(|s| s.status == 400) =>
+                    {
+                        let url = announce.tracker.url();
+                        return Err(
+                            e.context(format!("the tracker {url} refused to list this server"))
+                        );
+                    }
+                    other => other,
+                };
+                let wait = rhythm.after(first, &announce.tracker());
+                Some((announce, rhythm, wait))
+            }
+        };
         Ok(Server {
             listener,
             config,
@@ -388,7 +406,14 @@ struct StoreAnnounce {
     addr: String,
     origin: bool,
     shared: Arc<Shared>,
+    /// The tracker instance last answering, to say when it restarted.
+    instance: Option<String>,
 }
+
+/// The most a server's `"stopped"` announces may take together when it stops: leaving only
+/// spares clients a failed connection, and a SIGTERM must end the process within 2 s even
+/// when the tracker cannot be reached (a host that drops TCP never answers a connect).
+const LEAVE_BUDGET: Duration = Duration::from_secs(1);
 
 impl Announce for StoreAnnounce {
     /// One announce for every asset in the store; the interval the tracker asked for.
@@ -422,7 +447,21 @@ impl Announce for StoreAnnounce {
                 ..AnnounceRequest::default()
             };
             match self.tracker.announce(&id, &request) {
-                Ok(answer) => asked = Some(Duration::from_secs(answer.interval_secs)),
+                Ok(answer) => {
+                    asked = Some(Duration::from_secs(answer.interval_secs));
+                    // This beat announces every asset anyway, so a restarted tracker
+                    // (which forgot every swarm) knows them all again when it ends.
+                    let (old, new) = (&self.instance, &answer.instance);
+                    if matches!((old, new), (Some(old), Some(new)) if old != new) {
+                        log::info!(
+                            "announce: tracker {} restarted; announcing every asset again",
+                            self.tracker.url()
+                        );
+                    }
+                    if answer.instance.is_some() {
+                        self.instance = answer.instance;
+                    }
+                }
                 // An asset published to another tracker is not an error for this one.
                 Err(e)
                     if e.downcast_ref::<HttpStatus>()
@@ -436,7 +475,15 @@ impl Announce for StoreAnnounce {
     /// Tells the tracker this server is gone from each swarm, with what it served, so that
     /// clients stop being sent to it now rather than after the peer timeout.
     fn leave(&mut self) {
+        let started = Instant::now();
         for id in self.shared.store.list().unwrap_or_default() {
+            let left = LEAVE_BUDGET.saturating_sub(started.elapsed());
+            if left.is_zero() {
+                log::info!(
+                    "announce: out of time to leave every swarm; the tracker times the rest out"
+                );
+                break;
+            }
             let request = AnnounceRequest {
                 peer_id: self.peer_id.clone(),
                 event: Some(AnnounceEvent::Stopped),
@@ -445,7 +492,7 @@ impl Announce for StoreAnnounce {
                 origin: self.origin,
                 ..AnnounceRequest::default()
             };
-            let _ = self.tracker.announce(&id, &request);
+            let _ = self.tracker.hurried(left).announce(&id, &request);
         }
     }
 
