@@ -226,7 +226,7 @@ fn every_command_exits_within_two_seconds_of_sigterm_when_nothing_reaches_its_li
     // From now on nothing reaches the listeners: not a peer, not the tracker, not a
     // connection of the process to its own port.
     ns.ip(&["link", "set", "lo", "down"]).unwrap();
-    terminate_all(&mut [&mut seeding, &mut origin, &mut tracker]);
+    terminate_all(&mut [&mut origin, &mut tracker, &mut seeding]);
 }
 
 #[test]
