@@ -29,6 +29,11 @@ use crate::backoff::Backoff;
 pub const DEFAULT_ANNOUNCE_INTERVAL: Duration = Duration::from_secs(20);
 /// Longest heartbeat period accepted from a tracker: an hour, whatever it answers.
 pub const MAX_ANNOUNCE_INTERVAL: Duration = Duration::from_secs(3600);
+/// The most a peer's `"stopped"` announces may take together when it stops: leaving only
+/// spares clients a failed connection to it, and a SIGTERM must end the process within
+/// 2 s even when the tracker cannot be reached (a host that drops TCP never answers a
+/// connect; the tracker client's own connect timeout is 5 s).
+pub const LEAVE_BUDGET: Duration = Duration::from_secs(1);
 /// First retry after a failed announce; later ones back off exponentially up to the
 /// period, so a tracker that starts after its peers, or restarts, learns of them within
 /// seconds.

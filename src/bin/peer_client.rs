@@ -167,6 +167,11 @@ struct GetArgs {
     /// running process uses are evicted until this asset fits.
     #[arg(long, env = "SWARMCACHE_CACHE_SIZE", value_parser = cli::cache_size_arg)]
     cache_size: Option<u64>,
+    /// When the tracker restarted moments ago and knows no source yet (it says so while
+    /// one heartbeat period has not passed), wait this long at most for one to announce,
+    /// asking every second; 0s fails at once. Without that hint, no source fails at once.
+    #[arg(long, default_value = "30s", value_parser = cli::duration_arg)]
+    source_wait: Duration,
     /// Keep serving this long after the download completes (e.g. 30s, 10m).
     #[arg(long, value_parser = cli::duration_arg)]
     seed_for: Option<Duration>,
@@ -245,6 +250,7 @@ fn get(mut args: GetArgs) -> Result<u8> {
         max_upload_rate: args.max_upload_rate,
         cache_size: args.cache_size,
         token: args.token,
+        source_wait: args.source_wait,
         ..GetConfig::new(
             asset,
             args.tracker,

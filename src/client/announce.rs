@@ -5,11 +5,11 @@
 //! found unreachable or corrupt since the last announce.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
-use crate::announce::{self, DEFAULT_ANNOUNCE_INTERVAL, Departure, Rhythm};
+use crate::announce::{self, DEFAULT_ANNOUNCE_INTERVAL, Departure, LEAVE_BUDGET, Rhythm};
 use crate::api::{AnnounceEvent, AnnounceRequest, AnnounceResponse};
 use crate::manifest::AssetId;
 use crate::sync::{LockExt, RwLockExt};
@@ -22,6 +22,11 @@ use super::worker::Ticket;
 /// While downloading, progress is announced this often, so that other peers learn within
 /// half a second what this one can serve and this one learns of newcomers as fast.
 const ANNOUNCE_PERIOD: Duration = Duration::from_millis(500);
+/// While a restarted tracker knows no source yet, it is asked again this often: a source
+/// that announces is found within a second, at two announces a second at most.
+const SOURCE_POLL: Duration = Duration::from_secs(1);
+/// How often a wait for sources looks at the interrupt flag: a SIGTERM ends it at once.
+const INTERRUPT_POLL: Duration = Duration::from_millis(50);
 
 /// Peers the scheduler gave up on for a reason the tracker should know, drained by the next
 /// announce.
@@ -122,6 +127,53 @@ impl Announce {
         Ok(answer)
     }
 
+    /// The first announce's answer, for the sources to start with. While the tracker names
+    /// none but says it is warming up after a restart (see
+    /// [`AnnounceResponse::warming_up_secs`]), announces again every [`SOURCE_POLL`] until
+    /// it names one, stops saying so, `bound` has passed, or `interrupted()`; the caller
+    /// tells those apart by the answer.
+    pub(crate) fn first_sources(
+        &self,
+        bound: Duration,
+        interrupted: impl Fn() -> bool,
+    ) -> Result<AnnounceResponse> {
+        let started = Instant::now();
+        let mut answer = self.once()?;
+        let mut told = false;
+        while answer.peers.is_empty() && answer.origins.is_empty() {
+            let Some(hint) = answer.warming_up_secs else {
+                break;
+            };
+            let left = bound.saturating_sub(started.elapsed());
+            if left.is_zero() || interrupted() {
+                break;
+            }
+            if !told {
+                log::info!(
+                    "the tracker restarted moments ago and knows no source of {} yet (all should have announced within {hint} s); waiting up to {} s for one (--source-wait)",
+                    self.asset,
+                    bound.as_secs()
+                );
+                told = true;
+            }
+            let pause = Instant::now() + SOURCE_POLL.min(left);
+            while Instant::now() < pause && !interrupted() {
+                std::thread::sleep(
+                    INTERRUPT_POLL.min(pause.saturating_duration_since(Instant::now())),
+                );
+            }
+            answer = self.once()?;
+        }
+        if told && !(answer.peers.is_empty() && answer.origins.is_empty()) {
+            log::info!(
+                "a source of {} announced after {:.1} s of waiting",
+                self.asset,
+                started.elapsed().as_secs_f64()
+            );
+        }
+        Ok(answer)
+    }
+
     /// Tells the tracker this peer is gone, with what it served and found wrong since the
     /// last announce.
     fn stopped(&self) {
@@ -136,7 +188,11 @@ impl Announce {
             uploaded: self.uploaded.as_ref().map_or(0, |u| u.get(&self.asset)),
             ..self.template.clone()
         };
-        let _ = self.tracker.announce(&self.asset, &request);
+        // Bounded: a process told to exit must not wait on a tracker it cannot reach.
+        let _ = self
+            .tracker
+            .hurried(LEAVE_BUDGET)
+            .announce(&self.asset, &request);
     }
 }
 

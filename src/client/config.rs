@@ -15,6 +15,11 @@ pub const DEFAULT_WORKERS: usize = 4;
 /// waiting for it, before its source is declared stalled: 256 KiB in 10 s is 26 KiB/s.
 pub const DEFAULT_CHUNK_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Default bound on waiting for a first source while the tracker is warming up after a
+/// restart: its default heartbeat period (20 s), the 5 s it allows for late heartbeats,
+/// and 5 s for this client's own announces.
+pub const DEFAULT_SOURCE_WAIT: Duration = Duration::from_secs(30);
+
 /// Validated settings of one `get`.
 #[derive(Clone, Debug)]
 pub struct GetConfig {
@@ -49,6 +54,9 @@ pub struct GetConfig {
     pub cache_size: Option<u64>,
     /// Token for a tracker started with `--auth`.
     pub token: Option<String>,
+    /// How long to wait for a first source while the tracker says it is warming up after
+    /// a restart (zero: fail at once, as when it is not).
+    pub source_wait: Duration,
 }
 
 impl GetConfig {
@@ -70,6 +78,7 @@ impl GetConfig {
             max_upload_rate: None,
             cache_size: None,
             token: None,
+            source_wait: DEFAULT_SOURCE_WAIT,
         }
     }
 }

@@ -53,7 +53,9 @@ use serving::{LiveHave, Serving};
 use sources::Source;
 use stream::Stream;
 
-pub use config::{DEFAULT_CHUNK_TIMEOUT, DEFAULT_WORKERS, GetConfig, Progress};
+pub use config::{
+    DEFAULT_CHUNK_TIMEOUT, DEFAULT_SOURCE_WAIT, DEFAULT_WORKERS, GetConfig, Progress,
+};
 pub use plan::PIPELINE_DEPTH;
 pub use stream::{DEFAULT_WINDOW, StreamStats};
 pub use summary::{SourceSummary, Summary};
@@ -187,9 +189,12 @@ fn fetch(config: &GetConfig, seed: bool, out: Option<&mut (dyn Write + Send)>) -
                     config.asset
                 )
             })?;
-            let first = announce.once()?;
+            let first = announce.first_sources(config.source_wait, interrupted)?;
             // From here on, every way out of this function leaves the swarm again.
             let departure = Departure::new(announce.clone());
+            if interrupted() {
+                bail!("interrupted while waiting for a source; run the same command again");
+            }
             let count = manifest.chunk_count();
             let sources: Vec<Source> = first
                 .peers

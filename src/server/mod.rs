@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use crossbeam_channel::bounded;
 
-use crate::announce::{Announce, Announcer, Departure, Rhythm};
+use crate::announce::{Announce, Announcer, Departure, LEAVE_BUDGET, Rhythm};
 use crate::api::{AnnounceEvent, AnnounceRequest};
 use crate::bitfield::LiveHave;
 use crate::http::{HttpConfig, HttpServer};
@@ -409,11 +409,6 @@ struct StoreAnnounce {
     /// The tracker instance last answering, to say when it restarted.
     instance: Option<String>,
 }
-
-/// The most a server's `"stopped"` announces may take together when it stops: leaving only
-/// spares clients a failed connection, and a SIGTERM must end the process within 2 s even
-/// when the tracker cannot be reached (a host that drops TCP never answers a connect).
-const LEAVE_BUDGET: Duration = Duration::from_secs(1);
 
 impl Announce for StoreAnnounce {
     /// One announce for every asset in the store; the interval the tracker asked for.
