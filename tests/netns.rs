@@ -68,13 +68,16 @@ impl Netns {
             eprintln!("skipped {test}: needs root to create network namespaces");
             return None;
         }
+        remove_leftovers();
         // Interface names have at most 15 bytes: "sc" + pid in hex (at most 6 digits on
         // Linux, whose pids stop at 2^22) + a count + one letter.
         let n = CREATED.fetch_add(1, Ordering::Relaxed);
         let pid = std::process::id();
         let tag = format!("sc{pid:x}n{n}");
-        // A /24 per namespace; the pid spreads concurrent test processes over 250 of them.
-        let subnet = (pid.wrapping_add(n * 37) % 250 + 1) as u8;
+        let Some(subnet) = free_subnet(pid.wrapping_add(n * 37)) else {
+            eprintln!("skipped {test}: every 10.77.N.0/24 is in use on this host");
+            return None;
+        };
         let ns = Netns {
             name: format!("{tag}-swarmcache"),
             host_if: format!("{tag}h"),
@@ -132,6 +135,43 @@ impl Netns {
     }
 }
 
+/// A /24 of 10.77.0.0/16 that no interface of the test's namespace has an address in,
+/// trying 250 of them from `start` on (the pid spreads concurrent test processes).
+fn free_subnet(start: u32) -> Option<u8> {
+    let out = Command::new("ip")
+        .args(["-o", "-4", "addr", "show"])
+        .output()
+        .ok()?;
+    let used = String::from_utf8_lossy(&out.stdout).into_owned();
+    (0..250)
+        .map(|i| (start.wrapping_add(i) % 250 + 1) as u8)
+        .find(|n| !used.contains(&format!(" 10.77.{n}.")))
+}
+
+/// Removes the namespaces (and host-side veth ends) of test processes that died without
+/// dropping theirs (a SIGKILLed `cargo test`): their names carry the pid that made them.
+fn remove_leftovers() {
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let name = line.split_whitespace().next().unwrap_or("");
+        let Some(tag) = name.strip_suffix("-swarmcache") else {
+            continue;
+        };
+        let pid = tag
+            .strip_prefix("sc")
+            .and_then(|t| t.split('n').next())
+            .and_then(|hex| u32::from_str_radix(hex, 16).ok());
+        if let Some(pid) = pid
+            && !Path::new(&format!("/proc/{pid}")).exists()
+        {
+            let _ = ip(&["netns", "del", name]);
+            let _ = ip(&["link", "del", &format!("{tag}h")]);
+        }
+    }
+}
+
 impl Drop for Netns {
     fn drop(&mut self) {
         // Deleting the namespace deletes the veth end inside it, and with it the pair; the
@@ -162,6 +202,28 @@ fn a_namespace_reaches_the_host_side_and_is_gone_after_drop() {
     assert_eq!(from.ip(), ns.ns_addr);
     let (name, host_if) = (ns.name.clone(), ns.host_if.clone());
     drop(ns);
+    let listed = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    assert!(!String::from_utf8_lossy(&listed.stdout).contains(&name));
+    assert!(
+        ip(&["link", "show", &host_if]).is_err(),
+        "{host_if} is gone"
+    );
+}
+
+#[test]
+fn a_panicking_test_leaves_no_namespace_behind() {
+    let made = std::sync::Mutex::new(None);
+    let result = std::panic::catch_unwind(|| {
+        let Some(ns) = Netns::create("a_panicking_test_leaves_no_namespace_behind") else {
+            return;
+        };
+        *made.lock().unwrap() = Some((ns.name.clone(), ns.host_if.clone()));
+        panic!("a failing assertion inside a multi-host test");
+    });
+    let Some((name, host_if)) = made.into_inner().unwrap() else {
+        return;
+    };
+    assert!(result.is_err());
     let listed = Command::new("ip").args(["netns", "list"]).output().unwrap();
     assert!(!String::from_utf8_lossy(&listed.stdout).contains(&name));
     assert!(
