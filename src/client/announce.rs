@@ -23,7 +23,7 @@ use super::worker::Ticket;
 /// half a second what this one can serve and this one learns of newcomers as fast.
 const ANNOUNCE_PERIOD: Duration = Duration::from_millis(500);
 /// While a restarted tracker knows no source yet, it is asked again this often: a source
-/// that announces is found within a second, at two announces a second at most.
+/// that announces is found within a second, for one announce a second.
 const SOURCE_POLL: Duration = Duration::from_secs(1);
 /// How often a wait for sources looks at the interrupt flag: a SIGTERM ends it at once.
 const INTERRUPT_POLL: Duration = Duration::from_millis(50);
