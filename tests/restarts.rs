@@ -282,3 +282,69 @@ fn a_loopback_address_announced_from_another_host_is_refused_and_a_wildcard_one_
     );
     drop(wildcard);
 }
+
+#[test]
+fn a_stream_whose_reader_stopped_reading_exits_within_two_seconds_of_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    random_file(&d.join("big.bin"), 64 * 65536, 75);
+    let tracker = TrackerProc::start(d, &[]);
+    let origin = ServerProc::start(d, "origin", Some(&tracker.url), &["big.bin"], &["--origin"]);
+    let id = origin.seeded[0].clone();
+    tracker.wait_for_peers(&id, 1);
+    // The test holds the stream's pipe and never reads it: after 64 KiB the client's write
+    // blocks in the kernel, where no flag it polls is ever looked at.
+    let mut child = std::process::Command::new(bin("peer_client"))
+        .args([
+            "get",
+            &id,
+            "--tracker",
+            &tracker.url,
+            "--store",
+            "reader",
+            "--stream",
+        ])
+        .args(["--progress", "json"])
+        .current_dir(d)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _unread = child.stdout.take().unwrap();
+    let stderr = crate::harness::collect(child.stderr.take().unwrap());
+    // The first progress line comes after a second: by then the 4 MiB are long fetched
+    // and the stream has been blocked on the full pipe.
+    eventually("a progress line", START_TIMEOUT, || {
+        stderr.lock().unwrap().contains("\"bytes\":")
+    });
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let sent = Instant::now();
+    let exited = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if sent.elapsed() > EXIT_LIMIT {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    if exited.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let status = exited.unwrap_or_else(|| {
+        panic!(
+            "a --stream get blocked on its output still ran {EXIT_LIMIT:?} after SIGTERM\nstderr: {}",
+            stderr.lock().unwrap()
+        )
+    });
+    assert_eq!(
+        status.code(),
+        Some(130),
+        "stderr: {}",
+        stderr.lock().unwrap()
+    );
+}

@@ -225,7 +225,7 @@ fn get(mut args: GetArgs) -> Result<u8> {
     }
     // Ctrl-C and SIGTERM end the download or seeding cleanly: progress recorded, the swarm
     // told, the embedded server stopped.
-    ctrlc::set_handler(client::interrupt).context("installing the Ctrl-C handler")?;
+    cli::on_stop_signal("peer_client", EXIT_INTERRUPTED, client::interrupt)?;
     // Serve on the address family the tracker is reached by, so the address the tracker
     // sees the announce come from is one this listener answers on.
     let any_port = match &args.tracker {

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::error::ErrorKind;
 use clap::{CommandFactory, Parser};
 use swarmcache::cli::{self, EXIT_OK};
@@ -126,7 +126,7 @@ fn run(args: Args) -> Result<u8> {
     cli::println(&format!("listening on {}", server.local_addr()))?;
     // Ctrl-C and SIGTERM stop the server cleanly: it leaves its swarms and exits 0.
     let stop = server.shutdown_handle();
-    ctrlc::set_handler(move || stop.shutdown()).context("installing the Ctrl-C handler")?;
+    cli::on_stop_signal("peer_server", EXIT_OK, move || stop.shutdown())?;
     server.serve()?;
     eprintln!("peer_server: stopped");
     Ok(EXIT_OK)
