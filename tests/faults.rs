@@ -342,18 +342,22 @@ fn an_output_edited_in_place_does_not_poison_the_store() {
     let origin = ServerProc::start(d, "origin", Some(&tracker.url), &["f.bin"], &["--origin"]);
     let id = origin.seeded[0].clone();
     get(d, &tracker.url, &id, "copy.bin", "client", &[]).ok();
-    // The output may share its bytes with the store; scribble on it (root ignores 0444).
-    let mut perms = fs::metadata(d.join("copy.bin")).unwrap().permissions();
-    #[allow(clippy::permissions_set_readonly_false)]
-    perms.set_readonly(false);
-    fs::set_permissions(d.join("copy.bin"), perms).unwrap();
-    let file = fs::OpenOptions::new()
-        .write(true)
-        .open(d.join("copy.bin"))
-        .unwrap();
-    file.write_all_at(b"scribble", 3 * 65536 + 10).unwrap();
-    drop(file);
+    // The output is a copy (issue 11): scribbling on it leaves the store as it was.
+    let scribble = |path: &std::path::Path| {
+        let mut perms = fs::metadata(path).unwrap().permissions();
+        #[allow(clippy::permissions_set_readonly_false)]
+        perms.set_readonly(false);
+        fs::set_permissions(path, perms).unwrap();
+        let file = fs::OpenOptions::new().write(true).open(path).unwrap();
+        file.write_all_at(b"scribble", 3 * 65536 + 10).unwrap();
+    };
+    scribble(&d.join("copy.bin"));
+    let summary = get(d, &tracker.url, &id, "again.bin", "client", &[]).json();
+    assert_eq!(fs::read(d.join("again.bin")).unwrap(), bytes);
+    assert_eq!(summary["from_origin"], 0, "nothing to repair: {summary}");
 
+    // The store's own content edited in place: only the damaged chunk is fetched again.
+    scribble(&d.join("client/assets").join(&id).join("data"));
     let summary = get(d, &tracker.url, &id, "again.bin", "client", &[]).json();
     assert_eq!(
         fs::read(d.join("again.bin")).unwrap(),

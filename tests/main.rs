@@ -12,6 +12,7 @@ mod faults;
 mod hostile_http;
 mod metrics;
 mod network;
+mod outputs;
 mod pipeline;
 mod restarts;
 mod stream;

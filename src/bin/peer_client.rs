@@ -48,14 +48,15 @@ enum Command {
     /// Sources in order: the local store, then peers, then the origin. While it downloads,
     /// the asset is served to other peers (see --listen, --no-serve, --seed-for).
     /// Interrupted downloads resume: run the same command again and only missing chunks are
-    /// fetched. The output appears under its name only once complete and verified; with
+    /// fetched. The output appears under its name only once complete and verified (a copy:
+    /// editing it never changes the store); with
     /// --stream, bytes go to stdout in order as soon as they are verified.
     Get(Box<GetArgs>),
     /// Look at the cache (the store get fills) and trim it: ls, rm, gc.
     ///
     /// Assets in use by a running process (a get, a peer_server seeding them or sending
     /// them to a peer) are never removed. A removed asset is simply fetched again by the
-    /// next get. Content placed with get -o by a hard link stays on disk as that file.
+    /// next get. Files written by get -o are copies: removing an asset leaves them alone.
     ///
     /// Examples:
     ///   peer_client cache ls
@@ -122,8 +123,10 @@ struct GetArgs {
     /// Tracker URL, e.g. http://127.0.0.1:7070 (not needed when the store holds the whole asset).
     #[arg(long, env = "SWARMCACHE_TRACKER", value_parser = cli::tracker_arg)]
     tracker: Option<String>,
-    /// Output file (default: the asset's name in the current directory, never replacing a
-    /// file); - writes to stdout as --stream does.
+    /// Output file, placed once complete: -o FILE replaces an existing file atomically (as
+    /// curl -o and cp do). Default: the asset's name in the current directory, never
+    /// replacing a file (pass -o NAME to). A device, FIFO or socket (or a symlink to one)
+    /// is written into in order, never replaced; - writes to stdout as --stream does.
     #[arg(short, long)]
     output: Option<PathBuf>,
     /// Write the asset to stdout in order while it downloads (e.g. `| mpv -`, `| tar x`).

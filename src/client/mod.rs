@@ -21,6 +21,7 @@
 
 mod announce;
 mod config;
+mod output;
 mod plan;
 mod scheduler;
 mod serving;
@@ -43,15 +44,16 @@ use crate::bitfield::Bitfield;
 use crate::failure::Failure;
 use crate::manifest::Manifest;
 use crate::store::cache;
-use crate::store::{InUse, Store};
+use crate::store::{InUse, Partial, Store};
 use crate::tracker_client::TrackerClient;
 
 use crate::announce::Departure;
 use announce::{Announce, Announcer};
+use output::{Placement, Replace, Target};
 use scheduler::{Event, Scheduler, Watch};
 use serving::{LiveHave, Serving};
 use sources::Source;
-use stream::Stream;
+use stream::{RanDry, Stream};
 
 pub use config::{
     DEFAULT_CHUNK_TIMEOUT, DEFAULT_SOURCE_WAIT, DEFAULT_WORKERS, GetConfig, Progress,
@@ -141,22 +143,34 @@ fn fetch(config: &GetConfig, seed: bool, out: Option<&mut (dyn Write + Send)>) -
             ),
         },
     };
+    // The output is opened before anything is fetched: a directory that is missing or
+    // not writable fails the get now, not after the download.
+    let mut sink: Option<Box<dyn Write + Send + '_>> = None;
+    let mut placement: Option<Placement> = None;
     let output = match out {
-        Some(_) => None,
-        None => Some(output_path(config, &manifest)?),
+        Some(out) => {
+            sink = Some(Box::new(out));
+            None
+        }
+        None => {
+            let (path, replace) = output_path(config, &manifest)?;
+            match output::open(&path, replace)? {
+                Target::Sink(writer) => sink = Some(writer),
+                Target::File(file) => placement = Some(file),
+            }
+            Some(path)
+        }
     };
+    // A reader waits on a sink, so the chunks it needs next go first.
+    let reader_waits = sink.is_some();
     if let Some(limit) = config.cache_size {
         let report = cache::make_room_for(&store, limit, &manifest)?;
         if let Some(warning) = &report.warning {
             log::warn!("warning: {warning}");
         }
     }
-    let complete = store.is_complete(&config.asset, &manifest)?;
-    let partial = if complete {
-        None
-    } else {
-        Some(store.begin(&manifest)?)
-    };
+    let partial = open_for_writing(&store, &manifest)?;
+    let complete = partial.is_none();
     let initial = partial.as_ref().map_or_else(
         || Bitfield::full(manifest.chunk_count()),
         |p| p.have().clone(),
@@ -177,6 +191,17 @@ fn fetch(config: &GetConfig, seed: bool, out: Option<&mut (dyn Write + Send)>) -
     let announce =
         tracker.map(|t| Announce::new(t, config.asset, serving.as_ref(), Arc::clone(&live)));
     let mut announcer = None;
+    // A file being placed is filled while the download runs, overlapped with the network
+    // (see `output`); once complete in the store, it is copied in one go below.
+    let mut pieces = placement
+        .as_ref()
+        .filter(|_| partial.is_some())
+        .map(Placement::writer);
+    let out: Option<&mut (dyn Write + Send)> = match (&mut sink, &mut pieces) {
+        (Some(sink), _) => Some(sink.as_mut()),
+        (None, Some(pieces)) => Some(pieces),
+        (None, None) => None,
+    };
     // Chunks verified during the download, for the stream.
     let (done_tx, done_rx) = unbounded();
     let streaming = out.is_some().then_some(done_tx);
@@ -224,6 +249,7 @@ fn fetch(config: &GetConfig, seed: bool, out: Option<&mut (dyn Write + Send)>) -
                     complaints: announce.reports.clone(),
                     ticket: Arc::clone(&announce.ticket),
                     streaming,
+                    reader_waits,
                 },
             );
             let events = scheduler.events();
@@ -263,8 +289,16 @@ fn fetch(config: &GetConfig, seed: bool, out: Option<&mut (dyn Write + Send)>) -
                         let _ = events.send(event);
                     }
                 };
-                let result = stream.run(out, |next| tell(Event::Position(next)), interrupted);
-                if result.is_err() {
+                let position = |next| {
+                    if reader_waits {
+                        tell(Event::Position(next));
+                    }
+                };
+                let result = stream.run(out, position, interrupted);
+                if result
+                    .as_ref()
+                    .is_err_and(|e| e.downcast_ref::<RanDry>().is_none())
+                {
                     output_failed.store(true, Ordering::SeqCst);
                     tell(Event::OutputFailed);
                 }
@@ -286,9 +320,19 @@ fn fetch(config: &GetConfig, seed: bool, out: Option<&mut (dyn Write + Send)>) -
     if let Some(partial) = partial {
         partial.finish()?;
     }
-    if let Some(output) = &output {
-        store.export(&config.asset, output)?;
+    if let Some(placement) = placement {
+        let path = placement.path().display().to_string();
+        if complete {
+            placement
+                .copy_from(&store.data_path(&config.asset))
+                .with_context(|| format!("writing output {path}"))?;
+        }
+        placement
+            .finish()
+            .with_context(|| format!("writing output {path}"))?;
     }
+    // What a stream into a file saw is no stream's.
+    let streamed = if reader_waits { streamed } else { None };
     let summary = Summary {
         output,
         ..Summary::new(
@@ -323,11 +367,48 @@ fn fetch(config: &GetConfig, seed: bool, out: Option<&mut (dyn Write + Send)>) -
     Ok(Got { summary, seeding })
 }
 
-/// Where the output goes: as given, or the asset's name in the current directory. The name
-/// comes from whoever published the manifest: it may not replace a file nobody named.
-fn output_path(config: &GetConfig, manifest: &Manifest) -> Result<PathBuf> {
+/// How long a `get` waits between two looks at an asset another process is writing: short
+/// next to any download, long enough that waiting costs no CPU, and a bound on how late
+/// Ctrl-C is noticed.
+const WRITER_POLL: Duration = Duration::from_millis(100);
+
+/// Opens the asset for writing, or `None` when the store holds it complete. While another
+/// process writes it, waits (saying so once) and then takes what that process left: the
+/// whole asset, or, if it stopped, the rest to fetch. Nothing is downloaded twice.
+fn open_for_writing(store: &Store, manifest: &Manifest) -> Result<Option<Partial>> {
+    let id = manifest.id();
+    let mut told = false;
+    loop {
+        if store.is_complete(&id, manifest)? {
+            return Ok(None);
+        }
+        if let Some(partial) = store.try_begin(manifest)? {
+            // The other process may have completed it between the two looks.
+            if partial.have().is_full() && store.is_complete(&id, manifest)? {
+                return Ok(None);
+            }
+            return Ok(Some(partial));
+        }
+        if !told {
+            log::info!(
+                "waiting for another process that is downloading {id} into store {}",
+                store.root().display()
+            );
+            told = true;
+        }
+        if interrupted() {
+            bail!("interrupted while waiting for another process downloading {id}");
+        }
+        std::thread::sleep(WRITER_POLL);
+    }
+}
+
+/// Where the output goes, and whether it may replace a file: as given with `-o` (which
+/// may), or the asset's name in the current directory. The name comes from whoever
+/// published the manifest: it may not replace a file nobody named.
+fn output_path(config: &GetConfig, manifest: &Manifest) -> Result<(PathBuf, Replace)> {
     if let Some(path) = &config.output {
-        return Ok(path.clone());
+        return Ok((path.clone(), Replace::Yes));
     }
     let path = PathBuf::from(&manifest.name);
     if path.exists() || manifest.name.starts_with('.') {
@@ -337,5 +418,5 @@ fn output_path(config: &GetConfig, manifest: &Manifest) -> Result<PathBuf> {
             manifest.name
         );
     }
-    Ok(path)
+    Ok((path, Replace::No))
 }

@@ -61,6 +61,9 @@ pub(crate) struct Watch {
     pub(crate) ticket: Ticket,
     /// Where to send the index of each chunk verified, when streaming.
     pub(crate) streaming: Option<Sender<u32>>,
+    /// Whether a reader waits on the stream (a pipe, a device), so that the chunks it needs
+    /// next go first; a stream into a file being placed takes chunks in any order.
+    pub(crate) reader_waits: bool,
 }
 
 /// The threads and channels of one connection; its state is in the plan.
@@ -109,7 +112,7 @@ impl<'a> Scheduler<'a> {
             // that is sleeping off its rate.
             depth: if limiter.is_some() { 1 } else { PIPELINE_DEPTH },
             window: config.window,
-            streaming: watch.streaming.is_some(),
+            streaming: watch.streaming.is_some() && watch.reader_waits,
             origin_share,
             seed: crate::backoff::seed_from_clock(),
         };

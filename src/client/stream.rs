@@ -33,6 +33,26 @@ pub struct StreamStats {
     pub stall_secs: f64,
 }
 
+/// The stream's error when the download ended (failed) before a chunk it needed arrived:
+/// the download's own error is the one to tell, not this.
+#[derive(Debug)]
+pub(crate) struct RanDry {
+    index: u32,
+    count: u32,
+}
+
+impl std::fmt::Display for RanDry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the download ended before chunk {} of {} arrived",
+            self.index, self.count
+        )
+    }
+}
+
+impl std::error::Error for RanDry {}
+
 /// An in-order writer of an asset's verified chunks.
 pub struct Stream<'a> {
     /// The asset's manifest.
@@ -99,10 +119,12 @@ impl Stream<'_> {
                 Ok(done) => self.have.set(done),
                 Err(RecvTimeoutError::Timeout) if cancelled() => bail!("interrupted"),
                 Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => bail!(
-                    "the download ended before chunk {index} of {} arrived",
-                    self.manifest.chunk_count()
-                ),
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(anyhow::Error::new(RanDry {
+                        index,
+                        count: self.manifest.chunk_count(),
+                    }));
+                }
             }
         }
         Ok(())

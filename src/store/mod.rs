@@ -243,9 +243,11 @@ impl Store {
         result
     }
 
-    /// Places a complete asset at `out`: a hard link to the stored content when both are on
-    /// one file system, a copy otherwise; either way under a temporary name renamed into
-    /// place, so `out` never holds partial content.
+    /// Places a complete asset at `out`: a copy (never a hard link: the output must not
+    /// share its inode with the store, or editing it would change what the store serves)
+    /// under a temporary name renamed into place, so `out` never holds partial content.
+    /// `std::fs::copy` is `copy_file_range`, which clones on file systems that can (btrfs,
+    /// XFS) and copies in the kernel elsewhere.
     pub fn export(&self, id: &AssetId, out: &Path) -> Result<()> {
         let data = self.data_path(id);
         let dir = match out.parent() {
@@ -262,10 +264,8 @@ impl Store {
         ));
         let _ = fs::remove_file(&tmp);
         let result = (|| -> Result<()> {
-            if fs::hard_link(&data, &tmp).is_err() {
-                fs::copy(&data, &tmp)
-                    .with_context(|| format!("copying {} to {}", data.display(), tmp.display()))?;
-            }
+            fs::copy(&data, &tmp)
+                .with_context(|| format!("copying {} to {}", data.display(), tmp.display()))?;
             fs::rename(&tmp, out)
                 .with_context(|| format!("renaming {} to {}", tmp.display(), out.display()))?;
             sync_dir(&dir).with_context(|| format!("syncing {}", dir.display()))

@@ -26,8 +26,21 @@ pub const WRITE_PIECE: usize = 32 << 10;
 impl Store {
     /// Opens an asset for writing: holds it in use ([`Store::hold`]), creates its manifest
     /// and full-size data file if needed, takes its lock (one writer at a time), and loads
-    /// what is already there.
+    /// what is already there. Fails when another process writes the asset.
     pub fn begin(&self, manifest: &Manifest) -> Result<Partial> {
+        match self.try_begin(manifest)? {
+            Some(partial) => Ok(partial),
+            None => bail!(
+                "asset {} is being written by another process using store {}; wait for it or use another --store",
+                manifest.id(),
+                self.root.display()
+            ),
+        }
+    }
+
+    /// Like [`Store::begin`], but `None` (at once, without blocking) while another process
+    /// writes the asset, for a caller that waits its turn.
+    pub fn try_begin(&self, manifest: &Manifest) -> Result<Option<Partial>> {
         let id = manifest.id();
         let dir = self.asset_dir(&id);
         let in_use = self.hold(&id)?;
@@ -36,10 +49,7 @@ impl Store {
             .with_context(|| format!("creating {}", lock_path.display()))?;
         match lock.try_lock() {
             Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => bail!(
-                "asset {id} is being written by another process using store {}; wait for it or use another --store",
-                self.root.display()
-            ),
+            Err(fs::TryLockError::WouldBlock) => return Ok(None),
             Err(fs::TryLockError::Error(e)) => {
                 return Err(e).with_context(|| format!("locking {}", lock_path.display()));
             }
@@ -85,14 +95,14 @@ impl Store {
         } else {
             recheck(manifest, &data, &have)?
         };
-        Ok(Partial {
+        Ok(Some(Partial {
             id,
             dir,
             data: Arc::new(data),
             have,
             _lock: lock,
             _in_use: in_use,
-        })
+        }))
     }
 }
 
