@@ -366,11 +366,13 @@ pub fn parse_asset_id(text: &str) -> Result<AssetId> {
 mod tests {
     use super::*;
 
-    fn data(len: usize) -> Vec<u8> {
+    /// Test content that is not all one byte (shared with the hashing tests).
+    pub(super) fn data(len: usize) -> Vec<u8> {
         (0..len).map(|i| (i * 7 + i / 251) as u8).collect()
     }
 
-    fn with_whole(bytes: &[u8], name: &str, chunk_size: u32) -> Manifest {
+    /// A manifest with the whole-content SHA-256 (shared with the hashing tests).
+    pub(super) fn with_whole(bytes: &[u8], name: &str, chunk_size: u32) -> Manifest {
         hash_stream(bytes, chunk_size, true)
             .unwrap()
             .into_manifest(name, chunk_size)

@@ -337,17 +337,7 @@ pub fn verify_file(manifest: &Manifest, file: &File) -> Result<VerifyReport> {
 mod tests {
     use super::*;
     use crate::manifest::MIN_CHUNK_SIZE;
-
-    fn data(len: usize) -> Vec<u8> {
-        (0..len).map(|i| (i * 7 + i / 251) as u8).collect()
-    }
-
-    fn with_whole(bytes: &[u8], name: &str, chunk_size: u32) -> Manifest {
-        hash_stream(bytes, chunk_size, true)
-            .unwrap()
-            .into_manifest(name, chunk_size)
-            .unwrap()
-    }
+    use crate::manifest::tests::{data, with_whole};
 
     fn temp_file(bytes: &[u8]) -> (tempfile::TempDir, File) {
         let dir = tempfile::tempdir().unwrap();
