@@ -213,14 +213,42 @@ pub fn chunk_size_arg(text: &str) -> Result<u32, String> {
 /// The default store: `$XDG_CACHE_HOME/swarmcache`, else `~/.cache/swarmcache`, else
 /// `./swarmcache-store`.
 pub fn default_store() -> std::path::PathBuf {
+    xdg_home("XDG_CACHE_HOME", ".cache")
+        .map(|base| base.join("swarmcache"))
+        .unwrap_or_else(|| "swarmcache-store".into())
+}
+
+/// An XDG base directory: `$VAR` when set and not empty, else `$HOME/DOT_DIR`; none
+/// without either.
+fn xdg_home(var: &str, dot_dir: &str) -> Option<std::path::PathBuf> {
     use std::path::PathBuf;
-    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
-        return PathBuf::from(dir).join("swarmcache");
+    std::env::var_os(var)
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .filter(|d| !d.is_empty())
+                .map(|h| PathBuf::from(h).join(dot_dir))
+        })
+}
+
+/// Standard input, refused when it is empty: that is what a failed producer before the
+/// `|` leaves, and nothing made of it helps anybody. `nothing` says what is missing
+/// ("nothing to chunk", "no manifest to publish"), `producer` what probably failed.
+pub fn nonempty_stdin(
+    nothing: &str,
+    producer: &str,
+) -> anyhow::Result<io::BufReader<io::StdinLock<'static>>> {
+    use std::io::BufRead;
+    let mut input = io::BufReader::new(io::stdin().lock());
+    if input
+        .fill_buf()
+        .map_err(|e| anyhow::Error::new(e).context("reading standard input"))?
+        .is_empty()
+    {
+        anyhow::bail!("standard input is empty: {nothing} (did {producer} before | fail?)");
     }
-    if let Some(home) = std::env::var_os("HOME").filter(|d| !d.is_empty()) {
-        return PathBuf::from(home).join(".cache").join("swarmcache");
-    }
-    PathBuf::from("swarmcache-store")
+    Ok(input)
 }
 
 /// Parses a socket address for clap: `127.0.0.1:7001`, `[::1]:7001`, or a host name such

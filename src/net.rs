@@ -269,8 +269,9 @@ impl Drop for Refusals {
     }
 }
 
-/// Writes a refusal and closes without a reset.
-fn refuse_now(stream: &TcpStream, last_words: &[u8]) {
+/// Writes a last answer (a refusal, an error frame) and closes without a reset, waiting at
+/// most [`CLOSE_LINGER`] for the peer to take it.
+pub fn refuse_now(stream: &TcpStream, last_words: &[u8]) {
     let _ = stream.set_write_timeout(Some(CLOSE_LINGER));
     let _ = (&*stream).write_all(last_words);
     linger_close(stream);

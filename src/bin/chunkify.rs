@@ -1,7 +1,7 @@
 //! `chunkify`: cut a file into chunks, hash them on every core, print the manifest.
 
 use std::fs::File;
-use std::io::{self, BufRead};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -77,16 +77,7 @@ impl Input {
     fn hash(&self, chunk_size: u32, whole: bool) -> Result<manifest::StreamHashes> {
         match self {
             Input::Stdin => {
-                let mut input = io::BufReader::new(io::stdin().lock());
-                if input
-                    .fill_buf()
-                    .context("reading standard input")?
-                    .is_empty()
-                {
-                    anyhow::bail!(
-                        "standard input is empty: nothing to chunk (did the command before | fail?)"
-                    );
-                }
+                let input = cli::nonempty_stdin("nothing to chunk", "the command")?;
                 manifest::hash_stream(input, chunk_size, whole)
             }
             Input::File(file) => manifest::hash_file(file, chunk_size, whole),

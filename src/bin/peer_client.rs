@@ -359,18 +359,7 @@ fn cache_command(args: CacheArgs) -> Result<u8> {
 
 fn read_manifest(path: &Path) -> Result<Manifest> {
     let manifest = if path == Path::new("-") {
-        use std::io::BufRead;
-        let mut input = std::io::BufReader::new(std::io::stdin().lock());
-        if input
-            .fill_buf()
-            .context("reading standard input")?
-            .is_empty()
-        {
-            anyhow::bail!(
-                "standard input is empty: no manifest to publish (did chunkify before | fail?)"
-            );
-        }
-        Manifest::read_from(input)
+        Manifest::read_from(cli::nonempty_stdin("no manifest to publish", "chunkify")?)
     } else {
         let file = std::fs::File::open(path)
             .with_context(|| format!("opening manifest {}", path.display()))?;

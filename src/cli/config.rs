@@ -58,15 +58,11 @@ impl Config {
     /// The path of the config file: `$XDG_CONFIG_HOME/swarmcache/config.toml`, else
     /// `$HOME/.config/swarmcache/config.toml`; none without either variable.
     pub fn path() -> Option<PathBuf> {
-        let base = std::env::var_os("XDG_CONFIG_HOME")
-            .filter(|d| !d.is_empty())
-            .map(PathBuf::from)
-            .or_else(|| {
-                std::env::var_os("HOME")
-                    .filter(|d| !d.is_empty())
-                    .map(|h| PathBuf::from(h).join(".config"))
-            })?;
-        Some(base.join("swarmcache").join("config.toml"))
+        Some(
+            super::xdg_home("XDG_CONFIG_HOME", ".config")?
+                .join("swarmcache")
+                .join("config.toml"),
+        )
     }
 
     /// Loads the config file when there is one; a missing file is an empty config.

@@ -109,7 +109,7 @@ pub(crate) struct Worker {
 
 /// Describes a socket error, naming a timeout as one (a timed-out socket says "os error 11").
 fn socket_error(phase: &str, e: &std::io::Error, timeout: Duration) -> String {
-    if wire::is_timeout(e) {
+    if crate::net::is_timeout(e) {
         format!("{phase} timed out after {timeout:?}")
     } else {
         format!("{phase}: {e}")

@@ -81,9 +81,6 @@ pub struct HttpConfig {
     pub listen: SocketAddr,
     /// What the server is, in errors: "the tracker".
     pub what: &'static str,
-    /// The binary it runs in: "tracker". Log lines no longer carry it (the logger of the
-    /// host binary names itself); kept so that configs read the same everywhere.
-    pub program: &'static str,
     /// Worker threads: connections served at once.
     pub workers: usize,
     /// Accepted connections that may wait for a worker; past this, newcomers get a 503.
@@ -100,11 +97,10 @@ pub struct HttpConfig {
 
 impl HttpConfig {
     /// The defaults: see the `DEFAULT_…` constants.
-    pub fn new(listen: SocketAddr, what: &'static str, program: &'static str) -> HttpConfig {
+    pub fn new(listen: SocketAddr, what: &'static str) -> HttpConfig {
         HttpConfig {
             listen,
             what,
-            program,
             workers: DEFAULT_WORKERS,
             queue: DEFAULT_QUEUE,
             max_conns_per_ip: DEFAULT_MAX_CONNS_PER_IP,
@@ -395,7 +391,7 @@ mod tests {
     }
 
     fn start(config: impl FnOnce(&mut HttpConfig)) -> TestServer {
-        let mut c = HttpConfig::new("127.0.0.1:0".parse().unwrap(), "the test server", "test");
+        let mut c = HttpConfig::new("127.0.0.1:0".parse().unwrap(), "the test server");
         c.request_timeout = Duration::from_secs(5);
         config(&mut c);
         let server = HttpServer::bind(c).unwrap();
@@ -664,7 +660,7 @@ mod tests {
 
     #[test]
     fn shutdown_returns_from_serve_with_connections_open() {
-        let config = HttpConfig::new("127.0.0.1:0".parse().unwrap(), "the test server", "test");
+        let config = HttpConfig::new("127.0.0.1:0".parse().unwrap(), "the test server");
         let server = HttpServer::bind(config).unwrap();
         let (addr, stop) = (server.local_addr(), server.shutdown_handle());
         let (done_tx, done) = crossbeam_channel::bounded(1);
@@ -701,7 +697,7 @@ mod tests {
 
     #[test]
     fn shutdown_with_no_connection_ever_made_returns_within_a_second() {
-        let config = HttpConfig::new("127.0.0.1:0".parse().unwrap(), "the test server", "test");
+        let config = HttpConfig::new("127.0.0.1:0".parse().unwrap(), "the test server");
         let server = HttpServer::bind(config).unwrap();
         let stop = server.shutdown_handle();
         let (done_tx, done) = crossbeam_channel::bounded(1);

@@ -35,7 +35,7 @@ use crate::net::{Conns, Counted, Listener, Refusals, Refused};
 use crate::store::{InUse, Store};
 use crate::sync::LockExt;
 use crate::tracker_client::{HttpStatus, TrackerClient, new_peer_id};
-use crate::wire::{Message, code};
+use crate::wire::code;
 use stats::{Counters, Served};
 use tickets::{Gate, TicketCheck, Tickets};
 use uploads::Uploads;
@@ -220,7 +220,7 @@ impl Server {
         let metrics = match metrics {
             Some(at) => Some(HttpServer::bind(HttpConfig {
                 write_timeout: METRICS_SEND_TIMEOUT,
-                ..HttpConfig::new(at, "the metrics endpoint", "peer_server")
+                ..HttpConfig::new(at, "the metrics endpoint")
             })?),
             None => None,
         };
@@ -372,10 +372,7 @@ impl Server {
                 ),
             };
             Counters::bump(&counters.refused);
-            let mut frame = Vec::new();
-            let _ =
-                crate::wire::write_message(&mut frame, &Message::error(code::SERVER_BUSY, text));
-            refusals.refuse(stream, frame);
+            refusals.refuse(stream, session::error_frame(code::SERVER_BUSY, &text));
         };
         self.listener.accept_until(&shared.stop, accepted, |e| {
             log::warn!("serving: accept failed: {e}")

@@ -15,7 +15,7 @@ use super::uploads::send_chunk;
 use super::{HANDSHAKE_TIMEOUT, IDLE_TIMEOUT, Shared, WRITE_TIMEOUT};
 use crate::bitfield::Bitfield;
 use crate::manifest::{AssetId, Manifest};
-use crate::net::{CLOSE_LINGER, linger_close};
+use crate::net::refuse_now;
 use crate::sync::{LockExt, RwLockExt};
 use crate::wire::{self, Conn, MAX_CONTROL_FRAME, Message, PROTOCOL_VERSION, WireError, code};
 
@@ -63,9 +63,14 @@ fn reject(code: u16, text: impl Into<String>) -> anyhow::Error {
 /// what the peer already sent is drained (briefly), so the error frame is not discarded by
 /// a TCP reset on the peer's side.
 pub(super) fn close_with_error(stream: &TcpStream, code: u16, text: &str) {
-    let _ = stream.set_write_timeout(Some(CLOSE_LINGER));
-    let _ = wire::write_message(&mut &*stream, &Message::error(code, text));
-    linger_close(stream);
+    refuse_now(stream, &error_frame(code, text));
+}
+
+/// The bytes of an error frame, for [`close_with_error`] and the refusal pool.
+pub(super) fn error_frame(code: u16, text: &str) -> Vec<u8> {
+    let mut frame = Vec::new();
+    let _ = wire::write_message(&mut frame, &Message::error(code, text));
+    frame
 }
 impl Shared {
     /// Serves one connection and, when it ends in error, tells the client why and logs it.

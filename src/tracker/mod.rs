@@ -183,7 +183,7 @@ impl Tracker {
             request_timeout: config.request_timeout,
             idle_timeout: config.idle_timeout,
             write_timeout: config.http_timeout,
-            ..HttpConfig::new(config.listen, "the tracker", "tracker")
+            ..HttpConfig::new(config.listen, "the tracker")
         })?;
         let started = Instant::now();
         let known = catalog.iter().map(|(id, _)| *id).collect();

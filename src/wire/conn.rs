@@ -15,7 +15,8 @@ use rustix::io::Errno;
 use rustix::net::RecvFlags;
 
 use super::codec::{self, Message};
-use super::{MAX_CONTROL_FRAME, WireError, is_timeout};
+use super::{MAX_CONTROL_FRAME, WireError};
+use crate::net::is_timeout;
 
 /// How far ahead [`Conn::frames_waiting`] looks for whole frames: requests and cancels are
 /// 9 bytes, so 4 KiB holds hundreds of them.
@@ -50,11 +51,6 @@ impl<S: Borrow<TcpStream>> Conn<S> {
     /// from a file after its [`chunk_header`](super::chunk_header), shutting down.
     pub fn stream(&self) -> &TcpStream {
         self.stream.borrow()
-    }
-
-    /// Changes the largest frame accepted from now on.
-    pub fn set_max_frame(&mut self, max_frame: u32) {
-        self.max_frame = max_frame;
     }
 
     /// Reads the next message, which must arrive whole within `within` of this call: a peer

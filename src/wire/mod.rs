@@ -11,12 +11,13 @@ use std::io;
 use std::time::Duration;
 
 use crate::manifest::{MAX_CHUNK_SIZE, MAX_CHUNKS};
+use crate::net::is_timeout;
 
 pub mod codec;
 pub mod codes;
 pub mod conn;
 
-pub use codec::{Decoded, Message, chunk_header, decode, frame_len, whole_frames};
+pub use codec::{Decoded, Message, chunk_header, decode};
 pub use codes::code;
 pub use conn::{Conn, read_message, write_message};
 
@@ -81,10 +82,6 @@ impl WireError {
         }
     }
 }
-
-/// True for the errors a socket with a read or write timeout returns when it expires: the
-/// one test of the crate, shared with the listeners.
-pub use crate::net::is_timeout;
 
 impl fmt::Display for WireError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
