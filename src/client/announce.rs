@@ -16,8 +16,9 @@ use crate::sync::{LockExt, RwLockExt};
 use crate::tracker_client::{TrackerClient, new_peer_id};
 
 use super::plan::Complaint;
-use super::serving::{LiveHave, Serving, TicketKeys, UploadCounter};
+use super::serving::{Serving, TicketKeys, UploadCounter};
 use super::worker::Ticket;
+use crate::bitfield::LiveHave;
 
 /// While downloading, progress is announced this often, so that other peers learn within
 /// half a second what this one can serve and this one learns of newcomers as fast.
@@ -25,8 +26,6 @@ const ANNOUNCE_PERIOD: Duration = Duration::from_millis(500);
 /// While a restarted tracker knows no source yet, it is asked again this often: a source
 /// that announces is found within a second, for one announce a second.
 const SOURCE_POLL: Duration = Duration::from_secs(1);
-/// How often a wait for sources looks at the interrupt flag: a SIGTERM ends it at once.
-const INTERRUPT_POLL: Duration = Duration::from_millis(50);
 
 /// Peers the scheduler gave up on for a reason the tracker should know, drained by the next
 /// announce.
@@ -156,12 +155,7 @@ impl Announce {
                 );
                 told = true;
             }
-            let pause = Instant::now() + SOURCE_POLL.min(left);
-            while Instant::now() < pause && !interrupted() {
-                std::thread::sleep(
-                    INTERRUPT_POLL.min(pause.saturating_duration_since(Instant::now())),
-                );
-            }
+            super::sleep_until(Instant::now() + SOURCE_POLL.min(left), &interrupted);
             answer = self.once()?;
         }
         if told && !(answer.peers.is_empty() && answer.origins.is_empty()) {

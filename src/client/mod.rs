@@ -48,10 +48,11 @@ use crate::store::{InUse, Partial, Store};
 use crate::tracker_client::TrackerClient;
 
 use crate::announce::Departure;
+use crate::bitfield::LiveHave;
 use announce::{Announce, Announcer};
 use output::{Placement, Replace, Target};
 use scheduler::{Event, Scheduler, Watch};
-use serving::{LiveHave, Serving};
+use serving::Serving;
 use sources::Source;
 use stream::{RanDry, Stream};
 
@@ -77,6 +78,16 @@ pub fn interrupted() -> bool {
     INTERRUPTED.load(Ordering::SeqCst)
 }
 
+/// How often a wait looks at `interrupted`: a Ctrl-C is seen within 50 ms.
+const INTERRUPT_POLL: Duration = Duration::from_millis(50);
+
+/// Sleeps until `deadline`, or until `interrupted()` says to stop.
+fn sleep_until(deadline: Instant, interrupted: impl Fn() -> bool) {
+    while Instant::now() < deadline && !interrupted() {
+        std::thread::sleep(INTERRUPT_POLL.min(deadline.saturating_duration_since(Instant::now())));
+    }
+}
+
 /// The outcome of [`get`]: the summary, and the embedded server when the asset is to be
 /// seeded on after the download.
 pub struct Got {
@@ -97,12 +108,7 @@ pub struct Seeding {
 impl Seeding {
     /// Serves for `duration` (or until [`interrupt`]), then leaves the swarm.
     pub fn run(self, duration: Duration) {
-        let deadline = Instant::now() + duration;
-        while Instant::now() < deadline && !interrupted() {
-            std::thread::sleep(
-                Duration::from_millis(50).min(deadline.saturating_duration_since(Instant::now())),
-            );
-        }
+        sleep_until(Instant::now() + duration, interrupted);
         // Dropping the announcer says "stopped"; dropping the server shuts it down.
         drop(self.announcer);
         drop(self.serving);
@@ -132,7 +138,8 @@ fn fetch(config: &GetConfig, seed: bool, out: Option<&mut (dyn Write + Send)>) -
     let in_use = store.hold(&config.asset)?;
     let tracker = TrackerClient::optional(config.tracker.as_deref())?
         .map(|t| t.with_token(config.token.clone()));
-    let manifest = match store.manifest(&config.asset)? {
+    // Shared with the scheduler's workers: its chunk hashes are copied nowhere.
+    let manifest = Arc::new(match store.manifest(&config.asset)? {
         Some(m) => m,
         None => match &tracker {
             Some(t) => t.manifest(&config.asset)?,
@@ -142,7 +149,7 @@ fn fetch(config: &GetConfig, seed: bool, out: Option<&mut (dyn Write + Send)>) -
                 config.store.display()
             ),
         },
-    };
+    });
     // The output is opened before anything is fetched: a directory that is missing or
     // not writable fails the get now, not after the download.
     let mut sink: Option<Box<dyn Write + Send + '_>> = None;
@@ -239,7 +246,7 @@ fn fetch(config: &GetConfig, seed: bool, out: Option<&mut (dyn Write + Send)>) -
                 .and_then(|hex| Bitfield::from_hex(count, hex).ok());
             let scheduler = Scheduler::new(
                 config,
-                Arc::new(manifest.clone()),
+                Arc::clone(&manifest),
                 partial,
                 sources,
                 origin_share,

@@ -13,7 +13,7 @@ use anyhow::{Context, Result, bail};
 use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
 
 use crate::api::AnnounceResponse;
-use crate::bitfield::Bitfield;
+use crate::bitfield::{Bitfield, LiveHave};
 use crate::failure::Failure;
 use crate::manifest::Manifest;
 use crate::ratelimit::RateLimiter;
@@ -23,7 +23,6 @@ use crate::sync::RwLockExt;
 use super::announce::Reports;
 use super::config::GetConfig;
 use super::plan::{Order, PIPELINE_DEPTH, Plan, Settings, Verdict};
-use super::serving::LiveHave;
 use super::sources::Source;
 use super::summary::{Downloaded, Meter};
 use super::worker::{Job, Report, Ticket, Worker};
@@ -172,7 +171,7 @@ impl<'a> Scheduler<'a> {
         self.stop_all();
         self.meter.finish();
         result?;
-        self.meter.sample(true, self.plan.peers_connected());
+        self.meter.sample(true, || self.plan.peers_connected());
         Ok(Downloaded {
             sources: self.plan.sources().iter().map(Source::summary).collect(),
             first_chunk_secs: self.plan.first_chunk_at().map(|at| {
@@ -209,7 +208,7 @@ impl<'a> Scheduler<'a> {
                 self.plan.nudge(Instant::now());
                 self.sync();
             }
-            self.meter.sample(false, self.plan.peers_connected());
+            self.meter.sample(false, || self.plan.peers_connected());
             self.plan.update_fallback(Instant::now());
             self.sync();
             if dirty && last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 
-pub(crate) use crate::bitfield::LiveHave;
+use crate::bitfield::LiveHave;
 use crate::manifest::Manifest;
 use crate::server::{Server, ServerConfig, ShutdownHandle};
 pub(crate) use crate::server::{TicketKeys, UploadCounter};

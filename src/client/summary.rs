@@ -254,12 +254,13 @@ impl Meter {
     }
 
     /// Once a second (and at the end): the peak rate, the bar's message, a JSON line.
-    pub(crate) fn sample(&mut self, last: bool, peers_connected: usize) {
+    pub(crate) fn sample(&mut self, last: bool, peers_connected: impl FnOnce() -> usize) {
         let (at, bytes) = self.sampled;
         let elapsed = at.elapsed();
         if elapsed < Duration::from_secs(1) && !last {
             return;
         }
+        let peers_connected = peers_connected();
         let network = self.from_peers + self.from_origin;
         let rate = (network - bytes) as f64 / elapsed.as_secs_f64().max(1e-9);
         // A download shorter than a second has its only stretch as its peak.
