@@ -2,6 +2,11 @@
 //!
 //! Bit `i` is bit `7 - (i % 8)` of byte `i / 8` (most significant bit first, as in
 //! BitTorrent), so the byte form is the same on the wire, on disk and in the tracker's JSON.
+//! [`Live`] is a download's growing set, shared with the peer server that serves it.
+
+mod live;
+
+pub use live::{Live, LiveHave};
 
 /// A set of chunk indexes in `0..len`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -135,10 +140,6 @@ impl Bitfield {
     }
 }
 
-/// What a download in this process holds so far, shared with the peer server in the same
-/// process so that peers can fetch each chunk the moment it is verified, before it is
-/// recorded on disk.
-pub type LiveHave = std::sync::Arc<std::sync::RwLock<Bitfield>>;
 
 #[cfg(test)]
 mod tests {

@@ -12,6 +12,7 @@
 //! Modules:
 //! - [`backoff`]: the one jittered exponential backoff of every retry loop.
 //! - [`sync`]: locks that survive a panicked holder.
+//! - [`wake`]: wake-ups a thread waits for together with its socket.
 //! - [`units`]: human sizes and durations (`1MiB`, `60s`) for flags.
 //! - [`bitfield`]: which chunks a peer or store holds.
 //! - [`manifest`]: the manifest format, asset ids, parallel chunk hashing, verification.
@@ -58,4 +59,5 @@ pub mod sync;
 pub mod tracker;
 pub mod tracker_client;
 pub mod units;
+pub mod wake;
 pub mod wire;

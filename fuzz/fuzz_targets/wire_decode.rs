@@ -11,7 +11,7 @@ use std::io::{self, Read};
 use libfuzzer_sys::fuzz_target;
 use swarmcache::manifest::MAX_CHUNKS;
 use swarmcache::wire::{
-    Decoded, MAX_CONTROL_FRAME, MAX_ERROR_TEXT, MAX_TICKET, Message, WireError, decode,
+    Decoded, MAX_CONTROL_FRAME, MAX_ERROR_TEXT, MAX_GAINED, MAX_TICKET, Message, WireError, decode,
     read_message, write_message,
 };
 
@@ -39,6 +39,7 @@ fn check(m: &Message, body_len: usize) {
         Message::Have(bits) => assert!(bits.len() as u64 <= MAX_CHUNKS),
         Message::Chunk { data, .. } => assert!(data.len() < body_len),
         Message::Error { message, .. } => assert!(message.len() <= MAX_ERROR_TEXT),
+        Message::Gained { indices } => assert!((1..=MAX_GAINED).contains(&indices.len())),
         _ => {}
     }
     let mut frame = Vec::new();

@@ -34,7 +34,7 @@ use std::fs::File;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -48,7 +48,7 @@ use crate::store::{InUse, Partial, Store};
 use crate::tracker_client::TrackerClient;
 
 use crate::announce::Departure;
-use crate::bitfield::LiveHave;
+use crate::bitfield::{Live, LiveHave};
 use announce::{Announce, Announcer};
 use output::{Placement, Replace, Target};
 use scheduler::{Event, Scheduler, Watch};
@@ -183,7 +183,7 @@ fn fetch(config: &GetConfig, seed: bool, out: Option<&mut (dyn Write + Send)>) -
         |p| p.have().clone(),
     );
     let from_cache: u64 = initial.ones().map(|i| manifest.chunk_len(i) as u64).sum();
-    let live: LiveHave = Arc::new(RwLock::new(initial.clone()));
+    let live: LiveHave = Live::new(initial.clone());
     let serving = match config.serve {
         Some(listen) if seed || !complete => {
             // With a tracker, serve nobody until its first announce answer says whether
@@ -232,7 +232,7 @@ fn fetch(config: &GetConfig, seed: bool, out: Option<&mut (dyn Write + Send)>) -
                 .peers
                 .iter()
                 .chain(&first.origins)
-                .map(|info| Source::from_info(info, count))
+                .map(Source::from_info)
                 .collect();
             if sources.is_empty() {
                 return Err(Failure::NoSource.error(format!(

@@ -13,8 +13,10 @@
 //!    a queue (the slower copy whose cancel is on its way); it is never handed out again.
 //! 2. `copies[i]` is how many counted sources hold chunk `i`; a source is counted
 //!    (`counted[s]`) exactly when it is a usable peer. Counts move only by what changed: a
-//!    new have list by the bits that differ, a refusal by one bit, a source becoming
-//!    usable or unusable by its own bits. Nothing rescans every chunk per tick or event.
+//!    new have list by the bits that differ, a gained chunk or a refusal by one bit, a
+//!    source becoming usable or unusable by its own bits, looked at only for the source
+//!    whose connection opened or closed, or that was dropped or resumed. Nothing rescans
+//!    every chunk, or every source, per tick or event.
 //! 3. A connection is asked only while open and ready, only for chunks its source holds,
 //!    never twice for one chunk, and never for more than its depth at once.
 //! 4. A chunk is in flight at two connections at most when it was late at the first
@@ -34,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use crate::bitfield::Bitfield;
 
-use super::sources::{BUSY_RETRIES, End, ORIGIN_RETRIES, Source};
+use super::sources::{BUSY_RETRIES, End, Holdings, ORIGIN_RETRIES, Source};
 
 /// Requests kept in flight per origin connection: with 256 KiB chunks, 1 MiB per
 /// connection and 4 MiB over the default four connections, which covers the
@@ -358,7 +360,10 @@ impl Plan {
         for conn in &mut self.conns {
             conn.open = false;
         }
-        self.recount_all();
+        for source in 0..self.sources.len() {
+            self.recount(source);
+        }
+        self.epoch += 1;
     }
 
     /// Reopens the connections of sources whose pause is over.
@@ -370,6 +375,8 @@ impl Plan {
                 for _ in 0..std::mem::take(&mut src.reconnects) {
                     self.open_conn(source, now);
                 }
+                // No longer paused: with no connection reopened, no longer usable either.
+                self.availability_changed(source);
             }
         }
     }
@@ -383,13 +390,15 @@ impl Plan {
             }
             self.sources.push(source);
             self.counted.push(false);
+            // Counts the newcomer in (a peer with unknown holdings counts nothing yet).
             self.open_conn(self.sources.len() - 1, now);
         }
+        // Origins are never counted: retiring their connections changes no count.
         self.retire_extra_origin_connections();
         if let Some(share) = share.filter(|s| s.len() == self.count) {
             self.origin_share = Some(share);
         }
-        self.availability_changed();
+        self.epoch += 1;
     }
 
     /// With peers to trade with, one connection per origin is enough: the origin splits its
@@ -441,19 +450,14 @@ impl Plan {
             };
         };
         match &src.have {
-            None => (0..self.count)
+            Holdings::All => (0..self.count)
                 .filter(|i| !src.refused.contains(i))
                 .for_each(&mut adjust),
-            Some(have) => have
+            Holdings::Known(have) => have
                 .ones()
                 .filter(|i| !src.refused.contains(i))
                 .for_each(&mut adjust),
-        }
-    }
-
-    fn recount_all(&mut self) {
-        for source in 0..self.sources.len() {
-            self.recount(source);
+            Holdings::Unknown => {}
         }
     }
 
@@ -464,12 +468,16 @@ impl Plan {
         }
         if self.counted[source] {
             let src = &self.sources[source];
-            let full;
+            let other;
             let old = match &src.have {
-                Some(old) => old,
-                None => {
-                    full = Bitfield::full(self.count);
-                    &full
+                Holdings::Known(old) => old,
+                Holdings::All => {
+                    other = Bitfield::full(self.count);
+                    &other
+                }
+                Holdings::Unknown => {
+                    other = Bitfield::new(self.count);
+                    &other
                 }
             };
             for (byte, (a, b)) in old.as_bytes().iter().zip(have.as_bytes()).enumerate() {
@@ -490,11 +498,29 @@ impl Plan {
                 }
             }
         }
-        self.sources[source].have = Some(have);
+        self.sources[source].have = Holdings::Known(have);
     }
 
-    fn availability_changed(&mut self) {
-        self.recount_all();
+    /// Adds chunks a source gained to what it holds, one count each for a counted source.
+    fn gain(&mut self, source: usize, indices: &[u32]) -> bool {
+        let (count, counted) = (self.count, self.counted[source]);
+        let mut changed = false;
+        for &index in indices.iter().filter(|&&i| i < count) {
+            if self.sources[source].gain(index, count) {
+                changed = true;
+                if counted {
+                    // `gain` only ever makes a chunk held.
+                    self.copies[index as usize] += 1;
+                }
+            }
+        }
+        changed
+    }
+
+    /// `source` may have become usable or unusable: counts it in or out, and has every
+    /// connection look again.
+    fn availability_changed(&mut self, source: usize) {
+        self.recount(source);
         self.epoch += 1;
     }
 
@@ -505,7 +531,16 @@ impl Plan {
         let source = self.conns[conn].source;
         self.conns[conn].ready = true;
         self.set_have(source, have);
-        self.availability_changed();
+        self.epoch += 1;
+    }
+
+    /// `conn`'s source says it gained these chunks (a `Gained` frame, at any time). Only a
+    /// change bumps the epoch, so that starved connections look again only for news.
+    pub(crate) fn gained(&mut self, conn: usize, indices: &[u32]) {
+        let source = self.conns[conn].source;
+        if self.gain(source, indices) {
+            self.epoch += 1;
+        }
     }
 
     /// A chunk arrived verified on `conn`. The first copy counts (and the others in flight
@@ -554,7 +589,7 @@ impl Plan {
             let c = &mut self.copies[index as usize];
             *c = c.saturating_sub(1);
         }
-        self.availability_changed();
+        self.epoch += 1;
     }
 
     /// `conn`'s source dropped the request for `index`, as asked.
@@ -618,7 +653,9 @@ impl Plan {
             }
             End::Busy(error) | End::Failed(error) => (self.drop_source(source, error, now), None),
         };
-        self.availability_changed();
+        // Its last connection closed, or it was dropped: counted out. (An origin a drop
+        // connected to anew was counted by `open_conn`.)
+        self.availability_changed(source);
         outcome
     }
 
@@ -1009,17 +1046,24 @@ mod tests {
         b
     }
 
+    /// A peer holding `have`, or everything (`None`).
     fn peer(n: u8, have: Option<Bitfield>) -> Source {
+        let have = have.map_or(Holdings::All, Holdings::Known);
+        Source::new(&format!("peer{n}"), &format!("10.0.0.{n}:7000"), false, have)
+    }
+
+    /// A partial peer as the tracker names it: holdings unknown until its `Have`.
+    fn partial_peer(n: u8) -> Source {
         Source::new(
             &format!("peer{n}"),
             &format!("10.0.0.{n}:7000"),
             false,
-            have,
+            Holdings::Unknown,
         )
     }
 
     fn origin() -> Source {
-        Source::new("origin", "10.0.0.100:7001", true, None)
+        Source::new("origin", "10.0.0.100:7001", true, Holdings::All)
     }
 
     fn settings(streaming: bool, window: u32, share: Option<Bitfield>) -> Settings {
@@ -1039,10 +1083,10 @@ mod tests {
         let mut plan = Plan::new(size, CHUNK, Bitfield::new(count), sources, settings, now);
         for s in 0..plan.sources.len() {
             let conn = plan.open_conn(s, now);
-            let have = plan.sources[s]
-                .have
-                .clone()
-                .unwrap_or_else(|| Bitfield::full(count));
+            let have = match &plan.sources[s].have {
+                Holdings::Known(have) => have.clone(),
+                Holdings::All | Holdings::Unknown => Bitfield::full(count),
+            };
             plan.ready(conn, have);
         }
         plan.check();

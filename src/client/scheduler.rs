@@ -18,7 +18,6 @@ use crate::failure::Failure;
 use crate::manifest::Manifest;
 use crate::ratelimit::RateLimiter;
 use crate::store::Partial;
-use crate::sync::RwLockExt;
 
 use super::announce::Reports;
 use super::config::GetConfig;
@@ -243,7 +242,7 @@ impl<'a> Scheduler<'a> {
                 arrived = true;
                 if let Some(credit) = self.plan.delivered(conn, index, now) {
                     // The one place the live have-bitmap follows the plan.
-                    self.watch.live.write_now().set(index);
+                    self.watch.live.insert(index);
                     self.meter.add(credit.origin, credit.len);
                     if let Some(stream) = &self.watch.streaming {
                         let _ = stream.send(index);
@@ -278,14 +277,14 @@ impl<'a> Scheduler<'a> {
             }
             Event::Swarm(answer) => {
                 let count = self.manifest.chunk_count();
-                // Only sources not seen before are built (their have lists parsed).
+                // Only sources not seen before are built.
                 let known = self.plan.sources();
                 let new = answer
                     .peers
                     .iter()
                     .chain(&answer.origins)
                     .filter(|info| !known.iter().any(|s| s.addr == info.addr))
-                    .map(|info| Source::from_info(info, count))
+                    .map(Source::from_info)
                     .collect();
                 let share = answer
                     .origin_share

@@ -44,6 +44,19 @@ pub(crate) enum End {
     Local(String),
 }
 
+/// What a source holds, as far as this client knows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Holdings {
+    /// Every chunk: a complete peer or an origin, until its `Have` says otherwise.
+    All,
+    /// These chunks, from its `Have` and the `Gained` frames since.
+    Known(Bitfield),
+    /// Not known until its `Have` arrives: a partial peer as the tracker names it (the
+    /// tracker's answers carry no bitfields). Counts as holding nothing, but is connected
+    /// to like any peer, which is how its holdings become known.
+    Unknown,
+}
+
 /// A place chunks can come from.
 #[derive(Debug)]
 pub(crate) struct Source {
@@ -53,8 +66,8 @@ pub(crate) struct Source {
     pub(crate) addr: String,
     /// Whether it is an origin.
     pub(crate) origin: bool,
-    /// What the source holds, as far as we know; `None` means everything.
-    pub(crate) have: Option<Bitfield>,
+    /// What the source holds, as far as we know.
+    pub(crate) have: Holdings,
     /// Chunks this source said it does not hold or would not send now.
     pub(crate) refused: HashSet<u32>,
     /// Why it was given up, if it was.
@@ -75,8 +88,8 @@ pub(crate) struct Source {
 }
 
 impl Source {
-    /// A source nothing is known about yet but what it holds (`None`: everything).
-    pub(crate) fn new(peer_id: &str, addr: &str, origin: bool, have: Option<Bitfield>) -> Source {
+    /// A source nothing is known about yet but what it holds.
+    pub(crate) fn new(peer_id: &str, addr: &str, origin: bool, have: Holdings) -> Source {
         Source {
             peer_id: peer_id.to_string(),
             addr: addr.to_string(),
@@ -93,12 +106,13 @@ impl Source {
         }
     }
 
-    /// A source as the tracker describes it.
-    pub(crate) fn from_info(info: &PeerInfo, chunk_count: u32) -> Source {
-        // The tracker's view of what a partial peer holds, until its own Have arrives.
-        let have = match (&info.have, info.complete) {
-            (Some(hex), false) => Bitfield::from_hex(chunk_count, hex).ok(),
-            _ => None,
+    /// A source as the tracker describes it: an origin or a complete peer holds everything,
+    /// a partial one holds what its `Have` will say.
+    pub(crate) fn from_info(info: &PeerInfo) -> Source {
+        let have = if info.complete || info.origin {
+            Holdings::All
+        } else {
+            Holdings::Unknown
         };
         Source::new(&info.peer_id, &info.addr, info.origin, have)
     }
@@ -110,7 +124,29 @@ impl Source {
 
     /// Whether its have list (or its being complete) says it holds `index`.
     pub(crate) fn has_bit(&self, index: u32) -> bool {
-        self.have.as_ref().is_none_or(|h| h.get(index))
+        match &self.have {
+            Holdings::All => true,
+            Holdings::Known(have) => have.get(index),
+            Holdings::Unknown => false,
+        }
+    }
+
+    /// Adds chunk `index` (of `count`) to what it holds, as a `Gained` said, and forgets an
+    /// earlier refusal of it: a source that gained a chunk it did not hold now sends it.
+    /// Returns whether [`Source::holds`] changed for it.
+    pub(crate) fn gain(&mut self, index: u32, count: u32) -> bool {
+        let before = self.holds(index);
+        match &mut self.have {
+            Holdings::All => {}
+            Holdings::Known(have) => have.set(index),
+            Holdings::Unknown => {
+                let mut have = Bitfield::new(count);
+                have.set(index);
+                self.have = Holdings::Known(have);
+            }
+        }
+        self.refused.remove(&index);
+        self.holds(index) != before
     }
 
     /// "origin" or "peer", for messages.
@@ -183,7 +219,7 @@ mod tests {
 
     #[test]
     fn a_delivery_resets_the_failures() {
-        let mut s = Source::new("p", "127.0.0.1:1", false, None);
+        let mut s = Source::new("p", "127.0.0.1:1", false, Holdings::All);
         let now = Instant::now();
         assert!(s.retry_later(now));
         assert!(!s.retry_later(now));
@@ -197,7 +233,7 @@ mod tests {
 
     #[test]
     fn the_measured_rate_is_a_moving_average() {
-        let mut s = Source::new("p", "a", false, None);
+        let mut s = Source::new("p", "a", false, Holdings::All);
         assert_eq!(s.secs_per_chunk(100), UNMEASURED_SECS_PER_BYTE * 100.0);
         s.record_service(Duration::from_secs(4), 4);
         assert_eq!(s.secs_per_byte, Some(1.0));
@@ -207,12 +243,48 @@ mod tests {
 
     #[test]
     fn a_refused_chunk_is_no_longer_held_and_giving_up_is_once() {
-        let mut s = Source::new("p", "a", false, Some(Bitfield::full(4)));
+        let mut s = Source::new("p", "a", false, Holdings::Known(Bitfield::full(4)));
         assert!(s.holds(2));
         s.refused.insert(2);
         assert!(!s.holds(2) && s.has_bit(2));
         assert!(s.give_up("lied".into()));
         assert!(!s.give_up("again".into()));
         assert_eq!(s.dropped.as_deref(), Some("lied"));
+    }
+
+    #[test]
+    fn the_tracker_names_partial_peers_with_unknown_holdings() {
+        // Built from JSON, as an answer is read: whatever else the tracker sends, only
+        // `complete` and `origin` count.
+        let info = |complete: bool, origin: bool| -> PeerInfo {
+            serde_json::from_value(serde_json::json!({
+                "peer_id": "p",
+                "addr": "10.0.0.1:7000",
+                "complete": complete,
+                "origin": origin,
+                "last_seen_secs": 0,
+            }))
+            .unwrap()
+        };
+        assert_eq!(Source::from_info(&info(true, false)).have, Holdings::All);
+        assert_eq!(Source::from_info(&info(false, true)).have, Holdings::All);
+        let partial = Source::from_info(&info(false, false));
+        assert_eq!(partial.have, Holdings::Unknown);
+        assert!(!partial.has_bit(0), "unknown holds nothing until its Have");
+    }
+
+    #[test]
+    fn a_gain_adds_a_chunk_and_lifts_its_refusal() {
+        let mut s = Source::new("p", "a", false, Holdings::Unknown);
+        assert!(s.gain(2, 4));
+        assert!(!s.gain(2, 4), "known already");
+        assert_eq!(s.have, Holdings::Known(Bitfield::from_bytes(4, &[0x20]).unwrap()));
+        s.refused.insert(3);
+        assert!(s.gain(3, 4));
+        assert!(s.holds(3));
+        let mut all = Source::new("p", "a", false, Holdings::All);
+        assert!(!all.gain(1, 4));
+        all.refused.insert(1);
+        assert!(all.gain(1, 4), "a refusal lifted");
     }
 }

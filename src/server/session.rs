@@ -1,11 +1,15 @@
 //! One connection's protocol: the handshake (version, ticket, asset), then requests
 //! answered in order until the client leaves, reading ahead so that a `Cancel` reaches a
-//! request still waiting here. Failures close with an error frame that says why.
+//! request still waiting here. Between replies, and while it waits for the next request,
+//! a session serving a download in progress pushes the chunks it gains (`Gained`) to a
+//! version-2 client. Failures close with an error frame that says why.
 
 use std::collections::VecDeque;
 use std::fs::File;
 use std::net::TcpStream;
+use std::os::fd::AsFd;
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use anyhow::{Context, Result};
 
@@ -13,11 +17,16 @@ use super::stats::Counters;
 use super::tickets::Verdict;
 use super::uploads::send_chunk;
 use super::{HANDSHAKE_TIMEOUT, IDLE_TIMEOUT, Shared, WRITE_TIMEOUT};
-use crate::bitfield::Bitfield;
+use crate::bitfield::{Bitfield, LiveHave};
 use crate::manifest::{AssetId, Manifest};
 use crate::net::refuse_now;
-use crate::sync::{LockExt, RwLockExt};
-use crate::wire::{self, Conn, MAX_CONTROL_FRAME, Message, PROTOCOL_VERSION, WireError, code};
+use crate::sync::LockExt;
+use crate::wake::Wait;
+use crate::wire::{
+    self, Conn, MAX_CONTROL_FRAME, GAINED_VERSION, MAX_GAINED, MIN_PROTOCOL_VERSION, Message, PROTOCOL_VERSION,
+    WireError, code,
+};
+
 
 /// Messages read ahead of the request being served. The reference client keeps at most
 /// four requests in flight, plus a have request and a cancel for each request.
@@ -102,16 +111,20 @@ impl Shared {
 
     /// What the store holds of an asset, and its content file. They are read together: a
     /// `have` is written after the content it describes is in place, so a content file
-    /// opened after reading `have` is never older than it.
-    fn open_content(&self, asset: &AssetId, manifest: &Manifest) -> Result<(Bitfield, File)> {
+    /// opened after reading `have` is never older than it. For a download in progress, also
+    /// its live holdings and the cursor of the gains the copy includes.
+    fn open_content(&self, asset: &AssetId, manifest: &Manifest) -> Result<Content> {
         let live = self.live.locked().get(asset).cloned();
-        let have = match live {
-            Some(live) => live.read_now().clone(),
-            None => self.store.have(asset, manifest)?,
+        let (have, live) = match live {
+            Some(live) => {
+                let (have, cursor) = live.snapshot();
+                (have, Some((live, cursor)))
+            }
+            None => (self.store.have(asset, manifest)?, None),
         };
         let path = self.store.data_path(asset);
         let data = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
-        Ok((have, data))
+        Ok(Content { have, data, live })
     }
 
     /// Serves one connection: handshake, then requests until the client leaves.
@@ -128,14 +141,17 @@ impl Shared {
         else {
             return Err(reject(code::BAD_REQUEST, "the first frame must be Hello"));
         };
-        if version != PROTOCOL_VERSION {
+        // The highest version both speak: a newer client is answered in ours, and tells
+        // from the `Welcome` which one the connection speaks.
+        if version < MIN_PROTOCOL_VERSION {
             return Err(reject(
                 code::UNSUPPORTED_VERSION,
                 format!(
-                    "protocol version {version} is not supported; this peer speaks {PROTOCOL_VERSION}"
+                    "protocol version {version} is not supported; this peer speaks {MIN_PROTOCOL_VERSION} to {PROTOCOL_VERSION}"
                 ),
             ));
         }
+        let version = version.min(PROTOCOL_VERSION);
         match self.gate.check(&ticket, &asset) {
             Verdict::Pass => {}
             Verdict::Pending => {
@@ -160,9 +176,21 @@ impl Shared {
             ));
         };
         let manifest = &served.manifest;
-        let (mut have, mut data) = self.open_content(&asset, manifest)?;
+        let Content {
+            mut have,
+            mut data,
+            live,
+        } = self.open_content(&asset, manifest)?;
+        // Version 2 clients of a download in progress are told of each chunk it gains.
+        let mut pushes = match live {
+            Some((live, cursor)) if version >= GAINED_VERSION => {
+                let wait = live.watch().context("watching the download for new chunks")?;
+                Some(Pushes { live, cursor, wait })
+            }
+            _ => None,
+        };
         let welcome = Message::Welcome {
-            version: PROTOCOL_VERSION,
+            version,
             chunk_count: manifest.chunk_count(),
         };
         conn.send(&welcome)?;
@@ -172,11 +200,15 @@ impl Shared {
         // The client closed its side: what it asked for is still answered, then we close.
         let mut closed = false;
         while !self.stop.is_shutdown() {
+            // Between two replies, never inside one: what was gained meanwhile.
+            if let Some(pushes) = &mut pushes {
+                pushes.send(&mut conn)?;
+            }
             if pending.is_empty() {
                 if closed {
                     return Ok(());
                 }
-                let Some(message) = next_message(&mut conn)? else {
+                let Some(message) = next_request(&mut conn, pushes.as_mut())? else {
                     return Ok(());
                 };
                 if !take_in(message, &mut pending)? {
@@ -188,7 +220,12 @@ impl Shared {
             }
             match pending.pop_front().expect("a request is pending") {
                 Pending::Have => {
-                    (have, data) = self.open_content(&asset, manifest)?;
+                    let content = self.open_content(&asset, manifest)?;
+                    (have, data) = (content.have, content.data);
+                    // What the `Have` includes is not pushed again.
+                    if let (Some(pushes), Some((_, cursor))) = (&mut pushes, content.live) {
+                        pushes.cursor = pushes.cursor.max(cursor);
+                    }
                     conn.send(&Message::Have(have.clone()))?;
                 }
                 Pending::Cancelled(index) => {
@@ -206,7 +243,8 @@ impl Shared {
                 Pending::Chunk(index) => {
                     if !have.get(index) {
                         // The store may have grown since the handshake (a download in progress).
-                        (have, data) = self.open_content(&asset, manifest)?;
+                        let content = self.open_content(&asset, manifest)?;
+                        (have, data) = (content.have, content.data);
                     }
                     if !have.get(index) {
                         conn.send(&Message::DontHave { index })?;
@@ -237,6 +275,38 @@ impl Shared {
             }
         }
         Ok(())
+    }
+}
+
+/// What a session serves from: the holdings, the content file, and for a download in
+/// progress its live holdings with the cursor of the gains `have` includes.
+struct Content {
+    have: Bitfield,
+    data: File,
+    live: Option<(LiveHave, usize)>,
+}
+
+/// The chunks a download in progress gains, pushed to a version-2 client as `Gained`.
+struct Pushes {
+    live: LiveHave,
+    /// The gains the client has been told of (by a `Have` or a `Gained`).
+    cursor: usize,
+    /// Readable when the download gains a chunk, once armed.
+    wait: Wait,
+}
+
+impl Pushes {
+    /// Sends what was gained since the client was last told, [`MAX_GAINED`] per frame.
+    fn send(&mut self, conn: &mut Conn<&TcpStream>) -> Result<()> {
+        loop {
+            let (indices, cursor) = self.live.gained_since(self.cursor, MAX_GAINED);
+            if indices.is_empty() {
+                break;
+            }
+            conn.queue(&Message::Gained { indices })?;
+            self.cursor = cursor;
+        }
+        conn.flush().context("pushing new chunks")
     }
 }
 
@@ -309,6 +379,39 @@ fn read_ahead(
         }
     }
     Ok(true)
+}
+
+/// Waits up to [`IDLE_TIMEOUT`] for the client's next message, pushing what the download
+/// gains meanwhile (with `pushes`); `None` when the client closed the connection between
+/// frames.
+fn next_request<'c>(
+    conn: &'c mut Conn<&TcpStream>,
+    pushes: Option<&mut Pushes>,
+) -> Result<Option<Message<'c>>> {
+    let Some(pushes) = pushes else {
+        return next_message(conn);
+    };
+    let deadline = Instant::now() + IDLE_TIMEOUT;
+    loop {
+        // Armed before looking, so that a chunk gained after the look wakes the poll.
+        pushes.wait.arm();
+        pushes.send(conn)?;
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(anyhow::Error::new(WireError::Timeout(IDLE_TIMEOUT))
+                .context("waiting for a request"));
+        }
+        let woken = pushes
+            .wait
+            .poll(conn.stream().as_fd(), left)
+            .context("waiting for a request or a new chunk")?;
+        if woken.socket {
+            return next_message(conn);
+        }
+        if woken.woken {
+            pushes.wait.clear().context("taking a wake-up")?;
+        }
+    }
 }
 
 /// Reads the client's next message, waiting up to [`IDLE_TIMEOUT`] for it; `None` when the

@@ -8,7 +8,7 @@
 use std::borrow::Cow;
 
 use super::codes::kind;
-use super::{MAGIC, MAX_ERROR_TEXT, MAX_TICKET, WireError};
+use super::{MAGIC, MAX_ERROR_TEXT, MAX_GAINED, MAX_TICKET, WireError};
 use crate::bitfield::Bitfield;
 use crate::manifest::{AssetId, MAX_CHUNKS};
 
@@ -76,6 +76,12 @@ pub enum Message<'a> {
     Cancelled {
         /// Chunk index.
         index: u32,
+    },
+    /// Server → client, unsolicited (protocol version 2): the server now holds these chunks
+    /// too, gained since its last `Have` or `Gained`. Sent between replies, never inside one.
+    Gained {
+        /// The chunk indexes, 1 to [`MAX_GAINED`] of them, in the order they were gained.
+        indices: Vec<u32>,
     },
 }
 
@@ -166,6 +172,7 @@ impl<'a> Message<'a> {
             Message::Error { .. } => "Error",
             Message::Cancel { .. } => "Cancel",
             Message::Cancelled { .. } => "Cancelled",
+            Message::Gained { .. } => "Gained",
         }
     }
 
@@ -214,15 +221,18 @@ impl<'a> Message<'a> {
             Message::Error { code, message } => Message::Error { code, message },
             Message::Cancel { index } => Message::Cancel { index },
             Message::Cancelled { index } => Message::Cancelled { index },
+            Message::Gained { indices } => Message::Gained { indices },
         }
     }
 
     /// True when a field is over its protocol limit (a ticket over [`MAX_TICKET`], error
-    /// text over [`MAX_ERROR_TEXT`]): such a message must not be sent.
+    /// text over [`MAX_ERROR_TEXT`], a `Gained` of none or over [`MAX_GAINED`] chunks): such
+    /// a message must not be sent.
     pub fn over_limit(&self) -> bool {
         match self {
             Message::Hello { ticket, .. } => ticket.len() > MAX_TICKET,
             Message::Error { message, .. } => message.len() > MAX_ERROR_TEXT,
+            Message::Gained { indices } => indices.is_empty() || indices.len() > MAX_GAINED,
             _ => false,
         }
     }
@@ -272,6 +282,14 @@ impl<'a> Message<'a> {
             }
             Message::Cancel { index } => push_index(out, kind::CANCEL, *index),
             Message::Cancelled { index } => push_index(out, kind::CANCELLED, *index),
+            Message::Gained { indices } => {
+                out.push(kind::GAINED);
+                // Callers check `over_limit` first; the count is never cut silently.
+                out.extend_from_slice(&(indices.len().min(u16::MAX as usize) as u16).to_be_bytes());
+                for index in indices {
+                    out.extend_from_slice(&index.to_be_bytes());
+                }
+            }
         }
         let len = (out.len() - start - 4) as u32;
         out[start..start + 4].copy_from_slice(&len.to_be_bytes());
@@ -343,6 +361,16 @@ impl<'a> Message<'a> {
             }
             kind::CANCEL => Message::Cancel { index: p.u32()? },
             kind::CANCELLED => Message::Cancelled { index: p.u32()? },
+            kind::GAINED => {
+                let count = p.u16()? as usize;
+                if count == 0 || count > MAX_GAINED {
+                    return Err(WireError::Malformed(format!(
+                        "gained list of {count} chunks; 1 to {MAX_GAINED} are allowed"
+                    )));
+                }
+                let indices = (0..count).map(|_| p.u32()).collect::<Result<_, _>>()?;
+                Message::Gained { indices }
+            }
             other => return Err(WireError::UnknownType(other)),
         };
         if !p.0.is_empty() {
@@ -393,7 +421,7 @@ impl<'a> Payload<'a> {
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
-    use crate::wire::{MAX_CONTROL_FRAME, MAX_FRAME, PROTOCOL_VERSION, code};
+    use crate::wire::{MAX_CONTROL_FRAME, MAX_FRAME, MAX_GAINED, PROTOCOL_VERSION, code};
 
     /// The frame of `m`, length prefix included.
     pub(crate) fn frame_of(m: &Message) -> Vec<u8> {
@@ -459,6 +487,10 @@ pub(super) mod tests {
             Message::error(code::SERVER_BUSY, "busy: 64 connections"),
             Message::Cancel { index: 9 },
             Message::Cancelled { index: 10 },
+            Message::Gained { indices: vec![3] },
+            Message::Gained {
+                indices: vec![u32::MAX, 0, 7],
+            },
         ]
     }
 
@@ -519,6 +551,46 @@ pub(super) mod tests {
         let encoded = frame_of(&chunk(2, vec![9, 8, 7]));
         assert_eq!(header, encoded);
         assert_eq!(encoded, [0, 0, 0, 8, 0x06, 0, 0, 0, 2, 9, 8, 7]);
+
+        out.clear();
+        Message::Gained {
+            indices: vec![5, 0x0102_0304],
+        }
+        .encode(&mut out);
+        assert_eq!(out, [0, 0, 0, 11, 0x0c, 0, 2, 0, 0, 0, 5, 1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn a_gained_list_holds_one_to_max_gained_indexes() {
+        let most = Message::Gained {
+            indices: (0..MAX_GAINED as u32).collect(),
+        };
+        assert!(!most.over_limit());
+        let frame = frame_of(&most);
+        assert_eq!(frame.len(), 4 + 1 + 2 + 4 * MAX_GAINED);
+        assert!(frame.len() as u32 <= MAX_CONTROL_FRAME);
+        round_trip(&most);
+        let none = Message::Gained { indices: vec![] };
+        let too_many = Message::Gained {
+            indices: vec![1; MAX_GAINED + 1],
+        };
+        assert!(none.over_limit() && too_many.over_limit());
+        for m in [none, too_many] {
+            assert!(
+                matches!(decoded(&frame_of(&m), MAX_FRAME), Err(WireError::Malformed(_))),
+                "{} indexes decoded",
+                m.name()
+            );
+        }
+        // A count that promises more indexes than the frame holds, and one with a spare byte.
+        let short = [0, 0, 0, 7, 0x0c, 0, 2, 0, 0, 0, 5];
+        let long = [0, 0, 0, 8, 0x0c, 0, 1, 0, 0, 0, 5, 9];
+        for bytes in [&short[..], &long[..]] {
+            assert!(
+                matches!(decoded(bytes, MAX_FRAME), Err(WireError::Malformed(_))),
+                "{bytes:?}"
+            );
+        }
     }
 
     #[test]
@@ -715,6 +787,7 @@ pub(super) mod tests {
                 (any::<u16>(), ".{0,400}").prop_map(|(code, text)| Message::error(code, text)),
                 any::<u32>().prop_map(|index| Message::Cancel { index }),
                 any::<u32>().prop_map(|index| Message::Cancelled { index }),
+                vec(any::<u32>(), 1..=MAX_GAINED).prop_map(|indices| Message::Gained { indices }),
             ]
         }
 
@@ -725,6 +798,9 @@ pub(super) mod tests {
                 Message::Have(bits) => prop_assert!(bits.len() as u64 <= MAX_CHUNKS),
                 Message::Chunk { data, .. } => prop_assert!(data.len() < body_len),
                 Message::Error { message, .. } => prop_assert!(message.len() <= MAX_ERROR_TEXT),
+                Message::Gained { indices } => {
+                    prop_assert!((1..=MAX_GAINED).contains(&indices.len()))
+                }
                 _ => {}
             }
             prop_assert!(!m.over_limit());

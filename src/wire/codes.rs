@@ -33,4 +33,6 @@ pub(crate) mod kind {
     pub const CANCEL: u8 = 0x0a;
     /// Server → client: a request was cancelled before its chunk went out.
     pub const CANCELLED: u8 = 0x0b;
+    /// Server → client, unsolicited (version 2): chunks the server gained.
+    pub const GAINED: u8 = 0x0c;
 }

@@ -21,8 +21,21 @@ pub use codec::{Decoded, Message, chunk_header, decode};
 pub use codes::code;
 pub use conn::{Conn, read_message, write_message};
 
-/// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The protocol version this build speaks: 2 adds the server's unsolicited `Gained` frame
+/// (holdings pushed as chunks complete). A server answers a version-1 `Hello` as a
+/// version-1 peer (it never sends `Gained` there), and a client refused by a version-1
+/// server says `Hello` again in version 1 (`PROTOCOL.md` section 7.3).
+pub const PROTOCOL_VERSION: u16 = 2;
+/// The oldest protocol version this build still speaks: version 1, which has no `Gained`.
+pub const MIN_PROTOCOL_VERSION: u16 = 1;
+/// The first protocol version whose servers push `Gained` and whose clients take it.
+pub const GAINED_VERSION: u16 = 2;
+/// Most chunk indexes one `Gained` frame carries: 1 024 of 4 bytes, a 4 KiB frame like the
+/// `Have` of 32 768 chunks. A server pushes after every reply, so a frame usually carries a
+/// few indexes; one that fell further behind sends several frames. Each chunk is pushed
+/// once per connection, so a whole download costs a connection 4 bytes a chunk, where the
+/// version-1 client's polling cost a full `Have` ten times a second.
+pub const MAX_GAINED: usize = 1024;
 /// The four bytes that open a `Hello`, so a stray client of another protocol is told apart.
 pub const MAGIC: &[u8; 4] = b"SWRM";
 /// Largest ticket a `Hello` may carry (a signed ticket is about 150 bytes).
