@@ -1709,4 +1709,114 @@ mod tests {
             "its new chunk is asked for at once"
         );
     }
+
+    #[test]
+    fn partial_peers_of_unknown_holdings_are_connected_and_learnt_on_connect() {
+        let now = Instant::now();
+        let mut plan = Plan::new(
+            8 * CHUNK as u64,
+            CHUNK,
+            Bitfield::new(8),
+            vec![partial_peer(1), partial_peer(2), origin()],
+            settings(false, 4, None),
+            now,
+        );
+        plan.open_initial(now);
+        let peers_connected: Vec<usize> = plan.conns().iter().map(|c| c.source).collect();
+        assert_eq!(
+            peers_connected,
+            vec![0, 0, 1, 1, 2],
+            "each partial peer gets its share of the workers, the origin one"
+        );
+        plan.check();
+        assert!(plan.copies.iter().all(|&c| c == 0), "unknown holds nothing yet");
+        // The first peer's Have arrives: it holds 0-3, and the origin leaves those to it.
+        plan.ready(0, bits(8, 0..4));
+        plan.ready(4, Bitfield::full(8));
+        plan.check();
+        assert_eq!(&plan.copies[..5], &[1, 1, 1, 1, 0]);
+        plan.assign(now);
+        let fetches = plan.fetches();
+        assert!(fetches.iter().all(|&(conn, i)| (conn == 0) == (i < 4)), "{fetches:?}");
+        assert_eq!(
+            fetches.iter().filter(|f| f.0 == 4).map(|f| f.1).collect::<Vec<_>>(),
+            vec![4, 5, 6, 7]
+        );
+    }
+
+    #[test]
+    fn a_gained_chunk_counts_once_and_wakes_a_starved_connection() {
+        let now = Instant::now();
+        let mut plan = plan_with(
+            8,
+            vec![peer(1, Some(bits(8, [0]))), peer(2, Some(bits(8, [0])))],
+            settings(false, 4, None),
+            now,
+        );
+        plan.assign(now);
+        let first = plan.fetches();
+        assert_eq!(first.len(), 1);
+        plan.delivered(first[0].0, 0, now);
+        plan.assign(now);
+        assert!(plan.fetches().is_empty());
+        let starved = plan.epoch;
+        assert_eq!(plan.conns[1].starved_at, Some(starved));
+        plan.gained(1, &[6, 6, 99]);
+        plan.check();
+        assert_eq!(plan.copies[6], 1, "a repeat and an index out of range change nothing");
+        assert!(plan.epoch > starved);
+        plan.gained(1, &[6]);
+        assert_eq!(plan.epoch, starved + 1, "news only bumps the epoch");
+        plan.assign(now);
+        assert_eq!(plan.fetches(), vec![(1, 6)], "asked at once of the peer that gained it");
+        // A refused chunk the source gains later is held again.
+        plan.refused(1, 6, now);
+        plan.check();
+        assert_eq!(plan.copies[6], 0);
+        plan.gained(1, &[6]);
+        plan.check();
+        assert_eq!(plan.copies[6], 1);
+    }
+
+    #[test]
+    fn a_gain_before_the_have_and_a_gain_at_an_unusable_source_keep_the_counts() {
+        let now = Instant::now();
+        let mut plan = Plan::new(
+            8 * CHUNK as u64,
+            CHUNK,
+            Bitfield::new(8),
+            vec![partial_peer(1), partial_peer(2)],
+            settings(false, 4, None),
+            now,
+        );
+        let (a, b) = (plan.open_conn(0, now), plan.open_conn(1, now));
+        // Pushed before the Have that answers the handshake: taken in all the same.
+        plan.gained(a, &[3]);
+        plan.check();
+        assert_eq!(plan.copies[3], 1);
+        plan.ready(a, bits(8, [3, 4]));
+        plan.ready(b, bits(8, [4]));
+        plan.check();
+        assert_eq!((plan.copies[3], plan.copies[4]), (1, 2));
+        // A dropped source's pushes still in the channel count nothing.
+        plan.closed(b, End::Failed("reset".into()), now);
+        plan.check();
+        plan.gained(b, &[5]);
+        plan.check();
+        assert_eq!((plan.copies[4], plan.copies[5]), (1, 0));
+    }
+
+    #[test]
+    fn a_paused_source_stays_counted_until_its_pause_ends_without_a_connection() {
+        let now = Instant::now();
+        let mut plan = plan_with(4, vec![peer(1, None)], settings(false, 4, None), now);
+        let (verdict, _) = plan.closed(0, End::Busy("no free slot".into()), now);
+        assert!(matches!(verdict, Verdict::Retrying { .. }));
+        plan.check();
+        assert_eq!(plan.copies, vec![1; 4], "paused, it may still deliver");
+        plan.sources[0].reconnects = 0;
+        plan.reconnect_due(now + Duration::from_secs(60));
+        plan.check();
+        assert_eq!(plan.copies, vec![0; 4], "no longer paused nor connected");
+    }
 }

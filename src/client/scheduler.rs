@@ -22,9 +22,9 @@ use crate::store::Partial;
 use super::announce::Reports;
 use super::config::GetConfig;
 use super::plan::{Order, PIPELINE_DEPTH, Plan, Settings, Verdict};
-use super::sources::Source;
+use super::sources::{End, Source};
 use super::summary::{Downloaded, Meter};
-use super::worker::{Job, Report, Ticket, Worker};
+use super::worker::{self, Job, Jobs, Report, Ticket, Worker};
 
 /// Progress is synced and recorded this often, bounding what a crash can lose.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
@@ -66,7 +66,7 @@ pub(crate) struct Watch {
 
 /// The threads and channels of one connection; its state is in the plan.
 struct Link {
-    jobs: Option<Sender<Job>>,
+    jobs: Option<Jobs>,
     /// The worker's socket once connected, to shut down a wait that is no longer needed.
     socket: Arc<OnceLock<TcpStream>>,
     handle: Option<JoinHandle<()>>,
@@ -238,6 +238,7 @@ impl<'a> Scheduler<'a> {
         let mut arrived = false;
         match event {
             Event::Worker(Report::Ready { conn, have }) => self.plan.ready(conn, have),
+            Event::Worker(Report::Gained { conn, indices }) => self.plan.gained(conn, &indices),
             Event::Worker(Report::Done { conn, index }) => {
                 arrived = true;
                 if let Some(credit) = self.plan.delivered(conn, index, now) {
@@ -311,7 +312,7 @@ impl<'a> Scheduler<'a> {
                 Order::Cancel { conn, index } => (conn, Job::Cancel(index)),
             };
             if let Some(jobs) = &self.links[conn].jobs {
-                let _ = jobs.send(job);
+                jobs.send(job);
             }
         }
         for (link, conn) in self.links.iter_mut().zip(self.plan.conns()) {
@@ -322,9 +323,23 @@ impl<'a> Scheduler<'a> {
     }
 
     fn spawn(&mut self, conn: usize) {
-        let (jobs_tx, jobs_rx) = unbounded();
         let socket = Arc::new(OnceLock::new());
         let events = self.events_tx.clone();
+        let (jobs_tx, jobs_rx) = match worker::jobs() {
+            Ok(pair) => pair,
+            Err(e) => {
+                // Out of descriptors, most likely: the connection ends before it starts,
+                // and the plan treats it like any failed one.
+                let end = End::Local(format!("making a wake-up socket for a connection: {e}"));
+                let _ = events.send(Event::Worker(Report::Closed { conn, end }));
+                self.links.push(Link {
+                    jobs: None,
+                    socket,
+                    handle: None,
+                });
+                return;
+            }
+        };
         let source = self.plan.conns()[conn].source;
         let worker = Worker {
             socket: Arc::clone(&socket),

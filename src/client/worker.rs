@@ -1,35 +1,45 @@
 //! A connection worker: one thread, one socket to one source. It shakes hands, keeps the
 //! requests the scheduler sends in flight, verifies every chunk against the manifest,
-//! writes it to the store at its offset, and reports each outcome as a [`Report`]. It
-//! decides nothing: which chunk to ask for comes from the plan, through the scheduler.
+//! writes it to the store at its offset, and reports each outcome as a [`Report`], and
+//! what the source says it gained (`Gained`, pushed at any time between replies) as soon
+//! as it arrives: an idle worker waits on its socket and its job channel at once
+//! ([`crate::wake`]). It decides nothing: which chunk to ask for comes from the plan,
+//! through the scheduler.
 
 use std::collections::{HashSet, VecDeque};
 use std::fs::File;
 use std::net::{SocketAddr, TcpStream};
+use std::os::fd::AsFd;
 use std::sync::{Arc, OnceLock, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError};
+use crossbeam_channel::{Receiver, Sender, TryRecvError, unbounded};
 
 use crate::bitfield::Bitfield;
 use crate::manifest::{AssetId, Manifest};
 use crate::ratelimit::{self, RateLimiter};
 use crate::store::Partial;
 use crate::sync::RwLockExt;
-use crate::wire::{self, Message, PROTOCOL_VERSION, WireError, chunk_frame_limit, code};
+use crate::wake::{self, Wait, Waker};
+use crate::wire::{
+    self, GAINED_VERSION, MIN_PROTOCOL_VERSION, Message, PROTOCOL_VERSION, WireError,
+    chunk_frame_limit, code,
+};
 
 use super::sources::End;
 
 /// Connecting to a peer on a LAN takes milliseconds; one that takes 5 s is of no use.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// An idle connection to a complete source asks for its have list this often, which keeps
-/// the connection inside the server's 30 s idle timeout.
+/// An idle connection asks for its source's have list this often, which keeps the
+/// connection inside the server's 30 s idle timeout. For a version-2 source it is also the
+/// safety refresh: such a source pushes what it gains, except a partial asset served from
+/// a store rather than from a download in progress (it grows only by a download in
+/// another process, whose own server pushes), so its news is at most 10 s late.
 const KEEPALIVE: Duration = Duration::from_secs(10);
-/// An idle connection to a source that is still downloading asks this often: its new
-/// chunks are what this client is waiting for. At 25 MiB/s a peer gains a 256 KiB chunk
-/// every 10 ms; a tenth of a second keeps the lag to a few chunks without asking for the
-/// have list of every peer a hundred times a second.
-const PARTIAL_REFRESH: Duration = Duration::from_millis(100);
+/// An idle connection to a version-1 source that is still downloading asks this often, as
+/// version-1 clients did: such a source pushes nothing. At 25 MiB/s a peer gains a 256 KiB
+/// chunk every 10 ms; a tenth of a second keeps the lag to a few chunks.
+const LEGACY_REFRESH: Duration = Duration::from_millis(100);
 
 /// The ticket to present to peers, renewed by every announce (empty in open mode).
 pub(crate) type Ticket = Arc<RwLock<Vec<u8>>>;
@@ -43,6 +53,13 @@ pub(crate) enum Report {
         conn: usize,
         /// What its source holds.
         have: Bitfield,
+    },
+    /// The source says it gained these chunks (each below the chunk count).
+    Gained {
+        /// The connection.
+        conn: usize,
+        /// The chunks.
+        indices: Vec<u32>,
     },
     /// Chunk verified and written.
     Done {
@@ -83,6 +100,45 @@ pub(crate) enum Job {
     Cancel(u32),
 }
 
+/// The scheduler's end of a worker's job channel: each job sent wakes the worker if it is
+/// idle. Dropping it ends the worker (after its requests in flight are answered).
+pub(crate) struct Jobs {
+    // Dropped before the waker, so that the worker woken by the close finds the channel
+    // closed.
+    tx: Sender<Job>,
+    waker: Waker,
+}
+
+/// The worker's end of its job channel.
+pub(crate) struct JobsRx {
+    rx: Receiver<Job>,
+    wait: Wait,
+}
+
+/// A job channel whose sends wake its idle worker.
+pub(crate) fn jobs() -> std::io::Result<(Jobs, JobsRx)> {
+    let (waker, wait) = wake::pair()?;
+    let (tx, rx) = unbounded();
+    Ok((Jobs { tx, waker }, JobsRx { rx, wait }))
+}
+
+impl Jobs {
+    /// Sends a job; false when the worker is gone.
+    pub(crate) fn send(&self, job: Job) -> bool {
+        let sent = self.tx.send(job).is_ok();
+        self.waker.wake();
+        sent
+    }
+}
+
+/// How a handshake failed.
+enum Handshake {
+    /// The source speaks an older protocol only: say `Hello` again in version 1.
+    Older,
+    /// The connection is over.
+    Ended(End),
+}
+
 /// One connection to one source.
 pub(crate) struct Worker {
     /// The plan's id of this connection.
@@ -118,7 +174,7 @@ fn socket_error(phase: &str, e: &std::io::Error, timeout: Duration) -> String {
 
 impl Worker {
     /// Runs the connection until the scheduler closes its jobs or the source fails.
-    pub(crate) fn run(self, jobs: Receiver<Job>) {
+    pub(crate) fn run(self, jobs: JobsRx) {
         let end = self.session(&jobs);
         (self.tell)(Report::Closed {
             conn: self.conn,
@@ -155,6 +211,21 @@ impl Worker {
         Ok(())
     }
 
+    /// Reports chunks the source says it gained; one out of range is a lie.
+    fn take_gained(&self, indices: Vec<u32>) -> Result<(), End> {
+        let count = self.manifest.chunk_count();
+        if let Some(bad) = indices.iter().find(|&&i| i >= count) {
+            return Err(End::Lied(format!(
+                "said it gained chunk {bad} of an asset of {count} chunks"
+            )));
+        }
+        (self.tell)(Report::Gained {
+            conn: self.conn,
+            indices,
+        });
+        Ok(())
+    }
+
     /// Sends HaveRequest and reports the answer; returns whether the source is complete.
     fn refresh_have(&self, conn: &mut wire::Conn) -> Result<bool, End> {
         let count = self.manifest.chunk_count();
@@ -166,8 +237,16 @@ impl Worker {
             ))
         })?;
         // Every reply must arrive whole within the chunk timeout of our starting to wait for
-        // it, so a source trickling a byte at a time is as stalled as a silent one.
-        match conn.recv_control(self.chunk_timeout) {
+        // it, so a source trickling a byte at a time is as stalled as a silent one. Pushes
+        // before it are taken in as they come.
+        let mut lie = Ok(());
+        let reply = conn.recv_reply(self.chunk_timeout, true, |indices| {
+            if lie.is_ok() {
+                lie = self.take_gained(indices);
+            }
+        });
+        lie?;
+        match reply {
             Ok(Message::Have(have)) if have.len() == count => {
                 let complete = have.is_full();
                 (self.tell)(Report::Ready {
@@ -191,67 +270,124 @@ impl Worker {
         }
     }
 
-    fn session(&self, jobs: &Receiver<Job>) -> End {
+    /// Connects and says `Hello` in `version`; the connection and the version it speaks.
+    fn handshake(&self, addr: SocketAddr, version: u16) -> Result<(wire::Conn, u16), Handshake> {
+        let ended = |end| Err(Handshake::Ended(end));
+        let stream = match TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {
+            Ok(s) => s,
+            Err(e) => return ended(End::Unreachable(socket_error("unreachable", &e, CONNECT_TIMEOUT))),
+        };
+        if let Err(e) = stream
+            .set_write_timeout(Some(self.chunk_timeout))
+            .and_then(|()| stream.set_nodelay(true))
+        {
+            return ended(End::Failed(format!("configuring the socket: {e}")));
+        }
+        let hello = Message::Hello {
+            version,
+            asset: self.asset,
+            ticket: self.ticket.read_now().clone(),
+        };
+        let mut conn = wire::Conn::new(stream, chunk_frame_limit(self.manifest.chunk_size));
+        if let Err(e) = conn.send(&hello) {
+            return ended(End::Failed(socket_error(
+                "sending the handshake",
+                &e,
+                self.chunk_timeout,
+            )));
+        }
+        let count = self.manifest.chunk_count();
+        let spoken = match conn.recv_control(self.chunk_timeout) {
+            // A server answers in the highest version both speak.
+            Ok(Message::Welcome {
+                chunk_count,
+                version: spoken,
+            }) if chunk_count == count => spoken.min(version),
+            Ok(Message::Welcome { chunk_count, .. }) => {
+                return ended(End::Lied(format!(
+                    "it says the asset has {chunk_count} chunks, the manifest says {count}"
+                )));
+            }
+            Ok(Message::Error {
+                code: code::UNSUPPORTED_VERSION,
+                ..
+            }) if version > MIN_PROTOCOL_VERSION => return Err(Handshake::Older),
+            Ok(Message::Error {
+                code: code::SERVER_BUSY,
+                message,
+            }) => return ended(End::Busy(message)),
+            Ok(Message::Error { code, message }) => {
+                return ended(End::Failed(format!(
+                    "refused the handshake (code {code}): {message}"
+                )));
+            }
+            Ok(other) => {
+                return ended(End::Lied(format!(
+                    "answered the handshake with {}",
+                    other.name()
+                )));
+            }
+            Err(e) if e.is_timeout() => {
+                return ended(End::Failed(format!(
+                    "stalled: no handshake within {:?}",
+                    self.chunk_timeout
+                )));
+            }
+            Err(e) => return ended(End::Failed(format!("handshake: {e}"))),
+        };
+        Ok((conn, spoken))
+    }
+
+    /// Reads what an idle connection's source sent unasked: a `Gained`, or a last `Error`.
+    fn unsolicited(&self, conn: &mut wire::Conn) -> Result<(), End> {
+        match conn.recv_control(self.chunk_timeout) {
+            Ok(Message::Gained { indices }) => self.take_gained(indices),
+            Ok(Message::Error { code, message }) => Err(End::Failed(format!(
+                "closed with error {code}: {message}"
+            ))),
+            Ok(other) => Err(End::Lied(format!("sent {} unasked", other.name()))),
+            Err(WireError::Closed) => Err(End::Failed("closed the connection".into())),
+            Err(e) if e.is_timeout() => Err(End::Failed(format!(
+                "stalled: a frame begun did not arrive within {:?}",
+                self.chunk_timeout
+            ))),
+            Err(e) => Err(End::Failed(format!("reading what it sent: {e}"))),
+        }
+    }
+
+    fn session(&self, jobs: &JobsRx) -> End {
         let addr: SocketAddr = match self.addr.parse() {
             Ok(a) => a,
             Err(_) => {
                 return End::Failed(format!("tracker gave an invalid address {:?}", self.addr));
             }
         };
-        let stream = match TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {
-            Ok(s) => s,
-            Err(e) => return End::Unreachable(socket_error("unreachable", &e, CONNECT_TIMEOUT)),
+        // A version-1 server refuses a version-2 `Hello`; it is asked again in version 1.
+        let (mut conn, version) = match self.handshake(addr, PROTOCOL_VERSION) {
+            Ok(done) => done,
+            Err(Handshake::Older) => match self.handshake(addr, MIN_PROTOCOL_VERSION) {
+                Ok(done) => done,
+                Err(Handshake::Ended(end)) => return end,
+                Err(Handshake::Older) => unreachable!("version 1 is the oldest"),
+            },
+            Err(Handshake::Ended(end)) => return end,
         };
-        if let Ok(handle) = stream.try_clone() {
+        if let Ok(handle) = conn.stream().try_clone() {
             let _ = self.socket.set(handle);
         }
-        if let Err(e) = stream
-            .set_write_timeout(Some(self.chunk_timeout))
-            .and_then(|()| stream.set_nodelay(true))
-        {
-            return End::Failed(format!("configuring the socket: {e}"));
-        }
-        let hello = Message::Hello {
-            version: PROTOCOL_VERSION,
-            asset: self.asset,
-            ticket: self.ticket.read_now().clone(),
-        };
-        let mut conn = wire::Conn::new(stream, chunk_frame_limit(self.manifest.chunk_size));
-        if let Err(e) = conn.send(&hello) {
-            return End::Failed(socket_error(
-                "sending the handshake",
-                &e,
-                self.chunk_timeout,
-            ));
-        }
-        let count = self.manifest.chunk_count();
-        match conn.recv_control(self.chunk_timeout) {
-            Ok(Message::Welcome { chunk_count, .. }) if chunk_count == count => {}
-            Ok(Message::Welcome { chunk_count, .. }) => {
-                return End::Lied(format!(
-                    "it says the asset has {chunk_count} chunks, the manifest says {count}"
-                ));
-            }
-            Ok(Message::Error {
-                code: code::SERVER_BUSY,
-                message,
-            }) => return End::Busy(message),
-            Ok(Message::Error { code, message }) => {
-                return End::Failed(format!("refused the handshake (code {code}): {message}"));
-            }
-            Ok(other) => return End::Lied(format!("answered the handshake with {}", other.name())),
-            Err(e) if e.is_timeout() => {
-                return End::Failed(format!(
-                    "stalled: no handshake within {:?}",
-                    self.chunk_timeout
-                ));
-            }
-            Err(e) => return End::Failed(format!("handshake: {e}")),
-        }
+        let pushes = version >= GAINED_VERSION;
         let mut complete = match self.refresh_have(&mut conn) {
             Ok(complete) => complete,
             Err(end) => return end,
         };
+        let refresh_every = |complete: bool| {
+            if pushes || complete {
+                KEEPALIVE
+            } else {
+                LEGACY_REFRESH
+            }
+        };
+        let mut next_refresh = Instant::now() + refresh_every(complete);
         // Requests sent and not yet answered, oldest first: replies come in request order.
         // Every chunk is received into the connection's one buffer, verified and written
         // from it.
@@ -260,8 +396,9 @@ impl Worker {
         let mut cancelled = HashSet::new();
         loop {
             if in_flight.is_empty() {
-                let idle = if complete { KEEPALIVE } else { PARTIAL_REFRESH };
-                match jobs.recv_timeout(idle) {
+                // Armed before looking, so that a job sent after the look wakes the poll.
+                jobs.wait.arm();
+                match jobs.rx.try_recv() {
                     Ok(job) => {
                         if let Err(e) = self.queue(job, &mut conn, &mut in_flight, &mut cancelled) {
                             return End::Failed(socket_error(
@@ -271,19 +408,38 @@ impl Worker {
                             ));
                         }
                     }
-                    Err(RecvTimeoutError::Timeout) => {
-                        complete = match self.refresh_have(&mut conn) {
-                            Ok(complete) => complete,
-                            Err(end) => return end,
+                    Err(TryRecvError::Disconnected) => return End::Finished,
+                    Err(TryRecvError::Empty) => {
+                        let now = Instant::now();
+                        if now >= next_refresh {
+                            complete = match self.refresh_have(&mut conn) {
+                                Ok(complete) => complete,
+                                Err(end) => return end,
+                            };
+                            next_refresh = Instant::now() + refresh_every(complete);
+                            continue;
+                        }
+                        let woken = match jobs.wait.poll(conn.stream().as_fd(), next_refresh - now)
+                        {
+                            Ok(woken) => woken,
+                            Err(e) => return End::Local(format!("waiting for work: {e}")),
                         };
+                        if woken.woken {
+                            // A job, or the scheduler closed the channel: the look above sees.
+                            let _ = jobs.wait.clear();
+                        }
+                        if woken.socket
+                            && let Err(end) = self.unsolicited(&mut conn)
+                        {
+                            return end;
+                        }
                         continue;
                     }
-                    Err(RecvTimeoutError::Disconnected) => return End::Finished,
                 }
             }
             let mut queued = Ok(());
             while queued.is_ok()
-                && let Ok(job) = jobs.try_recv()
+                && let Ok(job) = jobs.rx.try_recv()
             {
                 queued = self.queue(job, &mut conn, &mut in_flight, &mut cancelled);
             }
@@ -294,7 +450,16 @@ impl Worker {
             let Some(&expected) = in_flight.front() else {
                 continue;
             };
-            let message = match conn.recv(self.chunk_timeout) {
+            let mut lie = Ok(());
+            let reply = conn.recv_reply(self.chunk_timeout, false, |indices| {
+                if lie.is_ok() {
+                    lie = self.take_gained(indices);
+                }
+            });
+            if let Err(end) = lie {
+                return end;
+            }
+            let message = match reply {
                 Ok(m) => m,
                 Err(e) if e.is_timeout() => {
                     return End::Failed(format!(

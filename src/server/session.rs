@@ -427,6 +427,142 @@ fn next_message<'c>(conn: &'c mut Conn<&TcpStream>) -> Result<Option<Message<'c>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bitfield::Live;
+    use crate::server::{Server, ServerConfig, ShutdownHandle};
+    use crate::store::{Partial, Store};
+    use crate::wire::{MAX_FRAME, read_message, write_message};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    const CHUNK: u32 = 1 << 16;
+
+    /// A server of a download in progress: an asset of 4 chunks of which chunk 0 is held,
+    /// served from its live holdings. Returns the live holdings, the manifest, the store's
+    /// data file, the server's address, and what keeps it running.
+    fn serving_a_download(
+        dir: &std::path::Path,
+    ) -> (LiveHave, Manifest, Arc<File>, std::net::SocketAddr, impl Drop) {
+        let content: Vec<u8> = (0..4 * CHUNK).map(|i| (i % 251) as u8).collect();
+        let path = dir.join("f.bin");
+        std::fs::write(&path, &content).unwrap();
+        let (manifest, _in_use) = Store::open(dir.join("seed"))
+            .unwrap()
+            .import_file(&path, "f.bin", CHUNK)
+            .unwrap();
+        let store = Store::open(dir.join("store")).unwrap();
+        let partial = store.begin(&manifest).unwrap();
+        let data = partial.data();
+        Partial::write_at(&data, &content[..CHUNK as usize], 0).unwrap();
+        let mut have = Bitfield::new(4);
+        have.set(0);
+        let live = Live::new(have);
+        let config = ServerConfig {
+            chunk_size: CHUNK,
+            ..ServerConfig::new("127.0.0.1:0".parse().unwrap(), dir.join("store"))
+        };
+        let server = Server::bind(config).unwrap();
+        server.serve_live(manifest.id(), Arc::clone(&live));
+        let addr = server.local_addr();
+        let stop = server.shutdown_handle();
+        let thread = std::thread::spawn(move || server.serve());
+        /// Stops the server when dropped; the partial asset stays open (and held) until then.
+        struct Running {
+            stop: ShutdownHandle,
+            thread: Option<std::thread::JoinHandle<Result<()>>>,
+            _partial: Partial,
+        }
+        impl Drop for Running {
+            fn drop(&mut self) {
+                self.stop.shutdown();
+                if let Some(t) = self.thread.take() {
+                    let _ = t.join();
+                }
+            }
+        }
+        let running = Running {
+            stop,
+            thread: Some(thread),
+            _partial: partial,
+        };
+        (live, manifest, data, addr, running)
+    }
+
+    /// Connects with a `Hello` of `version`; returns the stream and the `Welcome`'s version.
+    fn connect(addr: std::net::SocketAddr, manifest: &Manifest, version: u16) -> (TcpStream, u16) {
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let hello = Message::Hello {
+            version,
+            asset: manifest.id(),
+            ticket: vec![],
+        };
+        write_message(&mut stream, &hello).unwrap();
+        match read_message(&mut stream, MAX_FRAME).unwrap() {
+            Message::Welcome { version, chunk_count: 4 } => (stream, version),
+            other => panic!("answered Hello with {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_version_2_client_is_pushed_each_chunk_the_download_gains() {
+        let dir = tempfile::tempdir().unwrap();
+        let (live, manifest, data, addr, _running) = serving_a_download(dir.path());
+        let (mut stream, version) = connect(addr, &manifest, PROTOCOL_VERSION);
+        assert_eq!(version, 2);
+        write_message(&mut stream, &Message::HaveRequest).unwrap();
+        let Message::Have(have) = read_message(&mut stream, MAX_FRAME).unwrap() else {
+            panic!("no Have");
+        };
+        assert_eq!(have.ones().collect::<Vec<_>>(), [0]);
+        // The download verifies chunk 2 while the client is idle: it is told unasked.
+        let chunk2 = vec![2u8; CHUNK as usize];
+        Partial::write_at(&data, &chunk2, 2 * CHUNK as u64).unwrap();
+        assert!(live.insert(2));
+        assert_eq!(
+            read_message(&mut stream, MAX_FRAME).unwrap(),
+            Message::Gained { indices: vec![2] }
+        );
+        // Gains while requests are answered come between the replies, never inside one.
+        write_message(&mut stream, &Message::Request { index: 2 }).unwrap();
+        live.insert(1);
+        live.insert(3);
+        let mut gained = Vec::new();
+        let mut chunks = 0;
+        while gained.len() < 2 || chunks < 1 {
+            match read_message(&mut stream, MAX_FRAME).unwrap() {
+                Message::Gained { indices } => gained.extend(indices),
+                Message::Chunk { index: 2, data } => {
+                    assert_eq!(&data[..], &chunk2[..]);
+                    chunks += 1;
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(gained, [1, 3], "each gain once, in order");
+        write_message(&mut stream, &Message::HaveRequest).unwrap();
+        let Message::Have(have) = read_message(&mut stream, MAX_FRAME).unwrap() else {
+            panic!("no Have after the pushes");
+        };
+        assert!(have.is_full());
+    }
+
+    #[test]
+    fn a_version_1_client_is_answered_in_version_1_and_never_pushed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (live, manifest, _data, addr, _running) = serving_a_download(dir.path());
+        let (mut stream, version) = connect(addr, &manifest, 1);
+        assert_eq!(version, 1);
+        live.insert(3);
+        // A version-1 client knows no `Gained`: the next frame is the answer it asks for.
+        write_message(&mut stream, &Message::HaveRequest).unwrap();
+        let Message::Have(have) = read_message(&mut stream, MAX_FRAME).unwrap() else {
+            panic!("a version-1 client got something other than Have");
+        };
+        assert_eq!(have.ones().collect::<Vec<_>>(), [0, 3]);
+        // A newer client than this server is answered in this server's version.
+        let (_newer, version) = connect(addr, &manifest, 7);
+        assert_eq!(version, PROTOCOL_VERSION);
+    }
 
     #[test]
     fn a_cancel_turns_its_waiting_request_into_a_cancelled_one() {

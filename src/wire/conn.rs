@@ -15,6 +15,7 @@ use rustix::io::Errno;
 use rustix::net::RecvFlags;
 
 use super::codec::{self, Message};
+use super::codes::kind;
 use super::{MAX_CONTROL_FRAME, WireError};
 use crate::net::is_timeout;
 
@@ -67,11 +68,52 @@ impl<S: Borrow<TcpStream>> Conn<S> {
     }
 
     fn recv_at_most(&mut self, max_frame: u32, within: Duration) -> Result<Message<'_>, WireError> {
+        let total = self.fill_before(max_frame, Instant::now() + within, within)?;
+        Message::decode(&self.buf[4..total])
+    }
+
+    /// Reads the reply to a request, which must arrive whole within `within` of this call
+    /// (at most [`MAX_CONTROL_FRAME`] bytes when `control`, as for [`Conn::recv_control`]).
+    /// A `Gained`, which a server pushes between replies, may come first: each is handed to
+    /// `gained` and the wait goes on, with the same deadline, so a peer cannot hold the wait
+    /// open with pushes.
+    pub fn recv_reply(
+        &mut self,
+        within: Duration,
+        control: bool,
+        mut gained: impl FnMut(Vec<u32>),
+    ) -> Result<Message<'_>, WireError> {
+        let max_frame = if control {
+            self.max_frame.min(MAX_CONTROL_FRAME)
+        } else {
+            self.max_frame
+        };
+        let deadline = Instant::now() + within;
+        loop {
+            let total = self.fill_before(max_frame, deadline, within)?;
+            // Only the type byte is looked at before deciding, so that the reply returned
+            // borrows the buffer and a `Gained` does not.
+            if self.buf[4] != kind::GAINED {
+                return Message::decode(&self.buf[4..total]);
+            }
+            if let Message::Gained { indices } = Message::decode(&self.buf[4..total])? {
+                gained(indices);
+            }
+        }
+    }
+
+    /// Reads the next frame into the buffer by `deadline`; its length, prefix included.
+    fn fill_before(
+        &mut self,
+        max_frame: u32,
+        deadline: Instant,
+        within: Duration,
+    ) -> Result<usize, WireError> {
         let mut reader = DeadlineReader {
             stream: self.stream.borrow(),
-            deadline: Instant::now() + within,
+            deadline,
         };
-        match read_frame(&mut reader, max_frame, &mut self.buf) {
+        match fill_frame(&mut reader, max_frame, &mut self.buf) {
             Err(WireError::Io(e)) if is_timeout(&e) => Err(WireError::Timeout(within)),
             other => other,
         }
@@ -142,16 +184,24 @@ pub fn write_message(w: &mut impl Write, message: &Message) -> io::Result<()> {
 /// connection is a [`Conn`]). A clean close between frames is [`WireError::Closed`].
 pub fn read_message(r: &mut impl Read, max_frame: u32) -> Result<Message<'static>, WireError> {
     let mut buf = Vec::new();
-    read_frame(r, max_frame, &mut buf).map(Message::into_owned)
+    let total = fill_frame(r, max_frame, &mut buf)?;
+    Message::decode(&buf[4..total]).map(Message::into_owned)
 }
 
-/// Reads one frame into `buf`, which only ever grows, asking the reader for no more than
-/// the codec says is missing, and decodes it; a chunk's data borrows `buf`.
+/// Reads one frame into `buf` and decodes it; a chunk's data borrows `buf`.
+#[cfg(test)]
 fn read_frame<'b>(
     r: &mut impl Read,
     max_frame: u32,
     buf: &'b mut Vec<u8>,
 ) -> Result<Message<'b>, WireError> {
+    let total = fill_frame(r, max_frame, buf)?;
+    Message::decode(&buf[4..total])
+}
+
+/// Reads one frame into `buf`, which only ever grows, asking the reader for no more than
+/// the codec says is missing; returns its length, prefix included.
+fn fill_frame(r: &mut impl Read, max_frame: u32, buf: &mut Vec<u8>) -> Result<usize, WireError> {
     let mut filled = 0;
     let total = loop {
         let (more, total) = codec::missing(&buf[..filled], max_frame)?;
@@ -179,7 +229,7 @@ fn read_frame<'b>(
             Err(e) => return Err(WireError::Io(e)),
         }
     };
-    Message::decode(&buf[4..total])
+    Ok(total)
 }
 
 /// A socket reader whose every read waits at most until a fixed instant.
@@ -336,6 +386,47 @@ mod tests {
             "the buffer grew to the largest frame only"
         );
         assert!(matches!(conn.recv(within), Err(WireError::Closed)));
+    }
+
+    #[test]
+    fn pushes_before_a_reply_are_handed_over_and_the_reply_returned() {
+        let (stream, sender) = pair();
+        let mut peer = Conn::new(sender, MAX_FRAME);
+        for m in [
+            Message::Gained { indices: vec![4] },
+            Message::Gained {
+                indices: vec![1, 9],
+            },
+            chunk(3, vec![7; 100]),
+            Message::Gained { indices: vec![2] },
+            Message::DontHave { index: 5 },
+        ] {
+            peer.queue(&m).unwrap();
+        }
+        peer.flush().unwrap();
+        let mut conn = Conn::new(stream, MAX_FRAME);
+        let mut gained = Vec::new();
+        let within = Duration::from_secs(10);
+        let reply = conn
+            .recv_reply(within, false, |indices| gained.extend(indices))
+            .unwrap();
+        assert!(
+            matches!(&reply, Message::Chunk { index: 3, data: std::borrow::Cow::Borrowed(d) } if d.len() == 100),
+            "{reply:?}"
+        );
+        assert_eq!(gained, [4, 1, 9]);
+        let reply = conn
+            .recv_reply(within, true, |indices| gained.extend(indices))
+            .unwrap();
+        assert_eq!(reply, Message::DontHave { index: 5 });
+        assert_eq!(gained, [4, 1, 9, 2]);
+        // Pushes alone are no reply: the wait ends at its deadline, not at the last push.
+        peer.send(&Message::Gained { indices: vec![6] }).unwrap();
+        let started = Instant::now();
+        let result = conn.recv_reply(Duration::from_millis(200), false, |i| gained.extend(i));
+        assert!(matches!(result, Err(WireError::Timeout(_))), "{result:?}");
+        assert!(started.elapsed() >= Duration::from_millis(200));
+        assert_eq!(gained, [4, 1, 9, 2, 6]);
     }
 
     #[test]
