@@ -140,7 +140,6 @@ impl Bitfield {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

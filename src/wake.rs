@@ -141,17 +141,34 @@ mod tests {
         let (server, _client) = sockets();
         let (waker, wait) = pair().unwrap();
         waker.wake();
-        let quiet = wait.poll(server.as_fd(), Duration::from_millis(20)).unwrap();
-        assert_eq!(quiet, Woken { socket: false, woken: false }, "not armed: no byte");
+        let quiet = wait
+            .poll(server.as_fd(), Duration::from_millis(20))
+            .unwrap();
+        assert_eq!(
+            quiet,
+            Woken {
+                socket: false,
+                woken: false
+            },
+            "not armed: no byte"
+        );
         wait.arm();
         let other = waker.clone();
         other.wake();
         waker.wake();
         let woken = wait.poll(server.as_fd(), Duration::from_secs(10)).unwrap();
-        assert_eq!(woken, Woken { socket: false, woken: true });
+        assert_eq!(
+            woken,
+            Woken {
+                socket: false,
+                woken: true
+            }
+        );
         assert!(wait.clear().unwrap(), "wakers remain");
         assert!(waker.is_waited());
-        let quiet = wait.poll(server.as_fd(), Duration::from_millis(20)).unwrap();
+        let quiet = wait
+            .poll(server.as_fd(), Duration::from_millis(20))
+            .unwrap();
         assert!(!quiet.woken, "one byte per sleep, and it was taken");
     }
 
@@ -168,12 +185,21 @@ mod tests {
         });
         let woken = wait.poll(server.as_fd(), Duration::from_secs(10)).unwrap();
         assert!(woken.woken && !woken.socket);
-        assert!(started.elapsed() < Duration::from_secs(5), "woken, not timed out");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "woken, not timed out"
+        );
         let waker = wake.join().unwrap();
         wait.clear().unwrap();
         client.write_all(&[1]).unwrap();
         let woken = wait.poll(server.as_fd(), Duration::from_secs(10)).unwrap();
-        assert_eq!(woken, Woken { socket: true, woken: false });
+        assert_eq!(
+            woken,
+            Woken {
+                socket: true,
+                woken: false
+            }
+        );
         drop(waker);
         let woken = wait.poll(server.as_fd(), Duration::from_secs(10)).unwrap();
         assert!(woken.woken, "the last waker gone wakes for good");

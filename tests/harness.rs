@@ -157,7 +157,9 @@ pub fn collect(reader: impl Read + Send + 'static) -> Arc<Mutex<String>> {
 
 /// Like [`collect`], with a receiver that disconnects once the reader reached its end, so
 /// that a caller who saw the child exit can wait for its last lines.
-fn collect_until_eof(mut reader: impl Read + Send + 'static) -> (Arc<Mutex<String>>, Receiver<()>) {
+pub fn collect_until_eof(
+    mut reader: impl Read + Send + 'static,
+) -> (Arc<Mutex<String>>, Receiver<()>) {
     let text = Arc::new(Mutex::new(String::new()));
     let sink = Arc::clone(&text);
     let (eof_tx, eof) = crossbeam_channel::bounded::<()>(0);

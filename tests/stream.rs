@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::harness::{
-    RUN_TIMEOUT, ServerProc, TrackerProc, bin, collect, eventually, random_file, stored_chunks,
+    RUN_TIMEOUT, ServerProc, TrackerProc, bin, collect_until_eof, eventually, random_file,
+    stored_chunks,
 };
 
 /// A `peer_client get --stream --json --progress json` whose stdout the test reads at its
@@ -17,6 +18,8 @@ struct Streaming {
     child: Child,
     stdout: ChildStdout,
     stderr: Arc<Mutex<String>>,
+    /// Disconnects once stderr is read to its end: the summary is its last line.
+    stderr_eof: crossbeam_channel::Receiver<()>,
 }
 
 impl Streaming {
@@ -32,11 +35,12 @@ impl Streaming {
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
-        let stderr = collect(child.stderr.take().unwrap());
+        let (stderr, stderr_eof) = collect_until_eof(child.stderr.take().unwrap());
         Streaming {
             child,
             stdout,
             stderr,
+            stderr_eof,
         }
     }
 
@@ -60,6 +64,8 @@ impl Streaming {
             assert!(Instant::now() < deadline, "the client did not exit");
             std::thread::sleep(Duration::from_millis(10));
         };
+        // The child exited, but its last lines may still be on their way to the collector.
+        let _ = self.stderr_eof.recv_timeout(RUN_TIMEOUT);
         assert!(status.success(), "client failed: {}", self.stderr());
         rest
     }

@@ -110,7 +110,11 @@ mod tests {
         assert_eq!(live.gained_since(cursor, 2), (vec![0, 7], 3));
         assert_eq!(live.gained_since(3, 2), (vec![3], 4));
         assert_eq!(live.gained_since(4, 2), (vec![], 4));
-        assert_eq!(live.gained_since(99, 2), (vec![], 4), "a cursor past the end");
+        assert_eq!(
+            live.gained_since(99, 2),
+            (vec![], 4),
+            "a cursor past the end"
+        );
         assert_eq!(live.read_now().count(), 5);
     }
 
@@ -125,6 +129,10 @@ mod tests {
         live.insert(2);
         let woken = wait.poll(socket.as_fd(), Duration::from_secs(10)).unwrap();
         assert!(woken.woken && !woken.socket);
-        assert_eq!(live.watchers.locked().len(), 1, "the dropped watch is pruned");
+        assert_eq!(
+            live.watchers.locked().len(),
+            1,
+            "the dropped watch is pruned"
+        );
     }
 }

@@ -1049,7 +1049,12 @@ mod tests {
     /// A peer holding `have`, or everything (`None`).
     fn peer(n: u8, have: Option<Bitfield>) -> Source {
         let have = have.map_or(Holdings::All, Holdings::Known);
-        Source::new(&format!("peer{n}"), &format!("10.0.0.{n}:7000"), false, have)
+        Source::new(
+            &format!("peer{n}"),
+            &format!("10.0.0.{n}:7000"),
+            false,
+            have,
+        )
     }
 
     /// A partial peer as the tracker names it: holdings unknown until its `Have`.
@@ -1729,7 +1734,10 @@ mod tests {
             "each partial peer gets its share of the workers, the origin one"
         );
         plan.check();
-        assert!(plan.copies.iter().all(|&c| c == 0), "unknown holds nothing yet");
+        assert!(
+            plan.copies.iter().all(|&c| c == 0),
+            "unknown holds nothing yet"
+        );
         // The first peer's Have arrives: it holds 0-3, and the origin leaves those to it.
         plan.ready(0, bits(8, 0..4));
         plan.ready(4, Bitfield::full(8));
@@ -1737,9 +1745,16 @@ mod tests {
         assert_eq!(&plan.copies[..5], &[1, 1, 1, 1, 0]);
         plan.assign(now);
         let fetches = plan.fetches();
-        assert!(fetches.iter().all(|&(conn, i)| (conn == 0) == (i < 4)), "{fetches:?}");
+        assert!(
+            fetches.iter().all(|&(conn, i)| (conn == 0) == (i < 4)),
+            "{fetches:?}"
+        );
         assert_eq!(
-            fetches.iter().filter(|f| f.0 == 4).map(|f| f.1).collect::<Vec<_>>(),
+            fetches
+                .iter()
+                .filter(|f| f.0 == 4)
+                .map(|f| f.1)
+                .collect::<Vec<_>>(),
             vec![4, 5, 6, 7]
         );
     }
@@ -1763,12 +1778,19 @@ mod tests {
         assert_eq!(plan.conns[1].starved_at, Some(starved));
         plan.gained(1, &[6, 6, 99]);
         plan.check();
-        assert_eq!(plan.copies[6], 1, "a repeat and an index out of range change nothing");
+        assert_eq!(
+            plan.copies[6], 1,
+            "a repeat and an index out of range change nothing"
+        );
         assert!(plan.epoch > starved);
         plan.gained(1, &[6]);
         assert_eq!(plan.epoch, starved + 1, "news only bumps the epoch");
         plan.assign(now);
-        assert_eq!(plan.fetches(), vec![(1, 6)], "asked at once of the peer that gained it");
+        assert_eq!(
+            plan.fetches(),
+            vec![(1, 6)],
+            "asked at once of the peer that gained it"
+        );
         // A refused chunk the source gains later is held again.
         plan.refused(1, 6, now);
         plan.check();

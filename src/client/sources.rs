@@ -278,7 +278,10 @@ mod tests {
         let mut s = Source::new("p", "a", false, Holdings::Unknown);
         assert!(s.gain(2, 4));
         assert!(!s.gain(2, 4), "known already");
-        assert_eq!(s.have, Holdings::Known(Bitfield::from_bytes(4, &[0x20]).unwrap()));
+        assert_eq!(
+            s.have,
+            Holdings::Known(Bitfield::from_bytes(4, &[0x20]).unwrap())
+        );
         s.refused.insert(3);
         assert!(s.gain(3, 4));
         assert!(s.holds(3));

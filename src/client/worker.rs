@@ -275,7 +275,13 @@ impl Worker {
         let ended = |end| Err(Handshake::Ended(end));
         let stream = match TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {
             Ok(s) => s,
-            Err(e) => return ended(End::Unreachable(socket_error("unreachable", &e, CONNECT_TIMEOUT))),
+            Err(e) => {
+                return ended(End::Unreachable(socket_error(
+                    "unreachable",
+                    &e,
+                    CONNECT_TIMEOUT,
+                )));
+            }
         };
         if let Err(e) = stream
             .set_write_timeout(Some(self.chunk_timeout))
@@ -342,9 +348,9 @@ impl Worker {
     fn unsolicited(&self, conn: &mut wire::Conn) -> Result<(), End> {
         match conn.recv_control(self.chunk_timeout) {
             Ok(Message::Gained { indices }) => self.take_gained(indices),
-            Ok(Message::Error { code, message }) => Err(End::Failed(format!(
-                "closed with error {code}: {message}"
-            ))),
+            Ok(Message::Error { code, message }) => {
+                Err(End::Failed(format!("closed with error {code}: {message}")))
+            }
             Ok(other) => Err(End::Lied(format!("sent {} unasked", other.name()))),
             Err(WireError::Closed) => Err(End::Failed("closed the connection".into())),
             Err(e) if e.is_timeout() => Err(End::Failed(format!(

@@ -23,10 +23,9 @@ use crate::net::refuse_now;
 use crate::sync::LockExt;
 use crate::wake::Wait;
 use crate::wire::{
-    self, Conn, MAX_CONTROL_FRAME, GAINED_VERSION, MAX_GAINED, MIN_PROTOCOL_VERSION, Message, PROTOCOL_VERSION,
-    WireError, code,
+    self, Conn, GAINED_VERSION, MAX_CONTROL_FRAME, MAX_GAINED, MIN_PROTOCOL_VERSION, Message,
+    PROTOCOL_VERSION, WireError, code,
 };
-
 
 /// Messages read ahead of the request being served. The reference client keeps at most
 /// four requests in flight, plus a have request and a cancel for each request.
@@ -184,7 +183,9 @@ impl Shared {
         // Version 2 clients of a download in progress are told of each chunk it gains.
         let mut pushes = match live {
             Some((live, cursor)) if version >= GAINED_VERSION => {
-                let wait = live.watch().context("watching the download for new chunks")?;
+                let wait = live
+                    .watch()
+                    .context("watching the download for new chunks")?;
                 Some(Pushes { live, cursor, wait })
             }
             _ => None,
@@ -441,7 +442,13 @@ mod tests {
     /// data file, the server's address, and what keeps it running.
     fn serving_a_download(
         dir: &std::path::Path,
-    ) -> (LiveHave, Manifest, Arc<File>, std::net::SocketAddr, impl Drop) {
+    ) -> (
+        LiveHave,
+        Manifest,
+        Arc<File>,
+        std::net::SocketAddr,
+        impl Drop,
+    ) {
         let content: Vec<u8> = (0..4 * CHUNK).map(|i| (i % 251) as u8).collect();
         let path = dir.join("f.bin");
         std::fs::write(&path, &content).unwrap();
@@ -490,7 +497,9 @@ mod tests {
     /// Connects with a `Hello` of `version`; returns the stream and the `Welcome`'s version.
     fn connect(addr: std::net::SocketAddr, manifest: &Manifest, version: u16) -> (TcpStream, u16) {
         let mut stream = TcpStream::connect(addr).unwrap();
-        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
         let hello = Message::Hello {
             version,
             asset: manifest.id(),
@@ -498,7 +507,10 @@ mod tests {
         };
         write_message(&mut stream, &hello).unwrap();
         match read_message(&mut stream, MAX_FRAME).unwrap() {
-            Message::Welcome { version, chunk_count: 4 } => (stream, version),
+            Message::Welcome {
+                version,
+                chunk_count: 4,
+            } => (stream, version),
             other => panic!("answered Hello with {other:?}"),
         }
     }

@@ -577,7 +577,10 @@ pub(super) mod tests {
         assert!(none.over_limit() && too_many.over_limit());
         for m in [none, too_many] {
             assert!(
-                matches!(decoded(&frame_of(&m), MAX_FRAME), Err(WireError::Malformed(_))),
+                matches!(
+                    decoded(&frame_of(&m), MAX_FRAME),
+                    Err(WireError::Malformed(_))
+                ),
                 "{} indexes decoded",
                 m.name()
             );
