@@ -17,8 +17,8 @@ use swarmcache::announce::DEFAULT_ANNOUNCE_INTERVAL;
 use swarmcache::api::AnnounceResponse;
 
 use crate::model::{
-    DOWNLOAD_PERIOD, Figures, Framed, Order, Outcome, Phase, Prebuilt, Rng, after_failure,
-    cadence, frame,
+    DOWNLOAD_PERIOD, Figures, Framed, Order, Outcome, Phase, Prebuilt, Rng, after_failure, cadence,
+    frame,
 };
 
 /// Longest wait in one `poll`, so that due announces are never later than this.
@@ -190,10 +190,10 @@ impl Engine {
     }
 
     /// Runs until `until` (for [`Policy::Once`], until every scheduled announce is made or
-    /// `until`), counting the announces due from now on; those in flight at the end are
+    /// `until`), counting the announces due from `from`; those in flight at the end are
     /// waited for, up to the timeout.
-    pub fn run(&mut self, until: Instant, policy: Policy) {
-        self.window = (Instant::now(), until);
+    pub fn run(&mut self, from: Instant, until: Instant, policy: Policy) {
+        self.window = (from, until);
         self.decode = policy != Policy::Closed;
         if policy == Policy::Closed {
             let now = Instant::now();
@@ -222,7 +222,14 @@ impl Engine {
                     break;
                 }
                 self.ready.pop_front();
-                self.ended(peer, due, due >= self.window.0, Outcome::Timeout, None, policy);
+                self.ended(
+                    peer,
+                    due,
+                    due >= self.window.0,
+                    Outcome::Timeout,
+                    None,
+                    policy,
+                );
             }
             if !stopping {
                 for i in 0..self.conns.len() {
@@ -376,7 +383,9 @@ impl Engine {
                 len,
                 close,
                 retry_after,
-            }) => return self.answered(i, status, head_len, len, close || eof, retry_after, policy),
+            }) => {
+                return self.answered(i, status, head_len, len, close || eof, retry_after, policy);
+            }
             Ok(Framed::Partial) if eof => return self.fail(i, Outcome::Broken, policy),
             Ok(Framed::Partial) => {}
             Err(e) => {

@@ -62,7 +62,9 @@ fn admitted(source: Ipv4Addr, tracker: SocketAddrV4) -> Result<TcpStream, String
     let mut piece = [0u8; 4096];
     loop {
         match frame(&buf) {
-            Ok(Framed::Whole { status: 200, len, .. }) if buf.len() == len => break,
+            Ok(Framed::Whole {
+                status: 200, len, ..
+            }) if buf.len() == len => break,
             Ok(Framed::Whole { status, .. }) => return Err(format!("answered {status}")),
             Ok(Framed::Partial) => {}
             Err(e) => return Err(e),
@@ -81,7 +83,12 @@ fn admitted(source: Ipv4Addr, tracker: SocketAddrV4) -> Result<TcpStream, String
 
 /// Holds `per_source` connections from each of `sources` for `seconds`, printing a line
 /// once they are held (a caller waits for "holding ").
-pub fn hold(tracker: SocketAddrV4, sources: &[Ipv4Addr], per_source: usize, seconds: Duration) -> Result<()> {
+pub fn hold(
+    tracker: SocketAddrV4,
+    sources: &[Ipv4Addr],
+    per_source: usize,
+    seconds: Duration,
+) -> Result<()> {
     let end = Instant::now() + seconds;
     let mut held: Vec<Held> = Vec::new();
     let mut capped = Vec::new();
@@ -90,7 +97,11 @@ pub fn hold(tracker: SocketAddrV4, sources: &[Ipv4Addr], per_source: usize, seco
             match admitted(source, tracker) {
                 Ok(stream) => held.push(Held {
                     source,
-                    kind: if k % 2 == 0 { Kind::Heartbeat } else { Kind::Trickle },
+                    kind: if k % 2 == 0 {
+                        Kind::Heartbeat
+                    } else {
+                        Kind::Trickle
+                    },
                     stream: Some(stream),
                     sent: 0,
                     next: Instant::now() + BEAT,
@@ -119,7 +130,11 @@ pub fn hold(tracker: SocketAddrV4, sources: &[Ipv4Addr], per_source: usize, seco
         held.len(),
         count(Kind::Heartbeat),
         count(Kind::Trickle),
-        if capped.is_empty() { String::new() } else { format!("; {}", capped.join("; ")) }
+        if capped.is_empty() {
+            String::new()
+        } else {
+            format!("; {}", capped.join("; "))
+        }
     );
     let (mut answers, mut reopened, mut lost) = (0u64, 0u64, 0u64);
     let mut piece = [0u8; 4096];
@@ -148,7 +163,9 @@ pub fn hold(tracker: SocketAddrV4, sources: &[Ipv4Addr], per_source: usize, seco
                         closed = true;
                         break;
                     }
-                    Ok(n) => answers += piece[..n].windows(4).filter(|w| *w == b"HTTP").count() as u64,
+                    Ok(n) => {
+                        answers += piece[..n].windows(4).filter(|w| *w == b"HTTP").count() as u64
+                    }
                     Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                     Err(_) => {
                         closed = true;
@@ -175,6 +192,9 @@ pub fn hold(tracker: SocketAddrV4, sources: &[Ipv4Addr], per_source: usize, seco
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    println!("held for {:.0} s: {answers} answers, {reopened} connections reopened, {lost} reopenings refused", seconds.as_secs_f64());
+    println!(
+        "held for {:.0} s: {answers} answers, {reopened} connections reopened, {lost} reopenings refused",
+        seconds.as_secs_f64()
+    );
     Ok(())
 }

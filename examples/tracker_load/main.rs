@@ -35,7 +35,9 @@ use swarmcache::manifest::{DEFAULT_CHUNK_SIZE, MIN_CHUNK_SIZE, Manifest, sha256}
 use swarmcache::tracker_client::TrackerClient;
 
 use engine::{Download, Engine, Peer, Policy};
-use model::{Figures, Order, Phase, Prebuilt, Rng, USER_HZ, cpu_ticks, median, percentile, status_kib};
+use model::{
+    Figures, Order, Phase, Prebuilt, Rng, USER_HZ, cpu_ticks, median, percentile, status_kib,
+};
 
 /// Classes of simulated peers, each with its own figures.
 const DOWNLOADERS: usize = 0;
@@ -182,7 +184,9 @@ fn tracker_addr(url: &str) -> Result<SocketAddrV4> {
             SocketAddr::V4(a) => Some(a),
             SocketAddr::V6(_) => None,
         })
-        .with_context(|| format!("{hostport:?} has no IPv4 address (the generator binds 127.x sources)"))
+        .with_context(|| {
+            format!("{hostport:?} has no IPv4 address (the generator binds 127.x sources)")
+        })
 }
 
 /// Source addresses for `n` connections: 127.0.1.1, 127.0.1.1 … four on each.
@@ -221,11 +225,7 @@ fn publish(tracker: &TrackerClient, name: &str, chunks: u32, chunk_size: u32) ->
 }
 
 /// The background swarms' peers: complete, heartbeating like peer servers.
-fn background_peers(
-    tracker: &TrackerClient,
-    host: &str,
-    b: &Background,
-) -> Result<Vec<Peer>> {
+fn background_peers(tracker: &TrackerClient, host: &str, b: &Background) -> Result<Vec<Peer>> {
     let swarms = b.swarms.max(1);
     let per_swarm = b.peers.div_ceil(swarms);
     let mut peers = Vec::with_capacity(swarms * per_swarm);
@@ -243,7 +243,11 @@ fn background_peers(
                 origin: j == 0,
                 ..AnnounceRequest::default()
             };
-            peers.push(Peer::new(BACKGROUND, Phase::Seeding, Prebuilt::new(host, &asset, &request)));
+            peers.push(Peer::new(
+                BACKGROUND,
+                Phase::Seeding,
+                Prebuilt::new(host, &asset, &request),
+            ));
         }
     }
     Ok(peers)
@@ -286,16 +290,24 @@ fn engines(
         .enumerate()
         .map(|(t, share)| {
             let mine: Vec<Ipv4Addr> = all.iter().skip(t).step_by(threads).copied().collect();
-            Engine::new(tracker, share, &mine, CLASS_NAMES.len(), timeout, t as u64 + 1)
+            Engine::new(
+                tracker,
+                share,
+                &mine,
+                CLASS_NAMES.len(),
+                timeout,
+                t as u64 + 1,
+            )
         })
         .collect()
 }
 
-/// Runs every engine on its own thread until `until` under `policy`.
-fn run_all(engines: &mut [Engine], until: Instant, policy: Policy) {
+/// Runs every engine on its own thread until `until` under `policy`, counting the
+/// announces due from `from`.
+fn run_all(engines: &mut [Engine], from: Instant, until: Instant, policy: Policy) {
     std::thread::scope(|scope| {
         for e in engines.iter_mut() {
-            scope.spawn(move || e.run(until, policy));
+            scope.spawn(move || e.run(from, until, policy));
         }
     });
 }
@@ -315,9 +327,17 @@ fn gather(engines: &mut [Engine]) -> Vec<Figures> {
 /// Makes every scheduled announce once (registering the peers), not counted.
 fn register(engines: &mut [Engine], what: &str) -> Result<()> {
     let started = Instant::now();
-    run_all(engines, Instant::now() + Duration::from_secs(600), Policy::Once);
+    run_all(
+        engines,
+        started,
+        started + Duration::from_secs(600),
+        Policy::Once,
+    );
     let _ = gather(engines);
-    println!("registered {what} in {:.1} s", started.elapsed().as_secs_f64());
+    println!(
+        "registered {what} in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
@@ -343,7 +363,11 @@ fn fleet(args: FleetArgs) -> Result<()> {
             origin: s == 0,
             ..AnnounceRequest::default()
         };
-        peers.push(Peer::new(SEEDERS, Phase::Seeding, Prebuilt::new(&host, &asset, &request)));
+        peers.push(Peer::new(
+            SEEDERS,
+            Phase::Seeding,
+            Prebuilt::new(&host, &asset, &request),
+        ));
     }
     let registered = peers.len();
     let download_secs = args.download_secs.unwrap_or(1.5 * args.seconds).max(0.1);
@@ -364,7 +388,11 @@ fn fleet(args: FleetArgs) -> Result<()> {
             complete: true,
             ..template
         };
-        let mut peer = Peer::new(DOWNLOADERS, Phase::Downloading, Prebuilt::new(&host, &asset, &request));
+        let mut peer = Peer::new(
+            DOWNLOADERS,
+            Phase::Downloading,
+            Prebuilt::new(&host, &asset, &request),
+        );
         peer.download = Some(Download {
             order: Order::new(args.chunks, rng.next()),
             done: 0,
@@ -383,7 +411,10 @@ fn fleet(args: FleetArgs) -> Result<()> {
             }
         }
     }
-    register(&mut engines, &format!("{registered} background peers and seeders"))?;
+    register(
+        &mut engines,
+        &format!("{registered} background peers and seeders"),
+    )?;
 
     // The measured run: every registered peer heartbeats from a random point of its
     // period; downloaders join over the ramp.
@@ -404,7 +435,7 @@ fn fleet(args: FleetArgs) -> Result<()> {
         }
     }
     let (tracker_before, self_before) = (ticks(c.tracker_pid), ticks(None));
-    run_all(&mut engines, until, Policy::Follow);
+    run_all(&mut engines, start, until, Policy::Follow);
     let wall = start.elapsed();
     let (tracker_after, self_after) = (ticks(c.tracker_pid), ticks(None));
     let seeding = engines
@@ -416,11 +447,26 @@ fn fleet(args: FleetArgs) -> Result<()> {
 
     println!(
         "fleet: {} downloaders ({seeding} finished and seeding by the end) and {} seeders of {} chunks, {} background peers in {} swarms, {:.0} s",
-        args.downloaders, args.seeders, args.chunks, registered - args.seeders, args.background.swarms, wall.as_secs_f64()
+        args.downloaders,
+        args.seeders,
+        args.chunks,
+        registered - args.seeders,
+        args.background.swarms,
+        wall.as_secs_f64()
     );
     println!(
         "{:<12} {:>9} {:>8} {:>6} {:>8} {:>7} {:>7} {:>8} {:>8} {:>9} {:>12}",
-        "class", "answered", "refused", "503", "timeout", "broken", "unsent", "p50_ms", "p99_ms", "max_ms", "answer_B_med"
+        "class",
+        "answered",
+        "refused",
+        "503",
+        "timeout",
+        "broken",
+        "unsent",
+        "p50_ms",
+        "p99_ms",
+        "max_ms",
+        "answer_B_med"
     );
     for (name, f) in CLASS_NAMES.iter().zip(&figures) {
         println!(
@@ -446,7 +492,11 @@ fn fleet(args: FleetArgs) -> Result<()> {
     let memory = c.tracker_pid.and_then(memory_mib);
     let fleet = &figures[DOWNLOADERS];
     let due = total.answered + total.unanswered() + total.unsent;
-    println!("| fleet: announces answered / due | {} / {due} ({:.0}/s) | every one |", total.answered, total.answered as f64 / wall.as_secs_f64());
+    println!(
+        "| fleet: announces answered / due | {} / {due} ({:.0}/s) | every one |",
+        total.answered,
+        total.answered as f64 / wall.as_secs_f64()
+    );
     println!(
         "| fleet: not answered: non-200 / 503 / timeouts / broken | {} / {} / {} / {} | 0, no 503 |",
         total.refused, total.busy, total.timeouts, total.broken
@@ -468,14 +518,22 @@ fn fleet(args: FleetArgs) -> Result<()> {
         percentile(&fleet.answer_bytes, 0.5).map_or("-".into(), |b| b.to_string())
     );
     let f2 = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.2}"));
-    println!("| fleet: tracker CPU | {} cores | reported |", f2(tracker_cores));
+    println!(
+        "| fleet: tracker CPU | {} cores | reported |",
+        f2(tracker_cores)
+    );
     println!(
         "| fleet: tracker VmRSS / VmHWM | {} | reported |",
         memory.map_or("-".into(), |(rss, hwm)| format!("{rss:.0} / {hwm:.0} MiB"))
     );
-    println!("| fleet: generator CPU | {} cores | reported |", f2(self_cores));
+    println!(
+        "| fleet: generator CPU | {} cores | reported |",
+        f2(self_cores)
+    );
     if total.unsent > 0 {
-        println!("(unsent: announces the generator had due but no free connection for before the end; more --conns)");
+        println!(
+            "(unsent: announces the generator had due but no free connection for before the end; more --conns)"
+        );
     }
     Ok(())
 }
@@ -513,7 +571,10 @@ fn throughput(args: ThroughputArgs) -> Result<()> {
             e.schedule(i, Instant::now());
         }
     }
-    register(&mut engines, &format!("{registered} peers in {} swarms", args.background.swarms))?;
+    register(
+        &mut engines,
+        &format!("{registered} peers in {} swarms", args.background.swarms),
+    )?;
     // Alternated: 1 core, 2 cores, 1 core … so that drift on a shared host hits both.
     let mut rates = [Vec::new(), Vec::new()];
     let mut p99s = [Vec::new(), Vec::new()];
@@ -525,7 +586,12 @@ fn throughput(args: ThroughputArgs) -> Result<()> {
         pin(pid, list)?;
         let before = ticks(Some(pid));
         let started = Instant::now();
-        run_all(&mut engines, started + Duration::from_secs_f64(args.run_secs), Policy::Closed);
+        run_all(
+            &mut engines,
+            started,
+            started + Duration::from_secs_f64(args.run_secs),
+            Policy::Closed,
+        );
         let wall = started.elapsed();
         let after = ticks(Some(pid));
         let f = {
@@ -560,10 +626,217 @@ fn throughput(args: ThroughputArgs) -> Result<()> {
         "| throughput: announces/s, tracker on cpus {} ({registered} peers registered) | {two:.0} ({cpu_two:.2} cores) | ≥ 20 000 |",
         args.cpus[1]
     );
-    println!("| throughput: {} / {} | {:.2}× | ≥ 1.7× |", args.cpus[1], args.cpus[0], two / one);
-    println!("| throughput: p99 on cpus {} | {p99_two:.2} ms | ≤ 5 ms |", args.cpus[1]);
+    println!(
+        "| throughput: {} / {} | {:.2}× | ≥ 1.7× |",
+        args.cpus[1],
+        args.cpus[0],
+        two / one
+    );
+    println!(
+        "| throughput: p99 on cpus {} | {p99_two:.2} ms | ≤ 5 ms |",
+        args.cpus[1]
+    );
     if failed > 0 {
         println!("(throughput: {failed} announces not answered over all runs)");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use swarmcache::tracker::{Tracker, TrackerConfig};
+
+    /// A real tracker on 127.0.0.1 port 0, served on a thread until the handle is dropped.
+    struct Running {
+        url: String,
+        stop: swarmcache::net::ShutdownHandle,
+        thread: Option<std::thread::JoinHandle<()>>,
+        _data: tempfile::TempDir,
+    }
+
+    impl Drop for Running {
+        fn drop(&mut self) {
+            self.stop.shutdown();
+            if let Some(t) = self.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+
+    /// A tracker as bench/tracker.sh starts one: no per-address rate limits, since the
+    /// generator's few source addresses each stand for many hosts.
+    fn tracker() -> Running {
+        let data = tempfile::tempdir().unwrap();
+        let mut config = TrackerConfig::new("127.0.0.1:0".parse().unwrap(), data.path().join("d"));
+        config.announce_rate = 0;
+        config.publish_rate = 0;
+        let tracker = Tracker::bind(&config).unwrap();
+        let url = format!("http://{}", tracker.local_addr());
+        let stop = tracker.shutdown_handle();
+        let thread = Some(std::thread::spawn(move || tracker.serve().unwrap()));
+        Running {
+            url,
+            stop,
+            thread,
+            _data: data,
+        }
+    }
+
+    #[test]
+    fn a_small_fleet_is_answered_and_its_downloads_finish_and_seed() {
+        let t = tracker();
+        let addr = tracker_addr(&t.url).unwrap();
+        let host = addr.to_string();
+        let client = TrackerClient::new(&t.url).unwrap();
+        let chunks = 40;
+        let asset = publish(&client, "fleet", chunks, DEFAULT_CHUNK_SIZE).unwrap();
+        let mut peers = background_peers(
+            &client,
+            &host,
+            &Background {
+                swarms: 2,
+                peers: 6,
+            },
+        )
+        .unwrap();
+        assert_eq!(peers.len(), 6);
+        let start = Instant::now();
+        for d in 0..4 {
+            let template = AnnounceRequest {
+                peer_id: format!("dl-{d}"),
+                addr: Some(peer_addr(192, d)),
+                ..AnnounceRequest::default()
+            };
+            let have = Some(Bitfield::new(chunks).to_hex());
+            let mut peer = Peer::new(
+                DOWNLOADERS,
+                Phase::Downloading,
+                Prebuilt::new(
+                    &host,
+                    &asset,
+                    &AnnounceRequest {
+                        have,
+                        ..template.clone()
+                    },
+                ),
+            );
+            peer.download = Some(Download {
+                order: Order::new(chunks, d as u64),
+                done: 0,
+                total: chunks,
+                start,
+                secs: 0.8,
+                then: Prebuilt::new(
+                    &host,
+                    &asset,
+                    &AnnounceRequest {
+                        complete: true,
+                        ..template
+                    },
+                ),
+            });
+            peers.push(peer);
+        }
+        let mut engines = engines(addr, peers, 2, 4, Duration::from_secs(5));
+        for e in engines.iter_mut() {
+            for i in 0..e.peers.len() {
+                e.schedule(i, start);
+            }
+        }
+        run_all(
+            &mut engines,
+            start,
+            start + Duration::from_millis(1600),
+            Policy::Follow,
+        );
+        let figures = gather(&mut engines);
+        let fleet = &figures[DOWNLOADERS];
+        assert_eq!(fleet.unanswered() + fleet.unsent, 0, "{fleet:?}");
+        // Four downloaders every half second for 1.6 s: at least two announces each.
+        assert!(fleet.answered >= 8, "{fleet:?}");
+        assert_eq!(
+            figures[BACKGROUND].answered, 6,
+            "one heartbeat each (20 s period)"
+        );
+        assert!(
+            engines
+                .iter()
+                .flat_map(|e| &e.peers)
+                .filter(|p| p.class == DOWNLOADERS)
+                .all(|p| p.phase == Phase::Seeding && p.download.is_none())
+        );
+        // What the tracker now holds: the finished downloaders as complete peers.
+        let id = asset.parse().unwrap();
+        let listed = client.peers(&id).unwrap();
+        assert_eq!(
+            listed
+                .iter()
+                .filter(|p| p.peer_id.starts_with("dl-") && p.complete)
+                .count(),
+            4,
+            "{listed:?}"
+        );
+    }
+
+    #[test]
+    fn a_closed_loop_keeps_every_connection_busy_and_counts_each_answer() {
+        let t = tracker();
+        let addr = tracker_addr(&t.url).unwrap();
+        let client = TrackerClient::new(&t.url).unwrap();
+        let peers = background_peers(
+            &client,
+            &addr.to_string(),
+            &Background {
+                swarms: 3,
+                peers: 30,
+            },
+        )
+        .unwrap();
+        let mut engines = engines(addr, peers, 1, 3, Duration::from_secs(5));
+        let now = Instant::now();
+        run_all(
+            &mut engines,
+            now,
+            now + Duration::from_millis(300),
+            Policy::Closed,
+        );
+        let mut all = Figures::default();
+        gather(&mut engines).into_iter().for_each(|f| all.merge(f));
+        assert_eq!(all.unanswered(), 0, "{all:?}");
+        assert!(all.answered >= 30, "{all:?}");
+        assert_eq!(all.latency_us.len() as u64, all.answered);
+    }
+
+    #[test]
+    fn a_tracker_that_is_not_there_is_counted_as_broken_not_answered() {
+        // A port nothing listens on: bind one, read it, close it.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
+        let request = AnnounceRequest {
+            peer_id: "p".into(),
+            complete: true,
+            ..AnnounceRequest::default()
+        };
+        let peers = vec![Peer::new(
+            BACKGROUND,
+            Phase::Seeding,
+            Prebuilt::new(&addr.to_string(), "x", &request),
+        )];
+        let mut engines = engines(addr, peers, 1, 1, Duration::from_secs(2));
+        let now = Instant::now();
+        engines[0].schedule(0, now);
+        run_all(
+            &mut engines,
+            now,
+            now + Duration::from_millis(300),
+            Policy::Follow,
+        );
+        let f = &gather(&mut engines)[BACKGROUND];
+        assert_eq!((f.answered, f.broken), (0, 1), "{f:?}");
+    }
 }

@@ -255,8 +255,7 @@ impl Figures {
                 self.answered += 1;
                 self.latency_us
                     .push(latency.as_micros().min(u128::from(u32::MAX)) as u32);
-                self.answer_bytes
-                    .push(body.min(u32::MAX as usize) as u32);
+                self.answer_bytes.push(body.min(u32::MAX as usize) as u32);
             }
             Outcome::Status(503) => self.busy += 1,
             Outcome::Status(_) | Outcome::BadAnswer => self.refused += 1,
@@ -359,7 +358,11 @@ impl Rng {
 
     /// A draw in [0, n) (0 for n = 0).
     pub fn below(&mut self, n: usize) -> usize {
-        if n == 0 { 0 } else { (self.next() % n as u64) as usize }
+        if n == 0 {
+            0
+        } else {
+            (self.next() % n as u64) as usize
+        }
     }
 }
 
@@ -386,7 +389,10 @@ mod tests {
     #[test]
     fn downloaders_keep_the_clients_period_and_seeders_take_the_trackers_within_bounds() {
         assert_eq!(cadence(&answer(20), Phase::Downloading), DOWNLOAD_PERIOD);
-        assert_eq!(cadence(&answer(20), Phase::Seeding), Duration::from_secs(20));
+        assert_eq!(
+            cadence(&answer(20), Phase::Seeding),
+            Duration::from_secs(20)
+        );
         assert_eq!(cadence(&answer(0), Phase::Seeding), Duration::from_secs(1));
         assert_eq!(
             cadence(&answer(u64::MAX), Phase::Seeding),
@@ -421,7 +427,13 @@ mod tests {
 
     #[test]
     fn the_completion_order_visits_every_chunk_once() {
-        for (n, seed) in [(1, 7), (2, 3), (12, 99), (65_536, 0xDEAD_BEEF), (1000, 12_345)] {
+        for (n, seed) in [
+            (1, 7),
+            (2, 3),
+            (12, 99),
+            (65_536, 0xDEAD_BEEF),
+            (1000, 12_345),
+        ] {
             let order = Order::new(n, seed);
             let mut seen = vec![false; n as usize];
             for k in 0..n {
@@ -461,7 +473,10 @@ mod tests {
         assert!(head.starts_with("POST /assets/abc/announce HTTP/1.1\r\n"));
         assert!(head.ends_with(&format!("Content-Length: {}", body.len())));
         let back: AnnounceRequest = serde_json::from_str(body).unwrap();
-        assert_eq!(back.have.as_deref(), Some(Bitfield::full(n).to_hex().as_str()));
+        assert_eq!(
+            back.have.as_deref(),
+            Some(Bitfield::full(n).to_hex().as_str())
+        );
     }
 
     #[test]
@@ -498,7 +513,12 @@ mod tests {
         two.extend_from_slice(whole);
         assert!(matches!(
             frame(&two).unwrap(),
-            Framed::Whole { status: 200, len: 40, close: false, .. }
+            Framed::Whole {
+                status: 200,
+                len: 40,
+                close: false,
+                ..
+            }
         ));
         assert!(frame(b"\x00\x00\x00\x38\x09 not http\r\n\r\n").is_err());
         assert!(frame(b"HTTP/1.1 200 OK\r\n\r\n").is_err());
@@ -517,7 +537,10 @@ mod tests {
         g.count(Outcome::Answered, Duration::from_millis(1), 300);
         f.merge(g);
         f.sort();
-        assert_eq!((f.answered, f.busy, f.refused, f.timeouts, f.broken), (2, 1, 2, 1, 1));
+        assert_eq!(
+            (f.answered, f.busy, f.refused, f.timeouts, f.broken),
+            (2, 1, 2, 1, 1)
+        );
         assert_eq!(f.unanswered(), 5);
         assert_eq!(f.latency_us, [1000, 3000]);
         assert_eq!(percentile(&f.answer_bytes, 0.5), Some(100));
@@ -538,7 +561,8 @@ mod tests {
 
     #[test]
     fn proc_figures_are_read_past_an_awkward_command_name() {
-        let stat = "4242 (tra cker) (x)) S 1 4242 4242 0 -1 4194560 1 0 0 0 150 25 0 0 20 0 33 0 1 1 1";
+        let stat =
+            "4242 (tra cker) (x)) S 1 4242 4242 0 -1 4194560 1 0 0 0 150 25 0 0 20 0 33 0 1 1 1";
         assert_eq!(cpu_ticks(stat), Some(175));
         assert_eq!(cpu_ticks("4242 (tracker"), None);
         let status = "Name:\ttracker\nVmHWM:\t  20480 kB\nVmRSS:\t   10240 kB\n";
