@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every benchmark, one after the other, with the figures BENCHMARKS.md records.
-# Needs nginx (Debian: nginx-light), curl, aria2, openssl, python3 and bc. Takes about 20 minutes.
+# Needs nginx (Debian: nginx-light), curl, aria2, openssl, python3, bc and taskset (util-linux). Takes about 25 minutes.
 set -euo pipefail
 cd "$(dirname "$0")"
 echo "== machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(free -g | awk '/Mem/ {print $2}') GiB"

@@ -584,7 +584,7 @@ fn throughput(args: ThroughputArgs) -> Result<()> {
         let which = run % 2;
         let list = &args.cpus[which];
         pin(pid, list)?;
-        let before = ticks(Some(pid));
+        let (before, self_before) = (ticks(Some(pid)), ticks(None));
         let started = Instant::now();
         run_all(
             &mut engines,
@@ -593,7 +593,8 @@ fn throughput(args: ThroughputArgs) -> Result<()> {
             Policy::Closed,
         );
         let wall = started.elapsed();
-        let after = ticks(Some(pid));
+        let (after, self_after) = (ticks(Some(pid)), ticks(None));
+        let generator = cores(self_before, self_after, wall).unwrap_or(f64::NAN);
         let f = {
             let mut all = Figures::default();
             gather(&mut engines).into_iter().for_each(|f| all.merge(f));
@@ -605,7 +606,7 @@ fn throughput(args: ThroughputArgs) -> Result<()> {
         let p99 = percentile(&f.latency_us, 0.99).map_or(f64::NAN, |us| f64::from(us) / 1e3);
         let cpu = cores(before, after, wall).unwrap_or(f64::NAN);
         println!(
-            "run {}: tracker on cpus {list}: {:.0} announces/s, p99 {p99:.2} ms, tracker {cpu:.2} cores, not answered {}",
+            "run {}: tracker on cpus {list}: {:.0} announces/s, p99 {p99:.2} ms, tracker {cpu:.2} cores, generator {generator:.2} cores, not answered {}",
             run + 1,
             rate,
             f.unanswered()

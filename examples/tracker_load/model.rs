@@ -93,7 +93,7 @@ impl Order {
     /// An order over `n` chunks drawn from `seed`.
     pub fn new(n: u32, seed: u64) -> Order {
         let n = u64::from(n.max(1));
-        let mut a = (seed >> 17) % n | 1;
+        let mut a = ((seed >> 17) % n) | 1;
         while gcd(a, n) != 1 {
             a = (a + 2) % n.max(2);
             a |= 1;
