@@ -12,10 +12,11 @@
 //!
 //! How a client fits: its `beat` announces the asset with the live have, the complaints
 //! since the last beat and the uploaded bytes, keeps the ticket and tells its server the
-//! keys, then sends the answer to its scheduler and returns `Ok(None)`, on
-//! [`Rhythm::fixed`] while it downloads; to seed, it [`Announcer::halt`]s, drops the
-//! scheduler's sender from its announce, and starts again on [`Rhythm::tracker`] with a
-//! first wait of zero. The peer server's `beat` announces every asset of its store.
+//! keys, then sends the answer to its scheduler and returns the tracker's `next_announce_ms`,
+//! on [`Rhythm::tracker`] while it downloads (the tracker sets the cadence from the swarm's
+//! size); to seed, it [`Announcer::halt`]s, drops the scheduler's sender from its announce,
+//! and starts again on [`Rhythm::tracker`] with a first wait of zero. The peer server's
+//! `beat` announces every asset of its store.
 
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -29,6 +30,9 @@ use crate::backoff::Backoff;
 pub const DEFAULT_ANNOUNCE_INTERVAL: Duration = Duration::from_secs(20);
 /// Longest heartbeat period accepted from a tracker: an hour, whatever it answers.
 pub const MAX_ANNOUNCE_INTERVAL: Duration = Duration::from_secs(3600);
+/// Shortest period accepted from a tracker: the fastest our tracker ever asks for (a
+/// downloader of a small swarm), so a broken one cannot have its peers announce in a loop.
+pub const MIN_ANNOUNCE_INTERVAL: Duration = Duration::from_millis(500);
 /// The most a peer's `"stopped"` announces may take together when it stops: leaving only
 /// spares clients a failed connection to it, and a SIGTERM must end the process within
 /// 2 s even when the tracker cannot be reached (a host that drops TCP never answers a
@@ -116,7 +120,7 @@ impl Rhythm {
                 }
                 self.backoff.reset();
                 if let (false, Some(asked)) = (self.fixed, asked) {
-                    self.period = asked.clamp(Duration::from_secs(1), MAX_ANNOUNCE_INTERVAL);
+                    self.period = asked.clamp(MIN_ANNOUNCE_INTERVAL, MAX_ANNOUNCE_INTERVAL);
                     self.backoff.set_max(self.period);
                 }
                 self.period
@@ -285,6 +289,15 @@ mod tests {
         assert_eq!(
             rhythm.after(Ok(Some(Duration::from_secs(1 << 20))), "t"),
             MAX_ANNOUNCE_INTERVAL
+        );
+        assert_eq!(
+            rhythm.after(Ok(Some(Duration::from_millis(750))), "t"),
+            Duration::from_millis(750),
+            "sub-second cadences are taken"
+        );
+        assert_eq!(
+            rhythm.after(Ok(Some(Duration::ZERO)), "t"),
+            MIN_ANNOUNCE_INTERVAL
         );
         // A fixed period ignores what the tracker asks.
         let mut fixed = Rhythm::fixed(Duration::from_secs(2));

@@ -1,6 +1,10 @@
 //! The JSON bodies of the tracker's HTTP API, shared by the tracker and its clients.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
+
+use crate::bitfield::Bitfield;
 
 /// Answer to `POST /assets`.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -87,6 +91,8 @@ pub enum AnnounceEvent {
 
 /// A peer as the tracker hands it out. `S` is the string type: owned where an answer is
 /// read, borrowed from the swarm where the tracker writes one (no copy per peer listed).
+/// What a partial peer holds is not listed: peers tell each other over the wire (a Have on
+/// connect, then updates), which keeps an answer a few KiB however big the asset.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct PeerInfo<S = String> {
     /// The peer's id.
@@ -95,9 +101,6 @@ pub struct PeerInfo<S = String> {
     pub addr: S,
     /// The peer holds every chunk.
     pub complete: bool,
-    /// Hex bitfield of the chunks held, when not complete.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub have: Option<String>,
     /// The peer is an origin.
     pub origin: bool,
     /// Seconds since the peer last announced.
@@ -107,8 +110,13 @@ pub struct PeerInfo<S = String> {
 /// Answer to an announce (`S` as in [`PeerInfo`]).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct AnnounceResponse<S = String> {
-    /// Announce again within this many seconds to stay in the swarm.
+    /// Announce again within this many seconds to stay in the swarm (the heartbeat).
     pub interval_secs: u64,
+    /// When to announce next, in milliseconds: the tracker's cadence for this peer, from
+    /// its phase (joining, downloading, seeding) and the swarm's size (absent from trackers
+    /// older than it, whose clients announced every 500 ms while downloading).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_announce_ms: Option<u64>,
     /// Chunk count of the asset.
     pub chunk_count: u32,
     /// Peers to use (never the announcing peer, never an origin).
@@ -121,16 +129,18 @@ pub struct AnnounceResponse<S = String> {
     /// A random id the tracker picks at each start. A peer that sees it change knows the
     /// tracker restarted and forgot every swarm (absent from trackers older than it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub instance: Option<String>,
+    pub instance: Option<S>,
     /// "Warming up, retry in N s": set when the tracker knows no source for the asset
     /// because it restarted less than a heartbeat period ago. Every live source announces
     /// again within N seconds, so a client waits and announces again instead of failing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warming_up_secs: Option<u64>,
-    /// For a serving peer still downloading: hex bitfield of the chunks to take from the
-    /// origin. Other leechers were given disjoint shares; the rest comes from peers.
+    /// For a serving peer still downloading: the chunks to take from the origin, as runs
+    /// `[start, end)` of chunk indexes in increasing order (`[[0, 64], [128, 130]]`: chunks
+    /// 0 to 63, 128 and 129). Other leechers were given disjoint shares; the rest comes
+    /// from peers. See [`AnnounceResponse::share`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub origin_share: Option<String>,
+    pub origin_share: Option<Vec<[u32; 2]>>,
     /// With auth on: a ticket (hex) for this peer and asset, signed by the tracker, to
     /// present in the `Hello` to other peers. Each announce brings a fresh one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -140,6 +150,31 @@ pub struct AnnounceResponse<S = String> {
     /// rotated key from its next announce.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub keys: Vec<String>,
+}
+
+impl<S> AnnounceResponse<S> {
+    /// When the tracker asked to be announced to next (`next_announce_ms`), if it did.
+    pub fn next_announce(&self) -> Option<Duration> {
+        self.next_announce_ms.map(Duration::from_millis)
+    }
+
+    /// The origin share as a set of `count` chunks; `None` when there is none, or when its
+    /// runs are not increasing, empty, or past `count` (a hostile or broken tracker: the
+    /// client then plans as if no share was given). Costs at most `count` steps whatever
+    /// the answer says.
+    pub fn share(&self, count: u32) -> Option<Bitfield> {
+        let runs = self.origin_share.as_ref()?;
+        let mut share = Bitfield::new(count);
+        let mut next = 0;
+        for &[start, end] in runs {
+            if start < next || end <= start || end > count {
+                return None;
+            }
+            (start..end).for_each(|i| share.set(i));
+            next = end;
+        }
+        Some(share)
+    }
 }
 
 /// `GET /keys`: the public keys peers verify tickets with, current first (empty in open
@@ -256,5 +291,40 @@ mod tests {
         assert!(event(r#"{"peer_id":"p","event":5}"#).is_err());
         let without = serde_json::to_string(&AnnounceRequest::default()).unwrap();
         assert!(!without.contains("event"), "{without}");
+    }
+
+    #[test]
+    fn an_origin_share_is_read_from_increasing_runs_and_refused_otherwise() {
+        let answer = |runs: Vec<[u32; 2]>| AnnounceResponse::<String> {
+            interval_secs: 20,
+            next_announce_ms: Some(1500),
+            chunk_count: 10,
+            peers: Vec::new(),
+            origins: Vec::new(),
+            your_addr: None,
+            instance: None,
+            warming_up_secs: None,
+            origin_share: Some(runs),
+            ticket: None,
+            keys: Vec::new(),
+        };
+        let share = answer(vec![[0, 2], [5, 6], [9, 10]]).share(10).unwrap();
+        assert_eq!(share.ones().collect::<Vec<_>>(), [0, 1, 5, 9]);
+        assert_eq!(answer(vec![]).share(10).unwrap().count(), 0);
+        for bad in [
+            vec![[0, 11]],
+            vec![[3, 3]],
+            vec![[4, 6], [5, 7]],
+            vec![[5, 6], [0, 1]],
+        ] {
+            assert_eq!(answer(bad.clone()).share(10), None, "{bad:?}");
+        }
+        let text = serde_json::to_string(&answer(vec![[0, 2]])).unwrap();
+        assert!(text.contains(r#""origin_share":[[0,2]]"#), "{text}");
+        let back: AnnounceResponse = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.next_announce(), Some(Duration::from_millis(1500)));
+        let mut none = answer(vec![]);
+        none.origin_share = None;
+        assert_eq!(none.share(10), None);
     }
 }

@@ -9,6 +9,7 @@ mod cache;
 mod cli_errors;
 mod cli_scripts;
 mod faults;
+mod fleet;
 mod hostile_http;
 mod metrics;
 mod network;

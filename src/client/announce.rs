@@ -1,8 +1,11 @@
 //! What a client announces, through the crate's one announce loop ([`crate::announce`]):
-//! one announce before the download (its sources), then every half second while it
-//! downloads (each answer, with new peers and origin shares, goes to the scheduler), at the
-//! tracker's heartbeat period while it seeds, and "stopped" on the way out, with the peers
-//! found unreachable or corrupt since the last announce.
+//! one announce before the download (its sources), then while it downloads as often as
+//! each answer's `next_announce_ms` says (the tracker's cadence: twice a second in a small
+//! swarm, less often the more downloaders share it; each answer, with new peers and the
+//! origin share, goes to the scheduler), at the tracker's heartbeat period while it seeds,
+//! and "stopped" on the way out, with the peers found unreachable or corrupt since the
+//! last announce. What a download holds is announced for the tracker's origin plan;
+//! other peers learn it over the wire.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -20,8 +23,8 @@ use super::serving::{Serving, TicketKeys, UploadCounter};
 use super::worker::Ticket;
 use crate::bitfield::LiveHave;
 
-/// While downloading, progress is announced this often, so that other peers learn within
-/// half a second what this one can serve and this one learns of newcomers as fast.
+/// While downloading, progress is announced this often when the tracker does not say
+/// (a tracker older than `next_announce_ms`, which planned for announces twice a second).
 const ANNOUNCE_PERIOD: Duration = Duration::from_millis(500);
 /// While a restarted tracker knows no source yet, it is asked again this often: a source
 /// that announces is found within a second, for one announce a second.
@@ -191,16 +194,18 @@ impl Announce {
 }
 
 impl announce::Announce for Announce {
-    /// One announce; while downloading the answer goes to the scheduler and the period
-    /// stays fixed, while seeding the tracker's heartbeat period is taken.
+    /// One announce; while downloading the answer goes to the scheduler; the period is
+    /// the tracker's cadence, or when it names none its heartbeat while seeding (and the
+    /// period kept while downloading).
     fn beat(&mut self) -> Result<Option<Duration>> {
         let answer = self.once()?;
+        let next = answer.next_announce();
         match &self.on_answer {
             Some(on_answer) => {
                 on_answer(answer);
-                Ok(None)
+                Ok(next)
             }
-            None => Ok(Some(Duration::from_secs(answer.interval_secs))),
+            None => Ok(next.or(Some(Duration::from_secs(answer.interval_secs)))),
         }
     }
 
@@ -219,11 +224,22 @@ pub(crate) type OnAnswer = Arc<dyn Fn(AnnounceResponse) + Send + Sync>;
 /// The client's announce loop.
 pub(crate) type Announcer = announce::Announcer<Announce>;
 
-/// Announces every [`ANNOUNCE_PERIOD`] while the download runs, handing each answer to
+/// Announces at the tracker's cadence while the download runs, the first after `first`
+/// (what the first answer asked for, or [`ANNOUNCE_PERIOD`]), handing each answer to
 /// `on_answer`; dropping the announcer leaves the swarm.
-pub(crate) fn downloading(mut departure: Departure<Announce>, on_answer: OnAnswer) -> Announcer {
+pub(crate) fn downloading(
+    mut departure: Departure<Announce>,
+    on_answer: OnAnswer,
+    first: Option<Duration>,
+) -> Announcer {
     departure.announce().on_answer = Some(on_answer);
-    Announcer::start(departure, Rhythm::fixed(ANNOUNCE_PERIOD), ANNOUNCE_PERIOD)
+    let first = first.map_or(ANNOUNCE_PERIOD, |f| {
+        f.clamp(
+            announce::MIN_ANNOUNCE_INTERVAL,
+            announce::MAX_ANNOUNCE_INTERVAL,
+        )
+    });
+    Announcer::start(departure, Rhythm::tracker(ANNOUNCE_PERIOD), first)
 }
 
 /// Announces at the tracker's heartbeat period, the first at once, while the asset is

@@ -240,10 +240,7 @@ fn fetch(config: &GetConfig, seed: bool, out: Option<&mut (dyn Write + Send)>) -
                     config.asset
                 )));
             }
-            let origin_share = first
-                .origin_share
-                .as_deref()
-                .and_then(|hex| Bitfield::from_hex(count, hex).ok());
+            let origin_share = first.share(count);
             let scheduler = Scheduler::new(
                 config,
                 Arc::clone(&manifest),
@@ -265,6 +262,7 @@ fn fetch(config: &GetConfig, seed: bool, out: Option<&mut (dyn Write + Send)>) -
                 Arc::new(move |answer| {
                     let _ = events.send(Event::Swarm(answer));
                 }),
+                first.next_announce(),
             ));
             Some(scheduler)
         }

@@ -287,10 +287,7 @@ impl<'a> Scheduler<'a> {
                     .filter(|info| !known.iter().any(|s| s.addr == info.addr))
                     .map(Source::from_info)
                     .collect();
-                let share = answer
-                    .origin_share
-                    .as_deref()
-                    .and_then(|hex| Bitfield::from_hex(count, hex).ok());
+                let share = answer.share(count);
                 self.plan.take_swarm(new, share, now);
             }
             Event::Position(next) => self.plan.set_stream_pos(next),

@@ -8,7 +8,7 @@
 //! | `GET /assets` | the catalog: `[{"id","name","size","chunk_size","chunks"}]` |
 //! | `POST /assets` (body: manifest TOML) | `{"id",…,"created"}`; 201 when new, 200 when known |
 //! | `GET /assets/{id}` | the manifest, as TOML |
-//! | `POST /assets/{id}/announce` (JSON) | peers and origins to use, and the heartbeat interval |
+//! | `POST /assets/{id}/announce` (JSON) | peers and origins to use, the origin share, when to announce next |
 //! | `GET /assets/{id}/peers` | every live peer of the swarm |
 //! | `GET /stats` | global and per-swarm figures: peers, bytes served by peers and origins |
 //! | `GET /metrics` | the same figures in the Prometheus text format |
@@ -17,9 +17,16 @@
 //!
 //! Rooms: this file binds and serves; `routes` parses, authorises and answers each
 //! request; `swarm` keeps one asset's peers (heartbeats, timeouts, reports, bans) and
-//! picks whom to hand out; `plan` splits what the origin sends among the downloaders
-//! (pure); `stats` computes `/stats` and `/metrics`; `warmup` is what a restarted tracker
-//! says until its swarms have filled again; [`catalog`] keeps the manifests on disk. A request goes routes → swarm → plan, and nothing below calls back up.
+//! picks whom to hand out and when each peer announces next; `plan` keeps per-chunk
+//! availability and splits what the origin sends among the downloaders (pure); `stats`
+//! computes `/stats` and `/metrics`; `warmup` is what a restarted tracker says until its
+//! swarms have filled again; [`catalog`] keeps the manifests on disk. A request goes
+//! routes → swarm → plan, and nothing below calls back up.
+//!
+//! Swarms are independent, and so are their locks: the map of swarms is read-locked just
+//! long enough to find one (write-locked only to add one), each swarm has its own mutex,
+//! and the global counters are atomics. Announces to different swarms run in parallel, on
+//! every core; `/stats` takes one swarm at a time.
 
 pub mod catalog;
 mod plan;
@@ -41,6 +48,7 @@ use crate::auth::{DEFAULT_TICKET_TTL, KeyRing, Tokens};
 use crate::http::{self, HttpConfig, HttpServer};
 use crate::manifest::AssetId;
 use crate::ratelimit::AddressLimiter;
+use crate::sync::RwLockExt;
 use catalog::Catalog;
 use swarm::Swarm;
 use warmup::WarmUp;
@@ -48,9 +56,12 @@ use warmup::WarmUp;
 /// Default time after which a silent peer leaves its swarm: three missed heartbeats at the
 /// default 20 s interval, so one lost announce never drops a healthy peer.
 pub const DEFAULT_PEER_TIMEOUT: Duration = Duration::from_secs(60);
-/// Default number of peers handed out per announce: enough to fill a client's connection
-/// pool several times over, small enough to keep the answer a few kilobytes.
-pub const DEFAULT_MAX_PEERS: usize = 30;
+/// Default number of peers handed out per announce: four times a client's default four
+/// connections, so that it still fills its pool when some of those named are busy
+/// (throttled seeders answer "busy"), unreachable, or already its sources; successive
+/// answers hand out a window that moves on, so a client of a big swarm meets new peers at
+/// every announce. Sixteen peers are about 1.5 KiB of JSON (they carry no bitfields).
+pub const DEFAULT_MAX_PEERS: usize = 16;
 /// Default for how long a client may leave our answer unread before its connection is
 /// dropped: generous for any client, short enough that a stalled one cannot keep a request
 /// thread for long.
@@ -142,7 +153,8 @@ struct Auth {
 /// What every request thread shares: the catalog, the swarms, and the settings.
 struct State {
     catalog: RwLock<Catalog>,
-    swarms: Mutex<HashMap<AssetId, Swarm>>,
+    /// Write-locked only to add a swarm; each swarm has its own lock.
+    swarms: RwLock<HashMap<AssetId, Arc<Mutex<Swarm>>>>,
     started: Instant,
     /// The instance id, and the hint for sources that may not have announced since the start.
     warm_up: WarmUp,
@@ -152,6 +164,27 @@ struct State {
     auth: Option<Auth>,
     announce_limit: Option<AddressLimiter>,
     publish_limit: Option<AddressLimiter>,
+}
+
+impl State {
+    /// The swarm of `id`, created when `create` and absent; the map's write lock is taken
+    /// only then.
+    fn swarm(&self, id: &AssetId, create: bool) -> Option<Arc<Mutex<Swarm>>> {
+        if let Some(swarm) = self.swarms.read_now().get(id) {
+            return Some(Arc::clone(swarm));
+        }
+        if !create {
+            return None;
+        }
+        let mut swarms = self.swarms.write_now();
+        Some(Arc::clone(swarms.entry(*id).or_default()))
+    }
+
+    /// Every swarm, to be locked one at a time.
+    fn all_swarms(&self) -> Vec<(AssetId, Arc<Mutex<Swarm>>)> {
+        let swarms = self.swarms.read_now();
+        swarms.iter().map(|(id, s)| (*id, Arc::clone(s))).collect()
+    }
 }
 
 /// A bound tracker, ready to [`Tracker::serve`].
@@ -195,7 +228,7 @@ impl Tracker {
             http,
             state: Arc::new(State {
                 catalog: RwLock::new(catalog),
-                swarms: Mutex::new(HashMap::new()),
+                swarms: RwLock::new(HashMap::new()),
                 started,
                 warm_up,
                 announces: AtomicU64::new(0),

@@ -249,8 +249,8 @@ impl State {
         self.announces.fetch_add(1, Ordering::Relaxed);
         let now = Instant::now();
         let leaving = req.event == Some(AnnounceEvent::Stopped);
-        let mut swarms = self.swarms.locked();
-        let swarm = swarms.entry(id).or_default();
+        let swarm = self.swarm(&id, true).expect("created when absent");
+        let mut swarm = swarm.locked();
         let announce = Announce {
             peer_id: &req.peer_id,
             addr,
@@ -270,12 +270,14 @@ impl State {
             now,
         );
         let has_sources = !answer.peers.is_empty() || !answer.origins.is_empty();
-        // Written while the swarm is locked: the answer borrows its peers' strings.
+        // Written while the swarm is locked (that swarm only): the answer borrows its
+        // peers' strings.
         Ok(json(
             200,
             &AnnounceResponse {
                 interval_secs: heartbeat(self.peer_timeout).as_secs(),
-                instance: Some(self.warm_up.instance().to_string()),
+                next_announce_ms: Some(answer.next_announce.as_millis() as u64),
+                instance: Some(self.warm_up.instance()),
                 warming_up_secs: (!leaving)
                     .then(|| self.warm_up.retry_in(&id, has_sources, now))
                     .flatten(),
@@ -298,10 +300,10 @@ impl State {
     fn peers(&self, id: &AssetId) -> Result<Reply, HttpError> {
         self.manifest(id)?;
         let now = Instant::now();
-        let mut swarms = self.swarms.locked();
-        let Some(swarm) = swarms.get_mut(id) else {
+        let Some(swarm) = self.swarm(id, false) else {
             return Ok(json(200, &Vec::<PeerInfo>::new()));
         };
+        let mut swarm = swarm.locked();
         swarm.prune(now, self.peer_timeout);
         Ok(json(200, &swarm.list(now)))
     }

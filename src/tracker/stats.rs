@@ -7,24 +7,31 @@ use std::time::Instant;
 
 use super::State;
 use crate::api::{Figures, Stats, SwarmStats};
+use crate::manifest::AssetId;
 use crate::metrics::{Exposition, Kind};
 use crate::sync::{LockExt, RwLockExt};
 
 impl State {
-    /// The figures of `GET /stats`, every swarm pruned first.
+    /// The figures of `GET /stats`, every swarm pruned first. Swarms are locked one at a
+    /// time, so `/stats` holds up announces to one swarm at most, for one swarm's walk.
     pub(super) fn stats(&self) -> Stats {
         let now = Instant::now();
-        let catalog = self.catalog.read_now();
-        let mut swarms = self.swarms.locked();
-        let mut list: Vec<SwarmStats> = swarms
-            .iter_mut()
+        let figures: Vec<(AssetId, Figures)> = self
+            .all_swarms()
+            .into_iter()
             .map(|(id, swarm)| {
+                let mut swarm = swarm.locked();
                 swarm.prune(now, self.peer_timeout);
-                SwarmStats {
-                    id: id.to_string(),
-                    name: catalog.get(id).map(|m| m.name.clone()).unwrap_or_default(),
-                    figures: swarm.figures(),
-                }
+                (id, swarm.figures())
+            })
+            .collect();
+        let catalog = self.catalog.read_now();
+        let mut list: Vec<SwarmStats> = figures
+            .into_iter()
+            .map(|(id, figures)| SwarmStats {
+                id: id.to_string(),
+                name: catalog.get(&id).map(|m| m.name.clone()).unwrap_or_default(),
+                figures,
             })
             .collect();
         list.sort_by(|a, b| a.id.cmp(&b.id));

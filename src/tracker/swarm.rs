@@ -1,21 +1,44 @@
 //! A swarm: the peers of one asset, their heartbeats and timeouts, what they served, and
 //! the reports against them (unreachable, corrupt data) and the bans that follow. One
-//! announce is applied by [`Swarm::announce`], which answers with the peers to hand out;
-//! the routes only parse, authorise and write the answer.
+//! announce is applied by [`Swarm::announce`], which answers with the peers to hand out,
+//! the announcer's origin share and when it should announce next ([`cadence`]); the routes
+//! only parse, authorise and write the answer.
+//!
+//! Every non-origin peer is a member of the swarm's [`OriginPlan`], which keeps per-chunk
+//! availability as haves change; every way out of the swarm (leave, timeout, report, ban)
+//! goes through [`Swarm::remove`], so what a departed peer held stops counting.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use super::plan::{Member, OriginPlan};
+use super::plan::{OriginPlan, Slot};
 use crate::api::{Figures, PeerInfo};
 use crate::bitfield::Bitfield;
 use crate::manifest::AssetId;
 
 /// A peer reported unreachable is dropped from its swarm unless it announced within this
-/// long: downloading peers announce twice a second, so two seconds of silence from one that
-/// others cannot reach means it is gone; a seeder is dropped until its next heartbeat.
+/// long, or within two of the intervals it was told to announce at while downloading (a
+/// downloader of a big swarm announces every few seconds, and a report within one interval
+/// of its last announce is no evidence it is gone; two missed ones are). A seeder is
+/// dropped after this long, until its next heartbeat.
 const REPORT_GRACE: Duration = Duration::from_secs(2);
+/// Downloaders' announces a second that one swarm is sized for, however many downloaders
+/// it has: downloaders announce every `leechers / DOWNLOADER_BUDGET` seconds, between
+/// [`FASTEST_ANNOUNCE`] and the heartbeat. One downloader's announce costs tens of
+/// microseconds at 65 536 chunks (a have diff, a share, a few KiB of JSON), so 100 a second
+/// is under 1 % of a core per swarm; swarms of up to 50 downloaders announce every half
+/// second as before (what the flash-crowd figures were measured with), and 1 000
+/// downloaders every 10 s, within the 20 s heartbeat.
+pub(super) const DOWNLOADER_BUDGET: u32 = 100;
+/// The shortest interval the tracker asks for: other peers learn holdings over the wire,
+/// so an announce only keeps the origin plan's counts current, and twice a second is as
+/// fresh as the plan needs.
+pub(super) const FASTEST_ANNOUNCE: Duration = Duration::from_millis(500);
+/// A peer holding no chunk yet (joining) announces this many times sooner than the other
+/// downloaders: its share dates from the crowd's arrival, the part of the plan that moves
+/// most, and its first chunks make it a source. It holds nothing for a second or so.
+const JOINING_SPEEDUP: u32 = 4;
 /// A peer's `uploaded` counter is remembered for this many peer timeouts after its last
 /// announce, so that a peer dropped from its swarm (silent too long, reported unreachable)
 /// that comes back under the same id is not counted twice. Ids live as long as their
@@ -38,27 +61,65 @@ struct Peer {
     addr: SocketAddr,
     /// `addr` as handed out, formatted once per announce rather than once per answer.
     addr_text: String,
-    have: Option<Bitfield>,
+    /// It holds every chunk (what it holds otherwise is the plan's).
+    complete: bool,
     origin: bool,
     last_seen: Instant,
-    /// For a peer still downloading: the chunks it was told to take from the origin.
-    plan: Option<Bitfield>,
+    /// Its place in the origin plan; `None` for an origin.
+    slot: Option<Slot>,
+    /// The interval its last answer asked for.
+    told: Duration,
 }
 
 impl Peer {
     fn is_leecher(&self) -> bool {
-        !self.origin && self.have.is_some()
+        !self.origin && !self.complete
     }
 
     fn info<'a>(&'a self, peer_id: &'a str, now: Instant) -> PeerInfo<&'a str> {
         PeerInfo {
             peer_id,
             addr: &self.addr_text,
-            complete: self.have.is_none(),
-            have: self.have.as_ref().map(Bitfield::to_hex),
+            complete: self.complete,
             origin: self.origin,
             last_seen_secs: now.duration_since(self.last_seen).as_secs(),
         }
+    }
+
+    /// How long after its last announce a report that it is unreachable is believed.
+    fn report_grace(&self) -> Duration {
+        if self.is_leecher() {
+            REPORT_GRACE.max(self.told.saturating_mul(2))
+        } else {
+            REPORT_GRACE
+        }
+    }
+}
+
+/// What a peer is doing, as the announce cadence sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Phase {
+    /// Holds no chunk yet.
+    Joining,
+    /// Holds some chunks.
+    Downloading,
+    /// Holds every chunk, or is an origin.
+    Seeding,
+}
+
+/// When a peer in `phase` should announce next, in a swarm of `leechers` downloaders whose
+/// peers heartbeat every `heartbeat`: seeders at the heartbeat (their announce only says
+/// they are alive); downloaders so that together they announce [`DOWNLOADER_BUDGET`] times
+/// a second, at most twice a second each and at least once a heartbeat; joining peers
+/// [`JOINING_SPEEDUP`] times as often as downloaders. The tracker's load from one swarm is
+/// then bounded however big the fleet grows.
+pub(super) fn cadence(phase: Phase, leechers: u32, heartbeat: Duration) -> Duration {
+    let fastest = FASTEST_ANNOUNCE.min(heartbeat);
+    let spread = Duration::from_millis(u64::from(leechers) * 1000 / u64::from(DOWNLOADER_BUDGET));
+    match phase {
+        Phase::Seeding => heartbeat,
+        Phase::Downloading => spread.clamp(fastest, heartbeat),
+        Phase::Joining => (spread / JOINING_SPEEDUP).clamp(fastest, heartbeat),
     }
 }
 
@@ -88,7 +149,7 @@ pub(super) struct Swarm {
     swept: Option<Instant>,
     /// Where the next answer's list of peers starts, so load spreads over every peer.
     rotation: usize,
-    /// Which chunks each leecher takes from the origin.
+    /// Per-chunk availability, and which chunks each leecher takes from the origin.
     origin_plan: OriginPlan,
     /// Peers reported for sending corrupt data, and by whom (peer ids).
     accused: HashMap<String, HashSet<String>>,
@@ -106,8 +167,14 @@ impl Swarm {
             .pruned
             .is_none_or(|t| now.duration_since(t) >= PRUNE_EVERY)
         {
-            self.peers
-                .retain(|_, p| now.duration_since(p.last_seen) <= timeout);
+            let plan = &mut self.origin_plan;
+            self.peers.retain(|_, p| {
+                let live = now.duration_since(p.last_seen) <= timeout;
+                if let (false, Some(slot)) = (live, p.slot) {
+                    plan.leave(slot);
+                }
+                live
+            });
             self.pruned = Some(now);
         }
         // A sweep walks every peer seen lately; once per peer timeout is often enough.
@@ -153,7 +220,7 @@ impl Swarm {
         );
         self.banned_addrs.insert(peer.addr, now);
         self.banned_ids.insert(accused.to_string(), now);
-        self.peers.remove(accused);
+        self.remove(accused);
         self.accused.remove(accused);
     }
 
@@ -189,19 +256,58 @@ impl Swarm {
         }
     }
 
-    /// The chunks leecher `me` should take from the origin (see [`OriginPlan`]).
-    fn plan_for(&mut self, me: &str, count: u32) -> Bitfield {
-        let mut members: Vec<Member<'_>> = self
-            .peers
-            .iter_mut()
-            .filter(|(_, p)| !p.origin)
-            .map(|(id, p)| Member {
-                id,
-                have: p.have.as_ref(),
-                share: &mut p.plan,
-            })
-            .collect();
-        self.origin_plan.share_for(me, count, &mut members)
+    /// Takes `peer_id` out of the swarm, and what it held out of the plan's counts.
+    fn remove(&mut self, peer_id: &str) -> Option<Peer> {
+        let peer = self.peers.remove(peer_id)?;
+        if let Some(slot) = peer.slot {
+            self.origin_plan.leave(slot);
+        }
+        Some(peer)
+    }
+
+    /// Records `a` (serving at `addr`) as a live peer: a newcomer joins the plan, a known
+    /// peer's have change is applied to the counts.
+    fn record(&mut self, a: &Announce<'_>, addr: SocketAddr, count: u32, now: Instant) {
+        if self.origin_plan.count() != count && self.origin_plan.is_empty() {
+            self.origin_plan = OriginPlan::new(count);
+        }
+        let have = a.have.as_ref().filter(|h| !h.is_full());
+        let plan = &mut self.origin_plan;
+        match self.peers.get_mut(a.peer_id) {
+            Some(peer) => {
+                peer.slot = match (peer.slot, a.origin) {
+                    (Some(slot), false) => {
+                        plan.update(slot, have);
+                        Some(slot)
+                    }
+                    (Some(slot), true) => {
+                        plan.leave(slot);
+                        None
+                    }
+                    (None, false) => Some(plan.join(have)),
+                    (None, true) => None,
+                };
+                if peer.addr != addr {
+                    peer.addr = addr;
+                    peer.addr_text = addr.to_string();
+                }
+                peer.complete = have.is_none();
+                peer.origin = a.origin;
+                peer.last_seen = now;
+            }
+            None => {
+                let peer = Peer {
+                    addr,
+                    addr_text: addr.to_string(),
+                    complete: have.is_none(),
+                    origin: a.origin,
+                    last_seen: now,
+                    slot: (!a.origin).then(|| plan.join(have)),
+                    told: FASTEST_ANNOUNCE,
+                };
+                self.peers.insert(a.peer_id.to_string(), peer);
+            }
+        }
     }
 }
 
@@ -234,14 +340,18 @@ pub(super) struct Answer<'a> {
     pub peers: Vec<PeerInfo<&'a str>>,
     /// The swarm's origins (never the announcer).
     pub origins: Vec<PeerInfo<&'a str>>,
-    /// For a serving leecher: hex bitfield of the chunks to take from the origin.
-    pub origin_share: Option<String>,
+    /// For a serving leecher: the chunks to take from the origin, as runs `[start, end)`.
+    pub origin_share: Option<Vec<[u32; 2]>>,
+    /// When the announcer should announce next.
+    pub next_announce: Duration,
 }
 
 impl Swarm {
     /// Applies `a` to the swarm of `asset` (`chunk_count` chunks) at `now`: counts its
     /// upload, takes its reports, records or drops the peer, and answers with at most
-    /// `max_peers` peers, the origins, and the announcer's origin share.
+    /// `max_peers` peers, the origins, the announcer's origin share, and when to announce
+    /// next. Costs what the announcer's have changed by and the answer's size, plus one
+    /// walk of the peers' ids (no bitfield but the announcer's).
     pub(super) fn announce(
         &mut self,
         a: Announce<'_>,
@@ -264,31 +374,39 @@ impl Swarm {
             if self
                 .peers
                 .get(reported)
-                .is_some_and(|p| !p.origin && now.duration_since(p.last_seen) > REPORT_GRACE)
+                .is_some_and(|p| !p.origin && now.duration_since(p.last_seen) > p.report_grace())
             {
-                self.peers.remove(reported);
+                self.remove(reported);
             }
         }
         match a.addr {
             Some(addr) if !a.leaving && !self.is_banned(a.peer_id, &addr) => {
-                let have = a.have.filter(|h| !h.is_full());
-                let plan = self.peers.remove(a.peer_id).and_then(|p| p.plan);
-                let peer = Peer {
-                    addr,
-                    addr_text: addr.to_string(),
-                    have,
-                    origin: a.origin,
-                    last_seen: now,
-                    plan,
-                };
-                self.peers.insert(a.peer_id.to_string(), peer);
+                self.record(&a, addr, chunk_count, now);
             }
             _ => {
-                self.peers.remove(a.peer_id);
+                self.remove(a.peer_id);
             }
         }
-        let leeching = self.peers.get(a.peer_id).is_some_and(Peer::is_leecher);
-        let origin_share = leeching.then(|| self.plan_for(a.peer_id, chunk_count).to_hex());
+        let phase = match &a.have {
+            _ if a.origin => Phase::Seeding,
+            None => Phase::Seeding,
+            Some(have) if have.is_full() => Phase::Seeding,
+            Some(have) if have.count() == 0 => Phase::Joining,
+            Some(_) => Phase::Downloading,
+        };
+        let next_announce = cadence(
+            phase,
+            self.origin_plan.leechers(),
+            super::heartbeat(timeout),
+        );
+        let origin_share = match self.peers.get_mut(a.peer_id) {
+            Some(peer) => {
+                peer.told = next_announce;
+                peer.slot.filter(|_| peer.is_leecher())
+            }
+            None => None,
+        }
+        .map(|slot| self.origin_plan.share_for(slot));
         let rotation = self.rotation;
         self.rotation = rotation.wrapping_add(max_peers);
         // A stable order (complete peers first, then by id), handed out as a window that
@@ -302,7 +420,7 @@ impl Swarm {
             .into_iter()
             .flat_map(|complete| {
                 self.peers.iter().filter(move |(pid, p)| {
-                    !p.origin && p.have.is_none() == complete && !std::ptr::eq(*pid, me)
+                    !p.origin && p.complete == complete && !std::ptr::eq(*pid, me)
                 })
             })
             .collect();
@@ -328,6 +446,7 @@ impl Swarm {
             peers,
             origins,
             origin_share,
+            next_announce,
         }
     }
 
@@ -342,7 +461,7 @@ impl Swarm {
         let live = self.peers.values();
         let counts = (
             self.peers.len(),
-            live.clone().filter(|p| p.have.is_none()).count(),
+            live.clone().filter(|p| p.complete).count(),
             live.filter(|p| p.origin).count(),
         );
         Figures::new(counts, self.peer_bytes, self.origin_bytes, self.announces)
@@ -353,49 +472,242 @@ impl Swarm {
 mod tests {
     use super::*;
 
-    fn peer(have: Option<Bitfield>, origin: bool) -> Peer {
-        let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        Peer {
-            addr,
-            addr_text: addr.to_string(),
-            have,
-            origin,
-            last_seen: Instant::now(),
-            plan: None,
-        }
+    fn partial(count: u32, ones: impl IntoIterator<Item = u32>) -> Option<Bitfield> {
+        let mut have = Bitfield::new(count);
+        ones.into_iter().for_each(|i| have.set(i));
+        Some(have)
+    }
+
+    /// The chunks of a share's runs.
+    fn chunks(share: &Option<Vec<[u32; 2]>>) -> Vec<u32> {
+        let runs = share.as_deref().unwrap_or_default();
+        runs.iter().flat_map(|&[a, b]| a..b).collect()
     }
 
     #[test]
     fn leechers_get_disjoint_shares_that_rebalance_as_they_arrive() {
+        let timeout = Duration::from_secs(60);
+        let now = Instant::now();
+        let asset = AssetId([3; 32]);
         let mut swarm = Swarm::default();
-        swarm.peers.insert("origin".into(), peer(None, true));
-        swarm
-            .peers
-            .insert("a".into(), peer(Some(Bitfield::new(100)), false));
-        let alone = swarm.plan_for("a", 100);
+        let share = |swarm: &mut Swarm, id: &str, port, have| {
+            let answer = swarm.announce(announce(id, port, have), &asset, 100, 30, timeout, now);
+            chunks(&answer.origin_share)
+        };
+        let origin = Announce {
+            origin: true,
+            ..announce("origin", 9, None)
+        };
+        swarm.announce(origin, &asset, 100, 30, timeout, now);
+        let alone = share(&mut swarm, "a", 1, partial(100, []));
         assert_eq!(
-            alone.count(),
+            alone.len(),
             100,
             "a lone leecher takes everything from the origin"
         );
-        for id in ["b", "c", "d"] {
-            swarm
-                .peers
-                .insert(id.into(), peer(Some(Bitfield::new(100)), false));
+        for (id, port) in [("b", 2), ("c", 3), ("d", 4)] {
+            share(&mut swarm, id, port, partial(100, []));
         }
-        let mut union = Bitfield::new(100);
-        for id in ["b", "c", "d", "a"] {
-            let share = swarm.plan_for(id, 100);
-            assert_eq!(share.count(), 25, "{id}: a fair quarter");
-            let mut overlap = share.clone();
-            overlap.remove_all(&union);
-            assert_eq!(overlap.count(), 25, "{id}: shares are disjoint");
-            union.union_with(&share);
+        let mut union = Vec::new();
+        for (id, port) in [("b", 2), ("c", 3), ("d", 4), ("a", 1)] {
+            let share = share(&mut swarm, id, port, partial(100, []));
+            assert_eq!(share.len(), 25, "{id}: a fair quarter");
+            union.extend(share);
         }
-        assert!(union.is_full(), "together the shares cover every chunk");
+        union.sort();
+        union.dedup();
+        assert_eq!(union.len(), 100, "disjoint, and together every chunk");
+        swarm.origin_plan.check().unwrap();
         // A complete peer holds everything: nothing more is needed from the origin.
-        swarm.peers.insert("seed".into(), peer(None, false));
-        assert_eq!(swarm.plan_for("a", 100).count(), 0);
+        share(&mut swarm, "seed", 5, None);
+        assert!(share(&mut swarm, "a", 1, partial(100, [])).is_empty());
+        swarm.origin_plan.check().unwrap();
+    }
+
+    #[test]
+    fn every_way_out_of_the_swarm_uncounts_what_the_peer_held() {
+        let timeout = Duration::from_secs(60);
+        let start = Instant::now();
+        let asset = AssetId([4; 32]);
+        // Each way out, applied at `later` to peer "gone" (which holds chunks 0..50).
+        let ways: [(&str, fn(&mut Swarm, Instant)); 4] = [
+            ("leave", |swarm, at| {
+                let leave = Announce {
+                    leaving: true,
+                    ..announce("gone", 1, partial(100, 0..50))
+                };
+                swarm.announce(
+                    leave,
+                    &AssetId([4; 32]),
+                    100,
+                    30,
+                    Duration::from_secs(60),
+                    at,
+                );
+            }),
+            ("timeout", |swarm, at| {
+                // b stays alive; gone is silent past the timeout.
+                let b = announce("b", 2, partial(100, []));
+                let timeout = Duration::from_secs(60);
+                swarm.announce(b, &AssetId([4; 32]), 100, 30, timeout, at + timeout / 2);
+                swarm.prune(at + timeout + Duration::from_secs(1), timeout)
+            }),
+            ("report", |swarm, at| {
+                let gone = ["gone".to_string()];
+                let report = Announce {
+                    unreachable: &gone,
+                    ..announce("reporter", 3, partial(100, []))
+                };
+                swarm.announce(
+                    report,
+                    &AssetId([4; 32]),
+                    100,
+                    30,
+                    Duration::from_secs(60),
+                    at,
+                );
+            }),
+            ("ban", |swarm, at| {
+                let gone = ["gone".to_string()];
+                for (id, port) in [("r1", 4), ("r2", 5)] {
+                    let report = Announce {
+                        corrupt: &gone,
+                        ..announce(id, port, partial(100, []))
+                    };
+                    swarm.announce(
+                        report,
+                        &AssetId([4; 32]),
+                        100,
+                        30,
+                        Duration::from_secs(60),
+                        at,
+                    );
+                }
+            }),
+        ];
+        for (way, apply) in ways {
+            let mut swarm = Swarm::default();
+            swarm.announce(
+                announce("gone", 1, partial(100, 0..50)),
+                &asset,
+                100,
+                30,
+                timeout,
+                start,
+            );
+            let answer = swarm.announce(
+                announce("b", 2, partial(100, [])),
+                &asset,
+                100,
+                30,
+                timeout,
+                start,
+            );
+            assert!(
+                chunks(&answer.origin_share).iter().all(|&i| i >= 50),
+                "{way}"
+            );
+            let later = start + Duration::from_secs(5);
+            apply(&mut swarm, later);
+            assert!(!swarm.peers.contains_key("gone"), "{way}");
+            swarm.origin_plan.check().unwrap();
+            assert_eq!(
+                swarm.origin_plan.missing(),
+                100,
+                "{way}: its chunks count no more"
+            );
+        }
+    }
+
+    #[test]
+    fn the_cadence_follows_the_phase_and_the_number_of_downloaders() {
+        let beat = Duration::from_secs(20);
+        let ms = |d: Duration| d.as_millis();
+        assert_eq!(ms(cadence(Phase::Seeding, 1000, beat)), 20_000);
+        // Small swarms announce twice a second, as before; big ones spread out.
+        assert_eq!(ms(cadence(Phase::Downloading, 1, beat)), 500);
+        assert_eq!(ms(cadence(Phase::Downloading, 50, beat)), 500);
+        assert_eq!(ms(cadence(Phase::Downloading, 200, beat)), 2000);
+        assert_eq!(ms(cadence(Phase::Downloading, 1000, beat)), 10_000);
+        assert_eq!(ms(cadence(Phase::Downloading, 100_000, beat)), 20_000);
+        assert_eq!(ms(cadence(Phase::Joining, 1000, beat)), 2500);
+        assert_eq!(ms(cadence(Phase::Joining, 10, beat)), 500);
+        // The downloaders' announces a second stay within the budget however many they are.
+        for leechers in [100, 1000, 2000] {
+            let every = cadence(Phase::Downloading, leechers, beat).as_secs_f64();
+            assert!(f64::from(leechers) / every <= f64::from(DOWNLOADER_BUDGET) + 0.5);
+        }
+        // A short heartbeat (a test's --peer-timeout) bounds every interval.
+        assert_eq!(
+            ms(cadence(Phase::Downloading, 1000, Duration::from_secs(1))),
+            1000
+        );
+        assert_eq!(
+            ms(cadence(Phase::Joining, 1, Duration::from_millis(300))),
+            300
+        );
+    }
+
+    #[test]
+    fn an_answer_in_a_swarm_of_a_thousand_peers_is_a_few_kib() {
+        let timeout = Duration::from_secs(60);
+        let now = Instant::now();
+        let asset = AssetId([5; 32]);
+        let count = 65_536;
+        let mut swarm = Swarm::default();
+        let origin = Announce {
+            origin: true,
+            ..announce("origin", 60_000, None)
+        };
+        swarm.announce(origin, &asset, count, 30, timeout, now);
+        let ids: Vec<String> = (0..1000)
+            .map(|p| format!("peer-{p:04}-0123456789abcdef"))
+            .collect();
+        for (p, id) in ids.iter().enumerate() {
+            // Each holds its own stretch of 40 chunks.
+            let p = p as u32;
+            let have = partial(count, p * 40..p * 40 + 40);
+            swarm.announce(
+                announce(id, 1000 + p as u16, have),
+                &asset,
+                count,
+                30,
+                timeout,
+                now,
+            );
+        }
+        let max_peers = super::super::DEFAULT_MAX_PEERS;
+        let have = partial(count, 0..40);
+        let answer = swarm.announce(
+            announce(&ids[0], 1000, have),
+            &asset,
+            count,
+            max_peers,
+            timeout,
+            now,
+        );
+        assert_eq!(answer.peers.len(), max_peers);
+        let share = chunks(&answer.origin_share);
+        assert!(
+            !share.is_empty() && share.iter().all(|&i| i >= 40_000),
+            "{share:?}"
+        );
+        let response = crate::api::AnnounceResponse {
+            interval_secs: 20,
+            next_announce_ms: Some(answer.next_announce.as_millis() as u64),
+            chunk_count: count,
+            peers: answer.peers,
+            origins: answer.origins,
+            your_addr: Some("127.0.0.1:1000".into()),
+            instance: Some("0123456789abcdef0123456789abcdef"),
+            warming_up_secs: None,
+            origin_share: answer.origin_share,
+            ticket: None,
+            keys: Vec::new(),
+        };
+        let bytes = serde_json::to_string(&response).unwrap().len();
+        eprintln!("answer in a swarm of 1000 peers of {count} chunks: {bytes} bytes");
+        assert!(bytes < 4096, "{bytes} bytes");
     }
 
     #[test]
@@ -530,5 +842,72 @@ mod tests {
         assert!(answer.peers.is_empty(), "{:?}", answer.peers);
         assert_eq!(answer.origins.len(), 1, "origins stay whatever is reported");
         assert!(!swarm.peers.contains_key("quiet"));
+    }
+}
+
+#[cfg(test)]
+mod timing {
+    use super::*;
+
+    /// Throwaway: one announce's cost with 200 serving partial peers.
+    #[test]
+    #[ignore]
+    fn one_announce_with_200_partial_peers() {
+        for count in [16_384u32, 131_072] {
+            let timeout = Duration::from_secs(60);
+            let now = Instant::now();
+            let asset = AssetId([7; 32]);
+            let mut swarm = Swarm::default();
+            let mut haves = Vec::new();
+            for p in 0..200u32 {
+                let mut have = Bitfield::new(count);
+                for i in 0..count {
+                    if (i.wrapping_mul(2654435761).wrapping_add(p * 97)) % 3 == 0 {
+                        have.set(i);
+                    }
+                }
+                haves.push(have);
+            }
+            let ids: Vec<String> = (0..200).map(|p| format!("peer-{p}")).collect();
+            for (p, have) in haves.iter().enumerate() {
+                let a = Announce {
+                    peer_id: &ids[p],
+                    addr: Some(SocketAddr::from(([127, 0, 0, 1], 1000 + p as u16))),
+                    have: Some(have.clone()),
+                    origin: false,
+                    leaving: false,
+                    uploaded: 0,
+                    corrupt: &[],
+                    unreachable: &[],
+                };
+                swarm.announce(a, &asset, count, 30, timeout, now);
+            }
+            let rounds = 50;
+            let mut bytes = 0;
+            let started = Instant::now();
+            for r in 0..rounds {
+                let p = r % 200;
+                haves[p].set((r * 7) as u32 % count);
+                let a = Announce {
+                    peer_id: &ids[p],
+                    addr: Some(SocketAddr::from(([127, 0, 0, 1], 1000 + p as u16))),
+                    have: Some(haves[p].clone()),
+                    origin: false,
+                    leaving: false,
+                    uploaded: 0,
+                    corrupt: &[],
+                    unreachable: &[],
+                };
+                let answer = swarm.announce(a, &asset, count, 30, timeout, now);
+                bytes += serde_json::to_string(&answer.peers).unwrap().len()
+                    + serde_json::to_string(&answer.origin_share).unwrap().len();
+            }
+            let each = started.elapsed() / rounds as u32;
+            eprintln!(
+                "TIMING chunks {count}: one announce {:.3} ms, answer {} bytes",
+                each.as_secs_f64() * 1000.0,
+                bytes / rounds
+            );
+        }
     }
 }
