@@ -17,8 +17,8 @@ use serde::Deserialize;
 
 use crate::manifest::{AssetId, Digest, sha256};
 
-/// How long a ticket stays valid. A client announces every 500 ms while it downloads and
-/// every heartbeat (30 s) while it seeds, each time getting a fresh ticket, so ten minutes
+/// How long a ticket stays valid. A client announces at least once a heartbeat (20 s by
+/// default) while it downloads or seeds, each time getting a fresh ticket, so ten minutes
 /// only bounds how long a leaked ticket is worth anything.
 pub const DEFAULT_TICKET_TTL: Duration = Duration::from_secs(600);
 /// First bytes of every ticket (version 1).

@@ -12,8 +12,9 @@
 //! stopped.
 //!
 //! While it downloads, the client serves what it has through an embedded server
-//! (`serving`) and announces its progress twice a second (`announce`); the tracker
-//! answers with new peers and the share of chunks this client should take from the origin.
+//! (`serving`) and announces its progress as often as the tracker asks (`announce`: twice
+//! a second in a small swarm, less often in a big one); the tracker answers with new peers
+//! and the share of chunks this client should take from the origin.
 //! [`stream`](mod@stream) writes the asset out in order while it downloads; `summary` reports.
 //!
 //! The data path reads one way: socket → [`crate::wire`] (in the worker) → `plan` →

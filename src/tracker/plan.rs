@@ -83,7 +83,7 @@ fn words(have: &Bitfield, count: u32) -> Vec<u64> {
         eight[..bytes.len()].copy_from_slice(bytes);
         *word = u64::from_be_bytes(eight);
     }
-    if count % 64 != 0
+    if !count.is_multiple_of(64)
         && let Some(last) = out.last_mut()
     {
         *last &= !(u64::MAX >> (count % 64));
@@ -116,7 +116,7 @@ impl OriginPlan {
     /// An empty plan for an asset of `count` chunks.
     pub fn new(count: u32) -> OriginPlan {
         let mut free = vec![u64::MAX; (count as usize).div_ceil(64)];
-        if count % 64 != 0
+        if !count.is_multiple_of(64)
             && let Some(last) = free.last_mut()
         {
             *last = !(u64::MAX >> (count % 64));

@@ -530,7 +530,8 @@ mod tests {
         let start = Instant::now();
         let asset = AssetId([4; 32]);
         // Each way out, applied at `later` to peer "gone" (which holds chunks 0..50).
-        let ways: [(&str, fn(&mut Swarm, Instant)); 4] = [
+        type WayOut = fn(&mut Swarm, Instant);
+        let ways: [(&str, WayOut); 4] = [
             ("leave", |swarm, at| {
                 let leave = Announce {
                     leaving: true,
@@ -842,72 +843,5 @@ mod tests {
         assert!(answer.peers.is_empty(), "{:?}", answer.peers);
         assert_eq!(answer.origins.len(), 1, "origins stay whatever is reported");
         assert!(!swarm.peers.contains_key("quiet"));
-    }
-}
-
-#[cfg(test)]
-mod timing {
-    use super::*;
-
-    /// Throwaway: one announce's cost with 200 serving partial peers.
-    #[test]
-    #[ignore]
-    fn one_announce_with_200_partial_peers() {
-        for count in [16_384u32, 131_072] {
-            let timeout = Duration::from_secs(60);
-            let now = Instant::now();
-            let asset = AssetId([7; 32]);
-            let mut swarm = Swarm::default();
-            let mut haves = Vec::new();
-            for p in 0..200u32 {
-                let mut have = Bitfield::new(count);
-                for i in 0..count {
-                    if (i.wrapping_mul(2654435761).wrapping_add(p * 97)) % 3 == 0 {
-                        have.set(i);
-                    }
-                }
-                haves.push(have);
-            }
-            let ids: Vec<String> = (0..200).map(|p| format!("peer-{p}")).collect();
-            for (p, have) in haves.iter().enumerate() {
-                let a = Announce {
-                    peer_id: &ids[p],
-                    addr: Some(SocketAddr::from(([127, 0, 0, 1], 1000 + p as u16))),
-                    have: Some(have.clone()),
-                    origin: false,
-                    leaving: false,
-                    uploaded: 0,
-                    corrupt: &[],
-                    unreachable: &[],
-                };
-                swarm.announce(a, &asset, count, 30, timeout, now);
-            }
-            let rounds = 50;
-            let mut bytes = 0;
-            let started = Instant::now();
-            for r in 0..rounds {
-                let p = r % 200;
-                haves[p].set((r * 7) as u32 % count);
-                let a = Announce {
-                    peer_id: &ids[p],
-                    addr: Some(SocketAddr::from(([127, 0, 0, 1], 1000 + p as u16))),
-                    have: Some(haves[p].clone()),
-                    origin: false,
-                    leaving: false,
-                    uploaded: 0,
-                    corrupt: &[],
-                    unreachable: &[],
-                };
-                let answer = swarm.announce(a, &asset, count, 30, timeout, now);
-                bytes += serde_json::to_string(&answer.peers).unwrap().len()
-                    + serde_json::to_string(&answer.origin_share).unwrap().len();
-            }
-            let each = started.elapsed() / rounds as u32;
-            eprintln!(
-                "TIMING chunks {count}: one announce {:.3} ms, answer {} bytes",
-                each.as_secs_f64() * 1000.0,
-                bytes / rounds
-            );
-        }
     }
 }
