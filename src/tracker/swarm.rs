@@ -107,7 +107,8 @@ pub(super) enum Phase {
     Seeding,
 }
 
-/// When a peer in `phase` should announce next, in a swarm of `leechers` downloaders whose
+/// When a peer in `phase` should announce next, in a swarm of `leechers` downloaders
+/// (serving or not) whose
 /// peers heartbeat every `heartbeat`: seeders at the heartbeat (their announce only says
 /// they are alive); downloaders so that together they announce [`DOWNLOADER_BUDGET`] times
 /// a second, at most twice a second each and at least once a heartbeat; joining peers
@@ -156,6 +157,9 @@ pub(super) struct Swarm {
     /// Peers no longer handed out for lying, by id and by address, and since when.
     banned_ids: HashMap<String, Instant>,
     banned_addrs: HashMap<SocketAddr, Instant>,
+    /// Downloaders that do not serve (no `addr`), by id, and when they last announced: never
+    /// handed out, but they count among the downloaders the cadence spreads out.
+    passive: HashMap<String, Instant>,
 }
 
 impl Swarm {
@@ -175,6 +179,8 @@ impl Swarm {
                 }
                 live
             });
+            self.passive
+                .retain(|_, at| now.duration_since(*at) <= timeout);
             self.pruned = Some(now);
         }
         // A sweep walks every peer seen lately; once per peer timeout is often enough.
@@ -381,10 +387,22 @@ impl Swarm {
         }
         match a.addr {
             Some(addr) if !a.leaving && !self.is_banned(a.peer_id, &addr) => {
+                self.passive.remove(a.peer_id);
                 self.record(&a, addr, chunk_count, now);
             }
             _ => {
                 self.remove(a.peer_id);
+                let downloading = a.have.as_ref().is_some_and(|h| !h.is_full());
+                if a.addr.is_none() && !a.leaving && downloading {
+                    match self.passive.get_mut(a.peer_id) {
+                        Some(at) => *at = now,
+                        None => {
+                            self.passive.insert(a.peer_id.to_string(), now);
+                        }
+                    }
+                } else {
+                    self.passive.remove(a.peer_id);
+                }
             }
         }
         let phase = match &a.have {
@@ -394,9 +412,10 @@ impl Swarm {
             Some(have) if have.count() == 0 => Phase::Joining,
             Some(_) => Phase::Downloading,
         };
+        let downloaders = self.origin_plan.leechers() as usize + self.passive.len();
         let next_announce = cadence(
             phase,
-            self.origin_plan.leechers(),
+            u32::try_from(downloaders).unwrap_or(u32::MAX),
             super::heartbeat(timeout),
         );
         let origin_share = match self.peers.get_mut(a.peer_id) {
@@ -618,6 +637,42 @@ mod tests {
                 "{way}: its chunks count no more"
             );
         }
+    }
+
+    #[test]
+    fn downloaders_that_do_not_serve_count_in_the_cadence_until_they_go() {
+        let timeout = Duration::from_secs(60);
+        let now = Instant::now();
+        let asset = AssetId([6; 32]);
+        let mut swarm = Swarm::default();
+        let ids: Vec<String> = (0..300).map(|p| format!("passive-{p}")).collect();
+        let passive = |id| Announce {
+            addr: None,
+            ..announce(id, 1, partial(10, [1]))
+        };
+        for id in &ids {
+            swarm.announce(passive(id), &asset, 10, 30, timeout, now);
+        }
+        let answer = swarm.announce(passive(&ids[0]), &asset, 10, 30, timeout, now);
+        assert_eq!(
+            answer.next_announce,
+            Duration::from_secs(3),
+            "300 / 100 a second"
+        );
+        assert!(answer.peers.is_empty() && answer.origin_share.is_none());
+        // They leave, or fall silent: the swarm is small again.
+        for id in &ids[..100] {
+            let leave = Announce {
+                leaving: true,
+                ..passive(id)
+            };
+            swarm.announce(leave, &asset, 10, 30, timeout, now);
+        }
+        let answer = swarm.announce(passive(&ids[100]), &asset, 10, 30, timeout, now);
+        assert_eq!(answer.next_announce, Duration::from_secs(2));
+        let later = now + timeout + Duration::from_secs(1);
+        let answer = swarm.announce(passive(&ids[0]), &asset, 10, 30, timeout, later);
+        assert_eq!(answer.next_announce, FASTEST_ANNOUNCE);
     }
 
     #[test]
