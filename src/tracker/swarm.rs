@@ -8,8 +8,9 @@
 //! availability as haves change; every way out of the swarm (leave, timeout, report, ban)
 //! goes through [`Swarm::remove`], so what a departed peer held stops counting.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
+use std::ops::Bound;
 use std::time::{Duration, Instant};
 
 use super::plan::{OriginPlan, Slot};
@@ -76,6 +77,15 @@ impl Peer {
         !self.origin && !self.complete
     }
 
+    /// Which list of ids it is handed out from.
+    fn class(&self) -> usize {
+        match (self.origin, self.complete) {
+            (true, _) => ORIGINS,
+            (false, true) => SEEDERS,
+            (false, false) => LEECHERS,
+        }
+    }
+
     fn info<'a>(&'a self, peer_id: &'a str, now: Instant) -> PeerInfo<&'a str> {
         PeerInfo {
             peer_id,
@@ -94,6 +104,43 @@ impl Peer {
             REPORT_GRACE
         }
     }
+}
+
+/// The lists of ids answers hand peers out from: complete non-origin peers first, then the
+/// partial ones; origins are all listed.
+const SEEDERS: usize = 0;
+const LEECHERS: usize = 1;
+const ORIGINS: usize = 2;
+
+/// Up to `n` ids of `ids` other than `me`, from just after `cursor` on, wrapping around;
+/// the cursor moves to the last one taken. Costs `n` steps, not a walk of every id.
+fn window<'s>(
+    ids: &'s BTreeSet<String>,
+    cursor: &mut Option<String>,
+    me: &str,
+    n: usize,
+) -> Vec<&'s str> {
+    let (after, before) = match cursor.as_deref() {
+        Some(c) => (
+            (Bound::Excluded(c), Bound::Unbounded),
+            (Bound::Unbounded, Bound::Included(c)),
+        ),
+        None => (
+            (Bound::Unbounded, Bound::Unbounded),
+            (Bound::Unbounded, Bound::Excluded("")),
+        ),
+    };
+    let taken: Vec<&str> = ids
+        .range::<str, _>(after)
+        .chain(ids.range::<str, _>(before))
+        .map(String::as_str)
+        .filter(|id| *id != me)
+        .take(n)
+        .collect();
+    if let Some(last) = taken.last() {
+        *cursor = Some(last.to_string());
+    }
+    taken
 }
 
 /// What a peer is doing, as the announce cadence sees it.
@@ -148,8 +195,12 @@ pub(super) struct Swarm {
     counters: HashMap<String, Reported>,
     /// When `counters` was last swept of peers long gone.
     swept: Option<Instant>,
-    /// Where the next answer's list of peers starts, so load spreads over every peer.
-    rotation: usize,
+    /// The peers' ids by class ([`SEEDERS`], [`LEECHERS`], [`ORIGINS`]), in id order: an
+    /// answer takes a window of them rather than walking every peer.
+    classes: [BTreeSet<String>; 3],
+    /// Where the next window of seeders and of leechers starts (after the last id handed
+    /// out), so that large swarms spread load over every peer.
+    cursors: [Option<String>; 2],
     /// Per-chunk availability, and which chunks each leecher takes from the origin.
     origin_plan: OriginPlan,
     /// Peers reported for sending corrupt data, and by whom (peer ids).
@@ -171,11 +222,14 @@ impl Swarm {
             .pruned
             .is_none_or(|t| now.duration_since(t) >= PRUNE_EVERY)
         {
-            let plan = &mut self.origin_plan;
-            self.peers.retain(|_, p| {
+            let (plan, classes) = (&mut self.origin_plan, &mut self.classes);
+            self.peers.retain(|id, p| {
                 let live = now.duration_since(p.last_seen) <= timeout;
-                if let (false, Some(slot)) = (live, p.slot) {
-                    plan.leave(slot);
+                if !live {
+                    classes[p.class()].remove(id);
+                    if let Some(slot) = p.slot {
+                        plan.leave(slot);
+                    }
                 }
                 live
             });
@@ -258,13 +312,20 @@ impl Swarm {
             self.counters.remove(peer_id);
         } else if uploaded > 0 || previous > 0 {
             let report = Reported { uploaded, at: now };
-            self.counters.insert(peer_id.to_string(), report);
+            // A peer's id is copied once, not at every announce.
+            match self.counters.get_mut(peer_id) {
+                Some(known) => *known = report,
+                None => {
+                    self.counters.insert(peer_id.to_string(), report);
+                }
+            }
         }
     }
 
     /// Takes `peer_id` out of the swarm, and what it held out of the plan's counts.
     fn remove(&mut self, peer_id: &str) -> Option<Peer> {
         let peer = self.peers.remove(peer_id)?;
+        self.classes[peer.class()].remove(peer_id);
         if let Some(slot) = peer.slot {
             self.origin_plan.leave(slot);
         }
@@ -281,6 +342,7 @@ impl Swarm {
         let plan = &mut self.origin_plan;
         match self.peers.get_mut(a.peer_id) {
             Some(peer) => {
+                let class = peer.class();
                 peer.slot = match (peer.slot, a.origin) {
                     (Some(slot), false) => {
                         plan.update(slot, have);
@@ -300,6 +362,10 @@ impl Swarm {
                 peer.complete = have.is_none();
                 peer.origin = a.origin;
                 peer.last_seen = now;
+                if peer.class() != class {
+                    self.classes[class].remove(a.peer_id);
+                    self.classes[peer.class()].insert(a.peer_id.to_string());
+                }
             }
             None => {
                 let peer = Peer {
@@ -311,6 +377,7 @@ impl Swarm {
                     slot: (!a.origin).then(|| plan.join(have)),
                     told: FASTEST_ANNOUNCE,
                 };
+                self.classes[peer.class()].insert(a.peer_id.to_string());
                 self.peers.insert(a.peer_id.to_string(), peer);
             }
         }
@@ -356,8 +423,8 @@ impl Swarm {
     /// Applies `a` to the swarm of `asset` (`chunk_count` chunks) at `now`: counts its
     /// upload, takes its reports, records or drops the peer, and answers with at most
     /// `max_peers` peers, the origins, the announcer's origin share, and when to announce
-    /// next. Costs what the announcer's have changed by and the answer's size, plus one
-    /// walk of the peers' ids (no bitfield but the announcer's).
+    /// next. Costs what the announcer's have changed by and the answer's size (no bitfield
+    /// but the announcer's, and no walk of every peer but the once-a-second prune).
     pub(super) fn announce(
         &mut self,
         a: Announce<'_>,
@@ -426,47 +493,48 @@ impl Swarm {
             None => None,
         }
         .map(|slot| self.origin_plan.share_for(slot));
-        let rotation = self.rotation;
-        self.rotation = rotation.wrapping_add(max_peers);
-        // A stable order (complete peers first, then by id), handed out as a window that
-        // moves on with every answer, so that large swarms spread load over every peer.
-        // The announcer is told apart by where its key lives, not by comparing ids.
-        let me = self
-            .peers
-            .get_key_value(a.peer_id)
-            .map_or(std::ptr::null(), |(k, _)| k as *const String);
-        let others: Vec<(&String, &Peer)> = [true, false]
-            .into_iter()
-            .flat_map(|complete| {
-                self.peers.iter().filter(move |(pid, p)| {
-                    !p.origin && p.complete == complete && !std::ptr::eq(*pid, me)
-                })
-            })
-            .collect();
-        let start = if others.is_empty() {
-            0
-        } else {
-            rotation % others.len()
-        };
-        let peers = others
+        // Complete peers first, then partial ones, each list in id order and handed out as
+        // a window that moves on with every answer.
+        let [seeders, leechers, origins] = &self.classes;
+        let [seeder_cursor, leecher_cursor] = &mut self.cursors;
+        let mut ids = window(seeders, seeder_cursor, a.peer_id, max_peers);
+        let room = max_peers.saturating_sub(ids.len());
+        ids.extend(window(leechers, leecher_cursor, a.peer_id, room));
+        let peers = &self.peers;
+        let info = |id| peers.get(id).map(|p: &Peer| p.info(id, now));
+        let listed = ids.into_iter().filter_map(info).collect();
+        let origins = origins
             .iter()
-            .cycle()
-            .skip(start)
-            .take(others.len().min(max_peers))
-            .map(|(pid, p)| p.info(pid, now))
-            .collect();
-        let origins = self
-            .peers
-            .iter()
-            .filter(|(pid, p)| pid.as_str() != a.peer_id && p.origin)
-            .map(|(pid, p)| p.info(pid, now))
+            .map(String::as_str)
+            .filter(|id| *id != a.peer_id)
+            .filter_map(info)
             .collect();
         Answer {
-            peers,
+            peers: listed,
             origins,
             origin_share,
             next_announce,
         }
+    }
+
+    /// Checks that the lists of ids by class and the plan's members are the peers'.
+    #[cfg(test)]
+    fn check(&self) {
+        for (class, ids) in self.classes.iter().enumerate() {
+            let expected: BTreeSet<String> = (self.peers.iter())
+                .filter(|(_, p)| p.class() == class)
+                .map(|(id, _)| id.clone())
+                .collect();
+            assert_eq!(ids, &expected, "class {class}");
+        }
+        let members = self.peers.values().filter(|p| p.slot.is_some()).count();
+        let origins = self.peers.values().filter(|p| p.origin).count();
+        assert_eq!(
+            members + origins,
+            self.peers.len(),
+            "every other peer is a member"
+        );
+        self.origin_plan.check().unwrap();
     }
 
     /// Every live peer, by id, as `GET /assets/{id}/peers` lists them.
@@ -540,7 +608,17 @@ mod tests {
         // A complete peer holds everything: nothing more is needed from the origin.
         share(&mut swarm, "seed", 5, None);
         assert!(share(&mut swarm, "a", 1, partial(100, [])).is_empty());
-        swarm.origin_plan.check().unwrap();
+        swarm.check();
+        // Peers change class: a leecher becomes an origin, another completes.
+        let now_origin = Announce {
+            origin: true,
+            ..announce("a", 1, partial(100, [1]))
+        };
+        swarm.announce(now_origin, &asset, 100, 30, timeout, now);
+        swarm.check();
+        share(&mut swarm, "b", 2, None);
+        swarm.check();
+        assert_eq!(swarm.classes.map(|ids| ids.len()), [2, 2, 2]);
     }
 
     #[test]
@@ -630,7 +708,7 @@ mod tests {
             let later = start + Duration::from_secs(5);
             apply(&mut swarm, later);
             assert!(!swarm.peers.contains_key("gone"), "{way}");
-            swarm.origin_plan.check().unwrap();
+            swarm.check();
             assert_eq!(
                 swarm.origin_plan.missing(),
                 100,
@@ -816,7 +894,7 @@ mod tests {
         let now = Instant::now();
         let asset = AssetId([0; 32]);
         let mut swarm = Swarm::default();
-        for (id, port) in [("a", 1), ("b", 2), ("c", 3)] {
+        for (id, port) in [("a", 1), ("b", 2), ("c", 3), ("e", 5)] {
             swarm.announce(announce(id, port, None), &asset, 4, 2, timeout, now);
         }
         swarm.announce(
@@ -837,13 +915,24 @@ mod tests {
         assert_eq!(first.len(), 2);
         assert!(!first.contains(&"a".to_string()) && !second.contains(&"a".to_string()));
         assert_ne!(first, second, "the window moves on");
+        assert!(
+            !first.contains(&"d".to_string()) && !second.contains(&"d".to_string()),
+            "three complete others fill two places"
+        );
+        // With room for more than the complete peers, the partial ones follow them.
+        let all = swarm.announce(announce("a", 1, None), &asset, 4, 10, timeout, now);
+        let all = ids(&all);
+        assert_eq!(&all[3..], ["d"], "{all:?}");
         // A leaver is no longer handed out.
         let leaving = Announce {
             leaving: true,
             ..announce("d", 4, Some(Bitfield::new(4)))
         };
         swarm.announce(leaving, &asset, 4, 2, timeout, now);
-        assert_eq!(swarm.list(now).len(), 3);
+        assert_eq!(swarm.list(now).len(), 4);
+        let answer = swarm.announce(announce("b", 2, None), &asset, 4, 10, timeout, now);
+        assert_eq!(ids(&answer).len(), 3, "a, c and e");
+        swarm.check();
     }
 
     #[test]
@@ -871,6 +960,7 @@ mod tests {
         let later = now + BAN_TIME + timeout * 2;
         swarm.announce(announce("liar", 9, None), &asset, 4, 30, timeout, later);
         assert!(swarm.peers.contains_key("liar"));
+        swarm.check();
     }
 
     #[test]
@@ -898,5 +988,6 @@ mod tests {
         assert!(answer.peers.is_empty(), "{:?}", answer.peers);
         assert_eq!(answer.origins.len(), 1, "origins stay whatever is reported");
         assert!(!swarm.peers.contains_key("quiet"));
+        swarm.check();
     }
 }
