@@ -396,6 +396,56 @@ fn resolve_addr(text: &str, remote: Option<SocketAddr>) -> Result<SocketAddr, Ht
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tracker::{Tracker, TrackerConfig};
+    use std::time::Duration;
+
+    #[test]
+    fn a_swarm_held_busy_does_not_hold_up_announces_to_another() {
+        let dir = tempfile::tempdir().unwrap();
+        let listen = "127.0.0.1:0".parse().unwrap();
+        let tracker = Tracker::bind(&TrackerConfig::new(listen, dir.path().into())).unwrap();
+        let url = format!("http://{}", tracker.local_addr());
+        let state = Arc::clone(&tracker.state);
+        let stop = tracker.shutdown_handle();
+        let serving = std::thread::spawn(move || tracker.serve());
+        // Announces that would wait for ever behind a global lock fail after 10 s instead.
+        let agent = ureq::AgentBuilder::new()
+            .timeout(Duration::from_secs(10))
+            .build();
+        let ids: Vec<AssetId> = [&b"one"[..], b"two"]
+            .iter()
+            .map(|bytes| {
+                let manifest = crate::manifest::chunkify(*bytes, "f", 16 * 1024).unwrap();
+                let body = manifest.to_toml();
+                agent
+                    .post(&format!("{url}/assets"))
+                    .send_string(&body)
+                    .unwrap();
+                manifest.id()
+            })
+            .collect();
+        let announce = move |id: AssetId| {
+            agent
+                .post(&format!("{url}/assets/{id}/announce"))
+                .send_string(r#"{"peer_id":"p","addr":"127.0.0.1:7001","complete":true}"#)
+                .map(|r| r.status())
+                .map_err(|e| e.to_string())
+        };
+        announce(ids[0]).unwrap();
+        let first = state.swarm(&ids[0], false).unwrap();
+        let held = first.locked();
+        assert_eq!(announce(ids[1]).unwrap(), 200, "another swarm answers");
+        let waiting = std::thread::spawn({
+            let announce = announce.clone();
+            move || announce(ids[0])
+        });
+        drop(held);
+        assert_eq!(waiting.join().unwrap().unwrap(), 200, "then the held one");
+        // Its kept-alive connections closed, so the shutdown does not wait for them.
+        drop(announce);
+        stop.shutdown();
+        serving.join().unwrap().unwrap();
+    }
 
     #[test]
     fn unspecified_addresses_take_the_announce_source() {
