@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use swarmcache::announce::MAX_ANNOUNCE_INTERVAL;
+use swarmcache::announce::{MAX_ANNOUNCE_INTERVAL, MIN_ANNOUNCE_INTERVAL};
 use swarmcache::api::{AnnounceRequest, AnnounceResponse};
 
 /// A downloading client announces its progress this often (`ANNOUNCE_PERIOD` in
@@ -31,13 +31,15 @@ pub enum Phase {
 /// When a peer in `phase` announces again after `answer`. The one place the generator reads
 /// the cadence from an answer: when the tracker sets it (issue 12), only this changes.
 pub fn cadence(answer: &AnnounceResponse, phase: Phase) -> Duration {
-    match phase {
-        // Today's client ignores the answer while it downloads.
+    // The client takes the tracker's `next_announce_ms` in either phase, within bounds;
+    // without one, its own period while it downloads and the heartbeat while it seeds.
+    let fallback = match phase {
         Phase::Downloading => DOWNLOAD_PERIOD,
-        // The seeding loop takes the heartbeat the tracker asks for, within bounds.
-        Phase::Seeding => Duration::from_secs(answer.interval_secs)
-            .clamp(Duration::from_secs(1), MAX_ANNOUNCE_INTERVAL),
-    }
+        Phase::Seeding => Duration::from_secs(answer.interval_secs),
+    };
+    (answer.next_announce())
+        .unwrap_or(fallback)
+        .clamp(MIN_ANNOUNCE_INTERVAL, MAX_ANNOUNCE_INTERVAL)
 }
 
 /// How an announce ended, as the figures count it.
@@ -374,6 +376,7 @@ mod tests {
     fn answer(interval_secs: u64) -> AnnounceResponse {
         AnnounceResponse {
             interval_secs,
+            next_announce_ms: None,
             chunk_count: 4,
             peers: Vec::new(),
             origins: Vec::new(),
@@ -393,7 +396,14 @@ mod tests {
             cadence(&answer(20), Phase::Seeding),
             Duration::from_secs(20)
         );
-        assert_eq!(cadence(&answer(0), Phase::Seeding), Duration::from_secs(1));
+        assert_eq!(cadence(&answer(0), Phase::Seeding), MIN_ANNOUNCE_INTERVAL);
+        // The tracker's cadence wins in either phase (issue 12).
+        let told = AnnounceResponse {
+            next_announce_ms: Some(3000),
+            ..answer(20)
+        };
+        assert_eq!(cadence(&told, Phase::Downloading), Duration::from_secs(3));
+        assert_eq!(cadence(&told, Phase::Seeding), Duration::from_secs(3));
         assert_eq!(
             cadence(&answer(u64::MAX), Phase::Seeding),
             MAX_ANNOUNCE_INTERVAL
