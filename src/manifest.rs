@@ -1,6 +1,8 @@
 //! The manifest: what an asset is (size, chunking, SHA-256 of every chunk and optionally of
 //! the whole, a name as a label), its TOML form, its canonical encoding and asset id.
-//! Hashing content into a manifest and verifying content against one live in [`hash`].
+//! Hashing content into a manifest and verifying content against one live in [`hash`]; the
+//! compact form the tracker stores in [`binary`]; the TOML chunk list's fast path in
+//! `chunk_list`.
 //!
 //! Format 2 (this build): the asset id hashes the content's description only, never the
 //! name, so the same bytes chunked the same way are one asset whatever they are called.
@@ -15,6 +17,8 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
+pub mod binary;
+mod chunk_list;
 pub mod hash;
 
 pub use hash::{StreamHashes, VerifyReport, chunkify, hash_file, hash_stream, verify, verify_file};
@@ -109,21 +113,35 @@ pub struct Manifest {
     pub chunks: Vec<Digest>,
 }
 
-/// The TOML shape of a manifest, before validation.
-#[derive(Serialize, Deserialize)]
+/// The TOML shape of a manifest, before validation. The hashes are decoded as they are
+/// read (no `String` per hash: see `chunk_list`).
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ManifestToml {
     format: u32,
     name: String,
     size: u64,
     chunk_size: u32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     sha256: Option<String>,
-    chunks: Vec<String>,
+    #[serde(deserialize_with = "chunk_list::digests")]
+    chunks: Vec<Digest>,
     /// Reserved for directory assets: a manifest that has it is refused, so that a later
     /// build can give it a meaning without this one misreading such a manifest.
-    #[serde(default, skip_serializing)]
+    #[serde(default)]
     files: Option<serde::de::IgnoredAny>,
+}
+
+/// What `to_toml` writes before the chunk list, in this order (the list is written by hand,
+/// in the layout the TOML writer would give it: see `chunk_list`).
+#[derive(Serialize)]
+struct HeadToml<'a> {
+    format: u32,
+    name: &'a str,
+    size: u64,
+    chunk_size: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sha256: Option<String>,
 }
 
 /// Just the format of a manifest, to say why one that is not format 2 fails to parse.
@@ -246,13 +264,23 @@ impl Manifest {
                 "manifest has {separators} of the separators `,` `=` `.` `[` `{{`, more than the {MAX_MANIFEST_SEPARATORS} that {MAX_CHUNKS} chunk hashes need"
             ));
         }
-        let raw: ManifestToml = match toml::from_str(text) {
-            Ok(raw) => raw,
-            // Another format may have other keys: name the format rather than a key. The
-            // second parse costs what the first did, and only on this failing path.
-            Err(e) => match toml::from_str::<FormatOnly>(text) {
-                Ok(f) if f.format != FORMAT_VERSION => return Err(format_error(f.format)),
-                _ => return Err(format!("manifest is not valid TOML: {e}")),
+        // The list as chunkify writes it is read without the TOML tree; the parser reads
+        // the rest. A refusal is explained from the whole text, as the parser sees it.
+        let fast = chunk_list::split(text).and_then(|(rest, chunks)| {
+            // `rest` lists `chunks = []`; a second `chunks` key would not parse.
+            let raw = toml::from_str::<ManifestToml>(&rest).ok()?;
+            Some(ManifestToml { chunks, ..raw })
+        });
+        let raw: ManifestToml = match fast {
+            Some(raw) => raw,
+            None => match toml::from_str(text) {
+                Ok(raw) => raw,
+                // Another format may have other keys: name the format rather than a key. The
+                // second parse costs what the first did, and only on this failing path.
+                Err(e) => match toml::from_str::<FormatOnly>(text) {
+                    Ok(f) if f.format != FORMAT_VERSION => return Err(format_error(f.format)),
+                    _ => return Err(format!("manifest is not valid TOML: {e}")),
+                },
             },
         };
         if raw.format != FORMAT_VERSION {
@@ -261,19 +289,11 @@ impl Manifest {
         if raw.files.is_some() {
             return Err("manifest lists `files` (a directory asset): this build reads single-file assets only; chunk one file, or a tar of the directory".into());
         }
-        // Check the shape before decoding every hash, so a bad list fails fast.
-        check_shape(&raw.name, raw.size, raw.chunk_size, raw.chunks.len())?;
         let sha256 = raw
             .sha256
             .map(|h| parse_digest(&h).map_err(|e| format!("manifest sha256: {e}")))
             .transpose()?;
-        let chunks = raw
-            .chunks
-            .iter()
-            .enumerate()
-            .map(|(i, h)| parse_digest(h).map_err(|e| format!("manifest chunk {i}: {e}")))
-            .collect::<Result<Vec<_>, _>>()?;
-        Manifest::new(raw.name, raw.size, raw.chunk_size, sha256, chunks)
+        Manifest::new(raw.name, raw.size, raw.chunk_size, sha256, raw.chunks)
     }
 
     /// Reads and validates a manifest from a reader, refusing more than [`MAX_MANIFEST_BYTES`].
@@ -288,46 +308,51 @@ impl Manifest {
 
     /// The manifest as TOML, one chunk hash per line.
     pub fn to_toml(&self) -> String {
-        let raw = ManifestToml {
+        let head = HeadToml {
             format: FORMAT_VERSION,
-            name: self.name.clone(),
+            name: &self.name,
             size: self.size,
             chunk_size: self.chunk_size,
             sha256: self.sha256.map(hex::encode),
-            chunks: self.chunks.iter().map(hex::encode).collect(),
-            files: None,
         };
-        toml::to_string_pretty(&raw).expect("a manifest always serializes")
+        let mut text = toml::to_string_pretty(&head).expect("a manifest always serializes");
+        chunk_list::write(&mut text, &self.chunks);
+        text
     }
 
     /// The canonical binary encoding that the asset id hashes (PROTOCOL.md, section 13):
     /// every value that describes the content, and not the name.
     pub fn canonical_bytes(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(CANONICAL_FIXED_BYTES + 32 + 32 * self.chunks.len());
-        out.extend_from_slice(CANONICAL_MAGIC);
-        out.extend_from_slice(&FORMAT_VERSION.to_be_bytes());
-        out.extend_from_slice(&self.size.to_be_bytes());
-        out.extend_from_slice(&self.chunk_size.to_be_bytes());
+        self.canonical_parts(|part| out.extend_from_slice(part));
+        out
+    }
+
+    /// The canonical encoding in pieces, so the id is hashed without a copy of every hash.
+    fn canonical_parts(&self, mut sink: impl FnMut(&[u8])) {
+        sink(CANONICAL_MAGIC);
+        sink(&FORMAT_VERSION.to_be_bytes());
+        sink(&self.size.to_be_bytes());
+        sink(&self.chunk_size.to_be_bytes());
         match &self.sha256 {
             Some(whole) => {
-                out.push(1);
-                out.extend_from_slice(whole);
+                sink(&[1]);
+                sink(whole);
             }
-            None => out.push(0),
+            None => sink(&[0]),
         }
         // The file count: 0 for a single-file asset. Directory assets will list their
         // files here, so the ids of single-file assets stay what they are now.
-        out.extend_from_slice(&0u32.to_be_bytes());
-        out.extend_from_slice(&(self.chunks.len() as u32).to_be_bytes());
-        for chunk in &self.chunks {
-            out.extend_from_slice(chunk);
-        }
-        out
+        sink(&0u32.to_be_bytes());
+        sink(&(self.chunks.len() as u32).to_be_bytes());
+        sink(self.chunks.as_flattened());
     }
 
     /// The asset id: SHA-256 of [`Manifest::canonical_bytes`].
     pub fn id(&self) -> AssetId {
-        AssetId(sha256(&self.canonical_bytes()))
+        let mut hasher = Sha256::new();
+        self.canonical_parts(|part| hasher.update(part));
+        AssetId(hasher.finalize().into())
     }
 
     /// Number of chunks.
@@ -656,7 +681,43 @@ mod tests {
             )
         }
 
+        /// What the TOML writer makes of the whole manifest, hashes as strings: the
+        /// layout `to_toml` keeps while writing the list by hand.
+        fn written_by_the_toml_crate(m: &Manifest) -> String {
+            #[derive(Serialize)]
+            struct Whole {
+                format: u32,
+                name: String,
+                size: u64,
+                chunk_size: u32,
+                #[serde(skip_serializing_if = "Option::is_none")]
+                sha256: Option<String>,
+                chunks: Vec<String>,
+            }
+            toml::to_string_pretty(&Whole {
+                format: FORMAT_VERSION,
+                name: m.name.clone(),
+                size: m.size,
+                chunk_size: m.chunk_size,
+                sha256: m.sha256.map(hex::encode),
+                chunks: m.chunks.iter().map(hex::encode).collect(),
+            })
+            .unwrap()
+        }
+
         proptest! {
+            #[test]
+            fn to_toml_writes_what_the_toml_crate_writes_and_its_list_takes_the_fast_path(
+                m in manifest(),
+            ) {
+                let text = m.to_toml();
+                prop_assert_eq!(&text, &written_by_the_toml_crate(&m));
+                prop_assert_eq!(chunk_list::split(&text).is_some(), m.chunks.len() >= 2);
+                if let Some((_, chunks)) = chunk_list::split(&text) {
+                    prop_assert_eq!(&chunks, &m.chunks);
+                }
+            }
+
             #[test]
             fn toml_round_trips_and_the_id_is_stable(m in manifest()) {
                 let back = parse(&m.to_toml())?;
