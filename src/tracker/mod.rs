@@ -152,7 +152,8 @@ struct Auth {
 
 /// What every request thread shares: the catalog, the swarms, and the settings.
 struct State {
-    catalog: RwLock<Catalog>,
+    /// Locks inside, for a map lookup or insert only: announces never wait behind a publish.
+    catalog: Catalog,
     /// Write-locked only to add a swarm; each swarm has its own lock.
     swarms: RwLock<HashMap<AssetId, Arc<Mutex<Swarm>>>>,
     started: Instant,
@@ -219,7 +220,7 @@ impl Tracker {
             ..HttpConfig::new(config.listen, "the tracker")
         })?;
         let started = Instant::now();
-        let known = catalog.iter().map(|(id, _)| *id).collect();
+        let known = catalog.ids().into_iter().collect();
         let warm_up = WarmUp::new(started, heartbeat(config.peer_timeout), known)?;
         let limit = |rate: u32| {
             (rate > 0).then(|| AddressLimiter::new(rate, rate.saturating_mul(RATE_BURST_SECS)))
@@ -227,7 +228,7 @@ impl Tracker {
         Ok(Tracker {
             http,
             state: Arc::new(State {
-                catalog: RwLock::new(catalog),
+                catalog,
                 swarms: RwLock::new(HashMap::new()),
                 started,
                 warm_up,

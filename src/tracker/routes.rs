@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use super::catalog::{Busy, Entry};
 use super::swarm::Announce;
 use super::{State, heartbeat};
 use crate::api::{
@@ -22,10 +23,15 @@ use crate::http;
 use crate::manifest::{AssetId, MAX_MANIFEST_BYTES, Manifest};
 use crate::metrics;
 use crate::ratelimit::AddressLimiter;
-use crate::sync::{LockExt, RwLockExt};
+use crate::sync::LockExt;
 
 /// Largest JSON body accepted (an announce carries at most a 128 KiB bitfield in hex).
 const MAX_JSON_BODY: usize = 1 << 20;
+/// Publishes with a larger body take a turn of the catalog's heavy work first: 1 MiB is
+/// about 14 000 chunks, parsed in milliseconds into a few MiB; the largest are 80 MiB.
+const LARGE_MANIFEST_BODY: u64 = 1 << 20;
+/// `GET /assets/{id}` of a manifest of more chunks takes a turn too (1 MiB of TOML).
+const LARGE_MANIFEST_CHUNKS: u64 = 1 << 14;
 /// A failed request: the status and the message for the JSON error body.
 #[derive(Debug)]
 struct HttpError {
@@ -66,7 +72,12 @@ impl State {
             Reply::Toml(body) => (200, body, "application/toml"),
             Reply::Metrics(body) => (200, body, metrics::CONTENT_TYPE),
         };
-        http::Response::new(status, content_type, body)
+        let response = http::Response::new(status, content_type, body);
+        // Busy (a publish waits for its turn, see catalog::HEAVY_AT_ONCE): clients retry.
+        if status == 503 {
+            return response.with_header("Retry-After", "1");
+        }
+        response
     }
 
     fn route(
@@ -98,14 +109,12 @@ impl State {
             (Post, ["assets"]) => {
                 rate_limit(&self.publish_limit, remote, "publishes")?;
                 allow(Action::Publish)?;
-                let body = read_body(request, MAX_MANIFEST_BYTES)?;
-                self.publish(&body)
+                self.publish(request)
             }
             (Get, ["assets", id]) => {
                 let id = parse_id(id)?;
                 allow(Action::Fetch(&id))?;
-                let manifest = self.manifest(&id)?;
-                Ok(Reply::Toml(manifest.to_toml()))
+                self.manifest_toml(&id)
             }
             (Post, ["assets", id, "announce"]) => {
                 rate_limit(&self.announce_limit, remote, "announces")?;
@@ -162,56 +171,73 @@ impl State {
         serde_json::json!({
             "status": "ok",
             "instance": self.warm_up.instance(),
-            "assets": self.catalog.read_now().len(),
+            "assets": self.catalog.len(),
             "uptime_secs": self.started.elapsed().as_secs(),
         })
     }
 
-    fn manifest(&self, id: &AssetId) -> Result<Arc<Manifest>, HttpError> {
-        self.catalog.read_now().get(id).ok_or_else(|| {
-            err(
-                404,
-                format!("asset {id} is not in the catalog; publish its manifest first"),
-            )
-        })
+    /// What the catalog's index knows of `id` (the chunk count, not the hashes): a map
+    /// lookup that never waits behind a publish.
+    fn manifest(&self, id: &AssetId) -> Result<Arc<Entry>, HttpError> {
+        self.catalog.get(id).ok_or_else(|| not_published(id))
+    }
+
+    /// `GET /assets/{id}`: the manifest's TOML, built from the stored hashes. A manifest of
+    /// many chunks waits for a turn like a publish (tens of MiB of text each).
+    fn manifest_toml(&self, id: &AssetId) -> Result<Reply, HttpError> {
+        let entry = self.manifest(id)?;
+        let _turn = (entry.chunk_count() as u64 > LARGE_MANIFEST_CHUNKS)
+            .then(|| self.catalog.heavy().enter().map_err(busy))
+            .transpose()?;
+        match self.catalog.manifest(id) {
+            Ok(Some(manifest)) => Ok(Reply::Toml(manifest.to_toml())),
+            Ok(None) => Err(not_published(id)),
+            Err(e) => Err(err(500, format!("{e:#}"))),
+        }
     }
 
     /// The catalog, or the part of it `grant` may fetch.
     fn list(&self, grant: Option<&Grant>) -> Vec<AssetSummary> {
-        let catalog = self.catalog.read_now();
-        catalog
-            .iter()
+        self.catalog
+            .entries()
+            .into_iter()
             .filter(|(id, _)| grant.is_none_or(|g| g.may_fetch(id)))
-            .map(|(id, m)| AssetSummary {
+            .map(|(id, e)| AssetSummary {
                 id: id.to_string(),
-                name: m.name.clone(),
-                size: m.size,
-                chunk_size: m.chunk_size,
-                chunks: m.chunk_count(),
+                name: e.name.clone(),
+                size: e.size,
+                chunk_size: e.chunk_size,
+                chunks: e.chunk_count(),
             })
             .collect()
     }
 
-    fn publish(&self, body: &str) -> Result<Reply, HttpError> {
+    /// `POST /assets`: the body is read, parsed, checked and stored without any lock that
+    /// announces or catalog reads take; a large one first waits for a turn, so that ten
+    /// maximum-size publishes at once hold two parses' memory, not ten.
+    fn publish(&self, request: &mut http::Request<'_>) -> Result<Reply, HttpError> {
+        let _turn = (request.body_length() > LARGE_MANIFEST_BODY)
+            .then(|| self.catalog.heavy().enter().map_err(busy))
+            .transpose()?;
+        let body = read_body(request, MAX_MANIFEST_BYTES)?;
         let manifest =
-            Manifest::from_toml(body).map_err(|e| err(400, format!("rejected manifest: {e}")))?;
-        let (name, size, chunks) = (manifest.name.clone(), manifest.size, manifest.chunk_count());
-        let mut catalog = self.catalog.write_now();
-        let (id, created) = catalog
+            Manifest::from_toml(&body).map_err(|e| err(400, format!("rejected manifest: {e}")))?;
+        drop(body);
+        let (size, chunks) = (manifest.size, manifest.chunk_count());
+        let published = self
+            .catalog
             .publish(manifest)
             .map_err(|e| err(500, format!("storing the manifest failed: {e:#}")))?;
-        // The same content under another name is the same asset: the first name stays.
-        let name = catalog.get(&id).map_or(name, |m| m.name.clone());
-        drop(catalog);
-        let status = if created { 201 } else { 200 };
+        let status = if published.created { 201 } else { 200 };
         Ok(json(
             status,
             &PublishResponse {
-                id: id.to_string(),
-                name,
+                id: published.id.to_string(),
+                // The same content under another name is the same asset: the first name stays.
+                name: published.name,
                 size,
                 chunks,
-                created,
+                created: published.created,
             },
         ))
     }
@@ -338,6 +364,24 @@ fn rate_limit(
             ),
         )
     })
+}
+
+fn not_published(id: &AssetId) -> HttpError {
+    err(
+        404,
+        format!("asset {id} is not in the catalog; publish its manifest first"),
+    )
+}
+
+/// The refusal of a large publish or manifest when every turn is taken and waiting.
+fn busy(b: Busy) -> HttpError {
+    err(
+        503,
+        format!(
+            "the tracker is busy with {} large manifests and {} waiting; retry in a second",
+            b.running, b.waiting
+        ),
+    )
 }
 
 fn parse_id(text: &str) -> Result<AssetId, HttpError> {

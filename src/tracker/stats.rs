@@ -9,7 +9,7 @@ use super::State;
 use crate::api::{Figures, Stats, SwarmStats};
 use crate::manifest::AssetId;
 use crate::metrics::{Exposition, Kind};
-use crate::sync::{LockExt, RwLockExt};
+use crate::sync::LockExt;
 
 impl State {
     /// The figures of `GET /stats`, every swarm pruned first. Swarms are locked one at a
@@ -25,7 +25,7 @@ impl State {
                 (id, swarm.figures())
             })
             .collect();
-        let catalog = self.catalog.read_now();
+        let catalog = &self.catalog;
         let mut list: Vec<SwarmStats> = figures
             .into_iter()
             .map(|(id, figures)| SwarmStats {
