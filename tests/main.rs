@@ -6,6 +6,7 @@ mod netns;
 
 mod auth;
 mod cache;
+mod catalog;
 mod cli_errors;
 mod cli_scripts;
 mod faults;
