@@ -1,5 +1,5 @@
 //! The compact binary form of a manifest, as the tracker's catalog keeps it on disk: a small
-//! header, then the raw 32-byte hashes (PROTOCOL.md, appendix A.5). A third of the TOML's
+//! header, then the raw 32-byte hashes (PROTOCOL.md, appendix A, "The tracker's catalog"). A third of the TOML's
 //! size, and its header alone answers what the catalog's index needs (name, size, chunk
 //! size, chunk count) without reading a hash.
 //!

@@ -20,7 +20,8 @@
 //! picks whom to hand out and when each peer announces next; `plan` keeps per-chunk
 //! availability and splits what the origin sends among the downloaders (pure); `stats`
 //! computes `/stats` and `/metrics`; `warmup` is what a restarted tracker says until its
-//! swarms have filled again; [`catalog`] keeps the manifests on disk. A request goes
+//! swarms have filled again; [`catalog`] keeps the manifests on disk (binary,
+//! loaded lazily; its index answers announces without waiting behind a publish). A request goes
 //! routes → swarm → plan, and nothing below calls back up.
 //!
 //! Swarms are independent, and so are their locks: the map of swarms is read-locked just
