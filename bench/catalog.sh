@@ -2,7 +2,8 @@
 # The catalog at scale (issue 12): a release tracker starting on a catalog of COUNT assets
 # of 2^20 chunks each (32 MiB of binary manifest each: 32 GiB for 1 000, so mind the disk;
 # everything is deleted at the end), then PUBLISHES maximum-size publishes (72 MiB of TOML
-# each) sent at once by `peer_client publish`, then a restart. Prints the time from spawn
+# each) sent at once by `peer_client publish`, then a restart. The page cache is whatever
+# writing 32 GiB left: the first start reads most headers from the disk. Prints the time from spawn
 # to "listening on", the resident memory after the start, after the publishes (and the
 # peak), and what the publishes answered.
 #
@@ -31,6 +32,8 @@ start() {
   t0=$(now)
   target/release/tracker --listen 127.0.0.1:0 --data "$W/data" --publish-rate 0 \
     > "$W/tracker.log" 2>&1 & pid=$!
+  # Polled every 10 ms (common.sh's wait_line polls every 100 ms).
+  for _ in $(seq 3000); do grep -q "^listening on " "$W/tracker.log" && break; sleep 0.01; done
   URL=$(wait_line "$W/tracker.log" "listening on ")
   echo "$1: listening after $(echo "$(now) - $t0" | bc | xargs printf '%.3f') s; RSS $(mib "$(kib $pid VmRSS)")"
 }

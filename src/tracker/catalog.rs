@@ -38,12 +38,19 @@ const CACHE_ENTRIES: usize = 1024;
 /// milliseconds (2^20 hashes: 75 MiB of text and 32 MiB of digests), so more than one a
 /// core would finish none sooner and only hold more memory.
 pub const HEAVY_AT_ONCE: usize = 2;
-/// Large requests that may wait for a turn; past this they are told to retry (503), so
-/// publishes hold at most `HEAVY_AT_ONCE + HEAVY_WAITING` of the tracker's request threads
-/// and never crowd out announces.
-pub const HEAVY_WAITING: usize = 4;
-/// Longest wait for a turn: a few parses' time. Our client retries 503s for 2 to 4 s more.
-pub const HEAVY_WAIT: Duration = Duration::from_secs(5);
+/// Large requests that may wait for a turn; past this they are told to retry (503). They
+/// wait rather than be refused because a refusal comes before the body is read, and a
+/// client still sending 80 MiB then meets a closed connection, not the 503 (ten
+/// maximum-size publishes at once: four failed that way with two waiting places). With
+/// 14, publishes hold at most 16 of the tracker's 32 request threads, the share one client
+/// address may hold anyway, and never crowd out announces.
+pub const HEAVY_WAITING: usize = 14;
+/// Longest wait for a turn: 16 maximum-size parses at two at a time take about 8 s; our
+/// client gives a whole request 30 s.
+pub const HEAVY_WAIT: Duration = Duration::from_secs(20);
+/// Threads reading headers at start. On a cold page cache each read waits for the disk
+/// (3.5 ms each, one at a time: 1 000 assets took 3.5 s); the disk serves many at once.
+const HEADER_READERS: usize = 16;
 
 /// What the index knows of an asset without its hashes.
 #[derive(Debug)]
@@ -113,7 +120,7 @@ impl Catalog {
                 dir.display()
             )
         })?;
-        let mut index = BTreeMap::new();
+        let mut binaries = Vec::new();
         let mut old = Vec::new();
         for entry in fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
             let path = entry
@@ -133,22 +140,24 @@ impl Catalog {
                 continue;
             };
             match kind {
-                "bin" => match read_header(&path) {
-                    Ok(header) => {
-                        let entry = Entry::new(
-                            header.name,
-                            header.size,
-                            header.chunk_size,
-                            header.chunk_count,
-                        );
-                        index.insert(id, Arc::new(entry));
-                    }
-                    Err(e) => log::warn!("skipping {}: {e}", path.display()),
-                },
+                "bin" => binaries.push((id, path)),
                 "toml" => old.push((id, path)),
                 _ => {}
             }
         }
+        let index = read_headers(binaries)
+            .into_iter()
+            .filter_map(|(id, path, header)| match header {
+                Ok(h) => Some((
+                    id,
+                    Arc::new(Entry::new(h.name, h.size, h.chunk_size, h.chunk_count)),
+                )),
+                Err(e) => {
+                    log::warn!("skipping {}: {e}", path.display());
+                    None
+                }
+            })
+            .collect();
         let catalog = Catalog {
             dir,
             index: RwLock::new(index),
@@ -352,6 +361,23 @@ impl Drop for Writing<'_> {
         self.catalog.writing.locked().remove(&self.id);
         self.catalog.written.notify_all();
     }
+}
+
+/// The headers of `files`, read by [`HEADER_READERS`] threads.
+fn read_headers(files: Vec<(AssetId, PathBuf)>) -> Vec<(AssetId, PathBuf, Result<Header, String>)> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let read = Mutex::new(Vec::with_capacity(files.len()));
+    std::thread::scope(|s| {
+        for _ in 0..HEADER_READERS.min(files.len()) {
+            s.spawn(|| {
+                while let Some((id, path)) = files.get(next.fetch_add(1, Ordering::Relaxed)) {
+                    let header = read_header(path);
+                    read.locked().push((*id, path.clone(), header));
+                }
+            });
+        }
+    });
+    read.into_inner().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The header of the binary manifest at `path`, checked against the file's length.
