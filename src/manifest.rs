@@ -289,6 +289,8 @@ impl Manifest {
         if raw.files.is_some() {
             return Err("manifest lists `files` (a directory asset): this build reads single-file assets only; chunk one file, or a tar of the directory".into());
         }
+        // The shape first: a bad name or size is the refusal a publisher needs to read.
+        check_shape(&raw.name, raw.size, raw.chunk_size, raw.chunks.len())?;
         let sha256 = raw
             .sha256
             .map(|h| parse_digest(&h).map_err(|e| format!("manifest sha256: {e}")))
