@@ -8,6 +8,11 @@
 # peak), and what the publishes answered.
 #
 #   bench/catalog.sh                  # COUNT=1000 PUBLISHES=10
+#
+# Measured once (2 shared cores, loaded; catalog written in 309 s): cold start with 1 000
+# assets listened after 0.158 s, RSS 4 MiB; 10 publishes at once done in 10.6 s, none
+# failed, RSS 38 MiB after (the 64 MiB cache), peak 232 MiB; restart with 1 010: 0.052 s.
+# Before (issue 12): 3.1 GiB peak, 1.15 GiB left, 17 s to start.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/common.sh
