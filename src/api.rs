@@ -177,6 +177,89 @@ impl<S> AnnounceResponse<S> {
     }
 }
 
+/// Most entries in one batch announce (`POST /announce`). An entry costs the tracker about
+/// a microsecond (a swarm update and no answer to build), so a full batch holds one HTTP
+/// worker for a few milliseconds, and a store of 10 000 assets is three requests a beat.
+pub const BATCH_MAX_ENTRIES: usize = 4096;
+/// Largest body of one batch announce. A complete entry is about 110 bytes, so a full batch
+/// of them is under half of it; an entry of a partial asset carries its `have` in hex, up
+/// to 256 KiB for 2^20 chunks, so the biggest four still fit one request. Clients split a
+/// store into requests under both bounds.
+pub const BATCH_MAX_BODY: usize = 1 << 20;
+
+/// Body of `POST /announce`: one peer announcing many assets at once, the heartbeat of a
+/// store (a `peer_server`), so that a host holding thousands of assets costs the tracker a
+/// few requests per beat instead of one per asset. Each entry is applied as a single
+/// announce of that asset would be; the answer lists the entries refused.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BatchAnnounceRequest {
+    /// As in [`AnnounceRequest::peer_id`].
+    pub peer_id: String,
+    /// As in [`AnnounceRequest::addr`], for every entry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addr: Option<String>,
+    /// The peer is the origin of every asset announced.
+    #[serde(default)]
+    pub origin: bool,
+    /// One entry per asset.
+    pub assets: Vec<BatchEntry>,
+}
+
+/// One asset of a [`BatchAnnounceRequest`]: the fields of [`AnnounceRequest`] that a
+/// seeder sends (no reports: a store's heartbeat downloads nothing).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BatchEntry {
+    /// The asset id, 64 hex digits.
+    pub id: String,
+    /// As in [`AnnounceRequest::complete`].
+    #[serde(default)]
+    pub complete: bool,
+    /// As in [`AnnounceRequest::have`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub have: Option<String>,
+    /// As in [`AnnounceRequest::uploaded`].
+    #[serde(default)]
+    pub uploaded: u64,
+    /// As in [`AnnounceRequest::event`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<AnnounceEvent>,
+}
+
+/// Answer to `POST /announce`: what a seeder needs (no peers lists, no tickets: a store
+/// serves, it does not download), and the entries that were refused.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BatchAnnounceResponse {
+    /// As in [`AnnounceResponse::interval_secs`].
+    pub interval_secs: u64,
+    /// As in [`AnnounceResponse::instance`].
+    pub instance: String,
+    /// As in [`AnnounceResponse::your_addr`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub your_addr: Option<String>,
+    /// As in [`AnnounceResponse::keys`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keys: Vec<String>,
+    /// Entries applied to their swarm.
+    pub accepted: u32,
+    /// Entries refused, in request order; the others were accepted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refused: Vec<BatchRefusal>,
+}
+
+/// One refused entry of a batch announce: what a single announce of it would have been
+/// answered.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BatchRefusal {
+    /// The entry's position in `assets`, from 0.
+    pub index: u32,
+    /// The entry's `id`, as sent (cut to 64 characters).
+    pub id: String,
+    /// The HTTP status a single announce would have got: 400, 403 or 404.
+    pub status: u16,
+    /// Why, as in [`ErrorBody::error`].
+    pub error: String,
+}
+
 /// `GET /keys`: the public keys peers verify tickets with, current first (empty in open
 /// mode, where peers need no ticket).
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -248,9 +331,13 @@ pub struct SwarmStats {
 pub struct Stats {
     /// Assets in the catalog.
     pub assets: usize,
-    /// Every swarm's figures summed (announces: all the tracker received).
+    /// Every swarm's figures summed (announces: all the tracker received, each entry of a
+    /// batch counting as one).
     #[serde(flatten)]
     pub totals: Figures,
+    /// Batch announce requests (`POST /announce`) received.
+    #[serde(default)]
+    pub announce_batches: u64,
     /// Seconds since the tracker started.
     pub uptime_secs: u64,
     /// One entry per swarm announced to since the tracker started, by asset id.

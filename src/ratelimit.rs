@@ -171,8 +171,20 @@ impl AddressLimiter {
         self.check_at(ip, Instant::now())
     }
 
+    /// Takes `cost` tokens at once from `ip`'s bucket, or none: for one request that does
+    /// the work of several (a batch announce). A cost above the burst is charged as the
+    /// burst, so that it can pass at all.
+    pub fn check_cost(&self, ip: IpAddr, cost: u32) -> Result<(), Duration> {
+        self.check_cost_at(ip, cost, Instant::now())
+    }
+
     fn check_at(&self, ip: IpAddr, now: Instant) -> Result<(), Duration> {
+        self.check_cost_at(ip, 1, now)
+    }
+
+    fn check_cost_at(&self, ip: IpAddr, cost: u32, now: Instant) -> Result<(), Duration> {
         let (rate, burst) = (self.rate, self.burst);
+        let cost = f64::from(cost).min(burst);
         // A bucket left alone this long is full again, which is what a missing one means.
         let refilled_after = Duration::from_secs_f64(burst / rate);
         let mut table = self.table.locked();
@@ -195,11 +207,11 @@ impl AddressLimiter {
             table.buckets.get_mut(&key).unwrap_or(&mut table.overflow)
         };
         bucket.refill(rate, burst, now);
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
+        if bucket.tokens >= cost {
+            bucket.tokens -= cost;
             Ok(())
         } else {
-            Err(Duration::from_secs_f64((1.0 - bucket.tokens) / rate))
+            Err(Duration::from_secs_f64((cost - bucket.tokens) / rate))
         }
     }
 }
@@ -268,6 +280,23 @@ mod tests {
         let later = start + Duration::from_millis(100);
         assert_eq!(limiter.check_at(a, later), Ok(()));
         assert!(limiter.check_at(a, later).is_err());
+    }
+
+    #[test]
+    fn a_costly_request_takes_its_tokens_at_once_or_none() {
+        let limiter = AddressLimiter::new(10, 20);
+        let start = Instant::now();
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        assert_eq!(limiter.check_cost_at(a, 15, start), Ok(()));
+        // Five left: a cost of six is refused whole, and takes nothing.
+        let wait = limiter.check_cost_at(a, 6, start).unwrap_err();
+        assert!(wait > Duration::from_millis(90) && wait <= Duration::from_millis(100));
+        assert_eq!(limiter.check_cost_at(a, 5, start), Ok(()));
+        assert!(limiter.check_at(a, start).is_err());
+        // A cost above the burst is charged as the burst, so it passes once the bucket is full.
+        let full = start + Duration::from_secs(2);
+        assert_eq!(limiter.check_cost_at(a, 1000, full), Ok(()));
+        assert!(limiter.check_at(a, full).is_err());
     }
 
     #[test]

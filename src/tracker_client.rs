@@ -1,4 +1,5 @@
-//! The client side of the tracker's HTTP API: publish, fetch manifests, announce.
+//! The client side of the tracker's HTTP API: publish, fetch manifests, announce (one asset,
+//! or a store's many in batches split to the tracker's bounds).
 
 use std::io::Read;
 use std::time::Duration;
@@ -7,7 +8,8 @@ use anyhow::{Context, Result, bail};
 use serde::de::DeserializeOwned;
 
 use crate::api::{
-    AnnounceRequest, AnnounceResponse, ErrorBody, KeysResponse, PeerInfo, PublishResponse,
+    AnnounceRequest, AnnounceResponse, BATCH_MAX_BODY, BATCH_MAX_ENTRIES, BatchAnnounceRequest,
+    BatchAnnounceResponse, BatchEntry, ErrorBody, KeysResponse, PeerInfo, PublishResponse,
 };
 use crate::backoff::Backoff;
 use crate::failure::Failure;
@@ -250,6 +252,16 @@ impl TrackerClient {
         self.json(response, "announce")
     }
 
+    /// Announces many assets for one peer in one request (`POST /announce`); `request`
+    /// must be within the bounds (see [`split_batch`]). A tracker without the endpoint
+    /// answers 404 ([`HttpStatus`]); the entries it refused are in the answer.
+    pub fn announce_batch(&self, request: &BatchAnnounceRequest) -> Result<BatchAnnounceResponse> {
+        let url = format!("{}/announce", self.base);
+        let body = serde_json::to_string(request).expect("batch announce serializes");
+        let response = self.call(self.agent.post(&url), Some(("application/json", &body)))?;
+        self.json(response, "batch announce")
+    }
+
     /// The public keys tickets are signed with (none in open mode).
     pub fn keys(&self) -> Result<Vec<String>> {
         let url = format!("{}/keys", self.base);
@@ -263,6 +275,85 @@ impl TrackerClient {
         let response = self.call(self.agent.get(&url), None)?;
         self.json(response, "peers")
     }
+}
+
+/// Splits one peer's announces of `entries` into batch requests within the tracker's bounds
+/// ([`BATCH_MAX_ENTRIES`] entries and [`BATCH_MAX_BODY`] bytes each), in order; `peer`
+/// gives the peer's fields (its `assets` are ignored). Also returns the entries too big for
+/// a request of their own, which no tracker would take (none from a valid manifest: its
+/// `have` is at most 256 KiB of hex).
+pub fn split_batch(
+    peer: &BatchAnnounceRequest,
+    entries: Vec<BatchEntry>,
+) -> (Vec<BatchAnnounceRequest>, Vec<BatchEntry>) {
+    let envelope = BatchAnnounceRequest {
+        assets: Vec::new(),
+        ..peer.clone()
+    };
+    let fixed = serde_json::to_string(&envelope)
+        .expect("batch announce serializes")
+        .len();
+    let sizes: Vec<usize> = entries
+        .iter()
+        .map(|e| serde_json::to_string(e).expect("batch entry serializes").len())
+        .collect();
+    let runs = pack(fixed, &sizes, BATCH_MAX_ENTRIES, BATCH_MAX_BODY);
+    let mut requests = Vec::with_capacity(runs.len());
+    let mut oversized = Vec::new();
+    let mut entries = entries.into_iter().enumerate().peekable();
+    for run in runs {
+        while let Some((_, entry)) = entries.next_if(|(i, _)| *i < run.start) {
+            oversized.push(entry);
+        }
+        let assets = entries
+            .by_ref()
+            .take(run.len())
+            .map(|(_, entry)| entry)
+            .collect();
+        requests.push(BatchAnnounceRequest {
+            assets,
+            ..envelope.clone()
+        });
+    }
+    oversized.extend(entries.map(|(_, entry)| entry));
+    (requests, oversized)
+}
+
+/// Groups items of serialized `sizes` into consecutive runs (ranges of indices) of at most
+/// `max_items`, each making a JSON array that fits `max_bytes` inside an envelope of `fixed`
+/// bytes (its items joined by commas). An item that cannot fit even alone is in no run.
+/// Greedy, in order: every run but the last of a stretch is full by one bound or the other.
+fn pack(
+    fixed: usize,
+    sizes: &[usize],
+    max_items: usize,
+    max_bytes: usize,
+) -> Vec<std::ops::Range<usize>> {
+    let mut runs = Vec::new();
+    let mut start = 0;
+    let mut bytes = fixed;
+    for (i, &size) in sizes.iter().enumerate() {
+        let comma = usize::from(i > start);
+        let fits = i - start < max_items && bytes + comma + size <= max_bytes;
+        if !fits {
+            if i > start {
+                runs.push(start..i);
+            }
+            start = i;
+            bytes = fixed;
+        }
+        if fixed + size > max_bytes {
+            // Alone it does not fit either: skipped, and the next run starts after it.
+            start = i + 1;
+            bytes = fixed;
+            continue;
+        }
+        bytes += usize::from(i > start) + size;
+    }
+    if sizes.len() > start {
+        runs.push(start..sizes.len());
+    }
+    runs
 }
 
 /// A random-enough peer id: 16 bytes of SHA-256 over the process id, the time, and a
@@ -281,4 +372,89 @@ pub fn new_peer_id() -> String {
         std::thread::current().id()
     );
     hex::encode(&crate::manifest::sha256(seed.as_bytes())[..16])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The body each request of `split_batch` is sent as.
+    fn bodies(requests: &[BatchAnnounceRequest]) -> Vec<String> {
+        requests
+            .iter()
+            .map(|r| serde_json::to_string(r).unwrap())
+            .collect()
+    }
+
+    fn entry(n: usize, have_hex: usize) -> BatchEntry {
+        BatchEntry {
+            id: format!("{n:064x}"),
+            complete: have_hex == 0,
+            have: (have_hex > 0).then(|| "f".repeat(have_hex)),
+            uploaded: n as u64 * 1000,
+            event: None,
+        }
+    }
+
+    fn peer() -> BatchAnnounceRequest {
+        BatchAnnounceRequest {
+            peer_id: "p".repeat(32),
+            addr: Some("0.0.0.0:7001".into()),
+            ..BatchAnnounceRequest::default()
+        }
+    }
+
+    #[test]
+    fn packing_fills_each_run_to_the_byte_or_item_bound_and_skips_the_oversized() {
+        // Envelope 10, items joined by commas: 10 + 5 + 1 + 5 = 21 fits 21, a third does not.
+        assert_eq!(pack(10, &[5, 5, 5, 5, 5], 100, 21), [0..2, 2..4, 4..5]);
+        assert_eq!(pack(10, &[5, 5, 5, 5, 5], 2, 1000), [0..2, 2..4, 4..5]);
+        assert_eq!(pack(10, &[5; 3], 100, 1000), [0..3]);
+        // An item that does not fit alone is left out, and splits the runs around it.
+        assert_eq!(pack(10, &[5, 12, 5], 100, 21), [0..1, 2..3]);
+        assert_eq!(pack(10, &[12, 5], 100, 21), [1..2]);
+        assert_eq!(pack(10, &[5, 12], 100, 21), [0..1]);
+        // Exactly the bound fits alone.
+        assert_eq!(pack(10, &[11, 11], 100, 21), [0..1, 1..2]);
+        assert!(pack(10, &[], 100, 21).is_empty());
+    }
+
+    #[test]
+    fn a_store_of_ten_thousand_complete_assets_is_three_requests_within_the_bounds() {
+        let entries: Vec<BatchEntry> = (0..10_000).map(|n| entry(n, 0)).collect();
+        let (requests, oversized) = split_batch(&peer(), entries.clone());
+        assert!(oversized.is_empty());
+        assert_eq!(requests.len(), 10_000usize.div_ceil(BATCH_MAX_ENTRIES));
+        for (request, body) in requests.iter().zip(bodies(&requests)) {
+            assert!(request.assets.len() <= BATCH_MAX_ENTRIES);
+            assert!(body.len() <= BATCH_MAX_BODY, "{} bytes", body.len());
+            assert_eq!(request.peer_id, peer().peer_id);
+            assert_eq!(request.addr, peer().addr);
+        }
+        let sent: Vec<BatchEntry> = requests.into_iter().flat_map(|r| r.assets).collect();
+        assert_eq!(sent, entries, "every entry once, in order");
+    }
+
+    #[test]
+    fn partial_assets_split_by_size_and_an_impossible_entry_is_handed_back() {
+        // 2^20 chunks: 256 KiB of hex, the biggest have a valid manifest gives.
+        let big = 1 << 18;
+        let mut entries: Vec<BatchEntry> = (0..10).map(|n| entry(n, big)).collect();
+        entries.insert(3, entry(99, BATCH_MAX_BODY));
+        entries.push(entry(100, 0));
+        let (requests, oversized) = split_batch(&peer(), entries.clone());
+        assert_eq!(oversized, [entries[3].clone()]);
+        let counts: Vec<usize> = requests.iter().map(|r| r.assets.len()).collect();
+        // Three 256 KiB entries and the envelope fit 1 MiB; a fourth does not.
+        assert_eq!(counts, [3, 3, 3, 2], "split around the oversized one, in order");
+        let full = serde_json::to_string(&requests[1]).unwrap().len();
+        assert!(full + big > BATCH_MAX_BODY, "a fourth would not have fit: {full}");
+        for body in bodies(&requests) {
+            assert!(body.len() <= BATCH_MAX_BODY, "{} bytes", body.len());
+        }
+        let sent: Vec<BatchEntry> = requests.into_iter().flat_map(|r| r.assets).collect();
+        let mut expected = entries;
+        expected.remove(3);
+        assert_eq!(sent, expected);
+    }
 }

@@ -27,14 +27,14 @@ use anyhow::{Context, Result};
 use crossbeam_channel::bounded;
 
 use crate::announce::{Announce, Announcer, Departure, LEAVE_BUDGET, Rhythm};
-use crate::api::{AnnounceEvent, AnnounceRequest};
+use crate::api::{AnnounceEvent, AnnounceRequest, BatchAnnounceRequest, BatchEntry};
 use crate::bitfield::LiveHave;
 use crate::http::{HttpConfig, HttpServer};
 use crate::manifest::{AssetId, Manifest};
 use crate::net::{Conns, Counted, Listener, Refusals, Refused};
 use crate::store::{InUse, Store};
 use crate::sync::LockExt;
-use crate::tracker_client::{HttpStatus, TrackerClient, new_peer_id};
+use crate::tracker_client::{HttpStatus, TrackerClient, new_peer_id, split_batch};
 use crate::wire::code;
 use stats::{Counters, Served};
 use tickets::{Gate, TicketCheck, Tickets};
@@ -249,6 +249,8 @@ impl Server {
                     origin: config.origin,
                     shared: Arc::clone(&shared),
                     instance: None,
+                    batches: true,
+                    refused: 0,
                 };
                 let mut rhythm = match config.announce_interval {
                     Some(fixed) => Rhythm::fixed(fixed),
@@ -396,7 +398,9 @@ impl Server {
     }
 }
 
-/// The peer server's heartbeat: every asset of its store, announced to its tracker.
+/// The peer server's heartbeat: every asset of its store, announced to its tracker in batches
+/// (`POST /announce`, a few requests for thousands of assets), or one request per asset to a
+/// tracker without the batch endpoint.
 struct StoreAnnounce {
     tracker: TrackerClient,
     peer_id: String,
@@ -405,15 +409,24 @@ struct StoreAnnounce {
     shared: Arc<Shared>,
     /// The tracker instance last answering, to say when it restarted.
     instance: Option<String>,
+    /// Whether to announce in batches: until the tracker answers 404 to one (a tracker older
+    /// than the endpoint), and again once it restarts (it may have been upgraded). Falling
+    /// back keeps this server in its swarms through a rolling upgrade, trackers last, at the
+    /// old cost, rather than out of all of them.
+    batches: bool,
+    /// Entries the tracker refused at the last beat (other than unknown assets), so that a
+    /// refusal is logged when it starts, not at every beat.
+    refused: usize,
 }
 
-impl Announce for StoreAnnounce {
-    /// One announce for every asset in the store; the interval the tracker asked for.
-    fn beat(&mut self) -> Result<Option<Duration>> {
+impl StoreAnnounce {
+    /// What to announce of every asset of the store: the ids, and their entries (for
+    /// `event`, `None`). One damaged asset must not take the server out of every other
+    /// swarm: it is logged and left out; so is an asset of which no chunk is held.
+    fn entries(&self) -> Result<(Vec<AssetId>, Vec<BatchEntry>)> {
         let shared = &self.shared;
-        let mut asked = None;
+        let (mut ids, mut entries) = (Vec::new(), Vec::new());
         for id in shared.store.list()? {
-            // One damaged asset must not take the server out of every other swarm.
             let state = shared.served(&id).and_then(|served| {
                 let served = served.with_context(|| format!("asset {id} has no manifest"))?;
                 let have = shared.store.have(&id, &served.manifest)?;
@@ -429,63 +442,192 @@ impl Announce for StoreAnnounce {
             if have.count() == 0 && !have.is_empty() {
                 continue;
             }
+            entries.push(BatchEntry {
+                id: id.to_string(),
+                complete: have.is_full(),
+                have: (!have.is_full()).then(|| have.to_hex()),
+                uploaded: served.uploaded.load(Ordering::Relaxed),
+                event: None,
+            });
+            ids.push(id);
+        }
+        Ok((ids, entries))
+    }
+
+    /// This peer's fields of a batch announce.
+    fn peer(&self, addr: Option<String>) -> BatchAnnounceRequest {
+        BatchAnnounceRequest {
+            peer_id: self.peer_id.clone(),
+            addr,
+            origin: self.origin,
+            assets: Vec::new(),
+        }
+    }
+
+    /// Notes the instance a tracker answered with: a change means it restarted, and this
+    /// beat announces every asset anyway, so it knows them all again when the beat ends.
+    fn answered_by(&mut self, instance: Option<String>) {
+        let (old, new) = (&self.instance, &instance);
+        if matches!((old, new), (Some(old), Some(new)) if old != new) {
+            log::info!(
+                "announce: tracker {} restarted; announcing every asset again",
+                self.tracker.url()
+            );
+            self.batches = true;
+        }
+        if instance.is_some() {
+            self.instance = instance;
+        }
+    }
+
+    /// One beat in batches; `Ok(None)` when the tracker has no batch endpoint.
+    fn beat_batched(&mut self, entries: Vec<BatchEntry>) -> Result<Option<Option<Duration>>> {
+        let (requests, oversized) = split_batch(&self.peer(Some(self.addr.clone())), entries);
+        for entry in oversized {
+            log::warn!(
+                "announce: not announcing {}: its entry is larger than a batch announce may be",
+                entry.id
+            );
+        }
+        let (mut asked, mut refused) = (None, Vec::new());
+        for request in &requests {
+            let answer = match self.tracker.announce_batch(request) {
+                Ok(answer) => answer,
+                Err(e) if status(&e) == Some(404) => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            asked = Some(Duration::from_secs(answer.interval_secs));
+            self.answered_by(Some(answer.instance));
+            // An asset published to another tracker is not an error for this one.
+            refused.extend(answer.refused.into_iter().filter(|r| r.status != 404));
+        }
+        if refused.len() != self.refused
+            && let Some(first) = refused.first()
+        {
+            log::warn!(
+                "announce: tracker {} refused {} of this store's assets, first {} ({} {})",
+                self.tracker.url(),
+                refused.len(),
+                first.id,
+                first.status,
+                first.error
+            );
+        }
+        self.refused = refused.len();
+        Ok(Some(asked))
+    }
+
+    /// One beat with one request per asset, for a tracker without the batch endpoint.
+    fn beat_single(&mut self, ids: &[AssetId], entries: Vec<BatchEntry>) -> Result<Option<Duration>> {
+        let mut asked = None;
+        for (id, entry) in ids.iter().zip(entries) {
             let request = AnnounceRequest {
                 peer_id: self.peer_id.clone(),
                 addr: Some(self.addr.clone()),
-                complete: have.is_full(),
-                have: (!have.is_full()).then(|| have.to_hex()),
+                complete: entry.complete,
+                have: entry.have,
                 origin: self.origin,
-                uploaded: served.uploaded.load(Ordering::Relaxed),
+                uploaded: entry.uploaded,
                 ..AnnounceRequest::default()
             };
-            match self.tracker.announce(&id, &request) {
+            match self.tracker.announce(id, &request) {
                 Ok(answer) => {
                     asked = Some(Duration::from_secs(answer.interval_secs));
-                    // This beat announces every asset anyway, so a restarted tracker
-                    // (which forgot every swarm) knows them all again when it ends.
-                    let (old, new) = (&self.instance, &answer.instance);
-                    if matches!((old, new), (Some(old), Some(new)) if old != new) {
-                        log::info!(
-                            "announce: tracker {} restarted; announcing every asset again",
-                            self.tracker.url()
-                        );
-                    }
-                    if answer.instance.is_some() {
-                        self.instance = answer.instance;
-                    }
+                    self.answered_by(answer.instance);
                 }
                 // An asset published to another tracker is not an error for this one.
-                Err(e)
-                    if e.downcast_ref::<HttpStatus>()
-                        .is_some_and(|s| s.status == 404) => {}
+                Err(e) if status(&e) == Some(404) => {}
                 Err(e) => return Err(e),
             }
         }
         Ok(asked)
     }
 
+    /// The `"stopped"` entries of every asset of the store, with what it served of each.
+    fn departures(&self) -> (Vec<AssetId>, Vec<BatchEntry>) {
+        let ids = self.shared.store.list().unwrap_or_default();
+        let entries = ids
+            .iter()
+            .map(|id| BatchEntry {
+                id: id.to_string(),
+                uploaded: self.shared.uploaded(id),
+                event: Some(AnnounceEvent::Stopped),
+                ..BatchEntry::default()
+            })
+            .collect();
+        (ids, entries)
+    }
+}
+
+/// The HTTP status of a tracker's refusal, when `e` is one.
+fn status(e: &anyhow::Error) -> Option<u16> {
+    e.downcast_ref::<HttpStatus>().map(|s| s.status)
+}
+
+impl Announce for StoreAnnounce {
+    /// Announces every asset in the store; the interval the tracker asked for.
+    fn beat(&mut self) -> Result<Option<Duration>> {
+        if self.batches {
+            let (_, entries) = self.entries()?;
+            let count = entries.len();
+            match self.beat_batched(entries)? {
+                Some(asked) => return Ok(asked),
+                None => {
+                    log::warn!(
+                        "announce: tracker {} has no batch announce (POST /announce: 404, an older tracker); announcing each of {count} assets on its own",
+                        self.tracker.url(),
+                    );
+                    self.batches = false;
+                }
+            }
+        }
+        // Read again rather than kept from the batch: this happens once per tracker.
+        let (ids, entries) = self.entries()?;
+        self.beat_single(&ids, entries)
+    }
+
     /// Tells the tracker this server is gone from each swarm, with what it served, so that
-    /// clients stop being sent to it now rather than after the peer timeout.
+    /// clients stop being sent to it now rather than after the peer timeout: in batches
+    /// (a few requests, whatever the store holds), or one request per asset to a tracker
+    /// without them, within [`LEAVE_BUDGET`] in all.
     fn leave(&mut self) {
         let started = Instant::now();
-        for id in self.shared.store.list().unwrap_or_default() {
-            let left = LEAVE_BUDGET.saturating_sub(started.elapsed());
-            if left.is_zero() {
-                log::info!(
-                    "announce: out of time to leave every swarm; the tracker times the rest out"
-                );
-                break;
+        let left = || LEAVE_BUDGET.saturating_sub(started.elapsed());
+        let (ids, entries) = self.departures();
+        if self.batches {
+            // Without an address: a leaving peer is dropped from the swarm whatever it says.
+            let (requests, _) = split_batch(&self.peer(None), entries);
+            for request in &requests {
+                if left().is_zero() {
+                    break;
+                }
+                // A tracker without batches learns of the departure at the peer timeout:
+                // the budget is too short to find out and then leave each swarm.
+                let _ = self.tracker.hurried(left()).announce_batch(request);
             }
-            let request = AnnounceRequest {
-                peer_id: self.peer_id.clone(),
-                event: Some(AnnounceEvent::Stopped),
-                uploaded: self.shared.uploaded(&id),
-                // So that the tracker counts an origin's last bytes as the origin's.
-                origin: self.origin,
-                ..AnnounceRequest::default()
-            };
-            let _ = self.tracker.hurried(left).announce(&id, &request);
+            if !left().is_zero() {
+                return;
+            }
+        } else {
+            for (id, entry) in ids.iter().zip(entries) {
+                if left().is_zero() {
+                    break;
+                }
+                let request = AnnounceRequest {
+                    peer_id: self.peer_id.clone(),
+                    event: entry.event,
+                    uploaded: entry.uploaded,
+                    // So that the tracker counts an origin's last bytes as the origin's.
+                    origin: self.origin,
+                    ..AnnounceRequest::default()
+                };
+                let _ = self.tracker.hurried(left()).announce(id, &request);
+            }
+            if !left().is_zero() {
+                return;
+            }
         }
+        log::info!("announce: out of time to leave every swarm; the tracker times the rest out");
     }
 
     fn tracker(&self) -> String {

@@ -9,6 +9,7 @@
 //! | `POST /assets` (body: manifest TOML) | `{"id",…,"created"}`; 201 when new, 200 when known |
 //! | `GET /assets/{id}` | the manifest, as TOML |
 //! | `POST /assets/{id}/announce` (JSON) | peers and origins to use, the origin share, when to announce next |
+//! | `POST /announce` (JSON) | a batch: one peer's announces of many assets, the refused ones |
 //! | `GET /assets/{id}/peers` | every live peer of the swarm |
 //! | `GET /stats` | global and per-swarm figures: peers, bytes served by peers and origins |
 //! | `GET /metrics` | the same figures in the Prometheus text format |
@@ -16,7 +17,7 @@
 //! Errors are JSON `{"error": "…"}` with a 4xx or 5xx status.
 //!
 //! Rooms: this file binds and serves; `routes` parses, authorises and answers each
-//! request; `swarm` keeps one asset's peers (heartbeats, timeouts, reports, bans) and
+//! request; `batch` answers a store's announces of many assets in one request; `swarm` keeps one asset's peers (heartbeats, timeouts, reports, bans) and
 //! picks whom to hand out and when each peer announces next; `plan` keeps per-chunk
 //! availability and splits what the origin sends among the downloaders (pure); `stats`
 //! computes `/stats` and `/metrics`; `warmup` is what a restarted tracker says until its
@@ -29,6 +30,7 @@
 //! and the global counters are atomics. Announces to different swarms run in parallel, on
 //! every core; `/stats` takes one swarm at a time.
 
+mod batch;
 pub mod catalog;
 mod plan;
 mod routes;
@@ -161,6 +163,8 @@ struct State {
     /// The instance id, and the hint for sources that may not have announced since the start.
     warm_up: WarmUp,
     announces: AtomicU64,
+    /// Batch announce requests, each of which added its entries to `announces`.
+    batches: AtomicU64,
     peer_timeout: Duration,
     max_peers: usize,
     auth: Option<Auth>,
@@ -234,6 +238,7 @@ impl Tracker {
                 started,
                 warm_up,
                 announces: AtomicU64::new(0),
+                batches: AtomicU64::new(0),
                 peer_timeout: config.peer_timeout,
                 max_peers: config.max_peers,
                 auth,

@@ -34,12 +34,12 @@ const LARGE_MANIFEST_BODY: u64 = 1 << 20;
 const LARGE_MANIFEST_CHUNKS: u64 = 1 << 14;
 /// A failed request: the status and the message for the JSON error body.
 #[derive(Debug)]
-struct HttpError {
-    status: u16,
-    message: String,
+pub(super) struct HttpError {
+    pub(super) status: u16,
+    pub(super) message: String,
 }
 
-fn err(status: u16, message: impl Into<String>) -> HttpError {
+pub(super) fn err(status: u16, message: impl Into<String>) -> HttpError {
     HttpError {
         status,
         message: message.into(),
@@ -47,13 +47,13 @@ fn err(status: u16, message: impl Into<String>) -> HttpError {
 }
 
 /// What a handler answers.
-enum Reply {
+pub(super) enum Reply {
     Json(u16, String),
     Toml(String),
     Metrics(String),
 }
 
-fn json(status: u16, value: &impl Serialize) -> Reply {
+pub(super) fn json(status: u16, value: &impl Serialize) -> Reply {
     Reply::Json(
         status,
         serde_json::to_string(value).expect("API types always serialize"),
@@ -128,12 +128,13 @@ impl State {
                 }
                 self.announce(id, req, remote)
             }
+            (Post, ["announce"]) => self.announce_batch(request, remote, token.as_deref()),
             (Get, ["assets", id, "peers"]) => {
                 let id = parse_id(id)?;
                 allow(Action::Fetch(&id))?;
                 self.peers(&id)
             }
-            (_, ["health" | "keys" | "stats" | "metrics" | "assets"])
+            (_, ["health" | "keys" | "stats" | "metrics" | "assets" | "announce"])
             | (_, ["assets", _])
             | (_, ["assets", _, "announce" | "peers"]) => {
                 Err(err(405, format!("{method} is not allowed on {path}")))
@@ -146,7 +147,11 @@ impl State {
     }
 
     /// With auth on, what the presented token may do; in open mode, anything (`None`).
-    fn authorize(&self, token: Option<&str>, action: Action) -> Result<Option<&Grant>, HttpError> {
+    pub(super) fn authorize(
+        &self,
+        token: Option<&str>,
+        action: Action,
+    ) -> Result<Option<&Grant>, HttpError> {
         let Some(auth) = &self.auth else {
             return Ok(None);
         };
@@ -157,7 +162,7 @@ impl State {
         }
     }
 
-    fn keys(&self) -> KeysResponse {
+    pub(super) fn keys(&self) -> KeysResponse {
         KeysResponse {
             keys: self
                 .auth
@@ -178,7 +183,7 @@ impl State {
 
     /// What the catalog's index knows of `id` (the chunk count, not the hashes): a map
     /// lookup that never waits behind a publish.
-    fn manifest(&self, id: &AssetId) -> Result<Arc<Entry>, HttpError> {
+    pub(super) fn manifest(&self, id: &AssetId) -> Result<Arc<Entry>, HttpError> {
         self.catalog.get(id).ok_or_else(|| not_published(id))
     }
 
@@ -249,25 +254,8 @@ impl State {
         remote: Option<SocketAddr>,
     ) -> Result<Reply, HttpError> {
         let chunk_count = self.manifest(&id)?.chunk_count();
-        if req.peer_id.is_empty()
-            || req.peer_id.len() > 64
-            || !req
-                .peer_id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
-            return Err(err(
-                400,
-                "peer_id must be 1 to 64 characters of letters, digits, '-' and '_'",
-            ));
-        }
-        let have = match (&req.have, req.complete) {
-            (_, true) => None,
-            (Some(hex), false) => Some(
-                Bitfield::from_hex(chunk_count, hex).map_err(|e| err(400, format!("have: {e}")))?,
-            ),
-            (None, false) => Some(Bitfield::new(chunk_count)),
-        };
+        check_peer_id(&req.peer_id)?;
+        let have = parse_have(chunk_count, req.complete, req.have.as_deref())?;
         let addr = match &req.addr {
             Some(text) => Some(resolve_addr(text, remote)?),
             None => None,
@@ -343,16 +331,55 @@ fn bearer_token(request: &http::Request<'_>) -> Option<String> {
         .map(|t| t.trim().to_string())
 }
 
+/// Refuses a peer id that is not 1 to 64 characters of `A-Z a-z 0-9 - _`.
+pub(super) fn check_peer_id(peer_id: &str) -> Result<(), HttpError> {
+    let valid = |b: u8| b.is_ascii_alphanumeric() || b == b'-' || b == b'_';
+    if peer_id.is_empty() || peer_id.len() > 64 || !peer_id.bytes().all(valid) {
+        return Err(err(
+            400,
+            "peer_id must be 1 to 64 characters of letters, digits, '-' and '_'",
+        ));
+    }
+    Ok(())
+}
+
+/// What an announce says it holds: `None` for every chunk, else its `have` bitfield of
+/// `chunk_count` bits (none held when absent).
+pub(super) fn parse_have(
+    chunk_count: u32,
+    complete: bool,
+    have: Option<&str>,
+) -> Result<Option<Bitfield>, HttpError> {
+    Ok(match (have, complete) {
+        (_, true) => None,
+        (Some(hex), false) => Some(
+            Bitfield::from_hex(chunk_count, hex).map_err(|e| err(400, format!("have: {e}")))?,
+        ),
+        (None, false) => Some(Bitfield::new(chunk_count)),
+    })
+}
+
 /// Takes one request from `remote`'s allowance of `what`, when there is a limit.
 fn rate_limit(
     limiter: &Option<AddressLimiter>,
     remote: Option<SocketAddr>,
     what: &str,
 ) -> Result<(), HttpError> {
+    rate_limit_cost(limiter, remote, what, 1)
+}
+
+/// Takes `cost` requests at once from `remote`'s allowance of `what` (see
+/// [`AddressLimiter::check_cost`]), when there is a limit.
+pub(super) fn rate_limit_cost(
+    limiter: &Option<AddressLimiter>,
+    remote: Option<SocketAddr>,
+    what: &str,
+    cost: u32,
+) -> Result<(), HttpError> {
     let (Some(limiter), Some(remote)) = (limiter, remote) else {
         return Ok(());
     };
-    limiter.check(remote.ip()).map_err(|wait| {
+    limiter.check_cost(remote.ip(), cost).map_err(|wait| {
         err(
             429,
             format!(
@@ -384,12 +411,12 @@ fn busy(b: Busy) -> HttpError {
     )
 }
 
-fn parse_id(text: &str) -> Result<AssetId, HttpError> {
+pub(super) fn parse_id(text: &str) -> Result<AssetId, HttpError> {
     text.parse().map_err(|e: String| err(400, e))
 }
 
 /// Reads a request body of at most `limit` bytes as UTF-8, refusing larger ones up front.
-fn read_body(request: &mut http::Request<'_>, limit: usize) -> Result<String, HttpError> {
+pub(super) fn read_body(request: &mut http::Request<'_>, limit: usize) -> Result<String, HttpError> {
     let body = request.body(limit).map_err(|e| err(e.status, e.message))?;
     String::from_utf8(body).map_err(|_| err(400, "request body is not UTF-8"))
 }
@@ -397,7 +424,7 @@ fn read_body(request: &mut http::Request<'_>, limit: usize) -> Result<String, Ht
 /// Where a peer serves: its stated address, with an unspecified ip (`0.0.0.0`, `::`)
 /// replaced by the address its announce came from. A loopback address announced from
 /// another address is refused: handed out, it would send every client to itself.
-fn resolve_addr(text: &str, remote: Option<SocketAddr>) -> Result<SocketAddr, HttpError> {
+pub(super) fn resolve_addr(text: &str, remote: Option<SocketAddr>) -> Result<SocketAddr, HttpError> {
     let stated: SocketAddr = text.parse().map_err(|_| {
         err(
             400,

@@ -51,6 +51,7 @@ impl State {
                 bytes(|f| f.origin_uploaded),
                 self.announces.load(Ordering::Relaxed),
             ),
+            announce_batches: self.batches.load(Ordering::Relaxed),
             uptime_secs: self.started.elapsed().as_secs(),
             swarms: list,
         }
@@ -72,6 +73,11 @@ impl State {
             "Announces received, every swarm together.",
         )
         .sample(&[], stats.totals.announces);
+        m.counter(
+            "swarmcache_tracker_announce_batches_total",
+            "Batch announce requests received (each entry counts among the announces).",
+        )
+        .sample(&[], stats.announce_batches);
         let per_swarm = |m: &mut Exposition, name, kind, help, figure: fn(&Figures) -> u64| {
             let mut family = m.family(name, kind, help);
             for swarm in &stats.swarms {
