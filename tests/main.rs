@@ -17,5 +17,6 @@ mod network;
 mod outputs;
 mod pipeline;
 mod restarts;
+mod store_announce;
 mod stream;
 mod swarm;
