@@ -295,7 +295,11 @@ pub fn split_batch(
         .len();
     let sizes: Vec<usize> = entries
         .iter()
-        .map(|e| serde_json::to_string(e).expect("batch entry serializes").len())
+        .map(|e| {
+            serde_json::to_string(e)
+                .expect("batch entry serializes")
+                .len()
+        })
         .collect();
     let runs = pack(fixed, &sizes, BATCH_MAX_ENTRIES, BATCH_MAX_BODY);
     let mut requests = Vec::with_capacity(runs.len());
@@ -446,9 +450,16 @@ mod tests {
         assert_eq!(oversized, [entries[3].clone()]);
         let counts: Vec<usize> = requests.iter().map(|r| r.assets.len()).collect();
         // Three 256 KiB entries and the envelope fit 1 MiB; a fourth does not.
-        assert_eq!(counts, [3, 3, 3, 2], "split around the oversized one, in order");
+        assert_eq!(
+            counts,
+            [3, 3, 3, 2],
+            "split around the oversized one, in order"
+        );
         let full = serde_json::to_string(&requests[1]).unwrap().len();
-        assert!(full + big > BATCH_MAX_BODY, "a fourth would not have fit: {full}");
+        assert!(
+            full + big > BATCH_MAX_BODY,
+            "a fourth would not have fit: {full}"
+        );
         for body in bodies(&requests) {
             assert!(body.len() <= BATCH_MAX_BODY, "{} bytes", body.len());
         }

@@ -518,7 +518,11 @@ impl StoreAnnounce {
     }
 
     /// One beat with one request per asset, for a tracker without the batch endpoint.
-    fn beat_single(&mut self, ids: &[AssetId], entries: Vec<BatchEntry>) -> Result<Option<Duration>> {
+    fn beat_single(
+        &mut self,
+        ids: &[AssetId],
+        entries: Vec<BatchEntry>,
+    ) -> Result<Option<Duration>> {
         let mut asked = None;
         for (id, entry) in ids.iter().zip(entries) {
             let request = AnnounceRequest {

@@ -352,9 +352,9 @@ pub(super) fn parse_have(
 ) -> Result<Option<Bitfield>, HttpError> {
     Ok(match (have, complete) {
         (_, true) => None,
-        (Some(hex), false) => Some(
-            Bitfield::from_hex(chunk_count, hex).map_err(|e| err(400, format!("have: {e}")))?,
-        ),
+        (Some(hex), false) => {
+            Some(Bitfield::from_hex(chunk_count, hex).map_err(|e| err(400, format!("have: {e}")))?)
+        }
         (None, false) => Some(Bitfield::new(chunk_count)),
     })
 }
@@ -416,7 +416,10 @@ pub(super) fn parse_id(text: &str) -> Result<AssetId, HttpError> {
 }
 
 /// Reads a request body of at most `limit` bytes as UTF-8, refusing larger ones up front.
-pub(super) fn read_body(request: &mut http::Request<'_>, limit: usize) -> Result<String, HttpError> {
+pub(super) fn read_body(
+    request: &mut http::Request<'_>,
+    limit: usize,
+) -> Result<String, HttpError> {
     let body = request.body(limit).map_err(|e| err(e.status, e.message))?;
     String::from_utf8(body).map_err(|_| err(400, "request body is not UTF-8"))
 }
@@ -424,7 +427,10 @@ pub(super) fn read_body(request: &mut http::Request<'_>, limit: usize) -> Result
 /// Where a peer serves: its stated address, with an unspecified ip (`0.0.0.0`, `::`)
 /// replaced by the address its announce came from. A loopback address announced from
 /// another address is refused: handed out, it would send every client to itself.
-pub(super) fn resolve_addr(text: &str, remote: Option<SocketAddr>) -> Result<SocketAddr, HttpError> {
+pub(super) fn resolve_addr(
+    text: &str,
+    remote: Option<SocketAddr>,
+) -> Result<SocketAddr, HttpError> {
     let stated: SocketAddr = text.parse().map_err(|_| {
         err(
             400,
