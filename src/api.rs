@@ -178,8 +178,8 @@ impl<S> AnnounceResponse<S> {
 }
 
 /// Most entries in one batch announce (`POST /announce`). An entry costs the tracker about
-/// a microsecond (a swarm update and no answer to build), so a full batch holds one HTTP
-/// worker for a few milliseconds, and a store of 10 000 assets is three requests a beat.
+/// 2 µs (a swarm update and no answer to build), so a full batch holds one HTTP worker for
+/// under 10 ms, and a store of 10 000 assets is three requests a beat.
 pub const BATCH_MAX_ENTRIES: usize = 4096;
 /// Largest body of one batch announce. A complete entry is about 110 bytes, so a full batch
 /// of them is under half of it; an entry of a partial asset carries its `have` in hex, up

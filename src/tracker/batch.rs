@@ -34,12 +34,12 @@ use crate::http;
 use crate::manifest::AssetId;
 use crate::sync::LockExt;
 
-/// Batch entries that cost one token of the address's announce rate. A single announce
-/// costs the tracker about 30 µs (the request's parsing and answer, a peers list, a ticket
-/// signature with auth on) and a batch entry about 1 µs (a swarm update, no answer), so a
-/// batch of 100 entries is charged as one announce, rounded up: a store of 10 000 assets
-/// takes 100 of the default 100 a second every heartbeat (20 s), a twentieth of its
-/// address's rate, and fits the burst of 200 on its first beat.
+/// Batch entries that cost one token of the address's announce rate. Measured (release,
+/// loopback, 10 000 complete assets): a batch entry costs the tracker 2.1 µs of CPU, its
+/// share of the request included (no answer to build), a seeder's single announce on its
+/// own connection 145 µs. So 100 entries, about 210 µs, are charged as one announce, rounded
+/// up: a store of 10 000 assets takes 100 tokens a heartbeat (20 s), a twentieth of the
+/// default 100 a second, and its first beat fits the burst of 200.
 const ENTRIES_PER_TOKEN: usize = 100;
 
 /// The tokens a batch of `entries` entries is charged: one per [`ENTRIES_PER_TOKEN`]
