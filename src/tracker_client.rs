@@ -409,6 +409,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::single_range_in_vec_init)] // one run is one range
     fn packing_fills_each_run_to_the_byte_or_item_bound_and_skips_the_oversized() {
         // Envelope 10, items joined by commas: 10 + 5 + 1 + 5 = 21 fits 21, a third does not.
         assert_eq!(pack(10, &[5, 5, 5, 5, 5], 100, 21), [0..2, 2..4, 4..5]);
