@@ -598,21 +598,24 @@ impl Announce for StoreAnnounce {
         let started = Instant::now();
         let left = || LEAVE_BUDGET.saturating_sub(started.elapsed());
         let (ids, entries) = self.departures();
+        let mut one_by_one = !self.batches;
         if self.batches {
             // Without an address: a leaving peer is dropped from the swarm whatever it says.
-            let (requests, _) = split_batch(&self.peer(None), entries);
+            let (requests, _) = split_batch(&self.peer(None), entries.clone());
             for request in &requests {
                 if left().is_zero() {
                     break;
                 }
-                // A tracker without batches learns of the departure at the peer timeout:
-                // the budget is too short to find out and then leave each swarm.
-                let _ = self.tracker.hurried(left()).announce_batch(request);
+                let result = self.tracker.hurried(left()).announce_batch(request);
+                // A tracker that restarted into an older version than the one that took
+                // batches: what is left of the budget goes to leaving one swarm at a time.
+                if result.is_err_and(|e| status(&e) == Some(404)) {
+                    one_by_one = true;
+                    break;
+                }
             }
-            if !left().is_zero() {
-                return;
-            }
-        } else {
+        }
+        if one_by_one {
             for (id, entry) in ids.iter().zip(entries) {
                 if left().is_zero() {
                     break;
@@ -627,11 +630,12 @@ impl Announce for StoreAnnounce {
                 };
                 let _ = self.tracker.hurried(left()).announce(id, &request);
             }
-            if !left().is_zero() {
-                return;
-            }
         }
-        log::info!("announce: out of time to leave every swarm; the tracker times the rest out");
+        if left().is_zero() {
+            log::info!(
+                "announce: out of time to leave every swarm; the tracker times the rest out"
+            );
+        }
     }
 
     fn tracker(&self) -> String {
