@@ -5,7 +5,7 @@ use std::os::unix::fs::FileExt;
 use std::time::Duration;
 
 use crate::harness::{
-    Proc, ServerProc, TrackerProc, eventually, get, random_file, spawn_get, stored_chunks,
+    Proc, ServerProc, Tmpfs, TrackerProc, eventually, get, random_file, spawn_get, stored_chunks,
 };
 
 #[test]
@@ -442,43 +442,11 @@ fn one_address_cannot_take_every_connection_slot() {
     });
 }
 
-/// A tmpfs of `size` mounted at `dir` for the life of the value (tests run as root).
-struct Tmpfs(std::path::PathBuf);
-
-impl Tmpfs {
-    /// `None` when this process may not mount (not root, or no mount namespace rights).
-    fn mount(dir: &std::path::Path, size: &str) -> Option<Tmpfs> {
-        fs::create_dir_all(dir).unwrap();
-        let status = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir)
-            .stderr(std::process::Stdio::null())
-            .status()
-            .ok()?;
-        status.success().then(|| Tmpfs(dir.to_path_buf()))
-    }
-
-    fn resize(&self, size: &str) {
-        let status = std::process::Command::new("mount")
-            .args(["-o", &format!("remount,size={size}")])
-            .arg(&self.0)
-            .status()
-            .unwrap();
-        assert!(status.success(), "remounting {}", self.0.display());
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.0).status();
-    }
-}
-
 #[test]
 fn a_full_disk_is_a_clear_error_and_the_download_resumes_once_there_is_room() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let Some(disk) = Tmpfs::mount(&d.join("small"), "1m") else {
+    let Some(disk) = Tmpfs::mount(&d.join("small"), "size=1m") else {
         eprintln!("skipped: mounting a tmpfs needs root (the disk-full case is not tested)");
         return;
     };
@@ -497,7 +465,7 @@ fn a_full_disk_is_a_clear_error_and_the_download_resumes_once_there_is_room() {
     // What the store claims is there, is there: the resume re-hashes nothing in vain and
     // fetches only the rest.
     let kept = stored_chunks(&d.join("small/store"), &id);
-    disk.resize("8m");
+    disk.remount("size=8m");
     let summary = get(d, &tracker.url, &id, "copy.bin", "small/store", &[]).json();
     assert!(fs::read(d.join("copy.bin")).unwrap() == bytes);
     assert_eq!(

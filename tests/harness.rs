@@ -655,3 +655,37 @@ pub fn handshake(
     wire::write_message(stream, &hello).unwrap();
     wire::read_message(stream, MAX_FRAME).unwrap()
 }
+
+/// A tmpfs mounted at `dir` with the mount options `options` (`size=1m`, `ro`) for the life
+/// of the value: the test's own file system, never the machine's (tests run as root in CI).
+pub struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    /// `None` when this process may not mount (not root, or no mount namespace rights).
+    pub fn mount(dir: &Path, options: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(dir).unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
+            .arg(dir)
+            .stderr(Stdio::null())
+            .status()
+            .ok()?;
+        status.success().then(|| Tmpfs(dir.to_path_buf()))
+    }
+
+    /// Mounts it again with other options (`size=8m`).
+    pub fn remount(&self, options: &str) {
+        let status = Command::new("mount")
+            .args(["-o", &format!("remount,{options}")])
+            .arg(&self.0)
+            .status()
+            .unwrap();
+        assert!(status.success(), "remounting {}", self.0.display());
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}

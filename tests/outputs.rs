@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::harness::{
-    Proc, ServerProc, TrackerProc, bin, eventually, get, random_file, run, spawn_get,
+    Proc, ServerProc, Tmpfs, TrackerProc, bin, eventually, get, random_file, run, spawn_get,
 };
 
 fn is_root() -> bool {
@@ -223,15 +223,6 @@ fn explicit_output_replaces_a_file_atomically_and_the_default_name_never_does() 
     assert!(help.contains("never replacing a file"), "{help}");
 }
 
-/// A tmpfs mounted read-only at `path`, unmounted when dropped.
-struct ReadOnlyMount(std::path::PathBuf);
-
-impl Drop for ReadOnlyMount {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-    }
-}
-
 #[test]
 fn an_output_directory_missing_or_read_only_fails_before_downloading() {
     let dir = tempfile::tempdir().unwrap();
@@ -255,17 +246,10 @@ fn an_output_directory_missing_or_read_only_fails_before_downloading() {
         eprintln!("skipping the read-only directory part: mounting needs root");
         return;
     }
-    fs::create_dir(d.join("ro")).unwrap();
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "ro", "tmpfs"])
-        .arg(d.join("ro"))
-        .status()
-        .unwrap();
-    if !mounted.success() {
+    let Some(_mount) = Tmpfs::mount(&d.join("ro"), "ro") else {
         eprintln!("skipping the read-only directory part: mount -t tmpfs -o ro failed");
         return;
-    }
-    let _mount = ReadOnlyMount(d.join("ro"));
+    };
     let read_only = get(d, &tracker.url, &id, "ro/x", "client", &[]);
     let stderr = read_only.code(5);
     assert!(stderr.contains("directory ro is not writable"), "{stderr}");
