@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -115,6 +116,23 @@ impl Listener {
         }
     }
 
+    /// Accepts a connection waiting to be accepted, if any, without blocking (for a caller
+    /// that waits for the listener in its own `epoll` set, see [`AsFd`]). The socket comes
+    /// back non-blocking.
+    pub fn try_accept(&self) -> io::Result<Option<(TcpStream, SocketAddr)>> {
+        loop {
+            return match self.listener.accept() {
+                Ok((stream, remote)) => {
+                    stream.set_nonblocking(true)?;
+                    Ok(Some((stream, remote)))
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => Err(e),
+            };
+        }
+    }
+
     /// Waits up to [`ACCEPT_POLL`] for a connection to accept.
     fn wait(&self) {
         let timeout = Timespec {
@@ -124,6 +142,12 @@ impl Listener {
         let mut fds = [PollFd::new(&self.listener, PollFlags::IN)];
         // An error (EINTR, say) only means looking at the flag sooner.
         let _ = rustix::event::poll(&mut fds, Some(&timeout));
+    }
+}
+
+impl AsFd for Listener {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.listener.as_fd()
     }
 }
 

@@ -1,30 +1,34 @@
-//! One HTTP connection: its socket with a deadline on every read and write (looking at the
-//! shutdown flag while it waits), and the buffer its request heads are read into.
+//! One HTTP connection: its non-blocking socket, with a deadline on every read and write
+//! (waited for in `poll(2)`, looking at the shutdown flag), the buffer its requests gather
+//! in, and the clock of its request and idle deadlines. The poller and the workers both
+//! hold a `Conn`, one at a time.
 
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Receiver;
+use rustix::event::{PollFd, PollFlags, Timespec};
 
-use super::head::{Head, Method};
-use super::{Accepted, MAX_HEAD, Response, response};
-use crate::net::{ShutdownHandle, is_timeout};
+use super::head::{Buffered, MAX_BUFFERED_BODY, Parsed, inspect};
+use super::{MAX_HEAD, Response, response};
+use crate::net::{Counted, ShutdownHandle, linger_close};
 
-/// Most header fields in one request head: clients send a handful, browsers about 15.
-pub(super) const MAX_HEADERS: usize = 64;
 /// Large bodies and answers move their deadline back by one second per this many bytes, so
 /// an 80 MiB manifest is not cut off by a deadline sized for small requests, while a client
 /// dribbling bytes gains nothing. 256 KiB/s is 2 Mbit/s, slower than any link a tracker
 /// is used over.
 const MIN_TRANSFER_RATE: f64 = (256 << 10) as f64;
-/// Longest a blocked read waits before it looks at the shutdown flag (and, between
-/// requests, at the queue): a stop reaches every worker within this.
+/// Longest a blocked read waits before it looks at the shutdown flag: a stop reaches every
+/// worker within this.
 const POLL: Duration = Duration::from_millis(100);
-/// A connection silent for this long gives its worker up when others wait for one. Clients
-/// send their request within a round trip of connecting or of their previous answer, so a
-/// second of silence is a connection pooled for later, or a client with nothing to say.
-const IDLE_UNDER_PRESSURE: Duration = Duration::from_secs(1);
+/// Bytes asked of one read: a request head and an announce fit, and a larger body takes a
+/// few reads into a buffer that grows only as bytes arrive.
+const READ_SIZE: usize = 4 << 10;
+/// Most buffer an idle connection keeps: more (after a large body) is given back, so a few
+/// thousand idle connections cost a few MiB at most.
+const IDLE_BUFFER: usize = 4 << 10;
+/// Most unconsumed bytes a connection buffers: a whole head and a gathered body.
+const MAX_BUFFERED: usize = MAX_HEAD + MAX_BUFFERED_BODY;
 
 /// Why reading or writing a connection stopped.
 #[derive(Debug)]
@@ -50,26 +54,39 @@ impl std::fmt::Display for Failure {
     }
 }
 
-/// A connection's socket, with the deadlines of its reads and writes.
+/// A connection's non-blocking socket.
 pub(super) struct Socket {
     pub(super) stream: TcpStream,
     pub(super) stop: ShutdownHandle,
-    /// The read timeout last set, to skip setting it again.
-    pub(super) read_timeout: Option<Duration>,
-    pub(super) write_timeout: Option<Duration>,
+}
+
+/// `timeout` as `poll(2)` takes it.
+fn timespec(timeout: Duration) -> Timespec {
+    Timespec {
+        tv_sec: timeout.as_secs() as _,
+        tv_nsec: timeout.subsec_nanos() as _,
+    }
 }
 
 impl Socket {
-    fn set_read_timeout(&mut self, timeout: Duration) -> Result<(), Failure> {
-        // std refuses a zero timeout; under a millisecond left means "now" here anyway.
-        let timeout = timeout.max(Duration::from_millis(1));
-        if self.read_timeout != Some(timeout) {
-            self.stream
-                .set_read_timeout(Some(timeout))
-                .map_err(Failure::Io)?;
-            self.read_timeout = Some(timeout);
+    /// Waits up to `timeout` for the socket to be ready for `flags`; an error (EINTR) only
+    /// means looking again sooner.
+    fn wait(&self, flags: PollFlags, timeout: Duration) {
+        let mut fds = [PollFd::new(&self.stream, flags)];
+        let _ = rustix::event::poll(&mut fds, Some(&timespec(timeout)));
+    }
+
+    /// One read of what has arrived: `None` when nothing has.
+    pub(super) fn try_read(&self, into: &mut [u8]) -> Result<Option<usize>, Failure> {
+        loop {
+            return match (&self.stream).read(into) {
+                Ok(0) if !into.is_empty() => Err(Failure::Closed),
+                Ok(n) => Ok(Some(n)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => Err(Failure::Io(e)),
+            };
         }
-        Ok(())
     }
 
     /// Reads what arrives into `into` (at least one byte) by `deadline`, looking at the
@@ -79,23 +96,20 @@ impl Socket {
             if self.stop.is_shutdown() {
                 return Err(Failure::Stopped);
             }
+            if let Some(n) = self.try_read(into)? {
+                return Ok(n);
+            }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(Failure::Timeout);
             }
-            self.set_read_timeout(left.min(POLL))?;
-            match (&self.stream).read(into) {
-                Ok(0) => return Err(Failure::Closed),
-                Ok(n) => return Ok(n),
-                Err(e) if is_timeout(&e) || e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(Failure::Io(e)),
-            }
+            self.wait(PollFlags::IN, left.min(POLL));
         }
     }
 
-    /// Writes `parts` in full: each write may wait `per_write` for the client to make room,
-    /// and all of it must be out by a deadline of `per_write` plus the time the bytes take
-    /// at [`MIN_TRANSFER_RATE`].
+    /// Writes `parts` in full: the client may leave no room for `per_write` at a time, and
+    /// all of it must be out by a deadline of `per_write` plus the time the bytes take at
+    /// [`MIN_TRANSFER_RATE`].
     pub(super) fn write_all(
         &mut self,
         parts: &[&[u8]],
@@ -106,23 +120,23 @@ impl Socket {
         let mut slices: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
         let mut slices = &mut slices[..];
         IoSlice::advance_slices(&mut slices, 0);
+        let mut progress = Instant::now();
         while !slices.is_empty() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(Failure::Timeout);
-            }
-            let timeout = left.min(per_write).max(Duration::from_millis(1));
-            if self.write_timeout != Some(timeout) {
-                self.stream
-                    .set_write_timeout(Some(timeout))
-                    .map_err(Failure::Io)?;
-                self.write_timeout = Some(timeout);
-            }
             match (&self.stream).write_vectored(slices) {
                 Ok(0) => return Err(Failure::Closed),
-                Ok(n) => IoSlice::advance_slices(&mut slices, n),
+                Ok(n) => {
+                    IoSlice::advance_slices(&mut slices, n);
+                    progress = Instant::now();
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if is_timeout(&e) => return Err(Failure::Timeout),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let until = (progress + per_write).min(deadline);
+                    let left = until.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Err(Failure::Timeout);
+                    }
+                    self.wait(PollFlags::OUT, left);
+                }
                 Err(e) => return Err(Failure::Io(e)),
             }
         }
@@ -135,130 +149,210 @@ pub(super) fn transfer_allowance(bytes: u64) -> Duration {
     Duration::from_secs_f64(bytes as f64 / MIN_TRANSFER_RATE)
 }
 
-/// A connection being served: its socket and the buffer its request heads are read into.
+/// The deadlines every connection of a server keeps.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Limits {
+    pub(super) request_timeout: Duration,
+    pub(super) idle_timeout: Duration,
+    pub(super) write_timeout: Duration,
+}
+
+/// When the buffered bytes are worth inspecting again: parsing a head on every byte of a
+/// client that sends one at a time would cost us far more than it costs the client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Look {
+    /// At the next bytes, whatever they are.
+    Now,
+    /// Once a line ends (or the head limit is reached).
+    AtNewline,
+    /// Once this many bytes are buffered (the rest of a small body).
+    AtLength(usize),
+}
+
+/// What became of a non-blocking read of what a connection had sent.
+pub(super) enum Filled {
+    /// Bytes arrived (or the buffer is full).
+    Some,
+    /// Nothing had arrived.
+    Nothing,
+}
+
+/// A connection: its socket, the bytes it sent that are not consumed yet, its deadlines,
+/// and its place in the poller.
 pub(super) struct Conn {
     pub(super) socket: Socket,
     pub(super) remote: SocketAddr,
-    pub(super) request_timeout: Duration,
-    pub(super) write_timeout: Duration,
+    pub(super) limits: Limits,
+    /// Received bytes; those from `pos` on are not consumed yet.
     pub(super) buf: Vec<u8>,
-    /// Where the unconsumed bytes in `buf` start and end.
     pub(super) pos: usize,
-    pub(super) filled: usize,
-}
-
-/// How waiting for a request ended without one.
-pub(super) enum NoRequest {
-    /// Closed, quietly: the client went, the server stops, or the connection gave way to
-    /// waiting ones.
-    Quiet,
-    /// Silent past its deadline.
-    Timeout,
+    /// When the request being received began: its first byte, or, for a connection's first
+    /// request, the accept (a client must not connect and wait).
+    started: Option<Instant>,
+    /// When the connection last finished an answer, for the idle timeout.
+    idle_since: Instant,
+    /// Requests answered.
+    pub(super) served: u32,
+    look: Look,
+    /// The poller's name for it, in its epoll set.
+    pub(super) token: u64,
+    /// Whether it is in the poller's epoll set.
+    pub(super) registered: bool,
+    /// Its place in the server's connection counts, freed when it is dropped.
+    _counted: Counted,
 }
 
 impl Conn {
-    /// Waits up to `limit` for the first byte of a request. When connections wait for a
-    /// worker, a silent one gives its worker up after [`IDLE_UNDER_PRESSURE`].
-    pub(super) fn wait_for_request(
-        &mut self,
-        limit: Duration,
-        queue: &Receiver<Accepted>,
-    ) -> Result<Instant, NoRequest> {
-        self.buf.copy_within(self.pos..self.filled, 0);
-        self.filled -= self.pos;
-        self.pos = 0;
-        let since = Instant::now();
-        if self.filled > 0 {
-            return Ok(since);
+    /// A connection just accepted at `now` (its socket non-blocking already).
+    pub(super) fn new(
+        socket: Socket,
+        remote: SocketAddr,
+        limits: Limits,
+        counted: Counted,
+        token: u64,
+        now: Instant,
+    ) -> Conn {
+        Conn {
+            socket,
+            remote,
+            limits,
+            buf: Vec::new(),
+            pos: 0,
+            started: Some(now),
+            idle_since: now,
+            served: 0,
+            look: Look::Now,
+            token,
+            registered: false,
+            _counted: counted,
         }
-        let deadline = since + limit;
-        let under_pressure_from = since + IDLE_UNDER_PRESSURE;
+    }
+
+    /// Unconsumed bytes.
+    pub(super) fn buffered(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+
+    /// Appends one read's worth to the buffer: by `deadline` (at least one byte), or without
+    /// waiting with `None`. The bytes read (0: nothing had arrived, or the buffer is full)
+    /// and whether they filled the room asked for (more may be waiting).
+    fn read_more(&mut self, deadline: Option<Instant>) -> Result<(usize, bool), Failure> {
+        let old = self.buf.len();
+        let room = (MAX_BUFFERED - self.buffered()).min(READ_SIZE.max(self.buf.capacity() - old));
+        if room == 0 {
+            return Ok((0, false));
+        }
+        self.buf.resize(old + room, 0);
+        let into = &mut self.buf[old..];
+        let read = match deadline {
+            None => self.socket.try_read(into).map(|n| n.unwrap_or(0)),
+            Some(deadline) => self.socket.read_by(into, deadline),
+        };
+        let n = *read.as_ref().unwrap_or(&0);
+        self.buf.truncate(old + n);
+        if n > 0 && old == self.pos && self.started.is_none() {
+            self.started = Some(Instant::now());
+        }
+        read.map(|n| (n, n == room))
+    }
+
+    /// Reads, without waiting, what the client has sent (up to the buffer's bound).
+    pub(super) fn fill(&mut self) -> Result<Filled, Failure> {
+        let mut filled = Filled::Nothing;
         loop {
-            let now = Instant::now();
-            // Until the connection has been silent long enough to give way, one long wait;
-            // then a look at the queue every POLL.
-            let until = if now < under_pressure_from {
-                under_pressure_from
-            } else {
-                now + POLL
-            };
-            match self.socket.read_by(&mut self.buf, until.min(deadline)) {
-                Ok(n) => {
-                    self.filled = n;
-                    return Ok(Instant::now());
-                }
-                Err(Failure::Timeout) if Instant::now() >= deadline => {
-                    return Err(NoRequest::Timeout);
-                }
-                Err(Failure::Timeout) if !queue.is_empty() => return Err(NoRequest::Quiet),
-                Err(Failure::Timeout) => {}
-                Err(_) => return Err(NoRequest::Quiet),
+            let (n, more) = self.read_more(None)?;
+            if n > 0 {
+                filled = Filled::Some;
+            }
+            if !more {
+                return Ok(filled);
             }
         }
     }
 
-    /// Reads and parses a request head by `deadline`. On failure, the answer to send before
-    /// closing (none when the client is gone) and what to log.
-    pub(super) fn read_head(
-        &mut self,
-        deadline: Instant,
-    ) -> Result<Head, (Option<Response>, String)> {
-        loop {
-            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            let mut parsed = httparse::Request::new(&mut headers);
-            match parsed.parse(&self.buf[..self.filled]) {
-                Ok(httparse::Status::Complete(len)) => {
-                    let head = Head {
-                        method: Method::parse(parsed.method.unwrap_or("")),
-                        target: parsed.path.unwrap_or("").to_string(),
-                        minor_version: parsed.version.unwrap_or(1),
-                        headers: parsed
-                            .headers
-                            .iter()
-                            .map(|h| {
-                                let value = String::from_utf8_lossy(h.value);
-                                (h.name.to_string(), value.into_owned())
-                            })
-                            .collect(),
-                    };
-                    self.pos = len;
-                    return Ok(head);
-                }
-                Ok(httparse::Status::Partial) if self.filled == self.buf.len() => {
-                    let message =
-                        format!("request head is larger than the {MAX_HEAD} bytes allowed");
-                    return Err((Some(Response::error(431, &message)), message));
-                }
-                Ok(httparse::Status::Partial) => {}
-                Err(httparse::Error::TooManyHeaders) => {
-                    let message =
-                        format!("request has more than the {MAX_HEADERS} header fields allowed");
-                    return Err((Some(Response::error(431, &message)), message));
-                }
-                Err(e) => {
-                    let message = format!(
-                        "malformed request ({e}): this server speaks HTTP/1.1 (no TLS, no HTTP/2)"
-                    );
-                    return Err((Some(Response::error(400, &message)), message));
-                }
+    /// Waits up to `deadline` (and no longer than the request's own) for more bytes; false
+    /// when none came.
+    pub(super) fn wait_more(&mut self, deadline: Instant) -> Result<bool, Failure> {
+        let deadline = deadline.min(self.deadline());
+        match self.read_more(Some(deadline)) {
+            Ok((n, _)) => Ok(n > 0),
+            Err(Failure::Timeout) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The next request, if the buffered bytes hold one a worker can take. Heads are parsed
+    /// only when new bytes can have completed one.
+    pub(super) fn next_request(&mut self, looked_up_to: usize) -> Option<Parsed> {
+        let unconsumed = &self.buf[self.pos..];
+        let worth = match self.look {
+            Look::Now => true,
+            Look::AtNewline => {
+                let from = looked_up_to.saturating_sub(self.pos).min(unconsumed.len());
+                unconsumed[from..].contains(&b'\n') || unconsumed.len() >= MAX_HEAD
             }
-            let room = &mut self.buf[self.filled..];
-            match self.socket.read_by(room, deadline) {
-                Ok(n) => self.filled += n,
-                Err(Failure::Timeout) => {
-                    let message = format!(
-                        "the request did not arrive within {:?}; closing",
-                        self.request_timeout
-                    );
-                    return Err((Some(Response::error(408, &message)), message));
-                }
-                Err(Failure::Closed) => {
-                    return Err((None, "the client closed in the middle of a request".into()));
-                }
-                Err(Failure::Stopped) => return Err((None, String::new())),
-                Err(Failure::Io(e)) => return Err((None, format!("reading a request: {e}"))),
+            Look::AtLength(len) => unconsumed.len() >= len,
+        };
+        if !worth || unconsumed.is_empty() {
+            return None;
+        }
+        match inspect(unconsumed) {
+            Buffered::Head => {
+                self.look = Look::AtNewline;
+                None
+            }
+            Buffered::Body(len) => {
+                self.look = Look::AtLength(len);
+                None
+            }
+            Buffered::Ready(parsed) => {
+                self.look = Look::Now;
+                Some(parsed)
             }
         }
+    }
+
+    /// When the connection must have sent its request (from its first byte, or from the
+    /// accept for its first), or, idle, its next one's first byte.
+    pub(super) fn deadline(&self) -> Instant {
+        match self.started {
+            Some(started) => started + self.limits.request_timeout,
+            None => self.idle_since + self.limits.idle_timeout,
+        }
+    }
+
+    /// When the request being answered began: its deadline, for a body still to be read.
+    pub(super) fn request_deadline(&self) -> Instant {
+        self.started.unwrap_or(self.idle_since) + self.limits.request_timeout
+    }
+
+    /// What to answer a connection past its [`Conn::deadline`] before closing it, and what
+    /// to log: nothing for one that was idle (it is closed quietly).
+    pub(super) fn expired(&self) -> Option<(Response, String)> {
+        let timeout = self.limits.request_timeout;
+        let message = if self.buffered() > 0 {
+            format!("the request did not arrive within {timeout:?}; closing")
+        } else if self.served == 0 {
+            format!("no request within {timeout:?} of connecting; closing")
+        } else {
+            return None;
+        };
+        Some((Response::error(408, &message), message))
+    }
+
+    /// Readies the connection for its next request once an answer is out: the consumed
+    /// bytes dropped, the clocks restarted (a pipelined request already buffered began now).
+    pub(super) fn answered(&mut self) {
+        self.buf.drain(..self.pos);
+        self.pos = 0;
+        if self.buf.is_empty() && self.buf.capacity() > IDLE_BUFFER {
+            self.buf = Vec::new();
+        }
+        let now = Instant::now();
+        self.served += 1;
+        self.idle_since = now;
+        self.started = (!self.buf.is_empty()).then_some(now);
+        self.look = Look::Now;
     }
 
     /// Sends `response` (its head only, for a HEAD request).
@@ -270,7 +364,20 @@ impl Conn {
     ) -> Result<(), Failure> {
         let body: &[u8] = if head_only { &[] } else { &response.body };
         let head = response::response_head(response, response.body.len(), close);
-        let per_write = self.write_timeout;
+        let per_write = self.limits.write_timeout;
         self.socket.write_all(&[head.as_bytes(), body], per_write)
+    }
+
+    /// Closes after our last answer, without a reset (see [`linger_close`]).
+    pub(super) fn close_after_answer(&self) {
+        if self.socket.stream.set_nonblocking(false).is_ok() {
+            linger_close(&self.socket.stream);
+        }
+    }
+
+    /// The socket, blocking again, for a refuser to answer and close.
+    pub(super) fn into_stream(self) -> TcpStream {
+        let _ = self.socket.stream.set_nonblocking(false);
+        self.socket.stream
     }
 }

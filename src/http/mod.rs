@@ -1,45 +1,59 @@
 //! The HTTP/1.1 server under the tracker's API and the peer server's metrics endpoint.
 //! Our own because no blocking HTTP server crate bounds how long a client may take to send
 //! its request (tiny_http has no read deadlines), and a tracker handed to hostile token
-//! holders needs that bound. It runs on the listener skeleton of [`crate::net`]: one accept thread, a fixed pool of workers, and
-//! a bound on everything a client controls: how long it takes to send a request, how long
-//! it idles between requests, how long it leaves an answer unread, how large a head or a
-//! body may be, and how many connections one address holds. Request heads are parsed by
-//! `httparse` (hyper's parser); bodies come with a `Content-Length` or not at all.
+//! holders needs that bound. Request heads are parsed by `httparse` (hyper's parser);
+//! bodies come with a `Content-Length` or not at all.
 //!
-//! A worker serves one connection from accept to close, kept-alive requests included. When
-//! every worker is busy, new connections wait in a short queue, connections that have been
-//! silent for a second give their worker up, and once the queue is full newcomers are
-//! answered 503 at once. Refusals (503, 429) are written by a pool of two threads, so the
-//! accept thread never waits on a client.
+//! Workers are held by requests, not by connections. One poller thread ([`poller`]) holds
+//! every connection that has no whole request in one `epoll` set: new ones, idle
+//! kept-alive ones, and ones whose head (or small body) is still trickling in. It reads
+//! them without blocking, and only once a whole request has arrived does it hand the
+//! connection to one of a fixed pool of workers, which answers it and then looks for the
+//! next request on the same connection for up to [`FOLLOW_UP`] before giving the connection
+//! back, so a busy kept-alive client costs no trip through the poller per request. An idle
+//! or trickling connection costs a few hundred bytes and no thread.
 //!
-//! Rooms: `head` (methods, heads, body framing: pure), `request` (what a handler reads,
-//! bodies), `response` (answers), `conn` (one connection's socket, deadlines and buffer).
+//! Everything a client controls is bounded: how long it takes to send a request (from its
+//! first byte), how long it idles between requests, how long it leaves an answer unread,
+//! how large a head or a body may be, how many requests one connection carries, how many
+//! connections one address holds, and how many are open in all (within the file
+//! descriptors the process may open). Past a bound the client is answered 408, 429 or 503;
+//! 503 also when more whole requests wait for a worker than the queue holds. Refusals are
+//! written by a pool of two threads, so the poller never waits on a client.
+//!
+//! Rooms: `head` (methods, heads, body framing, whether buffered bytes hold a request:
+//! pure), `request` (what a handler reads, bodies), `response` (answers), `conn` (one
+//! connection's socket, deadlines and buffer), `poller` (the thread that holds connections
+//! between requests); this file has the workers.
 
 mod conn;
 mod head;
+mod poller;
 mod request;
 mod response;
 
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
+use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
+use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
 
 pub use crate::net::ShutdownHandle;
-use crate::net::{Conns, Counted, Listener, Refusals, Refused, linger_close};
+use crate::net::{Listener, Refusals};
 use crate::sync::LockExt;
-use conn::{Conn, NoRequest, Socket};
+use conn::{Conn, Failure};
 pub use head::Method;
-use head::framing;
+use head::Parsed;
+use poller::{Back, Job, Poller};
 pub use request::{BodyError, Request};
 pub use response::{Response, error_body};
 
 /// Default time a client has to send a whole request, head and body, from its first byte
-/// (from the connection being taken up, for its first request). Requests are a few hundred
+/// (from the connection being accepted, for its first request). Requests are a few hundred
 /// bytes sent at once, so 10 s only ever cuts off the stuck and the hostile; a client that
 /// dribbles a byte a second gets no longer (only body bytes push the deadline back, at
 /// 256 KiB/s).
@@ -51,22 +65,49 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// connection is dropped: generous for any client, short enough that a stalled one cannot
 /// keep a worker for long.
 pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Default connections one client address (see [`crate::ratelimit::client_key`]) may hold at once, queued or
-/// served. Our clients open one per request, so a machine running several downloads rarely
-/// has more than one or two open; 8 leaves room for a small NAT, and one address can never
-/// hold more than 8 workers.
+/// Default connections one client address (see [`crate::ratelimit::client_key`]) may hold at once. Our clients
+/// open one per request, so a machine running several downloads rarely has more than one
+/// or two open; 8 leaves room for a small NAT.
 pub const DEFAULT_MAX_CONNS_PER_IP: usize = 8;
+/// Default connections open at once, idle ones included. An idle connection costs the
+/// poller a few hundred bytes, so the bound is file descriptors, not memory: 4 096 holds a
+/// fleet of a thousand hosts with a kept-alive connection or two each, and a crowd
+/// connecting on top. It is lowered to what `ulimit -n` allows (see [`FD_RESERVE`]).
+pub const DEFAULT_MAX_CONNS: usize = 4096;
 /// Default worker threads, what an endpoint scraped every few seconds needs; a busy
 /// server sets its own.
 pub const DEFAULT_WORKERS: usize = 2;
-/// Default connections that may wait for a worker before newcomers are told it is busy.
+/// Default whole requests that may wait for a worker before newcomers are told it is busy.
 pub const DEFAULT_QUEUE: usize = 8;
 /// Largest request head (request line and header fields). Ours are under 300 bytes; 16 KiB
-/// is what common proxies accept, and it is the one buffer each connection gets.
+/// is what common proxies accept.
 pub const MAX_HEAD: usize = 16 << 10;
+/// Requests one connection carries; the answer to the last says `Connection: close`. A
+/// kept-alive client announcing twice a second reconnects every eight minutes, and a
+/// benchmark client at 5 000 requests a second five times a second, which costs it
+/// 0.1 % (a reconnect is tens of microseconds on a LAN). The cap keeps a connection from
+/// living for ever: clients come back through the accept (and its caps) now and then, so a
+/// tracker behind a load balancer gets its share of them again, and what one connection
+/// holds is given back. 1 000 is what nginx settled on (`keepalive_requests`).
+pub const MAX_REQUESTS_PER_CONN: u32 = 1000;
+/// How long a worker that has answered waits for the next request on the same connection
+/// before giving the connection back to the poller. A client that keeps its connection
+/// busy sends its next request as soon as it has read our answer: on loopback or a LAN
+/// that is tens to a few hundred microseconds, longer only when the client waits for a CPU
+/// (our benchmark shares two cores with the tracker). One millisecond catches those, while
+/// a client over a WAN (its next request a round trip away at least) is handed back. Each
+/// request not followed costs a worker this long at most, and only while no other request
+/// waits for a worker (otherwise the connection is handed back at once). Waiting in
+/// `poll(2)` is exact to microseconds, unlike a socket timeout, which Linux rounds up to a
+/// scheduler tick (4 ms at 250 Hz).
+pub const FOLLOW_UP: Duration = Duration::from_millis(1);
+/// File descriptors kept for everything but connections: the listener and the poller's set,
+/// the refusals queued (66 at most), the catalog's files, logs. The connection cap is the
+/// descriptor limit less these.
+const FD_RESERVE: u64 = 256;
 /// Threads that answer refused connections. A refusal takes one write and, usually, a
-/// moment for the client to close; two keep up with a flood while the accept thread
-/// never waits on a client.
+/// moment for the client to close; two keep up with a flood while the poller never waits
+/// on a client.
 const REFUSERS: usize = 2;
 /// Refused connections waiting for a refuser; past this many they are closed unanswered.
 const REFUSAL_QUEUE: usize = 64;
@@ -81,12 +122,14 @@ pub struct HttpConfig {
     pub listen: SocketAddr,
     /// What the server is, in errors: "the tracker".
     pub what: &'static str,
-    /// Worker threads: connections served at once.
+    /// Worker threads: requests answered at once.
     pub workers: usize,
-    /// Accepted connections that may wait for a worker; past this, newcomers get a 503.
+    /// Whole requests that may wait for a worker; past this, they are answered 503.
     pub queue: usize,
     /// Connections one client address may hold at once; 0 for no limit.
     pub max_conns_per_ip: usize,
+    /// Connections open at once (see [`DEFAULT_MAX_CONNS`]); past it, newcomers get a 503.
+    pub max_conns: usize,
     /// Time to send a whole request (see [`DEFAULT_REQUEST_TIMEOUT`]).
     pub request_timeout: Duration,
     /// Time a kept-alive connection may idle between requests.
@@ -104,6 +147,7 @@ impl HttpConfig {
             workers: DEFAULT_WORKERS,
             queue: DEFAULT_QUEUE,
             max_conns_per_ip: DEFAULT_MAX_CONNS_PER_IP,
+            max_conns: DEFAULT_MAX_CONNS,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             write_timeout: DEFAULT_WRITE_TIMEOUT,
@@ -142,11 +186,69 @@ impl Log {
     }
 }
 
-/// An accepted connection on its way to a worker.
-struct Accepted {
-    stream: TcpStream,
-    remote: SocketAddr,
-    _counted: Counted,
+/// The cap on open connections with `soft` file descriptors allowed (`None`: no limit):
+/// `wanted`, or the limit less [`FD_RESERVE`] (half the limit, when it is that small).
+fn cap_within(wanted: usize, soft: Option<u64>) -> usize {
+    let Some(soft) = soft else {
+        return wanted.max(1);
+    };
+    let room = if soft > 2 * FD_RESERVE {
+        soft - FD_RESERVE
+    } else {
+        soft / 2
+    };
+    wanted
+        .min(usize::try_from(room).unwrap_or(usize::MAX))
+        .max(1)
+}
+
+/// The cap on open connections for `config`: the process's soft limit on file descriptors
+/// is raised, within the hard one, to fit `max_conns` (as Go's runtime does at start; the
+/// common default of 1 024 is far below what a server needs, and nothing here uses
+/// `select(2)`), and the cap lowered to what the limit allows, so that past it newcomers
+/// are refused with a 503 rather than accepts failing.
+fn connection_cap(config: &HttpConfig) -> usize {
+    let wanted = config.max_conns.max(1);
+    let needed = wanted as u64 + FD_RESERVE;
+    let limit = getrlimit(Resource::Nofile);
+    let mut soft = limit.current;
+    if let Some(current) = soft.filter(|&current| current < needed) {
+        let raised = limit.maximum.map_or(needed, |hard| hard.min(needed));
+        let new = Rlimit {
+            current: Some(raised),
+            maximum: limit.maximum,
+        };
+        if raised > current && setrlimit(Resource::Nofile, new).is_ok() {
+            soft = Some(raised);
+        }
+    }
+    let cap = cap_within(wanted, soft);
+    if cap < wanted {
+        log::warn!(
+            "{} takes at most {cap} connections, not {wanted}: the process may open {} files (raise `ulimit -n`)",
+            config.what,
+            soft.unwrap_or(0)
+        );
+    }
+    cap
+}
+
+/// What a request left its connection fit for.
+enum After {
+    /// Another request.
+    Keep,
+    /// Nothing more: the answer is out, the connection is closed.
+    Closed,
+}
+
+/// How looking for the next request on a connection ended.
+enum FollowUp {
+    /// It came: serve it.
+    Next(Parsed),
+    /// Not yet: back to the poller.
+    HandBack,
+    /// The client went, or the server stops.
+    Close,
 }
 
 impl HttpServer {
@@ -170,9 +272,9 @@ impl HttpServer {
         self.listener.local_addr()
     }
 
-    /// A handle that stops [`HttpServer::serve`]: it stops accepting within
-    /// [`crate::net::ACCEPT_POLL`], and returns once the requests under way are answered;
-    /// connections waiting for their next request are closed within 100 ms.
+    /// A handle that stops [`HttpServer::serve`]: it stops accepting within 100 ms, and
+    /// returns once the requests under way are answered; connections waiting for their
+    /// next request are closed within 100 ms.
     pub fn shutdown_handle(&self) -> ShutdownHandle {
         self.stop.clone()
     }
@@ -184,184 +286,161 @@ impl HttpServer {
         H: Fn(&mut Request<'_>) -> Response + Sync,
     {
         let config = &self.config;
+        let epoll = rustix::event::epoll::create(rustix::event::epoll::CreateFlags::CLOEXEC)
+            .with_context(|| format!("creating the epoll set of {}", config.what))?;
         let log = Log {
             window: Mutex::new((Instant::now(), 0)),
         };
-        let (conn_tx, conn_rx) = bounded::<Accepted>(config.queue.max(1));
+        let max_conns = connection_cap(config);
+        let (ready_tx, ready_rx) = bounded::<Job>(config.queue.max(1));
+        // One message at most per open connection is ever in flight.
+        let (back_tx, back_rx) = unbounded::<Back>();
         let refusals = Refusals::start(REFUSERS, REFUSAL_QUEUE);
-        std::thread::scope(|scope| {
+        let polled = std::thread::scope(|scope| {
             for _ in 0..config.workers.max(1) {
-                let (rx, handler, log) = (conn_rx.clone(), &handler, &log);
-                let this = &self;
+                let (ready, back) = (ready_rx.clone(), back_tx.clone());
+                let (this, handler, log, epoll) = (&self, &handler, &log, &epoll);
                 scope.spawn(move || {
-                    for accepted in rx.iter() {
-                        this.serve_connection(accepted, &rx, handler, log);
+                    for job in ready.iter() {
+                        this.work(job, &ready, &back, epoll, handler, log);
                     }
                 });
             }
-            self.accept_loop(&log, conn_tx, &refusals);
+            drop((ready_rx, back_tx));
+            let poller = Poller::new(
+                &epoll,
+                &self.listener,
+                config,
+                &self.stop,
+                &log,
+                &refusals,
+                ready_tx,
+                back_rx,
+                max_conns,
+            );
+            poller.run()
         });
-        Ok(())
+        polled.with_context(|| format!("waiting for connections to {}", config.what))
     }
 
-    fn accept_loop(&self, log: &Log, conn_tx: Sender<Accepted>, refusals: &Refusals) {
-        let config = &self.config;
-        let open = Conns::default();
-        // With every refuser busy and its queue full, a flood is closed unanswered.
-        let refuse = |stream: TcpStream, response: Response| {
-            refusals.refuse(stream, response::refusal(&response));
-        };
-        let accepted = |stream: TcpStream, remote: SocketAddr| {
-            // No socket is ever without timeouts; workers and refusers narrow them.
-            let _ = stream.set_read_timeout(Some(config.request_timeout));
-            let _ = stream.set_write_timeout(Some(config.write_timeout));
-            // Answers leave in one write, but a head and a large body may be two segments;
-            // without this the second waits for the client's delayed ACK (40 ms).
-            let _ = stream.set_nodelay(true);
-            let counted = match open.enter(remote.ip(), config.max_conns_per_ip, 0, None) {
-                Ok(counted) => counted,
-                Err(Refused::Address { key, open: count }) => {
-                    log.line(format_args!(
-                        "{remote}: refused, {count} connections from {key} are open already"
-                    ));
-                    let message = format!(
-                        "too many connections from {key}: {count} are open, and {} allows {} per address; close idle ones or retry later",
-                        config.what, config.max_conns_per_ip
-                    );
-                    refuse(
-                        stream,
-                        Response::error(429, message).with_header("Retry-After", "1"),
-                    );
-                    return;
-                }
-                // No total cap here: the queue below is the bound.
-                Err(Refused::Full) => return,
-            };
-            let accepted = Accepted {
-                stream,
-                remote,
-                _counted: counted,
-            };
-            match conn_tx.try_send(accepted) {
-                Ok(()) => {}
-                Err(TrySendError::Full(accepted) | TrySendError::Disconnected(accepted)) => {
-                    log.line(format_args!("{remote}: refused, every worker is busy"));
-                    let message = format!(
-                        "{} is busy: all {} workers are taken and {} connections wait; retry in a moment",
-                        config.what,
-                        config.workers.max(1),
-                        config.queue.max(1)
-                    );
-                    let Accepted { stream, .. } = accepted;
-                    refuse(
-                        stream,
-                        Response::error(503, message).with_header("Retry-After", "1"),
-                    );
-                }
-            }
-        };
-        self.listener.accept_until(&self.stop, accepted, |e| {
-            log.line(format_args!("accepting a connection failed: {e}"))
-        });
-    }
-
-    /// Serves one connection's requests until it closes, fails or gives way.
-    fn serve_connection<H>(
+    /// Serves a connection's requests as long as they come without waiting; then gives it
+    /// back to the poller, or closes it.
+    fn work<H>(
         &self,
-        accepted: Accepted,
-        queue: &Receiver<Accepted>,
+        job: Job,
+        ready: &Receiver<Job>,
+        back: &Sender<Back>,
+        epoll: &OwnedFd,
         handler: &H,
         log: &Log,
     ) where
         H: Fn(&mut Request<'_>) -> Response + Sync,
     {
-        let config = &self.config;
-        let remote = accepted.remote;
-        let mut conn = Conn {
-            socket: Socket {
-                stream: accepted.stream,
-                stop: self.stop.clone(),
-                read_timeout: None,
-                write_timeout: None,
-            },
-            remote,
-            request_timeout: config.request_timeout,
-            write_timeout: config.write_timeout,
-            buf: vec![0; MAX_HEAD],
-            pos: 0,
-            filled: 0,
-        };
-        let picked_up = Instant::now();
-        let mut first = true;
+        let Job {
+            mut conn,
+            mut parsed,
+        } = job;
+        let token = conn.token;
         loop {
-            // A connection's first request must arrive within the request timeout of the
-            // connection being taken up; later ones may follow an idle pause.
-            let limit = if first {
-                config.request_timeout
-            } else {
-                config.idle_timeout
-            };
-            let started = match conn.wait_for_request(limit, queue) {
-                Ok(started) => started,
-                Err(NoRequest::Timeout) if first => {
-                    let message = format!(
-                        "no request within {:?} of connecting; closing",
-                        config.request_timeout
-                    );
-                    log.line(format_args!("{remote}: {message}"));
-                    let _ = conn.send(&Response::error(408, message), true, false);
-                    linger_close(&conn.socket.stream);
-                    return;
-                }
-                Err(_) => return,
-            };
-            let deadline = if first { picked_up } else { started } + config.request_timeout;
-            first = false;
-            let head = match conn.read_head(deadline) {
-                Ok(head) => head,
-                Err((answer, message)) => {
-                    if !message.is_empty() {
-                        log.line(format_args!("{remote}: {message}"));
-                    }
-                    if let Some(answer) = answer {
-                        let _ = conn.send(&answer, true, false);
-                        linger_close(&conn.socket.stream);
-                    }
-                    return;
-                }
-            };
-            let framing = match framing(&head) {
-                Ok(framing) => framing,
-                Err(answer) => {
-                    let _ = conn.send(&answer, true, false);
-                    linger_close(&conn.socket.stream);
-                    return;
-                }
-            };
-            let head_only = head.method == Method::Head;
-            let mut request = Request {
-                head,
-                conn: &mut conn,
-                length: framing.length,
-                received: 0,
-                expect_continue: framing.expect_continue,
-                continued: false,
-                broken: false,
-                deadline,
-            };
-            let response =
-                catch_unwind(AssertUnwindSafe(|| handler(&mut request))).unwrap_or_else(|_| {
-                    request.broken = true;
-                    Response::error(500, "internal error while answering; see the server's log")
-                });
-            let keep = framing.keep_alive && request.finish() && !self.stop.is_shutdown();
-            if let Err(e) = conn.send(&response, !keep, head_only) {
-                log.line(format_args!("{remote}: answering failed: {e}"));
-                return;
+            match self.answer(&mut conn, parsed, handler, log) {
+                After::Keep => {}
+                After::Closed => break,
             }
-            if !keep {
-                linger_close(&conn.socket.stream);
-                return;
+            match self.follow_up(&mut conn, ready) {
+                FollowUp::Next(next) => parsed = next,
+                FollowUp::HandBack => {
+                    match poller::arm(epoll, &mut conn) {
+                        // The poller takes it back; if it is gone, so is the connection.
+                        Ok(()) => drop(back.send(Back::Conn(conn))),
+                        Err(e) => {
+                            let remote = conn.remote;
+                            log.line(format_args!(
+                                "{remote}: cannot give the connection back to the poller: {e}"
+                            ));
+                            drop(conn);
+                            let _ = back.send(Back::Closed(token));
+                        }
+                    }
+                    return;
+                }
+                FollowUp::Close => break,
+            }
+        }
+        drop(conn);
+        let _ = back.send(Back::Closed(token));
+    }
+
+    /// Answers the request `parsed` found at the start of `conn`'s buffer. The connection
+    /// is closed (after the answer) unless it can carry another request.
+    fn answer<H>(&self, conn: &mut Conn, parsed: Parsed, handler: &H, log: &Log) -> After
+    where
+        H: Fn(&mut Request<'_>) -> Response + Sync,
+    {
+        let remote = conn.remote;
+        let (head, framing) = match parsed.outcome {
+            Ok(request) => request,
+            Err(bad) => {
+                if !bad.log.is_empty() {
+                    log.line(format_args!("{remote}: {}", bad.log));
+                }
+                if conn.send(&bad.answer, true, false).is_ok() {
+                    conn.close_after_answer();
+                }
+                return After::Closed;
+            }
+        };
+        conn.pos += parsed.head_len;
+        let deadline = conn.request_deadline();
+        let head_only = head.method == Method::Head;
+        let mut request = Request {
+            head,
+            conn: &mut *conn,
+            length: framing.length,
+            received: 0,
+            expect_continue: framing.expect_continue,
+            continued: false,
+            broken: false,
+            deadline,
+        };
+        let response =
+            catch_unwind(AssertUnwindSafe(|| handler(&mut request))).unwrap_or_else(|_| {
+                request.broken = true;
+                Response::error(500, "internal error while answering; see the server's log")
+            });
+        let keep = framing.keep_alive
+            && request.finish()
+            && conn.served + 1 < MAX_REQUESTS_PER_CONN
+            && !self.stop.is_shutdown();
+        if let Err(e) = conn.send(&response, !keep, head_only) {
+            log.line(format_args!("{remote}: answering failed: {e}"));
+            return After::Closed;
+        }
+        if !keep {
+            conn.close_after_answer();
+            return After::Closed;
+        }
+        conn.answered();
+        After::Keep
+    }
+
+    /// Looks for the next request on `conn`: already buffered, or arriving within
+    /// [`FOLLOW_UP`] while no other request waits for a worker.
+    fn follow_up(&self, conn: &mut Conn, ready: &Receiver<Job>) -> FollowUp {
+        let until = Instant::now() + FOLLOW_UP;
+        let mut looked = 0;
+        loop {
+            if let Some(parsed) = conn.next_request(looked) {
+                return FollowUp::Next(parsed);
+            }
+            looked = conn.buf.len();
+            if !ready.is_empty() || self.stop.is_shutdown() || Instant::now() >= until {
+                return FollowUp::HandBack;
+            }
+            match conn.wait_more(until) {
+                Ok(true) => {}
+                Ok(false) => return FollowUp::HandBack,
+                Err(Failure::Timeout) => return FollowUp::HandBack,
+                Err(_) => return FollowUp::Close,
             }
         }
     }
@@ -369,16 +448,21 @@ impl HttpServer {
 
 #[cfg(test)]
 mod tests {
-    use super::conn::MAX_HEADERS;
+    use super::head::MAX_HEADERS;
     use super::*;
     use std::io::{self, BufRead, Read, Write};
+    use std::net::TcpStream;
 
-    /// A server on 127.0.0.1:0 whose handler echoes method, path and body; it stops when
-    /// the returned handle is dropped and `serve` is joined by the guard.
+    /// A server on 127.0.0.1:0 whose handler echoes method, path and body (and, for
+    /// `/block`, waits to be released); it stops when the returned guard is dropped, which
+    /// joins `serve`.
     struct TestServer {
         addr: SocketAddr,
         stop: ShutdownHandle,
         done: Option<std::thread::JoinHandle<()>>,
+        /// A request for `/block` says so here, then waits for `release`.
+        entered: Receiver<()>,
+        release: Sender<()>,
     }
 
     impl Drop for TestServer {
@@ -396,11 +480,17 @@ mod tests {
         config(&mut c);
         let server = HttpServer::bind(c).unwrap();
         let (addr, stop) = (server.local_addr(), server.shutdown_handle());
+        let (entered_tx, entered) = bounded(8);
+        let (release, release_rx) = bounded::<()>(8);
         let done = std::thread::spawn(move || {
             server
                 .serve(|request| {
                     if request.path() == "/panic" {
                         panic!("a handler that panics");
+                    }
+                    if request.path() == "/block" {
+                        let _ = entered_tx.send(());
+                        let _ = release_rx.recv_timeout(Duration::from_secs(10));
                     }
                     let body = match request.body(100) {
                         Ok(body) => body,
@@ -420,6 +510,8 @@ mod tests {
             addr,
             stop,
             done: Some(done),
+            entered,
+            release,
         }
     }
 
@@ -606,32 +698,159 @@ mod tests {
         Err(stream)
     }
 
+    /// Sends `request` on `stream` and reads the answer in a thread, which reports it on
+    /// `answers` with `name`.
+    fn ask_in_thread(
+        name: &'static str,
+        mut stream: TcpStream,
+        request: &'static [u8],
+        answers: &Sender<(&'static str, u16, String)>,
+    ) {
+        let answers = answers.clone();
+        std::thread::spawn(move || {
+            stream.write_all(request).unwrap();
+            let (status, _, body) = read_answer(&mut io::BufReader::new(stream));
+            let _ = answers.send((name, status, body));
+        });
+    }
+
     #[test]
-    fn a_full_queue_answers_503_and_silent_connections_give_way() {
+    fn idle_and_trickling_connections_hold_no_worker_and_a_full_queue_answers_503() {
         let server = start(|c| {
             c.workers = 1;
             c.queue = 1;
         });
-        // The one worker is taken by a client in the middle of its second request's head
-        // (the answer to its first shows the worker has it); the next connection waits in
-        // the queue, and the one after finds it full.
+        // A trickler in the middle of its head, and four kept-alive connections, each
+        // answered once: with a worker per connection, the second would have waited in
+        // the queue and the third been refused.
         let mut slow = connect(server.addr);
-        slow.write_all(b"GET /first HTTP/1.1\r\n\r\n").unwrap();
-        assert_eq!(read_answer(&mut io::BufReader::new(&slow)).0, 200);
-        slow.write_all(b"GET /slow HTTP/1.1\r\n").unwrap();
-        let queued = refused_at_once(server.addr).expect_err("the first waits in the queue");
-        let (line, rest) = refused_at_once(server.addr).expect("the second is refused");
-        assert!(line.starts_with("HTTP/1.1 503"), "{line}");
-        assert!(rest.contains("retry in a moment"), "{rest}");
-        // The slow client finishes and is answered, then its kept-alive connection, silent,
-        // gives the worker up to the one waiting.
-        slow.write_all(b"\r\n").unwrap();
+        slow.write_all(b"GET /slow HTTP/1.1\r\nHo").unwrap();
+        let mut idle: Vec<TcpStream> = (0..4).map(|_| connect(server.addr)).collect();
+        for (n, stream) in idle.iter_mut().enumerate() {
+            stream.write_all(b"GET /first HTTP/1.1\r\n\r\n").unwrap();
+            let (status, _, body) = read_answer(&mut io::BufReader::new(&*stream));
+            assert_eq!(
+                (status, body.as_str()),
+                (200, "GET /first "),
+                "connection {n}"
+            );
+        }
+        // The one worker is taken by a request that waits; of two more whole requests, one
+        // waits in the queue and the other finds it full.
+        let (answers_tx, answers) = bounded(4);
+        ask_in_thread(
+            "blocked",
+            connect(server.addr),
+            b"GET /block HTTP/1.1\r\n\r\n",
+            &answers_tx,
+        );
+        server
+            .entered
+            .recv_timeout(Duration::from_secs(5))
+            .expect("the blocking request reaches the worker");
+        for name in ["one", "other"] {
+            ask_in_thread(
+                name,
+                connect(server.addr),
+                b"GET /x HTTP/1.1\r\n\r\n",
+                &answers_tx,
+            );
+        }
+        let (refused, status, body) = answers.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert_eq!(status, 503, "{refused}: {body}");
+        assert!(body.contains("retry in a moment"), "{body}");
+        server.release.send(()).unwrap();
+        let mut rest: Vec<(&str, u16)> = (0..2)
+            .map(|_| {
+                let (name, status, _) = answers.recv_timeout(Duration::from_secs(5)).unwrap();
+                (name, status)
+            })
+            .collect();
+        rest.sort();
+        let queued = if refused == "one" { "other" } else { "one" };
+        let mut expected = vec![("blocked", 200), (queued, 200)];
+        expected.sort();
+        assert_eq!(rest, expected);
+        // The trickler finishes and is answered; every idle connection is still served.
+        slow.write_all(b"st: x\r\n\r\n").unwrap();
         assert_eq!(read_answer(&mut io::BufReader::new(&slow)).2, "GET /slow ");
-        let mut queued = queued;
-        queued.write_all(b"GET /next HTTP/1.1\r\n\r\n").unwrap();
-        let answer = read_answer(&mut io::BufReader::new(&queued));
-        assert_eq!(answer.2, "GET /next ");
-        assert!(closed(&mut slow), "the idle connection gave way");
+        for (n, stream) in idle.iter_mut().enumerate().rev() {
+            stream.write_all(b"GET /again HTTP/1.1\r\n\r\n").unwrap();
+            let (status, _, body) = read_answer(&mut io::BufReader::new(&*stream));
+            assert_eq!(
+                (status, body.as_str()),
+                (200, "GET /again "),
+                "connection {n}"
+            );
+        }
+    }
+
+    /// Whether the server closed `stream` cleanly (not: the read timed out).
+    fn eof(stream: &TcpStream) -> bool {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut byte = [0u8; 1];
+        matches!((&*stream).read(&mut byte), Ok(0))
+    }
+
+    #[test]
+    fn the_poller_closes_idle_connections_and_answers_408_to_late_requests() {
+        let server = start(|c| {
+            c.idle_timeout = Duration::from_millis(300);
+            c.request_timeout = Duration::from_secs(1);
+        });
+        let mut idle = connect(server.addr);
+        idle.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+        let mut reader = io::BufReader::new(idle.try_clone().unwrap());
+        assert_eq!(read_answer(&mut reader).0, 200);
+        let mut partial = connect(server.addr);
+        partial.write_all(b"GET / HTTP/1.1\r\nHo").unwrap();
+        let silent = connect(server.addr);
+        assert!(eof(&idle), "an idle connection is closed quietly");
+        for (stream, words) in [
+            (&partial, "did not arrive within 1s"),
+            (&silent, "no request within 1s of connecting"),
+        ] {
+            let (status, _, body) = read_answer(&mut io::BufReader::new(stream));
+            assert_eq!(status, 408, "{body}");
+            assert!(body.contains(words), "{body}");
+        }
+        let _ = idle.write_all(b"GET / HTTP/1.1\r\n\r\n");
+    }
+
+    #[test]
+    fn a_connection_carries_at_most_its_request_cap() {
+        let server = start(|_| {});
+        let stream = connect(server.addr);
+        let mut writer = stream.try_clone().unwrap();
+        // Pipelined, more than the cap: the answers stop at it, the last saying close.
+        let requests = b"GET /n HTTP/1.1\r\n\r\n".repeat(MAX_REQUESTS_PER_CONN as usize + 5);
+        let written = std::thread::spawn(move || {
+            let _ = writer.write_all(&requests);
+        });
+        let mut reader = io::BufReader::new(stream);
+        for n in 1..=MAX_REQUESTS_PER_CONN {
+            let (status, headers, _) = read_answer(&mut reader);
+            assert_eq!(status, 200, "request {n}");
+            let close = headers.contains(&("connection".into(), "close".into()));
+            assert_eq!(
+                close,
+                n == MAX_REQUESTS_PER_CONN,
+                "request {n}: {headers:?}"
+            );
+        }
+        assert!(closed(&mut reader), "closed after the cap");
+        written.join().unwrap();
+    }
+
+    #[test]
+    fn the_connection_cap_follows_the_file_descriptor_limit() {
+        assert_eq!(cap_within(4096, None), 4096);
+        assert_eq!(cap_within(4096, Some(20_000)), 4096);
+        assert_eq!(cap_within(4096, Some(1024)), 1024 - FD_RESERVE as usize);
+        assert_eq!(cap_within(4096, Some(256)), 128, "a tiny limit: half of it");
+        assert_eq!(cap_within(4096, Some(0)), 1);
     }
 
     #[test]
@@ -651,6 +870,29 @@ mod tests {
             stream.write_all(b"GET /again HTTP/1.1\r\n\r\n").unwrap();
             let (status, _, _) = read_answer(&mut io::BufReader::new(stream));
             if status == 200 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "slots never freed");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    #[test]
+    fn past_the_total_cap_newcomers_get_503() {
+        let server = start(|c| {
+            c.max_conns_per_ip = 0;
+            c.max_conns = 2;
+        });
+        let held: Vec<TcpStream> = (0..2).map(|_| connect(server.addr)).collect();
+        let (line, rest) = refused_at_once(server.addr).expect("a refusal past the cap");
+        assert!(line.starts_with("HTTP/1.1 503"), "{line}");
+        assert!(rest.contains("2 connections are open"), "{rest}");
+        drop(held);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let mut stream = connect(server.addr);
+            stream.write_all(b"GET /again HTTP/1.1\r\n\r\n").unwrap();
+            if read_answer(&mut io::BufReader::new(stream)).0 == 200 {
                 break;
             }
             assert!(Instant::now() < deadline, "slots never freed");

@@ -97,14 +97,14 @@ impl Request<'_> {
     /// Takes `count` body bytes from the connection, passing them to `sink`.
     fn take_body(&mut self, count: u64, mut sink: impl FnMut(&[u8])) -> Result<(), BodyError> {
         let conn = &mut *self.conn;
-        let buffered = ((conn.filled - conn.pos) as u64).min(count) as usize;
+        let buffered = (conn.buffered() as u64).min(count) as usize;
         sink(&conn.buf[conn.pos..conn.pos + buffered]);
         conn.pos += buffered;
         self.received += buffered as u64;
         let end = self.received + (count - buffered as u64);
         if self.received < end && self.expect_continue && !self.continued {
             self.continued = true;
-            let per_write = conn.write_timeout;
+            let per_write = conn.limits.write_timeout;
             if let Err(e) = conn
                 .socket
                 .write_all(&[b"HTTP/1.1 100 Continue\r\n\r\n"], per_write)
@@ -143,7 +143,7 @@ impl Request<'_> {
         }
         // A client that asked before sending may send the body or not: nothing tells which
         // bytes come next, so the connection cannot carry another request.
-        if self.expect_continue && !self.continued && self.conn.filled == self.conn.pos {
+        if self.expect_continue && !self.continued && self.conn.buffered() == 0 {
             return false;
         }
         left <= MAX_DISCARD && self.take_body(left, |_| {}).is_ok()

@@ -1,0 +1,488 @@
+//! The poller: one thread that holds, in one `epoll` set, every connection without a whole
+//! request (new ones, idle kept-alive ones, ones whose head or small body is still
+//! arriving), reads them without blocking, and hands a connection to the workers only once
+//! a request is whole. It accepts too (the listener is in the same set), enforces the
+//! request and idle deadlines of the connections it holds, and has refusals (429, 503, 408)
+//! written by the refusal pool, so it never waits on a client.
+//!
+//! Each connection is in the set with `EPOLLONESHOT`: one wake-up per arrival, after which
+//! it stays quiet until its holder arms it again, so a connection a worker holds never wakes
+//! the poller. A worker done with a connection arms it and sends it back on a channel; the
+//! poller takes what was sent back each time it wakes, before it looks at the events. An
+//! event can still beat its connection (the worker armed it and has not sent it yet): the
+//! slot is then marked, and the poller looks at the channel again within
+//! [`PENDING_POLL`].
+
+use std::io;
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::OwnedFd;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use rustix::buffer::spare_capacity;
+use rustix::event::Timespec;
+use rustix::event::epoll::{self, Event, EventData, EventFlags};
+
+use super::conn::{Conn, Failure, Limits, Socket};
+use super::head::Parsed;
+use super::{HttpConfig, Log, Response, response};
+use crate::net::{Conns, Listener, Refusals, Refused, ShutdownHandle};
+
+/// Longest the poller sleeps before it looks at its stop flag and its deadlines: a stop
+/// is seen within 100 ms, and a deadline is enforced within 100 ms of passing.
+const POLL: Duration = Duration::from_millis(100);
+/// How soon the poller looks again for a connection whose event came before the worker
+/// that armed it had sent it back: that worker is between two calls, so a millisecond is
+/// plenty, and it happens rarely enough that the extra wake-ups cost nothing.
+const PENDING_POLL: Duration = Duration::from_millis(1);
+/// After a failed accept (most often: out of file descriptors), the listener is left alone
+/// this long instead of failing again at once.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
+/// Most connections accepted per wake-up, so that a crowd connecting cannot starve the
+/// connections already held.
+const ACCEPT_BATCH: usize = 64;
+/// Events taken per wake-up.
+const EVENTS: usize = 256;
+/// The listener's token; connections' tokens are their slot and its generation.
+const LISTENER: u64 = u64::MAX;
+
+/// A connection with a whole request, for a worker.
+pub(super) struct Job {
+    pub(super) conn: Conn,
+    pub(super) parsed: Parsed,
+}
+
+/// What a worker sends back to the poller when it is done with a connection.
+pub(super) enum Back {
+    /// The connection, armed again, to wait for its next request.
+    Conn(Conn),
+    /// The connection (this token) is closed: its slot is free.
+    Closed(u64),
+}
+
+/// The events a held connection waits for.
+fn interest() -> EventFlags {
+    EventFlags::IN | EventFlags::RDHUP | EventFlags::ONESHOT
+}
+
+/// Arms `conn` in the poller's set: its next bytes (or its close) wake the poller once.
+pub(super) fn arm(epoll: &OwnedFd, conn: &mut Conn) -> io::Result<()> {
+    let data = EventData::new_u64(conn.token);
+    if conn.registered {
+        epoll::modify(epoll, &conn.socket.stream, data, interest())?;
+    } else {
+        epoll::add(epoll, &conn.socket.stream, data, interest())?;
+        conn.registered = true;
+    }
+    Ok(())
+}
+
+fn timespec(timeout: Duration) -> Timespec {
+    Timespec {
+        tv_sec: timeout.as_secs() as _,
+        tv_nsec: timeout.subsec_nanos() as _,
+    }
+}
+
+/// Where a connection is.
+enum Slot {
+    Free,
+    /// Held here, armed, waiting for bytes.
+    Held(Conn),
+    /// With a worker (or being looked at); `pending` when its event came first.
+    Away {
+        pending: bool,
+    },
+}
+
+/// A slot and its generation, which makes a token of a closed connection stale.
+struct Entry {
+    generation: u32,
+    slot: Slot,
+}
+
+fn token(index: usize, generation: u32) -> u64 {
+    (u64::from(generation) << 32) | index as u64
+}
+
+fn index(token: u64) -> usize {
+    (token & u64::from(u32::MAX)) as usize
+}
+
+/// The poller's state; [`Poller::run`] is its thread.
+pub(super) struct Poller<'s> {
+    epoll: &'s OwnedFd,
+    listener: &'s Listener,
+    config: &'s HttpConfig,
+    stop: &'s ShutdownHandle,
+    log: &'s Log,
+    refusals: &'s Refusals,
+    ready: Sender<Job>,
+    back: Receiver<Back>,
+    limits: Limits,
+    /// The cap on open connections (see [`super::connection_cap`]).
+    max_conns: usize,
+    conns: Conns,
+    slots: Vec<Entry>,
+    free: Vec<usize>,
+    /// Slots marked pending.
+    pending: usize,
+    next_sweep: Instant,
+    /// Until when the listener is left alone after a failed accept.
+    accept_paused: Option<Instant>,
+}
+
+impl<'s> Poller<'s> {
+    /// A poller for `listener`; nothing runs until [`Poller::run`].
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn new(
+        epoll: &'s OwnedFd,
+        listener: &'s Listener,
+        config: &'s HttpConfig,
+        stop: &'s ShutdownHandle,
+        log: &'s Log,
+        refusals: &'s Refusals,
+        ready: Sender<Job>,
+        back: Receiver<Back>,
+        max_conns: usize,
+    ) -> Poller<'s> {
+        Poller {
+            epoll,
+            listener,
+            config,
+            stop,
+            log,
+            refusals,
+            ready,
+            back,
+            limits: Limits {
+                request_timeout: config.request_timeout,
+                idle_timeout: config.idle_timeout,
+                write_timeout: config.write_timeout,
+            },
+            max_conns,
+            conns: Conns::default(),
+            slots: Vec::new(),
+            free: Vec::new(),
+            pending: 0,
+            next_sweep: Instant::now() + POLL,
+            accept_paused: None,
+        }
+    }
+
+    /// Accepts and holds connections until the server stops; then closes those it holds
+    /// (dropping the channel to the workers, which finish what they have and return).
+    pub(super) fn run(mut self) -> io::Result<()> {
+        epoll::add(
+            self.epoll,
+            self.listener,
+            EventData::new_u64(LISTENER),
+            EventFlags::IN,
+        )?;
+        let mut events: Vec<Event> = Vec::with_capacity(EVENTS);
+        while !self.stop.is_shutdown() {
+            let now = Instant::now();
+            let mut until = self.next_sweep.min(now + POLL);
+            if let Some(paused) = self.accept_paused {
+                until = until.min(paused);
+            }
+            if self.pending > 0 {
+                until = until.min(now + PENDING_POLL);
+            }
+            events.clear();
+            let timeout = timespec(until.saturating_duration_since(now));
+            if let Err(e) = epoll::wait(self.epoll, spare_capacity(&mut events), Some(&timeout)) {
+                if e != rustix::io::Errno::INTR {
+                    self.log
+                        .line(format_args!("waiting for connections failed: {e}"));
+                    std::thread::sleep(ACCEPT_BACKOFF);
+                }
+            }
+            self.take_back();
+            for event in events.iter().copied() {
+                let Event { data, .. } = event;
+                match data.u64() {
+                    LISTENER => self.accept(),
+                    token => self.readable(token),
+                }
+            }
+            let now = Instant::now();
+            if self.accept_paused.is_some_and(|paused| now >= paused) {
+                self.accept_paused = None;
+                let data = EventData::new_u64(LISTENER);
+                let _ = epoll::modify(self.epoll, self.listener, data, EventFlags::IN);
+            }
+            if now >= self.next_sweep {
+                self.sweep(now);
+            }
+        }
+        Ok(())
+    }
+
+    /// A free slot for a new connection: its token.
+    fn alloc(&mut self) -> u64 {
+        let index = match self.free.pop() {
+            Some(index) => index,
+            None => {
+                self.slots.push(Entry {
+                    generation: 0,
+                    slot: Slot::Free,
+                });
+                self.slots.len() - 1
+            }
+        };
+        let entry = &mut self.slots[index];
+        entry.slot = Slot::Away { pending: false };
+        token(index, entry.generation)
+    }
+
+    /// Frees the slot of `token`'s connection (gone or closed); its token goes stale.
+    fn release(&mut self, token: u64) {
+        let index = index(token);
+        let Some(entry) = self.slots.get_mut(index) else {
+            return;
+        };
+        if let Slot::Away { pending: true } = entry.slot {
+            self.pending -= 1;
+        }
+        entry.slot = Slot::Free;
+        entry.generation = entry.generation.wrapping_add(1);
+        self.free.push(index);
+    }
+
+    /// The slot of a live token.
+    fn slot(&mut self, token: u64) -> Option<&mut Slot> {
+        let entry = self.slots.get_mut(index(token))?;
+        let generation = (token >> 32) as u32;
+        (entry.generation == generation && !matches!(entry.slot, Slot::Free))
+            .then_some(&mut entry.slot)
+    }
+
+    /// Takes the connections workers sent back (and the slots of those they closed).
+    fn take_back(&mut self) {
+        while let Ok(back) = self.back.try_recv() {
+            match back {
+                Back::Conn(conn) => {
+                    let token = conn.token;
+                    let deadline = conn.deadline();
+                    let Some(slot) = self.slot(token) else {
+                        continue;
+                    };
+                    let pending = matches!(slot, Slot::Away { pending: true });
+                    *slot = Slot::Held(conn);
+                    self.next_sweep = self.next_sweep.min(deadline);
+                    if pending {
+                        self.pending -= 1;
+                        self.readable(token);
+                    }
+                }
+                Back::Closed(token) => self.release(token),
+            }
+        }
+    }
+
+    /// An event for the connection of `token`: reads what came.
+    fn readable(&mut self, token: u64) {
+        let Some(slot) = self.slot(token) else {
+            return; // stale: closed since
+        };
+        let conn = match std::mem::replace(slot, Slot::Away { pending: true }) {
+            Slot::Held(conn) => conn,
+            Slot::Away { pending } => {
+                if !pending {
+                    self.pending += 1;
+                }
+                return;
+            }
+            Slot::Free => {
+                *slot = Slot::Free;
+                return;
+            }
+        };
+        if let Some(slot) = self.slot(token) {
+            *slot = Slot::Away { pending: false };
+        }
+        self.take_in(conn);
+    }
+
+    /// Reads what `conn` sent; a whole request goes to a worker, anything less waits here.
+    fn take_in(&mut self, mut conn: Conn) {
+        let looked = conn.buf.len();
+        match conn.fill() {
+            Ok(_) => {}
+            Err(Failure::Closed) => {
+                if conn.buffered() > 0 {
+                    let remote = conn.remote;
+                    self.log.line(format_args!(
+                        "{remote}: the client closed in the middle of a request"
+                    ));
+                }
+                self.release(conn.token);
+                return;
+            }
+            Err(e) => {
+                if conn.buffered() > 0 {
+                    let remote = conn.remote;
+                    self.log
+                        .line(format_args!("{remote}: reading a request: {e}"));
+                }
+                self.release(conn.token);
+                return;
+            }
+        }
+        match conn.next_request(looked) {
+            Some(parsed) => self.dispatch(conn, parsed),
+            None => self.hold(conn),
+        }
+    }
+
+    /// Keeps `conn` here, armed, until it sends more or its deadline passes.
+    fn hold(&mut self, mut conn: Conn) {
+        if let Err(e) = arm(self.epoll, &mut conn) {
+            let remote = conn.remote;
+            self.log.line(format_args!(
+                "{remote}: cannot wait for the connection: {e}"
+            ));
+            self.release(conn.token);
+            return;
+        }
+        self.next_sweep = self.next_sweep.min(conn.deadline());
+        if let Some(slot) = self.slot(conn.token) {
+            *slot = Slot::Held(conn);
+        }
+    }
+
+    /// Hands `conn` and its request to a worker, or answers 503 when as many requests wait
+    /// for one as the queue holds.
+    fn dispatch(&mut self, conn: Conn, parsed: Parsed) {
+        match self.ready.try_send(Job { conn, parsed }) {
+            Ok(()) => {}
+            Err(TrySendError::Full(job)) => {
+                let conn = job.conn;
+                self.release(conn.token);
+                let remote = conn.remote;
+                self.log
+                    .line(format_args!("{remote}: refused, every worker is busy"));
+                let config = self.config;
+                let message = format!(
+                    "{} is busy: all {} workers are taken and {} requests wait; retry in a moment",
+                    config.what,
+                    config.workers.max(1),
+                    config.queue.max(1)
+                );
+                let answer = Response::error(503, message).with_header("Retry-After", "1");
+                self.refuse(conn.into_stream(), &answer);
+            }
+            Err(TrySendError::Disconnected(job)) => self.release(job.conn.token),
+        }
+    }
+
+    /// Has `answer` written on `stream` and the connection closed, by the refusal pool. A
+    /// socket still in the set leaves it when the refuser closes it; an event before that
+    /// finds its slot freed.
+    fn refuse(&self, stream: TcpStream, answer: &Response) {
+        self.refusals.refuse(stream, response::refusal(answer));
+    }
+
+    /// Accepts the connections waiting, up to [`ACCEPT_BATCH`].
+    fn accept(&mut self) {
+        for _ in 0..ACCEPT_BATCH {
+            match self.listener.try_accept() {
+                Ok(Some((stream, remote))) => self.accepted(stream, remote),
+                Ok(None) => return,
+                Err(e) => {
+                    self.log
+                        .line(format_args!("accepting a connection failed: {e}"));
+                    // Left armed, a listener that cannot accept would wake us at once.
+                    let data = EventData::new_u64(LISTENER);
+                    let _ = epoll::modify(self.epoll, self.listener, data, EventFlags::empty());
+                    self.accept_paused = Some(Instant::now() + ACCEPT_BACKOFF);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Counts a new connection against the caps (429 past its address's, 503 past the
+    /// total) and takes it in.
+    fn accepted(&mut self, stream: TcpStream, remote: SocketAddr) {
+        let config = self.config;
+        // Answers leave in one write, but a head and a large body may be two segments;
+        // without this the second waits for the client's delayed ACK (40 ms).
+        let _ = stream.set_nodelay(true);
+        let counted = match self.conns.enter(
+            remote.ip(),
+            config.max_conns_per_ip,
+            self.max_conns,
+            None,
+        ) {
+            Ok(counted) => counted,
+            Err(Refused::Address { key, open }) => {
+                self.log.line(format_args!(
+                    "{remote}: refused, {open} connections from {key} are open already"
+                ));
+                let message = format!(
+                    "too many connections from {key}: {open} are open, and {} allows {} per address; close idle ones or retry later",
+                    config.what, config.max_conns_per_ip
+                );
+                let answer = Response::error(429, message).with_header("Retry-After", "1");
+                let _ = stream.set_nonblocking(false);
+                self.refuse(stream, &answer);
+                return;
+            }
+            Err(Refused::Full) => {
+                let open = self.max_conns;
+                self.log.line(format_args!(
+                    "{remote}: refused, {open} connections are open, the most {} takes",
+                    config.what
+                ));
+                let message = format!(
+                    "{} is busy: {open} connections are open, the most it takes; retry in a moment",
+                    config.what
+                );
+                let answer = Response::error(503, message).with_header("Retry-After", "1");
+                let _ = stream.set_nonblocking(false);
+                self.refuse(stream, &answer);
+                return;
+            }
+        };
+        let token = self.alloc();
+        let socket = Socket {
+            stream,
+            stop: self.stop.clone(),
+        };
+        let conn = Conn::new(socket, remote, self.limits, counted, token, Instant::now());
+        // The request often comes with the connection: read it now rather than after one
+        // more trip through the set.
+        self.take_in(conn);
+    }
+
+    /// Closes the held connections past their deadline (408 to one that owes a request,
+    /// quietly an idle one) and notes when the next deadline falls.
+    fn sweep(&mut self, now: Instant) {
+        let mut next = now + POLL;
+        for index in 0..self.slots.len() {
+            let entry = &mut self.slots[index];
+            let Slot::Held(conn) = &entry.slot else {
+                continue;
+            };
+            let deadline = conn.deadline();
+            if deadline > now {
+                next = next.min(deadline);
+                continue;
+            }
+            let Slot::Held(conn) =
+                std::mem::replace(&mut entry.slot, Slot::Away { pending: false })
+            else {
+                continue;
+            };
+            self.release(conn.token);
+            if let Some((answer, message)) = conn.expired() {
+                let remote = conn.remote;
+                self.log.line(format_args!("{remote}: {message}"));
+                self.refuse(conn.into_stream(), &answer);
+            }
+        }
+        self.next_sweep = next;
+    }
+}
