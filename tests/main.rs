@@ -12,6 +12,7 @@ mod cli_scripts;
 mod faults;
 mod fleet;
 mod hostile_http;
+mod http_idle;
 mod metrics;
 mod network;
 mod outputs;

@@ -24,9 +24,6 @@ const POLL: Duration = Duration::from_millis(100);
 /// Bytes asked of one read: a request head and an announce fit, and a larger body takes a
 /// few reads into a buffer that grows only as bytes arrive.
 const READ_SIZE: usize = 4 << 10;
-/// Most buffer an idle connection keeps: more (after a large body) is given back, so a few
-/// thousand idle connections cost a few MiB at most.
-const IDLE_BUFFER: usize = 4 << 10;
 /// Most unconsumed bytes a connection buffers: a whole head and a gathered body.
 const MAX_BUFFERED: usize = MAX_HEAD + MAX_BUFFERED_BODY;
 
@@ -169,14 +166,6 @@ enum Look {
     AtLength(usize),
 }
 
-/// What became of a non-blocking read of what a connection had sent.
-pub(super) enum Filled {
-    /// Bytes arrived (or the buffer is full).
-    Some,
-    /// Nothing had arrived.
-    Nothing,
-}
-
 /// A connection: its socket, the bytes it sent that are not consumed yet, its deadlines,
 /// and its place in the poller.
 pub(super) struct Conn {
@@ -257,17 +246,9 @@ impl Conn {
     }
 
     /// Reads, without waiting, what the client has sent (up to the buffer's bound).
-    pub(super) fn fill(&mut self) -> Result<Filled, Failure> {
-        let mut filled = Filled::Nothing;
-        loop {
-            let (n, more) = self.read_more(None)?;
-            if n > 0 {
-                filled = Filled::Some;
-            }
-            if !more {
-                return Ok(filled);
-            }
-        }
+    pub(super) fn fill(&mut self) -> Result<(), Failure> {
+        while self.read_more(None)?.1 {}
+        Ok(())
     }
 
     /// Waits up to `deadline` (and no longer than the request's own) for more bytes; false
@@ -283,7 +264,8 @@ impl Conn {
 
     /// The next request, if the buffered bytes hold one a worker can take. Heads are parsed
     /// only when new bytes can have completed one.
-    pub(super) fn next_request(&mut self, looked_up_to: usize) -> Option<Parsed> {
+    /// With `gather` false, a small body is left to the worker too (see [`inspect`]).
+    pub(super) fn next_request(&mut self, looked_up_to: usize, gather: bool) -> Option<Parsed> {
         let unconsumed = &self.buf[self.pos..];
         let worth = match self.look {
             Look::Now => true,
@@ -296,7 +278,7 @@ impl Conn {
         if !worth || unconsumed.is_empty() {
             return None;
         }
-        match inspect(unconsumed) {
+        match inspect(unconsumed, gather) {
             Buffered::Head => {
                 self.look = Look::AtNewline;
                 None
@@ -345,14 +327,21 @@ impl Conn {
     pub(super) fn answered(&mut self) {
         self.buf.drain(..self.pos);
         self.pos = 0;
-        if self.buf.is_empty() && self.buf.capacity() > IDLE_BUFFER {
-            self.buf = Vec::new();
-        }
         let now = Instant::now();
         self.served += 1;
         self.idle_since = now;
         self.started = (!self.buf.is_empty()).then_some(now);
         self.look = Look::Now;
+    }
+
+    /// Gives back the buffer of a connection with nothing buffered, before it waits in the
+    /// poller: an idle connection then costs the size of a `Conn` alone, and the next
+    /// request's read allocates again (cheap next to the read itself).
+    pub(super) fn shed_buffer(&mut self) {
+        if self.buffered() == 0 {
+            self.buf = Vec::new();
+            self.pos = 0;
+        }
     }
 
     /// Sends `response` (its head only, for a HEAD request).

@@ -163,8 +163,9 @@ pub(super) enum Buffered {
 /// Whether `buf` (a connection's unconsumed bytes) starts with a request a worker can take:
 /// a whole head and, for a body of at most [`MAX_BUFFERED_BODY`], the whole body. A larger
 /// body, or one the client sends only once told to continue (`Expect: 100-continue`), is
-/// left to the worker, which can refuse it (413) before it is sent.
-pub(super) fn inspect(buf: &[u8]) -> Buffered {
+/// left to the worker, which can refuse it (413) before it is sent; so is every body when
+/// `gather` is false (the poller holds as many gathered bytes as it may).
+pub(super) fn inspect(buf: &[u8], gather: bool) -> Buffered {
     let (head, head_len) = match parse(&buf[..buf.len().min(MAX_HEAD)]) {
         Ok(Some(parsed)) => parsed,
         Ok(None) => return Buffered::Head,
@@ -188,7 +189,8 @@ pub(super) fn inspect(buf: &[u8]) -> Buffered {
         }
     };
     let whole = head_len as u64 + framing.length;
-    if framing.length > 0
+    if gather
+        && framing.length > 0
         && framing.length <= MAX_BUFFERED_BODY as u64
         && !framing.expect_continue
         && (buf.len() as u64) < whole
@@ -248,7 +250,7 @@ mod tests {
     use super::*;
 
     fn ready(buf: &[u8]) -> Parsed {
-        match inspect(buf) {
+        match inspect(buf, true) {
             Buffered::Ready(parsed) => parsed,
             other => panic!(
                 "{:?}: not ready but {other:?}",
@@ -266,8 +268,11 @@ mod tests {
 
     #[test]
     fn a_request_is_ready_once_its_head_and_small_body_are_buffered() {
-        assert!(matches!(inspect(b""), Buffered::Head));
-        assert!(matches!(inspect(b"GET / HTTP/1.1\r\nHo"), Buffered::Head));
+        assert!(matches!(inspect(b"", true), Buffered::Head));
+        assert!(matches!(
+            inspect(b"GET / HTTP/1.1\r\nHo", true),
+            Buffered::Head
+        ));
         let get = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b";
         let parsed = ready(get);
         assert_eq!(
@@ -276,7 +281,7 @@ mod tests {
             "the pipelined rest is not the head"
         );
         let post = b"POST /p HTTP/1.1\r\nContent-Length: 5\r\n\r\nhel";
-        match inspect(post) {
+        match inspect(post, true) {
             Buffered::Body(whole) => assert_eq!(whole, post.len() + 2),
             other => panic!("{other:?}"),
         }

@@ -11,7 +11,7 @@
 //! connection to one of a fixed pool of workers, which answers it and then looks for the
 //! next request on the same connection for up to [`FOLLOW_UP`] before giving the connection
 //! back, so a busy kept-alive client costs no trip through the poller per request. An idle
-//! or trickling connection costs a few hundred bytes and no thread.
+//! connection costs a few hundred bytes and no thread, a trickling one the bytes it sent.
 //!
 //! Everything a client controls is bounded: how long it takes to send a request (from its
 //! first byte), how long it idles between requests, how long it leaves an answer unread,
@@ -349,6 +349,7 @@ impl HttpServer {
             match self.follow_up(&mut conn, ready) {
                 FollowUp::Next(next) => parsed = next,
                 FollowUp::HandBack => {
+                    conn.shed_buffer();
                     match poller::arm(epoll, &mut conn) {
                         // The poller takes it back; if it is gone, so is the connection.
                         Ok(()) => drop(back.send(Back::Conn(conn))),
@@ -429,7 +430,7 @@ impl HttpServer {
         let until = Instant::now() + FOLLOW_UP;
         let mut looked = 0;
         loop {
-            if let Some(parsed) = conn.next_request(looked) {
+            if let Some(parsed) = conn.next_request(looked, true) {
                 return FollowUp::Next(parsed);
             }
             looked = conn.buf.len();
@@ -783,6 +784,25 @@ mod tests {
                 "connection {n}"
             );
         }
+    }
+
+    #[test]
+    fn a_small_body_arriving_slowly_holds_no_worker() {
+        let server = start(|c| c.workers = 1);
+        let mut slow = connect(server.addr);
+        slow.write_all(b"POST /p HTTP/1.1\r\nContent-Length: 5\r\n\r\nhe")
+            .unwrap();
+        // The one worker is free for everyone else while the body is on its way.
+        for _ in 0..3 {
+            let mut other = connect(server.addr);
+            other.write_all(b"GET /other HTTP/1.1\r\n\r\n").unwrap();
+            assert_eq!(read_answer(&mut io::BufReader::new(other)).2, "GET /other ");
+        }
+        slow.write_all(b"llo").unwrap();
+        assert_eq!(
+            read_answer(&mut io::BufReader::new(&slow)).2,
+            "POST /p hello"
+        );
     }
 
     /// Whether the server closed `stream` cleanly (not: the read timed out).

@@ -43,6 +43,12 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
 const ACCEPT_BATCH: usize = 64;
 /// Events taken per wake-up.
 const EVENTS: usize = 256;
+/// Most bytes the poller keeps in the buffers of the connections it holds before it stops
+/// gathering small bodies (they are then left to the workers, like large ones): memory for
+/// requests under way grows only with bytes that arrived, and no faster than this, however
+/// many addresses send slowly. 32 MiB is two thousand announces of 16 KiB in flight at
+/// once. Heads are gathered whatever this says: at most 16 KiB each.
+const GATHER_BUDGET: usize = 32 << 20;
 /// The listener's token; connections' tokens are their slot and its generation.
 const LISTENER: u64 = u64::MAX;
 
@@ -127,6 +133,8 @@ pub(super) struct Poller<'s> {
     free: Vec<usize>,
     /// Slots marked pending.
     pending: usize,
+    /// Buffer bytes (capacity) of the connections held.
+    held_bytes: usize,
     next_sweep: Instant,
     /// Until when the listener is left alone after a failed accept.
     accept_paused: Option<Instant>,
@@ -165,6 +173,7 @@ impl<'s> Poller<'s> {
             slots: Vec::new(),
             free: Vec::new(),
             pending: 0,
+            held_bytes: 0,
             next_sweep: Instant::now() + POLL,
             accept_paused: None,
         }
@@ -258,24 +267,44 @@ impl<'s> Poller<'s> {
             .then_some(&mut entry.slot)
     }
 
+    /// Puts `conn` in its slot, held: it waits here for bytes or its deadline.
+    fn put_held(&mut self, conn: Conn) {
+        let deadline = conn.deadline();
+        let bytes = conn.buf.capacity();
+        let Some(slot) = self.slot(conn.token) else {
+            return; // its slot was freed: the connection is dropped
+        };
+        let pending = matches!(slot, Slot::Away { pending: true });
+        let token = conn.token;
+        *slot = Slot::Held(conn);
+        self.held_bytes += bytes;
+        self.next_sweep = self.next_sweep.min(deadline);
+        if pending {
+            // Its event came before it did.
+            self.pending -= 1;
+            self.readable(token);
+        }
+    }
+
+    /// Takes the connection held in `index`'s slot, if one is, leaving the slot away.
+    fn take_held(&mut self, index: usize) -> Option<Conn> {
+        let entry = self.slots.get_mut(index)?;
+        if !matches!(entry.slot, Slot::Held(_)) {
+            return None;
+        }
+        let Slot::Held(conn) = std::mem::replace(&mut entry.slot, Slot::Away { pending: false })
+        else {
+            return None;
+        };
+        self.held_bytes -= conn.buf.capacity();
+        Some(conn)
+    }
+
     /// Takes the connections workers sent back (and the slots of those they closed).
     fn take_back(&mut self) {
         while let Ok(back) = self.back.try_recv() {
             match back {
-                Back::Conn(conn) => {
-                    let token = conn.token;
-                    let deadline = conn.deadline();
-                    let Some(slot) = self.slot(token) else {
-                        continue;
-                    };
-                    let pending = matches!(slot, Slot::Away { pending: true });
-                    *slot = Slot::Held(conn);
-                    self.next_sweep = self.next_sweep.min(deadline);
-                    if pending {
-                        self.pending -= 1;
-                        self.readable(token);
-                    }
-                }
+                Back::Conn(conn) => self.put_held(conn),
                 Back::Closed(token) => self.release(token),
             }
         }
@@ -286,51 +315,38 @@ impl<'s> Poller<'s> {
         let Some(slot) = self.slot(token) else {
             return; // stale: closed since
         };
-        let conn = match std::mem::replace(slot, Slot::Away { pending: true }) {
-            Slot::Held(conn) => conn,
-            Slot::Away { pending } => {
-                if !pending {
-                    self.pending += 1;
-                }
-                return;
+        if let Slot::Away { pending } = slot {
+            // With a worker that armed it and has not sent it back yet.
+            if !*pending {
+                *pending = true;
+                self.pending += 1;
             }
-            Slot::Free => {
-                *slot = Slot::Free;
-                return;
-            }
-        };
-        if let Some(slot) = self.slot(token) {
-            *slot = Slot::Away { pending: false };
+            return;
         }
-        self.take_in(conn);
+        if let Some(conn) = self.take_held(index(token)) {
+            self.take_in(conn);
+        }
     }
 
     /// Reads what `conn` sent; a whole request goes to a worker, anything less waits here.
     fn take_in(&mut self, mut conn: Conn) {
         let looked = conn.buf.len();
-        match conn.fill() {
-            Ok(_) => {}
-            Err(Failure::Closed) => {
-                if conn.buffered() > 0 {
-                    let remote = conn.remote;
-                    self.log.line(format_args!(
+        if let Err(e) = conn.fill() {
+            if conn.buffered() > 0 {
+                let remote = conn.remote;
+                match e {
+                    Failure::Closed => self.log.line(format_args!(
                         "{remote}: the client closed in the middle of a request"
-                    ));
+                    )),
+                    e => self
+                        .log
+                        .line(format_args!("{remote}: reading a request: {e}")),
                 }
-                self.release(conn.token);
-                return;
             }
-            Err(e) => {
-                if conn.buffered() > 0 {
-                    let remote = conn.remote;
-                    self.log
-                        .line(format_args!("{remote}: reading a request: {e}"));
-                }
-                self.release(conn.token);
-                return;
-            }
+            self.release(conn.token);
+            return;
         }
-        match conn.next_request(looked) {
+        match conn.next_request(looked, self.held_bytes < GATHER_BUDGET) {
             Some(parsed) => self.dispatch(conn, parsed),
             None => self.hold(conn),
         }
@@ -338,6 +354,7 @@ impl<'s> Poller<'s> {
 
     /// Keeps `conn` here, armed, until it sends more or its deadline passes.
     fn hold(&mut self, mut conn: Conn) {
+        conn.shed_buffer();
         if let Err(e) = arm(self.epoll, &mut conn) {
             let remote = conn.remote;
             self.log.line(format_args!(
@@ -346,10 +363,7 @@ impl<'s> Poller<'s> {
             self.release(conn.token);
             return;
         }
-        self.next_sweep = self.next_sweep.min(conn.deadline());
-        if let Some(slot) = self.slot(conn.token) {
-            *slot = Slot::Held(conn);
-        }
+        self.put_held(conn);
     }
 
     /// Hands `conn` and its request to a worker, or answers 503 when as many requests wait
@@ -462,8 +476,7 @@ impl<'s> Poller<'s> {
     fn sweep(&mut self, now: Instant) {
         let mut next = now + POLL;
         for index in 0..self.slots.len() {
-            let entry = &mut self.slots[index];
-            let Slot::Held(conn) = &entry.slot else {
+            let Slot::Held(conn) = &self.slots[index].slot else {
                 continue;
             };
             let deadline = conn.deadline();
@@ -471,9 +484,7 @@ impl<'s> Poller<'s> {
                 next = next.min(deadline);
                 continue;
             }
-            let Slot::Held(conn) =
-                std::mem::replace(&mut entry.slot, Slot::Away { pending: false })
-            else {
+            let Some(conn) = self.take_held(index) else {
                 continue;
             };
             self.release(conn.token);

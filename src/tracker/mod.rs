@@ -69,22 +69,29 @@ pub const DEFAULT_MAX_PEERS: usize = 16;
 /// dropped: generous for any client, short enough that a stalled one cannot keep a request
 /// thread for long.
 pub const DEFAULT_HTTP_TIMEOUT: Duration = http::DEFAULT_WRITE_TIMEOUT;
-/// Request-handling threads. Most requests take microseconds; a client that stalls holds
-/// its thread until the request timeout at most, and one address holds at most
-/// `max_conns_per_ip` of them, so 32 leave everyone else served.
+/// Request-handling threads. They are held by requests, not connections (idle and
+/// trickling connections wait in the HTTP poller), and most requests take microseconds;
+/// what holds one longer is a client sending a large body slowly (up to the request
+/// timeout) or leaving its answer unread (up to the write timeout), and one address holds
+/// at most `max_conns_per_ip` of them that way, so 32 leave everyone else served.
 const HTTP_THREADS: usize = 32;
-/// Connections that may wait for a thread before newcomers are told the tracker is busy:
-/// a crowd of peers starting together, while the threads answer in microseconds.
+/// Whole requests that may wait for a thread before newcomers are told the tracker is
+/// busy (503): a crowd of peers announcing together, while the threads answer in
+/// microseconds.
 const HTTP_QUEUE: usize = 128;
 /// Default announces a second per client address. A downloading peer announces twice a
 /// second and a seeder every 20 s; 100 lets fifty downloads run at once behind one address
 /// (a machine running a crowd, a NAT of CI runners) before clients have to retry.
 pub const DEFAULT_ANNOUNCE_RATE: u32 = 100;
-/// Default connections one client address may hold at once: half the request threads. Our
-/// clients open one per request, so this is how many of them behind one address can start
-/// at the same instant (a crowd arriving together retries the rest: 429 is answered with
-/// `Retry-After`); one address can never hold more than half the threads.
-pub const DEFAULT_MAX_CONNS_PER_IP: usize = HTTP_THREADS / 2;
+/// Default connections one client address may hold at once: a quarter of the request
+/// threads, so one address can never hold more than a quarter of them (with slow bodies or
+/// unread answers; an idle connection holds none). Our clients open one connection per
+/// request and hold it about a millisecond on a LAN, and the announce rate limit already
+/// bounds a NAT of CI runners to 100 announces a second (bursts of 200): that is 0.1 to
+/// 0.2 connections open on average, so 8 refuses only a crowd connecting within the same
+/// few milliseconds, which retries after the `Retry-After: 1` of its 429. The load
+/// generator, which keeps many connections from one address, turns the cap off.
+pub const DEFAULT_MAX_CONNS_PER_IP: usize = HTTP_THREADS / 4;
 /// Default publishes a second per client address: publishing is an operator's act.
 pub const DEFAULT_PUBLISH_RATE: u32 = 5;
 /// Per-address limits let through this many seconds' worth of requests at once from an
