@@ -341,11 +341,7 @@ impl HttpServer {
             mut parsed,
         } = job;
         let token = conn.token;
-        loop {
-            match self.answer(&mut conn, parsed, handler, log) {
-                After::Keep => {}
-                After::Closed => break,
-            }
+        while let After::Keep = self.answer(&mut conn, parsed, handler, log) {
             match self.follow_up(&mut conn, ready) {
                 FollowUp::Next(next) => parsed = next,
                 FollowUp::HandBack => {
