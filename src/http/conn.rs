@@ -57,8 +57,8 @@ pub(super) struct Socket {
     pub(super) stop: ShutdownHandle,
 }
 
-/// `timeout` as `poll(2)` takes it.
-fn timespec(timeout: Duration) -> Timespec {
+/// `timeout` as `poll(2)` and `epoll_wait(2)` take it.
+pub(super) fn timespec(timeout: Duration) -> Timespec {
     Timespec {
         tv_sec: timeout.as_secs() as _,
         tv_nsec: timeout.subsec_nanos() as _,

@@ -20,10 +20,9 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use rustix::buffer::spare_capacity;
-use rustix::event::Timespec;
 use rustix::event::epoll::{self, Event, EventData, EventFlags};
 
-use super::conn::{Conn, Failure, Limits, Socket};
+use super::conn::{Conn, Failure, Limits, Socket, timespec};
 use super::head::Parsed;
 use super::{HttpConfig, Log, Response, response};
 use crate::net::{Conns, Listener, Refusals, Refused, ShutdownHandle};
@@ -83,13 +82,6 @@ pub(super) fn arm(epoll: &OwnedFd, conn: &mut Conn) -> io::Result<()> {
         conn.registered = true;
     }
     Ok(())
-}
-
-fn timespec(timeout: Duration) -> Timespec {
-    Timespec {
-        tv_sec: timeout.as_secs() as _,
-        tv_nsec: timeout.subsec_nanos() as _,
-    }
 }
 
 /// Where a connection is.
