@@ -255,6 +255,10 @@ impl Conn {
     /// when none came.
     pub(super) fn wait_more(&mut self, deadline: Instant) -> Result<bool, Failure> {
         let deadline = deadline.min(self.deadline());
+        // Waiting first saves the read that would find nothing: right after an answer, the
+        // client has not had the time to send its next request yet.
+        let left = deadline.saturating_duration_since(Instant::now());
+        self.socket.wait(PollFlags::IN, left.min(POLL));
         match self.read_more(Some(deadline)) {
             Ok((n, _)) => Ok(n > 0),
             Err(Failure::Timeout) => Ok(false),
