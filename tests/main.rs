@@ -4,6 +4,7 @@
 mod harness;
 mod netns;
 
+mod attack_server;
 mod auth;
 mod cache;
 mod catalog;
