@@ -322,6 +322,304 @@ pub fn linger_close(stream: &TcpStream) {
     }
 }
 
+/// How the lobby of [`Listener::accept_greeted`] holds connections that have not yet sent
+/// their first frame.
+#[derive(Clone, Copy, Debug)]
+pub struct LobbyLimits {
+    /// Connections waiting for their first frame at once; when a newcomer finds it full,
+    /// the oldest waiting one is turned away to make room.
+    pub capacity: usize,
+    /// Of those, how many one address (see [`client_key`]) may hold; past it a newcomer
+    /// from that address is turned away.
+    pub per_addr: usize,
+    /// How long the whole first frame may take to arrive, from the accept.
+    pub deadline: Duration,
+    /// Sockets closing after a last answer (written, then drained for [`CLOSE_LINGER`])
+    /// at once; past it a refused socket gets its answer written and is closed at once.
+    pub closing: usize,
+}
+
+/// Why the lobby turned a connection away; [`Greeter::refusal`] words the answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LobbyRefusal {
+    /// Its address holds `open` waiting connections already, the cap.
+    Address {
+        /// The address counted: an IPv4 address or an IPv6 /64.
+        key: IpAddr,
+        /// Waiting connections it holds.
+        open: usize,
+    },
+    /// The lobby was full and this was the connection waiting longest.
+    Evicted,
+    /// Its first frame did not arrive whole within the deadline.
+    Late(Duration),
+}
+
+/// What a server tells [`Listener::accept_greeted`] about its protocol.
+pub trait Greeter {
+    /// The length of the first frame (prefix included) once `bytes`, its start, says;
+    /// `Ok(None)` while more bytes are needed to tell; `Err` with the last words for a
+    /// frame that cannot be (too long, say).
+    fn frame_len(&self, bytes: &[u8]) -> Result<Option<usize>, Vec<u8>>;
+    /// The last words for a connection the lobby turned away.
+    fn refusal(&self, why: LobbyRefusal) -> Vec<u8>;
+    /// Takes a connection whose whole first frame arrived (`frame`, read from it; the
+    /// socket is blocking again), or answers it with last words to send before closing.
+    fn greeted(
+        &mut self,
+        stream: TcpStream,
+        remote: SocketAddr,
+        frame: Vec<u8>,
+    ) -> Result<(), (TcpStream, Vec<u8>)>;
+}
+
+/// Whether a newcomer from `key` enters a lobby whose waiting connections are `waiting`
+/// (their keys, oldest first), and which waiting one leaves for it. Pure, for tests.
+fn lobby_admits(
+    waiting: &[IpAddr],
+    key: IpAddr,
+    limits: &LobbyLimits,
+) -> Result<Option<usize>, LobbyRefusal> {
+    let open = waiting.iter().filter(|k| **k == key).count();
+    if open >= limits.per_addr.max(1) {
+        return Err(LobbyRefusal::Address { key, open });
+    }
+    if waiting.len() >= limits.capacity.max(1) {
+        return Ok(Some(0));
+    }
+    Ok(None)
+}
+
+/// A connection in the lobby: the first frame's bytes so far.
+struct Waiting {
+    stream: TcpStream,
+    remote: SocketAddr,
+    key: IpAddr,
+    until: Instant,
+    frame: Vec<u8>,
+}
+
+/// A socket closing after its last words: what is left to write, then a drain.
+struct Closing {
+    stream: TcpStream,
+    words: Vec<u8>,
+    written: usize,
+    until: Instant,
+    drained: usize,
+}
+
+impl Closing {
+    /// Moves the close on without waiting; false once it is over.
+    fn step(&mut self, now: Instant) -> bool {
+        if now >= self.until {
+            return false;
+        }
+        while self.written < self.words.len() {
+            match (&self.stream).write(&self.words[self.written..]) {
+                Ok(0) => return false,
+                Ok(n) => {
+                    self.written += n;
+                    if self.written == self.words.len() {
+                        let _ = self.stream.shutdown(Shutdown::Write);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return false,
+            }
+        }
+        let mut sink = [0u8; 4096];
+        while self.drained < MAX_DRAIN {
+            match (&self.stream).read(&mut sink) {
+                Ok(0) => return false,
+                Ok(n) => self.drained += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return false,
+            }
+        }
+        false
+    }
+}
+
+/// Most connections taken from the listener in one round of the lobby loop, so that a
+/// flood of connects cannot keep the waiting ones from being read.
+const ACCEPTS_PER_ROUND: usize = 64;
+
+impl Listener {
+    /// Accepts connections until `stop` is set and holds each in a lobby, without a thread,
+    /// until its whole first frame has arrived: then `greeter` takes it. The lobby is
+    /// bounded in size, per address and in time (`limits`); every connection it turns
+    /// away, and every one `greeter` refuses, gets its last words written (without
+    /// blocking) and a short drain before the close, so a refusal is never a silent close.
+    /// Everything runs on the calling thread with `poll(2)`.
+    pub fn accept_greeted(
+        &self,
+        stop: &ShutdownHandle,
+        limits: LobbyLimits,
+        greeter: &mut impl Greeter,
+        mut failed: impl FnMut(&io::Error),
+    ) {
+        let mut lobby: Vec<Waiting> = Vec::new();
+        let mut closing: Vec<Closing> = Vec::new();
+        let close = |closing: &mut Vec<Closing>, stream: TcpStream, words: Vec<u8>| {
+            let _ = stream.set_nonblocking(true);
+            let mut entry = Closing {
+                stream,
+                words,
+                written: 0,
+                until: Instant::now() + CLOSE_LINGER,
+                drained: 0,
+            };
+            // Past the cap the words are still written (a fresh socket takes them at
+            // once); only the drain is skipped.
+            if entry.step(Instant::now()) && closing.len() < limits.closing.max(1) {
+                closing.push(entry);
+            }
+        };
+        while !stop.is_shutdown() {
+            // Wait for the listener, a waiting connection's bytes, or a closing one.
+            let now = Instant::now();
+            let next = lobby
+                .iter()
+                .map(|w| w.until)
+                .chain(closing.iter().map(|c| c.until))
+                .min()
+                .map_or(ACCEPT_POLL, |t| t.saturating_duration_since(now))
+                .min(ACCEPT_POLL);
+            let ready: Vec<bool> = {
+                let mut fds = Vec::with_capacity(1 + lobby.len() + closing.len());
+                fds.push(PollFd::new(&self.listener, PollFlags::IN));
+                fds.extend(lobby.iter().map(|w| PollFd::new(&w.stream, PollFlags::IN)));
+                fds.extend(closing.iter().map(|c| {
+                    let flags = if c.written < c.words.len() {
+                        PollFlags::OUT
+                    } else {
+                        PollFlags::IN
+                    };
+                    PollFd::new(&c.stream, flags)
+                }));
+                let timeout = Timespec {
+                    tv_sec: next.as_secs() as _,
+                    tv_nsec: next.subsec_nanos() as _,
+                };
+                // An error (EINTR, say) only means looking sooner.
+                let _ = rustix::event::poll(&mut fds, Some(&timeout));
+                fds.iter().map(|f| !f.revents().is_empty()).collect()
+            };
+            let (lobby_ready, closing_ready) = ready[1..].split_at(lobby.len());
+            let now = Instant::now();
+            // Closing sockets first: each step frees its entry when done.
+            let mut i = 0;
+            closing.retain_mut(|c| {
+                let go = closing_ready.get(i).copied().unwrap_or(false);
+                i += 1;
+                !go && now < c.until || go && c.step(now)
+            });
+            // Waiting connections: read what came, hand on whole frames, drop the late.
+            let mut kept = Vec::with_capacity(lobby.len());
+            for (w, ready) in lobby.drain(..).zip(lobby_ready.iter().copied()) {
+                match read_first_frame(w, ready, now, &limits, greeter) {
+                    FirstFrame::Waiting(w) => kept.push(w),
+                    FirstFrame::Whole(w) => {
+                        let _ = w.stream.set_nonblocking(false);
+                        if let Err((stream, words)) = greeter.greeted(w.stream, w.remote, w.frame) {
+                            close(&mut closing, stream, words);
+                        }
+                    }
+                    FirstFrame::Refused(stream, words) => close(&mut closing, stream, words),
+                    FirstFrame::Gone => {}
+                }
+            }
+            lobby = kept;
+            // New connections, a bounded number a round.
+            for _ in 0..ACCEPTS_PER_ROUND {
+                match self.listener.accept() {
+                    Ok((stream, remote)) => {
+                        // Linux does not pass O_NONBLOCK on to accepted sockets; set it.
+                        if stream.set_nonblocking(true).is_err() {
+                            continue;
+                        }
+                        let key = client_key(remote.ip());
+                        let keys: Vec<IpAddr> = lobby.iter().map(|w| w.key).collect();
+                        match lobby_admits(&keys, key, &limits) {
+                            Ok(evict) => {
+                                if let Some(at) = evict {
+                                    let old = lobby.remove(at);
+                                    let words = greeter.refusal(LobbyRefusal::Evicted);
+                                    close(&mut closing, old.stream, words);
+                                }
+                                lobby.push(Waiting {
+                                    stream,
+                                    remote,
+                                    key,
+                                    until: Instant::now() + limits.deadline,
+                                    frame: Vec::new(),
+                                });
+                            }
+                            Err(why) => close(&mut closing, stream, greeter.refusal(why)),
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        failed(&e);
+                        std::thread::sleep(ACCEPT_BACKOFF);
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Where a waiting connection stands after a look at its socket.
+enum FirstFrame {
+    Waiting(Waiting),
+    Whole(Waiting),
+    Refused(TcpStream, Vec<u8>),
+    /// Closed by the client, or failed: dropped without a word (nobody is listening).
+    Gone,
+}
+
+/// Reads what has arrived of a waiting connection's first frame, never past its end (the
+/// rest stays in the socket for whoever takes the connection).
+fn read_first_frame(
+    mut w: Waiting,
+    ready: bool,
+    now: Instant,
+    limits: &LobbyLimits,
+    greeter: &impl Greeter,
+) -> FirstFrame {
+    // Sockets poll saw nothing on are only looked at for their deadline.
+    while ready {
+        let want = match greeter.frame_len(&w.frame) {
+            Ok(Some(total)) if w.frame.len() >= total => return FirstFrame::Whole(w),
+            Ok(Some(total)) => total - w.frame.len(),
+            // One byte at a time until the length is known: never past the frame.
+            Ok(None) => 1,
+            Err(words) => return FirstFrame::Refused(w.stream, words),
+        };
+        let start = w.frame.len();
+        w.frame.resize(start + want, 0);
+        match (&w.stream).read(&mut w.frame[start..]) {
+            Ok(0) => return FirstFrame::Gone,
+            Ok(n) => w.frame.truncate(start + n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                w.frame.truncate(start);
+                break;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => w.frame.truncate(start),
+            Err(_) => return FirstFrame::Gone,
+        }
+    }
+    if now >= w.until {
+        let words = greeter.refusal(LobbyRefusal::Late(limits.deadline));
+        return FirstFrame::Refused(w.stream, words);
+    }
+    FirstFrame::Waiting(w)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

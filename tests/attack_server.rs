@@ -165,12 +165,8 @@ fn hold(
                 if stream.write_all(&burst).is_err() {
                     return false;
                 }
-                (0..16).all(|_| {
-                    matches!(
-                        wire::read_message(stream, MAX_FRAME),
-                        Ok(Message::Have(_))
-                    )
-                })
+                (0..16)
+                    .all(|_| matches!(wire::read_message(stream, MAX_FRAME), Ok(Message::Have(_))))
             }
             _ => {
                 if matches!(kind, Kind::Trickle)
@@ -215,7 +211,12 @@ fn open_still(stream: &TcpStream, errors: &AtomicU64) -> bool {
 }
 
 /// A tracker and an origin `peer_server` of a file of `len` bytes; the asset id.
-fn origin_of(d: &Path, len: usize, listen: &str, tracker_listen: &str) -> (TrackerProc, ServerProc, String) {
+fn origin_of(
+    d: &Path,
+    len: usize,
+    listen: &str,
+    tracker_listen: &str,
+) -> (TrackerProc, ServerProc, String) {
     random_file(&d.join("f.bin"), len, 13);
     let tracker = TrackerProc::start_on(d, tracker_listen, &[]);
     let origin = ServerProc::start_on(
@@ -414,7 +415,14 @@ fn two_ipv6_addresses_in_one_64_count_as_one_address() {
         format!("fd77:{n}:0:2::c").parse().unwrap(),
     );
     for addr in [a1, a2, b] {
-        ip(&["addr", "add", &format!("{addr}/64"), "dev", &ns.host_if, "nodad"]);
+        ip(&[
+            "addr",
+            "add",
+            &format!("{addr}/64"),
+            "dev",
+            &ns.host_if,
+            "nodad",
+        ]);
     }
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
@@ -436,7 +444,10 @@ fn two_ipv6_addresses_in_one_64_count_as_one_address() {
     eprintln!(
         "ipv6 /64: get {normal:?} alone, {took:?} under attack ({opened} attacker connections, {errors} error frames)"
     );
-    assert!(errors > 0, "the /64 holding 64 connections was refused some");
+    assert!(
+        errors > 0,
+        "the /64 holding 64 connections was refused some"
+    );
     assert!(
         took <= bound(normal),
         "the get took {took:?} under attack, {normal:?} alone"

@@ -172,6 +172,21 @@ fn socket_error(phase: &str, e: &std::io::Error, timeout: Duration) -> String {
     }
 }
 
+/// Whether a read of the answer to `Hello` failed because the source closed or reset the
+/// connection before sending a byte of it.
+fn closed_at_once(e: &WireError) -> bool {
+    match e {
+        WireError::Closed => true,
+        WireError::Io(e) => matches!(
+            e.kind(),
+            std::io::ErrorKind::ConnectionReset
+                | std::io::ErrorKind::ConnectionAborted
+                | std::io::ErrorKind::BrokenPipe
+        ),
+        _ => false,
+    }
+}
+
 impl Worker {
     /// Runs the connection until the scheduler closes its jobs or the source fails.
     pub(crate) fn run(self, jobs: JobsRx) {
@@ -337,6 +352,14 @@ impl Worker {
                 return ended(End::Failed(format!(
                     "stalled: no handshake within {:?}",
                     self.chunk_timeout
+                )));
+            }
+            // A source that closes (or resets) right after the connect, before any answer,
+            // is one with no slot for us, as servers were that closed unanswered: busy,
+            // worth a pause and a retry, not a failure that gives an origin up.
+            Err(e) if closed_at_once(&e) => {
+                return ended(End::Busy(format!(
+                    "closed the connection before answering Hello ({e}); taken as busy"
                 )));
             }
             Err(e) => return ended(End::Failed(format!("handshake: {e}"))),

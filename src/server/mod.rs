@@ -11,6 +11,7 @@
 //!
 //! [`wire`]: crate::wire
 
+mod seats;
 mod session;
 mod stats;
 mod tickets;
@@ -24,18 +25,19 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use crossbeam_channel::bounded;
+use crossbeam_channel::{Sender, bounded};
 
 use crate::announce::{Announce, Announcer, Departure, LEAVE_BUDGET, Rhythm};
 use crate::api::{AnnounceEvent, AnnounceRequest, BatchAnnounceRequest, BatchEntry};
 use crate::bitfield::LiveHave;
 use crate::http::{HttpConfig, HttpServer};
 use crate::manifest::{AssetId, Manifest};
-use crate::net::{Conns, Counted, Listener, Refusals, Refused};
+use crate::net::{Greeter, Listener, LobbyLimits, LobbyRefusal};
 use crate::store::{InUse, Store};
 use crate::sync::LockExt;
 use crate::tracker_client::{HttpStatus, TrackerClient, new_peer_id, split_batch};
-use crate::wire::code;
+use crate::wire::{self, code};
+use seats::{Held, NoSeat, Seats};
 use stats::{Counters, Served};
 use tickets::{Gate, TicketCheck, Tickets};
 use uploads::Uploads;
@@ -45,9 +47,11 @@ pub use crate::net::ShutdownHandle;
 pub use stats::UploadCounter;
 pub use tickets::TicketKeys;
 
-/// A client has this long to send its `Hello` after connecting: a healthy one sends it at
-/// once, so 10 s only ever cuts off the stuck and the hostile.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A client has this long to send its whole `Hello` after connecting: a healthy one sends
+/// it at once, in one segment; 2 s leave room for one lost segment (TCP's first
+/// retransmission comes after 1 s) and cut off a silent or trickling connection five times
+/// sooner than the 10 s this was.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
 /// A connection with no request for this long is closed, freeing its worker for others.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// A write (one chunk to a client) that cannot progress for this long means the client
@@ -67,12 +71,26 @@ pub const DEFAULT_UPLOAD_SLOTS: usize = 4;
 /// A metrics scraper that leaves our answer unread this long loses its connection: a
 /// scrape is a few kilobytes, so 10 s is generous.
 const METRICS_SEND_TIMEOUT: Duration = Duration::from_secs(10);
-/// Threads that write "busy" to refused connections. A refusal is one write of a small
-/// frame and a wait for the client, which closes as soon as it reads it: four keep up
-/// with a crowd while the accept thread never waits on a client.
-const REFUSERS: usize = 4;
-/// Refused connections waiting for a refuser; past this many they are closed unanswered.
-const REFUSAL_QUEUE: usize = 64;
+/// Connections that have not sent their whole `Hello` yet, held by the accept thread
+/// without a thread each (see [`crate::net::Listener::accept_greeted`]): twice the seats,
+/// so that a flood of silent connections must outrun 128 honest handshakes (each of which
+/// takes one round trip) to keep one out: the oldest waiting connection makes room for a
+/// newcomer.
+const LOBBY_SLOTS: usize = 128;
+/// Of those, what one address (an IPv4 address or an IPv6 /64) may hold: a client opens
+/// at most four connections to a source at once (`--workers`), so 16 lets four clients
+/// behind one NAT handshake together, and it takes eight addresses to fill the lobby.
+const LOBBY_PER_ADDR: usize = 16;
+/// Refused sockets whose last words are being written and drained at once by the accept
+/// thread; past it a refusal is written and closed at once (the words still leave: a
+/// fresh socket's buffer takes them).
+const CLOSING_AT_ONCE: usize = 512;
+/// Sessions told to yield their seat that may still be saying so at once; the worker pool
+/// has this many threads beyond the seats.
+const YIELDS_AT_ONCE: usize = 8;
+/// The largest `Hello` frame: type, magic, version, asset, ticket length and a ticket of
+/// [`wire::MAX_TICKET`] bytes. A longer first frame is refused before it is read.
+const MAX_HELLO_FRAME: u32 = 1 + 4 + 2 + 32 + 2 + wire::MAX_TICKET as u32;
 
 /// Validated peer server settings.
 #[derive(Clone, Debug)]
@@ -149,8 +167,8 @@ struct Shared {
     stop: ShutdownHandle,
     /// Whether, and how, every `Hello`'s ticket is checked.
     gate: Arc<Gate>,
-    /// Connections being served, per address, closed on shutdown.
-    conns: Conns,
+    /// Sessions being served, per address, closed on shutdown.
+    seats: Seats,
     /// What the metrics endpoint reports beyond the per-asset counters.
     counters: Counters,
 }
@@ -231,7 +249,11 @@ impl Server {
             uploads: Uploads::new(config.upload_slots, config.max_upload_rate),
             stop: ShutdownHandle::new(),
             gate: Arc::new(Gate::new(tickets)),
-            conns: Conns::default(),
+            seats: Seats::new(
+                config.max_conns.max(1),
+                config.max_conns_per_addr.max(1),
+                YIELDS_AT_ONCE,
+            ),
             counters: Counters::new(config.max_conns.max(1)),
         });
         // Announce before reporting "listening", so that a script which starts a download as
@@ -337,50 +359,42 @@ impl Server {
         });
         let max_conns = self.config.max_conns.max(1);
         let per_addr = self.config.max_conns_per_addr.max(1);
-        // Slots are counted, not inferred from idle workers: a connection is refused only
-        // when `max_conns` are really being served, and the queue never holds more than the
-        // free slots, so sending on it never blocks the accept loop.
-        let (conn_tx, conn_rx) = bounded::<(Counted, TcpStream)>(max_conns);
-        let workers: Vec<_> = (0..max_conns)
+        // Seats are counted, not inferred from idle workers: a session is refused only when
+        // `max_conns` are really being served and none can yield, and the workers (one per
+        // seat, plus one per yield under way) always outnumber what the queue can hold, so
+        // sending on it never blocks the accept loop.
+        let threads = max_conns + YIELDS_AT_ONCE;
+        let (conn_tx, conn_rx) = bounded::<(Held, TcpStream, Vec<u8>)>(threads);
+        let workers: Vec<_> = (0..threads)
             .map(|_| {
                 let (rx, shared) = (conn_rx.clone(), Arc::clone(&self.shared));
                 std::thread::spawn(move || {
-                    for (counted, stream) in rx {
-                        shared.serve_connection(&stream);
-                        drop(counted);
+                    for (held, stream, hello) in rx {
+                        shared.serve_connection(&stream, &hello, &held);
+                        drop(held);
                     }
                 })
             })
             .collect();
-        let refusals = Refusals::start(REFUSERS, REFUSAL_QUEUE);
         let shared = &self.shared;
-        let accepted = |stream: TcpStream, remote: SocketAddr| {
-            let counters = &shared.counters;
-            Counters::bump(&counters.accepted);
-            let text = match shared
-                .conns
-                .enter(remote.ip(), per_addr, max_conns, Some(&stream))
-            {
-                Ok(counted) => {
-                    // Cannot fail: the workers hold the receiver until this sender is dropped.
-                    let _ = conn_tx.send((counted, stream));
-                    return;
-                }
-                Err(Refused::Address { key, .. }) => format!(
-                    "server busy: {key} already has {per_addr} connections here, the most one address may hold; use those"
-                ),
-                Err(Refused::Full) => format!(
-                    "server busy: all {max_conns} connection slots are taken; try another peer or retry later"
-                ),
-            };
-            Counters::bump(&counters.refused);
-            refusals.refuse(stream, session::error_frame(code::SERVER_BUSY, &text));
+        let mut greeter = HelloGreeter {
+            shared,
+            conn_tx: &conn_tx,
+            max_conns,
+            per_addr,
         };
-        self.listener.accept_until(&shared.stop, accepted, |e| {
-            log::warn!("serving: accept failed: {e}")
-        });
+        let limits = LobbyLimits {
+            capacity: LOBBY_SLOTS,
+            per_addr: LOBBY_PER_ADDR,
+            deadline: HANDSHAKE_TIMEOUT,
+            closing: CLOSING_AT_ONCE,
+        };
+        self.listener
+            .accept_greeted(&shared.stop, limits, &mut greeter, |e| {
+                log::warn!("serving: accept failed: {e}")
+            });
         // Workers blocked reading a connection return as soon as it is shut down.
-        shared.conns.close_all();
+        shared.seats.close_all();
         if let Some(stop) = metrics_stop {
             stop.shutdown();
         }
@@ -390,11 +404,93 @@ impl Server {
         for worker in workers {
             let _ = worker.join();
         }
-        drop(refusals);
         if let Some(metrics) = metrics {
             let _ = metrics.join();
         }
         Ok(())
+    }
+}
+
+/// The accept loop's view of the protocol: a `Hello` frame's length, the words of each
+/// refusal, and the seat a whole `Hello` gets.
+struct HelloGreeter<'a> {
+    shared: &'a Shared,
+    conn_tx: &'a Sender<(Held, TcpStream, Vec<u8>)>,
+    max_conns: usize,
+    per_addr: usize,
+}
+
+impl HelloGreeter<'_> {
+    fn busy(&self, text: &str) -> Vec<u8> {
+        Counters::bump(&self.shared.counters.refused);
+        session::error_frame(code::SERVER_BUSY, text)
+    }
+}
+
+impl Greeter for HelloGreeter<'_> {
+    fn frame_len(&self, bytes: &[u8]) -> Result<Option<usize>, Vec<u8>> {
+        wire::codec::frame_len(bytes, MAX_HELLO_FRAME).map_err(|e| {
+            Counters::bump(&self.shared.counters.protocol_errors);
+            session::error_frame(
+                code::BAD_FRAME,
+                &format!("{e} (the first frame must be a Hello)"),
+            )
+        })
+    }
+
+    fn refusal(&self, why: LobbyRefusal) -> Vec<u8> {
+        Counters::bump(&self.shared.counters.accepted);
+        match why {
+            LobbyRefusal::Address { key, open } => self.busy(&format!(
+                "server busy: {key} has {open} connections here that have not said Hello yet, the most one address may; send Hello at once after connecting"
+            )),
+            LobbyRefusal::Evicted => self.busy(
+                "server busy: too many connections are waiting to say Hello; retry later",
+            ),
+            LobbyRefusal::Late(limit) => {
+                Counters::bump(&self.shared.counters.failed);
+                session::error_frame(
+                    code::BAD_REQUEST,
+                    &format!("no whole Hello within {limit:?} of connecting; send it at once"),
+                )
+            }
+        }
+    }
+
+    fn greeted(
+        &mut self,
+        stream: TcpStream,
+        remote: SocketAddr,
+        frame: Vec<u8>,
+    ) -> Result<(), (TcpStream, Vec<u8>)> {
+        let counters = &self.shared.counters;
+        Counters::bump(&counters.accepted);
+        let text = match self
+            .shared
+            .seats
+            .enter(remote.ip(), Some(&stream), Instant::now())
+        {
+            Ok(held) => match self.conn_tx.try_send((held, stream, frame)) {
+                Ok(()) => return Ok(()),
+                // Not while the seats and threads are counted right; said plainly if so.
+                Err(e) => {
+                    let (_, stream, _) = e.into_inner();
+                    return Err((
+                        stream,
+                        self.busy("server busy: no worker free; retry later"),
+                    ));
+                }
+            },
+            Err(NoSeat::Address { key, .. }) => format!(
+                "server busy: {key} already has {} connections here, the most one address may hold; use those",
+                self.per_addr
+            ),
+            Err(NoSeat::Full) => format!(
+                "server busy: all {} connection slots are taken and none is idle; try another peer or retry later",
+                self.max_conns
+            ),
+        };
+        Err((stream, self.busy(&text)))
     }
 }
 

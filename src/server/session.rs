@@ -13,23 +13,73 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 
+use super::seats::Held;
 use super::stats::Counters;
 use super::tickets::Verdict;
 use super::uploads::send_chunk;
-use super::{HANDSHAKE_TIMEOUT, IDLE_TIMEOUT, Shared, WRITE_TIMEOUT};
+use super::{IDLE_TIMEOUT, Shared, WRITE_TIMEOUT};
 use crate::bitfield::{Bitfield, LiveHave};
 use crate::manifest::{AssetId, Manifest};
 use crate::net::refuse_now;
 use crate::sync::LockExt;
 use crate::wake::Wait;
 use crate::wire::{
-    self, Conn, GAINED_VERSION, MAX_CONTROL_FRAME, MAX_GAINED, MIN_PROTOCOL_VERSION, Message,
-    PROTOCOL_VERSION, WireError, code,
+    self, Conn, Decoded, GAINED_VERSION, MAX_CONTROL_FRAME, MAX_GAINED, MIN_PROTOCOL_VERSION,
+    Message, PROTOCOL_VERSION, WireError, code,
 };
 
 /// Messages read ahead of the request being served. The reference client keeps at most
 /// four requests in flight, plus a have request and a cancel for each request.
 const MAX_PENDING: usize = 64;
+
+/// What a session that yields its seat tells its client.
+const YIELDED: &str = "server busy: this connection asked for nothing for a while and its slot went to a newcomer; connect again when you need chunks";
+/// Have requests a client may make at once, then [`HAVE_RATE`] a second: a client asks
+/// once after the handshake and then every 10 s (the reference client), or ten times a
+/// second to a version-1 source still downloading; 4 a second keeps such a client's view
+/// within 250 ms, and caps what a flood costs (a reload and an answer of up to 128 KiB for
+/// 2^20 chunks) at 4 a second per connection.
+const HAVE_BURST: f64 = 8.0;
+/// See [`HAVE_BURST`].
+const HAVE_RATE: f64 = 4.0;
+/// Chunks a connection may ask for again after they were sent on it. A download takes
+/// each chunk once (a chunk that fails its hash drops the source; one that cannot be
+/// stored ends the connection), so this only forgives a client's rare re-request without
+/// letting a connection ask for one chunk for ever.
+const MAX_RESENDS: usize = 16;
+
+/// A token bucket for one session's have requests ([`HAVE_BURST`], [`HAVE_RATE`]). Pure:
+/// time is an argument.
+#[derive(Debug)]
+struct Pace {
+    tokens: f64,
+    at: Instant,
+}
+
+impl Pace {
+    fn new(now: Instant) -> Pace {
+        Pace {
+            tokens: HAVE_BURST,
+            at: now,
+        }
+    }
+
+    /// Takes a token at `now`; how long to wait before answering (zero: at once).
+    fn take(&mut self, now: Instant) -> std::time::Duration {
+        let since = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + since * HAVE_RATE).min(HAVE_BURST);
+        self.at = self.at.max(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            return std::time::Duration::ZERO;
+        }
+        let wait = (1.0 - self.tokens) / HAVE_RATE;
+        // The token comes when the wait ends, and is spent on this request.
+        self.tokens = 0.0;
+        self.at = now + std::time::Duration::from_secs_f64(wait);
+        std::time::Duration::from_secs_f64(wait)
+    }
+}
 
 /// A request the server declines, with the error frame that says why.
 #[derive(Debug)]
@@ -82,9 +132,11 @@ pub(super) fn error_frame(code: u16, text: &str) -> Vec<u8> {
 }
 impl Shared {
     /// Serves one connection and, when it ends in error, tells the client why and logs it.
-    pub(super) fn serve_connection(&self, stream: &TcpStream) {
+    pub(super) fn serve_connection(&self, stream: &TcpStream, hello: &[u8], seat: &Held) {
         let peer = stream.peer_addr().map_or("?".into(), |a| a.to_string());
-        let Err(e) = self.handle(stream) else { return };
+        let Err(e) = self.handle(stream, hello, seat) else {
+            return;
+        };
         Counters::bump(&self.counters.failed);
         let reply = if let Some(r) = e.downcast_ref::<Reject>() {
             Some((r.code, r.text.clone()))
@@ -126,12 +178,16 @@ impl Shared {
         Ok(Content { have, data, live })
     }
 
-    /// Serves one connection: handshake, then requests until the client leaves.
-    fn handle(&self, stream: &TcpStream) -> Result<()> {
+    /// Serves one connection whose first frame, `hello`, the accept loop read: handshake,
+    /// then requests until the client leaves or its seat goes to a newcomer.
+    fn handle(&self, stream: &TcpStream, hello: &[u8], seat: &Held) -> Result<()> {
         stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
         stream.set_nodelay(true)?;
         let mut conn = Conn::new(stream, MAX_CONTROL_FRAME);
-        let hello = conn.recv(HANDSHAKE_TIMEOUT).context("waiting for Hello")?;
+        let hello = wire::decode(hello, MAX_CONTROL_FRAME).context("reading Hello")?;
+        let Decoded::Message(hello, _) = hello else {
+            return Err(reject(code::BAD_FRAME, "the first frame is cut short"));
+        };
         let Message::Hello {
             version,
             asset,
@@ -195,6 +251,10 @@ impl Shared {
             chunk_count: manifest.chunk_count(),
         };
         conn.send(&welcome)?;
+        seat.welcomed(Instant::now());
+        let mut have_pace = Pace::new(Instant::now());
+        // The chunks this connection has been sent, and how many were asked for again.
+        let (mut sent, mut resent) = (Bitfield::new(manifest.chunk_count()), 0usize);
         // Requests read but not answered yet, in order; reading ahead of the one being served
         // lets a `Cancel` reach a request still waiting here.
         let mut pending = VecDeque::new();
@@ -209,7 +269,13 @@ impl Shared {
                 if closed {
                     return Ok(());
                 }
-                let Some(message) = next_request(&mut conn, pushes.as_mut())? else {
+                seat.waiting(true);
+                let next = next_request(&mut conn, pushes.as_mut());
+                seat.waiting(false);
+                if seat.yielding() {
+                    return Err(reject(code::SERVER_BUSY, YIELDED));
+                }
+                let Some(message) = next? else {
                     return Ok(());
                 };
                 if !take_in(message, &mut pending)? {
@@ -221,6 +287,17 @@ impl Shared {
             }
             match pending.pop_front().expect("a request is pending") {
                 Pending::Have => {
+                    // Beyond the pace a client needs, a have request waits its turn; the
+                    // session counts as idle meanwhile, so a flood cannot hold a seat.
+                    let wait = have_pace.take(Instant::now());
+                    if !wait.is_zero() {
+                        seat.waiting(true);
+                        std::thread::sleep(wait);
+                        seat.waiting(false);
+                        if seat.yielding() {
+                            return Err(reject(code::SERVER_BUSY, YIELDED));
+                        }
+                    }
                     let content = self.open_content(&asset, manifest)?;
                     (have, data) = (content.have, content.data);
                     // What the `Have` includes is not pushed again.
@@ -242,6 +319,7 @@ impl Shared {
                     ));
                 }
                 Pending::Chunk(index) => {
+                    seat.requested(Instant::now());
                     if !have.get(index) {
                         // The store may have grown since the handshake (a download in progress).
                         let content = self.open_content(&asset, manifest)?;
@@ -263,6 +341,18 @@ impl Shared {
                         self.uploads.give_back(slot, len);
                         conn.send(&Message::Cancelled { index })?;
                     } else {
+                        if sent.get(index) {
+                            resent += 1;
+                            if resent > MAX_RESENDS {
+                                return Err(reject(
+                                    code::BAD_REQUEST,
+                                    format!(
+                                        "chunk {index} was sent on this connection already, and {MAX_RESENDS} others were asked for again; a download needs each chunk once"
+                                    ),
+                                ));
+                            }
+                        }
+                        sent.set(index);
                         let at = manifest.chunk_offset(index);
                         send_chunk(stream, &data, at, index, len as u32, slot).map_err(|e| {
                             MidFrame(format!("sending chunk {index} of {asset}: {e:#}"))
@@ -574,6 +664,27 @@ mod tests {
         // A newer client than this server is answered in this server's version.
         let (_newer, version) = connect(addr, &manifest, 7);
         assert_eq!(version, PROTOCOL_VERSION);
+    }
+
+    #[test]
+    fn have_requests_beyond_the_burst_wait_for_the_rate() {
+        let t0 = Instant::now();
+        let mut pace = Pace::new(t0);
+        for _ in 0..HAVE_BURST as usize {
+            assert_eq!(pace.take(t0), Duration::ZERO);
+        }
+        assert_eq!(pace.take(t0), Duration::from_millis(250));
+        // The next token comes 250 ms after that one.
+        assert_eq!(pace.take(t0), Duration::from_millis(250));
+        let later = t0 + Duration::from_secs(10);
+        for _ in 0..HAVE_BURST as usize {
+            assert_eq!(
+                pace.take(later),
+                Duration::ZERO,
+                "refilled, to the burst only"
+            );
+        }
+        assert!(!pace.take(later).is_zero());
     }
 
     #[test]

@@ -125,7 +125,7 @@ impl Shared {
             "swarmcache_peer_server_connections_active",
             "Connections being served now.",
         )
-        .sample(&[], self.conns.open());
+        .sample(&[], self.seats.open());
         m.counter(
             "swarmcache_peer_server_connections_accepted_total",
             "Connections accepted, busy refusals included.",
