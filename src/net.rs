@@ -1,7 +1,10 @@
 //! The one listener skeleton under the HTTP server and the peer server: binding, an accept
 //! loop that sees its stop flag by itself, per-address connection caps (an IPv6 /64 counts
 //! as one address), refusals answered by a small fixed pool instead of a thread each, and
-//! the linger-close that keeps a last answer from being destroyed by a TCP reset.
+//! the linger-close that keeps a last answer from being destroyed by a TCP reset; and
+//! [`Listener::accept_greeted`], an accept loop with a lobby where connections wait for
+//! their whole first frame without a thread each, bounded in number, per address and in
+//! time, and where refusals are written and drained by the same thread.
 //!
 //! Shutdown never depends on reaching our own port: the listener is non-blocking and the
 //! loop waits for it with `poll(2)` for at most [`ACCEPT_POLL`], so a host that drops
@@ -357,6 +360,8 @@ pub enum LobbyRefusal {
 
 /// What a server tells [`Listener::accept_greeted`] about its protocol.
 pub trait Greeter {
+    /// A connection was accepted into the lobby or turned away from it (for counters).
+    fn accepted(&mut self) {}
     /// The length of the first frame (prefix included) once `bytes`, its start, says;
     /// `Ok(None)` while more bytes are needed to tell; `Err` with the last words for a
     /// frame that cannot be (too long, say).
@@ -536,6 +541,7 @@ impl Listener {
             for _ in 0..ACCEPTS_PER_ROUND {
                 match self.listener.accept() {
                     Ok((stream, remote)) => {
+                        greeter.accepted();
                         // Linux does not pass O_NONBLOCK on to accepted sockets; set it.
                         if stream.set_nonblocking(true).is_err() {
                             continue;
@@ -675,6 +681,85 @@ mod tests {
         let mut byte = [0u8; 1];
         client.read_exact(&mut byte).unwrap();
         assert_eq!(&byte, b"x");
+        thread.join().unwrap();
+    }
+
+    #[test]
+    fn the_lobby_caps_each_address_and_makes_room_by_the_oldest() {
+        let limits = LobbyLimits {
+            capacity: 3,
+            per_addr: 2,
+            deadline: Duration::from_secs(2),
+            closing: 8,
+        };
+        let a: IpAddr = "2001:db8::".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        assert_eq!(lobby_admits(&[a], a, &limits), Ok(None));
+        assert_eq!(
+            lobby_admits(&[a, b, a], a, &limits),
+            Err(LobbyRefusal::Address { key: a, open: 2 }),
+            "an address at its cap is refused, even when the lobby is full"
+        );
+        assert_eq!(
+            lobby_admits(&[a, b, a], b, &limits),
+            Ok(Some(0)),
+            "full: the oldest goes"
+        );
+    }
+
+    #[test]
+    fn a_whole_first_frame_is_handed_on_and_a_silent_one_refused_after_the_deadline() {
+        struct Lines(crossbeam_channel::Sender<Vec<u8>>);
+        impl Greeter for Lines {
+            fn frame_len(&self, bytes: &[u8]) -> Result<Option<usize>, Vec<u8>> {
+                Ok(bytes.iter().position(|b| *b == b'\n').map(|at| at + 1))
+            }
+            fn refusal(&self, why: LobbyRefusal) -> Vec<u8> {
+                format!("{why:?}\n").into_bytes()
+            }
+            fn greeted(
+                &mut self,
+                stream: TcpStream,
+                _: SocketAddr,
+                frame: Vec<u8>,
+            ) -> Result<(), (TcpStream, Vec<u8>)> {
+                let _ = self.0.send(frame);
+                Err((stream, b"bye\n".to_vec()))
+            }
+        }
+        let listener = Listener::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr();
+        let stop = ShutdownHandle::new();
+        let (tx, frames) = crossbeam_channel::unbounded();
+        let thread = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let limits = LobbyLimits {
+                    capacity: 4,
+                    per_addr: 4,
+                    deadline: Duration::from_millis(300),
+                    closing: 4,
+                };
+                listener.accept_greeted(&stop, limits, &mut Lines(tx), |e| panic!("{e}"));
+            })
+        };
+        let read_all = |mut s: TcpStream| {
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).unwrap();
+            out
+        };
+        let silent = TcpStream::connect(addr).unwrap();
+        let mut talker = TcpStream::connect(addr).unwrap();
+        // Trickled, and followed by bytes that belong to whoever takes the connection.
+        talker.write_all(b"hel").unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        talker.write_all(b"lo\nrest").unwrap();
+        let frame = frames.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert_eq!(frame, b"hello\n", "never read past the first frame");
+        assert_eq!(read_all(talker), "bye\n");
+        assert_eq!(read_all(silent), "Late(300ms)\n", "a word before the close");
+        stop.shutdown();
         thread.join().unwrap();
     }
 

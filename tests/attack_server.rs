@@ -10,8 +10,8 @@ use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::Command;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -63,6 +63,8 @@ struct Attack {
     opened: Arc<AtomicU64>,
     /// Frames the server sent that were `Error`s (busy, timeouts).
     errors: Arc<AtomicU64>,
+    /// The texts of the first of those.
+    texts: Arc<Mutex<Vec<String>>>,
 }
 
 impl Attack {
@@ -70,6 +72,7 @@ impl Attack {
     fn start(kind: Kind, from: &[IpAddr], per_addr: usize, to: SocketAddr, asset: &str) -> Attack {
         let stop = Arc::new(AtomicBool::new(false));
         let (opened, errors) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let texts = Arc::new(Mutex::new(Vec::new()));
         let hello = hello_frame(asset);
         let mut threads = Vec::new();
         for &ip in from {
@@ -80,7 +83,8 @@ impl Attack {
                 _ => (1, per_addr),
             };
             for _ in 0..threads_here {
-                let (stop, opened, errors) = (stop.clone(), opened.clone(), errors.clone());
+                let (stop, opened) = (stop.clone(), opened.clone());
+                let errors = Errors(errors.clone(), texts.clone());
                 let hello = hello.clone();
                 threads.push(std::thread::spawn(move || {
                     hold(kind, ip, to, conns_each, &hello, &stop, &opened, &errors)
@@ -92,6 +96,7 @@ impl Attack {
             threads,
             opened,
             errors,
+            texts,
         }
     }
 }
@@ -116,6 +121,19 @@ fn hello_frame(asset: &str) -> Vec<u8> {
     frame
 }
 
+/// Where attacker threads count the `Error` frames they get, and keep the first texts.
+struct Errors(Arc<AtomicU64>, Arc<Mutex<Vec<String>>>);
+
+impl Errors {
+    fn saw(&self, message: &str) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        let mut texts = self.1.lock().unwrap();
+        if texts.len() < 1000 {
+            texts.push(message.to_string());
+        }
+    }
+}
+
 /// One attacker thread: keeps `count` connections of `kind` open from `ip`.
 #[allow(clippy::too_many_arguments)]
 fn hold(
@@ -126,7 +144,7 @@ fn hold(
     hello: &[u8],
     stop: &AtomicBool,
     opened: &AtomicU64,
-    errors: &AtomicU64,
+    errors: &Errors,
 ) {
     let started = Instant::now();
     // Each connection and how many bytes of the Hello it has sent.
@@ -146,8 +164,8 @@ fn hold(
                 sent = hello.len();
                 match wire::read_message(&mut stream, MAX_FRAME) {
                     Ok(Message::Welcome { .. }) => {}
-                    Ok(Message::Error { .. }) => {
-                        errors.fetch_add(1, Ordering::Relaxed);
+                    Ok(Message::Error { message, .. }) => {
+                        errors.saw(&message);
                         continue;
                     }
                     _ => continue,
@@ -190,7 +208,7 @@ fn hold(
 
 /// Whether the server left `stream` open (nothing to read, no end of stream); counts an
 /// `Error` frame it sent before closing.
-fn open_still(stream: &TcpStream, errors: &AtomicU64) -> bool {
+fn open_still(stream: &TcpStream, errors: &Errors) -> bool {
     let mut byte = [0u8; 1];
     if stream.set_nonblocking(true).is_err() {
         return false;
@@ -199,8 +217,9 @@ fn open_still(stream: &TcpStream, errors: &AtomicU64) -> bool {
         Ok(0) => false,
         Ok(_) => {
             let _ = stream.set_nonblocking(false);
-            if let Ok(Message::Error { .. }) = wire::read_message(&mut &*stream, MAX_FRAME) {
-                errors.fetch_add(1, Ordering::Relaxed);
+            if let Ok(Message::Error { message, .. }) = wire::read_message(&mut &*stream, MAX_FRAME)
+            {
+                errors.saw(&message);
             }
             false
         }
@@ -309,9 +328,10 @@ fn a_flood_of_have_requests_from_one_address_does_not_slow_a_get() {
     let took = timed_get(d, &tracker.url, &id, "during");
     drop(attack);
     eprintln!("have flood: get of 32 MiB {normal:?} alone, {took:?} under the flood");
-    // A timing bound the issue names (2.6x slower before): at most 1.5x and 1 s.
+    // A timing bound the issue names (2.6x slower before; 4x in this test): at most 2x
+    // and half a second.
     assert!(
-        took <= normal * 3 / 2 + Duration::from_secs(1),
+        took <= normal * 2 + Duration::from_millis(500),
         "the get took {took:?} under the flood, {normal:?} alone"
     );
 }

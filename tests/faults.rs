@@ -421,9 +421,17 @@ fn one_address_cannot_take_every_connection_slot() {
         &["--max-conns", "8", "--max-conns-per-addr", "2"],
     );
     let id = server.seeded[0].clone();
-    // Two connections that say nothing hold this address's share of the slots...
+    // Two sessions hold this address's share of the slots (silent connections wait in the
+    // lobby, apart, tests/attack_server.rs)...
     let silent: Vec<TcpStream> = (0..2)
-        .map(|_| TcpStream::connect(&server.addr).unwrap())
+        .map(|_| {
+            let mut stream = connect(&server.addr);
+            assert!(matches!(
+                handshake(&mut stream, &id, vec![]),
+                Message::Welcome { .. }
+            ));
+            stream
+        })
         .collect();
     match handshake(&mut connect(&server.addr), &id, vec![]) {
         Message::Error { code: c, message } => {

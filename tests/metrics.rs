@@ -162,7 +162,14 @@ fn the_peer_server_counts_connections_refusals_and_protocol_errors() {
         "store",
         None,
         &["f.bin"],
-        &["--max-conns", "1", "--metrics", "127.0.0.1:0"],
+        &[
+            "--max-conns",
+            "2",
+            "--max-conns-per-addr",
+            "1",
+            "--metrics",
+            "127.0.0.1:0",
+        ],
     );
     let url = server.metrics.clone().expect("a metrics line");
     let metric = |name: &str| scrape(&url).value(name, &[]);
@@ -175,13 +182,19 @@ fn the_peer_server_counts_connections_refusals_and_protocol_errors() {
         reply
     };
 
-    // A connection that has not said Hello yet holds the only slot.
-    let holder = TcpStream::connect(&server.addr).unwrap();
+    // A session holds this address's only slot.
+    let id = server.seeded[0].clone();
+    let mut holder = crate::harness::connect(&server.addr);
+    crate::harness::handshake(&mut holder, &id, vec![]);
     eventually("the slot is taken", Duration::from_secs(10), || {
         metric("swarmcache_peer_server_connections_active") == 1.0
     });
-    let mut refused = TcpStream::connect(&server.addr).unwrap();
-    assert!(!read_reply(&mut refused).is_empty(), "a busy error frame");
+    let mut refused = crate::harness::connect(&server.addr);
+    let reply = crate::harness::handshake(&mut refused, &id, vec![]);
+    assert!(
+        matches!(reply, swarmcache::wire::Message::Error { code: 4, .. }),
+        "a busy error frame: {reply:?}"
+    );
     assert_eq!(metric("swarmcache_peer_server_busy_refusals_total"), 1.0);
     drop(holder);
     eventually("the slot is free", Duration::from_secs(10), || {
@@ -207,12 +220,12 @@ fn the_peer_server_counts_connections_refusals_and_protocol_errors() {
     );
     assert_eq!(
         metrics.value("swarmcache_peer_server_connections_failed_total", &[]),
-        2.0,
-        "the silent holder and the garbage"
+        1.0,
+        "the garbage (the holder left cleanly, the refused one was refused)"
     );
     assert_eq!(
         metrics.value("swarmcache_peer_server_connection_slots", &[]),
-        1.0
+        2.0
     );
     // Nothing of the seeded asset was served, and it is listed all the same.
     let asset = [("asset", server.seeded[0].as_str()), ("name", "f.bin")];

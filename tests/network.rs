@@ -79,7 +79,14 @@ fn a_full_server_answers_busy_instead_of_queueing() {
         wire::read_message(&mut first, MAX_FRAME).unwrap(),
         Message::Welcome { chunk_count: 1, .. }
     ));
+    // A session in use (it asked for a chunk less than a second ago) keeps its slot.
+    wire::write_message(&mut first, &Message::Request { index: 0 }).unwrap();
+    assert!(matches!(
+        wire::read_message(&mut first, MAX_FRAME).unwrap(),
+        Message::Chunk { index: 0, .. }
+    ));
     let mut second = connect(&server.addr);
+    wire::write_message(&mut second, &hello(&server.seeded[0])).unwrap();
     match wire::read_message(&mut second, MAX_FRAME).unwrap() {
         Message::Error { code: c, message } => {
             assert_eq!(c, code::SERVER_BUSY);

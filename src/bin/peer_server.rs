@@ -55,7 +55,8 @@ struct Args {
     /// Without it, a wildcard listen address is announced as the address the tracker sees.
     #[arg(long, value_parser = cli::addr_arg)]
     advertise_addr: Option<SocketAddr>,
-    /// Connections served at once; more are refused with "busy".
+    /// Sessions served at once (connections that sent their Hello); when all are taken the
+    /// one idle longest yields to a newcomer, or the newcomer is refused with "busy".
     #[arg(long, default_value_t = DEFAULT_MAX_CONNS)]
     max_conns: usize,
     /// Connections one remote address (an IPv6 /64 counts as one) may hold at once; more are

@@ -371,6 +371,11 @@ impl Worker {
     fn unsolicited(&self, conn: &mut wire::Conn) -> Result<(), End> {
         match conn.recv_control(self.chunk_timeout) {
             Ok(Message::Gained { indices }) => self.take_gained(indices),
+            // An idle connection whose slot went to a newcomer: busy, not a failure.
+            Ok(Message::Error {
+                code: code::SERVER_BUSY,
+                message,
+            }) => Err(End::Busy(message)),
             Ok(Message::Error { code, message }) => {
                 Err(End::Failed(format!("closed with error {code}: {message}")))
             }

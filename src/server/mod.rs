@@ -1,11 +1,14 @@
 //! The peer server: serves the chunks of a store to other peers over the [`wire`] protocol
 //! and announces what it holds to a tracker. One accept thread (the [`crate::net`]
-//! skeleton) hands connections to a fixed pool of workers; when all `max_conns` slots are
-//! taken the newcomer gets a "server busy" error frame instead of waiting in a queue.
+//! skeleton) holds new connections in a lobby, without a thread each, until their whole
+//! `Hello` arrives (2 s at most), then seats them (`seats`) and hands them to a fixed pool
+//! of workers; when all `max_conns` seats are taken the session idle longest yields, or
+//! the newcomer gets a "server busy" error frame instead of waiting in a queue.
 //! Optionally an HTTP endpoint serves the server's counters as Prometheus metrics
 //! (`GET /metrics`).
 //!
-//! Rooms: `session` (one connection's protocol), `uploads` (upload slots, sending chunks,
+//! Rooms: `seats` (session slots, per address, and who yields), `session` (one
+//! connection's protocol), `uploads` (upload slots, sending chunks,
 //! the rate cap), `tickets` (who may be served), `stats` (counters, `/metrics`); the
 //! heartbeat runs on [`crate::announce`].
 //!
@@ -428,8 +431,13 @@ impl HelloGreeter<'_> {
 }
 
 impl Greeter for HelloGreeter<'_> {
+    fn accepted(&mut self) {
+        Counters::bump(&self.shared.counters.accepted);
+    }
+
     fn frame_len(&self, bytes: &[u8]) -> Result<Option<usize>, Vec<u8>> {
         wire::codec::frame_len(bytes, MAX_HELLO_FRAME).map_err(|e| {
+            Counters::bump(&self.shared.counters.failed);
             Counters::bump(&self.shared.counters.protocol_errors);
             session::error_frame(
                 code::BAD_FRAME,
@@ -439,7 +447,6 @@ impl Greeter for HelloGreeter<'_> {
     }
 
     fn refusal(&self, why: LobbyRefusal) -> Vec<u8> {
-        Counters::bump(&self.shared.counters.accepted);
         match why {
             LobbyRefusal::Address { key, open } => self.busy(&format!(
                 "server busy: {key} has {open} connections here that have not said Hello yet, the most one address may; send Hello at once after connecting"
@@ -463,8 +470,6 @@ impl Greeter for HelloGreeter<'_> {
         remote: SocketAddr,
         frame: Vec<u8>,
     ) -> Result<(), (TcpStream, Vec<u8>)> {
-        let counters = &self.shared.counters;
-        Counters::bump(&counters.accepted);
         let text = match self
             .shared
             .seats
