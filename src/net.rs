@@ -598,25 +598,27 @@ fn read_first_frame(
     greeter: &impl Greeter,
 ) -> FirstFrame {
     // Sockets poll saw nothing on are only looked at for their deadline.
-    while ready {
-        let want = match greeter.frame_len(&w.frame) {
-            Ok(Some(total)) if w.frame.len() >= total => return FirstFrame::Whole(w),
-            Ok(Some(total)) => total - w.frame.len(),
-            // One byte at a time until the length is known: never past the frame.
-            Ok(None) => 1,
-            Err(words) => return FirstFrame::Refused(w.stream, words),
-        };
-        let start = w.frame.len();
-        w.frame.resize(start + want, 0);
-        match (&w.stream).read(&mut w.frame[start..]) {
-            Ok(0) => return FirstFrame::Gone,
-            Ok(n) => w.frame.truncate(start + n),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                w.frame.truncate(start);
-                break;
+    if ready {
+        loop {
+            let want = match greeter.frame_len(&w.frame) {
+                Ok(Some(total)) if w.frame.len() >= total => return FirstFrame::Whole(w),
+                Ok(Some(total)) => total - w.frame.len(),
+                // One byte at a time until the length is known: never past the frame.
+                Ok(None) => 1,
+                Err(words) => return FirstFrame::Refused(w.stream, words),
+            };
+            let start = w.frame.len();
+            w.frame.resize(start + want, 0);
+            match (&w.stream).read(&mut w.frame[start..]) {
+                Ok(0) => return FirstFrame::Gone,
+                Ok(n) => w.frame.truncate(start + n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    w.frame.truncate(start);
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => w.frame.truncate(start),
+                Err(_) => return FirstFrame::Gone,
             }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => w.frame.truncate(start),
-            Err(_) => return FirstFrame::Gone,
         }
     }
     if now >= w.until {
