@@ -34,6 +34,10 @@ const POLL: Duration = Duration::from_millis(100);
 /// that armed it had sent it back: that worker is between two calls, so a millisecond is
 /// plenty, and it happens rarely enough that the extra wake-ups cost nothing.
 const PENDING_POLL: Duration = Duration::from_millis(1);
+/// Times the poller yields to the workers for a connection whose event came before it
+/// was sent back, before it waits [`PENDING_POLL`]: a send takes microseconds once the
+/// worker runs.
+const PENDING_YIELDS: usize = 4;
 /// After a failed accept (most often: out of file descriptors), the listener is left alone
 /// this long instead of failing again at once.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
@@ -210,6 +214,16 @@ impl<'s> Poller<'s> {
                     LISTENER => self.accept(),
                     token => self.readable(token),
                 }
+            }
+            // A worker arms a connection a moment before it sends it back, so its next
+            // request can come first. On one core the worker was likely preempted between
+            // the two: let it run and finish, rather than sleep a whole PENDING_POLL.
+            for _ in 0..PENDING_YIELDS {
+                if self.pending == 0 {
+                    break;
+                }
+                std::thread::yield_now();
+                self.take_back();
             }
             let now = Instant::now();
             if self.accept_paused.is_some_and(|paused| now >= paused) {
