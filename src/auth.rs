@@ -45,6 +45,8 @@ pub enum Action<'a> {
     Fetch(&'a AssetId),
     /// Announce as the origin of an asset.
     Origin(&'a AssetId),
+    /// Read `GET /metrics` (of the assets the token may fetch).
+    Metrics,
 }
 
 /// Why a request was refused.
@@ -67,6 +69,10 @@ struct TokenEntry {
     #[serde(default)]
     origin: bool,
     #[serde(default)]
+    advertise: bool,
+    #[serde(default)]
+    metrics: bool,
+    #[serde(default)]
     fetch: Vec<String>,
 }
 
@@ -85,6 +91,8 @@ pub struct Grant {
     digest: Digest,
     publish: bool,
     origin: bool,
+    advertise: bool,
+    metrics: bool,
     /// `None`: every asset.
     fetch: Option<Vec<AssetId>>,
 }
@@ -93,6 +101,29 @@ impl Grant {
     /// Whether this token may fetch (and serve) `asset`.
     pub fn may_fetch(&self, asset: &AssetId) -> bool {
         self.fetch.as_ref().is_none_or(|ids| ids.contains(asset))
+    }
+
+    /// Whether this token may fetch every asset (`fetch = ["*"]`).
+    pub fn may_fetch_all(&self) -> bool {
+        self.fetch.is_none()
+    }
+
+    /// Whether this token may announce its peers at an address other than the one its
+    /// announces come from (an origin behind NAT or a port forward).
+    pub fn may_advertise(&self) -> bool {
+        self.advertise
+    }
+
+    /// Whether this token may announce as an origin (of the assets it may fetch).
+    pub fn may_originate(&self) -> bool {
+        self.origin
+    }
+
+    /// What tells this token from every other: the start of its digest (names may repeat).
+    pub fn key(&self) -> [u8; 8] {
+        let mut key = [0; 8];
+        key.copy_from_slice(&self.digest[..8]);
+        key
     }
 }
 
@@ -104,6 +135,8 @@ impl Grant {
 /// sha256 = "…"            # of the token; `tracker token` prints new tokens with this line
 /// publish = true
 /// origin = true
+/// advertise = false       # may announce an address other than the announce's source
+/// metrics = false         # may read GET /metrics
 /// fetch = ["*"]           # or asset ids
 /// ```
 #[derive(Clone, Debug)]
@@ -149,6 +182,8 @@ impl Tokens {
                 digest,
                 publish: entry.publish,
                 origin: entry.origin,
+                advertise: entry.advertise,
+                metrics: entry.metrics,
                 fetch,
             });
         }
@@ -175,6 +210,7 @@ impl Tokens {
             Action::Publish => grant.publish,
             Action::Fetch(id) => grant.may_fetch(id),
             Action::Origin(id) => grant.origin && grant.may_fetch(id),
+            Action::Metrics => grant.metrics,
         };
         if allowed {
             Ok(grant)
@@ -184,6 +220,9 @@ impl Tokens {
                 Action::Publish => "publish".to_string(),
                 Action::Fetch(id) => format!("fetch {id}"),
                 Action::Origin(id) => format!("be the origin of {id}"),
+                Action::Metrics => {
+                    "read /metrics (give it `metrics = true` in the permissions file)".to_string()
+                }
             };
             Err(Denied::Forbidden(format!(
                 "token {:?} may not {what}",
@@ -193,20 +232,36 @@ impl Tokens {
     }
 }
 
-/// A new random token and the permissions-file entry that grants it `fetch` (asset ids or
-/// `*`), and publishing and origin rights when asked.
-pub fn new_token(
-    name: &str,
-    publish: bool,
-    origin: bool,
-    fetch: &[String],
-) -> Result<(String, String)> {
+/// The rights of a new token: each a line of its permissions-file entry.
+#[derive(Clone, Debug, Default)]
+pub struct Rights {
+    /// May publish manifests.
+    pub publish: bool,
+    /// May announce as an origin.
+    pub origin: bool,
+    /// May announce an address other than the one its announces come from.
+    pub advertise: bool,
+    /// May read `GET /metrics`.
+    pub metrics: bool,
+    /// Assets it may fetch and serve: ids, or `*`.
+    pub fetch: Vec<String>,
+}
+
+/// A new random token and the permissions-file entry that grants it `rights`.
+pub fn new_token(name: &str, rights: &Rights) -> Result<(String, String)> {
+    let Rights {
+        publish,
+        origin,
+        advertise,
+        metrics,
+        fetch,
+    } = rights;
     let mut bytes = [0u8; 24];
     getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness for a token: {e}"))?;
     let token = format!("sct_{}", hex::encode(bytes));
     let fetch: Vec<String> = fetch.iter().map(|f| format!("{f:?}")).collect();
     let entry = format!(
-        "[[token]]\nname = {name:?}\nsha256 = \"{}\"\npublish = {publish}\norigin = {origin}\nfetch = [{}]\n",
+        "[[token]]\nname = {name:?}\nsha256 = \"{}\"\npublish = {publish}\norigin = {origin}\nadvertise = {advertise}\nmetrics = {metrics}\nfetch = [{}]\n",
         hex::encode(sha256(token.as_bytes())),
         fetch.join(", ")
     );
@@ -597,9 +652,23 @@ mod tests {
 
     #[test]
     fn tokens_grant_what_the_file_says() {
-        let (ci, ci_entry) = new_token("ci", true, true, &["*".into()]).unwrap();
+        let (ci, ci_entry) = new_token(
+            "ci",
+            &Rights {
+                publish: true,
+                origin: true,
+                fetch: vec!["*".into()],
+                ..Rights::default()
+            },
+        ).unwrap();
         let id = asset(9).to_string();
-        let (viewer, viewer_entry) = new_token("viewer", false, false, &[id]).unwrap();
+        let (viewer, viewer_entry) = new_token(
+            "viewer",
+            &Rights {
+                fetch: vec![id],
+                ..Rights::default()
+            },
+        ).unwrap();
         let tokens = Tokens::parse(&format!("{ci_entry}\n{viewer_entry}")).unwrap();
         assert_eq!(
             tokens.authorize(Some(&ci), Action::Publish).unwrap().name,
@@ -631,6 +700,24 @@ mod tests {
             tokens.authorize(None, Action::Browse),
             Err(Denied::Unauthenticated(_))
         ));
+        // The rights of issue 13: neither token may read /metrics or advertise.
+        let denied = tokens.authorize(Some(&ci), Action::Metrics).unwrap_err();
+        assert!(matches!(&denied, Denied::Forbidden(m) if m.contains("metrics = true")));
+        let ci_grant = tokens.authorize(Some(&ci), Action::Browse).unwrap();
+        assert!(!ci_grant.may_advertise() && ci_grant.may_originate());
+        let (ops, ops_entry) = new_token(
+            "ops",
+            &Rights {
+                advertise: true,
+                metrics: true,
+                ..Rights::default()
+            },
+        )
+        .unwrap();
+        let tokens = Tokens::parse(&format!("{ci_entry}\n{ops_entry}")).unwrap();
+        let ops_grant = tokens.authorize(Some(&ops), Action::Metrics).unwrap();
+        assert!(ops_grant.may_advertise() && !ops_grant.may_fetch(&asset(1)));
+        assert_ne!(ops_grant.key(), tokens.authorize(Some(&ci), Action::Browse).unwrap().key());
     }
 
     #[test]

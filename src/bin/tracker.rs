@@ -112,6 +112,13 @@ enum Command {
         /// May announce as an origin.
         #[arg(long)]
         origin: bool,
+        /// May announce its peers at an address other than the one its announces come
+        /// from (an origin behind NAT or a port forward, with `--advertise-addr`).
+        #[arg(long)]
+        advertise: bool,
+        /// May read GET /metrics (of the assets it may fetch).
+        #[arg(long)]
+        metrics: bool,
         /// Assets it may fetch and serve: an id, or '*' for all (repeatable).
         #[arg(long)]
         fetch: Vec<String>,
@@ -132,9 +139,18 @@ fn run(args: Args) -> Result<u8> {
             name,
             publish,
             origin,
+            advertise,
+            metrics,
             fetch,
         }) => {
-            let (token, entry) = auth::new_token(&name, publish, origin, &fetch)?;
+            let rights = auth::Rights {
+                publish,
+                origin,
+                advertise,
+                metrics,
+                fetch,
+            };
+            let (token, entry) = auth::new_token(&name, &rights)?;
             auth::append_token(&auth, &entry)?;
             cli::println(&token)?;
             return Ok(EXIT_OK);

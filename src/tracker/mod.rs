@@ -17,11 +17,14 @@
 //! Errors are JSON `{"error": "…"}` with a 4xx or 5xx status.
 //!
 //! Rooms: this file binds and serves; `routes` parses, authorises and answers each
-//! request; `batch` answers a store's announces of many assets in one request; `swarm` keeps one asset's peers (heartbeats, timeouts, reports, bans) and
+//! request, binding it to an [`identity`] (a token, or a source address in open mode);
+//! `batch` answers a store's announces of many assets in one request; `swarm` keeps one
+//! asset's peers (heartbeats, timeouts, reports, bans) and
 //! picks whom to hand out and when each peer announces next; `plan` keeps per-chunk
 //! availability and splits what the origin sends among the downloaders (pure); `stats`
 //! computes `/stats` and `/metrics`; `warmup` is what a restarted tracker says until its
-//! swarms have filled again; [`catalog`] keeps the manifests on disk (binary,
+//! swarms have filled again; `probe` checks a report that a peer is unreachable with a
+//! connect of the tracker's own before the peer is dropped; [`catalog`] keeps the manifests on disk (binary,
 //! loaded lazily; its index answers announces without waiting behind a publish). A request goes
 //! routes → swarm → plan, and nothing below calls back up.
 //!
@@ -32,7 +35,9 @@
 
 mod batch;
 pub mod catalog;
+mod identity;
 mod plan;
+mod probe;
 mod routes;
 mod stats;
 mod swarm;
@@ -42,7 +47,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -51,8 +56,9 @@ use crate::auth::{DEFAULT_TICKET_TTL, KeyRing, Tokens};
 use crate::http::{self, HttpConfig, HttpServer};
 use crate::manifest::AssetId;
 use crate::ratelimit::AddressLimiter;
-use crate::sync::RwLockExt;
+use crate::sync::{LockExt, RwLockExt};
 use catalog::Catalog;
+use probe::{Probe, Prober};
 use swarm::Swarm;
 use warmup::WarmUp;
 
@@ -177,6 +183,8 @@ struct State {
     auth: Option<Auth>,
     announce_limit: Option<AddressLimiter>,
     publish_limit: Option<AddressLimiter>,
+    /// Checks `unreachable` reports with a connect of its own before a peer is dropped.
+    prober: Prober,
 }
 
 impl State {
@@ -191,6 +199,17 @@ impl State {
         }
         let mut swarms = self.swarms.write_now();
         Some(Arc::clone(swarms.entry(*id).or_default()))
+    }
+
+    /// Drops a reported peer the prober could not connect to (if it is still there).
+    fn unreachable(state: &Weak<State>, probe: Probe) {
+        let Some(state) = state.upgrade() else {
+            return;
+        };
+        if let Some(swarm) = state.swarm(&probe.asset, false) {
+            let mut swarm = swarm.locked();
+            swarm.unreachable(&probe.peer_id, probe.addr, &probe.asset);
+        }
     }
 
     /// Every swarm, to be locked one at a time.
@@ -239,7 +258,8 @@ impl Tracker {
         };
         Ok(Tracker {
             http,
-            state: Arc::new(State {
+            // The prober's threads hold the state weakly: dropping the tracker ends them.
+            state: Arc::new_cyclic(|weak: &Weak<State>| State {
                 catalog,
                 swarms: RwLock::new(HashMap::new()),
                 started,
@@ -251,6 +271,10 @@ impl Tracker {
                 auth,
                 announce_limit: limit(config.announce_rate),
                 publish_limit: limit(config.publish_rate),
+                prober: Prober::start({
+                    let weak = weak.clone();
+                    move |probe| State::unreachable(&weak, probe)
+                }),
             }),
         })
     }

@@ -3,7 +3,7 @@
 //! here decides who is handed out or what comes from the origin: that is `swarm`
 //! and `plan`.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -11,6 +11,8 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::catalog::{Busy, Entry};
+use super::identity::Identity;
+use super::probe::Probe;
 use super::swarm::Announce;
 use super::{State, heartbeat};
 use crate::api::{
@@ -95,12 +97,12 @@ impl State {
             (Get, ["health"]) => Ok(json(200, &self.health())),
             (Get, ["keys"]) => Ok(json(200, &self.keys())),
             (Get, ["stats"]) => {
-                allow(Action::Browse)?;
-                Ok(json(200, &self.stats()))
+                let grant = allow(Action::Browse)?;
+                Ok(json(200, &self.stats(grant)))
             }
             (Get, ["metrics"]) => {
-                allow(Action::Browse)?;
-                Ok(Reply::Metrics(self.metrics()))
+                let grant = allow(Action::Metrics)?;
+                Ok(Reply::Metrics(self.metrics(grant)))
             }
             (Get, ["assets"]) => {
                 let grant = allow(Action::Browse)?;
@@ -119,14 +121,15 @@ impl State {
             (Post, ["assets", id, "announce"]) => {
                 rate_limit(&self.announce_limit, remote, "announces")?;
                 let id = parse_id(id)?;
-                allow(Action::Fetch(&id))?;
+                let grant = allow(Action::Fetch(&id))?;
                 let body = read_body(request, MAX_JSON_BODY)?;
                 let req: AnnounceRequest = serde_json::from_str(&body)
                     .map_err(|e| err(400, format!("announce body is not valid JSON: {e}")))?;
                 if req.origin {
                     allow(Action::Origin(&id))?;
                 }
-                self.announce(id, req, remote)
+                let holder = Holder::new(grant, remote);
+                self.announce(id, req, remote, &holder)
             }
             (Post, ["announce"]) => self.announce_batch(request, remote, token.as_deref()),
             (Get, ["assets", id, "peers"]) => {
@@ -252,12 +255,13 @@ impl State {
         id: AssetId,
         req: AnnounceRequest,
         remote: Option<SocketAddr>,
+        holder: &Holder,
     ) -> Result<Reply, HttpError> {
         let chunk_count = self.manifest(&id)?.chunk_count();
         check_peer_id(&req.peer_id)?;
         let have = parse_have(chunk_count, req.complete, req.have.as_deref())?;
         let addr = match &req.addr {
-            Some(text) => Some(resolve_addr(text, remote)?),
+            Some(text) => Some(resolve_addr(text, remote, holder.may_advertise)?),
             None => None,
         };
         self.announces.fetch_add(1, Ordering::Relaxed);
@@ -267,6 +271,8 @@ impl State {
         let mut swarm = swarm.locked();
         let announce = Announce {
             peer_id: &req.peer_id,
+            who: &holder.who,
+            may_origin: holder.may_origin,
             addr,
             have,
             origin: req.origin,
@@ -275,14 +281,17 @@ impl State {
             corrupt: &req.corrupt,
             unreachable: &req.unreachable,
         };
-        let answer = swarm.announce(
-            announce,
-            &id,
-            chunk_count,
-            self.max_peers,
-            self.peer_timeout,
-            now,
-        );
+        let mut answer = swarm
+            .announce(
+                announce,
+                &id,
+                chunk_count,
+                self.max_peers,
+                self.peer_timeout,
+                now,
+            )
+            .map_err(|r| err(r.status, r.message))?;
+        self.probe(&id, std::mem::take(&mut answer.probes));
         let has_sources = !answer.peers.is_empty() || !answer.origins.is_empty();
         // Written while the swarm is locked (that swarm only): the answer borrows its
         // peers' strings.
@@ -310,6 +319,18 @@ impl State {
         ))
     }
 
+    /// Hands peers reported unreachable to the prober (never blocks: a full queue drops).
+    fn probe(&self, asset: &AssetId, probes: Vec<(String, SocketAddr)>) {
+        for (peer_id, addr) in probes {
+            let asset = *asset;
+            self.prober.submit(Probe {
+                asset,
+                peer_id,
+                addr,
+            });
+        }
+    }
+
     /// The swarm's live peers, by id.
     fn peers(&self, id: &AssetId) -> Result<Reply, HttpError> {
         self.manifest(id)?;
@@ -320,6 +341,40 @@ impl State {
         let mut swarm = swarm.locked();
         swarm.prune(now, self.peer_timeout);
         Ok(json(200, &swarm.list(now)))
+    }
+}
+
+/// Who announces and what they may do with a peer entry: with auth, the token's identity
+/// and rights; in open mode, the source address's network, with every right.
+pub(super) struct Holder {
+    pub who: Identity,
+    pub may_origin: bool,
+    pub may_advertise: bool,
+}
+
+impl Holder {
+    /// The holder of a request authorised as `grant` (`None`: open mode) from `remote`.
+    pub(super) fn new(grant: Option<&Grant>, remote: Option<SocketAddr>) -> Holder {
+        match grant {
+            Some(g) => Holder {
+                who: Identity::Token {
+                    name: g.name.as_str().into(),
+                    key: g.key(),
+                },
+                // Fetch of the asset is checked before any announce is applied.
+                may_origin: g.may_originate(),
+                may_advertise: g.may_advertise(),
+            },
+            // Open mode trusts its network (SECURITY.md): any holder may advertise, as
+            // `--advertise-addr` behind NAT needs; ids are still bound to the address.
+            None => Holder {
+                who: Identity::of_addr(
+                    remote.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |r| r.ip()),
+                ),
+                may_origin: true,
+                may_advertise: true,
+            },
+        }
     }
 }
 
@@ -425,11 +480,16 @@ pub(super) fn read_body(
 }
 
 /// Where a peer serves: its stated address, with an unspecified ip (`0.0.0.0`, `::`)
-/// replaced by the address its announce came from. A loopback address announced from
-/// another address is refused: handed out, it would send every client to itself.
+/// replaced by the address its announce came from. Refused (400) whatever the rights:
+/// port 0, broadcast and multicast addresses (peers dial one host over TCP), the
+/// IPv4-mapped IPv6 form (`[::ffff:10.0.0.1]`: the same host as its IPv4 form, and a way
+/// past per-address bans), and a loopback address announced from another address (handed
+/// out, it would send every client to itself). Without `may_advertise` (with auth, a token
+/// lacking the `advertise` right) only the source address itself may be named (403).
 pub(super) fn resolve_addr(
     text: &str,
     remote: Option<SocketAddr>,
+    may_advertise: bool,
 ) -> Result<SocketAddr, HttpError> {
     let stated: SocketAddr = text.parse().map_err(|_| {
         err(
@@ -437,37 +497,67 @@ pub(super) fn resolve_addr(
             format!("addr {text:?} is not ip:port (IPv6 as [::1]:7001)"),
         )
     })?;
-    if stated.port() == 0 {
+    let port = stated.port();
+    if port == 0 {
         return Err(err(
             400,
             format!("addr {text:?} has port 0; announce the port the peer listens on"),
         ));
     }
-    let from_elsewhere = remote.is_some_and(|r| !r.ip().to_canonical().is_loopback());
-    if stated.ip().to_canonical().is_loopback() && from_elsewhere {
+    let source = remote.map(|r| r.ip().to_canonical());
+    let ip = stated.ip();
+    if let IpAddr::V6(v6) = ip
+        && let Some(v4) = v6.to_ipv4_mapped()
+    {
+        return Err(err(
+            400,
+            format!("addr {stated} is an IPv4-mapped IPv6 address; announce its IPv4 form {v4}:{port}"),
+        ));
+    }
+    if ip.is_unspecified() {
+        let source = source.ok_or_else(|| {
+            err(
+                400,
+                "addr has an unspecified ip and the request's source is unknown",
+            )
+        })?;
+        return Ok(SocketAddr::new(source, port));
+    }
+    let broadcast = matches!(ip, IpAddr::V4(v4) if v4.is_broadcast());
+    if ip.is_multicast() || broadcast {
+        let kind = if broadcast { "broadcast" } else { "multicast" };
+        return Err(err(
+            400,
+            format!(
+                "addr {stated} is a {kind} address: peers connect to one host over TCP; \
+                 announce 0.0.0.0:{port} (the address the tracker sees) or the address this peer listens on"
+            ),
+        ));
+    }
+    let from_elsewhere = source.is_some_and(|r| !r.is_loopback());
+    if ip.is_loopback() && from_elsewhere {
         return Err(err(
             400,
             format!(
                 "addr {stated} is a loopback address, but this announce came from {}: \
-                 peers on other hosts cannot reach it; listen with --listen 0.0.0.0:{} \
+                 peers on other hosts cannot reach it; listen with --listen 0.0.0.0:{port} \
                  (announced as the address the tracker sees) or give --advertise-addr HOST:PORT",
-                remote
-                    .map(|r| r.ip().to_canonical().to_string())
-                    .unwrap_or_default(),
-                stated.port()
+                source.map(|r| r.to_string()).unwrap_or_default(),
             ),
         ));
     }
-    if !stated.ip().is_unspecified() {
-        return Ok(stated);
+    if !may_advertise && source != Some(ip) {
+        return Err(err(
+            403,
+            format!(
+                "addr {stated} is not the address this announce came from ({}), and this token may not \
+                 advertise another: announce 0.0.0.0:{port} (the address the tracker sees), or ask the \
+                 tracker's operator for a token with the advertise right (tracker token --advertise)",
+                source.map(|r| r.to_string()).unwrap_or_else(|| "unknown".into()),
+            ),
+        ));
     }
-    let remote = remote.ok_or_else(|| {
-        err(
-            400,
-            "addr has an unspecified ip and the request's source is unknown",
-        )
-    })?;
-    Ok(SocketAddr::new(remote.ip().to_canonical(), stated.port()))
+    Ok(stated)
 }
 
 #[cfg(test)]
@@ -528,26 +618,26 @@ mod tests {
     fn unspecified_addresses_take_the_announce_source() {
         let remote: SocketAddr = "192.0.2.7:40000".parse().unwrap();
         assert_eq!(
-            resolve_addr("0.0.0.0:7001", Some(remote)).unwrap(),
+            resolve_addr("0.0.0.0:7001", Some(remote), true).unwrap(),
             "192.0.2.7:7001".parse().unwrap()
         );
         assert_eq!(
-            resolve_addr("[::]:7001", Some("[::ffff:192.0.2.7]:1".parse().unwrap())).unwrap(),
+            resolve_addr("[::]:7001", Some("[::ffff:192.0.2.7]:1".parse().unwrap()), true).unwrap(),
             "192.0.2.7:7001".parse().unwrap()
         );
         // A stated address is kept as is (issue 11: unless it is loopback, see below).
         assert_eq!(
-            resolve_addr("[2001:db8::1]:7001", Some(remote)).unwrap(),
+            resolve_addr("[2001:db8::1]:7001", Some(remote), true).unwrap(),
             "[2001:db8::1]:7001".parse().unwrap()
         );
         assert_eq!(
-            resolve_addr("127.0.0.1:0", Some(remote))
+            resolve_addr("127.0.0.1:0", Some(remote), true)
                 .unwrap_err()
                 .status,
             400
         );
         assert_eq!(
-            resolve_addr("nonsense", Some(remote)).unwrap_err().status,
+            resolve_addr("nonsense", Some(remote), true).unwrap_err().status,
             400
         );
     }
@@ -555,7 +645,7 @@ mod tests {
     #[test]
     fn a_loopback_address_is_refused_from_another_host_and_kept_from_this_one() {
         let remote: SocketAddr = "10.77.0.2:40000".parse().unwrap();
-        let refused = resolve_addr("127.0.0.1:7001", Some(remote)).unwrap_err();
+        let refused = resolve_addr("127.0.0.1:7001", Some(remote), true).unwrap_err();
         assert_eq!(refused.status, 400);
         for words in [
             "127.0.0.1:7001",
@@ -571,11 +661,11 @@ mod tests {
         }
         let mapped: SocketAddr = "[::ffff:10.77.0.2]:1".parse().unwrap();
         assert_eq!(
-            resolve_addr("[::1]:7001", Some(mapped)).unwrap_err().status,
+            resolve_addr("[::1]:7001", Some(mapped), true).unwrap_err().status,
             400
         );
         assert_eq!(
-            resolve_addr("127.0.0.2:7001", Some(remote))
+            resolve_addr("127.0.0.2:7001", Some(remote), true)
                 .unwrap_err()
                 .status,
             400,
@@ -583,11 +673,81 @@ mod tests {
         );
         let local: SocketAddr = "127.0.0.1:40000".parse().unwrap();
         assert_eq!(
-            resolve_addr("127.0.0.1:7001", Some(local)).unwrap(),
+            resolve_addr("127.0.0.1:7001", Some(local), true).unwrap(),
             "127.0.0.1:7001".parse().unwrap()
         );
         let mapped_local: SocketAddr = "[::ffff:127.0.0.1]:1".parse().unwrap();
-        assert!(resolve_addr("127.0.0.1:7001", Some(mapped_local)).is_ok());
-        assert!(resolve_addr("10.77.0.2:7001", Some(remote)).is_ok());
+        assert!(resolve_addr("127.0.0.1:7001", Some(mapped_local), true).is_ok());
+        assert!(resolve_addr("10.77.0.2:7001", Some(remote), true).is_ok());
+    }
+
+    #[test]
+    fn broadcast_multicast_mapped_and_port_zero_are_refused_whatever_the_rights() {
+        let remote: SocketAddr = "192.0.2.7:40000".parse().unwrap();
+        // Issue 13: the tracker accepted every one of these.
+        for (addr, words) in [
+            ("255.255.255.255:80", "broadcast"),
+            ("224.0.0.1:80", "multicast"),
+            ("[ff02::1]:80", "multicast"),
+            ("[::ffff:127.0.0.1]:80", "announce its IPv4 form 127.0.0.1:80"),
+            ("[::ffff:192.0.2.7]:80", "IPv4-mapped"),
+            ("192.0.2.7:0", "port 0"),
+        ] {
+            for may_advertise in [false, true] {
+                let refused = resolve_addr(addr, Some(remote), may_advertise).unwrap_err();
+                assert_eq!(refused.status, 400, "{addr}");
+                assert!(refused.message.contains(words), "{addr}: {}", refused.message);
+            }
+        }
+    }
+
+    #[test]
+    fn only_the_advertise_right_names_an_address_other_than_the_source() {
+        let remote: SocketAddr = "192.0.2.7:40000".parse().unwrap();
+        let refused = resolve_addr("8.8.8.8:53", Some(remote), false).unwrap_err();
+        assert_eq!(refused.status, 403);
+        for words in ["192.0.2.7", "0.0.0.0:53", "tracker token --advertise"] {
+            assert!(refused.message.contains(words), "{words}: {}", refused.message);
+        }
+        assert_eq!(
+            resolve_addr("8.8.8.8:53", Some(remote), true).unwrap(),
+            "8.8.8.8:53".parse().unwrap()
+        );
+        // Its own address, or the unspecified one, needs no right.
+        for addr in ["192.0.2.7:7001", "0.0.0.0:7001", "[::]:7001"] {
+            assert_eq!(
+                resolve_addr(addr, Some(remote), false).unwrap(),
+                "192.0.2.7:7001".parse().unwrap(),
+                "{addr}"
+            );
+        }
+        // From a mapped source, its IPv4 form is its own.
+        let mapped: SocketAddr = "[::ffff:192.0.2.7]:1".parse().unwrap();
+        assert!(resolve_addr("192.0.2.7:7001", Some(mapped), false).is_ok());
+        let v6: SocketAddr = "[2001:db8::7]:1".parse().unwrap();
+        assert!(resolve_addr("[2001:db8::8]:7001", Some(v6), false).is_err());
+        assert!(resolve_addr("[2001:db8::7]:7001", Some(v6), false).is_ok());
+    }
+
+    #[test]
+    fn a_holder_is_its_token_with_auth_and_its_network_in_open_mode() {
+        let remote: SocketAddr = "[2001:db8:0:1::5]:40000".parse().unwrap();
+        let open = Holder::new(None, Some(remote));
+        assert_eq!(open.who, Identity::of_addr("2001:db8:0:1::9".parse().unwrap()));
+        assert!(open.may_advertise && open.may_origin);
+        let (token, entry) = crate::auth::new_token(
+            "viewer",
+            &crate::auth::Rights {
+                fetch: vec!["*".into()],
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let tokens = crate::auth::Tokens::parse(&entry).unwrap();
+        let grant = tokens.authorize(Some(&token), Action::Browse).unwrap();
+        let viewer = Holder::new(Some(grant), Some(remote));
+        assert!(!viewer.may_advertise && !viewer.may_origin);
+        assert_eq!(viewer.who.to_string(), "token \"viewer\"");
+        assert_eq!(Holder::new(Some(grant), None).who, viewer.who, "wherever it comes from");
     }
 }

@@ -1,24 +1,32 @@
 //! The tracker's figures: `GET /stats` (JSON: peers, seeders, origins, bytes served by
 //! peers and by origins, announces; per swarm and summed) and `GET /metrics` (the same
 //! figures in the Prometheus text format).
+//!
+//! With auth on, both show only the swarms of the assets the token may fetch (issue 13: a
+//! token for A saw B's id, name and figures), and their totals are those swarms' sums; the
+//! tracker-wide announce count is shown only to a token that may fetch every asset.
 
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use super::State;
 use crate::api::{Figures, Stats, SwarmStats};
+use crate::auth::Grant;
 use crate::manifest::AssetId;
 use crate::metrics::{Exposition, Kind};
 use crate::sync::LockExt;
 
 impl State {
-    /// The figures of `GET /stats`, every swarm pruned first. Swarms are locked one at a
-    /// time, so `/stats` holds up announces to one swarm at most, for one swarm's walk.
-    pub(super) fn stats(&self) -> Stats {
+    /// The figures of `GET /stats` that `grant` may see (`None`: open mode, all), every
+    /// swarm pruned first. Swarms are locked one at a time, so `/stats` holds up announces
+    /// to one swarm at most, for one swarm's walk.
+    pub(super) fn stats(&self, grant: Option<&Grant>) -> Stats {
         let now = Instant::now();
+        let visible = |id: &AssetId| grant.is_none_or(|g| g.may_fetch(id));
         let figures: Vec<(AssetId, Figures)> = self
             .all_swarms()
             .into_iter()
+            .filter(|(id, _)| visible(id))
             .map(|(id, swarm)| {
                 let mut swarm = swarm.locked();
                 swarm.prune(now, self.peer_timeout);
@@ -39,8 +47,15 @@ impl State {
         let count = |figure: fn(&Figures) -> usize| figures().map(figure).sum();
         let bytes =
             |figure: fn(&Figures) -> u64| figures().map(figure).fold(0, u64::saturating_add);
+        let everything = grant.is_none_or(|g| g.may_fetch_all());
+        let (assets, announces) = if everything {
+            (catalog.len(), self.announces.load(Ordering::Relaxed))
+        } else {
+            let assets = catalog.entries().iter().filter(|(id, _)| visible(id)).count();
+            (assets, figures().map(|f| f.announces).sum())
+        };
         Stats {
-            assets: catalog.len(),
+            assets,
             totals: Figures::new(
                 (
                     count(|f| f.peers),
@@ -49,7 +64,7 @@ impl State {
                 ),
                 bytes(|f| f.peer_uploaded),
                 bytes(|f| f.origin_uploaded),
-                self.announces.load(Ordering::Relaxed),
+                announces,
             ),
             announce_batches: self.batches.load(Ordering::Relaxed),
             uptime_secs: self.started.elapsed().as_secs(),
@@ -57,9 +72,9 @@ impl State {
         }
     }
 
-    /// The figures of `GET /stats` in the Prometheus text format.
-    pub(super) fn metrics(&self) -> String {
-        let stats = self.stats();
+    /// The figures of `GET /stats` in the Prometheus text format, as `grant` may see them.
+    pub(super) fn metrics(&self, grant: Option<&Grant>) -> String {
+        let stats = self.stats(grant);
         let mut m = Exposition::new();
         m.gauge(
             "swarmcache_tracker_uptime_seconds",

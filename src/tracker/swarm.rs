@@ -7,12 +7,23 @@
 //! Every non-origin peer is a member of the swarm's [`OriginPlan`], which keeps per-chunk
 //! availability as haves change; every way out of the swarm (leave, timeout, report, ban)
 //! goes through [`Swarm::remove`], so what a departed peer held stops counting.
+//!
+//! The swarm's authority (issue 13): a peer id belongs to the [`Identity`] that first
+//! announced it (a token, or an address in open mode) for as long as the swarm remembers
+//! the id, and an announce of it by anyone else is refused before it changes anything.
+//! Reports count once per reporting identity; an `unreachable` report is never believed on
+//! its word: it asks the tracker to probe the peer ([`Answer::probes`]), and only a failed
+//! probe drops it ([`Swarm::unreachable`]). Bans hold the liar's identity and its address's
+//! network ([`super::identity::network`]), so a new id, another port or a mapped form of
+//! the address stay out. Each announce's `uploaded` increase is capped at what
+//! [`MAX_UPLOAD_RATE`] allows since the id's previous announce.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::ops::Bound;
 use std::time::{Duration, Instant};
 
+use super::identity::Identity;
 use super::plan::{OriginPlan, Slot};
 use crate::api::{Figures, PeerInfo};
 use crate::bitfield::Bitfield;
@@ -40,11 +51,22 @@ pub(super) const FASTEST_ANNOUNCE: Duration = Duration::from_millis(500);
 /// downloaders: its share dates from the crowd's arrival, the part of the plan that moves
 /// most, and its first chunks make it a source. It holds nothing for a second or so.
 const JOINING_SPEEDUP: u32 = 4;
-/// A peer's `uploaded` counter is remembered for this many peer timeouts after its last
-/// announce, so that a peer dropped from its swarm (silent too long, reported unreachable)
-/// that comes back under the same id is not counted twice. Ids live as long as their
-/// process, so a peer away for longer is almost certainly gone for good.
+/// A peer id, its holder and its `uploaded` counter are remembered for this many peer
+/// timeouts after its last announce, so that a peer dropped from its swarm (silent too
+/// long, reported unreachable) that comes back under the same id is not counted twice, and
+/// nobody else can take the id over meanwhile. Ids live as long as their process, so a
+/// peer away for longer is almost certainly gone for good.
 const COUNTER_MEMORY_TIMEOUTS: u32 = 10;
+/// The most bytes a second one peer is believed to have served: a 10 Gbit/s link, more
+/// than any peer here reaches (a loopback download runs at about 1 GB/s). An announce's
+/// `uploaded` increase counts up to this rate times the time since the id's previous
+/// announce, so one announce of 2^64-1 adds at most one interval's worth, not a number
+/// that pins the swarm's ratio until restart.
+pub(super) const MAX_UPLOAD_RATE: u64 = 1_250_000_000;
+/// A peer reported unreachable is probed by the tracker at most once in this long: the
+/// prober's load is bounded by the swarm's size, not by how often a liar reports; a peer
+/// really gone is dropped by the first failed probe, or at the peer timeout.
+pub(super) const PROBE_EVERY: Duration = Duration::from_secs(10);
 /// How often a swarm drops peers silent past the timeout.
 const PRUNE_EVERY: Duration = Duration::from_secs(1);
 /// Different peers that must report a peer for corrupt data before it is no longer handed
@@ -171,11 +193,20 @@ pub(super) fn cadence(phase: Phase, leechers: u32, heartbeat: Duration) -> Durat
     }
 }
 
-/// The last `uploaded` counter a peer reported, and when.
+/// A peer id the swarm remembers: who holds it, its last `uploaded` counter, and when it
+/// last announced.
 #[derive(Debug)]
-struct Reported {
+struct Held {
+    owner: Identity,
     uploaded: u64,
     at: Instant,
+}
+
+/// An announce the swarm refuses, unapplied: the HTTP status and what to do.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct Refused {
+    pub status: u16,
+    pub message: String,
 }
 
 /// One asset's swarm: its live peers, what they served, and who was reported for lying.
@@ -190,10 +221,10 @@ pub(super) struct Swarm {
     /// and by origins: the sums of the increases of every peer's `uploaded` counter.
     peer_bytes: u64,
     origin_bytes: u64,
-    /// Every peer's last reported counter, kept past its departure (see
-    /// [`COUNTER_MEMORY_TIMEOUTS`]); peers that never served are not listed.
-    counters: HashMap<String, Reported>,
-    /// When `counters` was last swept of peers long gone.
+    /// Every peer id announced lately: its holder and last counter, kept past its
+    /// departure (see [`COUNTER_MEMORY_TIMEOUTS`]).
+    held: HashMap<String, Held>,
+    /// When `held` was last swept of peers long gone.
     swept: Option<Instant>,
     /// The peers' ids by class ([`SEEDERS`], [`LEECHERS`], [`ORIGINS`]), in id order: an
     /// answer takes a window of them rather than walking every peer.
@@ -203,11 +234,15 @@ pub(super) struct Swarm {
     cursors: [Option<String>; 2],
     /// Per-chunk availability, and which chunks each leecher takes from the origin.
     origin_plan: OriginPlan,
-    /// Peers reported for sending corrupt data, and by whom (peer ids).
-    accused: HashMap<String, HashSet<String>>,
-    /// Peers no longer handed out for lying, by id and by address, and since when.
+    /// Peers reported for sending corrupt data, and by whom (identities, not peer ids:
+    /// one holder's many ids are one reporter).
+    accused: HashMap<String, HashSet<Identity>>,
+    /// Peers no longer handed out for lying, by id, and by holder and address network
+    /// (both as identities), and since when.
     banned_ids: HashMap<String, Instant>,
-    banned_addrs: HashMap<SocketAddr, Instant>,
+    banned: HashMap<Identity, Instant>,
+    /// When each peer reported unreachable was last handed to the prober.
+    probed: HashMap<String, Instant>,
     /// Downloaders that do not serve (no `addr`), by id, and when they last announced: never
     /// handed out, but they count among the downloaders the cadence spreads out.
     passive: HashMap<String, Instant>,
@@ -240,12 +275,13 @@ impl Swarm {
         // A sweep walks every peer seen lately; once per peer timeout is often enough.
         if self.swept.is_none_or(|t| now.duration_since(t) >= timeout) {
             let memory = timeout.saturating_mul(COUNTER_MEMORY_TIMEOUTS);
-            self.counters
-                .retain(|_, r| now.duration_since(r.at) <= memory);
+            self.held.retain(|_, h| now.duration_since(h.at) <= memory);
             self.banned_ids
                 .retain(|_, at| now.duration_since(*at) <= BAN_TIME);
-            self.banned_addrs
+            self.banned
                 .retain(|_, at| now.duration_since(*at) <= BAN_TIME);
+            self.probed
+                .retain(|_, at| now.duration_since(*at) <= PROBE_EVERY);
             let peers = &self.peers;
             self.accused.retain(|id, _| peers.contains_key(id));
             self.swept = Some(now);
@@ -253,15 +289,20 @@ impl Swarm {
     }
 
     /// Takes `reporter`'s word that `accused` sent it corrupt data. A peer reported by
-    /// [`LIAR_REPORTS`] different peers is dropped and no longer handed out, under its id
-    /// and at its address, for [`BAN_TIME`]. Origins are only logged: they are the
-    /// operator's, and the swarm's last resort.
-    fn accuse(&mut self, accused: &str, reporter: &str, asset: &AssetId, now: Instant) {
+    /// [`LIAR_REPORTS`] different holders is dropped and no longer handed out, under its
+    /// id, its holder and its address's network, for [`BAN_TIME`]. A holder's reports of
+    /// its own peers do not count. Origins are only logged: they are the operator's, and
+    /// the swarm's last resort.
+    fn accuse(&mut self, accused: &str, reporter: &Identity, asset: &AssetId, now: Instant) {
         let Some(peer) = self.peers.get(accused) else {
             return;
         };
+        let owner = self.held.get(accused).map(|h| &h.owner);
+        if owner == Some(reporter) {
+            return;
+        }
         let reporters = self.accused.entry(accused.to_string()).or_default();
-        if reporters.len() >= LIAR_REPORTS || !reporters.insert(reporter.to_string()) {
+        if reporters.len() >= LIAR_REPORTS || !reporters.insert(reporter.clone()) {
             return;
         }
         if reporters.len() < LIAR_REPORTS {
@@ -275,50 +316,99 @@ impl Swarm {
             return;
         }
         log::warn!(
-            "no longer handing out peer {accused} at {} for {asset}: {LIAR_REPORTS} peers got corrupt data from it",
+            "no longer handing out peer {accused} at {} for {asset}: {LIAR_REPORTS} holders got corrupt data from it",
             peer.addr
         );
-        self.banned_addrs.insert(peer.addr, now);
+        self.banned
+            .insert(Identity::of_addr(peer.addr.ip()), now);
+        if let Some(owner) = owner {
+            self.banned.insert(owner.clone(), now);
+        }
         self.banned_ids.insert(accused.to_string(), now);
         self.remove(accused);
         self.accused.remove(accused);
     }
 
-    /// Whether a peer was banned for lying.
-    fn is_banned(&self, peer_id: &str, addr: &SocketAddr) -> bool {
-        self.banned_ids.contains_key(peer_id) || self.banned_addrs.contains_key(addr)
+    /// Whether a holder, or a peer at `addr` under `peer_id`, was banned for lying.
+    fn is_banned(&self, peer_id: &str, who: &Identity, addr: Option<&SocketAddr>) -> bool {
+        self.banned_ids.contains_key(peer_id)
+            || self.banned.contains_key(who)
+            || addr.is_some_and(|a| self.banned.contains_key(&Identity::of_addr(a.ip())))
+    }
+
+    /// Refuses an announce of `peer_id` by `who` when the id belongs to another holder, or
+    /// when it would change an origin's entry without the origin right.
+    fn check_holder(&self, a: &Announce<'_>) -> Result<(), Refused> {
+        if self.held.get(a.peer_id).is_some_and(|h| h.owner != *a.who) {
+            return Err(Refused {
+                status: 409,
+                message: format!(
+                    "peer id {} belongs to another holder in this swarm (it was announced first by someone else); \
+                     a peer picks a random id at start: do not reuse another peer's id",
+                    a.peer_id
+                ),
+            });
+        }
+        if !a.may_origin && self.peers.get(a.peer_id).is_some_and(|p| p.origin) {
+            return Err(Refused {
+                status: 403,
+                message: format!(
+                    "peer {} is an origin of this swarm: changing its entry needs the origin right",
+                    a.peer_id
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// Adds to the swarm's totals what `peer_id`'s cumulative `uploaded` counter grew by
-    /// since its previous report. A counter lower than before belongs to a restarted peer,
-    /// so all of it is new. A leaving peer's counter is forgotten once counted.
+    /// since its previous announce, at most [`MAX_UPLOAD_RATE`] times the time between
+    /// them. A counter lower than before belongs to a restarted peer, so all of it is new
+    /// (within the cap). An id's first announce sets where its counter starts: a new peer
+    /// has served nothing before anyone was told of it, and what a peer served before the
+    /// tracker started is not the tracker's to count. Binds the id to `who` (checked by
+    /// [`Swarm::check_holder`] first).
     fn count_upload(
         &mut self,
         peer_id: &str,
+        who: &Identity,
         uploaded: u64,
         origin: bool,
-        leaving: bool,
         now: Instant,
     ) {
-        let previous = self.counters.get(peer_id).map_or(0, |r| r.uploaded);
-        let increase = uploaded.checked_sub(previous).unwrap_or(uploaded);
+        let Some(held) = self.held.get_mut(peer_id) else {
+            let held = Held {
+                owner: who.clone(),
+                uploaded,
+                at: now,
+            };
+            self.held.insert(peer_id.to_string(), held);
+            return;
+        };
+        let increase = uploaded.checked_sub(held.uploaded).unwrap_or(uploaded);
+        let allowed = upload_cap(now.saturating_duration_since(held.at));
+        held.uploaded = uploaded;
+        held.at = now;
         let total = if origin {
             &mut self.origin_bytes
         } else {
             &mut self.peer_bytes
         };
-        *total = total.saturating_add(increase);
-        if leaving {
-            self.counters.remove(peer_id);
-        } else if uploaded > 0 || previous > 0 {
-            let report = Reported { uploaded, at: now };
-            // A peer's id is copied once, not at every announce.
-            match self.counters.get_mut(peer_id) {
-                Some(known) => *known = report,
-                None => {
-                    self.counters.insert(peer_id.to_string(), report);
-                }
-            }
+        *total = total.saturating_add(increase.min(allowed));
+    }
+
+    /// Drops `peer_id` if it is still served at `addr`: the tracker's own probe could not
+    /// connect to it after a report said it was unreachable. Origins stay (the operator's).
+    pub(super) fn unreachable(&mut self, peer_id: &str, addr: SocketAddr, asset: &AssetId) {
+        if self
+            .peers
+            .get(peer_id)
+            .is_some_and(|p| !p.origin && p.addr == addr)
+        {
+            log::info!(
+                "dropping peer {peer_id} at {addr} from {asset}: reported unreachable, and the tracker could not connect either"
+            );
+            self.remove(peer_id);
         }
     }
 
@@ -384,11 +474,21 @@ impl Swarm {
     }
 }
 
+/// The most bytes a peer can have served in `elapsed` (see [`MAX_UPLOAD_RATE`]).
+pub(super) fn upload_cap(elapsed: Duration) -> u64 {
+    let bytes = elapsed.as_nanos().saturating_mul(u128::from(MAX_UPLOAD_RATE)) / 1_000_000_000;
+    u64::try_from(bytes).unwrap_or(u64::MAX)
+}
+
 /// One announce, checked, as the swarm applies it.
 #[derive(Debug)]
 pub(super) struct Announce<'a> {
     /// The announcing peer's id.
     pub peer_id: &'a str,
+    /// Who announces: the token, or the source address's network in open mode.
+    pub who: &'a Identity,
+    /// The announcer holds the origin right for this asset (always, in open mode).
+    pub may_origin: bool,
     /// Where it serves; `None` for a peer that only downloads and is never handed out.
     pub addr: Option<SocketAddr>,
     /// The chunks it holds; `None` when it holds every chunk.
@@ -417,6 +517,10 @@ pub(super) struct Answer<'a> {
     pub origin_share: Option<Vec<[u32; 2]>>,
     /// When the announcer should announce next.
     pub next_announce: Duration,
+    /// Peers reported unreachable that the tracker should try to connect to (id and
+    /// address); the caller hands them to the prober, which calls [`Swarm::unreachable`]
+    /// for each it cannot reach.
+    pub probes: Vec<(String, SocketAddr)>,
 }
 
 impl Swarm {
@@ -425,6 +529,7 @@ impl Swarm {
     /// `max_peers` peers, the origins, the announcer's origin share, and when to announce
     /// next. Costs what the announcer's have changed by and the answer's size (no bitfield
     /// but the announcer's, and no walk of every peer but the once-a-second prune).
+    /// Refused, changing nothing, when the peer id belongs to another holder.
     pub(super) fn announce(
         &mut self,
         a: Announce<'_>,
@@ -433,27 +538,38 @@ impl Swarm {
         max_peers: usize,
         timeout: Duration,
         now: Instant,
-    ) -> Answer<'_> {
+    ) -> Result<Answer<'_>, Refused> {
         self.prune(now, timeout);
+        self.check_holder(&a)?;
         self.announces += 1;
-        self.count_upload(a.peer_id, a.uploaded, a.origin, a.leaving, now);
-        for accused in a.corrupt {
-            self.accuse(accused, a.peer_id, asset, now);
+        self.count_upload(a.peer_id, a.who, a.uploaded, a.origin, now);
+        // A banned holder's reports are not taken: it is the one known to lie.
+        let believed = !self.is_banned(a.peer_id, a.who, None);
+        for accused in a.corrupt.iter().filter(|_| believed) {
+            self.accuse(accused, a.who, asset, now);
         }
-        for reported in a.unreachable {
+        let mut probes = Vec::new();
+        for reported in a.unreachable.iter().filter(|_| believed) {
             // A peer that announced a moment ago is alive as far as the tracker can tell
-            // (the reporter may be the one with the network problem); a quiet one is gone.
-            // Origins are registered by their operator and are never dropped on a report.
-            if self
-                .peers
+            // (the reporter may be the one with the network problem); a quiet one is
+            // probed, at most once per PROBE_EVERY, and dropped only if the tracker cannot
+            // connect either: one reporter's word never takes a peer out. Origins are
+            // registered by their operator and are never dropped on a report.
+            let Some(peer) = self.peers.get(reported) else {
+                continue;
+            };
+            let quiet = now.duration_since(peer.last_seen) > peer.report_grace();
+            let probed_lately = self
+                .probed
                 .get(reported)
-                .is_some_and(|p| !p.origin && now.duration_since(p.last_seen) > p.report_grace())
-            {
-                self.remove(reported);
+                .is_some_and(|at| now.duration_since(*at) < PROBE_EVERY);
+            if !peer.origin && quiet && !probed_lately {
+                probes.push((reported.clone(), peer.addr));
+                self.probed.insert(reported.clone(), now);
             }
         }
         match a.addr {
-            Some(addr) if !a.leaving && !self.is_banned(a.peer_id, &addr) => {
+            Some(addr) if !a.leaving && !self.is_banned(a.peer_id, a.who, Some(&addr)) => {
                 self.passive.remove(a.peer_id);
                 self.record(&a, addr, chunk_count, now);
             }
@@ -509,12 +625,13 @@ impl Swarm {
             .filter(|id| *id != a.peer_id)
             .filter_map(info)
             .collect();
-        Answer {
+        Ok(Answer {
             peers: listed,
             origins,
             origin_share,
             next_announce,
-        }
+            probes,
+        })
     }
 
     /// Checks that the lists of ids by class and the plan's members are the peers'.
@@ -571,6 +688,22 @@ mod tests {
         runs.iter().flat_map(|&[a, b]| a..b).collect()
     }
 
+    impl Swarm {
+        /// An announce that must not be refused.
+        fn announce_ok(
+            &mut self,
+            a: Announce<'_>,
+            asset: &AssetId,
+            chunk_count: u32,
+            max_peers: usize,
+            timeout: Duration,
+            now: Instant,
+        ) -> Answer<'_> {
+            self.announce(a, asset, chunk_count, max_peers, timeout, now)
+                .unwrap()
+        }
+    }
+
     #[test]
     fn leechers_get_disjoint_shares_that_rebalance_as_they_arrive() {
         let timeout = Duration::from_secs(60);
@@ -578,14 +711,14 @@ mod tests {
         let asset = AssetId([3; 32]);
         let mut swarm = Swarm::default();
         let share = |swarm: &mut Swarm, id: &str, port, have| {
-            let answer = swarm.announce(announce(id, port, have), &asset, 100, 30, timeout, now);
+            let answer = swarm.announce_ok(announce(id, port, have), &asset, 100, 30, timeout, now);
             chunks(&answer.origin_share)
         };
         let origin = Announce {
             origin: true,
             ..announce("origin", 9, None)
         };
-        swarm.announce(origin, &asset, 100, 30, timeout, now);
+        swarm.announce_ok(origin, &asset, 100, 30, timeout, now);
         let alone = share(&mut swarm, "a", 1, partial(100, []));
         assert_eq!(
             alone.len(),
@@ -614,7 +747,7 @@ mod tests {
             origin: true,
             ..announce("a", 1, partial(100, [1]))
         };
-        swarm.announce(now_origin, &asset, 100, 30, timeout, now);
+        swarm.announce_ok(now_origin, &asset, 100, 30, timeout, now);
         swarm.check();
         share(&mut swarm, "b", 2, None);
         swarm.check();
@@ -634,7 +767,7 @@ mod tests {
                     leaving: true,
                     ..announce("gone", 1, partial(100, 0..50))
                 };
-                swarm.announce(
+                swarm.announce_ok(
                     leave,
                     &AssetId([4; 32]),
                     100,
@@ -647,7 +780,7 @@ mod tests {
                 // b stays alive; gone is silent past the timeout.
                 let b = announce("b", 2, partial(100, []));
                 let timeout = Duration::from_secs(60);
-                swarm.announce(b, &AssetId([4; 32]), 100, 30, timeout, at + timeout / 2);
+                swarm.announce_ok(b, &AssetId([4; 32]), 100, 30, timeout, at + timeout / 2);
                 swarm.prune(at + timeout + Duration::from_secs(1), timeout)
             }),
             ("report", |swarm, at| {
@@ -656,14 +789,13 @@ mod tests {
                     unreachable: &gone,
                     ..announce("reporter", 3, partial(100, []))
                 };
-                swarm.announce(
-                    report,
-                    &AssetId([4; 32]),
-                    100,
-                    30,
-                    Duration::from_secs(60),
-                    at,
-                );
+                let asset = AssetId([4; 32]);
+                let answer =
+                    swarm.announce_ok(report, &asset, 100, 30, Duration::from_secs(60), at);
+                // The tracker's probe cannot connect either.
+                for (id, addr) in answer.probes.clone() {
+                    swarm.unreachable(&id, addr, &asset);
+                }
             }),
             ("ban", |swarm, at| {
                 let gone = ["gone".to_string()];
@@ -672,7 +804,7 @@ mod tests {
                         corrupt: &gone,
                         ..announce(id, port, partial(100, []))
                     };
-                    swarm.announce(
+                    swarm.announce_ok(
                         report,
                         &AssetId([4; 32]),
                         100,
@@ -685,7 +817,7 @@ mod tests {
         ];
         for (way, apply) in ways {
             let mut swarm = Swarm::default();
-            swarm.announce(
+            swarm.announce_ok(
                 announce("gone", 1, partial(100, 0..50)),
                 &asset,
                 100,
@@ -693,7 +825,7 @@ mod tests {
                 timeout,
                 start,
             );
-            let answer = swarm.announce(
+            let answer = swarm.announce_ok(
                 announce("b", 2, partial(100, [])),
                 &asset,
                 100,
@@ -729,9 +861,9 @@ mod tests {
             ..announce(id, 1, partial(10, [1]))
         };
         for id in &ids {
-            swarm.announce(passive(id), &asset, 10, 30, timeout, now);
+            swarm.announce_ok(passive(id), &asset, 10, 30, timeout, now);
         }
-        let answer = swarm.announce(passive(&ids[0]), &asset, 10, 30, timeout, now);
+        let answer = swarm.announce_ok(passive(&ids[0]), &asset, 10, 30, timeout, now);
         assert_eq!(
             answer.next_announce,
             Duration::from_secs(3),
@@ -744,12 +876,12 @@ mod tests {
                 leaving: true,
                 ..passive(id)
             };
-            swarm.announce(leave, &asset, 10, 30, timeout, now);
+            swarm.announce_ok(leave, &asset, 10, 30, timeout, now);
         }
-        let answer = swarm.announce(passive(&ids[100]), &asset, 10, 30, timeout, now);
+        let answer = swarm.announce_ok(passive(&ids[100]), &asset, 10, 30, timeout, now);
         assert_eq!(answer.next_announce, Duration::from_secs(2));
         let later = now + timeout + Duration::from_secs(1);
-        let answer = swarm.announce(passive(&ids[0]), &asset, 10, 30, timeout, later);
+        let answer = swarm.announce_ok(passive(&ids[0]), &asset, 10, 30, timeout, later);
         assert_eq!(answer.next_announce, FASTEST_ANNOUNCE);
     }
 
@@ -793,7 +925,7 @@ mod tests {
             origin: true,
             ..announce("origin", 60_000, None)
         };
-        swarm.announce(origin, &asset, count, 30, timeout, now);
+        swarm.announce_ok(origin, &asset, count, 30, timeout, now);
         let ids: Vec<String> = (0..1000)
             .map(|p| format!("peer-{p:04}-0123456789abcdef"))
             .collect();
@@ -801,7 +933,7 @@ mod tests {
             // Each holds its own stretch of 40 chunks.
             let p = p as u32;
             let have = partial(count, p * 40..p * 40 + 40);
-            swarm.announce(
+            swarm.announce_ok(
                 announce(id, 1000 + p as u16, have),
                 &asset,
                 count,
@@ -812,7 +944,7 @@ mod tests {
         }
         let max_peers = super::super::DEFAULT_MAX_PEERS;
         let have = partial(count, 0..40);
-        let answer = swarm.announce(
+        let answer = swarm.announce_ok(
             announce(&ids[0], 1000, have),
             &asset,
             count,
@@ -848,37 +980,213 @@ mod tests {
     fn served_bytes_add_up_counter_increases_and_survive_departures() {
         let timeout = Duration::from_secs(60);
         let start = Instant::now();
+        let at = |secs| start + Duration::from_secs(secs);
+        let who = Identity::of_addr([10, 0, 0, 1].into());
         let mut swarm = Swarm::default();
-        swarm.count_upload("origin", 100, true, false, start);
-        swarm.count_upload("a", 50, false, false, start);
-        swarm.count_upload("a", 80, false, false, start);
-        swarm.count_upload("origin", 100, true, false, start);
-        assert_eq!((swarm.peer_bytes, swarm.origin_bytes), (80, 100));
+        // A first announce sets where each counter starts.
+        swarm.count_upload("origin", &who, 100, true, start);
+        swarm.count_upload("a", &who, 50, false, start);
+        assert_eq!((swarm.peer_bytes, swarm.origin_bytes), (0, 0));
+        swarm.count_upload("a", &who, 80, false, at(1));
+        swarm.count_upload("origin", &who, 200, true, at(1));
+        assert_eq!((swarm.peer_bytes, swarm.origin_bytes), (30, 100));
         // A counter lower than before is a restarted peer: all of it is new.
-        swarm.count_upload("a", 10, false, false, start);
-        assert_eq!(swarm.peer_bytes, 90);
-        // Peers that never served cost no memory.
-        swarm.count_upload("leecher", 0, false, false, start);
-        assert!(!swarm.counters.contains_key("leecher"));
+        swarm.count_upload("a", &who, 10, false, at(2));
+        assert_eq!(swarm.peer_bytes, 40);
         // Gone for two peer timeouts and back under the same id: only the increase counts.
         let later = start + 2 * timeout;
         swarm.prune(later, timeout);
-        swarm.count_upload("a", 15, false, false, later);
-        assert_eq!(swarm.peer_bytes, 95);
-        // A leaving peer's last increase counts, then its counter is forgotten.
-        swarm.count_upload("a", 20, false, true, later);
-        assert_eq!(swarm.peer_bytes, 100);
-        assert!(!swarm.counters.contains_key("a"));
-        // Past the memory, a counter is forgotten and would count in full again.
-        swarm.prune(start + (COUNTER_MEMORY_TIMEOUTS + 1) * timeout, timeout);
-        assert!(swarm.counters.is_empty());
-        assert_eq!((swarm.peer_bytes, swarm.origin_bytes), (100, 100));
+        swarm.count_upload("a", &who, 15, false, later);
+        assert_eq!(swarm.peer_bytes, 45);
+        // Past the memory, an id is forgotten: its next announce starts afresh.
+        swarm.prune(later + COUNTER_MEMORY_TIMEOUTS * timeout + timeout, timeout);
+        assert!(swarm.held.is_empty());
+        assert_eq!((swarm.peer_bytes, swarm.origin_bytes), (45, 100));
     }
 
+    #[test]
+    fn an_uploaded_increase_is_capped_at_the_link_rate_times_the_interval() {
+        assert_eq!(upload_cap(Duration::ZERO), 0);
+        assert_eq!(upload_cap(Duration::from_millis(500)), MAX_UPLOAD_RATE / 2);
+        assert_eq!(upload_cap(Duration::from_secs(20)), 20 * MAX_UPLOAD_RATE);
+        assert_eq!(upload_cap(Duration::MAX), u64::MAX);
+        let start = Instant::now();
+        let who = Identity::of_addr([10, 0, 0, 1].into());
+        let mut swarm = Swarm::default();
+        // Issue 13: one announce of 2^64-1 pinned the ratio at 1.0 until restart.
+        swarm.count_upload("liar", &who, u64::MAX, false, start);
+        assert_eq!(swarm.peer_bytes, 0, "a first announce counts nothing");
+        swarm.count_upload("liar", &who, 0, false, start + Duration::from_secs(1));
+        swarm.count_upload("liar", &who, u64::MAX, false, start + Duration::from_secs(2));
+        assert_eq!(swarm.peer_bytes, MAX_UPLOAD_RATE, "one second's worth");
+        // An honest origin's bytes then move the ratio.
+        swarm.count_upload("origin", &who, 0, true, start);
+        swarm.count_upload("origin", &who, 3 * MAX_UPLOAD_RATE, true, start + Duration::from_secs(3));
+        let ratio = swarm.figures().p2p_ratio.unwrap();
+        assert!((0.2..0.3).contains(&ratio), "{ratio}");
+    }
+
+    #[test]
+    fn a_peer_id_belongs_to_its_first_holder_and_others_change_nothing() {
+        let timeout = Duration::from_secs(60);
+        let now = Instant::now();
+        let asset = AssetId([7; 32]);
+        let mut swarm = Swarm::default();
+        let origin = Announce {
+            origin: true,
+            ..announce("origin", 1, None)
+        };
+        swarm.announce_ok(origin, &asset, 4, 30, timeout, now);
+        swarm.announce_ok(announce("seeder", 2, None), &asset, 4, 30, timeout, now);
+        // Another holder (another address) announces those ids: stopped, at its own
+        // address, complete, with a counter: each refused with 409, nothing changed.
+        for victim in ["origin", "seeder"] {
+            for attack in [
+                Announce {
+                    leaving: true,
+                    ..announce(victim, 666, None)
+                },
+                Announce {
+                    uploaded: u64::MAX,
+                    ..announce(victim, 666, None)
+                },
+                Announce {
+                    origin: true,
+                    corrupt: &[],
+                    ..announce(victim, 666, None)
+                },
+            ] {
+                let refused = swarm.announce(attack, &asset, 4, 30, timeout, now).unwrap_err();
+                assert_eq!(refused.status, 409, "{refused:?}");
+                assert!(refused.message.contains(victim), "{}", refused.message);
+            }
+        }
+        assert_eq!(swarm.peers["origin"].addr_text, "10.0.0.1:1");
+        assert_eq!(swarm.peers["seeder"].addr_text, "10.0.0.2:2");
+        assert!(swarm.peers["origin"].origin);
+        assert_eq!((swarm.announces, swarm.peer_bytes), (2, 0));
+        // The holder itself still moves its peer, and leaves.
+        let moved = Announce {
+            addr: Some(SocketAddr::from(([10, 0, 0, 2], 9))),
+            ..announce("seeder", 2, None)
+        };
+        swarm.announce_ok(moved, &asset, 4, 30, timeout, now);
+        assert_eq!(swarm.peers["seeder"].addr_text, "10.0.0.2:9");
+        // A holder without the origin right cannot change an origin's entry.
+        let demoted = Announce {
+            may_origin: false,
+            leaving: true,
+            ..announce("origin", 1, None)
+        };
+        assert_eq!(
+            swarm.announce(demoted, &asset, 4, 30, timeout, now).unwrap_err().status,
+            403
+        );
+        let leave = Announce {
+            leaving: true,
+            ..announce("seeder", 2, None)
+        };
+        swarm.announce_ok(leave, &asset, 4, 30, timeout, now);
+        assert!(!swarm.peers.contains_key("seeder"));
+        // A left id stays its holder's for the memory: nobody else takes it over.
+        let squat = announce("seeder", 666, None);
+        assert!(swarm.announce(squat, &asset, 4, 30, timeout, now).is_err());
+        swarm.check();
+    }
+
+    #[test]
+    fn an_unreachable_report_is_probed_not_believed_and_at_most_once_per_period() {
+        let timeout = Duration::from_secs(60);
+        let start = Instant::now();
+        let asset = AssetId([8; 32]);
+        let mut swarm = Swarm::default();
+        swarm.announce_ok(announce("seeder", 1, None), &asset, 4, 30, timeout, start);
+        let gone = ["seeder".to_string()];
+        let report = |id| Announce {
+            unreachable: &gone,
+            ..announce(id, 3, Some(Bitfield::new(4)))
+        };
+        // Issue 13: one reporter saying `unreachable` once a second kept an honest seeder
+        // out 77-80 % of the time. Now each report asks for a probe, at most one per period.
+        let mut probes = 0;
+        for second in 0..30 {
+            let at = start + REPORT_GRACE + Duration::from_secs(second);
+            let answer = swarm.announce_ok(report("liar"), &asset, 4, 30, timeout, at);
+            probes += answer.probes.len();
+            if let Some((id, addr)) = answer.probes.first() {
+                assert_eq!((id.as_str(), addr.to_string().as_str()), ("seeder", "10.0.0.1:1"));
+            }
+            assert!(swarm.peers.contains_key("seeder"), "second {second}");
+        }
+        assert_eq!(probes, 3, "one probe every {PROBE_EVERY:?}");
+        // A failed probe drops it; one of a peer that moved meanwhile does not.
+        swarm.unreachable("seeder", SocketAddr::from(([10, 0, 0, 1], 2)), &asset);
+        assert!(swarm.peers.contains_key("seeder"));
+        swarm.unreachable("seeder", SocketAddr::from(([10, 0, 0, 1], 1)), &asset);
+        assert!(!swarm.peers.contains_key("seeder"));
+        swarm.check();
+    }
+
+    #[test]
+    fn corrupt_reports_from_one_holders_many_ids_do_not_ban_and_bans_cover_the_network() {
+        let timeout = Duration::from_secs(60);
+        let now = Instant::now();
+        let asset = AssetId([9; 32]);
+        let mut swarm = Swarm::default();
+        swarm.announce_ok(announce("honest", 9, None), &asset, 4, 30, timeout, now);
+        let honest = ["honest".to_string()];
+        // Issue 13: two fake ids of one holder banned a seeder for an hour.
+        for fake in ["fake-1", "fake-2", "fake-3"] {
+            let a = Announce {
+                corrupt: &honest,
+                ..announce(fake, 5, Some(Bitfield::new(4)))
+            };
+            swarm.announce_ok(a, &asset, 4, 30, timeout, now);
+        }
+        assert!(swarm.peers.contains_key("honest"), "one holder is one reporter");
+        // A liar reported by two holders is out under a new id, another port, and the
+        // IPv4-mapped form of its address.
+        swarm.announce_ok(announce("liar", 7, None), &asset, 4, 30, timeout, now);
+        let liar = ["liar".to_string()];
+        for (reporter, port) in [("r1", 1), ("r2", 2)] {
+            let a = Announce {
+                corrupt: &liar,
+                ..announce(reporter, port, Some(Bitfield::new(4)))
+            };
+            swarm.announce_ok(a, &asset, 4, 30, timeout, now);
+        }
+        assert!(!swarm.peers.contains_key("liar"));
+        let mapped: SocketAddr = "[::ffff:10.0.0.7]:4000".parse().unwrap();
+        let back = [
+            announce("new-id", 7, None),
+            Announce {
+                addr: Some(SocketAddr::from(([10, 0, 0, 7], 8000))),
+                ..announce("new-id-2", 7, None)
+            },
+            Announce {
+                addr: Some(mapped),
+                who: Box::leak(Box::new(Identity::of_addr(mapped.ip()))),
+                ..announce("new-id-3", 7, None)
+            },
+        ];
+        for a in back {
+            let id = a.peer_id;
+            swarm.announce_ok(a, &asset, 4, 30, timeout, now);
+            assert!(!swarm.peers.contains_key(id), "{id}");
+        }
+        swarm.check();
+    }
+
+    /// An announce of `peer_id` serving at 10.0.X.Y:`port`, from that address (X.Y the
+    /// port's bytes), in open mode: each port is another holder.
     fn announce<'a>(peer_id: &'a str, port: u16, have: Option<Bitfield>) -> Announce<'a> {
+        let [x, y] = port.to_be_bytes();
+        let ip = std::net::IpAddr::from([10, 0, x, y]);
         Announce {
             peer_id,
-            addr: Some(SocketAddr::from(([127, 0, 0, 1], port))),
+            who: Box::leak(Box::new(Identity::of_addr(ip))),
+            may_origin: true,
+            addr: Some(SocketAddr::new(ip, port)),
             have,
             origin: false,
             leaving: false,
@@ -895,9 +1203,9 @@ mod tests {
         let asset = AssetId([0; 32]);
         let mut swarm = Swarm::default();
         for (id, port) in [("a", 1), ("b", 2), ("c", 3), ("e", 5)] {
-            swarm.announce(announce(id, port, None), &asset, 4, 2, timeout, now);
+            swarm.announce_ok(announce(id, port, None), &asset, 4, 2, timeout, now);
         }
-        swarm.announce(
+        swarm.announce_ok(
             announce("d", 4, Some(Bitfield::new(4))),
             &asset,
             4,
@@ -908,9 +1216,9 @@ mod tests {
         let ids = |answer: &Answer<'_>| -> Vec<String> {
             answer.peers.iter().map(|p| p.peer_id.to_string()).collect()
         };
-        let first = swarm.announce(announce("a", 1, None), &asset, 4, 2, timeout, now);
+        let first = swarm.announce_ok(announce("a", 1, None), &asset, 4, 2, timeout, now);
         let first = ids(&first);
-        let second = swarm.announce(announce("a", 1, None), &asset, 4, 2, timeout, now);
+        let second = swarm.announce_ok(announce("a", 1, None), &asset, 4, 2, timeout, now);
         let second = ids(&second);
         assert_eq!(first.len(), 2);
         assert!(!first.contains(&"a".to_string()) && !second.contains(&"a".to_string()));
@@ -920,7 +1228,7 @@ mod tests {
             "three complete others fill two places"
         );
         // With room for more than the complete peers, the partial ones follow them.
-        let all = swarm.announce(announce("a", 1, None), &asset, 4, 10, timeout, now);
+        let all = swarm.announce_ok(announce("a", 1, None), &asset, 4, 10, timeout, now);
         let all = ids(&all);
         assert_eq!(&all[3..], ["d"], "{all:?}");
         // A leaver is no longer handed out.
@@ -928,9 +1236,9 @@ mod tests {
             leaving: true,
             ..announce("d", 4, Some(Bitfield::new(4)))
         };
-        swarm.announce(leaving, &asset, 4, 2, timeout, now);
+        swarm.announce_ok(leaving, &asset, 4, 2, timeout, now);
         assert_eq!(swarm.list(now).len(), 4);
-        let answer = swarm.announce(announce("b", 2, None), &asset, 4, 10, timeout, now);
+        let answer = swarm.announce_ok(announce("b", 2, None), &asset, 4, 10, timeout, now);
         assert_eq!(ids(&answer).len(), 3, "a, c and e");
         swarm.check();
     }
@@ -941,53 +1249,56 @@ mod tests {
         let now = Instant::now();
         let asset = AssetId([1; 32]);
         let mut swarm = Swarm::default();
-        swarm.announce(announce("liar", 9, None), &asset, 4, 30, timeout, now);
+        swarm.announce_ok(announce("liar", 9, None), &asset, 4, 30, timeout, now);
         let liar = ["liar".to_string()];
         for (reporter, port) in [("r1", 1), ("r1", 1), ("r2", 2)] {
             let a = Announce {
                 corrupt: &liar,
                 ..announce(reporter, port, Some(Bitfield::new(4)))
             };
-            swarm.announce(a, &asset, 4, 30, timeout, now);
+            swarm.announce_ok(a, &asset, 4, 30, timeout, now);
             let held = swarm.peers.contains_key("liar");
             assert_eq!(held, reporter == "r1", "after {reporter}'s report");
         }
         // Back under the same id, or another id at the same address: still out.
-        swarm.announce(announce("liar", 9, None), &asset, 4, 30, timeout, now);
-        swarm.announce(announce("other", 9, None), &asset, 4, 30, timeout, now);
+        swarm.announce_ok(announce("liar", 9, None), &asset, 4, 30, timeout, now);
+        swarm.announce_ok(announce("other", 9, None), &asset, 4, 30, timeout, now);
         assert!(!swarm.peers.contains_key("liar") && !swarm.peers.contains_key("other"));
         // After the ban, it may come back.
         let later = now + BAN_TIME + timeout * 2;
-        swarm.announce(announce("liar", 9, None), &asset, 4, 30, timeout, later);
+        swarm.announce_ok(announce("liar", 9, None), &asset, 4, 30, timeout, later);
         assert!(swarm.peers.contains_key("liar"));
         swarm.check();
     }
 
     #[test]
-    fn an_unreachable_report_drops_a_quiet_peer_but_not_a_fresh_one_or_an_origin() {
+    fn an_unreachable_report_probes_a_quiet_peer_but_not_a_fresh_one_or_an_origin() {
         let timeout = Duration::from_secs(60);
         let start = Instant::now();
         let asset = AssetId([2; 32]);
         let mut swarm = Swarm::default();
-        swarm.announce(announce("quiet", 1, None), &asset, 4, 30, timeout, start);
+        swarm.announce_ok(announce("quiet", 1, None), &asset, 4, 30, timeout, start);
         let origin = Announce {
             origin: true,
             ..announce("origin", 2, None)
         };
-        swarm.announce(origin, &asset, 4, 30, timeout, start);
+        swarm.announce_ok(origin, &asset, 4, 30, timeout, start);
         let gone = ["quiet".to_string(), "origin".to_string()];
         let report = || Announce {
             unreachable: &gone,
             ..announce("reporter", 3, Some(Bitfield::new(4)))
         };
         // Announced a moment ago: alive as far as the tracker can tell.
-        swarm.announce(report(), &asset, 4, 30, timeout, start + REPORT_GRACE / 2);
-        assert!(swarm.peers.contains_key("quiet"));
+        let soon = start + REPORT_GRACE / 2;
+        let answer = swarm.announce_ok(report(), &asset, 4, 30, timeout, soon);
+        assert!(answer.probes.is_empty());
         let later = start + REPORT_GRACE * 2;
-        let answer = swarm.announce(report(), &asset, 4, 30, timeout, later);
-        assert!(answer.peers.is_empty(), "{:?}", answer.peers);
-        assert_eq!(answer.origins.len(), 1, "origins stay whatever is reported");
-        assert!(!swarm.peers.contains_key("quiet"));
+        let answer = swarm.announce_ok(report(), &asset, 4, 30, timeout, later);
+        let probed: Vec<&str> = answer.probes.iter().map(|(id, _)| id.as_str()).collect();
+        assert_eq!(probed, ["quiet"], "origins stay whatever is reported");
+        assert!(swarm.peers.contains_key("quiet"), "a report alone drops nobody");
+        swarm.unreachable("origin", SocketAddr::from(([10, 0, 0, 2], 2)), &asset);
+        assert!(swarm.peers.contains_key("origin"));
         swarm.check();
     }
 }
