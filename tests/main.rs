@@ -5,6 +5,7 @@ mod harness;
 mod netns;
 
 mod attack_server;
+mod attack_tracker;
 mod auth;
 mod cache;
 mod catalog;

@@ -20,6 +20,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use super::routes::{
+    Holder,
     HttpError, Reply, check_peer_id, err, json, parse_have, parse_id, rate_limit_cost, read_body,
     resolve_addr,
 };
@@ -64,7 +65,9 @@ impl State {
         // refused before it is parsed. The rest of the cost once the entries are counted.
         rate_limit_cost(&self.announce_limit, remote, "announces", 1)?;
         // A token the tracker does not know is refused once, not once per entry.
-        self.authorize(token, Action::Browse)?;
+        let grant = self.authorize(token, Action::Browse)?;
+        // Bound, addressed and counted as its single announces would be (issue 13).
+        let holder = Holder::new(grant, remote);
         let body = read_body(request, BATCH_MAX_BODY)?;
         let req: BatchAnnounceRequest = serde_json::from_str(&body)
             .map_err(|e| err(400, format!("batch announce body is not valid JSON: {e}")))?;
@@ -83,14 +86,14 @@ impl State {
         }
         check_peer_id(&req.peer_id)?;
         let addr = match &req.addr {
-            Some(text) => Some(resolve_addr(text, remote)?),
+            Some(text) => Some(resolve_addr(text, remote, holder.may_advertise)?),
             None => None,
         };
         self.batches.fetch_add(1, Ordering::Relaxed);
         let now = Instant::now();
         let mut refused = Vec::new();
         for (index, entry) in req.assets.iter().enumerate() {
-            if let Err(e) = self.announce_entry(&req, addr, entry, token, now) {
+            if let Err(e) = self.announce_entry(&req, addr, entry, token, &holder, now) {
                 refused.push(BatchRefusal {
                     index: u32::try_from(index).unwrap_or(u32::MAX),
                     id: entry.id.chars().take(MAX_ECHOED_ID).collect(),
@@ -120,6 +123,7 @@ impl State {
         addr: Option<SocketAddr>,
         entry: &BatchEntry,
         token: Option<&str>,
+        holder: &Holder,
         now: Instant,
     ) -> Result<(), HttpError> {
         let id = parse_id(&entry.id)?;
@@ -131,6 +135,8 @@ impl State {
         let have = parse_have(chunk_count, entry.complete, entry.have.as_deref())?;
         let announce = Announce {
             peer_id: &batch.peer_id,
+            who: &holder.who,
+            may_origin: holder.may_origin,
             addr,
             have,
             origin: batch.origin,
@@ -139,19 +145,27 @@ impl State {
             corrupt: &[],
             unreachable: &[],
         };
-        self.apply(id, chunk_count, announce, now);
-        Ok(())
+        self.apply(id, chunk_count, announce, now)
     }
 
     /// The batch's one call into the swarms: applies a checked announce to the swarm of
     /// `id` as a single announce does, under that swarm's lock only, and builds no answer
-    /// from it.
-    fn apply(&self, id: AssetId, chunk_count: u32, announce: Announce<'_>, now: Instant) {
+    /// from it. Refused as a single announce would be (a peer id of another holder).
+    fn apply(
+        &self,
+        id: AssetId,
+        chunk_count: u32,
+        announce: Announce<'_>,
+        now: Instant,
+    ) -> Result<(), HttpError> {
         self.announces.fetch_add(1, Ordering::Relaxed);
         let swarm = self.swarm(&id, true).expect("created when absent");
         let mut swarm = swarm.locked();
         // No peers to hand out: the answer's list is not built.
-        let _ = swarm.announce(announce, &id, chunk_count, 0, self.peer_timeout, now);
+        swarm
+            .announce(announce, &id, chunk_count, 0, self.peer_timeout, now)
+            .map(drop)
+            .map_err(|r| err(r.status, r.message))
     }
 }
 
