@@ -39,11 +39,14 @@ pub struct AssetSummary {
 /// Body of `POST /assets/{id}/announce`: join a swarm or heartbeat.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct AnnounceRequest {
-    /// A random id the peer keeps for its lifetime.
+    /// A random id the peer keeps for its lifetime. In each swarm it belongs to the holder
+    /// that first announced it (with auth, the token; in open mode, the source address,
+    /// IPv6 by /64): the tracker refuses anyone else's announce of it with 409.
     pub peer_id: String,
     /// Where the peer serves chunks, as `ip:port`. An unspecified ip (`0.0.0.0:7001`,
-    /// `[::]:7001`) means "the address you see my announce come from". `None` means the
-    /// peer only downloads and is never handed to others.
+    /// `[::]:7001`) means "the address you see my announce come from"; with auth, another
+    /// ip than that needs the token's `advertise` right. `None` means the peer only
+    /// downloads and is never handed to others.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub addr: Option<String>,
     /// The peer holds every chunk.
@@ -59,19 +62,21 @@ pub struct AnnounceRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event: Option<AnnounceEvent>,
     /// Bytes this peer has served of this asset since it started: a running total, of
-    /// which the tracker adds each increase to the swarm's figures (a lower value than
-    /// last time means the peer restarted, and counts in full).
+    /// which the tracker adds each increase to the swarm's figures, at most what a 10 Gbit/s
+    /// link serves between two announces (a lower value than last time means the peer
+    /// restarted, and counts in full within that cap).
     #[serde(default)]
     pub uploaded: u64,
     /// Bytes this peer has downloaded of this asset from the network since it started.
     #[serde(default)]
     pub downloaded: u64,
-    /// Ids of peers of this swarm that this peer could not connect to. The tracker drops
-    /// those that have not announced recently: they are most likely gone.
+    /// Ids of peers of this swarm that this peer could not connect to. The tracker tries to
+    /// connect to those that have not announced recently, and drops them if it cannot.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unreachable: Vec<String>,
     /// Ids of peers of this swarm that sent this peer a chunk failing its hash or broke the
-    /// protocol. Once enough different peers report one, the tracker stops handing it out.
+    /// protocol. Once two different holders (tokens, or addresses in open mode) report one,
+    /// the tracker stops handing it out.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub corrupt: Vec<String>,
 }

@@ -660,7 +660,8 @@ mod tests {
                 fetch: vec!["*".into()],
                 ..Rights::default()
             },
-        ).unwrap();
+        )
+        .unwrap();
         let id = asset(9).to_string();
         let (viewer, viewer_entry) = new_token(
             "viewer",
@@ -668,7 +669,8 @@ mod tests {
                 fetch: vec![id],
                 ..Rights::default()
             },
-        ).unwrap();
+        )
+        .unwrap();
         let tokens = Tokens::parse(&format!("{ci_entry}\n{viewer_entry}")).unwrap();
         assert_eq!(
             tokens.authorize(Some(&ci), Action::Publish).unwrap().name,
@@ -717,7 +719,10 @@ mod tests {
         let tokens = Tokens::parse(&format!("{ci_entry}\n{ops_entry}")).unwrap();
         let ops_grant = tokens.authorize(Some(&ops), Action::Metrics).unwrap();
         assert!(ops_grant.may_advertise() && !ops_grant.may_fetch(&asset(1)));
-        assert_ne!(ops_grant.key(), tokens.authorize(Some(&ci), Action::Browse).unwrap().key());
+        assert_ne!(
+            ops_grant.key(),
+            tokens.authorize(Some(&ci), Action::Browse).unwrap().key()
+        );
     }
 
     #[test]

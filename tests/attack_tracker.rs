@@ -5,71 +5,15 @@
 //! tracker in open mode, without root or a namespace). Each test says what the attack did
 //! before, and asserts that it fails now.
 
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, TcpListener};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::harness::{ServerProc, TrackerProc, eventually, get, random_file, run};
+use crate::harness::{HttpFrom, ServerProc, TrackerProc, eventually, get, random_file, run};
 
-/// An HTTP answer: status and body.
-struct Http {
-    status: u16,
-    body: String,
-}
-
-impl Http {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {} {}", self.status, self.body))
-    }
-}
-
-/// One request to the tracker at `url`, from a socket bound to `from` (a loopback
-/// address), with `token` when given; `Connection: close`, read to the end.
-fn request(
-    from: Ipv4Addr,
-    url: &str,
-    method: &str,
-    path: &str,
-    token: Option<&str>,
-    body: Option<&Value>,
-) -> Http {
-    use rustix::net::{AddressFamily, SocketType, bind, connect, socket};
-    let tracker: SocketAddr = url.trim_start_matches("http://").parse().unwrap();
-    let fd = socket(AddressFamily::INET, SocketType::STREAM, None).unwrap();
-    bind(&fd, &SocketAddr::V4(SocketAddrV4::new(from, 0))).unwrap();
-    connect(&fd, &tracker).unwrap_or_else(|e| panic!("connect {tracker} from {from}: {e}"));
-    let mut stream = TcpStream::from(fd);
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {tracker}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).unwrap();
-    stream.write_all(body.as_bytes()).unwrap();
-    let mut answer = Vec::new();
-    stream.read_to_end(&mut answer).unwrap();
-    let answer = String::from_utf8_lossy(&answer).to_string();
-    let status = answer
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status in {answer:?}"));
-    let body = answer
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Http { status, body }
-}
+use crate::harness::http_from as request;
 
 /// A loopback address other than 127.0.0.1: holder `n`.
 fn host(n: u8) -> Ipv4Addr {
@@ -78,14 +22,21 @@ fn host(n: u8) -> Ipv4Addr {
 
 const HERE: Ipv4Addr = Ipv4Addr::LOCALHOST;
 
-fn announce(from: Ipv4Addr, url: &str, asset: &str, token: Option<&str>, body: Value) -> Http {
+fn announce(from: Ipv4Addr, url: &str, asset: &str, token: Option<&str>, body: Value) -> HttpFrom {
     let path = format!("/assets/{asset}/announce");
     request(from, url, "POST", &path, token, Some(&body))
 }
 
 /// The swarm's live peers, as `token` sees them.
 fn peers(url: &str, asset: &str, token: Option<&str>) -> Vec<Value> {
-    let answer = request(HERE, url, "GET", &format!("/assets/{asset}/peers"), token, None);
+    let answer = request(
+        HERE,
+        url,
+        "GET",
+        &format!("/assets/{asset}/peers"),
+        token,
+        None,
+    );
     assert_eq!(answer.status, 200, "{}", answer.body);
     answer.json().as_array().unwrap().clone()
 }
@@ -124,7 +75,11 @@ fn publish(d: &Path, url: &str, file: &str, token: Option<&str>) -> String {
 
 /// A port nobody listens on (bound, then closed).
 fn dead_port(ip: Ipv4Addr) -> u16 {
-    TcpListener::bind((ip, 0)).unwrap().local_addr().unwrap().port()
+    TcpListener::bind((ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Issue 13: "a token with only the fetch right reads the origin's peer id from `/peers`,
@@ -178,7 +133,16 @@ fn a_viewer_can_neither_evict_nor_take_over_the_origin_or_a_seeder() {
     let getting = std::thread::spawn({
         let d = d.to_path_buf();
         let (url, id, viewer) = (url.clone(), id.clone(), viewer.clone());
-        move || get(&d, &url, &id, "out.bin", "viewer-store", &["--token", &viewer])
+        move || {
+            get(
+                &d,
+                &url,
+                &id,
+                "out.bin",
+                "viewer-store",
+                &["--token", &viewer],
+            )
+        }
     });
     // The attack of the issue, every 50 ms for a second, at both peers.
     let deadline = Instant::now() + Duration::from_secs(1);
@@ -187,7 +151,12 @@ fn a_viewer_can_neither_evict_nor_take_over_the_origin_or_a_seeder() {
             let evict = json!({"peer_id": victim, "event": "stopped"});
             let answer = announce(HERE, url, &id, v, evict);
             assert_eq!(answer.status, 409, "{}", answer.body);
-            assert!(answer.json()["error"].as_str().unwrap().contains("another holder"));
+            assert!(
+                answer.json()["error"]
+                    .as_str()
+                    .unwrap()
+                    .contains("another holder")
+            );
             let take_over = json!({"peer_id": victim, "addr": attacker_addr, "complete": true, "uploaded": u64::MAX});
             assert_eq!(announce(HERE, url, &id, v, take_over).status, 409);
             let as_origin = json!({"peer_id": victim, "addr": attacker_addr, "origin": true});
@@ -197,7 +166,12 @@ fn a_viewer_can_neither_evict_nor_take_over_the_origin_or_a_seeder() {
                 "assets": [{"id": id, "event": "stopped"}]});
             let answer = request(HERE, url, "POST", "/announce", v, Some(&batch));
             assert_eq!(answer.status, 200, "{}", answer.body);
-            assert_eq!(answer.json()["refused"][0]["status"], 409, "{}", answer.body);
+            assert_eq!(
+                answer.json()["refused"][0]["status"],
+                409,
+                "{}",
+                answer.body
+            );
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -212,7 +186,10 @@ fn a_viewer_can_neither_evict_nor_take_over_the_origin_or_a_seeder() {
     got.ok();
     assert_eq!(std::fs::read(d.join("out.bin")).unwrap(), data);
     let stats = request(HERE, url, "GET", "/stats", Some(&admin), None).json();
-    assert!(stats["peer_uploaded"].as_u64().unwrap() < 1 << 40, "{stats}");
+    assert!(
+        stats["peer_uploaded"].as_u64().unwrap() < 1 << 40,
+        "{stats}"
+    );
 }
 
 /// Issue 13: "the tracker accepted 8.8.8.8:53, 255.255.255.255:80, 224.0.0.1:80 and
@@ -228,8 +205,13 @@ fn addresses_other_than_the_source_need_the_advertise_right_and_bad_forms_are_re
     let d = dir.path();
     random_file(&d.join("a.bin"), 100_000, 131);
     let id = asset_id(d, "a.bin");
-    let admin = token(d, "admin", &["--publish", "--origin", "--advertise", "--fetch", "*"]);
+    let admin = token(
+        d,
+        "admin",
+        &["--publish", "--origin", "--advertise", "--fetch", "*"],
+    );
     let viewer = token(d, "viewer", &["--fetch", &id]);
+    let seeder = token(d, "seeder", &["--publish", "--fetch", &id]);
     let tracker = TrackerProc::start(d, &["--auth", "auth.toml"]);
     let url = &tracker.url;
     publish(d, url, "a.bin", Some(&admin));
@@ -256,13 +238,42 @@ fn addresses_other_than_the_source_need_the_advertise_right_and_bad_forms_are_re
     // Its own address, or 0.0.0.0 (the address the tracker sees), needs no right.
     let own = json!({"peer_id": "own", "addr": "0.0.0.0:7002", "complete": true});
     let answer = announce(host(4), url, &id, v, own);
-    assert_eq!(answer.json()["your_addr"], "127.0.0.4:7002", "{}", answer.body);
+    assert_eq!(
+        answer.json()["your_addr"],
+        "127.0.0.4:7002",
+        "{}",
+        answer.body
+    );
     // The advertise right: an origin behind a port forward.
     let origin = json!({"peer_id": "origin", "addr": "127.0.0.9:17001", "origin": true});
     let answer = announce(HERE, url, &id, Some(&admin), origin);
     assert_eq!(answer.status, 200, "{}", answer.body);
     let listed = peers(url, &id, v);
-    assert!(listed.iter().any(|p| p["addr"] == "127.0.0.9:17001"), "{listed:?}");
+    assert!(
+        listed.iter().any(|p| p["addr"] == "127.0.0.9:17001"),
+        "{listed:?}"
+    );
+    // A server given --advertise-addr with a token lacking the right says so and exits 3
+    // (refused by the tracker).
+    let args = [
+        "--listen",
+        "127.0.0.1:0",
+        "--store",
+        "store",
+        "--chunk-size",
+        "64KiB",
+        "--tracker",
+        url,
+        "--seed",
+        "a.bin",
+        "--token",
+        &seeder,
+        "--advertise-addr",
+        "127.0.0.8:17001",
+    ];
+    let refused = run(d, "peer_server", &args, b"");
+    let stderr = refused.code(3);
+    assert!(stderr.contains("tracker token --advertise"), "{stderr}");
 }
 
 /// The open-mode `--advertise-addr` of docs/DEPLOY.md keeps working: open mode trusts its
@@ -302,7 +313,10 @@ fn one_reporter_cannot_keep_an_honest_seeder_out_but_a_dead_peer_is_dropped() {
     let seeder = ServerProc::start(d, "store", Some(url), &["a.bin"], &[]);
     let id = seeder.seeded[0].clone();
     tracker.wait_for_peers(&id, 1);
-    let seeder_id = tracker.peers(&id)[0]["peer_id"].as_str().unwrap().to_string();
+    let seeder_id = tracker.peers(&id)[0]["peer_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let dead = format!("127.0.0.3:{}", dead_port(host(3)));
     let ghost = json!({"peer_id": "ghost", "addr": dead, "complete": true});
     assert_eq!(announce(host(3), url, &id, None, ghost).status, 200);
@@ -326,7 +340,10 @@ fn one_reporter_cannot_keep_an_honest_seeder_out_but_a_dead_peer_is_dropped() {
     );
     assert_eq!(missing, 0, "the seeder stays listed");
     let gone = ghost_gone.expect("the dead peer was dropped within 5 s");
-    assert!(gone >= Duration::from_millis(1500), "not before the report grace: {gone:?}");
+    assert!(
+        gone >= Duration::from_millis(1500),
+        "not before the report grace: {gone:?}"
+    );
 }
 
 /// Issue 13: "two fake ids banned a seeder for an hour with `corrupt`; a banned liar came
@@ -345,12 +362,18 @@ fn corrupt_reports_from_one_holder_do_not_ban_and_a_banned_liar_stays_out() {
     let seeder = ServerProc::start(d, "store", Some(url), &["a.bin"], &[]);
     let id = seeder.seeded[0].clone();
     tracker.wait_for_peers(&id, 1);
-    let seeder_id = tracker.peers(&id)[0]["peer_id"].as_str().unwrap().to_string();
+    let seeder_id = tracker.peers(&id)[0]["peer_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     for fake in ["fake-1", "fake-2", "fake-3"] {
         let report = json!({"peer_id": fake, "corrupt": [seeder_id]});
         assert_eq!(announce(host(2), url, &id, None, report).status, 200);
     }
-    assert!(listed(&tracker.peers(&id), &seeder_id).is_some(), "one holder is one vote");
+    assert!(
+        listed(&tracker.peers(&id), &seeder_id).is_some(),
+        "one holder is one vote"
+    );
     let liar = json!({"peer_id": "liar", "addr": "127.0.0.5:4001", "complete": true});
     assert_eq!(announce(host(5), url, &id, None, liar).status, 200);
     for reporter in [2, 3] {
@@ -381,7 +404,11 @@ fn a_token_sees_only_its_assets_in_stats_and_metrics_needs_its_right() {
     random_file(&d.join("secret-beta.bin"), 100_000, 136);
     let a = asset_id(d, "alpha.bin");
     let b = asset_id(d, "secret-beta.bin");
-    let admin = token(d, "admin", &["--publish", "--origin", "--metrics", "--fetch", "*"]);
+    let admin = token(
+        d,
+        "admin",
+        &["--publish", "--origin", "--metrics", "--fetch", "*"],
+    );
     let viewer = token(d, "viewer-a", &["--fetch", &a]);
     let monitor = token(d, "monitor-a", &["--metrics", "--fetch", &a]);
     let tracker = TrackerProc::start(d, &["--auth", "auth.toml"]);
@@ -390,16 +417,27 @@ fn a_token_sees_only_its_assets_in_stats_and_metrics_needs_its_right() {
         publish(d, url, file, Some(&admin));
     }
     for (asset, n) in [(&a, 2), (&b, 3)] {
-        let body = json!({"peer_id": format!("seed-{n}"), "addr": "0.0.0.0:7001", "complete": true});
-        assert_eq!(announce(host(n), url, asset, Some(&admin), body).status, 200);
+        let body =
+            json!({"peer_id": format!("seed-{n}"), "addr": "0.0.0.0:7001", "complete": true});
+        assert_eq!(
+            announce(host(n), url, asset, Some(&admin), body).status,
+            200
+        );
     }
     let stats = request(HERE, url, "GET", "/stats", Some(&viewer), None);
     assert_eq!(stats.status, 200);
-    assert!(!stats.body.contains(&b) && !stats.body.contains("secret-beta"), "{}", stats.body);
+    assert!(
+        !stats.body.contains(&b) && !stats.body.contains("secret-beta"),
+        "{}",
+        stats.body
+    );
     let stats = stats.json();
     assert_eq!(stats["swarms"].as_array().unwrap().len(), 1);
     assert_eq!(stats["swarms"][0]["id"], a.as_str());
-    assert_eq!((stats["assets"].as_u64(), stats["peers"].as_u64()), (Some(1), Some(1)));
+    assert_eq!(
+        (stats["assets"].as_u64(), stats["peers"].as_u64()),
+        (Some(1), Some(1))
+    );
     let metrics = request(HERE, url, "GET", "/metrics", Some(&viewer), None);
     assert_eq!(metrics.status, 403, "{}", metrics.body);
     assert!(metrics.body.contains("metrics = true"), "{}", metrics.body);
@@ -424,23 +462,28 @@ fn an_uploaded_counter_of_2_64_cannot_pin_the_ratio() {
     let tracker = TrackerProc::start(d, &[]);
     let url = &tracker.url;
     let id = publish(d, url, "a.bin", None);
-    let liar = |uploaded: u64| {
-        json!({"peer_id": "liar", "addr": "0.0.0.0:4001", "complete": true, "uploaded": uploaded})
-    };
-    let origin = |uploaded: u64| {
-        json!({"peer_id": "origin", "addr": "0.0.0.0:4002", "origin": true, "uploaded": uploaded})
-    };
+    let liar = |uploaded: u64| json!({"peer_id": "liar", "addr": "0.0.0.0:4001", "complete": true, "uploaded": uploaded});
+    let origin = |uploaded: u64| json!({"peer_id": "origin", "addr": "0.0.0.0:4002", "origin": true, "uploaded": uploaded});
     announce(host(2), url, &id, None, liar(0));
     announce(host(3), url, &id, None, origin(0));
     let start = Instant::now();
     std::thread::sleep(Duration::from_secs(1));
-    assert_eq!(announce(host(2), url, &id, None, liar(u64::MAX)).status, 200);
-    assert_eq!(announce(host(3), url, &id, None, origin(1_000_000_000)).status, 200);
+    assert_eq!(
+        announce(host(2), url, &id, None, liar(u64::MAX)).status,
+        200
+    );
+    assert_eq!(
+        announce(host(3), url, &id, None, origin(1_000_000_000)).status,
+        200
+    );
     let elapsed = start.elapsed().as_secs_f64();
     let swarm = tracker.get_json("/stats")["swarms"][0].clone();
     let lied = swarm["peer_uploaded"].as_u64().unwrap();
     let ratio = swarm["p2p_ratio"].as_f64().unwrap();
     eprintln!("after a 2^64-1 announce: peer_uploaded {lied}, p2p ratio {ratio:.3}");
-    assert!(lied as f64 <= 1.25e9 * (elapsed + 0.1), "{lied} in {elapsed} s");
+    assert!(
+        lied as f64 <= 1.25e9 * (elapsed + 0.1),
+        "{lied} in {elapsed} s"
+    );
     assert!(ratio < 0.99, "the ratio is not pinned: {ratio}");
 }

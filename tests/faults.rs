@@ -5,7 +5,8 @@ use std::os::unix::fs::FileExt;
 use std::time::Duration;
 
 use crate::harness::{
-    Proc, ServerProc, Tmpfs, TrackerProc, eventually, get, random_file, spawn_get, stored_chunks,
+    Proc, ServerProc, Tmpfs, TrackerProc, eventually, get, http_from, random_file, spawn_get,
+    stored_chunks,
 };
 
 #[test]
@@ -125,7 +126,26 @@ fn a_peer_serving_corrupt_bytes_is_dropped_reported_and_no_longer_handed_out() {
             .any(|p| p["addr"] == liar.addr.as_str())
     };
     assert!(listed(&tracker), "one report is not enough to drop a peer");
+    // Another client on this host is the same holder (issue 13: reporters count by source
+    // address in open mode): the same download's verdict, reported from another address.
+    let liar_id = tracker
+        .peers(&id)
+        .iter()
+        .find(|p| p["addr"] == liar.addr.as_str())
+        .unwrap()["peer_id"]
+        .clone();
     get(d, &tracker.url, &id, "copy2.bin", "client2", &[]).ok();
+    assert!(
+        listed(&tracker),
+        "one holder's two clients are one reporter"
+    );
+    let report = serde_json::json!({"peer_id": "client-elsewhere", "corrupt": [liar_id]});
+    let path = format!("/assets/{id}/announce");
+    let from = std::net::Ipv4Addr::new(127, 0, 0, 2);
+    assert_eq!(
+        http_from(from, &tracker.url, "POST", &path, None, Some(&report)).status,
+        200
+    );
     assert!(
         !listed(&tracker),
         "reported twice, the liar is still handed out"

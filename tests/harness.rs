@@ -689,3 +689,63 @@ impl Drop for Tmpfs {
         let _ = Command::new("umount").arg(&self.0).status();
     }
 }
+
+/// An HTTP answer of [`http_from`]: status and body.
+pub struct HttpFrom {
+    pub status: u16,
+    pub body: String,
+}
+
+impl HttpFrom {
+    /// The body as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {} {}", self.status, self.body))
+    }
+}
+
+/// One request to the tracker at `url` from a socket bound to `from` first: any address of
+/// 127/8 is this host's, so `127.0.0.2` is another client address to the tracker without
+/// root or a namespace. `token` as a bearer token, `body` as JSON; `Connection: close`.
+pub fn http_from(
+    from: std::net::Ipv4Addr,
+    url: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&serde_json::Value>,
+) -> HttpFrom {
+    use rustix::net::{AddressFamily, SocketType, bind, connect, socket};
+    use std::net::{SocketAddr, SocketAddrV4, TcpStream};
+    let tracker: SocketAddr = url.trim_start_matches("http://").parse().unwrap();
+    let fd = socket(AddressFamily::INET, SocketType::STREAM, None).unwrap();
+    bind(&fd, &SocketAddr::V4(SocketAddrV4::new(from, 0))).unwrap();
+    connect(&fd, &tracker).unwrap_or_else(|e| panic!("connect {tracker} from {from}: {e}"));
+    let mut stream = TcpStream::from(fd);
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {tracker}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(body.as_bytes()).unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).unwrap();
+    let answer = String::from_utf8_lossy(&answer).to_string();
+    let status = answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {answer:?}"));
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    HttpFrom { status, body }
+}

@@ -282,12 +282,13 @@ impl Server {
                     None => Rhythm::tracker(DEFAULT_ANNOUNCE_INTERVAL),
                 };
                 // A tracker that refuses the announce itself (400: a loopback address it sees
-                // come from another host, say) refuses every later one too: retrying for ever
-                // would leave a server that nobody is ever sent to, saying so only in its log.
+                // come from another host, say; 403: an --advertise-addr the token may not
+                // advertise) refuses every later one too: retrying for ever would leave a
+                // server that nobody is ever sent to, saying so only in its log.
                 let first = match announce.beat() {
                     Err(e)
                         if e.downcast_ref::<HttpStatus>()
-                            .is_some_and(|s| s.status == 400) =>
+                            .is_some_and(|s| matches!(s.status, 400 | 403)) =>
                     {
                         let url = announce.tracker.url();
                         return Err(

@@ -20,9 +20,8 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use super::routes::{
-    Holder,
-    HttpError, Reply, check_peer_id, err, json, parse_have, parse_id, rate_limit_cost, read_body,
-    resolve_addr,
+    Holder, HttpError, Reply, check_peer_id, err, json, parse_have, parse_id, rate_limit_cost,
+    read_body, resolve_addr,
 };
 use super::swarm::Announce;
 use super::{State, heartbeat};

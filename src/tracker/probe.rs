@@ -57,7 +57,9 @@ impl Prober {
             // Without a thread, probes wait in the queue and are dropped when it is full:
             // the reported peers stay, as they would without the report.
             if let Err(e) = spawned {
-                log::warn!("tracker: no probe thread ({e}); unreachable reports will not drop peers");
+                log::warn!(
+                    "tracker: no probe thread ({e}); unreachable reports will not drop peers"
+                );
             }
         }
         Prober { jobs }
@@ -68,7 +70,11 @@ impl Prober {
         match self.jobs.try_send(probe) {
             Ok(()) => true,
             Err(TrySendError::Full(p) | TrySendError::Disconnected(p)) => {
-                log::debug!("tracker: probe of {} at {} dropped: queue full", p.peer_id, p.addr);
+                log::debug!(
+                    "tracker: probe of {} at {} dropped: queue full",
+                    p.peer_id,
+                    p.addr
+                );
                 false
             }
         }
@@ -92,7 +98,10 @@ mod tests {
         let listening = TcpListener::bind("127.0.0.1:0").unwrap();
         let open = listening.local_addr().unwrap();
         // A port nobody listens on: bound, then closed.
-        let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let closed = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
         let (tx, rx) = mpsc::channel();
         let tx = std::sync::Arc::new(std::sync::Mutex::new(tx));
         let prober = Prober::start(move |p: Probe| {

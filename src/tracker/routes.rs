@@ -511,7 +511,9 @@ pub(super) fn resolve_addr(
     {
         return Err(err(
             400,
-            format!("addr {stated} is an IPv4-mapped IPv6 address; announce its IPv4 form {v4}:{port}"),
+            format!(
+                "addr {stated} is an IPv4-mapped IPv6 address; announce its IPv4 form {v4}:{port}"
+            ),
         ));
     }
     if ip.is_unspecified() {
@@ -553,7 +555,9 @@ pub(super) fn resolve_addr(
                 "addr {stated} is not the address this announce came from ({}), and this token may not \
                  advertise another: announce 0.0.0.0:{port} (the address the tracker sees), or ask the \
                  tracker's operator for a token with the advertise right (tracker token --advertise)",
-                source.map(|r| r.to_string()).unwrap_or_else(|| "unknown".into()),
+                source
+                    .map(|r| r.to_string())
+                    .unwrap_or_else(|| "unknown".into()),
             ),
         ));
     }
@@ -622,7 +626,12 @@ mod tests {
             "192.0.2.7:7001".parse().unwrap()
         );
         assert_eq!(
-            resolve_addr("[::]:7001", Some("[::ffff:192.0.2.7]:1".parse().unwrap()), true).unwrap(),
+            resolve_addr(
+                "[::]:7001",
+                Some("[::ffff:192.0.2.7]:1".parse().unwrap()),
+                true
+            )
+            .unwrap(),
             "192.0.2.7:7001".parse().unwrap()
         );
         // A stated address is kept as is (issue 11: unless it is loopback, see below).
@@ -637,7 +646,9 @@ mod tests {
             400
         );
         assert_eq!(
-            resolve_addr("nonsense", Some(remote), true).unwrap_err().status,
+            resolve_addr("nonsense", Some(remote), true)
+                .unwrap_err()
+                .status,
             400
         );
     }
@@ -661,7 +672,9 @@ mod tests {
         }
         let mapped: SocketAddr = "[::ffff:10.77.0.2]:1".parse().unwrap();
         assert_eq!(
-            resolve_addr("[::1]:7001", Some(mapped), true).unwrap_err().status,
+            resolve_addr("[::1]:7001", Some(mapped), true)
+                .unwrap_err()
+                .status,
             400
         );
         assert_eq!(
@@ -689,14 +702,21 @@ mod tests {
             ("255.255.255.255:80", "broadcast"),
             ("224.0.0.1:80", "multicast"),
             ("[ff02::1]:80", "multicast"),
-            ("[::ffff:127.0.0.1]:80", "announce its IPv4 form 127.0.0.1:80"),
+            (
+                "[::ffff:127.0.0.1]:80",
+                "announce its IPv4 form 127.0.0.1:80",
+            ),
             ("[::ffff:192.0.2.7]:80", "IPv4-mapped"),
             ("192.0.2.7:0", "port 0"),
         ] {
             for may_advertise in [false, true] {
                 let refused = resolve_addr(addr, Some(remote), may_advertise).unwrap_err();
                 assert_eq!(refused.status, 400, "{addr}");
-                assert!(refused.message.contains(words), "{addr}: {}", refused.message);
+                assert!(
+                    refused.message.contains(words),
+                    "{addr}: {}",
+                    refused.message
+                );
             }
         }
     }
@@ -707,7 +727,11 @@ mod tests {
         let refused = resolve_addr("8.8.8.8:53", Some(remote), false).unwrap_err();
         assert_eq!(refused.status, 403);
         for words in ["192.0.2.7", "0.0.0.0:53", "tracker token --advertise"] {
-            assert!(refused.message.contains(words), "{words}: {}", refused.message);
+            assert!(
+                refused.message.contains(words),
+                "{words}: {}",
+                refused.message
+            );
         }
         assert_eq!(
             resolve_addr("8.8.8.8:53", Some(remote), true).unwrap(),
@@ -733,7 +757,10 @@ mod tests {
     fn a_holder_is_its_token_with_auth_and_its_network_in_open_mode() {
         let remote: SocketAddr = "[2001:db8:0:1::5]:40000".parse().unwrap();
         let open = Holder::new(None, Some(remote));
-        assert_eq!(open.who, Identity::of_addr("2001:db8:0:1::9".parse().unwrap()));
+        assert_eq!(
+            open.who,
+            Identity::of_addr("2001:db8:0:1::9".parse().unwrap())
+        );
         assert!(open.may_advertise && open.may_origin);
         let (token, entry) = crate::auth::new_token(
             "viewer",
@@ -748,6 +775,10 @@ mod tests {
         let viewer = Holder::new(Some(grant), Some(remote));
         assert!(!viewer.may_advertise && !viewer.may_origin);
         assert_eq!(viewer.who.to_string(), "token \"viewer\"");
-        assert_eq!(Holder::new(Some(grant), None).who, viewer.who, "wherever it comes from");
+        assert_eq!(
+            Holder::new(Some(grant), None).who,
+            viewer.who,
+            "wherever it comes from"
+        );
     }
 }

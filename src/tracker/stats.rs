@@ -51,7 +51,11 @@ impl State {
         let (assets, announces) = if everything {
             (catalog.len(), self.announces.load(Ordering::Relaxed))
         } else {
-            let assets = catalog.entries().iter().filter(|(id, _)| visible(id)).count();
+            let assets = catalog
+                .entries()
+                .iter()
+                .filter(|(id, _)| visible(id))
+                .count();
             (assets, figures().map(|f| f.announces).sum())
         };
         Stats {

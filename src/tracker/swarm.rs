@@ -290,17 +290,13 @@ impl Swarm {
 
     /// Takes `reporter`'s word that `accused` sent it corrupt data. A peer reported by
     /// [`LIAR_REPORTS`] different holders is dropped and no longer handed out, under its
-    /// id, its holder and its address's network, for [`BAN_TIME`]. A holder's reports of
-    /// its own peers do not count. Origins are only logged: they are the operator's, and
-    /// the swarm's last resort.
+    /// id, its holder and its address's network, for [`BAN_TIME`]. Origins are only
+    /// logged: they are the operator's, and the swarm's last resort.
     fn accuse(&mut self, accused: &str, reporter: &Identity, asset: &AssetId, now: Instant) {
         let Some(peer) = self.peers.get(accused) else {
             return;
         };
         let owner = self.held.get(accused).map(|h| &h.owner);
-        if owner == Some(reporter) {
-            return;
-        }
         let reporters = self.accused.entry(accused.to_string()).or_default();
         if reporters.len() >= LIAR_REPORTS || !reporters.insert(reporter.clone()) {
             return;
@@ -319,8 +315,7 @@ impl Swarm {
             "no longer handing out peer {accused} at {} for {asset}: {LIAR_REPORTS} holders got corrupt data from it",
             peer.addr
         );
-        self.banned
-            .insert(Identity::of_addr(peer.addr.ip()), now);
+        self.banned.insert(Identity::of_addr(peer.addr.ip()), now);
         if let Some(owner) = owner {
             self.banned.insert(owner.clone(), now);
         }
@@ -329,11 +324,15 @@ impl Swarm {
         self.accused.remove(accused);
     }
 
-    /// Whether a holder, or a peer at `addr` under `peer_id`, was banned for lying.
-    fn is_banned(&self, peer_id: &str, who: &Identity, addr: Option<&SocketAddr>) -> bool {
-        self.banned_ids.contains_key(peer_id)
-            || self.banned.contains_key(who)
-            || addr.is_some_and(|a| self.banned.contains_key(&Identity::of_addr(a.ip())))
+    /// Whether a holder, or a peer at `addr` under `peer_id`, was banned for lying. An
+    /// origin's announce is held to its id's ban only: origins are never banned (see
+    /// [`Swarm::accuse`]), and a liar's holder or network may be the operator's too (one
+    /// host, one NAT).
+    fn is_banned(&self, a: &Announce<'_>, addr: Option<&SocketAddr>) -> bool {
+        self.banned_ids.contains_key(a.peer_id)
+            || (!a.origin
+                && (self.banned.contains_key(a.who)
+                    || addr.is_some_and(|a| self.banned.contains_key(&Identity::of_addr(a.ip())))))
     }
 
     /// Refuses an announce of `peer_id` by `who` when the id belongs to another holder, or
@@ -476,7 +475,10 @@ impl Swarm {
 
 /// The most bytes a peer can have served in `elapsed` (see [`MAX_UPLOAD_RATE`]).
 pub(super) fn upload_cap(elapsed: Duration) -> u64 {
-    let bytes = elapsed.as_nanos().saturating_mul(u128::from(MAX_UPLOAD_RATE)) / 1_000_000_000;
+    let bytes = elapsed
+        .as_nanos()
+        .saturating_mul(u128::from(MAX_UPLOAD_RATE))
+        / 1_000_000_000;
     u64::try_from(bytes).unwrap_or(u64::MAX)
 }
 
@@ -544,7 +546,7 @@ impl Swarm {
         self.announces += 1;
         self.count_upload(a.peer_id, a.who, a.uploaded, a.origin, now);
         // A banned holder's reports are not taken: it is the one known to lie.
-        let believed = !self.is_banned(a.peer_id, a.who, None);
+        let believed = !self.is_banned(&a, None);
         for accused in a.corrupt.iter().filter(|_| believed) {
             self.accuse(accused, a.who, asset, now);
         }
@@ -569,7 +571,7 @@ impl Swarm {
             }
         }
         match a.addr {
-            Some(addr) if !a.leaving && !self.is_banned(a.peer_id, a.who, Some(&addr)) => {
+            Some(addr) if !a.leaving && !self.is_banned(&a, Some(&addr)) => {
                 self.passive.remove(a.peer_id);
                 self.record(&a, addr, chunk_count, now);
             }
@@ -1017,11 +1019,23 @@ mod tests {
         swarm.count_upload("liar", &who, u64::MAX, false, start);
         assert_eq!(swarm.peer_bytes, 0, "a first announce counts nothing");
         swarm.count_upload("liar", &who, 0, false, start + Duration::from_secs(1));
-        swarm.count_upload("liar", &who, u64::MAX, false, start + Duration::from_secs(2));
+        swarm.count_upload(
+            "liar",
+            &who,
+            u64::MAX,
+            false,
+            start + Duration::from_secs(2),
+        );
         assert_eq!(swarm.peer_bytes, MAX_UPLOAD_RATE, "one second's worth");
         // An honest origin's bytes then move the ratio.
         swarm.count_upload("origin", &who, 0, true, start);
-        swarm.count_upload("origin", &who, 3 * MAX_UPLOAD_RATE, true, start + Duration::from_secs(3));
+        swarm.count_upload(
+            "origin",
+            &who,
+            3 * MAX_UPLOAD_RATE,
+            true,
+            start + Duration::from_secs(3),
+        );
         let ratio = swarm.figures().p2p_ratio.unwrap();
         assert!((0.2..0.3).contains(&ratio), "{ratio}");
     }
@@ -1056,7 +1070,9 @@ mod tests {
                     ..announce(victim, 666, None)
                 },
             ] {
-                let refused = swarm.announce(attack, &asset, 4, 30, timeout, now).unwrap_err();
+                let refused = swarm
+                    .announce(attack, &asset, 4, 30, timeout, now)
+                    .unwrap_err();
                 assert_eq!(refused.status, 409, "{refused:?}");
                 assert!(refused.message.contains(victim), "{}", refused.message);
             }
@@ -1079,7 +1095,10 @@ mod tests {
             ..announce("origin", 1, None)
         };
         assert_eq!(
-            swarm.announce(demoted, &asset, 4, 30, timeout, now).unwrap_err().status,
+            swarm
+                .announce(demoted, &asset, 4, 30, timeout, now)
+                .unwrap_err()
+                .status,
             403
         );
         let leave = Announce {
@@ -1114,7 +1133,10 @@ mod tests {
             let answer = swarm.announce_ok(report("liar"), &asset, 4, 30, timeout, at);
             probes += answer.probes.len();
             if let Some((id, addr)) = answer.probes.first() {
-                assert_eq!((id.as_str(), addr.to_string().as_str()), ("seeder", "10.0.0.1:1"));
+                assert_eq!(
+                    (id.as_str(), addr.to_string().as_str()),
+                    ("seeder", "10.0.0.1:1")
+                );
             }
             assert!(swarm.peers.contains_key("seeder"), "second {second}");
         }
@@ -1143,7 +1165,10 @@ mod tests {
             };
             swarm.announce_ok(a, &asset, 4, 30, timeout, now);
         }
-        assert!(swarm.peers.contains_key("honest"), "one holder is one reporter");
+        assert!(
+            swarm.peers.contains_key("honest"),
+            "one holder is one reporter"
+        );
         // A liar reported by two holders is out under a new id, another port, and the
         // IPv4-mapped form of its address.
         swarm.announce_ok(announce("liar", 7, None), &asset, 4, 30, timeout, now);
@@ -1296,7 +1321,10 @@ mod tests {
         let answer = swarm.announce_ok(report(), &asset, 4, 30, timeout, later);
         let probed: Vec<&str> = answer.probes.iter().map(|(id, _)| id.as_str()).collect();
         assert_eq!(probed, ["quiet"], "origins stay whatever is reported");
-        assert!(swarm.peers.contains_key("quiet"), "a report alone drops nobody");
+        assert!(
+            swarm.peers.contains_key("quiet"),
+            "a report alone drops nobody"
+        );
         swarm.unreachable("origin", SocketAddr::from(([10, 0, 0, 2], 2)), &asset);
         assert!(swarm.peers.contains_key("origin"));
         swarm.check();
