@@ -1199,6 +1199,13 @@ mod tests {
             swarm.announce_ok(a, &asset, 4, 30, timeout, now);
             assert!(!swarm.peers.contains_key(id), "{id}");
         }
+        // An origin on the liar's host is not kept out: origins are never banned.
+        let origin = Announce {
+            origin: true,
+            ..announce("origin", 7, None)
+        };
+        swarm.announce_ok(origin, &asset, 4, 30, timeout, now);
+        assert!(swarm.peers.contains_key("origin"));
         swarm.check();
     }
 
