@@ -706,9 +706,10 @@ impl HttpFrom {
 
 /// One request to the tracker at `url` from a socket bound to `from` first: any address of
 /// 127/8 is this host's, so `127.0.0.2` is another client address to the tracker without
-/// root or a namespace. `token` as a bearer token, `body` as JSON; `Connection: close`.
+/// root or a namespace (IPv6: an address the test gave an interface of its own). `token` as
+/// a bearer token, `body` as JSON; `Connection: close`.
 pub fn http_from(
-    from: std::net::Ipv4Addr,
+    from: impl Into<std::net::IpAddr>,
     url: &str,
     method: &str,
     path: &str,
@@ -716,10 +717,16 @@ pub fn http_from(
     body: Option<&serde_json::Value>,
 ) -> HttpFrom {
     use rustix::net::{AddressFamily, SocketType, bind, connect, socket};
-    use std::net::{SocketAddr, SocketAddrV4, TcpStream};
+    use std::net::{SocketAddr, TcpStream};
+    let from = from.into();
     let tracker: SocketAddr = url.trim_start_matches("http://").parse().unwrap();
-    let fd = socket(AddressFamily::INET, SocketType::STREAM, None).unwrap();
-    bind(&fd, &SocketAddr::V4(SocketAddrV4::new(from, 0))).unwrap();
+    let family = if from.is_ipv6() {
+        AddressFamily::INET6
+    } else {
+        AddressFamily::INET
+    };
+    let fd = socket(family, SocketType::STREAM, None).unwrap();
+    bind(&fd, &SocketAddr::new(from, 0)).unwrap_or_else(|e| panic!("bind {from}: {e}"));
     connect(&fd, &tracker).unwrap_or_else(|e| panic!("connect {tracker} from {from}: {e}"));
     let mut stream = TcpStream::from(fd);
     stream
