@@ -123,7 +123,10 @@ pub struct Engine {
     pub peers: Vec<Peer>,
     conns: Vec<Conn>,
     heap: BinaryHeap<Reverse<(Instant, u32)>>,
-    ready: VecDeque<(Instant, u32)>,
+    /// Due announces waiting for a connection, one queue per connection: a peer always
+    /// announces over its home connection ([`Engine::home`]), so from one source address,
+    /// as a real host does (the tracker binds a peer id to the address that first used it).
+    ready: Vec<VecDeque<(Instant, u32)>>,
     /// Per class of peers.
     pub figures: Vec<Figures>,
     timeout: Duration,
@@ -163,7 +166,7 @@ impl Engine {
                 })
                 .collect(),
             heap: BinaryHeap::new(),
-            ready: VecDeque::new(),
+            ready: vec![VecDeque::new(); sources.len().max(1)],
             figures: vec![Figures::default(); classes],
             timeout,
             rng: Rng::new(seed),
@@ -176,6 +179,18 @@ impl Engine {
     /// Peer `peer` announces at `at`.
     pub fn schedule(&mut self, peer: usize, at: Instant) {
         self.heap.push(Reverse((at, peer as u32)));
+    }
+
+    /// The connection peer `peer` always announces over.
+    fn home(&self, peer: u32) -> usize {
+        peer as usize % self.ready.len()
+    }
+
+    /// A random peer whose home is connection `home` (none when it has no peers).
+    fn random_peer_of(&mut self, home: usize) -> Option<u32> {
+        let homes = self.ready.len();
+        let of_home = (self.peers.len() + homes - 1 - home) / homes;
+        (of_home > 0).then(|| (home + homes * self.rng.below(of_home)) as u32)
     }
 
     /// A draw in [0, 1) from the engine's generator.
@@ -197,9 +212,10 @@ impl Engine {
         self.decode = policy != Policy::Closed;
         if policy == Policy::Closed {
             let now = Instant::now();
-            for _ in 0..self.conns.len() {
-                let peer = self.rng.below(self.peers.len()) as u32;
-                self.ready.push_back((now, peer));
+            for i in 0..self.conns.len() {
+                if let Some(peer) = self.random_peer_of(i) {
+                    self.ready[i].push_back((now, peer));
+                }
             }
         }
         let mut fds_of: Vec<usize> = Vec::new();
@@ -212,36 +228,39 @@ impl Engine {
                         break;
                     }
                     self.heap.pop();
-                    self.ready.push_back((at, peer));
+                    let home = self.home(peer);
+                    self.ready[home].push_back((at, peer));
                 }
             }
             // An announce that waited for a connection past its timeout is not answered:
             // a client of its own would have given up too.
-            while let Some(&(due, peer)) = self.ready.front() {
-                if due + self.timeout > now {
-                    break;
+            for home in 0..self.ready.len() {
+                while let Some(&(due, peer)) = self.ready[home].front() {
+                    if due + self.timeout > now {
+                        break;
+                    }
+                    self.ready[home].pop_front();
+                    self.ended(
+                        peer,
+                        due,
+                        due >= self.window.0,
+                        Outcome::Timeout,
+                        None,
+                        policy,
+                    );
                 }
-                self.ready.pop_front();
-                self.ended(
-                    peer,
-                    due,
-                    due >= self.window.0,
-                    Outcome::Timeout,
-                    None,
-                    policy,
-                );
             }
             if !stopping {
                 for i in 0..self.conns.len() {
                     if self.conns[i].job.is_none()
-                        && let Some((due, peer)) = self.ready.pop_front()
+                        && let Some((due, peer)) = self.ready[i].pop_front()
                     {
                         self.start(i, due, peer, policy);
                     }
                 }
             }
             let busy = self.conns.iter().any(|c| c.job.is_some());
-            let drained = self.heap.is_empty() && self.ready.is_empty();
+            let drained = self.heap.is_empty() && self.ready.iter().all(VecDeque::is_empty);
             if !busy && (stopping || (policy == Policy::Once && drained)) {
                 break;
             }
@@ -299,9 +318,11 @@ impl Engine {
         }
         // What was due and never sent is the generator's backlog, not the tracker's.
         let (from, to) = self.window;
-        for (due, peer) in self.ready.drain(..) {
-            if due >= from && due < to {
-                self.figures[self.peers[peer as usize].class].unsent += 1;
+        for queue in &mut self.ready {
+            for (due, peer) in queue.drain(..) {
+                if due >= from && due < to {
+                    self.figures[self.peers[peer as usize].class].unsent += 1;
+                }
             }
         }
     }
@@ -493,8 +514,10 @@ impl Engine {
         match policy {
             Policy::Once => {}
             Policy::Closed => {
-                let next = self.rng.below(self.peers.len()) as u32;
-                self.ready.push_back((now, next));
+                let home = self.home(peer);
+                if let Some(next) = self.random_peer_of(home) {
+                    self.ready[home].push_back((now, next));
+                }
             }
             Policy::Follow => {
                 let jitter = self.rng.unit();
