@@ -65,6 +65,32 @@ const STREAM_START_GRACE: Duration = Duration::from_millis(20);
 /// When no peer has delivered for this long, the origin may send chunks outside this
 /// client's share: the peer that was to fetch them from the origin may have gone.
 const FALLBACK_AFTER: Duration = Duration::from_secs(2);
+/// ...and this soon when the share is empty, which the tracker plans when it believes peers
+/// hold everything: that belief rests on peers' own claims (`complete: true` costs an
+/// announce), so it stands only while a peer that is not slow delivers. An honest seeder
+/// sends its first chunk within milliseconds of the connect; a 16 MiB download from the
+/// origin takes 0.2 s, so 100 ms keeps a swarm of fakes within half of that again. (The
+/// origin still sends only what no counted peer holds: a seeder that pauses costs nothing.)
+const PROOF_GRACE: Duration = Duration::from_millis(100);
+/// Peer connections open at once (handshaking or ready), at least the workers: twice the
+/// default four connections, so that four busy ones leave four for peers still shaking
+/// hands. Each is a thread and three descriptors; with no cap 300 fake peers cost a client
+/// 515 threads and about 1 000 descriptors.
+const MAX_PEER_CONNS: usize = 8;
+/// New peers taken from one tracker answer (it names 16), and peers waiting for a free
+/// connection at most: enough to fill every slot from one answer; a longer queue goes stale
+/// (the next answer names peers that announced more recently), and the tracker's window
+/// moves on, so those left out are named again later.
+const NEW_PEERS_PER_ANSWER: usize = 8;
+/// A peer is slow when its pace (the larger of its measured time per chunk and the age of
+/// its oldest request) exceeds this many times the fastest other source's...
+const SLOW_RATIO: f64 = 8.0;
+/// ...and this much: below it, any peer is worth waiting for (a loaded machine's hiccups
+/// stay well under it). A slow peer's holdings no longer hold the origin back, it keeps one
+/// request in flight (so that it is measured again), and that request is also asked of a
+/// faster source when it is expected there sooner. A peer sending 20 KB/s is found out
+/// within this time instead of costing the 10 s chunk timeout.
+const SLOW_FLOOR: Duration = Duration::from_millis(100);
 
 /// What the plan asks the scheduler to tell a connection's worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -191,14 +217,18 @@ pub(crate) struct Plan {
     /// Chunks nobody was asked for yet (or any more), in index order.
     missing: BTreeSet<u32>,
     sources: Vec<Source>,
-    /// Whether each source's holds are in `copies` (it is a usable peer).
+    /// Whether each source's holds are in `copies` (it is a usable peer, not slow).
     counted: Vec<bool>,
+    /// Whether each source was last judged slow (see [`SLOW_RATIO`]).
+    slow: Vec<bool>,
+    /// Peers taken from the tracker's answers that wait for a free connection slot.
+    pending: VecDeque<usize>,
     /// How many usable peers hold each chunk, for rarest-first and the origin's choice.
     copies: Vec<u32>,
     conns: Vec<Conn>,
     origin_share: Option<Bitfield>,
-    /// When a chunk last arrived from a peer; long silence lets the origin step outside
-    /// the share.
+    /// When a chunk last arrived from a peer that is not slow; long silence lets the origin
+    /// step outside the share.
     last_peer_progress: Instant,
     fallback_open: bool,
     /// The next chunk the stream needs, when streaming.
@@ -230,6 +260,15 @@ impl Plan {
         let missing: BTreeSet<u32> = (0..count).filter(|&i| !have.get(i)).collect();
         let first_missing = missing.first().copied();
         let remaining = count - have.count();
+        // The first answer is taken like any other: its first peers only.
+        let mut peers = 0;
+        let sources: Vec<Source> = sources
+            .into_iter()
+            .filter(|s| {
+                peers += usize::from(!s.origin);
+                s.origin || peers <= NEW_PEERS_PER_ANSWER
+            })
+            .collect();
         Plan {
             remaining,
             size,
@@ -241,6 +280,8 @@ impl Plan {
             done: have,
             missing,
             counted: vec![false; sources.len()],
+            slow: vec![false; sources.len()],
+            pending: VecDeque::new(),
             sources,
             copies: vec![0; count as usize],
             conns: Vec::new(),
@@ -325,18 +366,53 @@ impl Plan {
 
     // ----- connections -----
 
-    /// Opens the first connections: peers share the workers, and an origin gets one while
-    /// peers exist (it is the fallback) or all of them when it is the only kind of source.
+    /// Opens the first connections: peers share the workers (as many peers as there are
+    /// peer slots; the others wait for one), and an origin gets one while peers exist (it is
+    /// the fallback) or all of them when it is the only kind of source.
     pub(crate) fn open_initial(&mut self, now: Instant) {
         let peers = self.sources.iter().filter(|s| !s.origin).count();
+        let connected = peers.min(self.max_peer_conns());
+        let mut seen = 0;
         for source in 0..self.sources.len() {
             let count = if self.sources[source].origin {
                 if peers == 0 { self.workers } else { 1 }
             } else {
-                (self.workers / peers).max(1)
+                seen += 1;
+                if seen > connected {
+                    self.pending.push_back(source);
+                    continue;
+                }
+                (self.workers / connected).max(1)
             };
             for _ in 0..count {
                 self.open_conn(source, now);
+            }
+        }
+    }
+
+    /// Peer connections allowed open at once: [`MAX_PEER_CONNS`], or the workers if more.
+    fn max_peer_conns(&self) -> usize {
+        MAX_PEER_CONNS.max(self.workers)
+    }
+
+    /// Peer connections that take work (handshaking or ready).
+    fn open_peer_conns(&self) -> usize {
+        self.conns
+            .iter()
+            .filter(|c| c.open && !self.sources[c.source].origin)
+            .count()
+    }
+
+    /// Connects waiting peers while peer slots are free.
+    fn fill_peer_slots(&mut self, now: Instant) {
+        let mut open = self.open_peer_conns();
+        while open < self.max_peer_conns() {
+            let Some(source) = self.pending.pop_front() else {
+                return;
+            };
+            if self.sources[source].dropped.is_none() {
+                self.open_conn(source, now);
+                open += 1;
             }
         }
     }
@@ -372,27 +448,60 @@ impl Plan {
             let src = &mut self.sources[source];
             if src.dropped.is_none() && src.retry_at.is_some_and(|t| t <= now) {
                 src.retry_at = None;
-                for _ in 0..std::mem::take(&mut src.reconnects) {
-                    self.open_conn(source, now);
+                let reconnects = std::mem::take(&mut src.reconnects);
+                if !src.origin {
+                    // A peer waits for a free slot like a newcomer, with one connection.
+                    if reconnects > 0 && !self.pending.contains(&source) {
+                        self.pending.push_back(source);
+                    }
+                } else {
+                    for _ in 0..reconnects {
+                        self.open_conn(source, now);
+                    }
                 }
                 // No longer paused: with no connection reopened, no longer usable either.
                 self.availability_changed(source);
             }
         }
+        self.fill_peer_slots(now);
     }
 
-    /// Takes in the tracker's latest answer: connects to sources not seen before (one
-    /// connection each), and replaces the origin share when it names one.
-    pub(crate) fn take_swarm(&mut self, new: Vec<Source>, share: Option<Bitfield>, now: Instant) {
+    /// Takes in the tracker's latest answer: connects to origins not seen before, queues at
+    /// most [`NEW_PEERS_PER_ANSWER`] new peers (those said complete first) for a free
+    /// connection slot (one connection each), and replaces the origin share when it names
+    /// one.
+    pub(crate) fn take_swarm(
+        &mut self,
+        mut new: Vec<Source>,
+        share: Option<Bitfield>,
+        now: Instant,
+    ) {
+        // Stable: the tracker's order stands within each kind.
+        new.sort_by_key(|s| (!s.origin, !s.said_complete));
+        let mut taken = 0;
         for source in new {
             if self.sources.iter().any(|s| s.addr == source.addr) {
                 continue;
             }
+            let origin = source.origin;
+            if !origin {
+                if taken >= NEW_PEERS_PER_ANSWER || self.pending.len() >= NEW_PEERS_PER_ANSWER {
+                    continue;
+                }
+                taken += 1;
+            }
             self.sources.push(source);
             self.counted.push(false);
-            // Counts the newcomer in (a peer with unknown holdings counts nothing yet).
-            self.open_conn(self.sources.len() - 1, now);
+            self.slow.push(false);
+            let index = self.sources.len() - 1;
+            if origin {
+                self.open_conn(index, now);
+            } else {
+                self.pending.push_back(index);
+            }
         }
+        // Counts each newcomer in (a peer with unknown holdings counts nothing yet).
+        self.fill_peer_slots(now);
         // Origins are never counted: retiring their connections changes no count.
         self.retire_extra_origin_connections();
         if let Some(share) = share.filter(|s| s.len() == self.count) {
@@ -434,7 +543,7 @@ impl Plan {
 
     /// Counts a source's holds in or out when it became a usable peer or stopped being one.
     fn recount(&mut self, source: usize) {
-        let count_it = !self.sources[source].origin && self.usable(source);
+        let count_it = !self.sources[source].origin && self.usable(source) && !self.slow[source];
         if count_it == self.counted[source] {
             return;
         }
@@ -565,10 +674,10 @@ impl Plan {
         self.missing.remove(&index);
         self.done.set(index);
         self.remaining -= 1;
-        let src = &mut self.sources[source];
-        if !src.origin {
+        if !self.sources[source].origin && !self.slow[source] {
             self.last_peer_progress = now;
         }
+        let src = &mut self.sources[source];
         src.credit(len);
         self.first_chunk_at.get_or_insert(now);
         Some(Credit {
@@ -653,6 +762,8 @@ impl Plan {
             }
             End::Busy(error) | End::Failed(error) => (self.drop_source(source, error, now), None),
         };
+        // A peer slot may be free: the next waiting peer takes it.
+        self.fill_peer_slots(now);
         // Its last connection closed, or it was dropped: counted out. (An origin a drop
         // connected to anew was counted by `open_conn`.)
         self.availability_changed(source);
@@ -671,6 +782,7 @@ impl Plan {
         for c in self.conns.iter_mut().filter(|c| c.source == source) {
             c.open = false;
         }
+        self.fill_peer_slots(now);
         let open = self.conns.iter().filter(|c| c.open).count();
         if open < self.workers
             && let Some(origin) = (0..self.sources.len())
@@ -695,10 +807,13 @@ impl Plan {
         self.assign(now);
     }
 
-    /// The share holds while peers deliver: with no usable peer left, or none delivering for
-    /// [`FALLBACK_AFTER`], the origin sends whatever no usable peer holds.
+    /// The share holds while peers deliver: with no usable peer left, or none that is not
+    /// slow delivering for [`FALLBACK_AFTER`] ([`PROOF_GRACE`] when the share is empty), the
+    /// origin sends whatever no counted peer holds.
     pub(crate) fn update_fallback(&mut self, now: Instant) {
-        let fallback = now.saturating_duration_since(self.last_peer_progress) > FALLBACK_AFTER
+        let quiet = now.saturating_duration_since(self.last_peer_progress);
+        let fallback = quiet > FALLBACK_AFTER
+            || (self.share_is_empty() && quiet > PROOF_GRACE)
             || !self.any_usable_peer();
         if fallback != self.fallback_open {
             self.fallback_open = fallback;
@@ -745,13 +860,64 @@ impl Plan {
         ))
     }
 
+    /// Whether the tracker planned nothing from the origin for this client.
+    fn share_is_empty(&self) -> bool {
+        self.origin_share.as_ref().is_some_and(|s| s.count() == 0)
+    }
+
+    /// Whether a deadline of the plan's own is running: an empty share waiting for a peer
+    /// to prove it, which the scheduler watches as closely as lateness.
+    pub(crate) fn awaits_proof(&self) -> bool {
+        !self.fallback_open && self.share_is_empty() && self.any_usable_peer()
+    }
+
+    /// Judges every connected peer's pace against the fastest other connected source (see
+    /// [`SLOW_RATIO`]); a peer that became slow, or stopped being slow, is counted out or
+    /// in, and every connection looks again. Costs one pass over the connections and a
+    /// comparison per pair of connected sources (a few dozen at most, by the caps).
+    pub(crate) fn update_pace(&mut self, now: Instant) {
+        let mut paces: Vec<(usize, f64)> = Vec::new();
+        for c in self.conns.iter().filter(|c| c.open && c.ready) {
+            let mut pace = self.secs_per_chunk(c.source);
+            if !c.in_flight.is_empty() {
+                pace = pace.max(now.saturating_duration_since(c.head_since).as_secs_f64());
+            }
+            match paces.iter_mut().find(|p| p.0 == c.source) {
+                Some(p) => p.1 = p.1.max(pace),
+                None => paces.push((c.source, pace)),
+            }
+        }
+        let mut changed = false;
+        for &(source, pace) in &paces {
+            if self.sources[source].origin {
+                continue;
+            }
+            let best = paces
+                .iter()
+                .filter(|p| p.0 != source)
+                .map(|p| p.1)
+                .fold(f64::INFINITY, f64::min);
+            let slow = pace > (SLOW_RATIO * best).max(SLOW_FLOOR.as_secs_f64());
+            if slow != self.slow[source] {
+                self.slow[source] = slow;
+                self.availability_changed(source);
+                changed = true;
+            }
+        }
+        if changed {
+            self.assign(now);
+        }
+    }
+
     // ----- the choice -----
 
     /// Requests kept in flight on a connection to `source`. Peers get fewer than the
     /// origin: a short queue at each peer lets new requests go to whichever peer frees up
     /// first, and keeps the chunks a peer is asked for close to what it has just received.
     fn depth(&self, source: usize) -> usize {
-        if self.sources[source].origin {
+        if self.slow[source] {
+            1
+        } else if self.sources[source].origin {
             self.depth
         } else {
             self.depth.min(PEER_PIPELINE_DEPTH)
@@ -792,6 +958,9 @@ impl Plan {
     /// carry all they can.
     fn pick(&mut self, conn: usize, now: Instant) -> Option<u32> {
         if let Some(index) = self.urgent_for(conn, now) {
+            return Some(index);
+        }
+        if let Some(index) = self.rescue_for(conn, now) {
             return Some(index);
         }
         if self.stream_starting(now) {
@@ -868,6 +1037,43 @@ impl Plan {
             })
             .map(|(_, _, index)| index)
             .min()
+    }
+
+    /// A chunk in flight at a slow peer that this connection is expected to deliver sooner
+    /// (by the measured times per chunk; a request already overdue there is expected to
+    /// take as long again as it has so far). The origin takes it whatever its share: the
+    /// chunk was left to a peer that is not delivering it. The first copy wins.
+    fn rescue_for(&self, conn: usize, now: Instant) -> Option<u32> {
+        let source = self.conns[conn].source;
+        if self.slow[source] {
+            return None;
+        }
+        let here = self.expected_wait(&self.conns[conn], self.conns[conn].in_flight.len(), now);
+        self.conns
+            .iter()
+            .filter(|c| c.source != source && self.slow[c.source])
+            .flat_map(|c| {
+                c.in_flight
+                    .iter()
+                    .enumerate()
+                    .map(move |(at, &i)| (c, at, i))
+            })
+            .filter(|&(c, at, index)| {
+                self.duplicable(index, source) && here + HEDGE_SLACK < self.remaining(c, at, now)
+            })
+            .map(|(_, _, index)| index)
+            .min()
+    }
+
+    /// How long the request at `position` of a connection's queue should still take: its
+    /// expected wait, or once that is past, as long again as its source has taken so far.
+    fn remaining(&self, conn: &Conn, position: usize, now: Instant) -> Duration {
+        let wait = self.expected_wait(conn, position, now);
+        if wait.is_zero() {
+            now.saturating_duration_since(conn.head_since)
+        } else {
+            wait
+        }
     }
 
     /// How long until the request at `position` of a connection's queue (or a new one at

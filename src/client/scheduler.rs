@@ -186,9 +186,14 @@ impl<'a> Scheduler<'a> {
         let mut last_checkpoint = Instant::now();
         let mut dirty = false;
         while !self.plan.is_complete() {
-            // Streams and the endgame act on lateness, which grows with time alone.
+            // Streams and the endgame act on lateness, which grows with time alone, and an
+            // empty share waits at most 100 ms for a peer to prove it.
             let watch_lateness = self.plan.watches_lateness();
-            let tick = if watch_lateness { LATENESS_TICK } else { TICK };
+            let tick = if watch_lateness || self.plan.awaits_proof() {
+                LATENESS_TICK
+            } else {
+                TICK
+            };
             if let Ok(event) = self.events_rx.recv_timeout(tick) {
                 dirty |= self.handle(event);
                 while let Ok(event) = self.events_rx.try_recv() {
@@ -208,6 +213,7 @@ impl<'a> Scheduler<'a> {
                 self.sync();
             }
             self.meter.sample(false, || self.plan.peers_connected());
+            self.plan.update_pace(Instant::now());
             self.plan.update_fallback(Instant::now());
             self.sync();
             if dirty && last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL {
@@ -347,6 +353,13 @@ impl<'a> Scheduler<'a> {
             manifest: Arc::clone(&self.manifest),
             data: self.partial.data(),
             chunk_timeout: self.config.chunk_timeout,
+            // A peer that has not shaken hands in 2 s is of no use; the origin, the last
+            // resort, is given the chunk timeout.
+            handshake_timeout: if self.plan.sources()[source].origin {
+                self.config.chunk_timeout
+            } else {
+                worker::PEER_HANDSHAKE_TIMEOUT.min(self.config.chunk_timeout)
+            },
             limiter: self.limiter.clone(),
             tell: Box::new(move |report| {
                 let _ = events.send(Event::Worker(report));

@@ -47,13 +47,14 @@ pub(crate) enum End {
 /// What a source holds, as far as this client knows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Holdings {
-    /// Every chunk: a complete peer or an origin, until its `Have` says otherwise.
+    /// Every chunk: an origin, until its `Have` says otherwise. (A peer the tracker calls
+    /// complete is [`Holdings::Unknown`] like any other: anyone can announce `complete`.)
     All,
     /// These chunks, from its `Have` and the `Gained` frames since.
     Known(Bitfield),
-    /// Not known until its `Have` arrives: a partial peer as the tracker names it (the
-    /// tracker's answers carry no bitfields). Counts as holding nothing, but is connected
-    /// to like any peer, which is how its holdings become known.
+    /// Not known until its `Have` arrives: every peer as the tracker names it (answers carry
+    /// no bitfields, and a peer's `complete` is its own claim). Counts as holding nothing,
+    /// but is connected to like any peer, which is how its holdings become known.
     Unknown,
 }
 
@@ -68,6 +69,10 @@ pub(crate) struct Source {
     pub(crate) origin: bool,
     /// What the source holds, as far as we know.
     pub(crate) have: Holdings,
+    /// Whether the tracker listed it as complete: a hint for whom to connect to first, never
+    /// a holding (300 fake "complete" peers from one address once kept a client's origin
+    /// idle for 17-54 s).
+    pub(crate) said_complete: bool,
     /// Chunks this source said it does not hold or would not send now.
     pub(crate) refused: HashSet<u32>,
     /// Why it was given up, if it was.
@@ -95,6 +100,7 @@ impl Source {
             addr: addr.to_string(),
             origin,
             have,
+            said_complete: false,
             refused: HashSet::new(),
             dropped: None,
             bytes: 0,
@@ -106,15 +112,19 @@ impl Source {
         }
     }
 
-    /// A source as the tracker describes it: an origin or a complete peer holds everything,
-    /// a partial one holds what its `Have` will say.
+    /// A source as the tracker describes it: an origin holds everything (only the origin
+    /// right may announce one); any peer, complete or not by its own word, holds what its
+    /// `Have` will say.
     pub(crate) fn from_info(info: &PeerInfo) -> Source {
-        let have = if info.complete || info.origin {
+        let have = if info.origin {
             Holdings::All
         } else {
             Holdings::Unknown
         };
-        Source::new(&info.peer_id, &info.addr, info.origin, have)
+        Source {
+            said_complete: info.complete,
+            ..Source::new(&info.peer_id, &info.addr, info.origin, have)
+        }
     }
 
     /// Whether the source holds chunk `index` and has not refused it.
@@ -253,7 +263,7 @@ mod tests {
     }
 
     #[test]
-    fn the_tracker_names_partial_peers_with_unknown_holdings() {
+    fn the_tracker_names_every_peer_with_unknown_holdings_complete_or_not() {
         // Built from JSON, as an answer is read: whatever else the tracker sends, only
         // `complete` and `origin` count.
         let info = |complete: bool, origin: bool| -> PeerInfo {
@@ -266,7 +276,9 @@ mod tests {
             }))
             .unwrap()
         };
-        assert_eq!(Source::from_info(&info(true, false)).have, Holdings::All);
+        let complete = Source::from_info(&info(true, false));
+        assert_eq!(complete.have, Holdings::Unknown, "complete is a claim");
+        assert!(complete.said_complete && !complete.has_bit(0));
         assert_eq!(Source::from_info(&info(false, true)).have, Holdings::All);
         let partial = Source::from_info(&info(false, false));
         assert_eq!(partial.have, Holdings::Unknown);

@@ -30,6 +30,11 @@ use super::sources::End;
 
 /// Connecting to a peer on a LAN takes milliseconds; one that takes 5 s is of no use.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time a peer has, from the connect, to answer the handshake with its `Welcome` and its
+/// first `Have`: two small frames, many round trips on any network peers share, and well
+/// within the 1-2 s a server under load gives a `Hello` before it closes. A peer that stays
+/// silent or stalls after its `Welcome` used to cost the 10 s chunk timeout.
+pub(crate) const PEER_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
 /// An idle connection asks for its source's have list this often, which keeps the
 /// connection inside the server's 30 s idle timeout. For a version-2 source it is also the
 /// safety refresh: such a source pushes what it gains, except a partial asset served from
@@ -157,6 +162,8 @@ pub(crate) struct Worker {
     pub(crate) data: Arc<File>,
     /// How long a reply may take to arrive whole.
     pub(crate) chunk_timeout: Duration,
+    /// How long the connect, the `Welcome` and the first `Have` may take together.
+    pub(crate) handshake_timeout: Duration,
     /// The download cap, if any.
     pub(crate) limiter: Option<Arc<RateLimiter>>,
     /// Where reports go.
@@ -241,8 +248,9 @@ impl Worker {
         Ok(())
     }
 
-    /// Sends HaveRequest and reports the answer; returns whether the source is complete.
-    fn refresh_have(&self, conn: &mut wire::Conn) -> Result<bool, End> {
+    /// Sends HaveRequest and reports the answer, which must arrive whole within `timeout`;
+    /// returns whether the source is complete.
+    fn refresh_have(&self, conn: &mut wire::Conn, timeout: Duration) -> Result<bool, End> {
         let count = self.manifest.chunk_count();
         conn.send(&Message::HaveRequest).map_err(|e| {
             End::Failed(socket_error(
@@ -255,7 +263,7 @@ impl Worker {
         // it, so a source trickling a byte at a time is as stalled as a silent one. Pushes
         // before it are taken in as they come.
         let mut lie = Ok(());
-        let reply = conn.recv_reply(self.chunk_timeout, true, |indices| {
+        let reply = conn.recv_reply(timeout, true, |indices| {
             if lie.is_ok() {
                 lie = self.take_gained(indices);
             }
@@ -278,23 +286,30 @@ impl Worker {
                 other.name()
             ))),
             Err(e) if e.is_timeout() => Err(End::Failed(format!(
-                "stalled: no have list within {:?}",
-                self.chunk_timeout
+                "stalled: no have list within {timeout:?}"
             ))),
             Err(e) => Err(End::Failed(format!("reading its have list: {e}"))),
         }
     }
 
-    /// Connects and says `Hello` in `version`; the connection and the version it speaks.
-    fn handshake(&self, addr: SocketAddr, version: u16) -> Result<(wire::Conn, u16), Handshake> {
+    /// Connects and says `Hello` in `version` by `deadline`; the connection and the version
+    /// it speaks.
+    fn handshake(
+        &self,
+        addr: SocketAddr,
+        version: u16,
+        deadline: Instant,
+    ) -> Result<(wire::Conn, u16), Handshake> {
         let ended = |end| Err(Handshake::Ended(end));
-        let stream = match TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {
+        let left = || deadline.saturating_duration_since(Instant::now());
+        let connect_within = CONNECT_TIMEOUT.min(left()).max(Duration::from_millis(1));
+        let stream = match TcpStream::connect_timeout(&addr, connect_within) {
             Ok(s) => s,
             Err(e) => {
                 return ended(End::Unreachable(socket_error(
                     "unreachable",
                     &e,
-                    CONNECT_TIMEOUT,
+                    connect_within,
                 )));
             }
         };
@@ -318,7 +333,8 @@ impl Worker {
             )));
         }
         let count = self.manifest.chunk_count();
-        let spoken = match conn.recv_control(self.chunk_timeout) {
+        // At least a millisecond: a zero timeout would mean none.
+        let spoken = match conn.recv_control(left().max(Duration::from_millis(1))) {
             // A server answers in the highest version both speak.
             Ok(Message::Welcome {
                 chunk_count,
@@ -351,7 +367,7 @@ impl Worker {
             Err(e) if e.is_timeout() => {
                 return ended(End::Failed(format!(
                     "stalled: no handshake within {:?}",
-                    self.chunk_timeout
+                    self.handshake_timeout
                 )));
             }
             // A source that closes (or resets) right after the connect, before any answer,
@@ -396,10 +412,12 @@ impl Worker {
                 return End::Failed(format!("tracker gave an invalid address {:?}", self.addr));
             }
         };
-        // A version-1 server refuses a version-2 `Hello`; it is asked again in version 1.
-        let (mut conn, version) = match self.handshake(addr, PROTOCOL_VERSION) {
+        // A version-1 server refuses a version-2 `Hello`; it is asked again in version 1,
+        // by the same deadline.
+        let deadline = Instant::now() + self.handshake_timeout;
+        let (mut conn, version) = match self.handshake(addr, PROTOCOL_VERSION, deadline) {
             Ok(done) => done,
-            Err(Handshake::Older) => match self.handshake(addr, MIN_PROTOCOL_VERSION) {
+            Err(Handshake::Older) => match self.handshake(addr, MIN_PROTOCOL_VERSION, deadline) {
                 Ok(done) => done,
                 Err(Handshake::Ended(end)) => return end,
                 Err(Handshake::Older) => unreachable!("version 1 is the oldest"),
@@ -410,7 +428,11 @@ impl Worker {
             let _ = self.socket.set(handle);
         }
         let pushes = version >= GAINED_VERSION;
-        let mut complete = match self.refresh_have(&mut conn) {
+        // The first Have is part of the handshake, and due by its deadline.
+        let first_have = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1));
+        let mut complete = match self.refresh_have(&mut conn, first_have) {
             Ok(complete) => complete,
             Err(end) => return end,
         };
@@ -446,7 +468,7 @@ impl Worker {
                     Err(TryRecvError::Empty) => {
                         let now = Instant::now();
                         if now >= next_refresh {
-                            complete = match self.refresh_have(&mut conn) {
+                            complete = match self.refresh_have(&mut conn, self.chunk_timeout) {
                                 Ok(complete) => complete,
                                 Err(end) => return end,
                             };
