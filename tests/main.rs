@@ -4,6 +4,7 @@
 mod harness;
 mod netns;
 
+mod attack_liars;
 mod attack_server;
 mod attack_tracker;
 mod auth;

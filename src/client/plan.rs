@@ -177,6 +177,11 @@ impl Conn {
         self.open
     }
 
+    /// Whether its handshake is done (and it still is).
+    pub(crate) fn is_ready(&self) -> bool {
+        self.ready
+    }
+
     /// Whether it has requests not yet answered.
     pub(crate) fn has_in_flight(&self) -> bool {
         !self.in_flight.is_empty()

@@ -4,8 +4,7 @@
 //! worker its jobs, closes the job channel of every connection the plan retires, records
 //! progress every second, and keeps the live have-bitmap the embedded server serves from.
 
-use std::net::TcpStream;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -18,13 +17,14 @@ use crate::failure::Failure;
 use crate::manifest::Manifest;
 use crate::ratelimit::RateLimiter;
 use crate::store::Partial;
+use crate::sync::LockExt;
 
 use super::announce::Reports;
 use super::config::GetConfig;
 use super::plan::{Order, PIPELINE_DEPTH, Plan, Settings, Verdict};
 use super::sources::{End, Source};
 use super::summary::{Downloaded, Meter};
-use super::worker::{self, Job, Jobs, Report, Ticket, Worker};
+use super::worker::{self, Job, Jobs, Report, Socket, Ticket, Worker};
 
 /// Progress is synced and recorded this often, bounding what a crash can lose.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
@@ -68,7 +68,7 @@ pub(crate) struct Watch {
 struct Link {
     jobs: Option<Jobs>,
     /// The worker's socket once connected, to shut down a wait that is no longer needed.
-    socket: Arc<OnceLock<TcpStream>>,
+    socket: Socket,
     handle: Option<JoinHandle<()>>,
 }
 
@@ -326,7 +326,7 @@ impl<'a> Scheduler<'a> {
     }
 
     fn spawn(&mut self, conn: usize) {
-        let socket = Arc::new(OnceLock::new());
+        let socket = Socket::default();
         let events = self.events_tx.clone();
         let (jobs_tx, jobs_rx) = match worker::jobs() {
             Ok(pair) => pair,
@@ -374,13 +374,14 @@ impl<'a> Scheduler<'a> {
     }
 
     /// Ends every connection. Those still waiting for a reply (a hedged request, a stalled
-    /// source) are shut down rather than left to time out: the download is over.
+    /// source) or for a handshake are shut down rather than left to time out: the download
+    /// is over.
     fn stop_all(&mut self) {
         self.plan.close_all();
         for (link, conn) in self.links.iter_mut().zip(self.plan.conns()) {
             link.jobs = None;
-            if conn.has_in_flight()
-                && let Some(socket) = link.socket.get()
+            if (conn.has_in_flight() || !conn.is_ready())
+                && let Some(socket) = link.socket.locked().as_ref()
             {
                 let _ = socket.shutdown(std::net::Shutdown::Both);
             }

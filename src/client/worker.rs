@@ -10,7 +10,7 @@ use std::collections::{HashSet, VecDeque};
 use std::fs::File;
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsFd;
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError, unbounded};
@@ -19,7 +19,7 @@ use crate::bitfield::Bitfield;
 use crate::manifest::{AssetId, Manifest};
 use crate::ratelimit::{self, RateLimiter};
 use crate::store::Partial;
-use crate::sync::RwLockExt;
+use crate::sync::{LockExt, RwLockExt};
 use crate::wake::{self, Wait, Waker};
 use crate::wire::{
     self, GAINED_VERSION, MIN_PROTOCOL_VERSION, Message, PROTOCOL_VERSION, WireError,
@@ -45,6 +45,10 @@ const KEEPALIVE: Duration = Duration::from_secs(10);
 /// version-1 clients did: such a source pushes nothing. At 25 MiB/s a peer gains a 256 KiB
 /// chunk every 10 ms; a tenth of a second keeps the lag to a few chunks.
 const LEGACY_REFRESH: Duration = Duration::from_millis(100);
+
+/// A connection's socket, shared with the scheduler once connected (the latest one: a
+/// version-1 server is connected to twice).
+pub(crate) type Socket = Arc<Mutex<Option<TcpStream>>>;
 
 /// The ticket to present to peers, renewed by every announce (empty in open mode).
 pub(crate) type Ticket = Arc<RwLock<Vec<u8>>>;
@@ -148,8 +152,9 @@ enum Handshake {
 pub(crate) struct Worker {
     /// The plan's id of this connection.
     pub(crate) conn: usize,
-    /// Where to leave a handle on the connected socket for the scheduler.
-    pub(crate) socket: Arc<OnceLock<TcpStream>>,
+    /// Where to leave a handle on the socket as soon as it is connected, for the
+    /// scheduler to shut down a wait that is no longer needed (a handshake included).
+    pub(crate) socket: Socket,
     /// The ticket to present, as of the latest announce.
     pub(crate) ticket: Ticket,
     /// Where the source listens.
@@ -198,6 +203,8 @@ impl Worker {
     /// Runs the connection until the scheduler closes its jobs or the source fails.
     pub(crate) fn run(self, jobs: JobsRx) {
         let end = self.session(&jobs);
+        // The scheduler's handle would keep the descriptor open for the whole download.
+        self.socket.locked().take();
         (self.tell)(Report::Closed {
             conn: self.conn,
             end,
@@ -313,6 +320,9 @@ impl Worker {
                 )));
             }
         };
+        if let Ok(handle) = stream.try_clone() {
+            *self.socket.locked() = Some(handle);
+        }
         if let Err(e) = stream
             .set_write_timeout(Some(self.chunk_timeout))
             .and_then(|()| stream.set_nodelay(true))
@@ -424,9 +434,6 @@ impl Worker {
             },
             Err(Handshake::Ended(end)) => return end,
         };
-        if let Ok(handle) = conn.stream().try_clone() {
-            let _ = self.socket.set(handle);
-        }
         let pushes = version >= GAINED_VERSION;
         // The first Have is part of the handshake, and due by its deadline.
         let first_have = deadline
