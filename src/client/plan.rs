@@ -1219,7 +1219,7 @@ mod tests {
             assert_eq!(self.remaining, self.count - self.done.count());
             let mut copies = vec![0u32; self.count as usize];
             for s in 0..self.sources.len() {
-                let counted = !self.sources[s].origin && self.usable(s);
+                let counted = !self.sources[s].origin && self.usable(s) && !self.slow[s];
                 assert_eq!(counted, self.counted[s], "source {s} counted wrongly");
                 for i in (0..self.count).filter(|&i| counted && self.sources[s].holds(i)) {
                     copies[i as usize] += 1;
@@ -2051,5 +2051,247 @@ mod tests {
         plan.reconnect_due(now + Duration::from_secs(60));
         plan.check();
         assert_eq!(plan.copies, vec![0; 4], "no longer paused nor connected");
+    }
+
+    /// A peer the tracker says is complete: its own claim, holdings unknown.
+    fn claimed(n: u8) -> Source {
+        let mut source = partial_peer(n);
+        source.said_complete = true;
+        source
+    }
+
+    #[test]
+    fn a_peer_said_complete_holds_nothing_until_its_have_says_so() {
+        let now = Instant::now();
+        let mut plan = Plan::new(
+            4 * CHUNK as u64,
+            CHUNK,
+            Bitfield::new(4),
+            vec![claimed(1), origin()],
+            settings(false, 4, None),
+            now,
+        );
+        plan.open_initial(now);
+        plan.ready(4, Bitfield::full(4));
+        plan.check();
+        assert_eq!(plan.copies, vec![0; 4], "a claim is not a holding");
+        plan.assign(now);
+        assert_eq!(
+            plan.fetches(),
+            vec![(4, 0), (4, 1), (4, 2), (4, 3)],
+            "the origin does not wait for the claim"
+        );
+        plan.ready(0, bits(4, [1]));
+        plan.check();
+        assert_eq!(plan.copies, vec![0, 1, 0, 0], "its Have says what it holds");
+    }
+
+    #[test]
+    fn peer_connections_are_capped_and_waiting_peers_take_the_slots_that_free_up() {
+        let now = Instant::now();
+        let first: Vec<Source> = (1..=12).map(partial_peer).chain([origin()]).collect();
+        let mut plan = Plan::new(
+            8 * CHUNK as u64,
+            CHUNK,
+            Bitfield::new(8),
+            first,
+            settings(false, 4, None),
+            now,
+        );
+        assert_eq!(
+            plan.sources().len(),
+            NEW_PEERS_PER_ANSWER + 1,
+            "the first answer's first peers, and the origin"
+        );
+        plan.open_initial(now);
+        assert_eq!(plan.open_peer_conns(), MAX_PEER_CONNS);
+        plan.take_swarm((20..40).map(partial_peer).collect(), None, now);
+        assert_eq!(plan.open_peer_conns(), MAX_PEER_CONNS, "no slot is free");
+        assert_eq!(plan.pending.len(), NEW_PEERS_PER_ANSWER, "the rest is left");
+        plan.take_swarm((40..60).map(partial_peer).collect(), None, now);
+        assert_eq!(
+            plan.pending.len(),
+            NEW_PEERS_PER_ANSWER,
+            "the queue is bounded"
+        );
+        plan.check();
+        // A peer that stalls in its handshake is dropped; a waiting one takes its slot.
+        let (verdict, _) = plan.closed(0, End::Failed("stalled: no handshake".into()), now);
+        assert!(matches!(verdict, Verdict::Dropped { .. }));
+        assert_eq!(plan.open_peer_conns(), MAX_PEER_CONNS);
+        let newest = plan.conns().last().unwrap().source;
+        assert_eq!(plan.sources()[newest].addr, "10.0.0.20:7000");
+        // A busy peer waits for a slot again rather than reconnecting past the cap.
+        plan.closed(1, End::Busy("no free slot".into()), now);
+        plan.reconnect_due(now + Duration::from_secs(60));
+        assert_eq!(plan.open_peer_conns(), MAX_PEER_CONNS);
+        plan.check();
+    }
+
+    #[test]
+    fn an_answer_gives_at_most_its_share_of_new_peers_those_said_complete_first() {
+        let now = Instant::now();
+        let mut plan = plan_with(4, vec![origin()], settings(false, 4, None), now);
+        let mut answer: Vec<Source> = (1..=12).map(partial_peer).collect();
+        answer.extend((13..=16).map(claimed));
+        plan.take_swarm(answer, None, now);
+        let taken: Vec<&str> = plan.sources()[1..]
+            .iter()
+            .map(|s| s.addr.as_str())
+            .collect();
+        assert_eq!(taken.len(), NEW_PEERS_PER_ANSWER);
+        assert_eq!(
+            &taken[..5],
+            &[
+                "10.0.0.13:7000",
+                "10.0.0.14:7000",
+                "10.0.0.15:7000",
+                "10.0.0.16:7000",
+                "10.0.0.1:7000"
+            ],
+            "said complete first, then in the tracker's order"
+        );
+        plan.check();
+    }
+
+    #[test]
+    fn a_slow_peer_is_counted_out_keeps_one_request_and_its_chunks_go_to_the_origin() {
+        let t0 = Instant::now();
+        let mut plan = plan_with(
+            8,
+            vec![peer(1, None), origin()],
+            settings(false, 4, None),
+            t0,
+        );
+        plan.sources[1].secs_per_byte = Some(1e-9); // 16 µs a chunk
+        plan.assign(t0);
+        let at_peer = plan.fetches();
+        assert_eq!(
+            at_peer.len(),
+            2,
+            "the peer holds everything: the origin waits"
+        );
+        assert!(at_peer.iter().all(|f| f.0 == 0));
+        plan.update_pace(t0 + 90 * MS);
+        assert!(
+            plan.fetches().is_empty(),
+            "under 100 ms, any peer is worth waiting for"
+        );
+        plan.update_pace(t0 + 110 * MS);
+        plan.check();
+        assert!(plan.slow[0]);
+        assert_eq!(
+            plan.copies,
+            vec![0; 8],
+            "its holdings hold the origin back no more"
+        );
+        let rescue = plan.fetches();
+        let mut held: Vec<u32> = at_peer.iter().map(|f| f.1).collect();
+        held.sort_unstable();
+        assert_eq!(rescue.len(), 4, "{rescue:?}");
+        assert!(
+            rescue.iter().all(|f| f.0 == 1),
+            "the slow peer takes nothing: {rescue:?}"
+        );
+        assert_eq!(
+            rescue[..2].iter().map(|f| f.1).collect::<Vec<_>>(),
+            held,
+            "the chunks late at the slow peer go first"
+        );
+        assert_eq!(plan.hedged(), 2);
+        // The origin delivers at once; the slow peer's late copies still measure it, and
+        // at 110 ms a chunk or more it stays slow, with one request at a time.
+        for &(conn, index) in &rescue {
+            plan.delivered(conn, index, t0 + 110 * MS);
+        }
+        plan.delivered(0, at_peer[0].1, t0 + 220 * MS);
+        plan.delivered(0, at_peer[1].1, t0 + 330 * MS);
+        plan.update_pace(t0 + 330 * MS);
+        assert!(plan.slow[0]);
+        plan.assign(t0 + 330 * MS);
+        assert_eq!(plan.fetches().iter().filter(|f| f.0 == 0).count(), 1);
+        plan.check();
+    }
+
+    #[test]
+    fn a_lone_peer_is_never_slow_and_a_peer_slower_than_a_slow_origin_is_not_either() {
+        let t0 = Instant::now();
+        let mut alone = plan_with(8, vec![peer(1, None)], settings(false, 4, None), t0);
+        alone.assign(t0);
+        alone.fetches();
+        alone.update_pace(t0 + Duration::from_secs(5));
+        assert!(!alone.slow[0], "there is nothing faster to turn to");
+        let mut plan = plan_with(
+            8,
+            vec![peer(1, None), origin()],
+            settings(false, 4, None),
+            t0,
+        );
+        plan.sources[1].secs_per_byte = Some(1e-6); // 16 ms a chunk: 8 x 16 ms = 131 ms
+        plan.assign(t0);
+        plan.fetches();
+        plan.update_pace(t0 + 120 * MS);
+        assert!(!plan.slow[0], "within 8 times the origin's pace");
+        plan.update_pace(t0 + 140 * MS);
+        assert!(plan.slow[0]);
+        plan.check();
+    }
+
+    #[test]
+    fn an_empty_share_stands_only_while_a_peer_delivers() {
+        let t0 = Instant::now();
+        // The tracker planned nothing from the origin: it believes peers hold everything.
+        let empty = settings(false, 4, Some(Bitfield::new(8)));
+        let mut plan = plan_with(8, vec![peer(1, Some(bits(8, 0..4))), origin()], empty, t0);
+        plan.assign(t0);
+        let at_peer = plan.fetches();
+        assert!(at_peer.iter().all(|f| f.0 == 0));
+        plan.update_fallback(t0 + 50 * MS);
+        assert!(plan.fetches().is_empty(), "within the grace");
+        plan.delivered(0, at_peer[0].1, t0 + 80 * MS);
+        plan.update_fallback(t0 + 150 * MS);
+        assert!(
+            plan.fetches().iter().all(|f| f.0 == 0),
+            "a peer delivered 70 ms ago: the share stands"
+        );
+        plan.update_fallback(t0 + 200 * MS);
+        let at_origin: Vec<u32> = plan
+            .fetches()
+            .iter()
+            .filter(|f| f.0 == 1)
+            .map(|f| f.1)
+            .collect();
+        assert_eq!(
+            at_origin,
+            vec![4, 5, 6, 7],
+            "what no peer holds, once they go quiet"
+        );
+        plan.check();
+    }
+
+    #[test]
+    fn claimed_peers_that_never_shake_hands_hold_an_empty_share_for_the_grace_only() {
+        let t0 = Instant::now();
+        let mut plan = Plan::new(
+            4 * CHUNK as u64,
+            CHUNK,
+            Bitfield::new(4),
+            vec![claimed(1), claimed(2), origin()],
+            settings(false, 4, Some(Bitfield::new(4))),
+            t0,
+        );
+        plan.open_initial(t0);
+        let origin_conn = plan.conns().len() - 1;
+        plan.ready(origin_conn, Bitfield::full(4));
+        plan.assign(t0);
+        assert!(plan.fetches().is_empty());
+        assert!(
+            plan.awaits_proof(),
+            "the scheduler watches the grace closely"
+        );
+        plan.update_fallback(t0 + 101 * MS);
+        assert_eq!(plan.fetches().len(), 4);
+        assert!(!plan.awaits_proof());
+        plan.check();
     }
 }
