@@ -274,7 +274,15 @@ fn a_stalled_peer_is_dropped_after_the_chunk_timeout() {
     let d = dir.path();
     let bytes = random_file(&d.join("f.bin"), 12 << 20, 13);
     let tracker = TrackerProc::start(d, &[]);
-    let _origin = ServerProc::start(d, "origin", Some(&tracker.url), &["f.bin"], &["--origin"]);
+    // The origin is capped too: a stalled peer's chunks go to it within 100 ms (the peer is
+    // found slow), and the download must outlast the chunk timeout for the drop to show.
+    let _origin = ServerProc::start(
+        d,
+        "origin",
+        Some(&tracker.url),
+        &["f.bin"],
+        &["--origin", "--max-upload-rate", "4MiB"],
+    );
     // Capped so that the transfer is still running when the peer is frozen.
     let staller = ServerProc::start(
         d,
