@@ -11,6 +11,11 @@
 //! backoff. Progress is recorded every second, so a killed download resumes where it
 //! stopped.
 //!
+//! Peers may lie (SECURITY.md, "Clients among lying peers"): a peer holds only what its
+//! own `Have` says, whatever the tracker's `complete`; it has 2 s to shake hands; at most 8
+//! peer connections are open and 8 new peers are taken from an answer; a peer far slower
+//! than the other sources is counted out and its chunks are also asked of a faster one.
+//!
 //! While it downloads, the client serves what it has through an embedded server
 //! (`serving`) and announces its progress as often as the tracker asks (`announce`: twice
 //! a second in a small swarm, less often in a big one); the tracker answers with new peers

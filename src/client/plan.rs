@@ -12,16 +12,22 @@
 //!    nor missing). That is the only record of chunk state. A done chunk may still sit in
 //!    a queue (the slower copy whose cancel is on its way); it is never handed out again.
 //! 2. `copies[i]` is how many counted sources hold chunk `i`; a source is counted
-//!    (`counted[s]`) exactly when it is a usable peer. Counts move only by what changed: a
+//!    (`counted[s]`) exactly when it is a usable peer not judged slow, and it holds only
+//!    what its own `Have` and `Gained` said (the tracker's `complete` is a claim, not a
+//!    holding). Counts move only by what changed: a
 //!    new have list by the bits that differ, a gained chunk or a refusal by one bit, a
-//!    source becoming usable or unusable by its own bits, looked at only for the source
-//!    whose connection opened or closed, or that was dropped or resumed. Nothing rescans
+//!    source becoming usable or unusable (or slow or not) by its own bits, looked at only
+//!    for the source whose connection opened or closed, that was dropped or resumed, or
+//!    whose pace was judged anew. Nothing rescans
 //!    every chunk, or every source, per tick or event.
 //! 3. A connection is asked only while open and ready, only for chunks its source holds,
 //!    never twice for one chunk, and never for more than its depth at once.
 //! 4. A chunk is in flight at two connections at most when it was late at the first
-//!    (hedged), or in the endgame when the second is expected to deliver sooner; the
-//!    first copy to arrive wins and the other connection is told to cancel.
+//!    (hedged), at a slow peer and expected sooner at the second (rescued), or in the
+//!    endgame when the second is expected to deliver sooner; the first copy to arrive
+//!    wins and the other connection is told to cancel.
+//! 7. At most `max_peer_conns()` peer connections are open; peers beyond wait in
+//!    `pending` (at most [`NEW_PEERS_PER_ANSWER`]) for a slot.
 //! 5. A source that sent bad data is dropped: its connections take no more work, and
 //!    what they had in flight becomes missing again when they close.
 //! 6. `epoch` grows whenever work or availability changes; a connection found starved at

@@ -376,14 +376,21 @@ impl<'a> Scheduler<'a> {
     /// Ends every connection. Those still waiting for a reply (a hedged request, a stalled
     /// source) or for a handshake are shut down rather than left to time out: the download
     /// is over.
+    /// A worker still connecting has no socket to shut down: it is left to end by its own
+    /// deadline (2 s for a peer) rather than joined, since it has written nothing and will
+    /// write nothing; an address that drops connects must not hold up the end of a `get`.
     fn stop_all(&mut self) {
         self.plan.close_all();
         for (link, conn) in self.links.iter_mut().zip(self.plan.conns()) {
             link.jobs = None;
-            if (conn.has_in_flight() || !conn.is_ready())
-                && let Some(socket) = link.socket.locked().as_ref()
-            {
-                let _ = socket.shutdown(std::net::Shutdown::Both);
+            let socket = link.socket.locked();
+            match socket.as_ref() {
+                Some(socket) if conn.has_in_flight() || !conn.is_ready() => {
+                    let _ = socket.shutdown(std::net::Shutdown::Both);
+                }
+                Some(_) => {}
+                None if !conn.is_ready() => drop(link.handle.take()),
+                None => {}
             }
         }
         for link in &mut self.links {
