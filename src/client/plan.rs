@@ -75,9 +75,10 @@ const FALLBACK_AFTER: Duration = Duration::from_secs(2);
 /// hold everything: that belief rests on peers' own claims (`complete: true` costs an
 /// announce), so it stands only while a peer that is not slow delivers. An honest seeder
 /// sends its first chunk within milliseconds of the connect; a 16 MiB download from the
-/// origin takes 0.2 s, so 100 ms keeps a swarm of fakes within half of that again. (The
-/// origin still sends only what no counted peer holds: a seeder that pauses costs nothing.)
-const PROOF_GRACE: Duration = Duration::from_millis(100);
+/// origin takes 0.14 s on loopback, so that 50 ms keeps a swarm of fakes within twice
+/// that. (The origin still sends only what no counted peer holds: a seeder that pauses
+/// costs nothing.)
+const PROOF_GRACE: Duration = Duration::from_millis(50);
 /// Peer connections open at once (handshaking or ready), at least the workers: twice the
 /// default four connections, so that four busy ones leave four for peers still shaking
 /// hands. Each is a thread and three descriptors; with no cap 300 fake peers cost a client
@@ -91,12 +92,13 @@ const NEW_PEERS_PER_ANSWER: usize = 8;
 /// A peer is slow when its pace (the larger of its measured time per chunk and the age of
 /// its oldest request) exceeds this many times the fastest other source's...
 const SLOW_RATIO: f64 = 8.0;
-/// ...and this much: below it, any peer is worth waiting for (a loaded machine's hiccups
-/// stay well under it). A slow peer's holdings no longer hold the origin back, it keeps one
-/// request in flight (so that it is measured again), and that request is also asked of a
-/// faster source when it is expected there sooner. A peer sending 20 KB/s is found out
-/// within this time instead of costing the 10 s chunk timeout.
-const SLOW_FLOOR: Duration = Duration::from_millis(100);
+/// ...and this much: below it, any peer is worth waiting for (a chunk of 256 KiB in 50 ms
+/// is 5 MB/s). A slow peer's holdings no longer hold the origin back, it keeps one request
+/// in flight (so that it is measured again), and that request is also asked of a faster
+/// source when it is expected there sooner. A peer sending 20 KB/s is found out within
+/// this time instead of costing the 10 s chunk timeout, which is what a 16 MiB download
+/// among 300 fakes can afford (see [`PROOF_GRACE`]).
+const SLOW_FLOOR: Duration = Duration::from_millis(50);
 
 /// What the plan asks the scheduler to tell a connection's worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -521,12 +523,13 @@ impl Plan {
         self.epoch += 1;
     }
 
-    /// With peers to trade with, one connection per origin is enough: the origin splits its
-    /// upload between connections, so a client that started alone with every worker at the
-    /// origin would otherwise keep several times its fair part of it and starve the others.
-    /// Extra connections stop taking work and close once their requests are answered.
+    /// With peers to trade with (and delivering: not while the share is lifted), one
+    /// connection per origin is enough: the origin splits its upload between connections,
+    /// so a client that started alone with every worker at the origin would otherwise keep
+    /// several times its fair part of it and starve the others. Extra connections stop
+    /// taking work and close once their requests are answered.
     fn retire_extra_origin_connections(&mut self) {
-        if !self.any_usable_peer() {
+        if !self.any_usable_peer() || self.fallback_open {
             return;
         }
         for origin in (0..self.sources.len()).filter(|&s| self.sources[s].origin) {
@@ -828,8 +831,33 @@ impl Plan {
             || !self.any_usable_peer();
         if fallback != self.fallback_open {
             self.fallback_open = fallback;
+            if fallback {
+                self.top_up_origin(now);
+            } else {
+                self.retire_extra_origin_connections();
+            }
             self.epoch += 1;
             self.assign(now);
+        }
+    }
+
+    /// With the share lifted, peers are not delivering: the first healthy origin gets every
+    /// worker, as when it is the only source (one connection of four requests carried a
+    /// 16 MiB download at under half the speed of four).
+    fn top_up_origin(&mut self, now: Instant) {
+        let Some(origin) = (0..self.sources.len()).find(|&s| {
+            let src = &self.sources[s];
+            src.origin && src.dropped.is_none() && src.retry_at.is_none()
+        }) else {
+            return;
+        };
+        let open = self
+            .conns
+            .iter()
+            .filter(|c| c.source == origin && c.open)
+            .count();
+        for _ in open..self.workers {
+            self.open_conn(origin, now);
         }
     }
 
@@ -1052,13 +1080,18 @@ impl Plan {
 
     /// A chunk in flight at a slow peer that this connection is expected to deliver sooner
     /// (by the measured times per chunk; a request already overdue there is expected to
-    /// take as long again as it has so far). The origin takes it whatever its share: the
-    /// chunk was left to a peer that is not delivering it. The first copy wins.
+    /// take as long again as it has so far). An origin takes it within its share, or
+    /// whatever it is once the share is lifted. The first copy wins.
     fn rescue_for(&self, conn: usize, now: Instant) -> Option<u32> {
         let source = self.conns[conn].source;
         if self.slow[source] {
             return None;
         }
+        // An origin keeps to the share while peers deliver: another peer may rescue.
+        let share = self
+            .origin_share
+            .as_ref()
+            .filter(|_| self.sources[source].origin && !self.fallback_open);
         let here = self.expected_wait(&self.conns[conn], self.conns[conn].in_flight.len(), now);
         self.conns
             .iter()
@@ -1070,7 +1103,9 @@ impl Plan {
                     .map(move |(at, &i)| (c, at, i))
             })
             .filter(|&(c, at, index)| {
-                self.duplicable(index, source) && here + HEDGE_SLACK < self.remaining(c, at, now)
+                share.is_none_or(|s| s.get(index))
+                    && self.duplicable(index, source)
+                    && here + HEDGE_SLACK < self.remaining(c, at, now)
             })
             .map(|(_, _, index)| index)
             .min()
@@ -2178,12 +2213,12 @@ mod tests {
             "the peer holds everything: the origin waits"
         );
         assert!(at_peer.iter().all(|f| f.0 == 0));
-        plan.update_pace(t0 + 90 * MS);
+        plan.update_pace(t0 + 40 * MS);
         assert!(
             plan.fetches().is_empty(),
-            "under 100 ms, any peer is worth waiting for"
+            "under 50 ms, any peer is worth waiting for"
         );
-        plan.update_pace(t0 + 110 * MS);
+        plan.update_pace(t0 + 60 * MS);
         plan.check();
         assert!(plan.slow[0]);
         assert_eq!(
@@ -2252,15 +2287,15 @@ mod tests {
         plan.assign(t0);
         let at_peer = plan.fetches();
         assert!(at_peer.iter().all(|f| f.0 == 0));
-        plan.update_fallback(t0 + 50 * MS);
+        plan.update_fallback(t0 + 30 * MS);
         assert!(plan.fetches().is_empty(), "within the grace");
-        plan.delivered(0, at_peer[0].1, t0 + 80 * MS);
-        plan.update_fallback(t0 + 150 * MS);
+        plan.delivered(0, at_peer[0].1, t0 + 40 * MS);
+        plan.update_fallback(t0 + 80 * MS);
         assert!(
             plan.fetches().iter().all(|f| f.0 == 0),
-            "a peer delivered 70 ms ago: the share stands"
+            "a peer delivered 40 ms ago: the share stands"
         );
-        plan.update_fallback(t0 + 200 * MS);
+        plan.update_fallback(t0 + 100 * MS);
         let at_origin: Vec<u32> = plan
             .fetches()
             .iter()
@@ -2271,6 +2306,56 @@ mod tests {
             at_origin,
             vec![4, 5, 6, 7],
             "what no peer holds, once they go quiet"
+        );
+        assert_eq!(
+            plan.conns()
+                .iter()
+                .filter(|c| c.source == 1 && c.open)
+                .count(),
+            4,
+            "the origin gets every worker while the share is lifted"
+        );
+        plan.check();
+    }
+
+    #[test]
+    fn an_origin_rescues_from_a_slow_peer_only_what_its_share_allows() {
+        let t0 = Instant::now();
+        let share = settings(false, 4, Some(bits(8, [7])));
+        let mut plan = plan_with(
+            8,
+            vec![peer(1, None), peer(2, Some(bits(8, 4..8))), origin()],
+            share,
+            t0,
+        );
+        plan.sources[2].secs_per_byte = Some(1e-9);
+        plan.assign(t0);
+        let first = plan.fetches();
+        let at_slow: Vec<u32> = first.iter().filter(|f| f.0 == 0).map(|f| f.1).collect();
+        assert!(
+            at_slow.iter().all(|&i| i < 4),
+            "the rarest go to the peer holding all"
+        );
+        for &(conn, index) in first.iter().filter(|f| f.0 == 1) {
+            plan.delivered(conn, index, t0 + MS);
+        }
+        plan.update_pace(t0 + 60 * MS);
+        plan.check();
+        assert!(plan.slow[0] && !plan.slow[1]);
+        assert!(
+            plan.fetches().iter().all(|f| f.0 == 1),
+            "peers deliver: the origin keeps to its share, and peer 2 lacks chunks 0-3"
+        );
+        plan.update_fallback(t0 + Duration::from_secs(3));
+        let rescued: Vec<u32> = plan
+            .fetches()
+            .iter()
+            .filter(|f| f.0 == 2)
+            .map(|f| f.1)
+            .collect();
+        assert!(
+            at_slow.iter().all(|i| rescued.contains(i)),
+            "with the share lifted the origin rescues: {rescued:?} of {at_slow:?}"
         );
         plan.check();
     }
