@@ -187,7 +187,7 @@ impl<'a> Scheduler<'a> {
         let mut dirty = false;
         while !self.plan.is_complete() {
             // Streams and the endgame act on lateness, which grows with time alone, and an
-            // empty share waits at most 100 ms for a peer to prove it.
+            // empty share waits at most 50 ms for a peer to prove it.
             let watch_lateness = self.plan.watches_lateness();
             let tick = if watch_lateness || self.plan.awaits_proof() {
                 LATENESS_TICK
