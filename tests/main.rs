@@ -6,6 +6,7 @@ mod netns;
 
 mod attack_liars;
 mod attack_server;
+mod attack_shares;
 mod attack_tracker;
 mod auth;
 mod cache;

@@ -5,8 +5,9 @@
 //! only parse, authorise and write the answer.
 //!
 //! Every non-origin peer is a member of the swarm's [`OriginPlan`], which keeps per-chunk
-//! availability as haves change; every way out of the swarm (leave, timeout, report, ban)
-//! goes through [`Swarm::remove`], so what a departed peer held stops counting.
+//! availability as haves change and hands origin shares only to downloaders that make
+//! progress, capped per announcer [`Identity`]; every way out of the swarm (leave, timeout,
+//! report, ban) goes through [`Swarm::remove`], so what a departed peer held stops counting.
 //!
 //! The swarm's authority (issue 13): a peer id belongs to the [`Identity`] that first
 //! announced it (a token, or an address in open mode) for as long as the swarm remembers
@@ -24,7 +25,7 @@ use std::ops::Bound;
 use std::time::{Duration, Instant};
 
 use super::identity::Identity;
-use super::plan::{OriginPlan, Slot};
+use super::plan::{OriginPlan, Slot, stall_bound};
 use crate::api::{Figures, PeerInfo};
 use crate::bitfield::Bitfield;
 use crate::manifest::AssetId;
@@ -233,7 +234,7 @@ pub(super) struct Swarm {
     /// out), so that large swarms spread load over every peer.
     cursors: [Option<String>; 2],
     /// Per-chunk availability, and which chunks each leecher takes from the origin.
-    origin_plan: OriginPlan,
+    origin_plan: OriginPlan<Identity>,
     /// Peers reported for sending corrupt data, and by whom (identities, not peer ids:
     /// one holder's many ids are one reporter).
     accused: HashMap<String, HashSet<Identity>>,
@@ -429,19 +430,22 @@ impl Swarm {
         }
         let have = a.have.as_ref().filter(|h| !h.is_full());
         let plan = &mut self.origin_plan;
+        // The announcer's holder: a peer id keeps its first holder, so a member's origin
+        // share always counts against the identity it joined with.
+        let who = a.who;
         match self.peers.get_mut(a.peer_id) {
             Some(peer) => {
                 let class = peer.class();
                 peer.slot = match (peer.slot, a.origin) {
                     (Some(slot), false) => {
-                        plan.update(slot, have);
+                        plan.update(slot, have, now);
                         Some(slot)
                     }
                     (Some(slot), true) => {
                         plan.leave(slot);
                         None
                     }
-                    (None, false) => Some(plan.join(have)),
+                    (None, false) => Some(plan.join(have, who, now)),
                     (None, true) => None,
                 };
                 if peer.addr != addr {
@@ -463,7 +467,7 @@ impl Swarm {
                     complete: have.is_none(),
                     origin: a.origin,
                     last_seen: now,
-                    slot: (!a.origin).then(|| plan.join(have)),
+                    slot: (!a.origin).then(|| plan.join(have, who, now)),
                     told: FASTEST_ANNOUNCE,
                 };
                 self.classes[peer.class()].insert(a.peer_id.to_string());
@@ -598,11 +602,11 @@ impl Swarm {
             Some(_) => Phase::Downloading,
         };
         let downloaders = self.origin_plan.leechers() as usize + self.passive.len();
-        let next_announce = cadence(
-            phase,
-            u32::try_from(downloaders).unwrap_or(u32::MAX),
-            super::heartbeat(timeout),
-        );
+        let downloaders = u32::try_from(downloaders).unwrap_or(u32::MAX);
+        let heartbeat = super::heartbeat(timeout);
+        let next_announce = cadence(phase, downloaders, heartbeat);
+        // A share is reclaimed after a few of the intervals its owner announces at.
+        let stall = stall_bound(cadence(Phase::Downloading, downloaders, heartbeat));
         let origin_share = match self.peers.get_mut(a.peer_id) {
             Some(peer) => {
                 peer.told = next_announce;
@@ -610,7 +614,7 @@ impl Swarm {
             }
             None => None,
         }
-        .map(|slot| self.origin_plan.share_for(slot));
+        .map(|slot| self.origin_plan.share_for(slot, now, stall));
         // Complete peers first, then partial ones, each list in id order and handed out as
         // a window that moves on with every answer.
         let [seeders, leechers, origins] = &self.classes;
@@ -721,24 +725,33 @@ mod tests {
             ..announce("origin", 9, None)
         };
         swarm.announce_ok(origin, &asset, 100, 30, timeout, now);
-        let alone = share(&mut swarm, "a", 1, partial(100, []));
-        assert_eq!(
-            alone.len(),
-            100,
-            "a lone leecher takes everything from the origin"
-        );
-        for (id, port) in [("b", 2), ("c", 3), ("d", 4)] {
-            share(&mut swarm, id, port, partial(100, []));
+        let first = share(&mut swarm, "a", 1, partial(100, []));
+        assert_eq!(first, (0..8).collect::<Vec<_>>(), "a first grant");
+        // Once it shows it fetched them, a lone leecher's share grows past them.
+        let grown = share(&mut swarm, "a", 1, partial(100, 0..8));
+        assert_eq!(grown, (8..32).collect::<Vec<_>>(), "8 + 2 × 8");
+        for (id, n) in [("b", 2), ("c", 3), ("d", 4)] {
+            share(&mut swarm, id, n, partial(100, []));
+        }
+        // Everyone fetched its own share's first chunk: all four are proven, and the 92
+        // chunks nobody holds are split four ways, within each one's limit.
+        let mut held: Vec<u32> = (0..8).collect();
+        for (id, n) in [("b", 2), ("c", 3), ("d", 4), ("a", 1)] {
+            let before = share(&mut swarm, id, n, partial(100, held.iter().copied()));
+            held.push(before[0]);
+            share(&mut swarm, id, n, partial(100, held.iter().copied()));
         }
         let mut union = Vec::new();
-        for (id, port) in [("b", 2), ("c", 3), ("d", 4), ("a", 1)] {
-            let share = share(&mut swarm, id, port, partial(100, []));
-            assert_eq!(share.len(), 25, "{id}: a fair quarter");
+        for (id, n) in [("b", 2), ("c", 3), ("d", 4), ("a", 1)] {
+            let share = share(&mut swarm, id, n, partial(100, held.iter().copied()));
+            assert!(share.len() <= 23, "{id}: at most a fair quarter of 88");
+            assert!(share.iter().all(|i| !held.contains(i)), "{id}: {share:?}");
             union.extend(share);
         }
+        let total = union.len();
         union.sort();
         union.dedup();
-        assert_eq!(union.len(), 100, "disjoint, and together every chunk");
+        assert_eq!(union.len(), total, "disjoint");
         swarm.origin_plan.check().unwrap();
         // A complete peer holds everything: nothing more is needed from the origin.
         share(&mut swarm, "seed", 5, None);
@@ -754,6 +767,40 @@ mod tests {
         share(&mut swarm, "b", 2, None);
         swarm.check();
         assert_eq!(swarm.classes.map(|ids| ids.len()), [2, 2, 2]);
+    }
+
+    #[test]
+    fn many_peer_ids_of_one_holder_share_one_cap() {
+        let timeout = Duration::from_secs(60);
+        let start = Instant::now();
+        let asset = AssetId([7; 32]);
+        let mut swarm = Swarm::default();
+        let ids: Vec<String> = (0..100).map(|n| format!("fake-{n}")).collect();
+        let mut held = 0;
+        for (n, id) in ids.iter().enumerate() {
+            // The lower half of an IPv6 /64 is the holder's to vary: one holder.
+            let addr = SocketAddr::from(([0x2001, 0xdb8, 0, 1, 0, 0, 0, n as u16], 7000));
+            let who = Identity::of_addr(addr.ip());
+            let a = Announce {
+                who: &who,
+                addr: Some(addr),
+                ..announce(id, 7000, partial(128, []))
+            };
+            let answer = swarm.announce_ok(a, &asset, 128, 30, timeout, start);
+            held += chunks(&answer.origin_share).len();
+        }
+        assert_eq!(held, super::super::plan::IDENTITY_FIRST_GRANT as usize);
+        // A holder of its own gets a share.
+        let answer = swarm.announce_ok(
+            announce("b", 2, partial(128, [])),
+            &asset,
+            128,
+            30,
+            timeout,
+            start,
+        );
+        assert_eq!(chunks(&answer.origin_share).len(), 8);
+        swarm.check();
     }
 
     #[test]
