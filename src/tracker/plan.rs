@@ -16,9 +16,9 @@
 //!   until its have grows again;
 //! - the members of one identity (a token, or an address, an IPv6 /64, in open mode) are
 //!   handed chunks only while they hold fewer than [`IDENTITY_FIRST_GRANT`] plus [`GROWTH`]
-//!   per chunk they have gained; once an identity's shares have been out for the stall bound
-//!   with none of its members gaining a chunk, it gets no more, however many new peer ids it
-//!   announces;
+//!   per chunk they have gained (those gone included); once an identity's shares have been
+//!   out for the stall bound with none of its members gaining a chunk, it gets no more,
+//!   however many new peer ids it announces;
 //! - the chunks are divided between the proven members (those that gained a chunk) plus one
 //!   per identity for all its unproven ones, so that fresh ids cannot shrink everyone's share.
 //!
@@ -38,9 +38,9 @@
 //!   `fair` chunks (the chunks nobody holds, divided as above, rounded up) after a
 //!   [`OriginPlan::share_for`] that saw that divisor grow since the previous one; shares never
 //!   shrink otherwise, but for chunks someone now holds and shares reclaimed;
-//! - an identity's members are handed chunks only while they hold fewer than its cap: an
-//!   identity none of whose members ever gained a chunk holds at most
-//!   [`IDENTITY_FIRST_GRANT`] chunks;
+//! - an identity's members hold at most its cap together ([`IDENTITY_FIRST_GRANT`] plus
+//!   [`GROWTH`] per chunk its members, present or gone, gained): an identity none of whose
+//!   members gained a chunk holds at most [`IDENTITY_FIRST_GRANT`];
 //! - every non-empty share has a stall clock, and a stalled member holds no share;
 //! - while a complete member is in the swarm, every share handed out is empty: that member
 //!   serves every chunk.
@@ -137,7 +137,9 @@ struct Identity<W> {
     members: u32,
     /// Chunks in their shares.
     held: u32,
-    /// The sum of their `gained`.
+    /// What its members gained, those gone included: what the identity has shown it
+    /// fetches, kept while it has members so that its cap never shrinks under what its
+    /// members hold.
     gained: u64,
     /// Members that count among the leechers, and the proven ones among them.
     eligible: u32,
@@ -450,7 +452,6 @@ impl<W: Clone + Eq + Hash> OriginPlan<W> {
             identity.eligible -= u32::from(eligible);
             identity.proven -= u32::from(proven);
             identity.members -= 1;
-            identity.gained = identity.gained.saturating_sub(u64::from(member.gained));
             self.divisor = self.divisor + identity.weight() - old;
             if identity.members == 0 {
                 self.by_name.remove(&identity.name);
@@ -741,19 +742,25 @@ impl<W: Clone + Eq + Hash> OriginPlan<W> {
             let kept = (
                 identity.members,
                 identity.held,
-                identity.gained,
                 identity.eligible,
                 identity.proven,
             );
-            if tally.remove(&(x as u32)) != Some(kept) {
-                return Err(format!("identity {x}: kept {kept:?}, counted otherwise"));
+            let Some((members, held, gained, eligible, proven)) = tally.remove(&(x as u32)) else {
+                return Err(format!("identity {x} has no members"));
+            };
+            if (members, held, eligible, proven) != kept || gained > identity.gained {
+                return Err(format!(
+                    "identity {x}: kept {kept:?} and {} gained, counted {:?} and {gained}",
+                    identity.gained,
+                    (members, held, eligible, proven)
+                ));
             }
             if self.by_name.get(&identity.name) != Some(&(x as u32)) {
                 return Err(format!("identity {x} is not found by its name"));
             }
-            if identity.gained == 0 && u64::from(identity.held) > identity.cap() {
+            if u64::from(identity.held) > identity.cap() {
                 return Err(format!(
-                    "identity {x} gained nothing and holds {}, above {}",
+                    "identity {x} holds {}, above its cap {}",
                     identity.held,
                     identity.cap()
                 ));
