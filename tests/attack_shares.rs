@@ -29,9 +29,9 @@ const CROWD: usize = 4;
 /// chunks fetched twice around the edges of the plan (1.03-1.12 F measured without fakes on
 /// a loaded machine). Measured before the fix in this test: 1.01-1.10 F, the crowd 3.9-4.3 s
 /// (its clients' fall-back to the origin kept the bytes down, at the cost of time); after:
-/// 1.05-1.11 F in 2.2-2.3 s. With the default 16 peers per answer the fakes crowd the
-/// crowd out of its own peer lists, and it was 1.59 F before and 1.47-1.59 F after: that
-/// part is the clients' (issue 13, "clients among liars").
+/// 1.00-1.11 F in 2.2-2.4 s. With the default 16 peers per answer the fakes crowd the
+/// crowd out of its own peer lists, and it was 1.59 F before and 1.47-1.73 F after: that
+/// is peer selection, not the shares (SECURITY.md, "Fake peers are still handed out").
 const MAX_ORIGIN_COPIES: f64 = 1.3;
 /// The most chunks the fakes may hold in their shares at once: one identity's first grant
 /// (`tracker::plan::IDENTITY_FIRST_GRANT`). Before the fix they held all 128.
