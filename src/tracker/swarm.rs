@@ -87,6 +87,8 @@ struct Peer {
     addr_text: String,
     /// It holds every chunk (what it holds otherwise is the plan's).
     complete: bool,
+    /// It holds no chunk at all: it is handed out only after the peers that hold some.
+    empty: bool,
     origin: bool,
     last_seen: Instant,
     /// Its place in the origin plan; `None` for an origin.
@@ -102,10 +104,11 @@ impl Peer {
 
     /// Which list of ids it is handed out from.
     fn class(&self) -> usize {
-        match (self.origin, self.complete) {
-            (true, _) => ORIGINS,
-            (false, true) => SEEDERS,
-            (false, false) => LEECHERS,
+        match (self.origin, self.complete, self.empty) {
+            (true, _, _) => ORIGINS,
+            (false, true, _) => SEEDERS,
+            (false, false, false) => LEECHERS,
+            (false, false, true) => EMPTY,
         }
     }
 
@@ -130,10 +133,13 @@ impl Peer {
 }
 
 /// The lists of ids answers hand peers out from: complete non-origin peers first, then the
-/// partial ones; origins are all listed.
+/// partial ones holding something, then those holding nothing yet (they can serve nobody
+/// until they gain a chunk, and a crowd of fake downloaders with empty bitfields must not
+/// push the useful peers out of the answers: issue 13); origins are all listed.
 const SEEDERS: usize = 0;
 const LEECHERS: usize = 1;
-const ORIGINS: usize = 2;
+const EMPTY: usize = 2;
+const ORIGINS: usize = 3;
 
 /// Up to `n` ids of `ids` other than `me`, from just after `cursor` on, wrapping around;
 /// the cursor moves to the last one taken. Costs `n` steps, not a walk of every id.
@@ -229,10 +235,10 @@ pub(super) struct Swarm {
     swept: Option<Instant>,
     /// The peers' ids by class ([`SEEDERS`], [`LEECHERS`], [`ORIGINS`]), in id order: an
     /// answer takes a window of them rather than walking every peer.
-    classes: [BTreeSet<String>; 3],
+    classes: [BTreeSet<String>; 4],
     /// Where the next window of seeders and of leechers starts (after the last id handed
     /// out), so that large swarms spread load over every peer.
-    cursors: [Option<String>; 2],
+    cursors: [Option<String>; 3],
     /// Per-chunk availability, and which chunks each leecher takes from the origin.
     origin_plan: OriginPlan<Identity>,
     /// Peers reported for sending corrupt data, and by whom (identities, not peer ids:
@@ -453,6 +459,7 @@ impl Swarm {
                     peer.addr_text = addr.to_string();
                 }
                 peer.complete = have.is_none();
+                peer.empty = have.is_some_and(|h| h.count() == 0);
                 peer.origin = a.origin;
                 peer.last_seen = now;
                 if peer.class() != class {
@@ -465,6 +472,7 @@ impl Swarm {
                     addr,
                     addr_text: addr.to_string(),
                     complete: have.is_none(),
+                    empty: have.is_some_and(|h| h.count() == 0),
                     origin: a.origin,
                     last_seen: now,
                     slot: (!a.origin).then(|| plan.join(have, who, now)),
@@ -615,13 +623,15 @@ impl Swarm {
             None => None,
         }
         .map(|slot| self.origin_plan.share_for(slot, now, stall));
-        // Complete peers first, then partial ones, each list in id order and handed out as
-        // a window that moves on with every answer.
-        let [seeders, leechers, origins] = &self.classes;
-        let [seeder_cursor, leecher_cursor] = &mut self.cursors;
+        // Complete peers first, then partial ones, then empty ones, each list in id order
+        // and handed out as a window that moves on with every answer.
+        let [seeders, leechers, empty, origins] = &self.classes;
+        let [seeder_cursor, leecher_cursor, empty_cursor] = &mut self.cursors;
         let mut ids = window(seeders, seeder_cursor, a.peer_id, max_peers);
         let room = max_peers.saturating_sub(ids.len());
         ids.extend(window(leechers, leecher_cursor, a.peer_id, room));
+        let room = max_peers.saturating_sub(ids.len());
+        ids.extend(window(empty, empty_cursor, a.peer_id, room));
         let peers = &self.peers;
         let info = |id| peers.get(id).map(|p: &Peer| p.info(id, now));
         let listed = ids.into_iter().filter_map(info).collect();
@@ -766,7 +776,7 @@ mod tests {
         swarm.check();
         share(&mut swarm, "b", 2, None);
         swarm.check();
-        assert_eq!(swarm.classes.map(|ids| ids.len()), [2, 2, 2]);
+        assert_eq!(swarm.classes.map(|ids| ids.len()), [2, 2, 0, 2]);
     }
 
     #[test]
@@ -1273,6 +1283,52 @@ mod tests {
             corrupt: &[],
             unreachable: &[],
         }
+    }
+
+    #[test]
+    fn peers_holding_nothing_are_handed_out_after_those_holding_something() {
+        let timeout = Duration::from_secs(60);
+        let now = Instant::now();
+        let asset = AssetId([6; 32]);
+        let mut swarm = Swarm::default();
+        // Fake downloaders that never hold a chunk, announced before (and sorting before)
+        // the one useful partial peer.
+        let fakes: Vec<String> = (0..20).map(|n| format!("fake-{n:02}")).collect();
+        for (id, port) in fakes.iter().zip(100..) {
+            swarm.announce_ok(
+                announce(id, port, partial(8, [])),
+                &asset,
+                8,
+                4,
+                timeout,
+                now,
+            );
+        }
+        swarm.announce_ok(
+            announce("useful", 9, partial(8, [0, 1])),
+            &asset,
+            8,
+            4,
+            timeout,
+            now,
+        );
+        let answer = swarm.announce_ok(
+            announce("new", 10, partial(8, [])),
+            &asset,
+            8,
+            4,
+            timeout,
+            now,
+        );
+        let ids: Vec<&str> = answer.peers.iter().map(|p| p.peer_id).collect();
+        assert_eq!(ids.len(), 4, "{ids:?}");
+        assert_eq!(ids[0], "useful", "{ids:?}");
+        swarm.check();
+        // Once it gains a chunk, a peer moves up among those holding something.
+        let gained = announce("fake-19", 119, partial(8, [5]));
+        swarm.announce_ok(gained, &asset, 8, 4, timeout, now);
+        swarm.check();
+        assert_eq!(swarm.classes.map(|ids| ids.len()), [0, 2, 20, 0]);
     }
 
     #[test]
