@@ -6,9 +6,15 @@
 //! its public key), the asset id (32), the expiry in Unix seconds (u64, big-endian), the
 //! client's peer id (a length byte, then that many bytes), and an Ed25519 signature (64)
 //! over [`TICKET_CONTEXT`] followed by everything before the signature.
+//!
+//! A ticket's expiry is in the tracker's time, and peers check it in the tracker's time too
+//! ([`TrackerClock`]), so that a peer whose clock is wrong neither refuses every ticket nor
+//! accepts expired ones.
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
@@ -26,7 +32,9 @@ pub const TICKET_MAGIC: &[u8; 4] = b"SCT1";
 /// What a ticket's signature covers before the ticket's bytes, so that no other message
 /// signed with the same key can pass for a ticket.
 pub const TICKET_CONTEXT: &[u8] = b"swarmcache/ticket\0";
-/// Clocks of peers and tracker may disagree by this much.
+/// What is left of the disagreement between a peer's clock and the tracker's once the peer
+/// follows the tracker's (a `Date` has 1 s resolution, and is a round trip old), or all of
+/// it for a peer that has not heard from the tracker.
 const CLOCK_SKEW: u64 = 30;
 /// Longest peer id a ticket can carry (its length is one byte).
 const MAX_PEER_ID: usize = 255;
@@ -412,6 +420,73 @@ fn unix_now() -> u64 {
         .as_secs()
 }
 
+/// The tracker's clock as a serving peer sees it: the offset of the tracker's clock from
+/// this host's, learnt from the `Date` of each of the tracker's answers (announces, keys).
+/// Tickets expire in the tracker's time, so checking them in the tracker's time makes this
+/// host's clock irrelevant to them. Until an answer is seen the offset is zero: this host's
+/// clock stands in for the tracker's, as it must for a peer that never reached it.
+#[derive(Debug, Default)]
+pub struct TrackerClock {
+    /// The tracker's time minus this host's, in seconds.
+    offset: AtomicI64,
+    /// Whether the clocks were once found too far apart (the warning is logged once).
+    warned: AtomicBool,
+}
+
+impl TrackerClock {
+    /// Notes an answer's `Date` header; one that does not parse as an HTTP date is ignored.
+    pub fn note_date(&self, date: &str) {
+        let Some(tracker) = httpdate::parse_http_date(date.trim())
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        else {
+            return;
+        };
+        self.observe(tracker.as_secs(), unix_now());
+    }
+
+    /// Notes that the tracker's clock read `tracker` (Unix seconds) when this host's read
+    /// `local`. The first time the two are further apart than a ticket lives, which no
+    /// network delay explains, logs a warning and returns it: the offset is applied all the
+    /// same (tickets keep working), but other things on this host still trust its clock.
+    pub fn observe(&self, tracker: u64, local: u64) -> Option<String> {
+        let offset = (i128::from(tracker) - i128::from(local))
+            .clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64;
+        self.offset.store(offset, Ordering::Relaxed);
+        let apart = offset.unsigned_abs();
+        if apart <= DEFAULT_TICKET_TTL.as_secs() || self.warned.swap(true, Ordering::Relaxed) {
+            return None;
+        }
+        let warning = format!(
+            "clock: the tracker's clock reads {} but this host's reads {}: {apart} s apart, more than a ticket's {} s life. Tickets are checked by the tracker's clock, so they still work, but fix NTP on whichever host is wrong",
+            http_date(tracker),
+            http_date(local),
+            DEFAULT_TICKET_TTL.as_secs(),
+        );
+        log::warn!("{warning}");
+        Some(warning)
+    }
+
+    /// The tracker's time minus this host's, in seconds (zero until an answer is seen).
+    pub fn offset(&self) -> i64 {
+        self.offset.load(Ordering::Relaxed)
+    }
+
+    /// The tracker's time now, in Unix seconds, as far as this host can tell.
+    pub fn now(&self) -> u64 {
+        unix_now().saturating_add_signed(self.offset())
+    }
+}
+
+/// `secs` as an HTTP date, for messages; a time past year 9999 as plain seconds.
+fn http_date(secs: u64) -> String {
+    const YEAR_10000: u64 = 253_402_300_800;
+    match UNIX_EPOCH.checked_add(Duration::from_secs(secs)) {
+        Some(t) if secs < YEAR_10000 => httpdate::fmt_http_date(t),
+        _ => format!("{secs} s after 1970"),
+    }
+}
+
 /// What a valid ticket says.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Ticket {
@@ -468,10 +543,12 @@ impl std::fmt::Display for TicketError {
 
 impl std::error::Error for TicketError {}
 
-/// Checks tickets against the tracker's public keys.
+/// Checks tickets against the tracker's public keys, and their expiry against the
+/// tracker's clock.
 #[derive(Clone, Debug)]
 pub struct TicketVerifier {
     keys: Vec<VerifyingKey>,
+    clock: Arc<TrackerClock>,
 }
 
 impl TicketVerifier {
@@ -491,7 +568,15 @@ impl TicketVerifier {
         if keys.is_empty() {
             bail!("no tracker public key to verify tickets with");
         }
-        Ok(TicketVerifier { keys })
+        Ok(TicketVerifier {
+            keys,
+            clock: Arc::default(),
+        })
+    }
+
+    /// The same keys, checking expiry against `clock` (by default this host's clock).
+    pub fn with_clock(self, clock: Arc<TrackerClock>) -> TicketVerifier {
+        TicketVerifier { clock, ..self }
     }
 
     /// The ticket's content, if it was signed by one of the keys, is for `asset`, and has
@@ -527,7 +612,7 @@ impl TicketVerifier {
             });
         }
         let expires = u64::from_be_bytes(body[44..52].try_into().expect("8 bytes"));
-        if expires.saturating_add(CLOCK_SKEW) < unix_now() {
+        if expires.saturating_add(CLOCK_SKEW) < self.clock.now() {
             return Err(TicketError::Expired);
         }
         Ok(Ticket {
@@ -595,18 +680,23 @@ mod tests {
         );
     }
 
+    /// A ticket for asset 1 signed by `ring`, expiring at `expires` (Unix seconds).
+    fn expiring_at(ring: &KeyRing, expires: u64) -> Vec<u8> {
+        let mut ticket = ring.issue(&asset(1), "p", Duration::ZERO);
+        let body_len = ticket.len() - SIGNATURE_LEN;
+        ticket.truncate(body_len);
+        ticket[44..52].copy_from_slice(&expires.to_be_bytes());
+        let signature = ring.current.sign(&signed_bytes(&ticket));
+        ticket.extend_from_slice(&signature.to_bytes());
+        ticket
+    }
+
     #[test]
     fn an_expired_ticket_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let ring = KeyRing::load_or_create(dir.path()).unwrap();
         let verifier = TicketVerifier::from_hex(&ring.public_keys()).unwrap();
-        let mut ticket = ring.issue(&asset(1), "p", Duration::ZERO);
-        // Re-sign with an expiry well in the past.
-        let body_len = ticket.len() - SIGNATURE_LEN;
-        ticket.truncate(body_len);
-        ticket[44..52].copy_from_slice(&(unix_now() - 3600).to_be_bytes());
-        let signature = ring.current.sign(&signed_bytes(&ticket));
-        ticket.extend_from_slice(&signature.to_bytes());
+        let ticket = expiring_at(&ring, unix_now() - 3600);
         assert!(
             verifier
                 .verify(&ticket, &asset(1))
@@ -618,6 +708,108 @@ mod tests {
             verifier.verify(&ticket, &asset(1)),
             Err(TicketError::Expired)
         );
+    }
+
+    #[test]
+    fn expiry_is_checked_by_the_tracker_clock_once_an_answer_set_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let ring = KeyRing::load_or_create(dir.path()).unwrap();
+        let clock = Arc::new(TrackerClock::default());
+        let verifier = TicketVerifier::from_hex(&ring.public_keys())
+            .unwrap()
+            .with_clock(Arc::clone(&clock));
+        let now = unix_now();
+        // This host is 11 minutes fast: the tracker issued a ticket for 10 minutes of its
+        // own time, which this host's clock alone calls expired.
+        let tracker_now = now - 660;
+        let fresh = expiring_at(&ring, tracker_now + 600);
+        assert_eq!(
+            verifier.verify(&fresh, &asset(1)),
+            Err(TicketError::Expired),
+            "before any answer this host's clock is used"
+        );
+        assert!(
+            clock.observe(tracker_now, now).is_some(),
+            "11 minutes apart is more than a ticket lives: warned"
+        );
+        assert_eq!(clock.offset(), -660);
+        verifier.verify(&fresh, &asset(1)).unwrap();
+        // And one the tracker's clock calls expired is refused though this host's would
+        // take it: slow by 11 minutes, a host would accept tickets 11 minutes stale.
+        assert_eq!(clock.observe(now + 660, now), None, "warned once only");
+        let stale = expiring_at(&ring, now + 600);
+        assert_eq!(
+            verifier.verify(&stale, &asset(1)),
+            Err(TicketError::Expired)
+        );
+        // The skew allowance remains for the residual: 20 s past expiry passes, 40 s not.
+        assert_eq!(clock.observe(now, now), None);
+        verifier
+            .verify(&expiring_at(&ring, now - 20), &asset(1))
+            .unwrap();
+        assert!(
+            verifier
+                .verify(&expiring_at(&ring, now - 40), &asset(1))
+                .is_err()
+        );
+        // A Date header sets it too; a bad one changes nothing.
+        clock.note_date(&httpdate::fmt_http_date(
+            SystemTime::now() - Duration::from_secs(660),
+        ));
+        assert!(
+            (-662..=-659).contains(&clock.offset()),
+            "{}",
+            clock.offset()
+        );
+        clock.note_date("yesterday, at noon");
+        clock.note_date("");
+        assert!(
+            (-662..=-659).contains(&clock.offset()),
+            "{}",
+            clock.offset()
+        );
+    }
+
+    #[test]
+    fn a_huge_offset_is_applied_and_warned_about_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let ring = KeyRing::load_or_create(dir.path()).unwrap();
+        let clock = Arc::new(TrackerClock::default());
+        let verifier = TicketVerifier::from_hex(&ring.public_keys())
+            .unwrap()
+            .with_clock(Arc::clone(&clock));
+        let now = unix_now();
+        let day = 86_400;
+        // This host's clock is a year behind the tracker's.
+        let tracker_now = now + 365 * day;
+        let warning = clock
+            .observe(tracker_now, now)
+            .expect("a year apart is warned about");
+        for what in [
+            http_date(tracker_now).as_str(),
+            http_date(now).as_str(),
+            "NTP",
+        ] {
+            assert!(warning.contains(what), "{what:?} not in {warning:?}");
+        }
+        assert_eq!(clock.observe(tracker_now + 1, now), None, "warned once");
+        assert_eq!(clock.offset(), 365 * day as i64 + 1);
+        verifier
+            .verify(&expiring_at(&ring, tracker_now + 600), &asset(1))
+            .unwrap();
+        assert_eq!(
+            verifier.verify(&expiring_at(&ring, now + 600), &asset(1)),
+            Err(TicketError::Expired),
+            "valid by this host's clock, a year stale by the tracker's"
+        );
+        // Absurd clocks neither overflow nor panic.
+        clock.observe(u64::MAX, 0);
+        assert_eq!(clock.offset(), i64::MAX);
+        assert!(clock.now() > i64::MAX as u64);
+        clock.observe(0, u64::MAX);
+        assert_eq!(clock.offset(), i64::MIN);
+        assert_eq!(clock.now(), 0);
+        assert!(http_date(u64::MAX).contains("s after 1970"));
     }
 
     #[test]

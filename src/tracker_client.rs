@@ -2,6 +2,7 @@
 //! or a store's many in batches split to the tracker's bounds).
 
 use std::io::Read;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -11,6 +12,7 @@ use crate::api::{
     AnnounceRequest, AnnounceResponse, BATCH_MAX_BODY, BATCH_MAX_ENTRIES, BatchAnnounceRequest,
     BatchAnnounceResponse, BatchEntry, ErrorBody, KeysResponse, PeerInfo, PublishResponse,
 };
+use crate::auth::TrackerClock;
 use crate::backoff::Backoff;
 use crate::failure::Failure;
 use crate::manifest::{AssetId, MAX_MANIFEST_BYTES, Manifest};
@@ -55,6 +57,8 @@ pub struct TrackerClient {
     token: Option<String>,
     /// Tries of a request answered "busy": [`BUSY_ATTEMPTS`], or 1 for a hurried client.
     attempts: u32,
+    /// The tracker's clock, set from the `Date` of every answer; shared by the clones.
+    clock: Arc<TrackerClock>,
 }
 
 impl TrackerClient {
@@ -71,6 +75,7 @@ impl TrackerClient {
             agent: agent(CONNECT_TIMEOUT, REQUEST_TIMEOUT),
             token: None,
             attempts: BUSY_ATTEMPTS,
+            clock: Arc::default(),
         })
     }
 
@@ -103,6 +108,12 @@ impl TrackerClient {
         &self.base
     }
 
+    /// The tracker's clock as its answers tell it (this host's until one is seen): what a
+    /// serving peer checks the expiry of tickets against.
+    pub fn clock(&self) -> Arc<TrackerClock> {
+        Arc::clone(&self.clock)
+    }
+
     fn call(&self, request: ureq::Request, body: Option<(&str, &str)>) -> Result<ureq::Response> {
         let what = format!("{} {}", request.method(), request.url());
         let request = match &self.token {
@@ -119,7 +130,12 @@ impl TrackerClient {
                 None => request.clone().call(),
             };
             match result {
-                Ok(response) => return Ok(response),
+                Ok(response) => {
+                    if let Some(date) = response.header("Date") {
+                        self.clock.note_date(date);
+                    }
+                    return Ok(response);
+                }
                 // Busy (503) or over this address's share (429): a crowd arriving at once
                 // behind one address meets these; every request here may be repeated.
                 Err(ureq::Error::Status(429 | 503, response)) if attempt < self.attempts => {

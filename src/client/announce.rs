@@ -123,7 +123,7 @@ impl Announce {
             *self.ticket.write_now() = ticket;
         }
         if let Some(keys) = &self.keys {
-            keys.set(&answer.keys)
+            keys.set(&answer.keys, &self.tracker.clock())
                 .context("the tracker's announce answer carries a bad key")?;
         }
         Ok(answer)

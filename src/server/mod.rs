@@ -212,7 +212,14 @@ impl Server {
         let tickets = match (config.await_keys, keys.is_empty()) {
             (true, _) => Tickets::Pending,
             (false, true) => Tickets::Open,
-            (false, false) => Tickets::Check(TicketCheck::new(&keys, tracker.clone())?),
+            // The answer to GET /keys above has already set the tracker's clock.
+            (false, false) => {
+                let clock = tracker
+                    .as_ref()
+                    .map(TrackerClient::clock)
+                    .unwrap_or_default();
+                Tickets::Check(TicketCheck::new(&keys, tracker.clone(), clock)?)
+            }
         };
         let (mut seeded, mut seeds_in_use) = (Vec::new(), Vec::new());
         for (i, path) in config.seeds.iter().enumerate() {

@@ -1,13 +1,14 @@
 //! Whether the peer server asks clients for tickets, and the check every `Hello` passes:
 //! the tracker's keys, learnt at start, from announce answers ([`TicketKeys`]), or again
-//! from the tracker after a key rotation.
+//! from the tracker after a key rotation; expiry is checked by the tracker's clock as its
+//! answers tell it ([`TrackerClock`]).
 
-use std::sync::{Condvar, Mutex, RwLock};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
-use crate::auth::{TicketError, TicketVerifier};
+use crate::auth::{TicketError, TicketVerifier, TrackerClock};
 use crate::manifest::AssetId;
 use crate::sync::{LockExt, RwLockExt};
 use crate::tracker_client::TrackerClient;
@@ -83,14 +84,15 @@ impl Gate {
 pub struct TicketKeys(pub(super) std::sync::Arc<Gate>);
 
 impl TicketKeys {
-    /// Sets the keys tickets must be signed with (empty: no tickets needed).
-    pub fn set(&self, keys: &[String]) -> Result<()> {
+    /// Sets the keys tickets must be signed with (empty: no tickets needed), and the clock
+    /// their expiry is checked by (the tracker's, from the client that announces).
+    pub fn set(&self, keys: &[String], clock: &Arc<TrackerClock>) -> Result<()> {
         let mut tickets = self.0.tickets.write_now();
         match &*tickets {
             Tickets::Check(check) if check.keys == keys => {}
             Tickets::Open if keys.is_empty() => {}
             _ if keys.is_empty() => *tickets = Tickets::Open,
-            _ => *tickets = Tickets::Check(TicketCheck::new(keys, None)?),
+            _ => *tickets = Tickets::Check(TicketCheck::new(keys, None, Arc::clone(clock))?),
         }
         drop(tickets);
         let (known, changed) = &self.0.keys_known;
@@ -108,17 +110,24 @@ pub(super) struct TicketCheck {
     tracker: Option<TrackerClient>,
     /// When the keys were last fetched again (`None`: not since start-up).
     refreshed: Mutex<Option<Instant>>,
+    /// What expiry is checked by, kept for the verifiers of refreshed keys.
+    clock: Arc<TrackerClock>,
 }
 
 impl TicketCheck {
-    /// Checks tickets against `keys`; with `tracker`, fetches them again when a ticket is
-    /// signed by a key it does not know.
-    pub(super) fn new(keys: &[String], tracker: Option<TrackerClient>) -> Result<TicketCheck> {
+    /// Checks tickets against `keys` and their expiry against `clock`; with `tracker`,
+    /// fetches the keys again when a ticket is signed by a key it does not know.
+    pub(super) fn new(
+        keys: &[String],
+        tracker: Option<TrackerClient>,
+        clock: Arc<TrackerClock>,
+    ) -> Result<TicketCheck> {
         Ok(TicketCheck {
             keys: keys.to_vec(),
-            verifier: RwLock::new(TicketVerifier::from_hex(keys)?),
+            verifier: RwLock::new(TicketVerifier::from_hex(keys)?.with_clock(Arc::clone(&clock))),
             tracker,
             refreshed: Mutex::new(None),
+            clock,
         })
     }
 
@@ -149,7 +158,7 @@ impl TicketCheck {
             .and_then(|keys| TicketVerifier::from_hex(&keys))
         {
             Ok(verifier) => {
-                *self.verifier.write_now() = verifier;
+                *self.verifier.write_now() = verifier.with_clock(Arc::clone(&self.clock));
                 true
             }
             Err(e) => {
@@ -163,21 +172,21 @@ impl TicketCheck {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
     #[test]
     fn keys_told_to_a_pending_server_open_it_or_ask_for_tickets() {
         let gate = Arc::new(Gate::new(Tickets::Pending));
         let keys = TicketKeys(Arc::clone(&gate));
         let asset = AssetId([1; 32]);
-        keys.set(&[]).unwrap();
+        let clock = Arc::new(TrackerClock::default());
+        keys.set(&[], &clock).unwrap();
         assert!(
             matches!(gate.check(b"", &asset), Verdict::Pass),
             "open mode"
         );
         let dir = tempfile::tempdir().unwrap();
         let ring = crate::auth::KeyRing::load_or_create(dir.path()).unwrap();
-        keys.set(&ring.public_keys()).unwrap();
+        keys.set(&ring.public_keys(), &clock).unwrap();
         assert!(matches!(
             gate.check(b"", &asset),
             Verdict::Refused(TicketError::Missing)
@@ -188,6 +197,6 @@ mod tests {
             gate.check(&ticket, &AssetId([2; 32])),
             Verdict::Refused(TicketError::WrongAsset { .. })
         ));
-        assert!(keys.set(&["not a key".into()]).is_err());
+        assert!(keys.set(&["not a key".into()], &clock).is_err());
     }
 }
