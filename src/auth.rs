@@ -458,7 +458,7 @@ impl TrackerClock {
             return None;
         }
         let warning = format!(
-            "clock: the tracker's clock reads {} but this host's reads {}: {apart} s apart, more than a ticket's {} s life. Tickets are checked by the tracker's clock, so they still work, but fix NTP on whichever host is wrong",
+            "clock: the tracker's clock reads {} but this host's reads {}: {apart} s apart, more than a ticket's default {} s life. Tickets are checked by the tracker's clock, so they still work, but fix NTP on whichever host is wrong",
             http_date(tracker),
             http_date(local),
             DEFAULT_TICKET_TTL.as_secs(),

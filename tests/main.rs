@@ -13,6 +13,7 @@ mod cache;
 mod catalog;
 mod cli_errors;
 mod cli_scripts;
+mod clock;
 mod faults;
 mod fleet;
 mod hostile_http;
