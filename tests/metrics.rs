@@ -84,20 +84,35 @@ fn stats_and_metrics_add_up_what_clients_got_and_keep_it_after_they_leave() {
     let total = |field: &str| s1[field].as_u64().unwrap() + s2[field].as_u64().unwrap();
     let (from_peers, from_origin) = (total("from_peers"), total("from_origin"));
     assert!(from_peers > 0, "the second client used the first: {s2}");
+    // What the tracker counts is what the servers say they sent: the origin's own counter
+    // exactly, and at least what the clients kept. A chunk asked of two sources (a late or
+    // slow one rescued elsewhere) is sent twice and kept once, so the servers' bytes may
+    // exceed the clients' by such chunks, never by a copy of the file.
+    let origin_sent = || scrape(&origin_metrics).value(served_bytes, &asset) as u64;
+    let figures = |swarm: &Value| {
+        let field = |f: &str| swarm[f].as_u64().unwrap_or(0);
+        (field("peer_uploaded"), field("origin_uploaded"))
+    };
     eventually(
-        "the tracker hears of every byte the clients got",
+        "the tracker hears of every byte the servers sent",
         HEARD_WITHIN,
         || {
-            let swarm = &tracker.get_json("/stats")["swarms"][0];
-            swarm["peer_uploaded"] == from_peers && swarm["origin_uploaded"] == from_origin
+            let (peer, origin) = figures(&tracker.get_json("/stats")["swarms"][0]);
+            peer >= from_peers && origin >= from_origin && origin == origin_sent()
         },
     );
     let stats = tracker.get_json("/stats");
     let swarm = stats["swarms"][0].clone();
+    let (peer_uploaded, origin_uploaded) = figures(&swarm);
+    assert!(
+        peer_uploaded + origin_uploaded < from_peers + from_origin + size,
+        "the servers sent {peer_uploaded} + {origin_uploaded} bytes for {from_peers} + \
+         {from_origin} the clients kept: {s2}"
+    );
     assert_eq!(swarm["id"], id.as_str());
     assert_eq!(swarm["name"], AWKWARD_NAME);
-    assert_eq!(swarm["uploaded"], from_peers + from_origin);
-    let ratio = from_peers as f64 / (from_peers + from_origin) as f64;
+    assert_eq!(swarm["uploaded"], peer_uploaded + origin_uploaded);
+    let ratio = peer_uploaded as f64 / (peer_uploaded + origin_uploaded) as f64;
     let reported = swarm["p2p_ratio"].as_f64().unwrap();
     assert!((reported - ratio).abs() < 1e-12, "{reported} != {ratio}");
     assert_eq!(
@@ -113,11 +128,11 @@ fn stats_and_metrics_add_up_what_clients_got_and_keep_it_after_they_leave() {
     let swarm_served = "swarmcache_tracker_swarm_served_bytes_total";
     assert_eq!(
         metrics.value(swarm_served, &source("peer")),
-        from_peers as f64
+        peer_uploaded as f64
     );
     assert_eq!(
         metrics.value(swarm_served, &source("origin")),
-        from_origin as f64
+        origin_uploaded as f64
     );
     assert_eq!(metrics.value("swarmcache_tracker_swarm_peers", &asset), 2.0);
     assert_eq!(
@@ -133,21 +148,25 @@ fn stats_and_metrics_add_up_what_clients_got_and_keep_it_after_they_leave() {
     // The origin's own count agrees with what the tracker was told.
     assert_eq!(
         scrape(&origin_metrics).value(served_bytes, &asset),
-        from_origin as f64
+        origin_uploaded as f64
     );
 
     // The first client leaves: the swarm shrinks, the totals stay.
     first.signal("INT");
     assert!(first.wait().success(), "{}", first.stderr());
     tracker.wait_for_peers(&id, 1);
+    // Its leaving announce may still add the last of what it served; nothing drops.
     let after = &tracker.get_json("/stats")["swarms"][0];
-    for field in ["uploaded", "peer_uploaded", "origin_uploaded", "p2p_ratio"] {
-        assert_eq!(after[field], swarm[field], "{field} after the client left");
-    }
+    assert_eq!(
+        after["origin_uploaded"], swarm["origin_uploaded"],
+        "{after}"
+    );
+    let (peer_after, _) = figures(after);
+    assert!(peer_after >= peer_uploaded, "{after} after {swarm}");
     let metrics = scrape(&tracker_metrics);
     assert_eq!(
         metrics.value(swarm_served, &source("peer")),
-        from_peers as f64
+        peer_after as f64
     );
     assert_eq!(metrics.value("swarmcache_tracker_swarm_peers", &asset), 1.0);
 }
