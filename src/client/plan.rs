@@ -827,7 +827,7 @@ impl Plan {
     pub(crate) fn update_fallback(&mut self, now: Instant) {
         let quiet = now.saturating_duration_since(self.last_peer_progress);
         let fallback = quiet > FALLBACK_AFTER
-            || (self.share_is_empty() && quiet > PROOF_GRACE)
+            || (self.empty_share_rests_on_claims() && quiet > PROOF_GRACE)
             || !self.any_usable_peer();
         if fallback != self.fallback_open {
             self.fallback_open = fallback;
@@ -904,10 +904,19 @@ impl Plan {
         self.origin_share.as_ref().is_some_and(|s| s.count() == 0)
     }
 
+    /// Whether the share is empty while some peer was named complete by the tracker: the
+    /// tracker plans nothing from the origin once it believes a peer holds everything, and
+    /// that belief is the peer's own claim. An empty share in a crowd with no such claim
+    /// (every free chunk already planned for someone else) is the plan working: falling
+    /// back at once there would have the origin send those chunks twice.
+    fn empty_share_rests_on_claims(&self) -> bool {
+        self.share_is_empty() && self.sources.iter().any(|s| !s.origin && s.said_complete)
+    }
+
     /// Whether a deadline of the plan's own is running: an empty share waiting for a peer
     /// to prove it, which the scheduler watches as closely as lateness.
     pub(crate) fn awaits_proof(&self) -> bool {
-        !self.fallback_open && self.share_is_empty() && self.any_usable_peer()
+        !self.fallback_open && self.empty_share_rests_on_claims() && self.any_usable_peer()
     }
 
     /// Judges every connected peer's pace against the fastest other connected source (see
@@ -2281,9 +2290,12 @@ mod tests {
     #[test]
     fn an_empty_share_stands_only_while_a_peer_delivers() {
         let t0 = Instant::now();
-        // The tracker planned nothing from the origin: it believes peers hold everything.
+        // The tracker planned nothing from the origin: it believes peers hold everything,
+        // because this one announced `complete`.
         let empty = settings(false, 4, Some(Bitfield::new(8)));
-        let mut plan = plan_with(8, vec![peer(1, Some(bits(8, 0..4))), origin()], empty, t0);
+        let mut claimer = peer(1, Some(bits(8, 0..4)));
+        claimer.said_complete = true;
+        let mut plan = plan_with(8, vec![claimer, origin()], empty, t0);
         plan.assign(t0);
         let at_peer = plan.fetches();
         assert!(at_peer.iter().all(|f| f.0 == 0));
@@ -2314,6 +2326,28 @@ mod tests {
                 .count(),
             4,
             "the origin gets every worker while the share is lifted"
+        );
+        plan.check();
+    }
+
+    #[test]
+    fn an_empty_share_with_no_claim_of_completeness_is_the_plan_and_stands() {
+        let t0 = Instant::now();
+        // Every free chunk was planned for other downloaders, and no peer claims to be
+        // complete: the share is empty by design, and falling back would send twice.
+        let empty = settings(false, 4, Some(Bitfield::new(8)));
+        let mut plan = plan_with(8, vec![peer(1, Some(bits(8, 0..4))), origin()], empty, t0);
+        plan.assign(t0);
+        plan.update_fallback(t0 + 500 * MS);
+        assert!(!plan.awaits_proof());
+        assert!(
+            plan.fetches().iter().all(|f| f.0 == 0),
+            "no claim to prove: the share stands past the proof grace"
+        );
+        plan.update_fallback(t0 + FALLBACK_AFTER + 10 * MS);
+        assert!(
+            plan.fetches().iter().any(|f| f.0 == 1),
+            "peers quiet for the fallback time: the origin sends what no peer holds"
         );
         plan.check();
     }
