@@ -233,11 +233,11 @@ pub(super) struct Swarm {
     held: HashMap<String, Held>,
     /// When `held` was last swept of peers long gone.
     swept: Option<Instant>,
-    /// The peers' ids by class ([`SEEDERS`], [`LEECHERS`], [`ORIGINS`]), in id order: an
-    /// answer takes a window of them rather than walking every peer.
+    /// The peers' ids by class ([`SEEDERS`], [`LEECHERS`], [`EMPTY`], [`ORIGINS`]), in id
+    /// order: an answer takes a window of them rather than walking every peer.
     classes: [BTreeSet<String>; 4],
-    /// Where the next window of seeders and of leechers starts (after the last id handed
-    /// out), so that large swarms spread load over every peer.
+    /// Where the next window of seeders, of leechers and of empty peers starts (after the
+    /// last id handed out), so that large swarms spread load over every peer.
     cursors: [Option<String>; 3],
     /// Per-chunk availability, and which chunks each leecher takes from the origin.
     origin_plan: OriginPlan<Identity>,
