@@ -4,7 +4,7 @@
 //! holders needs that bound. Request heads are parsed by `httparse` (hyper's parser);
 //! bodies come with a `Content-Length` or not at all.
 //!
-//! Workers are held by requests, not by connections. One poller thread ([`poller`]) holds
+//! Workers are held by requests, not by connections. One poller thread (`poller`) holds
 //! every connection that has no whole request in one `epoll` set: new ones, idle
 //! kept-alive ones, and ones whose head (or small body) is still trickling in. It reads
 //! them without blocking, and only once a whole request has arrived does it hand the
@@ -72,7 +72,7 @@ pub const DEFAULT_MAX_CONNS_PER_IP: usize = 8;
 /// Default connections open at once, idle ones included. An idle connection costs the
 /// poller a few hundred bytes, so the bound is file descriptors, not memory: 4 096 holds a
 /// fleet of a thousand hosts with a kept-alive connection or two each, and a crowd
-/// connecting on top. It is lowered to what `ulimit -n` allows (see [`FD_RESERVE`]).
+/// connecting on top. It is lowered to what `ulimit -n` allows (see `FD_RESERVE`).
 pub const DEFAULT_MAX_CONNS: usize = 4096;
 /// Default worker threads, what an endpoint scraped every few seconds needs; a busy
 /// server sets its own.

@@ -17,7 +17,7 @@
 //! Errors are JSON `{"error": "…"}` with a 4xx or 5xx status.
 //!
 //! Rooms: this file binds and serves; `routes` parses, authorises and answers each
-//! request, binding it to an [`identity`] (a token, or a source address in open mode);
+//! request, binding it to an identity (`identity`) (a token, or a source address in open mode);
 //! `batch` answers a store's announces of many assets in one request; `swarm` keeps one
 //! asset's peers (heartbeats, timeouts, reports, bans) and
 //! picks whom to hand out and when each peer announces next; `plan` keeps per-chunk
