@@ -280,7 +280,20 @@ fn lock_holders(file: &File) -> Vec<User> {
         rustix::fs::minor(meta.dev()),
         meta.ino()
     );
-    let locks = fs::read_to_string("/proc/locks").unwrap_or_default();
+    // The kernel writes /proc/locks a page at a time from a list that other processes'
+    // locking changes meanwhile, so one read can miss a line: read it again (a few
+    // times at most) when it names no holder.
+    (0..LOCKS_READS)
+        .map(|_| holders_in(&fs::read_to_string("/proc/locks").unwrap_or_default(), &key))
+        .find(|users| !users.is_empty())
+        .unwrap_or_default()
+}
+
+/// Reads of `/proc/locks` before [`lock_holders`] gives up finding a holder.
+const LOCKS_READS: usize = 3;
+
+/// The processes that `locks` (the text of `/proc/locks`) says hold a lock on `key`.
+fn holders_in(locks: &str, key: &str) -> Vec<User> {
     let mut users: Vec<User> = Vec::new();
     for line in locks.lines() {
         // "1: FLOCK  ADVISORY  READ 1234 fd:00:5678 0 EOF"; waiters have "->" after the
