@@ -108,13 +108,7 @@ fn fake_downloaders_from_one_address_do_not_take_the_origin_shares() {
     // origin's traffic measures the shares alone.
     let tracker = TrackerProc::start(d, &["--max-peers", "80"]);
     let tracker_addr: SocketAddr = tracker.url.trim_start_matches("http://").parse().unwrap();
-    let origin = ServerProc::start(
-        d,
-        "origin",
-        Some(&tracker.url),
-        &["f.bin"],
-        &["--origin", "--max-upload-rate", "4MiB"],
-    );
+    let origin = ServerProc::capped_origin(d, &tracker.url, "f.bin");
     let id = origin.seeded[0].clone();
     let path = format!("/assets/{id}/announce");
 

@@ -276,13 +276,7 @@ fn a_stalled_peer_is_dropped_after_the_chunk_timeout() {
     let tracker = TrackerProc::start(d, &[]);
     // The origin is capped too: a stalled peer's chunks go to it within 100 ms (the peer is
     // found slow), and the download must outlast the chunk timeout for the drop to show.
-    let _origin = ServerProc::start(
-        d,
-        "origin",
-        Some(&tracker.url),
-        &["f.bin"],
-        &["--origin", "--max-upload-rate", "4MiB"],
-    );
+    let _origin = ServerProc::capped_origin(d, &tracker.url, "f.bin");
     // Capped so that the transfer is still running when the peer is frozen.
     let staller = ServerProc::start(
         d,

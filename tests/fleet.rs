@@ -44,13 +44,7 @@ fn a_fleet_of_eight_gets_correct_copies_from_answers_without_bitfields() {
     // 8 MiB at 4 MiB/s from the origin: the swarm lasts seconds, long enough to watch.
     let bytes = random_file(&d.join("f.bin"), 128 * 65536, 41);
     let tracker = TrackerProc::start(d, &[]);
-    let origin = ServerProc::start(
-        d,
-        "origin",
-        Some(&tracker.url),
-        &["f.bin"],
-        &["--origin", "--max-upload-rate", "4MiB"],
-    );
+    let origin = ServerProc::capped_origin(d, &tracker.url, "f.bin");
     let id = origin.seeded[0].clone();
     let mut fleet: Vec<Proc> = (0..8)
         .map(|n| {

@@ -406,6 +406,13 @@ pub struct ServerProc {
 }
 
 impl ServerProc {
+    /// An origin seeding `file` at 4 MiB/s, slow enough that a crowd of clients must trade
+    /// among themselves for the download to be quick.
+    pub fn capped_origin(dir: &Path, tracker: &str, file: &str) -> ServerProc {
+        let flags = ["--origin", "--max-upload-rate", "4MiB"];
+        ServerProc::start(dir, "origin", Some(tracker), &[file], &flags)
+    }
+
     pub fn start(
         dir: &Path,
         store: &str,
@@ -755,4 +762,32 @@ pub fn http_from(
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     HttpFrom { status, body }
+}
+
+/// Reads one answer from `reader`: status and body (by its Content-Length).
+pub fn read_answer(reader: &mut impl BufRead) -> (u16, String) {
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    let status = line
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_else(|| panic!("no status line, got {line:?}"))
+        .parse()
+        .unwrap();
+    let mut length = 0;
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        let (name, value) = line.split_once(':').unwrap();
+        if name.eq_ignore_ascii_case("content-length") {
+            length = value.trim().parse().unwrap();
+        }
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).unwrap();
+    (status, String::from_utf8(body).unwrap())
 }

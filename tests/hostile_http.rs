@@ -2,11 +2,11 @@
 //! too many connections from one address, oversized, chunked and garbage requests, and
 //! announce and publish floods. Short timeouts and limits come from the tracker's flags.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use crate::harness::{TrackerProc, eventually, random_file, run};
+use crate::harness::{TrackerProc, eventually, random_file, read_answer, run};
 
 /// The tracker's address.
 fn addr(tracker: &TrackerProc) -> SocketAddr {
@@ -47,34 +47,6 @@ impl Client {
     fn answer(&mut self) -> (u16, String) {
         read_answer(&mut self.reader)
     }
-}
-
-/// Reads one answer from `reader`: status and body (by its Content-Length).
-fn read_answer(reader: &mut impl BufRead) -> (u16, String) {
-    let mut line = String::new();
-    reader.read_line(&mut line).unwrap();
-    let status = line
-        .split_whitespace()
-        .nth(1)
-        .unwrap_or_else(|| panic!("no status line, got {line:?}"))
-        .parse()
-        .unwrap();
-    let mut length = 0;
-    loop {
-        let mut line = String::new();
-        reader.read_line(&mut line).unwrap();
-        let line = line.trim_end();
-        if line.is_empty() {
-            break;
-        }
-        let (name, value) = line.split_once(':').unwrap();
-        if name.eq_ignore_ascii_case("content-length") {
-            length = value.trim().parse().unwrap();
-        }
-    }
-    let mut body = vec![0; length];
-    reader.read_exact(&mut body).unwrap();
-    (status, String::from_utf8(body).unwrap())
 }
 
 /// The message of a JSON error body.

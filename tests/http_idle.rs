@@ -2,13 +2,13 @@
 //! connections and of clients trickling a request a byte at a time, more than the tracker
 //! has workers, leave a real `get` and `/health` answered.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use crate::harness::{ServerProc, TrackerProc, get, random_file};
+use crate::harness::{ServerProc, TrackerProc, get, random_file, read_answer};
 
 /// The tracker's request threads (`HTTP_THREADS` in src/tracker/mod.rs): a worker-per-
 /// connection server is exhausted by this many connections.
@@ -22,33 +22,10 @@ fn connect(to: SocketAddr) -> TcpStream {
     stream
 }
 
-/// Reads one answer on `stream`: its status (the body, by its Content-Length, is skipped).
+/// Reads one answer on `stream`: its status.
 fn read_status(stream: &TcpStream) -> u16 {
     let mut reader = BufReader::new(stream);
-    let mut line = String::new();
-    reader.read_line(&mut line).unwrap();
-    let status = line
-        .split_whitespace()
-        .nth(1)
-        .unwrap_or_else(|| panic!("no status line, got {line:?}"))
-        .parse()
-        .unwrap();
-    let mut length = 0;
-    loop {
-        let mut line = String::new();
-        reader.read_line(&mut line).unwrap();
-        let line = line.trim_end();
-        if line.is_empty() {
-            break;
-        }
-        if let Some((name, value)) = line.split_once(':')
-            && name.eq_ignore_ascii_case("content-length")
-        {
-            length = value.trim().parse().unwrap();
-        }
-    }
-    let mut body = vec![0; length];
-    reader.read_exact(&mut body).unwrap();
+    let (status, _) = read_answer(&mut reader);
     // A BufReader may read ahead; answers here are one per request, so nothing is lost.
     assert!(reader.buffer().is_empty(), "an answer nobody asked for");
     status

@@ -236,13 +236,7 @@ fn a_stream_resumed_from_a_partial_cache_downloads_on_while_nobody_reads() {
     let size: u64 = 8 << 20;
     let bytes = random_file(&d.join("f.bin"), size as usize, 34);
     let tracker = TrackerProc::start(d, &[]);
-    let origin = ServerProc::start(
-        d,
-        "origin",
-        Some(&tracker.url),
-        &["f.bin"],
-        &["--origin", "--max-upload-rate", "4MiB"],
-    );
+    let origin = ServerProc::capped_origin(d, &tracker.url, "f.bin");
     let id = origin.seeded[0].clone();
 
     // A first stream stopped with Ctrl-C part way leaves the first chunks in the store.

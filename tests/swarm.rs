@@ -30,13 +30,7 @@ fn a_crowd_shares_the_work_and_a_late_client_takes_nothing_from_the_origin() {
     // 8 MiB at 4 MiB/s: the origin alone would need 8 s to serve four clients.
     let bytes = random_file(&d.join("f.bin"), 128 * 65536, 17);
     let tracker = TrackerProc::start(d, &[]);
-    let origin = ServerProc::start(
-        d,
-        "origin",
-        Some(&tracker.url),
-        &["f.bin"],
-        &["--origin", "--max-upload-rate", "4MiB"],
-    );
+    let origin = ServerProc::capped_origin(d, &tracker.url, "f.bin");
     let id = origin.seeded[0].clone();
     let mut crowd: Vec<Proc> = (0..4)
         .map(|n| client(d, n, &tracker.url, &id, &["--seed-for", "8s"]))
