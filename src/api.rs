@@ -21,6 +21,22 @@ pub struct PublishResponse {
     pub created: bool,
 }
 
+/// Answer to `GET /assets/{id}/key`: whether the asset is encrypted and, when it is, its
+/// content key. Given only to a holder of the fetch right, over TLS or from loopback.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ContentKeyResponse {
+    /// The asset id.
+    pub id: String,
+    /// Whether the asset's content is ciphertext.
+    pub encrypted: bool,
+    /// The cipher, `"aes-128-ctr"`, when encrypted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cipher: Option<String>,
+    /// The key, 32 hex digits, when encrypted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
 /// One catalog entry, in `GET /assets`.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct AssetSummary {

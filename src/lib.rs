@@ -16,6 +16,8 @@
 //! - [`units`]: human sizes and durations (`1MiB`, `60s`) for flags.
 //! - [`bitfield`]: which chunks a peer or store holds.
 //! - [`manifest`]: the manifest format, asset ids, parallel chunk hashing, verification.
+//! - [`crypt`]: content encryption: per-asset keys, AES-128-CTR nonced per chunk, and the
+//!   chunk-range decryption every output goes through.
 //! - [`fsutil`]: crash-safe writes (temporary name, fsync, rename).
 //! - [`store`]: the content-addressed, crash-safe directory of assets: layout, in-use
 //!   locks, partial downloads, and the cache (what to evict to stay under a size limit).
@@ -46,6 +48,7 @@ pub mod backoff;
 pub mod bitfield;
 pub mod cli;
 pub mod client;
+pub mod crypt;
 pub mod failure;
 pub mod fsutil;
 pub mod http;

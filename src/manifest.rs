@@ -17,6 +17,8 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
+use crate::crypt::ContentKey;
+
 pub mod binary;
 mod chunk_list;
 pub mod hash;
@@ -124,6 +126,11 @@ struct ManifestToml {
     chunk_size: u32,
     #[serde(default)]
     sha256: Option<String>,
+    /// The content key of an encrypted asset (`aes-128-ctr:<hex>`), only in the manifest
+    /// `chunkify --encrypt` prints for `peer_client publish` to hand to the tracker: not part
+    /// of the asset id, never stored (see [`Manifest::from_toml_keyed`]).
+    #[serde(default)]
+    key: Option<String>,
     #[serde(deserialize_with = "chunk_list::digests")]
     chunks: Vec<Digest>,
     /// Reserved for directory assets: a manifest that has it is refused, so that a later
@@ -142,6 +149,8 @@ struct HeadToml<'a> {
     chunk_size: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     sha256: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key: Option<String>,
 }
 
 /// Just the format of a manifest, to say why one that is not format 2 fails to parse.
@@ -246,8 +255,16 @@ impl Manifest {
         })
     }
 
-    /// Parses and validates manifest TOML.
+    /// Parses and validates manifest TOML. A content key in it (`key`, from `chunkify
+    /// --encrypt`) is left out: only the publish path reads it, with
+    /// [`Manifest::from_toml_keyed`].
     pub fn from_toml(text: &str) -> Result<Self, String> {
+        Manifest::from_toml_keyed(text).map(|(manifest, _)| manifest)
+    }
+
+    /// Parses and validates manifest TOML, and the content key it carries, if any: what
+    /// `peer_client publish` sends and the tracker's publish reads.
+    pub fn from_toml_keyed(text: &str) -> Result<(Self, Option<ContentKey>), String> {
         if text.len() > MAX_MANIFEST_BYTES {
             return Err(format!(
                 "manifest is {} bytes, more than the {MAX_MANIFEST_BYTES} allowed",
@@ -295,27 +312,44 @@ impl Manifest {
             .sha256
             .map(|h| parse_digest(&h).map_err(|e| format!("manifest sha256: {e}")))
             .transpose()?;
-        Manifest::new(raw.name, raw.size, raw.chunk_size, sha256, raw.chunks)
+        let key = raw
+            .key
+            .map(|k| ContentKey::from_field(&k).map_err(|e| format!("manifest key: {e}")))
+            .transpose()?;
+        let manifest = Manifest::new(raw.name, raw.size, raw.chunk_size, sha256, raw.chunks)?;
+        Ok((manifest, key))
     }
 
     /// Reads and validates a manifest from a reader, refusing more than [`MAX_MANIFEST_BYTES`].
     pub fn read_from(reader: impl Read) -> Result<Self> {
+        Manifest::read_from_keyed(reader).map(|(manifest, _)| manifest)
+    }
+
+    /// Like [`Manifest::read_from`], with the content key the manifest carries, if any.
+    pub fn read_from_keyed(reader: impl Read) -> Result<(Self, Option<ContentKey>)> {
         let mut text = String::new();
         reader
             .take(MAX_MANIFEST_BYTES as u64 + 1)
             .read_to_string(&mut text)
             .context("reading manifest (it must be UTF-8 TOML)")?;
-        Manifest::from_toml(&text).map_err(anyhow::Error::msg)
+        Manifest::from_toml_keyed(&text).map_err(anyhow::Error::msg)
     }
 
     /// The manifest as TOML, one chunk hash per line.
     pub fn to_toml(&self) -> String {
+        self.to_toml_keyed(None)
+    }
+
+    /// The manifest as TOML with the content key of an encrypted asset: what `chunkify
+    /// --encrypt` prints and `peer_client publish` sends. Never written to a store.
+    pub fn to_toml_keyed(&self, key: Option<&ContentKey>) -> String {
         let head = HeadToml {
             format: FORMAT_VERSION,
             name: &self.name,
             size: self.size,
             chunk_size: self.chunk_size,
             sha256: self.sha256.map(hex::encode),
+            key: key.map(ContentKey::to_field),
         };
         let mut text = toml::to_string_pretty(&head).expect("a manifest always serializes");
         chunk_list::write(&mut text, &self.chunks);
@@ -572,6 +606,20 @@ mod tests {
         );
         let e = Manifest::from_toml("format = 1\nname = \"x\"\n").unwrap_err();
         assert!(e.contains("format 1"), "{e}");
+    }
+
+    #[test]
+    fn a_content_key_travels_in_the_toml_and_leaves_the_id_alone() {
+        let m = chunkify(&data(50_000)[..], "x", MIN_CHUNK_SIZE).unwrap();
+        let key = ContentKey::from_bytes([7; 16]);
+        let keyed = m.to_toml_keyed(Some(&key));
+        assert!(keyed.contains("key = \"aes-128-ctr:0707"), "{keyed}");
+        assert_eq!(Manifest::from_toml_keyed(&keyed).unwrap(), (m.clone(), Some(key)));
+        assert_eq!(Manifest::from_toml(&keyed).unwrap().id(), m.id());
+        assert_eq!(Manifest::from_toml_keyed(&m.to_toml()).unwrap().1, None);
+        assert!(!m.to_toml().contains("key"));
+        let bad = keyed.replace("aes-128-ctr:", "rot13:");
+        assert!(Manifest::from_toml(&bad).unwrap_err().contains("rot13"));
     }
 
     #[test]

@@ -10,8 +10,10 @@ use serde::de::DeserializeOwned;
 
 use crate::api::{
     AnnounceRequest, AnnounceResponse, BATCH_MAX_BODY, BATCH_MAX_ENTRIES, BatchAnnounceRequest,
-    BatchAnnounceResponse, BatchEntry, ErrorBody, KeysResponse, PeerInfo, PublishResponse,
+    BatchAnnounceResponse, BatchEntry, ContentKeyResponse, ErrorBody, KeysResponse, PeerInfo,
+    PublishResponse,
 };
+use crate::crypt::{self, ContentKey};
 use crate::auth::TrackerClock;
 use crate::backoff::Backoff;
 use crate::failure::Failure;
@@ -228,10 +230,28 @@ impl TrackerClient {
 
     /// Publishes a manifest; returns the tracker's answer (the id among it).
     pub fn publish(&self, manifest: &Manifest) -> Result<PublishResponse> {
+        self.publish_keyed(manifest, None)
+    }
+
+    /// Publishes a manifest with the content key of an encrypted asset, which the tracker
+    /// keeps and gives to the holders of the fetch right. The key is sent only over TLS or
+    /// to a tracker on this host: never in clear across a network.
+    pub fn publish_keyed(
+        &self,
+        manifest: &Manifest,
+        key: Option<&ContentKey>,
+    ) -> Result<PublishResponse> {
+        if key.is_some() && !self.is_private() {
+            bail!(
+                "refusing to send the content key of {} in clear to the tracker {}: keys travel only over https or to a tracker on this host (127.0.0.1, ::1, localhost)",
+                manifest.id(),
+                self.base
+            );
+        }
         let url = format!("{}/assets", self.base);
         let response = self.call(
             self.agent.post(&url),
-            Some(("application/toml", &manifest.to_toml())),
+            Some(("application/toml", &manifest.to_toml_keyed(key))),
         )?;
         let answer: PublishResponse = self.json(response, "publish")?;
         if answer.id != manifest.id().to_string() {
@@ -258,6 +278,50 @@ impl TrackerClient {
             );
         }
         Ok(manifest)
+    }
+
+    /// Whether a secret may cross the connection to this tracker: it is `https://`, or on
+    /// this host (a loopback address, or `localhost`).
+    pub fn is_private(&self) -> bool {
+        if self.base.starts_with("https://") {
+            return true;
+        }
+        let authority = self.base["http://".len()..]
+            .split('/')
+            .next()
+            .unwrap_or_default();
+        let host = match authority.strip_prefix('[') {
+            Some(rest) => rest.split(']').next().unwrap_or_default(),
+            None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+        };
+        host.eq_ignore_ascii_case("localhost")
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.to_canonical().is_loopback())
+    }
+
+    /// The content key of `id` when the asset is encrypted (`None` when it is not). A
+    /// tracker that withholds the key (no fetch right, or a plain-HTTP connection from
+    /// another host) answers 401 or 403: its message says why.
+    pub fn content_key(&self, id: &AssetId) -> Result<Option<ContentKey>> {
+        let url = format!("{}/assets/{id}/key", self.base);
+        let response = self.call(self.agent.get(&url), None)?;
+        let answer: ContentKeyResponse = self.json(response, "key")?;
+        if answer.id != id.to_string() {
+            bail!("the tracker answered the key of {} when asked for {id}", answer.id);
+        }
+        if !answer.encrypted {
+            return Ok(None);
+        }
+        match (answer.cipher.as_deref(), answer.key.as_deref()) {
+            (Some(crypt::CIPHER), Some(key)) => ContentKey::from_hex(key)
+                .map(Some)
+                .map_err(|e| anyhow::anyhow!("the tracker's key of {id}: {e}")),
+            (cipher, _) => bail!(
+                "the tracker says {id} is encrypted with {cipher:?}, which this build cannot decrypt (it knows {})",
+                crypt::CIPHER
+            ),
+        }
     }
 
     /// Announces (joins, heartbeats or leaves) the swarm of `id`.
@@ -397,6 +461,23 @@ pub fn new_peer_id() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_https_and_this_host_are_private() {
+        for (url, private) in [
+            ("http://127.0.0.1:7070", true),
+            ("http://127.0.0.2:7070/", true),
+            ("http://[::1]:7070", true),
+            ("http://localhost:7070", true),
+            ("http://LOCALHOST", true),
+            ("http://10.0.0.5:7070", false),
+            ("http://tracker.example:7070", false),
+            ("http://[::ffff:127.0.0.1]:1", true),
+            ("http://127.0.0.1.evil.example:1", false),
+        ] {
+            assert_eq!(TrackerClient::new(url).unwrap().is_private(), private, "{url}");
+        }
+    }
 
     /// The body each request of `split_batch` is sent as.
     fn bodies(requests: &[BatchAnnounceRequest]) -> Vec<String> {

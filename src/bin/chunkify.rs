@@ -8,6 +8,8 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use swarmcache::cli::{self, EXIT_FAILED, EXIT_OK};
+use swarmcache::crypt::{ContentKey, Encrypting};
+use swarmcache::fsutil;
 use swarmcache::manifest::{self, Manifest};
 
 /// Cut a file into fixed-size chunks, hash every chunk with SHA-256 on all cores, and print
@@ -21,6 +23,8 @@ use swarmcache::manifest::{self, Manifest};
 ///   chunkify --id big.iso
 ///   chunkify --sha256 big.iso      (also records the whole file's SHA-256)
 ///   chunkify verify big.toml copy.iso
+///   chunkify --encrypt big.iso --out big.iso.enc | peer_client publish --tracker http://127.0.0.1:7070 -
+///                                  (then: peer_server --seed big.iso.enc …)
 #[derive(Parser)]
 #[command(version, args_conflicts_with_subcommands = true, verbatim_doc_comment)]
 struct Args {
@@ -41,8 +45,18 @@ struct Args {
     #[arg(long)]
     sha256: bool,
     /// Print only the asset id instead of the manifest.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "encrypt")]
     id: bool,
+    /// Encrypt the content with a new random key (AES-128-CTR, never derived from the
+    /// content) into the file --out names, and chunk the ciphertext: the manifest and the
+    /// asset id describe the ciphertext, and the manifest printed carries the key in its
+    /// `key` field. Pipe it to `peer_client publish`, which hands the key to the tracker;
+    /// do not keep it. Seed the --out file (peer_server --seed) without --encrypt.
+    #[arg(long, requires = "out")]
+    encrypt: bool,
+    /// With --encrypt: where the ciphertext goes (replaced atomically once complete and on disk).
+    #[arg(long, value_name = "CIPHERTEXT", requires = "encrypt")]
+    out: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -141,6 +155,16 @@ fn run(args: Args) -> Result<u8> {
             .with_context(|| format!("{} names no file; give --name", path.display()))?,
     };
     manifest::check_name(&name).map_err(anyhow::Error::msg)?;
+    if let Some(out) = &args.out {
+        let key = ContentKey::generate()?;
+        let manifest = encrypt_to(&path, out, &key, &name, args.chunk_size, args.sha256)
+            .with_context(|| format!("encrypting {} into {}", path.display(), out.display()))?;
+        use std::io::Write;
+        let mut stdout = io::stdout().lock();
+        stdout.write_all(manifest.to_toml_keyed(Some(&key)).as_bytes())?;
+        stdout.flush()?;
+        return Ok(EXIT_OK);
+    }
     let manifest = open_input(&path)?
         .hash(args.chunk_size, args.sha256)
         .and_then(|hashes| hashes.into_manifest(&name, args.chunk_size))
@@ -154,6 +178,66 @@ fn run(args: Args) -> Result<u8> {
         out.flush()?;
     }
     Ok(EXIT_OK)
+}
+
+/// Encrypts `path` (or stdin) with `key` into `out` and returns the manifest of the
+/// ciphertext. The ciphertext is written under a temporary name beside `out`, fsynced,
+/// hashed, and renamed into place, so a crash leaves `out` as it was, never half written.
+fn encrypt_to(
+    path: &Path,
+    out: &Path,
+    key: &ContentKey,
+    name: &str,
+    chunk_size: u32,
+    whole: bool,
+) -> Result<Manifest> {
+    let dir = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let file_name = out
+        .file_name()
+        .with_context(|| format!("--out {} names no file", out.display()))?;
+    let tmp = dir.join(format!(
+        ".{}.chunkify-{}",
+        file_name.to_string_lossy(),
+        std::process::id()
+    ));
+    let result = (|| -> Result<Manifest> {
+        // Read back to be hashed: opened for both.
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .with_context(|| format!("creating {}", tmp.display()))?;
+        let mut sealed = Encrypting::new(io::BufWriter::new(file), *key, chunk_size);
+        let copied = match open_input(path)? {
+            Input::Stdin => io::copy(
+                &mut cli::nonempty_stdin("nothing to chunk", "the command")?,
+                &mut sealed,
+            ),
+            Input::File(mut file) => io::copy(&mut file, &mut sealed),
+        };
+        copied.with_context(|| format!("reading {}", path.display()))?;
+        let file = sealed
+            .into_inner()
+            .and_then(|w| w.into_inner().map_err(io::IntoInnerError::into_error))
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        file.sync_all()
+            .with_context(|| format!("syncing {}", tmp.display()))?;
+        let manifest = manifest::hash_file(&file, chunk_size, whole)
+            .and_then(|hashes| hashes.into_manifest(name, chunk_size))?;
+        std::fs::rename(&tmp, out)
+            .with_context(|| format!("renaming {} to {}", tmp.display(), out.display()))?;
+        fsutil::sync_dir(&dir).with_context(|| format!("syncing {}", dir.display()))?;
+        Ok(manifest)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
 }
 
 fn main() -> ExitCode {

@@ -12,6 +12,7 @@ use swarmcache::cli::{self, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_READER_
 use swarmcache::client::{self, DEFAULT_WINDOW, DEFAULT_WORKERS, GetConfig, Progress};
 use swarmcache::manifest::AssetId;
 use swarmcache::manifest::Manifest;
+use swarmcache::crypt::ContentKey;
 use swarmcache::store::Store;
 use swarmcache::store::cache;
 use swarmcache::tracker_client::TrackerClient;
@@ -33,6 +34,10 @@ struct Args {
 #[derive(Subcommand)]
 enum Command {
     /// Publish a manifest (a file, or - for standard input) and print its asset id.
+    ///
+    /// The manifest of an encrypted asset (chunkify --encrypt) carries its content key: it
+    /// goes to the tracker, which keeps it (file mode 0600) and gives it only to holders of
+    /// the fetch right; it is sent only over https or to a tracker on this host.
     Publish {
         /// The manifest TOML, as printed by chunkify, or - for standard input.
         manifest: PathBuf,
@@ -205,10 +210,10 @@ fn run(args: Args) -> Result<u8> {
             tracker,
             token,
         } => {
-            let manifest = read_manifest(&manifest)?;
+            let (manifest, key) = read_manifest(&manifest)?;
             let answer = TrackerClient::new(&tracker)?
                 .with_token(token)
-                .publish(&manifest)?;
+                .publish_keyed(&manifest, key.as_ref())?;
             cli::println(&answer.id)?;
         }
         Command::Get(args) => return get(*args),
@@ -357,13 +362,14 @@ fn cache_command(args: CacheArgs) -> Result<u8> {
     Ok(EXIT_OK)
 }
 
-fn read_manifest(path: &Path) -> Result<Manifest> {
+/// The manifest to publish, and the content key of an encrypted asset (`chunkify --encrypt`).
+fn read_manifest(path: &Path) -> Result<(Manifest, Option<ContentKey>)> {
     let manifest = if path == Path::new("-") {
-        Manifest::read_from(cli::nonempty_stdin("no manifest to publish", "chunkify")?)
+        Manifest::read_from_keyed(cli::nonempty_stdin("no manifest to publish", "chunkify")?)
     } else {
         let file = std::fs::File::open(path)
             .with_context(|| format!("opening manifest {}", path.display()))?;
-        Manifest::read_from(file)
+        Manifest::read_from_keyed(file)
     };
     manifest.with_context(|| format!("manifest {}", path.display()))
 }

@@ -25,6 +25,7 @@ use swarmcache::server::{
 ///
 /// Example (the origin of a swarm):
 ///   peer_server --origin --listen 127.0.0.1:7001 --store ./origin --seed big.iso --tracker http://127.0.0.1:7070
+///   peer_server --origin --store ./origin --seed big.iso --encrypt --tracker http://127.0.0.1:7070
 #[derive(Parser)]
 #[command(version, verbatim_doc_comment)]
 struct Args {
@@ -45,6 +46,12 @@ struct Args {
     /// Chunk size for --seed files, 16KiB to 64MiB.
     #[arg(long, default_value = "256KiB", value_parser = cli::chunk_size_arg)]
     chunk_size: u32,
+    /// Encrypt every --seed (AES-128-CTR, a new random key each) on its way into the store,
+    /// which then holds ciphertext only, and publish each key to the --tracker (needed; over
+    /// https, or on the tracker's host). Each run makes new assets: to seed one encrypted
+    /// asset again, seed the ciphertext `chunkify --encrypt --out` wrote, without --encrypt.
+    #[arg(long, requires = "tracker")]
+    encrypt: bool,
     /// Tracker URL to publish to and announce at, e.g. http://127.0.0.1:7070.
     #[arg(long, env = "SWARMCACHE_TRACKER", value_parser = cli::tracker_arg)]
     tracker: Option<String>,
@@ -105,6 +112,7 @@ fn run(args: Args) -> Result<u8> {
         seeds: args.seed,
         seed_names: args.name,
         chunk_size: args.chunk_size,
+        encrypt: args.encrypt,
         tracker: args.tracker,
         origin: args.origin,
         advertise: args.advertise_addr,

@@ -48,10 +48,11 @@ use crossbeam_channel::unbounded;
 
 use crate::bitfield::Bitfield;
 use crate::failure::Failure;
-use crate::manifest::Manifest;
+use crate::crypt::ContentKey;
+use crate::manifest::{AssetId, Manifest};
 use crate::store::cache;
 use crate::store::{InUse, Partial, Store};
-use crate::tracker_client::TrackerClient;
+use crate::tracker_client::{HttpStatus, TrackerClient};
 
 use crate::announce::Departure;
 use crate::bitfield::{Live, LiveHave};
@@ -156,6 +157,10 @@ fn fetch(config: &GetConfig, seed: bool, out: Option<&mut (dyn Write + Send)>) -
             ),
         },
     });
+    // The key of an encrypted asset, from the tracker each time (never kept on this host):
+    // asked before the output is opened or a chunk fetched, so a client the tracker gives
+    // no key fails at once, having written nothing.
+    let key = content_key(&store, tracker.as_ref(), &config.asset)?;
     // The output is opened before anything is fetched: a directory that is missing or
     // not writable fails the get now, not after the download.
     let mut sink: Option<Box<dyn Write + Send + '_>> = None;
@@ -292,6 +297,7 @@ fn fetch(config: &GetConfig, seed: bool, out: Option<&mut (dyn Write + Send)>) -
                 have: initial.clone(),
                 done: done_rx,
                 started,
+                key,
             };
             let output_failed = &output_failed;
             scope.spawn(move || {
@@ -335,7 +341,10 @@ fn fetch(config: &GetConfig, seed: bool, out: Option<&mut (dyn Write + Send)>) -
         let path = placement.path().display().to_string();
         if complete {
             placement
-                .copy_from(&store.data_path(&config.asset))
+                .copy_from(
+                    &store.data_path(&config.asset),
+                    key.as_ref().map(|k| (k, manifest.chunk_size)),
+                )
                 .with_context(|| format!("writing output {path}"))?;
         }
         placement
@@ -376,6 +385,57 @@ fn fetch(config: &GetConfig, seed: bool, out: Option<&mut (dyn Write + Send)>) -
         _ => None,
     };
     Ok(Got { summary, seeding })
+}
+
+/// The content key of `id` when it is encrypted, `None` when it is plain. The tracker says
+/// which (and gives the key to a holder of the fetch right over TLS or on its host); the
+/// store's mark of an encrypted asset keeps a `get` from handing out ciphertext when the
+/// tracker is not given, cannot be reached, or forgot the key. A tracker that refuses the
+/// key fails the `get` with its reason.
+fn content_key(
+    store: &Store,
+    tracker: Option<&TrackerClient>,
+    id: &AssetId,
+) -> Result<Option<ContentKey>> {
+    let marked = store.is_encrypted(id);
+    let Some(tracker) = tracker else {
+        if marked {
+            bail!(
+                "asset {id} is encrypted and its key comes only from the tracker, which gives it to holders of the fetch right: give --tracker (its https:// URL, or run on its host)"
+            );
+        }
+        return Ok(None);
+    };
+    let no_key = |e: anyhow::Error| {
+        e.context(format!(
+            "the tracker {} gave no key for the encrypted asset {id}, so it cannot be written out; the store keeps only its ciphertext",
+            tracker.url()
+        ))
+    };
+    match tracker.content_key(id) {
+        Ok(Some(key)) => {
+            if !marked {
+                store.mark_encrypted(id)?;
+            }
+            Ok(Some(key))
+        }
+        Ok(None) if marked => Err(no_key(anyhow::anyhow!(
+            "it says the asset is not encrypted, but the store {} holds it as ciphertext; remove it from the store (peer_client cache rm {id}) if it was seeded plain",
+            store.root().display()
+        ))),
+        Ok(None) => Ok(None),
+        // A refusal names its reason (no fetch right; a key asked for in clear).
+        Err(e)
+            if e.downcast_ref::<HttpStatus>()
+                .is_some_and(|s| matches!(s.status, 401 | 403)) =>
+        {
+            Err(e.context(format!("getting the content key of {id}")))
+        }
+        // A tracker that knows no such endpoint or asset, or cannot be reached: a plain
+        // asset in the store is still the user's to read, as before keys existed.
+        Err(_) if !marked => Ok(None),
+        Err(e) => Err(no_key(e)),
+    }
 }
 
 /// How long a `get` waits between two looks at an asset another process is writing: short

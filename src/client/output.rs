@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
+use crate::crypt::{self, ContentKey};
 use crate::failure::Failure;
 use crate::fsutil::sync_dir;
 use crate::store::WRITE_PIECE;
@@ -159,11 +160,17 @@ impl Placement {
         Pieces(&self.file)
     }
 
-    /// Fills the file from a complete content file in one go.
-    pub(crate) fn copy_from(&self, data: &Path) -> Result<()> {
+    /// Fills the file from a complete content file in one go; with the key of an encrypted
+    /// asset (and its chunk size), decrypting on the way.
+    pub(crate) fn copy_from(&self, data: &Path, key: Option<(&ContentKey, u32)>) -> Result<()> {
         let mut from = File::open(data).with_context(|| format!("opening {}", data.display()))?;
-        io::copy(&mut from, &mut &self.file)
-            .with_context(|| format!("copying {} to {}", data.display(), self.tmp.display()))?;
+        match key {
+            None => io::copy(&mut from, &mut &self.file).map(drop),
+            Some((key, chunk_size)) => {
+                crypt::copy_decrypted(key, chunk_size, &mut from, &mut self.writer()).map(drop)
+            }
+        }
+        .with_context(|| format!("copying {} to {}", data.display(), self.tmp.display()))?;
         Ok(())
     }
 

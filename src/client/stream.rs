@@ -12,6 +12,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use serde::Serialize;
 
 use crate::bitfield::Bitfield;
+use crate::crypt::{self, ContentKey};
 use crate::manifest::Manifest;
 
 /// Chunks ahead of the reader that the download treats as urgent (`--window`): with the
@@ -66,6 +67,9 @@ pub struct Stream<'a> {
     pub done: Receiver<u32>,
     /// When the `get` started, for the time to first byte.
     pub started: Instant,
+    /// The content key of an encrypted asset: each chunk is decrypted on its way out (the
+    /// store keeps the ciphertext).
+    pub key: Option<ContentKey>,
 }
 
 impl Stream<'_> {
@@ -101,6 +105,9 @@ impl Stream<'_> {
                         self.manifest.id()
                     )
                 })?;
+            if let Some(key) = &self.key {
+                crypt::apply_chunk(key, index, 0, chunk);
+            }
             if stats.first_byte_secs.is_none() {
                 stats.first_byte_secs = Some(self.started.elapsed().as_secs_f64());
             }
@@ -158,6 +165,7 @@ mod tests {
             have,
             done: rx,
             started: Instant::now(),
+            key: None,
         };
         for index in [5, 0, 3, 2, 4] {
             tx.send(index).unwrap();
@@ -185,6 +193,7 @@ mod tests {
             have: Bitfield::new(3),
             done: rx,
             started: Instant::now(),
+            key: None,
         };
         let mut out = Vec::new();
         let error = stream.run(&mut out, |_| {}, || false).unwrap_err();

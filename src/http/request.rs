@@ -64,6 +64,12 @@ impl Request<'_> {
         self.conn.remote
     }
 
+    /// Whether the request came over TLS. A stand-in until the server speaks TLS (issue 16,
+    /// part A, replaces it): no request does yet.
+    pub fn is_tls(&self) -> bool {
+        false
+    }
+
     /// The body's length, from `Content-Length` (0 without one).
     pub fn body_length(&self) -> u64 {
         self.length

@@ -27,12 +27,13 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use crossbeam_channel::{Sender, bounded};
 
 use crate::announce::{Announce, Announcer, Departure, LEAVE_BUDGET, Rhythm};
 use crate::api::{AnnounceEvent, AnnounceRequest, BatchAnnounceRequest, BatchEntry};
 use crate::bitfield::LiveHave;
+use crate::crypt::ContentKey;
 use crate::http::{HttpConfig, HttpServer};
 use crate::manifest::{AssetId, Manifest};
 use crate::net::{Greeter, Listener, LobbyLimits, LobbyRefusal};
@@ -109,6 +110,9 @@ pub struct ServerConfig {
     pub seed_names: Vec<String>,
     /// Chunk size for seeded files.
     pub chunk_size: u32,
+    /// Encrypt each seed with a new random key on its way into the store (the store holds
+    /// only ciphertext) and publish the key with its manifest; needs a tracker.
+    pub encrypt: bool,
     /// Tracker to publish to and announce at.
     pub tracker: Option<String>,
     /// Register as the swarms' origin (fallback of last resort).
@@ -144,6 +148,7 @@ impl ServerConfig {
             store,
             seeds: Vec::new(),
             seed_names: Vec::new(),
+            encrypt: false,
             chunk_size: crate::manifest::DEFAULT_CHUNK_SIZE,
             tracker: None,
             origin: false,
@@ -221,6 +226,11 @@ impl Server {
                 Tickets::Check(TicketCheck::new(&keys, tracker.clone(), clock)?)
             }
         };
+        if config.encrypt && tracker.is_none() && !config.seeds.is_empty() {
+            bail!(
+                "--encrypt needs --tracker: the tracker keeps each seed's content key, which would otherwise exist nowhere"
+            );
+        }
         let (mut seeded, mut seeds_in_use) = (Vec::new(), Vec::new());
         for (i, path) in config.seeds.iter().enumerate() {
             let name = match config.seed_names.get(i) {
@@ -232,12 +242,26 @@ impl Server {
                         format!("seed path {} names no file; give --name", path.display())
                     })?,
             };
-            let (manifest, in_use) = store
-                .import_file(path, &name, config.chunk_size)
-                .with_context(|| format!("seeding {}", path.display()))?;
+            // A new key for every run: the same file seeded twice is two assets (a key is
+            // never derived from the content).
+            let key = config.encrypt.then(ContentKey::generate).transpose()?;
+            if let (Some(_), Some(tracker)) = (&key, &tracker)
+                && !tracker.is_private()
+            {
+                bail!(
+                    "--encrypt: refusing to send content keys in clear to the tracker {}: use its https:// URL, or run on its host",
+                    tracker.url()
+                );
+            }
+            let imported = match &key {
+                Some(key) => store.import_encrypted(path, &name, config.chunk_size, key),
+                None => store.import_file(path, &name, config.chunk_size),
+            };
+            let (manifest, in_use) =
+                imported.with_context(|| format!("seeding {}", path.display()))?;
             if let Some(tracker) = &tracker {
                 tracker
-                    .publish(&manifest)
+                    .publish_keyed(&manifest, key.as_ref())
                     .with_context(|| format!("publishing {}", path.display()))?;
             }
             seeded.push(manifest);

@@ -13,6 +13,8 @@
 //! assets/<asset-id>/data            the content, at its final size from the start
 //! assets/<asset-id>/have            the bitfield of chunks verified and written to `data`
 //! assets/<asset-id>/sealed          "size mtime_ns" of `data` when it was completed
+//! assets/<asset-id>/encrypted       present when `data` is ciphertext: the cipher's name,
+//!                                   never the key (that comes from the tracker each time)
 //! assets/<asset-id>/lock            locked by the one process writing the asset
 //! assets/<asset-id>/used            shared-locked by every process using the asset; its
 //!                                   modification time is when the asset was last used
@@ -43,6 +45,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 
 use crate::bitfield::Bitfield;
+use crate::crypt::{self, ContentKey};
 use crate::fsutil::sync_dir;
 use crate::manifest::{self, AssetId, Manifest};
 
@@ -207,6 +210,19 @@ impl Store {
         Ok(ids)
     }
 
+    /// Records that the content of `id` is ciphertext, so that no output of it is ever made
+    /// without its key (a `get` without a tracker is refused, not handed ciphertext).
+    pub fn mark_encrypted(&self, id: &AssetId) -> Result<()> {
+        let dir = self.asset_dir(id);
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        crate::fsutil::write_atomic(&dir.join("encrypted"), format!("{}\n", crypt::CIPHER).as_bytes())
+    }
+
+    /// Whether the content of `id` is recorded as ciphertext ([`Store::mark_encrypted`]).
+    pub fn is_encrypted(&self, id: &AssetId) -> bool {
+        self.asset_dir(id).join("encrypted").exists()
+    }
+
     /// Copies a local file into the store, hashes it, and returns its manifest, with the
     /// asset held in use (and its use recorded). The copy is hashed (not the original), so
     /// the store holds exactly what the manifest describes.
@@ -216,6 +232,29 @@ impl Store {
         name: &str,
         chunk_size: u32,
     ) -> Result<(Manifest, InUse)> {
+        self.import(path, name, chunk_size, None)
+    }
+
+    /// Like [`Store::import_file`], encrypting the file with `key` on the way in: the store
+    /// never holds a byte of the plaintext, and the manifest (so the asset id) is over the
+    /// ciphertext. The asset is marked encrypted.
+    pub fn import_encrypted(
+        &self,
+        path: &Path,
+        name: &str,
+        chunk_size: u32,
+        key: &ContentKey,
+    ) -> Result<(Manifest, InUse)> {
+        self.import(path, name, chunk_size, Some(key))
+    }
+
+    fn import(
+        &self,
+        path: &Path,
+        name: &str,
+        chunk_size: u32,
+        key: Option<&ContentKey>,
+    ) -> Result<(Manifest, InUse)> {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let tmp = self.root.join("tmp").join(format!(
             "import-{}-{}",
@@ -223,13 +262,21 @@ impl Store {
             COUNTER.fetch_add(1, Ordering::Relaxed)
         ));
         let result = (|| -> Result<(Manifest, InUse)> {
-            fs::copy(path, &tmp)
-                .with_context(|| format!("copying {} into the store", path.display()))?;
+            match key {
+                None => {
+                    fs::copy(path, &tmp)
+                        .with_context(|| format!("copying {} into the store", path.display()))?;
+                }
+                Some(key) => encrypt_into(path, &tmp, key, chunk_size)?,
+            }
             let file = File::open(&tmp).with_context(|| format!("opening {}", tmp.display()))?;
             let manifest = manifest::chunkify(file, name, chunk_size)
                 .with_context(|| format!("hashing {}", path.display()))?;
             let id = manifest.id();
             let in_use = self.hold(&id)?;
+            if key.is_some() {
+                self.mark_encrypted(&id)?;
+            }
             if self.manifest(&id)?.is_some() && self.is_complete(&id, &manifest)? {
                 return Ok((manifest, in_use));
             }
@@ -275,6 +322,18 @@ impl Store {
         }
         result.with_context(|| format!("writing output {}", out.display()))
     }
+}
+
+/// Writes `path` encrypted with `key` to `tmp` (a new file), through a buffer of one piece.
+fn encrypt_into(path: &Path, tmp: &Path, key: &ContentKey, chunk_size: u32) -> Result<()> {
+    let mut from = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let to = File::create(tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let mut sealed = crypt::Encrypting::new(io::BufWriter::new(to), *key, chunk_size);
+    io::copy(&mut from, &mut sealed)
+        .and_then(|_| sealed.into_inner())
+        .and_then(|w| w.into_inner().map_err(io::IntoInnerError::into_error))
+        .with_context(|| format!("encrypting {} into {}", path.display(), tmp.display()))?;
+    Ok(())
 }
 
 /// What identifies the content file as the one that was completed: size and mtime.

@@ -8,6 +8,7 @@
 //! | `GET /assets` | the catalog: `[{"id","name","size","chunk_size","chunks"}]` |
 //! | `POST /assets` (body: manifest TOML) | `{"id",…,"created"}`; 201 when new, 200 when known |
 //! | `GET /assets/{id}` | the manifest, as TOML |
+//! | `GET /assets/{id}/key` | an encrypted asset's content key (fetch right, over TLS or from loopback only) |
 //! | `POST /assets/{id}/announce` (JSON) | peers and origins to use, the origin share, when to announce next |
 //! | `POST /announce` (JSON) | a batch: one peer's announces of many assets, the refused ones |
 //! | `GET /assets/{id}/peers` | every live peer of the swarm |
@@ -39,6 +40,7 @@ mod identity;
 mod plan;
 mod probe;
 mod routes;
+mod secrets;
 mod stats;
 mod swarm;
 mod warmup;
@@ -58,6 +60,7 @@ use crate::manifest::AssetId;
 use crate::ratelimit::AddressLimiter;
 use crate::sync::{LockExt, RwLockExt};
 use catalog::Catalog;
+use secrets::Secrets;
 use probe::{Probe, Prober};
 use swarm::Swarm;
 use warmup::WarmUp;
@@ -170,6 +173,8 @@ struct Auth {
 struct State {
     /// Locks inside, for a map lookup or insert only: announces never wait behind a publish.
     catalog: Catalog,
+    /// The content keys of encrypted assets (files of mode 0600 beside the catalog).
+    secrets: Secrets,
     /// Write-locked only to add a swarm; each swarm has its own lock.
     swarms: RwLock<HashMap<AssetId, Arc<Mutex<Swarm>>>>,
     started: Instant,
@@ -233,6 +238,7 @@ impl Tracker {
     /// Loads the catalog and binds the listening socket.
     pub fn bind(config: &TrackerConfig) -> Result<Tracker> {
         let catalog = Catalog::open(&config.data)?;
+        let secrets = Secrets::open(&config.data)?;
         let auth = match &config.auth {
             Some(path) => Some(Auth {
                 tokens: Tokens::load(path)?,
@@ -261,6 +267,7 @@ impl Tracker {
             // The prober's threads hold the state weakly: dropping the tracker ends them.
             state: Arc::new_cyclic(|weak: &Weak<State>| State {
                 catalog,
+                secrets,
                 swarms: RwLock::new(HashMap::new()),
                 started,
                 warm_up,

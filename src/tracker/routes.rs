@@ -13,14 +13,16 @@ use serde::Serialize;
 use super::catalog::{Busy, Entry};
 use super::identity::Identity;
 use super::probe::Probe;
+use super::secrets::Put;
 use super::swarm::Announce;
 use super::{State, heartbeat};
 use crate::api::{
-    AnnounceEvent, AnnounceRequest, AnnounceResponse, AssetSummary, ErrorBody, KeysResponse,
-    PeerInfo, PublishResponse,
+    AnnounceEvent, AnnounceRequest, AnnounceResponse, AssetSummary, ContentKeyResponse,
+    ErrorBody, KeysResponse, PeerInfo, PublishResponse,
 };
 use crate::auth::{Action, Denied, Grant};
 use crate::bitfield::Bitfield;
+use crate::crypt::{self, ContentKey};
 use crate::http;
 use crate::manifest::{AssetId, MAX_MANIFEST_BYTES, Manifest};
 use crate::metrics;
@@ -131,6 +133,11 @@ impl State {
                 let holder = Holder::new(grant, remote);
                 self.announce(id, req, remote, &holder)
             }
+            (Get, ["assets", id, "key"]) => {
+                let id = parse_id(id)?;
+                allow(Action::Fetch(&id))?;
+                self.content_key(&id, request)
+            }
             (Post, ["announce"]) => self.announce_batch(request, remote, token.as_deref()),
             (Get, ["assets", id, "peers"]) => {
                 let id = parse_id(id)?;
@@ -139,7 +146,7 @@ impl State {
             }
             (_, ["health" | "keys" | "stats" | "metrics" | "assets" | "announce"])
             | (_, ["assets", _])
-            | (_, ["assets", _, "announce" | "peers"]) => {
+            | (_, ["assets", _, "announce" | "peers" | "key"]) => {
                 Err(err(405, format!("{method} is not allowed on {path}")))
             }
             _ => Err(err(
@@ -228,9 +235,12 @@ impl State {
             .then(|| self.catalog.heavy().enter().map_err(busy))
             .transpose()?;
         let body = read_body(request, MAX_MANIFEST_BYTES)?;
-        let manifest =
-            Manifest::from_toml(&body).map_err(|e| err(400, format!("rejected manifest: {e}")))?;
+        let (manifest, key) = Manifest::from_toml_keyed(&body)
+            .map_err(|e| err(400, format!("rejected manifest: {e}")))?;
         drop(body);
+        if let Some(key) = &key {
+            self.keep_key(&manifest.id(), key, request)?;
+        }
         let (size, chunks) = (manifest.size, manifest.chunk_count());
         let published = self
             .catalog
@@ -246,6 +256,76 @@ impl State {
                 size,
                 chunks,
                 created: published.created,
+            },
+        ))
+    }
+
+    /// Holds the content key a publish brought, before the manifest is stored: a key that
+    /// came in clear from another host, or that would change an asset's key, is refused.
+    fn keep_key(
+        &self,
+        id: &AssetId,
+        key: &ContentKey,
+        request: &http::Request<'_>,
+    ) -> Result<(), HttpError> {
+        if !private_channel(request) {
+            return Err(err(
+                403,
+                format!(
+                    "the content key of {id} came over plain HTTP from {}: the tracker takes and gives keys only over TLS or on this host (loopback); take that key as seen by others, encrypt again (chunkify --encrypt makes a new key) and publish over https",
+                    request.remote_addr().ip()
+                ),
+            ));
+        }
+        if self.catalog.get(id).is_some() && self.secrets.get(id).is_none() {
+            return Err(err(
+                409,
+                format!("asset {id} is published without a content key; a key cannot be added to it"),
+            ));
+        }
+        match self.secrets.put(id, key) {
+            Ok(Put::Stored | Put::Same) => Ok(()),
+            Ok(Put::Conflict) => Err(err(
+                409,
+                format!(
+                    "asset {id} is published with another content key, and a key never changes; publish the manifest chunkify printed with this ciphertext"
+                ),
+            )),
+            Err(e) => Err(err(500, format!("storing the content key failed: {e:#}"))),
+        }
+    }
+
+    /// `GET /assets/{id}/key`: whether the asset is encrypted, and its key to a holder of
+    /// the fetch right over TLS or from loopback; anyone else is told why not (403).
+    fn content_key(&self, id: &AssetId, request: &http::Request<'_>) -> Result<Reply, HttpError> {
+        self.manifest(id)?;
+        let Some(key) = self.secrets.get(id) else {
+            return Ok(json(
+                200,
+                &ContentKeyResponse {
+                    id: id.to_string(),
+                    encrypted: false,
+                    cipher: None,
+                    key: None,
+                },
+            ));
+        };
+        if !private_channel(request) {
+            return Err(err(
+                403,
+                format!(
+                    "asset {id} is encrypted and the tracker gives its key only over TLS or to this host (loopback), not over plain HTTP to {}; use the tracker's https:// URL",
+                    request.remote_addr().ip()
+                ),
+            ));
+        }
+        Ok(json(
+            200,
+            &ContentKeyResponse {
+                id: id.to_string(),
+                encrypted: true,
+                cipher: Some(crypt::CIPHER.to_string()),
+                key: Some(key.to_hex()),
             },
         ))
     }
@@ -379,6 +459,12 @@ impl Holder {
 }
 
 /// The token of an `Authorization: Bearer TOKEN` header.
+/// Whether a secret (a content key) may cross this request's connection: it came over TLS,
+/// or from this host, where no network carries it.
+fn private_channel(request: &http::Request<'_>) -> bool {
+    request.is_tls() || request.remote_addr().ip().to_canonical().is_loopback()
+}
+
 fn bearer_token(request: &http::Request<'_>) -> Option<String> {
     request
         .header("Authorization")
