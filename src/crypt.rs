@@ -223,7 +223,16 @@ mod tests {
 
     #[test]
     fn a_round_trip_gives_the_plaintext_back_across_chunk_boundaries() {
-        for len in [0, 1, 15, 16, 17, CHUNK as usize - 1, CHUNK as usize, 3 * CHUNK as usize + 5] {
+        for len in [
+            0,
+            1,
+            15,
+            16,
+            17,
+            CHUNK as usize - 1,
+            CHUNK as usize,
+            3 * CHUNK as usize + 5,
+        ] {
             let data = plain(len);
             let sealed = by_chunks(&key(), &data);
             assert_eq!(sealed.len(), data.len());
@@ -251,7 +260,11 @@ mod tests {
         let data = plain(4 * CHUNK as usize + 100);
         let sealed = by_chunks(&key(), &data);
         // Inside one chunk, at an offset that is not a block boundary, and across two.
-        for (start, len) in [(CHUNK as usize + 37, 1000), (2 * CHUNK as usize - 5, 300), (3, 1)] {
+        for (start, len) in [
+            (CHUNK as usize + 37, 1000),
+            (2 * CHUNK as usize - 5, 300),
+            (3, 1),
+        ] {
             let mut range = sealed[start..start + len].to_vec();
             apply_range(&key(), CHUNK, start as u64, &mut range);
             assert_eq!(range, &data[start..start + len], "{start}+{len}");
@@ -288,14 +301,26 @@ mod tests {
 
     #[test]
     fn keys_are_random_and_their_field_round_trips_without_showing_in_debug() {
-        let (a, b) = (ContentKey::generate().unwrap(), ContentKey::generate().unwrap());
+        let (a, b) = (
+            ContentKey::generate().unwrap(),
+            ContentKey::generate().unwrap(),
+        );
         assert_ne!(a, b);
         assert_eq!(ContentKey::from_field(&a.to_field()).unwrap(), a);
         assert!(a.to_field().starts_with("aes-128-ctr:"));
         assert!(!format!("{a:?}").contains(&a.to_hex()));
-        for bad in ["aes-128-ctr:00", "chacha20:00112233445566778899aabbccddeeff", "nokey", "aes-128-ctr:zz112233445566778899aabbccddeeff"] {
+        for bad in [
+            "aes-128-ctr:00",
+            "chacha20:00112233445566778899aabbccddeeff",
+            "nokey",
+            "aes-128-ctr:zz112233445566778899aabbccddeeff",
+        ] {
             assert!(ContentKey::from_field(bad).is_err(), "{bad}");
         }
-        assert!(ContentKey::from_field("chacha20:00").unwrap_err().contains("chacha20"));
+        assert!(
+            ContentKey::from_field("chacha20:00")
+                .unwrap_err()
+                .contains("chacha20")
+        );
     }
 }

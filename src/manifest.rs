@@ -614,7 +614,10 @@ mod tests {
         let key = ContentKey::from_bytes([7; 16]);
         let keyed = m.to_toml_keyed(Some(&key));
         assert!(keyed.contains("key = \"aes-128-ctr:0707"), "{keyed}");
-        assert_eq!(Manifest::from_toml_keyed(&keyed).unwrap(), (m.clone(), Some(key)));
+        assert_eq!(
+            Manifest::from_toml_keyed(&keyed).unwrap(),
+            (m.clone(), Some(key))
+        );
         assert_eq!(Manifest::from_toml(&keyed).unwrap().id(), m.id());
         assert_eq!(Manifest::from_toml_keyed(&m.to_toml()).unwrap().1, None);
         assert!(!m.to_toml().contains("key"));

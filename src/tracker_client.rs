@@ -13,9 +13,9 @@ use crate::api::{
     BatchAnnounceResponse, BatchEntry, ContentKeyResponse, ErrorBody, KeysResponse, PeerInfo,
     PublishResponse,
 };
-use crate::crypt::{self, ContentKey};
 use crate::auth::TrackerClock;
 use crate::backoff::Backoff;
+use crate::crypt::{self, ContentKey};
 use crate::failure::Failure;
 use crate::manifest::{AssetId, MAX_MANIFEST_BYTES, Manifest};
 
@@ -308,7 +308,10 @@ impl TrackerClient {
         let response = self.call(self.agent.get(&url), None)?;
         let answer: ContentKeyResponse = self.json(response, "key")?;
         if answer.id != id.to_string() {
-            bail!("the tracker answered the key of {} when asked for {id}", answer.id);
+            bail!(
+                "the tracker answered the key of {} when asked for {id}",
+                answer.id
+            );
         }
         if !answer.encrypted {
             return Ok(None);
@@ -475,7 +478,11 @@ mod tests {
             ("http://[::ffff:127.0.0.1]:1", true),
             ("http://127.0.0.1.evil.example:1", false),
         ] {
-            assert_eq!(TrackerClient::new(url).unwrap().is_private(), private, "{url}");
+            assert_eq!(
+                TrackerClient::new(url).unwrap().is_private(),
+                private,
+                "{url}"
+            );
         }
     }
 

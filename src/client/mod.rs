@@ -47,8 +47,8 @@ use anyhow::{Context, Result, bail};
 use crossbeam_channel::unbounded;
 
 use crate::bitfield::Bitfield;
-use crate::failure::Failure;
 use crate::crypt::ContentKey;
+use crate::failure::Failure;
 use crate::manifest::{AssetId, Manifest};
 use crate::store::cache;
 use crate::store::{InUse, Partial, Store};

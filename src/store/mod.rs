@@ -215,7 +215,10 @@ impl Store {
     pub fn mark_encrypted(&self, id: &AssetId) -> Result<()> {
         let dir = self.asset_dir(id);
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        crate::fsutil::write_atomic(&dir.join("encrypted"), format!("{}\n", crypt::CIPHER).as_bytes())
+        crate::fsutil::write_atomic(
+            &dir.join("encrypted"),
+            format!("{}\n", crypt::CIPHER).as_bytes(),
+        )
     }
 
     /// Whether the content of `id` is recorded as ciphertext ([`Store::mark_encrypted`]).
@@ -382,6 +385,30 @@ mod tests {
                 .0,
             m
         );
+    }
+
+    #[test]
+    fn an_encrypted_import_holds_ciphertext_only_and_is_marked() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src.bin");
+        let bytes = b"plain words ".repeat(10_000);
+        fs::write(&src, &bytes).unwrap();
+        let store = Store::open(dir.path().join("store")).unwrap();
+        let key = ContentKey::from_bytes([5; 16]);
+        let (m, _held) = store
+            .import_encrypted(&src, "src.bin", MIN_CHUNK_SIZE, &key)
+            .unwrap();
+        assert!(store.is_encrypted(&m.id()));
+        let data = fs::read(store.data_path(&m.id())).unwrap();
+        assert_eq!(data.len(), bytes.len());
+        assert!(!data.windows(12).any(|w| w == b"plain words "));
+        assert_eq!(m, chunkify(&data[..], "src.bin", MIN_CHUNK_SIZE).unwrap());
+        let mut back = data.clone();
+        crypt::apply_range(&key, MIN_CHUNK_SIZE, 0, &mut back);
+        assert_eq!(back, bytes);
+        let (plain, _held) = store.import_file(&src, "src.bin", MIN_CHUNK_SIZE).unwrap();
+        assert_ne!(plain.id(), m.id());
+        assert!(!store.is_encrypted(&plain.id()));
     }
 
     #[test]

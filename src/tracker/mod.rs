@@ -60,8 +60,8 @@ use crate::manifest::AssetId;
 use crate::ratelimit::AddressLimiter;
 use crate::sync::{LockExt, RwLockExt};
 use catalog::Catalog;
-use secrets::Secrets;
 use probe::{Probe, Prober};
+use secrets::Secrets;
 use swarm::Swarm;
 use warmup::WarmUp;
 

@@ -17,8 +17,8 @@ use super::secrets::Put;
 use super::swarm::Announce;
 use super::{State, heartbeat};
 use crate::api::{
-    AnnounceEvent, AnnounceRequest, AnnounceResponse, AssetSummary, ContentKeyResponse,
-    ErrorBody, KeysResponse, PeerInfo, PublishResponse,
+    AnnounceEvent, AnnounceRequest, AnnounceResponse, AssetSummary, ContentKeyResponse, ErrorBody,
+    KeysResponse, PeerInfo, PublishResponse,
 };
 use crate::auth::{Action, Denied, Grant};
 use crate::bitfield::Bitfield;
@@ -280,7 +280,9 @@ impl State {
         if self.catalog.get(id).is_some() && self.secrets.get(id).is_none() {
             return Err(err(
                 409,
-                format!("asset {id} is published without a content key; a key cannot be added to it"),
+                format!(
+                    "asset {id} is published without a content key; a key cannot be added to it"
+                ),
             ));
         }
         match self.secrets.put(id, key) {

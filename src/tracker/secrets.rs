@@ -123,7 +123,10 @@ mod tests {
     fn keys_survive_a_restart_in_owner_only_files_and_never_change() {
         let dir = tempfile::tempdir().unwrap();
         let id = AssetId([3; 32]);
-        let (a, b) = (ContentKey::from_bytes([1; 16]), ContentKey::from_bytes([2; 16]));
+        let (a, b) = (
+            ContentKey::from_bytes([1; 16]),
+            ContentKey::from_bytes([2; 16]),
+        );
         let secrets = Secrets::open(dir.path()).unwrap();
         assert_eq!(secrets.get(&id), None);
         assert_eq!(secrets.put(&id, &a).unwrap(), Put::Stored);
@@ -133,7 +136,13 @@ mod tests {
         let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&file), 0o600);
         assert_eq!(mode(&dir.path().join("content-keys")), 0o700);
-        fs::write(dir.path().join("content-keys").join(format!("{}.key", AssetId([4; 32]))), "junk").unwrap();
+        fs::write(
+            dir.path()
+                .join("content-keys")
+                .join(format!("{}.key", AssetId([4; 32]))),
+            "junk",
+        )
+        .unwrap();
         let again = Secrets::open(dir.path()).unwrap();
         assert_eq!(again.get(&id), Some(a));
         assert_eq!(again.get(&AssetId([4; 32])), None);
