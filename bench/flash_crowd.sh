@@ -9,6 +9,7 @@
 #   NS="8" RUNS=5 SIZE_MIB=256 bench/flash_crowd.sh
 #   CHUNK=256KiB NS=8 bench/flash_crowd.sh   # another chunk size than chunkify's default
 #   SHOW_CLIENTS=1 NS=8 bench/flash_crowd.sh # each client's summary, and why peers dropped
+#   ENCRYPT=1 NS=8 bench/flash_crowd.sh      # each N plain, then encrypted (--seed --encrypt)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/common.sh
@@ -31,24 +32,28 @@ head -c $((SIZE_MIB << 20)) /dev/urandom > file.bin
 F=$(stat -c %s file.bin)
 # Each run gets a fresh tracker and origin (started outside the timed region), so that
 # peers of an earlier run are never in the swarm.
+# With ENCRYPT=1 each N runs plain, then with the origin seeding the file --encrypt.
+MODES=plain; [ -z "${ENCRYPT:-}" ] || MODES="plain encrypted"
 start_swarm() {
   rm -rf tracker-data origin c-*; sync
+  local enc=""; [ "$1" = encrypted ] && enc=--encrypt
   "$B/tracker" --listen 127.0.0.1:0 --data tracker-data > tracker.log 2>&1 & tracker_pid=$!; pids+=($!)
   URL=$(wait_line tracker.log "listening on ")
-  "$B/peer_server" --listen 127.0.0.1:0 --store origin --seed file.bin --tracker "$URL" --origin ${CHUNK:+--chunk-size $CHUNK} \
+  "$B/peer_server" --listen 127.0.0.1:0 --store origin --seed file.bin --tracker "$URL" --origin ${CHUNK:+--chunk-size $CHUNK} $enc \
     --max-upload-rate "${ORIGIN_MIB}MiB" > origin.log 2>&1 & origin_pid=$!; pids+=($!)
   wait_line origin.log "listening on " > /dev/null
   ID=$(wait_line origin.log "seeded " | cut -d' ' -f1)
 }
 stop_swarm() { kill "$tracker_pid" "$origin_pid" 2>/dev/null || true; wait "$tracker_pid" "$origin_pid" 2>/dev/null || true; }
 
-printf '%-4s %10s %10s %12s %10s %14s\n' N wall_s bound_s origin_only_s wall/bound origin_sent/F
+printf '%-4s %-9s %10s %10s %12s %10s %14s\n' N mode wall_s bound_s origin_only_s wall/bound origin_sent/F
 for N in $NS; do
+for mode in $MODES; do
   bound=$(echo "b1 = $F / ($ORIGIN_MIB * 1048576); b2 = $N * $F / (($ORIGIN_MIB + $N * $CLIENT_MIB) * 1048576); if (b1 > b2) b1 else b2" | bc -l)
   only=$(echo "$N * $F / ($ORIGIN_MIB * 1048576)" | bc -l)
   : > walls; : > ratios
   for run in $(seq "$RUNS"); do
-    start_swarm
+    start_swarm "$mode"
     cpids=()
     t0=$(now)
     for i in $(seq "$N"); do
@@ -76,6 +81,7 @@ for l in sys.stdin:
     echo "$wall" >> walls; echo "$origin / $F" | bc -l >> ratios
   done
   w=$(median < walls); r=$(median < ratios)
-  printf '%-4s %10.2f %10.2f %12.2f %10.2f %14.2f\n' "$N" "$w" "$bound" "$only" "$(echo "$w / $bound" | bc -l)" "$r"
+  printf '%-4s %-9s %10.2f %10.2f %12.2f %10.2f %14.2f\n' "$N" "$mode" "$w" "$bound" "$only" "$(echo "$w / $bound" | bc -l)" "$r"
+done
 done
 echo "(medians of $RUNS runs; F = $SIZE_MIB MiB, origin capped at $ORIGIN_MIB MiB/s, clients at $CLIENT_MIB MiB/s upload, ${CHUNK:-default} chunks)"

@@ -5,6 +5,8 @@
 #   bench/single_source.sh            # 1 GiB, 5 runs each
 #   SIZE_MIB=256 RUNS=3 bench/single_source.sh
 #   CHUNK=256KiB bench/single_source.sh   # another chunk size than chunkify's default
+#   ENCRYPT=1 bench/single_source.sh      # also an encrypted copy (--seed --encrypt), plain vs
+#                                         # encrypted in the same run
 #
 # Needs nginx (Debian: nginx-light), curl and aria2c (Debian: aria2). Everything listens on 127.0.0.1. Outputs are
 # deleted and synced outside the timed region. Prints each run, then medians and the ratio.
@@ -49,11 +51,17 @@ URL=$(wait_line tracker.log "listening on ")
 "$B/peer_server" --listen 127.0.0.1:0 --store origin --seed file.bin --tracker "$URL" --origin ${CHUNK:+--chunk-size $CHUNK} > server.log 2>&1 & pids+=($!)
 wait_line server.log "listening on " > /dev/null
 ID=$(wait_line server.log "seeded " | cut -d' ' -f1)
+if [ -n "${ENCRYPT:-}" ]; then
+  # The same file encrypted on its way into a store of its own (a new key: another asset).
+  "$B/peer_server" --listen 127.0.0.1:0 --store origin-enc --seed file.bin --encrypt --tracker "$URL" --origin ${CHUNK:+--chunk-size $CHUNK} > server-enc.log 2>&1 & pids+=($!)
+  wait_line server-enc.log "listening on " > /dev/null
+  ID_ENC=$(wait_line server-enc.log "seeded " | cut -d' ' -f1)
+fi
 ok=0; for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$PORT/file.bin" && { ok=1; break; }; sleep 0.1; done
 [ "$ok" = 1 ] || { echo "nginx does not serve the file:" >&2; cat nginx/logs/error.log >&2; exit 1; }
 cat file.bin > /dev/null   # both sources read from the page cache
 
-: > curl.times; : > swarm.times; : > aria.times
+: > curl.times; : > swarm.times; : > aria.times; : > enc.times
 for i in $(seq "$RUNS"); do
   t0=$(now); curl -s -o out.curl "http://127.0.0.1:$PORT/file.bin"; t1=$(now)
   cmp -s file.bin out.curl || { echo "curl output differs" >&2; exit 1; }
@@ -67,9 +75,21 @@ for i in $(seq "$RUNS"); do
   c=$(echo "$t1 - $t0" | bc -l); s=$(echo "$t3 - $t2" | bc -l); a=$(echo "$t5 - $t4" | bc -l)
   echo "$c" >> curl.times; echo "$s" >> swarm.times; echo "$a" >> aria.times
   printf 'run %d: curl %.3f s   swarmcache %.3f s   aria2c -x4 %.3f s\n' "$i" "$c" "$s" "$a"
+  if [ -n "${ENCRYPT:-}" ]; then
+    t6=$(now); "$B/peer_client" get "$ID_ENC" --tracker "$URL" -o out.enc --store "store-enc-$i" --quiet; t7=$(now)
+    cmp -s file.bin out.enc || { echo "swarmcache encrypted output differs" >&2; exit 1; }
+    rm -rf out.enc "store-enc-$i"; sync
+    e=$(echo "$t7 - $t6" | bc -l); echo "$e" >> enc.times
+    printf 'run %d: swarmcache encrypted %.3f s\n' "$i" "$e"
+  fi
 done
 mc=$(median < curl.times); ms=$(median < swarm.times); ma=$(median < aria.times)
 printf 'median of %d, %d MiB: aria2c -x4 %.3f s (%.2f GB/s); swarmcache throughput / aria2c = %.2f\n' \
   "$RUNS" "$SIZE_MIB" "$ma" "$(echo "$BYTES/$ma/1000000000" | bc -l)" "$(echo "$ma/$ms" | bc -l)"
 printf 'median of %d, %d MiB: curl %.3f s (%.2f GB/s), swarmcache get %.3f s (%.2f GB/s, every chunk verified); swarmcache throughput / curl = %.2f\n' \
   "$RUNS" "$SIZE_MIB" "$mc" "$(echo "$BYTES/$mc/1000000000" | bc -l)" "$ms" "$(echo "$BYTES/$ms/1000000000" | bc -l)" "$(echo "$mc/$ms" | bc -l)"
+if [ -n "${ENCRYPT:-}" ]; then
+  me=$(median < enc.times)
+  printf 'median of %d, %d MiB: swarmcache plain %.3f s (%.2f GB/s), encrypted %.3f s (%.2f GB/s); encrypted throughput / plain = %.2f\n' \
+    "$RUNS" "$SIZE_MIB" "$ms" "$(echo "$BYTES/$ms/1000000000" | bc -l)" "$me" "$(echo "$BYTES/$me/1000000000" | bc -l)" "$(echo "$ms/$me" | bc -l)"
+fi

@@ -55,7 +55,10 @@ enum Command {
     /// Interrupted downloads resume: run the same command again and only missing chunks are
     /// fetched. The output appears under its name only once complete and verified (a copy:
     /// editing it never changes the store); with
-    /// --stream, bytes go to stdout in order as soon as they are verified.
+    /// --stream, bytes go to stdout in order as soon as they are verified. An encrypted
+    /// asset (chunkify --encrypt, peer_server --encrypt) is decrypted on the way out with the
+    /// key the tracker gives at every get (fetch right; over https or on its host): the
+    /// store and every peer keep ciphertext only.
     Get(Box<GetArgs>),
     /// Look at the cache (the store get fills) and trim it: ls, rm, gc.
     ///
