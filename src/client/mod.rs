@@ -414,6 +414,7 @@ fn content_key(
     };
     match tracker.content_key(id) {
         Ok(Some(key)) => {
+            // Marked before a byte is fetched: a store never holds unmarked ciphertext.
             if !marked {
                 store.mark_encrypted(id)?;
             }

@@ -297,7 +297,8 @@ impl Store {
     /// share its inode with the store, or editing it would change what the store serves)
     /// under a temporary name renamed into place, so `out` never holds partial content.
     /// `std::fs::copy` is `copy_file_range`, which clones on file systems that can (btrfs,
-    /// XFS) and copies in the kernel elsewhere.
+    /// XFS) and copies in the kernel elsewhere. The bytes are the store's: an encrypted
+    /// asset's ciphertext (a `get` decrypts its outputs through [`crate::crypt`]).
     pub fn export(&self, id: &AssetId, out: &Path) -> Result<()> {
         let data = self.data_path(id);
         let dir = match out.parent() {

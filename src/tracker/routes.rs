@@ -460,13 +460,13 @@ impl Holder {
     }
 }
 
-/// The token of an `Authorization: Bearer TOKEN` header.
 /// Whether a secret (a content key) may cross this request's connection: it came over TLS,
 /// or from this host, where no network carries it.
 fn private_channel(request: &http::Request<'_>) -> bool {
     request.is_tls() || request.remote_addr().ip().to_canonical().is_loopback()
 }
 
+/// The token of an `Authorization: Bearer TOKEN` header.
 fn bearer_token(request: &http::Request<'_>) -> Option<String> {
     request
         .header("Authorization")
