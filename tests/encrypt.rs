@@ -341,6 +341,14 @@ fn chunkify_encrypt_hands_the_key_to_publish_only_and_the_ciphertext_seeds_as_is
         offline.stderr
     );
     assert!(!d.join("offline.txt").exists());
+
+    // The key outlives the tracker, killed without a chance to flush anything.
+    let mut tracker = tracker;
+    tracker.proc.kill();
+    let restarted = TrackerProc::start(d, &[]);
+    let answer = http_get(&format!("{}/assets/{id}/key", restarted.url));
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert!(answer.body.contains(&key), "{}", answer.body);
 }
 
 #[test]
