@@ -299,6 +299,29 @@ mod tests {
         assert_ne!(by_chunks(&other, &same), sealed);
     }
 
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+        use proptest::sample::Index;
+
+        proptest! {
+            #[test]
+            fn any_range_decrypts_alone_to_its_plaintext(
+                len in 0usize..5 * CHUNK as usize,
+                a in any::<Index>(),
+                b in any::<Index>(),
+            ) {
+                let data = plain(len);
+                let sealed = by_chunks(&key(), &data);
+                let (a, b) = (a.index(len + 1), b.index(len + 1));
+                let (start, end) = (a.min(b), a.max(b));
+                let mut range = sealed[start..end].to_vec();
+                apply_range(&key(), CHUNK, start as u64, &mut range);
+                prop_assert_eq!(&range[..], &data[start..end]);
+            }
+        }
+    }
+
     #[test]
     fn keys_are_random_and_their_field_round_trips_without_showing_in_debug() {
         let (a, b) = (
