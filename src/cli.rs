@@ -35,7 +35,8 @@ Exit status:
   1    failure (the reason is on stderr)
   2    usage error (bad flag, argument, variable or config file)
   3    tracker unreachable, not a tracker, or refusing (401, 403, 429, 5xx)
-  4    no source (peer or origin) could deliver the asset
+  4    no source (peer or origin) could deliver the asset, or none delivered
+       for --stall-timeout
   5    local disk full, read-only or permission denied
   23   the reader of --stream or -o - closed early
   130  interrupted (Ctrl-C, SIGTERM)";

@@ -183,6 +183,15 @@ struct GetArgs {
     /// asking every second; 0s fails at once. Without that hint, no source fails at once.
     #[arg(long, default_value = "30s", value_parser = cli::duration_arg)]
     source_wait: Duration,
+    /// Give up (exit 4) when no source has delivered a verified chunk for this long; until
+    /// then a source that times out, refuses, resets or stalls is paused and tried again
+    /// (for at most a third of this, backing off while it keeps failing), and only one that
+    /// sends bad data is dropped. The error names every source, its tries and its last
+    /// failure. The clock starts once the tracker has named sources (--source-wait bounds
+    /// the wait before that) and restarts with each chunk. Keep it above --chunk-timeout: a
+    /// chunk is only counted once it has arrived whole.
+    #[arg(long, default_value = "60s", value_parser = cli::duration_arg)]
+    stall_timeout: Duration,
     /// Keep serving this long after the download completes (e.g. 30s, 10m).
     #[arg(long, value_parser = cli::duration_arg)]
     seed_for: Option<Duration>,
@@ -262,6 +271,7 @@ fn get(mut args: GetArgs) -> Result<u8> {
         cache_size: args.cache_size,
         token: args.token,
         source_wait: args.source_wait,
+        stall_timeout: args.stall_timeout,
         ..GetConfig::new(
             asset,
             args.tracker,

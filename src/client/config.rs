@@ -20,6 +20,11 @@ pub const DEFAULT_CHUNK_TIMEOUT: Duration = Duration::from_secs(10);
 /// and 5 s for this client's own announces.
 pub const DEFAULT_SOURCE_WAIT: Duration = Duration::from_secs(30);
 
+/// Default for how long a download waits with no chunk arriving from any source before it
+/// gives up: a failing source is paused at most a third of it (16 s for a peer, 4 s for an
+/// origin), so each is tried several times, and it is six chunk timeouts.
+pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Validated settings of one `get`.
 #[derive(Clone, Debug)]
 pub struct GetConfig {
@@ -57,6 +62,9 @@ pub struct GetConfig {
     /// How long to wait for a first source while the tracker says it is warming up after
     /// a restart (zero: fail at once, as when it is not).
     pub source_wait: Duration,
+    /// The download gives up when no source delivered a verified chunk for this long
+    /// (failing sources are retried until then).
+    pub stall_timeout: Duration,
 }
 
 impl GetConfig {
@@ -79,6 +87,7 @@ impl GetConfig {
             cache_size: None,
             token: None,
             source_wait: DEFAULT_SOURCE_WAIT,
+            stall_timeout: DEFAULT_STALL_TIMEOUT,
         }
     }
 }

@@ -5,16 +5,19 @@
 //! which to ask of whom next). Each connection is a worker thread (`worker`) that keeps a
 //! few requests in flight (see [`PIPELINE_DEPTH`]), verifies every chunk it receives
 //! against the manifest, writes it to the store at its offset, and reports the outcome
-//! back on one channel. A source (`sources`) that sends a chunk failing its hash, or a
-//! peer that drops or stalls, loses its chunks to other sources and is not used again in
-//! this download; a busy source, or an origin whose connection fails, is tried again with
-//! backoff. Progress is recorded every second, so a killed download resumes where it
-//! stopped.
+//! back on one channel. A source (`sources`) that sends a chunk failing its hash loses its
+//! chunks to other sources and is not used again in this download; a source that is busy,
+//! times out, drops or stalls loses its chunks too but is tried again after a jittered
+//! pause that grows while it keeps failing. The download gives up only when no source
+//! delivered a chunk for the stall timeout (`--stall-timeout`, 60 s), naming each source,
+//! its tries and its last failure. Progress is recorded every second, so a killed download
+//! resumes where it stopped.
 //!
 //! Peers may lie (SECURITY.md, "Clients among lying peers"): a peer holds only what its
 //! own `Have` says, whatever the tracker's `complete`; it has 2 s to shake hands; at most 8
 //! peer connections are open and 8 new peers are taken from an answer; a peer far slower
-//! than the other sources is counted out and its chunks are also asked of a faster one.
+//! than the other sources is counted out and its chunks are also asked of a faster one;
+//! every 5 s the peer that delivered least gives its slot to a peer waiting for one.
 //!
 //! While it downloads, the client serves what it has through an embedded server
 //! (`serving`) and announces its progress as often as the tracker asks (`announce`: twice
@@ -64,7 +67,8 @@ use sources::Source;
 use stream::{RanDry, Stream};
 
 pub use config::{
-    DEFAULT_CHUNK_TIMEOUT, DEFAULT_SOURCE_WAIT, DEFAULT_WORKERS, GetConfig, Progress,
+    DEFAULT_CHUNK_TIMEOUT, DEFAULT_SOURCE_WAIT, DEFAULT_STALL_TIMEOUT, DEFAULT_WORKERS, GetConfig,
+    Progress,
 };
 pub use plan::PIPELINE_DEPTH;
 pub use stream::{DEFAULT_WINDOW, StreamStats};

@@ -12,7 +12,8 @@
 //!    nor missing). That is the only record of chunk state. A done chunk may still sit in
 //!    a queue (the slower copy whose cancel is on its way); it is never handed out again.
 //! 2. `copies[i]` is how many counted sources hold chunk `i`; a source is counted
-//!    (`counted[s]`) exactly when it is a usable peer not judged slow, and it holds only
+//!    (`counted[s]`) exactly when it is a usable peer not judged slow and not failed since
+//!    it last delivered, and it holds only
 //!    what its own `Have` and `Gained` said (the tracker's `complete` is a claim, not a
 //!    holding). Counts move only by what changed: a
 //!    new have list by the bits that differ, a gained chunk or a refusal by one bit, a
@@ -27,9 +28,13 @@
 //!    endgame when the second is expected to deliver sooner; the first copy to arrive
 //!    wins and the other connection is told to cancel.
 //! 7. At most `max_peer_conns()` peer connections are open; peers beyond wait in
-//!    `pending` (at most [`NEW_PEERS_PER_ANSWER`]) for a slot.
+//!    `pending` for a slot: at most [`NEW_PEERS_PER_ANSWER`] never tried, and peers
+//!    whose pause is over or that were rotated out, behind them.
 //! 5. A source that sent bad data is dropped: its connections take no more work, and
-//!    what they had in flight becomes missing again when they close.
+//!    what they had in flight becomes missing again when they close. No other source is
+//!    ever dropped: one that failed is paused and tried again (see `sources`), and the
+//!    download ends only when no source delivered a chunk for the stall timeout, or when
+//!    every source left is dropped or lacks what is missing.
 //! 6. `epoch` grows whenever work or availability changes; a connection found starved at
 //!    an epoch is not asked again until it grows (a pick costs up to [`RAREST_SCAN`]
 //!    steps, so it is not repeated for nothing).
@@ -42,7 +47,7 @@ use std::time::{Duration, Instant};
 
 use crate::bitfield::Bitfield;
 
-use super::sources::{BUSY_RETRIES, End, Holdings, ORIGIN_RETRIES, Source};
+use super::sources::{End, Holdings, Source};
 
 /// Requests kept in flight per origin connection: with 256 KiB chunks, 1 MiB per
 /// connection and 4 MiB over the default four connections, which covers the
@@ -83,6 +88,16 @@ const PROOF_GRACE: Duration = Duration::from_millis(50);
 /// default four connections, so that four busy ones leave four for peers still shaking
 /// hands. Each is a thread and three descriptors; with no cap 300 fake peers cost a client
 /// 515 threads and about 1 000 descriptors.
+///
+/// Why 8 still holds in a swarm of 64 on 50 Mbit/s uplinks: a client's fair share is
+/// Kumar–Ross's (u_s + N·u)/N = (200 + 64·50)/64 ≈ 53 Mbit/s, one uplink's worth. When each
+/// of 64 clients keeps 8 peer connections, each peer serves about 8 of them, about
+/// 6 Mbit/s (0.8 MB/s, three 256 KiB chunks a second) each, and 8 of those fill the share.
+/// More connections do not raise it (the sum of the uplinks is the bound): 16 would halve
+/// each connection's rate, double the threads and descriptors on both ends, and spread
+/// the 2 requests each keeps in flight thinner over peers that have little to send. Fewer
+/// (4) would let one peer that holds nothing new, or stalls, cost a quarter of the share.
+/// What 8 fixed peers cannot do is find better ones: see [`ROTATE_EVERY`].
 const MAX_PEER_CONNS: usize = 8;
 /// New peers taken from one tracker answer (it names 16), and peers waiting for a free
 /// connection at most: enough to fill every slot from one answer; a longer queue goes stale
@@ -99,6 +114,21 @@ const SLOW_RATIO: f64 = 8.0;
 /// this time instead of costing the 10 s chunk timeout, which is what a 16 MiB download
 /// among 300 fakes can afford (see [`PROOF_GRACE`]).
 const SLOW_FLOOR: Duration = Duration::from_millis(50);
+/// With every peer slot taken and peers waiting for one, the peer that delivered least in
+/// the last period gives its slot to the first waiting one this often (BitTorrent's
+/// optimistic unchoke, which rotates every 30 s; our downloads last tens of seconds, so
+/// 5 s: at 0.8 MB/s a connection delivers about 15 chunks of 256 KiB in that time, enough
+/// to tell a peer with nothing to send from a busy one). In a swarm of 64 a client first
+/// meets the 8 peers the tracker named first; without rotation a slot held by a peer that
+/// holds nothing this client lacks stays useless, and the peers behind it are never tried.
+const ROTATE_EVERY: Duration = Duration::from_secs(5);
+/// ...when it delivered nothing in the period, or less than a quarter of the best peer:
+/// peers within that of each other are equally worth keeping, and a new connection costs a
+/// handshake (a few round trips) and a have list before it delivers anything.
+const ROTATE_RATIO: u64 = 4;
+/// A paused source is tried again at least this many times within the stall timeout: its
+/// longest pause is the timeout divided by this.
+const TRIES_PER_STALL: u32 = 3;
 
 /// What the plan asks the scheduler to tell a connection's worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -171,6 +201,8 @@ pub(crate) struct Conn {
     open: bool,
     /// Whether the handshake is done and the source's have list known.
     ready: bool,
+    /// When it was opened, so that a connection is judged only over a whole period.
+    opened_at: Instant,
     /// Requests sent and not yet answered, oldest first: replies come in request order.
     in_flight: VecDeque<u32>,
     /// Since when the oldest request in flight has been the one being served.
@@ -212,6 +244,8 @@ pub(crate) struct Settings {
     pub(crate) origin_share: Option<Bitfield>,
     /// Seed of the generator that spreads chunk choices (never 0).
     pub(crate) seed: u64,
+    /// The download gives up when no source delivered a chunk for this long.
+    pub(crate) stall_timeout: Duration,
 }
 
 /// The single book of a download's chunks, sources and connections.
@@ -255,6 +289,12 @@ pub(crate) struct Plan {
     epoch: u64,
     /// Late chunks asked of a second source (stream or endgame).
     hedged: u32,
+    /// See [`Settings::stall_timeout`].
+    stall_timeout: Duration,
+    /// When a chunk last arrived from any source (the start, before the first).
+    last_delivery: Instant,
+    /// When the peer slots were last looked at for rotation (see [`ROTATE_EVERY`]).
+    last_rotation: Instant,
     orders: Vec<Order>,
 }
 
@@ -275,11 +315,16 @@ impl Plan {
         let remaining = count - have.count();
         // The first answer is taken like any other: its first peers only.
         let mut peers = 0;
+        let max_pause = settings.stall_timeout / TRIES_PER_STALL;
         let sources: Vec<Source> = sources
             .into_iter()
             .filter(|s| {
                 peers += usize::from(!s.origin);
                 s.origin || peers <= NEW_PEERS_PER_ANSWER
+            })
+            .map(|mut s| {
+                s.cap_backoff(max_pause);
+                s
             })
             .collect();
         Plan {
@@ -311,6 +356,9 @@ impl Plan {
             random: settings.seed | 1,
             epoch: 0,
             hedged: 0,
+            stall_timeout: settings.stall_timeout,
+            last_delivery: now,
+            last_rotation: now,
             orders: Vec::new(),
         }
     }
@@ -432,10 +480,12 @@ impl Plan {
 
     /// Adds a connection to `source`; the scheduler starts its worker.
     pub(crate) fn open_conn(&mut self, source: usize, now: Instant) -> usize {
+        self.sources[source].tries += 1;
         self.conns.push(Conn {
             source,
             open: true,
             ready: false,
+            opened_at: now,
             in_flight: VecDeque::new(),
             head_since: now,
             starved_at: None,
@@ -465,7 +515,7 @@ impl Plan {
                 if !src.origin {
                     // A peer waits for a free slot like a newcomer, with one connection.
                     if reconnects > 0 && !self.pending.contains(&source) {
-                        self.pending.push_back(source);
+                        self.enqueue(source);
                     }
                 } else {
                     for _ in 0..reconnects {
@@ -477,6 +527,77 @@ impl Plan {
             }
         }
         self.fill_peer_slots(now);
+    }
+
+    /// Queues a peer for a free slot behind every waiting peer that failed fewer times in
+    /// a row: newcomers first, and a peer that keeps failing last.
+    fn enqueue(&mut self, source: usize) {
+        let failures = self.sources[source].failures();
+        let at = self
+            .pending
+            .iter()
+            .position(|&s| self.sources[s].failures() > failures)
+            .unwrap_or(self.pending.len());
+        self.pending.insert(at, source);
+    }
+
+    /// Peers waiting for a slot that were never connected to.
+    fn untried_pending(&self) -> usize {
+        self.pending
+            .iter()
+            .filter(|&&s| self.sources[s].tries == 0)
+            .count()
+    }
+
+    /// Every [`ROTATE_EVERY`], with every peer slot taken and a peer waiting for one: the
+    /// connected peer that delivered least over the whole period (nothing, or under a
+    /// [`ROTATE_RATIO`]th of the best) gives its slot to the first waiting peer, and waits
+    /// at the back of the queue itself. Its requests in flight are still answered; the
+    /// chunks it held go to the others. Returns whether a peer was rotated out.
+    pub(crate) fn rotate_peers(&mut self, now: Instant) -> bool {
+        if now.saturating_duration_since(self.last_rotation) < ROTATE_EVERY {
+            return false;
+        }
+        let since = self.last_rotation;
+        self.last_rotation = now;
+        let full = self.open_peer_conns() >= self.max_peer_conns();
+        let waiting = self
+            .pending
+            .iter()
+            .any(|&s| self.sources[s].dropped.is_none());
+        // Judged: peers whose every open connection was ready through the whole period.
+        let open = || self.conns.iter().filter(|c| c.open);
+        let young: Vec<usize> = open()
+            .filter(|c| !c.ready || c.opened_at > since)
+            .map(|c| c.source)
+            .collect();
+        let mut judged: Vec<(usize, u64)> = Vec::new();
+        for c in open().filter(|c| !self.sources[c.source].origin && !young.contains(&c.source)) {
+            let src = &self.sources[c.source];
+            if !judged.iter().any(|j| j.0 == c.source) {
+                judged.push((c.source, src.bytes.saturating_sub(src.mark)));
+            }
+        }
+        for src in &mut self.sources {
+            src.mark = src.bytes;
+        }
+        if !full || !waiting {
+            return false;
+        }
+        let best = judged.iter().map(|j| j.1).max().unwrap_or(0);
+        let Some(&(victim, delivered)) = judged.iter().min_by_key(|j| j.1) else {
+            return false;
+        };
+        if delivered > 0 && delivered.saturating_mul(ROTATE_RATIO) >= best {
+            return false;
+        }
+        for c in self.conns.iter_mut().filter(|c| c.source == victim) {
+            c.open = false;
+        }
+        self.fill_peer_slots(now);
+        self.pending.push_back(victim);
+        self.availability_changed(victim);
+        true
     }
 
     /// Takes in the tracker's latest answer: connects to origins not seen before, queues at
@@ -498,11 +619,13 @@ impl Plan {
             }
             let origin = source.origin;
             if !origin {
-                if taken >= NEW_PEERS_PER_ANSWER || self.pending.len() >= NEW_PEERS_PER_ANSWER {
+                if taken >= NEW_PEERS_PER_ANSWER || self.untried_pending() >= NEW_PEERS_PER_ANSWER {
                     continue;
                 }
                 taken += 1;
             }
+            let mut source = source;
+            source.cap_backoff(self.stall_timeout / TRIES_PER_STALL);
             self.sources.push(source);
             self.counted.push(false);
             self.slow.push(false);
@@ -510,7 +633,7 @@ impl Plan {
             if origin {
                 self.open_conn(index, now);
             } else {
-                self.pending.push_back(index);
+                self.enqueue(index);
             }
         }
         // Counts each newcomer in (a peer with unknown holdings counts nothing yet).
@@ -549,15 +672,28 @@ impl Plan {
             && (src.retry_at.is_some() || self.conns.iter().any(|c| c.source == source && c.open))
     }
 
+    /// Whether some peer can deliver now: usable, and not failed since it last delivered
+    /// (a peer paused after a failure does not hold the origin back).
     fn any_usable_peer(&self) -> bool {
-        (0..self.sources.len()).any(|s| !self.sources[s].origin && self.usable(s))
+        (0..self.sources.len()).any(|s| {
+            let src = &self.sources[s];
+            !src.origin && src.failures() == 0 && self.usable(s)
+        })
     }
 
     // ----- availability, kept incrementally -----
 
+    /// Whether `source`'s holds count in `copies`: a usable peer, not slow, and not failed
+    /// since it last delivered (a peer that fails is given less weight: what it holds no
+    /// longer keeps the origin from sending it).
+    fn counts(&self, source: usize) -> bool {
+        let src = &self.sources[source];
+        !src.origin && self.usable(source) && !self.slow[source] && src.failures() == 0
+    }
+
     /// Counts a source's holds in or out when it became a usable peer or stopped being one.
     fn recount(&mut self, source: usize) {
-        let count_it = !self.sources[source].origin && self.usable(source) && !self.slow[source];
+        let count_it = self.counts(source);
         if count_it == self.counted[source] {
             return;
         }
@@ -691,13 +827,20 @@ impl Plan {
         if !self.sources[source].origin && !self.slow[source] {
             self.last_peer_progress = now;
         }
+        self.last_delivery = now;
         let src = &mut self.sources[source];
+        let recovered = src.failures() > 0;
         src.credit(len);
+        let origin = src.origin;
+        if recovered {
+            // Healthy again: what it holds counts again.
+            self.availability_changed(source);
+        }
         self.first_chunk_at.get_or_insert(now);
         Some(Credit {
             source,
             len,
-            origin: src.origin,
+            origin,
         })
     }
 
@@ -755,8 +898,7 @@ impl Plan {
         for index in std::mem::take(&mut self.conns[conn].in_flight) {
             self.release(index);
         }
-        let src = &self.sources[source];
-        let (failures, origin) = (src.failures(), src.origin);
+        let origin = self.sources[source].origin;
         let outcome = match end {
             End::Finished => (Verdict::Kept, None),
             End::Local(error) => (Verdict::Fatal(error), None),
@@ -764,17 +906,18 @@ impl Plan {
                 self.drop_source(source, error, now),
                 Some(Complaint::Corrupt),
             ),
-            End::Busy(error) if failures < BUSY_RETRIES => {
-                (self.retry_later(source, error, now), None)
-            }
-            End::Failed(error) | End::Unreachable(error) if origin && failures < ORIGIN_RETRIES => {
-                (self.retry_later(source, error, now), None)
-            }
+            // Transient until proven otherwise: a timeout, a refusal, a reset or a stall
+            // may pass (a link full for seconds, a restart), so the source is paused and
+            // tried again; the stall timeout bounds how long the download waits.
             End::Unreachable(error) => {
-                let complaint = (!origin).then_some(Complaint::Unreachable);
-                (self.drop_source(source, error, now), complaint)
+                let verdict = self.retry_later(source, error, now);
+                // The tracker is told once per run of failures: it checks for itself.
+                let complaint = matches!(verdict, Verdict::Retrying { first: true, .. })
+                    .then_some(Complaint::Unreachable)
+                    .filter(|_| !origin);
+                (verdict, complaint)
             }
-            End::Busy(error) | End::Failed(error) => (self.drop_source(source, error, now), None),
+            End::Busy(error) | End::Failed(error) => (self.retry_later(source, error, now), None),
         };
         // A peer slot may be free: the next waiting peer takes it.
         self.fill_peer_slots(now);
@@ -784,8 +927,14 @@ impl Plan {
         outcome
     }
 
+    /// Pauses a source after a failure; a healthy origin takes over a peer's connection
+    /// lost meanwhile.
     fn retry_later(&mut self, source: usize, error: String, now: Instant) -> Verdict {
-        let first = self.sources[source].retry_later(now);
+        let first = self.sources[source].retry_later(&error, now);
+        if !self.sources[source].origin {
+            self.fill_peer_slots(now);
+            self.replace_lost_conn(now);
+        }
         Verdict::Retrying { first, error }
     }
 
@@ -797,14 +946,22 @@ impl Plan {
             c.open = false;
         }
         self.fill_peer_slots(now);
+        self.replace_lost_conn(now);
+        Verdict::Dropped { error, newly }
+    }
+
+    /// With fewer connections open than workers, a healthy origin that is not paused gets
+    /// one more.
+    fn replace_lost_conn(&mut self, now: Instant) {
         let open = self.conns.iter().filter(|c| c.open).count();
         if open < self.workers
-            && let Some(origin) = (0..self.sources.len())
-                .find(|&s| self.sources[s].origin && self.sources[s].dropped.is_none())
+            && let Some(origin) = (0..self.sources.len()).find(|&s| {
+                let src = &self.sources[s];
+                src.origin && src.dropped.is_none() && src.retry_at.is_none()
+            })
         {
             self.open_conn(origin, now);
         }
-        Verdict::Dropped { error, newly }
     }
 
     // ----- what the stream and the clock say -----
@@ -871,32 +1028,59 @@ impl Plan {
         if busy || self.missing.is_empty() {
             return None;
         }
+        // A source paused, or waiting for a peer slot, may still deliver.
         let servable = (0..self.sources.len())
-            .filter(|&s| self.usable(s))
+            .filter(|&s| self.usable(s) || self.pending.contains(&s))
             .any(|s| self.missing.iter().any(|&i| self.sources[s].holds(i)));
         if servable {
             return None;
         }
         let first: Vec<String> = self.missing.iter().take(8).map(|i| i.to_string()).collect();
-        let reasons: Vec<String> = self
-            .sources
-            .iter()
-            .map(|s| {
-                format!(
-                    "{} {}: {}",
-                    s.kind(),
-                    s.addr,
-                    s.dropped.as_deref().unwrap_or("does not hold them")
-                )
-            })
-            .collect();
         Some(format!(
             "{} of {} chunks (first: {}) are held by no source still usable; sources: {}. Progress is kept: run the same command again to resume",
             self.missing.len(),
             self.count,
             first.join(", "),
-            reasons.join("; ")
+            self.describe_sources()
         ))
+    }
+
+    /// Why the download gives up, when no source delivered a chunk for the stall timeout:
+    /// every source, how often it was tried and how it last failed. Sources paused at that
+    /// moment are not waited for: their pauses are capped well below the timeout (see
+    /// [`TRIES_PER_STALL`]), so each was tried again within it.
+    pub(crate) fn stalled(&self, now: Instant) -> Option<String> {
+        let quiet = now.saturating_duration_since(self.last_delivery);
+        if self.is_complete() || quiet < self.stall_timeout {
+            return None;
+        }
+        let what = if self.first_chunk_at.is_some() {
+            "no further chunk"
+        } else {
+            "no chunk"
+        };
+        Some(format!(
+            "{what} arrived for {:?} (the stall timeout), {} of {} chunks missing; sources: {}. Progress is kept: run the same command again to resume, or give a longer --stall-timeout",
+            self.stall_timeout,
+            self.remaining,
+            self.count,
+            self.describe_sources()
+        ))
+    }
+
+    /// Every source in a line each (the first 16, then how many more).
+    fn describe_sources(&self) -> String {
+        const SHOWN: usize = 16;
+        let mut lines: Vec<String> = self
+            .sources
+            .iter()
+            .take(SHOWN)
+            .map(Source::describe)
+            .collect();
+        if self.sources.len() > SHOWN {
+            lines.push(format!("and {} more", self.sources.len() - SHOWN));
+        }
+        lines.join("; ")
     }
 
     /// Whether the tracker planned nothing from the origin for this client.
@@ -1269,7 +1453,10 @@ mod tests {
             assert_eq!(self.remaining, self.count - self.done.count());
             let mut copies = vec![0u32; self.count as usize];
             for s in 0..self.sources.len() {
-                let counted = !self.sources[s].origin && self.usable(s) && !self.slow[s];
+                let counted = !self.sources[s].origin
+                    && self.usable(s)
+                    && !self.slow[s]
+                    && self.sources[s].failures() == 0;
                 assert_eq!(counted, self.counted[s], "source {s} counted wrongly");
                 for i in (0..self.count).filter(|&i| counted && self.sources[s].holds(i)) {
                     copies[i as usize] += 1;
@@ -1340,6 +1527,7 @@ mod tests {
             streaming,
             origin_share: share,
             seed: 7,
+            stall_timeout: Duration::from_secs(60),
         }
     }
 
@@ -1845,25 +2033,161 @@ mod tests {
     }
 
     #[test]
-    fn the_origin_is_given_up_after_its_retries() {
+    fn a_failing_source_is_retried_for_ever_and_only_a_liar_is_dropped() {
         let now = Instant::now();
-        let mut plan = plan_with(4, vec![origin()], settings(false, 4, None), now);
-        let mut conn = 0;
-        for attempt in 0..ORIGIN_RETRIES {
-            let (verdict, _) = plan.closed(conn, End::Failed("reset".into()), now);
-            assert!(matches!(verdict, Verdict::Retrying { first, .. } if first == (attempt == 0)));
-            plan.reconnect_due(now + Duration::from_secs(60));
-            conn = plan.conns().len() - 1;
+        let mut plan = plan_with(
+            4,
+            vec![peer(1, None), origin()],
+            settings(false, 4, None),
+            now,
+        );
+        let ends = [
+            End::Unreachable("unreachable timed out after 5s".into()),
+            End::Failed("stalled: no handshake within 2s".into()),
+            End::Failed("closed the connection with chunk 3 due".into()),
+            End::Busy("no free slot".into()),
+        ];
+        let mut t = now;
+        for source in [0, 1] {
+            for attempt in 0..40 {
+                let conn = (0..plan.conns().len())
+                    .rfind(|&c| plan.conns()[c].source == source && plan.conns()[c].is_open())
+                    .expect("a connection to the source");
+                let end = ends[attempt % ends.len()].clone();
+                let (verdict, _) = plan.closed(conn, end, t);
+                assert!(
+                    matches!(verdict, Verdict::Retrying { first, .. } if first == (attempt == 0)),
+                    "attempt {attempt}: {verdict:?}"
+                );
+                assert_eq!(plan.stuck(), None, "a paused source may still deliver");
+                // Every pause is over within the longest one (16 s).
+                t += Duration::from_secs(17);
+                plan.reconnect_due(t);
+                plan.check();
+            }
+            assert!(plan.sources()[source].dropped.is_none());
+            assert_eq!(plan.sources()[source].failed, 40);
         }
-        let (verdict, _) = plan.closed(conn, End::Failed("reset".into()), now);
+        let conn = (0..plan.conns().len())
+            .rfind(|&c| plan.conns()[c].source == 0 && plan.conns()[c].is_open())
+            .unwrap();
+        let (verdict, complaint) = plan.closed(conn, End::Lied("sent chunk 9 unasked".into()), t);
         assert!(matches!(verdict, Verdict::Dropped { newly: true, .. }));
-        let stuck = plan.stuck().unwrap();
-        assert!(stuck.contains("held by no source still usable"), "{stuck}");
-        assert!(stuck.contains("origin 10.0.0.100:7001: reset"), "{stuck}");
+        assert_eq!(complaint, Some(Complaint::Corrupt));
+        plan.check();
     }
 
     #[test]
-    fn an_unreachable_peer_is_reported_and_an_origin_takes_its_place() {
+    fn the_download_gives_up_only_when_no_chunk_arrived_for_the_stall_timeout() {
+        let t0 = Instant::now();
+        let stall = Settings {
+            stall_timeout: Duration::from_secs(3),
+            ..settings(false, 4, None)
+        };
+        let mut plan = plan_with(8, vec![peer(1, None), origin()], stall, t0);
+        plan.assign(t0);
+        let fetches = plan.fetches();
+        assert_eq!(plan.stalled(t0 + 2900 * MS), None);
+        plan.delivered(fetches[0].0, fetches[0].1, t0 + 2 * Duration::from_secs(1));
+        assert_eq!(plan.stalled(t0 + 4900 * MS), None, "the clock restarts");
+        let (verdict, _) = plan.closed(
+            0,
+            End::Unreachable("unreachable timed out after 2s".into()),
+            t0 + 3 * Duration::from_secs(1),
+        );
+        assert!(matches!(verdict, Verdict::Retrying { .. }));
+        // Paused, the peer is tried again within a third of the timeout.
+        let retry = plan.sources()[0].retry_at.unwrap();
+        assert!(retry <= t0 + 4 * Duration::from_secs(1), "{retry:?}");
+        let error = plan.stalled(t0 + 5100 * MS).expect("stalled");
+        assert!(
+            error.starts_with(
+                "no further chunk arrived for 3s (the stall timeout), 7 of 8 chunks missing"
+            ),
+            "{error}"
+        );
+        assert!(
+            error.contains(
+                "peer 10.0.0.1:7000: 1 connection tried, 1 failed, 1 chunk delivered, last failure: unreachable timed out after 2s"
+            ),
+            "{error}"
+        );
+        assert!(
+            error.contains("origin 10.0.0.100:7001: 2 connections tried, 0 failed"),
+            "{error}"
+        );
+        assert!(error.contains("--stall-timeout"), "{error}");
+        plan.check();
+    }
+
+    #[test]
+    fn the_peer_that_delivers_least_gives_its_slot_to_a_waiting_one_every_period() {
+        let t0 = Instant::now();
+        let peers: Vec<Source> = (1..=8).map(|n| peer(n, None)).collect();
+        let mut plan = plan_with(64, peers, settings(false, 4, None), t0);
+        assert_eq!(plan.open_peer_conns(), MAX_PEER_CONNS);
+        plan.take_swarm(vec![partial_peer(20)], None, t0);
+        assert_eq!(plan.pending, [8]);
+        // Peers 1-7 deliver; peer 8 holds its requests and sends nothing.
+        let delivering = |plan: &mut Plan, at: Instant| {
+            plan.assign(at);
+            for (conn, index) in plan.fetches() {
+                if plan.conns()[conn].source != 7 {
+                    plan.delivered(conn, index, at);
+                }
+            }
+        };
+        delivering(&mut plan, t0 + Duration::from_secs(1));
+        assert!(
+            !plan.rotate_peers(t0 + 4 * Duration::from_secs(1)),
+            "too soon"
+        );
+        delivering(&mut plan, t0 + Duration::from_secs(4));
+        assert!(plan.rotate_peers(t0 + ROTATE_EVERY));
+        assert!(
+            plan.conns().iter().all(|c| c.source != 7 || !c.is_open()),
+            "the idle peer's slot is taken"
+        );
+        let newest = plan.conns().last().unwrap();
+        assert_eq!((newest.source, newest.is_open()), (8, true));
+        assert_eq!(plan.pending, [7], "it waits at the back for another turn");
+        assert_eq!(plan.open_peer_conns(), MAX_PEER_CONNS);
+        plan.check();
+        // The newcomer has not had a whole period; the others delivered alike: no rotation.
+        let t1 = t0 + ROTATE_EVERY;
+        for n in 1..=3 {
+            delivering(&mut plan, t1 + Duration::from_secs(n));
+        }
+        assert!(!plan.rotate_peers(t1 + ROTATE_EVERY));
+        plan.check();
+    }
+
+    #[test]
+    fn a_waiting_peer_that_keeps_failing_queues_behind_newcomers() {
+        let now = Instant::now();
+        let peers: Vec<Source> = (1..=8).map(|n| peer(n, None)).collect();
+        let mut plan = plan_with(8, peers, settings(false, 4, None), now);
+        // Peer 1 fails twice in a row, peer 2 once; both wait for a slot again.
+        plan.closed(0, End::Failed("reset".into()), now);
+        plan.reconnect_due(now + Duration::from_secs(20));
+        let again = plan.conns().len() - 1;
+        plan.closed(again, End::Failed("reset".into()), now);
+        plan.closed(1, End::Failed("reset".into()), now);
+        // Both slots are taken by newcomers meanwhile.
+        plan.take_swarm(vec![partial_peer(20), partial_peer(21)], None, now);
+        plan.take_swarm(vec![partial_peer(22)], None, now);
+        plan.reconnect_due(now + Duration::from_secs(60));
+        let order: Vec<&str> = plan
+            .pending
+            .iter()
+            .map(|&s| plan.sources()[s].addr.as_str())
+            .collect();
+        assert_eq!(order, ["10.0.0.22:7000", "10.0.0.2:7000", "10.0.0.1:7000"]);
+        plan.check();
+    }
+
+    #[test]
+    fn an_unreachable_peer_is_reported_retried_and_an_origin_takes_its_place() {
         let now = Instant::now();
         let size = 8 * CHUNK as u64;
         let two = Settings {
@@ -1885,23 +2209,23 @@ mod tests {
         );
         let (verdict, complaint) =
             plan.closed(0, End::Unreachable("connection refused".into()), now);
-        assert!(matches!(verdict, Verdict::Dropped { newly: true, .. }));
+        assert!(matches!(verdict, Verdict::Retrying { first: true, .. }));
         assert_eq!(complaint, Some(Complaint::Unreachable));
-        assert!(
-            !plan.conns()[1].is_open(),
-            "the peer's other connection retires"
-        );
+        assert!(plan.conns()[1].is_open(), "its other connection may work");
+        let (verdict, complaint) =
+            plan.closed(1, End::Unreachable("connection refused".into()), now);
+        assert!(matches!(verdict, Verdict::Retrying { first: false, .. }));
+        assert_eq!(complaint, None, "reported once per run of failures");
         assert_eq!(plan.conns().len(), 4);
         assert_eq!(
             plan.conns()[3].source,
             1,
-            "an origin connection replaces the lost one"
+            "an origin connection replaces the lost ones"
         );
-        let (verdict, _) = plan.closed(1, End::Unreachable("connection refused".into()), now);
-        assert!(matches!(verdict, Verdict::Dropped { newly: false, .. }));
         let (verdict, complaint) = plan.closed(2, End::Unreachable("refused".into()), now);
         assert!(matches!(verdict, Verdict::Retrying { .. }));
         assert_eq!(complaint, None, "the origin is retried, not reported");
+        assert!(plan.sources().iter().all(|s| s.dropped.is_none()));
         plan.check();
     }
 
@@ -2090,17 +2414,29 @@ mod tests {
     }
 
     #[test]
-    fn a_paused_source_stays_counted_until_its_pause_ends_without_a_connection() {
+    fn a_failed_peer_counts_for_nothing_until_it_delivers_again() {
         let now = Instant::now();
         let mut plan = plan_with(4, vec![peer(1, None)], settings(false, 4, None), now);
+        assert_eq!(plan.copies, vec![1; 4]);
         let (verdict, _) = plan.closed(0, End::Busy("no free slot".into()), now);
         assert!(matches!(verdict, Verdict::Retrying { .. }));
         plan.check();
-        assert_eq!(plan.copies, vec![1; 4], "paused, it may still deliver");
-        plan.sources[0].reconnects = 0;
+        assert_eq!(
+            plan.copies,
+            vec![0; 4],
+            "its chunks do not hold the origin back"
+        );
+        assert_eq!(plan.stuck(), None, "paused, it may still deliver");
         plan.reconnect_due(now + Duration::from_secs(60));
+        let conn = plan.conns().len() - 1;
+        plan.ready(conn, Bitfield::full(4));
         plan.check();
-        assert_eq!(plan.copies, vec![0; 4], "no longer paused nor connected");
+        assert_eq!(plan.copies, vec![0; 4], "connected again, not yet proven");
+        plan.assign(now);
+        let (c, index) = plan.fetches()[0];
+        plan.delivered(c, index, now);
+        plan.check();
+        assert_eq!(plan.copies[(index as usize + 1) % 4], 1, "healthy again");
     }
 
     /// A peer the tracker says is complete: its own claim, holdings unknown.
@@ -2165,9 +2501,9 @@ mod tests {
             "the queue is bounded"
         );
         plan.check();
-        // A peer that stalls in its handshake is dropped; a waiting one takes its slot.
+        // A peer that stalls in its handshake is paused; a waiting one takes its slot.
         let (verdict, _) = plan.closed(0, End::Failed("stalled: no handshake".into()), now);
-        assert!(matches!(verdict, Verdict::Dropped { .. }));
+        assert!(matches!(verdict, Verdict::Retrying { .. }));
         assert_eq!(plan.open_peer_conns(), MAX_PEER_CONNS);
         let newest = plan.conns().last().unwrap().source;
         assert_eq!(plan.sources()[newest].addr, "10.0.0.20:7000");

@@ -113,6 +113,7 @@ impl<'a> Scheduler<'a> {
             streaming: watch.streaming.is_some() && watch.reader_waits,
             origin_share,
             seed: crate::backoff::seed_from_clock(),
+            stall_timeout: config.stall_timeout,
         };
         let plan = Plan::new(
             manifest.size,
@@ -230,7 +231,15 @@ impl<'a> Scheduler<'a> {
                     }
                 }
             }
+            if self.plan.rotate_peers(Instant::now()) {
+                self.sync();
+            }
             if let Some(error) = self.plan.stuck() {
+                return Err(Failure::NoSource.error(error));
+            }
+            // Every wait of the download is bounded here: whatever the sources do, the
+            // download ends once none delivered a chunk for the stall timeout.
+            if let Some(error) = self.plan.stalled(Instant::now()) {
                 return Err(Failure::NoSource.error(error));
             }
         }

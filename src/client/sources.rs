@@ -1,7 +1,13 @@
 //! A source's identity and health: where it listens, what it holds as far as this client
-//! knows, what it delivered and how fast, its retries (one [`Backoff`]) and why it was
-//! dropped; and [`End`], the typed reason a connection to it ended. Pure: time is an
-//! argument.
+//! knows, what it delivered and how fast, its retries (one [`Backoff`]), its last failure
+//! and why it was dropped; and [`End`], the typed reason a connection to it ended. Pure:
+//! time is an argument.
+//!
+//! Failures are transient until proven otherwise: a source that timed out, refused, reset
+//! or stalled is paused and tried again, for as long as the download lasts (the stall
+//! timeout bounds that); only a source that lied is dropped. On capped links in a crowd of
+//! 32 every connection of one client once "timed out after 5s" together, and dropping each
+//! source after that one failure ended the download with every source still healthy.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -12,17 +18,17 @@ use crate::bitfield::Bitfield;
 
 use super::summary::SourceSummary;
 
-/// A refusing or failing source is tried again after about 250 ms, 500 ms, 1 s … up to
-/// 4 s (each pause jittered into the upper half, so clients refused together do not
-/// come back together).
+/// A refusing or failing source is tried again after about 250 ms, 500 ms, 1 s … (each
+/// pause jittered into the upper half, so clients refused together do not come back
+/// together).
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
-const MAX_BACKOFF: Duration = Duration::from_secs(4);
-/// "Server busy" answers a source may give in a row (26-52 s with the backoff above)
-/// before it is given up: slots free up as other clients finish.
-pub(crate) const BUSY_RETRIES: u32 = 16;
-/// Failed connections in a row before the origin is given up. A peer that drops or
-/// stalls is dropped at once (there are others), but the origin is the last resort.
-pub(crate) const ORIGIN_RETRIES: u32 = 4;
+/// The longest pause of an origin: it is the last resort, so it is tried at least every
+/// 4 s (a connect attempt to it costs one SYN).
+const ORIGIN_MAX_BACKOFF: Duration = Duration::from_secs(4);
+/// The longest pause of a peer that keeps failing: pushed back further than an origin,
+/// since others can serve instead, but back within 16 s, a fraction of a download of a
+/// crowd (25 s at N = 32 on 50 Mbit/s links) and of the default 60 s stall timeout.
+const PEER_MAX_BACKOFF: Duration = Duration::from_secs(16);
 /// The time per byte assumed for a source not yet measured: 100 MB/s, 2.6 ms a 256 KiB
 /// chunk.
 const UNMEASURED_SECS_PER_BYTE: f64 = 1e-8;
@@ -81,9 +87,17 @@ pub(crate) struct Source {
     pub(crate) bytes: u64,
     /// Verified chunks received from it.
     pub(crate) chunks: u32,
+    /// `bytes` when the plan last judged the peer slots, to measure it over a period.
+    pub(crate) mark: u64,
     /// Failed or refused connections since the source last delivered a chunk, and the
     /// pause before the next attempt.
     backoff: Backoff,
+    /// Connections tried (each connect counts, failed or not).
+    pub(crate) tries: u32,
+    /// Connections that ended in a failure or refusal, in all.
+    pub(crate) failed: u32,
+    /// What went wrong last, for the summary and the stall message.
+    pub(crate) last_error: Option<String>,
     /// Connections to open again once `retry_at` has passed.
     pub(crate) reconnects: u32,
     /// When to try it again, while it is paused.
@@ -105,7 +119,18 @@ impl Source {
             dropped: None,
             bytes: 0,
             chunks: 0,
-            backoff: Backoff::new(FIRST_BACKOFF, MAX_BACKOFF),
+            mark: 0,
+            backoff: Backoff::new(
+                FIRST_BACKOFF,
+                if origin {
+                    ORIGIN_MAX_BACKOFF
+                } else {
+                    PEER_MAX_BACKOFF
+                },
+            ),
+            tries: 0,
+            failed: 0,
+            last_error: None,
             reconnects: 0,
             retry_at: None,
             secs_per_byte: None,
@@ -186,9 +211,23 @@ impl Source {
         self.backoff.failures()
     }
 
-    /// Pauses the source after a failure; returns whether it is the first in a row.
-    pub(crate) fn retry_later(&mut self, now: Instant) -> bool {
+    /// Caps its pauses at `max` (a fraction of the stall timeout, so that a paused source
+    /// is tried again before the download gives up on it), never above its own cap.
+    pub(crate) fn cap_backoff(&mut self, max: Duration) {
+        let own = if self.origin {
+            ORIGIN_MAX_BACKOFF
+        } else {
+            PEER_MAX_BACKOFF
+        };
+        self.backoff.set_max(own.min(max));
+    }
+
+    /// Pauses the source after a failure saying `error`; returns whether it is the first
+    /// in a row. Each failure in a row doubles the pause (to its cap).
+    pub(crate) fn retry_later(&mut self, error: &str, now: Instant) -> bool {
         let pause = self.backoff.next_delay();
+        self.failed += 1;
+        self.last_error = Some(error.to_string());
         self.reconnects += 1;
         self.retry_at = Some(now + pause);
         self.backoff.failures() == 1
@@ -199,6 +238,7 @@ impl Source {
         if self.dropped.is_some() {
             return false;
         }
+        self.last_error = Some(error.clone());
         self.dropped = Some(error);
         self.reconnects = 0;
         self.retry_at = None;
@@ -218,8 +258,32 @@ impl Source {
             origin: self.origin,
             bytes: self.bytes,
             chunks: self.chunks,
+            tries: self.tries,
+            failures: self.failed,
+            last_error: self.last_error.clone(),
             dropped: self.dropped.clone(),
         }
+    }
+
+    /// One line for an error message: where it is, how often it was tried, and how it
+    /// last failed (or why it was dropped).
+    pub(crate) fn describe(&self) -> String {
+        let state = match (&self.dropped, &self.last_error) {
+            (Some(why), _) => format!("dropped: {why}"),
+            (None, Some(last)) => format!("last failure: {last}"),
+            (None, None) if self.tries == 0 => "never connected".to_string(),
+            (None, None) => "no failure".to_string(),
+        };
+        format!(
+            "{} {}: {} connection{} tried, {} failed, {} chunk{} delivered, {state}",
+            self.kind(),
+            self.addr,
+            self.tries,
+            if self.tries == 1 { "" } else { "s" },
+            self.failed,
+            self.chunks,
+            if self.chunks == 1 { "" } else { "s" },
+        )
     }
 }
 
@@ -231,14 +295,91 @@ mod tests {
     fn a_delivery_resets_the_failures() {
         let mut s = Source::new("p", "127.0.0.1:1", false, Holdings::All);
         let now = Instant::now();
-        assert!(s.retry_later(now));
-        assert!(!s.retry_later(now));
+        assert!(s.retry_later("reset", now));
+        assert!(!s.retry_later("reset", now));
         assert_eq!(s.failures(), 2);
         assert_eq!(s.reconnects, 2);
-        assert!(s.retry_at.unwrap() <= now + MAX_BACKOFF);
+        assert!(s.retry_at.unwrap() <= now + PEER_MAX_BACKOFF);
         s.credit(10);
         assert_eq!(s.failures(), 0);
         assert_eq!((s.bytes, s.chunks), (10, 1));
+        assert_eq!(s.failed, 2, "the total stays for the summary");
+    }
+
+    /// The pause after each failure in a row of a source that keeps failing.
+    fn pauses(s: &mut Source, n: usize) -> Vec<Duration> {
+        let now = Instant::now();
+        (0..n)
+            .map(|_| {
+                s.retry_later("connect timed out after 2s", now);
+                s.retry_at.unwrap() - now
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_failing_peer_is_pushed_back_further_than_an_origin_and_never_dropped() {
+        let mut peer = Source::new("p", "a", false, Holdings::Unknown);
+        let peer_pauses = pauses(&mut peer, 12);
+        // 250 ms doubling, jittered into the upper half of each nominal pause.
+        for (n, pause) in peer_pauses.iter().enumerate() {
+            let nominal = (FIRST_BACKOFF * (1 << n.min(10))).min(PEER_MAX_BACKOFF);
+            assert!(
+                *pause >= nominal / 2 && *pause <= nominal,
+                "pause {n}: {pause:?} vs {nominal:?}"
+            );
+        }
+        assert!(peer_pauses[11] > PEER_MAX_BACKOFF / 2, "{peer_pauses:?}");
+        assert!(peer.dropped.is_none() && peer.failed == 12);
+        assert_eq!(
+            peer.last_error.as_deref(),
+            Some("connect timed out after 2s")
+        );
+        let mut origin = Source::new("o", "b", true, Holdings::All);
+        assert!(
+            pauses(&mut origin, 12)
+                .iter()
+                .all(|p| *p <= ORIGIN_MAX_BACKOFF)
+        );
+    }
+
+    #[test]
+    fn pauses_are_capped_below_the_stall_timeout() {
+        let mut peer = Source::new("p", "a", false, Holdings::Unknown);
+        peer.cap_backoff(Duration::from_secs(1));
+        assert!(
+            pauses(&mut peer, 10)
+                .iter()
+                .all(|p| *p <= Duration::from_secs(1))
+        );
+        // A cap above its own changes nothing.
+        let mut origin = Source::new("o", "b", true, Holdings::All);
+        origin.cap_backoff(Duration::from_secs(600));
+        assert!(
+            pauses(&mut origin, 10)
+                .iter()
+                .all(|p| *p <= ORIGIN_MAX_BACKOFF)
+        );
+    }
+
+    #[test]
+    fn a_description_names_the_source_its_tries_and_its_last_failure() {
+        let mut s = Source::new("p", "10.0.0.1:7000", false, Holdings::Unknown);
+        assert_eq!(
+            s.describe(),
+            "peer 10.0.0.1:7000: 0 connections tried, 0 failed, 0 chunks delivered, never connected"
+        );
+        s.tries = 3;
+        s.retry_later("unreachable timed out after 2s", Instant::now());
+        assert_eq!(
+            s.describe(),
+            "peer 10.0.0.1:7000: 3 connections tried, 1 failed, 0 chunks delivered, last failure: unreachable timed out after 2s"
+        );
+        s.give_up("sent chunk 1 with the wrong SHA-256".into());
+        assert!(
+            s.describe()
+                .ends_with("dropped: sent chunk 1 with the wrong SHA-256")
+        );
     }
 
     #[test]

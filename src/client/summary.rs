@@ -23,7 +23,14 @@ pub struct SourceSummary {
     pub bytes: u64,
     /// Verified chunks received from it.
     pub chunks: u32,
-    /// Why it was dropped, if it was.
+    /// Connections to it tried.
+    pub tries: u32,
+    /// Of those, the ones that failed or were refused (each was retried after a pause).
+    pub failures: u32,
+    /// How its last failed connection failed, if one did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// Why it was dropped (it sent bad data), if it was.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dropped: Option<String>,
 }
@@ -145,6 +152,15 @@ impl Summary {
                 if self.peers_used == 1 { "" } else { "s" },
                 format_bytes(self.from_origin),
                 self.p2p_ratio.unwrap_or(0.0) * 100.0,
+            ));
+        }
+        let failures: u32 = self.sources.iter().map(|s| s.failures).sum();
+        if failures > 0 {
+            let sources = self.sources.iter().filter(|s| s.failures > 0).count();
+            line.push_str(&format!(
+                ", {failures} failed connection{} to {sources} source{} retried",
+                if failures == 1 { "" } else { "s" },
+                if sources == 1 { "" } else { "s" },
             ));
         }
         if self.uploaded > 0 {
