@@ -23,6 +23,7 @@ mod metrics;
 mod network;
 mod outputs;
 mod pipeline;
+mod resilience;
 mod restarts;
 mod store_announce;
 mod stream;

@@ -1028,10 +1028,14 @@ impl Plan {
         if busy || self.missing.is_empty() {
             return None;
         }
-        // A source paused, or waiting for a peer slot, may still deliver.
+        // A source paused, or waiting for a peer slot, may still deliver, and one never
+        // connected to may hold anything.
         let servable = (0..self.sources.len())
             .filter(|&s| self.usable(s) || self.pending.contains(&s))
-            .any(|s| self.missing.iter().any(|&i| self.sources[s].holds(i)));
+            .any(|s| {
+                let src = &self.sources[s];
+                src.have == Holdings::Unknown || self.missing.iter().any(|&i| src.holds(i))
+            });
         if servable {
             return None;
         }
@@ -2074,6 +2078,44 @@ mod tests {
         let (verdict, complaint) = plan.closed(conn, End::Lied("sent chunk 9 unasked".into()), t);
         assert!(matches!(verdict, Verdict::Dropped { newly: true, .. }));
         assert_eq!(complaint, Some(Complaint::Corrupt));
+        plan.check();
+    }
+
+    #[test]
+    fn a_peer_whose_first_connects_fail_is_not_given_up_before_its_have_is_known() {
+        let now = Instant::now();
+        let mut plan = Plan::new(
+            4 * CHUNK as u64,
+            CHUNK,
+            Bitfield::new(4),
+            vec![partial_peer(1)],
+            Settings {
+                workers: 1,
+                ..settings(false, 4, None)
+            },
+            now,
+        );
+        plan.open_initial(now);
+        let mut t = now;
+        for _ in 0..10 {
+            let conn = plan.conns().len() - 1;
+            let (verdict, _) = plan.closed(
+                conn,
+                End::Unreachable("unreachable timed out after 2s".into()),
+                t,
+            );
+            assert!(matches!(verdict, Verdict::Retrying { .. }));
+            assert_eq!(plan.stuck(), None, "paused, holdings unknown");
+            t += Duration::from_secs(17);
+            plan.reconnect_due(t);
+            assert_eq!(plan.stuck(), None, "connecting again");
+        }
+        let conn = plan.conns().len() - 1;
+        plan.ready(conn, bits(4, [0]));
+        plan.assign(t);
+        let (c, index) = plan.fetches()[0];
+        plan.delivered(c, index, t);
+        assert!(plan.stuck().is_some(), "known now: it lacks chunks 1-3");
         plan.check();
     }
 
