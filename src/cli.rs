@@ -19,7 +19,8 @@ pub const EXIT_FAILED: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
 /// Exit status when the tracker is unreachable, is not a tracker, or refuses us.
 pub const EXIT_TRACKER: u8 = 3;
-/// Exit status when no source (peer or origin) could deliver the asset.
+/// Exit status when no source (peer or origin) could deliver the asset, or none delivered
+/// a chunk for the stall timeout.
 pub const EXIT_NO_SOURCE: u8 = 4;
 /// Exit status when the local disk or permissions stopped the command.
 pub const EXIT_LOCAL: u8 = 5;

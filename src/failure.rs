@@ -11,7 +11,8 @@ pub enum Failure {
     TrackerUnreachable,
     /// The tracker refused the request: no or a wrong token, overloaded, or broken (5xx).
     TrackerRefused,
-    /// The download ran out of sources: none known, or every one failed.
+    /// The download ran out of sources: none known, every one dropped or lacking what is
+    /// missing, or none delivered a chunk for the stall timeout.
     NoSource,
     /// The local disk or file permissions stopped the command.
     Local,

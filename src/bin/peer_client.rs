@@ -152,7 +152,8 @@ struct GetArgs {
     /// Parallel connections to peers and origin.
     #[arg(long, default_value_t = DEFAULT_WORKERS)]
     workers: usize,
-    /// Drop a source when a requested chunk has not fully arrived this long after its turn.
+    /// End a connection whose requested chunk has not fully arrived this long after its
+    /// turn: the chunk goes to another source, and the source is tried again later.
     #[arg(long, default_value = "10s", value_parser = cli::duration_arg)]
     chunk_timeout: Duration,
     /// Download cap, e.g. 25MiB (per second).

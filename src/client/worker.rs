@@ -178,7 +178,9 @@ pub(crate) struct Worker {
 /// Describes a socket error, naming a timeout as one (a timed-out socket says "os error 11").
 fn socket_error(phase: &str, e: &std::io::Error, timeout: Duration) -> String {
     if crate::net::is_timeout(e) {
-        format!("{phase} timed out after {timeout:?}")
+        // To the millisecond: a deadline's remainder reads 1.999997226s otherwise.
+        let shown = Duration::from_millis((timeout.as_micros() as u64).div_ceil(1000));
+        format!("{phase} timed out after {shown:?}")
     } else {
         format!("{phase}: {e}")
     }
