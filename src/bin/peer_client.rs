@@ -190,7 +190,8 @@ struct GetArgs {
     /// sends bad data is dropped. The error names every source, its tries and its last
     /// failure. The clock starts once the tracker has named sources (--source-wait bounds
     /// the wait before that) and restarts with each chunk. Keep it above --chunk-timeout: a
-    /// chunk is only counted once it has arrived whole.
+    /// chunk is only counted once it has arrived whole (under --max-download-rate it is
+    /// never shorter than two chunks' time at that rate).
     #[arg(long, default_value = "60s", value_parser = cli::duration_arg)]
     stall_timeout: Duration,
     /// Keep serving this long after the download completes (e.g. 30s, 10m).

@@ -113,7 +113,16 @@ impl<'a> Scheduler<'a> {
             streaming: watch.streaming.is_some() && watch.reader_waits,
             origin_share,
             seed: crate::backoff::seed_from_clock(),
-            stall_timeout: config.stall_timeout,
+            // Under a download cap the gap between chunks is the client's own doing: the
+            // stall timeout never comes before two chunks' time at the cap.
+            stall_timeout: config.stall_timeout.max(
+                config
+                    .max_download_rate
+                    .filter(|&rate| rate > 0)
+                    .map_or(Duration::ZERO, |rate| {
+                        Duration::from_secs_f64(2.0 * manifest.chunk_size as f64 / rate as f64)
+                    }),
+            ),
         };
         let plan = Plan::new(
             manifest.size,
