@@ -595,7 +595,9 @@ impl Plan {
             c.open = false;
         }
         self.fill_peer_slots(now);
-        self.pending.push_back(victim);
+        if !self.pending.contains(&victim) {
+            self.pending.push_back(victim);
+        }
         self.availability_changed(victim);
         true
     }
