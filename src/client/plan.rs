@@ -1033,7 +1033,9 @@ impl Plan {
         // A source paused, or waiting for a peer slot, may still deliver, and one never
         // connected to may hold anything.
         let servable = (0..self.sources.len())
-            .filter(|&s| self.usable(s) || self.pending.contains(&s))
+            .filter(|&s| {
+                self.usable(s) || (self.sources[s].dropped.is_none() && self.pending.contains(&s))
+            })
             .any(|s| {
                 let src = &self.sources[s];
                 src.have == Holdings::Unknown || self.missing.iter().any(|&i| src.holds(i))
