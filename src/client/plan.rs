@@ -248,6 +248,16 @@ pub(crate) struct Settings {
     pub(crate) stall_timeout: Duration,
 }
 
+/// The stall timeout a download under a download cap of `rate` bytes a second keeps: never
+/// shorter than two chunks' time at the cap, since the gap between chunks is then the
+/// client's own doing (1 KiB/s and 256 KiB chunks: one chunk every 256 s).
+pub(crate) fn stall_bound(stall: Duration, chunk_size: u32, rate: Option<u64>) -> Duration {
+    let at_cap = rate.filter(|&r| r > 0).map_or(Duration::ZERO, |r| {
+        Duration::from_secs_f64(2.0 * chunk_size as f64 / r as f64)
+    });
+    stall.max(at_cap)
+}
+
 /// The single book of a download's chunks, sources and connections.
 #[derive(Debug)]
 pub(crate) struct Plan {
@@ -553,10 +563,10 @@ impl Plan {
     /// connected peer that delivered least over the whole period (nothing, or under a
     /// [`ROTATE_RATIO`]th of the best) gives its slot to the first waiting peer, and waits
     /// at the back of the queue itself. Its requests in flight are still answered; the
-    /// chunks it held go to the others. Returns whether a peer was rotated out.
-    pub(crate) fn rotate_peers(&mut self, now: Instant) -> bool {
+    /// chunks it held go to the others. Returns the peer rotated out, if one was.
+    pub(crate) fn rotate_peers(&mut self, now: Instant) -> Option<usize> {
         if now.saturating_duration_since(self.last_rotation) < ROTATE_EVERY {
-            return false;
+            return None;
         }
         let since = self.last_rotation;
         self.last_rotation = now;
@@ -582,14 +592,12 @@ impl Plan {
             src.mark = src.bytes;
         }
         if !full || !waiting {
-            return false;
+            return None;
         }
         let best = judged.iter().map(|j| j.1).max().unwrap_or(0);
-        let Some(&(victim, delivered)) = judged.iter().min_by_key(|j| j.1) else {
-            return false;
-        };
+        let &(victim, delivered) = judged.iter().min_by_key(|j| j.1)?;
         if delivered > 0 && delivered.saturating_mul(ROTATE_RATIO) >= best {
-            return false;
+            return None;
         }
         for c in self.conns.iter_mut().filter(|c| c.source == victim) {
             c.open = false;
@@ -599,7 +607,7 @@ impl Plan {
             self.pending.push_back(victim);
         }
         self.availability_changed(victim);
-        true
+        Some(victim)
     }
 
     /// Takes in the tracker's latest answer: connects to origins not seen before, queues at
@@ -2167,6 +2175,18 @@ mod tests {
     }
 
     #[test]
+    fn a_download_cap_stretches_the_stall_timeout_to_two_chunks_at_the_cap() {
+        let minute = Duration::from_secs(60);
+        assert_eq!(stall_bound(minute, 262_144, None), minute);
+        assert_eq!(stall_bound(minute, 262_144, Some(0)), minute);
+        assert_eq!(stall_bound(minute, 262_144, Some(1 << 20)), minute);
+        assert_eq!(
+            stall_bound(minute, 262_144, Some(1024)),
+            Duration::from_secs(512)
+        );
+    }
+
+    #[test]
     fn the_peer_that_delivers_least_gives_its_slot_to_a_waiting_one_every_period() {
         let t0 = Instant::now();
         let peers: Vec<Source> = (1..=8).map(|n| peer(n, None)).collect();
@@ -2184,12 +2204,13 @@ mod tests {
             }
         };
         delivering(&mut plan, t0 + Duration::from_secs(1));
-        assert!(
-            !plan.rotate_peers(t0 + 4 * Duration::from_secs(1)),
+        assert_eq!(
+            plan.rotate_peers(t0 + 4 * Duration::from_secs(1)),
+            None,
             "too soon"
         );
         delivering(&mut plan, t0 + Duration::from_secs(4));
-        assert!(plan.rotate_peers(t0 + ROTATE_EVERY));
+        assert_eq!(plan.rotate_peers(t0 + ROTATE_EVERY), Some(7));
         assert!(
             plan.conns().iter().all(|c| c.source != 7 || !c.is_open()),
             "the idle peer's slot is taken"
@@ -2204,7 +2225,7 @@ mod tests {
         for n in 1..=3 {
             delivering(&mut plan, t1 + Duration::from_secs(n));
         }
-        assert!(!plan.rotate_peers(t1 + ROTATE_EVERY));
+        assert_eq!(plan.rotate_peers(t1 + ROTATE_EVERY), None);
         plan.check();
     }
 

@@ -21,7 +21,7 @@ use crate::sync::LockExt;
 
 use super::announce::Reports;
 use super::config::GetConfig;
-use super::plan::{Order, PIPELINE_DEPTH, Plan, Settings, Verdict};
+use super::plan::{Order, PIPELINE_DEPTH, Plan, Settings, Verdict, stall_bound};
 use super::sources::{End, Source};
 use super::summary::{Downloaded, Meter};
 use super::worker::{self, Job, Jobs, Report, Socket, Ticket, Worker};
@@ -113,15 +113,10 @@ impl<'a> Scheduler<'a> {
             streaming: watch.streaming.is_some() && watch.reader_waits,
             origin_share,
             seed: crate::backoff::seed_from_clock(),
-            // Under a download cap the gap between chunks is the client's own doing: the
-            // stall timeout never comes before two chunks' time at the cap.
-            stall_timeout: config.stall_timeout.max(
-                config
-                    .max_download_rate
-                    .filter(|&rate| rate > 0)
-                    .map_or(Duration::ZERO, |rate| {
-                        Duration::from_secs_f64(2.0 * manifest.chunk_size as f64 / rate as f64)
-                    }),
+            stall_timeout: stall_bound(
+                config.stall_timeout,
+                manifest.chunk_size,
+                config.max_download_rate,
             ),
         };
         let plan = Plan::new(
@@ -240,7 +235,11 @@ impl<'a> Scheduler<'a> {
                     }
                 }
             }
-            if self.plan.rotate_peers(Instant::now()) {
+            if let Some(peer) = self.plan.rotate_peers(Instant::now()) {
+                log::debug!(
+                    "peer {} delivered least of the connected peers: its slot goes to a waiting peer",
+                    self.plan.sources()[peer].addr
+                );
                 self.sync();
             }
             if let Some(error) = self.plan.stuck() {
