@@ -20,6 +20,7 @@ mod fleet;
 mod hostile_http;
 mod http_idle;
 mod metrics;
+mod netns_crowd;
 mod network;
 mod outputs;
 mod pipeline;
