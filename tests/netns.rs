@@ -585,3 +585,64 @@ fn a_panicking_test_leaves_no_namespace_behind() {
         "{host_if} is gone"
     );
 }
+
+/// Whether a connection from `host` to `addr` opens within 2 s (bash's /dev/tcp).
+fn connects(host: &Host, addr: std::net::SocketAddr) -> bool {
+    let script = format!(
+        "exec 3<>/dev/tcp/{}/{} && echo hello >&3",
+        addr.ip(),
+        addr.port()
+    );
+    host.command(Path::new("timeout"), Path::new("/"))
+        .args(["2", "bash", "-c", &script])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+#[test]
+fn a_crowd_reaches_across_its_bridge_is_capped_and_cut_on_demand_and_is_gone_after_drop() {
+    let test = "a_crowd_reaches_across_its_bridge_is_capped_and_cut_on_demand_and_is_gone_after_drop";
+    let Some(crowd) = Crowd::create(test, 2) else {
+        return;
+    };
+    let listener = std::net::TcpListener::bind((crowd.bridge_addr, 0)).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let host = crowd.host(1);
+    let sent_before = host.tx_bytes().unwrap();
+    assert!(connects(host, addr), "{} reaches {addr}", host.name);
+    assert!(
+        host.tx_bytes().unwrap() > sent_before,
+        "the egress counter counts the connection's frames"
+    );
+
+    crowd.cap(1, 8_000_000).unwrap();
+    let qdisc = Command::new("ip")
+        .args(["netns", "exec", &host.name, "tc", "qdisc", "show", "dev", HOST_IF])
+        .output()
+        .unwrap();
+    let qdisc = String::from_utf8_lossy(&qdisc.stdout);
+    assert!(qdisc.contains("tbf") && qdisc.contains("8Mbit"), "{qdisc}");
+
+    crowd.set_link(1, false).unwrap();
+    assert!(!connects(host, addr), "a host whose link is down reaches nothing");
+    crowd.set_link(1, true).unwrap();
+    // The link comes back within a moment (carrier, the bridge port forwarding again).
+    let back = (0..20).any(|_| connects(host, addr));
+    assert!(back, "{} reaches {addr} again once its link is up", host.name);
+    assert!(
+        connects(crowd.host(0), addr),
+        "host 0 was never cut off"
+    );
+
+    let (names, bridge) = (
+        crowd.hosts().iter().map(|h| h.name.clone()).collect::<Vec<_>>(),
+        crowd.bridge.clone(),
+    );
+    drop(crowd);
+    let listed = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert!(names.iter().all(|n| !listed.contains(n.as_str())), "{listed}");
+    assert!(ip(&["link", "show", &bridge]).is_err(), "{bridge} is gone");
+}

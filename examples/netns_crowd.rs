@@ -1,0 +1,634 @@
+//! The driver of `bench/netns_crowd.sh`: swarms across network namespaces with
+//! kernel-capped uplinks and relayed round trips, built with the same host helper as the
+//! integration tests (`tests/netns.rs`, included below), so that what the benchmark
+//! measures is what the tests check.
+//!
+//! - `crowd`: a tracker host, an origin host and N client hosts; per run a fresh tracker
+//!   and origin, then N `peer_client get` at once (no rate flags: the kernel caps). Prints
+//!   wall time (from starting the clients to the last exit, discovery included), the
+//!   Kumar–Ross bound, their ratio, the origin host's egress ÷ F, failed and stuck
+//!   clients, then medians.
+//! - `single`: one client and one origin on a capped link, at several round trips: our
+//!   `get` next to `curl` from a plain HTTP server (nginx, else python3 -m http.server)
+//!   serving the same file over the same relay.
+//!
+//! Everything it creates is removed on exit; run as root.
+
+#[path = "../tests/netns.rs"]
+mod netns;
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use netns::{Crowd, Host, Service};
+use sha2::{Digest, Sha256};
+
+/// Swarms across network namespaces with capped uplinks (see bench/netns_crowd.sh).
+#[derive(Parser)]
+struct Args {
+    /// Directory of the release binaries (tracker, peer_server, peer_client) and of
+    /// examples/delay_relay.
+    #[arg(long, default_value = "target/release")]
+    bin: PathBuf,
+    /// The asset's size in MiB.
+    #[arg(long, default_value_t = 256)]
+    size_mib: u64,
+    /// Runs (crowd) or runs per round trip and tool (single).
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// The origin's --chunk-size (default: chunkify's).
+    #[arg(long)]
+    chunk_size: Option<String>,
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+#[derive(Subcommand)]
+enum Mode {
+    /// N clients at once.
+    Crowd {
+        /// Client hosts.
+        #[arg(long)]
+        clients: usize,
+        /// The origin host's egress cap, Mbit/s.
+        #[arg(long)]
+        origin_mbit: u64,
+        /// Each client host's egress cap, Mbit/s.
+        #[arg(long)]
+        client_mbit: u64,
+        /// Round trip added on every path, ms (0: no relays).
+        #[arg(long, default_value_t = 0)]
+        rtt_ms: u64,
+        /// A run whose clients have not all exited this long after they started counts
+        /// the rest as stuck (and kills them).
+        #[arg(long, default_value_t = 300)]
+        timeout_s: u64,
+        /// Print each client's summary line.
+        #[arg(long)]
+        show_clients: bool,
+    },
+    /// One client, one origin, at each round trip.
+    Single {
+        /// The link's cap (both hosts' egress), Mbit/s.
+        #[arg(long, default_value_t = 1000)]
+        mbit: u64,
+        /// Round trips, ms, comma separated.
+        #[arg(long, default_value = "0,10,50,100", value_delimiter = ',')]
+        rtts: Vec<u64>,
+    },
+}
+
+const TRACKER_PORT: u16 = 7070;
+const ORIGIN_PORT: u16 = 7001;
+const CLIENT_PORT: u16 = 7002;
+const HTTP_PORT: u16 = 8080;
+/// How long a server may take to print its `listening on` line (seeding a large file
+/// included, on a busy box).
+const START_TIMEOUT: Duration = Duration::from_secs(120);
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("netns_crowd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A child process with its output in files; killed (and reaped) on drop.
+struct Daemon {
+    child: Child,
+    what: String,
+    stdout: PathBuf,
+    stderr: PathBuf,
+}
+
+impl Daemon {
+    fn spawn(host: &Host, dir: &Path, program: &Path, args: &[&str], name: &str) -> Result<Daemon> {
+        let (stdout, stderr) = (dir.join(format!("{name}.out")), dir.join(format!("{name}.err")));
+        let what = format!("(in {}) {} {}", host.name, program.display(), args.join(" "));
+        let child = host
+            .command(program, dir)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(File::create(&stdout)?)
+            .stderr(File::create(&stderr)?)
+            .spawn()
+            .with_context(|| format!("starting {what}"))?;
+        Ok(Daemon {
+            child,
+            what,
+            stdout,
+            stderr,
+        })
+    }
+
+    /// The rest of the first stdout line starting with `prefix`, waiting for it.
+    fn wait_line(&mut self, prefix: &str) -> Result<String> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let out = std::fs::read_to_string(&self.stdout).unwrap_or_default();
+            if let Some(rest) = out.lines().find_map(|l| l.strip_prefix(prefix)) {
+                return Ok(rest.trim().to_string());
+            }
+            if let Some(status) = self.child.try_wait()? {
+                bail!("{} ended {status} before printing {prefix:?}: {}", self.what, self.err());
+            }
+            if Instant::now() > deadline {
+                bail!("{} printed no {prefix:?} within {START_TIMEOUT:?}", self.what);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn err(&self) -> String {
+        let text = std::fs::read_to_string(&self.stderr).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(5)..].join("\n")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The binaries, and the relay's path.
+struct Bins {
+    dir: PathBuf,
+    relay: PathBuf,
+}
+
+impl Bins {
+    fn get(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+}
+
+/// Starts the relay in front of `service` when it has one; returns it once it listens.
+fn start_relay(host: &Host, service: &Service, bins: &Bins, dir: &Path, name: &str) -> Result<Option<Daemon>> {
+    let Some(args) = &service.relay_args else {
+        return Ok(None);
+    };
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut relay = Daemon::spawn(host, dir, &bins.relay, &args, name)?;
+    relay.wait_line("listening on ")?;
+    Ok(Some(relay))
+}
+
+/// A tracker and an origin seeding `file`, with their relays.
+struct Servers {
+    // Held for their lifetime: dropping one kills it.
+    _daemons: Vec<Daemon>,
+    url: String,
+    id: String,
+}
+
+fn start_servers(
+    crowd: &Crowd,
+    bins: &Bins,
+    dir: &Path,
+    delay_ms: u64,
+    origin_rate: u64,
+    chunk_size: Option<&str>,
+) -> Result<Servers> {
+    let mut daemons = Vec::new();
+    let tracker = crowd.host(0);
+    let service = tracker.service(TRACKER_PORT, delay_ms, None);
+    daemons.extend(start_relay(tracker, &service, bins, dir, "tracker-relay")?);
+    let _ = std::fs::remove_dir_all(dir.join("tracker-data"));
+    let listen = service.listen.to_string();
+    let args = ["--listen", &listen, "--data", "tracker-data"];
+    let mut t = Daemon::spawn(tracker, dir, &bins.get("tracker"), &args, "tracker")?;
+    t.wait_line("listening on ")?;
+    daemons.push(t);
+    let url = format!("http://{}", service.reach);
+
+    let origin = crowd.host(1);
+    let service = origin.service(ORIGIN_PORT, delay_ms, Some(origin_rate));
+    daemons.extend(start_relay(origin, &service, bins, dir, "origin-relay")?);
+    let _ = std::fs::remove_dir_all(dir.join("origin"));
+    let (listen, reach) = (service.listen.to_string(), service.reach.to_string());
+    let mut args = vec![
+        "--origin", "--listen", &listen, "--advertise-addr", &reach, "--store", "origin",
+        "--seed", "file.bin", "--tracker", &url,
+    ];
+    if let Some(size) = chunk_size {
+        args.extend_from_slice(&["--chunk-size", size]);
+    }
+    let mut o = Daemon::spawn(origin, dir, &bins.get("peer_server"), &args, "origin")?;
+    let seeded = o.wait_line("seeded ")?;
+    let id = seeded.split_whitespace().next().unwrap_or_default().to_string();
+    o.wait_line("listening on ")?;
+    daemons.push(o);
+    Ok(Servers {
+        _daemons: daemons,
+        url,
+        id,
+    })
+}
+
+/// The SHA-256 of a file, hex.
+fn sha256(path: &Path) -> Result<String> {
+    let mut file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// Writes `size` pseudo-random bytes (xorshift: fast, and incompressible for our purposes).
+fn write_file(path: &Path, size: u64) -> Result<()> {
+    let mut out = std::io::BufWriter::new(File::create(path)?);
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut block = vec![0u8; 1 << 20];
+    for _ in 0..size.div_ceil(1 << 20) {
+        for word in block.chunks_exact_mut(8) {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            word.copy_from_slice(&state.to_le_bytes());
+        }
+        out.write_all(&block)?;
+    }
+    out.flush()?;
+    drop(out);
+    File::options().write(true).open(path)?.set_len(size)?;
+    Ok(())
+}
+
+/// Kumar & Ross's lower bound for F bytes to `n` clients, origin upload `us` and client
+/// uploads `uc` (bytes/s, downloads unbounded): max(F/u_s, N·F/(u_s + N·u_c)).
+fn kumar_ross(f: f64, n: usize, us: f64, uc: f64) -> f64 {
+    let n = n as f64;
+    (f / us).max(n * f / (us + n * uc))
+}
+
+/// The median of `values` (the mean of the middle two for an even count); 0 for none.
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+fn mbit(rate: u64) -> u64 {
+    rate * 1_000_000
+}
+
+fn run(args: Args) -> Result<()> {
+    let bins = Bins {
+        relay: args.bin.join("examples").join("delay_relay"),
+        dir: args.bin.clone(),
+    };
+    for path in [bins.get("tracker"), bins.get("peer_client"), bins.relay.clone()] {
+        if !path.exists() {
+            bail!("{} is missing: cargo build --release --bins --example delay_relay", path.display());
+        }
+    }
+    let work = tempfile::Builder::new().prefix("swarmcache-netns.").tempdir()?;
+    let dir = work.path();
+    // nginx's workers and python serve the file as whoever they run as.
+    std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let size = args.size_mib << 20;
+    write_file(&dir.join("file.bin"), size)?;
+    let sum = sha256(&dir.join("file.bin"))?;
+    match &args.mode {
+        Mode::Crowd {
+            clients,
+            origin_mbit,
+            client_mbit,
+            rtt_ms,
+            timeout_s,
+            show_clients,
+        } => {
+            let setup = CrowdSetup {
+                clients: *clients,
+                origin_rate: mbit(*origin_mbit),
+                client_rate: mbit(*client_mbit),
+                delay_ms: rtt_ms / 2,
+                timeout: Duration::from_secs(*timeout_s),
+                show_clients: *show_clients,
+            };
+            crowd(&args, &bins, dir, &sum, &setup)
+        }
+        Mode::Single { mbit: rate, rtts } => single(&args, &bins, dir, &sum, mbit(*rate), rtts),
+    }
+}
+
+struct CrowdSetup {
+    clients: usize,
+    origin_rate: u64,
+    client_rate: u64,
+    delay_ms: u64,
+    timeout: Duration,
+    show_clients: bool,
+}
+
+fn crowd(args: &Args, bins: &Bins, dir: &Path, sum: &str, setup: &CrowdSetup) -> Result<()> {
+    let n = setup.clients;
+    let Some(crowd) = Crowd::create("netns_crowd", 2 + n) else {
+        bail!("cannot make the hosts (see above)");
+    };
+    crowd.cap(1, setup.origin_rate).map_err(anyhow::Error::msg)?;
+    for i in 0..n {
+        crowd.cap(2 + i, setup.client_rate).map_err(anyhow::Error::msg)?;
+    }
+    let f = (args.size_mib << 20) as f64;
+    let bound = kumar_ross(f, n, setup.origin_rate as f64 / 8.0, setup.client_rate as f64 / 8.0);
+    println!(
+        "N={n}, F={} MiB, caps origin/client {}/{} Mbit/s, RTT {} ms, bound {bound:.2} s",
+        args.size_mib,
+        setup.origin_rate / 1_000_000,
+        setup.client_rate / 1_000_000,
+        setup.delay_ms * 2
+    );
+    println!(
+        "{:<4} {:>8} {:>10} {:>13} {:>15} {:>7} {:>6}",
+        "run", "wall_s", "wall/bound", "origin_tx/F", "origin_chunks/F", "failed", "stuck"
+    );
+    let (mut walls, mut ratios, mut payloads) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut failed_total, mut stuck_total) = (0, 0);
+    for run in 1..=args.runs {
+        let servers = start_servers(&crowd, bins, dir, setup.delay_ms, setup.origin_rate, args.chunk_size.as_deref())?;
+        let mut relays = Vec::new();
+        let mut commands = Vec::new();
+        for i in 0..n {
+            let host = crowd.host(2 + i);
+            let service = host.service(CLIENT_PORT, setup.delay_ms, Some(setup.client_rate));
+            relays.extend(start_relay(host, &service, bins, dir, &format!("c{i}-relay"))?);
+            let _ = std::fs::remove_dir_all(dir.join(format!("c{i}")));
+            let _ = std::fs::remove_file(dir.join(format!("c{i}.bin")));
+            let (listen, reach) = (service.listen.to_string(), service.reach.to_string());
+            let (out, store) = (format!("c{i}.bin"), format!("c{i}"));
+            let argv: Vec<String> = [
+                "get", &servers.id, "--tracker", &servers.url, "-o", &out, "--store", &store,
+                "--listen", &listen, "--advertise-addr", &reach, "--json", "--quiet",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            commands.push(argv);
+        }
+        let origin_before = crowd.host(1).tx_bytes().map_err(anyhow::Error::msg)?;
+        let started = Instant::now();
+        let mut running = Vec::new();
+        for (i, argv) in commands.iter().enumerate() {
+            let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+            running.push(Some(Daemon::spawn(crowd.host(2 + i), dir, &bins.get("peer_client"), &argv, &format!("c{i}"))?));
+        }
+        let mut last_exit = started;
+        let mut failed = Vec::new();
+        let mut left = n;
+        while left > 0 && started.elapsed() < setup.timeout {
+            for (i, slot) in running.iter_mut().enumerate() {
+                let Some(client) = slot else { continue };
+                if let Some(status) = client.child.try_wait()? {
+                    last_exit = Instant::now();
+                    if !status.success() {
+                        failed.push(format!("client {i} ended {status}: {}", client.err()));
+                    }
+                    *slot = None;
+                    left -= 1;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let wall = last_exit.duration_since(started).as_secs_f64();
+        let stuck: Vec<usize> = (0..n).filter(|&i| running[i].is_some()).collect();
+        drop(running);
+        let origin_tx = crowd.host(1).tx_bytes().map_err(anyhow::Error::msg)? - origin_before;
+        let mut from_origin = 0u64;
+        for i in 0..n {
+            let summary = std::fs::read_to_string(dir.join(format!("c{i}.out"))).unwrap_or_default();
+            if setup.show_clients {
+                println!("  client {i}: {}", summary.trim());
+            }
+            if let Ok(json) = serde_json::from_str::<serde_json::Value>(summary.trim()) {
+                from_origin += json["from_origin"].as_u64().unwrap_or(0);
+            }
+            if stuck.contains(&i) {
+                continue;
+            }
+            let out = dir.join(format!("c{i}.bin"));
+            match sha256(&out) {
+                Ok(s) if s == sum => {}
+                Ok(s) => failed.push(format!("client {i}: output sha256 {s}, not {sum}")),
+                Err(e) if !failed.iter().any(|m| m.starts_with(&format!("client {i} "))) => {
+                    failed.push(format!("client {i}: {e:#}"))
+                }
+                Err(_) => {}
+            }
+            let _ = std::fs::remove_file(&out);
+            let _ = std::fs::remove_dir_all(dir.join(format!("c{i}")));
+        }
+        drop(relays);
+        drop(servers);
+        for message in &failed {
+            eprintln!("  run {run}: {message}");
+        }
+        for i in &stuck {
+            eprintln!("  run {run}: client {i} had not exited after {:?} (killed)", setup.timeout);
+        }
+        let (ratio, payload) = (origin_tx as f64 / f, from_origin as f64 / f);
+        println!(
+            "{run:<4} {wall:>8.2} {:>10.2} {ratio:>13.3} {payload:>15.3} {:>7} {:>6}",
+            wall / bound,
+            failed.len(),
+            stuck.len()
+        );
+        walls.push(wall);
+        ratios.push(ratio);
+        payloads.push(payload);
+        failed_total += failed.len();
+        stuck_total += stuck.len();
+    }
+    let w = median(&walls);
+    println!(
+        "{:<4} {w:>8.2} {:>10.2} {:>13.3} {:>15.3} {failed_total:>7} {stuck_total:>6}",
+        "med",
+        w / bound,
+        median(&ratios),
+        median(&payloads)
+    );
+    println!(
+        "(medians of {} runs; wall from starting the clients to the last exit; origin_tx: the origin host's \
+         egress counter, frames included; origin_chunks: chunk bytes the clients got from it)",
+        args.runs
+    );
+    Ok(())
+}
+
+/// The HTTP server for curl: nginx when installed (sendfile, as a CDN would), else
+/// python3's http.server. Answers it and its name.
+fn start_http(host: &Host, dir: &Path, listen: &str) -> Result<(Daemon, &'static str)> {
+    let has_nginx = Command::new("nginx").arg("-v").stderr(Stdio::null()).status().is_ok();
+    if has_nginx {
+        let conf = dir.join("nginx.conf");
+        let d = dir.display();
+        std::fs::write(
+            &conf,
+            format!(
+                "daemon off; master_process off; worker_processes 1; user root;\n\
+                 error_log {d}/nginx-error.log; pid {d}/nginx.pid;\n\
+                 events {{ worker_connections 64; }}\n\
+                 http {{ access_log off; sendfile on; client_body_temp_path {d}/nginx-tmp;\n\
+                 proxy_temp_path {d}/nginx-tmp; fastcgi_temp_path {d}/nginx-tmp;\n\
+                 uwsgi_temp_path {d}/nginx-tmp; scgi_temp_path {d}/nginx-tmp;\n\
+                 server {{ listen {listen}; root {d}; }} }}\n"
+            ),
+        )?;
+        let conf = conf.to_string_lossy().into_owned();
+        let prefix = dir.to_string_lossy().into_owned();
+        let args = ["-p", &prefix, "-c", &conf];
+        Ok((Daemon::spawn(host, dir, Path::new("nginx"), &args, "nginx")?, "nginx"))
+    } else {
+        let (ip, port) = listen.rsplit_once(':').context("listen address")?;
+        let args = ["-m", "http.server", "--bind", ip, port];
+        Ok((Daemon::spawn(host, dir, Path::new("python3"), &args, "http")?, "python3 -m http.server"))
+    }
+}
+
+/// Runs `program args` in `host` to completion; its wall time, or why it failed.
+fn timed(host: &Host, dir: &Path, program: &Path, args: &[&str]) -> Result<f64> {
+    let started = Instant::now();
+    let out = host.command(program, dir).args(args).stdin(Stdio::null()).output()?;
+    let secs = started.elapsed().as_secs_f64();
+    if !out.status.success() {
+        bail!(
+            "{} {} ended {}: {}",
+            program.display(),
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(secs)
+}
+
+/// Time to the first byte of `GET /health` from `host` to the tracker at `reach`, each
+/// on a new connection: what the relay adds to a round trip (nominally 2·D).
+fn tracker_ttfb(host: &Host, dir: &Path, url: &str) -> Result<f64> {
+    let mut times = Vec::new();
+    for _ in 0..7 {
+        let out = host
+            .command(Path::new("curl"), dir)
+            .args(["-s", "-o", "/dev/null", "-w", "%{time_starttransfer}", &format!("{url}/health")])
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        times.push(text.trim().parse::<f64>().with_context(|| format!("curl said {text:?}"))?);
+    }
+    Ok(median(&times) * 1000.0)
+}
+
+fn single(args: &Args, bins: &Bins, dir: &Path, sum: &str, rate: u64, rtts: &[u64]) -> Result<()> {
+    let Some(crowd) = Crowd::create("netns_crowd single", 3) else {
+        bail!("cannot make the hosts (see above)");
+    };
+    for i in 0..3 {
+        crowd.cap(i, rate).map_err(anyhow::Error::msg)?;
+    }
+    let client = crowd.host(2);
+    let f = (args.size_mib << 20) as f64;
+    println!(
+        "single source: F={} MiB, {} Mbit/s caps, {} runs each",
+        args.size_mib,
+        rate / 1_000_000,
+        args.runs
+    );
+    for &rtt in rtts {
+        let delay = rtt / 2;
+        let servers = start_servers(&crowd, bins, dir, delay, rate, args.chunk_size.as_deref())?;
+        let service = crowd.host(1).service(HTTP_PORT, delay, Some(rate));
+        let relay = start_relay(crowd.host(1), &service, bins, dir, "http-relay")?;
+        let (http, server_name) = start_http(crowd.host(1), dir, &service.listen.to_string())?;
+        let url = format!("http://{}/file.bin", service.reach);
+        // Wait (bounded) until the HTTP server answers.
+        let up = (0..100).any(|_| {
+            let ok = TcpStream::connect(std::net::SocketAddr::V4(service.reach)).is_ok()
+                && timed(client, dir, Path::new("curl"), &["-sf", "-o", "/dev/null", "-r", "0-0", &url]).is_ok();
+            if !ok {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            ok
+        });
+        if !up {
+            bail!("{server_name} in {} does not answer {url}", crowd.host(1).name);
+        }
+        let ttfb = tracker_ttfb(client, dir, &servers.url)?;
+        let (mut ours, mut curls) = (Vec::new(), Vec::new());
+        for run in 0..args.runs {
+            let out = dir.join("single.bin");
+            let _ = std::fs::remove_file(&out);
+            let c = timed(client, dir, Path::new("curl"), &["-s", "-o", "single.bin", &url])?;
+            if sha256(&out)? != sum {
+                bail!("curl's copy differs");
+            }
+            let store = format!("single-store-{run}");
+            let s = timed(
+                client,
+                dir,
+                &bins.get("peer_client"),
+                &["get", &servers.id, "--tracker", &servers.url, "-o", "single.bin", "--store", &store, "--no-serve", "--quiet"],
+            )?;
+            if sha256(&out)? != sum {
+                bail!("peer_client's copy differs");
+            }
+            let _ = std::fs::remove_dir_all(dir.join(&store));
+            curls.push(c);
+            ours.push(s);
+        }
+        let (c, s) = (median(&curls), median(&ours));
+        println!(
+            "RTT {rtt:>3} ms (relay TTFB {ttfb:>6.1} ms): curl {c:>7.2} s ({:>6.1} Mbit/s), get {s:>7.2} s ({:>6.1} Mbit/s), get/curl throughput {:.2}",
+            f * 8.0 / c / 1e6,
+            f * 8.0 / s / 1e6,
+            c / s
+        );
+        drop(http);
+        drop(relay);
+        drop(servers);
+    }
+    println!("(medians; curl from {} over the same relay; TTFB: curl's time to first byte of the tracker's /health)", 
+        if Command::new("nginx").arg("-v").stderr(Stdio::null()).status().is_ok() { "nginx" } else { "python3 -m http.server" });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bound_is_the_origin_or_the_crowds_total_upload() {
+        // Origin-bound: one client can never beat F/u_s.
+        assert_eq!(kumar_ross(100.0, 1, 10.0, 10.0), 10.0);
+        // Crowd-bound: 8·100 / (50 + 8·25) = 3.2 s, above F/u_s = 2 s.
+        assert!((kumar_ross(100.0, 8, 50.0, 25.0) - 3.2).abs() < 1e-9);
+    }
+
+    #[test]
+    fn the_median_takes_the_middle_or_the_mean_of_the_middle_two() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert_eq!(median(&[]), 0.0);
+    }
+}
