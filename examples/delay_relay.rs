@@ -85,7 +85,9 @@ fn run(args: Args) -> Result<()> {
     let listener =
         TcpListener::bind(args.listen).with_context(|| format!("listening on {}", args.listen))?;
     let delay = Duration::from_millis(args.delay_ms);
-    let budget = Arc::new(Budget::new(usize::try_from(args.window).unwrap_or(usize::MAX)));
+    let budget = Arc::new(Budget::new(
+        usize::try_from(args.window).unwrap_or(usize::MAX),
+    ));
     println!("listening on {}", listener.local_addr()?);
     for accepted in listener.incoming() {
         let peer = match accepted {
@@ -359,10 +361,7 @@ impl Pipe {
             if held.closed == Some(false) {
                 return Next::End;
             }
-            held = self
-                .changed
-                .wait(held)
-                .unwrap_or_else(|e| e.into_inner());
+            held = self.changed.wait(held).unwrap_or_else(|e| e.into_inner());
         }
     }
 }
@@ -384,9 +383,15 @@ mod tests {
             Some(Ipv4Addr::new(127, 78, 3, 17)),
             "an IPv4-mapped peer counts as its IPv4 form"
         );
-        assert_eq!(source_for(peer("10.0.0.0"), local, true), Some(Ipv4Addr::LOCALHOST));
+        assert_eq!(
+            source_for(peer("10.0.0.0"), local, true),
+            Some(Ipv4Addr::LOCALHOST)
+        );
         assert_eq!(source_for(peer("10.78.3.17"), local, false), None);
-        assert_eq!(source_for(peer("10.78.3.17"), peer("10.78.3.2"), true), None);
+        assert_eq!(
+            source_for(peer("10.78.3.17"), peer("10.78.3.2"), true),
+            None
+        );
         assert_eq!(source_for(peer("fd00::1"), local, true), None);
     }
 
@@ -414,6 +419,9 @@ mod tests {
         assert_eq!(got, b"abc");
         assert!(matches!(pipe.next(), Next::End));
         pipe.close(true);
-        assert!(matches!(pipe.next(), Next::Broken), "an error overrides the end");
+        assert!(
+            matches!(pipe.next(), Next::Broken),
+            "an error overrides the end"
+        );
     }
 }

@@ -113,8 +113,16 @@ struct Daemon {
 
 impl Daemon {
     fn spawn(host: &Host, dir: &Path, program: &Path, args: &[&str], name: &str) -> Result<Daemon> {
-        let (stdout, stderr) = (dir.join(format!("{name}.out")), dir.join(format!("{name}.err")));
-        let what = format!("(in {}) {} {}", host.name, program.display(), args.join(" "));
+        let (stdout, stderr) = (
+            dir.join(format!("{name}.out")),
+            dir.join(format!("{name}.err")),
+        );
+        let what = format!(
+            "(in {}) {} {}",
+            host.name,
+            program.display(),
+            args.join(" ")
+        );
         let child = host
             .command(program, dir)
             .args(args)
@@ -140,10 +148,17 @@ impl Daemon {
                 return Ok(rest.trim().to_string());
             }
             if let Some(status) = self.child.try_wait()? {
-                bail!("{} ended {status} before printing {prefix:?}: {}", self.what, self.err());
+                bail!(
+                    "{} ended {status} before printing {prefix:?}: {}",
+                    self.what,
+                    self.err()
+                );
             }
             if Instant::now() > deadline {
-                bail!("{} printed no {prefix:?} within {START_TIMEOUT:?}", self.what);
+                bail!(
+                    "{} printed no {prefix:?} within {START_TIMEOUT:?}",
+                    self.what
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -176,7 +191,13 @@ impl Bins {
 }
 
 /// Starts the relay in front of `service` when it has one; returns it once it listens.
-fn start_relay(host: &Host, service: &Service, bins: &Bins, dir: &Path, name: &str) -> Result<Option<Daemon>> {
+fn start_relay(
+    host: &Host,
+    service: &Service,
+    bins: &Bins,
+    dir: &Path,
+    name: &str,
+) -> Result<Option<Daemon>> {
     let Some(args) = &service.relay_args else {
         return Ok(None);
     };
@@ -220,15 +241,28 @@ fn start_servers(
     let _ = std::fs::remove_dir_all(dir.join("origin"));
     let (listen, reach) = (service.listen.to_string(), service.reach.to_string());
     let mut args = vec![
-        "--origin", "--listen", &listen, "--advertise-addr", &reach, "--store", "origin",
-        "--seed", "file.bin", "--tracker", &url,
+        "--origin",
+        "--listen",
+        &listen,
+        "--advertise-addr",
+        &reach,
+        "--store",
+        "origin",
+        "--seed",
+        "file.bin",
+        "--tracker",
+        &url,
     ];
     if let Some(size) = chunk_size {
         args.extend_from_slice(&["--chunk-size", size]);
     }
     let mut o = Daemon::spawn(origin, dir, &bins.get("peer_server"), &args, "origin")?;
     let seeded = o.wait_line("seeded ")?;
-    let id = seeded.split_whitespace().next().unwrap_or_default().to_string();
+    let id = seeded
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string();
     o.wait_line("listening on ")?;
     daemons.push(o);
     Ok(Servers {
@@ -300,12 +334,21 @@ fn run(args: Args) -> Result<()> {
         relay: args.bin.join("examples").join("delay_relay"),
         dir: args.bin.clone(),
     };
-    for path in [bins.get("tracker"), bins.get("peer_client"), bins.relay.clone()] {
+    for path in [
+        bins.get("tracker"),
+        bins.get("peer_client"),
+        bins.relay.clone(),
+    ] {
         if !path.exists() {
-            bail!("{} is missing: cargo build --release --bins --example delay_relay", path.display());
+            bail!(
+                "{} is missing: cargo build --release --bins --example delay_relay",
+                path.display()
+            );
         }
     }
-    let work = tempfile::Builder::new().prefix("swarmcache-netns.").tempdir()?;
+    let work = tempfile::Builder::new()
+        .prefix("swarmcache-netns.")
+        .tempdir()?;
     let dir = work.path();
     // nginx's workers and python serve the file as whoever they run as.
     std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
@@ -349,12 +392,21 @@ fn crowd(args: &Args, bins: &Bins, dir: &Path, sum: &str, setup: &CrowdSetup) ->
     let Some(crowd) = Crowd::create("netns_crowd", 2 + n) else {
         bail!("cannot make the hosts (see above)");
     };
-    crowd.cap(1, setup.origin_rate).map_err(anyhow::Error::msg)?;
+    crowd
+        .cap(1, setup.origin_rate)
+        .map_err(anyhow::Error::msg)?;
     for i in 0..n {
-        crowd.cap(2 + i, setup.client_rate).map_err(anyhow::Error::msg)?;
+        crowd
+            .cap(2 + i, setup.client_rate)
+            .map_err(anyhow::Error::msg)?;
     }
     let f = (args.size_mib << 20) as f64;
-    let bound = kumar_ross(f, n, setup.origin_rate as f64 / 8.0, setup.client_rate as f64 / 8.0);
+    let bound = kumar_ross(
+        f,
+        n,
+        setup.origin_rate as f64 / 8.0,
+        setup.client_rate as f64 / 8.0,
+    );
     println!(
         "N={n}, F={} MiB, caps origin/client {}/{} Mbit/s, RTT {} ms, bound {bound:.2} s",
         args.size_mib,
@@ -369,20 +421,45 @@ fn crowd(args: &Args, bins: &Bins, dir: &Path, sum: &str, setup: &CrowdSetup) ->
     let (mut walls, mut ratios, mut payloads) = (Vec::new(), Vec::new(), Vec::new());
     let (mut failed_total, mut stuck_total) = (0, 0);
     for run in 1..=args.runs {
-        let servers = start_servers(&crowd, bins, dir, setup.delay_ms, setup.origin_rate, args.chunk_size.as_deref())?;
+        let servers = start_servers(
+            &crowd,
+            bins,
+            dir,
+            setup.delay_ms,
+            setup.origin_rate,
+            args.chunk_size.as_deref(),
+        )?;
         let mut relays = Vec::new();
         let mut commands = Vec::new();
         for i in 0..n {
             let host = crowd.host(2 + i);
             let service = host.service(CLIENT_PORT, setup.delay_ms, Some(setup.client_rate));
-            relays.extend(start_relay(host, &service, bins, dir, &format!("c{i}-relay"))?);
+            relays.extend(start_relay(
+                host,
+                &service,
+                bins,
+                dir,
+                &format!("c{i}-relay"),
+            )?);
             let _ = std::fs::remove_dir_all(dir.join(format!("c{i}")));
             let _ = std::fs::remove_file(dir.join(format!("c{i}.bin")));
             let (listen, reach) = (service.listen.to_string(), service.reach.to_string());
             let (out, store) = (format!("c{i}.bin"), format!("c{i}"));
             let argv: Vec<String> = [
-                "get", &servers.id, "--tracker", &servers.url, "-o", &out, "--store", &store,
-                "--listen", &listen, "--advertise-addr", &reach, "--json", "--quiet",
+                "get",
+                &servers.id,
+                "--tracker",
+                &servers.url,
+                "-o",
+                &out,
+                "--store",
+                &store,
+                "--listen",
+                &listen,
+                "--advertise-addr",
+                &reach,
+                "--json",
+                "--quiet",
             ]
             .iter()
             .map(|s| s.to_string())
@@ -394,7 +471,13 @@ fn crowd(args: &Args, bins: &Bins, dir: &Path, sum: &str, setup: &CrowdSetup) ->
         let mut running = Vec::new();
         for (i, argv) in commands.iter().enumerate() {
             let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-            running.push(Some(Daemon::spawn(crowd.host(2 + i), dir, &bins.get("peer_client"), &argv, &format!("c{i}"))?));
+            running.push(Some(Daemon::spawn(
+                crowd.host(2 + i),
+                dir,
+                &bins.get("peer_client"),
+                &argv,
+                &format!("c{i}"),
+            )?));
         }
         let mut last_exit = started;
         let mut failed = Vec::new();
@@ -419,7 +502,8 @@ fn crowd(args: &Args, bins: &Bins, dir: &Path, sum: &str, setup: &CrowdSetup) ->
         let origin_tx = crowd.host(1).tx_bytes().map_err(anyhow::Error::msg)? - origin_before;
         let mut from_origin = 0u64;
         for i in 0..n {
-            let summary = std::fs::read_to_string(dir.join(format!("c{i}.out"))).unwrap_or_default();
+            let summary =
+                std::fs::read_to_string(dir.join(format!("c{i}.out"))).unwrap_or_default();
             if setup.show_clients {
                 println!("  client {i}: {}", summary.trim());
             }
@@ -433,7 +517,11 @@ fn crowd(args: &Args, bins: &Bins, dir: &Path, sum: &str, setup: &CrowdSetup) ->
             match sha256(&out) {
                 Ok(s) if s == sum => {}
                 Ok(s) => failed.push(format!("client {i}: output sha256 {s}, not {sum}")),
-                Err(e) if !failed.iter().any(|m| m.starts_with(&format!("client {i} "))) => {
+                Err(e)
+                    if !failed
+                        .iter()
+                        .any(|m| m.starts_with(&format!("client {i} "))) =>
+                {
                     failed.push(format!("client {i}: {e:#}"))
                 }
                 Err(_) => {}
@@ -447,7 +535,10 @@ fn crowd(args: &Args, bins: &Bins, dir: &Path, sum: &str, setup: &CrowdSetup) ->
             eprintln!("  run {run}: {message}");
         }
         for i in &stuck {
-            eprintln!("  run {run}: client {i} had not exited after {:?} (killed)", setup.timeout);
+            eprintln!(
+                "  run {run}: client {i} had not exited after {:?} (killed)",
+                setup.timeout
+            );
         }
         let (ratio, payload) = (origin_tx as f64 / f, from_origin as f64 / f);
         println!(
@@ -481,7 +572,11 @@ fn crowd(args: &Args, bins: &Bins, dir: &Path, sum: &str, setup: &CrowdSetup) ->
 /// The HTTP server for curl: nginx when installed (sendfile, as a CDN would), else
 /// python3's http.server. Answers it and its name.
 fn start_http(host: &Host, dir: &Path, listen: &str) -> Result<(Daemon, &'static str)> {
-    let has_nginx = Command::new("nginx").arg("-v").stderr(Stdio::null()).status().is_ok();
+    let has_nginx = Command::new("nginx")
+        .arg("-v")
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
     if has_nginx {
         let conf = dir.join("nginx.conf");
         let d = dir.display();
@@ -500,18 +595,28 @@ fn start_http(host: &Host, dir: &Path, listen: &str) -> Result<(Daemon, &'static
         let conf = conf.to_string_lossy().into_owned();
         let prefix = dir.to_string_lossy().into_owned();
         let args = ["-p", &prefix, "-c", &conf];
-        Ok((Daemon::spawn(host, dir, Path::new("nginx"), &args, "nginx")?, "nginx"))
+        Ok((
+            Daemon::spawn(host, dir, Path::new("nginx"), &args, "nginx")?,
+            "nginx",
+        ))
     } else {
         let (ip, port) = listen.rsplit_once(':').context("listen address")?;
         let args = ["-m", "http.server", "--bind", ip, port];
-        Ok((Daemon::spawn(host, dir, Path::new("python3"), &args, "http")?, "python3 -m http.server"))
+        Ok((
+            Daemon::spawn(host, dir, Path::new("python3"), &args, "http")?,
+            "python3 -m http.server",
+        ))
     }
 }
 
 /// Runs `program args` in `host` to completion; its wall time, or why it failed.
 fn timed(host: &Host, dir: &Path, program: &Path, args: &[&str]) -> Result<f64> {
     let started = Instant::now();
-    let out = host.command(program, dir).args(args).stdin(Stdio::null()).output()?;
+    let out = host
+        .command(program, dir)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()?;
     let secs = started.elapsed().as_secs_f64();
     if !out.status.success() {
         bail!(
@@ -532,10 +637,21 @@ fn tracker_ttfb(host: &Host, dir: &Path, url: &str) -> Result<f64> {
     for _ in 0..7 {
         let out = host
             .command(Path::new("curl"), dir)
-            .args(["-s", "-o", "/dev/null", "-w", "%{time_starttransfer}", &format!("{url}/health")])
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{time_starttransfer}",
+                &format!("{url}/health"),
+            ])
             .output()?;
         let text = String::from_utf8_lossy(&out.stdout);
-        times.push(text.trim().parse::<f64>().with_context(|| format!("curl said {text:?}"))?);
+        times.push(
+            text.trim()
+                .parse::<f64>()
+                .with_context(|| format!("curl said {text:?}"))?,
+        );
     }
     Ok(median(&times) * 1000.0)
 }
@@ -565,21 +681,35 @@ fn single(args: &Args, bins: &Bins, dir: &Path, sum: &str, rate: u64, rtts: &[u6
         // Wait (bounded) until the HTTP server answers.
         let up = (0..100).any(|_| {
             let ok = TcpStream::connect(std::net::SocketAddr::V4(service.reach)).is_ok()
-                && timed(client, dir, Path::new("curl"), &["-sf", "-o", "/dev/null", "-r", "0-0", &url]).is_ok();
+                && timed(
+                    client,
+                    dir,
+                    Path::new("curl"),
+                    &["-sf", "-o", "/dev/null", "-r", "0-0", &url],
+                )
+                .is_ok();
             if !ok {
                 std::thread::sleep(Duration::from_millis(100));
             }
             ok
         });
         if !up {
-            bail!("{server_name} in {} does not answer {url}", crowd.host(1).name);
+            bail!(
+                "{server_name} in {} does not answer {url}",
+                crowd.host(1).name
+            );
         }
         let ttfb = tracker_ttfb(client, dir, &servers.url)?;
         let (mut ours, mut curls) = (Vec::new(), Vec::new());
         for run in 0..args.runs {
             let out = dir.join("single.bin");
             let _ = std::fs::remove_file(&out);
-            let c = timed(client, dir, Path::new("curl"), &["-s", "-o", "single.bin", &url])?;
+            let c = timed(
+                client,
+                dir,
+                Path::new("curl"),
+                &["-s", "-o", "single.bin", &url],
+            )?;
             if sha256(&out)? != sum {
                 bail!("curl's copy differs");
             }
@@ -588,7 +718,18 @@ fn single(args: &Args, bins: &Bins, dir: &Path, sum: &str, rate: u64, rtts: &[u6
                 client,
                 dir,
                 &bins.get("peer_client"),
-                &["get", &servers.id, "--tracker", &servers.url, "-o", "single.bin", "--store", &store, "--no-serve", "--quiet"],
+                &[
+                    "get",
+                    &servers.id,
+                    "--tracker",
+                    &servers.url,
+                    "-o",
+                    "single.bin",
+                    "--store",
+                    &store,
+                    "--no-serve",
+                    "--quiet",
+                ],
             )?;
             if sha256(&out)? != sum {
                 bail!("peer_client's copy differs");
@@ -608,8 +749,19 @@ fn single(args: &Args, bins: &Bins, dir: &Path, sum: &str, rate: u64, rtts: &[u6
         drop(relay);
         drop(servers);
     }
-    println!("(medians; curl from {} over the same relay; TTFB: curl's time to first byte of the tracker's /health)", 
-        if Command::new("nginx").arg("-v").stderr(Stdio::null()).status().is_ok() { "nginx" } else { "python3 -m http.server" });
+    println!(
+        "(medians; curl from {} over the same relay; TTFB: curl's time to first byte of the tracker's /health)",
+        if Command::new("nginx")
+            .arg("-v")
+            .stderr(Stdio::null())
+            .status()
+            .is_ok()
+        {
+            "nginx"
+        } else {
+            "python3 -m http.server"
+        }
+    );
     Ok(())
 }
 
