@@ -38,25 +38,28 @@ caps() {
 }
 
 driver=""
+W=$(mktemp -d "${TMPDIR:-/tmp}/swarmcache-netns.XXXXXX")
 cleanup() {
   # The driver removes its hosts when it ends; killed (Ctrl-C, SIGKILL), it cannot: then
   # stop what runs in its namespaces and delete them and its links, all named after its pid.
-  [ -n "$driver" ] || return 0
-  kill "$driver" 2>/dev/null || true
-  wait "$driver" 2>/dev/null || true
-  tag=$(printf 'sc%xn' "$driver")
-  for ns in $(ip netns list | awk '{print $1}' | grep "^$tag" || true); do
-    for p in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$p" 2>/dev/null || true; done
-    ip netns del "$ns" 2>/dev/null || true
-  done
-  for l in $(ip -o link show | awk -F': ' '{print $2}' | cut -d@ -f1 | grep "^$tag" || true); do
-    ip link del "$l" 2>/dev/null || true
-  done
+  if [ -n "$driver" ]; then
+    kill "$driver" 2>/dev/null || true
+    wait "$driver" 2>/dev/null || true
+    tag=$(printf 'sc%xn' "$driver")
+    for ns in $(ip netns list | awk '{print $1}' | grep "^$tag" || true); do
+      for p in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$p" 2>/dev/null || true; done
+      ip netns del "$ns" 2>/dev/null || true
+    done
+    for l in $(ip -o link show | awk -F': ' '{print $2}' | cut -d@ -f1 | grep "^$tag" || true); do
+      ip link del "$l" 2>/dev/null || true
+    done
+  fi
+  rm -rf "$W"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-common=(--bin "$B" --size-mib "$SIZE_MIB" --runs "$RUNS" ${CHUNK:+--chunk-size "$CHUNK"})
+common=(--bin "$B" --work "$W" --size-mib "$SIZE_MIB" --runs "$RUNS" ${CHUNK:+--chunk-size "$CHUNK"})
 if [ "$MODE" = single ]; then
   "$B/examples/netns_crowd" "${common[@]}" single --mbit "${SINGLE_MBIT:-1000}" --rtts "${RTTS:-0,10,50,100}" &
   driver=$!; wait "$driver"; driver=""

@@ -45,6 +45,10 @@ struct Args {
     /// The origin's --chunk-size (default: chunkify's).
     #[arg(long)]
     chunk_size: Option<String>,
+    /// Work directory (the asset, stores, outputs, logs); default: a new one in $TMPDIR,
+    /// removed at the end.
+    #[arg(long)]
+    work: Option<PathBuf>,
     #[command(subcommand)]
     mode: Mode,
 }
@@ -346,10 +350,19 @@ fn run(args: Args) -> Result<()> {
             );
         }
     }
-    let work = tempfile::Builder::new()
-        .prefix("swarmcache-netns.")
-        .tempdir()?;
-    let dir = work.path();
+    let made = match &args.work {
+        Some(_) => None,
+        None => Some(
+            tempfile::Builder::new()
+                .prefix("swarmcache-netns.")
+                .tempdir()?,
+        ),
+    };
+    let dir = args
+        .work
+        .as_deref()
+        .or(made.as_ref().map(|t| t.path()))
+        .context("no work directory")?;
     // nginx's workers and python serve the file as whoever they run as.
     std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
     let size = args.size_mib << 20;
