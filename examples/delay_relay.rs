@@ -39,6 +39,8 @@ const TO_TARGET_WINDOW: usize = 4 << 20;
 /// Each relay thread's stack: it holds no buffer (those are on the heap), and a relay of
 /// a 64-host crowd runs thousands of threads.
 const THREAD_STACK: usize = 128 << 10;
+/// Connections waiting for the relay's accept (the kernel caps it at somaxconn, 4096).
+const ACCEPT_QUEUE: i32 = 1024;
 /// A local target that does not accept within this long is down: give up the connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// A far end that reads nothing for this long has stalled: end its connection, so that
@@ -82,8 +84,7 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> Result<()> {
-    let listener =
-        TcpListener::bind(args.listen).with_context(|| format!("listening on {}", args.listen))?;
+    let listener = listen(args.listen)?;
     let delay = Duration::from_millis(args.delay_ms);
     let budget = Arc::new(Budget::new(
         usize::try_from(args.window).unwrap_or(usize::MAX),
@@ -99,18 +100,39 @@ fn run(args: Args) -> Result<()> {
                 continue;
             }
         };
-        let from = peer.peer_addr().ok();
-        let source = from.and_then(|f| source_for(f.ip(), args.target.ip(), args.source_loopback));
-        match connect(args.target, source) {
-            Ok(target) => {
-                if let Err(e) = relay(peer, target, delay, &budget) {
-                    eprintln!("delay_relay: relaying {from:?} to {}: {e:#}", args.target);
-                }
+        // The connect to the target happens on the connection's own thread: a target slow
+        // to accept must not hold up the accepts of every other connection.
+        let (target, loopback, budget) = (args.target, args.source_loopback, Arc::clone(&budget));
+        let started = spawn(move || {
+            let from = peer.peer_addr().ok();
+            let source = from.and_then(|f| source_for(f.ip(), target.ip(), loopback));
+            let relayed = connect(target, source).and_then(|t| relay(peer, t, delay, &budget));
+            if let Err(e) = relayed {
+                eprintln!("delay_relay: relaying {from:?} to {target}: {e:#}");
             }
-            Err(e) => eprintln!("delay_relay: {from:?}: {e:#}"),
+        });
+        if let Err(e) = started {
+            eprintln!("delay_relay: {e:#}");
         }
     }
     Ok(())
+}
+
+/// Binds `addr` with a deep accept queue: a crowd's clients connect to a peer all in the
+/// same second (63 peers × 4 workers at N = 64), beyond std's backlog of 128, and a
+/// dropped SYN costs the dialler a second before it tries again.
+fn listen(addr: SocketAddr) -> Result<TcpListener> {
+    use rustix::net::{AddressFamily, SocketFlags, SocketType};
+    let family = match addr {
+        SocketAddr::V4(_) => AddressFamily::INET,
+        SocketAddr::V6(_) => AddressFamily::INET6,
+    };
+    let fd = rustix::net::socket_with(family, SocketType::STREAM, SocketFlags::CLOEXEC, None)
+        .context("making a socket")?;
+    rustix::net::sockopt::set_socket_reuseaddr(&fd, true).context("SO_REUSEADDR")?;
+    rustix::net::bind(&fd, &addr).with_context(|| format!("listening on {addr}"))?;
+    rustix::net::listen(&fd, ACCEPT_QUEUE).with_context(|| format!("listening on {addr}"))?;
+    Ok(TcpListener::from(fd))
 }
 
 /// The address to connect to `target` from, for a peer at `peer`: with `loopback` and a
