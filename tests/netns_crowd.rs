@@ -181,7 +181,8 @@ impl CrowdSwarm {
         self.dir.path().join(format!("c{i}.out"))
     }
 
-    /// Starts `peer_client get` in client host `i` (its own store, output
+    /// Starts `peer_client get` in client host `i` (one at a time per host: the port is
+    /// fixed; its own store, output
     /// [`CrowdSwarm::output`], `--json`), serving others on [`CLIENT_PORT`] behind a relay
     /// when the swarm has a delay; `extra` flags go last.
     pub fn spawn_client(&mut self, i: usize, extra: &[&str]) -> Proc {
@@ -254,8 +255,8 @@ fn start_relay(
 }
 
 /// What the origin host may send, in asset sizes, to the crowd of [`SwarmOptions::default`].
-/// Issue 14's target is 1.05 F (1.10 F counting frames); today's client sends 1.16–1.41 F
-/// here (each client is planned a disjoint quarter, then asks the origin again for chunks
+/// Issue 14's target is 1.05 F (1.10 F counting frames); today's client sends 1.16–1.26 F
+/// here (1.22–1.41 F with the origin at 80 Mbit/s) (each client is planned a disjoint quarter, then asks the origin again for chunks
 /// a slow peer held up and hedges), so this bound only says "the peers carry the crowd"
 /// (origin alone: 4 F) until the issue's client work tightens it. Headers add under 1 %:
 /// the veth counts offloaded 64 KiB packets with one header each.
