@@ -55,6 +55,10 @@ pub enum Action<'a> {
     Origin(&'a AssetId),
     /// Read `GET /metrics` (of the assets the token may fetch).
     Metrics,
+    /// Move a tag of this name (the publish right, within the token's name prefixes).
+    Tag(&'a str),
+    /// Unpublish an asset (`DELETE /assets/ID`).
+    Admin,
 }
 
 /// Why a request was refused.
@@ -81,6 +85,10 @@ struct TokenEntry {
     #[serde(default)]
     metrics: bool,
     #[serde(default)]
+    admin: bool,
+    #[serde(default)]
+    names: Option<Vec<String>>,
+    #[serde(default)]
     fetch: Vec<String>,
 }
 
@@ -101,6 +109,9 @@ pub struct Grant {
     origin: bool,
     advertise: bool,
     metrics: bool,
+    admin: bool,
+    /// Prefixes of the names whose tags it may move; `None`: every name.
+    names: Option<Vec<String>>,
     /// `None`: every asset.
     fetch: Option<Vec<AssetId>>,
 }
@@ -127,6 +138,16 @@ impl Grant {
         self.origin
     }
 
+    /// Whether this token may move the tags of `name`: the publish right, and `name`
+    /// starting with one of its `names` prefixes when it has any.
+    pub fn may_tag(&self, name: &str) -> bool {
+        self.publish
+            && self
+                .names
+                .as_ref()
+                .is_none_or(|prefixes| prefixes.iter().any(|p| name.starts_with(p.as_str())))
+    }
+
     /// What tells this token from every other: the start of its digest (names may repeat).
     pub fn key(&self) -> [u8; 8] {
         let mut key = [0; 8];
@@ -145,11 +166,13 @@ impl Grant {
 /// origin = true
 /// advertise = false       # may announce an address other than the announce's source
 /// metrics = false         # may read GET /metrics
+/// admin = false           # may unpublish assets (DELETE /assets/ID)
+/// names = ["ci/"]         # optional: the name prefixes whose tags it may move
 /// fetch = ["*"]           # or asset ids
 /// ```
 #[derive(Clone, Debug)]
 pub struct Tokens {
-    grants: Vec<Grant>,
+    grants: Vec<Arc<Grant>>,
 }
 
 impl Tokens {
@@ -185,22 +208,34 @@ impl Tokens {
                     .map_err(|e| format!("token {:?}: fetch: {e}", entry.name))?;
                 Some(ids)
             };
-            grants.push(Grant {
+            grants.push(Arc::new(Grant {
                 name: entry.name,
                 digest,
                 publish: entry.publish,
                 origin: entry.origin,
                 advertise: entry.advertise,
                 metrics: entry.metrics,
+                admin: entry.admin,
+                names: entry.names,
                 fetch,
-            });
+            }));
         }
         Ok(Tokens { grants })
     }
 
+    /// How many tokens the file grants.
+    pub fn len(&self) -> usize {
+        self.grants.len()
+    }
+
+    /// Whether the file grants no token at all.
+    pub fn is_empty(&self) -> bool {
+        self.grants.is_empty()
+    }
+
     /// The grant of the token presented (`Authorization: Bearer TOKEN`), if it allows
     /// `action`.
-    pub fn authorize(&self, token: Option<&str>, action: Action) -> Result<&Grant, Denied> {
+    pub fn authorize(&self, token: Option<&str>, action: Action) -> Result<Arc<Grant>, Denied> {
         let token = token.ok_or_else(|| {
             Denied::Unauthenticated(
                 "this tracker needs a token: pass --token or set SWARMCACHE_TOKEN".into(),
@@ -219,9 +254,11 @@ impl Tokens {
             Action::Fetch(id) => grant.may_fetch(id),
             Action::Origin(id) => grant.origin && grant.may_fetch(id),
             Action::Metrics => grant.metrics,
+            Action::Tag(name) => grant.may_tag(name),
+            Action::Admin => grant.admin,
         };
         if allowed {
-            Ok(grant)
+            Ok(Arc::clone(grant))
         } else {
             let what = match action {
                 Action::Browse => "browse".to_string(),
@@ -230,6 +267,14 @@ impl Tokens {
                 Action::Origin(id) => format!("be the origin of {id}"),
                 Action::Metrics => {
                     "read /metrics (give it `metrics = true` in the permissions file)".to_string()
+                }
+                Action::Tag(name) if grant.publish => format!(
+                    "tag {name:?}: its names must start with one of {:?}",
+                    grant.names.as_deref().unwrap_or_default()
+                ),
+                Action::Tag(name) => format!("tag {name:?} (it lacks the publish right)"),
+                Action::Admin => {
+                    "unpublish assets (give it `admin = true` in the permissions file)".to_string()
                 }
             };
             Err(Denied::Forbidden(format!(
@@ -251,6 +296,10 @@ pub struct Rights {
     pub advertise: bool,
     /// May read `GET /metrics`.
     pub metrics: bool,
+    /// May unpublish assets.
+    pub admin: bool,
+    /// Name prefixes whose tags it may move (none: every name).
+    pub names: Vec<String>,
     /// Assets it may fetch and serve: ids, or `*`.
     pub fetch: Vec<String>,
 }
@@ -262,16 +311,23 @@ pub fn new_token(name: &str, rights: &Rights) -> Result<(String, String)> {
         origin,
         advertise,
         metrics,
+        admin,
+        names,
         fetch,
     } = rights;
     let mut bytes = [0u8; 24];
     getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness for a token: {e}"))?;
     let token = format!("sct_{}", hex::encode(bytes));
-    let fetch: Vec<String> = fetch.iter().map(|f| format!("{f:?}")).collect();
+    let quoted = |list: &[String]| list.iter().map(|f| format!("{f:?}")).collect::<Vec<_>>();
+    let names = if names.is_empty() {
+        String::new()
+    } else {
+        format!("names = [{}]\n", quoted(names).join(", "))
+    };
     let entry = format!(
-        "[[token]]\nname = {name:?}\nsha256 = \"{}\"\npublish = {publish}\norigin = {origin}\nadvertise = {advertise}\nmetrics = {metrics}\nfetch = [{}]\n",
+        "[[token]]\nname = {name:?}\nsha256 = \"{}\"\npublish = {publish}\norigin = {origin}\nadvertise = {advertise}\nmetrics = {metrics}\nadmin = {admin}\n{names}fetch = [{}]\n",
         hex::encode(sha256(token.as_bytes())),
-        fetch.join(", ")
+        quoted(fetch).join(", ")
     );
     Ok((token, entry))
 }
@@ -302,6 +358,103 @@ pub fn append_token(path: &Path, entry: &str) -> Result<()> {
     file.write_all(format!("{separator}\n{entry}").as_bytes())
         .and_then(|()| file.sync_all())
         .with_context(|| format!("appending to {}", path.display()))
+}
+
+/// Removes every entry named `name` from a permissions file; how many there were. The
+/// file is rewritten atomically (readable by its owner only), everything else in it kept as
+/// written, comments included: an entry is the text from its `[[token]]` line to the next
+/// one. A running tracker reloads the file within [`RELOAD_POLL`] (or at once on SIGHUP).
+pub fn revoke_token(path: &Path, name: &str) -> Result<usize> {
+    let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut kept = String::with_capacity(text.len());
+    let (mut removed, mut names) = (0, Vec::new());
+    for block in token_blocks(&text) {
+        let entry = toml::from_str::<AuthFile>(block)
+            .ok()
+            .and_then(|f| f.token.into_iter().next());
+        match entry {
+            Some(entry) if entry.name == name => removed += 1,
+            other => {
+                if let Some(entry) = other {
+                    names.push(entry.name);
+                }
+                kept.push_str(block);
+            }
+        }
+    }
+    if removed == 0 {
+        bail!(
+            "{} has no token named {name:?} (it has: {}); nothing revoked",
+            path.display(),
+            if names.is_empty() {
+                "none".to_string()
+            } else {
+                names.join(", ")
+            }
+        );
+    }
+    Tokens::parse(&kept)
+        .map_err(|e| anyhow::anyhow!("{} without {name:?}: {e}", path.display()))?;
+    write_private(path, kept.as_bytes())?;
+    Ok(removed)
+}
+
+/// How long a ticket handed out just before its token was revoked can still open a
+/// connection at a peer: its lifetime (`ttl`, the tracker's `--ticket-ttl`) plus the clock
+/// skew peers allow ([`CLOCK_SKEW`]). A connection opened before then is not cut.
+pub fn ticket_outlives_revocation(ttl: Duration) -> Duration {
+    ttl + Duration::from_secs(CLOCK_SKEW)
+}
+
+/// How often a tracker looks at its permissions file's modification time (and size) to
+/// reload it: revocation takes effect within a second, for one `stat` a second.
+pub const RELOAD_POLL: Duration = Duration::from_secs(1);
+
+/// The text of a permissions file cut before each `[[token]]` line: the preamble, then
+/// one piece per entry (a comment above an entry goes with the entry before it).
+fn token_blocks(text: &str) -> Vec<&str> {
+    let mut starts = vec![0];
+    let mut at = 0;
+    for line in text.split_inclusive('\n') {
+        if at > 0 && line.trim() == "[[token]]" {
+            starts.push(at);
+        }
+        at += line.len();
+    }
+    starts.push(text.len());
+    starts.windows(2).map(|w| &text[w[0]..w[1]]).collect()
+}
+
+/// Replaces `path` durably and atomically with a file only its owner may read (the
+/// permissions file: its digests are not secrets, but who holds which rights is).
+fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
+    let result = (|| -> std::io::Result<()> {
+        let _ = fs::remove_file(&tmp);
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        fs::rename(&tmp, path)?;
+        crate::fsutil::sync_dir(dir)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result.with_context(|| format!("writing {}", path.display()))
 }
 
 /// The tracker's signing keys: the current one signs; the previous one, kept after a
@@ -921,8 +1074,8 @@ mod tests {
     fn a_bad_permissions_file_says_what_is_wrong() {
         let short = "[[token]]\nname = \"x\"\nsha256 = \"abc\"\n";
         assert!(Tokens::parse(short).unwrap_err().contains("64 hex digits"));
-        let unknown = "[[token]]\nname = \"x\"\nsha256 = \"abc\"\nadmin = true\n";
-        assert!(Tokens::parse(unknown).unwrap_err().contains("admin"));
+        let unknown = "[[token]]\nname = \"x\"\nsha256 = \"abc\"\nsuperuser = true\n";
+        assert!(Tokens::parse(unknown).unwrap_err().contains("superuser"));
         let bad_id = format!(
             "[[token]]\nname = \"x\"\nsha256 = \"{}\"\nfetch = [\"nope\"]\n",
             "0".repeat(64)
@@ -931,6 +1084,96 @@ mod tests {
             Tokens::parse(&bad_id)
                 .unwrap_err()
                 .contains("not an asset id")
+        );
+    }
+
+    #[test]
+    fn name_prefixes_limit_tags_and_admin_is_its_own_right() {
+        let (ci, ci_entry) = new_token(
+            "ci",
+            &Rights {
+                publish: true,
+                names: vec!["ci/".into(), "team-a/".into()],
+                fetch: vec!["*".into()],
+                ..Rights::default()
+            },
+        )
+        .unwrap();
+        let (ops, ops_entry) = new_token(
+            "ops",
+            &Rights {
+                admin: true,
+                ..Rights::default()
+            },
+        )
+        .unwrap();
+        let (any, any_entry) = new_token(
+            "any",
+            &Rights {
+                publish: true,
+                ..Rights::default()
+            },
+        )
+        .unwrap();
+        let tokens = Tokens::parse(&format!("{ci_entry}\n{ops_entry}\n{any_entry}")).unwrap();
+        assert!(tokens.authorize(Some(&ci), Action::Tag("ci/app")).is_ok());
+        assert!(tokens.authorize(Some(&ci), Action::Tag("team-a/x")).is_ok());
+        let refused = tokens
+            .authorize(Some(&ci), Action::Tag("prod/app"))
+            .unwrap_err();
+        assert!(
+            matches!(&refused, Denied::Forbidden(m) if m.contains("prod/app") && m.contains("ci/")),
+            "{refused:?}"
+        );
+        assert!(
+            tokens
+                .authorize(Some(&any), Action::Tag("prod/app"))
+                .is_ok()
+        );
+        assert!(matches!(
+            tokens.authorize(Some(&ops), Action::Tag("ci/app")),
+            Err(Denied::Forbidden(m)) if m.contains("publish right")
+        ));
+        assert!(tokens.authorize(Some(&ops), Action::Admin).is_ok());
+        assert!(matches!(
+            tokens.authorize(Some(&ci), Action::Admin),
+            Err(Denied::Forbidden(m)) if m.contains("admin = true")
+        ));
+    }
+
+    #[test]
+    fn revoking_removes_the_named_entries_and_keeps_the_rest_as_written() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("auth.toml");
+        fs::write(&path, "# our tokens\n").unwrap();
+        let mut tokens = Vec::new();
+        for name in ["ci", "viewer", "ci"] {
+            let (token, entry) = new_token(name, &Rights::default()).unwrap();
+            append_token(&path, &entry).unwrap();
+            tokens.push(token);
+        }
+        assert_eq!(revoke_token(&path, "ci").unwrap(), 2);
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(text.starts_with("# our tokens\n"), "{text}");
+        let left = Tokens::load(&path).unwrap();
+        assert_eq!(left.len(), 1);
+        assert!(left.authorize(Some(&tokens[1]), Action::Browse).is_ok());
+        assert!(left.authorize(Some(&tokens[0]), Action::Browse).is_err());
+        let e = format!("{:#}", revoke_token(&path, "ci").unwrap_err());
+        assert!(
+            e.contains("no token named \"ci\"") && e.contains("viewer"),
+            "{e}"
+        );
+        let mode = fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(
+            mode & 0o077,
+            0,
+            "permissions file readable by others: {mode:o}"
+        );
+        assert_eq!(
+            ticket_outlives_revocation(DEFAULT_TICKET_TTL),
+            Duration::from_secs(630)
         );
     }
 }

@@ -35,6 +35,7 @@
 //! - [`client`]: downloads: the pure chunk plan, its scheduler, connection workers,
 //!   streaming out in order, the summary.
 //! - [`metrics`]: the Prometheus text format of the `/metrics` endpoints.
+//! - [`names`]: human names and tags for assets (`ci/app:latest`) and the JSON of `/tags`.
 //! - [`failure`]: the typed causes of a failed command that exit codes tell apart.
 //! - [`cli`]: helpers shared by the binaries (exit codes, logging, flags, config file).
 
@@ -54,6 +55,7 @@ pub mod fsutil;
 pub mod http;
 pub mod manifest;
 pub mod metrics;
+pub mod names;
 pub mod net;
 pub mod ratelimit;
 pub mod server;

@@ -1,6 +1,8 @@
 //! The client side of the tracker's HTTP API: publish, fetch manifests, announce (one asset,
 //! or a store's many in batches split to the tracker's bounds).
 
+mod tags;
+
 use std::io::Read;
 use std::sync::Arc;
 use std::time::Duration;
@@ -241,6 +243,13 @@ impl TrackerClient {
         manifest: &Manifest,
         key: Option<&ContentKey>,
     ) -> Result<PublishResponse> {
+        self.check_key_channel(manifest, key)?;
+        let url = format!("{}/assets", self.base);
+        self.post_manifest(&url, manifest, key)
+    }
+
+    /// Refuses to send a content key where it would travel in clear.
+    fn check_key_channel(&self, manifest: &Manifest, key: Option<&ContentKey>) -> Result<()> {
         if key.is_some() && !self.is_private() {
             bail!(
                 "refusing to send the content key of {} in clear to the tracker {}: keys travel only over https or to a tracker on this host (127.0.0.1, ::1, localhost)",
@@ -248,9 +257,18 @@ impl TrackerClient {
                 self.base
             );
         }
-        let url = format!("{}/assets", self.base);
+        Ok(())
+    }
+
+    /// Posts `manifest` (with its key) to `url` and checks the id in the answer.
+    fn post_manifest(
+        &self,
+        url: &str,
+        manifest: &Manifest,
+        key: Option<&ContentKey>,
+    ) -> Result<PublishResponse> {
         let response = self.call(
-            self.agent.post(&url),
+            self.agent.post(url),
             Some(("application/toml", &manifest.to_toml_keyed(key))),
         )?;
         let answer: PublishResponse = self.json(response, "publish")?;

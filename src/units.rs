@@ -55,9 +55,10 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "" | "s" => value,
         "m" | "min" => value * 60.0,
         "h" => value * 3600.0,
+        "d" => value * 86_400.0,
         other => {
             return Err(format!(
-                "unknown duration unit {other:?} in {text:?} (use ms, s, m or h)"
+                "unknown duration unit {other:?} in {text:?} (use ms, s, m, h or d)"
             ));
         }
     };
@@ -118,6 +119,7 @@ mod tests {
         assert_eq!(parse_duration("60"), Ok(Duration::from_secs(60)));
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(30 * 86_400)));
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("5 fortnights").is_err());
     }

@@ -13,6 +13,7 @@ use swarmcache::client::{self, DEFAULT_WINDOW, DEFAULT_WORKERS, GetConfig, Progr
 use swarmcache::crypt::ContentKey;
 use swarmcache::manifest::AssetId;
 use swarmcache::manifest::Manifest;
+use swarmcache::names::{Reference, TagRef};
 use swarmcache::store::Store;
 use swarmcache::store::cache;
 use swarmcache::tracker_client::TrackerClient;
@@ -24,6 +25,11 @@ use swarmcache::tracker_client::TrackerClient;
 ///   ID=$(chunkify big.iso | peer_client publish --tracker http://127.0.0.1:7070 -)
 ///   peer_client get "$ID" --tracker http://127.0.0.1:7070 -o copy.iso
 ///   peer_client get "$ID" --tracker http://127.0.0.1:7070 --stream | mpv -
+///
+/// Names and tags (CI: publish each build as ci/app:latest, pull the latest in one command):
+///   chunkify app.tar | peer_client publish --tag ci/app:latest -
+///   peer_client get ci/app -o app.tar        # ci/app means ci/app:latest
+///   peer_client tag ci/app:stable "$ID"      # move a tag; peer_client tags ci/app: history
 #[derive(Parser)]
 #[command(version, verbatim_doc_comment)]
 struct Args {
@@ -45,6 +51,62 @@ enum Command {
         #[arg(long, env = "SWARMCACHE_TRACKER", value_parser = cli::tracker_arg)]
         tracker: String,
         /// Token with the publish right, for a tracker started with --auth.
+        #[arg(long, env = "SWARMCACHE_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// Also point this tag at the asset, e.g. ci/app:latest (NAME alone means
+        /// NAME:latest). The token must be allowed the name (auth.toml `names`); when it is
+        /// not, nothing is published.
+        #[arg(long, value_name = "NAME:TAG", value_parser = tag_arg)]
+        tag: Option<TagRef>,
+    },
+    /// Point a tag at an asset already published (the tag moves atomically; its history
+    /// is kept: see `peer_client tags NAME`).
+    ///
+    /// A name is 1 to 128 bytes of a-z 0-9 . _ - in /-separated parts, each starting with a
+    /// letter or a digit (ci/app, team.x/build-7); a tag is 1 to 64 bytes of letters,
+    /// digits, . _ -, starting with a letter or a digit (latest, v1.2.0). Moving a tag
+    /// needs the publish right, and a name the token's `names` prefixes allow.
+    Tag {
+        /// The tag to move, NAME:TAG (NAME alone means NAME:latest).
+        #[arg(value_name = "NAME:TAG", value_parser = tag_arg)]
+        tag: TagRef,
+        /// The asset id (64 hex digits) it is to point at.
+        #[arg(value_parser = cli::asset_id_arg)]
+        id: AssetId,
+        /// Tracker URL, e.g. http://127.0.0.1:7070.
+        #[arg(long, env = "SWARMCACHE_TRACKER", value_parser = cli::tracker_arg)]
+        tracker: String,
+        /// Token with the publish right, for a tracker started with --auth.
+        #[arg(long, env = "SWARMCACHE_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
+    /// List the tags of a name: where each points, and when and by whom it moved.
+    Tags {
+        /// The name, e.g. ci/app.
+        name: String,
+        /// Tracker URL, e.g. http://127.0.0.1:7070.
+        #[arg(long, env = "SWARMCACHE_TRACKER", value_parser = cli::tracker_arg)]
+        tracker: String,
+        /// Token, for a tracker started with --auth.
+        #[arg(long, env = "SWARMCACHE_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// Print the tracker's JSON answer instead.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Unpublish an asset (the admin right): the tracker forgets it and hands out no more
+    /// tickets for it; serving peers stop serving it within a heartbeat (their copies stay
+    /// in their stores: `peer_client cache rm ID` removes one); tags pointing at it answer
+    /// that it was unpublished. Tickets already handed out still open connections to peers
+    /// that have not heard yet, until they expire.
+    Unpublish {
+        /// The asset id (64 hex digits).
+        #[arg(value_parser = cli::asset_id_arg)]
+        id: AssetId,
+        /// Tracker URL, e.g. http://127.0.0.1:7070.
+        #[arg(long, env = "SWARMCACHE_TRACKER", value_parser = cli::tracker_arg)]
+        tracker: String,
+        /// Token with the admin right, for a tracker started with --auth.
         #[arg(long, env = "SWARMCACHE_TOKEN", hide_env_values = true)]
         token: Option<String>,
     },
@@ -125,10 +187,12 @@ enum CacheCommand {
 
 #[derive(clap::Args)]
 struct GetArgs {
-    /// The asset id (64 hex digits).
-    #[arg(value_parser = cli::asset_id_arg)]
-    asset: AssetId,
-    /// Tracker URL, e.g. http://127.0.0.1:7070 (not needed when the store holds the whole asset).
+    /// The asset: its id (64 hex digits), or NAME:TAG (e.g. ci/app:latest; NAME alone
+    /// means NAME:latest), which the tracker resolves in one request.
+    #[arg(value_name = "ID|NAME:TAG", value_parser = reference_arg)]
+    asset: Reference,
+    /// Tracker URL, e.g. http://127.0.0.1:7070 (not needed when the store holds the whole
+    /// asset and it is named by id).
     #[arg(long, env = "SWARMCACHE_TRACKER", value_parser = cli::tracker_arg)]
     tracker: Option<String>,
     /// Output file, placed once complete: -o FILE replaces an existing file atomically (as
@@ -223,12 +287,75 @@ fn run(args: Args) -> Result<u8> {
             manifest,
             tracker,
             token,
+            tag,
         } => {
             let (manifest, key) = read_manifest(&manifest)?;
+            let tracker = TrackerClient::new(&tracker)?.with_token(token);
+            let answer = match &tag {
+                Some(tag) => tracker.publish_tagged(&manifest, key.as_ref(), tag)?,
+                None => tracker.publish_keyed(&manifest, key.as_ref())?,
+            };
+            cli::println(&answer.id)?;
+        }
+        Command::Tag {
+            tag,
+            id,
+            tracker,
+            token,
+        } => {
             let answer = TrackerClient::new(&tracker)?
                 .with_token(token)
-                .publish_keyed(&manifest, key.as_ref())?;
-            cli::println(&answer.id)?;
+                .tag(&tag, &id)?;
+            match answer.previous {
+                Some(previous) if previous != answer.id => {
+                    eprintln!("peer_client: {tag} moved from {previous} to {}", answer.id)
+                }
+                Some(_) => eprintln!("peer_client: {tag} already points at {}", answer.id),
+                None => eprintln!("peer_client: {tag} now points at {}", answer.id),
+            }
+        }
+        Command::Tags {
+            name,
+            tracker,
+            token,
+            json,
+        } => {
+            let answer = TrackerClient::new(&tracker)?
+                .with_token(token)
+                .tags(&name)?;
+            if json {
+                cli::println(&serde_json::to_string(&answer)?)?;
+            } else {
+                for tag in &answer.tags {
+                    let gone = if tag.unpublished.is_some() {
+                        " (unpublished)"
+                    } else {
+                        ""
+                    };
+                    cli::println(&format!("{}:{} {}{gone}", answer.name, tag.tag, tag.id))?;
+                    for moved in tag.history.iter().rev() {
+                        cli::println(&format!(
+                            "  {} {} by {}",
+                            httpdate::fmt_http_date(
+                                std::time::UNIX_EPOCH + Duration::from_secs(moved.at)
+                            ),
+                            moved.id,
+                            moved.by
+                        ))?;
+                    }
+                }
+            }
+        }
+        Command::Unpublish { id, tracker, token } => {
+            let answer = TrackerClient::new(&tracker)?
+                .with_token(token)
+                .unpublish(&id)?;
+            let tags = if answer.tags.is_empty() {
+                String::new()
+            } else {
+                format!("; tags now pointing at nothing: {}", answer.tags.join(", "))
+            };
+            eprintln!("peer_client: unpublished {}{tags}", answer.id);
         }
         Command::Get(args) => return get(*args),
         Command::Cache(args) => return cache_command(args),
@@ -237,7 +364,23 @@ fn run(args: Args) -> Result<u8> {
 }
 
 fn get(mut args: GetArgs) -> Result<u8> {
-    let asset = args.asset;
+    let asset = match &args.asset {
+        Reference::Id(id) => *id,
+        Reference::Tag(tag) => {
+            let Some(url) = &args.tracker else {
+                anyhow::bail!(
+                    "{tag} is a name: give --tracker (or SWARMCACHE_TRACKER) to resolve it"
+                );
+            };
+            let id = TrackerClient::new(url)?
+                .with_token(args.token.clone())
+                .resolve(tag)?;
+            if !args.quiet {
+                eprintln!("peer_client: {tag} is {id}");
+            }
+            id
+        }
+    };
     if args.output.as_deref() == Some(Path::new("-")) {
         args.output = None;
         args.stream = true;
@@ -375,6 +518,16 @@ fn cache_command(args: CacheArgs) -> Result<u8> {
         }
     }
     Ok(EXIT_OK)
+}
+
+/// Parses `NAME:TAG` for clap.
+fn tag_arg(text: &str) -> Result<TagRef, String> {
+    text.parse()
+}
+
+/// Parses an asset id or `NAME:TAG` for clap.
+fn reference_arg(text: &str) -> Result<Reference, String> {
+    text.parse()
 }
 
 /// The manifest to publish, and the content key of an encrypted asset (`chunkify --encrypt`).

@@ -35,6 +35,16 @@ use swarmcache::tracker::{
 ///   tracker --auth auth.toml --data tracker-data
 ///   tracker keygen --data tracker-data     # rotate the key, then restart the tracker
 ///
+/// Tokens added (tracker token) or revoked (tracker token --revoke NAME) take effect
+/// without a restart: the tracker looks at the permissions file every second and reloads
+/// it when it changed, or at once on SIGHUP; a file that does not load keeps the old
+/// tokens (the log says why). Tickets handed out before a revocation stay valid until they
+/// expire (--ticket-ttl, plus the 30 s clock skew peers allow).
+///
+/// Names and tags: peer_client publish --tag ci/app:latest, peer_client tag, GET /tags/NAME
+/// (kept in DATA/tags.json). DELETE /assets/ID (peer_client unpublish, the admin right)
+/// unpublishes an asset; --retain 30d drops untagged assets no peer announced for 30 days.
+///
 /// Hostile clients are bounded: a request must arrive whole within --request-timeout, an
 /// idle connection closes after --idle-timeout, one address holds at most
 /// --max-conns-per-ip connections and may announce and publish at most --announce-rate
@@ -84,6 +94,11 @@ struct Args {
     /// How long the tickets handed out with announces stay valid.
     #[arg(long, default_value = "10m", value_parser = cli::duration_arg)]
     ticket_ttl: Duration,
+    /// Unpublish assets no tag points at and no peer announced for this long (e.g. 30d,
+    /// 12h), checked every quarter of it (every minute at most, twice a second at least).
+    /// Default: keep every asset. The time counts from the tracker's start at the earliest.
+    #[arg(long, value_parser = cli::duration_arg)]
+    retain: Option<Duration>,
 }
 
 #[derive(Subcommand)]
@@ -98,14 +113,32 @@ enum Command {
     },
     /// Make a new token: appends its entry (name, SHA-256, permissions) to the permissions
     /// file, creating it, and prints the token itself on stdout. The file never holds the
-    /// token. Restart the tracker to accept it.
+    /// token. A running tracker accepts it within a second (or at once on SIGHUP).
+    ///
+    /// With --revoke NAME, removes every token of that name instead: a running tracker
+    /// refuses it within a second; the tickets it was handed stay valid until they expire,
+    /// which the command prints.
     Token {
         /// The permissions file to append to.
         #[arg(long)]
         auth: PathBuf,
         /// Who the token is for (shown in errors and logs).
+        #[arg(long, required_unless_present = "revoke", conflicts_with = "revoke")]
+        name: Option<String>,
+        /// Revoke the tokens of this name (remove their entries from the file).
+        #[arg(long, value_name = "NAME")]
+        revoke: Option<String>,
+        /// With --revoke: the running tracker's --ticket-ttl, to say how long the revoked
+        /// token's tickets stay valid.
+        #[arg(long, default_value = "10m", value_parser = cli::duration_arg, requires = "revoke")]
+        ticket_ttl: Duration,
+        /// May unpublish assets (DELETE /assets/ID, peer_client unpublish).
         #[arg(long)]
-        name: String,
+        admin: bool,
+        /// With --publish: the name prefixes whose tags it may move, e.g. ci/ (repeatable;
+        /// default: every name).
+        #[arg(long, value_name = "PREFIX")]
+        names: Vec<String>,
         /// May publish manifests.
         #[arg(long)]
         publish: bool,
@@ -135,19 +168,43 @@ fn run(args: Args) -> Result<u8> {
             return Ok(EXIT_OK);
         }
         Some(Command::Token {
+            revoke: Some(name),
+            auth,
+            ticket_ttl,
+            ..
+        }) => {
+            let removed = auth::revoke_token(&auth, &name)?;
+            let lasts = auth::ticket_outlives_revocation(ticket_ttl);
+            cli::println(&format!(
+                "revoked {removed} token(s) named {name:?} in {}; a running tracker refuses them within {:?}                  (at once on SIGHUP); tickets already handed out stay valid at peers until they expire,                  at most {} s from now (--ticket-ttl {} s plus the {} s clock skew peers allow)",
+                auth.display(),
+                auth::RELOAD_POLL,
+                lasts.as_secs(),
+                ticket_ttl.as_secs(),
+                lasts.as_secs() - ticket_ttl.as_secs(),
+            ))?;
+            return Ok(EXIT_OK);
+        }
+        Some(Command::Token {
             auth,
             name,
             publish,
             origin,
             advertise,
             metrics,
+            admin,
+            names,
             fetch,
+            ..
         }) => {
+            let name = name.expect("clap requires --name without --revoke");
             let rights = auth::Rights {
                 publish,
                 origin,
                 advertise,
                 metrics,
+                admin,
+                names,
                 fetch,
             };
             let (token, entry) = auth::new_token(&name, &rights)?;
@@ -168,9 +225,13 @@ fn run(args: Args) -> Result<u8> {
         publish_rate: args.publish_rate,
         auth: args.auth,
         ticket_ttl: args.ticket_ttl,
+        retain: args.retain,
         ..TrackerConfig::new(args.listen, args.data)
     };
     let tracker = Tracker::bind(&config)?;
+    // SIGHUP reloads the permissions file (and no longer ends the tracker).
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, tracker.reload_flag())
+        .map_err(|e| anyhow::anyhow!("installing the SIGHUP handler: {e}"))?;
     let addr = tracker.local_addr();
     cli::println(&format!("listening on http://{addr}"))?;
     if addr.ip().is_unspecified() {

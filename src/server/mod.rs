@@ -20,7 +20,7 @@ mod stats;
 mod tickets;
 mod uploads;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -179,6 +179,31 @@ struct Shared {
     seats: Seats,
     /// What the metrics endpoint reports beyond the per-asset counters.
     counters: Counters,
+    /// Assets the tracker answered "unpublished" (410) for at the last beat: not served,
+    /// whatever the store holds, until a beat finds them published again.
+    withdrawn: Mutex<HashSet<AssetId>>,
+}
+
+impl Shared {
+    /// Whether the tracker unpublished `asset` (as of the last beat).
+    fn is_withdrawn(&self, asset: &AssetId) -> bool {
+        self.withdrawn.locked().contains(asset)
+    }
+
+    /// Records the assets a beat found unpublished, saying which stop and which resume.
+    fn withdraw(&self, gone: HashSet<AssetId>, tracker: &str) {
+        let mut withdrawn = self.withdrawn.locked();
+        for id in gone.difference(&withdrawn) {
+            log::warn!(
+                "announce: tracker {tracker} says asset {id} was unpublished; no longer serving it \
+                 (its files stay in the store: `peer_client cache rm {id}` removes them)"
+            );
+        }
+        for id in withdrawn.difference(&gone) {
+            log::info!("announce: asset {id} is published again at {tracker}; serving it");
+        }
+        *withdrawn = gone;
+    }
 }
 
 /// A bound peer server, ready to [`Server::serve`].
@@ -289,6 +314,7 @@ impl Server {
                 YIELDS_AT_ONCE,
             ),
             counters: Counters::new(config.max_conns.max(1)),
+            withdrawn: Mutex::new(HashSet::new()),
         });
         // Announce before reporting "listening", so that a script which starts a download as
         // soon as the server is up finds it in the swarm.
@@ -622,7 +648,7 @@ impl StoreAnnounce {
                 entry.id
             );
         }
-        let (mut asked, mut refused) = (None, Vec::new());
+        let (mut asked, mut refused, mut gone) = (None, Vec::new(), HashSet::new());
         for request in &requests {
             let answer = match self.tracker.announce_batch(request) {
                 Ok(answer) => answer,
@@ -631,9 +657,16 @@ impl StoreAnnounce {
             };
             asked = Some(Duration::from_secs(answer.interval_secs));
             self.answered_by(Some(answer.instance));
-            // An asset published to another tracker is not an error for this one.
-            refused.extend(answer.refused.into_iter().filter(|r| r.status != 404));
+            for refusal in answer.refused {
+                match refusal.status {
+                    // An asset published to another tracker is not an error for this one.
+                    404 => {}
+                    410 => gone.extend(refusal.id.parse::<AssetId>()),
+                    _ => refused.push(refusal),
+                }
+            }
         }
+        self.shared.withdraw(gone, self.tracker.url());
         if refused.len() != self.refused
             && let Some(first) = refused.first()
         {
@@ -656,7 +689,7 @@ impl StoreAnnounce {
         ids: &[AssetId],
         entries: Vec<BatchEntry>,
     ) -> Result<Option<Duration>> {
-        let mut asked = None;
+        let (mut asked, mut gone) = (None, HashSet::new());
         for (id, entry) in ids.iter().zip(entries) {
             let request = AnnounceRequest {
                 peer_id: self.peer_id.clone(),
@@ -674,9 +707,13 @@ impl StoreAnnounce {
                 }
                 // An asset published to another tracker is not an error for this one.
                 Err(e) if status(&e) == Some(404) => {}
+                Err(e) if status(&e) == Some(410) => {
+                    gone.insert(*id);
+                }
                 Err(e) => return Err(e),
             }
         }
+        self.shared.withdraw(gone, self.tracker.url());
         Ok(asked)
     }
 

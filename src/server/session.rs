@@ -117,6 +117,14 @@ fn reject(code: u16, text: impl Into<String>) -> anyhow::Error {
     .into()
 }
 
+/// The refusal of an asset the tracker unpublished.
+fn unpublished(asset: &AssetId) -> anyhow::Error {
+    reject(
+        code::UNKNOWN_ASSET,
+        format!("asset {asset} was unpublished at the tracker; this peer no longer serves it"),
+    )
+}
+
 /// Sends a last error frame, then closes without a reset: the write side is shut first and
 /// what the peer already sent is drained (briefly), so the error frame is not discarded by
 /// a TCP reset on the peer's side.
@@ -216,6 +224,9 @@ impl Shared {
                 ));
             }
             Verdict::Refused(e) => return Err(reject(code::UNAUTHORIZED, e.to_string())),
+        }
+        if self.is_withdrawn(&asset) {
+            return Err(unpublished(&asset));
         }
         let Some(served) = self.served(&asset)? else {
             return Err(reject(
@@ -317,6 +328,10 @@ impl Shared {
                             manifest.chunk_count()
                         ),
                     ));
+                }
+                // Unpublished while this connection was open: it ends here.
+                Pending::Chunk(_) if self.is_withdrawn(&asset) => {
+                    return Err(unpublished(&asset));
                 }
                 Pending::Chunk(index) => {
                     seat.requested(Instant::now());

@@ -66,7 +66,7 @@ impl State {
         // A token the tracker does not know is refused once, not once per entry.
         let grant = self.authorize(token, Action::Browse)?;
         // Bound, addressed and counted as its single announces would be (issue 13).
-        let holder = Holder::new(grant, remote);
+        let holder = Holder::new(grant.as_deref(), remote);
         let body = read_body(request, BATCH_MAX_BODY)?;
         let req: BatchAnnounceRequest = serde_json::from_str(&body)
             .map_err(|e| err(400, format!("batch announce body is not valid JSON: {e}")))?;

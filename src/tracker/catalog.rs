@@ -316,6 +316,35 @@ impl Catalog {
         })
     }
 
+    /// Forgets `id` (unpublish): out of the index and the cache, its file removed durably;
+    /// whether it was there. A publish of it under way is waited for first, and one that
+    /// comes meanwhile waits for this.
+    pub fn remove(&self, id: &AssetId) -> Result<bool> {
+        let mut writing = self.writing.locked();
+        while !writing.insert(*id) {
+            writing = self
+                .written
+                .wait_timeout(writing, Duration::from_secs(1))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        drop(writing);
+        let _done = Writing {
+            catalog: self,
+            id: *id,
+        };
+        let known = self.index.write_now().remove(id).is_some();
+        self.cache.locked().remove(id);
+        let path = self.path(id);
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("removing {}", path.display())),
+        }
+        sync_dir(&self.dir).with_context(|| format!("syncing {}", self.dir.display()))?;
+        Ok(known)
+    }
+
     /// Every asset's index entry, ordered by id: a copy, so no lock is held while it is used.
     pub fn entries(&self) -> Vec<(AssetId, Arc<Entry>)> {
         self.index
@@ -432,6 +461,12 @@ impl Cache {
             *used = tick;
             Arc::clone(m)
         })
+    }
+
+    fn remove(&mut self, id: &AssetId) {
+        if let Some((gone, _)) = self.entries.remove(id) {
+            self.bytes -= Cache::cost(&gone);
+        }
     }
 
     fn insert(&mut self, id: AssetId, manifest: Arc<Manifest>) {

@@ -14,6 +14,9 @@
 //! | `GET /assets/{id}/peers` | every live peer of the swarm |
 //! | `GET /stats` | global and per-swarm figures: peers, bytes served by peers and origins |
 //! | `GET /metrics` | the same figures in the Prometheus text format |
+//! | `DELETE /assets/{id}` | unpublish (admin right): the catalog forgets it, announces of it get 410 |
+//! | `GET /tags`, `GET /tags/{name}` | the names; a name's tags, each with its history |
+//! | `GET /tags/{name}:{tag}`, `PUT /tags/{name}:{tag}` | where a tag points; move it (`{"id"}`) |
 //!
 //! Errors are JSON `{"error": "…"}` with a 4xx or 5xx status.
 //!
@@ -27,7 +30,9 @@
 //! swarms have filled again; `probe` checks a report that a peer is unreachable with a
 //! connect of the tracker's own before the peer is dropped; [`catalog`] keeps the manifests on disk (binary,
 //! loaded lazily; its index answers announces without waiting behind a publish). A request goes
-//! routes → swarm → plan, and nothing below calls back up.
+//! routes → swarm → plan, and nothing below calls back up. `tags` keeps names, tags and
+//! unpublished assets (and their routes); `housekeeping` reloads the permissions file and
+//! applies `--retain`.
 //!
 //! Swarms are independent, and so are their locks: the map of swarms is read-locked just
 //! long enough to find one (write-locked only to add one), each swarm has its own mutex,
@@ -36,6 +41,7 @@
 
 mod batch;
 pub mod catalog;
+mod housekeeping;
 mod identity;
 mod plan;
 mod probe;
@@ -43,12 +49,13 @@ mod routes;
 mod secrets;
 mod stats;
 mod swarm;
+mod tags;
 mod warmup;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -134,6 +141,8 @@ pub struct TrackerConfig {
     pub auth: Option<PathBuf>,
     /// How long a ticket stays valid.
     pub ticket_ttl: Duration,
+    /// Drop untagged assets no peer announced for this long; `None`: keep every asset.
+    pub retain: Option<Duration>,
 }
 
 impl TrackerConfig {
@@ -152,6 +161,7 @@ impl TrackerConfig {
             publish_rate: DEFAULT_PUBLISH_RATE,
             auth: None,
             ticket_ttl: DEFAULT_TICKET_TTL,
+            retain: None,
         }
     }
 }
@@ -164,7 +174,9 @@ fn heartbeat(peer_timeout: Duration) -> Duration {
 
 /// With auth on: who may do what, and the keys tickets are signed with.
 struct Auth {
-    tokens: Tokens,
+    /// Replaced whole when the permissions file is reloaded; a request uses the tokens it
+    /// found when it started.
+    tokens: RwLock<Arc<Tokens>>,
     keys: KeyRing,
     ticket_ttl: Duration,
 }
@@ -175,6 +187,8 @@ struct State {
     catalog: Catalog,
     /// The content keys of encrypted assets (files of mode 0600 beside the catalog).
     secrets: Secrets,
+    /// Names, tags and unpublished assets.
+    tags: tags::Tags,
     /// Write-locked only to add a swarm; each swarm has its own lock.
     swarms: RwLock<HashMap<AssetId, Arc<Mutex<Swarm>>>>,
     started: Instant,
@@ -228,6 +242,8 @@ impl State {
 pub struct Tracker {
     http: HttpServer,
     state: Arc<State>,
+    /// Set to reload the permissions file (the binary's SIGHUP handler sets it).
+    reload: Arc<AtomicBool>,
 }
 
 /// Stops a serving tracker from another thread: `serve` returns once the requests under
@@ -239,9 +255,16 @@ impl Tracker {
     pub fn bind(config: &TrackerConfig) -> Result<Tracker> {
         let catalog = Catalog::open(&config.data)?;
         let secrets = Secrets::open(&config.data)?;
+        let tags = tags::Tags::open(&config.data)?;
+        // An unpublish interrupted by a crash between its record and the manifest's removal.
+        for id in tags.unpublished_ids() {
+            if catalog.remove(&id)? {
+                log::info!("finished unpublishing {id}: its manifest was still in the catalog");
+            }
+        }
         let auth = match &config.auth {
             Some(path) => Some(Auth {
-                tokens: Tokens::load(path)?,
+                tokens: RwLock::new(Arc::new(Tokens::load(path)?)),
                 keys: KeyRing::load_or_create(&KeyRing::dir(&config.data))?,
                 ticket_ttl: config.ticket_ttl,
             }),
@@ -262,28 +285,47 @@ impl Tracker {
         let limit = |rate: u32| {
             (rate > 0).then(|| AddressLimiter::new(rate, rate.saturating_mul(RATE_BURST_SECS)))
         };
+        let state = Arc::new_cyclic(|weak: &Weak<State>| State {
+            catalog,
+            secrets,
+            tags,
+            swarms: RwLock::new(HashMap::new()),
+            started,
+            warm_up,
+            announces: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
+            peer_timeout: config.peer_timeout,
+            max_peers: config.max_peers,
+            auth,
+            announce_limit: limit(config.announce_rate),
+            publish_limit: limit(config.publish_rate),
+            prober: Prober::start({
+                let weak = weak.clone();
+                move |probe| State::unreachable(&weak, probe)
+            }),
+        });
+        let reload = Arc::new(AtomicBool::new(false));
+        // Holds the state weakly, as the prober's threads do: dropping the tracker ends it.
+        housekeeping::start(
+            Arc::downgrade(&state),
+            housekeeping::Watch {
+                auth: config.auth.clone(),
+                reload: Arc::clone(&reload),
+                retain: config.retain,
+            },
+        )
+        .map_err(|e| anyhow::anyhow!("starting the housekeeping thread: {e}"))?;
         Ok(Tracker {
             http,
-            // The prober's threads hold the state weakly: dropping the tracker ends them.
-            state: Arc::new_cyclic(|weak: &Weak<State>| State {
-                catalog,
-                secrets,
-                swarms: RwLock::new(HashMap::new()),
-                started,
-                warm_up,
-                announces: AtomicU64::new(0),
-                batches: AtomicU64::new(0),
-                peer_timeout: config.peer_timeout,
-                max_peers: config.max_peers,
-                auth,
-                announce_limit: limit(config.announce_rate),
-                publish_limit: limit(config.publish_rate),
-                prober: Prober::start({
-                    let weak = weak.clone();
-                    move |probe| State::unreachable(&weak, probe)
-                }),
-            }),
+            state,
+            reload,
         })
+    }
+
+    /// The flag that has the permissions file reloaded within 100 ms when set (the
+    /// tracker binary sets it on SIGHUP).
+    pub fn reload_flag(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.reload)
     }
 
     /// The address actually bound (useful with port 0).

@@ -27,7 +27,7 @@ use crate::http;
 use crate::manifest::{AssetId, MAX_MANIFEST_BYTES, Manifest};
 use crate::metrics;
 use crate::ratelimit::AddressLimiter;
-use crate::sync::LockExt;
+use crate::sync::{LockExt, RwLockExt};
 
 /// Largest JSON body accepted (an announce carries at most a 128 KiB bitfield in hex).
 const MAX_JSON_BODY: usize = 1 << 20;
@@ -100,20 +100,31 @@ impl State {
             (Get, ["keys"]) => Ok(json(200, &self.keys())),
             (Get, ["stats"]) => {
                 let grant = allow(Action::Browse)?;
-                Ok(json(200, &self.stats(grant)))
+                Ok(json(200, &self.stats(grant.as_deref())))
             }
             (Get, ["metrics"]) => {
                 let grant = allow(Action::Metrics)?;
-                Ok(Reply::Metrics(self.metrics(grant)))
+                Ok(Reply::Metrics(self.metrics(grant.as_deref())))
             }
             (Get, ["assets"]) => {
                 let grant = allow(Action::Browse)?;
-                Ok(json(200, &self.list(grant)))
+                Ok(json(200, &self.list(grant.as_deref())))
             }
             (Post, ["assets"]) => {
                 rate_limit(&self.publish_limit, remote, "publishes")?;
-                allow(Action::Publish)?;
-                self.publish(request)
+                let grant = allow(Action::Publish)?;
+                // With `?tag=NAME:TAG`, publish and tag (see `tags`).
+                self.publish_tagged(request, grant.as_deref(), remote, token.as_deref())
+            }
+            (http::Method::Other(m), ["assets", id]) if m == "DELETE" => {
+                rate_limit(&self.publish_limit, remote, "publishes")?;
+                self.unpublish_route(id, token.as_deref(), remote)
+            }
+            (_, ["tags", rest @ ..]) => {
+                if !matches!(method, Get) {
+                    rate_limit(&self.publish_limit, remote, "publishes")?;
+                }
+                self.tags_route(&method, rest, request, token.as_deref(), remote)
             }
             (Get, ["assets", id]) => {
                 let id = parse_id(id)?;
@@ -130,7 +141,7 @@ impl State {
                 if req.origin {
                     allow(Action::Origin(&id))?;
                 }
-                let holder = Holder::new(grant, remote);
+                let holder = Holder::new(grant.as_deref(), remote);
                 self.announce(id, req, remote, &holder)
             }
             (Get, ["assets", id, "key"]) => {
@@ -151,7 +162,9 @@ impl State {
             }
             _ => Err(err(
                 404,
-                format!("no such endpoint: {path} (see GET /health, /assets, /stats, /metrics)"),
+                format!(
+                    "no such endpoint: {path} (see GET /health, /assets, /tags, /stats, /metrics)"
+                ),
             )),
         }
     }
@@ -161,11 +174,12 @@ impl State {
         &self,
         token: Option<&str>,
         action: Action,
-    ) -> Result<Option<&Grant>, HttpError> {
+    ) -> Result<Option<Arc<Grant>>, HttpError> {
         let Some(auth) = &self.auth else {
             return Ok(None);
         };
-        match auth.tokens.authorize(token, action) {
+        let tokens = Arc::clone(&auth.tokens.read_now());
+        match tokens.authorize(token, action) {
             Ok(grant) => Ok(Some(grant)),
             Err(Denied::Unauthenticated(message)) => Err(err(401, message)),
             Err(Denied::Forbidden(message)) => Err(err(403, message)),
@@ -194,7 +208,7 @@ impl State {
     /// What the catalog's index knows of `id` (the chunk count, not the hashes): a map
     /// lookup that never waits behind a publish.
     pub(super) fn manifest(&self, id: &AssetId) -> Result<Arc<Entry>, HttpError> {
-        self.catalog.get(id).ok_or_else(|| not_published(id))
+        self.catalog.get(id).ok_or_else(|| self.missing(id))
     }
 
     /// `GET /assets/{id}`: the manifest's TOML, built from the stored hashes. A manifest of
@@ -230,7 +244,7 @@ impl State {
     /// `POST /assets`: the body is read, parsed, checked and stored without any lock that
     /// announces or catalog reads take; a large one first waits for a turn, so that ten
     /// maximum-size publishes at once hold two parses' memory, not ten.
-    fn publish(&self, request: &mut http::Request<'_>) -> Result<Reply, HttpError> {
+    pub(super) fn publish(&self, request: &mut http::Request<'_>) -> Result<Reply, HttpError> {
         let _turn = (request.body_length() > LARGE_MANIFEST_BODY)
             .then(|| self.catalog.heavy().enter().map_err(busy))
             .transpose()?;
@@ -860,11 +874,11 @@ mod tests {
         .unwrap();
         let tokens = crate::auth::Tokens::parse(&entry).unwrap();
         let grant = tokens.authorize(Some(&token), Action::Browse).unwrap();
-        let viewer = Holder::new(Some(grant), Some(remote));
+        let viewer = Holder::new(Some(&grant), Some(remote));
         assert!(!viewer.may_advertise && !viewer.may_origin);
         assert_eq!(viewer.who.to_string(), "token \"viewer\"");
         assert_eq!(
-            Holder::new(Some(grant), None).who,
+            Holder::new(Some(&grant), None).who,
             viewer.who,
             "wherever it comes from"
         );
