@@ -29,3 +29,4 @@ mod restarts;
 mod store_announce;
 mod stream;
 mod swarm;
+mod tags;
