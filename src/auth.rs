@@ -368,16 +368,22 @@ pub fn revoke_token(path: &Path, name: &str) -> Result<usize> {
     let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut kept = String::with_capacity(text.len());
     let (mut removed, mut names) = (0, Vec::new());
-    for block in token_blocks(&text) {
-        let entry = toml::from_str::<AuthFile>(block)
-            .ok()
-            .and_then(|f| f.token.into_iter().next());
-        match entry {
+    for (index, block) in token_blocks(&text).into_iter().enumerate() {
+        let entries = toml::from_str::<AuthFile>(block)
+            .map(|f| f.token)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        // Each piece must be exactly one entry (the preamble none), or removing a piece
+        // could remove an entry of another name with it.
+        if entries.len() != usize::from(index > 0) {
+            bail!(
+                "{}: cannot tell its entries apart; write each `[[token]]` header alone on its line, then revoke again",
+                path.display()
+            );
+        }
+        match entries.into_iter().next() {
             Some(entry) if entry.name == name => removed += 1,
             other => {
-                if let Some(entry) = other {
-                    names.push(entry.name);
-                }
+                names.extend(other.map(|e| e.name));
                 kept.push_str(block);
             }
         }
@@ -410,13 +416,13 @@ pub fn ticket_outlives_revocation(ttl: Duration) -> Duration {
 /// reload it: revocation takes effect within a second, for one `stat` a second.
 pub const RELOAD_POLL: Duration = Duration::from_secs(1);
 
-/// The text of a permissions file cut before each `[[token]]` line: the preamble, then
-/// one piece per entry (a comment above an entry goes with the entry before it).
+/// The text of a permissions file cut before each `[[token]]` line: the preamble (perhaps
+/// empty), then one piece per entry (a comment above an entry goes with the entry before it).
 fn token_blocks(text: &str) -> Vec<&str> {
     let mut starts = vec![0];
     let mut at = 0;
     for line in text.split_inclusive('\n') {
-        if at > 0 && line.trim() == "[[token]]" {
+        if line.trim() == "[[token]]" {
             starts.push(at);
         }
         at += line.len();
@@ -1165,6 +1171,24 @@ mod tests {
             e.contains("no token named \"ci\"") && e.contains("viewer"),
             "{e}"
         );
+        // Two entries under headers written otherwise would be removed together: refused.
+        let odd = dir.path().join("odd.toml");
+        let (_, a) = new_token("a", &Rights::default()).unwrap();
+        let (_, b) = new_token("b", &Rights::default()).unwrap();
+        fs::write(&odd, format!("{a}\n{b}")).unwrap();
+        assert_eq!(
+            revoke_token(&odd, "a").unwrap(),
+            1,
+            "a file that starts with an entry"
+        );
+        fs::write(
+            &odd,
+            format!("{a}\n{}", b.replace("[[token]]", "[[ token ]]")),
+        )
+        .unwrap();
+        let e = format!("{:#}", revoke_token(&odd, "a").unwrap_err());
+        assert!(e.contains("alone on its line"), "{e}");
+        assert_eq!(Tokens::load(&odd).unwrap().len(), 2, "nothing removed");
         let mode = fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(
             mode & 0o077,

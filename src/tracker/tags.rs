@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::fs;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, RwLock};
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -181,12 +181,14 @@ impl Book {
     }
 }
 
-/// The book and its file. Every change takes the lock, writes the changed book durably,
-/// and only then makes it the one answered.
+/// The book and its file. Every change takes the writer's lock, writes the changed book
+/// durably, and only then makes it the one answered; readers (every 404 looks here) never
+/// wait behind the write, only for the swap of an `Arc`.
 #[derive(Debug)]
 pub(super) struct Tags {
     path: PathBuf,
-    book: Mutex<Book>,
+    book: RwLock<Arc<Book>>,
+    writer: Mutex<()>,
 }
 
 impl Tags {
@@ -206,26 +208,28 @@ impl Tags {
         };
         Ok(Tags {
             path,
-            book: Mutex::new(book),
+            book: RwLock::new(Arc::new(book)),
+            writer: Mutex::new(()),
         })
     }
 
     /// Applies `change` to a copy of the book, writes it, and keeps it once written.
     fn update<T>(&self, change: impl FnOnce(&mut Book) -> T) -> Result<T> {
-        let mut book = self.book.locked();
-        let mut next = book.clone();
+        let _writing = self.writer.locked();
+        let book = Arc::clone(&self.book.read_now());
+        let mut next = (*book).clone();
         let out = change(&mut next);
         if next != *book {
             let text = serde_json::to_vec_pretty(&next).expect("the book always serializes");
             write_atomic(&self.path, &text)?;
-            *book = next;
+            *self.book.write_now() = Arc::new(next);
         }
         Ok(out)
     }
 
     /// A look at the book under its lock.
     pub(super) fn read<T>(&self, look: impl FnOnce(&Book) -> T) -> T {
-        look(&self.book.locked())
+        look(&self.book.read_now())
     }
 
     /// The ids recorded as unpublished (for the start, to finish an interrupted unpublish).
@@ -263,29 +267,28 @@ fn tag_query(url: &str) -> Result<Option<TagRef>, HttpError> {
     let Some((_, query)) = url.split_once('?') else {
         return Ok(None);
     };
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        match pair.split_once('=') {
-            Some(("tag", value)) => {
-                // `:` and `/` may come raw (as our client sends them) or percent-encoded.
-                let value = value
-                    .replace("%3A", ":")
-                    .replace("%3a", ":")
-                    .replace("%2F", "/")
-                    .replace("%2f", "/");
-                return parse_tag(&value).map(Some);
-            }
-            _ => {
-                return Err(err(
-                    400,
-                    format!(
-                        "unknown query {:?}: POST /assets takes only ?tag=NAME:TAG",
-                        pair.chars().take(80).collect::<String>()
-                    ),
-                ));
-            }
+    let mut pairs = query.split('&').filter(|p| !p.is_empty());
+    let Some(pair) = pairs.next() else {
+        return Ok(None);
+    };
+    match pair.strip_prefix("tag=") {
+        Some(value) if pairs.next().is_none() => {
+            // `:` and `/` may come raw (as our client sends them) or percent-encoded.
+            let value = value
+                .replace("%3A", ":")
+                .replace("%3a", ":")
+                .replace("%2F", "/")
+                .replace("%2f", "/");
+            parse_tag(&value).map(Some)
         }
+        _ => Err(err(
+            400,
+            format!(
+                "unknown query {:?}: POST /assets takes only ?tag=NAME:TAG",
+                query.chars().take(80).collect::<String>()
+            ),
+        )),
     }
-    Ok(None)
 }
 
 impl State {
@@ -699,5 +702,6 @@ mod tests {
         );
         assert_eq!(tag_query("/assets?tag=../x").unwrap_err().status, 400);
         assert_eq!(tag_query("/assets?other=1").unwrap_err().status, 400);
+        assert_eq!(tag_query("/assets?tag=a&tag=b").unwrap_err().status, 400);
     }
 }
