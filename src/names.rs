@@ -70,7 +70,10 @@ impl std::str::FromStr for Reference {
             return text.parse().map(Reference::Id);
         }
         text.parse().map(Reference::Tag).map_err(|e| {
-            format!("{e} (give an asset id of 64 hex digits, or NAME:TAG such as ci/app:latest)")
+            format!(
+                "{:?} is not an asset id (64 hex digits) nor a NAME:TAG such as ci/app:latest: {e}",
+                text.chars().take(80).collect::<String>()
+            )
         })
     }
 }

@@ -19,7 +19,8 @@ fn usage_errors_exit_2_and_failures_exit_1_or_their_own_code_with_a_reason() {
         "peer_client",
         &[
             "get",
-            "xyz",
+            // Not an id, nor a name (issue 16: `xyz` is a name now).
+            "xyz!",
             "--tracker",
             "http://127.0.0.1:1",
             "--store",

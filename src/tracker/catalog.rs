@@ -611,6 +611,27 @@ mod tests {
     }
 
     #[test]
+    fn a_removed_asset_is_gone_from_the_index_the_cache_and_the_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = manifest(&[5u8; 40_000], "gone.bin");
+        let catalog = Catalog::open(dir.path()).unwrap();
+        catalog.publish(m.clone()).unwrap();
+        assert!(catalog.manifest(&m.id()).unwrap().is_some(), "cached");
+        assert!(catalog.remove(&m.id()).unwrap());
+        assert!(catalog.get(&m.id()).is_none());
+        assert!(catalog.manifest(&m.id()).unwrap().is_none());
+        assert_eq!(catalog.cache.locked().bytes, 0);
+        assert!(
+            !catalog.remove(&m.id()).unwrap(),
+            "removing twice is harmless"
+        );
+        assert!(Catalog::open(dir.path()).unwrap().get(&m.id()).is_none());
+        // Published again, it is back.
+        assert!(catalog.publish(m.clone()).unwrap().created);
+        assert!(Catalog::open(dir.path()).unwrap().get(&m.id()).is_some());
+    }
+
+    #[test]
     fn the_same_content_under_another_name_is_the_same_asset_and_keeps_its_first_name() {
         let dir = tempfile::tempdir().unwrap();
         let catalog = Catalog::open(dir.path()).unwrap();
