@@ -407,7 +407,7 @@ pub fn revoke_token(path: &Path, name: &str) -> Result<usize> {
 
 /// How long a ticket handed out just before its token was revoked can still open a
 /// connection at a peer: its lifetime (`ttl`, the tracker's `--ticket-ttl`) plus the clock
-/// skew peers allow ([`CLOCK_SKEW`]). A connection opened before then is not cut.
+/// skew peers allow (30 s). A connection opened before then is not cut.
 pub fn ticket_outlives_revocation(ttl: Duration) -> Duration {
     ttl + Duration::from_secs(CLOCK_SKEW)
 }

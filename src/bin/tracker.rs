@@ -25,7 +25,9 @@ use swarmcache::tracker::{
 /// GET /assets/ID, POST /assets/ID/announce, GET /assets/ID/peers,
 /// GET /stats (JSON: peers, seeders, origins, bytes served by peers and by origins since
 /// the tracker started, P2P ratio; global and per swarm), GET /metrics (the same figures
-/// for Prometheus), GET /keys (the public keys peers check tickets with).
+/// for Prometheus), GET /keys (the public keys peers check tickets with), DELETE /assets/ID
+/// (unpublish), GET /tags, GET /tags/NAME (its tags and their history), GET and PUT
+/// /tags/NAME:TAG (resolve, move).
 ///
 /// Open mode by default. With --auth FILE every request but /health and /keys needs a
 /// token (Authorization: Bearer TOKEN) with the right permission, and each announce is
