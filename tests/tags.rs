@@ -289,6 +289,16 @@ fn unpublishing_refuses_new_gets_and_serving_peers_stop_within_a_heartbeat() {
         &["--no-serve", "--token", &viewer],
     )
     .ok();
+    // A second server serves the copy that get left in s1, and is told to remove what the
+    // tracker unpublishes.
+    let mut keeper = ServerProc::start(
+        d,
+        "s1",
+        Some(&tracker.url),
+        &[],
+        &["--remove-unpublished", "--token", &viewer],
+    );
+    wait_for_peers_with(&tracker, &id, 2, &admin);
     // A ticket handed out before: the origin serves it now.
     let before = ticket(&tracker.url, &id, &viewer);
     let welcome = handshake(&mut connect(&origin.addr), &id, before.clone());
@@ -387,9 +397,36 @@ fn unpublishing_refuses_new_gets_and_serving_peers_stop_within_a_heartbeat() {
             .stderr()
             .contains(&format!("asset {id} was unpublished; no longer serving it"))
     });
-    // Its files stay.
+    // Its files stay; the server told to remove them does, and says so.
     assert!(origin.store.join("assets").join(&id).exists());
+    eventually("the copy in s1 removed", Duration::from_secs(10), || {
+        !keeper.store.join("assets").join(&id).exists()
+    });
+    assert!(
+        keeper
+            .proc
+            .stderr()
+            .contains(&format!("removed unpublished asset {id} from the store")),
+        "{}",
+        keeper.proc.stderr()
+    );
     origin.proc.kill();
+    keeper.proc.kill();
+}
+
+/// Waits until the swarm of `id` lists `count` peers, asking with `token`.
+fn wait_for_peers_with(tracker: &TrackerProc, id: &str, count: usize, token: &str) {
+    let url = format!("{}/assets/{id}/peers", tracker.url);
+    eventually(
+        &format!("{count} peers of {id}"),
+        Duration::from_secs(15),
+        || {
+            call("GET", &url, token, None)
+                .1
+                .as_array()
+                .is_some_and(|peers| peers.len() == count)
+        },
+    );
 }
 
 /// Whether `GET /assets` lists no asset.

@@ -93,6 +93,11 @@ struct Args {
     /// it signed. Repeatable. Default: ask the --tracker; open mode if it has no keys.
     #[arg(long)]
     tracker_key: Vec<String>,
+    /// Remove from the store each asset the tracker says was unpublished (its announces
+    /// are answered 410), once no connection uses it; a --seed of this server stays while
+    /// it runs. Default: stop serving it and keep its files.
+    #[arg(long)]
+    remove_unpublished: bool,
 }
 
 fn run(args: Args) -> Result<u8> {
@@ -121,6 +126,7 @@ fn run(args: Args) -> Result<u8> {
         max_upload_rate: args.max_upload_rate,
         upload_slots: args.upload_slots,
         announce_interval: args.announce_interval,
+        remove_unpublished: args.remove_unpublished,
         token: args.token,
         ticket_keys: args.tracker_key,
         ..ServerConfig::new(args.listen, args.store.unwrap_or_else(cli::default_store))

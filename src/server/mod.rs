@@ -137,6 +137,9 @@ pub struct ServerConfig {
     /// Refuse every client until [`Server::ticket_keys`]'s handle is told the keys (for a
     /// server whose owner learns them from its announces).
     pub await_keys: bool,
+    /// Remove from the store each asset the tracker says was unpublished, once nothing
+    /// uses it (a `--seed` of this server is in use while it runs). Default: keep it.
+    pub remove_unpublished: bool,
 }
 
 impl ServerConfig {
@@ -161,6 +164,7 @@ impl ServerConfig {
             token: None,
             ticket_keys: Vec::new(),
             await_keys: false,
+            remove_unpublished: false,
         }
     }
 }
@@ -182,6 +186,8 @@ struct Shared {
     /// Assets the tracker answered "unpublished" (410) for at the last beat: not served,
     /// whatever the store holds, until a beat finds them published again.
     withdrawn: Mutex<HashSet<AssetId>>,
+    /// Whether to remove those from the store ([`ServerConfig::remove_unpublished`]).
+    remove_unpublished: bool,
 }
 
 impl Shared {
@@ -190,17 +196,38 @@ impl Shared {
         self.withdrawn.locked().contains(asset)
     }
 
-    /// Records the assets a beat found unpublished, saying which stop and which resume.
+    /// Records the assets a beat found unpublished, saying which stop and which resume;
+    /// with `remove_unpublished`, removes them from the store (tried again at each beat
+    /// while something uses one).
     fn withdraw(&self, gone: HashSet<AssetId>, tracker: &str) {
         let mut withdrawn = self.withdrawn.locked();
         for id in gone.difference(&withdrawn) {
+            let files = if self.remove_unpublished {
+                "removing it from the store once nothing uses it".to_string()
+            } else {
+                format!("its files stay in the store: `peer_client cache rm {id}` removes them")
+            };
             log::warn!(
-                "announce: tracker {tracker} says asset {id} was unpublished; no longer serving it \
-                 (its files stay in the store: `peer_client cache rm {id}` removes them)"
+                "announce: tracker {tracker} says asset {id} was unpublished; no longer serving it ({files})"
             );
         }
         for id in withdrawn.difference(&gone) {
-            log::info!("announce: asset {id} is published again at {tracker}; serving it");
+            // A removed asset is no longer announced, so no longer refused: not a return.
+            if matches!(self.store.manifest(id), Ok(Some(_))) {
+                log::info!("announce: asset {id} is published again at {tracker}; serving it");
+            }
+        }
+        if self.remove_unpublished {
+            for id in &gone {
+                match self.store.remove(id) {
+                    Ok(crate::store::Removal::Removed) => {
+                        self.assets.locked().remove(id);
+                        log::info!("removed unpublished asset {id} from the store");
+                    }
+                    Ok(_) => {}
+                    Err(e) => log::warn!("removing unpublished asset {id}: {e:#}"),
+                }
+            }
         }
         *withdrawn = gone;
     }
@@ -315,6 +342,7 @@ impl Server {
             ),
             counters: Counters::new(config.max_conns.max(1)),
             withdrawn: Mutex::new(HashSet::new()),
+            remove_unpublished: config.remove_unpublished,
         });
         // Announce before reporting "listening", so that a script which starts a download as
         // soon as the server is up finds it in the swarm.
