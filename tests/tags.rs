@@ -563,3 +563,53 @@ fn tokens_added_and_revoked_take_effect_without_a_restart() {
         (401, 200, 401)
     );
 }
+
+#[test]
+fn an_encrypted_asset_published_with_a_tag_is_fetched_by_name_and_decrypted() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let plain = random_file(&d.join("app.tar"), 200_000, 167);
+    let tracker = TrackerProc::start(d, &[]);
+    let manifest = run(
+        d,
+        "chunkify",
+        &[
+            "--encrypt",
+            "--chunk-size",
+            "64KiB",
+            "app.tar",
+            "--out",
+            "app.enc",
+        ],
+        b"",
+    );
+    let id = run(
+        d,
+        "peer_client",
+        &[
+            "publish",
+            "--tracker",
+            &tracker.url,
+            "--tag",
+            "enc/app",
+            "-",
+        ],
+        manifest.ok().as_bytes(),
+    );
+    let id = id.ok().trim().to_string();
+    let origin = ServerProc::start(d, "origin", Some(&tracker.url), &["app.enc"], &["--origin"]);
+    assert_eq!(origin.seeded[0], id);
+    get(
+        d,
+        &tracker.url,
+        "enc/app",
+        "copy.tar",
+        "s1",
+        &["--no-serve"],
+    )
+    .ok();
+    assert!(
+        std::fs::read(d.join("copy.tar")).unwrap() == plain,
+        "decrypted by name"
+    );
+}
