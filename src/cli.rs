@@ -34,8 +34,10 @@ pub const EXIT_STATUS_HELP: &str = "\
 Exit status:
   0    success
   1    failure (the reason is on stderr)
-  2    usage error (bad flag, argument, variable or config file)
-  3    tracker unreachable, not a tracker, or refusing (401, 403, 429, 5xx)
+  2    usage error (bad flag, argument, variable or config file; a token refused
+       for plain http:// to another host)
+  3    tracker unreachable, not a tracker, failing TLS checks, or refusing (401, 403,
+       429, 5xx)
   4    no source (peer or origin) could deliver the asset, or none delivered
        for --stall-timeout
   5    local disk full, read-only or permission denied
@@ -70,6 +72,7 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
         Some(Failure::TrackerUnreachable | Failure::TrackerRefused) => EXIT_TRACKER,
         Some(Failure::NoSource) => EXIT_NO_SOURCE,
         Some(Failure::Local) => EXIT_LOCAL,
+        Some(Failure::Usage) => EXIT_USAGE,
         None if [
             StorageFull,
             PermissionDenied,
@@ -289,9 +292,30 @@ pub fn tracker_arg(text: &str) -> Result<String, String> {
             "{text} is an address, not a URL; did you mean http://{text}?"
         ));
     }
-    crate::tracker_client::TrackerClient::new(text)
-        .map(|t| t.url().to_string())
-        .map_err(|e| format!("{e:#}"))
+    crate::tracker_client::check_url(text).map_err(|e| format!("{e:#}"))
+}
+
+/// The flags of every command that talks to a tracker about TLS (flattened into each).
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct TrackerTlsArgs {
+    /// CA certificate(s) (PEM) to verify an https:// tracker with, instead of the
+    /// system's trusted CAs: the CA that signed a tracker's self-made certificate.
+    #[arg(long, value_name = "FILE")]
+    pub ca_cert: Option<std::path::PathBuf>,
+    /// Send the token over plain http:// to a tracker on another host, where anyone on
+    /// the network path can read it. Without it that is refused; prefer an https:// tracker.
+    #[arg(long)]
+    pub insecure_http: bool,
+}
+
+impl TrackerTlsArgs {
+    /// The library's form.
+    pub fn tls(&self) -> crate::tracker_client::TrackerTls {
+        crate::tracker_client::TrackerTls {
+            ca_cert: self.ca_cert.clone(),
+            insecure_http: self.insecure_http,
+        }
+    }
 }
 
 /// Parses an asset id (64 hex digits) for clap.

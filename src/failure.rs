@@ -16,6 +16,9 @@ pub enum Failure {
     NoSource,
     /// The local disk or file permissions stopped the command.
     Local,
+    /// The command was told to do something it refuses (a flag is missing or wrong), such as
+    /// sending a token over plain HTTP to another host.
+    Usage,
 }
 
 /// An error message tagged with its [`Failure`]; it displays as the message alone.

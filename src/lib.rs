@@ -26,10 +26,12 @@
 //! - [`api`]: the JSON types of the tracker's HTTP API.
 //! - [`auth`]: tokens and permissions, signing keys, and the tickets peers check.
 //! - [`net`]: the one listener skeleton: accept loop, per-address caps, refusals, shutdown.
-//! - [`http`]: the HTTP/1.1 server of the tracker and of the peer server's metrics.
+//! - [`http`]: the HTTP/1.1 server (HTTPS with rustls) of the tracker and of the peer
+//!   server's metrics.
 //! - [`tracker`]: the tracker: its routes, swarms, origin shares, figures and durable
 //!   catalog of manifests.
-//! - [`tracker_client`]: the HTTP client side of the tracker API.
+//! - [`tracker_client`]: the HTTP client side of the tracker API, over `http://` or
+//!   `https://`.
 //! - [`server`]: the peer server (seeding and serving chunks).
 //! - [`announce`]: the one announce loop (heartbeats, retries, leaving the swarms).
 //! - [`client`]: downloads: the pure chunk plan, its scheduler, connection workers,

@@ -250,25 +250,35 @@ impl Drop for Counted {
     }
 }
 
+/// A refusal for a refuser thread to carry out: write, close.
+type RefusalJob = Box<dyn FnOnce() + Send>;
+
 /// A small fixed pool of threads that answer refused connections and close them, so the
 /// accept loop never waits on a client and a flood costs no thread per connection.
-#[derive(Debug)]
 pub struct Refusals {
-    tx: Option<Sender<(TcpStream, Vec<u8>)>>,
+    tx: Option<Sender<RefusalJob>>,
     threads: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Refusals {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Refusals")
+            .field("threads", &self.threads.len())
+            .finish()
+    }
 }
 
 impl Refusals {
     /// `threads` refusers with `queue` refused connections waiting for them; past that, a
     /// flood is closed unanswered.
     pub fn start(threads: usize, queue: usize) -> Refusals {
-        let (tx, rx) = bounded::<(TcpStream, Vec<u8>)>(queue.max(1));
+        let (tx, rx) = bounded::<RefusalJob>(queue.max(1));
         let threads = (0..threads.max(1))
             .map(|_| {
                 let rx = rx.clone();
                 std::thread::spawn(move || {
-                    for (stream, last_words) in rx {
-                        refuse_now(&stream, &last_words);
+                    for job in rx {
+                        job();
                     }
                 })
             })
@@ -281,8 +291,15 @@ impl Refusals {
 
     /// Sends `last_words` on `stream` and closes it, from a refuser thread.
     pub fn refuse(&self, stream: TcpStream, last_words: Vec<u8>) {
+        self.run(move || refuse_now(&stream, &last_words));
+    }
+
+    /// Runs `refusal` (which owns the connection it answers and closes: a TLS server's
+    /// completes a handshake first) on a refuser thread; dropped, closing the connection
+    /// unanswered, when the queue is full.
+    pub fn run(&self, refusal: impl FnOnce() + Send + 'static) {
         if let Some(tx) = &self.tx {
-            let _ = tx.try_send((stream, last_words));
+            let _ = tx.try_send(Box::new(refusal));
         }
     }
 }

@@ -1,9 +1,21 @@
 //! The client side of the tracker's HTTP API: publish, fetch manifests, announce (one asset,
-//! or a store's many in batches split to the tracker's bounds).
+//! or a store's many in batches split to the tracker's bounds), over `http://` or
+//! `https://`.
+//!
+//! An `https://` tracker is verified against the system's trusted CAs, read with
+//! `rustls-native-certs` (Debian's ca-certificates, `SSL_CERT_FILE`/`SSL_CERT_DIR` when
+//! set), or against the CAs of `--ca-cert FILE`. The system store rather than a list built
+//! into the binary (webpki-roots): a tracker is most often on a private network with an
+//! in-house CA, which administrators add to the system store (`update-ca-certificates`)
+//! and which a built-in list never holds; and the store gets security updates without a
+//! rebuild. A token never crosses plain `http://` to a tracker not on this host, unless
+//! the caller says `--insecure-http`: anyone on the path could replay it.
 
 mod tags;
 
 use std::io::Read;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -53,11 +65,26 @@ impl std::fmt::Display for HttpStatus {
 
 impl std::error::Error for HttpStatus {}
 
+/// How a client talks to an `https://` tracker, and whether it may send a token over plain
+/// `http://` to a tracker on another host.
+#[derive(Clone, Debug, Default)]
+pub struct TrackerTls {
+    /// CA certificates (PEM) to verify the tracker with, instead of the system's.
+    pub ca_cert: Option<PathBuf>,
+    /// Send the token over plain `http://` to a tracker that is not on this host.
+    pub insecure_http: bool,
+}
+
 /// A tracker at a base URL such as `http://127.0.0.1:7070`.
 #[derive(Clone, Debug)]
 pub struct TrackerClient {
     base: String,
     agent: ureq::Agent,
+    /// For `https://`: the CAs trusted, and the session cache (shared by the clones, so
+    /// a peer's heartbeats resume their TLS session instead of a full handshake each).
+    tls: Option<Arc<rustls::ClientConfig>>,
+    /// Whether a token may go over plain HTTP to a tracker on another host.
+    insecure_http: bool,
     token: Option<String>,
     /// Tries of a request answered "busy": [`BUSY_ATTEMPTS`], or 1 for a hurried client.
     attempts: u32,
@@ -65,18 +92,106 @@ pub struct TrackerClient {
     clock: Arc<TrackerClock>,
 }
 
-impl TrackerClient {
-    /// Checks the URL's form; no request is made yet.
-    pub fn new(url: &str) -> Result<TrackerClient> {
-        let base = url.trim_end_matches('/').to_string();
-        if !base.starts_with("http://") || base.len() <= "http://".len() {
-            bail!(
-                "tracker URL {url:?} must look like http://HOST:PORT (https is not supported yet)"
-            );
+/// Checks a tracker URL's form and returns it without a trailing `/`: `http://HOST:PORT`
+/// or `https://HOST:PORT`. Pure; no request is made.
+pub fn check_url(url: &str) -> Result<String> {
+    let base = url.trim_end_matches('/').to_string();
+    let rest = base
+        .strip_prefix("https://")
+        .or_else(|| base.strip_prefix("http://"));
+    match rest {
+        Some(rest) if !host_of(rest).is_empty() => Ok(base),
+        _ => bail!("tracker URL {url:?} must look like http://HOST:PORT or https://HOST:PORT"),
+    }
+}
+
+/// The host of `rest`, a URL after its `scheme://`: `[::1]` (brackets kept), `10.0.0.5`,
+/// `tracker.lan`.
+fn host_of(rest: &str) -> &str {
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
+    if authority.starts_with('[') {
+        return authority
+            .split_once(']')
+            .map_or(authority, |(h, _)| &authority[..=h.len()]);
+    }
+    authority.split(':').next().unwrap_or("")
+}
+
+/// Whether `host` (bare, or an IPv6 address in brackets) is this host: a loopback address or
+/// `localhost`, which resolvers must map to loopback (RFC 6761). Other names are not
+/// resolved: what a name points at can change between the check and the connect.
+pub fn is_loopback_host(host: &str) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    if bare.trim_end_matches('.').eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    match bare.parse::<IpAddr>() {
+        Ok(IpAddr::V4(ip)) => ip.is_loopback(),
+        Ok(IpAddr::V6(ip)) => {
+            ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
         }
+        Err(_) => false,
+    }
+}
+
+/// The rustls client setup for an `https://` tracker: the CAs of `ca_cert`, or the
+/// system's.
+fn client_config(ca_cert: Option<&Path>) -> Result<Arc<rustls::ClientConfig>> {
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_cert {
+        Some(path) => {
+            let source = format!("--ca-cert {}", path.display());
+            let pem = crate::http::tls::read_pem(path, "CA certificate")?;
+            for cert in crate::http::tls::parse_certs(&pem, &source)? {
+                roots
+                    .add(cert)
+                    .with_context(|| format!("{source}: a certificate is not a usable CA"))?;
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            let (added, _) = roots.add_parsable_certificates(found.certs);
+            if added == 0 {
+                let why = found
+                    .errors
+                    .first()
+                    .map(|e| format!(" ({e})"))
+                    .unwrap_or_default();
+                bail!(
+                    "found no trusted CA certificates on this system{why} to check an https:// tracker with: install the ca-certificates package, or pass --ca-cert FILE with the CA that signed the tracker's certificate"
+                );
+            }
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("setting up TLS")?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+impl TrackerClient {
+    /// Checks the URL's form (see [`check_url`]), verifying an `https://` tracker against
+    /// the system's CAs; no request is made yet.
+    pub fn new(url: &str) -> Result<TrackerClient> {
+        TrackerClient::with_tls(url, &TrackerTls::default())
+    }
+
+    /// Like [`TrackerClient::new`], with the CAs and the plain-HTTP rule of `tls`.
+    pub fn with_tls(url: &str, tls: &TrackerTls) -> Result<TrackerClient> {
+        let base = check_url(url)?;
+        let config = match base.starts_with("https://") {
+            true => Some(client_config(tls.ca_cert.as_deref())?),
+            false => None,
+        };
         Ok(TrackerClient {
             base,
-            agent: agent(CONNECT_TIMEOUT, REQUEST_TIMEOUT),
+            agent: agent(CONNECT_TIMEOUT, REQUEST_TIMEOUT, config.as_ref()),
+            tls: config,
+            insecure_http: tls.insecure_http,
             token: None,
             attempts: BUSY_ATTEMPTS,
             clock: Arc::default(),
@@ -89,7 +204,7 @@ impl TrackerClient {
     /// failed connection, and must not keep the process past its 2 s after SIGTERM.
     pub fn hurried(&self, within: Duration) -> TrackerClient {
         TrackerClient {
-            agent: agent(within, within),
+            agent: agent(within, within, self.tls.as_ref()),
             attempts: 1,
             ..self.clone()
         }
@@ -103,8 +218,20 @@ impl TrackerClient {
     }
 
     /// A client for `url` when one is given.
-    pub fn optional(url: Option<&str>) -> Result<Option<TrackerClient>> {
-        url.map(TrackerClient::new).transpose()
+    pub fn optional(url: Option<&str>, tls: &TrackerTls) -> Result<Option<TrackerClient>> {
+        url.map(|url| TrackerClient::with_tls(url, tls)).transpose()
+    }
+
+    /// Refuses, before anything is sent, a token bound for plain `http://` to a tracker
+    /// not on this host (unless [`TrackerTls::insecure_http`]).
+    pub fn check_token_transport(&self) -> Result<()> {
+        if self.token.is_none() || self.insecure_http || self.is_private() {
+            return Ok(());
+        }
+        Err(Failure::Usage.error(format!(
+            "refusing to send the token to {} over plain http: anyone on the network path could read and reuse it; start the tracker with --tls-cert and --tls-key and use an https:// URL, or pass --insecure-http on a network you trust",
+            self.base
+        )))
     }
 
     /// The base URL.
@@ -119,6 +246,7 @@ impl TrackerClient {
     }
 
     fn call(&self, request: ureq::Request, body: Option<(&str, &str)>) -> Result<ureq::Response> {
+        self.check_token_transport()?;
         let what = format!("{} {}", request.method(), request.url());
         let request = match &self.token {
             Some(token) => request.set("Authorization", &format!("Bearer {token}")),
@@ -167,7 +295,9 @@ impl TrackerClient {
                     });
                 }
                 Err(ureq::Error::Transport(t)) => {
-                    let message = if answered_but_not_http(&t) {
+                    let message = if let Some(e) = tls_error(&t) {
+                        tls_message(&self.base, &e)
+                    } else if answered_but_not_http(&t) {
                         format!(
                             "{} answered but is not a swarmcache tracker (is it a peer_server port?)",
                             self.base
@@ -186,16 +316,76 @@ impl TrackerClient {
     }
 }
 
-/// An agent with these bounds on connecting and on a whole request.
-fn agent(connect: Duration, request: Duration) -> ureq::Agent {
-    ureq::AgentBuilder::new()
+/// An agent with these bounds on connecting and on a whole request, speaking TLS with
+/// `tls` to an `https://` tracker.
+fn agent(
+    connect: Duration,
+    request: Duration,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+) -> ureq::Agent {
+    let builder = ureq::AgentBuilder::new()
         .timeout_connect(connect)
         .timeout(request)
+        // The tracker never redirects; following one could lead an https:// client to
+        // plain http.
+        .redirects(0)
         // The tracker closes idle connections after 10 s; a pooled one may be dead by the
         // next heartbeat, and ureq does not retry a POST on it. A fresh connection per
-        // request costs a millisecond.
-        .max_idle_connections(0)
-        .build()
+        // request costs a millisecond (over TLS, a resumed session: one more round trip).
+        .max_idle_connections(0);
+    match tls {
+        Some(tls) => builder.tls_config(Arc::clone(tls)).build(),
+        None => builder.build(),
+    }
+}
+
+/// The TLS error under a transport error, if TLS failed: rustls reports through an
+/// `io::Error`, whose `source` skips the error it wraps, so each `io::Error` is opened.
+fn tls_error(t: &ureq::Transport) -> Option<rustls::Error> {
+    use std::error::Error;
+    let mut cause: Option<&(dyn Error + 'static)> = t.source();
+    while let Some(c) = cause {
+        if let Some(e) = c.downcast_ref::<rustls::Error>() {
+            return Some(e.clone());
+        }
+        if let Some(e) = c
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        {
+            return Some(e.clone());
+        }
+        cause = c.source();
+    }
+    None
+}
+
+/// What to tell the user when TLS with the tracker at `base` failed with `e`: which check
+/// failed, and what to do.
+fn tls_message(base: &str, e: &rustls::Error) -> String {
+    use rustls::CertificateError as Cert;
+    let host = host_of(base.split_once("://").map_or(base, |(_, rest)| rest));
+    match e {
+        rustls::Error::InvalidCertificate(Cert::NotValidForName)
+        | rustls::Error::InvalidCertificate(Cert::NotValidForNameContext { .. }) => format!(
+            "the tracker's certificate is not valid for the host name {host} (wrong host name: {e}); use the name the certificate was issued for in the --tracker URL, or reissue the certificate with {host} among its names"
+        ),
+        rustls::Error::InvalidCertificate(Cert::UnknownIssuer) => format!(
+            "the tracker's certificate at {base} is signed by a CA this client does not trust (untrusted CA); pass --ca-cert FILE with the CA certificate that signed it, or add that CA to the system's trust store"
+        ),
+        rustls::Error::InvalidCertificate(
+            Cert::Expired | Cert::ExpiredContext { .. } | Cert::NotValidYet,
+        )
+        | rustls::Error::InvalidCertificate(Cert::NotValidYetContext { .. }) => format!(
+            "the tracker's certificate at {base} is outside its validity period ({e}); renew it, or check this host's clock"
+        ),
+        rustls::Error::InvalidMessage(_) | rustls::Error::InappropriateMessage { .. } => {
+            format!(
+                "{base} answered, but not in TLS: is the tracker started with --tls-cert? (for a tracker serving plain HTTP, use http://)"
+            )
+        }
+        e => format!("TLS with the tracker at {base} failed: {e}"),
+    }
 }
 
 /// Whether a transport error means that something answered, but not in HTTP: a
@@ -301,21 +491,10 @@ impl TrackerClient {
     /// Whether a secret may cross the connection to this tracker: it is `https://`, or on
     /// this host (a loopback address, or `localhost`).
     pub fn is_private(&self) -> bool {
-        if self.base.starts_with("https://") {
-            return true;
+        match self.base.strip_prefix("http://") {
+            None => true,
+            Some(rest) => is_loopback_host(host_of(rest)),
         }
-        let authority = self.base["http://".len()..]
-            .split('/')
-            .next()
-            .unwrap_or_default();
-        let host = match authority.strip_prefix('[') {
-            Some(rest) => rest.split(']').next().unwrap_or_default(),
-            None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
-        };
-        host.eq_ignore_ascii_case("localhost")
-            || host
-                .parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip.to_canonical().is_loopback())
     }
 
     /// The content key of `id` when the asset is encrypted (`None` when it is not). A
@@ -528,6 +707,115 @@ mod tests {
             addr: Some("0.0.0.0:7001".into()),
             ..BatchAnnounceRequest::default()
         }
+    }
+
+    #[test]
+    fn urls_are_http_or_https_and_hosts_are_found_in_every_form() {
+        assert_eq!(
+            check_url("https://t.lan:7443/").unwrap(),
+            "https://t.lan:7443"
+        );
+        assert_eq!(
+            check_url("http://127.0.0.1:7070").unwrap(),
+            "http://127.0.0.1:7070"
+        );
+        for bad in [
+            "ftp://t:1",
+            "t:7070",
+            "http://",
+            "https://",
+            "https://:7070",
+        ] {
+            let e = check_url(bad).unwrap_err();
+            assert!(format!("{e}").contains("https://HOST:PORT"), "{bad}: {e}");
+        }
+        assert_eq!(host_of("[::1]:7070/x"), "[::1]");
+        assert_eq!(host_of("10.0.0.5:7070"), "10.0.0.5");
+        assert_eq!(host_of("t.lan"), "t.lan");
+        assert_eq!(host_of("user@t.lan:1/a?b"), "t.lan");
+    }
+
+    #[test]
+    fn only_this_host_counts_as_loopback() {
+        for here in [
+            "127.0.0.1",
+            "127.8.9.10",
+            "[::1]",
+            "localhost",
+            "LOCALHOST.",
+            "[::ffff:127.0.0.1]",
+        ] {
+            assert!(is_loopback_host(here), "{here}");
+        }
+        for there in [
+            "10.0.0.5",
+            "[::2]",
+            "localhost.evil.com",
+            "tracker",
+            "0.0.0.0",
+            "192.168.1.1",
+        ] {
+            assert!(!is_loopback_host(there), "{there}");
+        }
+    }
+
+    #[test]
+    fn a_token_for_plain_http_to_another_host_is_refused_unless_told_otherwise() {
+        let token = || Some("t0ken".to_string());
+        let remote = TrackerClient::new("http://10.1.2.3:7070").unwrap();
+        assert!(
+            remote.check_token_transport().is_ok(),
+            "no token, nothing to leak"
+        );
+        let with = remote.clone().with_token(token());
+        let e = with.check_token_transport().unwrap_err();
+        assert_eq!(Failure::of(&e), Some(Failure::Usage));
+        let text = format!("{e:#}");
+        assert!(text.contains("http://10.1.2.3:7070"), "{text}");
+        assert!(
+            text.contains("--insecure-http") && text.contains("https://"),
+            "{text}"
+        );
+        let told = TrackerTls {
+            insecure_http: true,
+            ..TrackerTls::default()
+        };
+        let insecure = TrackerClient::with_tls("http://10.1.2.3:7070", &told).unwrap();
+        assert!(insecure.with_token(token()).check_token_transport().is_ok());
+        let local = TrackerClient::new("http://localhost:7070").unwrap();
+        assert!(local.with_token(token()).check_token_transport().is_ok());
+    }
+
+    #[test]
+    fn tls_failures_say_which_check_failed_and_what_to_do() {
+        use rustls::CertificateError as Cert;
+        let base = "https://t.lan:7443";
+        let name = tls_message(
+            base,
+            &rustls::Error::InvalidCertificate(Cert::NotValidForName),
+        );
+        assert!(
+            name.contains("wrong host name") && name.contains("t.lan"),
+            "{name}"
+        );
+        let ca = tls_message(
+            base,
+            &rustls::Error::InvalidCertificate(Cert::UnknownIssuer),
+        );
+        assert!(
+            ca.contains("untrusted CA") && ca.contains("--ca-cert FILE"),
+            "{ca}"
+        );
+        let old = tls_message(base, &rustls::Error::InvalidCertificate(Cert::Expired));
+        assert!(old.contains("validity period"), "{old}");
+        let plain = tls_message(
+            base,
+            &rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType),
+        );
+        assert!(
+            plain.contains("not in TLS") && plain.contains("http://"),
+            "{plain}"
+        );
     }
 
     #[test]

@@ -30,3 +30,4 @@ mod store_announce;
 mod stream;
 mod swarm;
 mod tags;
+mod tls;

@@ -47,7 +47,7 @@ enum Command {
     Publish {
         /// The manifest TOML, as printed by chunkify, or - for standard input.
         manifest: PathBuf,
-        /// Tracker URL, e.g. http://127.0.0.1:7070.
+        /// Tracker URL, e.g. http://127.0.0.1:7070 or https://HOST:7443.
         #[arg(long, env = "SWARMCACHE_TRACKER", value_parser = cli::tracker_arg)]
         tracker: String,
         /// Token with the publish right, for a tracker started with --auth.
@@ -58,6 +58,8 @@ enum Command {
         /// not, nothing is published.
         #[arg(long, value_name = "NAME:TAG", value_parser = tag_arg)]
         tag: Option<TagRef>,
+        #[command(flatten)]
+        tls: cli::TrackerTlsArgs,
     },
     /// Point a tag at an asset already published (the tag moves atomically; its history
     /// is kept: see `peer_client tags NAME`).
@@ -79,6 +81,8 @@ enum Command {
         /// Token with the publish right, for a tracker started with --auth.
         #[arg(long, env = "SWARMCACHE_TOKEN", hide_env_values = true)]
         token: Option<String>,
+        #[command(flatten)]
+        tls: cli::TrackerTlsArgs,
     },
     /// List the tags of a name: where each points, and when and by whom it moved.
     Tags {
@@ -93,6 +97,8 @@ enum Command {
         /// Print the tracker's JSON answer instead.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        tls: cli::TrackerTlsArgs,
     },
     /// Unpublish an asset (the admin right): the tracker forgets it and hands out no more
     /// tickets for it; serving peers stop serving it within a heartbeat (their copies stay
@@ -109,6 +115,8 @@ enum Command {
         /// Token with the admin right, for a tracker started with --auth.
         #[arg(long, env = "SWARMCACHE_TOKEN", hide_env_values = true)]
         token: Option<String>,
+        #[command(flatten)]
+        tls: cli::TrackerTlsArgs,
     },
     /// Get an asset into the store and write it to a file, or stream it to stdout.
     ///
@@ -191,7 +199,7 @@ struct GetArgs {
     /// means NAME:latest), which the tracker resolves in one request.
     #[arg(value_name = "ID|NAME:TAG", value_parser = reference_arg)]
     asset: Reference,
-    /// Tracker URL, e.g. http://127.0.0.1:7070 (not needed when the store holds the whole
+    /// Tracker URL, e.g. http://127.0.0.1:7070 or https://HOST:7443 (not needed when the store holds the whole
     /// asset and it is named by id).
     #[arg(long, env = "SWARMCACHE_TRACKER", value_parser = cli::tracker_arg)]
     tracker: Option<String>,
@@ -239,6 +247,8 @@ struct GetArgs {
     /// Token for a tracker started with --auth.
     #[arg(long, env = "SWARMCACHE_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    #[command(flatten)]
+    tls: cli::TrackerTlsArgs,
     /// Bound the store, e.g. 10GiB: before downloading, least recently used assets that no
     /// running process uses are evicted until this asset fits.
     #[arg(long, env = "SWARMCACHE_CACHE_SIZE", value_parser = cli::cache_size_arg)]
@@ -288,9 +298,10 @@ fn run(args: Args) -> Result<u8> {
             tracker,
             token,
             tag,
+            tls,
         } => {
             let (manifest, key) = read_manifest(&manifest)?;
-            let tracker = TrackerClient::new(&tracker)?.with_token(token);
+            let tracker = TrackerClient::with_tls(&tracker, &tls.tls())?.with_token(token);
             let answer = match &tag {
                 Some(tag) => tracker.publish_tagged(&manifest, key.as_ref(), tag)?,
                 None => tracker.publish_keyed(&manifest, key.as_ref())?,
@@ -302,8 +313,9 @@ fn run(args: Args) -> Result<u8> {
             id,
             tracker,
             token,
+            tls,
         } => {
-            let answer = TrackerClient::new(&tracker)?
+            let answer = TrackerClient::with_tls(&tracker, &tls.tls())?
                 .with_token(token)
                 .tag(&tag, &id)?;
             match answer.previous {
@@ -319,8 +331,9 @@ fn run(args: Args) -> Result<u8> {
             tracker,
             token,
             json,
+            tls,
         } => {
-            let answer = TrackerClient::new(&tracker)?
+            let answer = TrackerClient::with_tls(&tracker, &tls.tls())?
                 .with_token(token)
                 .tags(&name)?;
             if json {
@@ -346,8 +359,13 @@ fn run(args: Args) -> Result<u8> {
                 }
             }
         }
-        Command::Unpublish { id, tracker, token } => {
-            let answer = TrackerClient::new(&tracker)?
+        Command::Unpublish {
+            id,
+            tracker,
+            token,
+            tls,
+        } => {
+            let answer = TrackerClient::with_tls(&tracker, &tls.tls())?
                 .with_token(token)
                 .unpublish(&id)?;
             let tags = if answer.tags.is_empty() {
@@ -372,7 +390,7 @@ fn get(mut args: GetArgs) -> Result<u8> {
                     "{tag} is a name: give --tracker (or SWARMCACHE_TRACKER) to resolve it"
                 );
             };
-            let id = TrackerClient::new(url)?
+            let id = TrackerClient::with_tls(url, &args.tls.tls())?
                 .with_token(args.token.clone())
                 .resolve(tag)?;
             if !args.quiet {
@@ -415,6 +433,7 @@ fn get(mut args: GetArgs) -> Result<u8> {
         max_upload_rate: args.max_upload_rate,
         cache_size: args.cache_size,
         token: args.token,
+        tracker_tls: args.tls.tls(),
         source_wait: args.source_wait,
         stall_timeout: args.stall_timeout,
         ..GetConfig::new(

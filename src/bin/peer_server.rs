@@ -52,7 +52,8 @@ struct Args {
     /// asset again, seed the ciphertext `chunkify --encrypt --out` wrote, without --encrypt.
     #[arg(long, requires = "tracker")]
     encrypt: bool,
-    /// Tracker URL to publish to and announce at, e.g. http://127.0.0.1:7070.
+    /// Tracker URL to publish to and announce at, e.g. http://127.0.0.1:7070 or
+    /// https://HOST:7443 (a tracker with --tls-cert).
     #[arg(long, env = "SWARMCACHE_TRACKER", value_parser = cli::tracker_arg)]
     tracker: Option<String>,
     /// Register as the origin: the fallback of last resort for every asset served.
@@ -89,6 +90,8 @@ struct Args {
     /// --origin the origin right).
     #[arg(long, env = "SWARMCACHE_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    #[command(flatten)]
+    tls: cli::TrackerTlsArgs,
     /// The tracker's public key (hex, as GET /keys lists): serve only clients with a ticket
     /// it signed. Repeatable. Default: ask the --tracker; open mode if it has no keys.
     #[arg(long)]
@@ -128,6 +131,7 @@ fn run(args: Args) -> Result<u8> {
         announce_interval: args.announce_interval,
         remove_unpublished: args.remove_unpublished,
         token: args.token,
+        tracker_tls: args.tls.tls(),
         ticket_keys: args.tracker_key,
         ..ServerConfig::new(args.listen, args.store.unwrap_or_else(cli::default_store))
     };

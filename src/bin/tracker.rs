@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use swarmcache::auth::{self, KeyRing};
-use swarmcache::cli::{self, EXIT_OK};
+use swarmcache::cli::{self, EXIT_OK, EXIT_USAGE};
 use swarmcache::tracker::{
     DEFAULT_ANNOUNCE_RATE, DEFAULT_MAX_CONNS_PER_IP, DEFAULT_MAX_PEERS, DEFAULT_PUBLISH_RATE,
     Tracker, TrackerConfig,
@@ -20,8 +20,8 @@ use swarmcache::tracker::{
 /// The swarmcache tracker: keeps the catalog of manifests durable in --data, tracks which
 /// peers hold which asset, and answers an HTTP/JSON API (try: curl http://ADDR/stats).
 ///
-/// Prints "listening on http://ADDR" on stdout once it accepts requests (port 0 picks a
-/// free port). Endpoints: GET /health, GET /assets, POST /assets (manifest TOML),
+/// Prints "listening on http://ADDR" (https:// with --tls-cert) on stdout once it accepts
+/// requests (port 0 picks a free port). Endpoints: GET /health, GET /assets, POST /assets (manifest TOML),
 /// GET /assets/ID, POST /assets/ID/announce, GET /assets/ID/peers,
 /// GET /stats (JSON: peers, seeders, origins, bytes served by peers and by origins since
 /// the tracker started, P2P ratio; global and per swarm), GET /metrics (the same figures
@@ -46,6 +46,10 @@ use swarmcache::tracker::{
 /// Names and tags: peer_client publish --tag ci/app:latest, peer_client tag, GET /tags/NAME
 /// (kept in DATA/tags.json). DELETE /assets/ID (peer_client unpublish, the admin right)
 /// unpublishes an asset; --retain 30d drops untagged assets no peer announced for 30 days.
+///
+/// With --tls-cert and --tls-key it serves HTTPS, so tokens and answers are encrypted:
+///   tracker --tls-cert fullchain.pem --tls-key key.pem --listen 0.0.0.0:7443 --auth auth.toml
+/// Clients then use --tracker https://HOST:7443 (the name the certificate is issued for).
 ///
 /// Hostile clients are bounded: a request must arrive whole within --request-timeout, an
 /// idle connection closes after --idle-timeout, one address holds at most
@@ -101,6 +105,13 @@ struct Args {
     /// Default: keep every asset. The time counts from the tracker's start at the earliest.
     #[arg(long, value_parser = cli::duration_arg)]
     retain: Option<Duration>,
+    /// Serve HTTPS with this certificate chain (PEM, the server's certificate first, then
+    /// any intermediates), e.g. Let's Encrypt's fullchain.pem. Needs --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM: PKCS#8, RSA or EC) of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -216,6 +227,18 @@ fn run(args: Args) -> Result<u8> {
         }
         None => {}
     }
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => match swarmcache::http::tls::server_config(cert, key) {
+            Ok(tls) => Some(tls),
+            // A bad file is a bad flag: the usage status, before anything listens.
+            Err(e) => {
+                eprintln!("tracker: error: {e:#}");
+                return Ok(EXIT_USAGE);
+            }
+        },
+        _ => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let config = TrackerConfig {
         peer_timeout: args.peer_timeout,
         max_peers: args.max_peers,
@@ -228,6 +251,7 @@ fn run(args: Args) -> Result<u8> {
         auth: args.auth,
         ticket_ttl: args.ticket_ttl,
         retain: args.retain,
+        tls,
         ..TrackerConfig::new(args.listen, args.data)
     };
     let tracker = Tracker::bind(&config)?;
@@ -235,12 +259,12 @@ fn run(args: Args) -> Result<u8> {
     signal_hook::flag::register(signal_hook::consts::SIGHUP, tracker.reload_flag())
         .map_err(|e| anyhow::anyhow!("installing the SIGHUP handler: {e}"))?;
     let addr = tracker.local_addr();
-    cli::println(&format!("listening on http://{addr}"))?;
+    cli::println(&format!("listening on {scheme}://{addr}"))?;
     if addr.ip().is_unspecified() {
         // Scripts read the line above as is; this one tells people what to give --tracker.
         let urls: Vec<String> = cli::dial_addrs(addr)
             .iter()
-            .map(|a| format!("http://{a}"))
+            .map(|a| format!("{scheme}://{a}"))
             .collect();
         eprintln!(
             "tracker: listening on every interface; dial {}",

@@ -11,7 +11,7 @@ use toml::Spanned;
 /// What `--help` says about variables and the file.
 pub const HELP: &str = "\
 Every flag can also be set by the SWARMCACHE_* variable shown beside it, and tracker,
-token, store, cache_size, max_download_rate and max_upload_rate by the config file
+token, ca_cert, store, cache_size, max_download_rate and max_upload_rate by the config file
 $XDG_CONFIG_HOME/swarmcache/config.toml (else ~/.config/swarmcache/config.toml), e.g.
   tracker = \"http://tracker.lan:7070\"
   max_download_rate = \"50MiB\"
@@ -25,6 +25,7 @@ const MAX_CONFIG_BYTES: u64 = 1 << 20;
 struct File {
     tracker: Option<Spanned<String>>,
     token: Option<Spanned<String>>,
+    ca_cert: Option<Spanned<String>>,
     store: Option<Spanned<String>>,
     cache_size: Option<Spanned<Size>>,
     max_download_rate: Option<Spanned<Size>>,
@@ -121,6 +122,10 @@ impl Config {
             super::tracker_arg(v).map(drop)
         })?;
         check("token", string(file.token), |_| Ok(()))?;
+        check("ca_cert", string(file.ca_cert), |v| match v.is_empty() {
+            true => Err("is empty".into()),
+            false => Ok(()),
+        })?;
         check("store", string(file.store), |v| match v.is_empty() {
             true => Err("is empty".into()),
             false => Ok(()),
@@ -168,6 +173,15 @@ mod tests {
         );
         let unknown = Config::parse("token = \"x\"\ntraker = \"http://t:1\"\n").unwrap_err();
         assert!(format!("{unknown:#}").contains("line 2"), "{unknown:#}");
+        let tls =
+            Config::parse("tracker = \"https://t:7443\"\nca_cert = \"/etc/ca.pem\"\n").unwrap();
+        assert_eq!(
+            tls.values(),
+            [
+                ("tracker", "https://t:7443".to_string()),
+                ("ca_cert", "/etc/ca.pem".to_string()),
+            ]
+        );
         let url = Config::parse("tracker = \"127.0.0.1:7070\"\n").unwrap_err();
         assert!(
             format!("{url:#}").contains("http://127.0.0.1:7070"),

@@ -59,6 +59,9 @@ pub struct GetConfig {
     pub cache_size: Option<u64>,
     /// Token for a tracker started with `--auth`.
     pub token: Option<String>,
+    /// How to reach an `https://` tracker (CAs), and whether the token may cross plain
+    /// `http://` to another host.
+    pub tracker_tls: crate::tracker_client::TrackerTls,
     /// How long to wait for a first source while the tracker says it is warming up after
     /// a restart (zero: fail at once, as when it is not).
     pub source_wait: Duration,
@@ -86,6 +89,7 @@ impl GetConfig {
             max_upload_rate: None,
             cache_size: None,
             token: None,
+            tracker_tls: crate::tracker_client::TrackerTls::default(),
             source_wait: DEFAULT_SOURCE_WAIT,
             stall_timeout: DEFAULT_STALL_TIMEOUT,
         }

@@ -147,8 +147,11 @@ fn fetch(config: &GetConfig, seed: bool, out: Option<&mut (dyn Write + Send)>) -
     // Marked in use before anything is looked up, so that no eviction can take the asset
     // between our look and our use.
     let in_use = store.hold(&config.asset)?;
-    let tracker = TrackerClient::optional(config.tracker.as_deref())?
+    let tracker = TrackerClient::optional(config.tracker.as_deref(), &config.tracker_tls)?
         .map(|t| t.with_token(config.token.clone()));
+    if let Some(tracker) = &tracker {
+        tracker.check_token_transport()?;
+    }
     // Shared with the scheduler's workers: its chunk hashes are copied nowhere.
     let manifest = Arc::new(match store.manifest(&config.asset)? {
         Some(m) => m,

@@ -1,4 +1,5 @@
-//! One HTTP connection: its non-blocking socket, with a deadline on every read and write
+//! One HTTP connection: its non-blocking socket (and, on a TLS server, the rustls session
+//! over it: see `tls` for why it lives here), with a deadline on every read and write
 //! (waited for in `poll(2)`, looking at the shutdown flag), the buffer its requests gather
 //! in, and the clock of its request and idle deadlines. The poller and the workers both
 //! hold a `Conn`, one at a time.
@@ -9,9 +10,11 @@ use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags, Timespec};
 
+use rustls::ServerConnection;
+
 use super::head::{Buffered, MAX_BUFFERED_BODY, Parsed, inspect};
-use super::{MAX_HEAD, Response, response};
-use crate::net::{Counted, ShutdownHandle, linger_close};
+use super::{MAX_HEAD, Response, response, tls};
+use crate::net::{CLOSE_LINGER, Counted, ShutdownHandle, linger_close};
 
 /// Large bodies and answers move their deadline back by one second per this many bytes, so
 /// an 80 MiB manifest is not cut off by a deadline sized for small requests, while a client
@@ -38,6 +41,10 @@ pub(super) enum Failure {
     Stopped,
     /// Any other socket error.
     Io(io::Error),
+    /// TLS failed: a bad handshake or record (the client is told by an alert).
+    Tls(rustls::Error),
+    /// A client spoke plain HTTP to a TLS server.
+    NotTls,
 }
 
 impl std::fmt::Display for Failure {
@@ -47,14 +54,24 @@ impl std::fmt::Display for Failure {
             Failure::Closed => write!(f, "the client closed the connection"),
             Failure::Stopped => write!(f, "the server is stopping"),
             Failure::Io(e) => write!(f, "{e}"),
+            Failure::Tls(e) => write!(f, "TLS failed: {e}"),
+            Failure::NotTls => write!(f, "the client spoke plain HTTP to an HTTPS port"),
         }
     }
 }
 
-/// A connection's non-blocking socket.
+/// A connection's non-blocking socket, and its TLS session on a TLS server.
 pub(super) struct Socket {
     pub(super) stream: TcpStream,
     pub(super) stop: ShutdownHandle,
+    /// The TLS session over `stream` (boxed: a session is about a kilobyte, and moves
+    /// with the connection between threads).
+    pub(super) tls: Option<Box<ServerConnection>>,
+    /// Decrypted bytes rustls holds that were not read yet: a read finds them without
+    /// the socket being readable.
+    plain_left: usize,
+    /// Whether the first byte was looked at (to tell plain HTTP from a handshake).
+    sniffed: bool,
 }
 
 /// `timeout` as `poll(2)` and `epoll_wait(2)` take it.
@@ -66,15 +83,57 @@ pub(super) fn timespec(timeout: Duration) -> Timespec {
 }
 
 impl Socket {
-    /// Waits up to `timeout` for the socket to be ready for `flags`; an error (EINTR) only
-    /// means looking again sooner.
+    /// A socket just accepted; with `tls`, a TLS server's.
+    pub(super) fn new(
+        stream: TcpStream,
+        stop: ShutdownHandle,
+        tls: Option<Box<ServerConnection>>,
+    ) -> Socket {
+        Socket {
+            stream,
+            stop,
+            tls,
+            plain_left: 0,
+            sniffed: false,
+        }
+    }
+
+    /// Waits up to `timeout` for the socket to be ready for `flags` (and for writing too
+    /// while TLS bytes wait to go out); an error (EINTR) only means looking again sooner.
+    /// Decrypted bytes already held make a read ready at once.
     fn wait(&self, flags: PollFlags, timeout: Duration) {
+        if flags.contains(PollFlags::IN) && self.plain_left > 0 {
+            return;
+        }
+        let flags = if self.wants_write() {
+            flags | PollFlags::OUT
+        } else {
+            flags
+        };
         let mut fds = [PollFd::new(&self.stream, flags)];
         let _ = rustix::event::poll(&mut fds, Some(&timespec(timeout)));
     }
 
-    /// One read of what has arrived: `None` when nothing has.
-    pub(super) fn try_read(&self, into: &mut [u8]) -> Result<Option<usize>, Failure> {
+    /// Whether TLS bytes (handshake, alerts, answers) wait for room in the socket.
+    pub(super) fn wants_write(&self) -> bool {
+        self.tls.as_ref().is_some_and(|tls| tls.wants_write())
+    }
+
+    /// Whether TLS holds decrypted bytes not read yet (which no `epoll` event announces).
+    pub(super) fn has_plaintext(&self) -> bool {
+        self.plain_left > 0
+    }
+
+    /// Whether the TLS handshake is over (always, without TLS).
+    pub(super) fn handshaken(&self) -> bool {
+        self.tls.as_ref().is_none_or(|tls| !tls.is_handshaking())
+    }
+
+    /// One read of what has arrived (decrypted, on TLS): `None` when nothing has.
+    pub(super) fn try_read(&mut self, into: &mut [u8]) -> Result<Option<usize>, Failure> {
+        if self.tls.is_some() {
+            return self.try_read_tls(into);
+        }
         loop {
             return match (&self.stream).read(into) {
                 Ok(0) if !into.is_empty() => Err(Failure::Closed),
@@ -84,6 +143,76 @@ impl Socket {
                 Err(e) => Err(Failure::Io(e)),
             };
         }
+    }
+
+    /// [`Socket::try_read`] through TLS: decrypted bytes first, else what the socket has
+    /// (handshake records are answered on the way, without waiting).
+    fn try_read_tls(&mut self, into: &mut [u8]) -> Result<Option<usize>, Failure> {
+        if !self.sniffed {
+            let mut first = [0u8; 1];
+            match self.stream.peek(&mut first) {
+                Ok(0) => return Err(Failure::Closed),
+                Ok(_) if !tls::looks_like_tls(first[0]) => return Err(Failure::NotTls),
+                Ok(_) => self.sniffed = true,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(None),
+                Err(e) => return Err(Failure::Io(e)),
+            }
+        }
+        loop {
+            let Some(session) = self.tls.as_mut() else {
+                return Err(Failure::Closed);
+            };
+            match session.reader().read(into) {
+                Ok(0) if !into.is_empty() => return Err(Failure::Closed),
+                Ok(n) => {
+                    self.plain_left = self.plain_left.saturating_sub(n);
+                    return Ok(Some(n));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.plain_left = 0,
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                    return Err(Failure::Closed);
+                }
+                Err(e) => return Err(Failure::Io(e)),
+            }
+            self.flush_tls()?;
+            let Some(session) = self.tls.as_mut() else {
+                return Err(Failure::Closed);
+            };
+            match session.read_tls(&mut &self.stream) {
+                Ok(0) => return Err(Failure::Closed),
+                Ok(_) => match session.process_new_packets() {
+                    Ok(state) => self.plain_left = state.plaintext_bytes_to_read(),
+                    Err(e) => {
+                        // The alert rustls queued tells the client why.
+                        let _ = self.flush_tls();
+                        return Err(Failure::Tls(e));
+                    }
+                },
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Failure::Io(e)),
+            }
+        }
+    }
+
+    /// Writes what TLS has to send, without waiting: whether all of it went out, and
+    /// whether any did.
+    pub(super) fn flush_tls(&mut self) -> Result<(bool, bool), Failure> {
+        let Some(session) = self.tls.as_mut() else {
+            return Ok((true, false));
+        };
+        let mut wrote = false;
+        while session.wants_write() {
+            match session.write_tls(&mut &self.stream) {
+                Ok(0) => return Err(Failure::Closed),
+                Ok(_) => wrote = true,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok((false, wrote)),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Failure::Io(e)),
+            }
+        }
+        Ok((true, wrote))
     }
 
     /// Reads what arrives into `into` (at least one byte) by `deadline`, looking at the
@@ -114,6 +243,9 @@ impl Socket {
     ) -> Result<(), Failure> {
         let total: usize = parts.iter().map(|p| p.len()).sum();
         let deadline = Instant::now() + per_write + transfer_allowance(total as u64);
+        if self.tls.is_some() {
+            return self.write_all_tls(parts, per_write, deadline);
+        }
         let mut slices: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
         let mut slices = &mut slices[..];
         IoSlice::advance_slices(&mut slices, 0);
@@ -138,6 +270,72 @@ impl Socket {
             }
         }
         Ok(())
+    }
+
+    /// [`Socket::write_all`] through TLS: plaintext is handed to rustls as far as its
+    /// buffer takes it, and the records go out under the same deadlines.
+    fn write_all_tls(
+        &mut self,
+        parts: &[&[u8]],
+        per_write: Duration,
+        deadline: Instant,
+    ) -> Result<(), Failure> {
+        let mut progress = Instant::now();
+        let (mut part, mut offset) = (0, 0);
+        loop {
+            let Some(session) = self.tls.as_mut() else {
+                return Err(Failure::Closed);
+            };
+            let mut took = 0;
+            while part < parts.len() {
+                let rest = &parts[part][offset..];
+                if rest.is_empty() {
+                    (part, offset) = (part + 1, 0);
+                    continue;
+                }
+                match session.writer().write(rest) {
+                    Ok(0) => break, // rustls's buffer is full: send some first
+                    Ok(n) => (offset, took) = (offset + n, took + n),
+                    Err(e) => return Err(Failure::Io(e)),
+                }
+            }
+            let (all_out, wrote) = self.flush_tls()?;
+            if wrote {
+                progress = Instant::now();
+            }
+            if all_out && part == parts.len() {
+                return Ok(());
+            }
+            if all_out && took == 0 && !wrote {
+                // rustls takes nothing and has nothing to send: the session is closing.
+                return Err(Failure::Closed);
+            }
+            if !all_out {
+                let until = (progress + per_write).min(deadline);
+                let left = until.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(Failure::Timeout);
+                }
+                self.wait(PollFlags::OUT, left);
+            }
+        }
+    }
+
+    /// Sends a TLS close_notify, waiting [`CLOSE_LINGER`] at most for room (the socket is
+    /// blocking by now).
+    fn close_tls(&mut self) {
+        let Some(session) = self.tls.as_mut() else {
+            return;
+        };
+        session.send_close_notify();
+        let _ = self.stream.set_write_timeout(Some(CLOSE_LINGER));
+        let deadline = Instant::now() + CLOSE_LINGER;
+        while session.wants_write() && Instant::now() < deadline {
+            match session.write_tls(&mut &self.stream) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
     }
 }
 
@@ -316,7 +514,9 @@ impl Conn {
     /// to log: nothing for one that was idle (it is closed quietly).
     pub(super) fn expired(&self) -> Option<(Response, String)> {
         let timeout = self.limits.request_timeout;
-        let message = if self.buffered() > 0 {
+        let message = if !self.socket.handshaken() {
+            format!("the TLS handshake did not end within {timeout:?} of connecting; closing")
+        } else if self.buffered() > 0 {
             format!("the request did not arrive within {timeout:?}; closing")
         } else if self.served == 0 {
             format!("no request within {timeout:?} of connecting; closing")
@@ -361,16 +561,47 @@ impl Conn {
         self.socket.write_all(&[head.as_bytes(), body], per_write)
     }
 
-    /// Closes after our last answer, without a reset (see [`linger_close`]).
-    pub(super) fn close_after_answer(&self) {
+    /// Closes after our last answer (with a TLS close_notify on TLS), without a reset
+    /// (see [`linger_close`]).
+    pub(super) fn close_after_answer(&mut self) {
         if self.socket.stream.set_nonblocking(false).is_ok() {
+            self.socket.close_tls();
             linger_close(&self.socket.stream);
         }
     }
 
-    /// The socket, blocking again, for a refuser to answer and close.
-    pub(super) fn into_stream(self) -> TcpStream {
+    /// The socket, blocking again, and the bytes a refuser writes on it before closing:
+    /// `answer`, encrypted on TLS. A TLS connection still in its handshake gets nothing
+    /// (no answer can be sent before it ends), only a clean close.
+    pub(super) fn into_refusal(self, answer: &Response) -> (TcpStream, Vec<u8>) {
+        let mut socket = self.socket;
+        let _ = socket.stream.set_nonblocking(false);
+        let plain = response::refusal(answer);
+        let bytes = match socket.tls.as_mut() {
+            None => plain,
+            Some(session) if session.is_handshaking() => Vec::new(),
+            Some(session) => {
+                let mut out = Vec::new();
+                // What is still queued (a session ticket, say) goes first.
+                tls::drain_into(session, &mut out);
+                let _ = session.writer().write_all(&plain);
+                session.send_close_notify();
+                tls::drain_into(session, &mut out);
+                out
+            }
+        };
+        (socket.stream, bytes)
+    }
+
+    /// The socket, blocking again, for a plain-HTTP answer to a client that did not speak
+    /// TLS to a TLS server.
+    pub(super) fn into_plain_stream(self) -> TcpStream {
         let _ = self.socket.stream.set_nonblocking(false);
         self.socket.stream
+    }
+
+    /// Whether the connection is over TLS.
+    pub(super) fn is_tls(&self) -> bool {
+        self.socket.tls.is_some()
     }
 }

@@ -21,16 +21,25 @@
 //! 503 also when more whole requests wait for a worker than the queue holds. Refusals are
 //! written by a pool of two threads, so the poller never waits on a client.
 //!
+//! With [`HttpConfig::tls`] the server speaks HTTPS (rustls) on the same connections,
+//! deadlines and caps: the handshake is read and written by the poller without blocking,
+//! and counts against the request deadline from the accept, so a client that stalls it
+//! holds no worker; `tls` says where the session lives and why. A client that speaks plain
+//! HTTP to it is answered 400 in plain HTTP, saying to use `https://`.
+//! [`Request::is_tls`] tells a handler which transport a request came over.
+//!
 //! Rooms: `head` (methods, heads, body framing, whether buffered bytes hold a request:
 //! pure), `request` (what a handler reads, bodies), `response` (answers), `conn` (one
-//! connection's socket, deadlines and buffer), `poller` (the thread that holds connections
-//! between requests); this file has the workers.
+//! connection's socket, TLS session, deadlines and buffer), `poller` (the thread that holds
+//! connections between requests), `tls` (certificates and keys, refusals before a
+//! handshake); this file has the workers.
 
 mod conn;
 mod head;
 mod poller;
 mod request;
 mod response;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
@@ -136,6 +145,9 @@ pub struct HttpConfig {
     pub idle_timeout: Duration,
     /// Time a client may leave our answer unread.
     pub write_timeout: Duration,
+    /// Serve HTTPS with this certificate and key (see [`tls::server_config`]); `None`:
+    /// plain HTTP.
+    pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
 }
 
 impl HttpConfig {
@@ -151,6 +163,7 @@ impl HttpConfig {
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             write_timeout: DEFAULT_WRITE_TIMEOUT,
+            tls: None,
         }
     }
 }
@@ -493,6 +506,13 @@ mod tests {
                         Ok(body) => body,
                         Err(e) => return Response::error(e.status, e.message),
                     };
+                    if request.path() == "/tls" {
+                        return Response::new(200, "text/plain", format!("{}", request.is_tls()));
+                    }
+                    if let Some(size) = request.path().strip_prefix("/big/") {
+                        let size: usize = size.parse().unwrap_or(0);
+                        return Response::new(200, "text/plain", vec![b'x'; size]);
+                    }
                     let text = format!(
                         "{} {} {}",
                         request.method(),
@@ -972,5 +992,235 @@ mod tests {
             "{:?}",
             asked.elapsed()
         );
+    }
+
+    /// The server side of TLS for `localhost`, and the client side that trusts it.
+    fn tls_pair() -> (
+        std::sync::Arc<rustls::ServerConfig>,
+        std::sync::Arc<rustls::ClientConfig>,
+    ) {
+        tls_pair_naming(&[])
+    }
+
+    /// [`tls_pair`] with a certificate naming `more` too (to make it large).
+    fn tls_pair_naming(
+        more: &[String],
+    ) -> (
+        std::sync::Arc<rustls::ServerConfig>,
+        std::sync::Arc<rustls::ClientConfig>,
+    ) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut names = vec!["localhost".to_string()];
+        names.extend_from_slice(more);
+        let cert = rcgen::CertificateParams::new(names)
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let server = tls::server_config_from_pem(
+            cert.pem().as_bytes(),
+            key.serialize_pem().as_bytes(),
+            "c",
+            "k",
+        )
+        .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert.der().clone()).unwrap();
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        (server, std::sync::Arc::new(client))
+    }
+
+    type TlsStream = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+
+    /// A TLS connection to `addr` (its handshake happens with the first write or read).
+    fn tls_connect(addr: SocketAddr, client: &std::sync::Arc<rustls::ClientConfig>) -> TlsStream {
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let session = rustls::ClientConnection::new(client.clone(), name).unwrap();
+        rustls::StreamOwned::new(session, connect(addr))
+    }
+
+    fn start_tls(
+        config: impl FnOnce(&mut HttpConfig),
+    ) -> (TestServer, std::sync::Arc<rustls::ClientConfig>) {
+        let (server, client) = tls_pair();
+        let server = start(|c| {
+            c.tls = Some(server);
+            config(c);
+        });
+        (server, client)
+    }
+
+    #[test]
+    fn over_tls_requests_keep_alive_pipeline_carry_bodies_and_know_they_are_tls() {
+        let (server, client) = start_tls(|_| {});
+        let mut reader = io::BufReader::new(tls_connect(server.addr, &client));
+        reader
+            .get_mut()
+            .write_all(
+                b"POST /a HTTP/1.1\r\nContent-Length: 5\r\n\r\nhelloGET /tls HTTP/1.1\r\n\r\n",
+            )
+            .unwrap();
+        assert_eq!(read_answer(&mut reader).2, "POST /a hello");
+        assert_eq!(read_answer(&mut reader).2, "true", "is_tls over TLS");
+        // A large answer goes out through rustls's bounded buffer, a large body in.
+        let big = 3 << 20;
+        let ask = format!("GET /big/{big} HTTP/1.1\r\n\r\n");
+        reader.get_mut().write_all(ask.as_bytes()).unwrap();
+        let (status, _, body) = read_answer(&mut reader);
+        assert_eq!((status, body.len()), (200, big));
+        let head = "POST /b HTTP/1.1\r\nContent-Length: 90\r\n\r\n".to_string();
+        reader.get_mut().write_all(head.as_bytes()).unwrap();
+        reader.get_mut().write_all(&[b'y'; 90]).unwrap();
+        assert_eq!(
+            read_answer(&mut reader).2,
+            format!("POST /b {}", "y".repeat(90))
+        );
+        reader
+            .get_mut()
+            .write_all(b"GET /c HTTP/1.1\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let (_, headers, _) = read_answer(&mut reader);
+        assert!(headers.contains(&("connection".into(), "close".into())));
+        // Closed with a close_notify: a clean end of stream, not an error.
+        let mut rest = Vec::new();
+        assert!(reader.read_to_end(&mut rest).is_ok(), "a clean TLS close");
+        // The same server over plain TCP: `is_tls` is false only there.
+        let plain = start(|_| {});
+        let mut stream = connect(plain.addr);
+        stream.write_all(b"GET /tls HTTP/1.1\r\n\r\n").unwrap();
+        assert_eq!(read_answer(&mut io::BufReader::new(stream)).2, "false");
+    }
+
+    #[test]
+    fn a_stalled_handshake_holds_no_worker_and_is_closed_at_the_request_deadline() {
+        let (server, client) = start_tls(|c| {
+            c.workers = 1;
+            c.request_timeout = Duration::from_secs(3);
+        });
+        // One client sends half a ClientHello, one nothing at all.
+        let mut stalled = connect(server.addr);
+        stalled
+            .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+            .unwrap();
+        let silent = connect(server.addr);
+        // The one worker serves everybody else meanwhile.
+        for _ in 0..3 {
+            let mut other = io::BufReader::new(tls_connect(server.addr, &client));
+            other
+                .get_mut()
+                .write_all(b"GET /other HTTP/1.1\r\n\r\n")
+                .unwrap();
+            assert_eq!(read_answer(&mut other).2, "GET /other ");
+        }
+        // Both are still open: had a worker waited on one, the others would have been
+        // served only once it was closed at its deadline.
+        for stream in [&stalled, &silent] {
+            stream.set_nonblocking(true).unwrap();
+            let mut byte = [0u8; 1];
+            let open =
+                matches!(stream.peek(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock);
+            assert!(open, "a stalled handshake is still waiting in the poller");
+            stream.set_nonblocking(false).unwrap();
+        }
+        // Past the deadline both are closed (no HTTP answer can precede a handshake).
+        assert!(eof(&stalled) && eof(&silent), "closed at the deadline");
+        // A request that trickles in after its handshake is answered 408, in TLS.
+        let mut late = io::BufReader::new(tls_connect(server.addr, &client));
+        late.get_mut().write_all(b"GET / HTTP/1.1\r\nHo").unwrap();
+        let (status, _, body) = read_answer(&mut late);
+        assert_eq!(status, 408, "{body}");
+    }
+
+    #[test]
+    fn refusals_reach_tls_clients_in_tls_and_plain_http_is_told_to_use_https() {
+        let (server, client) = start_tls(|c| c.max_conns_per_ip = 2);
+        let held: Vec<TlsStream> = (0..2)
+            .map(|_| {
+                let mut s = tls_connect(server.addr, &client);
+                s.write_all(b"GET /x HTTP/1.1\r\n\r\n").unwrap();
+                s
+            })
+            .collect();
+        let mut held: Vec<_> = held.into_iter().map(io::BufReader::new).collect();
+        for reader in &mut held {
+            assert_eq!(read_answer(reader).0, 200);
+        }
+        // The third is refused before its handshake: the refuser completes it, then says 429.
+        let mut refused = io::BufReader::new(tls_connect(server.addr, &client));
+        let _ = refused.get_mut().write_all(b"GET /x HTTP/1.1\r\n\r\n");
+        let (status, _, body) = read_answer(&mut refused);
+        assert_eq!(status, 429, "{body}");
+        assert!(
+            body.contains("too many connections from 127.0.0.1"),
+            "{body}"
+        );
+        drop(held);
+        // Plain HTTP to the TLS port, once a slot is free: a plain 400 that says what to do.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let mut stream = connect(server.addr);
+            stream.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+            let (status, _, body) = read_answer(&mut io::BufReader::new(stream));
+            if status == 400 {
+                assert!(body.contains("use an https:// URL"), "{body}");
+                break;
+            }
+            assert_eq!(status, 429, "{body}");
+            assert!(Instant::now() < deadline, "slots never freed");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    #[test]
+    fn a_handshake_flight_larger_than_the_socket_takes_goes_out_as_room_comes() {
+        // A 40 KB certificate through a 4 KiB send buffer (set on the listener, which
+        // accepted sockets inherit, autotuning off) to a client with a 4 KiB receive
+        // buffer that leaves it unread a moment: the poller's writes stop at WouldBlock, and only the connection's
+        // interest in writing sends the rest (the client says nothing more until it has
+        // the whole flight).
+        let names: Vec<String> = (0..1500)
+            .map(|n| format!("name-{n:04}.example.test"))
+            .collect();
+        let (server_config, client) = tls_pair_naming(&names);
+        let mut config = HttpConfig::new("127.0.0.1:0".parse().unwrap(), "the test server");
+        config.tls = Some(server_config);
+        let server = HttpServer::bind(config).unwrap();
+        rustix::net::sockopt::set_socket_send_buffer_size(&server.listener, 4096).unwrap();
+        let (addr, stop) = (server.local_addr(), server.shutdown_handle());
+        let serving = std::thread::spawn(move || {
+            server
+                .serve(|request| Response::new(200, "text/plain", format!("{}", request.is_tls())))
+        });
+        // The client's receive window small too, so the flight fits neither side's buffer.
+        let fd = rustix::net::socket(
+            rustix::net::AddressFamily::INET,
+            rustix::net::SocketType::STREAM,
+            None,
+        )
+        .unwrap();
+        rustix::net::sockopt::set_socket_recv_buffer_size(&fd, 4096).unwrap();
+        rustix::net::connect(&fd, &addr).unwrap();
+        let stream = TcpStream::from(fd);
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut session = rustls::ClientConnection::new(client, name).unwrap();
+        while session.wants_write() {
+            session.write_tls(&mut &stream).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        let mut reader = io::BufReader::new(rustls::StreamOwned::new(session, stream));
+        reader
+            .get_mut()
+            .write_all(b"GET /tls HTTP/1.1\r\n\r\n")
+            .unwrap();
+        assert_eq!(read_answer(&mut reader).2, "true");
+        stop.shutdown();
+        serving.join().unwrap().unwrap();
     }
 }

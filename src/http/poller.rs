@@ -24,7 +24,7 @@ use rustix::event::epoll::{self, Event, EventData, EventFlags};
 
 use super::conn::{Conn, Failure, Limits, Socket, timespec};
 use super::head::Parsed;
-use super::{HttpConfig, Log, Response, response};
+use super::{HttpConfig, Log, Response, response, tls};
 use crate::net::{Conns, Listener, Refusals, Refused, ShutdownHandle};
 
 /// Longest the poller sleeps before it looks at its stop flag and its deadlines: a stop
@@ -71,18 +71,25 @@ pub(super) enum Back {
     Closed(u64),
 }
 
-/// The events a held connection waits for.
-fn interest() -> EventFlags {
-    EventFlags::IN | EventFlags::RDHUP | EventFlags::ONESHOT
+/// The events a held connection waits for: its next bytes, and room to write while TLS
+/// bytes (a handshake flight the socket did not take whole) wait to go out.
+fn interest(conn: &Conn) -> EventFlags {
+    let wanted = EventFlags::IN | EventFlags::RDHUP | EventFlags::ONESHOT;
+    if conn.socket.wants_write() {
+        wanted | EventFlags::OUT
+    } else {
+        wanted
+    }
 }
 
 /// Arms `conn` in the poller's set: its next bytes (or its close) wake the poller once.
 pub(super) fn arm(epoll: &OwnedFd, conn: &mut Conn) -> io::Result<()> {
     let data = EventData::new_u64(conn.token);
+    let interest = interest(conn);
     if conn.registered {
-        epoll::modify(epoll, &conn.socket.stream, data, interest())?;
+        epoll::modify(epoll, &conn.socket.stream, data, interest)?;
     } else {
-        epoll::add(epoll, &conn.socket.stream, data, interest())?;
+        epoll::add(epoll, &conn.socket.stream, data, interest)?;
         conn.registered = true;
     }
     Ok(())
@@ -314,7 +321,14 @@ impl<'s> Poller<'s> {
     fn take_back(&mut self) {
         while let Ok(back) = self.back.try_recv() {
             match back {
-                Back::Conn(conn) => self.put_held(conn),
+                Back::Conn(conn) => {
+                    // Bytes TLS decrypted already wake no epoll: read them now.
+                    let (token, decrypted) = (conn.token, conn.socket.has_plaintext());
+                    self.put_held(conn);
+                    if decrypted {
+                        self.readable(token);
+                    }
+                }
                 Back::Closed(token) => self.release(token),
             }
         }
@@ -342,7 +356,21 @@ impl<'s> Poller<'s> {
     fn take_in(&mut self, mut conn: Conn) {
         let looked = conn.buf.len();
         if let Err(e) = conn.fill() {
-            if conn.buffered() > 0 {
+            if let Failure::NotTls = e {
+                let remote = conn.remote;
+                self.log.line(format_args!(
+                    "{remote}: refused, the client spoke plain HTTP to an HTTPS port"
+                ));
+                self.release(conn.token);
+                let message = format!(
+                    "{} serves HTTPS on this port: use an https:// URL",
+                    self.config.what
+                );
+                let answer = response::refusal(&Response::error(400, message));
+                self.refusals.refuse(conn.into_plain_stream(), answer);
+                return;
+            }
+            if conn.buffered() > 0 || matches!(e, Failure::Tls(_)) {
                 let remote = conn.remote;
                 match e {
                     Failure::Closed => self.log.line(format_args!(
@@ -395,17 +423,35 @@ impl<'s> Poller<'s> {
                     config.queue.max(1)
                 );
                 let answer = Response::error(503, message).with_header("Retry-After", "1");
-                self.refuse(conn.into_stream(), &answer);
+                self.refuse(conn, &answer);
             }
             Err(TrySendError::Disconnected(job)) => self.release(job.conn.token),
         }
     }
 
-    /// Has `answer` written on `stream` and the connection closed, by the refusal pool. A
-    /// socket still in the set leaves it when the refuser closes it; an event before that
-    /// finds its slot freed.
-    fn refuse(&self, stream: TcpStream, answer: &Response) {
-        self.refusals.refuse(stream, response::refusal(answer));
+    /// Has `answer` written on `conn` (encrypted on TLS) and the connection closed, by the
+    /// refusal pool. A socket still in the set leaves it when the refuser closes it; an
+    /// event before that finds its slot freed.
+    fn refuse(&self, conn: Conn, answer: &Response) {
+        let (stream, last_words) = conn.into_refusal(answer);
+        self.refusals.refuse(stream, last_words);
+    }
+
+    /// Has `answer` written on a connection refused as it was accepted and the connection
+    /// closed, by the refusal pool; on a TLS server the refuser first completes the
+    /// handshake (see [`tls::refuse_after_handshake`]).
+    fn refuse_new(&self, stream: TcpStream, answer: &Response) {
+        let _ = stream.set_nonblocking(false);
+        let last_words = response::refusal(answer);
+        match &self.config.tls {
+            None => self.refusals.refuse(stream, last_words),
+            Some(config) => {
+                let config = config.clone();
+                self.refusals.run(move || {
+                    tls::refuse_after_handshake(stream, config, last_words);
+                });
+            }
+        }
     }
 
     /// Accepts the connections waiting, up to [`ACCEPT_BATCH`].
@@ -450,8 +496,7 @@ impl<'s> Poller<'s> {
                     config.what, config.max_conns_per_ip
                 );
                 let answer = Response::error(429, message).with_header("Retry-After", "1");
-                let _ = stream.set_nonblocking(false);
-                self.refuse(stream, &answer);
+                self.refuse_new(stream, &answer);
                 return;
             }
             Err(Refused::Full) => {
@@ -465,16 +510,23 @@ impl<'s> Poller<'s> {
                     config.what
                 );
                 let answer = Response::error(503, message).with_header("Retry-After", "1");
-                let _ = stream.set_nonblocking(false);
-                self.refuse(stream, &answer);
+                self.refuse_new(stream, &answer);
                 return;
             }
         };
-        let token = self.alloc();
-        let socket = Socket {
-            stream,
-            stop: self.stop.clone(),
+        let session = match &self.config.tls {
+            None => None,
+            Some(config) => match rustls::ServerConnection::new(config.clone()) {
+                Ok(session) => Some(Box::new(session)),
+                Err(e) => {
+                    self.log
+                        .line(format_args!("{remote}: cannot start TLS: {e}"));
+                    return;
+                }
+            },
         };
+        let token = self.alloc();
+        let socket = Socket::new(stream, self.stop.clone(), session);
         let conn = Conn::new(socket, remote, self.limits, counted, token, Instant::now());
         // The request often comes with the connection: read it now rather than after one
         // more trip through the set.
@@ -501,7 +553,7 @@ impl<'s> Poller<'s> {
             if let Some((answer, message)) = conn.expired() {
                 let remote = conn.remote;
                 self.log.line(format_args!("{remote}: {message}"));
-                self.refuse(conn.into_stream(), &answer);
+                self.refuse(conn, &answer);
             }
         }
         self.next_sweep = next;

@@ -64,10 +64,10 @@ impl Request<'_> {
         self.conn.remote
     }
 
-    /// Whether the request came over TLS. A stand-in until the server speaks TLS (issue 16,
-    /// part A, replaces it): no request does yet.
+    /// Whether the request came over TLS (the server was given a certificate): what a
+    /// handler checks before it answers with a secret.
     pub fn is_tls(&self) -> bool {
-        false
+        self.conn.is_tls()
     }
 
     /// The body's length, from `Content-Length` (0 without one).
@@ -169,6 +169,9 @@ fn body_failure(failure: Failure, received: u64, length: u64) -> BodyError {
         ),
         Failure::Stopped => (503, "the server is shutting down".to_string()),
         Failure::Io(e) => (400, format!("reading the request body failed: {e}")),
+        e @ (Failure::Tls(_) | Failure::NotTls) => {
+            (400, format!("reading the request body failed: {e}"))
+        }
     };
     BodyError { status, message }
 }

@@ -131,6 +131,9 @@ pub struct ServerConfig {
     pub announce_interval: Option<Duration>,
     /// Token presented to the tracker (publish, announce).
     pub token: Option<String>,
+    /// How to reach an `https://` tracker (CAs), and whether the token may cross plain
+    /// `http://` to another host.
+    pub tracker_tls: crate::tracker_client::TrackerTls,
     /// The tracker's public keys (hex): with any, clients must present a ticket signed by
     /// one of them. Empty: ask the tracker (`GET /keys`), whose empty answer means open mode.
     pub ticket_keys: Vec<String>,
@@ -162,6 +165,7 @@ impl ServerConfig {
             upload_slots: DEFAULT_UPLOAD_SLOTS,
             announce_interval: None,
             token: None,
+            tracker_tls: crate::tracker_client::TrackerTls::default(),
             ticket_keys: Vec::new(),
             await_keys: false,
             remove_unpublished: false,
@@ -258,8 +262,11 @@ impl Server {
     /// answers `GET /metrics` with the server's counters in the Prometheus text format.
     pub fn bind_with_metrics(config: ServerConfig, metrics: Option<SocketAddr>) -> Result<Server> {
         let store = Store::open(&config.store)?;
-        let tracker = TrackerClient::optional(config.tracker.as_deref())?
+        let tracker = TrackerClient::optional(config.tracker.as_deref(), &config.tracker_tls)?
             .map(|t| t.with_token(config.token.clone()));
+        if let Some(tracker) = &tracker {
+            tracker.check_token_transport()?;
+        }
         let keys = match (&tracker, config.ticket_keys.is_empty()) {
             (Some(tracker), true) => tracker
                 .keys()

@@ -143,6 +143,9 @@ pub struct TrackerConfig {
     pub ticket_ttl: Duration,
     /// Drop untagged assets no peer announced for this long; `None`: keep every asset.
     pub retain: Option<Duration>,
+    /// Serve HTTPS with this certificate and key (see [`http::tls::server_config`]);
+    /// `None`: plain HTTP.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl TrackerConfig {
@@ -162,6 +165,7 @@ impl TrackerConfig {
             auth: None,
             ticket_ttl: DEFAULT_TICKET_TTL,
             retain: None,
+            tls: None,
         }
     }
 }
@@ -277,6 +281,7 @@ impl Tracker {
             request_timeout: config.request_timeout,
             idle_timeout: config.idle_timeout,
             write_timeout: config.http_timeout,
+            tls: config.tls.clone(),
             ..HttpConfig::new(config.listen, "the tracker")
         })?;
         let started = Instant::now();
