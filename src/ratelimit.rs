@@ -42,12 +42,19 @@ impl Bucket {
     }
 }
 
-/// A thread-safe token bucket in bytes per second.
+/// A thread-safe token bucket in bytes per second; its rate may be changed while in use
+/// (the upload rate a downloading client adapts, `client::uplink`).
 #[derive(Debug)]
 pub struct RateLimiter {
+    state: Mutex<Limit>,
+}
+
+/// A bucket and the rate and burst it refills at.
+#[derive(Debug)]
+struct Limit {
     rate: f64,
     burst: f64,
-    state: Mutex<Bucket>,
+    bucket: Bucket,
 }
 
 impl RateLimiter {
@@ -55,36 +62,51 @@ impl RateLimiter {
     pub fn new(bytes_per_sec: u64) -> Self {
         let rate = bytes_per_sec.max(1) as f64;
         RateLimiter {
-            rate,
-            burst: rate * BURST_WINDOW.as_secs_f64(),
-            state: Mutex::new(Bucket {
-                tokens: 0.0,
-                last: Instant::now(),
+            state: Mutex::new(Limit {
+                rate,
+                burst: rate * BURST_WINDOW.as_secs_f64(),
+                bucket: Bucket {
+                    tokens: 0.0,
+                    last: Instant::now(),
+                },
             }),
         }
     }
 
     /// The configured rate in bytes per second.
     pub fn rate(&self) -> u64 {
-        self.rate as u64
+        self.state.locked().rate as u64
+    }
+
+    /// Changes the rate from now on: what was earned so far counts at the old rate, and an
+    /// allowance above the new burst is dropped. A caller already asleep keeps its wait.
+    pub fn set_rate(&self, bytes_per_sec: u64) {
+        let mut limit = self.state.locked();
+        let (rate, burst) = (limit.rate, limit.burst);
+        limit.bucket.refill(rate, burst, Instant::now());
+        limit.rate = bytes_per_sec.max(1) as f64;
+        limit.burst = limit.rate * BURST_WINDOW.as_secs_f64();
+        limit.bucket.tokens = limit.bucket.tokens.min(limit.burst);
     }
 
     /// Returns an allowance taken for bytes that were not sent after all (up to the burst),
     /// so that the next caller need not wait for them.
     pub fn give_back(&self, bytes: u64) {
-        let mut bucket = self.state.locked();
-        bucket.refill(self.rate, self.burst, Instant::now());
-        bucket.tokens = (bucket.tokens + bytes as f64).min(self.burst);
+        let mut limit = self.state.locked();
+        let (rate, burst) = (limit.rate, limit.burst);
+        limit.bucket.refill(rate, burst, Instant::now());
+        limit.bucket.tokens = (limit.bucket.tokens + bytes as f64).min(burst);
     }
 
     /// Blocks until `bytes` may pass.
     pub fn take(&self, bytes: u64) {
         let wait = {
-            let mut bucket = self.state.locked();
-            bucket.refill(self.rate, self.burst, Instant::now());
-            bucket.tokens -= bytes as f64;
-            if bucket.tokens < 0.0 {
-                Duration::from_secs_f64(-bucket.tokens / self.rate)
+            let mut limit = self.state.locked();
+            let (rate, burst) = (limit.rate, limit.burst);
+            limit.bucket.refill(rate, burst, Instant::now());
+            limit.bucket.tokens -= bytes as f64;
+            if limit.bucket.tokens < 0.0 {
+                Duration::from_secs_f64(-limit.bucket.tokens / rate)
             } else {
                 Duration::ZERO
             }
@@ -236,8 +258,8 @@ mod tests {
     #[test]
     fn an_allowance_given_back_pays_debt_up_to_the_burst() {
         let limiter = RateLimiter::new(1_000_000);
-        let tokens = |l: &RateLimiter| l.state.lock().unwrap().tokens;
-        limiter.state.lock().unwrap().tokens = -200_000.0;
+        let tokens = |l: &RateLimiter| l.state.lock().unwrap().bucket.tokens;
+        limiter.state.lock().unwrap().bucket.tokens = -200_000.0;
         limiter.give_back(100_000);
         // Less than 10 ms of refill can have been added meanwhile.
         assert!((-100_000.0..-90_000.0).contains(&tokens(&limiter)));
@@ -255,6 +277,25 @@ mod tests {
         limiter.take(100_000);
         assert!(
             start.elapsed() >= Duration::from_millis(40),
+            "{:?}",
+            start.elapsed()
+        );
+    }
+
+    #[test]
+    fn a_new_rate_applies_from_now_and_drops_an_allowance_above_its_burst() {
+        let limiter = RateLimiter::new(1_000_000_000);
+        let tokens = |l: &RateLimiter| l.state.lock().unwrap().bucket.tokens;
+        limiter.state.lock().unwrap().bucket.tokens = 50_000_000.0;
+        limiter.set_rate(1_000_000);
+        assert_eq!(limiter.rate(), 1_000_000);
+        assert_eq!(tokens(&limiter), 50_000.0, "50 ms of the new rate");
+        // 100 kB beyond that burst take about 100 ms at the new rate.
+        limiter.take(50_000);
+        let start = Instant::now();
+        limiter.take(100_000);
+        assert!(
+            start.elapsed() >= Duration::from_millis(90),
             "{:?}",
             start.elapsed()
         );

@@ -30,6 +30,7 @@
 
 mod announce;
 mod config;
+mod depth;
 mod output;
 mod plan;
 mod scheduler;
@@ -37,6 +38,7 @@ mod serving;
 mod sources;
 pub mod stream;
 mod summary;
+mod uplink;
 mod worker;
 
 use std::fs::File;
@@ -272,6 +274,7 @@ fn fetch(config: &GetConfig, seed: bool, out: Option<&mut (dyn Write + Send)>) -
                     ticket: Arc::clone(&announce.ticket),
                     streaming,
                     reader_waits,
+                    yielding: serving.as_ref().map(|s| s.yielding(config.asset)),
                 },
             );
             let events = scheduler.events();

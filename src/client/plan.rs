@@ -22,7 +22,8 @@
 //!    whose pace was judged anew. Nothing rescans
 //!    every chunk, or every source, per tick or event.
 //! 3. A connection is asked only while open and ready, only for chunks its source holds,
-//!    never twice for one chunk, and never for more than its depth at once.
+//!    never twice for one chunk, and never for more than its depth at once (which follows
+//!    the connection's bandwidth-delay product, [`super::depth`]).
 //! 4. A chunk is in flight at two connections at most when it was late at the first
 //!    (hedged), at a slow peer and expected sooner at the second (rescued), or in the
 //!    endgame when the second is expected to deliver sooner; the first copy to arrive
@@ -47,16 +48,16 @@ use std::time::{Duration, Instant};
 
 use crate::bitfield::Bitfield;
 
+use super::depth::Depth;
 use super::sources::{End, Holdings, Source};
 
-/// Requests kept in flight per origin connection: with 256 KiB chunks, 1 MiB per
-/// connection and 4 MiB over the default four connections, which covers the
-/// bandwidth-delay product of a 1 Gbit/s link with 30 ms of round trip. Peer connections
-/// keep fewer (2), and any connection under a download cap keeps 1. (Keeping 50 ms of each
-/// source's measured rate in flight instead, up to 8 or 32 requests, made a 1 GiB loopback
-/// download 6-10% slower, so the depths stay fixed.)
+/// Requests kept in flight per origin connection at least, and where its slow start begins:
+/// with 256 KiB chunks, 1 MiB per connection and 4 MiB over the default four connections,
+/// which covers the bandwidth-delay product of a 1 Gbit/s link with 30 ms of round trip
+/// and all of loopback's. Beyond it the depth follows the measured rate and round trip
+/// ([`super::depth`]). Any connection under a download cap keeps 1.
 pub const PIPELINE_DEPTH: usize = 4;
-/// Requests in flight per peer connection (see [`Plan::depth`]).
+/// Requests in flight per peer connection at least (see [`Plan::depth`]).
 const PEER_PIPELINE_DEPTH: usize = 2;
 /// How many candidate chunks rarest-first compares per pick; bounds the cost of a pick on
 /// assets of a million chunks.
@@ -207,6 +208,8 @@ pub(crate) struct Conn {
     in_flight: VecDeque<u32>,
     /// Since when the oldest request in flight has been the one being served.
     head_since: Instant,
+    /// How many requests it may have in flight, by its measured rate and round trip.
+    pace: Depth,
     /// The epoch at which a pick last found nothing for this connection.
     starved_at: Option<u64>,
 }
@@ -491,6 +494,11 @@ impl Plan {
     /// Adds a connection to `source`; the scheduler starts its worker.
     pub(crate) fn open_conn(&mut self, source: usize, now: Instant) -> usize {
         self.sources[source].tries += 1;
+        let least = if self.sources[source].origin {
+            self.depth
+        } else {
+            self.depth.min(PEER_PIPELINE_DEPTH)
+        };
         self.conns.push(Conn {
             source,
             open: true,
@@ -498,6 +506,7 @@ impl Plan {
             opened_at: now,
             in_flight: VecDeque::new(),
             head_since: now,
+            pace: Depth::new(least),
             starved_at: None,
         });
         self.recount(source);
@@ -803,6 +812,32 @@ impl Plan {
         self.epoch += 1;
     }
 
+    /// The own download's round trip now: the least of its ready connections' latest
+    /// (every request of theirs leaves by this host's uplink, so the least is the one
+    /// least disturbed by anything else).
+    pub(crate) fn own_rtt(&self) -> Option<Duration> {
+        self.conns
+            .iter()
+            .filter(|c| c.open && c.ready)
+            .filter_map(|c| c.pace.recent_rtt())
+            .min()
+    }
+
+    /// Whether a stream's reader is short of the chunks of its window: some of the next
+    /// `window` chunks from its position are not verified yet.
+    pub(crate) fn stream_short(&self) -> bool {
+        let Some(pos) = self.stream_pos else {
+            return false;
+        };
+        let end = pos.saturating_add(self.window.max(1)).min(self.count);
+        (pos..end).any(|i| !self.done.get(i))
+    }
+
+    /// The worker timed a have-list exchange on the idle `conn`: a round trip.
+    pub(crate) fn round_trip(&mut self, conn: usize, rtt: Duration) {
+        self.conns[conn].pace.rtt_sample(rtt);
+    }
+
     /// `conn`'s source says it gained these chunks (a `Gained` frame, at any time). Only a
     /// change bumps the epoch, so that starved connections look again only for news.
     pub(crate) fn gained(&mut self, conn: usize, indices: &[u32]) {
@@ -818,6 +853,7 @@ impl Plan {
         let len = self.chunk_len(index);
         let c = &mut self.conns[conn];
         c.in_flight.retain(|&i| i != index);
+        c.pace.delivered(index, now);
         let service = now.saturating_duration_since(c.head_since);
         c.head_since = now;
         let source = c.source;
@@ -878,6 +914,7 @@ impl Plan {
     fn answered_without_chunk(&mut self, conn: usize, index: u32, now: Instant) {
         let c = &mut self.conns[conn];
         c.in_flight.retain(|&i| i != index);
+        c.pace.dropped(index, now);
         c.head_since = now;
         self.release(index);
         self.epoch += 1;
@@ -905,6 +942,7 @@ impl Plan {
         let source = self.conns[conn].source;
         self.conns[conn].open = false;
         self.conns[conn].ready = false;
+        self.conns[conn].pace.clear(now);
         for index in std::mem::take(&mut self.conns[conn].in_flight) {
             self.release(index);
         }
@@ -1159,16 +1197,17 @@ impl Plan {
 
     // ----- the choice -----
 
-    /// Requests kept in flight on a connection to `source`. Peers get fewer than the
-    /// origin: a short queue at each peer lets new requests go to whichever peer frees up
-    /// first, and keeps the chunks a peer is asked for close to what it has just received.
-    fn depth(&self, source: usize) -> usize {
-        if self.slow[source] {
+    /// Requests kept in flight on `conn`: what its rate and round trip call for
+    /// ([`super::depth`]), from at least 4 to an origin and 2 to a peer (a short queue at
+    /// each peer lets new requests go to whichever peer frees up first, and keeps the chunks
+    /// a peer is asked for close to what it has just received); 1 to a slow peer, and 1
+    /// under a download cap.
+    fn depth(&self, conn: usize) -> usize {
+        let c = &self.conns[conn];
+        if self.slow[c.source] || self.depth == 1 {
             1
-        } else if self.sources[source].origin {
-            self.depth
         } else {
-            self.depth.min(PEER_PIPELINE_DEPTH)
+            c.pace.depth()
         }
     }
 
@@ -1179,7 +1218,7 @@ impl Plan {
                 let c = &self.conns[conn];
                 if !c.ready
                     || !c.open
-                    || c.in_flight.len() >= self.depth(c.source)
+                    || c.in_flight.len() >= self.depth(conn)
                     || c.starved_at == Some(self.epoch)
                 {
                     break;
@@ -1191,11 +1230,13 @@ impl Plan {
                 if !self.missing.remove(&index) {
                     self.hedged += 1;
                 }
+                let len = self.chunk_len(index);
                 let c = &mut self.conns[conn];
                 if c.in_flight.is_empty() {
                     c.head_since = now;
                 }
                 c.in_flight.push_back(index);
+                c.pace.sent(index, len, now);
                 self.orders.push(Order::Fetch { conn, index });
             }
         }

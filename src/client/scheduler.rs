@@ -22,14 +22,19 @@ use crate::sync::LockExt;
 use super::announce::Reports;
 use super::config::GetConfig;
 use super::plan::{Order, PIPELINE_DEPTH, Plan, Settings, Verdict, stall_bound};
+use super::serving::{UNLIMITED, Yielding};
 use super::sources::{End, Source};
 use super::summary::{Downloaded, Meter};
+use super::uplink::{Observation, UplinkControl};
 use super::worker::{self, Job, Jobs, Report, Socket, Ticket, Worker};
 
 /// Progress is synced and recorded this often, bounding what a crash can lose.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 /// How long the scheduler waits for an event before it looks at the clock again.
 const TICK: Duration = Duration::from_millis(100);
+/// How often the embedded server's upload rate is adapted: a tick, which is several round
+/// trips on a LAN and about one on a long link (see [`super::uplink`]).
+const YIELD_EVERY: Duration = Duration::from_millis(100);
 /// How often a stream or a download's endgame looks for late chunks: a 256 KiB chunk takes
 /// 10 ms at 25 MiB/s, so the 100 ms tick of the rest of a download would notice too late.
 const LATENESS_TICK: Duration = Duration::from_millis(10);
@@ -62,6 +67,17 @@ pub(crate) struct Watch {
     /// Whether a reader waits on the stream (a pipe, a device), so that the chunks it needs
     /// next go first; a stream into a file being placed takes chunks in any order.
     pub(crate) reader_waits: bool,
+    /// The embedded server's upload limit, adapted to this download's needs (`None`: it
+    /// serves nothing).
+    pub(crate) yielding: Option<Yielding>,
+}
+
+/// The embedded server's adapted upload rate, and what it was last measured from.
+struct Yield {
+    to: Yielding,
+    control: UplinkControl,
+    served: u64,
+    next: Instant,
 }
 
 /// The threads and channels of one connection; its state is in the plan.
@@ -85,6 +101,7 @@ pub(crate) struct Scheduler<'a> {
     limiter: Option<Arc<RateLimiter>>,
     meter: Meter,
     watch: Watch,
+    yielding: Option<Yield>,
 }
 
 impl<'a> Scheduler<'a> {
@@ -138,6 +155,12 @@ impl<'a> Scheduler<'a> {
             events_rx,
             limiter,
             meter,
+            yielding: watch.yielding.clone().map(|to| Yield {
+                served: to.uploaded.get(&to.asset),
+                to,
+                control: UplinkControl::new(Instant::now()),
+                next: Instant::now() + YIELD_EVERY,
+            }),
             watch,
         }
     }
@@ -173,6 +196,10 @@ impl<'a> Scheduler<'a> {
                 .and(outcome)
         });
         self.stop_all();
+        // Seeding from here on, or nothing: the own download no longer needs the uplink.
+        if let Some(y) = &self.yielding {
+            y.to.limiter.set_rate(UNLIMITED);
+        }
         self.meter.finish();
         result?;
         self.meter.sample(true, || self.plan.peers_connected());
@@ -219,6 +246,7 @@ impl<'a> Scheduler<'a> {
             }
             self.meter.sample(false, || self.plan.peers_connected());
             self.plan.update_pace(Instant::now());
+            self.adapt_uploads(Instant::now());
             self.plan.update_fallback(Instant::now());
             self.sync();
             if dirty && last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL {
@@ -254,13 +282,48 @@ impl<'a> Scheduler<'a> {
         Ok(())
     }
 
+    /// Sets the embedded server's upload rate from this download's round trip and stream
+    /// (see [`super::uplink`]), once per [`YIELD_EVERY`].
+    fn adapt_uploads(&mut self, now: Instant) {
+        let Some(y) = self.yielding.as_mut() else {
+            return;
+        };
+        if now < y.next {
+            return;
+        }
+        y.next = now + YIELD_EVERY;
+        let served = y.to.uploaded.get(&y.to.asset);
+        let before = y.control.rate();
+        let rate = y.control.observe(
+            Observation {
+                rtt: self.plan.own_rtt(),
+                served: served.saturating_sub(y.served),
+                stream_short: self.plan.stream_short(),
+            },
+            now,
+        );
+        y.served = served;
+        if rate != before {
+            log::debug!(
+                "uploads limited to {:?} B/s for the own download (round trip {:?}, base {:?})",
+                rate,
+                self.plan.own_rtt(),
+                y.control.base()
+            );
+            y.to.limiter.set_rate(rate.unwrap_or(UNLIMITED));
+        }
+    }
+
     /// Hands one event to the plan and carries out what it decides; returns whether a
     /// chunk arrived (progress to record).
     fn handle(&mut self, event: Event) -> bool {
         let now = Instant::now();
         let mut arrived = false;
         match event {
-            Event::Worker(Report::Ready { conn, have }) => self.plan.ready(conn, have),
+            Event::Worker(Report::Ready { conn, have, rtt }) => {
+                self.plan.round_trip(conn, rtt);
+                self.plan.ready(conn, have);
+            }
             Event::Worker(Report::Gained { conn, indices }) => self.plan.gained(conn, &indices),
             Event::Worker(Report::Done { conn, index }) => {
                 arrived = true;

@@ -1,6 +1,8 @@
 //! The peer server a `get` embeds: it serves the asset from the download's store while it
 //! downloads (from the live have-bitmap the scheduler updates), and after it when seeding.
-//! Every name this client takes from [`crate::server`] comes through here.
+//! While the download runs, its uploads also pass a limiter whose rate the scheduler sets
+//! from [`super::uplink`] (the host's own download first); once seeding, that limit is
+//! lifted. Every name this client takes from [`crate::server`] comes through here.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,7 +10,8 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 
 use crate::bitfield::LiveHave;
-use crate::manifest::Manifest;
+use crate::manifest::{AssetId, Manifest};
+use crate::ratelimit::RateLimiter;
 use crate::server::{Server, ServerConfig, ShutdownHandle};
 pub(crate) use crate::server::{TicketKeys, UploadCounter};
 
@@ -23,6 +26,22 @@ pub(crate) struct Serving {
     pub(crate) advertised: SocketAddr,
     /// Where announce answers put the tracker's keys.
     pub(crate) keys: TicketKeys,
+    /// The upload rate the own download lets the server use.
+    pub(crate) yielding: Arc<RateLimiter>,
+}
+
+/// The rate that stands for "no limit of the own download's": 1 TB/s.
+pub(crate) const UNLIMITED: u64 = 1 << 40;
+
+/// What the scheduler needs to make the embedded server yield.
+#[derive(Clone)]
+pub(crate) struct Yielding {
+    /// The limiter every upload passes.
+    pub(crate) limiter: Arc<RateLimiter>,
+    /// Bytes served so far, of `asset`.
+    pub(crate) uploaded: UploadCounter,
+    /// The asset downloaded and served.
+    pub(crate) asset: AssetId,
 }
 
 impl Serving {
@@ -33,7 +52,9 @@ impl Serving {
         live: &LiveHave,
         await_keys: bool,
     ) -> Result<Serving> {
+        let yielding = Arc::new(RateLimiter::new(UNLIMITED));
         let server = Server::bind(ServerConfig {
+            yield_to: Some(Arc::clone(&yielding)),
             chunk_size: manifest.chunk_size,
             advertise: config.advertise,
             max_upload_rate: config.max_upload_rate,
@@ -52,7 +73,17 @@ impl Serving {
             uploaded,
             advertised,
             keys,
+            yielding,
         })
+    }
+
+    /// What the scheduler adapts while the download of `asset` runs.
+    pub(crate) fn yielding(&self, asset: AssetId) -> Yielding {
+        Yielding {
+            limiter: Arc::clone(&self.yielding),
+            uploaded: self.uploaded.clone(),
+            asset,
+        }
     }
 }
 

@@ -62,6 +62,9 @@ pub(crate) enum Report {
         conn: usize,
         /// What its source holds.
         have: Bitfield,
+        /// From the have request sent to the whole answer, on a connection with nothing
+        /// else in flight: a round trip (and a small frame).
+        rtt: Duration,
     },
     /// The source says it gained these chunks (each below the chunk count).
     Gained {
@@ -261,6 +264,7 @@ impl Worker {
     /// returns whether the source is complete.
     fn refresh_have(&self, conn: &mut wire::Conn, timeout: Duration) -> Result<bool, End> {
         let count = self.manifest.chunk_count();
+        let asked = Instant::now();
         conn.send(&Message::HaveRequest).map_err(|e| {
             End::Failed(socket_error(
                 "sending a have request",
@@ -284,6 +288,7 @@ impl Worker {
                 (self.tell)(Report::Ready {
                     conn: self.conn,
                     have,
+                    rtt: asked.elapsed(),
                 });
                 Ok(complete)
             }

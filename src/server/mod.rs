@@ -37,6 +37,7 @@ use crate::crypt::ContentKey;
 use crate::http::{HttpConfig, HttpServer};
 use crate::manifest::{AssetId, Manifest};
 use crate::net::{Greeter, Listener, LobbyLimits, LobbyRefusal};
+use crate::ratelimit::RateLimiter;
 use crate::store::{InUse, Store};
 use crate::sync::LockExt;
 use crate::tracker_client::{HttpStatus, TrackerClient, new_peer_id, split_batch};
@@ -143,6 +144,9 @@ pub struct ServerConfig {
     /// Remove from the store each asset the tracker says was unpublished, once nothing
     /// uses it (a `--seed` of this server is in use while it runs). Default: keep it.
     pub remove_unpublished: bool,
+    /// A second upload limit whose rate its owner changes while serving: a `get` lowers it
+    /// when its own download is starved (`client::uplink`). `None` for a pure seed.
+    pub yield_to: Option<Arc<RateLimiter>>,
 }
 
 impl ServerConfig {
@@ -169,6 +173,7 @@ impl ServerConfig {
             ticket_keys: Vec::new(),
             await_keys: false,
             remove_unpublished: false,
+            yield_to: None,
         }
     }
 }
@@ -339,7 +344,11 @@ impl Server {
             store,
             live: Mutex::new(HashMap::new()),
             assets: Mutex::new(HashMap::new()),
-            uploads: Uploads::new(config.upload_slots, config.max_upload_rate),
+            uploads: Uploads::new(
+                config.upload_slots,
+                config.max_upload_rate,
+                config.yield_to.clone(),
+            ),
             stop: ShutdownHandle::new(),
             gate: Arc::new(Gate::new(tickets)),
             seats: Seats::new(

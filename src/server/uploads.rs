@@ -5,6 +5,7 @@
 use std::fs::File;
 use std::io;
 use std::net::TcpStream;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -22,18 +23,26 @@ const SLOT_HOLD: Duration = Duration::from_millis(100);
 /// Bytes per `sendfile` call, so that a send can give its slot up between calls.
 const SEND_PIECE: usize = 64 << 10;
 
-/// What every chunk sent waits for: an upload slot, then its bytes under the rate cap.
+/// What every chunk sent waits for: an upload slot, then its bytes under the rate cap and
+/// under the rate its embedding client yields to (see [`super::ServerConfig::yield_to`]).
 pub(super) struct Uploads {
     slots: Slots,
     limiter: Option<RateLimiter>,
+    yielding: Option<Arc<RateLimiter>>,
 }
 
 impl Uploads {
-    /// `slots` chunks at once, at most `rate` bytes a second over all of them.
-    pub(super) fn new(slots: usize, rate: Option<u64>) -> Uploads {
+    /// `slots` chunks at once, at most `rate` bytes a second over all of them, and at most
+    /// what `yielding` lets through at the time.
+    pub(super) fn new(
+        slots: usize,
+        rate: Option<u64>,
+        yielding: Option<Arc<RateLimiter>>,
+    ) -> Uploads {
         Uploads {
             slots: Slots::new(slots),
             limiter: rate.map(RateLimiter::new),
+            yielding,
         }
     }
 
@@ -41,13 +50,14 @@ impl Uploads {
     pub(super) fn take(&self, len: u64) -> Slot<'_> {
         let slot = self.slots.take();
         ratelimit::take(self.limiter.as_ref(), len);
+        ratelimit::take(self.yielding.as_deref(), len);
         slot
     }
 
     /// Gives back a slot and its bytes, for a chunk cancelled before it was sent.
     pub(super) fn give_back(&self, slot: Slot<'_>, len: u64) {
         drop(slot);
-        if let Some(limiter) = &self.limiter {
+        for limiter in self.limiter.iter().chain(self.yielding.as_deref()) {
             limiter.give_back(len);
         }
     }
@@ -164,7 +174,7 @@ mod tests {
 
     #[test]
     fn a_slot_goes_back_when_dropped_or_given_back() {
-        let uploads = Uploads::new(1, None);
+        let uploads = Uploads::new(1, None, None);
         let slot = uploads.take(10);
         let (taken_tx, taken) = crossbeam_channel::bounded(1);
         std::thread::scope(|scope| {
