@@ -31,3 +31,4 @@ mod stream;
 mod swarm;
 mod tags;
 mod tls;
+mod uplink;

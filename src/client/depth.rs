@@ -14,11 +14,14 @@
 //!   slowly);
 //! - the round trip, smoothed as TCP does (an eighth weight, RFC 6298): from the have-list
 //!   exchange of the handshake and of every keepalive (a request and a small answer on an
-//!   idle connection, timed by the worker), and from every round of chunks. A chunk's
-//!   latency (request sent to chunk whole) less its own transfer at the peak rate is the
-//!   round trip when the source was not still sending an earlier chunk (the connection was
-//!   idle, or the chunk came well after the one before), and at most that otherwise; less
-//!   the transfer of every chunk ahead of it, it is at least the round trip. A round's
+//!   idle connection, timed by the worker), and from every round of chunks. What a chunk
+//!   measures is the round trip of one chunk: from the request sent to the chunk whole, so
+//!   the trip and the chunk's own transfer (subtracting an estimate of the transfer gave
+//!   samples of 0 whenever a burst inflated the rate, and a base of 0 reads every later
+//!   trip as queueing). A chunk's latency is that when the source was not still sending
+//!   an earlier chunk (the connection was idle, or the chunk came well after the one
+//!   before), and at most that otherwise; less the transfer of every chunk ahead of it at
+//!   the peak rate, it is at least that. A round's
 //!   sample is the least exact one, or else the largest lower bound where it exceeds the
 //!   estimate (the source kept sending, and the trip grew). It includes the time
 //!   this host's requests wait behind its own uploads ([`super::uplink`] watches for that).
@@ -203,10 +206,10 @@ impl Depth {
                 now.saturating_duration_since(last).as_secs_f64() > 1.5 * own && self.peak > 0.0
             });
         if unblocked {
-            let exact = (latency - own).max(0.0);
+            let exact = latency;
             self.round_exact = Some(self.round_exact.map_or(exact, |e: f64| e.min(exact)));
         } else {
-            let lower = (latency - own - transfer(s.ahead)).max(0.0);
+            let lower = (latency - transfer(s.ahead)).max(0.0);
             self.round_lower = Some(self.round_lower.map_or(lower, |l: f64| l.max(lower)));
         }
         self.last_delivery = Some(now);
@@ -401,10 +404,12 @@ mod tests {
             let rtt = Duration::from_millis(rtt);
             let (_, d) = simulate(rtt, rate, 4, 300);
             let recent = d.recent_rtt().expect("measured");
-            // A fifth of the trip, or an eighth of a chunk's transfer where that is longer.
-            let slack = (rtt / 5).max(Duration::from_secs_f64(CHUNK as f64 / rate / 8.0));
+            // The trip and one chunk's transfer, within a fifth of the trip or an eighth of
+            // the transfer, whichever is longer.
+            let own = Duration::from_secs_f64(CHUNK as f64 / rate);
+            let slack = (rtt / 5).max(own / 8);
             assert!(
-                recent <= rtt + slack && recent + rtt / 2 >= rtt,
+                recent <= rtt + own + slack && recent + rtt / 2 >= rtt,
                 "trip {rtt:?} at {rate} B/s: measured {recent:?}, depth {}",
                 d.depth()
             );

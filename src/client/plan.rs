@@ -1685,6 +1685,38 @@ mod tests {
     }
 
     #[test]
+    fn the_depth_grows_to_a_long_round_trip_and_stays_within_its_bound() {
+        let t0 = Instant::now();
+        let mut plan = plan_with(4096, vec![origin()], settings(false, 4, None), t0);
+        plan.round_trip(0, Duration::from_millis(50));
+        let mut now = t0;
+        let mut depths = Vec::new();
+        // Every chunk asked comes 50 ms later, whole at once (a link much faster than
+        // its round trip): each round the plan may keep more in flight.
+        for _ in 0..8 {
+            plan.assign(now);
+            let fetches = plan.fetches();
+            depths.push(fetches.len());
+            now += Duration::from_millis(50);
+            for &(conn, index) in &fetches {
+                plan.delivered(conn, index, now);
+            }
+            plan.check();
+        }
+        assert_eq!(depths[0], PIPELINE_DEPTH, "{depths:?}");
+        assert!(depths.windows(2).all(|w| w[1] <= 2 * w[0]), "{depths:?}");
+        assert_eq!(
+            *depths.last().unwrap(),
+            super::super::depth::MAX_DEPTH,
+            "{depths:?}"
+        );
+        assert!(
+            plan.own_rtt()
+                .is_some_and(|r| r >= Duration::from_millis(40))
+        );
+    }
+
+    #[test]
     fn depths_four_for_the_origin_two_for_a_peer_one_under_a_cap() {
         let now = Instant::now();
         let mut plan = plan_with(
