@@ -118,13 +118,11 @@ impl Depth {
     }
 
     /// The smoothed round trip, once measured.
-    #[cfg(test)]
     pub(crate) fn srtt(&self) -> Option<Duration> {
         self.srtt.map(Duration::from_secs_f64)
     }
 
     /// The smoothed rate in bytes a second, once a round was measured.
-    #[cfg(test)]
     pub(crate) fn rate(&self) -> Option<f64> {
         self.rate
     }

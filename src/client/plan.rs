@@ -229,6 +229,11 @@ impl Conn {
     pub(crate) fn has_in_flight(&self) -> bool {
         !self.in_flight.is_empty()
     }
+
+    /// What its depth follows: its measured rate and round trip.
+    pub(crate) fn pace(&self) -> &Depth {
+        &self.pace
+    }
 }
 
 /// How a download is to be planned.

@@ -341,6 +341,7 @@ impl<'a> Scheduler<'a> {
                 self.plan.cancelled(conn, index, now)
             }
             Event::Worker(Report::Closed { conn, end }) => {
+                self.log_pace(conn);
                 let source = self.plan.conns()[conn].source;
                 let (verdict, complaint) = self.plan.closed(conn, end, now);
                 let src = &self.plan.sources()[source];
@@ -405,6 +406,18 @@ impl<'a> Scheduler<'a> {
         }
     }
 
+    /// Says what a connection's depth came to, for `RUST_LOG=swarmcache=debug`.
+    fn log_pace(&self, conn: usize) {
+        let c = &self.plan.conns()[conn];
+        log::debug!(
+            "connection {conn} to {}: depth {}, round trip {:?}, {:.1} MB/s",
+            self.plan.sources()[c.source].addr,
+            c.pace().depth(),
+            c.pace().srtt(),
+            c.pace().rate().unwrap_or(0.0) / 1e6
+        );
+    }
+
     fn spawn(&mut self, conn: usize) {
         let socket = Socket::default();
         let events = self.events_tx.clone();
@@ -460,6 +473,11 @@ impl<'a> Scheduler<'a> {
     /// deadline (2 s for a peer) rather than joined, since it has written nothing and will
     /// write nothing; an address that drops connects must not hold up the end of a `get`.
     fn stop_all(&mut self) {
+        for conn in 0..self.plan.conns().len() {
+            if self.plan.conns()[conn].is_open() {
+                self.log_pace(conn);
+            }
+        }
         self.plan.close_all();
         for (link, conn) in self.links.iter_mut().zip(self.plan.conns()) {
             link.jobs = None;
