@@ -2,8 +2,9 @@
 //!
 //! One scheduler thread (`scheduler`) owns the download state, kept in a pure chunk
 //! book (`plan`: which chunk is missing, in flight on which connection, or done, and
-//! which to ask of whom next). Each connection is a worker thread (`worker`) that keeps a
-//! few requests in flight (see [`PIPELINE_DEPTH`]), verifies every chunk it receives
+//! which to ask of whom next). Each connection is a worker thread (`worker`) that keeps
+//! its bandwidth-delay product of requests in flight (`depth`, from [`PIPELINE_DEPTH`]
+//! up), verifies every chunk it receives
 //! against the manifest, writes it to the store at its offset, and reports the outcome
 //! back on one channel. A source (`sources`) that sends a chunk failing its hash loses its
 //! chunks to other sources and is not used again in this download; a source that is busy,
@@ -20,7 +21,9 @@
 //! every 5 s the peer that delivered least gives its slot to a peer waiting for one.
 //!
 //! While it downloads, the client serves what it has through an embedded server
-//! (`serving`) and announces its progress as often as the tracker asks (`announce`: twice
+//! (`serving`), whose uploads yield when its own download's round trip shows them queueing
+//! ahead of its requests or its stream runs short (`uplink`), and announces its progress
+//! as often as the tracker asks (`announce`: twice
 //! a second in a small swarm, less often in a big one); the tracker answers with new peers
 //! and the share of chunks this client should take from the origin.
 //! [`stream`](mod@stream) writes the asset out in order while it downloads; `summary` reports.

@@ -55,7 +55,7 @@ use super::sources::{End, Holdings, Source};
 /// with 256 KiB chunks, 1 MiB per connection and 4 MiB over the default four connections,
 /// which covers the bandwidth-delay product of a 1 Gbit/s link with 30 ms of round trip
 /// and all of loopback's. Beyond it the depth follows the measured rate and round trip
-/// ([`super::depth`]). Any connection under a download cap keeps 1.
+/// (`client::depth`). Any connection under a download cap keeps 1.
 pub const PIPELINE_DEPTH: usize = 4;
 /// Requests in flight per peer connection at least (see [`Plan::depth`]).
 const PEER_PIPELINE_DEPTH: usize = 2;
