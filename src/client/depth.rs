@@ -12,19 +12,17 @@
 //!   requests were outstanding in it (idle time is not counted); its recent peak sizes the
 //!   depth (a round bounded by its depth measures less than the link, the peak forgets
 //!   slowly);
-//! - the round trip, smoothed as TCP does (an eighth weight, RFC 6298): from the have-list
-//!   exchange of the handshake and of every keepalive (a request and a small answer on an
-//!   idle connection, timed by the worker), and from every round of chunks. What a chunk
-//!   measures is the round trip of one chunk: from the request sent to the chunk whole, so
-//!   the trip and the chunk's own transfer (subtracting an estimate of the transfer gave
-//!   samples of 0 whenever a burst inflated the rate, and a base of 0 reads every later
-//!   trip as queueing). A chunk's latency is that when the source was not still sending
-//!   an earlier chunk (the connection was idle, or the chunk came well after the one
-//!   before), and at most that otherwise; less the transfer of every chunk ahead of it at
-//!   the peak rate, it is at least that. A round's
-//!   sample is the least exact one, or else the largest lower bound where it exceeds the
-//!   estimate (the source kept sending, and the trip grew). It includes the time
-//!   this host's requests wait behind its own uploads ([`super::uplink`] watches for that).
+//! - the round trip, smoothed as TCP does (an eighth weight, RFC 6298), from two clean
+//!   measurements only: the have-list exchange of the handshake and of every keepalive
+//!   (a request and a small answer on an idle connection, timed by the worker), and every
+//!   chunk asked of an idle connection (from the request sent to the chunk whole: the trip
+//!   and the chunk's own transfer). A chunk asked behind others waits for them at the
+//!   source, and its latency grows with the very depth it would size: estimating that
+//!   wait from the rate (exact when the source was idle, a lower bound otherwise) made the
+//!   depth feed itself on a loaded machine (40-100 ms "round trips" on loopback, depth 32,
+//!   a 256 MiB download 2-5 times slower). The cost: a queue that builds while a
+//!   connection never runs dry is seen only at its next idle moment. The trip includes the
+//!   time this host's requests wait behind its own uploads ([`super::uplink`] watches it).
 //!
 //! Pure: no clock, time is an argument.
 
@@ -44,6 +42,11 @@ pub(crate) const MAX_DEPTH: usize = 32;
 /// loopback download 6-10% slower): at 1 GB/s a connection, 1 ms is 4 chunks of 256 KiB,
 /// the origin's depth of before.
 pub(crate) const FLOOR: Duration = Duration::from_millis(1);
+/// A round lasts at least this long (of time with requests outstanding), and at least a
+/// round trip: the scheduler times deliveries when it handles them, and on a loaded
+/// machine it handles a burst of them at once, which over a short round read as rates of
+/// 2-11 GB/s on loopback.
+const MIN_ROUND: Duration = Duration::from_millis(5);
 /// Weight of a new round-trip sample (TCP's alpha, RFC 6298).
 const RTT_GAIN: f64 = 0.125;
 /// Weight of a new round's rate: four rounds to follow a change, one slow round does not
@@ -72,20 +75,17 @@ pub(crate) struct Depth {
     rate: Option<f64>,
     peak: f64,
     sent: VecDeque<Sent>,
-    /// When the last chunk arrived, while requests stayed outstanding since.
-    last_delivery: Option<Instant>,
     /// Since when requests have been outstanding (`None`: idle).
     busy_since: Option<Instant>,
     /// Time with requests outstanding in this round, before `busy_since`.
     round_busy: Duration,
     round_bytes: u64,
+    /// Deliveries in this round so far, and how many more it needs at least.
+    round_count: usize,
     round_left: usize,
     /// Whether the queue was full (at the depth) during the round: only then did the depth,
     /// not a lack of work, bound what the round measured.
     round_full: bool,
-    /// The least exact round-trip sample of the round, and the largest lower bound.
-    round_exact: Option<f64>,
-    round_lower: Option<f64>,
     recent_rtt: Option<Duration>,
 }
 
@@ -100,14 +100,12 @@ impl Depth {
             rate: None,
             peak: 0.0,
             sent: VecDeque::new(),
-            last_delivery: None,
             busy_since: None,
             round_busy: Duration::ZERO,
             round_bytes: 0,
+            round_count: 0,
             round_left: min,
             round_full: false,
-            round_exact: None,
-            round_lower: None,
             recent_rtt: None,
         }
     }
@@ -127,14 +125,14 @@ impl Depth {
         self.rate
     }
 
-    /// The round trip the last round measured, unsmoothed (see the module docs), or the
-    /// smoothed one when the round had no sample.
+    /// The latest round-trip sample, unsmoothed (see the module docs).
     pub(crate) fn recent_rtt(&self) -> Option<Duration> {
         self.recent_rtt
     }
 
     /// A round trip measured outside the chunk pipeline (the have-list exchange).
     pub(crate) fn rtt_sample(&mut self, rtt: Duration) {
+        self.recent_rtt = Some(rtt);
         let sample = rtt.as_secs_f64();
         self.srtt = Some(match self.srtt {
             Some(s) => s + RTT_GAIN * (sample - s),
@@ -147,7 +145,6 @@ impl Depth {
         if self.sent.is_empty() {
             // The connection was idle: the round's time counts from now.
             self.busy_since = Some(now);
-            self.last_delivery = None;
         }
         let ahead = self.sent.iter().map(|s| s.len).sum();
         self.sent.push_back(Sent {
@@ -189,54 +186,34 @@ impl Depth {
         let Some(s) = self.sent.remove(at) else {
             return;
         };
-        let latency = now.saturating_duration_since(s.at).as_secs_f64();
-        // Before any rate is known, a transfer is taken as instant (an upper bound).
-        let transfer = |bytes: u64| {
-            if self.peak > 0.0 {
-                bytes as f64 / self.peak
-            } else {
-                0.0
-            }
-        };
-        let own = transfer(s.len);
-        let unblocked = s.ahead == 0
-            || self.last_delivery.is_some_and(|last| {
-                now.saturating_duration_since(last).as_secs_f64() > 1.5 * own && self.peak > 0.0
-            });
-        if unblocked {
-            let exact = latency;
-            self.round_exact = Some(self.round_exact.map_or(exact, |e: f64| e.min(exact)));
-        } else {
-            let lower = (latency - transfer(s.ahead)).max(0.0);
-            self.round_lower = Some(self.round_lower.map_or(lower, |l: f64| l.max(lower)));
+        if s.ahead == 0 {
+            // Asked of an idle connection: the trip and its own transfer, nothing else.
+            let rtt = now.saturating_duration_since(s.at);
+            self.rtt_sample(rtt);
         }
-        self.last_delivery = Some(now);
         self.round_bytes += s.len;
+        self.round_count += 1;
         self.round_left = self.round_left.saturating_sub(1);
         self.idle_if_empty(now);
-        if self.round_left == 0 {
+        if self.round_left == 0 && self.busy(now) >= MIN_ROUND.max(self.srtt().unwrap_or_default())
+        {
             self.end_round(now);
         }
     }
 
+    /// Time with requests outstanding in this round so far.
+    fn busy(&self, now: Instant) -> Duration {
+        self.round_busy
+            + self
+                .busy_since
+                .map_or(Duration::ZERO, |since| now.saturating_duration_since(since))
+    }
+
     fn end_round(&mut self, now: Instant) {
-        let mut busy = self.round_busy;
+        let elapsed = self.busy(now).as_secs_f64();
         if let Some(since) = self.busy_since.as_mut() {
-            busy += now.saturating_duration_since(*since);
             *since = now;
         }
-        let elapsed = busy.as_secs_f64();
-        // A lower bound counts only where it proves the estimate too low.
-        let sample = match (self.round_exact, self.round_lower, self.srtt) {
-            (Some(exact), _, _) => Some(exact),
-            (None, Some(lower), Some(srtt)) if lower > srtt => Some(lower),
-            (None, Some(lower), None) => Some(lower),
-            _ => None,
-        };
-        if let Some(rtt) = sample {
-            self.rtt_sample(Duration::from_secs_f64(rtt));
-        }
-        self.recent_rtt = sample.or(self.srtt).map(Duration::from_secs_f64);
         if elapsed > 0.0 && self.round_bytes > 0 {
             let sample = self.round_bytes as f64 / elapsed;
             self.rate = Some(match self.rate {
@@ -244,15 +221,14 @@ impl Depth {
                 None => sample,
             });
             self.peak = sample.max(self.peak * PEAK_DECAY);
-            let mean_len = self.round_bytes as f64 / self.depth as f64;
+            let mean_len = self.round_bytes as f64 / self.round_count as f64;
             self.depth = self.next_depth(mean_len);
         }
         self.round_busy = Duration::ZERO;
         self.round_bytes = 0;
+        self.round_count = 0;
         self.round_left = self.depth;
         self.round_full = self.sent.len() >= self.depth;
-        self.round_exact = None;
-        self.round_lower = None;
     }
 
     /// Peak rate × max(2 × RTT, floor) in requests, at most double the depth after a full round
@@ -389,7 +365,7 @@ mod tests {
     }
 
     #[test]
-    fn the_request_delay_follows_the_trip_not_the_queue_at_the_source() {
+    fn the_round_trip_is_the_trip_not_the_queue_at_the_source() {
         // Bounded by the link (a queue at the source) or by the depth (none), the round trip
         // measured is the trip's.
         for (rtt, rate) in [
