@@ -2,7 +2,8 @@
 //! the whole, a name as a label), its TOML form, its canonical encoding and asset id.
 //! Hashing content into a manifest and verifying content against one live in [`hash`]; the
 //! compact form the tracker stores in [`binary`]; the TOML chunk list's fast path in
-//! `chunk_list`.
+//! `chunk_list`; a directory asset's file list and its path checks in [`files`], and reading
+//! a directory from disk in [`tree`].
 //!
 //! Format 2 (this build): the asset id hashes the content's description only, never the
 //! name, so the same bytes chunked the same way are one asset whatever they are called.
@@ -21,8 +22,11 @@ use crate::crypt::ContentKey;
 
 pub mod binary;
 mod chunk_list;
+pub mod files;
 pub mod hash;
+pub mod tree;
 
+pub use files::{FileEntry, MAX_DEPTH, MAX_FILES, MAX_PATH_BYTES, check_files, check_path};
 pub use hash::{StreamHashes, VerifyReport, chunkify, hash_file, hash_stream, verify, verify_file};
 
 /// The manifest format this build writes and accepts.
@@ -44,11 +48,13 @@ pub const MAX_CHUNKS: u64 = 1 << 20;
 /// Largest manifest text accepted: 1 Mi chunk lines of ~70 bytes, plus room.
 pub const MAX_MANIFEST_BYTES: usize = 80 << 20;
 /// Most TOML separators (`,` `=` `.` `[` `{`, counted anywhere in the text) a manifest may
-/// hold: one per chunk hash plus room for the six keys, comments and a name full of them.
+/// hold: one per chunk hash plus room for the six keys, comments and a name full of them,
+/// and eight per listed file (`[[files]]` and four `=` as chunkify writes them, and room for
+/// dots in paths).
 /// The TOML parser builds every value (about 150 bytes each) before the chunk count can be
 /// checked, so without this bound 80 MiB of `"",` would cost 4 GiB; with it, at most what a
 /// manifest of [`MAX_CHUNKS`] chunks costs anyway.
-pub const MAX_MANIFEST_SEPARATORS: usize = MAX_CHUNKS as usize + 1024;
+pub const MAX_MANIFEST_SEPARATORS: usize = MAX_CHUNKS as usize + 1024 + 8 * MAX_FILES;
 /// Longest asset name in bytes (a common file-system limit).
 pub const MAX_NAME_BYTES: usize = 255;
 /// The prefix of the canonical encoding, so an asset id can never be confused with the
@@ -113,6 +119,9 @@ pub struct Manifest {
     pub sha256: Option<Digest>,
     /// SHA-256 of each chunk, in order.
     pub chunks: Vec<Digest>,
+    /// A directory asset's files, in the byte stream's order (checked by [`check_files`]);
+    /// empty for a single-file asset.
+    pub files: Vec<FileEntry>,
 }
 
 /// The TOML shape of a manifest, before validation. The hashes are decoded as they are
@@ -133,10 +142,9 @@ struct ManifestToml {
     key: Option<String>,
     #[serde(deserialize_with = "chunk_list::digests")]
     chunks: Vec<Digest>,
-    /// Reserved for directory assets: a manifest that has it is refused, so that a later
-    /// build can give it a meaning without this one misreading such a manifest.
+    /// A directory asset's file list (PROTOCOL.md, 12.3).
     #[serde(default)]
-    files: Option<serde::de::IgnoredAny>,
+    files: Option<Vec<files::FileToml>>,
 }
 
 /// What `to_toml` writes before the chunk list, in this order (the list is written by hand,
@@ -252,7 +260,40 @@ impl Manifest {
             chunk_size,
             sha256,
             chunks,
+            files: Vec::new(),
         })
+    }
+
+    /// This manifest as a directory asset of `files` (checked by [`check_files`] against
+    /// the size).
+    pub fn with_files(self, files: Vec<FileEntry>) -> Result<Self, String> {
+        check_files(&files, self.size)?;
+        Ok(Manifest { files, ..self })
+    }
+
+    /// Whether this is a directory asset (it lists files).
+    pub fn is_directory(&self) -> bool {
+        !self.files.is_empty()
+    }
+
+    /// A directory asset's files in byte-stream order, with path, size, mode and offset;
+    /// empty for a single-file asset.
+    pub fn files(&self) -> &[FileEntry] {
+        &self.files
+    }
+
+    /// The listed file at `path` (exactly as listed: relative, `/`-separated), if any.
+    pub fn file(&self, path: &str) -> Option<&FileEntry> {
+        // The list is checked to be in bytewise order.
+        self.files
+            .binary_search_by(|f| f.path.as_bytes().cmp(path.as_bytes()))
+            .ok()
+            .map(|i| &self.files[i])
+    }
+
+    /// The chunks holding any byte of `file` (see [`FileEntry::chunk_range`]).
+    pub fn file_chunks(&self, file: &FileEntry) -> std::ops::Range<u32> {
+        file.chunk_range(self.chunk_size)
     }
 
     /// Parses and validates manifest TOML. A content key in it (`key`, from `chunkify
@@ -303,8 +344,13 @@ impl Manifest {
         if raw.format != FORMAT_VERSION {
             return Err(format_error(raw.format));
         }
-        if raw.files.is_some() {
-            return Err("manifest lists `files` (a directory asset): this build reads single-file assets only; chunk one file, or a tar of the directory".into());
+        if let Some(list) = &raw.files
+            && list.len() > MAX_FILES
+        {
+            return Err(format!(
+                "the manifest lists {} files, more than the {MAX_FILES} allowed",
+                list.len()
+            ));
         }
         // The shape first: a bad name or size is the refusal a publisher needs to read.
         check_shape(&raw.name, raw.size, raw.chunk_size, raw.chunks.len())?;
@@ -316,7 +362,14 @@ impl Manifest {
             .key
             .map(|k| ContentKey::from_field(&k).map_err(|e| format!("manifest key: {e}")))
             .transpose()?;
-        let manifest = Manifest::new(raw.name, raw.size, raw.chunk_size, sha256, raw.chunks)?;
+        let mut manifest = Manifest::new(raw.name, raw.size, raw.chunk_size, sha256, raw.chunks)?;
+        if let Some(list) = raw.files {
+            let list = list
+                .into_iter()
+                .map(files::FileToml::into_entry)
+                .collect::<Result<Vec<_>, _>>()?;
+            manifest = manifest.with_files(list)?;
+        }
         Ok((manifest, key))
     }
 
@@ -353,6 +406,14 @@ impl Manifest {
         };
         let mut text = toml::to_string_pretty(&head).expect("a manifest always serializes");
         chunk_list::write(&mut text, &self.chunks);
+        if self.is_directory() {
+            let list: Vec<_> = self.files.iter().map(files::FileToml::from_entry).collect();
+            text.push('\n');
+            text.push_str(
+                &toml::to_string_pretty(&files::FilesToml { files: &list })
+                    .expect("a file list always serializes"),
+            );
+        }
         text
     }
 
@@ -377,9 +438,10 @@ impl Manifest {
             }
             None => sink(&[0]),
         }
-        // The file count: 0 for a single-file asset. Directory assets will list their
-        // files here, so the ids of single-file assets stay what they are now.
-        sink(&0u32.to_be_bytes());
+        // The file count, 0 for a single-file asset, then the files: single-file ids stay
+        // what they were before directory assets.
+        sink(&(self.files.len() as u32).to_be_bytes());
+        files::canonical_parts(&self.files, &mut sink);
         sink(&(self.chunks.len() as u32).to_be_bytes());
         sink(self.chunks.as_flattened());
     }
@@ -625,14 +687,96 @@ mod tests {
         assert!(Manifest::from_toml(&bad).unwrap_err().contains("rot13"));
     }
 
+    /// A directory asset of three files over 50 000 bytes.
+    fn directory() -> Manifest {
+        let m = chunkify(&data(50_000)[..], "dir", MIN_CHUNK_SIZE).unwrap();
+        let list = files::with_offsets([
+            ("a/b.txt".to_string(), 20_000, 0o644),
+            ("a/empty".to_string(), 0, 0o600),
+            ("c.bin".to_string(), 30_000, 0o755),
+        ]);
+        m.with_files(list).unwrap()
+    }
+
     #[test]
-    fn a_list_of_files_is_reserved_and_refused() {
-        let m = chunkify(&data(20_000)[..], "x", MIN_CHUNK_SIZE).unwrap();
-        for files in ["files = []\n", "[[files]]\npath = \"a/b\"\nsize = 1\n"] {
-            let text = format!("{}{files}", m.to_toml());
-            let e = Manifest::from_toml(&text).unwrap_err();
-            assert!(e.contains("`files`") && e.contains("single-file"), "{e}");
+    fn a_directory_asset_round_trips_and_its_file_list_is_in_the_id() {
+        let m = directory();
+        let text = m.to_toml();
+        assert!(
+            text.contains(
+                "[[files]]\npath = \"a/b.txt\"\nsize = 20000\nmode = \"0644\"\noffset = 0\n"
+            ),
+            "{text}"
+        );
+        let back = Manifest::from_toml(&text).unwrap();
+        assert_eq!((&back, back.id()), (&m, m.id()));
+        assert_eq!(m.file("c.bin").unwrap().offset, 20_000);
+        assert_eq!(m.file("a").map(|f| &f.path), None);
+        assert_eq!(m.file_chunks(m.file("c.bin").unwrap()), 1..4);
+        let single = Manifest {
+            files: Vec::new(),
+            ..m.clone()
+        };
+        let mut other_mode = m.clone();
+        other_mode.files[2].mode = 0o644;
+        let mut other_path = m.clone();
+        other_path.files[2].path = "d.bin".into();
+        let mut other_split = m.clone();
+        other_split.files[0].size -= 1;
+        other_split.files[1].offset -= 1;
+        other_split.files[2].offset -= 1;
+        other_split.files[2].size += 1;
+        let ids = [
+            m.id(),
+            single.id(),
+            other_mode.id(),
+            other_path.id(),
+            other_split.id(),
+        ];
+        for (i, a) in ids.iter().enumerate() {
+            for b in &ids[i + 1..] {
+                assert_ne!(a, b);
+            }
         }
+        // The canonical layout: the file count, then each file, before the chunk count.
+        let bytes = m.canonical_bytes();
+        assert_eq!(&bytes[37..41], &3u32.to_be_bytes());
+        assert_eq!(&bytes[41..43], &7u16.to_be_bytes());
+        assert_eq!(&bytes[43..50], b"a/b.txt");
+        assert_eq!(&bytes[50..58], &20_000u64.to_be_bytes());
+        assert_eq!(&bytes[58..62], &0o644u32.to_be_bytes());
+    }
+
+    #[test]
+    fn hostile_file_lists_are_refused_when_read() {
+        let text = directory().to_toml();
+        for (from, to, why) in [
+            ("\"a/b.txt\"", "\"../b.txt\"", "\"..\" component"),
+            ("\"a/b.txt\"", "\"/etc/b.txt\"", "absolute"),
+            ("\"a/b.txt\"", "\"a/b\\u0000t\"", "'\\0'"),
+            ("\"a/empty\"", "\"a/b.txt\"", "listed twice"),
+            ("\"c.bin\"", "\"a/b.txt/c\"", "bytewise order"),
+            ("\"0755\"", "\"4755\"", "set-uid"),
+            ("\"0755\"", "\"rwx\"", "octal"),
+            ("offset = 20000", "offset = 19999", "starts at offset 19999"),
+            ("size = 30000", "size = 30001", "hold 50001 bytes"),
+            ("offset = 0\n", "offset = 0\nowner = \"root\"\n", "owner"),
+        ] {
+            assert!(text.contains(from), "{from}");
+            let e = Manifest::from_toml(&text.replacen(from, to, 1)).unwrap_err();
+            assert!(e.contains(why), "{to}: {e}");
+        }
+        let deep = format!("\"{}x\"", "d/".repeat(MAX_DEPTH));
+        let e = Manifest::from_toml(&text.replacen("\"a/b.txt\"", &deep, 1)).unwrap_err();
+        assert!(e.contains("levels deep"), "{e}");
+        let e = Manifest::from_toml(&format!(
+            "{}files = []\n",
+            chunkify(&data(1)[..], "x", MIN_CHUNK_SIZE)
+                .unwrap()
+                .to_toml()
+        ))
+        .unwrap_err();
+        assert!(e.contains("empty"), "{e}");
     }
 
     #[test]
@@ -666,7 +810,8 @@ mod tests {
             ("one.toml", None),
             ("three.toml", None),
             ("format1.toml", Some("re-run chunkify")),
-            ("files.toml", Some("`files`")),
+            ("files.toml", None),
+            ("files_hostile.toml", Some("\"..\" component")),
         ] {
             let text = std::fs::read_to_string(format!("{dir}/{seed}")).unwrap();
             match (Manifest::from_toml(&text), refusal) {
