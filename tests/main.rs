@@ -14,6 +14,7 @@ mod catalog;
 mod cli_errors;
 mod cli_scripts;
 mod clock;
+mod dirs;
 mod encrypt;
 mod faults;
 mod fleet;

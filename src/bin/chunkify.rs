@@ -19,6 +19,7 @@ use swarmcache::manifest::{self, Manifest};
 /// Examples:
 ///   chunkify big.iso > big.toml
 ///   chunkify big.iso | peer_client publish --tracker http://127.0.0.1:7070 -
+///   chunkify site/ > site.toml     (a directory asset: its files listed, no tar needed)
 ///   tar c dir | chunkify --name dir.tar -
 ///   chunkify --id big.iso
 ///   chunkify --sha256 big.iso      (also records the whole file's SHA-256)
@@ -30,7 +31,9 @@ use swarmcache::manifest::{self, Manifest};
 struct Args {
     #[command(subcommand)]
     command: Option<Command>,
-    /// The file to chunk, or - for standard input.
+    /// The file to chunk, a directory (a directory asset: its regular files in bytewise
+    /// path order, with their sizes and permission bits; symbolic links are refused), or -
+    /// for standard input.
     path: Option<PathBuf>,
     /// Chunk size, 16KiB to 64MiB (e.g. 256KiB, 1MiB, 4MiB).
     #[arg(long, default_value = "256KiB", value_parser = cli::chunk_size_arg)]
@@ -155,6 +158,17 @@ fn run(args: Args) -> Result<u8> {
             .with_context(|| format!("{} names no file; give --name", path.display()))?,
     };
     manifest::check_name(&name).map_err(anyhow::Error::msg)?;
+    if path != Path::new("-") && path.is_dir() {
+        if args.encrypt {
+            anyhow::bail!(
+                "--encrypt takes a file, and {} is a directory; encrypt a tar of it (tar c DIR > DIR.tar)",
+                path.display()
+            );
+        }
+        let manifest = manifest::tree::chunkify_dir(&path, &name, args.chunk_size, args.sha256)
+            .with_context(|| format!("chunking directory {}", path.display()))?;
+        return print_manifest(&manifest, args.id);
+    }
     if let Some(out) = &args.out {
         let key = ContentKey::generate()?;
         let manifest = encrypt_to(&path, out, &key, &name, args.chunk_size, args.sha256)
@@ -169,7 +183,12 @@ fn run(args: Args) -> Result<u8> {
         .hash(args.chunk_size, args.sha256)
         .and_then(|hashes| hashes.into_manifest(&name, args.chunk_size))
         .with_context(|| format!("chunking {}", path.display()))?;
-    if args.id {
+    print_manifest(&manifest, args.id)
+}
+
+/// Prints the manifest's TOML, or with `id` its asset id only.
+fn print_manifest(manifest: &Manifest, id: bool) -> Result<u8> {
+    if id {
         cli::println(&manifest.id().to_string())?;
     } else {
         use std::io::Write;

@@ -207,8 +207,20 @@ struct GetArgs {
     /// curl -o and cp do). Default: the asset's name in the current directory, never
     /// replacing a file (pass -o NAME to). A device, FIFO or socket (or a symlink to one)
     /// is written into in order, never replaced; - writes to stdout as --stream does.
+    /// A directory asset is written as a new directory tree (-o DIR, or its name), which
+    /// appears complete or not at all; an existing directory is refused unless --replace.
     #[arg(short, long)]
     output: Option<PathBuf>,
+    /// With a directory asset: fetch and write only this file (its path as listed in the
+    /// manifest, e.g. --file docs/intro.mp4); only the chunks it needs are fetched.
+    /// Repeatable. The tree written holds only the files named.
+    #[arg(long = "file", value_name = "PATH", conflicts_with = "stream")]
+    files: Vec<String>,
+    /// With a directory asset: replace an existing output directory (the new tree is
+    /// swapped in atomically, then the old one deleted). Without it, an existing directory
+    /// is left alone and the get fails before fetching anything.
+    #[arg(long)]
+    replace: bool,
     /// Write the asset to stdout in order while it downloads (e.g. `| mpv -`, `| tar x`).
     /// Only verified bytes are written; the asset also lands in the store. Refused when
     /// stdout is a terminal; a reader that closes early exits 23.
@@ -417,6 +429,8 @@ fn get(mut args: GetArgs) -> Result<u8> {
     };
     let config = GetConfig {
         output: args.output,
+        files: args.files,
+        replace: args.replace,
         workers: args.workers,
         chunk_timeout: args.chunk_timeout,
         max_download_rate: args.max_download_rate,

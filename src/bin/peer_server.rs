@@ -35,7 +35,9 @@ struct Args {
     /// Store directory whose assets are served (shared with peer_client; default: the user's cache).
     #[arg(long, visible_alias = "cache")]
     store: Option<PathBuf>,
-    /// Import this file into the store (and publish its manifest when --tracker is given). Repeatable.
+    /// Import this file into the store (and publish its manifest when --tracker is given).
+    /// A directory is a directory asset, served from its files in place (no copy; symbolic
+    /// links are refused); each chunk is checked before it is sent. Repeatable.
     #[arg(long)]
     seed: Vec<PathBuf>,
     /// Asset name for a --seed (default: its file name). Repeatable: the first --name names

@@ -37,6 +37,11 @@ pub struct GetConfig {
     pub output: Option<PathBuf>,
     /// The local store (cache).
     pub store: PathBuf,
+    /// Of a directory asset, only these files (listed paths): only the chunks they need are
+    /// fetched, and only they are written. Empty: the whole asset.
+    pub files: Vec<String>,
+    /// A directory asset's `-o DIR` may replace an existing directory (swapped atomically).
+    pub replace: bool,
     /// Parallel connections.
     pub workers: usize,
     /// A source whose due reply has not fully arrived this long after the client started
@@ -79,6 +84,8 @@ impl GetConfig {
             tracker,
             output: None,
             store,
+            files: Vec::new(),
+            replace: false,
             workers: DEFAULT_WORKERS,
             chunk_timeout: DEFAULT_CHUNK_TIMEOUT,
             max_download_rate: None,

@@ -57,7 +57,7 @@ use crossbeam_channel::unbounded;
 use crate::bitfield::Bitfield;
 use crate::crypt::ContentKey;
 use crate::failure::Failure;
-use crate::manifest::{AssetId, Manifest};
+use crate::manifest::{AssetId, FileEntry, Manifest};
 use crate::store::cache;
 use crate::store::{InUse, Partial, Store};
 use crate::tracker_client::{HttpStatus, TrackerClient};
@@ -65,7 +65,7 @@ use crate::tracker_client::{HttpStatus, TrackerClient};
 use crate::announce::Departure;
 use crate::bitfield::{Live, LiveHave};
 use announce::{Announce, Announcer};
-use output::{Placement, Replace, Target};
+use output::{Placement, Replace, Target, TreePlacement};
 use scheduler::{Event, Scheduler, Watch};
 use serving::Serving;
 use sources::Source;
@@ -173,14 +173,34 @@ fn fetch(config: &GetConfig, seed: bool, out: Option<&mut (dyn Write + Send)>) -
     // asked before the output is opened or a chunk fetched, so a client the tracker gives
     // no key fails at once, having written nothing.
     let key = content_key(&store, tracker.as_ref(), &config.asset)?;
+    // `--file`: the listed files asked for, and the chunks nobody needs for them.
+    let selected = select_files(config, &manifest)?;
+    let skipped = selected.as_ref().map(|files| {
+        let mut skipped = Bitfield::full(manifest.chunk_count());
+        for f in files {
+            for i in manifest.file_chunks(f) {
+                skipped.unset(i);
+            }
+        }
+        skipped
+    });
     // The output is opened before anything is fetched: a directory that is missing or
     // not writable fails the get now, not after the download.
     let mut sink: Option<Box<dyn Write + Send + '_>> = None;
     let mut placement: Option<Placement> = None;
+    let mut tree: Option<TreePlacement> = None;
     let output = match out {
+        Some(_) if selected.is_some() => bail!(
+            "--file writes files into a directory, and --stream writes the whole asset in order; use one of them"
+        ),
         Some(out) => {
             sink = Some(Box::new(out));
             None
+        }
+        None if manifest.is_directory() => {
+            let (path, _) = output_path(config, &manifest)?;
+            tree = Some(TreePlacement::create(&path, config.replace)?);
+            Some(path)
         }
         None => {
             let (path, replace) = output_path(config, &manifest)?;
@@ -206,6 +226,10 @@ fn fetch(config: &GetConfig, seed: bool, out: Option<&mut (dyn Write + Send)>) -
         |p| p.have().clone(),
     );
     let from_cache: u64 = initial.ones().map(|i| manifest.chunk_len(i) as u64).sum();
+    // Everything `--file` needs may be here already (from an earlier `get`).
+    let needed_held = skipped.as_ref().is_some_and(|skipped| {
+        (0..manifest.chunk_count()).all(|i| skipped.get(i) || initial.get(i))
+    });
     let live: LiveHave = Live::new(initial.clone());
     let serving = match config.serve {
         Some(listen) if seed || !complete => {
@@ -237,6 +261,7 @@ fn fetch(config: &GetConfig, seed: bool, out: Option<&mut (dyn Write + Send)>) -
     let streaming = out.is_some().then_some(done_tx);
     let scheduler = match &partial {
         None => None,
+        Some(_) if needed_held => None,
         Some(partial) => {
             let announce = announce.clone().with_context(|| {
                 format!(
@@ -278,6 +303,7 @@ fn fetch(config: &GetConfig, seed: bool, out: Option<&mut (dyn Write + Send)>) -
                     streaming,
                     reader_waits,
                     yielding: serving.as_ref().map(|s| s.yielding(config.asset)),
+                    skipped: skipped.clone(),
                 },
             );
             let events = scheduler.events();
@@ -347,8 +373,41 @@ fn fetch(config: &GetConfig, seed: bool, out: Option<&mut (dyn Write + Send)>) -
         (Err(_), Err(e)) if output_failed.load(Ordering::SeqCst) => return Err(e),
         (downloaded, streamed) => (downloaded?, streamed?),
     };
+    // A `--file` get leaves the rest of the asset to fetch: its record claims only what
+    // it holds, and the asset is sealed only when that is every chunk.
+    let mut fetched = Bitfield::full(manifest.chunk_count());
+    if let Some(skipped) = &skipped {
+        fetched.remove_all(skipped);
+        fetched.union_with(&initial);
+    }
+    let data_file = partial.as_ref().map(Partial::data);
     if let Some(partial) = partial {
-        partial.finish()?;
+        if skipped.is_none() || fetched.is_full() {
+            partial.finish()?;
+        } else {
+            partial.checkpoint(&fetched)?;
+        }
+    }
+    if let Some(tree) = tree {
+        let path = tree.path().display().to_string();
+        let data = match data_file {
+            Some(data) => data,
+            None => {
+                let at = store.data_path(&config.asset);
+                Arc::new(File::open(&at).with_context(|| format!("opening {}", at.display()))?)
+            }
+        };
+        let files: Vec<&FileEntry> = match &selected {
+            Some(files) => files.clone(),
+            None => manifest.files().iter().collect(),
+        };
+        tree.write(
+            &files,
+            &data,
+            key.as_ref().map(|k| (k, manifest.chunk_size)),
+        )
+        .and_then(|()| tree.finish())
+        .with_context(|| format!("writing output {path}"))?;
     }
     if let Some(placement) = placement {
         let path = placement.path().display().to_string();
@@ -486,6 +545,40 @@ fn open_for_writing(store: &Store, manifest: &Manifest) -> Result<Option<Partial
         }
         std::thread::sleep(WRITER_POLL);
     }
+}
+
+/// The files `--file` names, each looked up in the manifest's list; `None` without
+/// `--file`. A path the asset does not list is refused before anything is fetched.
+fn select_files<'m>(
+    config: &GetConfig,
+    manifest: &'m Manifest,
+) -> Result<Option<Vec<&'m FileEntry>>> {
+    if config.files.is_empty() {
+        return Ok(None);
+    }
+    if !manifest.is_directory() {
+        bail!(
+            "--file picks files of a directory asset, and {} is a single file; drop --file",
+            config.asset
+        );
+    }
+    let mut picked: Vec<&FileEntry> = Vec::new();
+    for path in &config.files {
+        let want = path.trim_start_matches("./");
+        let file = manifest.file(want).with_context(|| {
+            format!(
+                "--file {path:?}: asset {} lists no such file ({} files; `curl TRACKER/assets/{}` shows the list)",
+                config.asset,
+                manifest.files().len(),
+                config.asset
+            )
+        })?;
+        if !picked.contains(&file) {
+            picked.push(file);
+        }
+    }
+    picked.sort_by_key(|f| f.offset);
+    Ok(Some(picked))
 }
 
 /// Where the output goes, and whether it may replace a file: as given with `-o` (which

@@ -13,6 +13,12 @@
 //! inode would only detect the edit, after the user's file was already the store's). An
 //! asset already complete in the store is copied with `std::io::copy`, which is
 //! `copy_file_range`: a clone where the file system can, an in-kernel copy elsewhere.
+//!
+//! A directory asset is written as a tree ([`TreePlacement`]): into a temporary sibling
+//! directory, every file and directory fsynced, then renamed into place in one
+//! `renameat2`, so the tree appears complete or not at all. An existing directory is never
+//! touched unless asked (`--replace`), and then swapped out atomically (`RENAME_EXCHANGE`)
+//! before the old tree is deleted.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -25,6 +31,7 @@ use anyhow::{Context, Result};
 use crate::crypt::{self, ContentKey};
 use crate::failure::Failure;
 use crate::fsutil::sync_dir;
+use crate::manifest::FileEntry;
 use crate::store::WRITE_PIECE;
 
 /// Where the asset goes.
@@ -212,6 +219,173 @@ impl Drop for Placement {
     }
 }
 
+/// A directory asset's tree being written under a temporary name beside its final path;
+/// removed when dropped unless [`TreePlacement::finish`] put it in place.
+pub(crate) struct TreePlacement {
+    path: PathBuf,
+    parent: PathBuf,
+    tmp: PathBuf,
+    replace: bool,
+    placed: bool,
+}
+
+/// Bytes copied per read while writing a tree's files.
+const TREE_PIECE: usize = 1 << 20;
+
+impl TreePlacement {
+    /// Checks that `path` may be created (its parent is a writable directory; an existing
+    /// `path` only with `replace`, and only a directory) and creates the temporary sibling,
+    /// before anything is fetched.
+    pub(crate) fn create(path: &Path, replace: bool) -> Result<TreePlacement> {
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let name = path
+            .file_name()
+            .with_context(|| format!("output path {} names no directory", path.display()))?;
+        match fs::symlink_metadata(path) {
+            Ok(meta) if meta.is_dir() && replace => {}
+            Ok(meta) if meta.is_dir() => {
+                return Err(Failure::Local.error(format!(
+                    "output {} exists; a directory asset is written as a new directory, and an existing one is left alone unless --replace is given (nothing was written)",
+                    path.display()
+                )));
+            }
+            Ok(_) => {
+                return Err(Failure::Local.error(format!(
+                    "output {} exists and is not a directory; this asset is a directory: name a new path",
+                    path.display()
+                )));
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("looking at {}", path.display())),
+        }
+        let tmp = parent.join(format!(
+            ".{}.swarmcache-{}",
+            name.to_string_lossy(),
+            std::process::id()
+        ));
+        let _ = fs::remove_dir_all(&tmp);
+        fs::create_dir(&tmp)
+            .with_context(|| format!("creating {}", tmp.display()))
+            .context(Failure::Local.tag(format!(
+                "cannot write output {}: directory {} is missing or not writable",
+                path.display(),
+                parent.display()
+            )))?;
+        Ok(TreePlacement {
+            path: path.to_path_buf(),
+            parent,
+            tmp,
+            replace,
+            placed: false,
+        })
+    }
+
+    /// The final path.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Writes `files` (checked paths of the asset's list) into the temporary tree from the
+    /// content file `data` (the asset's byte stream), decrypting with the key of an
+    /// encrypted asset; each file gets its mode and is fsynced, then every directory is.
+    pub(crate) fn write(
+        &self,
+        files: &[&FileEntry],
+        data: &File,
+        key: Option<(&ContentKey, u32)>,
+    ) -> Result<()> {
+        use std::os::unix::fs::{FileExt as _, PermissionsExt as _};
+        let mut dirs = std::collections::BTreeSet::new();
+        let mut buf = vec![0u8; TREE_PIECE];
+        for f in files {
+            // Checked when the manifest was read: relative, no `..`, no empty component.
+            let path = self.tmp.join(&f.path);
+            if let Some(dir) = path.parent() {
+                fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+                let mut d = dir;
+                while d != self.tmp && dirs.insert(d.to_path_buf()) {
+                    d = d.parent().expect("under the temporary directory");
+                }
+            }
+            let out = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+                .with_context(|| format!("creating {}", path.display()))?;
+            let mut done = 0u64;
+            while done < f.size {
+                let n = (f.size - done).min(TREE_PIECE as u64) as usize;
+                let at = f.offset + done;
+                data.read_exact_at(&mut buf[..n], at)
+                    .with_context(|| format!("reading bytes {at}.. of the store's copy"))?;
+                if let Some((key, chunk_size)) = key {
+                    crypt::apply_range(key, chunk_size, at, &mut buf[..n]);
+                }
+                Pieces(&out)
+                    .write_all(&buf[..n])
+                    .with_context(|| format!("writing {}", path.display()))?;
+                done += n as u64;
+            }
+            out.set_permissions(fs::Permissions::from_mode(f.mode))
+                .with_context(|| format!("setting the mode of {}", path.display()))?;
+            out.sync_all()
+                .with_context(|| format!("syncing {}", path.display()))?;
+        }
+        // Deepest first, so each directory's entry is on disk before its parent's.
+        for dir in dirs.iter().rev() {
+            sync_dir(dir).with_context(|| format!("syncing {}", dir.display()))?;
+        }
+        sync_dir(&self.tmp).with_context(|| format!("syncing {}", self.tmp.display()))
+    }
+
+    /// Puts the complete tree in place under its name in one rename: refused if the name
+    /// appeared meanwhile, or with `replace` exchanged with the existing directory, which
+    /// is then deleted.
+    pub(crate) fn finish(mut self) -> Result<()> {
+        use rustix::fs::{CWD, RenameFlags, renameat_with};
+        let exists = self.path.exists();
+        let flags = if self.replace && exists {
+            RenameFlags::EXCHANGE
+        } else {
+            RenameFlags::NOREPLACE
+        };
+        match renameat_with(CWD, &self.tmp, CWD, &self.path, flags) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::EXIST) => {
+                return Err(Failure::Local.error(format!(
+                    "output {} appeared while the asset downloaded; it is left alone (the asset stays in the store: run the command again with another -o)",
+                    self.path.display()
+                )));
+            }
+            Err(e) => {
+                return Err(io::Error::from(e)).with_context(|| {
+                    format!("renaming {} to {}", self.tmp.display(), self.path.display())
+                });
+            }
+        }
+        self.placed = true;
+        sync_dir(&self.parent).with_context(|| format!("syncing {}", self.parent.display()))?;
+        if flags == RenameFlags::EXCHANGE {
+            // The old tree is at the temporary name now; --replace asked for it to go.
+            fs::remove_dir_all(&self.tmp).with_context(|| {
+                format!("deleting the replaced tree, now at {}", self.tmp.display())
+            })?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for TreePlacement {
+    fn drop(&mut self) {
+        if !self.placed {
+            let _ = fs::remove_dir_all(&self.tmp);
+        }
+    }
+}
+
 /// Writes into a file in pieces of at most [`WRITE_PIECE`] bytes, for the reason given
 /// there: one large write into the page cache waits for memory on this machine.
 pub(crate) struct Pieces<'a>(&'a File);
@@ -273,6 +447,65 @@ mod tests {
         assert!(error.to_string().contains("-o"), "{error}");
         assert_eq!(fs::read(&out).unwrap(), b"mine");
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    fn tree_files() -> Vec<FileEntry> {
+        crate::manifest::files::with_offsets([
+            ("a/b/c.txt".to_string(), 3, 0o640),
+            ("a/empty".to_string(), 0, 0o600),
+            ("run.sh".to_string(), 4, 0o755),
+        ])
+    }
+
+    #[test]
+    fn a_tree_is_placed_whole_and_never_over_an_existing_directory() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let data_path = dir.path().join("data");
+        fs::write(&data_path, b"abcdefg").unwrap();
+        let data = File::open(&data_path).unwrap();
+        let files = tree_files();
+        let all: Vec<&FileEntry> = files.iter().collect();
+        let out = dir.path().join("out");
+        let tree = TreePlacement::create(&out, false).unwrap();
+        tree.write(&all, &data, None).unwrap();
+        assert!(!out.exists(), "nothing at the name before finish");
+        tree.finish().unwrap();
+        assert_eq!(fs::read(out.join("a/b/c.txt")).unwrap(), b"abc");
+        assert_eq!(fs::read(out.join("a/empty")).unwrap(), b"");
+        assert_eq!(fs::read(out.join("run.sh")).unwrap(), b"defg");
+        let mode = |p: &str| fs::metadata(out.join(p)).unwrap().permissions().mode() & 0o777;
+        assert_eq!((mode("run.sh"), mode("a/b/c.txt")), (0o755, 0o640));
+        // An existing directory is refused before anything is written, and kept.
+        let e = TreePlacement::create(&out, false)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("--replace"), "{e}");
+        // One that appears during the download is kept too.
+        let late = dir.path().join("late");
+        let tree = TreePlacement::create(&late, false).unwrap();
+        tree.write(&all[..1], &data, None).unwrap();
+        fs::create_dir(&late).unwrap();
+        fs::write(late.join("mine"), b"mine").unwrap();
+        assert!(
+            tree.finish()
+                .unwrap_err()
+                .to_string()
+                .contains("left alone")
+        );
+        assert_eq!(fs::read(late.join("mine")).unwrap(), b"mine");
+        // With replace, the old tree goes and the new one takes its place.
+        let tree = TreePlacement::create(&late, true).unwrap();
+        tree.write(&all[2..], &data, None).unwrap();
+        tree.finish().unwrap();
+        assert!(!late.join("mine").exists());
+        assert_eq!(fs::read(late.join("run.sh")).unwrap(), b"defg");
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 3, "no temporary directory left: {names:?}");
     }
 
     #[test]

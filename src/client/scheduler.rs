@@ -70,6 +70,9 @@ pub(crate) struct Watch {
     /// The embedded server's upload limit, adapted to this download's needs (`None`: it
     /// serves nothing).
     pub(crate) yielding: Option<Yielding>,
+    /// Chunks not to fetch (`get --file` wants only the chunks of some files): the plan
+    /// counts them as done, and no record or summary ever claims them.
+    pub(crate) skipped: Option<Bitfield>,
 }
 
 /// The embedded server's adapted upload rate, and what it was last measured from.
@@ -136,10 +139,14 @@ impl<'a> Scheduler<'a> {
                 config.max_download_rate,
             ),
         };
+        let mut planned = have;
+        if let Some(skipped) = &watch.skipped {
+            planned.union_with(skipped);
+        }
         let plan = Plan::new(
             manifest.size,
             manifest.chunk_size,
-            have,
+            planned,
             sources,
             settings,
             Instant::now(),
@@ -166,6 +173,15 @@ impl<'a> Scheduler<'a> {
     }
 
     /// Where the announcer and the stream tell the scheduler what they see.
+    /// What is verified: the plan's done chunks less the skipped ones it counts as done.
+    pub(crate) fn verified(&self) -> Bitfield {
+        let mut done = self.plan.done().clone();
+        if let Some(skipped) = &self.watch.skipped {
+            done.remove_all(skipped);
+        }
+        done
+    }
+
     pub(crate) fn events(&self) -> Sender<Event> {
         self.events_tx.clone()
     }
@@ -187,7 +203,7 @@ impl<'a> Scheduler<'a> {
             let outcome = self.drive(&ckpt_tx, &interrupted);
             if outcome.is_err() {
                 // Keep everything verified so far, so that "run it again to resume" holds.
-                let _ = ckpt_tx.send(self.plan.done().clone());
+                let _ = ckpt_tx.send(self.verified());
             }
             drop(ckpt_tx);
             let persisted = persister.join().expect("checkpoint thread panicked");
@@ -250,7 +266,7 @@ impl<'a> Scheduler<'a> {
             self.plan.update_fallback(Instant::now());
             self.sync();
             if dirty && last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL {
-                match ckpt_tx.try_send(self.plan.done().clone()) {
+                match ckpt_tx.try_send(self.verified()) {
                     Ok(()) => {
                         dirty = false;
                         last_checkpoint = Instant::now();

@@ -318,6 +318,12 @@ impl Server {
                 );
             }
             let imported = match &key {
+                _ if path.is_dir() && key.is_some() => Err(anyhow::anyhow!(
+                    "--encrypt takes files, and {} is a directory; seed an encrypted tar of it",
+                    path.display()
+                )),
+                // A directory is served from its files in place: no copy in the store.
+                _ if path.is_dir() => store.seed_tree(path, &name, config.chunk_size),
                 Some(key) => store.import_encrypted(path, &name, config.chunk_size, key),
                 None => store.import_file(path, &name, config.chunk_size),
             };

@@ -5,7 +5,6 @@
 //! version-2 client. Failures close with an error frame that says why.
 
 use std::collections::VecDeque;
-use std::fs::File;
 use std::net::TcpStream;
 use std::os::fd::AsFd;
 use std::sync::atomic::Ordering;
@@ -16,11 +15,13 @@ use anyhow::{Context, Result};
 use super::seats::Held;
 use super::stats::Counters;
 use super::tickets::Verdict;
-use super::uploads::send_chunk;
+use super::uploads::{Body, send_chunk};
 use super::{IDLE_TIMEOUT, Shared, WRITE_TIMEOUT};
 use crate::bitfield::{Bitfield, LiveHave};
+use crate::manifest::tree::Tree;
 use crate::manifest::{AssetId, Manifest};
 use crate::net::refuse_now;
+use crate::store::Source;
 use crate::sync::LockExt;
 use crate::wake::Wait;
 use crate::wire::{
@@ -181,8 +182,7 @@ impl Shared {
             }
             None => (self.store.have(asset, manifest)?, None),
         };
-        let path = self.store.data_path(asset);
-        let data = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+        let data = self.store.source(asset, manifest)?;
         Ok(Content { have, data, live })
     }
 
@@ -367,9 +367,21 @@ impl Shared {
                                 ));
                             }
                         }
-                        sent.set(index);
                         let at = manifest.chunk_offset(index);
-                        send_chunk(stream, &data, at, index, len as u32, slot).map_err(|e| {
+                        let body = match &data {
+                            Source::File(file) => Body::File(file, at),
+                            Source::Tree(tree) => match tree_chunk(tree, manifest, index) {
+                                Ok(bytes) => Body::Bytes(bytes),
+                                Err(e) => {
+                                    log::warn!("serving {asset}: {e:#}");
+                                    self.uploads.give_back(slot, len);
+                                    conn.send(&Message::DontHave { index })?;
+                                    continue;
+                                }
+                            },
+                        };
+                        sent.set(index);
+                        send_chunk(stream, body, index, len as u32, slot).map_err(|e| {
                             MidFrame(format!("sending chunk {index} of {asset}: {e:#}"))
                         })?;
                         served.uploaded.fetch_add(len, Ordering::Relaxed);
@@ -384,11 +396,26 @@ impl Shared {
     }
 }
 
+/// Chunk `index` read from a directory seeded in place, checked against the manifest: its
+/// files are the user's and may have changed since they were hashed, and a peer must never
+/// be sent bytes the manifest does not describe.
+fn tree_chunk(tree: &Tree, manifest: &Manifest, index: u32) -> Result<Vec<u8>> {
+    let mut bytes = vec![0u8; manifest.chunk_len(index) as usize];
+    tree.read_at(&mut bytes, manifest.chunk_offset(index))?;
+    if !manifest.chunk_matches(index, &bytes) {
+        anyhow::bail!(
+            "chunk {index} read from directory {} no longer matches its hash (a file changed since it was seeded); restart peer_server to seed what is there now",
+            tree.root().display()
+        );
+    }
+    Ok(bytes)
+}
+
 /// What a session serves from: the holdings, the content file, and for a download in
 /// progress its live holdings with the cursor of the gains `have` includes.
 struct Content {
     have: Bitfield,
-    data: File,
+    data: Source,
     live: Option<(LiveHave, usize)>,
 }
 

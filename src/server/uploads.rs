@@ -97,6 +97,15 @@ impl Drop for Slot<'_> {
     }
 }
 
+/// What a chunk frame carries: a range of a content file (sent with `sendfile`), or bytes
+/// already read and checked (a chunk of a directory seeded in place).
+pub(super) enum Body<'a> {
+    /// The content file, and the chunk's offset in it.
+    File(&'a File, u64),
+    /// The chunk's bytes, exactly its length.
+    Bytes(Vec<u8>),
+}
+
 /// Sends one chunk frame; on Linux the data goes from the page cache to the socket with
 /// `sendfile`, without passing through user space. The upload slot goes back when the
 /// chunk is sent, or once the send has taken [`SLOT_HOLD`]: while it holds the slot, the
@@ -104,8 +113,7 @@ impl Drop for Slot<'_> {
 /// then the rest goes out without a slot, under the usual [`WRITE_TIMEOUT`].
 pub(super) fn send_chunk(
     stream: &TcpStream,
-    data: &File,
-    offset: u64,
+    body: Body<'_>,
     index: u32,
     len: u32,
     slot: Slot<'_>,
@@ -115,8 +123,10 @@ pub(super) fn send_chunk(
     stream.set_write_timeout(Some(SLOT_HOLD))?;
     let header = wire::chunk_header(index, len);
     let mut header_sent = 0;
-    let mut position = offset;
-    let end = offset + len as u64;
+    let (mut position, end) = match body {
+        Body::File(_, offset) => (offset, offset + len as u64),
+        Body::Bytes(_) => (0, len as u64),
+    };
     while header_sent < header.len() || position < end {
         if slot.is_some() && started.elapsed() > SLOT_HOLD {
             slot = None;
@@ -125,7 +135,11 @@ pub(super) fn send_chunk(
         let sent = if header_sent < header.len() {
             io::Write::write(&mut &*stream, &header[header_sent..]).inspect(|&n| header_sent += n)
         } else {
-            send_piece(stream, data, &mut position, end)
+            match &body {
+                Body::File(data, _) => send_piece(stream, data, &mut position, end),
+                Body::Bytes(bytes) => io::Write::write(&mut &*stream, &bytes[position as usize..])
+                    .inspect(|&n| position += n as u64),
+            }
         };
         match sent {
             Ok(0) => {

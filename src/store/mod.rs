@@ -15,6 +15,9 @@
 //! assets/<asset-id>/sealed          "size mtime_ns" of `data` when it was completed
 //! assets/<asset-id>/encrypted       present when `data` is ciphertext: the cipher's name,
 //!                                   never the key (that comes from the tracker each time)
+//! assets/<asset-id>/tree            a directory seeded in place (`peer_server --seed DIR`):
+//!                                   the directory's absolute path; there is no `data`, the
+//!                                   chunks are read from its files ([`Store::source`])
 //! assets/<asset-id>/lock            locked by the one process writing the asset
 //! assets/<asset-id>/used            shared-locked by every process using the asset; its
 //!                                   modification time is when the asset was last used
@@ -47,6 +50,7 @@ use anyhow::{Context, Result, bail};
 use crate::bitfield::Bitfield;
 use crate::crypt::{self, ContentKey};
 use crate::fsutil::sync_dir;
+use crate::manifest::tree::Tree;
 use crate::manifest::{self, AssetId, Manifest};
 
 pub use locks::{InUse, Removal, User};
@@ -226,6 +230,59 @@ impl Store {
         self.asset_dir(id).join("encrypted").exists()
     }
 
+    /// Seeds the directory `root` in place: hashes its files into a directory asset's
+    /// manifest and records the directory (`tree`) with every chunk held, without copying a
+    /// byte: [`Store::source`] reads the chunks from the files themselves. The asset is
+    /// held in use. An asset the store already holds complete as a content file is served
+    /// from that file instead.
+    pub fn seed_tree(&self, root: &Path, name: &str, chunk_size: u32) -> Result<(Manifest, InUse)> {
+        let root = fs::canonicalize(root)
+            .with_context(|| format!("resolving directory {}", root.display()))?;
+        let manifest = manifest::tree::chunkify_dir(&root, name, chunk_size, false)?;
+        let id = manifest.id();
+        let in_use = self.hold(&id)?;
+        if self.manifest(&id)?.is_some() && self.is_complete(&id, &manifest)? {
+            return Ok((manifest, in_use));
+        }
+        let dir = self.asset_dir(&id);
+        let path = root.to_str().with_context(|| {
+            format!("directory {} has a path that is not UTF-8", root.display())
+        })?;
+        crate::fsutil::write_atomic(&dir.join("tree"), format!("{path}\n").as_bytes())?;
+        if self.manifest(&id)?.is_none() {
+            crate::fsutil::write_atomic(&dir.join("manifest.toml"), manifest.to_toml().as_bytes())?;
+        }
+        crate::fsutil::replace(
+            &dir.join("have"),
+            crate::bitfield::Bitfield::full(manifest.chunk_count()).as_bytes(),
+        )?;
+        Ok((manifest, in_use))
+    }
+
+    /// The directory an asset is seeded from in place ([`Store::seed_tree`]), if it is.
+    pub fn tree(&self, id: &AssetId, manifest: &Manifest) -> Result<Option<Tree>> {
+        let path = self.asset_dir(id).join("tree");
+        match fs::read_to_string(&path) {
+            Ok(text) => Ok(Some(Tree::new(
+                Path::new(text.trim_end_matches('\n')),
+                manifest.files().to_vec(),
+            ))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+
+    /// Where the bytes of `id` are read from: its content file, or the directory it is
+    /// seeded from in place.
+    pub fn source(&self, id: &AssetId, manifest: &Manifest) -> Result<Source> {
+        if let Some(tree) = self.tree(id, manifest)? {
+            return Ok(Source::Tree(tree));
+        }
+        let path = self.data_path(id);
+        let file = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+        Ok(Source::File(file))
+    }
+
     /// Copies a local file into the store, hashes it, and returns its manifest, with the
     /// asset held in use (and its use recorded). The copy is hashed (not the original), so
     /// the store holds exactly what the manifest describes.
@@ -326,6 +383,16 @@ impl Store {
         }
         result.with_context(|| format!("writing output {}", out.display()))
     }
+}
+
+/// Where an asset's bytes are read from ([`Store::source`]).
+#[derive(Debug)]
+pub enum Source {
+    /// The store's content file (`data`), which holds what `have` says.
+    File(File),
+    /// A directory seeded in place: its files may have changed since they were hashed, so
+    /// every chunk read from it is checked against the manifest before it is used.
+    Tree(Tree),
 }
 
 /// Writes `path` encrypted with `key` to `tmp` (a new file), through a buffer of one piece.
