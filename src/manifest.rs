@@ -853,6 +853,39 @@ mod tests {
                 })
         }
 
+        /// A directory asset: a manifest whose bytes are split among a few files with any
+        /// names (quotes, `#`, `=`, non-ASCII), modes and sizes (empty ones too).
+        fn directory() -> impl Strategy<Value = Manifest> {
+            let path = prop_oneof!["[a-z]{1,6}(/[a-z.]{1,6}){0,3}", "\\PC{1,12}(/\\PC{1,6})?"];
+            (
+                manifest(),
+                proptest::collection::btree_set(path, 1..6),
+                vec((any::<u64>(), 0u32..=0o777), 6),
+            )
+                .prop_filter_map("a valid file list", |(m, paths, cuts)| {
+                    let mut paths: Vec<String> = paths.into_iter().collect();
+                    paths.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+                    let mut ends: Vec<u64> = cuts[..paths.len() - 1]
+                        .iter()
+                        .map(|(c, _)| c % (m.size + 1))
+                        .collect();
+                    ends.sort();
+                    ends.push(m.size);
+                    let mut at = 0;
+                    let list =
+                        paths
+                            .into_iter()
+                            .zip(ends)
+                            .zip(&cuts)
+                            .map(|((p, end), (_, mode))| {
+                                let size = end - at;
+                                at = end;
+                                (p, size, *mode)
+                            });
+                    m.with_files(files::with_offsets(list)).ok()
+                })
+        }
+
         fn parse(text: &str) -> Result<Manifest, TestCaseError> {
             Manifest::from_toml(text).map_err(TestCaseError::fail)
         }
@@ -947,6 +980,19 @@ mod tests {
                     prop_assert_eq!(&bytes[45 + w + 32 * i..77 + w + 32 * i], chunk);
                 }
                 prop_assert_eq!(m.id(), AssetId(sha256(&bytes)));
+            }
+
+            #[test]
+            fn directory_assets_round_trip_through_toml_and_the_binary_form(m in directory()) {
+                let back = parse(&m.to_toml())?;
+                prop_assert_eq!(&back, &m);
+                prop_assert_eq!(back.id(), m.id());
+                prop_assert_eq!(binary::decode(&binary::encode(&m)).map_err(TestCaseError::fail)?, m.clone());
+                let single = Manifest { files: Vec::new(), ..m.clone() };
+                prop_assert_ne!(single.id(), m.id());
+                for f in m.files() {
+                    prop_assert_eq!(m.file(&f.path), Some(f));
+                }
             }
 
             #[test]

@@ -301,3 +301,34 @@ fn output_onto_an_existing_directory_refuses_and_replace_swaps_it() {
     get(d, &tracker.url, &id, "mine", "client", &["--replace"]).ok();
     same_tree(&d.join("site"), &d.join("mine"));
 }
+
+#[test]
+fn a_seeded_file_changed_in_place_is_never_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (tracker, origin, manifest) = seeded_tree(d);
+    let id = manifest.id().to_string();
+    // Same size, other bytes: only the chunk hashes can tell.
+    let big = d.join("site/media/big.bin");
+    let mut bytes = fs::read(&big).unwrap();
+    bytes[5 * CHUNK] ^= 0xff;
+    fs::write(&big, &bytes).unwrap();
+    // The origin answers "don't have" for the chunk it can no longer prove.
+    let args = ["--file", "media/big.bin", "--stall-timeout", "2s"];
+    let e = get(d, &tracker.url, &id, "out", "client", &args)
+        .code(4)
+        .to_string();
+    assert!(e.contains("held by no source"), "{e}");
+    assert!(!d.join("out").exists(), "nothing written");
+    let log = origin.proc.stderr();
+    assert!(log.contains("no longer matches its hash"), "{log}");
+    // The other chunks of the file were served, and none of them is wrong.
+    let held = stored_chunks(&d.join("client"), &id);
+    assert!(
+        held > 0
+            && held
+                < manifest
+                    .file_chunks(manifest.file("media/big.bin").unwrap())
+                    .len() as u32
+    );
+}

@@ -65,11 +65,13 @@ struct Args {
 #[derive(Subcommand)]
 enum Command {
     /// Check content against a manifest: exit 0 when it matches, else 1 and name the bad
-    /// chunks. The whole-content SHA-256 is checked too when the manifest has one.
+    /// chunks. The whole-content SHA-256 is checked too when the manifest has one. A
+    /// directory is checked against a directory asset's file list (paths, sizes, modes),
+    /// then its bytes.
     Verify {
         /// The manifest (TOML) file.
         manifest: PathBuf,
-        /// The content to check, or - for standard input.
+        /// The content to check (a file or a directory), or - for standard input.
         path: PathBuf,
     },
 }
@@ -115,9 +117,13 @@ fn run(args: Args) -> Result<u8> {
             .with_context(|| format!("opening manifest {}", manifest.display()))?;
         let manifest_value = Manifest::read_from(file)
             .with_context(|| format!("reading manifest {}", manifest.display()))?;
-        let report = open_input(&path)?
-            .verify(&manifest_value)
-            .with_context(|| format!("reading {}", path.display()))?;
+        let report = if path.is_dir() {
+            manifest::tree::verify_dir(&manifest_value, &path)?
+        } else {
+            open_input(&path)?
+                .verify(&manifest_value)
+                .with_context(|| format!("reading {}", path.display()))?
+        };
         if report.ok() {
             eprintln!(
                 "chunkify: {} matches {} ({} chunks)",

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 
 use super::files::{FileEntry, MAX_DEPTH, MAX_FILES, check_files, with_offsets};
-use super::{Manifest, check_name, hash_stream};
+use super::{Manifest, VerifyReport, check_name, hash_stream, verify};
 
 /// Lists the regular files under `root`, sorted bytewise by relative path, with their sizes,
 /// permission bits and offsets; refuses symbolic links, special files, names that are not
@@ -111,6 +111,65 @@ pub fn chunkify_dir(root: &Path, name: &str, chunk_size: u32, whole: bool) -> Re
         .into_manifest(name, chunk_size)?
         .with_files(files)
         .map_err(anyhow::Error::msg)
+}
+
+/// Checks the directory `root` against a directory asset's manifest: its file list (paths,
+/// sizes, modes) first, then its bytes chunk by chunk. `Err` with the first difference of
+/// the lists (a file missing, extra, of another size or mode); else the content's report.
+pub fn verify_dir(manifest: &Manifest, root: &Path) -> Result<VerifyReport> {
+    if !manifest.is_directory() {
+        bail!(
+            "the manifest describes a single file, and {} is a directory",
+            root.display()
+        );
+    }
+    let found = scan(root)?;
+    if let Some(why) = list_difference(manifest.files(), &found) {
+        bail!(
+            "directory {} differs from the manifest: {why}",
+            root.display()
+        );
+    }
+    let reader = Concat {
+        tree: Tree::new(root, found),
+        next: 0,
+        current: None,
+    };
+    verify(manifest, reader)
+}
+
+/// The first difference between a manifest's file list and what a directory holds.
+fn list_difference(listed: &[FileEntry], found: &[FileEntry]) -> Option<String> {
+    let (mut a, mut b) = (listed.iter().peekable(), found.iter().peekable());
+    loop {
+        match (a.peek(), b.peek()) {
+            (None, None) => return None,
+            (Some(l), None) => return Some(format!("{:?} is missing", l.path)),
+            (None, Some(f)) => return Some(format!("{:?} is not listed", f.path)),
+            (Some(l), Some(f)) => match l.path.as_bytes().cmp(f.path.as_bytes()) {
+                std::cmp::Ordering::Less => return Some(format!("{:?} is missing", l.path)),
+                std::cmp::Ordering::Greater => {
+                    return Some(format!("{:?} is not listed", f.path));
+                }
+                std::cmp::Ordering::Equal if l.size != f.size => {
+                    return Some(format!(
+                        "{:?} is {} bytes, listed as {}",
+                        f.path, f.size, l.size
+                    ));
+                }
+                std::cmp::Ordering::Equal if l.mode != f.mode => {
+                    return Some(format!(
+                        "{:?} has mode {:04o}, listed as {:04o}",
+                        f.path, f.mode, l.mode
+                    ));
+                }
+                std::cmp::Ordering::Equal => {
+                    a.next();
+                    b.next();
+                }
+            },
+        }
+    }
 }
 
 /// A directory's files read as one byte stream, in the list's order.
@@ -266,6 +325,45 @@ mod tests {
             assert_eq!(buf, all[at..at + len], "{at}+{len}");
         }
         assert!(tree.read_at(&mut [0; 2], all.len() as u64 - 1).is_err());
+    }
+
+    #[test]
+    fn a_directory_verifies_against_its_manifest_or_says_how_it_differs() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("tree");
+        sample(&root);
+        let m = chunkify_dir(&root, "tree", MIN_CHUNK_SIZE, true).unwrap();
+        assert!(verify_dir(&m, &root).unwrap().ok());
+        let mut flipped = fs::read(root.join("b/c.bin")).unwrap();
+        flipped[20_000] ^= 1;
+        fs::write(root.join("b/c.bin"), &flipped).unwrap();
+        let report = verify_dir(&m, &root).unwrap();
+        assert_eq!(report.bad_chunks, vec![1]);
+        for (change, why) in [
+            (
+                Box::new(|r: &Path| fs::write(r.join("new"), b"").unwrap()) as Box<dyn Fn(&Path)>,
+                "\"new\" is not listed",
+            ),
+            (
+                Box::new(|r: &Path| fs::remove_file(r.join("new")).unwrap()),
+                "",
+            ),
+            (
+                Box::new(|r: &Path| fs::write(r.join("z"), b"four").unwrap()),
+                "\"z\" is 4 bytes, listed as 3",
+            ),
+            (
+                Box::new(|r: &Path| fs::remove_file(r.join("a.txt")).unwrap()),
+                "\"a.txt\" is missing",
+            ),
+        ] {
+            change(&root);
+            if why.is_empty() {
+                continue;
+            }
+            let e = format!("{:#}", verify_dir(&m, &root).unwrap_err());
+            assert!(e.contains(why), "{e}");
+        }
     }
 
     #[test]

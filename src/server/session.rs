@@ -577,7 +577,7 @@ mod tests {
     ) -> (
         LiveHave,
         Manifest,
-        Arc<File>,
+        Arc<std::fs::File>,
         std::net::SocketAddr,
         impl Drop,
     ) {
