@@ -738,6 +738,19 @@ mod tests {
                 assert_ne!(a, b);
             }
         }
+        // Golden: the directory asset of fuzz/seeds/manifest_parse/files.toml (PROTOCOL.md
+        // 13.1); its id must never change between builds.
+        let golden = Manifest::new("dir".into(), 1, MIN_CHUNK_SIZE, None, vec![sha256(b"a")])
+            .unwrap()
+            .with_files(files::with_offsets([
+                ("a/b.txt".to_string(), 1, 0o644),
+                ("a/empty".to_string(), 0, 0o600),
+            ]))
+            .unwrap();
+        assert_eq!(
+            golden.id().to_string(),
+            "60ba7bc908c8df2b3490a063d6f79e5c0a8f51e36697689035541f3dc6beca06"
+        );
         // The canonical layout: the file count, then each file, before the chunk count.
         let bytes = m.canonical_bytes();
         assert_eq!(&bytes[37..41], &3u32.to_be_bytes());
