@@ -451,7 +451,10 @@ struct Cache {
 
 impl Cache {
     fn cost(manifest: &Manifest) -> usize {
-        32 * manifest.chunks.len() + manifest.name.len() + 128
+        // A directory asset's list: each entry's path and its 48 bytes (String, size,
+        // offset, mode) count too, up to 65 536 paths of 4 KiB.
+        let files: usize = manifest.files().iter().map(|f| f.path.len() + 48).sum();
+        32 * manifest.chunks.len() + manifest.name.len() + 128 + files
     }
 
     fn get(&mut self, id: &AssetId) -> Option<Arc<Manifest>> {
