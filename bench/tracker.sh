@@ -17,6 +17,11 @@
 #   DURATION=20 RUNS=2 RUN_SECS=5 GETS=2 bench/tracker.sh
 #   MODES="fleet idle" D=200 bench/tracker.sh
 #   BIN=/old/target/release bench/tracker.sh  # another tracker; the generator is built here
+#   REDIS=1 MODES=throughput bench/tracker.sh # then again with --redis, same run (issue 17)
+# REDIS=1: the throughput mode runs a second time against a tracker keeping its swarms in a
+# redis-server started here (REDIS_PORT, default 6399; no persistence; not pinned, so it
+# takes the generator's core too), and the rows say "redis:"; targets: p99 ≤ 10 ms and at
+# least half the in-memory throughput.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/common.sh
@@ -62,7 +67,19 @@ throughput)
   taskset -c 1 "$GEN" throughput --tracker "$URL" --tracker-pid "$tracker_pid" --swarms "$B" --peers "$P" \
     --runs "$RUNS" --run-secs "$RUN_SECS" | tee throughput.out | grep -v '^| '
   grep '^| ' throughput.out >> rows
-  stop_tracker ;;
+  stop_tracker
+  if [ "${REDIS:-0}" = 1 ]; then
+    echo "== throughput with --redis (redis-server on port ${REDIS_PORT:=6399})"
+    mkdir -p redis
+    redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$W/redis" > redis.log 2>&1 & pids+=($!)
+    for _ in $(seq 100); do redis-cli -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG && break; sleep 0.1; done
+    start_tracker "${NO_LIMITS[@]}" --redis "redis://127.0.0.1:$REDIS_PORT/0"
+    taskset -c 1 "$GEN" throughput --tracker "$URL" --tracker-pid "$tracker_pid" --swarms "$B" --peers "$P" \
+      --runs "$RUNS" --run-secs "$RUN_SECS" | tee throughput-redis.out | grep -v '^| '
+    grep '^| ' throughput-redis.out | sed 's/^| /| redis: /' >> rows
+    stop_tracker
+    redis-cli -p "$REDIS_PORT" shutdown nosave > /dev/null 2>&1 || true
+  fi ;;
 idle)
   echo "== idle: peer_client get of $IDLE_MIB MiB alone and beside 32 held connections, $GETS each"
   start_tracker

@@ -284,15 +284,21 @@ pub fn addr_arg(text: &str) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("{text} resolves to no address"))
 }
 
-/// Parses a tracker URL for clap: `http://HOST:PORT`. A bare `HOST:PORT` suggests the
-/// `http://` form.
+/// Parses a tracker URL for clap: `http://HOST:PORT`, or several separated by commas
+/// (trackers sharing one Redis, tried in turn). A bare `HOST:PORT` suggests the `http://` form.
 pub fn tracker_arg(text: &str) -> Result<String, String> {
-    if !text.contains("://") && addr_arg(text).is_ok() {
+    if let Some(bare) = text
+        .split(',')
+        .find(|t| !t.contains("://") && addr_arg(t.trim()).is_ok())
+    {
+        let text = bare.trim();
         return Err(format!(
             "{text} is an address, not a URL; did you mean http://{text}?"
         ));
     }
-    crate::tracker_client::check_url(text).map_err(|e| format!("{e:#}"))
+    crate::tracker_client::check_urls(text)
+        .map(|bases| bases.join(","))
+        .map_err(|e| format!("{e:#}"))
 }
 
 /// The flags of every command that talks to a tracker about TLS (flattened into each).

@@ -17,6 +17,7 @@ use std::io::Read;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -45,6 +46,13 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const BUSY_ATTEMPTS: u32 = 6;
 const FIRST_RETRY: Duration = Duration::from_millis(100);
 const MAX_RETRY: Duration = Duration::from_secs(2);
+/// Rounds over every tracker URL a request makes when none can be reached, with the
+/// jittered backoff between rounds (100 ms, 200 ms, 400 ms): a tracker killed or restarting
+/// is skipped at once for the next URL, and a moment when all are down (a network blip, a
+/// rolling restart) costs under a second before the error is reported.
+const FAILOVER_ROUNDS: u32 = 4;
+/// Most tracker URLs one client takes: a handful of trackers behind one Redis.
+pub const MAX_TRACKER_URLS: usize = 16;
 /// Largest JSON answer read (an announce answer with 30 partial peers of a huge asset).
 const MAX_JSON_ANSWER: u64 = 16 << 20;
 
@@ -75,10 +83,15 @@ pub struct TrackerTls {
     pub insecure_http: bool,
 }
 
-/// A tracker at a base URL such as `http://127.0.0.1:7070`.
+/// A tracker at a base URL such as `http://127.0.0.1:7070`, or several trackers serving the
+/// same swarms (`URL1,URL2`: trackers sharing one Redis), used one at a time: a request
+/// that cannot reach the current one moves every clone of the client to the next.
 #[derive(Clone, Debug)]
 pub struct TrackerClient {
-    base: String,
+    bases: Arc<[String]>,
+    /// Index in `bases` of the tracker in use; shared by the clones, so one failed
+    /// connection moves the whole process on.
+    current: Arc<AtomicUsize>,
     agent: ureq::Agent,
     /// For `https://`: the CAs trusted, and the session cache (shared by the clones, so
     /// a peer's heartbeats resume their TLS session instead of a full handshake each).
@@ -103,6 +116,28 @@ pub fn check_url(url: &str) -> Result<String> {
         Some(rest) if !host_of(rest).is_empty() => Ok(base),
         _ => bail!("tracker URL {url:?} must look like http://HOST:PORT or https://HOST:PORT"),
     }
+}
+
+/// Checks a comma-separated list of tracker URLs (trackers sharing one Redis, tried in
+/// turn), each as [`check_url`] does; drops repeats. Pure; no request is made.
+pub fn check_urls(list: &str) -> Result<Vec<String>> {
+    let mut bases = Vec::new();
+    for one in list.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+        let base = check_url(one)?;
+        if !bases.contains(&base) {
+            bases.push(base);
+        }
+    }
+    if bases.is_empty() {
+        bail!("no tracker URL in {list:?}: give http://HOST:PORT, or several separated by commas");
+    }
+    if bases.len() > MAX_TRACKER_URLS {
+        bail!(
+            "{} tracker URLs in {list:?}: at most {MAX_TRACKER_URLS}",
+            bases.len()
+        );
+    }
+    Ok(bases)
 }
 
 /// The host of `rest`, a URL after its `scheme://`: `[::1]` (brackets kept), `10.0.0.5`,
@@ -182,13 +217,14 @@ impl TrackerClient {
 
     /// Like [`TrackerClient::new`], with the CAs and the plain-HTTP rule of `tls`.
     pub fn with_tls(url: &str, tls: &TrackerTls) -> Result<TrackerClient> {
-        let base = check_url(url)?;
-        let config = match base.starts_with("https://") {
+        let bases = check_urls(url)?;
+        let config = match bases.iter().any(|b| b.starts_with("https://")) {
             true => Some(client_config(tls.ca_cert.as_deref())?),
             false => None,
         };
         Ok(TrackerClient {
-            base,
+            bases: bases.into(),
+            current: Arc::default(),
             agent: agent(CONNECT_TIMEOUT, REQUEST_TIMEOUT, config.as_ref()),
             tls: config,
             insecure_http: tls.insecure_http,
@@ -230,13 +266,38 @@ impl TrackerClient {
         }
         Err(Failure::Usage.error(format!(
             "refusing to send the token to {} over plain http: anyone on the network path could read and reuse it; start the tracker with --tls-cert and --tls-key and use an https:// URL, or pass --insecure-http on a network you trust",
-            self.base
+            self.base()
         )))
     }
 
-    /// The base URL.
+    /// The base URL of the tracker in use.
     pub fn url(&self) -> &str {
-        &self.base
+        self.base()
+    }
+
+    /// Every tracker URL, comma-separated, as [`TrackerClient::new`] takes them.
+    pub fn urls(&self) -> String {
+        self.bases.join(",")
+    }
+
+    fn base(&self) -> &str {
+        &self.bases[self.current.load(Ordering::Relaxed) % self.bases.len()]
+    }
+
+    /// Moves the clones on from `failed` to the next URL (unless another thread already
+    /// did), and gives the URL to try now.
+    fn fail_over(&self, failed: &str) -> &str {
+        let n = self.bases.len();
+        let at = self.current.load(Ordering::Relaxed) % n;
+        if self.bases[at] == failed {
+            let _ = self.current.compare_exchange(
+                at,
+                (at + 1) % n,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
+        self.base()
     }
 
     /// The tracker's clock as its answers tell it (this host's until one is seen): what a
@@ -248,11 +309,25 @@ impl TrackerClient {
     fn call(&self, request: ureq::Request, body: Option<(&str, &str)>) -> Result<ureq::Response> {
         self.check_token_transport()?;
         let what = format!("{} {}", request.method(), request.url());
-        let request = match &self.token {
+        let method = request.method().to_string();
+        // The path after the base URL it was built with, to ask another tracker the same.
+        let (mut base, path) = {
+            let base = self.base().to_string();
+            let path = request
+                .url()
+                .strip_prefix(base.as_str())
+                .map(str::to_string);
+            (base, path)
+        };
+        let authorize = |request: ureq::Request| match &self.token {
             Some(token) => request.set("Authorization", &format!("Bearer {token}")),
             None => request,
         };
+        let mut request = authorize(request);
         let mut backoff = Backoff::new(FIRST_RETRY, MAX_RETRY);
+        // Unreachable trackers met so far: after each round over all of them, a backoff.
+        let mut unreached = 0;
+        let mut round = Backoff::new(FIRST_RETRY, MAX_RETRY);
         for attempt in 1.. {
             let result = match body {
                 Some((content_type, text)) => request
@@ -294,18 +369,35 @@ impl TrackerClient {
                         _ => error.context(refusal),
                     });
                 }
+                Err(ureq::Error::Transport(t))
+                    if !answered_but_not_http(&t)
+                        && tls_error(&t).is_none()
+                        && path.is_some()
+                        && unreached + 1 < self.bases.len() as u32 * self.rounds() =>
+                {
+                    // Another tracker serves the same swarms: ask it, and after a round over
+                    // every URL, wait a little (all may be restarting at once).
+                    unreached += 1;
+                    log::warn!("tracker {base} unreachable ({t}); trying the next tracker URL");
+                    if unreached % self.bases.len() as u32 == 0 {
+                        std::thread::sleep(round.next_delay());
+                    }
+                    base = self.fail_over(&base).to_string();
+                    let url = format!("{base}{}", path.as_deref().unwrap_or(""));
+                    request = authorize(self.agent.request(&method, &url));
+                }
                 Err(ureq::Error::Transport(t)) => {
                     let message = if let Some(e) = tls_error(&t) {
-                        tls_message(&self.base, &e)
+                        tls_message(&base, &e)
                     } else if answered_but_not_http(&t) {
                         format!(
                             "{} answered but is not a swarmcache tracker (is it a peer_server port?)",
-                            self.base
+                            self.base()
                         )
                     } else {
                         format!(
                             "cannot reach the tracker at {} ({what}): {t}; is it running?",
-                            self.base
+                            self.urls()
                         )
                     };
                     return Err(Failure::TrackerUnreachable.error(message));
@@ -313,6 +405,15 @@ impl TrackerClient {
             }
         }
         unreachable!("the loop returns")
+    }
+
+    /// Rounds over the URLs a request makes: one for a hurried client.
+    fn rounds(&self) -> u32 {
+        if self.attempts == 1 {
+            1
+        } else {
+            FAILOVER_ROUNDS
+        }
     }
 }
 
@@ -434,7 +535,7 @@ impl TrackerClient {
         key: Option<&ContentKey>,
     ) -> Result<PublishResponse> {
         self.check_key_channel(manifest, key)?;
-        let url = format!("{}/assets", self.base);
+        let url = format!("{}/assets", self.base());
         self.post_manifest(&url, manifest, key)
     }
 
@@ -444,7 +545,7 @@ impl TrackerClient {
             bail!(
                 "refusing to send the content key of {} in clear to the tracker {}: keys travel only over https or to a tracker on this host (127.0.0.1, ::1, localhost)",
                 manifest.id(),
-                self.base
+                self.base()
             );
         }
         Ok(())
@@ -474,7 +575,7 @@ impl TrackerClient {
 
     /// Fetches the manifest of `id` and checks that it hashes to `id`.
     pub fn manifest(&self, id: &AssetId) -> Result<Manifest> {
-        let url = format!("{}/assets/{id}", self.base);
+        let url = format!("{}/assets/{id}", self.base());
         let response = self.call(self.agent.get(&url), None)?;
         let manifest =
             Manifest::read_from(response.into_reader().take(MAX_MANIFEST_BYTES as u64 + 1))
@@ -491,17 +592,20 @@ impl TrackerClient {
     /// Whether a secret may cross the connection to this tracker: it is `https://`, or on
     /// this host (a loopback address, or `localhost`).
     pub fn is_private(&self) -> bool {
-        match self.base.strip_prefix("http://") {
-            None => true,
-            Some(rest) => is_loopback_host(host_of(rest)),
-        }
+        // Any of the trackers may be the one asked: each must be.
+        self.bases
+            .iter()
+            .all(|base| match base.strip_prefix("http://") {
+                None => true,
+                Some(rest) => is_loopback_host(host_of(rest)),
+            })
     }
 
     /// The content key of `id` when the asset is encrypted (`None` when it is not). A
     /// tracker that withholds the key (no fetch right, or a plain-HTTP connection from
     /// another host) answers 401 or 403: its message says why.
     pub fn content_key(&self, id: &AssetId) -> Result<Option<ContentKey>> {
-        let url = format!("{}/assets/{id}/key", self.base);
+        let url = format!("{}/assets/{id}/key", self.base());
         let response = self.call(self.agent.get(&url), None)?;
         let answer: ContentKeyResponse = self.json(response, "key")?;
         if answer.id != id.to_string() {
@@ -526,7 +630,7 @@ impl TrackerClient {
 
     /// Announces (joins, heartbeats or leaves) the swarm of `id`.
     pub fn announce(&self, id: &AssetId, request: &AnnounceRequest) -> Result<AnnounceResponse> {
-        let url = format!("{}/assets/{id}/announce", self.base);
+        let url = format!("{}/assets/{id}/announce", self.base());
         let body = serde_json::to_string(request).expect("announce serializes");
         let response = self.call(self.agent.post(&url), Some(("application/json", &body)))?;
         self.json(response, "announce")
@@ -536,7 +640,7 @@ impl TrackerClient {
     /// must be within the bounds (see [`split_batch`]). A tracker without the endpoint
     /// answers 404 ([`HttpStatus`]); the entries it refused are in the answer.
     pub fn announce_batch(&self, request: &BatchAnnounceRequest) -> Result<BatchAnnounceResponse> {
-        let url = format!("{}/announce", self.base);
+        let url = format!("{}/announce", self.base());
         let body = serde_json::to_string(request).expect("batch announce serializes");
         let response = self.call(self.agent.post(&url), Some(("application/json", &body)))?;
         self.json(response, "batch announce")
@@ -544,14 +648,14 @@ impl TrackerClient {
 
     /// The public keys tickets are signed with (none in open mode).
     pub fn keys(&self) -> Result<Vec<String>> {
-        let url = format!("{}/keys", self.base);
+        let url = format!("{}/keys", self.base());
         let response = self.call(self.agent.get(&url), None)?;
         Ok(self.json::<KeysResponse>(response, "keys")?.keys)
     }
 
     /// Every live peer of the swarm of `id`.
     pub fn peers(&self, id: &AssetId) -> Result<Vec<PeerInfo>> {
-        let url = format!("{}/assets/{id}/peers", self.base);
+        let url = format!("{}/assets/{id}/peers", self.base());
         let response = self.call(self.agent.get(&url), None)?;
         self.json(response, "peers")
     }
@@ -661,6 +765,61 @@ pub fn new_peer_id() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_list_of_tracker_urls_is_checked_deduplicated_and_bounded() {
+        let t = TrackerClient::new("http://a:1/, http://b:2,http://a:1,").unwrap();
+        assert_eq!(t.urls(), "http://a:1,http://b:2");
+        assert_eq!(t.url(), "http://a:1");
+        assert!(TrackerClient::new("http://a:1,b:2").is_err());
+        assert!(TrackerClient::new(" , ").is_err());
+        let many: Vec<String> = (0..=MAX_TRACKER_URLS)
+            .map(|i| format!("http://h:{i}"))
+            .collect();
+        assert!(TrackerClient::new(&many.join(",")).is_err());
+    }
+
+    #[test]
+    fn a_failed_url_moves_every_clone_on_once_and_round_the_list() {
+        let t = TrackerClient::new("http://a:1,http://b:2").unwrap();
+        let clone = t.clone();
+        assert_eq!(t.fail_over("http://a:1"), "http://b:2");
+        // Another thread that failed on the same URL does not skip the next one.
+        assert_eq!(clone.fail_over("http://a:1"), "http://b:2");
+        assert_eq!(clone.url(), "http://b:2");
+        assert_eq!(clone.fail_over("http://b:2"), "http://a:1");
+    }
+
+    #[test]
+    fn a_request_reaches_the_second_tracker_when_the_first_is_down() {
+        // A port nothing listens on (bound, then released), and a tiny HTTP server.
+        let dead = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let live = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = live.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            use std::io::{BufRead, BufReader, Write};
+            let (mut s, _) = live.accept().unwrap();
+            let mut line = String::new();
+            let mut reader = BufReader::new(s.try_clone().unwrap());
+            while reader.read_line(&mut line).unwrap() > 2 {
+                line.clear();
+            }
+            let body = r#"{"keys":["ab"]}"#;
+            write!(
+                s,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .unwrap();
+        });
+        let t = TrackerClient::new(&format!("http://{dead},http://{addr}")).unwrap();
+        assert_eq!(t.keys().unwrap(), vec!["ab".to_string()]);
+        assert_eq!(t.url(), format!("http://{addr}"));
+        server.join().unwrap();
+    }
 
     #[test]
     fn only_https_and_this_host_are_private() {

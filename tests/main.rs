@@ -25,6 +25,7 @@ mod netns_crowd;
 mod network;
 mod outputs;
 mod pipeline;
+mod redis;
 mod resilience;
 mod restarts;
 mod store_announce;

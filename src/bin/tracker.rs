@@ -112,6 +112,15 @@ struct Args {
     /// The private key (PEM: PKCS#8, RSA or EC) of --tls-cert.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Keep the catalog and the swarms in this Redis (redis://HOST:PORT/DB), so that every
+    /// tracker started with the same serves the same swarms; clients list them all
+    /// (--tracker URL1,URL2) and fail over. Without it, swarms live in this process.
+    #[arg(long, value_name = "URL")]
+    redis: Option<String>,
+    /// Directory of the ticket-signing keys (default: DATA/keys). Trackers sharing a Redis
+    /// with --auth are given the same keys: copy this directory to each (mode 0700).
+    #[arg(long, value_name = "DIR")]
+    keys: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -123,6 +132,9 @@ enum Command {
         /// The tracker's data directory (the keys go in DATA/keys).
         #[arg(long, default_value = "tracker-data")]
         data: PathBuf,
+        /// The key directory, when the tracker is started with --keys.
+        #[arg(long, value_name = "DIR")]
+        keys: Option<PathBuf>,
     },
     /// Make a new token: appends its entry (name, SHA-256, permissions) to the permissions
     /// file, creating it, and prints the token itself on stdout. The file never holds the
@@ -173,8 +185,8 @@ enum Command {
 
 fn run(args: Args) -> Result<u8> {
     match args.command {
-        Some(Command::Keygen { data }) => {
-            let ring = KeyRing::rotate(&KeyRing::dir(&data))?;
+        Some(Command::Keygen { data, keys }) => {
+            let ring = KeyRing::rotate(&keys.unwrap_or_else(|| KeyRing::dir(&data)))?;
             for key in ring.public_keys() {
                 cli::println(&key)?;
             }
@@ -252,6 +264,8 @@ fn run(args: Args) -> Result<u8> {
         ticket_ttl: args.ticket_ttl,
         retain: args.retain,
         tls,
+        redis: args.redis,
+        keys: args.keys,
         ..TrackerConfig::new(args.listen, args.data)
     };
     let tracker = Tracker::bind(&config)?;

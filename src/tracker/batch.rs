@@ -91,21 +91,24 @@ impl State {
         self.batches.fetch_add(1, Ordering::Relaxed);
         let now = Instant::now();
         let mut refused = Vec::new();
+        // With --redis, Redis's instance (what every tracker sharing it answers with).
+        let mut instance = None;
         for (index, entry) in req.assets.iter().enumerate() {
-            if let Err(e) = self.announce_entry(&req, addr, entry, token, &holder, now) {
-                refused.push(BatchRefusal {
+            match self.announce_entry(&req, addr, entry, token, &holder, now) {
+                Ok(shared) => instance = shared.or(instance),
+                Err(e) => refused.push(BatchRefusal {
                     index: u32::try_from(index).unwrap_or(u32::MAX),
                     id: entry.id.chars().take(MAX_ECHOED_ID).collect(),
                     status: e.status,
                     error: e.message,
-                });
+                }),
             }
         }
         Ok(json(
             200,
             &BatchAnnounceResponse {
                 interval_secs: heartbeat(self.peer_timeout).as_secs(),
-                instance: self.warm_up.instance().to_string(),
+                instance: instance.unwrap_or_else(|| self.warm_up.instance().to_string()),
                 your_addr: addr.map(|a| a.to_string()),
                 keys: self.keys().keys,
                 accepted: u32::try_from(entries - refused.len()).unwrap_or(u32::MAX),
@@ -115,7 +118,7 @@ impl State {
     }
 
     /// Checks and applies one entry of `batch`, as a single announce of its asset by the
-    /// batch's peer would be.
+    /// batch's peer would be; with `--redis`, gives the instance Redis answered with.
     fn announce_entry(
         &self,
         batch: &BatchAnnounceRequest,
@@ -124,7 +127,7 @@ impl State {
         token: Option<&str>,
         holder: &Holder,
         now: Instant,
-    ) -> Result<(), HttpError> {
+    ) -> Result<Option<String>, HttpError> {
         let id = parse_id(&entry.id)?;
         self.authorize(token, Action::Fetch(&id))?;
         if batch.origin {
@@ -156,14 +159,32 @@ impl State {
         chunk_count: u32,
         announce: Announce<'_>,
         now: Instant,
-    ) -> Result<(), HttpError> {
+    ) -> Result<Option<String>, HttpError> {
+        if let Some(shared) = &self.shared {
+            self.announces.fetch_add(1, Ordering::Relaxed);
+            let kind =
+                super::shared::Kind::of(announce.leaving, announce.origin, announce.have.as_ref());
+            return self
+                .announce_to(
+                    shared,
+                    &id,
+                    announce.peer_id,
+                    announce.who,
+                    announce.addr,
+                    kind,
+                    announce.have.as_ref(),
+                    chunk_count,
+                    0,
+                )
+                .map(|answer| Some(answer.instance));
+        }
         self.announces.fetch_add(1, Ordering::Relaxed);
         let swarm = self.swarm(&id, true).expect("created when absent");
         let mut swarm = swarm.locked();
         // No peers to hand out: the answer's list is not built.
         swarm
             .announce(announce, &id, chunk_count, 0, self.peer_timeout, now)
-            .map(drop)
+            .map(|_| None)
             .map_err(|r| err(r.status, r.message))
     }
 }

@@ -40,6 +40,15 @@ impl std::hash::Hash for Identity {
 }
 
 impl Identity {
+    /// A stable text for the identity, as the Redis-backed swarms keep a peer id's holder
+    /// (`t:` and the token's digest prefix, or `n:` and the network).
+    pub(super) fn key_text(&self) -> String {
+        match self {
+            Identity::Token { key, .. } => format!("t:{}", hex::encode(key)),
+            Identity::Net(ip) => format!("n:{ip}"),
+        }
+    }
+
     /// The identity of an open-mode announce from `ip`.
     pub(super) fn of_addr(ip: IpAddr) -> Identity {
         Identity::Net(network(ip))

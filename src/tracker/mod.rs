@@ -47,6 +47,7 @@ mod plan;
 mod probe;
 mod routes;
 mod secrets;
+mod shared;
 mod stats;
 mod swarm;
 mod tags;
@@ -146,6 +147,12 @@ pub struct TrackerConfig {
     /// Serve HTTPS with this certificate and key (see [`http::tls::server_config`]);
     /// `None`: plain HTTP.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// `redis://HOST:PORT/DB`: keep the catalog and the swarms in that Redis, shared with
+    /// every tracker started with the same (see `shared`). `None`: in memory, this process only.
+    pub redis: Option<String>,
+    /// Directory of the ticket-signing keys; `None`: `DATA/keys`. Trackers sharing a Redis
+    /// share this directory's files, so that a ticket from any verifies at every peer.
+    pub keys: Option<PathBuf>,
 }
 
 impl TrackerConfig {
@@ -166,6 +173,8 @@ impl TrackerConfig {
             ticket_ttl: DEFAULT_TICKET_TTL,
             retain: None,
             tls: None,
+            redis: None,
+            keys: None,
         }
     }
 }
@@ -208,6 +217,9 @@ struct State {
     publish_limit: Option<AddressLimiter>,
     /// Checks `unreachable` reports with a connect of its own before a peer is dropped.
     prober: Prober,
+    /// With `--redis`: the catalog and swarms shared with other trackers, which the routes
+    /// ask instead of `swarms` (and before `catalog` on a miss).
+    shared: Option<shared::Shared>,
 }
 
 impl State {
@@ -269,11 +281,28 @@ impl Tracker {
         let auth = match &config.auth {
             Some(path) => Some(Auth {
                 tokens: RwLock::new(Arc::new(Tokens::load(path)?)),
-                keys: KeyRing::load_or_create(&KeyRing::dir(&config.data))?,
+                keys: KeyRing::load_or_create(
+                    &config
+                        .keys
+                        .clone()
+                        .unwrap_or_else(|| KeyRing::dir(&config.data)),
+                )?,
                 ticket_ttl: config.ticket_ttl,
             }),
             None => None,
         };
+        if config.redis.is_some() && config.retain.is_some() {
+            // Retention reads who announced from the in-memory swarms, which are empty
+            // with --redis: it would drop every asset.
+            anyhow::bail!(
+                "--retain cannot be used with --redis yet (the swarms it reads live in Redis); drop one of them"
+            );
+        }
+        let shared = config
+            .redis
+            .as_deref()
+            .map(shared::Shared::connect)
+            .transpose()?;
         let http = HttpServer::bind(HttpConfig {
             workers: HTTP_THREADS,
             queue: HTTP_QUEUE,
@@ -308,6 +337,7 @@ impl Tracker {
                 let weak = weak.clone();
                 move |probe| State::unreachable(&weak, probe)
             }),
+            shared,
         });
         let reload = Arc::new(AtomicBool::new(false));
         // Holds the state weakly, as the prober's threads do: dropping the tracker ends it.

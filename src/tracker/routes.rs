@@ -108,7 +108,7 @@ impl State {
             }
             (Get, ["assets"]) => {
                 let grant = allow(Action::Browse)?;
-                Ok(json(200, &self.list(grant.as_deref())))
+                Ok(json(200, &self.list(grant.as_deref())?))
             }
             (Post, ["assets"]) => {
                 rate_limit(&self.publish_limit, remote, "publishes")?;
@@ -207,8 +207,19 @@ impl State {
 
     /// What the catalog's index knows of `id` (the chunk count, not the hashes): a map
     /// lookup that never waits behind a publish.
+    /// With `--redis`, an asset another tracker published is adopted on its first miss.
     pub(super) fn manifest(&self, id: &AssetId) -> Result<Arc<Entry>, HttpError> {
-        self.catalog.get(id).ok_or_else(|| self.missing(id))
+        if let Some(entry) = self.catalog.get(id) {
+            return Ok(entry);
+        }
+        match &self.shared {
+            // One this tracker unpublished stays unpublished here (410).
+            Some(shared) if self.missing(id).status != 410 => {
+                self.adopt(shared, id)?.ok_or_else(|| self.missing(id))
+            }
+            Some(_) => Err(self.missing(id)),
+            None => Err(self.missing(id)),
+        }
     }
 
     /// `GET /assets/{id}`: the manifest's TOML, built from the stored hashes. A manifest of
@@ -226,8 +237,12 @@ impl State {
     }
 
     /// The catalog, or the part of it `grant` may fetch.
-    fn list(&self, grant: Option<&Grant>) -> Vec<AssetSummary> {
-        self.catalog
+    fn list(&self, grant: Option<&Grant>) -> Result<Vec<AssetSummary>, HttpError> {
+        if let Some(shared) = &self.shared {
+            self.adopt_all(shared)?;
+        }
+        Ok(self
+            .catalog
             .entries()
             .into_iter()
             .filter(|(id, _)| grant.is_none_or(|g| g.may_fetch(id)))
@@ -238,7 +253,7 @@ impl State {
                 chunk_size: e.chunk_size,
                 chunks: e.chunk_count(),
             })
-            .collect()
+            .collect())
     }
 
     /// `POST /assets`: the body is read, parsed, checked and stored without any lock that
@@ -252,14 +267,24 @@ impl State {
         let (manifest, key) = Manifest::from_toml_keyed(&body)
             .map_err(|e| err(400, format!("rejected manifest: {e}")))?;
         drop(body);
+        if key.is_some() && self.shared.is_some() {
+            return Err(err(
+                501,
+                "this tracker shares its catalog through Redis, which does not carry content keys: publish encrypted assets to a tracker without --redis",
+            ));
+        }
         if let Some(key) = &key {
             self.keep_key(&manifest.id(), key, request)?;
         }
         let (size, chunks) = (manifest.size, manifest.chunk_count());
+        let toml = self.shared.as_ref().map(|_| manifest.to_toml());
         let published = self
             .catalog
             .publish(manifest)
             .map_err(|e| err(500, format!("storing the manifest failed: {e:#}")))?;
+        if let (Some(shared), Some(toml)) = (&self.shared, toml) {
+            shared.publish(&published.id, &toml)?;
+        }
         let status = if published.created { 201 } else { 200 };
         Ok(json(
             status,
@@ -360,6 +385,9 @@ impl State {
             Some(text) => Some(resolve_addr(text, remote, holder.may_advertise)?),
             None => None,
         };
+        if let Some(shared) = &self.shared {
+            return self.announce_shared(shared, id, req, addr, have, &holder.who, chunk_count);
+        }
         self.announces.fetch_add(1, Ordering::Relaxed);
         let now = Instant::now();
         let leaving = req.event == Some(AnnounceEvent::Stopped);
@@ -430,6 +458,9 @@ impl State {
     /// The swarm's live peers, by id.
     fn peers(&self, id: &AssetId) -> Result<Reply, HttpError> {
         self.manifest(id)?;
+        if let Some(shared) = &self.shared {
+            return Ok(json(200, &shared.peers(id, self.peer_timeout)?));
+        }
         let now = Instant::now();
         let Some(swarm) = self.swarm(id, false) else {
             return Ok(json(200, &Vec::<PeerInfo>::new()));

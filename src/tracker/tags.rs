@@ -554,6 +554,13 @@ impl State {
         let tags = self.tags.update(|b| b.unpublish(id, at, by))?;
         self.catalog.remove(id)?;
         self.swarms.write_now().remove(id);
+        // Other trackers on the same Redis stop adopting it (those that hold it already
+        // keep it until unpublished there too: tags are per tracker).
+        if let Some(shared) = &self.shared {
+            shared
+                .forget(id)
+                .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+        }
         log::info!(
             "unpublished {id} (by {by}); tags pointing at it: {}",
             if tags.is_empty() {

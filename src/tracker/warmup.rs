@@ -13,7 +13,7 @@ use crate::manifest::AssetId;
 /// Added to the heartbeat period: a source's heartbeat may be late by its announce's own
 /// retries (2 to 4 s for a busy tracker, see `tracker_client`) and by a second of timer
 /// slack, so sources that heartbeat on time have all announced 5 s after the period.
-const HEARTBEAT_SLACK: Duration = Duration::from_secs(5);
+pub(super) const HEARTBEAT_SLACK: Duration = Duration::from_secs(5);
 
 /// A tracker's start: when, its instance id, and which assets the catalog held then.
 #[derive(Debug)]

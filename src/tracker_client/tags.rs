@@ -13,7 +13,7 @@ impl TrackerClient {
     /// Where `tag` points (`GET /tags/NAME:TAG`, one round trip). A tag pointing at an
     /// unpublished asset is refused with 410 and says so.
     pub fn resolve(&self, tag: &TagRef) -> Result<AssetId> {
-        let url = format!("{}/tags/{tag}", self.base);
+        let url = format!("{}/tags/{tag}", self.base());
         let response = self.call(self.agent.get(&url), None)?;
         let answer: TagAnswer = self.json(response, "resolve a tag")?;
         match answer.id.parse() {
@@ -24,7 +24,7 @@ impl TrackerClient {
 
     /// Points `tag` at `id` (`PUT /tags/NAME:TAG`); the answer names the previous id.
     pub fn tag(&self, tag: &TagRef, id: &AssetId) -> Result<TagAnswer> {
-        let url = format!("{}/tags/{tag}", self.base);
+        let url = format!("{}/tags/{tag}", self.base());
         let body = serde_json::to_string(&TagRequest { id: id.to_string() })
             .expect("a tag request serializes");
         let response = self.call(
@@ -44,20 +44,20 @@ impl TrackerClient {
         tag: &TagRef,
     ) -> Result<PublishResponse> {
         self.check_key_channel(manifest, key)?;
-        let url = format!("{}/assets?tag={tag}", self.base);
+        let url = format!("{}/assets?tag={tag}", self.base());
         self.post_manifest(&url, manifest, key)
     }
 
     /// The tags of `name`, each with its history (`GET /tags/NAME`).
     pub fn tags(&self, name: &str) -> Result<NameAnswer> {
-        let url = format!("{}/tags/{name}", self.base);
+        let url = format!("{}/tags/{name}", self.base());
         let response = self.call(self.agent.get(&url), None)?;
         self.json(response, "list a name's tags")
     }
 
     /// Unpublishes `id` (`DELETE /assets/ID`, the admin right).
     pub fn unpublish(&self, id: &AssetId) -> Result<UnpublishAnswer> {
-        let url = format!("{}/assets/{id}", self.base);
+        let url = format!("{}/assets/{id}", self.base());
         let response = self.call(self.agent.delete(&url), None)?;
         self.json(response, "unpublish")
     }

@@ -1,0 +1,645 @@
+//! The tracker's state kept in Redis (`tracker --redis redis://HOST:PORT/DB`), so that any
+//! number of tracker processes serve the same swarms: the catalog's manifests, every swarm's
+//! peers, what they hold and the origin shares. Each announce is one round trip: one Lua
+//! script ([`ANNOUNCE`], by EVALSHA, loaded once and again on NOSCRIPT) records the peer,
+//! adds what it holds to the availability, tops up its origin share and picks the peers of
+//! the answer. The script reads Redis's clock, so trackers whose clocks differ agree.
+//!
+//! The seam: `State::shared` is `None` (the embedded in-memory swarms, exactly as before)
+//! or `Some` (this module); the routes ask it first, at four places (announce, batch
+//! entry, peer list, catalog miss). Two arms of an `Option` rather than a trait: the two
+//! sides share no code below the routes (the in-memory swarm is a locked struct walked in
+//! Rust, this one a script), so a trait would be one method per route with one caller each.
+//!
+//! In Redis, per asset (keys share the hash tag `{ID}`): `peers`, `origins` and `leech`
+//! (sorted sets of peer ids scored by expiry: a peer that stops announcing is gone after
+//! the peer timeout, with no sweeper), `info` (id → holder, address, kind), `held:GEN`
+//! (the union of the haves of serving peers, by generation of one peer timeout: what is
+//! available is what was announced within the last one or two), `claim:GEN` (chunks leased
+//! as origin shares, by generation of one lease) and `mine:ID` (a peer's lease, living two
+//! leases). Catalog: `sc:manifest:ID` (the manifest's TOML) and `sc:assets` (the ids).
+//!
+//! What differs from the in-memory policy (also in PROTOCOL.md, appendix B):
+//! - Shares are leases: a downloader keeps what it leased and still lacks while it
+//!   announces, and gets new chunks nobody holds or leased, up to
+//!   max(FIRST_GRANT, min(unheld / downloaders, GROWTH × chunks held)). A lease is not
+//!   taken back from a live peer that makes no progress, nor rebalanced when others arrive;
+//!   a dead peer's lease lapses after one to two lease periods. A lost or lapsed claim
+//!   costs a duplicate origin fetch, never a wrong byte (every chunk is verified).
+//! - No per-identity cap on shares, no `uploaded` figures, no corrupt-data reports or bans,
+//!   no probing of peers reported unreachable (those fields are accepted and ignored), and
+//!   a peer id is bound to its holder only while it is live.
+//! - Peers in an answer are a random sample (complete ones first), not a moving window.
+//! - `/stats` and `/metrics` show this process's counters, not the swarms in Redis.
+//! - Encrypted assets are refused: their content keys are not shared between trackers.
+//! - `--retain` is refused with `--redis`. Tags are each tracker's own; an unpublish drops the manifest from Redis (no tracker
+//!   adopts it any more) but not from the trackers that already hold it.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+use super::catalog::Entry;
+use super::heartbeat;
+use super::identity::Identity;
+use super::plan::{FIRST_GRANT, GROWTH, runs, stall_bound};
+use super::routes::{HttpError, Reply, err, json};
+use super::swarm::{Phase, cadence};
+use crate::api::{AnnounceEvent, AnnounceRequest, AnnounceResponse, PeerInfo};
+use crate::bitfield::Bitfield;
+use crate::manifest::{AssetId, Manifest};
+use crate::sync::LockExt;
+
+/// The announce script (see its header for keys and arguments).
+const ANNOUNCE: &str = include_str!("shared/announce.lua");
+/// The peer-list script.
+const LIST: &str = include_str!("shared/list.lua");
+/// Connecting to Redis on a LAN takes a millisecond; a second covers a loaded one, and a
+/// Redis that does not answer within it is reported at once (503, clients retry or fail
+/// over) rather than holding a request thread.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// One script call takes well under a millisecond; 2 s is a Redis in trouble.
+const IO_TIMEOUT: Duration = Duration::from_secs(2);
+/// Idle connections kept: one per request thread that may talk to Redis at once.
+const POOL: usize = super::HTTP_THREADS;
+/// A swarm's keys outlive its last announce by this many peer timeouts, then Redis drops
+/// them: an abandoned swarm costs nothing for long.
+const KEY_LIFETIME_TIMEOUTS: u32 = 10;
+/// Most peers (and most origins) `GET /assets/ID/peers` lists from Redis.
+const MAX_LISTED: usize = 10_000;
+
+/// Redis as the tracker's shared state: a client, idle connections, the scripts.
+pub(super) struct Shared {
+    client: redis::Client,
+    idle: Mutex<Vec<redis::Connection>>,
+    announce: redis::Script,
+    list: redis::Script,
+    url: String,
+}
+
+/// One announce as the script takes it, checked by the routes.
+pub(super) struct Announce<'a> {
+    pub peer_id: &'a str,
+    /// The holder, as [`super::identity::Identity::key_text`] writes it.
+    pub owner: &'a str,
+    pub addr: Option<String>,
+    pub kind: Kind,
+    /// The chunks held; `None` for every chunk.
+    pub have: Option<&'a Bitfield>,
+    pub chunk_count: u32,
+    pub peer_timeout: Duration,
+    /// How long a share stays leased without an announce of its holder.
+    pub lease: Duration,
+    /// Peers wanted in the answer (0 for a batch entry).
+    pub max_peers: usize,
+    /// An instance id to use if Redis has none (it restarted empty, or is new).
+    pub fresh_instance: &'a str,
+}
+
+/// What an announcing peer is, as the script files it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Kind {
+    Seeder,
+    Partial,
+    Empty,
+    Origin,
+    Leaving,
+}
+
+impl Kind {
+    /// The kind of an announce: leaving, an origin, or what it holds (`None`: everything).
+    pub(super) fn of(leaving: bool, origin: bool, have: Option<&Bitfield>) -> Kind {
+        match have {
+            _ if leaving => Kind::Leaving,
+            _ if origin => Kind::Origin,
+            None => Kind::Seeder,
+            Some(h) if h.is_full() => Kind::Seeder,
+            Some(h) if h.count() == 0 => Kind::Empty,
+            Some(_) => Kind::Partial,
+        }
+    }
+
+    fn letter(self) -> &'static str {
+        match self {
+            Kind::Seeder => "s",
+            Kind::Partial => "p",
+            Kind::Empty => "e",
+            Kind::Origin => "o",
+            Kind::Leaving => "x",
+        }
+    }
+}
+
+/// The script's answer, parsed.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct Answer {
+    /// The dataset's instance id, and how long ago it was made.
+    pub instance: String,
+    pub instance_age: Duration,
+    /// Serving downloaders in the swarm (the cadence's input).
+    pub leechers: u32,
+    pub peers: Vec<PeerInfo>,
+    pub origins: Vec<PeerInfo>,
+    /// The origin share as runs, for a serving downloader.
+    pub origin_share: Option<Vec<[u32; 2]>>,
+    /// Redis holds the asset's manifest: false after it restarted empty (or was flushed).
+    pub known: bool,
+}
+
+/// The bitmap the script takes for `have` of `count` chunks (`None`: all), with the spare
+/// bits of the last byte set, so that they never look like a chunk nobody holds; and how
+/// many spare bits there are.
+pub(super) fn have_bitmap(have: Option<&Bitfield>, count: u32) -> (Vec<u8>, u32) {
+    let full;
+    let have = match have {
+        Some(h) => h,
+        None => {
+            full = Bitfield::full(count);
+            &full
+        }
+    };
+    let mut bytes = have.as_bytes().to_vec();
+    let spare = (8 - count % 8) % 8;
+    if let Some(last) = bytes.last_mut() {
+        *last |= (1u8 << spare) - 1;
+    }
+    (bytes, spare)
+}
+
+/// The chunks of a share bitmap below `count`, as runs.
+pub(super) fn share_runs(bitmap: &[u8], count: u32) -> Vec<[u32; 2]> {
+    let limit = (count as usize).min(bitmap.len() * 8);
+    runs((0..limit as u32).filter(|&i| bitmap[(i / 8) as usize] & (0x80 >> (i % 8)) != 0))
+}
+
+/// Peers from the script's flat list `[id, addr, kind, ms since seen, …]`; malformed
+/// groups are skipped (Redis is ours, but its data outlives versions of this code).
+pub(super) fn peer_list(flat: &[String]) -> Vec<PeerInfo> {
+    flat.chunks_exact(4)
+        .map(|f| PeerInfo {
+            peer_id: f[0].clone(),
+            addr: f[1].clone(),
+            complete: f[2] == "s",
+            origin: f[2] == "o",
+            last_seen_secs: f[3].parse::<u64>().unwrap_or(0) / 1000,
+        })
+        .collect()
+}
+
+fn unavailable(url: &str, e: &redis::RedisError) -> HttpError {
+    err(
+        503,
+        format!("the tracker's Redis at {url} failed ({e}); retry, or use another tracker"),
+    )
+}
+
+impl Shared {
+    /// Checks `url` and that Redis answers (with a clear error if not).
+    pub(super) fn connect(url: &str) -> Result<Shared> {
+        if !url.starts_with("redis://") {
+            bail!("--redis {url:?} must look like redis://HOST:PORT/DB");
+        }
+        let client = redis::Client::open(url).with_context(|| format!("--redis {url:?}"))?;
+        let shared = Shared {
+            client,
+            idle: Mutex::new(Vec::new()),
+            announce: redis::Script::new(ANNOUNCE),
+            list: redis::Script::new(LIST),
+            url: url.to_string(),
+        };
+        shared
+            .with(|c| redis::cmd("PING").query::<String>(c))
+            .map_err(|e| anyhow::anyhow!("{}", e.message))
+            .with_context(|| format!("connecting to Redis at {url}: is redis-server running?"))?;
+        Ok(shared)
+    }
+
+    /// Runs `f` on an idle connection, or a new one; a connection that failed is dropped,
+    /// so that after a Redis restart the next request connects anew.
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
+    ) -> Result<T, HttpError> {
+        let idle = self.idle.locked().pop();
+        let mut conn = match idle {
+            Some(c) => c,
+            None => {
+                let c = self
+                    .client
+                    .get_connection_with_timeout(CONNECT_TIMEOUT)
+                    .map_err(|e| unavailable(&self.url, &e))?;
+                c.set_read_timeout(Some(IO_TIMEOUT))
+                    .and_then(|()| c.set_write_timeout(Some(IO_TIMEOUT)))
+                    .map_err(|e| unavailable(&self.url, &e))?;
+                c
+            }
+        };
+        match f(&mut conn) {
+            Ok(v) => {
+                let mut idle = self.idle.locked();
+                if idle.len() < POOL {
+                    idle.push(conn);
+                }
+                Ok(v)
+            }
+            Err(e) => {
+                // A refused script (a bug of ours) leaves the connection sound; anything
+                // else may have left it mid-answer.
+                if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() {
+                    log::warn!("tracker: Redis at {} failed: {e}; reconnecting", self.url);
+                } else {
+                    log::error!("tracker: Redis at {} refused a call: {e}", self.url);
+                }
+                Err(unavailable(&self.url, &e))
+            }
+        }
+    }
+
+    /// Applies one announce to the swarm of `asset` and answers it, in one round trip.
+    pub(super) fn announce(&self, asset: &AssetId, a: &Announce<'_>) -> Result<Answer, HttpError> {
+        let prefix = format!("sc:{{{asset}}}:");
+        let (have, spare) = match a.kind {
+            Kind::Origin | Kind::Leaving => (Vec::new(), 0),
+            _ => have_bitmap(a.have, a.chunk_count),
+        };
+        let held = a.have.map_or(a.chunk_count, Bitfield::count);
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1);
+        let memory = a.peer_timeout.saturating_mul(KEY_LIFETIME_TIMEOUTS);
+        let mut call = self.announce.prepare_invoke();
+        for part in ["peers", "info", "leech", "origins", ""] {
+            call.key(format!("{prefix}{part}"));
+        }
+        call.key("sc:instance")
+            .key(format!("sc:manifest:{asset}"))
+            .arg(a.peer_id)
+            .arg(a.owner)
+            .arg(a.addr.as_deref().unwrap_or(""))
+            .arg(a.kind.letter())
+            .arg(have)
+            .arg(held)
+            .arg(a.chunk_count)
+            .arg(spare)
+            .arg(ms(a.peer_timeout))
+            .arg(ms(a.lease))
+            .arg(a.max_peers)
+            .arg(FIRST_GRANT)
+            .arg(GROWTH)
+            .arg(a.fresh_instance)
+            .arg(ms(memory));
+        let reply: redis::Value = self.with(|c| call.invoke(c))?;
+        parse_answer(reply, a.chunk_count).map_err(|m| {
+            err(
+                if m.starts_with("peer id") { 409 } else { 500 },
+                m.replace("{id}", a.peer_id),
+            )
+        })
+    }
+
+    /// Every live peer and origin of the swarm of `asset`.
+    pub(super) fn peers(
+        &self,
+        asset: &AssetId,
+        peer_timeout: Duration,
+    ) -> Result<Vec<PeerInfo>, HttpError> {
+        let prefix = format!("sc:{{{asset}}}:");
+        let mut call = self.list.prepare_invoke();
+        call.key(format!("{prefix}peers"))
+            .key(format!("{prefix}info"))
+            .key(format!("{prefix}origins"))
+            .arg(peer_timeout.as_millis() as u64)
+            .arg(MAX_LISTED);
+        let flat: Vec<String> = self.with(|c| call.invoke(c))?;
+        Ok(peer_list(&flat))
+    }
+
+    /// Keeps a published manifest for the other trackers (the first one stays).
+    pub(super) fn publish(&self, id: &AssetId, toml: &str) -> Result<(), HttpError> {
+        self.with(|c| {
+            redis::pipe()
+                .cmd("SET")
+                .arg(format!("sc:manifest:{id}"))
+                .arg(toml)
+                .arg("NX")
+                .ignore()
+                .cmd("SADD")
+                .arg("sc:assets")
+                .arg(id.to_string())
+                .ignore()
+                .query::<()>(c)
+        })
+    }
+
+    /// Drops an unpublished asset's manifest from Redis.
+    pub(super) fn forget(&self, id: &AssetId) -> Result<(), HttpError> {
+        self.with(|c| {
+            redis::pipe()
+                .cmd("DEL")
+                .arg(format!("sc:manifest:{id}"))
+                .ignore()
+                .cmd("SREM")
+                .arg("sc:assets")
+                .arg(id.to_string())
+                .ignore()
+                .query::<()>(c)
+        })
+    }
+
+    /// The manifest TOML another tracker published, if any.
+    pub(super) fn manifest(&self, id: &AssetId) -> Result<Option<String>, HttpError> {
+        self.with(|c| {
+            redis::cmd("GET")
+                .arg(format!("sc:manifest:{id}"))
+                .query::<Option<String>>(c)
+        })
+    }
+
+    /// Every asset id published through any tracker.
+    pub(super) fn ids(&self) -> Result<Vec<String>, HttpError> {
+        self.with(|c| {
+            redis::cmd("SMEMBERS")
+                .arg("sc:assets")
+                .query::<Vec<String>>(c)
+        })
+    }
+}
+
+impl super::State {
+    /// `POST /assets/{id}/announce` answered from Redis: one script call. Takes what the
+    /// route checked, as the in-memory path's `Announce` does.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn announce_shared(
+        &self,
+        shared: &Shared,
+        id: AssetId,
+        req: AnnounceRequest,
+        addr: Option<SocketAddr>,
+        have: Option<Bitfield>,
+        who: &Identity,
+        chunk_count: u32,
+    ) -> Result<Reply, HttpError> {
+        self.announces.fetch_add(1, Ordering::Relaxed);
+        let leaving = req.event == Some(AnnounceEvent::Stopped);
+        let kind = Kind::of(leaving, req.origin, have.as_ref());
+        let answer = self.announce_to(
+            shared,
+            &id,
+            &req.peer_id,
+            who,
+            addr,
+            kind,
+            have.as_ref(),
+            chunk_count,
+            self.max_peers,
+        )?;
+        let heartbeat = heartbeat(self.peer_timeout);
+        let phase = match kind {
+            Kind::Empty => Phase::Joining,
+            Kind::Partial => Phase::Downloading,
+            _ => Phase::Seeding,
+        };
+        let next_announce = cadence(phase, answer.leechers, heartbeat);
+        let warming_up_secs = self.rewarm(shared, &id, &answer, leaving)?;
+        Ok(json(
+            200,
+            &AnnounceResponse {
+                interval_secs: heartbeat.as_secs(),
+                next_announce_ms: Some(next_announce.as_millis() as u64),
+                instance: Some(answer.instance),
+                warming_up_secs,
+                chunk_count,
+                peers: answer.peers,
+                origins: answer.origins,
+                your_addr: addr.map(|a| a.to_string()),
+                origin_share: answer.origin_share,
+                ticket: self
+                    .auth
+                    .as_ref()
+                    .filter(|_| !leaving)
+                    .map(|a| hex::encode(a.keys.issue(&id, &req.peer_id, a.ticket_ttl))),
+                keys: self.keys().keys,
+            },
+        ))
+    }
+
+    /// After Redis restarted empty (it lost the manifest of `id`, which this tracker
+    /// holds): the manifest is stored again for the other trackers, and an answer with no
+    /// source says "warming up" until every live source has announced again (one
+    /// heartbeat, with the in-memory tracker's slack, from Redis's new start).
+    fn rewarm(
+        &self,
+        shared: &Shared,
+        id: &AssetId,
+        answer: &Answer,
+        leaving: bool,
+    ) -> Result<Option<u64>, HttpError> {
+        if answer.known {
+            return Ok(None);
+        }
+        if let Ok(Some(manifest)) = self.catalog.manifest(id) {
+            shared.publish(id, &manifest.to_toml())?;
+        }
+        let period = heartbeat(self.peer_timeout).saturating_add(super::warmup::HEARTBEAT_SLACK);
+        let sources = !answer.peers.is_empty() || !answer.origins.is_empty();
+        Ok((!leaving && !sources)
+            .then(|| period.checked_sub(answer.instance_age))
+            .flatten()
+            .map(|left| left.as_secs().max(1)))
+    }
+
+    /// One announce of `peer_id` to the swarm of `id` in Redis.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn announce_to(
+        &self,
+        shared: &Shared,
+        id: &AssetId,
+        peer_id: &str,
+        who: &Identity,
+        addr: Option<SocketAddr>,
+        kind: Kind,
+        have: Option<&Bitfield>,
+        chunk_count: u32,
+        max_peers: usize,
+    ) -> Result<Answer, HttpError> {
+        let heartbeat = heartbeat(self.peer_timeout);
+        // Leases last as long as the in-memory plan lets a share stall.
+        let lease = stall_bound(cadence(Phase::Downloading, 0, heartbeat));
+        let owner = who.key_text();
+        shared.announce(
+            id,
+            &Announce {
+                peer_id,
+                owner: &owner,
+                addr: addr.map(|a| a.to_string()),
+                kind,
+                have,
+                chunk_count,
+                peer_timeout: self.peer_timeout,
+                lease,
+                max_peers,
+                fresh_instance: self.warm_up.instance(),
+            },
+        )
+    }
+
+    /// The catalog entry of `id` another tracker published, stored here too; `None` when
+    /// no tracker has it.
+    pub(super) fn adopt(
+        &self,
+        shared: &Shared,
+        id: &AssetId,
+    ) -> Result<Option<Arc<Entry>>, HttpError> {
+        let Some(toml) = shared.manifest(id)? else {
+            return Ok(None);
+        };
+        let manifest = Manifest::from_toml(&toml).map_err(|e| {
+            err(
+                500,
+                format!("the manifest of {id} in Redis is damaged: {e}; publish it again"),
+            )
+        })?;
+        if manifest.id() != *id {
+            return Err(err(
+                500,
+                format!("the manifest under {id} in Redis is another asset's; publish it again"),
+            ));
+        }
+        self.catalog.publish(manifest).map_err(|e| {
+            err(
+                500,
+                format!("storing the manifest of {id} from Redis failed: {e:#}"),
+            )
+        })?;
+        Ok(self.catalog.get(id))
+    }
+
+    /// Adopts every asset published through another tracker (for `GET /assets`).
+    pub(super) fn adopt_all(&self, shared: &Shared) -> Result<(), HttpError> {
+        for text in shared.ids()? {
+            if let Ok(id) = text.parse::<AssetId>()
+                && self.catalog.get(&id).is_none()
+            {
+                self.adopt(shared, &id)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The announce script's reply: `["ok", instance, age ms, leechers, share, peers, origins]`
+/// or `["owner", holder]`.
+fn parse_answer(reply: redis::Value, count: u32) -> Result<Answer, String> {
+    use redis::Value;
+    let Value::Array(items) = reply else {
+        return Err(format!("the announce script answered {reply:?}"));
+    };
+    let text = |v: &Value| -> String {
+        match v {
+            Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+            Value::SimpleString(s) => s.clone(),
+            Value::Int(i) => i.to_string(),
+            _ => String::new(),
+        }
+    };
+    let list = |v: &Value| -> Vec<String> {
+        match v {
+            Value::Array(items) => items.iter().map(text).collect(),
+            _ => Vec::new(),
+        }
+    };
+    match items.first().map(text).as_deref() {
+        Some("owner") => Err(format!(
+            "peer id {{id}} is live in this swarm under {}; pick a new peer id",
+            items.get(1).map(text).unwrap_or_default()
+        )),
+        Some("ok") if items.len() == 8 => {
+            let share = match &items[4] {
+                Value::BulkString(b) if !b.is_empty() => Some(share_runs(b, count)),
+                _ => None,
+            };
+            Ok(Answer {
+                instance: text(&items[1]),
+                instance_age: Duration::from_millis(text(&items[2]).parse().unwrap_or(0)),
+                leechers: text(&items[3]).parse().unwrap_or(0),
+                peers: peer_list(&list(&items[5])),
+                origins: peer_list(&list(&items[6])),
+                origin_share: share,
+                known: text(&items[7]) == "1",
+            })
+        }
+        _ => Err(format!("the announce script answered {items:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redis::Value;
+
+    #[test]
+    fn spare_bits_are_set_and_full_means_every_chunk() {
+        let mut have = Bitfield::new(10);
+        have.set(0);
+        have.set(9);
+        assert_eq!(have_bitmap(Some(&have), 10), (vec![0x80, 0x7f], 6));
+        assert_eq!(have_bitmap(None, 10), (vec![0xff, 0xff], 6));
+        assert_eq!(have_bitmap(None, 16), (vec![0xff, 0xff], 0));
+    }
+
+    #[test]
+    fn a_share_bitmap_becomes_runs_below_the_count() {
+        assert_eq!(share_runs(&[0b1110_0001, 0xff], 12), vec![[0, 3], [7, 12]]);
+        assert_eq!(share_runs(&[], 12), Vec::<[u32; 2]>::new());
+    }
+
+    #[test]
+    fn the_kind_follows_leaving_origin_then_holdings() {
+        let empty = Bitfield::new(4);
+        let mut some = Bitfield::new(4);
+        some.set(1);
+        assert_eq!(Kind::of(true, true, None), Kind::Leaving);
+        assert_eq!(Kind::of(false, true, Some(&empty)), Kind::Origin);
+        assert_eq!(Kind::of(false, false, None), Kind::Seeder);
+        assert_eq!(
+            Kind::of(false, false, Some(&Bitfield::full(4))),
+            Kind::Seeder
+        );
+        assert_eq!(Kind::of(false, false, Some(&empty)), Kind::Empty);
+        assert_eq!(Kind::of(false, false, Some(&some)), Kind::Partial);
+    }
+
+    #[test]
+    fn replies_parse_and_junk_is_an_error_not_a_panic() {
+        let b = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        let reply = Value::Array(vec![
+            b("ok"),
+            b("abc"),
+            b("1500"),
+            b("3"),
+            Value::BulkString(vec![0xc0]),
+            Value::Array(vec![
+                b("p1"),
+                b("127.0.0.1:1"),
+                b("s"),
+                b("2500"),
+                b("torn"),
+            ]),
+            Value::Array(vec![b("o1"), b("127.0.0.1:2"), b("o"), b("0")]),
+            Value::Int(1),
+        ]);
+        let answer = parse_answer(reply, 8).unwrap();
+        assert_eq!(answer.instance, "abc");
+        assert_eq!(answer.instance_age, Duration::from_millis(1500));
+        assert_eq!(answer.leechers, 3);
+        assert_eq!(answer.origin_share, Some(vec![[0, 2]]));
+        assert_eq!(answer.peers.len(), 1);
+        assert!(answer.peers[0].complete && answer.peers[0].last_seen_secs == 2);
+        assert!(answer.origins[0].origin && answer.known);
+        let owner = parse_answer(Value::Array(vec![b("owner"), b("n:10.0.0.1")]), 8);
+        assert!(owner.unwrap_err().starts_with("peer id"));
+        assert!(parse_answer(Value::Int(3), 8).is_err());
+        assert!(parse_answer(Value::Array(vec![b("ok")]), 8).is_err());
+    }
+}
