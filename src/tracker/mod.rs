@@ -27,7 +27,7 @@
 //! picks whom to hand out and when each peer announces next; `plan` keeps per-chunk
 //! availability and splits what the origin sends among the downloaders (pure); `stats`
 //! computes `/stats` and `/metrics`; `warmup` is what a restarted tracker says until its
-//! swarms have filled again; `probe` checks a report that a peer is unreachable with a
+//! swarms have filled again; `shared` keeps the catalog and the swarms in Redis instead, with `--redis` (several trackers, one Redis); `probe` checks a report that a peer is unreachable with a
 //! connect of the tracker's own before the peer is dropped; [`catalog`] keeps the manifests on disk (binary,
 //! loaded lazily; its index answers announces without waiting behind a publish). A request goes
 //! routes → swarm → plan, and nothing below calls back up. `tags` keeps names, tags and
