@@ -54,6 +54,7 @@ pub mod client;
 pub mod crypt;
 pub mod failure;
 pub mod fsutil;
+pub mod gateway;
 pub mod http;
 pub mod manifest;
 pub mod metrics;

@@ -18,6 +18,7 @@ mod dirs;
 mod encrypt;
 mod faults;
 mod fleet;
+mod gateway;
 mod hostile_http;
 mod http_idle;
 mod metrics;

@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 use swarmcache::cli::{self, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_READER_CLOSED};
 use swarmcache::client::{self, DEFAULT_WINDOW, DEFAULT_WORKERS, GetConfig, Progress};
 use swarmcache::crypt::ContentKey;
+use swarmcache::gateway::{Gateway, GatewayConfig};
 use swarmcache::manifest::AssetId;
 use swarmcache::manifest::Manifest;
 use swarmcache::names::{Reference, TagRef};
@@ -130,6 +131,18 @@ enum Command {
     /// key the tracker gives at every get (fetch right; over https or on its host): the
     /// store and every peer keep ciphertext only.
     Get(Box<GetArgs>),
+    /// Serve assets over HTTP to players and browsers, fetched from the swarm as they are
+    /// read: GET/HEAD /ID (Range reads: each answered as soon as its chunks are verified,
+    /// the chunks at the reader's offset fetched first), /ID/NAME, /watch/ID (a player page
+    /// with live figures), /stats/ID (those figures as JSON), / (the assets).
+    ///
+    /// Everything fetched lands in the store and is served to peers as `get` does.
+    /// Examples:
+    ///   peer_client gateway --tracker http://127.0.0.1:7070
+    ///   ffplay http://127.0.0.1:8080/ID        # or mpv, VLC, curl -r 0-99
+    ///   xdg-open http://127.0.0.1:8080/watch/ID
+    #[command(verbatim_doc_comment)]
+    Gateway(Box<GatewayArgs>),
     /// Look at the cache (the store get fills) and trim it: ls, rm, gc.
     ///
     /// Assets in use by a running process (a get, a peer_server seeding them or sending
@@ -199,10 +212,6 @@ struct GetArgs {
     /// means NAME:latest), which the tracker resolves in one request.
     #[arg(value_name = "ID|NAME:TAG", value_parser = reference_arg)]
     asset: Reference,
-    /// Tracker URL, e.g. http://127.0.0.1:7070 or https://HOST:7443 (not needed when the store holds the whole
-    /// asset and it is named by id).
-    #[arg(long, env = "SWARMCACHE_TRACKER", value_parser = cli::tracker_arg)]
-    tracker: Option<String>,
     /// Output file, placed once complete: -o FILE replaces an existing file atomically (as
     /// curl -o and cp do). Default: the asset's name in the current directory, never
     /// replacing a file (pass -o NAME to). A device, FIFO or socket (or a symlink to one)
@@ -226,8 +235,39 @@ struct GetArgs {
     /// stdout is a terminal; a reader that closes early exits 23.
     #[arg(long, conflicts_with = "output")]
     stream: bool,
-    /// With --stream: how many chunks ahead of the reader are fetched first; one that is
-    /// late is also asked of a second source.
+    /// Address to serve the asset to other peers from while downloading, e.g.
+    /// 0.0.0.0:7002 for a port a firewall lets in (default: every interface, a free port).
+    #[arg(long, value_parser = cli::addr_arg)]
+    listen: Option<SocketAddr>,
+    /// Do not serve the asset to other peers.
+    #[arg(long, conflicts_with_all = ["listen", "seed_for"])]
+    no_serve: bool,
+    /// Keep serving this long after the download completes (e.g. 30s, 10m).
+    #[arg(long, value_parser = cli::duration_arg)]
+    seed_for: Option<Duration>,
+    /// Print the summary as JSON on stdout (on stderr with --stream).
+    #[arg(long)]
+    json: bool,
+    /// How to show progress on stderr: a bar when stderr is a terminal (auto), always a bar,
+    /// one JSON object per line every second (json), or nothing.
+    #[arg(long, value_enum, default_value_t = ProgressArg::Auto)]
+    progress: ProgressArg,
+    /// No progress and no summary line on stderr.
+    #[arg(short, long)]
+    quiet: bool,
+    #[command(flatten)]
+    swarm: SwarmArgs,
+}
+
+/// How assets are fetched and shared: the flags `get` and `gateway` share.
+#[derive(clap::Args)]
+struct SwarmArgs {
+    /// Tracker URL, e.g. http://127.0.0.1:7070 or https://HOST:7443 (not needed when the
+    /// store holds the whole asset and it is named by id).
+    #[arg(long, env = "SWARMCACHE_TRACKER", value_parser = cli::tracker_arg)]
+    tracker: Option<String>,
+    /// With --stream (and for each reader of a gateway): how many chunks ahead of the
+    /// reader are fetched first; one that is late is also asked of a second source.
     #[arg(long, default_value_t = DEFAULT_WINDOW, value_parser = clap::value_parser!(u32).range(1..))]
     window: u32,
     /// Store (cache) directory, shared with peer_server (default: the user's cache).
@@ -243,13 +283,6 @@ struct GetArgs {
     /// Download cap, e.g. 25MiB (per second).
     #[arg(long, value_parser = cli::size_arg)]
     max_download_rate: Option<u64>,
-    /// Address to serve the asset to other peers from while downloading, e.g.
-    /// 0.0.0.0:7002 for a port a firewall lets in (default: every interface, a free port).
-    #[arg(long, value_parser = cli::addr_arg)]
-    listen: Option<SocketAddr>,
-    /// Do not serve the asset to other peers.
-    #[arg(long, conflicts_with_all = ["listen", "seed_for"])]
-    no_serve: bool,
     /// Address other peers should connect to, when it differs from --listen (NAT).
     #[arg(long, value_parser = cli::addr_arg)]
     advertise_addr: Option<SocketAddr>,
@@ -280,19 +313,26 @@ struct GetArgs {
     /// never shorter than two chunks' time at that rate).
     #[arg(long, default_value = "60s", value_parser = cli::duration_arg)]
     stall_timeout: Duration,
-    /// Keep serving this long after the download completes (e.g. 30s, 10m).
-    #[arg(long, value_parser = cli::duration_arg)]
-    seed_for: Option<Duration>,
-    /// Print the summary as JSON on stdout (on stderr with --stream).
-    #[arg(long)]
-    json: bool,
-    /// How to show progress on stderr: a bar when stderr is a terminal (auto), always a bar,
-    /// one JSON object per line every second (json), or nothing.
-    #[arg(long, value_enum, default_value_t = ProgressArg::Auto)]
-    progress: ProgressArg,
-    /// No progress and no summary line on stderr.
-    #[arg(short, long)]
-    quiet: bool,
+}
+
+#[derive(clap::Args)]
+struct GatewayArgs {
+    /// Address to answer HTTP on. 127.0.0.1 by default: anyone who reaches the gateway
+    /// reads every asset this host may fetch, so a wider address is warned about.
+    #[arg(long, default_value = "127.0.0.1:8080", value_parser = cli::addr_arg)]
+    listen: SocketAddr,
+    /// HTTP worker threads: clients read at once (a player holds one while it plays).
+    #[arg(long, default_value_t = swarmcache::gateway::DEFAULT_WORKERS)]
+    http_workers: usize,
+    /// Address to serve fetched assets to other peers from (default: every interface, a
+    /// free port).
+    #[arg(long, value_parser = cli::addr_arg)]
+    peer_listen: Option<SocketAddr>,
+    /// Do not serve assets to other peers.
+    #[arg(long, conflicts_with = "peer_listen")]
+    no_serve: bool,
+    #[command(flatten)]
+    swarm: SwarmArgs,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -388,6 +428,7 @@ fn run(args: Args) -> Result<u8> {
             eprintln!("peer_client: unpublished {}{tags}", answer.id);
         }
         Command::Get(args) => return get(*args),
+        Command::Gateway(args) => return gateway(*args),
         Command::Cache(args) => return cache_command(args),
     }
     Ok(EXIT_OK)
@@ -397,13 +438,13 @@ fn get(mut args: GetArgs) -> Result<u8> {
     let asset = match &args.asset {
         Reference::Id(id) => *id,
         Reference::Tag(tag) => {
-            let Some(url) = &args.tracker else {
+            let Some(url) = &args.swarm.tracker else {
                 anyhow::bail!(
                     "{tag} is a name: give --tracker (or SWARMCACHE_TRACKER) to resolve it"
                 );
             };
-            let id = TrackerClient::with_tls(url, &args.tls.tls())?
-                .with_token(args.token.clone())
+            let id = TrackerClient::with_tls(url, &args.swarm.tls.tls())?
+                .with_token(args.swarm.token.clone())
                 .resolve(tag)?;
             if !args.quiet {
                 eprintln!("peer_client: {tag} is {id}");
@@ -421,40 +462,20 @@ fn get(mut args: GetArgs) -> Result<u8> {
     // Ctrl-C and SIGTERM end the download or seeding cleanly: progress recorded, the swarm
     // told, the embedded server stopped.
     cli::on_stop_signal("peer_client", EXIT_INTERRUPTED, client::interrupt)?;
-    // Serve on the address family the tracker is reached by, so the address the tracker
-    // sees the announce come from is one this listener answers on.
-    let any_port = match &args.tracker {
-        Some(url) if url.contains('[') => SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0)),
-        _ => SocketAddr::from(([0, 0, 0, 0], 0)),
+    let progress = match args.progress {
+        _ if args.quiet => Progress::Off,
+        ProgressArg::Auto if std::io::stderr().is_terminal() => Progress::Bar,
+        ProgressArg::Auto | ProgressArg::None => Progress::Off,
+        ProgressArg::Bar => Progress::Bar,
+        ProgressArg::Json => Progress::Json,
     };
+    let serve = (!args.no_serve).then_some(args.listen);
     let config = GetConfig {
         output: args.output,
         files: args.files,
         replace: args.replace,
-        workers: args.workers,
-        chunk_timeout: args.chunk_timeout,
-        max_download_rate: args.max_download_rate,
-        progress: match args.progress {
-            _ if args.quiet => Progress::Off,
-            ProgressArg::Auto if std::io::stderr().is_terminal() => Progress::Bar,
-            ProgressArg::Auto | ProgressArg::None => Progress::Off,
-            ProgressArg::Bar => Progress::Bar,
-            ProgressArg::Json => Progress::Json,
-        },
-        window: args.window,
-        serve: (!args.no_serve).then(|| args.listen.unwrap_or(any_port)),
-        advertise: args.advertise_addr,
-        max_upload_rate: args.max_upload_rate,
-        cache_size: args.cache_size,
-        token: args.token,
-        tracker_tls: args.tls.tls(),
-        source_wait: args.source_wait,
-        stall_timeout: args.stall_timeout,
-        ..GetConfig::new(
-            asset,
-            args.tracker,
-            args.store.unwrap_or_else(cli::default_store),
-        )
+        progress,
+        ..swarm_config(args.swarm, asset, serve)
     };
     let seed = args.seed_for.is_some();
     let result = if args.stream {
@@ -495,6 +516,62 @@ fn get(mut args: GetArgs) -> Result<u8> {
         seeding.run(duration);
     }
     Ok(EXIT_OK)
+}
+
+/// The download settings of `get` and `gateway`: the shared flags, the asset, and where
+/// to serve it to peers (`Some(None)`: a free port).
+fn swarm_config(
+    swarm: SwarmArgs,
+    asset: AssetId,
+    serve: Option<Option<SocketAddr>>,
+) -> GetConfig {
+    // Serve on the address family the tracker is reached by, so the address the tracker
+    // sees the announce come from is one this listener answers on.
+    let any_port = match &swarm.tracker {
+        Some(url) if url.contains('[') => SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0)),
+        _ => SocketAddr::from(([0, 0, 0, 0], 0)),
+    };
+    GetConfig {
+        workers: swarm.workers,
+        chunk_timeout: swarm.chunk_timeout,
+        max_download_rate: swarm.max_download_rate,
+        window: swarm.window,
+        serve: serve.map(|listen| listen.unwrap_or(any_port)),
+        advertise: swarm.advertise_addr,
+        max_upload_rate: swarm.max_upload_rate,
+        cache_size: swarm.cache_size,
+        token: swarm.token,
+        tracker_tls: swarm.tls.tls(),
+        source_wait: swarm.source_wait,
+        stall_timeout: swarm.stall_timeout,
+        ..GetConfig::new(
+            asset,
+            swarm.tracker,
+            swarm.store.unwrap_or_else(cli::default_store),
+        )
+    }
+}
+
+fn gateway(args: GatewayArgs) -> Result<u8> {
+    cli::on_stop_signal("peer_client", EXIT_INTERRUPTED, client::interrupt)?;
+    let serve = (!args.no_serve).then_some(args.peer_listen);
+    // The asset is set per request; the zero id is never fetched.
+    let get = GetConfig {
+        progress: Progress::Off,
+        ..swarm_config(args.swarm, AssetId([0; 32]), serve)
+    };
+    let gateway = Gateway::bind(GatewayConfig {
+        listen: args.listen,
+        get,
+        workers: args.http_workers,
+    })?;
+    cli::println(&format!("listening on http://{}", gateway.local_addr()))?;
+    gateway.serve()?;
+    Ok(if client::interrupted() {
+        EXIT_INTERRUPTED
+    } else {
+        EXIT_OK
+    })
 }
 
 /// Standard output as a plain file: the stream writes whole chunks, which std's line

@@ -34,6 +34,7 @@
 mod announce;
 mod config;
 mod depth;
+pub mod feed;
 mod output;
 mod plan;
 mod scheduler;
@@ -135,7 +136,7 @@ impl Seeding {
 /// `config.serve` is `None`, the asset is served to other peers while it downloads; with
 /// `seed` the server is handed back, still serving, for [`Seeding::run`].
 pub fn get(config: &GetConfig, seed: bool) -> Result<Got> {
-    fetch(config, seed, None)
+    fetch(config, seed, None, None)
 }
 
 /// Like [`get`], but writes the asset to `out` in order while it downloads instead of
@@ -143,10 +144,64 @@ pub fn get(config: &GetConfig, seed: bool) -> Result<Got> {
 /// `config.window` chunks are fetched first; a late one is also asked of another source.
 /// The asset still lands in the store, so memory stays bounded however slowly `out` reads.
 pub fn stream(config: &GetConfig, seed: bool, out: &mut (dyn Write + Send)) -> Result<Got> {
-    fetch(config, seed, Some(out))
+    fetch(config, seed, Some(out), None)
 }
 
-fn fetch(config: &GetConfig, seed: bool, out: Option<&mut (dyn Write + Send)>) -> Result<Got> {
+/// Opens `config.asset` for readers at any offset (a gateway): looks up its manifest and
+/// key, then runs the download in a thread for as long as the returned [`Feed`] is used,
+/// reader windows first; once complete, the asset is seeded on until `stop` says to stop.
+/// Returns once the manifest is known; the download's sources are found in the thread.
+pub fn open_feed(
+    config: GetConfig,
+    stop: impl Fn() -> bool + Send + 'static,
+) -> Result<Arc<feed::Feed>> {
+    let store = Store::open(&config.store)?;
+    let tracker = TrackerClient::optional(config.tracker.as_deref(), &config.tracker_tls)?
+        .map(|t| t.with_token(config.token.clone()));
+    let manifest = Arc::new(match store.manifest(&config.asset)? {
+        Some(m) => m,
+        None => match &tracker {
+            Some(t) => t.manifest(&config.asset)?,
+            None => bail!(
+                "asset {} is not in the store {} and no --tracker was given",
+                config.asset,
+                config.store.display()
+            ),
+        },
+    });
+    let key = content_key(&store, tracker.as_ref(), &config.asset)?;
+    let feed = Arc::new(feed::Feed::new(manifest, key));
+    let shared = Arc::clone(&feed);
+    std::thread::Builder::new()
+        .name(format!("feed {}", config.asset))
+        .spawn(move || {
+            let got = fetch(&config, true, None, Some(&shared));
+            match got {
+                Ok(got) => {
+                    shared.ended(None);
+                    // Seeds what it holds until the gateway stops.
+                    let seeding = got.seeding;
+                    while !stop() && !interrupted() {
+                        std::thread::sleep(INTERRUPT_POLL);
+                    }
+                    drop(seeding);
+                }
+                Err(e) => {
+                    log::warn!("downloading {} for the gateway: {e:#}", config.asset);
+                    shared.ended(Some(format!("{e:#}")));
+                }
+            }
+        })
+        .context("starting a download thread")?;
+    Ok(feed)
+}
+
+fn fetch(
+    config: &GetConfig,
+    seed: bool,
+    out: Option<&mut (dyn Write + Send)>,
+    feed: Option<&Arc<feed::Feed>>,
+) -> Result<Got> {
     let started = Instant::now();
     let store = Store::open(&config.store)?;
     // Marked in use before anything is looked up, so that no eviction can take the asset
@@ -197,6 +252,8 @@ fn fetch(config: &GetConfig, seed: bool, out: Option<&mut (dyn Write + Send)>) -
             sink = Some(Box::new(out));
             None
         }
+        // A feed's readers read the store.
+        None if feed.is_some() => None,
         None if manifest.is_directory() => {
             let (path, _) = output_path(config, &manifest)?;
             tree = Some(TreePlacement::create(&path, config.replace)?);
@@ -212,7 +269,7 @@ fn fetch(config: &GetConfig, seed: bool, out: Option<&mut (dyn Write + Send)>) -
         }
     };
     // A reader waits on a sink, so the chunks it needs next go first.
-    let reader_waits = sink.is_some();
+    let reader_waits = sink.is_some() || feed.is_some();
     if let Some(limit) = config.cache_size {
         let report = cache::make_room_for(&store, limit, &manifest)?;
         if let Some(warning) = &report.warning {
@@ -258,7 +315,7 @@ fn fetch(config: &GetConfig, seed: bool, out: Option<&mut (dyn Write + Send)>) -
     };
     // Chunks verified during the download, for the stream.
     let (done_tx, done_rx) = unbounded();
-    let streaming = out.is_some().then_some(done_tx);
+    let streaming = (out.is_some() || feed.is_some()).then_some(done_tx);
     let scheduler = match &partial {
         None => None,
         Some(_) if needed_held => None,
@@ -304,6 +361,7 @@ fn fetch(config: &GetConfig, seed: bool, out: Option<&mut (dyn Write + Send)>) -
                     reader_waits,
                     yielding: serving.as_ref().map(|s| s.yielding(config.asset)),
                     skipped: skipped.clone(),
+                    feed: feed.cloned(),
                 },
             );
             let events = scheduler.events();
@@ -317,7 +375,7 @@ fn fetch(config: &GetConfig, seed: bool, out: Option<&mut (dyn Write + Send)>) -
             Some(scheduler)
         }
     };
-    let data = match (&partial, out.is_some()) {
+    let data = match (&partial, out.is_some() || feed.is_some()) {
         (Some(partial), _) => Some(partial.data()),
         (None, true) => {
             let path = store.data_path(&config.asset);
@@ -327,14 +385,31 @@ fn fetch(config: &GetConfig, seed: bool, out: Option<&mut (dyn Write + Send)>) -
         (None, false) => None,
     };
     let output_failed = AtomicBool::new(false);
+    // A feed learns what there is, and where, before the scheduler runs; it ends with the
+    // download, when the scheduler drops its sender of verified chunks.
+    let mut done_rx = Some(done_rx);
+    let mut data = data;
     let (downloaded, streamed) = std::thread::scope(|scope| {
+        if let Some(feed) = feed {
+            let started = feed::Started {
+                data: Arc::clone(data.as_ref().expect("a feed's data is opened")),
+                have: initial.clone(),
+                events: scheduler.as_ref().map(Scheduler::events),
+                done: scheduler.as_ref().and(done_rx.take()),
+                uploaded: serving.as_ref().map(|s| s.uploaded.clone()),
+            };
+            let feed = Arc::clone(feed);
+            scope.spawn(move || feed.started(started));
+            data = None;
+        }
+        let done_rx = done_rx.take();
         let streamer = out.zip(data).map(|(out, data)| {
             let events = scheduler.as_ref().map(Scheduler::events);
             let stream = Stream {
                 manifest: &manifest,
                 data,
                 have: initial.clone(),
-                done: done_rx,
+                done: done_rx.expect("the stream's channel"),
                 started,
                 key,
             };

@@ -296,8 +296,11 @@ pub(crate) struct Plan {
     /// step outside the share.
     last_peer_progress: Instant,
     fallback_open: bool,
-    /// The next chunk the stream needs, when streaming.
+    /// The next chunk the stream needs, when streaming (with a gateway's readers: the one
+    /// that moved last).
     stream_pos: Option<u32>,
+    /// The next chunk of each other reader of a gateway, most recently moved first.
+    more_pos: Vec<u32>,
     /// The first chunk the stream needs from the network (`None`: not streaming, or all
     /// cached).
     stream_first: Option<u32>,
@@ -365,6 +368,7 @@ impl Plan {
             last_peer_progress: now,
             fallback_open: false,
             stream_pos: settings.streaming.then_some(0),
+            more_pos: Vec::new(),
             stream_first: if settings.streaming {
                 first_missing
             } else {
@@ -1025,6 +1029,16 @@ impl Plan {
         self.epoch += 1;
     }
 
+    /// A gateway's readers need these chunks next, the one that moved last first: each gets
+    /// its window. None left: no reader waits, and the download goes on as a `get`. A
+    /// window that moved away leaves its chunks to the rest of the download (no more
+    /// hedging for them, no more urgency).
+    pub(crate) fn set_stream_positions(&mut self, positions: &[u32]) {
+        self.stream_pos = positions.first().copied();
+        self.more_pos = positions.iter().skip(1).copied().collect();
+        self.epoch += 1;
+    }
+
     /// Looks again at every connection because time passed (lateness grows alone).
     pub(crate) fn nudge(&mut self, now: Instant) {
         self.epoch += 1;
@@ -1273,7 +1287,8 @@ impl Plan {
         // A stream does not have the origin read far ahead while peers can deliver.
         let horizon = match self.stream_pos {
             Some(pos) if self.any_usable_peer() => {
-                pos.saturating_add(self.window.saturating_mul(ORIGIN_READAHEAD_WINDOWS))
+                let furthest = self.more_pos.iter().copied().fold(pos, u32::max);
+                furthest.saturating_add(self.window.saturating_mul(ORIGIN_READAHEAD_WINDOWS))
             }
             _ => u32::MAX,
         };
@@ -1296,14 +1311,22 @@ impl Plan {
             Some(first) if self.stream_starting(now) => (first, 1),
             _ => (self.stream_pos?, self.window),
         };
-        let end = pos.saturating_add(window).min(self.count);
-        (pos..end).find(|&index| {
-            if self.missing.contains(&index) {
-                src.holds(index) && (!src.origin || !self.ready_peer_holds(index, now))
-            } else {
-                self.hedgeable(index, source, now)
-            }
-        })
+        // Several readers (a gateway's): their windows interleaved, each nearest first.
+        let starts = std::iter::once(pos).chain(self.more_pos.iter().copied());
+        (0..window)
+            .flat_map(|ahead| {
+                starts
+                    .clone()
+                    .filter_map(move |start| start.checked_add(ahead))
+            })
+            .filter(|&index| index < self.count)
+            .find(|&index| {
+                if self.missing.contains(&index) {
+                    src.holds(index) && (!src.origin || !self.ready_peer_holds(index, now))
+                } else {
+                    self.hedgeable(index, source, now)
+                }
+            })
     }
 
     /// The endgame: nothing is left to ask for, and the download ends with its slowest

@@ -5,6 +5,7 @@
 //! progress every second, and keeps the live have-bitmap the embedded server serves from.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -48,6 +49,9 @@ pub(crate) enum Event {
     Swarm(AnnounceResponse),
     /// The stream needs this chunk next.
     Position(u32),
+    /// A feed's readers need these chunks next, most recently moved first (none: no
+    /// reader waits).
+    Readers(Vec<u32>),
     /// The stream could not write its output: the download stops.
     OutputFailed,
 }
@@ -73,6 +77,8 @@ pub(crate) struct Watch {
     /// Chunks not to fetch (`get --file` wants only the chunks of some files): the plan
     /// counts them as done, and no record or summary ever claims them.
     pub(crate) skipped: Option<Bitfield>,
+    /// A gateway's feed, whose live figures follow the download.
+    pub(crate) feed: Option<Arc<super::feed::Feed>>,
 }
 
 /// The embedded server's adapted upload rate, and what it was last measured from.
@@ -347,6 +353,12 @@ impl<'a> Scheduler<'a> {
                     // The one place the live have-bitmap follows the plan.
                     self.watch.live.insert(index);
                     self.meter.add(credit.origin, credit.len);
+                    if let Some(feed) = &self.watch.feed {
+                        feed.stats.count(credit.origin, credit.len);
+                        feed.stats
+                            .peers
+                            .store(self.plan.peers_connected() as u64, Ordering::Relaxed);
+                    }
                     if let Some(stream) = &self.watch.streaming {
                         let _ = stream.send(index);
                     }
@@ -394,6 +406,7 @@ impl<'a> Scheduler<'a> {
                 self.plan.take_swarm(new, share, now);
             }
             Event::Position(next) => self.plan.set_stream_pos(next),
+            Event::Readers(positions) => self.plan.set_stream_positions(&positions),
             Event::OutputFailed => self.fatal = Some("the output stream failed".into()),
         }
         self.plan.assign(now);

@@ -551,14 +551,34 @@ impl Conn {
     /// Sends `response` (its head only, for a HEAD request).
     pub(super) fn send(
         &mut self,
-        response: &Response,
+        response: &mut Response,
         close: bool,
         head_only: bool,
     ) -> Result<(), Failure> {
         let body: &[u8] = if head_only { &[] } else { &response.body };
-        let head = response::response_head(response, response.body.len(), close);
+        let head = response::response_head(response, response.body_len(), close);
         let per_write = self.limits.write_timeout;
-        self.socket.write_all(&[head.as_bytes(), body], per_write)
+        self.socket.write_all(&[head.as_bytes(), body], per_write)?;
+        let Some((len, write)) = response.stream.take().filter(|_| !head_only) else {
+            return Ok(());
+        };
+        let mut out = BodyOut {
+            socket: &mut self.socket,
+            per_write,
+            left: len,
+            failure: None,
+        };
+        let written = write(&mut out);
+        match (written, out.failure) {
+            (_, Some(failure)) => Err(failure),
+            (Err(e), None) => Err(Failure::Io(e)),
+            // A body short of its length leaves the client waiting: close instead.
+            (Ok(()), None) if out.left > 0 => Err(Failure::Io(io::Error::other(format!(
+                "the answer's body ended {} bytes short of its length",
+                out.left
+            )))),
+            (Ok(()), None) => Ok(()),
+        }
     }
 
     /// Closes after our last answer (with a TLS close_notify on TLS), without a reset
@@ -603,5 +623,43 @@ impl Conn {
     /// Whether the connection is over TLS.
     pub(super) fn is_tls(&self) -> bool {
         self.socket.tls.is_some()
+    }
+}
+
+/// The socket as an [`io::Write`] for a streamed body: every write under the server's write
+/// deadline, and never more than the body's declared length.
+struct BodyOut<'s> {
+    socket: &'s mut Socket,
+    per_write: Duration,
+    /// Bytes of the declared length not yet written.
+    left: u64,
+    /// Why the socket failed, kept so that the caller learns a timeout as a timeout.
+    failure: Option<Failure>,
+}
+
+impl Write for BodyOut<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if buf.len() as u64 > self.left {
+            return Err(io::Error::other(format!(
+                "the answer's body runs past its length ({} bytes left, {} written)",
+                self.left,
+                buf.len()
+            )));
+        }
+        match self.socket.write_all(&[buf], self.per_write) {
+            Ok(()) => {
+                self.left -= buf.len() as u64;
+                Ok(buf.len())
+            }
+            Err(failure) => {
+                let e = io::Error::other(failure.to_string());
+                self.failure = Some(failure);
+                Err(e)
+            }
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }

@@ -59,7 +59,7 @@ pub use head::Method;
 use head::Parsed;
 use poller::{Back, Job, Poller};
 pub use request::{BodyError, Request};
-pub use response::{Response, error_body};
+pub use response::{BodyWriter, Response, error_body};
 
 /// Default time a client has to send a whole request, head and body, from its first byte
 /// (from the connection being accepted, for its first request). Requests are a few hundred
@@ -393,7 +393,8 @@ impl HttpServer {
                 if !bad.log.is_empty() {
                     log.line(format_args!("{remote}: {}", bad.log));
                 }
-                if conn.send(&bad.answer, true, false).is_ok() {
+                let mut answer = bad.answer;
+                if conn.send(&mut answer, true, false).is_ok() {
                     conn.close_after_answer();
                 }
                 return After::Closed;
@@ -412,7 +413,7 @@ impl HttpServer {
             broken: false,
             deadline,
         };
-        let response =
+        let mut response =
             catch_unwind(AssertUnwindSafe(|| handler(&mut request))).unwrap_or_else(|_| {
                 request.broken = true;
                 Response::error(500, "internal error while answering; see the server's log")
@@ -421,7 +422,7 @@ impl HttpServer {
             && request.finish()
             && conn.served + 1 < MAX_REQUESTS_PER_CONN
             && !self.stop.is_shutdown();
-        if let Err(e) = conn.send(&response, !keep, head_only) {
+        if let Err(e) = conn.send(&mut response, !keep, head_only) {
             log.line(format_args!("{remote}: answering failed: {e}"));
             return After::Closed;
         }

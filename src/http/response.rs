@@ -2,15 +2,33 @@
 //! header fields.
 
 use std::fmt::Write as _;
+use std::io;
 use std::time::SystemTime;
 
+/// A body written by the handler's code straight to the socket (a gateway's Range answer
+/// of a gigabyte is never held in memory): it must write exactly the length it was given
+/// with. The writer applies the server's write deadline to every write.
+pub type BodyWriter = Box<dyn FnOnce(&mut dyn io::Write) -> io::Result<()> + Send>;
+
 /// An answer: status, content type, body, and any further header fields.
-#[derive(Clone, Debug)]
 pub struct Response {
     pub(super) status: u16,
     pub(super) content_type: &'static str,
     pub(super) body: Vec<u8>,
     pub(super) headers: Vec<(&'static str, String)>,
+    /// A streamed body and its length, instead of `body`.
+    pub(super) stream: Option<(u64, BodyWriter)>,
+}
+
+impl std::fmt::Debug for Response {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Response")
+            .field("status", &self.status)
+            .field("content_type", &self.content_type)
+            .field("body_len", &self.body_len())
+            .field("headers", &self.headers)
+            .finish()
+    }
 }
 
 impl Response {
@@ -21,7 +39,29 @@ impl Response {
             content_type,
             body: body.into(),
             headers: Vec::new(),
+            stream: None,
         }
+    }
+
+    /// An answer whose `len` body bytes `write` sends to the client as they come (a HEAD
+    /// request gets the length and not the body: `write` is then not called).
+    pub fn streamed(
+        status: u16,
+        content_type: &'static str,
+        len: u64,
+        write: BodyWriter,
+    ) -> Response {
+        Response {
+            stream: Some((len, write)),
+            ..Response::new(status, content_type, Vec::new())
+        }
+    }
+
+    /// The length of the body, sent as `Content-Length`.
+    pub(super) fn body_len(&self) -> u64 {
+        self.stream
+            .as_ref()
+            .map_or(self.body.len() as u64, |(len, _)| *len)
     }
 
     /// An error answer: `{"error": message}`.
@@ -43,7 +83,7 @@ pub fn error_body(message: impl Into<String>) -> String {
 }
 
 /// The bytes of an answer's status line and header fields.
-pub(super) fn response_head(response: &Response, body_len: usize, close: bool) -> String {
+pub(super) fn response_head(response: &Response, body_len: u64, close: bool) -> String {
     let mut head = String::with_capacity(160);
     let _ = write!(
         head,
@@ -69,6 +109,8 @@ fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
         201 => "Created",
+        206 => "Partial Content",
+        304 => "Not Modified",
         400 => "Bad Request",
         401 => "Unauthorized",
         403 => "Forbidden",
@@ -77,6 +119,7 @@ fn reason(status: u16) -> &'static str {
         408 => "Request Timeout",
         411 => "Length Required",
         413 => "Content Too Large",
+        416 => "Range Not Satisfiable",
         429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
@@ -88,7 +131,7 @@ fn reason(status: u16) -> &'static str {
 
 /// The bytes of a whole answer sent to a refused connection before it is closed.
 pub(super) fn refusal(response: &Response) -> Vec<u8> {
-    let mut bytes = response_head(response, response.body.len(), true).into_bytes();
+    let mut bytes = response_head(response, response.body.len() as u64, true).into_bytes();
     bytes.extend_from_slice(&response.body);
     bytes
 }

@@ -1,0 +1,296 @@
+//! The HTTP gateway: `peer_client gateway` serves assets of the swarm to curl (the real
+//! binary) with Range reads, answered as soon as their chunks are verified, and bounds its
+//! clients as the tracker's HTTP side does.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::harness::{Proc, START_TIMEOUT, ServerProc, TrackerProc, random_file, run_cmd};
+
+/// A tracker, an origin (capped at `rate` so that a download takes a while), and a gateway
+/// in front of them, with the asset's bytes.
+struct Swarm {
+    _tracker: TrackerProc,
+    _origin: ServerProc,
+    gateway: Proc,
+    /// `http://127.0.0.1:PORT`.
+    url: String,
+    id: String,
+    bytes: Vec<u8>,
+}
+
+fn swarm(d: &Path, size: usize, rate: &str, name: &str) -> Swarm {
+    let bytes = random_file(&d.join(name), size, 15);
+    let tracker = TrackerProc::start(d, &[]);
+    let origin = ServerProc::start(
+        d,
+        "origin",
+        Some(&tracker.url),
+        &[name],
+        &["--origin", "--max-upload-rate", rate],
+    );
+    let id = origin.seeded[0].clone();
+    tracker.wait_for_peers(&id, 1);
+    let mut gateway = Proc::spawn(
+        d,
+        "peer_client",
+        &[
+            "gateway",
+            "--listen",
+            "127.0.0.1:0",
+            "--tracker",
+            &tracker.url,
+            "--store",
+            "gw",
+        ],
+    );
+    let line = gateway.wait_line("listening on ", START_TIMEOUT);
+    let url = line.trim().to_string();
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+    Swarm {
+        _tracker: tracker,
+        _origin: origin,
+        gateway,
+        url,
+        id,
+        bytes,
+    }
+}
+
+/// What curl got: status, header fields (lowercase names), body.
+struct Curled {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Curled {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// `curl -s -D - URL ARGS…` (the real binary), headers and body split.
+fn curl(d: &Path, url: &str, args: &[&str]) -> Curled {
+    let head = d.join("curl-head");
+    let body = d.join("curl-body");
+    let _ = std::fs::remove_file(&body);
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "--max-time", "60", "-D"])
+        .arg(&head)
+        .arg("-o")
+        .arg(&body)
+        .args(args)
+        .arg(url);
+    let run = run_cmd(&mut cmd, &format!("curl {args:?} {url}"), b"");
+    run.ok();
+    let head = std::fs::read_to_string(&head).unwrap();
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line from curl: {head:?}"));
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Curled {
+        status,
+        headers,
+        body: std::fs::read(&body).unwrap_or_default(),
+    }
+}
+
+fn stats(d: &Path, s: &Swarm) -> serde_json::Value {
+    let got = curl(d, &format!("{}/stats/{}", s.url, s.id), &[]);
+    assert_eq!(got.status, 200, "{}", String::from_utf8_lossy(&got.body));
+    serde_json::from_slice(&got.body).unwrap()
+}
+
+#[test]
+fn curl_reads_ranges_at_the_start_middle_end_suffix_and_the_whole_file() {
+    if Command::new("curl").arg("--version").output().is_err() {
+        eprintln!("skipped: curl is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let s = swarm(d, 3 << 20, "64MiB", "clip.mp4");
+    let size = s.bytes.len();
+    let url = format!("{}/{}", s.url, s.id);
+    let cases: [(&str, usize, usize); 5] = [
+        ("0-99", 0, 99),
+        ("1500000-1600000", 1_500_000, 1_600_000),
+        (&format!("{}-", size - 10), size - 10, size - 1),
+        ("-100", size - 100, size - 1),
+        ("100-", 100, size - 1),
+    ];
+    for (range, start, end) in cases {
+        let got = curl(d, &url, &["-r", range]);
+        assert_eq!(got.status, 206, "range {range}");
+        assert_eq!(
+            got.header("content-range"),
+            Some(format!("bytes {start}-{end}/{size}").as_str()),
+            "range {range}"
+        );
+        assert_eq!(
+            got.header("content-length"),
+            Some((end - start + 1).to_string().as_str())
+        );
+        assert!(
+            got.body == s.bytes[start..=end],
+            "range {range}: the bytes differ from the file's"
+        );
+        assert_eq!(got.header("accept-ranges"), Some("bytes"));
+        assert_eq!(got.header("content-type"), Some("video/mp4"));
+        assert_eq!(
+            got.header("etag"),
+            Some(format!("\"{}\"", s.id).as_str())
+        );
+        assert!(got.header("content-encoding").is_none());
+    }
+    // Unsatisfiable: 416 with the size.
+    let got = curl(d, &url, &["-r", &format!("{size}-")]);
+    assert_eq!(got.status, 416);
+    assert_eq!(
+        got.header("content-range"),
+        Some(format!("bytes */{size}").as_str())
+    );
+    // HEAD: the length and type, no body.
+    let got = curl(d, &url, &["-I"]);
+    assert_eq!(got.status, 200);
+    assert_eq!(
+        got.header("content-length"),
+        Some(size.to_string().as_str())
+    );
+    assert_eq!(got.header("content-type"), Some("video/mp4"));
+    // The whole file, under its name too.
+    let got = curl(d, &format!("{url}/clip.mp4"), &[]);
+    assert_eq!(got.status, 200);
+    assert!(got.body == s.bytes, "the whole file differs");
+    let got = curl(d, &format!("{url}/other.mp4"), &[]);
+    assert_eq!(got.status, 404);
+    // The figures: everything came from the origin, nothing was in the store before.
+    let figures = stats(d, &s);
+    for field in [
+        "peers",
+        "download_bps",
+        "upload_bps",
+        "bytes_cache",
+        "bytes_peers",
+        "bytes_origin",
+        "p2p_ratio",
+        "stalls",
+        "size",
+    ] {
+        assert!(figures[field].is_number(), "{field}: {figures}");
+    }
+    assert_eq!(figures["size"], size as u64, "{figures}");
+    assert_eq!(figures["bytes_origin"], size as u64, "{figures}");
+    assert_eq!(figures["bytes_cache"], 0, "{figures}");
+    // The listing names the asset, as JSON and as HTML; the page is HTML.
+    let list = curl(d, &format!("{}/?format=json", s.url), &[]);
+    let list: serde_json::Value = serde_json::from_slice(&list.body).unwrap();
+    assert_eq!(list["assets"][0]["id"], s.id.as_str(), "{list}");
+    let html = curl(d, &format!("{}/", s.url), &[]);
+    assert!(String::from_utf8_lossy(&html.body).contains(&s.id));
+    let page = curl(d, &format!("{}/watch/{}", s.url, s.id), &[]);
+    assert_eq!(page.status, 200);
+    assert!(page.header("content-type").unwrap().starts_with("text/html"));
+    assert!(String::from_utf8_lossy(&page.body).contains("<video"));
+}
+
+#[test]
+fn a_read_at_the_end_is_answered_long_before_the_whole_asset_is_fetched() {
+    if Command::new("curl").arg("--version").output().is_err() {
+        eprintln!("skipped: curl is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // 32 MiB at 4 MiB/s from the origin: 8 s for the whole, 512 chunks of 64 KiB.
+    let s = swarm(d, 32 << 20, "4MiB", "big.webm");
+    let size = s.bytes.len();
+    let url = format!("{}/{}", s.url, s.id);
+    let got = curl(d, &url, &["-r", "-1000"]);
+    assert_eq!(got.status, 206);
+    assert!(got.body == s.bytes[size - 1000..]);
+    let figures = stats(d, &s);
+    let fetched = figures["chunks_fetched"].as_u64().unwrap();
+    let chunks = figures["chunks"].as_u64().unwrap();
+    assert!(
+        fetched < chunks / 4,
+        "{fetched} of {chunks} chunks were fetched by the time the end was read: {figures}"
+    );
+    // Two readers at different offsets, at once: each gets its own bytes.
+    let (a, b) = (4 << 20, 20 << 20);
+    let readers: Vec<_> = [a, b]
+        .into_iter()
+        .map(|start| {
+            let url = url.clone();
+            let dir = d.join(format!("r{start}"));
+            std::fs::create_dir(&dir).unwrap();
+            std::thread::spawn(move || {
+                let range = format!("{start}-{}", start + (1 << 20) - 1);
+                (start, curl(&dir, &url, &["-r", &range]))
+            })
+        })
+        .collect();
+    for reader in readers {
+        let (start, got) = reader.join().unwrap();
+        assert_eq!(got.status, 206);
+        assert!(
+            got.body == s.bytes[start..start + (1 << 20)],
+            "the reader at {start} got other bytes"
+        );
+    }
+    let figures = stats(d, &s);
+    let fetched = figures["chunks_fetched"].as_u64().unwrap();
+    assert!(
+        fetched < chunks * 3 / 4,
+        "two 1 MiB reads cost {fetched} of {chunks} chunks: {figures}"
+    );
+}
+
+#[test]
+fn a_hostile_client_is_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let s = swarm(d, 1 << 20, "64MiB", "a.bin");
+    let addr = s.url.trim_start_matches("http://").to_string();
+    // Past the per-address cap, connections are refused with a 429 at once.
+    let held: Vec<TcpStream> = (0..8).map(|_| TcpStream::connect(&addr).unwrap()).collect();
+    let mut extra = TcpStream::connect(&addr).unwrap();
+    extra
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut answer = String::new();
+    let _ = extra.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 429"), "{answer:?}");
+    drop(held);
+    // A slow head is cut off (408) within the request deadline, not held for ever.
+    let mut slow = TcpStream::connect(&addr).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let started = Instant::now();
+    let _ = slow.write_all(b"GET / HTTP/1.1\r\nHo");
+    let mut answer = String::new();
+    let _ = slow.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+    assert!(started.elapsed() < Duration::from_secs(25));
+    // And the gateway still answers.
+    let mut ok = TcpStream::connect(&addr).unwrap();
+    ok.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    ok.write_all(format!("HEAD /{} HTTP/1.1\r\n\r\n", s.id).as_bytes())
+        .unwrap();
+    let mut buf = [0u8; 12];
+    ok.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"HTTP/1.1 200", "{}", s.gateway.stderr());
+}
