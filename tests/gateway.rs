@@ -23,15 +23,16 @@ struct Swarm {
 }
 
 fn swarm(d: &Path, size: usize, rate: &str, name: &str) -> Swarm {
+    swarm_with(d, size, rate, name, &[])
+}
+
+/// [`swarm`] with more flags for the origin.
+fn swarm_with(d: &Path, size: usize, rate: &str, name: &str, origin_flags: &[&str]) -> Swarm {
     let bytes = random_file(&d.join(name), size, 15);
     let tracker = TrackerProc::start(d, &[]);
-    let origin = ServerProc::start(
-        d,
-        "origin",
-        Some(&tracker.url),
-        &[name],
-        &["--origin", "--max-upload-rate", rate],
-    );
+    let mut flags = vec!["--origin", "--max-upload-rate", rate];
+    flags.extend_from_slice(origin_flags);
+    let origin = ServerProc::start(d, "origin", Some(&tracker.url), &[name], &flags);
     let id = origin.seeded[0].clone();
     tracker.wait_for_peers(&id, 1);
     let mut gateway = Proc::spawn(
@@ -150,10 +151,7 @@ fn curl_reads_ranges_at_the_start_middle_end_suffix_and_the_whole_file() {
         );
         assert_eq!(got.header("accept-ranges"), Some("bytes"));
         assert_eq!(got.header("content-type"), Some("video/mp4"));
-        assert_eq!(
-            got.header("etag"),
-            Some(format!("\"{}\"", s.id).as_str())
-        );
+        assert_eq!(got.header("etag"), Some(format!("\"{}\"", s.id).as_str()));
         assert!(got.header("content-encoding").is_none());
     }
     // Unsatisfiable: 416 with the size.
@@ -203,7 +201,11 @@ fn curl_reads_ranges_at_the_start_middle_end_suffix_and_the_whole_file() {
     assert!(String::from_utf8_lossy(&html.body).contains(&s.id));
     let page = curl(d, &format!("{}/watch/{}", s.url, s.id), &[]);
     assert_eq!(page.status, 200);
-    assert!(page.header("content-type").unwrap().starts_with("text/html"));
+    assert!(
+        page.header("content-type")
+            .unwrap()
+            .starts_with("text/html")
+    );
     assert!(String::from_utf8_lossy(&page.body).contains("<video"));
 }
 
@@ -257,6 +259,29 @@ fn a_read_at_the_end_is_answered_long_before_the_whole_asset_is_fetched() {
         fetched < chunks * 3 / 4,
         "two 1 MiB reads cost {fetched} of {chunks} chunks: {figures}"
     );
+}
+
+#[test]
+fn an_encrypted_asset_is_decrypted_on_the_way_out() {
+    if Command::new("curl").arg("--version").output().is_err() {
+        eprintln!("skipped: curl is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let s = swarm_with(d, 1 << 20, "64MiB", "secret.mkv", &["--encrypt"]);
+    let url = format!("{}/{}", s.url, s.id);
+    // A range across a chunk boundary (64 KiB chunks), starting inside a chunk.
+    let (start, end) = (65_000, 200_000);
+    let got = curl(d, &url, &["-r", &format!("{start}-{end}")]);
+    assert_eq!(got.status, 206);
+    assert!(
+        got.body == s.bytes[start..=end],
+        "the bytes are not the plaintext"
+    );
+    // The store keeps ciphertext only.
+    let stored = std::fs::read(d.join("gw/assets").join(&s.id).join("data")).unwrap();
+    assert!(stored[start..=end] != s.bytes[start..=end]);
 }
 
 #[test]

@@ -520,11 +520,7 @@ fn get(mut args: GetArgs) -> Result<u8> {
 
 /// The download settings of `get` and `gateway`: the shared flags, the asset, and where
 /// to serve it to peers (`Some(None)`: a free port).
-fn swarm_config(
-    swarm: SwarmArgs,
-    asset: AssetId,
-    serve: Option<Option<SocketAddr>>,
-) -> GetConfig {
+fn swarm_config(swarm: SwarmArgs, asset: AssetId, serve: Option<Option<SocketAddr>>) -> GetConfig {
     // Serve on the address family the tracker is reached by, so the address the tracker
     // sees the announce come from is one this listener answers on.
     let any_port = match &swarm.tracker {

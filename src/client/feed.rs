@@ -101,8 +101,8 @@ pub struct Feed {
 }
 
 /// A reader's place in a [`Feed`]; its window goes when it is dropped.
-pub struct Reader<'f> {
-    feed: &'f Feed,
+pub struct Reader {
+    feed: Arc<Feed>,
     id: u64,
     started: bool,
 }
@@ -159,12 +159,12 @@ impl Feed {
 
     /// Called when the download ended: successfully (`None`) or not.
     pub(crate) fn ended(&self, error: Option<String>) {
+        self.stats.peers.store(0, Ordering::Relaxed);
         let mut state = self.state.locked();
         state.events = None;
         if state.ended.is_none() {
-            state.ended = error.or_else(|| {
-                (!state.have.is_full()).then(|| "the download ended".to_string())
-            });
+            state.ended =
+                error.or_else(|| (!state.have.is_full()).then(|| "the download ended".to_string()));
         }
         drop(state);
         self.changed.notify_all();
@@ -194,12 +194,12 @@ impl Feed {
     }
 
     /// A new reader, with no window until it reads.
-    pub fn reader(&self) -> Reader<'_> {
+    pub fn reader(self: &Arc<Self>) -> Reader {
         let mut state = self.state.locked();
         let id = state.next_reader;
         state.next_reader += 1;
         Reader {
-            feed: self,
+            feed: Arc::clone(self),
             id,
             started: false,
         }
@@ -217,7 +217,16 @@ impl Feed {
     }
 }
 
-impl Reader<'_> {
+impl Reader {
+    /// Waits until the chunk holding byte `offset` is verified (its window moved there),
+    /// so that a request the download cannot serve is answered with an error before any
+    /// header goes out.
+    pub fn wait_first(&mut self, offset: u64, cancelled: &dyn Fn() -> bool) -> Result<()> {
+        let chunk_size = self.feed.manifest.chunk_size.max(1) as u64;
+        let index = u32::try_from(offset / chunk_size).context("offset past the chunk count")?;
+        self.wait_for(index, cancelled).map(drop)
+    }
+
     /// Writes `len` bytes of the asset from byte `offset` to `out`, each chunk as soon as it
     /// is verified (decrypted on the way out). The caller checked the range against the
     /// asset's size.
@@ -228,7 +237,8 @@ impl Reader<'_> {
         out: &mut dyn Write,
         cancelled: &dyn Fn() -> bool,
     ) -> Result<()> {
-        let manifest = &*self.feed.manifest;
+        let feed = Arc::clone(&self.feed);
+        let manifest = &*feed.manifest;
         let chunk_size = manifest.chunk_size.max(1) as u64;
         let end = offset.saturating_add(len).min(manifest.size);
         let mut buf = vec![0u8; chunk_size as usize];
@@ -257,7 +267,7 @@ impl Reader<'_> {
 
     /// Moves this reader's window to `index` and waits until that chunk is verified.
     fn wait_for(&mut self, index: u32, cancelled: &dyn Fn() -> bool) -> Result<Arc<File>> {
-        let feed = self.feed;
+        let feed = Arc::clone(&self.feed);
         let mut state = feed.state.locked();
         if state.readers.get(&self.id).map(|r| r.0) != Some(index) {
             if state.readers.len() >= MAX_READERS && !state.readers.contains_key(&self.id) {
@@ -308,7 +318,7 @@ impl Reader<'_> {
     }
 }
 
-impl Drop for Reader<'_> {
+impl Drop for Reader {
     fn drop(&mut self) {
         let mut state = self.feed.state.locked();
         if state.readers.remove(&self.id).is_some() {

@@ -1903,6 +1903,28 @@ mod tests {
     }
 
     #[test]
+    fn each_reader_of_a_gateway_gets_its_window_and_a_seek_moves_one() {
+        let now = Instant::now();
+        let mut plan = plan_with(64, vec![peer(1, None)], settings(true, 4, None), now);
+        plan.assign(now);
+        assert_eq!(plan.fetches(), vec![(0, 0)]);
+        plan.delivered(0, 0, now);
+        // Two readers: the one that moved last (at 40) first, the windows interleaved.
+        plan.set_stream_positions(&[40, 10]);
+        plan.assign(now);
+        assert_eq!(plan.fetches(), vec![(0, 40), (0, 10)]);
+        plan.delivered(0, 40, now);
+        plan.delivered(0, 10, now);
+        // The reader at 10 seeks to 50: its old window is no longer urgent.
+        plan.set_stream_positions(&[50, 41]);
+        plan.assign(now);
+        assert_eq!(plan.fetches(), vec![(0, 50), (0, 41)]);
+        // No reader left: the download goes on, nothing urgent.
+        plan.set_stream_positions(&[]);
+        assert!(plan.urgent_for(0, now).is_none());
+    }
+
+    #[test]
     fn the_origin_leaves_urgent_chunks_to_punctual_peers_and_takes_them_from_late_ones() {
         let t0 = Instant::now();
         let mut plan = plan_with(

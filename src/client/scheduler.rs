@@ -267,6 +267,10 @@ impl<'a> Scheduler<'a> {
                 self.sync();
             }
             self.meter.sample(false, || self.plan.peers_connected());
+            if let Some(feed) = &self.watch.feed {
+                let peers = self.plan.peers_connected() as u64;
+                feed.stats.peers.store(peers, Ordering::Relaxed);
+            }
             self.plan.update_pace(Instant::now());
             self.adapt_uploads(Instant::now());
             self.plan.update_fallback(Instant::now());
@@ -355,9 +359,6 @@ impl<'a> Scheduler<'a> {
                     self.meter.add(credit.origin, credit.len);
                     if let Some(feed) = &self.watch.feed {
                         feed.stats.count(credit.origin, credit.len);
-                        feed.stats
-                            .peers
-                            .store(self.plan.peers_connected() as u64, Ordering::Relaxed);
                     }
                     if let Some(stream) = &self.watch.streaming {
                         let _ = stream.send(index);

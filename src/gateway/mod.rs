@@ -31,7 +31,7 @@ use crate::http::{HttpConfig, HttpServer, Method, Request, Response, ShutdownHan
 use crate::manifest::{AssetId, parse_asset_id};
 use crate::store::Store;
 use crate::sync::LockExt;
-use range::{Wanted, content_type, parse_range};
+use range::{Wanted, content_type, parse_range, path_escape, path_unescape};
 
 /// The player page at `/watch/ID`: plain HTML and JavaScript, no build step.
 const WATCH_PAGE: &str = include_str!("watch.html");
@@ -207,10 +207,12 @@ impl Shared {
                 Err(e) => Response::error(404, format!("{id:?} is no asset id: {e:#}")),
             },
             [id] => self.with_feed(id, |feed| self.bytes(request, feed, None, head)),
-            [id, rest @ ..] => {
-                let file = rest.join("/");
-                self.with_feed(id, |feed| self.bytes(request, feed, Some(&file), head))
-            }
+            [id, rest @ ..] => match path_unescape(&rest.join("/")) {
+                Some(file) => {
+                    self.with_feed(id, |feed| self.bytes(request, feed, Some(&file), head))
+                }
+                None => Response::error(400, format!("the path {path:?} is not a file name")),
+            },
             _ => Response::error(404, format!("no such path {path:?}; try /")),
         }
     }
@@ -266,9 +268,11 @@ impl Shared {
         let size = manifest.size;
         let etag = format!("\"{id}\"");
         // A range asked of another version (If-Range with another tag) gets the whole.
-        let range = request
-            .header("range")
-            .filter(|_| request.header("if-range").is_none_or(|tag| tag.trim() == etag));
+        let range = request.header("range").filter(|_| {
+            request
+                .header("if-range")
+                .is_none_or(|tag| tag.trim() == etag)
+        });
         let wanted = parse_range(range, size);
         let kind = content_type(&manifest.name);
         let (status, start, len) = match wanted {
@@ -291,15 +295,24 @@ impl Shared {
                 if range.is_some() { " (Range)" } else { "" }
             );
         }
-        let reader_feed = Arc::clone(feed);
         let stopping = Arc::clone(&self.stopping);
+        let cancelled = move || stopping.load(Ordering::SeqCst) || client::interrupted();
+        let mut reader = feed.reader();
+        // The first chunk before the status line: a download that cannot deliver it gets
+        // its client an error, not a 200 cut short.
+        if !head && len > 0 {
+            if let Err(e) = reader.wait_first(start, &cancelled) {
+                return Response::error(
+                    504,
+                    format!("asset {id}: byte {start} could not be fetched: {e:#}"),
+                );
+            }
+        }
         let mut response = Response::streamed(
             status,
             kind,
             len,
             Box::new(move |out| {
-                let mut reader = reader_feed.reader();
-                let cancelled = || stopping.load(Ordering::SeqCst) || client::interrupted();
                 reader
                     .read(start, len, out, &cancelled)
                     .map_err(|e| std::io::Error::other(format!("{e:#}")))
@@ -403,7 +416,7 @@ impl Shared {
                 id: m.id().to_string(),
                 name: m.name.clone(),
                 size: Some(m.size),
-                url: format!("/{}/{}", m.id(), m.name),
+                url: format!("/{}/{}", m.id(), path_escape(&m.name)),
                 watch: format!("/watch/{}", m.id()),
             });
         }
@@ -413,14 +426,16 @@ impl Shared {
                     continue;
                 }
                 let manifest = store.manifest(&id).ok().flatten();
-                let name = manifest.as_ref().map_or_else(String::new, |m| m.name.clone());
+                let name = manifest
+                    .as_ref()
+                    .map_or_else(String::new, |m| m.name.clone());
                 listed.push(Listed {
                     id: id.to_string(),
                     size: manifest.as_ref().map(|m| m.size),
                     url: if name.is_empty() {
                         format!("/{id}")
                     } else {
-                        format!("/{id}/{name}")
+                        format!("/{id}/{}", path_escape(&name))
                     },
                     name,
                     watch: format!("/watch/{id}"),

@@ -1,5 +1,6 @@
 //! What a gateway request asks for, without sockets: the byte range of a `Range` header
-//! (RFC 9110 §14), and the content type a file name's extension calls for.
+//! (RFC 9110 §14), the content type a file name's extension calls for, and file names in
+//! URL paths (percent-encoding).
 
 /// What a `Range` header asks of an asset of a given size.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,7 +57,10 @@ pub fn parse_range(header: Option<&str>, size: u64) -> Wanted {
     parsed
         .into_iter()
         .find_map(|spec| spec.within(size))
-        .map_or(Wanted::Unsatisfiable, |(start, end)| Wanted::Part { start, end })
+        .map_or(Wanted::Unsatisfiable, |(start, end)| Wanted::Part {
+            start,
+            end,
+        })
 }
 
 /// One range of a `Range` header.
@@ -148,6 +152,40 @@ pub fn content_type(name: &str) -> &'static str {
     }
 }
 
+/// `name` as a URL path: every byte but letters, digits, `-._~` and `/` percent-encoded.
+pub fn path_escape(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for &b in name.as_bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// A URL path with its percent-escapes decoded; `None` when an escape is malformed or the
+/// result is not UTF-8 or holds a NUL.
+pub fn path_unescape(path: &str) -> Option<String> {
+    let bytes = path.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3)?;
+            let hex = std::str::from_utf8(hex).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    let text = String::from_utf8(out).ok()?;
+    (!text.contains('\0')).then_some(text)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -182,7 +220,12 @@ mod tests {
 
     #[test]
     fn unsatisfiable_ranges() {
-        for header in ["bytes=1000-", "bytes=1000-2000", "bytes=-0", "bytes=5000-,6000-"] {
+        for header in [
+            "bytes=1000-",
+            "bytes=1000-2000",
+            "bytes=-0",
+            "bytes=5000-,6000-",
+        ] {
             assert_eq!(
                 parse_range(Some(header), 1000),
                 Wanted::Unsatisfiable,
@@ -215,13 +258,22 @@ mod tests {
     }
 
     #[test]
+    fn names_round_trip_through_url_paths() {
+        for name in ["clip.mp4", "a b/c%d é.webm", "x?y#z&.ts"] {
+            let escaped = path_escape(name);
+            assert!(!escaped.contains([' ', '?', '#', '&']), "{escaped}");
+            assert_eq!(path_unescape(&escaped).as_deref(), Some(name));
+        }
+        for bad in ["%", "%4", "%zz", "%00", "%ff"] {
+            assert_eq!(path_unescape(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
     fn content_types_follow_the_extension() {
         assert_eq!(content_type("film.MP4"), "video/mp4");
         assert_eq!(content_type("a/b/clip.webm"), "video/webm");
-        assert_eq!(
-            content_type("index.m3u8"),
-            "application/vnd.apple.mpegurl"
-        );
+        assert_eq!(content_type("index.m3u8"), "application/vnd.apple.mpegurl");
         assert_eq!(content_type("seg001.ts"), "video/mp2t");
         assert_eq!(content_type("README"), "application/octet-stream");
         assert_eq!(content_type(""), "application/octet-stream");
