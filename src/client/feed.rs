@@ -211,7 +211,7 @@ impl Feed {
             return;
         };
         let mut readers: Vec<(u32, Instant)> = state.readers.values().copied().collect();
-        readers.sort_by(|a, b| b.1.cmp(&a.1));
+        readers.sort_by_key(|r| std::cmp::Reverse(r.1));
         let positions = readers.into_iter().map(|(pos, _)| pos).collect();
         let _ = events.send(Event::Readers(positions));
     }

@@ -71,6 +71,11 @@ const HEDGE_SLACK: Duration = Duration::from_millis(10);
 /// While peers can deliver, a streaming download asks the origin for chunks no further
 /// ahead of the reader than this many windows: what the player needs soon, not the file.
 const ORIGIN_READAHEAD_WINDOWS: u32 = 2;
+/// How long after a gateway's last reader left the rest of the file still waits: a
+/// player's next Range request after a seek, or a script's next read, comes within
+/// milliseconds, and should find the link and the two cores free rather than busy with
+/// chunks nobody asked for; a second later the background download resumes.
+const READER_GRACE: Duration = Duration::from_secs(1);
 /// How long a stream's start waits for its first chunk to go out before the rest of the
 /// download starts anyway: a reader that does not read yet must not hold the download up.
 const STREAM_START_GRACE: Duration = Duration::from_millis(20);
@@ -301,6 +306,10 @@ pub(crate) struct Plan {
     stream_pos: Option<u32>,
     /// The next chunk of each other reader of a gateway, most recently moved first.
     more_pos: Vec<u32>,
+    /// Until when only what a gateway's readers need next is fetched: `Some(None)` while
+    /// readers are at a position, `Some(Some(t))` for [`READER_GRACE`] after the last
+    /// left, `None` otherwise (not a gateway, or the grace is over).
+    readers_bound: Option<Option<Instant>>,
     /// The first chunk the stream needs from the network (`None`: not streaming, or all
     /// cached).
     stream_first: Option<u32>,
@@ -369,6 +378,7 @@ impl Plan {
             fallback_open: false,
             stream_pos: settings.streaming.then_some(0),
             more_pos: Vec::new(),
+            readers_bound: None,
             stream_first: if settings.streaming {
                 first_missing
             } else {
@@ -420,7 +430,9 @@ impl Plan {
     /// Whether the stream (or the endgame) must be looked at often: lateness grows with
     /// time alone.
     pub(crate) fn watches_lateness(&self) -> bool {
-        self.stream_pos.is_some() || self.missing.is_empty()
+        self.stream_pos.is_some()
+            || self.missing.is_empty()
+            || matches!(self.readers_bound, Some(Some(_)))
     }
 
     /// Distinct peers with a ready connection that takes work.
@@ -1033,10 +1045,53 @@ impl Plan {
     /// its window. None left: no reader waits, and the download goes on as a `get`. A
     /// window that moved away leaves its chunks to the rest of the download (no more
     /// hedging for them, no more urgency).
-    pub(crate) fn set_stream_positions(&mut self, positions: &[u32]) {
+    ///
+    /// While readers wait (and for [`READER_GRACE`] after the last left) nothing but what
+    /// they need next is asked for: their windows, then the next
+    /// [`ORIGIN_READAHEAD_WINDOWS`] windows ahead of each.
+    pub(crate) fn set_stream_positions(&mut self, positions: &[u32], now: Instant) {
         self.stream_pos = positions.first().copied();
         self.more_pos = positions.iter().skip(1).copied().collect();
+        self.readers_bound = Some(positions.is_empty().then_some(now + READER_GRACE));
         self.epoch += 1;
+    }
+
+    /// Whether only a gateway's readers' next chunks are to be fetched now.
+    fn bound_by_readers(&self, now: Instant) -> bool {
+        match self.readers_bound {
+            Some(None) => true,
+            Some(Some(until)) => now < until,
+            None => false,
+        }
+    }
+
+    /// The nearest missing chunk ahead of a gateway's readers (their windows and the
+    /// read-ahead after them), the most recently moved reader first, that `source` holds;
+    /// from an origin, only one no peer holds and of this client's share, as elsewhere.
+    fn ahead_of_readers(&self, source: usize) -> Option<u32> {
+        let src = &self.sources[source];
+        let share = self
+            .origin_share
+            .as_ref()
+            .filter(|_| src.origin && !self.fallback_open);
+        let ahead = self
+            .window
+            .saturating_mul(ORIGIN_READAHEAD_WINDOWS + 1)
+            .max(1);
+        let starts = self
+            .stream_pos
+            .into_iter()
+            .chain(self.more_pos.iter().copied());
+        starts
+            .flat_map(|pos| {
+                let end = pos.saturating_add(ahead).min(self.count);
+                self.missing.range(pos..end).copied()
+            })
+            .find(|&i| {
+                src.holds(i)
+                    && (!src.origin || self.copies[i as usize] == 0)
+                    && share.is_none_or(|s| s.get(i))
+            })
     }
 
     /// Looks again at every connection because time passed (lateness grows alone).
@@ -1278,6 +1333,9 @@ impl Plan {
             return self.endgame_for(conn, now);
         }
         let source = self.conns[conn].source;
+        if self.bound_by_readers(now) {
+            return self.ahead_of_readers(source);
+        }
         if !self.sources[source].origin {
             return self.rarest_held_by(source);
         }
@@ -1910,18 +1968,46 @@ mod tests {
         assert_eq!(plan.fetches(), vec![(0, 0)]);
         plan.delivered(0, 0, now);
         // Two readers: the one that moved last (at 40) first, the windows interleaved.
-        plan.set_stream_positions(&[40, 10]);
+        plan.set_stream_positions(&[40, 10], now);
         plan.assign(now);
         assert_eq!(plan.fetches(), vec![(0, 40), (0, 10)]);
         plan.delivered(0, 40, now);
         plan.delivered(0, 10, now);
         // The reader at 10 seeks to 50: its old window is no longer urgent.
-        plan.set_stream_positions(&[50, 41]);
+        plan.set_stream_positions(&[50, 41], now);
         plan.assign(now);
         assert_eq!(plan.fetches(), vec![(0, 50), (0, 41)]);
-        // No reader left: the download goes on, nothing urgent.
-        plan.set_stream_positions(&[]);
+        // No reader left: nothing urgent, and for a second nothing else either, then the
+        // download goes on.
+        plan.set_stream_positions(&[], now);
         assert!(plan.urgent_for(0, now).is_none());
+        plan.delivered(0, 50, now);
+        plan.delivered(0, 41, now);
+        plan.assign(now);
+        assert_eq!(plan.fetches(), vec![]);
+        plan.nudge(now + READER_GRACE);
+        assert_eq!(plan.fetches().len(), 2, "the background download resumes");
+    }
+
+    #[test]
+    fn while_a_gateway_reader_waits_only_what_is_ahead_of_it_is_fetched() {
+        let now = Instant::now();
+        let mut plan = plan_with(64, vec![peer(1, None)], settings(true, 2, None), now);
+        plan.assign(now);
+        assert_eq!(plan.fetches(), vec![(0, 0)]);
+        plan.delivered(0, 0, now);
+        plan.set_stream_positions(&[10], now);
+        // Window 2 and two windows of read-ahead: chunks 10 to 15, nothing past them.
+        let mut fetched = Vec::new();
+        for _ in 0..8 {
+            plan.assign(now);
+            for (conn, index) in plan.fetches() {
+                fetched.push(index);
+                plan.delivered(conn, index, now);
+            }
+        }
+        fetched.sort();
+        assert_eq!(fetched, (10..16).collect::<Vec<u32>>());
     }
 
     #[test]

@@ -407,7 +407,7 @@ impl<'a> Scheduler<'a> {
                 self.plan.take_swarm(new, share, now);
             }
             Event::Position(next) => self.plan.set_stream_pos(next),
-            Event::Readers(positions) => self.plan.set_stream_positions(&positions),
+            Event::Readers(positions) => self.plan.set_stream_positions(&positions, now),
             Event::OutputFailed => self.fatal = Some("the output stream failed".into()),
         }
         self.plan.assign(now);

@@ -300,13 +300,14 @@ impl Shared {
         let mut reader = feed.reader();
         // The first chunk before the status line: a download that cannot deliver it gets
         // its client an error, not a 200 cut short.
-        if !head && len > 0 {
-            if let Err(e) = reader.wait_first(start, &cancelled) {
-                return Response::error(
-                    504,
-                    format!("asset {id}: byte {start} could not be fetched: {e:#}"),
-                );
-            }
+        if !head
+            && len > 0
+            && let Err(e) = reader.wait_first(start, &cancelled)
+        {
+            return Response::error(
+                504,
+                format!("asset {id}: byte {start} could not be fetched: {e:#}"),
+            );
         }
         let mut response = Response::streamed(
             status,
