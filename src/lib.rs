@@ -26,8 +26,8 @@
 //! - [`api`]: the JSON types of the tracker's HTTP API.
 //! - [`auth`]: tokens and permissions, signing keys, and the tickets peers check.
 //! - [`net`]: the one listener skeleton: accept loop, per-address caps, refusals, shutdown.
-//! - [`http`]: the HTTP/1.1 server (HTTPS with rustls) of the tracker and of the peer
-//!   server's metrics.
+//! - [`http`]: the HTTP/1.1 server (HTTPS with rustls) of the tracker, the gateway and
+//!   the peer server's metrics.
 //! - [`tracker`]: the tracker: its routes, swarms, origin shares, figures and durable
 //!   catalog of manifests.
 //! - [`tracker_client`]: the HTTP client side of the tracker API, over `http://` or
@@ -35,7 +35,9 @@
 //! - [`server`]: the peer server (seeding and serving chunks).
 //! - [`announce`]: the one announce loop (heartbeats, retries, leaving the swarms).
 //! - [`client`]: downloads: the pure chunk plan, its scheduler, connection workers,
-//!   streaming out in order, the summary.
+//!   streaming out in order, feeds read at any offset, the summary.
+//! - [`gateway`]: the HTTP gateway for players and browsers (Range reads, `/stats`,
+//!   `/watch`).
 //! - [`metrics`]: the Prometheus text format of the `/metrics` endpoints.
 //! - [`names`]: human names and tags for assets (`ci/app:latest`) and the JSON of `/tags`.
 //! - [`failure`]: the typed causes of a failed command that exit codes tell apart.

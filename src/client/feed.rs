@@ -98,6 +98,8 @@ pub struct Feed {
     changed: Condvar,
     /// The live figures.
     pub stats: FeedStats,
+    /// Set once the download and seeding are over and the swarm was told.
+    finished: std::sync::atomic::AtomicBool,
 }
 
 /// A reader's place in a [`Feed`]; its window goes when it is dropped.
@@ -123,6 +125,7 @@ impl Feed {
             }),
             changed: Condvar::new(),
             stats: FeedStats::default(),
+            finished: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -168,6 +171,16 @@ impl Feed {
         }
         drop(state);
         self.changed.notify_all();
+    }
+
+    /// Called when the download thread is done: it has left the swarm.
+    pub(crate) fn finish(&self) {
+        self.finished.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether the download thread is done (see [`super::open_feed`]).
+    pub fn is_finished(&self) -> bool {
+        self.finished.load(Ordering::SeqCst)
     }
 
     /// Whether the download ended short of the whole asset, and why.

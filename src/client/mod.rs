@@ -191,6 +191,7 @@ pub fn open_feed(
                     shared.ended(Some(format!("{e:#}")));
                 }
             }
+            shared.finish();
         })
         .context("starting a download thread")?;
     Ok(feed)

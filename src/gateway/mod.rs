@@ -47,6 +47,8 @@ pub const DEFAULT_WORKERS: usize = 16;
 pub const MAX_CONNS_PER_IP: usize = 8;
 /// Whole requests waiting for a worker before newcomers are told the gateway is busy.
 const QUEUE: usize = 16;
+/// How long a stopping gateway waits for its downloads to leave the swarm.
+const LEAVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Most assets listed at `/`.
 const MAX_LISTED: usize = 1000;
 
@@ -182,6 +184,13 @@ impl Gateway {
         let result = self.server.serve(|request| shared.answer(request));
         shared.stopping.store(true, Ordering::SeqCst);
         let _ = watcher.join();
+        // Each download and seeding leaves the swarm ("stopped") before the process ends,
+        // within a bound: a tracker that does not answer must not keep the gateway up.
+        let deadline = Instant::now() + LEAVE_TIMEOUT;
+        let feeds: Vec<Arc<Feed>> = shared.feeds.locked().values().cloned().collect();
+        while feeds.iter().any(|f| !f.is_finished()) && Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
         result
     }
 }

@@ -1,8 +1,10 @@
-//! The HTTP/1.1 server under the tracker's API and the peer server's metrics endpoint.
+//! The HTTP/1.1 server under the tracker's API, the gateway and the peer server's metrics
+//! endpoint.
 //! Our own because no blocking HTTP server crate bounds how long a client may take to send
 //! its request (tiny_http has no read deadlines), and a tracker handed to hostile token
 //! holders needs that bound. Request heads are parsed by `httparse` (hyper's parser);
-//! bodies come with a `Content-Length` or not at all.
+//! bodies come with a `Content-Length` or not at all; an answer's body is a buffer, or is
+//! streamed by the handler's code under the write deadline (a gateway's Range answer).
 //!
 //! Workers are held by requests, not by connections. One poller thread (`poller`) holds
 //! every connection that has no whole request in one `epoll` set: new ones, idle
@@ -972,6 +974,64 @@ mod tests {
             TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_err(),
             "the listener is closed"
         );
+    }
+
+    #[test]
+    fn a_streamed_body_is_written_as_it_comes_and_head_gets_only_its_length() {
+        let config = HttpConfig::new("127.0.0.1:0".parse().unwrap(), "the test server");
+        let server = HttpServer::bind(config).unwrap();
+        let (addr, stop) = (server.local_addr(), server.shutdown_handle());
+        let done = std::thread::spawn(move || {
+            server
+                .serve(|request| {
+                    let short = request.path() == "/short";
+                    Response::streamed(
+                        206,
+                        "video/mp4",
+                        10,
+                        Box::new(move |out| {
+                            out.write_all(b"01234")?;
+                            if !short {
+                                out.write_all(b"56789")?;
+                            }
+                            Ok(())
+                        }),
+                    )
+                    .with_header("Content-Range", "bytes 0-9/20")
+                })
+                .unwrap()
+        });
+        let mut stream = connect(addr);
+        stream
+            .write_all(b"GET /a HTTP/1.1\r\n\r\nHEAD /a HTTP/1.1\r\n\r\n")
+            .unwrap();
+        let mut reader = io::BufReader::new(stream);
+        let (status, headers, body) = read_answer(&mut reader);
+        assert_eq!((status, body.as_str()), (206, "0123456789"));
+        assert!(headers.contains(&("content-range".into(), "bytes 0-9/20".into())));
+        // HEAD: the length, no body (the next byte would be a status line).
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        assert_eq!(line, "HTTP/1.1 206 Partial Content\r\n");
+        let mut rest = String::new();
+        loop {
+            let mut l = String::new();
+            reader.read_line(&mut l).unwrap();
+            rest.push_str(&l);
+            if l == "\r\n" {
+                break;
+            }
+        }
+        assert!(rest.contains("Content-Length: 10\r\n"), "{rest}");
+        // A body short of its length closes the connection rather than leave the client
+        // waiting for the rest.
+        let mut short = connect(addr);
+        short.write_all(b"GET /short HTTP/1.1\r\n\r\n").unwrap();
+        let mut got = Vec::new();
+        let _ = short.read_to_end(&mut got);
+        assert!(String::from_utf8_lossy(&got).ends_with("01234"));
+        stop.shutdown();
+        done.join().unwrap();
     }
 
     #[test]
