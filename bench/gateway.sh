@@ -16,7 +16,7 @@ READS=${READS:-30}
 B=${BIN:-$PWD/target/release}
 W=$(mktemp -d "${TMPDIR:-/tmp}/swarmcache-bench.XXXXXX")
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$W"; }
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$W"; }
 trap cleanup EXIT
 cd "$W"
 

@@ -16,3 +16,5 @@ echo "== memory"
 ./memory.sh
 echo "== time to first byte of --stream: default chunk size, warm swarm and origin only"
 ./ttfb.sh | tail -3
+echo "== gateway: TTFB of a Range read at a random offset of 1 GiB, warm swarm of 3"
+./gateway.sh | tail -3
