@@ -8,7 +8,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::harness::{Proc, START_TIMEOUT, ServerProc, TrackerProc, random_file, run_cmd};
+use crate::harness::{
+    Proc, START_TIMEOUT, ServerProc, TrackerProc, eventually, random_file, run_cmd,
+};
 
 /// A tracker, an origin (capped at `rate` so that a download takes a while), and a gateway
 /// in front of them, with the asset's bytes.
@@ -318,4 +320,20 @@ fn a_hostile_client_is_bounded() {
     let mut buf = [0u8; 12];
     ok.read_exact(&mut buf).unwrap();
     assert_eq!(&buf, b"HTTP/1.1 200", "{}", s.gateway.stderr());
+}
+
+#[test]
+fn a_gateway_on_a_wider_address_than_loopback_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut gateway = Proc::spawn(
+        d,
+        "peer_client",
+        &["gateway", "--listen", "0.0.0.0:0", "--store", "gw"],
+    );
+    let line = gateway.wait_line("listening on ", START_TIMEOUT);
+    assert!(line.starts_with("http://0.0.0.0:"), "{line}");
+    eventually("the warning", Duration::from_secs(10), || {
+        gateway.stderr().contains("not a loopback address")
+    });
 }

@@ -319,7 +319,16 @@ struct SwarmArgs {
 struct GatewayArgs {
     /// Address to answer HTTP on. 127.0.0.1 by default: anyone who reaches the gateway
     /// reads every asset this host may fetch, so a wider address is warned about.
-    #[arg(long, default_value = "127.0.0.1:8080", value_parser = cli::addr_arg)]
+    // Its own id and variable: `listen` (SWARMCACHE_PEER_CLIENT_LISTEN, a config file's
+    // `listen`) is get's address for peers, which must not become an HTTP address here.
+    #[arg(
+        long = "listen",
+        id = "gateway_listen",
+        value_name = "ADDR",
+        env = "SWARMCACHE_GATEWAY_LISTEN",
+        default_value = "127.0.0.1:8080",
+        value_parser = cli::addr_arg
+    )]
     listen: SocketAddr,
     /// HTTP worker threads: clients read at once (a player holds one while it plays).
     #[arg(long, default_value_t = swarmcache::gateway::DEFAULT_WORKERS)]
