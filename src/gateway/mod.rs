@@ -11,7 +11,8 @@
 //! position is a window fetched first, nearest first (see [`crate::client::feed`]).
 //!
 //! Routes: `GET|HEAD /ID` and `/ID/NAME` (the asset's bytes; 206 for a `Range`, 416 for an
-//! unsatisfiable one), `GET /stats/ID` (JSON), `GET /watch/ID[/PATH]` (an HTML page),
+//! unsatisfiable one), `/ID/PATH` (a file of a directory asset, read from its place in
+//! the asset's byte stream), `GET /stats/ID` (JSON), `GET /watch/ID[/PATH]` (an HTML page),
 //! `GET /` (the assets, HTML or JSON by `Accept` or `?format=json`).
 
 pub mod range;
@@ -265,17 +266,37 @@ impl Shared {
     ) -> Response {
         let manifest = feed.manifest();
         let id = manifest.id();
-        if let Some(file) = file.filter(|f| *f != manifest.name) {
-            return Response::error(
-                404,
-                format!(
-                    "asset {id} is the single file {:?}, not {file:?}",
-                    manifest.name
-                ),
-            );
-        }
-        let size = manifest.size;
-        let etag = format!("\"{id}\"");
+        // Where the file is in the asset's byte stream, its size, its name and tag.
+        let (base, size, name, etag) = if manifest.is_directory() {
+            let Some(entry) = file.and_then(|f| manifest.file(f)) else {
+                return Response::error(
+                    404,
+                    format!(
+                        "asset {id} is a directory of {} files; ask for /{id}/PATH with a PATH it lists{}",
+                        manifest.files().len(),
+                        file.map_or(String::new(), |f| format!(" ({f:?} is not one)"))
+                    ),
+                );
+            };
+            let etag = format!("\"{id}-{}\"", entry.offset);
+            (entry.offset, entry.size, entry.path.as_str(), etag)
+        } else {
+            if let Some(file) = file.filter(|f| *f != manifest.name) {
+                return Response::error(
+                    404,
+                    format!(
+                        "asset {id} is the single file {:?}, not {file:?}",
+                        manifest.name
+                    ),
+                );
+            }
+            (
+                0,
+                manifest.size,
+                manifest.name.as_str(),
+                format!("\"{id}\""),
+            )
+        };
         // A range asked of another version (If-Range with another tag) gets the whole.
         let range = request.header("range").filter(|_| {
             request
@@ -283,7 +304,7 @@ impl Shared {
                 .is_none_or(|tag| tag.trim() == etag)
         });
         let wanted = parse_range(range, size);
-        let kind = content_type(&manifest.name);
+        let kind = content_type(name);
         let (status, start, len) = match wanted {
             Wanted::Whole => (200, 0, size),
             Wanted::Part { start, end } => (206, start, end - start + 1),
@@ -311,7 +332,7 @@ impl Shared {
         // its client an error, not a 200 cut short.
         if !head
             && len > 0
-            && let Err(e) = reader.wait_first(start, &cancelled)
+            && let Err(e) = reader.wait_first(base + start, &cancelled)
         {
             return Response::error(
                 504,
@@ -324,7 +345,7 @@ impl Shared {
             len,
             Box::new(move |out| {
                 reader
-                    .read(start, len, out, &cancelled)
+                    .read(base + start, len, out, &cancelled)
                     .map_err(|e| std::io::Error::other(format!("{e:#}")))
             }),
         )
