@@ -18,3 +18,9 @@ echo "== time to first byte of --stream: default chunk size, warm swarm and orig
 ./ttfb.sh | tail -3
 echo "== gateway: TTFB of a Range read at a random offset of 1 GiB, warm swarm of 3"
 ./gateway.sh | tail -3
+echo "== /watch in headless Chromium: page load to playing, seeking to seeked (skipped without chromium)"
+if command -v chromium > /dev/null && command -v chromedriver > /dev/null && command -v ffmpeg > /dev/null; then
+  ./watch.sh | tail -3
+else
+  echo "skipped: needs ffmpeg, chromium and chromedriver"
+fi

@@ -26,6 +26,7 @@ mod netns_crowd;
 mod network;
 mod outputs;
 mod pipeline;
+mod player;
 mod redis;
 mod resilience;
 mod restarts;
