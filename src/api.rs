@@ -37,6 +37,25 @@ pub struct ContentKeyResponse {
     pub key: Option<String>,
 }
 
+/// Body of `POST /assets/{id}/origins`: an origin URL to list for the asset.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct OriginUrlRequest {
+    /// An `http://` or `https://` URL serving the asset's bytes with `Range` requests.
+    pub url: String,
+}
+
+/// Answer to `POST` and `GET /assets/{id}/origins`: the asset's origin URLs.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct OriginUrlsResponse {
+    /// The asset id.
+    pub id: String,
+    /// Its origin URLs, in the order they were added.
+    pub origin_urls: Vec<String>,
+    /// For a `POST`: false when the URL was listed already.
+    #[serde(default)]
+    pub added: bool,
+}
+
 /// One catalog entry, in `GET /assets`.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct AssetSummary {
@@ -144,6 +163,11 @@ pub struct AnnounceResponse<S = String> {
     pub peers: Vec<PeerInfo<S>>,
     /// The swarm's origins, to use as a fallback.
     pub origins: Vec<PeerInfo<S>>,
+    /// The asset's origin URLs from its catalog entry (web seeds: any HTTP(S) server that
+    /// answers `Range` requests), used like `origins` (absent when there are none, and
+    /// from trackers older than them). See [`AnnounceResponse::web_origins`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub origin_urls: Vec<S>,
     /// The address the tracker recorded for this peer, when it serves.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub your_addr: Option<String>,
@@ -177,6 +201,20 @@ impl<S> AnnounceResponse<S> {
     /// When the tracker asked to be announced to next (`next_announce_ms`), if it did.
     pub fn next_announce(&self) -> Option<Duration> {
         self.next_announce_ms.map(Duration::from_millis)
+    }
+
+    /// The origin URLs a client may fetch from: those that pass [`crate::origin_url::check`],
+    /// at most [`crate::origin_url::MAX_ORIGIN_URLS`] (a hostile tracker could list
+    /// anything).
+    pub fn web_origins(&self) -> impl Iterator<Item = &str>
+    where
+        S: AsRef<str>,
+    {
+        self.origin_urls
+            .iter()
+            .map(AsRef::as_ref)
+            .filter(|url| crate::origin_url::check(url).is_ok())
+            .take(crate::origin_url::MAX_ORIGIN_URLS)
     }
 
     /// The origin share as a set of `count` chunks; `None` when there is none, or when its
@@ -409,6 +447,7 @@ mod tests {
             chunk_count: 10,
             peers: Vec::new(),
             origins: Vec::new(),
+            origin_urls: Vec::new(),
             your_addr: None,
             instance: None,
             warming_up_secs: None,

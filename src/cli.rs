@@ -304,8 +304,9 @@ pub fn tracker_arg(text: &str) -> Result<String, String> {
 /// The flags of every command that talks to a tracker about TLS (flattened into each).
 #[derive(clap::Args, Clone, Debug, Default)]
 pub struct TrackerTlsArgs {
-    /// CA certificate(s) (PEM) to verify an https:// tracker with, instead of the
-    /// system's trusted CAs: the CA that signed a tracker's self-made certificate.
+    /// CA certificate(s) (PEM) to verify an https:// tracker (and a get's https:// origin
+    /// URLs) with, instead of the system's trusted CAs: the CA that signed a tracker's
+    /// self-made certificate. One file may hold several CAs.
     #[arg(long, value_name = "FILE")]
     pub ca_cert: Option<std::path::PathBuf>,
     /// Send the token over plain http:// to a tracker on another host, where anyone on

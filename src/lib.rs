@@ -24,6 +24,7 @@
 //! - [`wire`]: the peer protocol (limits, a pure codec, the connection that reads frames).
 //! - [`ratelimit`]: token buckets: bytes per process, requests per client address.
 //! - [`api`]: the JSON types of the tracker's HTTP API.
+//! - [`origin_url`]: the checks of origin URLs (web seeds: HTTP(S) servers holding an asset).
 //! - [`auth`]: tokens and permissions, signing keys, and the tickets peers check.
 //! - [`net`]: the one listener skeleton: accept loop, per-address caps, refusals, shutdown.
 //! - [`http`]: the HTTP/1.1 server (HTTPS with rustls) of the tracker, the gateway and
@@ -62,6 +63,7 @@ pub mod manifest;
 pub mod metrics;
 pub mod names;
 pub mod net;
+pub mod origin_url;
 pub mod ratelimit;
 pub mod server;
 pub mod store;

@@ -25,8 +25,8 @@ use serde::de::DeserializeOwned;
 
 use crate::api::{
     AnnounceRequest, AnnounceResponse, BATCH_MAX_BODY, BATCH_MAX_ENTRIES, BatchAnnounceRequest,
-    BatchAnnounceResponse, BatchEntry, ContentKeyResponse, ErrorBody, KeysResponse, PeerInfo,
-    PublishResponse,
+    BatchAnnounceResponse, BatchEntry, ContentKeyResponse, ErrorBody, KeysResponse,
+    OriginUrlRequest, OriginUrlsResponse, PeerInfo, PublishResponse,
 };
 use crate::auth::TrackerClock;
 use crate::backoff::Backoff;
@@ -172,7 +172,7 @@ pub fn is_loopback_host(host: &str) -> bool {
 
 /// The rustls client setup for an `https://` tracker: the CAs of `ca_cert`, or the
 /// system's.
-fn client_config(ca_cert: Option<&Path>) -> Result<Arc<rustls::ClientConfig>> {
+pub(crate) fn client_config(ca_cert: Option<&Path>) -> Result<Arc<rustls::ClientConfig>> {
     let mut roots = rustls::RootCertStore::empty();
     match ca_cert {
         Some(path) => {
@@ -442,7 +442,7 @@ fn agent(
 
 /// The TLS error under a transport error, if TLS failed: rustls reports through an
 /// `io::Error`, whose `source` skips the error it wraps, so each `io::Error` is opened.
-fn tls_error(t: &ureq::Transport) -> Option<rustls::Error> {
+pub(crate) fn tls_error(t: &ureq::Transport) -> Option<rustls::Error> {
     use std::error::Error;
     let mut cause: Option<&(dyn Error + 'static)> = t.source();
     while let Some(c) = cause {
@@ -571,6 +571,22 @@ impl TrackerClient {
             );
         }
         Ok(answer)
+    }
+
+    /// Lists `url` as an origin URL of the published asset `id` (the publish right); the
+    /// answer lists them all.
+    pub fn add_origin_url(&self, id: &AssetId, url: &str) -> Result<OriginUrlsResponse> {
+        crate::origin_url::check(url)?;
+        let endpoint = format!("{}/assets/{id}/origins", self.base);
+        let body = serde_json::to_string(&OriginUrlRequest {
+            url: url.to_string(),
+        })
+        .expect("strings serialize");
+        let response = self.call(
+            self.agent.post(&endpoint),
+            Some(("application/json", &body)),
+        )?;
+        self.json(response, "origin add")
     }
 
     /// Fetches the manifest of `id` and checks that it hashes to `id`.

@@ -36,3 +36,4 @@ mod swarm;
 mod tags;
 mod tls;
 mod uplink;
+mod web_seed;

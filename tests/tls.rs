@@ -16,14 +16,15 @@ use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, 
 use crate::harness::{ServerProc, TrackerProc, bin, random_file, run, run_cmd};
 use crate::netns::Netns;
 
-/// A CA (its certificate in `NAME-ca.pem`) that signs certificates for the names asked.
-struct Ca {
+/// A CA (its certificate in `NAME-ca.pem`) that signs certificates for the names asked
+/// (tests/web_seed.rs uses it too).
+pub(crate) struct Ca {
     issuer: CertifiedIssuer<'static, KeyPair>,
     pem: String,
 }
 
 impl Ca {
-    fn new(name: &str) -> Ca {
+    pub(crate) fn new(name: &str) -> Ca {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params
@@ -35,13 +36,13 @@ impl Ca {
     }
 
     /// Writes the CA's certificate to `dir/file`.
-    fn write(&self, dir: &Path, file: &str) {
+    pub(crate) fn write(&self, dir: &Path, file: &str) {
         std::fs::write(dir.join(file), &self.pem).unwrap();
     }
 
     /// A certificate for `names` signed by this CA, written with its key as `stem.pem`
     /// and `stem.key` in `dir`.
-    fn issue(&self, dir: &Path, stem: &str, names: &[&str]) {
+    pub(crate) fn issue(&self, dir: &Path, stem: &str, names: &[&str]) {
         let key = KeyPair::generate().unwrap();
         let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
         let cert = CertificateParams::new(names)

@@ -380,6 +380,7 @@ mod tests {
             chunk_count: 4,
             peers: Vec::new(),
             origins: Vec::new(),
+            origin_urls: Vec::new(),
             your_addr: None,
             instance: None,
             warming_up_secs: None,

@@ -61,6 +61,11 @@ enum Command {
         tag: Option<TagRef>,
         #[command(flatten)]
         tls: cli::TrackerTlsArgs,
+        /// An http:// or https:// URL serving the asset's bytes (a web server, an S3
+        /// bucket, a CDN: anything that answers Range requests), used by clients as an
+        /// origin. Repeatable, at most 8; more later with `origin add`.
+        #[arg(long = "origin-url", value_name = "URL", value_parser = origin_url_arg)]
+        origin_urls: Vec<String>,
     },
     /// Point a tag at an asset already published (the tag moves atomically; its history
     /// is kept: see `peer_client tags NAME`).
@@ -119,6 +124,9 @@ enum Command {
         #[command(flatten)]
         tls: cli::TrackerTlsArgs,
     },
+    /// Manage an asset's origin URLs (web seeds) in the tracker's catalog.
+    #[command(subcommand)]
+    Origin(OriginCommand),
     /// Get an asset into the store and write it to a file, or stream it to stdout.
     ///
     /// Sources in order: the local store, then peers, then the origin. While it downloads,
@@ -155,6 +163,43 @@ enum Command {
     ///   peer_client cache rm 3f5c…e1 --cache /srv/swarmcache
     #[command(verbatim_doc_comment)]
     Cache(CacheArgs),
+}
+
+#[derive(Subcommand)]
+enum OriginCommand {
+    /// List an origin URL for a published asset: clients fetch from it where they would
+    /// from a peer_server --origin (the publish right).
+    ///
+    /// The server must answer Range requests with 206 and the exact Content-Range, and
+    /// must not compress the file (clients send Accept-Encoding: identity). Prints the
+    /// asset's origin URLs, one a line.
+    ///
+    /// Example:
+    ///   peer_client origin add "$ID" https://cdn.example.com/big.iso --tracker https://t:7443
+    #[command(verbatim_doc_comment)]
+    Add {
+        /// The asset id (64 hex digits).
+        #[arg(value_parser = cli::asset_id_arg)]
+        id: AssetId,
+        /// The URL, http:// or https://.
+        #[arg(value_parser = origin_url_arg)]
+        url: String,
+        /// Tracker URL, e.g. http://127.0.0.1:7070.
+        #[arg(long, env = "SWARMCACHE_TRACKER", value_parser = cli::tracker_arg)]
+        tracker: String,
+        /// Token with the publish right, for a tracker started with --auth.
+        #[arg(long, env = "SWARMCACHE_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        #[command(flatten)]
+        tls: cli::TrackerTlsArgs,
+    },
+}
+
+/// Checks an origin URL for clap.
+fn origin_url_arg(text: &str) -> Result<String, String> {
+    swarmcache::origin_url::check(text)
+        .map(str::to_string)
+        .map_err(|e| format!("{e:#}"))
 }
 
 #[derive(clap::Args)]
@@ -360,13 +405,21 @@ fn run(args: Args) -> Result<u8> {
             token,
             tag,
             tls,
+            origin_urls,
         } => {
+            let origin_urls =
+                swarmcache::origin_url::check_all(origin_urls.iter().map(|u| u.as_str()))?;
             let (manifest, key) = read_manifest(&manifest)?;
             let tracker = TrackerClient::with_tls(&tracker, &tls.tls())?.with_token(token);
             let answer = match &tag {
                 Some(tag) => tracker.publish_tagged(&manifest, key.as_ref(), tag)?,
                 None => tracker.publish_keyed(&manifest, key.as_ref())?,
             };
+            for url in &origin_urls {
+                tracker
+                    .add_origin_url(&manifest.id(), url)
+                    .with_context(|| format!("listing the origin URL {url} for {}", answer.id))?;
+            }
             cli::println(&answer.id)?;
         }
         Command::Tag {
@@ -435,6 +488,20 @@ fn run(args: Args) -> Result<u8> {
                 format!("; tags now pointing at nothing: {}", answer.tags.join(", "))
             };
             eprintln!("peer_client: unpublished {}{tags}", answer.id);
+        }
+        Command::Origin(OriginCommand::Add {
+            id,
+            url,
+            tracker,
+            token,
+            tls,
+        }) => {
+            let answer = TrackerClient::with_tls(&tracker, &tls.tls())?
+                .with_token(token)
+                .add_origin_url(&id, &url)?;
+            for url in &answer.origin_urls {
+                cli::println(url)?;
+            }
         }
         Command::Get(args) => return get(*args),
         Command::Gateway(args) => return gateway(*args),

@@ -37,12 +37,14 @@ mod depth;
 pub mod feed;
 mod output;
 mod plan;
+mod ranges;
 mod scheduler;
 mod serving;
 mod sources;
 pub mod stream;
 mod summary;
 mod uplink;
+mod web_seed;
 mod worker;
 
 use std::fs::File;
@@ -334,15 +336,16 @@ fn fetch(
                 bail!("interrupted while waiting for a source; run the same command again");
             }
             let count = manifest.chunk_count();
-            let sources: Vec<Source> = first
+            let mut sources: Vec<Source> = first
                 .peers
                 .iter()
                 .chain(&first.origins)
                 .map(Source::from_info)
                 .collect();
+            sources.extend(first.web_origins().map(Source::web));
             if sources.is_empty() {
                 return Err(Failure::NoSource.error(format!(
-                    "the tracker knows no peer or origin for {}; start a peer_server that holds it",
+                    "the tracker knows no peer or origin for {}; start a peer_server that holds it, or list an origin URL (peer_client origin add)",
                     config.asset
                 )));
             }

@@ -987,6 +987,7 @@ impl Plan {
                 (verdict, complaint)
             }
             End::Busy(error) | End::Failed(error) => (self.retry_later(source, error, now), None),
+            End::Unfit(error) => (self.drop_source(source, error, now), None),
         };
         // A peer slot may be free: the next waiting peer takes it.
         self.fill_peer_slots(now);

@@ -27,6 +27,7 @@ use super::serving::{UNLIMITED, Yielding};
 use super::sources::{End, Source};
 use super::summary::{Downloaded, Meter};
 use super::uplink::{Observation, UplinkControl};
+use super::web_seed::{self, WebSeed};
 use super::worker::{self, Job, Jobs, Report, Socket, Ticket, Worker};
 
 /// Progress is synced and recorded this often, bounding what a crash can lose.
@@ -111,6 +112,9 @@ pub(crate) struct Scheduler<'a> {
     meter: Meter,
     watch: Watch,
     yielding: Option<Yield>,
+    /// The HTTP client of the origin URLs, made when the first one is connected to, and
+    /// why its TLS setup failed, if it did.
+    web_agent: Option<(ureq::Agent, Option<String>)>,
 }
 
 impl<'a> Scheduler<'a> {
@@ -175,6 +179,7 @@ impl<'a> Scheduler<'a> {
                 next: Instant::now() + YIELD_EVERY,
             }),
             watch,
+            web_agent: None,
         }
     }
 
@@ -347,7 +352,9 @@ impl<'a> Scheduler<'a> {
         let mut arrived = false;
         match event {
             Event::Worker(Report::Ready { conn, have, rtt }) => {
-                self.plan.round_trip(conn, rtt);
+                if let Some(rtt) = rtt {
+                    self.plan.round_trip(conn, rtt);
+                }
                 self.plan.ready(conn, have);
             }
             Event::Worker(Report::Gained { conn, indices }) => self.plan.gained(conn, &indices),
@@ -402,6 +409,12 @@ impl<'a> Scheduler<'a> {
                     .chain(&answer.origins)
                     .filter(|info| !known.iter().any(|s| s.addr == info.addr))
                     .map(Source::from_info)
+                    .chain(
+                        answer
+                            .web_origins()
+                            .filter(|url| !known.iter().any(|s| s.addr == *url))
+                            .map(Source::web),
+                    )
                     .collect();
                 let share = answer.share(count);
                 self.plan.take_swarm(new, share, now);
@@ -467,6 +480,41 @@ impl<'a> Scheduler<'a> {
             }
         };
         let source = self.plan.conns()[conn].source;
+        if self.plan.sources()[source].web {
+            let url = &self.plan.sources()[source].addr;
+            let agent = match self.web_agent(url.starts_with("https://")) {
+                Ok(agent) => agent,
+                Err(error) => {
+                    let end = End::Unfit(error);
+                    let _ = events.send(Event::Worker(Report::Closed { conn, end }));
+                    self.links.push(Link {
+                        jobs: None,
+                        socket,
+                        handle: None,
+                    });
+                    return;
+                }
+            };
+            let seed = WebSeed {
+                conn,
+                url: self.plan.sources()[source].addr.clone(),
+                agent,
+                manifest: Arc::clone(&self.manifest),
+                data: self.partial.data(),
+                chunk_timeout: self.config.chunk_timeout,
+                limiter: self.limiter.clone(),
+                tell: Box::new(move |report| {
+                    let _ = events.send(Event::Worker(report));
+                }),
+            };
+            let handle = std::thread::spawn(move || seed.run(jobs_rx));
+            self.links.push(Link {
+                jobs: Some(jobs_tx),
+                socket,
+                handle: Some(handle),
+            });
+            return;
+        }
         let worker = Worker {
             socket: Arc::clone(&socket),
             ticket: Arc::clone(&self.watch.ticket),
@@ -494,6 +542,21 @@ impl<'a> Scheduler<'a> {
             socket,
             handle: Some(handle),
         });
+    }
+
+    /// The HTTP client of the origin URLs, made at the first one. Its TLS setup is made
+    /// then too; when that fails (no CA found, a bad `--ca-cert`), `https://` URLs cannot be
+    /// used and say why, while `http://` ones still can.
+    fn web_agent(&mut self, https: bool) -> Result<ureq::Agent, String> {
+        let (agent, tls_error) = self.web_agent.get_or_insert_with(|| {
+            let tls = web_seed::tls_config(self.config.tracker_tls.ca_cert.as_deref());
+            let agent = web_seed::agent(tls.as_ref().ok(), self.config.chunk_timeout);
+            (agent, tls.err().map(|e| format!("{e:#}")))
+        });
+        match tls_error {
+            Some(error) if https => Err(error.clone()),
+            _ => Ok(agent.clone()),
+        }
     }
 
     /// Ends every connection. Those still waiting for a reply (a hedged request, a stalled

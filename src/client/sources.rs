@@ -46,6 +46,9 @@ pub(crate) enum End {
     Failed(String),
     /// The source sent bad data: never use it again in this download.
     Lied(String),
+    /// The source cannot serve as an origin at all (an origin URL whose server ignores
+    /// ranges, encodes the content, or holds another file): dropped, not reported.
+    Unfit(String),
     /// Writing to the local store failed: no source can help, so the download stops.
     Local(String),
 }
@@ -73,6 +76,9 @@ pub(crate) struct Source {
     pub(crate) addr: String,
     /// Whether it is an origin.
     pub(crate) origin: bool,
+    /// Whether it is an origin URL (a web seed: `addr` is the URL), fetched over HTTP(S)
+    /// rather than the peer wire.
+    pub(crate) web: bool,
     /// What the source holds, as far as we know.
     pub(crate) have: Holdings,
     /// Whether the tracker listed it as complete: a hint for whom to connect to first, never
@@ -113,6 +119,7 @@ impl Source {
             peer_id: peer_id.to_string(),
             addr: addr.to_string(),
             origin,
+            web: false,
             have,
             said_complete: false,
             refused: HashSet::new(),
@@ -152,6 +159,15 @@ impl Source {
         }
     }
 
+    /// An origin URL from the tracker's answer: an origin, holding every chunk. Its id in
+    /// complaints is the URL itself, which the tracker knows from the catalog.
+    pub(crate) fn web(url: &str) -> Source {
+        Source {
+            web: true,
+            ..Source::new(url, url, true, Holdings::All)
+        }
+    }
+
     /// Whether the source holds chunk `index` and has not refused it.
     pub(crate) fn holds(&self, index: u32) -> bool {
         self.has_bit(index) && !self.refused.contains(&index)
@@ -184,9 +200,13 @@ impl Source {
         self.holds(index) != before
     }
 
-    /// "origin" or "peer", for messages.
+    /// "origin URL", "origin" or "peer", for messages.
     pub(crate) fn kind(&self) -> &'static str {
-        if self.origin { "origin" } else { "peer" }
+        match (self.web, self.origin) {
+            (true, _) => "origin URL",
+            (false, true) => "origin",
+            (false, false) => "peer",
+        }
     }
 
     /// Takes in how long one chunk of `len` bytes took to serve (moving average: a

@@ -63,8 +63,9 @@ pub(crate) enum Report {
         /// What its source holds.
         have: Bitfield,
         /// From the have request sent to the whole answer, on a connection with nothing
-        /// else in flight: a round trip (and a small frame).
-        rtt: Duration,
+        /// else in flight: a round trip (and a small frame). `None` from a web seed, which
+        /// has no such exchange.
+        rtt: Option<Duration>,
     },
     /// The source says it gained these chunks (each below the chunk count).
     Gained {
@@ -132,6 +133,14 @@ pub(crate) fn jobs() -> std::io::Result<(Jobs, JobsRx)> {
     let (waker, wait) = wake::pair()?;
     let (tx, rx) = unbounded();
     Ok((Jobs { tx, waker }, JobsRx { rx, wait }))
+}
+
+impl JobsRx {
+    /// The jobs, for a worker that waits on nothing else (a web seed: its socket is
+    /// ureq's, and is read only while an answer is due).
+    pub(crate) fn channel(&self) -> &Receiver<Job> {
+        &self.rx
+    }
 }
 
 impl Jobs {
@@ -288,7 +297,7 @@ impl Worker {
                 (self.tell)(Report::Ready {
                     conn: self.conn,
                     have,
-                    rtt: asked.elapsed(),
+                    rtt: Some(asked.elapsed()),
                 });
                 Ok(complete)
             }

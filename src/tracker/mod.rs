@@ -43,6 +43,7 @@ mod batch;
 pub mod catalog;
 mod housekeeping;
 mod identity;
+mod origin_urls;
 mod plan;
 mod probe;
 mod routes;
@@ -68,6 +69,7 @@ use crate::manifest::AssetId;
 use crate::ratelimit::AddressLimiter;
 use crate::sync::{LockExt, RwLockExt};
 use catalog::Catalog;
+use origin_urls::OriginUrls;
 use probe::{Probe, Prober};
 use secrets::Secrets;
 use swarm::Swarm;
@@ -202,6 +204,8 @@ struct State {
     secrets: Secrets,
     /// Names, tags and unpublished assets.
     tags: tags::Tags,
+    /// The origin URLs (web seeds) of the assets that list any, beside the catalog.
+    origin_urls: OriginUrls,
     /// Write-locked only to add a swarm; each swarm has its own lock.
     swarms: RwLock<HashMap<AssetId, Arc<Mutex<Swarm>>>>,
     started: Instant,
@@ -278,6 +282,7 @@ impl Tracker {
                 log::info!("finished unpublishing {id}: its manifest was still in the catalog");
             }
         }
+        let origin_urls = OriginUrls::open(&config.data)?;
         let auth = match &config.auth {
             Some(path) => Some(Auth {
                 tokens: RwLock::new(Arc::new(Tokens::load(path)?)),
@@ -323,6 +328,7 @@ impl Tracker {
             catalog,
             secrets,
             tags,
+            origin_urls,
             swarms: RwLock::new(HashMap::new()),
             started,
             warm_up,

@@ -12,13 +12,14 @@ use serde::Serialize;
 
 use super::catalog::{Busy, Entry};
 use super::identity::Identity;
+use super::origin_urls::Added;
 use super::probe::Probe;
 use super::secrets::Put;
 use super::swarm::Announce;
 use super::{State, heartbeat};
 use crate::api::{
     AnnounceEvent, AnnounceRequest, AnnounceResponse, AssetSummary, ContentKeyResponse, ErrorBody,
-    KeysResponse, PeerInfo, PublishResponse,
+    KeysResponse, OriginUrlRequest, OriginUrlsResponse, PeerInfo, PublishResponse,
 };
 use crate::auth::{Action, Denied, Grant};
 use crate::bitfield::Bitfield;
@@ -149,6 +150,21 @@ impl State {
                 allow(Action::Fetch(&id))?;
                 self.content_key(&id, request)
             }
+            (Post, ["assets", id, "origins"]) => {
+                rate_limit(&self.publish_limit, remote, "publishes")?;
+                let id = parse_id(id)?;
+                allow(Action::Publish)?;
+                let body = read_body(request, MAX_JSON_BODY)?;
+                let req: OriginUrlRequest = serde_json::from_str(&body)
+                    .map_err(|e| err(400, format!("origin URL body is not valid JSON: {e}")))?;
+                self.add_origin_url(&id, &req.url)
+            }
+            (Get, ["assets", id, "origins"]) => {
+                let id = parse_id(id)?;
+                allow(Action::Fetch(&id))?;
+                self.manifest(&id)?;
+                Ok(json(200, &self.origin_urls_of(&id, false)))
+            }
             (Post, ["announce"]) => self.announce_batch(request, remote, token.as_deref()),
             (Get, ["assets", id, "peers"]) => {
                 let id = parse_id(id)?;
@@ -157,7 +173,7 @@ impl State {
             }
             (_, ["health" | "keys" | "stats" | "metrics" | "assets" | "announce"])
             | (_, ["assets", _])
-            | (_, ["assets", _, "announce" | "peers" | "key"]) => {
+            | (_, ["assets", _, "announce" | "peers" | "key" | "origins"]) => {
                 Err(err(405, format!("{method} is not allowed on {path}")))
             }
             _ => Err(err(
@@ -299,6 +315,32 @@ impl State {
         ))
     }
 
+    /// `POST /assets/{id}/origins`: lists an origin URL for a published asset.
+    fn add_origin_url(&self, id: &AssetId, url: &str) -> Result<Reply, HttpError> {
+        self.manifest(id)?;
+        crate::origin_url::check(url).map_err(|e| err(400, format!("{e:#}")))?;
+        match self.origin_urls.add(id, url) {
+            Ok(Added::Stored) => Ok(json(201, &self.origin_urls_of(id, true))),
+            Ok(Added::Same) => Ok(json(200, &self.origin_urls_of(id, false))),
+            Ok(Added::Full) => Err(err(
+                409,
+                format!(
+                    "asset {id} lists {} origin URLs already, the most allowed",
+                    crate::origin_url::MAX_ORIGIN_URLS
+                ),
+            )),
+            Err(e) => Err(err(500, format!("storing the origin URL failed: {e:#}"))),
+        }
+    }
+
+    fn origin_urls_of(&self, id: &AssetId, added: bool) -> OriginUrlsResponse {
+        OriginUrlsResponse {
+            id: id.to_string(),
+            origin_urls: self.origin_urls.get(id).to_vec(),
+            added,
+        }
+    }
+
     /// Holds the content key a publish brought, before the manifest is stored: a key that
     /// came in clear from another host, or that would change an asset's key, is refused.
     fn keep_key(
@@ -416,7 +458,17 @@ impl State {
             )
             .map_err(|r| err(r.status, r.message))?;
         self.probe(&id, std::mem::take(&mut answer.probes));
-        let has_sources = !answer.peers.is_empty() || !answer.origins.is_empty();
+        let origin_urls = self.origin_urls.get(&id);
+        // An origin URL is the operator's, like an origin: a report of it is logged, for
+        // whoever looks after that server, and never bans anything.
+        for url in req.corrupt.iter().filter(|c| origin_urls.contains(c)) {
+            log::warn!(
+                "origin URL {url} of {id} was reported for corrupt data by {}; check the file it serves",
+                holder.who
+            );
+        }
+        let has_sources =
+            !answer.peers.is_empty() || !answer.origins.is_empty() || !origin_urls.is_empty();
         // Written while the swarm is locked (that swarm only): the answer borrows its
         // peers' strings.
         Ok(json(
@@ -431,6 +483,7 @@ impl State {
                 chunk_count,
                 peers: answer.peers,
                 origins: answer.origins,
+                origin_urls: origin_urls.iter().map(String::as_str).collect(),
                 your_addr: addr.map(|a| a.to_string()),
                 origin_share: answer.origin_share,
                 ticket: self

@@ -1023,6 +1023,7 @@ mod tests {
             chunk_count: count,
             peers: answer.peers,
             origins: answer.origins,
+            origin_urls: Vec::new(),
             your_addr: Some("127.0.0.1:1000".into()),
             instance: Some("0123456789abcdef0123456789abcdef"),
             warming_up_secs: None,
