@@ -577,7 +577,7 @@ impl TrackerClient {
     /// answer lists them all.
     pub fn add_origin_url(&self, id: &AssetId, url: &str) -> Result<OriginUrlsResponse> {
         crate::origin_url::check(url)?;
-        let endpoint = format!("{}/assets/{id}/origins", self.base);
+        let endpoint = format!("{}/assets/{id}/origins", self.base());
         let body = serde_json::to_string(&OriginUrlRequest {
             url: url.to_string(),
         })

@@ -412,6 +412,8 @@ impl super::State {
                 chunk_count,
                 peers: answer.peers,
                 origins: answer.origins,
+                // This tracker's list (its data directory): not shared through Redis yet.
+                origin_urls: self.origin_urls.get(&id).to_vec(),
                 your_addr: addr.map(|a| a.to_string()),
                 origin_share: answer.origin_share,
                 ticket: self
