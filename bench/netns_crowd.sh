@@ -16,12 +16,17 @@
 #   MODE=single bench/netns_crowd.sh                # one client: get vs curl at RTT 0/10/50/100 ms
 #   MODE=single SINGLE_MBIT=1000 RTTS=0,50 bench/netns_crowd.sh
 #   SHOW_CLIENTS=1 NS=8 RUNS=1 bench/netns_crowd.sh # each client's JSON summary
+#   MODE=viewer bench/netns_crowd.sh                # a --stream viewer whose uplink 8 pullers fill
+#   MODE=viewer PULLERS=8 BITRATE_MBIT=8 PULL_DELAY_MS=1000 VIEWER_MBIT=50 bench/netns_crowd.sh
+# The viewer mode plays the stream at BITRATE_MBIT, so a run lasts F / bitrate (64 MiB at
+# 8 Mbit/s: 67 s): its SIZE_MIB defaults to 64. Caps there: ORIGIN_MBIT (200), VIEWER_MBIT
+# and PULLER_MBIT (50).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODE=${MODE:-crowd}
 NS=${NS:-"8 16 32 64"}
 RUNS=${RUNS:-3}
-SIZE_MIB=${SIZE_MIB:-256}
+if [ "$MODE" = viewer ]; then SIZE_MIB=${SIZE_MIB:-64}; else SIZE_MIB=${SIZE_MIB:-256}; fi
 RTT_MS=${RTT_MS:-0}
 TIMEOUT_S=${TIMEOUT_S:-300}
 [ "$(id -u)" = 0 ] || { echo "netns_crowd.sh: needs root (network namespaces, tc)" >&2; exit 2; }
@@ -62,6 +67,14 @@ trap 'exit 130' INT TERM
 common=(--bin "$B" --work "$W" --size-mib "$SIZE_MIB" --runs "$RUNS" ${CHUNK:+--chunk-size "$CHUNK"})
 if [ "$MODE" = single ]; then
   "$B/examples/netns_crowd" "${common[@]}" single --mbit "${SINGLE_MBIT:-1000}" --rtts "${RTTS:-0,10,50,100}" &
+  driver=$!; wait "$driver"; driver=""
+  exit 0
+fi
+if [ "$MODE" = viewer ]; then
+  "$B/examples/netns_crowd" "${common[@]}" viewer --pullers "${PULLERS:-8}" \
+    --origin-mbit "${ORIGIN_MBIT:-200}" --viewer-mbit "${VIEWER_MBIT:-50}" \
+    --puller-mbit "${PULLER_MBIT:-50}" --bitrate-mbit "${BITRATE_MBIT:-8}" \
+    --pull-delay-ms "${PULL_DELAY_MS:-1000}" --rtt-ms "$RTT_MS" --timeout-s "$TIMEOUT_S" &
   driver=$!; wait "$driver"; driver=""
   exit 0
 fi

@@ -11,6 +11,13 @@
 //! - `single`: one client and one origin on a capped link, at several round trips: our
 //!   `get` next to `curl` from a plain HTTP server (nginx, else python3 -m http.server)
 //!   serving the same file over the same relay.
+//! - `viewer`: a tracker host, an origin host, a viewer host and P puller hosts. The viewer
+//!   runs `peer_client get --stream` into a player (a thread of this driver reading the pipe
+//!   at a playback bitrate: the pipe is the only buffer); a moment later the P pullers `get`
+//!   the same asset and find the viewer as a peer, so its uplink fills with their requests.
+//!   Prints the viewer's first byte, stalls and stall seconds (its summary), the player's
+//!   own underruns, the viewer's upload, the pullers' wall and whether every copy (what
+//!   the player read included) is exact, then medians.
 //!
 //! Everything it creates is removed on exit; run as root.
 
@@ -21,6 +28,7 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
+use std::process::ChildStdout;
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
@@ -86,6 +94,34 @@ enum Mode {
         #[arg(long, default_value = "0,10,50,100", value_delimiter = ',')]
         rtts: Vec<u64>,
     },
+    /// A streaming viewer whose uplink pullers fill.
+    Viewer {
+        /// Puller hosts.
+        #[arg(long, default_value_t = 8)]
+        pullers: usize,
+        /// The origin host's egress cap, Mbit/s.
+        #[arg(long, default_value_t = 200)]
+        origin_mbit: u64,
+        /// The viewer host's egress cap, Mbit/s.
+        #[arg(long, default_value_t = 50)]
+        viewer_mbit: u64,
+        /// Each puller host's egress cap, Mbit/s.
+        #[arg(long, default_value_t = 50)]
+        puller_mbit: u64,
+        /// The player's playback bitrate, Mbit/s.
+        #[arg(long, default_value_t = 8)]
+        bitrate_mbit: u64,
+        /// How long after the viewer the pullers start, ms.
+        #[arg(long, default_value_t = 1000)]
+        pull_delay_ms: u64,
+        /// Round trip added on every path, ms (0: no relays).
+        #[arg(long, default_value_t = 0)]
+        rtt_ms: u64,
+        /// A run whose viewer or pullers have not all exited this long after the viewer
+        /// started counts the rest as stuck (and kills them).
+        #[arg(long, default_value_t = 300)]
+        timeout_s: u64,
+    },
 }
 
 const TRACKER_PORT: u16 = 7070;
@@ -117,6 +153,32 @@ struct Daemon {
 
 impl Daemon {
     fn spawn(host: &Host, dir: &Path, program: &Path, args: &[&str], name: &str) -> Result<Daemon> {
+        let stdout = File::create(dir.join(format!("{name}.out")))?;
+        Daemon::spawn_to(host, dir, program, args, name, stdout.into())
+    }
+
+    /// As [`Daemon::spawn`], with stdout a pipe to the caller (its `.out` file stays empty).
+    fn spawn_piped(
+        host: &Host,
+        dir: &Path,
+        program: &Path,
+        args: &[&str],
+        name: &str,
+    ) -> Result<(Daemon, ChildStdout)> {
+        File::create(dir.join(format!("{name}.out")))?;
+        let mut daemon = Daemon::spawn_to(host, dir, program, args, name, Stdio::piped())?;
+        let pipe = daemon.child.stdout.take().context("no stdout pipe")?;
+        Ok((daemon, pipe))
+    }
+
+    fn spawn_to(
+        host: &Host,
+        dir: &Path,
+        program: &Path,
+        args: &[&str],
+        name: &str,
+        out: Stdio,
+    ) -> Result<Daemon> {
         let (stdout, stderr) = (
             dir.join(format!("{name}.out")),
             dir.join(format!("{name}.err")),
@@ -131,7 +193,7 @@ impl Daemon {
             .command(program, dir)
             .args(args)
             .stdin(Stdio::null())
-            .stdout(File::create(&stdout)?)
+            .stdout(out)
             .stderr(File::create(&stderr)?)
             .spawn()
             .with_context(|| format!("starting {what}"))?;
@@ -388,7 +450,58 @@ fn run(args: Args) -> Result<()> {
             crowd(&args, &bins, dir, &sum, &setup)
         }
         Mode::Single { mbit: rate, rtts } => single(&args, &bins, dir, &sum, mbit(*rate), rtts),
+        Mode::Viewer {
+            pullers,
+            origin_mbit,
+            viewer_mbit,
+            puller_mbit,
+            bitrate_mbit,
+            pull_delay_ms,
+            rtt_ms,
+            timeout_s,
+        } => {
+            let setup = ViewerSetup {
+                pullers: *pullers,
+                origin_rate: mbit(*origin_mbit),
+                viewer_rate: mbit(*viewer_mbit),
+                puller_rate: mbit(*puller_mbit),
+                bitrate: mbit(*bitrate_mbit),
+                pull_delay: Duration::from_millis(*pull_delay_ms),
+                delay_ms: rtt_ms / 2,
+                timeout: Duration::from_secs(*timeout_s),
+            };
+            viewer(&args, &bins, dir, &sum, &setup)
+        }
     }
+}
+
+/// The arguments of a serving `peer_client get` named `name` in `dir` (store `name`,
+/// output `name.bin`, or stdout with `stream`), after removing what an earlier run left.
+fn get_argv(
+    servers: &Servers,
+    dir: &Path,
+    name: &str,
+    service: &Service,
+    stream: bool,
+) -> Vec<String> {
+    let _ = std::fs::remove_dir_all(dir.join(name));
+    let _ = std::fs::remove_file(dir.join(format!("{name}.bin")));
+    let (listen, reach) = (service.listen.to_string(), service.reach.to_string());
+    let out = format!("{name}.bin");
+    let output: &[&str] = if stream { &["--stream"] } else { &["-o", &out] };
+    let mut argv = vec!["get", &servers.id, "--tracker", &servers.url];
+    argv.extend_from_slice(output);
+    argv.extend_from_slice(&[
+        "--store",
+        name,
+        "--listen",
+        &listen,
+        "--advertise-addr",
+        &reach,
+        "--json",
+        "--quiet",
+    ]);
+    argv.iter().map(|s| s.to_string()).collect()
 }
 
 struct CrowdSetup {
@@ -454,30 +567,7 @@ fn crowd(args: &Args, bins: &Bins, dir: &Path, sum: &str, setup: &CrowdSetup) ->
                 dir,
                 &format!("c{i}-relay"),
             )?);
-            let _ = std::fs::remove_dir_all(dir.join(format!("c{i}")));
-            let _ = std::fs::remove_file(dir.join(format!("c{i}.bin")));
-            let (listen, reach) = (service.listen.to_string(), service.reach.to_string());
-            let (out, store) = (format!("c{i}.bin"), format!("c{i}"));
-            let argv: Vec<String> = [
-                "get",
-                &servers.id,
-                "--tracker",
-                &servers.url,
-                "-o",
-                &out,
-                "--store",
-                &store,
-                "--listen",
-                &listen,
-                "--advertise-addr",
-                &reach,
-                "--json",
-                "--quiet",
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-            commands.push(argv);
+            commands.push(get_argv(&servers, dir, &format!("c{i}"), &service, false));
         }
         let origin_before = crowd.host(1).tx_bytes().map_err(anyhow::Error::msg)?;
         let started = Instant::now();
@@ -580,6 +670,362 @@ fn crowd(args: &Args, bins: &Bins, dir: &Path, sum: &str, setup: &CrowdSetup) ->
         args.runs
     );
     Ok(())
+}
+
+/// A read that arrives this much after the player wanted it counts as an underrun: less is
+/// the sleep and scheduling jitter of a loaded box, which a real player's few frames of
+/// decoded buffer absorb.
+const UNDERRUN_SLACK: Duration = Duration::from_millis(50);
+
+/// A player's clock: byte b is due at start + b / rate, and the clock restarts later by
+/// however late a byte came (a player that rebuffers resumes from where it stopped).
+#[derive(Debug)]
+struct Playback {
+    /// Bytes per second.
+    rate: f64,
+    /// When byte 0 was played, shifted by every underrun so far.
+    start: Option<Instant>,
+    underruns: u32,
+    underrun_secs: f64,
+    /// The longest underrun: how late, and at which second of the playback.
+    longest: (f64, f64),
+    /// When each underrun ended, and how late it was.
+    events: Vec<(Instant, f64)>,
+}
+
+impl Playback {
+    fn new(rate: f64) -> Playback {
+        Playback {
+            rate,
+            start: None,
+            underruns: 0,
+            underrun_secs: 0.0,
+            longest: (0.0, 0.0),
+            events: Vec::new(),
+        }
+    }
+
+    /// When the player wants the byte at `offset` (now, before the first byte).
+    fn due(&self, offset: u64, now: Instant) -> Instant {
+        match self.start {
+            Some(start) => start + Duration::from_secs_f64(offset as f64 / self.rate),
+            None => now,
+        }
+    }
+
+    /// Bytes from `offset` on arrived at `now`: starts the clock on the first, counts an
+    /// underrun (and restarts the clock) when they came later than due by over the slack.
+    fn arrived(&mut self, offset: u64, now: Instant) {
+        let Some(start) = self.start else {
+            self.start = Some(now);
+            return;
+        };
+        let late = now.saturating_duration_since(self.due(offset, now));
+        if late > UNDERRUN_SLACK {
+            self.underruns += 1;
+            self.underrun_secs += late.as_secs_f64();
+            if late.as_secs_f64() > self.longest.0 {
+                self.longest = (late.as_secs_f64(), offset as f64 / self.rate);
+            }
+            self.events.push((now, late.as_secs_f64()));
+            self.start = Some(start + late);
+        }
+    }
+}
+
+/// What the player read.
+struct Played {
+    bytes: u64,
+    sha256: String,
+    underruns: u32,
+    underrun_secs: f64,
+    longest: (f64, f64),
+    events: Vec<(Instant, f64)>,
+}
+
+/// Reads `pipe` to its end as a player at `rate` bytes/s would: a small read each time
+/// the playback reaches the end of what it has, never ahead (the pipe is the only buffer).
+fn play(mut pipe: impl Read, rate: f64) -> std::io::Result<Played> {
+    // 20 ms of playback per read, so that the pipe, not this buffer, holds what is ahead.
+    let mut buf = vec![0; ((rate / 50.0) as usize).clamp(4 << 10, 64 << 10)];
+    let (mut clock, mut hasher, mut offset) = (Playback::new(rate), Sha256::new(), 0u64);
+    loop {
+        let wait = clock
+            .due(offset, Instant::now())
+            .saturating_duration_since(Instant::now());
+        std::thread::sleep(wait);
+        let n = pipe.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        clock.arrived(offset, Instant::now());
+        hasher.update(&buf[..n]);
+        offset += n as u64;
+    }
+    Ok(Played {
+        bytes: offset,
+        sha256: hex::encode(hasher.finalize()),
+        underruns: clock.underruns,
+        underrun_secs: clock.underrun_secs,
+        longest: clock.longest,
+        events: clock.events,
+    })
+}
+
+struct ViewerSetup {
+    pullers: usize,
+    origin_rate: u64,
+    viewer_rate: u64,
+    puller_rate: u64,
+    bitrate: u64,
+    pull_delay: Duration,
+    delay_ms: u64,
+    timeout: Duration,
+}
+
+/// The last line of `text` that is a JSON object (the summary of a `get --json`).
+fn last_json(text: &str) -> Option<serde_json::Value> {
+    text.lines()
+        .rev()
+        .find_map(|l| serde_json::from_str::<serde_json::Value>(l.trim()).ok())
+        .filter(serde_json::Value::is_object)
+}
+
+fn viewer(args: &Args, bins: &Bins, dir: &Path, sum: &str, setup: &ViewerSetup) -> Result<()> {
+    let p = setup.pullers;
+    // Hosts: 0 tracker, 1 origin, 2 viewer, 3.. pullers.
+    let Some(crowd) = Crowd::create("netns_crowd viewer", 3 + p) else {
+        bail!("cannot make the hosts (see above)");
+    };
+    crowd
+        .cap(1, setup.origin_rate)
+        .map_err(anyhow::Error::msg)?;
+    crowd
+        .cap(2, setup.viewer_rate)
+        .map_err(anyhow::Error::msg)?;
+    for i in 0..p {
+        crowd
+            .cap(3 + i, setup.puller_rate)
+            .map_err(anyhow::Error::msg)?;
+    }
+    let f = args.size_mib << 20;
+    println!(
+        "viewer + {p} pullers, F={} MiB, caps origin/viewer/puller {}/{}/{} Mbit/s, playback {} Mbit/s, \
+         pullers {} ms after the viewer, RTT {} ms",
+        args.size_mib,
+        setup.origin_rate / 1_000_000,
+        setup.viewer_rate / 1_000_000,
+        setup.puller_rate / 1_000_000,
+        setup.bitrate / 1_000_000,
+        setup.pull_delay.as_millis(),
+        setup.delay_ms * 2
+    );
+    println!(
+        "{:<4} {:>8} {:>6} {:>8} {:>9} {:>8} {:>9} {:>10} {:>5} {:>7} {:>6}",
+        "run",
+        "first_s",
+        "stalls",
+        "stall_s",
+        "underruns",
+        "under_s",
+        "up_MiB",
+        "pullers_s",
+        "exact",
+        "failed",
+        "stuck"
+    );
+    let mut rows: Vec<[f64; 7]> = Vec::new();
+    let (mut failed_total, mut stuck_total, mut all_exact) = (0, 0, true);
+    for run in 1..=args.runs {
+        let servers = start_servers(
+            &crowd,
+            bins,
+            dir,
+            setup.delay_ms,
+            setup.origin_rate,
+            args.chunk_size.as_deref(),
+        )?;
+        let mut relays = Vec::new();
+        let mut commands = Vec::new();
+        for i in 0..=p {
+            let (host, rate) = match i {
+                0 => (crowd.host(2), setup.viewer_rate),
+                _ => (crowd.host(2 + i), setup.puller_rate),
+            };
+            let name = if i == 0 {
+                "v".to_string()
+            } else {
+                format!("p{i}")
+            };
+            let service = host.service(CLIENT_PORT, setup.delay_ms, Some(rate));
+            relays.extend(start_relay(
+                host,
+                &service,
+                bins,
+                dir,
+                &format!("{name}-relay"),
+            )?);
+            commands.push((
+                name.clone(),
+                get_argv(&servers, dir, &name, &service, i == 0),
+            ));
+        }
+        let argv: Vec<&str> = commands[0].1.iter().map(String::as_str).collect();
+        let (viewer, pipe) =
+            Daemon::spawn_piped(crowd.host(2), dir, &bins.get("peer_client"), &argv, "v")?;
+        let rate = setup.bitrate as f64 / 8.0;
+        let player = std::thread::spawn(move || play(pipe, rate));
+        let viewer_started = Instant::now();
+        std::thread::sleep(setup.pull_delay);
+        let started = Instant::now();
+        let mut running = vec![Some(viewer)];
+        for (i, (name, argv)) in commands.iter().enumerate().skip(1) {
+            let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+            running.push(Some(Daemon::spawn(
+                crowd.host(2 + i),
+                dir,
+                &bins.get("peer_client"),
+                &argv,
+                name,
+            )?));
+        }
+        let mut last_exit = started;
+        let mut failed = Vec::new();
+        let mut left = running.len();
+        while left > 0 && viewer_started.elapsed() < setup.timeout {
+            for (i, slot) in running.iter_mut().enumerate() {
+                let Some(client) = slot else { continue };
+                if let Some(status) = client.child.try_wait()? {
+                    if i > 0 {
+                        last_exit = Instant::now();
+                    }
+                    if !status.success() {
+                        failed.push(format!(
+                            "{} ended {status}: {}",
+                            commands[i].0,
+                            client.err()
+                        ));
+                    }
+                    *slot = None;
+                    left -= 1;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let pullers_wall = last_exit.duration_since(started).as_secs_f64();
+        let stuck: Vec<usize> = (0..=p).filter(|&i| running[i].is_some()).collect();
+        // Killing a stuck viewer closes the pipe: the player then reads to its end.
+        drop(running);
+        let played = match player.join() {
+            Ok(played) => played.context("the player's read of the viewer's stdout")?,
+            Err(_) => bail!("the player thread panicked"),
+        };
+        let summary = last_json(&std::fs::read_to_string(dir.join("v.err")).unwrap_or_default());
+        let field = |name: &str| summary.as_ref().and_then(|s| s[name].as_f64());
+        let mut exact = played.sha256 == sum && played.bytes == f;
+        if !exact && !stuck.contains(&0) {
+            failed.push(format!(
+                "the player read {} bytes, sha256 {}, not {f} bytes, {sum}",
+                played.bytes, played.sha256
+            ));
+        }
+        for (i, (name, _)) in commands.iter().enumerate().skip(1) {
+            if stuck.contains(&i) {
+                exact = false;
+                continue;
+            }
+            let out = dir.join(format!("{name}.bin"));
+            match sha256(&out) {
+                Ok(s) if s == sum => {}
+                Ok(s) => {
+                    exact = false;
+                    failed.push(format!("{name}: output sha256 {s}, not {sum}"));
+                }
+                Err(e) => {
+                    exact = false;
+                    if !failed.iter().any(|m| m.starts_with(&format!("{name} "))) {
+                        failed.push(format!("{name}: {e:#}"));
+                    }
+                }
+            }
+        }
+        for (name, _) in &commands {
+            let _ = std::fs::remove_file(dir.join(format!("{name}.bin")));
+            let _ = std::fs::remove_dir_all(dir.join(name));
+        }
+        drop(relays);
+        drop(servers);
+        for message in &failed {
+            eprintln!("  run {run}: {message}");
+        }
+        if played.underruns > 0 {
+            // Those after the pullers ended are not theirs (a loaded box's scheduling, or
+            // the viewer's own end).
+            let during: Vec<f64> = played
+                .events
+                .iter()
+                .filter(|(at, _)| *at <= last_exit)
+                .map(|(_, late)| *late)
+                .collect();
+            eprintln!(
+                "  run {run}: the player's longest underrun: {:.2} s, at {:.1} s of playback; \
+                 {} of {} ({:.2} s) while the pullers ran",
+                played.longest.0,
+                played.longest.1,
+                during.len(),
+                played.underruns,
+                during.iter().sum::<f64>()
+            );
+        }
+        for &i in &stuck {
+            eprintln!(
+                "  run {run}: {} had not exited {:?} after the viewer started (killed)",
+                commands[i].0, setup.timeout
+            );
+        }
+        let row = [
+            field("first_byte_secs").unwrap_or(f64::NAN),
+            field("stalls").unwrap_or(f64::NAN),
+            field("stall_secs").unwrap_or(f64::NAN),
+            played.underruns as f64,
+            played.underrun_secs,
+            field("uploaded").unwrap_or(f64::NAN) / (1 << 20) as f64,
+            pullers_wall,
+        ];
+        print_viewer_row(&run.to_string(), &row, exact, failed.len(), stuck.len());
+        rows.push(row);
+        all_exact &= exact;
+        failed_total += failed.len();
+        stuck_total += stuck.len();
+    }
+    let medians: Vec<f64> = (0..7)
+        .map(|c| median(&rows.iter().map(|r| r[c]).collect::<Vec<_>>()))
+        .collect();
+    let medians: [f64; 7] = medians.try_into().unwrap_or([f64::NAN; 7]);
+    print_viewer_row("med", &medians, all_exact, failed_total, stuck_total);
+    println!(
+        "(medians of {} runs; first_s, stalls, stall_s, up_MiB: the viewer's summary (a stall: a wait \
+         for a chunk after the first byte; up: bytes it served); underruns: the player's reads over \
+         {} ms late; pullers_s: from starting the pullers to the last exit; exact: every copy, what \
+         the player read included, has the file's sha256)",
+        args.runs,
+        UNDERRUN_SLACK.as_millis()
+    );
+    Ok(())
+}
+
+fn print_viewer_row(label: &str, r: &[f64; 7], exact: bool, failed: usize, stuck: usize) {
+    println!(
+        "{label:<4} {:>8.2} {:>6} {:>8.3} {:>9} {:>8.2} {:>9.1} {:>10.2} {:>5} {failed:>7} {stuck:>6}",
+        r[0],
+        r[1],
+        r[2],
+        r[3],
+        r[4],
+        r[5],
+        r[6],
+        if exact { "yes" } else { "no" }
+    );
 }
 
 /// The HTTP server for curl: nginx when installed (sendfile, as a CDN would), else
@@ -795,5 +1241,47 @@ mod tests {
         assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
         assert_eq!(median(&[]), 0.0);
+    }
+
+    #[test]
+    fn the_player_counts_a_late_read_once_and_resumes_from_it() {
+        // 1 000 bytes/s: byte 500 is due 0.5 s after the first.
+        let mut clock = Playback::new(1000.0);
+        let t0 = Instant::now();
+        assert_eq!(clock.due(0, t0), t0);
+        clock.arrived(0, t0);
+        assert_eq!(clock.due(500, t0), t0 + Duration::from_millis(500));
+        // On time, and late by less than the slack: no underrun.
+        clock.arrived(500, t0 + Duration::from_millis(500));
+        clock.arrived(600, t0 + Duration::from_millis(640));
+        assert_eq!(clock.underruns, 0);
+        // 0.3 s late: one underrun of 0.3 s, and the clock moves on by as much.
+        clock.arrived(700, t0 + Duration::from_millis(1000));
+        assert_eq!(clock.underruns, 1);
+        assert_eq!(
+            clock.events,
+            [(t0 + Duration::from_millis(1000), clock.longest.0)]
+        );
+        assert!((clock.underrun_secs - 0.3).abs() < 1e-6);
+        assert!((clock.longest.0 - 0.3).abs() < 1e-6 && clock.longest.1 == 0.7);
+        assert_eq!(clock.due(800, t0), t0 + Duration::from_millis(1100));
+        clock.arrived(800, t0 + Duration::from_millis(1100));
+        assert_eq!(clock.underruns, 1);
+    }
+
+    #[test]
+    fn the_player_reads_everything_and_hashes_it() {
+        let data: Vec<u8> = (0..100_000u32).map(|i| i as u8).collect();
+        let played = play(&data[..], 1e9).unwrap();
+        assert_eq!(played.bytes, data.len() as u64);
+        assert_eq!(played.sha256, hex::encode(Sha256::digest(&data)));
+        assert_eq!(played.underruns, 0);
+    }
+
+    #[test]
+    fn the_summary_is_the_last_json_object_on_stderr() {
+        let text = "peer_client: warning\n{\"stalls\":2}\n";
+        assert_eq!(last_json(text).unwrap()["stalls"], 2);
+        assert!(last_json("no json\n3\n").is_none());
     }
 }
