@@ -15,6 +15,7 @@
 //! the asset's byte stream), `GET /stats/ID` (JSON), `GET /watch/ID[/PATH]` (an HTML page),
 //! `GET /` (the assets, HTML or JSON by `Accept` or `?format=json`).
 
+pub mod hls;
 pub mod range;
 
 use std::collections::HashMap;
