@@ -398,3 +398,98 @@ fn a_file_of_a_directory_asset_is_served_from_its_place_in_the_asset() {
         assert_eq!(curl(d, &missing, &[]).status, 404, "{missing}");
     }
 }
+
+/// The chunks of the gateway's store for `id`, once its have file lists them all.
+fn stored_set(d: &Path, id: &str, count: u32) -> std::collections::BTreeSet<u32> {
+    let bytes = std::fs::read(d.join("gw/assets").join(id).join("have")).unwrap_or_default();
+    match swarmcache::bitfield::Bitfield::from_bytes(count, &bytes) {
+        Ok(have) => (0..count).filter(|&i| have.get(i)).collect(),
+        Err(_) => Default::default(),
+    }
+}
+
+#[test]
+fn an_hls_player_finds_the_next_segments_fetched_before_it_asks_and_no_more() {
+    if Command::new("curl").arg("--version").output().is_err() {
+        eprintln!("skipped: curl is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // 10 segments of 2 s, 8 chunks of 64 KiB each (not aligned to chunks), an init
+    // segment, and entries that point outside the asset (left out).
+    std::fs::create_dir_all(d.join("show")).unwrap();
+    let mut playlist = String::from(
+        "#EXTM3U\n#EXT-X-VERSION:7\n#EXT-X-TARGETDURATION:2\n#EXT-X-MAP:URI=\"init.mp4\"\n\
+         #EXTINF:2.0,\nhttp://evil.example/x.m4s\n#EXTINF:2.0,\n../../../etc/passwd\n",
+    );
+    random_file(&d.join("show/init.mp4"), 1000, 1);
+    for k in 0..10 {
+        random_file(&d.join(format!("show/seg{k}.m4s")), 8 * 65536 - 100, k + 2);
+        playlist.push_str(&format!("#EXTINF:2.000,\nseg{k}.m4s\n"));
+    }
+    playlist.push_str("#EXT-X-ENDLIST\n");
+    std::fs::write(d.join("show/index.m3u8"), &playlist).unwrap();
+    let tracker = TrackerProc::start(d, &[]);
+    let origin = ServerProc::start(d, "origin", Some(&tracker.url), &["show"], &["--origin"]);
+    let id = origin.seeded[0].clone();
+    tracker.wait_for_peers(&id, 1);
+    let manifest = crate::harness::http_get(&format!("{}/assets/{id}", tracker.url)).body;
+    let manifest = swarmcache::manifest::Manifest::from_toml(&manifest).unwrap();
+    let chunks = |path: &str| manifest.file_chunks(manifest.file(path).unwrap());
+    // Window 1: a reader's own read-ahead (3 chunks) never reaches past the next segment.
+    let mut gateway = Proc::spawn(
+        d,
+        "peer_client",
+        &[
+            "gateway",
+            "--listen",
+            "127.0.0.1:0",
+            "--tracker",
+            &tracker.url,
+            "--store",
+            "gw",
+            "--window",
+            "1",
+        ],
+    );
+    let url = gateway
+        .wait_line("listening on ", START_TIMEOUT)
+        .trim()
+        .to_string();
+    let count = manifest.chunk_count();
+    let expect_exactly = |expected: &std::collections::BTreeSet<u32>, what: &str| {
+        eventually(what, Duration::from_secs(30), || {
+            stored_set(d, &id, count).is_superset(expected)
+        });
+        // Past the readers' grace (1 s) and a checkpoint (1 s): still nothing more.
+        std::thread::sleep(Duration::from_millis(2500));
+        let have = stored_set(d, &id, count);
+        let extra: Vec<u32> = have.difference(expected).copied().collect();
+        assert!(extra.is_empty(), "{what}: chunks {extra:?} were fetched too");
+    };
+
+    // The playlist: the init segment and the first 6 s (3 segments) come ahead.
+    let got = curl(d, &format!("{url}/{id}/index.m3u8"), &[]);
+    assert_eq!(got.status, 200);
+    assert_eq!(got.body, playlist.as_bytes());
+    let mut expected: std::collections::BTreeSet<u32> = ["index.m3u8", "init.mp4"]
+        .into_iter()
+        .chain(["seg0.m4s", "seg1.m4s", "seg2.m4s"])
+        .flat_map(chunks)
+        .collect();
+    expect_exactly(&expected, "the playlist's first segments");
+
+    // A seek to segment 4: segments 5 to 7 come ahead, 3 and 8 on do not.
+    let got = curl(d, &format!("{url}/{id}/seg4.m4s"), &[]);
+    assert_eq!(got.status, 200);
+    assert!(got.body == std::fs::read(d.join("show/seg4.m4s")).unwrap());
+    expected.extend(["seg4.m4s", "seg5.m4s", "seg6.m4s", "seg7.m4s"].into_iter().flat_map(chunks));
+    expect_exactly(&expected, "the segments after segment 4");
+    for k in [3, 8, 9] {
+        let own = chunks(&format!("seg{k}.m4s"));
+        let inside: Vec<u32> = own.clone().filter(|i| expected.contains(i)).collect();
+        // Only a chunk it shares with a neighbour that came ahead.
+        assert!(inside.len() <= 2, "segment {k} ({own:?}) came ahead: {inside:?}");
+    }
+}

@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write;
+use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -88,6 +89,9 @@ struct State {
     readers: BTreeMap<u64, (u32, Instant)>,
     next_reader: u64,
     uploaded: Option<UploadCounter>,
+    /// Each player's chunk ranges it will read next (see [`Feed::set_ahead`]), and until
+    /// when they hold.
+    ahead: BTreeMap<String, (Vec<Range<u32>>, Instant)>,
 }
 
 /// One asset as a gateway reads it.
@@ -122,6 +126,7 @@ impl Feed {
                 readers: BTreeMap::new(),
                 next_reader: 0,
                 uploaded: None,
+                ahead: BTreeMap::new(),
             }),
             changed: Condvar::new(),
             stats: FeedStats::default(),
@@ -150,6 +155,7 @@ impl Feed {
             state.events = started.events;
             state.uploaded = started.uploaded;
             self.tell_positions(&state);
+            self.tell_ahead(&state);
         }
         self.changed.notify_all();
         if let Some(done) = started.done {
@@ -216,6 +222,45 @@ impl Feed {
             id,
             started: false,
         }
+    }
+
+    /// The player named `player` (a gateway's client and the playlist it plays) will read
+    /// these chunk ranges next, in this order: they are fetched after every reader's
+    /// window, for `hold` (then the player is taken to have left). Replaces the player's
+    /// earlier ranges (a seek drops them); empty `ranges` forget the player.
+    pub fn set_ahead(&self, player: &str, ranges: Vec<Range<u32>>, hold: Duration) {
+        let mut state = self.state.locked();
+        let now = Instant::now();
+        state.ahead.retain(|_, (_, until)| *until > now);
+        if ranges.is_empty() {
+            state.ahead.remove(player);
+        } else {
+            if state.ahead.len() >= MAX_READERS && !state.ahead.contains_key(player) {
+                let oldest = state
+                    .ahead
+                    .iter()
+                    .min_by_key(|(_, (_, until))| *until)
+                    .map(|(name, _)| name.clone());
+                if let Some(oldest) = oldest {
+                    state.ahead.remove(&oldest);
+                }
+            }
+            state.ahead.insert(player.to_string(), (ranges, now + hold));
+        }
+        self.tell_ahead(&state);
+    }
+
+    /// Sends the players' ranges ahead to the scheduler, the most recent player's first,
+    /// holding until the last one's expire.
+    fn tell_ahead(&self, state: &State) {
+        let Some(events) = &state.events else {
+            return;
+        };
+        let mut players: Vec<&(Vec<Range<u32>>, Instant)> = state.ahead.values().collect();
+        players.sort_by_key(|p| std::cmp::Reverse(p.1));
+        let until = players.first().map_or_else(Instant::now, |p| p.1);
+        let ranges = players.iter().flat_map(|p| p.0.iter().cloned()).collect();
+        let _ = events.send(Event::Ahead(ranges, until));
     }
 
     /// Sends the readers' positions to the scheduler, most recently moved first.

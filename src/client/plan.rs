@@ -310,6 +310,11 @@ pub(crate) struct Plan {
     /// readers are at a position, `Some(Some(t))` for [`READER_GRACE`] after the last
     /// left, `None` otherwise (not a gateway, or the grace is over).
     readers_bound: Option<Option<Instant>>,
+    /// Chunk ranges a gateway's players will read next (the next segments of an HLS
+    /// playlist), fetched after every reader's window and read-ahead, until the instant
+    /// given with them: a player that left stops holding the download then.
+    ahead: Vec<std::ops::Range<u32>>,
+    ahead_until: Option<Instant>,
     /// The first chunk the stream needs from the network (`None`: not streaming, or all
     /// cached).
     stream_first: Option<u32>,
@@ -379,6 +384,8 @@ impl Plan {
             stream_pos: settings.streaming.then_some(0),
             more_pos: Vec::new(),
             readers_bound: None,
+            ahead: Vec::new(),
+            ahead_until: None,
             stream_first: if settings.streaming {
                 first_missing
             } else {
@@ -433,6 +440,7 @@ impl Plan {
         self.stream_pos.is_some()
             || self.missing.is_empty()
             || matches!(self.readers_bound, Some(Some(_)))
+            || self.ahead_until.is_some()
     }
 
     /// Distinct peers with a ready connection that takes work.
@@ -1057,19 +1065,35 @@ impl Plan {
         self.epoch += 1;
     }
 
+    /// A gateway's players will read these chunk ranges next, in this order (none: no
+    /// player is ahead of its reads), until `until`: fetched at low priority, after the
+    /// readers' windows and their read-ahead, and while they last nothing else is.
+    pub(crate) fn set_ahead(&mut self, ranges: Vec<std::ops::Range<u32>>, until: Instant) {
+        self.ahead_until = (!ranges.is_empty()).then_some(until);
+        self.ahead = ranges;
+        self.epoch += 1;
+    }
+
+    /// Whether the players' ranges ahead still hold at `now`.
+    fn ahead_holds(&self, now: Instant) -> bool {
+        self.ahead_until.is_some_and(|until| now < until)
+    }
+
     /// Whether only a gateway's readers' next chunks are to be fetched now.
     fn bound_by_readers(&self, now: Instant) -> bool {
-        match self.readers_bound {
-            Some(None) => true,
-            Some(Some(until)) => now < until,
-            None => false,
-        }
+        self.ahead_holds(now)
+            || match self.readers_bound {
+                Some(None) => true,
+                Some(Some(until)) => now < until,
+                None => false,
+            }
     }
 
     /// The nearest missing chunk ahead of a gateway's readers (their windows and the
     /// read-ahead after them), the most recently moved reader first, that `source` holds;
     /// from an origin, only one no peer holds and of this client's share, as elsewhere.
-    fn ahead_of_readers(&self, source: usize) -> Option<u32> {
+    /// Then the players' ranges ahead, while they hold.
+    fn ahead_of_readers(&self, source: usize, now: Instant) -> Option<u32> {
         let src = &self.sources[source];
         let share = self
             .origin_share
@@ -1083,11 +1107,19 @@ impl Plan {
             .stream_pos
             .into_iter()
             .chain(self.more_pos.iter().copied());
+        let players = self
+            .ahead
+            .iter()
+            .filter(|_| self.ahead_holds(now))
+            .map(|r| {
+                // Never a reversed range (`BTreeSet::range` panics on one).
+                let end = r.end.min(self.count);
+                r.start.min(end)..end
+            });
         starts
-            .flat_map(|pos| {
-                let end = pos.saturating_add(ahead).min(self.count);
-                self.missing.range(pos..end).copied()
-            })
+            .map(|pos| pos..pos.saturating_add(ahead).min(self.count))
+            .chain(players)
+            .flat_map(|range| self.missing.range(range).copied())
             .find(|&i| {
                 src.holds(i)
                     && (!src.origin || self.copies[i as usize] == 0)
@@ -1097,6 +1129,10 @@ impl Plan {
 
     /// Looks again at every connection because time passed (lateness grows alone).
     pub(crate) fn nudge(&mut self, now: Instant) {
+        if !self.ahead_holds(now) {
+            self.ahead.clear();
+            self.ahead_until = None;
+        }
         self.epoch += 1;
         self.assign(now);
     }
@@ -1335,7 +1371,7 @@ impl Plan {
         }
         let source = self.conns[conn].source;
         if self.bound_by_readers(now) {
-            return self.ahead_of_readers(source);
+            return self.ahead_of_readers(source, now);
         }
         if !self.sources[source].origin {
             return self.rarest_held_by(source);
@@ -2009,6 +2045,35 @@ mod tests {
         }
         fetched.sort();
         assert_eq!(fetched, (10..16).collect::<Vec<u32>>());
+    }
+
+    #[test]
+    fn the_ranges_players_read_next_come_after_the_windows_and_hold_until_they_expire() {
+        let now = Instant::now();
+        let mut plan = plan_with(64, vec![peer(1, None)], settings(true, 2, None), now);
+        plan.assign(now);
+        assert_eq!(plan.fetches(), vec![(0, 0)]);
+        plan.delivered(0, 0, now);
+        // A reader at 10 (window 2, two windows of read-ahead: 10 to 15), a player's next
+        // segments at 30..32 and 40..41: those after the reader's, nothing past them.
+        plan.set_stream_positions(&[10], now);
+        plan.set_ahead(vec![30..32, 40..41, 70..60], now + 10 * MS);
+        let mut fetched = Vec::new();
+        for _ in 0..8 {
+            plan.assign(now);
+            for (conn, index) in plan.fetches() {
+                fetched.push(index);
+                plan.delivered(conn, index, now);
+            }
+        }
+        let mut expected: Vec<u32> = (10..16).collect();
+        expected.extend([30, 31, 40]);
+        assert_eq!(fetched, expected, "in order, the windows first");
+        // The reader left and the ranges expired: after the grace the download goes on.
+        plan.set_stream_positions(&[], now);
+        plan.nudge(now + READER_GRACE);
+        assert!(!plan.watches_lateness() || plan.ahead_until.is_none());
+        assert_eq!(plan.fetches().len(), 2, "the background download resumes");
     }
 
     #[test]

@@ -53,6 +53,9 @@ pub(crate) enum Event {
     /// A feed's readers need these chunks next, most recently moved first (none: no
     /// reader waits).
     Readers(Vec<u32>),
+    /// A feed's players will read these chunk ranges next, in order, until the instant
+    /// (see [`crate::client::plan::Plan::set_ahead`]).
+    Ahead(Vec<std::ops::Range<u32>>, Instant),
     /// The stream could not write its output: the download stops.
     OutputFailed,
 }
@@ -421,6 +424,7 @@ impl<'a> Scheduler<'a> {
             }
             Event::Position(next) => self.plan.set_stream_pos(next),
             Event::Readers(positions) => self.plan.set_stream_positions(&positions, now),
+            Event::Ahead(ranges, until) => self.plan.set_ahead(ranges, until),
             Event::OutputFailed => self.fatal = Some("the output stream failed".into()),
         }
         self.plan.assign(now);

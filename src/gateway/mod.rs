@@ -53,6 +53,14 @@ const QUEUE: usize = 16;
 const LEAVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Most assets listed at `/`.
 const MAX_LISTED: usize = 1000;
+/// Playlists remembered per asset (a master and its variants are a handful; a hostile
+/// asset of thousands must not grow the gateway's memory).
+const MAX_PLAYLISTS: usize = 64;
+/// How long the segments ahead of a player hold the download after its last request: a
+/// player with a full buffer asks for one segment per segment duration (2 to 10 s), so
+/// 30 s is three of the longest common ones; after it the player is taken to have left
+/// and the background download resumes.
+const AHEAD_HOLD: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Settings of a [`Gateway`].
 #[derive(Clone, Debug)]
@@ -80,6 +88,8 @@ struct Shared {
     feeds: Mutex<HashMap<AssetId, Arc<Feed>>>,
     /// The last sample of each asset's byte counts, for the rates of `/stats`.
     rates: Mutex<HashMap<AssetId, Rates>>,
+    /// The HLS playlists of each directory asset read so far, by path, the latest last.
+    playlists: Mutex<HashMap<AssetId, Vec<(String, Arc<hls::Playlist>)>>>,
     stopping: Arc<AtomicBool>,
 }
 
@@ -151,6 +161,7 @@ impl Gateway {
                 get: config.get,
                 feeds: Mutex::new(HashMap::new()),
                 rates: Mutex::new(HashMap::new()),
+                playlists: Mutex::new(HashMap::new()),
                 stopping: Arc::new(AtomicBool::new(false)),
             }),
         })
@@ -328,6 +339,9 @@ impl Shared {
         }
         let stopping = Arc::clone(&self.stopping);
         let cancelled = move || stopping.load(Ordering::SeqCst) || client::interrupted();
+        if manifest.is_directory() && !head {
+            self.read_ahead(request, feed, name, &cancelled);
+        }
         let mut reader = feed.reader();
         // The first chunk before the status line: a download that cannot deliver it gets
         // its client an error, not a 200 cut short.
@@ -360,6 +374,67 @@ impl Shared {
             );
         }
         response
+    }
+
+    /// A player reads `path` of a directory asset: if it is a playlist, the playlist is
+    /// read and remembered; if it is a playlist or a segment one lists, the segments that
+    /// follow it are fetched ahead of the player (see [`hls::Playlist::ahead_of`]), until
+    /// it asks for something else or [`AHEAD_HOLD`] passes.
+    fn read_ahead(
+        &self,
+        request: &Request<'_>,
+        feed: &Arc<Feed>,
+        path: &str,
+        cancelled: &dyn Fn() -> bool,
+    ) {
+        let manifest = feed.manifest();
+        let id = manifest.id();
+        if hls::is_playlist(path)
+            && let Some(entry) = manifest.file(path)
+        {
+            let len = entry.size.min(hls::MAX_PLAYLIST_BYTES as u64);
+            let mut bytes = Vec::new();
+            match feed.reader().read(entry.offset, len, &mut bytes, cancelled) {
+                Ok(()) => {
+                    let playlist = Arc::new(hls::parse(path, &bytes));
+                    if playlist.skipped > 0 {
+                        log::warn!(
+                            "gateway: playlist {path:?} of {id}: {} entries left out (outside the asset, too long, or past the bounds)",
+                            playlist.skipped
+                        );
+                    }
+                    let mut playlists = self.playlists.locked();
+                    let known = playlists.entry(id).or_default();
+                    known.retain(|(p, _)| p != path);
+                    if known.len() >= MAX_PLAYLISTS {
+                        known.remove(0);
+                    }
+                    known.push((path.to_string(), playlist));
+                }
+                Err(e) => log::warn!("gateway: reading playlist {path:?} of {id}: {e:#}"),
+            }
+        }
+        // The latest playlist that lists the path (or is it).
+        let found = self.playlists.locked().get(&id).and_then(|known| {
+            known.iter().rev().find_map(|(list, playlist)| {
+                let ahead = playlist.ahead_of(list, path);
+                let listed = list == path
+                    || playlist.init.as_deref() == Some(path)
+                    || playlist.segments.iter().any(|s| s.path == path);
+                listed.then(|| (list.clone(), ahead))
+            })
+        });
+        let Some((list, ahead)) = found else {
+            return;
+        };
+        let ranges = ahead
+            .iter()
+            .filter_map(|p| manifest.file(p))
+            .map(|entry| manifest.file_chunks(entry))
+            .filter(|r| !r.is_empty())
+            .collect();
+        let player = format!("{} {list}", request.remote_addr().ip());
+        feed.set_ahead(&player, ranges, AHEAD_HOLD);
     }
 
     /// `GET /stats/ID`: the live figures.
