@@ -466,7 +466,10 @@ fn an_hls_player_finds_the_next_segments_fetched_before_it_asks_and_no_more() {
         std::thread::sleep(Duration::from_millis(2500));
         let have = stored_set(d, &id, count);
         let extra: Vec<u32> = have.difference(expected).copied().collect();
-        assert!(extra.is_empty(), "{what}: chunks {extra:?} were fetched too");
+        assert!(
+            extra.is_empty(),
+            "{what}: chunks {extra:?} were fetched too"
+        );
     };
 
     // The playlist: the init segment and the first 6 s (3 segments) come ahead.
@@ -484,12 +487,19 @@ fn an_hls_player_finds_the_next_segments_fetched_before_it_asks_and_no_more() {
     let got = curl(d, &format!("{url}/{id}/seg4.m4s"), &[]);
     assert_eq!(got.status, 200);
     assert!(got.body == std::fs::read(d.join("show/seg4.m4s")).unwrap());
-    expected.extend(["seg4.m4s", "seg5.m4s", "seg6.m4s", "seg7.m4s"].into_iter().flat_map(chunks));
+    expected.extend(
+        ["seg4.m4s", "seg5.m4s", "seg6.m4s", "seg7.m4s"]
+            .into_iter()
+            .flat_map(chunks),
+    );
     expect_exactly(&expected, "the segments after segment 4");
     for k in [3, 8, 9] {
         let own = chunks(&format!("seg{k}.m4s"));
         let inside: Vec<u32> = own.clone().filter(|i| expected.contains(i)).collect();
         // Only a chunk it shares with a neighbour that came ahead.
-        assert!(inside.len() <= 2, "segment {k} ({own:?}) came ahead: {inside:?}");
+        assert!(
+            inside.len() <= 2,
+            "segment {k} ({own:?}) came ahead: {inside:?}"
+        );
     }
 }

@@ -2057,7 +2057,9 @@ mod tests {
         // A reader at 10 (window 2, two windows of read-ahead: 10 to 15), a player's next
         // segments at 30..32 and 40..41: those after the reader's, nothing past them.
         plan.set_stream_positions(&[10], now);
-        plan.set_ahead(vec![30..32, 40..41, 70..60], now + 10 * MS);
+        // A reversed range (never from a manifest) is taken as empty.
+        let reversed = std::ops::Range { start: 70, end: 60 };
+        plan.set_ahead(vec![30..32, 40..41, reversed], now + 10 * MS);
         let mut fetched = Vec::new();
         for _ in 0..8 {
             plan.assign(now);

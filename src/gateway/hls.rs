@@ -78,14 +78,13 @@ pub fn parse(playlist_path: &str, bytes: &[u8]) -> Playlist {
                     .filter(|s| s.is_finite() && *s >= 0.0);
             } else if tag.starts_with("EXT-X-STREAM-INF") {
                 variant_next = true;
-            } else if let Some(attrs) = tag.strip_prefix("EXT-X-MAP:") {
-                if out.init.is_none()
-                    && let Some(uri) = attribute(attrs, "URI")
-                {
-                    match resolve(playlist_path, uri) {
-                        Some(path) => out.init = Some(path),
-                        None => out.skipped += 1,
-                    }
+            } else if let Some(attrs) = tag.strip_prefix("EXT-X-MAP:")
+                && out.init.is_none()
+                && let Some(uri) = attribute(attrs, "URI")
+            {
+                match resolve(playlist_path, uri) {
+                    Some(path) => out.init = Some(path),
+                    None => out.skipped += 1,
                 }
             }
             continue;
@@ -117,9 +116,7 @@ impl Playlist {
     /// to [`AHEAD_SECS`] of media and [`AHEAD_MAX`] segments. Empty for a path it does not
     /// list (the player went elsewhere).
     pub fn ahead_of(&self, playlist_path: &str, path: &str) -> Vec<String> {
-        let from = if path == playlist_path {
-            0
-        } else if self.init.as_deref() == Some(path) {
+        let from = if path == playlist_path || self.init.as_deref() == Some(path) {
             0
         } else {
             match self.segments.iter().position(|s| s.path == path) {
@@ -238,7 +235,10 @@ mod tests {
         assert_eq!(p.ahead_of("index.m3u8", "seg4.m4s"), Vec::<String>::new());
         assert_eq!(p.ahead_of("index.m3u8", "other.m4s"), Vec::<String>::new());
         // 6 s segments: one is enough.
-        let long = parse("a.m3u8", b"#EXTINF:6,\na.ts\n#EXTINF:6,\nb.ts\n#EXTINF:6,\nc.ts\n");
+        let long = parse(
+            "a.m3u8",
+            b"#EXTINF:6,\na.ts\n#EXTINF:6,\nb.ts\n#EXTINF:6,\nc.ts\n",
+        );
         assert_eq!(long.ahead_of("a.m3u8", "a.ts"), ["b.ts"]);
         // Zero-length claims stop at the count.
         let zero = "#EXTINF:0,\nx.ts\n#EXTINF:0,\ny.ts\n".repeat(5);

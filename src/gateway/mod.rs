@@ -9,6 +9,8 @@
 //! what keeps one client from holding the workers that stream to the others. Each asset is
 //! one [`Feed`]: a download that runs for the gateway's lifetime, in which every reader's
 //! position is a window fetched first, nearest first (see [`crate::client::feed`]).
+//! A directory asset with HLS playlists is read ahead along them: after a playlist or one
+//! of its segments, the next segments come ahead of the player ([`hls`]).
 //!
 //! Routes: `GET|HEAD /ID` and `/ID/NAME` (the asset's bytes; 206 for a `Range`, 416 for an
 //! unsatisfiable one), `/ID/PATH` (a file of a directory asset, read from its place in
@@ -80,6 +82,9 @@ pub struct Gateway {
     shared: Arc<Shared>,
 }
 
+/// The playlists of one asset read so far: path and what it lists.
+type Playlists = Vec<(String, Arc<hls::Playlist>)>;
+
 /// What the request handlers share.
 struct Shared {
     get: GetConfig,
@@ -89,7 +94,7 @@ struct Shared {
     /// The last sample of each asset's byte counts, for the rates of `/stats`.
     rates: Mutex<HashMap<AssetId, Rates>>,
     /// The HLS playlists of each directory asset read so far, by path, the latest last.
-    playlists: Mutex<HashMap<AssetId, Vec<(String, Arc<hls::Playlist>)>>>,
+    playlists: Mutex<HashMap<AssetId, Playlists>>,
     stopping: Arc<AtomicBool>,
 }
 
