@@ -147,6 +147,7 @@ fn a_host_whose_uplink_is_full_of_uploads_still_finishes_its_own_download_in_tim
             "--json",
             "--listen",
             "0.0.0.0:0",
+            "--yield-uplink",
         ],
     );
     let mut pullers: Vec<Proc> = (0..PULLERS)

@@ -358,6 +358,13 @@ struct SwarmArgs {
     /// never shorter than two chunks' time at that rate).
     #[arg(long, default_value = "60s", value_parser = cli::duration_arg)]
     stall_timeout: Duration,
+    /// Slow what this host serves while its own download's round trips show a queue on its
+    /// uplink (LEDBAT-like: halved down to 256 KiB/s, grown back when the queue drains; with
+    /// --stream, at the floor while the player's window is short). Off by default: on
+    /// kernel-capped links it also slowed the peers a crowd relies on, and the origin sent
+    /// more (BENCHMARKS.md, issue 14).
+    #[arg(long)]
+    yield_uplink: bool,
 }
 
 #[derive(clap::Args)]
@@ -616,6 +623,7 @@ fn swarm_config(swarm: SwarmArgs, asset: AssetId, serve: Option<Option<SocketAdd
         tracker_tls: swarm.tls.tls(),
         source_wait: swarm.source_wait,
         stall_timeout: swarm.stall_timeout,
+        yield_uplink: swarm.yield_uplink,
         ..GetConfig::new(
             asset,
             swarm.tracker,

@@ -73,6 +73,12 @@ pub struct GetConfig {
     /// The download gives up when no source delivered a verified chunk for this long
     /// (failing sources are retried until then).
     pub stall_timeout: Duration,
+    /// Whether the embedded server's uploads yield to this download when the uplink queues
+    /// ([`super::uplink`]). Off by default: on kernel-capped links it throttled honest
+    /// peers to its floor, and 32 hosts' origin sent 3.2 F instead of 2.0 F (issue 14's
+    /// harness, 128 MiB, one run each), while no test showed it speeding the host's own
+    /// download.
+    pub yield_uplink: bool,
 }
 
 impl GetConfig {
@@ -99,6 +105,7 @@ impl GetConfig {
             tracker_tls: crate::tracker_client::TrackerTls::default(),
             source_wait: DEFAULT_SOURCE_WAIT,
             stall_timeout: DEFAULT_STALL_TIMEOUT,
+            yield_uplink: false,
         }
     }
 }

@@ -363,7 +363,10 @@ fn fetch(
                     ticket: Arc::clone(&announce.ticket),
                     streaming,
                     reader_waits,
-                    yielding: serving.as_ref().map(|s| s.yielding(config.asset)),
+                    yielding: serving
+                        .as_ref()
+                        .filter(|_| config.yield_uplink)
+                        .map(|s| s.yielding(config.asset)),
                     skipped: skipped.clone(),
                     feed: feed.cloned(),
                 },
