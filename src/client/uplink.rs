@@ -7,7 +7,9 @@
 //! [`FLOOR`]), below it the rate grows again additively, and once it is well above what is
 //! being served the limit is lifted. With `--stream`, while the player's window is short
 //! of chunks, serving drops to the floor at once (never serve at the cost of one's own
-//! playback). Pure: time and measurements are arguments; the scheduler feeds it and sets
+//! playback). Used only with `get --yield-uplink`: on issue 14's kernel-capped harness it
+//! throttled the peers a crowd relies on to its floor and the origin sent 3.1 F instead of
+//! 1.2 F at N = 32 (BENCHMARKS.md). Pure: time and measurements are arguments; the scheduler feeds it and sets
 //! the embedded server's limiter. A pure seed (`peer_server`) has no own download and no
 //! such controller.
 
