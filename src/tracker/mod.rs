@@ -61,7 +61,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use crate::auth::{DEFAULT_TICKET_TTL, KeyRing, Tokens};
 use crate::http::{self, HttpConfig, HttpServer};
@@ -384,4 +384,28 @@ impl Tracker {
         let state = self.state;
         self.http.serve(|request| state.respond(request))
     }
+}
+
+/// The per-asset files `ID.SUFFIX` in `dir` (the content keys, the origin URL lists), with
+/// their ids. A name starting with `.` is a temporary file a crash left before its rename
+/// and is removed; other names are not ours and are skipped.
+fn asset_files(dir: &std::path::Path, suffix: &str) -> Result<Vec<(AssetId, PathBuf)>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+        let path = entry
+            .with_context(|| format!("listing {}", dir.display()))?
+            .path();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if name.starts_with('.') {
+            let _ = std::fs::remove_file(&path);
+            continue;
+        }
+        if let Some(Ok(id)) = name.strip_suffix(suffix).map(str::parse::<AssetId>) {
+            files.push((id, path));
+        }
+    }
+    Ok(files)
 }

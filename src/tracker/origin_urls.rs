@@ -48,22 +48,7 @@ impl OriginUrls {
         fs::create_dir_all(&dir)
             .with_context(|| format!("creating {} (choose another with --data)", dir.display()))?;
         let mut urls = HashMap::new();
-        for entry in fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
-            let path = entry
-                .with_context(|| format!("listing {}", dir.display()))?
-                .path();
-            let name = path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            if name.starts_with('.') {
-                // A temporary file a crash left before its rename.
-                let _ = fs::remove_file(&path);
-                continue;
-            }
-            let Some(Ok(id)) = name.strip_suffix(".json").map(str::parse::<AssetId>) else {
-                continue;
-            };
+        for (id, path) in super::asset_files(&dir, ".json")? {
             match read_list(&path) {
                 Ok(list) => {
                     urls.insert(id, list.into());

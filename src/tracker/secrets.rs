@@ -53,22 +53,7 @@ impl Secrets {
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
             .with_context(|| format!("restricting {} to its owner", dir.display()))?;
         let mut keys = HashMap::new();
-        for entry in fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
-            let path = entry
-                .with_context(|| format!("listing {}", dir.display()))?
-                .path();
-            let name = path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            if name.starts_with('.') {
-                // A temporary file a crash left before its rename.
-                let _ = fs::remove_file(&path);
-                continue;
-            }
-            let Some(Ok(id)) = name.strip_suffix(".key").map(str::parse::<AssetId>) else {
-                continue;
-            };
+        for (id, path) in super::asset_files(&dir, ".key")? {
             let parsed = fs::read_to_string(&path)
                 .map_err(|e| e.to_string())
                 .and_then(|text| ContentKey::from_field(text.trim()));
