@@ -226,12 +226,13 @@ fn a_crowd_of_8_with_only_an_origin_url_gets_exact_copies_for_about_one_file_fro
     let d = dir.path();
     let root = d.join("www");
     fs::create_dir(&root).unwrap();
-    // 32 MiB in 1 024 chunks, each answer of nginx at 8 MiB/s (a CDN edge's rate for one
+    // 64 MiB in 2 048 chunks, each answer of nginx at 8 MiB/s (a CDN edge's rate for one
     // request). The clients' shares overlap a little at the start, when the first client,
-    // alone, takes from the origin what the tracker then hands the next one (8 chunks:
-    // 0.8 % of this file, 3 % of a 256-chunk one).
+    // alone, takes from the origin what the tracker then hands the next one: with 1 024
+    // chunks that overlap once made nginx send 1.058 F in a CI run (2 MiB more than one
+    // file), so the file is twice that size, the same overlap half the share of it.
     const CHUNK: u64 = 32 << 10;
-    let bytes = random_file(&root.join("f.bin"), 1024 * CHUNK as usize, 41);
+    let bytes = random_file(&root.join("f.bin"), 2048 * CHUNK as usize, 41);
     let limits = "limit_rate 8m; sendfile off; output_buffers 1 16k;";
     let web = Nginx::start(&nginx, d, "nginx", &root, limits, None);
     let tracker = TrackerProc::start(d, &[]);
