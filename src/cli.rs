@@ -301,6 +301,12 @@ pub fn tracker_arg(text: &str) -> Result<String, String> {
         .map_err(|e| format!("{e:#}"))
 }
 
+/// The tracker URLs of a `--tracker` flag given several times (each maybe a comma list,
+/// checked by [`tracker_arg`]) as the one comma list the clients take; `None` when absent.
+pub fn trackers(given: &[String]) -> Option<String> {
+    (!given.is_empty()).then(|| given.join(","))
+}
+
 /// The flags of every command that talks to a tracker about TLS (flattened into each).
 #[derive(clap::Args, Clone, Debug, Default)]
 pub struct TrackerTlsArgs {

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{ArgAction, Parser, Subcommand};
 use swarmcache::cli::{self, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_READER_CLOSED};
 use swarmcache::client::{self, DEFAULT_WINDOW, DEFAULT_WORKERS, GetConfig, Progress};
 use swarmcache::crypt::ContentKey;
@@ -48,9 +48,10 @@ enum Command {
     Publish {
         /// The manifest TOML, as printed by chunkify, or - for standard input.
         manifest: PathBuf,
-        /// Tracker URL, e.g. http://127.0.0.1:7070 or https://HOST:7443.
-        #[arg(long, env = "SWARMCACHE_TRACKER", value_parser = cli::tracker_arg)]
-        tracker: String,
+        /// Tracker URL, e.g. http://127.0.0.1:7070 or https://HOST:7443; several (trackers sharing one Redis,
+        /// tried in turn) as URL1,URL2 or by repeating the flag.
+        #[arg(long, env = "SWARMCACHE_TRACKER", value_parser = cli::tracker_arg, action = ArgAction::Append, required = true)]
+        tracker: Vec<String>,
         /// Token with the publish right, for a tracker started with --auth.
         #[arg(long, env = "SWARMCACHE_TOKEN", hide_env_values = true)]
         token: Option<String>,
@@ -81,9 +82,10 @@ enum Command {
         /// The asset id (64 hex digits) it is to point at.
         #[arg(value_parser = cli::asset_id_arg)]
         id: AssetId,
-        /// Tracker URL, e.g. http://127.0.0.1:7070.
-        #[arg(long, env = "SWARMCACHE_TRACKER", value_parser = cli::tracker_arg)]
-        tracker: String,
+        /// Tracker URL, e.g. http://127.0.0.1:7070; several (trackers sharing one Redis,
+        /// tried in turn) as URL1,URL2 or by repeating the flag.
+        #[arg(long, env = "SWARMCACHE_TRACKER", value_parser = cli::tracker_arg, action = ArgAction::Append, required = true)]
+        tracker: Vec<String>,
         /// Token with the publish right, for a tracker started with --auth.
         #[arg(long, env = "SWARMCACHE_TOKEN", hide_env_values = true)]
         token: Option<String>,
@@ -94,9 +96,10 @@ enum Command {
     Tags {
         /// The name, e.g. ci/app.
         name: String,
-        /// Tracker URL, e.g. http://127.0.0.1:7070.
-        #[arg(long, env = "SWARMCACHE_TRACKER", value_parser = cli::tracker_arg)]
-        tracker: String,
+        /// Tracker URL, e.g. http://127.0.0.1:7070; several (trackers sharing one Redis,
+        /// tried in turn) as URL1,URL2 or by repeating the flag.
+        #[arg(long, env = "SWARMCACHE_TRACKER", value_parser = cli::tracker_arg, action = ArgAction::Append, required = true)]
+        tracker: Vec<String>,
         /// Token, for a tracker started with --auth.
         #[arg(long, env = "SWARMCACHE_TOKEN", hide_env_values = true)]
         token: Option<String>,
@@ -115,9 +118,10 @@ enum Command {
         /// The asset id (64 hex digits).
         #[arg(value_parser = cli::asset_id_arg)]
         id: AssetId,
-        /// Tracker URL, e.g. http://127.0.0.1:7070.
-        #[arg(long, env = "SWARMCACHE_TRACKER", value_parser = cli::tracker_arg)]
-        tracker: String,
+        /// Tracker URL, e.g. http://127.0.0.1:7070; several (trackers sharing one Redis,
+        /// tried in turn) as URL1,URL2 or by repeating the flag.
+        #[arg(long, env = "SWARMCACHE_TRACKER", value_parser = cli::tracker_arg, action = ArgAction::Append, required = true)]
+        tracker: Vec<String>,
         /// Token with the admin right, for a tracker started with --auth.
         #[arg(long, env = "SWARMCACHE_TOKEN", hide_env_values = true)]
         token: Option<String>,
@@ -184,9 +188,10 @@ enum OriginCommand {
         /// The URL, http:// or https://.
         #[arg(value_parser = origin_url_arg)]
         url: String,
-        /// Tracker URL, e.g. http://127.0.0.1:7070.
-        #[arg(long, env = "SWARMCACHE_TRACKER", value_parser = cli::tracker_arg)]
-        tracker: String,
+        /// Tracker URL, e.g. http://127.0.0.1:7070; several (trackers sharing one Redis,
+        /// tried in turn) as URL1,URL2 or by repeating the flag.
+        #[arg(long, env = "SWARMCACHE_TRACKER", value_parser = cli::tracker_arg, action = ArgAction::Append, required = true)]
+        tracker: Vec<String>,
         /// Token with the publish right, for a tracker started with --auth.
         #[arg(long, env = "SWARMCACHE_TOKEN", hide_env_values = true)]
         token: Option<String>,
@@ -308,9 +313,10 @@ struct GetArgs {
 #[derive(clap::Args)]
 struct SwarmArgs {
     /// Tracker URL, e.g. http://127.0.0.1:7070 or https://HOST:7443 (not needed when the
-    /// store holds the whole asset and it is named by id).
-    #[arg(long, env = "SWARMCACHE_TRACKER", value_parser = cli::tracker_arg)]
-    tracker: Option<String>,
+    /// store holds the whole asset and it is named by id); several (trackers sharing one
+    /// Redis, tried in turn) as URL1,URL2 or by repeating the flag.
+    #[arg(long, env = "SWARMCACHE_TRACKER", value_parser = cli::tracker_arg, action = ArgAction::Append)]
+    tracker: Vec<String>,
     /// With --stream (and for each reader of a gateway): how many chunks ahead of the
     /// reader are fetched first; one that is late is also asked of a second source.
     #[arg(long, default_value_t = DEFAULT_WINDOW, value_parser = clap::value_parser!(u32).range(1..))]
@@ -417,7 +423,7 @@ fn run(args: Args) -> Result<u8> {
             let origin_urls =
                 swarmcache::origin_url::check_all(origin_urls.iter().map(|u| u.as_str()))?;
             let (manifest, key) = read_manifest(&manifest)?;
-            let tracker = TrackerClient::with_tls(&tracker, &tls.tls())?.with_token(token);
+            let tracker = TrackerClient::with_tls(&tracker.join(","), &tls.tls())?.with_token(token);
             let answer = match &tag {
                 Some(tag) => tracker.publish_tagged(&manifest, key.as_ref(), tag)?,
                 None => tracker.publish_keyed(&manifest, key.as_ref())?,
@@ -436,7 +442,7 @@ fn run(args: Args) -> Result<u8> {
             token,
             tls,
         } => {
-            let answer = TrackerClient::with_tls(&tracker, &tls.tls())?
+            let answer = TrackerClient::with_tls(&tracker.join(","), &tls.tls())?
                 .with_token(token)
                 .tag(&tag, &id)?;
             match answer.previous {
@@ -454,7 +460,7 @@ fn run(args: Args) -> Result<u8> {
             json,
             tls,
         } => {
-            let answer = TrackerClient::with_tls(&tracker, &tls.tls())?
+            let answer = TrackerClient::with_tls(&tracker.join(","), &tls.tls())?
                 .with_token(token)
                 .tags(&name)?;
             if json {
@@ -486,7 +492,7 @@ fn run(args: Args) -> Result<u8> {
             token,
             tls,
         } => {
-            let answer = TrackerClient::with_tls(&tracker, &tls.tls())?
+            let answer = TrackerClient::with_tls(&tracker.join(","), &tls.tls())?
                 .with_token(token)
                 .unpublish(&id)?;
             let tags = if answer.tags.is_empty() {
@@ -503,7 +509,7 @@ fn run(args: Args) -> Result<u8> {
             token,
             tls,
         }) => {
-            let answer = TrackerClient::with_tls(&tracker, &tls.tls())?
+            let answer = TrackerClient::with_tls(&tracker.join(","), &tls.tls())?
                 .with_token(token)
                 .add_origin_url(&id, &url)?;
             for url in &answer.origin_urls {
@@ -521,12 +527,12 @@ fn get(mut args: GetArgs) -> Result<u8> {
     let asset = match &args.asset {
         Reference::Id(id) => *id,
         Reference::Tag(tag) => {
-            let Some(url) = &args.swarm.tracker else {
+            let Some(url) = cli::trackers(&args.swarm.tracker) else {
                 anyhow::bail!(
                     "{tag} is a name: give --tracker (or SWARMCACHE_TRACKER) to resolve it"
                 );
             };
-            let id = TrackerClient::with_tls(url, &args.swarm.tls.tls())?
+            let id = TrackerClient::with_tls(&url, &args.swarm.tls.tls())?
                 .with_token(args.swarm.token.clone())
                 .resolve(tag)?;
             if !args.quiet {
@@ -606,7 +612,8 @@ fn get(mut args: GetArgs) -> Result<u8> {
 fn swarm_config(swarm: SwarmArgs, asset: AssetId, serve: Option<Option<SocketAddr>>) -> GetConfig {
     // Serve on the address family the tracker is reached by, so the address the tracker
     // sees the announce come from is one this listener answers on.
-    let any_port = match &swarm.tracker {
+    let tracker = cli::trackers(&swarm.tracker);
+    let any_port = match &tracker {
         Some(url) if url.contains('[') => SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0)),
         _ => SocketAddr::from(([0, 0, 0, 0], 0)),
     };
@@ -626,7 +633,7 @@ fn swarm_config(swarm: SwarmArgs, asset: AssetId, serve: Option<Option<SocketAdd
         yield_uplink: swarm.yield_uplink,
         ..GetConfig::new(
             asset,
-            swarm.tracker,
+            tracker,
             swarm.store.unwrap_or_else(cli::default_store),
         )
     }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use clap::error::ErrorKind;
-use clap::{CommandFactory, Parser};
+use clap::{ArgAction, CommandFactory, Parser};
 use swarmcache::cli::{self, EXIT_OK};
 use swarmcache::server::{
     DEFAULT_MAX_CONNS, DEFAULT_MAX_CONNS_PER_ADDR, DEFAULT_UPLOAD_SLOTS, Server, ServerConfig,
@@ -55,9 +55,10 @@ struct Args {
     #[arg(long, requires = "tracker")]
     encrypt: bool,
     /// Tracker URL to publish to and announce at, e.g. http://127.0.0.1:7070 or
-    /// https://HOST:7443 (a tracker with --tls-cert).
-    #[arg(long, env = "SWARMCACHE_TRACKER", value_parser = cli::tracker_arg)]
-    tracker: Option<String>,
+    /// https://HOST:7443 (a tracker with --tls-cert); several (trackers sharing one Redis,
+    /// tried in turn) as URL1,URL2 or by repeating the flag.
+    #[arg(long, env = "SWARMCACHE_TRACKER", value_parser = cli::tracker_arg, action = ArgAction::Append)]
+    tracker: Vec<String>,
     /// Register as the origin: the fallback of last resort for every asset served.
     #[arg(long)]
     origin: bool,
@@ -123,7 +124,7 @@ fn run(args: Args) -> Result<u8> {
         seed_names: args.name,
         chunk_size: args.chunk_size,
         encrypt: args.encrypt,
-        tracker: args.tracker,
+        tracker: cli::trackers(&args.tracker),
         origin: args.origin,
         advertise: args.advertise_addr,
         max_conns: args.max_conns,
