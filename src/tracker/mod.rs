@@ -27,7 +27,7 @@
 //! picks whom to hand out and when each peer announces next; `plan` keeps per-chunk
 //! availability and splits what the origin sends among the downloaders (pure); `stats`
 //! computes `/stats` and `/metrics`; `warmup` is what a restarted tracker says until its
-//! swarms have filled again; `shared` keeps the catalog and the swarms in Redis instead, with `--redis` (several trackers, one Redis); `probe` checks a report that a peer is unreachable with a
+//! swarms have filled again; `shared` keeps the catalog and the swarms in Redis instead, with `--redis` (several trackers, one Redis), and `shared_meta` the tags, origin URLs and content keys; `probe` checks a report that a peer is unreachable with a
 //! connect of the tracker's own before the peer is dropped; [`catalog`] keeps the manifests on disk (binary,
 //! loaded lazily; its index answers announces without waiting behind a publish). A request goes
 //! routes → swarm → plan, and nothing below calls back up. `tags` keeps names, tags and
@@ -49,6 +49,7 @@ mod probe;
 mod routes;
 mod secrets;
 mod shared;
+mod shared_meta;
 mod stats;
 mod swarm;
 mod tags;
@@ -308,6 +309,17 @@ impl Tracker {
             .as_deref()
             .map(shared::Shared::connect)
             .transpose()?;
+        if let Some(shared) = &shared {
+            // Content keys in Redis are wrapped with the trackers' shared key (shared_meta).
+            let keys = config
+                .keys
+                .clone()
+                .unwrap_or_else(|| KeyRing::dir(&config.data));
+            shared.set_wrap_key(shared_meta::WrapKey::load_or_create(&keys)?);
+            shared
+                .seed(&tags.read(Clone::clone), &origin_urls, &secrets)
+                .context("copying this tracker's tags, origin URLs and keys into Redis")?;
+        }
         let http = HttpServer::bind(HttpConfig {
             workers: HTTP_THREADS,
             queue: HTTP_QUEUE,

@@ -94,6 +94,12 @@ impl OriginUrls {
             .unwrap_or_else(|| Arc::new([]))
     }
 
+    /// Every asset's list (to copy into Redis with `--redis`).
+    pub fn all(&self) -> Vec<(AssetId, Arc<[String]>)> {
+        let urls = self.urls.read_now();
+        urls.iter().map(|(id, l)| (*id, Arc::clone(l))).collect()
+    }
+
     fn path(&self, id: &AssetId) -> PathBuf {
         self.dir.join(format!("{id}.json"))
     }

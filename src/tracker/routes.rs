@@ -162,8 +162,8 @@ impl State {
             (Get, ["assets", id, "origins"]) => {
                 let id = parse_id(id)?;
                 allow(Action::Fetch(&id))?;
-                self.manifest(&id)?;
-                Ok(json(200, &self.origin_urls_of(&id, false)))
+                self.published(&id)?;
+                Ok(json(200, &self.origin_urls_of(&id, false)?))
             }
             (Post, ["announce"]) => self.announce_batch(request, remote, token.as_deref()),
             (Get, ["assets", id, "peers"]) => {
@@ -241,7 +241,7 @@ impl State {
     /// `GET /assets/{id}`: the manifest's TOML, built from the stored hashes. A manifest of
     /// many chunks waits for a turn like a publish (tens of MiB of text each).
     fn manifest_toml(&self, id: &AssetId) -> Result<Reply, HttpError> {
-        let entry = self.manifest(id)?;
+        let entry = self.published(id)?;
         let _turn = (entry.chunk_count() as u64 > LARGE_MANIFEST_CHUNKS)
             .then(|| self.catalog.heavy().enter().map_err(busy))
             .transpose()?;
@@ -254,14 +254,21 @@ impl State {
 
     /// The catalog, or the part of it `grant` may fetch.
     fn list(&self, grant: Option<&Grant>) -> Result<Vec<AssetSummary>, HttpError> {
-        if let Some(shared) = &self.shared {
-            self.adopt_all(shared)?;
-        }
+        let gone = match &self.shared {
+            Some(shared) => {
+                self.adopt_all(shared)?;
+                // Unpublished through another tracker, and still in this one's catalog.
+                let book = shared.book();
+                Some(book)
+            }
+            None => None,
+        };
         Ok(self
             .catalog
             .entries()
             .into_iter()
             .filter(|(id, _)| grant.is_none_or(|g| g.may_fetch(id)))
+            .filter(|(id, _)| gone.as_ref().is_none_or(|b| !b.is_unpublished(id)))
             .map(|(id, e)| AssetSummary {
                 id: id.to_string(),
                 name: e.name.clone(),
@@ -283,12 +290,6 @@ impl State {
         let (manifest, key) = Manifest::from_toml_keyed(&body)
             .map_err(|e| err(400, format!("rejected manifest: {e}")))?;
         drop(body);
-        if key.is_some() && self.shared.is_some() {
-            return Err(err(
-                501,
-                "this tracker shares its catalog through Redis, which does not carry content keys: publish encrypted assets to a tracker without --redis",
-            ));
-        }
         if let Some(key) = &key {
             self.keep_key(&manifest.id(), key, request)?;
         }
@@ -317,11 +318,15 @@ impl State {
 
     /// `POST /assets/{id}/origins`: lists an origin URL for a published asset.
     fn add_origin_url(&self, id: &AssetId, url: &str) -> Result<Reply, HttpError> {
-        self.manifest(id)?;
+        self.published(id)?;
         crate::origin_url::check(url).map_err(|e| err(400, format!("{e:#}")))?;
-        match self.origin_urls.add(id, url) {
-            Ok(Added::Stored) => Ok(json(201, &self.origin_urls_of(id, true))),
-            Ok(Added::Same) => Ok(json(200, &self.origin_urls_of(id, false))),
+        let added = match &self.shared {
+            Some(shared) => Ok(shared.add_origin_url(id, url)?),
+            None => self.origin_urls.add(id, url),
+        };
+        match added {
+            Ok(Added::Stored) => Ok(json(201, &self.origin_urls_of(id, true)?)),
+            Ok(Added::Same) => Ok(json(200, &self.origin_urls_of(id, false)?)),
             Ok(Added::Full) => Err(err(
                 409,
                 format!(
@@ -333,12 +338,15 @@ impl State {
         }
     }
 
-    fn origin_urls_of(&self, id: &AssetId, added: bool) -> OriginUrlsResponse {
-        OriginUrlsResponse {
+    fn origin_urls_of(&self, id: &AssetId, added: bool) -> Result<OriginUrlsResponse, HttpError> {
+        Ok(OriginUrlsResponse {
             id: id.to_string(),
-            origin_urls: self.origin_urls.get(id).to_vec(),
+            origin_urls: match &self.shared {
+                Some(shared) => shared.origin_urls(id)?,
+                None => self.origin_urls.get(id).to_vec(),
+            },
             added,
-        }
+        })
     }
 
     /// Holds the content key a publish brought, before the manifest is stored: a key that
@@ -358,7 +366,7 @@ impl State {
                 ),
             ));
         }
-        if self.catalog.get(id).is_some() && self.secrets.get(id).is_none() {
+        if self.catalog.get(id).is_some() && self.key_of(id)?.is_none() {
             return Err(err(
                 409,
                 format!(
@@ -366,7 +374,11 @@ impl State {
                 ),
             ));
         }
-        match self.secrets.put(id, key) {
+        let put = match &self.shared {
+            Some(shared) => Ok(shared.put_key(id, key)?),
+            None => self.secrets.put(id, key),
+        };
+        match put {
             Ok(Put::Stored | Put::Same) => Ok(()),
             Ok(Put::Conflict) => Err(err(
                 409,
@@ -381,8 +393,8 @@ impl State {
     /// `GET /assets/{id}/key`: whether the asset is encrypted, and its key to a holder of
     /// the fetch right over TLS or from loopback; anyone else is told why not (403).
     fn content_key(&self, id: &AssetId, request: &http::Request<'_>) -> Result<Reply, HttpError> {
-        self.manifest(id)?;
-        let Some(key) = self.secrets.get(id) else {
+        self.published(id)?;
+        let Some(key) = self.key_of(id)? else {
             return Ok(json(
                 200,
                 &ContentKeyResponse {
@@ -510,7 +522,7 @@ impl State {
 
     /// The swarm's live peers, by id.
     fn peers(&self, id: &AssetId) -> Result<Reply, HttpError> {
-        self.manifest(id)?;
+        self.published(id)?;
         if let Some(shared) = &self.shared {
             return Ok(json(200, &shared.peers(id, self.peer_timeout)?));
         }

@@ -94,6 +94,12 @@ impl Secrets {
         self.keys.locked().get(id).copied()
     }
 
+    /// Every key held (to copy into Redis with `--redis`, which then gives them out).
+    pub fn all(&self) -> Vec<(AssetId, ContentKey)> {
+        let keys = self.keys.locked();
+        keys.iter().map(|(id, k)| (*id, *k)).collect()
+    }
+
     fn path(&self, id: &AssetId) -> PathBuf {
         self.dir.join(format!("{id}.key"))
     }

@@ -26,14 +26,19 @@
 //!   taken back from a live peer that makes no progress, nor rebalanced when others arrive;
 //!   a dead peer's lease lapses after one to two lease periods. A lost or lapsed claim
 //!   costs a duplicate origin fetch, never a wrong byte (every chunk is verified).
-//! - No per-identity cap on shares, no `uploaded` figures, no corrupt-data reports or bans,
-//!   no probing of peers reported unreachable (those fields are accepted and ignored), and
-//!   a peer id is bound to its holder only while it is live.
+//! - A holder has at most [`MAX_IDS_PER_HOLDER`] live peer ids per swarm (the script counts
+//!   them in `own:HOLDER`, a sorted set by expiry; one more is refused with 429), which
+//!   bounds its entries and its unproven leases (a first grant each); there is no
+//!   per-identity cap on what the leases of proven downloaders sum to, no `uploaded`
+//!   figures, no corrupt-data reports or bans, no probing of peers reported unreachable
+//!   (those fields are accepted and ignored), and a peer id is bound to its holder only
+//!   while it is live.
 //! - Peers in an answer are a random sample (complete ones first), not a moving window.
 //! - `/stats` and `/metrics` show this process's counters, not the swarms in Redis.
-//! - Encrypted assets are refused: their content keys are not shared between trackers.
-//! - `--retain` is refused with `--redis`. Tags are each tracker's own; an unpublish drops the manifest from Redis (no tracker
-//!   adopts it any more) but not from the trackers that already hold it.
+//! - `--retain` is refused with `--redis`. Tags, unpublished assets, origin URLs and
+//!   content keys are shared too (`shared_meta`); the announce script reads the origin URLs
+//!   (`sc:origin-urls:ID`) and tells an asset unpublished through another tracker
+//!   (its manifest gone from Redis).
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -68,6 +73,13 @@ const POOL: usize = super::HTTP_THREADS;
 /// A swarm's keys outlive its last announce by this many peer timeouts, then Redis drops
 /// them: an abandoned swarm costs nothing for long.
 const KEY_LIFETIME_TIMEOUTS: u32 = 10;
+/// Live peer ids one holder (a token, or an address's network in open mode) may have in
+/// one swarm: the in-memory tracker bounds what a holder's ids weigh by rate limits and
+/// per-identity share caps of one process; in Redis several trackers (each with its own
+/// rate limits) fill one store, so the store bounds it. A NAT of a thousand CI runners
+/// fetching one asset fits; a token holder announcing fake ids through every tracker
+/// adds at most this many entries (and first grants) to a swarm.
+pub(super) const MAX_IDS_PER_HOLDER: usize = 1024;
 /// Most peers (and most origins) `GET /assets/ID/peers` lists from Redis.
 const MAX_LISTED: usize = 10_000;
 
@@ -78,6 +90,8 @@ pub(super) struct Shared {
     announce: redis::Script,
     list: redis::Script,
     url: String,
+    /// Tags, origin URLs and content keys (`shared_meta`).
+    pub(super) meta: super::shared_meta::Meta,
 }
 
 /// One announce as the script takes it, checked by the routes.
@@ -145,8 +159,11 @@ pub(super) struct Answer {
     pub origins: Vec<PeerInfo>,
     /// The origin share as runs, for a serving downloader.
     pub origin_share: Option<Vec<[u32; 2]>>,
-    /// Redis holds the asset's manifest: false after it restarted empty (or was flushed).
+    /// Redis holds the asset's manifest: false after it restarted empty (or was flushed),
+    /// or after an unpublish.
     pub known: bool,
+    /// The asset's origin URLs (`shared_meta`).
+    pub origin_urls: Vec<String>,
 }
 
 /// The bitmap the script takes for `have` of `count` chunks (`None`: all), with the spare
@@ -209,6 +226,7 @@ impl Shared {
             announce: redis::Script::new(ANNOUNCE),
             list: redis::Script::new(LIST),
             url: url.to_string(),
+            meta: super::shared_meta::Meta::new(),
         };
         shared
             .with(|c| redis::cmd("PING").query::<String>(c))
@@ -219,7 +237,7 @@ impl Shared {
 
     /// Runs `f` on an idle connection, or a new one; a connection that failed is dropped,
     /// so that after a Redis restart the next request connects anew.
-    fn with<T>(
+    pub(super) fn with<T>(
         &self,
         f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
     ) -> Result<T, HttpError> {
@@ -274,6 +292,7 @@ impl Shared {
         }
         call.key("sc:instance")
             .key(format!("sc:manifest:{asset}"))
+            .key(Shared::origin_urls_key(asset))
             .arg(a.peer_id)
             .arg(a.owner)
             .arg(a.addr.as_deref().unwrap_or(""))
@@ -288,13 +307,16 @@ impl Shared {
             .arg(FIRST_GRANT)
             .arg(GROWTH)
             .arg(a.fresh_instance)
-            .arg(ms(memory));
+            .arg(ms(memory))
+            .arg(MAX_IDS_PER_HOLDER);
         let reply: redis::Value = self.with(|c| call.invoke(c))?;
         parse_answer(reply, a.chunk_count).map_err(|m| {
-            err(
-                if m.starts_with("peer id") { 409 } else { 500 },
-                m.replace("{id}", a.peer_id),
-            )
+            let status = match () {
+                _ if m.starts_with("peer id") => 409,
+                _ if m.starts_with("holder") => 429,
+                _ => 500,
+            };
+            err(status, m.replace("{id}", a.peer_id))
         })
     }
 
@@ -412,8 +434,7 @@ impl super::State {
                 chunk_count,
                 peers: answer.peers,
                 origins: answer.origins,
-                // This tracker's list (its data directory): not shared through Redis yet.
-                origin_urls: self.origin_urls.get(&id).to_vec(),
+                origin_urls: answer.origin_urls,
                 your_addr: addr.map(|a| a.to_string()),
                 origin_share: answer.origin_share,
                 ticket: self
@@ -469,7 +490,7 @@ impl super::State {
         // Leases last as long as the in-memory plan lets a share stall.
         let lease = stall_bound(cadence(Phase::Downloading, 0, heartbeat));
         let owner = who.key_text();
-        shared.announce(
+        let answer = shared.announce(
             id,
             &Announce {
                 peer_id,
@@ -483,7 +504,12 @@ impl super::State {
                 max_peers,
                 fresh_instance: self.warm_up.instance(),
             },
-        )
+        )?;
+        if !answer.known {
+            // Unpublished through another tracker, or Redis restarted empty (rewarm).
+            self.check_published(shared, id)?;
+        }
+        Ok(answer)
     }
 
     /// The catalog entry of `id` another tracker published, stored here too; `None` when
@@ -556,7 +582,12 @@ fn parse_answer(reply: redis::Value, count: u32) -> Result<Answer, String> {
             "peer id {{id}} is live in this swarm under {}; pick a new peer id",
             items.get(1).map(text).unwrap_or_default()
         )),
-        Some("ok") if items.len() == 8 => {
+        Some("cap") => Err(format!(
+            "holder {} has {} live peer ids in this swarm, the most one holder may have with --redis; stop some, or wait until silent ones expire (the peer timeout)",
+            items.get(1).map(text).unwrap_or_default(),
+            items.get(2).map(text).unwrap_or_default()
+        )),
+        Some("ok") if items.len() == 9 => {
             let share = match &items[4] {
                 Value::BulkString(b) if !b.is_empty() => Some(share_runs(b, count)),
                 _ => None,
@@ -569,6 +600,7 @@ fn parse_answer(reply: redis::Value, count: u32) -> Result<Answer, String> {
                 origins: peer_list(&list(&items[6])),
                 origin_share: share,
                 known: text(&items[7]) == "1",
+                origin_urls: list(&items[8]),
             })
         }
         _ => Err(format!("the announce script answered {items:?}")),
@@ -630,6 +662,7 @@ mod tests {
             ]),
             Value::Array(vec![b("o1"), b("127.0.0.1:2"), b("o"), b("0")]),
             Value::Int(1),
+            Value::Array(vec![b("https://cdn.example/f")]),
         ]);
         let answer = parse_answer(reply, 8).unwrap();
         assert_eq!(answer.instance, "abc");
@@ -639,6 +672,9 @@ mod tests {
         assert_eq!(answer.peers.len(), 1);
         assert!(answer.peers[0].complete && answer.peers[0].last_seen_secs == 2);
         assert!(answer.origins[0].origin && answer.known);
+        assert_eq!(answer.origin_urls, ["https://cdn.example/f"]);
+        let cap = parse_answer(Value::Array(vec![b("cap"), b("n:10.0.0.1"), b("1024")]), 8);
+        assert!(cap.unwrap_err().starts_with("holder n:10.0.0.1 has 1024"));
         let owner = parse_answer(Value::Array(vec![b("owner"), b("n:10.0.0.1")]), 8);
         assert!(owner.unwrap_err().starts_with("peer id"));
         assert!(parse_answer(Value::Int(3), 8).is_err());

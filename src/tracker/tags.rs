@@ -172,6 +172,11 @@ impl Book {
         self.unpublished.get(id)
     }
 
+    /// Whether `id` is recorded as unpublished.
+    pub(super) fn is_unpublished(&self, id: &AssetId) -> bool {
+        self.gone(&id.to_string()).is_some()
+    }
+
     /// The ids recorded as unpublished.
     fn unpublished_ids(&self) -> Vec<AssetId> {
         self.unpublished
@@ -296,7 +301,7 @@ impl State {
     /// peers stop serving it), 404 otherwise.
     pub(super) fn missing(&self, id: &AssetId) -> HttpError {
         let key = id.to_string();
-        match self.tags.read(|b| b.gone(&key).cloned()) {
+        match self.book_read(|b| b.gone(&key).cloned()) {
             Some(gone) => err(
                 410,
                 format!(
@@ -309,6 +314,22 @@ impl State {
                 404,
                 format!("asset {id} is not in the catalog; publish its manifest first"),
             ),
+        }
+    }
+
+    /// A look at the book: this tracker's, or with `--redis` the one every tracker shares.
+    pub(super) fn book_read<T>(&self, look: impl FnOnce(&Book) -> T) -> T {
+        match &self.shared {
+            Some(shared) => look(&shared.book()),
+            None => self.tags.read(look),
+        }
+    }
+
+    /// A change of the book, made durable (in the file, or in Redis) before it is answered.
+    pub(super) fn book_update<T>(&self, change: impl FnMut(&mut Book) -> T) -> Result<T> {
+        match &self.shared {
+            Some(shared) => shared.update_book(change),
+            None => self.tags.update(change),
         }
     }
 
@@ -335,15 +356,13 @@ impl State {
             return Ok(reply);
         };
         let id = parse_id(&answer.id)?;
-        self.tags
-            .update(|b| b.republished(&id))
+        self.book_update(|b| b.republished(&id))
             .map_err(storage_failed)?;
         let Some(tag) = tag else {
             return Ok(reply);
         };
         let by = actor(grant, remote);
-        self.tags
-            .update(|b| b.move_tag(&tag, &id, unix_now(), &by))
+        self.book_update(|b| b.move_tag(&tag, &id, unix_now(), &by))
             .map_err(storage_failed)?
             .map_err(full)?;
         let mut value = serde_json::to_value(&answer).expect("API types always serialize");
@@ -396,7 +415,7 @@ impl State {
 
     /// `GET /tags`: every name, with the number of tags the grant may see.
     fn names(&self, grant: Option<&Grant>) -> serde_json::Value {
-        self.tags.read(|book| {
+        self.book_read(|book| {
             let names: Vec<serde_json::Value> = book
                 .names
                 .iter()
@@ -414,7 +433,7 @@ impl State {
 
     /// `GET /tags/NAME:TAG`: where it points; 410 when that asset was unpublished.
     fn resolve(&self, tag: &TagRef, grant: Option<&Grant>) -> Result<TagAnswer, HttpError> {
-        let (moved, gone) = self.tags.read(|book| {
+        let (moved, gone) = self.book_read(|book| {
             let moved = book.resolve(tag).cloned();
             let gone = moved.as_ref().and_then(|m| book.gone(&m.id).cloned());
             (moved, gone)
@@ -460,7 +479,7 @@ impl State {
     /// `GET /tags/NAME`: its tags whose asset the grant may fetch, each with the moves to
     /// assets it may fetch.
     fn history(&self, name: &str, grant: Option<&Grant>) -> Result<Reply, HttpError> {
-        let tags = self.tags.read(|book| {
+        let tags = self.book_read(|book| {
             book.names.get(name).map(|tags| {
                 tags.iter()
                     .filter_map(|(tag, t)| {
@@ -502,9 +521,7 @@ impl State {
         token: Option<&str>,
     ) -> Result<Reply, HttpError> {
         self.authorize(token, Action::Fetch(id))?;
-        if self.catalog.get(id).is_none() {
-            return Err(self.missing(id));
-        }
+        self.published(id)?;
         let by = actor(grant, remote);
         let at = unix_now();
         let previous = self
@@ -551,11 +568,11 @@ impl State {
     /// ([`State::finish_unpublishing`]), never a forgotten asset its peers keep serving.
     pub(super) fn unpublish(&self, id: &AssetId, by: &str) -> Result<UnpublishAnswer> {
         let at = unix_now();
-        let tags = self.tags.update(|b| b.unpublish(id, at, by))?;
+        let tags = self.book_update(|b| b.unpublish(id, at, by))?;
         self.catalog.remove(id)?;
         self.swarms.write_now().remove(id);
-        // Other trackers on the same Redis stop adopting it (those that hold it already
-        // keep it until unpublished there too: tags are per tracker).
+        // Other trackers on the same Redis stop adopting it; those that hold it already
+        // find its manifest gone from Redis and the book saying why (`shared_meta`).
         if let Some(shared) = &self.shared {
             shared
                 .forget(id)

@@ -2,11 +2,13 @@
 -- KEYS: 1 peers (zset id -> expiry ms), 2 info (hash id -> "owner\taddr\tkind"),
 --       3 leechers (zset id -> expiry ms), 4 origins (zset id -> expiry ms),
 --       5 the swarm's key prefix (held:GEN, claim:GEN, mine:ID and scratch keys),
---       6 the dataset's instance (hash: id, at), 7 the asset's manifest in the catalog
+--       6 the dataset's instance (hash: id, at), 7 the asset's manifest in the catalog,
+--       8 the asset's origin URLs (list, src/tracker/shared_meta.rs)
 -- ARGV: 1 peer id, 2 owner, 3 addr ('' = serves nothing), 4 kind (s seeder, p partial,
 --       e empty, o origin, x leaving), 5 have bitmap (spare bits set), 6 chunks held,
 --       7 chunk count, 8 spare bits, 9 peer ttl ms, 10 lease ms, 11 max peers,
---       12 first grant, 13 growth, 14 a fresh instance id, 15 key lifetime ms
+--       12 first grant, 13 growth, 14 a fresh instance id, 15 key lifetime ms,
+--       16 most live peer ids of one holder
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local peers, info, leech, origins, base, inst = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
@@ -45,7 +47,22 @@ if old then
   end
 end
 
+-- A holder's live ids in this swarm are bounded, whatever trackers it announces through
+-- (own:HOLDER, ids by expiry; swept only when a new id would be counted).
 local serving = addr ~= '' and kind ~= 'x'
+local own, cap = base .. 'own:' .. owner, tonumber(ARGV[16])
+if serving then
+  if not redis.call('ZSCORE', own, pid) then
+    redis.call('ZREMRANGEBYSCORE', own, '-inf', now)
+    local live = redis.call('ZCARD', own)
+    if live >= cap then return {'cap', owner, tostring(live)} end
+  end
+  redis.call('ZADD', own, now + ttl, pid)
+  redis.call('PEXPIRE', own, ttl)
+else
+  redis.call('ZREM', own, pid)
+end
+
 if serving then
   local z, other = peers, origins
   if kind == 'o' then z, other = origins, peers end
@@ -224,4 +241,5 @@ for _, en in ipairs(entries(redis.call('ZRANGE', origins, 0, 15, 'WITHSCORES')))
   for _, f in ipairs(en) do table.insert(outo, f) end
 end
 local known = tostring(redis.call('EXISTS', KEYS[7]))
-return {'ok', instance, tostring(now - born), tostring(leechers), share, out, outo, known}
+local urls = redis.call('LRANGE', KEYS[8], 0, 63)
+return {'ok', instance, tostring(now - born), tostring(leechers), share, out, outo, known, urls}
