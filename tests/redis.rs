@@ -1,7 +1,10 @@
 //! Several trackers, one Redis (issue 17): two trackers share a real redis-server on
 //! 127.0.0.1 and serve one crowd; one tracker is killed mid-crowd, then Redis itself is
 //! restarted mid-crowd, and every client still finishes with an exact copy. Skipped, with a
-//! message, where `redis-server` is not installed (`.ci/run` installs it).
+//! message, where `redis-server` is not installed (`.ci/run` installs it). What a tracker
+//! knows besides the swarms is shared too: tags and unpublished assets, origin URLs (an
+//! nginx serves them), content keys (wrapped, never in Redis in the clear), and a holder's
+//! bound on live peer ids counts what it announced through every tracker.
 
 use std::fs;
 use std::io::{Read, Write};
@@ -11,9 +14,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::harness::{
-    Proc, ServerProc, TrackerProc, eventually, http_get, publish, random_file, spawn_get,
-    stored_chunks,
+    Proc, ServerProc, TrackerProc, eventually, get, http_get, publish, random_file, run,
+    spawn_get, stored_chunks,
 };
+use crate::web_seed::{Nginx, nginx_binary};
 
 /// Tries at a free port for redis-server: one picked by binding port 0 and releasing it
 /// may be taken by another test before Redis binds it.
@@ -106,9 +110,55 @@ impl RedisProc {
 }
 
 fn tracker(dir: &Path, name: &str, redis: &RedisProc) -> TrackerProc {
+    tracker_with(dir, name, redis, &[])
+}
+
+/// A tracker on `redis` with `extra` flags, sharing the key directory `dir/keys` with the
+/// others (as trackers on one Redis must: ticket keys, and the content keys' wrapping key).
+fn tracker_with(dir: &Path, name: &str, redis: &RedisProc, extra: &[&str]) -> TrackerProc {
     fs::create_dir_all(dir.join(name)).unwrap();
-    let args = ["--redis", &redis.url, "--peer-timeout", PEER_TIMEOUT];
+    let keys = dir.join("keys");
+    let mut args = vec![
+        "--redis",
+        &redis.url,
+        "--peer-timeout",
+        PEER_TIMEOUT,
+        "--keys",
+        keys.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
     TrackerProc::start(&dir.join(name), &args)
+}
+
+/// A request to a tracker (with a token when not empty): the status and the body as JSON
+/// (or as a JSON string when it is not JSON).
+fn call(method: &str, url: &str, token: &str, body: Option<&str>) -> (u16, serde_json::Value) {
+    let mut request = ureq::request(method, url);
+    if !token.is_empty() {
+        request = request.set("Authorization", &format!("Bearer {token}"));
+    }
+    let result = match body {
+        Some(body) => request.send_string(body),
+        None => request.call(),
+    };
+    let (status, response) = match result {
+        Ok(r) => (r.status(), r),
+        Err(ureq::Error::Status(status, r)) => (status, r),
+        Err(e) => panic!("{method} {url}: {e}"),
+    };
+    let text = response.into_string().unwrap();
+    let value = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+    (status, value)
+}
+
+/// `chunkify FILE | peer_client publish --tracker URL EXTRA… -`; the id.
+fn publish_with(dir: &Path, tracker: &str, file: &str, extra: &[&str]) -> String {
+    let manifest = run(dir, "chunkify", &["--chunk-size", "64KiB", file], b"");
+    let mut args = vec!["publish", "--tracker", tracker];
+    args.extend_from_slice(extra);
+    args.push("-");
+    let id = run(dir, "peer_client", &args, manifest.ok().as_bytes());
+    id.ok().trim().to_string()
 }
 
 /// Starts `n` clients of `id`, half listing the trackers one way round, half the other.
@@ -230,5 +280,234 @@ fn a_crowd_finishes_when_redis_restarts_under_it() {
         Duration::from_secs(15),
         || one.peers(&id).iter().any(|p| p["origin"] == true),
     );
+    drop((origin, redis));
+}
+
+#[test]
+fn a_tag_set_through_one_tracker_resolves_through_the_other_and_an_unpublish_is_410_there() {
+    if !redis_installed() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let redis = RedisProc::start(d, None);
+    let (one, two) = (tracker(d, "one", &redis), tracker(d, "two", &redis));
+    random_file(&d.join("f.bin"), 3 * 65536 + 5, 44);
+    let id = publish_with(d, &one.url, "f.bin", &["--tag", "ci/app:v1"]);
+    let (status, tag) = call("GET", &format!("{}/tags/ci/app:v1", two.url), "", None);
+    assert_eq!((status, tag["id"].as_str()), (200, Some(id.as_str())), "{tag}");
+    // Moved through the other, seen at once by the first.
+    let (status, _) = call(
+        "PUT",
+        &format!("{}/tags/ci/app:stable", two.url),
+        "",
+        Some(&format!(r#"{{"id":"{id}"}}"#)),
+    );
+    assert_eq!(status, 200);
+    let names = one.get_json("/tags/ci/app");
+    assert_eq!(names["tags"].as_array().unwrap().len(), 2, "{names}");
+    // The second tracker serves the asset (adopting it from Redis), then one unpublishes.
+    let announce = |url: &str| {
+        call(
+            "POST",
+            &format!("{url}/assets/{id}/announce"),
+            "",
+            Some(r#"{"peer_id":"p1","addr":"127.0.0.1:9","complete":true}"#),
+        )
+    };
+    assert_eq!(announce(&two.url).0, 200);
+    let (status, answer) = call("DELETE", &format!("{}/assets/{id}", one.url), "", None);
+    assert_eq!(status, 200, "{answer}");
+    let (status, answer) = announce(&two.url);
+    assert_eq!(status, 410, "an announce through the other: {answer}");
+    assert!(answer["error"].as_str().unwrap().contains("unpublished"), "{answer}");
+    for path in [format!("/assets/{id}"), "/tags/ci/app:v1".to_string()] {
+        let (status, answer) = call("GET", &format!("{}{path}", two.url), "", None);
+        assert_eq!(status, 410, "GET {path} through the other: {answer}");
+    }
+    assert_eq!(two.get_json("/assets"), serde_json::json!([]));
+    // Published again through the other: both serve it.
+    assert_eq!(publish_with(d, &two.url, "f.bin", &[]), id);
+    assert_eq!(announce(&one.url).0, 200);
+    let (status, tag) = call("GET", &format!("{}/tags/ci/app:v1", one.url), "", None);
+    assert_eq!((status, tag["id"].as_str()), (200, Some(id.as_str())), "{tag}");
+    drop(redis);
+}
+
+#[test]
+fn an_origin_url_added_through_one_tracker_is_handed_out_by_the_other() {
+    if !redis_installed() {
+        return;
+    }
+    let Some(binary) = nginx_binary("redis origin URL") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let redis = RedisProc::start(d, None);
+    let (one, two) = (tracker(d, "one", &redis), tracker(d, "two", &redis));
+    let www = d.join("www");
+    fs::create_dir_all(&www).unwrap();
+    let bytes = random_file(&www.join("f.bin"), 40 * 65536 + 3, 45);
+    let nginx = Nginx::start(&binary, d, "nginx", &www, "", None);
+    let url = nginx.url("f.bin");
+    let id = publish_with(d, &one.url, "www/f.bin", &["--origin-url", &url]);
+    // No peer_server at all: a client of the other tracker fetches from nginx.
+    get(d, &two.url, &id, "copy.bin", "client", &["--no-serve"]).ok();
+    assert!(fs::read(d.join("copy.bin")).unwrap() == bytes, "the copy differs");
+    assert!(
+        nginx.bytes_sent() >= bytes.len() as u64,
+        "nginx sent {} bytes",
+        nginx.bytes_sent()
+    );
+    // One added later through the other is listed by the first.
+    let mirror = "https://mirror.example/f.bin";
+    run(
+        d,
+        "peer_client",
+        &["origin", "add", &id, mirror, "--tracker", &two.url],
+        b"",
+    )
+    .ok();
+    let listed = one.get_json(&format!("/assets/{id}/origins"));
+    assert_eq!(
+        listed["origin_urls"],
+        serde_json::json!([url, mirror]),
+        "{listed}"
+    );
+    drop(redis);
+}
+
+#[test]
+fn an_encrypted_asset_published_through_one_tracker_gives_its_key_through_the_other() {
+    if !redis_installed() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let redis = RedisProc::start(d, None);
+    let (one, two) = (tracker(d, "one", &redis), tracker(d, "two", &redis));
+    let plain = random_file(&d.join("plain.bin"), 5 * 65536 + 11, 46);
+    let args = ["--encrypt", "--chunk-size", "64KiB", "plain.bin", "--out", "c.enc"];
+    let manifest = run(d, "chunkify", &args, b"").ok().to_string();
+    let key = manifest
+        .split("aes-128-ctr:")
+        .nth(1)
+        .map(|rest| rest[..32].to_string())
+        .unwrap();
+    let published = run(
+        d,
+        "peer_client",
+        &["publish", "--tracker", &one.url, "-"],
+        manifest.as_bytes(),
+    );
+    let id = published.ok().trim().to_string();
+    let answer = two.get_json(&format!("/assets/{id}/key"));
+    assert_eq!(answer["key"].as_str(), Some(key.as_str()), "{answer}");
+    // Redis holds it wrapped: its dump or its network give no key.
+    let mut conn = ::redis::Client::open(redis.url.as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let stored: String = ::redis::cmd("GET")
+        .arg(format!("sc:content-key:{id}"))
+        .query(&mut conn)
+        .unwrap();
+    assert!(stored.starts_with("v1:") && !stored.contains(&key), "{stored}");
+    // A client of the other tracker decrypts what an origin of the first serves.
+    let origin = ServerProc::start(d, "origin", Some(&one.url), &["c.enc"], &["--origin"]);
+    assert_eq!(origin.seeded[0], id);
+    get(d, &two.url, &id, "out.bin", "client", &["--no-serve"]).ok();
+    assert!(fs::read(d.join("out.bin")).unwrap() == plain, "the copy differs");
+    // A tracker with another key directory cannot open it, and says what to do.
+    fs::create_dir_all(d.join("stray")).unwrap();
+    let other_keys = d.join("other-keys");
+    let stray = TrackerProc::start(
+        &d.join("stray"),
+        &["--redis", &redis.url, "--keys", other_keys.to_str().unwrap()],
+    );
+    let (status, answer) = call("GET", &format!("{}/assets/{id}/key", stray.url), "", None);
+    assert_eq!(status, 500, "{answer}");
+    let message = answer["error"].as_str().unwrap();
+    assert!(message.contains("--keys") && !message.contains(&key), "{message}");
+    drop((origin, redis));
+}
+
+#[test]
+fn a_token_holder_over_the_peer_id_cap_through_both_trackers_is_refused() {
+    if !redis_installed() {
+        return;
+    }
+    /// The tracker's bound (src/tracker/shared.rs, MAX_IDS_PER_HOLDER).
+    const CAP: usize = 1024;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let redis = RedisProc::start(d, None);
+    let token = |name: &str, rights: &[&str]| {
+        let mut args = vec!["token", "--auth", "auth.toml", "--name", name];
+        args.extend_from_slice(rights);
+        run(d, "tracker", &args, b"").ok().trim().to_string()
+    };
+    let ops = token("ops", &["--publish", "--fetch", "*"]);
+    let fleet = token("fleet", &["--fetch", "*"]);
+    let other = token("other", &["--fetch", "*"]);
+    let auth = d.join("auth.toml");
+    let flags = ["--auth", auth.to_str().unwrap(), "--announce-rate", "0"];
+    let one = tracker_with(d, "one", &redis, &flags);
+    let two = tracker_with(d, "two", &redis, &flags);
+    random_file(&d.join("f.bin"), 65536, 47);
+    let id = publish_with(d, &one.url, "f.bin", &["--token", &ops]);
+    let agent = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(10))
+        .build();
+    let announce = |url: &str, token: &str, peer: &str| {
+        let body = format!(r#"{{"peer_id":"{peer}","addr":"127.0.0.1:9","complete":true}}"#);
+        match agent
+            .post(&format!("{url}/assets/{id}/announce"))
+            .set("Authorization", &format!("Bearer {token}"))
+            .send_string(&body)
+        {
+            Ok(r) => (r.status(), r.into_string().unwrap()),
+            Err(ureq::Error::Status(s, r)) => (s, r.into_string().unwrap()),
+            Err(e) => panic!("announce {peer}: {e}"),
+        }
+    };
+    // Half the ids through each tracker: one store counts them all.
+    for i in 0..CAP {
+        let url = [&one.url, &two.url][i % 2];
+        let (status, body) = announce(url, &fleet, &format!("f{i}"));
+        assert_eq!(status, 200, "id {i}: {body}");
+    }
+    for url in [&one.url, &two.url] {
+        let (status, body) = announce(url, &fleet, "one-more");
+        assert_eq!(status, 429, "{body}");
+        assert!(body.contains("1024 live peer ids"), "{body}");
+    }
+    // Its live ids still announce; another holder is not held back.
+    assert_eq!(announce(&two.url, &fleet, "f0").0, 200);
+    assert_eq!(announce(&one.url, &other, "o1").0, 200);
+    drop(redis);
+}
+
+#[test]
+fn repeated_tracker_flags_fail_over_past_a_dead_tracker() {
+    if !redis_installed() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let redis = RedisProc::start(d, None);
+    let (one, two) = (tracker(d, "one", &redis), tracker(d, "two", &redis));
+    // Nothing listens on a port just freed.
+    let dead = format!(
+        "http://{}",
+        TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+    );
+    let bytes = random_file(&d.join("f.bin"), 6 * 65536 + 1, 48);
+    let flags = ["--origin", "--tracker", &dead, "--tracker", &one.url];
+    let origin = ServerProc::start(d, "origin", None, &["f.bin"], &flags);
+    let id = origin.seeded[0].clone();
+    get(d, &dead, &id, "copy.bin", "client", &["--tracker", &two.url, "--no-serve"]).ok();
+    assert!(fs::read(d.join("copy.bin")).unwrap() == bytes, "the copy differs");
     drop((origin, redis));
 }

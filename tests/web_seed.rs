@@ -24,7 +24,7 @@ const PORT_TRIES: usize = 8;
 const NGINX_START: Duration = Duration::from_secs(10);
 
 /// nginx, if installed; otherwise says the test is skipped.
-fn nginx_binary(test: &str) -> Option<PathBuf> {
+pub(crate) fn nginx_binary(test: &str) -> Option<PathBuf> {
     let path = PathBuf::from(NGINX);
     if path.exists() {
         return Some(path);
@@ -44,7 +44,7 @@ fn free_port() -> u16 {
 
 /// One nginx process serving `root` on 127.0.0.1, killed on drop; the access log counts
 /// `$bytes_sent` (headers and body) of every answer.
-struct Nginx {
+pub(crate) struct Nginx {
     child: Child,
     dir: PathBuf,
     /// `http://127.0.0.1:PORT` or `https://localhost:PORT`.
@@ -54,7 +54,7 @@ struct Nginx {
 impl Nginx {
     /// Starts nginx with `server` (directives inside the `server` block besides `listen`
     /// and `root`) in `dir/name/`; `tls` is a certificate and key for `listen … ssl`.
-    fn start(
+    pub(crate) fn start(
         binary: &Path,
         dir: &Path,
         name: &str,
@@ -153,7 +153,7 @@ http {{
     }
 
     /// The URL of `file` under the root.
-    fn url(&self, file: &str) -> String {
+    pub(crate) fn url(&self, file: &str) -> String {
         format!("{}/{file}", self.base)
     }
 
@@ -182,7 +182,7 @@ http {{
     }
 
     /// Bytes sent, headers included, by nginx's own count.
-    fn bytes_sent(&self) -> u64 {
+    pub(crate) fn bytes_sent(&self) -> u64 {
         self.log().iter().map(|(_, sent)| sent).sum()
     }
 }

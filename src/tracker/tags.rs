@@ -525,13 +525,11 @@ impl State {
         let by = actor(grant, remote);
         let at = unix_now();
         let previous = self
-            .tags
-            .update(|b| b.move_tag(tag, id, at, &by))
+            .book_update(|b| b.move_tag(tag, id, at, &by))
             .map_err(storage_failed)?
             .map_err(full)?;
         let moved = self
-            .tags
-            .read(|b| b.resolve(tag).cloned())
+            .book_read(|b| b.resolve(tag).cloned())
             .expect("just moved");
         Ok(json(
             200,
