@@ -112,13 +112,16 @@ struct Args {
     /// The private key (PEM: PKCS#8, RSA or EC) of --tls-cert.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
-    /// Keep the catalog and the swarms in this Redis (redis://HOST:PORT/DB), so that every
-    /// tracker started with the same serves the same swarms; clients list them all
-    /// (--tracker URL1,URL2) and fail over. Without it, swarms live in this process.
+    /// Keep the catalog, the swarms, tags, origin URLs and content keys (wrapped with
+    /// --keys DIR/content-wrap.key) in this Redis (redis://HOST:PORT/DB, or
+    /// redis://:PASSWORD@HOST:PORT/DB), so that every tracker started with the same serves
+    /// the same; clients list them all (--tracker URL1,URL2) and fail over. Without it,
+    /// swarms live in this process and the rest in --data.
     #[arg(long, value_name = "URL")]
     redis: Option<String>,
-    /// Directory of the ticket-signing keys (default: DATA/keys). Trackers sharing a Redis
-    /// with --auth are given the same keys: copy this directory to each (mode 0700).
+    /// Directory of the ticket-signing keys and, with --redis, of the content keys'
+    /// wrapping key (default: DATA/keys). Trackers sharing a Redis are given the same
+    /// keys: copy this directory to each (mode 0700).
     #[arg(long, value_name = "DIR")]
     keys: Option<PathBuf>,
 }
@@ -128,6 +131,8 @@ enum Command {
     /// Create the ticket-signing key, or rotate it: the new key signs, the old one still
     /// verifies tickets it signed until they expire. Restart the tracker to use it; peers
     /// fetch the new public key from GET /keys when they meet it. Prints the public keys.
+    /// Also makes, once, the key that wraps content keys kept in Redis (content-wrap.key,
+    /// never rotated), so that one copy of the directory serves every tracker.
     Keygen {
         /// The tracker's data directory (the keys go in DATA/keys).
         #[arg(long, default_value = "tracker-data")]
@@ -186,7 +191,10 @@ enum Command {
 fn run(args: Args) -> Result<u8> {
     match args.command {
         Some(Command::Keygen { data, keys }) => {
-            let ring = KeyRing::rotate(&keys.unwrap_or_else(|| KeyRing::dir(&data)))?;
+            let dir = keys.unwrap_or_else(|| KeyRing::dir(&data));
+            let ring = KeyRing::rotate(&dir)?;
+            // Made once, never rotated: it opens every content key kept in Redis.
+            swarmcache::tracker::ensure_wrap_key(&dir)?;
             for key in ring.public_keys() {
                 cli::println(&key)?;
             }

@@ -398,6 +398,12 @@ impl Tracker {
     }
 }
 
+/// Makes the key that wraps content keys kept in Redis in the key directory `dir`, unless
+/// it is there (`tracker keygen`, so one copy of the directory serves every tracker).
+pub fn ensure_wrap_key(dir: &std::path::Path) -> Result<()> {
+    shared_meta::WrapKey::load_or_create(dir).map(drop)
+}
+
 /// The per-asset files `ID.SUFFIX` in `dir` (the content keys, the origin URL lists), with
 /// their ids. A name starting with `.` is a temporary file a crash left before its rename
 /// and is removed; other names are not ours and are skipped.
