@@ -430,8 +430,9 @@ impl State {
     /// asset unpublished through another tracker is 410 here too.
     pub(super) fn published(&self, id: &AssetId) -> Result<Arc<Entry>, HttpError> {
         let entry = self.manifest(id)?;
+        // A Redis that fails was logged; this tracker's copy answers meanwhile.
         if let Some(shared) = &self.shared
-            && !shared.holds_manifest(id)?
+            && matches!(shared.holds_manifest(id), Ok(false))
         {
             self.check_published(shared, id)?;
             // Redis restarted empty: the manifest is stored again for the other trackers.

@@ -47,23 +47,18 @@ if old then
   end
 end
 
--- A holder's live ids in this swarm are bounded, whatever trackers it announces through
--- (own:HOLDER, ids by expiry; swept only when a new id would be counted).
 local serving = addr ~= '' and kind ~= 'x'
-local own, cap = base .. 'own:' .. owner, tonumber(ARGV[16])
+local own = base .. 'own:' .. owner
 if serving then
+  -- A holder's live ids in this swarm are bounded, whatever trackers it announces through
+  -- (own:HOLDER, ids by expiry; swept only when a new id would be counted).
   if not redis.call('ZSCORE', own, pid) then
     redis.call('ZREMRANGEBYSCORE', own, '-inf', now)
     local live = redis.call('ZCARD', own)
-    if live >= cap then return {'cap', owner, tostring(live)} end
+    if live >= tonumber(ARGV[16]) then return {'cap', owner, tostring(live)} end
   end
   redis.call('ZADD', own, now + ttl, pid)
   redis.call('PEXPIRE', own, ttl)
-else
-  redis.call('ZREM', own, pid)
-end
-
-if serving then
   local z, other = peers, origins
   if kind == 'o' then z, other = origins, peers end
   redis.call('ZADD', z, now + ttl, pid)
@@ -75,6 +70,7 @@ if serving then
     redis.call('ZREM', leech, pid)
   end
 else
+  redis.call('ZREM', own, pid)
   redis.call('ZREM', peers, pid)
   redis.call('ZREM', origins, pid)
   redis.call('ZREM', leech, pid)
