@@ -291,7 +291,9 @@ fn a_tag_set_through_one_tracker_resolves_through_the_other_and_an_unpublish_is_
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let redis = RedisProc::start(d, None);
-    let (one, two) = (tracker(d, "one", &redis), tracker(d, "two", &redis));
+    let unlimited = ["--publish-rate", "0"];
+    let one = tracker_with(d, "one", &redis, &unlimited);
+    let two = tracker_with(d, "two", &redis, &unlimited);
     random_file(&d.join("f.bin"), 3 * 65536 + 5, 44);
     let id = publish_with(d, &one.url, "f.bin", &["--tag", "ci/app:v1"]);
     let (status, tag) = call("GET", &format!("{}/tags/ci/app:v1", two.url), "", None);
@@ -306,6 +308,19 @@ fn a_tag_set_through_one_tracker_resolves_through_the_other_and_an_unpublish_is_
     assert_eq!(status, 200);
     let names = one.get_json("/tags/ci/app");
     assert_eq!(names["tags"].as_array().unwrap().len(), 2, "{names}");
+    // Moves racing through both trackers are all kept (the book changes by compare-and-set).
+    std::thread::scope(|s| {
+        for i in 0..16 {
+            let (url, id) = ([&one.url, &two.url][i % 2], &id);
+            s.spawn(move || {
+                let path = format!("{url}/tags/ci/race:t{i}");
+                let body = format!(r#"{{"id":"{id}"}}"#);
+                assert_eq!(call("PUT", &path, "", Some(&body)).0, 200, "{path}");
+            });
+        }
+    });
+    let race = two.get_json("/tags/ci/race");
+    assert_eq!(race["tags"].as_array().unwrap().len(), 16, "{race}");
     // The second tracker serves the asset (adopting it from Redis), then one unpublishes.
     let announce = |url: &str| {
         call(

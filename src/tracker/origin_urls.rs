@@ -7,7 +7,9 @@
 //! A URL is added by a holder of the publish right (`POST /assets/{id}/origins`), checked
 //! by [`crate::origin_url::check`], at most [`MAX_ORIGIN_URLS`] per asset; adding one
 //! already listed changes nothing. Every announce answer lists them. An unpublished asset
-//! keeps its list, as it keeps its content key: publishing it again restores both.
+//! keeps its list, as it keeps its content key: publishing it again restores both. With
+//! `--redis` the lists live in Redis instead (`shared_meta`), and these files are copied
+//! there when the tracker starts.
 
 use std::collections::HashMap;
 use std::fs;

@@ -254,12 +254,12 @@ impl State {
 
     /// The catalog, or the part of it `grant` may fetch.
     fn list(&self, grant: Option<&Grant>) -> Result<Vec<AssetSummary>, HttpError> {
+        // With --redis, the book says what was unpublished through another tracker and is
+        // still in this one's catalog.
         let gone = match &self.shared {
             Some(shared) => {
                 self.adopt_all(shared)?;
-                // Unpublished through another tracker, and still in this one's catalog.
-                let book = shared.book();
-                Some(book)
+                Some(shared.book())
             }
             None => None,
         };

@@ -6,7 +6,8 @@
 //! another key for the same id is refused (409), so no holder of the publish right can
 //! swap the key of an asset others already fetch. Keys leave the tracker only through
 //! `GET /assets/{id}/key` (routes decide to whom); nothing here logs one, and `ContentKey`'s
-//! `Debug` shows no byte of it.
+//! `Debug` shows no byte of it. With `--redis` the keys live in Redis instead, wrapped
+//! (`shared_meta`), and these files are copied there when the tracker starts.
 
 use std::collections::HashMap;
 use std::fs;

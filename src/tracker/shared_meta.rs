@@ -72,9 +72,10 @@ if #urls >= tonumber(ARGV[2]) then return 'full' end
 redis.call('RPUSH', KEYS[1], ARGV[1])
 return 'stored'
 ";
-/// Tries of a book change racing other trackers' changes: changes are operators' acts, a
-/// few a second at most, so two in a row lost is already rare.
-const BOOK_TRIES: usize = 8;
+/// Tries of a book change racing other trackers' changes (each lost one waits a little
+/// longer, a millisecond more each time: about half a second in all at most). Changes are
+/// operators' acts, a few a second; a CI fleet tagging at once still gets through.
+const BOOK_TRIES: u32 = 32;
 const BOOK: &str = "sc:tags";
 const BOOK_VERSION: &str = "sc:tags:version";
 /// The wrapping key's file in the key directory.
@@ -276,7 +277,10 @@ impl Shared {
 
     /// Applies `change` to the shared book, racing other trackers by compare-and-set.
     pub(super) fn update_book<T>(&self, mut change: impl FnMut(&mut Book) -> T) -> Result<T> {
-        for _ in 0..BOOK_TRIES {
+        for tries in 0..BOOK_TRIES {
+            if tries > 0 {
+                std::thread::sleep(std::time::Duration::from_millis(u64::from(tries)));
+            }
             let (version, book) = self.fresh_book()?;
             let mut next = (*book).clone();
             let out = change(&mut next);

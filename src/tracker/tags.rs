@@ -4,7 +4,9 @@
 //! serving them and tags pointing at them say so. Durable as `DATA/tags.json`, rewritten
 //! whole and atomically on each change (write, fsync, rename: a crash leaves the old book
 //! or the new one), under one lock, so a tag moves atomically and the file never lags
-//! what was answered.
+//! what was answered. With `--redis` the book lives in Redis instead, shared by every
+//! tracker on it (`shared_meta`): the routes read and change it through
+//! [`State::book_read`] and [`State::book_update`], whichever holds it.
 //!
 //! Bounded against a hostile publisher: at most [`MAX_TAGS`] tags in all, [`MAX_HISTORY`]
 //! moves kept per tag (the oldest forgotten), [`MAX_UNPUBLISHED`] unpublished ids
