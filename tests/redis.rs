@@ -14,8 +14,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::harness::{
-    Proc, ServerProc, TrackerProc, eventually, get, http_get, publish, random_file, run,
-    spawn_get, stored_chunks,
+    Proc, ServerProc, TrackerProc, eventually, get, http_get, publish, random_file, run, spawn_get,
+    stored_chunks,
 };
 use crate::web_seed::{Nginx, nginx_binary};
 
@@ -297,7 +297,11 @@ fn a_tag_set_through_one_tracker_resolves_through_the_other_and_an_unpublish_is_
     random_file(&d.join("f.bin"), 3 * 65536 + 5, 44);
     let id = publish_with(d, &one.url, "f.bin", &["--tag", "ci/app:v1"]);
     let (status, tag) = call("GET", &format!("{}/tags/ci/app:v1", two.url), "", None);
-    assert_eq!((status, tag["id"].as_str()), (200, Some(id.as_str())), "{tag}");
+    assert_eq!(
+        (status, tag["id"].as_str()),
+        (200, Some(id.as_str())),
+        "{tag}"
+    );
     // Moved through the other, seen at once by the first.
     let (status, _) = call(
         "PUT",
@@ -335,7 +339,10 @@ fn a_tag_set_through_one_tracker_resolves_through_the_other_and_an_unpublish_is_
     assert_eq!(status, 200, "{answer}");
     let (status, answer) = announce(&two.url);
     assert_eq!(status, 410, "an announce through the other: {answer}");
-    assert!(answer["error"].as_str().unwrap().contains("unpublished"), "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("unpublished"),
+        "{answer}"
+    );
     for path in [format!("/assets/{id}"), "/tags/ci/app:v1".to_string()] {
         let (status, answer) = call("GET", &format!("{}{path}", two.url), "", None);
         assert_eq!(status, 410, "GET {path} through the other: {answer}");
@@ -345,7 +352,11 @@ fn a_tag_set_through_one_tracker_resolves_through_the_other_and_an_unpublish_is_
     assert_eq!(publish_with(d, &two.url, "f.bin", &[]), id);
     assert_eq!(announce(&one.url).0, 200);
     let (status, tag) = call("GET", &format!("{}/tags/ci/app:v1", one.url), "", None);
-    assert_eq!((status, tag["id"].as_str()), (200, Some(id.as_str())), "{tag}");
+    assert_eq!(
+        (status, tag["id"].as_str()),
+        (200, Some(id.as_str())),
+        "{tag}"
+    );
     drop(redis);
 }
 
@@ -369,7 +380,10 @@ fn an_origin_url_added_through_one_tracker_is_handed_out_by_the_other() {
     let id = publish_with(d, &one.url, "www/f.bin", &["--origin-url", &url]);
     // No peer_server at all: a client of the other tracker fetches from nginx.
     get(d, &two.url, &id, "copy.bin", "client", &["--no-serve"]).ok();
-    assert!(fs::read(d.join("copy.bin")).unwrap() == bytes, "the copy differs");
+    assert!(
+        fs::read(d.join("copy.bin")).unwrap() == bytes,
+        "the copy differs"
+    );
     assert!(
         nginx.bytes_sent() >= bytes.len() as u64,
         "nginx sent {} bytes",
@@ -403,7 +417,14 @@ fn an_encrypted_asset_published_through_one_tracker_gives_its_key_through_the_ot
     let redis = RedisProc::start(d, None);
     let (one, two) = (tracker(d, "one", &redis), tracker(d, "two", &redis));
     let plain = random_file(&d.join("plain.bin"), 5 * 65536 + 11, 46);
-    let args = ["--encrypt", "--chunk-size", "64KiB", "plain.bin", "--out", "c.enc"];
+    let args = [
+        "--encrypt",
+        "--chunk-size",
+        "64KiB",
+        "plain.bin",
+        "--out",
+        "c.enc",
+    ];
     let manifest = run(d, "chunkify", &args, b"").ok().to_string();
     let key = manifest
         .split("aes-128-ctr:")
@@ -428,23 +449,37 @@ fn an_encrypted_asset_published_through_one_tracker_gives_its_key_through_the_ot
         .arg(format!("sc:content-key:{id}"))
         .query(&mut conn)
         .unwrap();
-    assert!(stored.starts_with("v1:") && !stored.contains(&key), "{stored}");
+    assert!(
+        stored.starts_with("v1:") && !stored.contains(&key),
+        "{stored}"
+    );
     // A client of the other tracker decrypts what an origin of the first serves.
     let origin = ServerProc::start(d, "origin", Some(&one.url), &["c.enc"], &["--origin"]);
     assert_eq!(origin.seeded[0], id);
     get(d, &two.url, &id, "out.bin", "client", &["--no-serve"]).ok();
-    assert!(fs::read(d.join("out.bin")).unwrap() == plain, "the copy differs");
+    assert!(
+        fs::read(d.join("out.bin")).unwrap() == plain,
+        "the copy differs"
+    );
     // A tracker with another key directory cannot open it, and says what to do.
     fs::create_dir_all(d.join("stray")).unwrap();
     let other_keys = d.join("other-keys");
     let stray = TrackerProc::start(
         &d.join("stray"),
-        &["--redis", &redis.url, "--keys", other_keys.to_str().unwrap()],
+        &[
+            "--redis",
+            &redis.url,
+            "--keys",
+            other_keys.to_str().unwrap(),
+        ],
     );
     let (status, answer) = call("GET", &format!("{}/assets/{id}/key", stray.url), "", None);
     assert_eq!(status, 500, "{answer}");
     let message = answer["error"].as_str().unwrap();
-    assert!(message.contains("--keys") && !message.contains(&key), "{message}");
+    assert!(
+        message.contains("--keys") && !message.contains(&key),
+        "{message}"
+    );
     drop((origin, redis));
 }
 
@@ -516,13 +551,27 @@ fn repeated_tracker_flags_fail_over_past_a_dead_tracker() {
     // Nothing listens on a port just freed.
     let dead = format!(
         "http://{}",
-        TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+        TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
     );
     let bytes = random_file(&d.join("f.bin"), 6 * 65536 + 1, 48);
     let flags = ["--origin", "--tracker", &dead, "--tracker", &one.url];
     let origin = ServerProc::start(d, "origin", None, &["f.bin"], &flags);
     let id = origin.seeded[0].clone();
-    get(d, &dead, &id, "copy.bin", "client", &["--tracker", &two.url, "--no-serve"]).ok();
-    assert!(fs::read(d.join("copy.bin")).unwrap() == bytes, "the copy differs");
+    get(
+        d,
+        &dead,
+        &id,
+        "copy.bin",
+        "client",
+        &["--tracker", &two.url, "--no-serve"],
+    )
+    .ok();
+    assert!(
+        fs::read(d.join("copy.bin")).unwrap() == bytes,
+        "the copy differs"
+    );
     drop((origin, redis));
 }

@@ -423,7 +423,8 @@ fn run(args: Args) -> Result<u8> {
             let origin_urls =
                 swarmcache::origin_url::check_all(origin_urls.iter().map(|u| u.as_str()))?;
             let (manifest, key) = read_manifest(&manifest)?;
-            let tracker = TrackerClient::with_tls(&tracker.join(","), &tls.tls())?.with_token(token);
+            let tracker =
+                TrackerClient::with_tls(&tracker.join(","), &tls.tls())?.with_token(token);
             let answer = match &tag {
                 Some(tag) => tracker.publish_tagged(&manifest, key.as_ref(), tag)?,
                 None => tracker.publish_keyed(&manifest, key.as_ref())?,

@@ -165,8 +165,8 @@ impl WrapKey {
             let _ = fs::remove_file(&tmp);
             written.with_context(|| format!("writing {}", path.display()))?;
         }
-        let text = fs::read_to_string(&path)
-            .with_context(|| format!("reading {}", path.display()))?;
+        let text =
+            fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
         let mut bytes = [0u8; 32];
         hex::decode_to_slice(text.trim(), &mut bytes).map_err(|_| {
             anyhow::anyhow!(
@@ -244,7 +244,9 @@ impl Shared {
         match self.fresh_book() {
             Ok((_, book)) => book,
             Err(e) => {
-                log::warn!("tracker: reading the tags from Redis failed ({e:#}); answering from the copy read last");
+                log::warn!(
+                    "tracker: reading the tags from Redis failed ({e:#}); answering from the copy read last"
+                );
                 Arc::clone(&self.meta.book.read_now().1)
             }
         }
@@ -350,11 +352,7 @@ impl Shared {
     }
 
     /// Holds `key` for `id` in Redis unless another key is held (the first publish wins).
-    pub(super) fn put_key(
-        &self,
-        id: &AssetId,
-        key: &ContentKey,
-    ) -> Result<Put, HttpError> {
+    pub(super) fn put_key(&self, id: &AssetId, key: &ContentKey) -> Result<Put, HttpError> {
         let wrap = self.wrap_key()?;
         let wrapped = wrap
             .wrap(id, key)
@@ -455,7 +453,9 @@ impl State {
             return Ok(());
         }
         if let Err(e) = self.catalog.remove(id) {
-            log::warn!("tracker: dropping {id}, unpublished through another tracker, failed: {e:#}");
+            log::warn!(
+                "tracker: dropping {id}, unpublished through another tracker, failed: {e:#}"
+            );
         }
         self.swarms.write_now().remove(id);
         log::info!("tracker: {id} was unpublished through another tracker: dropped here too");
@@ -482,12 +482,23 @@ mod tests {
         let key = ContentKey::from_bytes([9; 16]);
         let text = wrap.wrap(&a, &key).unwrap();
         assert!(!text.contains(&key.to_hex()), "the key is not in the clear");
-        assert_ne!(text, wrap.wrap(&a, &key).unwrap(), "a fresh nonce each time");
+        assert_ne!(
+            text,
+            wrap.wrap(&a, &key).unwrap(),
+            "a fresh nonce each time"
+        );
         assert_eq!(wrap.unwrap(&a, &text).unwrap(), key);
-        assert!(wrap.unwrap(&b, &text).unwrap_err().contains("another asset"));
+        assert!(
+            wrap.unwrap(&b, &text)
+                .unwrap_err()
+                .contains("another asset")
+        );
         let other = WrapKey::from_bytes(&[8; 32]);
         let e = other.unwrap(&a, &text).unwrap_err();
-        assert!(e.contains("another wrapping key") && e.contains("--keys"), "{e}");
+        assert!(
+            e.contains("another wrapping key") && e.contains("--keys"),
+            "{e}"
+        );
         let mut torn = text.clone();
         torn.pop();
         torn.push(if text.ends_with('0') { '1' } else { '0' });
@@ -504,7 +515,10 @@ mod tests {
         let first = WrapKey::load_or_create(&keys).unwrap();
         let again = WrapKey::load_or_create(&keys).unwrap();
         assert_eq!(first.id, again.id);
-        let mode = fs::metadata(keys.join(WRAP_FILE)).unwrap().permissions().mode();
+        let mode = fs::metadata(keys.join(WRAP_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         let asset = AssetId([3; 32]);
         let key = ContentKey::from_bytes([4; 16]);
