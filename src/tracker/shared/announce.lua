@@ -51,13 +51,15 @@ local serving = addr ~= '' and kind ~= 'x'
 local own = base .. 'own:' .. owner
 if serving then
   -- A holder's live ids in this swarm are bounded, whatever trackers it announces through
-  -- (own:HOLDER, ids by expiry; swept only when a new id would be counted).
-  if not redis.call('ZSCORE', own, pid) then
+  -- (own:HOLDER, ids by expiry; swept and counted only when this id is new to it).
+  if redis.call('ZADD', own, now + ttl, pid) == 1 then
     redis.call('ZREMRANGEBYSCORE', own, '-inf', now)
-    local live = redis.call('ZCARD', own)
-    if live >= tonumber(ARGV[16]) then return {'cap', owner, tostring(live)} end
+    local live = redis.call('ZCARD', own) - 1
+    if live >= tonumber(ARGV[16]) then
+      redis.call('ZREM', own, pid)
+      return {'cap', owner, tostring(live)}
+    end
   end
-  redis.call('ZADD', own, now + ttl, pid)
   redis.call('PEXPIRE', own, ttl)
   local z, other = peers, origins
   if kind == 'o' then z, other = origins, peers end
