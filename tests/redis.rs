@@ -575,3 +575,63 @@ fn repeated_tracker_flags_fail_over_past_a_dead_tracker() {
     );
     drop((origin, redis));
 }
+
+#[test]
+fn tags_origin_urls_and_keys_come_back_when_redis_restarts_empty() {
+    if !redis_installed() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut redis = RedisProc::start(d, None);
+    let (one, two) = (tracker(d, "one", &redis), tracker(d, "two", &redis));
+    random_file(&d.join("plain.bin"), 2 * 65536 + 9, 49);
+    let args = [
+        "--encrypt",
+        "--chunk-size",
+        "64KiB",
+        "plain.bin",
+        "--out",
+        "c.enc",
+    ];
+    let manifest = run(d, "chunkify", &args, b"").ok().to_string();
+    let url = "https://cdn.example/c.enc";
+    let published = run(
+        d,
+        "peer_client",
+        &[
+            "publish",
+            "--tracker",
+            &one.url,
+            "--tag",
+            "ci/app:v1",
+            "--origin-url",
+            url,
+            "-",
+        ],
+        manifest.as_bytes(),
+    );
+    let id = published.ok().trim().to_string();
+    // The other tracker reads them (and keeps a copy) before Redis goes.
+    let key = two.get_json(&format!("/assets/{id}/key"))["key"].clone();
+    assert!(key.is_string(), "{key}");
+    assert_eq!(two.get_json("/tags/ci/app:v1")["id"], id.as_str());
+    assert_eq!(
+        two.get_json(&format!("/assets/{id}/origins"))["origin_urls"],
+        serde_json::json!([url])
+    );
+    let port = redis.port;
+    redis.proc.signal("KILL");
+    redis.proc.wait();
+    let redis = RedisProc::start(d, Some(port));
+    // Each tracker gives its copies back; the first request after the restart may meet
+    // the dropped connection (503) and is retried.
+    eventually("the tag back", Duration::from_secs(10), || {
+        call("GET", &format!("{}/tags/ci/app:v1", two.url), "", None).0 == 200
+    });
+    let (status, answer) = call("GET", &format!("{}/assets/{id}/key", two.url), "", None);
+    assert_eq!((status, &answer["key"]), (200, &key), "{answer}");
+    let listed = one.get_json(&format!("/assets/{id}/origins"));
+    assert_eq!(listed["origin_urls"], serde_json::json!([url]), "{listed}");
+    drop(redis);
+}

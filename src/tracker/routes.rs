@@ -259,7 +259,7 @@ impl State {
         let gone = match &self.shared {
             Some(shared) => {
                 self.adopt_all(shared)?;
-                Some(shared.book())
+                Some(self.shared_book(shared))
             }
             None => None,
         };
@@ -321,7 +321,11 @@ impl State {
         self.published(id)?;
         crate::origin_url::check(url).map_err(|e| err(400, format!("{e:#}")))?;
         let added = match &self.shared {
-            Some(shared) => Ok(shared.add_origin_url(id, url)?),
+            Some(shared) => {
+                let added = shared.add_origin_url(id, url)?;
+                self.mirror_origin_urls(id, &[url.to_string()]);
+                Ok(added)
+            }
             None => self.origin_urls.add(id, url),
         };
         match added {
@@ -342,7 +346,11 @@ impl State {
         Ok(OriginUrlsResponse {
             id: id.to_string(),
             origin_urls: match &self.shared {
-                Some(shared) => shared.origin_urls(id)?,
+                Some(shared) => {
+                    let urls = shared.origin_urls(id)?;
+                    self.mirror_origin_urls(id, &urls);
+                    urls
+                }
                 None => self.origin_urls.get(id).to_vec(),
             },
             added,
@@ -375,7 +383,13 @@ impl State {
             ));
         }
         let put = match &self.shared {
-            Some(shared) => Ok(shared.put_key(id, key)?),
+            Some(shared) => {
+                let put = shared.put_key(id, key)?;
+                if put != Put::Conflict {
+                    self.mirror_key(id, key);
+                }
+                Ok(put)
+            }
             None => self.secrets.put(id, key),
         };
         match put {

@@ -424,6 +424,7 @@ impl super::State {
         };
         let next_announce = cadence(phase, answer.leechers, heartbeat);
         let warming_up_secs = self.rewarm(shared, &id, &answer, leaving)?;
+        self.mirror_origin_urls(&id, &answer.origin_urls);
         Ok(json(
             200,
             &AnnounceResponse {
@@ -461,9 +462,7 @@ impl super::State {
         if answer.known {
             return Ok(None);
         }
-        if let Ok(Some(manifest)) = self.catalog.manifest(id) {
-            shared.publish(id, &manifest.to_toml())?;
-        }
+        self.restore_shared(shared, id)?;
         let period = heartbeat(self.peer_timeout).saturating_add(super::warmup::HEARTBEAT_SLACK);
         let sources = !answer.peers.is_empty() || !answer.origins.is_empty();
         Ok((!leaving && !sources)

@@ -238,16 +238,16 @@ impl Shared {
         let _ = self.meta.wrap.set(key);
     }
 
-    /// The shared book, as recent as Redis answers; the last one read when it does not
-    /// (logged: tags then answer as of that moment).
-    pub(super) fn book(&self) -> Arc<Book> {
+    /// The shared book and its version (0: Redis holds none), as recent as Redis answers;
+    /// the last one read when it does not (logged: tags then answer as of that moment).
+    pub(super) fn book(&self) -> (u64, Arc<Book>) {
         match self.fresh_book() {
-            Ok((_, book)) => book,
+            Ok(book) => book,
             Err(e) => {
                 log::warn!(
                     "tracker: reading the tags from Redis failed ({e:#}); answering from the copy read last"
                 );
-                Arc::clone(&self.meta.book.read_now().1)
+                self.meta.book.read_now().clone()
             }
         }
     }
@@ -437,19 +437,80 @@ impl State {
             && matches!(shared.holds_manifest(id), Ok(false))
         {
             self.check_published(shared, id)?;
-            // Redis restarted empty: the manifest is stored again for the other trackers.
-            if let Ok(Some(manifest)) = self.catalog.manifest(id) {
-                shared.publish(id, &manifest.to_toml())?;
-            }
+            self.restore_shared(shared, id)?;
         }
         Ok(entry)
+    }
+
+    /// Redis lost what it held of `id`, which this tracker holds (it restarted empty):
+    /// given back this tracker's copies of the manifest, its origin URLs and its key.
+    pub(super) fn restore_shared(&self, shared: &Shared, id: &AssetId) -> Result<(), HttpError> {
+        if let Ok(Some(manifest)) = self.catalog.manifest(id) {
+            shared.publish(id, &manifest.to_toml())?;
+        }
+        for url in self.origin_urls.get(id).iter() {
+            shared.add_origin_url(id, url)?;
+        }
+        if let Some(key) = self.secrets.get(id) {
+            shared.put_key(id, &key)?;
+        }
+        Ok(())
+    }
+
+    /// The shared book, kept in this tracker's file too; given back to a Redis that holds
+    /// none (it restarted empty) from that file.
+    pub(super) fn shared_book(&self, shared: &Shared) -> Arc<Book> {
+        let (version, book) = shared.book();
+        if version > 0 {
+            self.tags.mirror(&book);
+            return book;
+        }
+        let local = self
+            .tags
+            .read(|b| (*b != Book::default()).then(|| b.clone()));
+        match local.map(|local| shared.seed_book(&local)) {
+            Some(Ok(())) => shared.book().1,
+            Some(Err(e)) => {
+                log::warn!("tracker: giving Redis back the tags failed: {e:#}");
+                book
+            }
+            None => book,
+        }
+    }
+
+    /// Keeps origin URLs listed in Redis in this tracker's files too (a write only for one
+    /// it lacks), so that a Redis that lost them gets them back; checked as a file's are.
+    pub(super) fn mirror_origin_urls(&self, id: &AssetId, urls: &[String]) {
+        let held = self.origin_urls.get(id);
+        for url in urls.iter().filter(|u| !held.contains(u)) {
+            if crate::origin_url::check(url).is_err() {
+                continue;
+            }
+            if let Err(e) = self.origin_urls.add(id, url) {
+                log::warn!("tracker: keeping a copy of an origin URL of {id} failed: {e:#}");
+            }
+        }
+    }
+
+    /// Keeps a content key held in Redis in this tracker's key files too (mode 0600), so
+    /// that a Redis that lost it gets it back: Redis's durability is not the keys'.
+    pub(super) fn mirror_key(&self, id: &AssetId, key: &ContentKey) {
+        match self.secrets.put(id, key) {
+            Ok(Put::Conflict) => log::warn!(
+                "tracker: the content key of {id} in this tracker's data directory differs from the one in Redis; Redis's is given out"
+            ),
+            Ok(_) => {}
+            Err(e) => {
+                log::warn!("tracker: keeping a copy of the content key of {id} failed: {e:#}")
+            }
+        }
     }
 
     /// Redis holds no manifest of `id`, which this tracker holds: if the shared book says
     /// it was unpublished (through another tracker), it is dropped here too and refused
     /// (410); otherwise Redis lost it (restarted empty) and it stands.
     pub(super) fn check_published(&self, shared: &Shared, id: &AssetId) -> Result<(), HttpError> {
-        if !shared.book().is_unpublished(id) {
+        if !self.shared_book(shared).is_unpublished(id) {
             return Ok(());
         }
         if let Err(e) = self.catalog.remove(id) {
@@ -464,9 +525,22 @@ impl State {
 
     /// The content key of `id`: this tracker's, or with `--redis` the shared one.
     pub(super) fn key_of(&self, id: &AssetId) -> Result<Option<ContentKey>, HttpError> {
-        match &self.shared {
-            Some(shared) => shared.key(id),
-            None => Ok(self.secrets.get(id)),
+        let Some(shared) = &self.shared else {
+            return Ok(self.secrets.get(id));
+        };
+        match (shared.key(id)?, self.secrets.get(id)) {
+            (Some(key), held) => {
+                if held.is_none() {
+                    self.mirror_key(id, &key);
+                }
+                Ok(Some(key))
+            }
+            // Redis lost it (restarted empty): given back.
+            (None, Some(key)) => {
+                shared.put_key(id, &key)?;
+                Ok(Some(key))
+            }
+            (None, None) => Ok(None),
         }
     }
 }

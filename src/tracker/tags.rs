@@ -234,6 +234,23 @@ impl Tags {
         Ok(out)
     }
 
+    /// With `--redis`: keeps `book` (the shared one, as read last) in this tracker's file
+    /// too, so that a Redis that lost it can be given it back; a write only when it changed.
+    pub(super) fn mirror(&self, book: &Arc<Book>) {
+        if Arc::ptr_eq(&self.book.read_now(), book) {
+            return;
+        }
+        let _writing = self.writer.locked();
+        if Arc::ptr_eq(&self.book.read_now(), book) {
+            return;
+        }
+        let text = serde_json::to_vec_pretty(&**book).expect("the book always serializes");
+        match write_atomic(&self.path, &text) {
+            Ok(()) => *self.book.write_now() = Arc::clone(book),
+            Err(e) => log::warn!("tracker: keeping a copy of the shared tags failed: {e:#}"),
+        }
+    }
+
     /// A look at the book under its lock.
     pub(super) fn read<T>(&self, look: impl FnOnce(&Book) -> T) -> T {
         look(&self.book.read_now())
@@ -322,7 +339,7 @@ impl State {
     /// A look at the book: this tracker's, or with `--redis` the one every tracker shares.
     pub(super) fn book_read<T>(&self, look: impl FnOnce(&Book) -> T) -> T {
         match &self.shared {
-            Some(shared) => look(&shared.book()),
+            Some(shared) => look(&self.shared_book(shared)),
             None => self.tags.read(look),
         }
     }
