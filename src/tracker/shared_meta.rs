@@ -2,8 +2,12 @@
 //! every tracker on one Redis answers alike at once: the book of tags and unpublished
 //! assets ([`super::tags::Book`]), the origin URLs of each asset, and the content keys of
 //! encrypted assets. Without `--redis` each stays in the data directory as before
-//! (`tags.json`, `origin-urls/`, `content-keys/`); with it, what a tracker held there is
-//! copied into Redis when it starts (a first tracker moving to Redis loses nothing).
+//! (`tags.json`, `origin-urls/`, `content-keys/`). With it, Redis is what every tracker
+//! answers from, and those files become each tracker's copy of what it read there (the
+//! keys among them, mode 0600, as without Redis): copied into a Redis holding none when
+//! the tracker starts, and given back when Redis restarted empty (the book when Redis has
+//! no version, an asset's URLs and key when Redis lost its manifest or its key), so that
+//! Redis's durability is not theirs. A first tracker moving to Redis loses nothing.
 //!
 //! In Redis:
 //! - `sc:tags` (the book as JSON) and `sc:tags:version` (a counter). A tracker keeps the
