@@ -440,6 +440,37 @@ fn an_encrypted_asset_published_through_one_tracker_gives_its_key_through_the_ot
     let id = published.ok().trim().to_string();
     let answer = two.get_json(&format!("/assets/{id}/key"));
     assert_eq!(answer["key"].as_str(), Some(key.as_str()), "{answer}");
+    // An asset published without a key through one takes none through the other.
+    fs::write(d.join("other.bin"), b"another file, in the clear").unwrap();
+    let args = [
+        "--encrypt",
+        "--chunk-size",
+        "64KiB",
+        "other.bin",
+        "--out",
+        "o.enc",
+    ];
+    let keyed = run(d, "chunkify", &args, b"").ok().to_string();
+    let keyless: String = keyed
+        .lines()
+        .filter(|l| !l.starts_with("key ="))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let publish_to = |url: &str, text: &str| {
+        run(
+            d,
+            "peer_client",
+            &["publish", "--tracker", url, "-"],
+            text.as_bytes(),
+        )
+    };
+    publish_to(&one.url, &keyless).ok();
+    let refused = publish_to(&two.url, &keyed);
+    assert!(
+        refused.code(1).contains("published without a content key"),
+        "{}",
+        refused.stderr
+    );
     // Redis holds it wrapped: its dump or its network give no key.
     let mut conn = ::redis::Client::open(redis.url.as_str())
         .unwrap()

@@ -374,7 +374,12 @@ impl State {
                 ),
             ));
         }
-        if self.catalog.get(id).is_some() && self.key_of(id)?.is_none() {
+        // With --redis, published through any tracker (this one may not have adopted it).
+        let published = match &self.shared {
+            Some(shared) => self.catalog.get(id).is_some() || shared.holds_manifest(id)?,
+            None => self.catalog.get(id).is_some(),
+        };
+        if published && self.key_of(id)?.is_none() {
             return Err(err(
                 409,
                 format!(
