@@ -242,22 +242,9 @@ impl Shared {
         let _ = self.meta.wrap.set(key);
     }
 
-    /// The shared book and its version (0: Redis holds none), as recent as Redis answers;
-    /// the last one read when it does not (logged: tags then answer as of that moment).
-    pub(super) fn book(&self) -> (u64, Arc<Book>) {
-        match self.fresh_book() {
-            Ok(book) => book,
-            Err(e) => {
-                log::warn!(
-                    "tracker: reading the tags from Redis failed ({e:#}); answering from the copy read last"
-                );
-                self.meta.book.read_now().clone()
-            }
-        }
-    }
-
-    /// The book and its version: the kept copy if the version is unchanged.
-    fn fresh_book(&self) -> Result<(u64, Arc<Book>)> {
+    /// The shared book and its version (0: Redis holds none): the kept copy if the version
+    /// is unchanged.
+    pub(super) fn book(&self) -> Result<(u64, Arc<Book>)> {
         let version: Option<u64> = self
             .with(|c| redis::cmd("GET").arg(BOOK_VERSION).query(c))
             .map_err(failed)?;
@@ -287,7 +274,7 @@ impl Shared {
             if tries > 0 {
                 std::thread::sleep(std::time::Duration::from_millis(u64::from(tries)));
             }
-            let (version, book) = self.fresh_book()?;
+            let (version, book) = self.book()?;
             let mut next = (*book).clone();
             let out = change(&mut next);
             if next == *book {
@@ -462,24 +449,31 @@ impl State {
     }
 
     /// The shared book, kept in this tracker's file too; given back to a Redis that holds
-    /// none (it restarted empty) from that file.
+    /// none (it restarted empty) from that file, which also answers while Redis fails
+    /// (logged: tags as of the last read).
     pub(super) fn shared_book(&self, shared: &Shared) -> Arc<Book> {
-        let (version, book) = shared.book();
+        let (version, book) = match shared.book() {
+            Ok(book) => book,
+            Err(e) => {
+                log::warn!(
+                    "tracker: reading the tags from Redis failed ({e:#}); answering from this tracker's copy"
+                );
+                return self.tags.current();
+            }
+        };
         if version > 0 {
             self.tags.mirror(&book);
             return book;
         }
-        let local = self
-            .tags
-            .read(|b| (*b != Book::default()).then(|| b.clone()));
-        match local.map(|local| shared.seed_book(&local)) {
-            Some(Ok(())) => shared.book().1,
-            Some(Err(e)) => {
-                log::warn!("tracker: giving Redis back the tags failed: {e:#}");
-                book
-            }
-            None => book,
+        let local = self.tags.current();
+        if *local == Book::default() {
+            return book;
         }
+        if let Err(e) = shared.seed_book(&local) {
+            log::warn!("tracker: giving Redis back the tags failed: {e:#}");
+            return local;
+        }
+        shared.book().map_or(local, |(_, b)| b)
     }
 
     /// Keeps origin URLs listed in Redis in this tracker's files too (a write only for one

@@ -251,6 +251,11 @@ impl Tags {
         }
     }
 
+    /// The book as it is now.
+    pub(super) fn current(&self) -> Arc<Book> {
+        Arc::clone(&self.book.read_now())
+    }
+
     /// A look at the book under its lock.
     pub(super) fn read<T>(&self, look: impl FnOnce(&Book) -> T) -> T {
         look(&self.book.read_now())
