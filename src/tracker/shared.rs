@@ -311,10 +311,12 @@ impl Shared {
             .arg(MAX_IDS_PER_HOLDER);
         let reply: redis::Value = self.with(|c| call.invoke(c))?;
         parse_answer(reply, a.chunk_count).map_err(|m| {
-            let status = match () {
-                _ if m.starts_with("peer id") => 409,
-                _ if m.starts_with("holder") => 429,
-                _ => 500,
+            let status = if m.starts_with("peer id") {
+                409
+            } else if m.starts_with("holder") {
+                429
+            } else {
+                500
             };
             err(status, m.replace("{id}", a.peer_id))
         })
