@@ -272,7 +272,6 @@ impl Worker {
     /// Sends HaveRequest and reports the answer, which must arrive whole within `timeout`;
     /// returns whether the source is complete.
     fn refresh_have(&self, conn: &mut wire::Conn, timeout: Duration) -> Result<bool, End> {
-        let count = self.manifest.chunk_count();
         let asked = Instant::now();
         conn.send(&Message::HaveRequest).map_err(|e| {
             End::Failed(socket_error(
@@ -281,6 +280,18 @@ impl Worker {
                 self.chunk_timeout,
             ))
         })?;
+        self.read_have(conn, asked, timeout)
+    }
+
+    /// Reads and reports the answer to the have request sent at `asked`, which must arrive
+    /// whole within `timeout`; returns whether the source is complete.
+    fn read_have(
+        &self,
+        conn: &mut wire::Conn,
+        asked: Instant,
+        timeout: Duration,
+    ) -> Result<bool, End> {
+        let count = self.manifest.chunk_count();
         // Every reply must arrive whole within the chunk timeout of our starting to wait for
         // it, so a source trickling a byte at a time is as stalled as a silent one. Pushes
         // before it are taken in as they come.
@@ -315,14 +326,15 @@ impl Worker {
         }
     }
 
-    /// Connects and says `Hello` in `version` by `deadline`; the connection and the version
-    /// it speaks.
+    /// Connects and says `Hello` in `version` by `deadline`, with the first have request
+    /// behind it; the connection, the version it speaks and when the have request went out
+    /// (its answer is the caller's to read).
     fn handshake(
         &self,
         addr: SocketAddr,
         version: u16,
         deadline: Instant,
-    ) -> Result<(wire::Conn, u16), Handshake> {
+    ) -> Result<(wire::Conn, u16, Instant), Handshake> {
         let ended = |end| Err(Handshake::Ended(end));
         let left = || deadline.saturating_duration_since(Instant::now());
         let connect_within = CONNECT_TIMEOUT.min(left()).max(Duration::from_millis(1));
@@ -351,13 +363,23 @@ impl Worker {
             ticket: self.ticket.read_now().clone(),
         };
         let mut conn = wire::Conn::new(stream, chunk_frame_limit(self.manifest.chunk_size));
-        if let Err(e) = conn.send(&hello) {
+        // The first have request goes out with the `Hello`, in the same segment: a server
+        // reads no byte past the frame at hand (its lobby neither, `net::accept_greeted`),
+        // so the request waits in the socket until the `Welcome` is written, and the
+        // handshake costs one round trip instead of two (50 ms of every connection's start
+        // at a 50 ms RTT). A server that refuses the `Hello` drains it with its linger-close.
+        let sent = conn
+            .queue(&hello)
+            .and_then(|()| conn.queue(&Message::HaveRequest))
+            .and_then(|()| conn.flush());
+        if let Err(e) = sent {
             return ended(End::Failed(socket_error(
                 "sending the handshake",
                 &e,
                 self.chunk_timeout,
             )));
         }
+        let asked = Instant::now();
         let count = self.manifest.chunk_count();
         // At least a millisecond: a zero timeout would mean none.
         let spoken = match conn.recv_control(left().max(Duration::from_millis(1))) {
@@ -406,7 +428,7 @@ impl Worker {
             }
             Err(e) => return ended(End::Failed(format!("handshake: {e}"))),
         };
-        Ok((conn, spoken))
+        Ok((conn, spoken, asked))
     }
 
     /// Reads what an idle connection's source sent unasked: a `Gained`, or a last `Error`.
@@ -431,6 +453,63 @@ impl Worker {
         }
     }
 
+    /// Until the source's next reply begins to arrive (or `due_by`, which the read of the
+    /// reply then reports), sends the requests the scheduler adds meanwhile. A worker that
+    /// sent only between replies held a request back for a whole reply: at the start of a
+    /// connection the scheduler's first jobs reach the worker one at a time, the first went
+    /// out alone and the others waited a round trip for its chunk (one request instead of
+    /// four in the first round at 50 ms), and later every new request waited for the
+    /// chunk being received. The socket is only polled, never read: a read takes no byte
+    /// past the frame at hand ([`wire::Conn`]), so what is readable is a reply's start.
+    fn send_while_waiting(
+        &self,
+        jobs: &JobsRx,
+        conn: &mut wire::Conn,
+        in_flight: &mut VecDeque<u32>,
+        cancelled: &mut HashSet<u32>,
+        due_by: Instant,
+    ) -> Result<(), End> {
+        loop {
+            // Armed before looking, so that a job sent after the look wakes the poll.
+            jobs.wait.arm();
+            let mut queued = Ok(());
+            let mut open = true;
+            while queued.is_ok() {
+                match jobs.rx.try_recv() {
+                    Ok(job) => queued = self.queue(job, conn, in_flight, cancelled),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        open = false;
+                        break;
+                    }
+                }
+            }
+            if let Err(e) = queued.and_then(|()| conn.flush()) {
+                return Err(End::Failed(socket_error(
+                    "sending requests",
+                    &e,
+                    self.chunk_timeout,
+                )));
+            }
+            let left = due_by.saturating_duration_since(Instant::now());
+            // Closed: no job comes any more (and the wake-up socket would poll readable for
+            // ever); only the replies in flight are left to read.
+            if !open || left.is_zero() {
+                return Ok(());
+            }
+            let woken = jobs
+                .wait
+                .poll(conn.stream().as_fd(), left)
+                .map_err(|e| End::Local(format!("waiting for a reply: {e}")))?;
+            if woken.woken {
+                let _ = jobs.wait.clear();
+            }
+            if woken.socket || !woken.woken {
+                return Ok(());
+            }
+        }
+    }
+
     fn session(&self, jobs: &JobsRx) -> End {
         let addr: SocketAddr = match self.addr.parse() {
             Ok(a) => a,
@@ -441,7 +520,7 @@ impl Worker {
         // A version-1 server refuses a version-2 `Hello`; it is asked again in version 1,
         // by the same deadline.
         let deadline = Instant::now() + self.handshake_timeout;
-        let (mut conn, version) = match self.handshake(addr, PROTOCOL_VERSION, deadline) {
+        let (mut conn, version, asked) = match self.handshake(addr, PROTOCOL_VERSION, deadline) {
             Ok(done) => done,
             Err(Handshake::Older) => match self.handshake(addr, MIN_PROTOCOL_VERSION, deadline) {
                 Ok(done) => done,
@@ -455,7 +534,9 @@ impl Worker {
         let first_have = deadline
             .saturating_duration_since(Instant::now())
             .max(Duration::from_millis(1));
-        let mut complete = match self.refresh_have(&mut conn, first_have) {
+        // Its time counts from the `Hello`: one round trip and the server's handshake (a
+        // ticket check of tens of microseconds), the connection's first round-trip sample.
+        let mut complete = match self.read_have(&mut conn, asked, first_have) {
             Ok(complete) => complete,
             Err(end) => return end,
         };
@@ -529,8 +610,17 @@ impl Worker {
             let Some(&expected) = in_flight.front() else {
                 continue;
             };
+            let due_by = Instant::now() + self.chunk_timeout;
+            if let Err(end) =
+                self.send_while_waiting(jobs, &mut conn, &mut in_flight, &mut cancelled, due_by)
+            {
+                return end;
+            }
+            let left = due_by
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1));
             let mut lie = Ok(());
-            let reply = conn.recv_reply(self.chunk_timeout, false, |indices| {
+            let reply = conn.recv_reply(left, false, |indices| {
                 if lie.is_ok() {
                     lie = self.take_gained(indices);
                 }
