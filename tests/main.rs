@@ -26,6 +26,7 @@ mod netns_crowd;
 mod network;
 mod outputs;
 mod pipeline;
+mod pipelining;
 mod player;
 mod redis;
 mod resilience;

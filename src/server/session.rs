@@ -691,6 +691,43 @@ mod tests {
     }
 
     #[test]
+    fn a_have_request_sent_with_the_hello_is_answered_after_the_welcome() {
+        // The client sends its first have request in the Hello's write (one round trip to
+        // the first Have): neither the lobby nor the handshake may eat it.
+        let dir = tempfile::tempdir().unwrap();
+        let (_live, manifest, _data, addr, _running) = serving_a_download(dir.path());
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut frames = Vec::new();
+        for message in [
+            Message::Hello {
+                version: PROTOCOL_VERSION,
+                asset: manifest.id(),
+                ticket: vec![],
+            },
+            Message::HaveRequest,
+            Message::Request { index: 0 },
+        ] {
+            write_message(&mut frames, &message).unwrap();
+        }
+        std::io::Write::write_all(&mut stream, &frames).unwrap();
+        assert!(matches!(
+            read_message(&mut stream, MAX_FRAME).unwrap(),
+            Message::Welcome { chunk_count: 4, .. }
+        ));
+        let Message::Have(have) = read_message(&mut stream, MAX_FRAME).unwrap() else {
+            panic!("the pipelined have request got no Have");
+        };
+        assert_eq!(have.ones().collect::<Vec<_>>(), [0]);
+        assert!(matches!(
+            read_message(&mut stream, MAX_FRAME).unwrap(),
+            Message::Chunk { index: 0, .. }
+        ));
+    }
+
+    #[test]
     fn a_version_1_client_is_answered_in_version_1_and_never_pushed() {
         let dir = tempfile::tempdir().unwrap();
         let (live, manifest, _data, addr, _running) = serving_a_download(dir.path());
