@@ -13,8 +13,10 @@
 //!   depth (a round bounded by its depth measures less than the link, the peak forgets
 //!   slowly);
 //! - the round trip, smoothed as TCP does (an eighth weight, RFC 6298), from two clean
-//!   measurements only: the have-list exchange of the handshake and of every keepalive
-//!   (a request and a small answer on an idle connection, timed by the worker), and every
+//!   measurements only: the have-list exchange of the handshake (timed from the `Hello`,
+//!   which its have request goes out with: one trip and the server's ticket check) and of
+//!   every keepalive (a request and a small answer on an idle connection, timed by the
+//!   worker), and every
 //!   chunk asked of an idle connection (from the request sent to the chunk whole: the trip
 //!   and the chunk's own transfer). A chunk asked behind others waits for them at the
 //!   source, and its latency grows with the very depth it would size: estimating that
