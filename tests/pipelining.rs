@@ -74,7 +74,8 @@ fn serve(mut stream: TcpStream, content: &[u8], seen: &Seen) {
     loop {
         loop {
             let all_asked = seen.asked.lock().unwrap().len() == chunks as usize;
-            if pending.len() < HELD && !(all_asked && !pending.is_empty()) {
+            let answer = pending.len() >= HELD || (all_asked && !pending.is_empty());
+            if !answer {
                 break;
             }
             if pending.len() >= HELD {
