@@ -380,6 +380,85 @@ fn kumar_ross(f: f64, n: usize, us: f64, uc: f64) -> f64 {
     (f / us).max(n * f / (us + n * uc))
 }
 
+/// The clients' origin bytes by reason and their duplicates, summed over a run (the
+/// `origin_reasons` and `duplicates` of each `--json` summary).
+#[derive(Default)]
+struct Why {
+    reasons: Vec<(String, u64)>,
+    dup_origin: u64,
+    dup_peers: u64,
+}
+
+impl Why {
+    fn add(&mut self, summary: &serde_json::Value) {
+        if let Some(reasons) = summary["origin_reasons"].as_object() {
+            for (name, bytes) in reasons {
+                let bytes = bytes.as_u64().unwrap_or(0);
+                match self.reasons.iter_mut().find(|r| r.0 == *name) {
+                    Some(r) => r.1 += bytes,
+                    None => self.reasons.push((name.clone(), bytes)),
+                }
+            }
+        }
+        self.dup_origin += summary["duplicates"]["from_origin"].as_u64().unwrap_or(0);
+        self.dup_peers += summary["duplicates"]["from_peers"].as_u64().unwrap_or(0);
+    }
+
+    /// One line, in F.
+    fn line(&self, f: f64) -> String {
+        let reasons: Vec<String> = self
+            .reasons
+            .iter()
+            .filter(|r| r.1 > 0)
+            .map(|(name, bytes)| format!("{name} {:.3}", *bytes as f64 / f))
+            .collect();
+        format!(
+            "origin chunks/F by reason: {}; duplicates/F: from origin {:.3}, from peers {:.3}",
+            if reasons.is_empty() {
+                "none".to_string()
+            } else {
+                reasons.join(", ")
+            },
+            self.dup_origin as f64 / f,
+            self.dup_peers as f64 / f
+        )
+    }
+}
+
+/// The box's CPU time from /proc/stat, in ticks: busy (all but idle and iowait) and total.
+struct CpuTicks {
+    busy: u64,
+    total: u64,
+}
+
+impl CpuTicks {
+    /// The share of the box's CPU time that was busy since `before` (0 to 1, all cores).
+    fn busy_since(&self, before: &CpuTicks) -> f64 {
+        let total = self.total.saturating_sub(before.total);
+        self.busy.saturating_sub(before.busy) as f64 / total.max(1) as f64
+    }
+}
+
+fn cpu_ticks() -> Result<CpuTicks> {
+    let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    let line = stat
+        .lines()
+        .find(|l| l.starts_with("cpu "))
+        .context("/proc/stat has no cpu line")?;
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|t| t.parse().unwrap_or(0))
+        .collect();
+    // user nice system idle iowait irq softirq steal ...
+    let idle = ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0);
+    let total: u64 = ticks.iter().take(8).sum();
+    Ok(CpuTicks {
+        busy: total.saturating_sub(idle),
+        total,
+    })
+}
+
 /// The median of `values` (the mean of the middle two for an even count); 0 for none.
 fn median(values: &[f64]) -> f64 {
     let mut v = values.to_vec();
@@ -499,9 +578,17 @@ fn get_argv(
         "--advertise-addr",
         &reach,
         "--json",
-        "--quiet",
     ]);
-    argv.iter().map(|s| s.to_string()).collect()
+    if std::env::var_os("NETNS_PROGRESS").is_some() {
+        argv.extend_from_slice(&["--progress", "json"]);
+    } else {
+        argv.push("--quiet");
+    }
+    let mut argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
+    if let Ok(extra) = std::env::var("CLIENT_ARGS") {
+        argv.extend(extra.split_whitespace().map(str::to_string));
+    }
+    argv
 }
 
 struct CrowdSetup {
@@ -570,6 +657,10 @@ fn crowd(args: &Args, bins: &Bins, dir: &Path, sum: &str, setup: &CrowdSetup) ->
             commands.push(get_argv(&servers, dir, &format!("c{i}"), &service, false));
         }
         let origin_before = crowd.host(1).tx_bytes().map_err(anyhow::Error::msg)?;
+        let clients_before = (0..n)
+            .map(|i| crowd.host(2 + i).tx_bytes().map_err(anyhow::Error::msg))
+            .collect::<Result<Vec<u64>>>()?;
+        let cpu_before = cpu_ticks()?;
         let started = Instant::now();
         let mut running = Vec::new();
         for (i, argv) in commands.iter().enumerate() {
@@ -600,10 +691,20 @@ fn crowd(args: &Args, bins: &Bins, dir: &Path, sum: &str, setup: &CrowdSetup) ->
             std::thread::sleep(Duration::from_millis(10));
         }
         let wall = last_exit.duration_since(started).as_secs_f64();
+        let cpu_busy = cpu_ticks()?.busy_since(&cpu_before);
         let stuck: Vec<usize> = (0..n).filter(|&i| running[i].is_some()).collect();
         drop(running);
         let origin_tx = crowd.host(1).tx_bytes().map_err(anyhow::Error::msg)? - origin_before;
+        // Each uplink's use over the run: bytes sent over what its cap allows in the wall.
+        let mut uplinks = Vec::new();
+        for (i, before) in clients_before.iter().enumerate() {
+            let tx = crowd.host(2 + i).tx_bytes().map_err(anyhow::Error::msg)?;
+            uplinks
+                .push(tx.saturating_sub(*before) as f64 / (setup.client_rate as f64 / 8.0 * wall));
+        }
+        let origin_use = origin_tx as f64 / (setup.origin_rate as f64 / 8.0 * wall);
         let mut from_origin = 0u64;
+        let mut why = Why::default();
         for i in 0..n {
             let summary =
                 std::fs::read_to_string(dir.join(format!("c{i}.out"))).unwrap_or_default();
@@ -612,6 +713,7 @@ fn crowd(args: &Args, bins: &Bins, dir: &Path, sum: &str, setup: &CrowdSetup) ->
             }
             if let Ok(json) = serde_json::from_str::<serde_json::Value>(summary.trim()) {
                 from_origin += json["from_origin"].as_u64().unwrap_or(0);
+                why.add(&json);
             }
             if stuck.contains(&i) {
                 continue;
@@ -649,6 +751,15 @@ fn crowd(args: &Args, bins: &Bins, dir: &Path, sum: &str, setup: &CrowdSetup) ->
             wall / bound,
             failed.len(),
             stuck.len()
+        );
+        println!("     {}", why.line(f));
+        uplinks.sort_by(f64::total_cmp);
+        println!(
+            "     uplink use: clients min {:.0}% median {:.0}%, origin {:.0}%; box CPU busy {:.0}%",
+            uplinks.first().copied().unwrap_or(0.0) * 100.0,
+            median(&uplinks) * 100.0,
+            origin_use * 100.0,
+            cpu_busy * 100.0
         );
         walls.push(wall);
         ratios.push(ratio);

@@ -43,13 +43,14 @@
 //! This module is over 600 lines of code because the rules of choice belong together: each
 //! reads the same book, and splitting them would spread one decision over several files.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::bitfield::Bitfield;
 
 use super::depth::Depth;
 use super::sources::{End, Holdings, Source};
+use super::summary::{Duplicates, OriginAccount, OriginWhy};
 
 /// Requests kept in flight per origin connection at least, and where its slow start begins:
 /// with 256 KiB chunks, 1 MiB per connection and 4 MiB over the default four connections,
@@ -331,6 +332,15 @@ pub(crate) struct Plan {
     /// When the peer slots were last looked at for rotation (see [`ROTATE_EVERY`]).
     last_rotation: Instant,
     orders: Vec<Order>,
+    /// Why each request in flight at an origin was made, by (connection, chunk): at most
+    /// the requests in flight.
+    origin_why: HashMap<(usize, u32), OriginWhy>,
+    /// Chunks that were in flight on a peer connection when it failed.
+    retried: BTreeSet<u32>,
+    /// Origin bytes delivered first, by why they were asked for.
+    account: OriginAccount,
+    /// Bytes received for chunks already verified.
+    duplicates: Duplicates,
 }
 
 impl Plan {
@@ -399,6 +409,10 @@ impl Plan {
             last_delivery: now,
             last_rotation: now,
             orders: Vec::new(),
+            origin_why: HashMap::new(),
+            retried: BTreeSet::new(),
+            account: OriginAccount::default(),
+            duplicates: Duplicates::default(),
         }
     }
 
@@ -427,6 +441,16 @@ impl Plan {
     /// Late chunks asked of a second source so far.
     pub(crate) fn hedged(&self) -> u32 {
         self.hedged
+    }
+
+    /// Origin bytes delivered first so far, by why they were asked for.
+    pub(crate) fn origin_account(&self) -> OriginAccount {
+        self.account
+    }
+
+    /// Bytes received so far for chunks already verified.
+    pub(crate) fn duplicates(&self) -> Duplicates {
+        self.duplicates
     }
 
     /// When the first chunk of the download arrived.
@@ -887,9 +911,19 @@ impl Plan {
         c.head_since = now;
         let source = c.source;
         self.sources[source].record_service(service, len);
+        let why = self.origin_why.remove(&(conn, index));
         if index >= self.count || self.done.get(index) {
+            if self.sources[source].origin {
+                self.duplicates.from_origin += len;
+            } else {
+                self.duplicates.from_peers += len;
+            }
             return None;
         }
+        if self.sources[source].origin {
+            self.account.add(why.unwrap_or(OriginWhy::Share), len);
+        }
+        self.retried.remove(&index);
         // Asked of other sources too: they need not send it any more.
         for (other, c) in self.conns.iter().enumerate() {
             if c.open && c.in_flight.contains(&index) {
@@ -945,6 +979,7 @@ impl Plan {
         c.in_flight.retain(|&i| i != index);
         c.pace.dropped(index, now);
         c.head_since = now;
+        self.origin_why.remove(&(conn, index));
         self.release(index);
         self.epoch += 1;
     }
@@ -972,10 +1007,15 @@ impl Plan {
         self.conns[conn].open = false;
         self.conns[conn].ready = false;
         self.conns[conn].pace.clear(now);
+        let origin = self.sources[source].origin;
+        let failed = !matches!(end, End::Finished);
         for index in std::mem::take(&mut self.conns[conn].in_flight) {
+            self.origin_why.remove(&(conn, index));
+            if failed && !origin && !self.done.get(index) {
+                self.retried.insert(index);
+            }
             self.release(index);
         }
-        let origin = self.sources[source].origin;
         let outcome = match end {
             End::Finished => (Verdict::Kept, None),
             End::Local(error) => (Verdict::Fatal(error), None),
@@ -1334,10 +1374,13 @@ impl Plan {
                 {
                     break;
                 }
-                let Some(index) = self.pick(conn, now) else {
+                let Some((index, why)) = self.pick(conn, now) else {
                     self.conns[conn].starved_at = Some(self.epoch);
                     break;
                 };
+                if self.sources[self.conns[conn].source].origin {
+                    self.origin_why.insert((conn, index), why);
+                }
                 if !self.missing.remove(&index) {
                     self.hedged += 1;
                 }
@@ -1356,25 +1399,28 @@ impl Plan {
     /// The next chunk for a connection: from a peer, a rare one it holds; from an origin,
     /// the lowest missing chunk of this client's share that no usable peer holds, so peers
     /// carry all they can.
-    fn pick(&mut self, conn: usize, now: Instant) -> Option<u32> {
+    /// Also says why, which counts for an origin's chunks (see [`OriginAccount`]).
+    fn pick(&mut self, conn: usize, now: Instant) -> Option<(u32, OriginWhy)> {
         if let Some(index) = self.urgent_for(conn, now) {
-            return Some(index);
+            return Some((index, OriginWhy::Stream));
         }
         if let Some(index) = self.rescue_for(conn, now) {
-            return Some(index);
+            return Some((index, OriginWhy::Rescue));
         }
         if self.stream_starting(now) {
             return None;
         }
         if self.missing.is_empty() {
-            return self.endgame_for(conn, now);
+            return self.endgame_for(conn, now).map(|i| (i, OriginWhy::Endgame));
         }
         let source = self.conns[conn].source;
         if self.bound_by_readers(now) {
-            return self.ahead_of_readers(source, now);
+            return self
+                .ahead_of_readers(source, now)
+                .map(|i| (i, OriginWhy::Stream));
         }
         if !self.sources[source].origin {
-            return self.rarest_held_by(source);
+            return self.rarest_held_by(source).map(|i| (i, OriginWhy::Share));
         }
         // The origin sends this client's planned share; outside it, only what no peer
         // holds, and only once the swarm has gone quiet (the planned peer may be gone).
@@ -1388,9 +1434,38 @@ impl Plan {
             _ => u32::MAX,
         };
         let src = &self.sources[source];
-        self.missing.range(..horizon).copied().find(|&i| {
-            src.holds(i) && self.copies[i as usize] == 0 && share.is_none_or(|s| s.get(i))
-        })
+        let free = |i: u32| src.holds(i) && self.copies[i as usize] == 0;
+        let planned = self.origin_share.as_ref();
+        let index = match planned {
+            // With the share lifted and no reader waiting on the order: the share first,
+            // then the rest from the highest chunk down. The tracker hands its free chunks
+            // out lowest first, and it learns what this client fetched only at its next
+            // announce (half a second later): fetched from the bottom, the chunks outside
+            // the share are the very ones it hands the next clients to arrive, and the
+            // origin sends them twice (issue 14, N = 8: the first client, alone for its
+            // first answer, took 15-19 MB outside its share before it knew any peer).
+            Some(plan) if self.fallback_open && self.stream_pos.is_none() => self
+                .missing
+                .iter()
+                .copied()
+                .find(|&i| free(i) && plan.get(i))
+                .or_else(|| self.missing.iter().rev().copied().find(|&i| free(i)))?,
+            _ => self
+                .missing
+                .range(..horizon)
+                .copied()
+                .find(|&i| free(i) && share.is_none_or(|s| s.get(i)))?,
+        };
+        let why = if self.retried.contains(&index) {
+            OriginWhy::Retry
+        } else if planned.is_some_and(|s| s.get(index)) {
+            OriginWhy::Share
+        } else if self.fallback_open {
+            OriginWhy::Fallback
+        } else {
+            OriginWhy::Unplanned
+        };
+        Some((index, why))
     }
 
     /// When streaming, the chunk of the urgent window (the next `window` chunks the reader
@@ -1643,6 +1718,12 @@ mod tests {
                 }
             }
             assert_eq!(copies, self.copies, "availability drifted");
+            for &(conn, index) in self.origin_why.keys() {
+                assert!(
+                    self.conns[conn].in_flight.contains(&index),
+                    "a reason kept for chunk {index} no longer in flight on {conn}"
+                );
+            }
             for c in &self.conns {
                 let mut queue: Vec<u32> = c.in_flight.iter().copied().collect();
                 queue.sort_unstable();
@@ -1912,7 +1993,101 @@ mod tests {
             .filter(|f| f.0 == 1)
             .map(|f| f.1)
             .collect();
-        assert_eq!(at_origin, vec![2, 3]);
+        assert_eq!(
+            at_origin,
+            vec![3, 2],
+            "outside the share, from the top: away from what the tracker hands out next"
+        );
+    }
+
+    #[test]
+    fn a_lifted_share_sends_its_own_chunks_first_then_the_rest_from_the_top() {
+        let now = Instant::now();
+        let mut plan = plan_with(
+            16,
+            vec![origin()],
+            settings(false, 4, Some(bits(16, [5, 9]))),
+            now,
+        );
+        plan.update_fallback(now);
+        assert!(plan.fallback_open, "no peer at all: the share is lifted");
+        let order: Vec<u32> = run_to_end(&mut plan, now).iter().map(|f| f.1).collect();
+        assert_eq!(&order[..2], &[5, 9], "the planned chunks first: {order:?}");
+        assert_eq!(
+            &order[2..6],
+            &[15, 14, 13, 12],
+            "then from the top: {order:?}"
+        );
+        assert!(plan.is_complete());
+        let account = plan.origin_account();
+        assert_eq!(account.share, 2 * CHUNK as u64);
+        assert_eq!(account.fallback, 14 * CHUNK as u64);
+    }
+
+    #[test]
+    fn a_stream_with_the_share_lifted_still_takes_chunks_in_order() {
+        let now = Instant::now();
+        let mut plan = plan_with(
+            16,
+            vec![origin()],
+            settings(true, 4, Some(bits(16, [9]))),
+            now,
+        );
+        plan.update_fallback(now);
+        plan.assign(now);
+        let first = plan.fetches();
+        assert_eq!(first, vec![(0, 0)], "the reader waits for chunk 0");
+        plan.delivered(0, 0, now);
+        plan.set_stream_pos(1);
+        plan.assign(now + Duration::from_secs(1));
+        let next: Vec<u32> = plan.fetches().iter().map(|f| f.1).collect();
+        assert_eq!(&next[..4], &[1, 2, 3, 4], "nearest first, not from the top");
+    }
+
+    #[test]
+    fn the_origin_account_names_why_each_chunk_was_asked_of_the_origin() {
+        let now = Instant::now();
+        let len = CHUNK as u64;
+        // The peer holds everything; the share is chunks 0-3.
+        let mut plan = plan_with(
+            8,
+            vec![peer(1, None), origin()],
+            settings(false, 4, Some(bits(8, 0..4))),
+            now,
+        );
+        plan.assign(now);
+        let first = plan.fetches();
+        assert!(
+            first.iter().all(|f| f.0 == 0),
+            "the peer holds all: {first:?}"
+        );
+        // The peer fails with its requests in flight: the origin takes them again, those
+        // of the share only, and says why.
+        let (verdict, _) = plan.closed(0, End::Failed("reset".into()), now);
+        assert!(matches!(verdict, Verdict::Retrying { .. }));
+        plan.assign(now);
+        let again = plan.fetches();
+        let in_share: Vec<u32> = first.iter().map(|f| f.1).filter(|&i| i < 4).collect();
+        assert!(!again.is_empty());
+        for &(conn, index) in &again {
+            assert_eq!(conn, 1);
+            plan.delivered(conn, index, now);
+        }
+        let account = plan.origin_account();
+        let retried = again.iter().filter(|f| in_share.contains(&f.1)).count() as u64;
+        assert_eq!(account.retry, retried * len, "{again:?} after {first:?}");
+        assert_eq!(
+            account.share + account.retry,
+            again.len() as u64 * len,
+            "the rest of the share is the share's"
+        );
+        assert_eq!(account.fallback + account.unplanned, 0);
+        // A second copy of a verified chunk is a duplicate, not origin bytes.
+        let (conn, index) = again[0];
+        plan.delivered(conn, index, now);
+        assert_eq!(plan.duplicates().from_origin, len);
+        assert_eq!(plan.origin_account(), account);
+        plan.check();
     }
 
     #[test]
@@ -2996,8 +3171,8 @@ mod tests {
             .collect();
         assert_eq!(
             at_origin,
-            vec![4, 5, 6, 7],
-            "what no peer holds, once they go quiet"
+            vec![7, 6, 5, 4],
+            "what no peer holds, once they go quiet (from the top)"
         );
         assert_eq!(
             plan.conns()

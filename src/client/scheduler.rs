@@ -241,6 +241,8 @@ impl<'a> Scheduler<'a> {
             }),
             peak_rate: self.meter.peak_rate(),
             hedged: self.plan.hedged(),
+            origin_reasons: self.plan.origin_account(),
+            duplicates: self.plan.duplicates(),
         })
     }
 

@@ -35,6 +35,74 @@ pub struct SourceSummary {
     pub dropped: Option<String>,
 }
 
+/// Why a chunk was asked of an origin (see [`OriginAccount`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum OriginWhy {
+    /// Of this client's share in the tracker's plan.
+    Share,
+    /// The tracker named no share: what no peer held.
+    Unplanned,
+    /// Outside the share, once peers went quiet or none was usable.
+    Fallback,
+    /// In flight at a slow peer, expected sooner from the origin.
+    Rescue,
+    /// Late at another source in the endgame.
+    Endgame,
+    /// A stream's urgent window, or what a gateway's readers need next.
+    Stream,
+    /// Asked again after the peer connection it was in flight on failed.
+    Retry,
+}
+
+/// Where an origin's chunk bytes went and why they were asked of it: every chunk counted
+/// once, by the reason its first verified copy was requested; copies that came twice are
+/// in [`Duplicates`]. What a crowd's origin sends beyond F is the sum over its clients of
+/// everything but `share` (and `unplanned` where shares overlap).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct OriginAccount {
+    /// Of this client's share in the tracker's plan.
+    pub share: u64,
+    /// Without a share (no plan from the tracker): what no peer held.
+    pub unplanned: u64,
+    /// Outside the share after no peer delivered for the fall-back time, or with no
+    /// usable peer.
+    pub fallback: u64,
+    /// Taken over from a slow peer.
+    pub rescue: u64,
+    /// Late elsewhere in the endgame.
+    pub endgame: u64,
+    /// A stream's urgent window or a gateway reader's next chunks.
+    pub stream: u64,
+    /// Asked again after a peer connection failed with it in flight.
+    pub retry: u64,
+}
+
+impl OriginAccount {
+    /// Counts `len` bytes delivered first by an origin that was asked for `why`.
+    pub(crate) fn add(&mut self, why: OriginWhy, len: u64) {
+        let field = match why {
+            OriginWhy::Share => &mut self.share,
+            OriginWhy::Unplanned => &mut self.unplanned,
+            OriginWhy::Fallback => &mut self.fallback,
+            OriginWhy::Rescue => &mut self.rescue,
+            OriginWhy::Endgame => &mut self.endgame,
+            OriginWhy::Stream => &mut self.stream,
+            OriginWhy::Retry => &mut self.retry,
+        };
+        *field += len;
+    }
+}
+
+/// Chunk bytes received whole for a chunk already verified: the slower copy of a hedged
+/// or rescued chunk, or one whose cancel came too late. Network bytes no file needed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Duplicates {
+    /// From origins.
+    pub from_origin: u64,
+    /// From peers.
+    pub from_peers: u64,
+}
+
 /// What a `get` did.
 #[derive(Clone, Debug, Serialize)]
 pub struct Summary {
@@ -76,6 +144,10 @@ pub struct Summary {
     /// Late chunks also asked of a second source (urgent ones of a stream, and any in the
     /// endgame).
     pub hedged: u32,
+    /// The bytes of `from_origin` by why they were asked of an origin.
+    pub origin_reasons: OriginAccount,
+    /// Bytes received for chunks already verified (not in `from_peers` or `from_origin`).
+    pub duplicates: Duplicates,
     /// Every source used or tried.
     pub sources: Vec<SourceSummary>,
 }
@@ -125,6 +197,8 @@ impl Summary {
             stalls: streamed.stalls,
             stall_secs: streamed.stall_secs,
             hedged: downloaded.hedged,
+            origin_reasons: downloaded.origin_reasons,
+            duplicates: downloaded.duplicates,
             sources: downloaded.sources,
         }
     }
@@ -192,6 +266,10 @@ pub(crate) struct Downloaded {
     pub(crate) peak_rate: f64,
     /// Late chunks asked of a second source (stream or endgame).
     pub(crate) hedged: u32,
+    /// Origin bytes by why they were asked for.
+    pub(crate) origin_reasons: OriginAccount,
+    /// Bytes that came twice.
+    pub(crate) duplicates: Duplicates,
 }
 
 /// One line of `--progress json`.
