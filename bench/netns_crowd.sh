@@ -16,6 +16,12 @@
 #   MODE=single bench/netns_crowd.sh                # one client: get vs curl at RTT 0/10/50/100 ms
 #   MODE=single SINGLE_MBIT=1000 RTTS=0,50 bench/netns_crowd.sh
 #   SHOW_CLIENTS=1 NS=8 RUNS=1 bench/netns_crowd.sh # each client's JSON summary
+#   CLIENT_ARGS="--max-upload-rate 22MB" NS=8 bench/netns_crowd.sh   # more flags for every get
+# Each crowd run also prints the clients' origin bytes by reason and their duplicates (the
+# summaries' origin_reasons and duplicates, in F), each uplink's use (tx bytes over cap x
+# wall: clients' min and median, the origin's) and the box's CPU busy share (/proc/stat).
+# NETNS_PROGRESS=1 has every client write --progress json lines to its .err file (kept
+# when the driver runs with --work DIR).
 #   MODE=viewer bench/netns_crowd.sh                # a --stream viewer whose uplink 8 pullers fill
 #   MODE=viewer PULLERS=8 BITRATE_MBIT=8 PULL_DELAY_MS=1000 VIEWER_MBIT=50 bench/netns_crowd.sh
 # The viewer mode plays the stream at BITRATE_MBIT, so a run lasts F / bitrate (64 MiB at
