@@ -31,11 +31,11 @@ const PEER_TIMEOUT: &str = "6s";
 /// enough that the start and the endgame (where clients hedge) weigh little in the origin's
 /// total, and a tracker or Redis can be stopped while it runs.
 const CHUNKS: usize = 384;
-/// The most the origin may send, in files: the issue asks 1.05. Measured on a loaded
-/// 2-core box with this crowd: 1.055 and 1.065 (one tracker killed), where the in-memory
-/// tracker's plan gave 1.026 to 1.07 for the same crowd without a kill; the Redis side's
-/// simpler leases (shared.rs) cost the difference.
-const ORIGIN_BOUND: f64 = 1.10;
+/// The most the origin may send, in files: issue 14's 1.05. This crowd measured 1.055 and
+/// 1.065 (one tracker killed) at an earlier build; since a client whose share is lifted
+/// fetches the chunks outside it from the top down (client::plan: away from those the
+/// tracker hands out next), three runs on a loaded 2-core box gave 1.000 each.
+const ORIGIN_BOUND: f64 = 1.05;
 
 /// A redis-server of the test's own: its own directory, no persistence.
 struct RedisProc {

@@ -1443,8 +1443,10 @@ impl Plan {
             // announce (half a second later): fetched from the bottom, the chunks outside
             // the share are the very ones it hands the next clients to arrive, and the
             // origin sends them twice (issue 14, N = 8: the first client, alone for its
-            // first answer, took 15-19 MB outside its share before it knew any peer).
-            Some(plan) if self.fallback_open && self.stream_pos.is_none() => self
+            // first answer, took 15-19 MB outside its share before it knew any peer). An
+            // origin URL keeps the rising order: it fetches runs of consecutive chunks in
+            // one range request (up to 16), which falling ones would split into one each.
+            Some(plan) if self.fallback_open && self.stream_pos.is_none() && !src.web => self
                 .missing
                 .iter()
                 .copied()
