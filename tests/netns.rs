@@ -39,6 +39,43 @@ pub struct Netns {
     pub ns_addr: Ipv4Addr,
 }
 
+/// The Ethernet address a crowd gives the interface with IPv4 address `addr`: locally
+/// administered (02:…), "sc", then the address's last two bytes, so that every host's
+/// neighbour entries can be written without asking the others.
+fn mac_of(addr: Ipv4Addr) -> String {
+    let [_, _, subnet, host] = addr.octets();
+    format!("02:73:63:00:{subnet:02x}:{host:02x}")
+}
+
+/// Runs `ip -n NAMESPACE -batch -` with `commands` (one a line) on its stdin.
+fn ip_batch(namespace: &str, commands: &str) -> Result<(), String> {
+    use std::io::Write;
+    let what = format!("ip -n {namespace} -batch -");
+    let mut child = Command::new("ip")
+        .args(["-n", namespace, "-batch", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("{what}: {e}"))?;
+    let written = child
+        .stdin
+        .take()
+        .map(|mut stdin| stdin.write_all(commands.as_bytes()));
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("{what}: {e}"))?;
+    match written {
+        Some(Err(e)) => Err(format!("{what}: writing its commands: {e}")),
+        _ if !out.status.success() => Err(format!(
+            "{what}: {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Runs `ip ARGS`; the error names the command and what it printed.
 pub fn ip(args: &[&str]) -> Result<(), String> {
     let out = Command::new("ip")
@@ -329,11 +366,53 @@ impl Crowd {
                 return None;
             }
         }
+        if let Err(e) = crowd.pin_neighbours() {
+            eprintln!("skipped {test}: cannot pin the hosts' neighbour entries: {e}");
+            return None;
+        }
         Some(crowd)
+    }
+
+    /// Gives every host a permanent neighbour (ARP) entry for every other host and the
+    /// bridge. The kernel keeps one ARP table for all namespaces, and refuses new dynamic
+    /// entries past `gc_thresh3` (1 024 by default) in all of them together; 66 hosts that
+    /// each talk to the 65 others need 4 290. Past the limit a host's packets to a peer it
+    /// has no entry for are dropped before they leave it (`table_fulls` in
+    /// `/proc/net/stat/arp_cache`, `TCPRetransFail` in the host's `nstat`): at N = 64 the
+    /// 5-11 clients started last had every connect time out, the tracker's included, while
+    /// the tracker saw no SYN at all. On real machines each host has its own table.
+    /// Permanent entries are not counted against the limit, and change no system setting.
+    fn pin_neighbours(&self) -> Result<(), String> {
+        let mut all: Vec<(Ipv4Addr, String)> = self
+            .hosts
+            .iter()
+            .map(|h| (h.addr, mac_of(h.addr)))
+            .collect();
+        all.push((self.bridge_addr, mac_of(self.bridge_addr)));
+        for host in &self.hosts {
+            let batch: String = all
+                .iter()
+                .filter(|(addr, _)| *addr != host.addr)
+                .map(|(addr, mac)| {
+                    format!("neigh replace {addr} lladdr {mac} dev {HOST_IF} nud permanent\n")
+                })
+                .collect();
+            ip_batch(&host.name, &batch)?;
+        }
+        Ok(())
     }
 
     fn set_up_bridge(&self) -> Result<(), String> {
         ip(&["link", "add", &self.bridge, "type", "bridge"])?;
+        // Fixed, so that the hosts' permanent neighbour entries stay right (a bridge
+        // without one takes the lowest of its ports' addresses, which changes as they join).
+        ip(&[
+            "link",
+            "set",
+            &self.bridge,
+            "address",
+            &mac_of(self.bridge_addr),
+        ])?;
         let addr = format!("{}/24", self.bridge_addr);
         ip(&["addr", "add", &addr, "dev", &self.bridge])?;
         ip(&["link", "set", &self.bridge, "up"])
@@ -357,6 +436,7 @@ impl Crowd {
         ip(&["link", "set", &host.bridge_if, "master", &self.bridge])?;
         ip(&["link", "set", &host.bridge_if, "up"])?;
         let addr = format!("{}/24", host.addr);
+        host.ip(&["link", "set", HOST_IF, "address", &mac_of(host.addr)])?;
         host.ip(&["addr", "add", &addr, "dev", HOST_IF])?;
         host.ip(&["link", "set", HOST_IF, "up"])?;
         host.ip(&["link", "set", "lo", "up"])
