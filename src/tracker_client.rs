@@ -18,7 +18,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use serde::de::DeserializeOwned;
@@ -51,6 +51,9 @@ const MAX_RETRY: Duration = Duration::from_secs(2);
 /// is skipped at once for the next URL, and a moment when all are down (a network blip, a
 /// rolling restart) costs under a second before the error is reported.
 const FAILOVER_ROUNDS: u32 = 4;
+/// How often a patient request's pause between rounds looks whether the process was told
+/// to stop: a Ctrl-C is seen within 50 ms.
+const PATIENCE_POLL: Duration = Duration::from_millis(50);
 /// Most tracker URLs one client takes: a handful of trackers behind one Redis.
 pub const MAX_TRACKER_URLS: usize = 16;
 /// Largest JSON answer read (an announce answer with 30 partial peers of a huge asset).
@@ -103,6 +106,16 @@ pub struct TrackerClient {
     attempts: u32,
     /// The tracker's clock, set from the `Date` of every answer; shared by the clones.
     clock: Arc<TrackerClock>,
+    /// For a patient client: how long a request keeps asking trackers it cannot reach.
+    patience: Option<Patience>,
+}
+
+/// How long a request keeps going round the tracker URLs while none can be reached, past
+/// [`FAILOVER_ROUNDS`], and what tells it to stop sooner (the process was interrupted).
+#[derive(Clone, Copy, Debug)]
+struct Patience {
+    within: Duration,
+    stop: fn() -> bool,
 }
 
 /// Checks a tracker URL's form and returns it without a trailing `/`: `http://HOST:PORT`
@@ -231,6 +244,7 @@ impl TrackerClient {
             token: None,
             attempts: BUSY_ATTEMPTS,
             clock: Arc::default(),
+            patience: None,
         })
     }
 
@@ -242,6 +256,21 @@ impl TrackerClient {
         TrackerClient {
             agent: agent(within, within, self.tls.as_ref()),
             attempts: 1,
+            patience: None,
+            ..self.clone()
+        }
+    }
+
+    /// The same tracker, for the requests a download cannot start without (its manifest,
+    /// key and first sources): while no tracker URL can be reached, each request keeps
+    /// going round them, with the jittered backoff between rounds (100 ms doubling to 2 s),
+    /// until `within` has passed since it began (a download's stall timeout) or `stop()`
+    /// says the process is told to exit. A tracker restarting, or a crowd of 64 hosts
+    /// starting at once on a loaded network, is a moment, not a reason to fail; a tracker
+    /// that answers with an error is not retried (that answer is the result).
+    pub fn patient(&self, within: Duration, stop: fn() -> bool) -> TrackerClient {
+        TrackerClient {
+            patience: Some(Patience { within, stop }),
             ..self.clone()
         }
     }
@@ -328,6 +357,7 @@ impl TrackerClient {
         // Unreachable trackers met so far: after each round over all of them, a backoff.
         let mut unreached = 0;
         let mut round = Backoff::new(FIRST_RETRY, MAX_RETRY);
+        let began = Instant::now();
         for attempt in 1.. {
             let result = match body {
                 Some((content_type, text)) => request
@@ -373,14 +403,22 @@ impl TrackerClient {
                     if !answered_but_not_http(&t)
                         && tls_error(&t).is_none()
                         && path.is_some()
-                        && unreached + 1 < self.bases.len() as u32 * self.rounds() =>
+                        && self.may_go_on(unreached + 1, began, round.nominal()) =>
                 {
                     // Another tracker serves the same swarms: ask it, and after a round over
                     // every URL, wait a little (all may be restarting at once).
                     unreached += 1;
-                    log::warn!("tracker {base} unreachable ({t}); trying the next tracker URL");
                     if unreached % self.bases.len() as u32 == 0 {
-                        std::thread::sleep(round.next_delay());
+                        let pause = round.next_delay();
+                        log::warn!(
+                            "tracker {base} unreachable ({t}); asking again in {} ms",
+                            pause.as_millis()
+                        );
+                        self.pause(pause);
+                    } else {
+                        log::warn!(
+                            "tracker {base} unreachable ({t}); trying the next tracker URL"
+                        );
                     }
                     base = self.fail_over(&base).to_string();
                     let url = format!("{base}{}", path.as_deref().unwrap_or(""));
@@ -396,8 +434,10 @@ impl TrackerClient {
                         )
                     } else {
                         format!(
-                            "cannot reach the tracker at {} ({what}): {t}; is it running?",
-                            self.urls()
+                            "cannot reach the tracker at {} ({what}, {} tries in {:.1} s): {t}; is it running?",
+                            self.urls(),
+                            unreached + 1,
+                            began.elapsed().as_secs_f64()
                         )
                     };
                     return Err(Failure::TrackerUnreachable.error(message));
@@ -413,6 +453,32 @@ impl TrackerClient {
             1
         } else {
             FAILOVER_ROUNDS
+        }
+    }
+
+    /// Whether a request that found no tracker reachable `unreached` times since `began`
+    /// asks again: within its [`FAILOVER_ROUNDS`] always; a patient one also while the next
+    /// pause (at most `next_pause`) still ends inside its patience and it was not stopped.
+    fn may_go_on(&self, unreached: u32, began: Instant, next_pause: Duration) -> bool {
+        if unreached < self.bases.len() as u32 * self.rounds() {
+            return true;
+        }
+        self.patience
+            .is_some_and(|p| !(p.stop)() && began.elapsed() + next_pause < p.within)
+    }
+
+    /// Sleeps `pause`, or less if a patient client's process is told to stop.
+    fn pause(&self, pause: Duration) {
+        let Some(patience) = self.patience else {
+            return std::thread::sleep(pause);
+        };
+        let until = Instant::now() + pause;
+        while !(patience.stop)() {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            std::thread::sleep(left.min(PATIENCE_POLL));
         }
     }
 }
@@ -835,6 +901,48 @@ mod tests {
         assert_eq!(t.keys().unwrap(), vec!["ab".to_string()]);
         assert_eq!(t.url(), format!("http://{addr}"));
         server.join().unwrap();
+    }
+
+    /// The tries a failed request reports: "… (GET …, N tries in …".
+    fn tries_in(error: &anyhow::Error) -> u32 {
+        let text = format!("{error:#}");
+        let (before, _) = text.split_once(" tries in ").expect(&text);
+        before.rsplit(' ').next().unwrap().parse().expect(&text)
+    }
+
+    #[test]
+    fn a_patient_request_keeps_asking_an_unreachable_tracker_until_its_patience_ends() {
+        // Bound but not listening, and held: connects are refused, and no other test's
+        // socket can take the port meanwhile.
+        let socket = rustix::net::socket(
+            rustix::net::AddressFamily::INET,
+            rustix::net::SocketType::STREAM,
+            None,
+        )
+        .unwrap();
+        let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+        rustix::net::bind(&socket, &any).unwrap();
+        let dead = std::net::SocketAddr::try_from(rustix::net::getsockname(&socket).unwrap())
+            .unwrap();
+        let t = TrackerClient::new(&format!("http://{dead}")).unwrap();
+        // Connects are refused at once: the plain client gives up after its rounds.
+        let plain = t.keys().unwrap_err();
+        assert_eq!(tries_in(&plain), FAILOVER_ROUNDS, "{plain:#}");
+        // Pauses of 100, 200, 400, 800 ms (jittered down to half): 1.5 s hold 4 to 7 more.
+        let patient = t.patient(Duration::from_millis(1500), || false);
+        let began = Instant::now();
+        let error = patient.keys().unwrap_err();
+        assert!(tries_in(&error) > FAILOVER_ROUNDS, "{error:#}");
+        assert!(began.elapsed() < Duration::from_millis(1500) + CONNECT_TIMEOUT);
+        assert!(
+            format!("{error:#}").contains("cannot reach the tracker"),
+            "{error:#}"
+        );
+        // Told to stop, it asks no more than the plain client.
+        let stopped = t.patient(Duration::from_secs(60), || true).keys().unwrap_err();
+        assert_eq!(tries_in(&stopped), FAILOVER_ROUNDS, "{stopped:#}");
+        // Neither the hurried client nor an error answer inherits the patience.
+        assert!(patient.hurried(Duration::from_secs(1)).patience.is_none());
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Failures are transient until proven otherwise: a source whose first connects time out
-//! is retried until it delivers, and `--stall-timeout` ends a download whose only source
-//! stops delivering, naming it.
+//! is retried until it delivers, a get whose tracker is not listening yet asks it again
+//! until it is, and `--stall-timeout` ends a download whose only source stops delivering,
+//! naming it.
 
 use std::fs;
 use std::path::Path;
@@ -122,6 +123,43 @@ fn host_ip(args: &[&str]) {
         args.join(" "),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn a_get_whose_tracker_is_not_listening_for_its_first_seconds_waits_and_succeeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let bytes = random_file(&d.join("f.bin"), 8 * 65536 + 3, 43);
+    // Peers heartbeat every third of the peer timeout: the restarted tracker hears from
+    // the origin within 2 s.
+    let quick = ["--peer-timeout", "6s"];
+    let mut tracker = TrackerProc::start(d, &quick);
+    let port = tracker.url.rsplit(':').next().unwrap().to_string();
+    let origin = ServerProc::start(d, "origin", Some(&tracker.url), &["f.bin"], &["--origin"]);
+    let id = origin.seeded[0].clone();
+    tracker.wait_for_peers(&id, 1);
+    // Nothing listens on the tracker's port now: every connect is refused at once.
+    tracker.proc.kill();
+    let url = tracker.url.clone();
+    let mut client = spawn_get(d, &url, &id, "copy.bin", "client", &[]);
+    eventually(
+        "the client to find the tracker unreachable",
+        Duration::from_secs(20),
+        || client.stderr().contains("unreachable"),
+    );
+    // Before, a request gave up after 4 rounds 100-400 ms apart (under a second).
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        client.exited_within(Duration::ZERO).is_none(),
+        "the client gave up on a tracker down for 1.5 s: {}",
+        client.stderr()
+    );
+    let _tracker = TrackerProc::start_on(d, &format!("127.0.0.1:{port}"), &quick);
+    let status = client.wait();
+    let stderr = client.stderr();
+    assert!(status.success(), "client failed: {stderr}");
+    assert_eq!(fs::read(d.join("copy.bin")).unwrap(), bytes);
+    assert!(stderr.contains("asking again in"), "{stderr}");
 }
 
 #[test]

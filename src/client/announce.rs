@@ -137,10 +137,17 @@ impl Announce {
     pub(crate) fn first_sources(
         &self,
         bound: Duration,
-        interrupted: impl Fn() -> bool,
+        patience: Duration,
+        interrupted: fn() -> bool,
     ) -> Result<AnnounceResponse> {
         let started = Instant::now();
-        let mut answer = self.once()?;
+        // A tracker not reachable for a moment is asked again for up to `patience` (see
+        // [`TrackerClient::patient`]); the announces after this one are not.
+        let patient = Announce {
+            tracker: self.tracker.patient(patience, interrupted),
+            ..self.clone()
+        };
+        let mut answer = patient.once()?;
         let mut told = false;
         while answer.peers.is_empty() && answer.origins.is_empty() {
             let Some(hint) = answer.warming_up_secs else {
@@ -158,8 +165,8 @@ impl Announce {
                 );
                 told = true;
             }
-            super::sleep_until(Instant::now() + SOURCE_POLL.min(left), &interrupted);
-            answer = self.once()?;
+            super::sleep_until(Instant::now() + SOURCE_POLL.min(left), interrupted);
+            answer = patient.once()?;
         }
         if told && !(answer.peers.is_empty() && answer.origins.is_empty()) {
             log::info!(

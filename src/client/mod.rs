@@ -160,6 +160,7 @@ pub fn open_feed(
     let store = Store::open(&config.store)?;
     let tracker = TrackerClient::optional(config.tracker.as_deref(), &config.tracker_tls)?
         .map(|t| t.with_token(config.token.clone()));
+    let tracker = tracker.map(|t| t.patient(config.stall_timeout, interrupted));
     let manifest = Arc::new(match store.manifest(&config.asset)? {
         Some(m) => m,
         None => match &tracker {
@@ -215,6 +216,12 @@ fn fetch(
     if let Some(tracker) = &tracker {
         tracker.check_token_transport()?;
     }
+    // What the download cannot start without (manifest, key, first sources) is asked with
+    // patience: a tracker not reachable for a moment is asked again within the stall
+    // timeout. The announces while it runs are not: the next one comes soon anyway.
+    let patient = tracker
+        .as_ref()
+        .map(|t| t.patient(config.stall_timeout, interrupted));
     // The key of an encrypted asset, from the tracker each time (never kept on this host):
     // asked before the output is opened or a chunk fetched, so a client the tracker gives
     // no key fails at once, having written nothing. It is asked while the manifest is
@@ -222,10 +229,10 @@ fn fetch(
     // 50 ms RTT the two in turn cost 100 ms of every get's start, curl's whole wait for its
     // first byte twice). A failed manifest is still the error told first.
     let (manifest, key) = std::thread::scope(|scope| {
-        let key = scope.spawn(|| content_key(&store, tracker.as_ref(), &config.asset));
+        let key = scope.spawn(|| content_key(&store, patient.as_ref(), &config.asset));
         let manifest = match store.manifest(&config.asset) {
             Ok(Some(m)) => Ok(m),
-            Ok(None) => match &tracker {
+            Ok(None) => match &patient {
                 Some(t) => t.manifest(&config.asset),
                 None => Err(anyhow::anyhow!(
                     "asset {} is not in the store {} and no --tracker was given",
@@ -341,7 +348,11 @@ fn fetch(
                     config.asset
                 )
             })?;
-            let first = announce.first_sources(config.source_wait, interrupted)?;
+            let first = announce.first_sources(
+                config.source_wait,
+                config.stall_timeout,
+                interrupted,
+            )?;
             // From here on, every way out of this function leaves the swarm again.
             let departure = Departure::new(announce.clone());
             if interrupted() {
