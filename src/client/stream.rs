@@ -23,15 +23,39 @@ pub const DEFAULT_WINDOW: u32 = 20;
 /// How often a waiting stream checks whether it should give up (interrupted).
 const POLL: Duration = Duration::from_millis(100);
 
+/// A wait for the next chunk longer than this is a stall: the player reading the stream
+/// would run dry. Shorter waits are hidden by what is ahead of it: the pipe holds 64 KiB
+/// (65 ms at 8 Mbit/s), and a player keeps at least a few decoded frames (40 ms at
+/// 25 fps) and an audio buffer of 20-100 ms, so 50 ms of nothing new goes unseen. Every
+/// wait, however short (most are microseconds: the chunk after the one just written is
+/// still being verified), is counted apart as a wait.
+pub const STALL_THRESHOLD: Duration = Duration::from_millis(50);
+
 /// What a stream saw: when its first byte went out and how often it had to wait.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct StreamStats {
     /// Seconds from the start of the `get` to the first byte handed to the output.
     pub first_byte_secs: Option<f64>,
-    /// Times the stream, once started, had to wait for the next chunk.
+    /// Waits for the next chunk, once started, longer than [`STALL_THRESHOLD`].
     pub stalls: u32,
-    /// Seconds spent in those waits.
+    /// Seconds spent in those stalls.
     pub stall_secs: f64,
+    /// Every wait for the next chunk once started, the stalls included.
+    pub waits: u32,
+    /// Seconds spent in those waits.
+    pub wait_secs: f64,
+}
+
+impl StreamStats {
+    /// Counts a wait of `waited` for the next chunk after the first byte.
+    fn waited(&mut self, waited: Duration) {
+        self.waits += 1;
+        self.wait_secs += waited.as_secs_f64();
+        if waited > STALL_THRESHOLD {
+            self.stalls += 1;
+            self.stall_secs += waited.as_secs_f64();
+        }
+    }
 }
 
 /// The stream's error when the download ended (failed) before a chunk it needed arrived:
@@ -92,8 +116,7 @@ impl Stream<'_> {
                 self.wait_for(index, &cancelled)?;
                 // Waiting before the first byte is start-up, reported as the time to it.
                 if stats.first_byte_secs.is_some() {
-                    stats.stalls += 1;
-                    stats.stall_secs += waited.elapsed().as_secs_f64();
+                    stats.waited(waited.elapsed());
                 }
             }
             let chunk = &mut buf[..self.manifest.chunk_len(index) as usize];
@@ -179,6 +202,17 @@ mod tests {
         assert_eq!(out, bytes);
         assert_eq!(positions, vec![0, 1, 2, 3, 4, 5, 6]);
         assert!(stats.first_byte_secs.is_some());
+    }
+
+    #[test]
+    fn only_a_wait_a_player_would_notice_is_a_stall_and_every_wait_is_counted() {
+        let mut stats = StreamStats::default();
+        for ms in [0, 3, 50, 51, 400] {
+            stats.waited(Duration::from_millis(ms));
+        }
+        assert_eq!((stats.waits, stats.stalls), (5, 2));
+        assert!((stats.stall_secs - 0.451).abs() < 1e-9, "{stats:?}");
+        assert!((stats.wait_secs - 0.504).abs() < 1e-9, "{stats:?}");
     }
 
     #[test]

@@ -137,10 +137,15 @@ pub struct Summary {
     /// Seconds to the first byte: written to the stream when streaming, otherwise the
     /// first chunk verified (`None` when nothing was needed from the network or stream).
     pub first_byte_secs: Option<f64>,
-    /// Times the stream waited for a chunk after its first byte (0 when not streaming).
+    /// Times the stream, after its first byte, waited for a chunk longer than a player's
+    /// buffer hides ([`super::stream::STALL_THRESHOLD`], 50 ms; 0 when not streaming).
     pub stalls: u32,
-    /// Seconds the stream spent in those waits.
+    /// Seconds the stream spent in those stalls.
     pub stall_secs: f64,
+    /// Every wait of the stream for a chunk after its first byte, the stalls included.
+    pub waits: u32,
+    /// Seconds the stream spent in those waits.
+    pub wait_secs: f64,
     /// Late chunks also asked of a second source (urgent ones of a stream, and any in the
     /// endgame).
     pub hedged: u32,
@@ -196,6 +201,8 @@ impl Summary {
             first_byte_secs: streamed.first_byte_secs.or(downloaded.first_chunk_secs),
             stalls: streamed.stalls,
             stall_secs: streamed.stall_secs,
+            waits: streamed.waits,
+            wait_secs: streamed.wait_secs,
             hedged: downloaded.hedged,
             origin_reasons: downloaded.origin_reasons,
             duplicates: downloaded.duplicates,
