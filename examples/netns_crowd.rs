@@ -802,6 +802,9 @@ struct Playback {
     longest: (f64, f64),
     /// When each underrun ended, and how late it was.
     events: Vec<(Instant, f64)>,
+    /// Reads over the slack late only because the player itself woke late (the data was
+    /// in the pipe): the box's scheduling, not the stream's doing.
+    late_wakes: u32,
 }
 
 impl Playback {
@@ -813,6 +816,7 @@ impl Playback {
             underrun_secs: 0.0,
             longest: (0.0, 0.0),
             events: Vec::new(),
+            late_wakes: 0,
         }
     }
 
@@ -824,21 +828,30 @@ impl Playback {
         }
     }
 
-    /// Bytes from `offset` on arrived at `now`: starts the clock on the first, counts an
-    /// underrun (and restarts the clock) when they came later than due by over the slack.
-    fn arrived(&mut self, offset: u64, now: Instant) {
+    /// Bytes from `offset` on arrived at `now`, read by a player that woke to read them at
+    /// `woke`: starts the clock on the first; counts an underrun when the read waited on an
+    /// empty pipe past their due time by over the slack (starved: from the later of due and
+    /// the wake-up to `now`), a late wake-up when only the player itself was late; either
+    /// way over the slack, the clock restarts from now (the player resumes from there).
+    fn arrived(&mut self, offset: u64, woke: Instant, now: Instant) {
         let Some(start) = self.start else {
             self.start = Some(now);
             return;
         };
-        let late = now.saturating_duration_since(self.due(offset, now));
-        if late > UNDERRUN_SLACK {
+        let due = self.due(offset, now);
+        let late = now.saturating_duration_since(due);
+        let starved = now.saturating_duration_since(due.max(woke));
+        if starved > UNDERRUN_SLACK {
             self.underruns += 1;
-            self.underrun_secs += late.as_secs_f64();
-            if late.as_secs_f64() > self.longest.0 {
-                self.longest = (late.as_secs_f64(), offset as f64 / self.rate);
+            self.underrun_secs += starved.as_secs_f64();
+            if starved.as_secs_f64() > self.longest.0 {
+                self.longest = (starved.as_secs_f64(), offset as f64 / self.rate);
             }
-            self.events.push((now, late.as_secs_f64()));
+            self.events.push((now, starved.as_secs_f64()));
+        } else if late > UNDERRUN_SLACK {
+            self.late_wakes += 1;
+        }
+        if late > UNDERRUN_SLACK {
             self.start = Some(start + late);
         }
     }
@@ -852,6 +865,7 @@ struct Played {
     underrun_secs: f64,
     longest: (f64, f64),
     events: Vec<(Instant, f64)>,
+    late_wakes: u32,
 }
 
 /// Reads `pipe` to its end as a player at `rate` bytes/s would: a small read each time
@@ -865,11 +879,12 @@ fn play(mut pipe: impl Read, rate: f64) -> std::io::Result<Played> {
             .due(offset, Instant::now())
             .saturating_duration_since(Instant::now());
         std::thread::sleep(wait);
+        let woke = Instant::now();
         let n = pipe.read(&mut buf)?;
         if n == 0 {
             break;
         }
-        clock.arrived(offset, Instant::now());
+        clock.arrived(offset, woke, Instant::now());
         hasher.update(&buf[..n]);
         offset += n as u64;
     }
@@ -880,6 +895,7 @@ fn play(mut pipe: impl Read, rate: f64) -> std::io::Result<Played> {
         underrun_secs: clock.underrun_secs,
         longest: clock.longest,
         events: clock.events,
+        late_wakes: clock.late_wakes,
     })
 }
 
@@ -1079,6 +1095,14 @@ fn viewer(args: &Args, bins: &Bins, dir: &Path, sum: &str, setup: &ViewerSetup) 
             .filter(|(at, _)| *at <= last_exit)
             .map(|(_, late)| *late)
             .collect();
+        if played.late_wakes > 0 {
+            eprintln!(
+                "  run {run}: the player itself woke over {} ms late {} times with the data in the \
+                 pipe (this box's scheduling; not underruns)",
+                UNDERRUN_SLACK.as_millis(),
+                played.late_wakes
+            );
+        }
         if played.underruns > 0 {
             eprintln!(
                 "  run {run}: the player's longest underrun: {:.2} s, at {:.1} s of playback; \
@@ -1390,14 +1414,15 @@ mod tests {
         let mut clock = Playback::new(1000.0);
         let t0 = Instant::now();
         assert_eq!(clock.due(0, t0), t0);
-        clock.arrived(0, t0);
+        let at = |ms| t0 + Duration::from_millis(ms);
+        clock.arrived(0, t0, t0);
         assert_eq!(clock.due(500, t0), t0 + Duration::from_millis(500));
         // On time, and late by less than the slack: no underrun.
-        clock.arrived(500, t0 + Duration::from_millis(500));
-        clock.arrived(600, t0 + Duration::from_millis(640));
+        clock.arrived(500, at(500), at(500));
+        clock.arrived(600, at(600), at(640));
         assert_eq!(clock.underruns, 0);
         // 0.3 s late: one underrun of 0.3 s, and the clock moves on by as much.
-        clock.arrived(700, t0 + Duration::from_millis(1000));
+        clock.arrived(700, at(700), at(1000));
         assert_eq!(clock.underruns, 1);
         assert_eq!(
             clock.events,
@@ -1406,8 +1431,17 @@ mod tests {
         assert!((clock.underrun_secs - 0.3).abs() < 1e-6);
         assert!((clock.longest.0 - 0.3).abs() < 1e-6 && clock.longest.1 == 0.7);
         assert_eq!(clock.due(800, t0), t0 + Duration::from_millis(1100));
-        clock.arrived(800, t0 + Duration::from_millis(1100));
+        clock.arrived(800, at(1100), at(1100));
         assert_eq!(clock.underruns, 1);
+        // The player woke 0.2 s late and the read returned at once: not an underrun, and
+        // the clock resumes from there.
+        clock.arrived(900, at(1400), at(1401));
+        assert_eq!((clock.underruns, clock.late_wakes), (1, 1));
+        assert_eq!(clock.due(1000, t0), at(1501));
+        // Woke 0.1 s late, then waited 0.2 s more on an empty pipe: an underrun of 0.2 s.
+        clock.arrived(1000, at(1601), at(1801));
+        assert_eq!((clock.underruns, clock.late_wakes), (2, 1));
+        assert!((clock.events[1].1 - 0.2).abs() < 1e-6);
     }
 
     #[test]

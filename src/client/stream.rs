@@ -24,11 +24,13 @@ pub const DEFAULT_WINDOW: u32 = 20;
 const POLL: Duration = Duration::from_millis(100);
 
 /// A wait for the next chunk longer than this is a stall: the player reading the stream
-/// would run dry. Shorter waits are hidden by what is ahead of it: the pipe holds 64 KiB
-/// (65 ms at 8 Mbit/s), and a player keeps at least a few decoded frames (40 ms at
-/// 25 fps) and an audio buffer of 20-100 ms, so 50 ms of nothing new goes unseen. Every
-/// wait, however short (most are microseconds: the chunk after the one just written is
-/// still being verified), is counted apart as a wait.
+/// may run dry. Shorter waits are hidden by what is ahead of it: a pipe holds at least
+/// 64 KiB (65 ms at 8 Mbit/s; `peer_client` asks for 1 MiB), and a player keeps a few
+/// decoded frames (40 ms at 25 fps) and an audio buffer of 20-100 ms, so 50 ms of nothing
+/// new goes unseen. A stall is an upper bound on what the player sees: what the pipe held
+/// when the wait began is not known here (a 0.2 s stall once went unnoticed by a player
+/// behind a 1 MiB pipe). Every wait, however short (most are microseconds: the next chunk
+/// is still being verified), is counted apart as a wait.
 pub const STALL_THRESHOLD: Duration = Duration::from_millis(50);
 
 /// What a stream saw: when its first byte went out and how often it had to wait.
