@@ -10,6 +10,9 @@
 //! and which a built-in list never holds; and the store gets security updates without a
 //! rebuild. A token never crosses plain `http://` to a tracker not on this host, unless
 //! the caller says `--insecure-http`: anyone on the path could replay it.
+//!
+//! A request no tracker URL answers goes round them a few times (under a second), or, from
+//! a [`TrackerClient::patient`] client, for as long as its patience.
 
 mod tags;
 

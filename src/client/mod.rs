@@ -11,8 +11,9 @@
 //! times out, drops or stalls loses its chunks too but is tried again after a jittered
 //! pause that grows while it keeps failing. The download gives up only when no source
 //! delivered a chunk for the stall timeout (`--stall-timeout`, 60 s), naming each source,
-//! its tries and its last failure. Progress is recorded every second, so a killed download
-//! resumes where it stopped.
+//! its tries and its last failure; a tracker it cannot reach for what it cannot start
+//! without (manifest, key, first sources) is asked again for as long. Progress is recorded
+//! every second, so a killed download resumes where it stopped.
 //!
 //! Peers may lie (SECURITY.md, "Clients among lying peers"): a peer holds only what its
 //! own `Have` says, whatever the tracker's `complete`; it has 2 s to shake hands; at most 8
