@@ -1140,9 +1140,7 @@ fn viewer(args: &Args, bins: &Bins, dir: &Path, sum: &str, setup: &ViewerSetup) 
     let medians: Vec<f64> = (0..VIEWER_COLUMNS)
         .map(|c| median(&rows.iter().map(|r| r[c]).collect::<Vec<_>>()))
         .collect();
-    let medians: [f64; VIEWER_COLUMNS] = medians
-        .try_into()
-        .unwrap_or([f64::NAN; VIEWER_COLUMNS]);
+    let medians: [f64; VIEWER_COLUMNS] = medians.try_into().unwrap_or([f64::NAN; VIEWER_COLUMNS]);
     print_viewer_row("med", &medians, all_exact, failed_total, stuck_total);
     let underruns: f64 = rows.iter().map(|r| r[1]).sum();
     println!(

@@ -110,7 +110,9 @@ pub struct TrackerClient {
     /// The tracker's clock, set from the `Date` of every answer; shared by the clones.
     clock: Arc<TrackerClock>,
     /// For a patient client: how long a request keeps asking trackers it cannot reach.
-    patience: Option<Patience>,
+    /// Behind a pointer: every peer server's ticket check holds a client, in an enum whose
+    /// other variants are empty.
+    patience: Option<Arc<Patience>>,
 }
 
 /// How long a request keeps going round the tracker URLs while none can be reached, past
@@ -273,7 +275,7 @@ impl TrackerClient {
     /// that answers with an error is not retried (that answer is the result).
     pub fn patient(&self, within: Duration, stop: fn() -> bool) -> TrackerClient {
         TrackerClient {
-            patience: Some(Patience { within, stop }),
+            patience: Some(Arc::new(Patience { within, stop })),
             ..self.clone()
         }
     }
@@ -419,9 +421,7 @@ impl TrackerClient {
                         );
                         self.pause(pause);
                     } else {
-                        log::warn!(
-                            "tracker {base} unreachable ({t}); trying the next tracker URL"
-                        );
+                        log::warn!("tracker {base} unreachable ({t}); trying the next tracker URL");
                     }
                     base = self.fail_over(&base).to_string();
                     let url = format!("{base}{}", path.as_deref().unwrap_or(""));
@@ -467,12 +467,13 @@ impl TrackerClient {
             return true;
         }
         self.patience
+            .as_deref()
             .is_some_and(|p| !(p.stop)() && began.elapsed() + next_pause < p.within)
     }
 
     /// Sleeps `pause`, or less if a patient client's process is told to stop.
     fn pause(&self, pause: Duration) {
-        let Some(patience) = self.patience else {
+        let Some(patience) = self.patience.as_deref() else {
             return std::thread::sleep(pause);
         };
         let until = Instant::now() + pause;
@@ -925,8 +926,8 @@ mod tests {
         .unwrap();
         let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
         rustix::net::bind(&socket, &any).unwrap();
-        let dead = std::net::SocketAddr::try_from(rustix::net::getsockname(&socket).unwrap())
-            .unwrap();
+        let dead =
+            std::net::SocketAddr::try_from(rustix::net::getsockname(&socket).unwrap()).unwrap();
         let t = TrackerClient::new(&format!("http://{dead}")).unwrap();
         // Connects are refused at once: the plain client gives up after its rounds.
         let plain = t.keys().unwrap_err();
@@ -942,7 +943,10 @@ mod tests {
             "{error:#}"
         );
         // Told to stop, it asks no more than the plain client.
-        let stopped = t.patient(Duration::from_secs(60), || true).keys().unwrap_err();
+        let stopped = t
+            .patient(Duration::from_secs(60), || true)
+            .keys()
+            .unwrap_err();
         assert_eq!(tries_in(&stopped), FAILOVER_ROUNDS, "{stopped:#}");
         // Neither the hurried client nor an error answer inherits the patience.
         assert!(patient.hurried(Duration::from_secs(1)).patience.is_none());

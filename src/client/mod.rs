@@ -349,11 +349,8 @@ fn fetch(
                     config.asset
                 )
             })?;
-            let first = announce.first_sources(
-                config.source_wait,
-                config.stall_timeout,
-                interrupted,
-            )?;
+            let first =
+                announce.first_sources(config.source_wait, config.stall_timeout, interrupted)?;
             // From here on, every way out of this function leaves the swarm again.
             let departure = Departure::new(announce.clone());
             if interrupted() {
