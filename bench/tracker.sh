@@ -77,6 +77,9 @@ throughput)
     taskset -c 1 "$GEN" throughput --tracker "$URL" --tracker-pid "$tracker_pid" --swarms "$B" --peers "$P" \
       --runs "$RUNS" --run-secs "$RUN_SECS" | tee throughput-redis.out | grep -v '^| '
     grep '^| ' throughput-redis.out | sed 's/^| /| redis: /' >> rows
+    # Redis's own cost per announce script, registration included (each a join there).
+    redis-cli -p "$REDIS_PORT" info commandstats | tr -d '\r' | awk -F'[=,]' \
+      '/^cmdstat_evalsha/ {printf "| redis: EVALSHA us/call (INFO commandstats, %d calls) | %.1f | |\n", $2, $6}' >> rows
     stop_tracker
     redis-cli -p "$REDIS_PORT" shutdown nosave > /dev/null 2>&1 || true
   fi ;;

@@ -196,6 +196,72 @@ fn under_way(dir: &Path, id: &str, n: usize) {
     );
 }
 
+/// Announces `body` for asset `id` to the tracker at `url`; the answer's peers as
+/// `(peer id, addr)`, sorted.
+fn announce(url: &str, id: &str, body: &str) -> Vec<(String, String)> {
+    let answer: serde_json::Value = ureq::post(&format!("{url}/assets/{id}/announce"))
+        .send_string(body)
+        .unwrap()
+        .into_json()
+        .unwrap();
+    let mut peers: Vec<(String, String)> = answer["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            let text = |k: &str| p[k].as_str().unwrap().to_string();
+            (text("peer_id"), text("addr"))
+        })
+        .collect();
+    peers.sort();
+    peers
+}
+
+#[test]
+fn answers_drawn_from_the_swarms_shared_pool_see_a_join_a_move_and_a_leave_at_once() {
+    if !redis_installed() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let redis = RedisProc::start(d, None);
+    let (one, other) = (tracker(d, "one", &redis), tracker(d, "other", &redis));
+    random_file(&d.join("f.bin"), 3 * 65536, 42);
+    let id = publish(d, &one.url, "f.bin");
+    let seeder = |n: u32, port: u32| {
+        format!(r#"{{"peer_id":"s{n}","addr":"127.0.0.1:{port}","complete":true}}"#)
+    };
+    for n in 1..=3 {
+        announce(&one.url, &id, &seeder(n, 9000 + n));
+    }
+    let asker = r#"{"peer_id":"asker","addr":"127.0.0.1:9100","complete":true}"#;
+    let pair = |n: u32, port: u32| (format!("s{n}"), format!("127.0.0.1:{port}"));
+    // The first answer makes the pool, the next ones reuse it (its lifetime is seconds,
+    // its uses 16): each change below must show in the very next answer all the same.
+    assert_eq!(
+        announce(&other.url, &id, asker),
+        vec![pair(1, 9001), pair(2, 9002), pair(3, 9003)]
+    );
+    assert_eq!(announce(&other.url, &id, asker).len(), 3);
+    announce(&one.url, &id, &seeder(4, 9004));
+    assert_eq!(announce(&other.url, &id, asker).len(), 4, "s4 joined");
+    announce(&one.url, &id, &seeder(3, 9033));
+    assert!(
+        announce(&other.url, &id, asker).contains(&pair(3, 9033)),
+        "s3 moved to port 9033"
+    );
+    let stop = r#"{"peer_id":"s2","addr":"127.0.0.1:9002","complete":true,"event":"stopped"}"#;
+    announce(&one.url, &id, stop);
+    assert_eq!(
+        announce(&other.url, &id, asker),
+        vec![pair(1, 9001), pair(3, 9033), pair(4, 9004)],
+        "s2 left"
+    );
+    let listed = one.peers(&id);
+    assert_eq!(listed.len(), 4, "s1, s3, s4 and the asker: {listed:?}");
+    drop(redis);
+}
+
 #[test]
 fn a_catalog_published_through_one_tracker_is_served_by_the_other() {
     if !redis_installed() {

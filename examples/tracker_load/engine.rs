@@ -198,6 +198,11 @@ impl Engine {
         self.rng.unit()
     }
 
+    /// How long an announce may wait for a connection and its answer; returns the old one.
+    pub fn set_timeout(&mut self, timeout: Duration) -> Duration {
+        std::mem::replace(&mut self.timeout, timeout)
+    }
+
     /// Takes the figures counted so far, leaving empty ones.
     pub fn take_figures(&mut self) -> Vec<Figures> {
         let classes = self.figures.len();

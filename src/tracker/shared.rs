@@ -11,13 +11,34 @@
 //! sides share no code below the routes (the in-memory swarm is a locked struct walked in
 //! Rust, this one a script), so a trait would be one method per route with one caller each.
 //!
-//! In Redis, per asset (keys share the hash tag `{ID}`): `peers`, `origins` and `leech`
-//! (sorted sets of peer ids scored by expiry: a peer that stops announcing is gone after
-//! the peer timeout, with no sweeper), `info` (id → holder, address, kind), `held:GEN`
-//! (the union of the haves of serving peers, by generation of one peer timeout: what is
-//! available is what was announced within the last one or two), `claim:GEN` (chunks leased
-//! as origin shares, by generation of one lease) and `mine:ID` (a peer's lease, living two
-//! leases). Catalog: `sc:manifest:ID` (the manifest's TOML) and `sc:assets` (the ids).
+//! In Redis, per asset (keys share the hash tag `{ID}`): `swarm` and `origin` (hashes: peer
+//! id → record, the record being the entry's expiry in Redis's ms, the kind letter, the
+//! address and the holder, so that a seeder's heartbeat writes one field), `leech` (the
+//! serving downloaders, a sorted set scored by expiry: the cadence's and the fair share's
+//! count), `full:GEN` (a seeder announced in this generation of one peer timeout),
+//! `held:GEN` (the union of the haves of serving downloaders, by generation), `claim:GEN`
+//! (chunks leased as origin shares, by generation of one lease), `mine:ID` (a peer's
+//! lease, living two leases) and `pool` (the answer's candidates, below). Catalog:
+//! `sc:manifest:ID` (the manifest's TOML) and `sc:assets` (the ids). Entries expire by the
+//! expiry in their record: an expired one is never handed out (the tracker drops it from
+//! the pool) and is deleted when a sample meets it, so a lost host disappears from the
+//! answers within its peer timeout with no per-entry TTL to refresh.
+//!
+//! The budget (issue 17: at least half the in-memory throughput, p99 ≤ 10 ms, 100 000
+//! peers in 1 000 swarms, on 2 cores): the in-memory tracker and the load generator spend
+//! ~65 µs of CPU per announce over both cores (27 000 announces/s); half that rate leaves
+//! ~130 µs, so the Redis side (the script in Redis's one thread, Redis's own socket work,
+//! and the tracker's round trip to it) must stay within ~65 µs. What it costs, measured
+//! (load average 10-30): a seeder's heartbeat runs 7 calls in the script, ~40-50 µs of
+//! EVALSHA and ~60 µs of Redis CPU with its socket work (it was ~35 calls and ~220 µs); the
+//! tracker's round trip ~40 µs more than in memory, most of it the kernel waking the
+//! worker. The costly part was the answer: sampling a hash of a hundred records (Redis
+//! keeps it as a listpack, which HRANDFIELD seeks once per pick) and shaping the sample in
+//! Lua took ~150 µs. So the sample is kept as the swarm's `pool` (candidates four times
+//! the answer's size) for the next 16 announces or a quarter of the peer timeout, and a
+//! join, a leave, a new address or a new kind drops it; each tracker picks its answer from
+//! the pool (complete peers first, at random). A seeder's announce skips the availability
+//! bitmaps (it marks `full:GEN`, once per generation) and the downloaders' count.
 //!
 //! What differs from the in-memory policy (also in PROTOCOL.md, appendix B):
 //! - Shares are leases: a downloader keeps what it leased and still lacks while it
@@ -33,7 +54,9 @@
 //!   figures, no corrupt-data reports or bans, no probing of peers reported unreachable
 //!   (those fields are accepted and ignored), and a peer id is bound to its holder only
 //!   while it is live.
-//! - Peers in an answer are a random sample (complete ones first), not a moving window.
+//! - Peers in an answer are a random pick (complete ones first) from the swarm's pool, a
+//!   random sample renewed every 16 announces, a quarter of the peer timeout, or a change
+//!   of the swarm's members; not a moving window.
 //! - `/stats` and `/metrics` show this process's counters, not the swarms in Redis.
 //! - `--retain` is refused with `--redis`. Tags, unpublished assets, origin URLs and
 //!   content keys are shared too (`shared_meta`); the announce script reads the origin URLs
@@ -41,7 +64,7 @@
 //!   (its manifest gone from Redis).
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -82,10 +105,14 @@ const KEY_LIFETIME_TIMEOUTS: u32 = 10;
 pub(super) const MAX_IDS_PER_HOLDER: usize = 1024;
 /// Most peers (and most origins) `GET /assets/ID/peers` lists from Redis.
 const MAX_LISTED: usize = 10_000;
+/// Most origins in an answer (the script's pool holds at most as many).
+const MAX_ORIGINS: usize = 16;
 
 /// Redis as the tracker's shared state: a client, idle connections, the scripts.
 pub(super) struct Shared {
     client: redis::Client,
+    /// The seed of the next answer's pick (a Weyl sequence from the clock).
+    seed: AtomicU64,
     idle: Mutex<Vec<redis::Connection>>,
     announce: redis::Script,
     list: redis::Script,
@@ -192,18 +219,91 @@ pub(super) fn share_runs(bitmap: &[u8], count: u32) -> Vec<[u32; 2]> {
     runs((0..limit as u32).filter(|&i| bitmap[(i / 8) as usize] & (0x80 >> (i % 8)) != 0))
 }
 
-/// Peers from the script's flat list `[id, addr, kind, ms since seen, …]`; malformed
-/// groups are skipped (Redis is ours, but its data outlives versions of this code).
-pub(super) fn peer_list(flat: &[String]) -> Vec<PeerInfo> {
-    flat.chunks_exact(4)
-        .map(|f| PeerInfo {
-            peer_id: f[0].clone(),
-            addr: f[1].clone(),
-            complete: f[2] == "s",
-            origin: f[2] == "o",
-            last_seen_secs: f[3].parse::<u64>().unwrap_or(0) / 1000,
+/// Spreads the seeds of consecutive picks (2^64 / φ, odd).
+const GOLDEN: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// One peer's record in Redis, as the scripts hand it out in lines `id\trecord\n`, the
+/// record being the expiry in ms (13 digits), the kind letter, the address, a tab and the
+/// holder (which the tracker does not use here).
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct Record<'a> {
+    pub id: &'a str,
+    /// Redis's clock, in ms, when the peer's entry lapses.
+    pub expiry: u64,
+    pub kind: u8,
+    pub addr: &'a str,
+}
+
+impl Record<'_> {
+    /// The peer as an answer lists it, at Redis's clock `now` (ms), its entry having been
+    /// made `ttl` ms before its expiry.
+    fn info(&self, now: u64, ttl: u64) -> PeerInfo {
+        PeerInfo {
+            peer_id: self.id.to_string(),
+            addr: self.addr.to_string(),
+            complete: self.kind == b's',
+            origin: self.kind == b'o',
+            last_seen_secs: now.saturating_sub(self.expiry.saturating_sub(ttl)) / 1000,
+        }
+    }
+}
+
+/// The records of the scripts' lines; malformed lines are skipped (Redis is ours, but its
+/// data outlives versions of this code).
+pub(super) fn records(lines: &[u8]) -> impl Iterator<Item = Record<'_>> {
+    lines.split(|&b| b == b'\n').filter_map(|line| {
+        let line = std::str::from_utf8(line).ok()?;
+        let (id, record) = line.split_once('\t')?;
+        let expiry = record.get(..13)?.parse().ok()?;
+        let kind = *record.as_bytes().get(13)?;
+        let (addr, _holder) = record.get(14..)?.split_once('\t')?;
+        (!id.is_empty() && !addr.is_empty()).then_some(Record {
+            id,
+            expiry,
+            kind,
+            addr,
         })
-        .collect()
+    })
+}
+
+/// How an answer's peers are picked from the swarm's pool of candidates.
+pub(super) struct Pick<'a> {
+    /// The announcing peer, never in its own answer.
+    pub asker: &'a str,
+    pub max_peers: usize,
+    /// The peer timeout, in ms.
+    pub ttl_ms: u64,
+    /// Varies the pick between the answers drawn from one pool.
+    pub seed: u64,
+}
+
+impl Pick<'_> {
+    /// At most `max` live candidates of `pool` at Redis's clock `now` (ms) other than the
+    /// asker, chosen at random, complete ones first, then partial, then empty.
+    pub(super) fn choose(&self, pool: &[u8], now: u64, max: usize) -> Vec<PeerInfo> {
+        let mut live: Vec<Record<'_>> = records(pool)
+            .filter(|r| r.expiry > now && r.id != self.asker)
+            .collect();
+        // Fisher-Yates with xorshift64*: enough to spread the load over the candidates.
+        let mut x = self.seed | 1;
+        for i in (1..live.len()).rev() {
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            let j = (x.wrapping_mul(0x2545_f491_4f6c_dd1d) % (i as u64 + 1)) as usize;
+            live.swap(i, j);
+        }
+        let rank = |k: u8| match k {
+            b's' => 0,
+            b'p' => 1,
+            _ => 2,
+        };
+        live.sort_by_key(|r| rank(r.kind));
+        live.iter()
+            .take(max)
+            .map(|r| r.info(now, self.ttl_ms))
+            .collect()
+    }
 }
 
 fn unavailable(url: &str, e: &redis::RedisError) -> HttpError {
@@ -222,6 +322,7 @@ impl Shared {
         let client = redis::Client::open(url).with_context(|| format!("--redis {url:?}"))?;
         let shared = Shared {
             client,
+            seed: AtomicU64::new(crate::backoff::seed_from_clock()),
             idle: Mutex::new(Vec::new()),
             announce: redis::Script::new(ANNOUNCE),
             list: redis::Script::new(LIST),
@@ -287,7 +388,7 @@ impl Shared {
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1);
         let memory = a.peer_timeout.saturating_mul(KEY_LIFETIME_TIMEOUTS);
         let mut call = self.announce.prepare_invoke();
-        for part in ["peers", "info", "leech", "origins", ""] {
+        for part in ["swarm", "origin", "leech", ""] {
             call.key(format!("{prefix}{part}"));
         }
         call.key("sc:instance")
@@ -310,7 +411,13 @@ impl Shared {
             .arg(ms(memory))
             .arg(MAX_IDS_PER_HOLDER);
         let reply: redis::Value = self.with(|c| call.invoke(c))?;
-        parse_answer(reply, a.chunk_count).map_err(|m| {
+        let pick = Pick {
+            asker: a.peer_id,
+            max_peers: a.max_peers,
+            ttl_ms: ms(a.peer_timeout),
+            seed: self.seed.fetch_add(GOLDEN, Ordering::Relaxed),
+        };
+        parse_answer(reply, a.chunk_count, &pick).map_err(|m| {
             let status = if m.starts_with("peer id") {
                 409
             } else if m.starts_with("holder") {
@@ -330,13 +437,15 @@ impl Shared {
     ) -> Result<Vec<PeerInfo>, HttpError> {
         let prefix = format!("sc:{{{asset}}}:");
         let mut call = self.list.prepare_invoke();
-        call.key(format!("{prefix}peers"))
-            .key(format!("{prefix}info"))
-            .key(format!("{prefix}origins"))
-            .arg(peer_timeout.as_millis() as u64)
+        call.key(format!("{prefix}swarm"))
+            .key(format!("{prefix}origin"))
             .arg(MAX_LISTED);
-        let flat: Vec<String> = self.with(|c| call.invoke(c))?;
-        Ok(peer_list(&flat))
+        let (now, lines): (u64, Vec<u8>) = self.with(|c| call.invoke(c))?;
+        let ttl = u64::try_from(peer_timeout.as_millis()).unwrap_or(u64::MAX);
+        Ok(records(&lines)
+            .filter(|r| r.expiry > now)
+            .map(|r| r.info(now, ttl))
+            .collect())
     }
 
     /// Keeps a published manifest for the other trackers (the first one stays).
@@ -557,21 +666,24 @@ impl super::State {
     }
 }
 
-/// The announce script's reply: `["ok", instance, age ms, leechers, share, peers, origins]`
-/// or `["owner", holder]`.
-fn parse_answer(reply: redis::Value, count: u32) -> Result<Answer, String> {
+/// The announce script's reply: `["ok", instance, age ms, leechers, share, peer pool,
+/// origin pool, known, now ms, origin URLs]`, `["owner", holder]` or `["cap", holder,
+/// live ids]`; the answer's peers and origins are picked from the pools as `pick` says.
+fn parse_answer(reply: redis::Value, count: u32, pick: &Pick<'_>) -> Result<Answer, String> {
     use redis::Value;
     let Value::Array(items) = reply else {
         return Err(format!("the announce script answered {reply:?}"));
     };
-    let text = |v: &Value| -> String {
+    let bytes = |v: &Value| -> Vec<u8> {
         match v {
-            Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
-            Value::SimpleString(s) => s.clone(),
-            Value::Int(i) => i.to_string(),
-            _ => String::new(),
+            Value::BulkString(b) => b.clone(),
+            Value::SimpleString(s) => s.as_bytes().to_vec(),
+            Value::Int(i) => i.to_string().into_bytes(),
+            _ => Vec::new(),
         }
     };
+    let text = |v: &Value| String::from_utf8_lossy(&bytes(v)).into_owned();
+    let number = |v: &Value| text(v).parse::<u64>().unwrap_or(0);
     let list = |v: &Value| -> Vec<String> {
         match v {
             Value::Array(items) => items.iter().map(text).collect(),
@@ -588,20 +700,21 @@ fn parse_answer(reply: redis::Value, count: u32) -> Result<Answer, String> {
             items.get(1).map(text).unwrap_or_default(),
             items.get(2).map(text).unwrap_or_default()
         )),
-        Some("ok") if items.len() == 9 => {
+        Some("ok") if items.len() == 10 => {
             let share = match &items[4] {
                 Value::BulkString(b) if !b.is_empty() => Some(share_runs(b, count)),
                 _ => None,
             };
+            let now = number(&items[8]);
             Ok(Answer {
                 instance: text(&items[1]),
-                instance_age: Duration::from_millis(text(&items[2]).parse().unwrap_or(0)),
-                leechers: text(&items[3]).parse().unwrap_or(0),
-                peers: peer_list(&list(&items[5])),
-                origins: peer_list(&list(&items[6])),
+                instance_age: Duration::from_millis(number(&items[2])),
+                leechers: u32::try_from(number(&items[3])).unwrap_or(u32::MAX),
+                peers: pick.choose(&bytes(&items[5]), now, pick.max_peers),
+                origins: pick.choose(&bytes(&items[6]), now, MAX_ORIGINS),
                 origin_share: share,
                 known: text(&items[7]) == "1",
-                origin_urls: list(&items[8]),
+                origin_urls: list(&items[9]),
             })
         }
         _ => Err(format!("the announce script answered {items:?}")),
@@ -645,27 +758,94 @@ mod tests {
         assert_eq!(Kind::of(false, false, Some(&some)), Kind::Partial);
     }
 
+    /// A pool line: `id`, its entry expiring at `expiry` ms, of `kind`, at port `port`.
+    fn line(id: &str, expiry: u64, kind: char, port: u16) -> String {
+        format!("{id}\t{expiry:013}{kind}127.0.0.1:{port}\tn:10.0.0.1\n")
+    }
+
+    fn pick(asker: &str, seed: u64) -> Pick<'_> {
+        Pick {
+            asker,
+            max_peers: 16,
+            ttl_ms: 60_000,
+            seed,
+        }
+    }
+
+    #[test]
+    fn records_parse_and_damaged_lines_are_skipped() {
+        let pool = format!(
+            "{}torn\n\tno id\nshort\t12\n{}bad\tx-13digits-sp1:1\tn\n",
+            line("a", 1_700_000_060_000, 's', 1),
+            line("b", 5, 'p', 2)
+        );
+        let got: Vec<Record<'_>> = records(pool.as_bytes()).collect();
+        assert_eq!(
+            got,
+            vec![
+                Record {
+                    id: "a",
+                    expiry: 1_700_000_060_000,
+                    kind: b's',
+                    addr: "127.0.0.1:1"
+                },
+                Record {
+                    id: "b",
+                    expiry: 5,
+                    kind: b'p',
+                    addr: "127.0.0.1:2"
+                },
+            ]
+        );
+        assert_eq!(records(&[0xff, b'\t', 0xfe, b'\n']).count(), 0);
+    }
+
+    #[test]
+    fn a_pick_drops_the_expired_and_the_asker_and_puts_complete_peers_first() {
+        let now = 1_000_000;
+        let mut pool = String::new();
+        for i in 0..20u16 {
+            let kind = ['e', 'p', 's', 'p'][usize::from(i % 4)];
+            pool += &line(&format!("p{i}"), now + 1 + u64::from(i), kind, i);
+        }
+        pool += &line("dead", now, 's', 99);
+        pool += &line("me", now + 5_000, 's', 98);
+        let got = pick("me", 7).choose(pool.as_bytes(), now, 8);
+        assert_eq!(got.len(), 8);
+        // Five seeders live (p2, p6, … p18): all of them come before any other kind.
+        assert!(got[..5].iter().all(|p| p.complete), "{got:?}");
+        assert!(got[5..].iter().all(|p| !p.complete && !p.origin));
+        assert!(got.iter().all(|p| p.peer_id != "dead" && p.peer_id != "me"));
+        // Seen 60 s before the expiry, less what is left of it.
+        assert_eq!(got[0].last_seen_secs, 59);
+        // Other seeds pick other partial peers: the answers from one pool differ.
+        let partials = |seed| -> Vec<String> {
+            pick("me", seed).choose(pool.as_bytes(), now, 8)[5..]
+                .iter()
+                .map(|p| p.peer_id.clone())
+                .collect()
+        };
+        assert!((1..20).any(|seed| partials(seed) != partials(0)));
+        assert!(pick("me", 1).choose(b"", now, 8).is_empty());
+    }
+
     #[test]
     fn replies_parse_and_junk_is_an_error_not_a_panic() {
         let b = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        let now = 1_700_000_000_000u64;
         let reply = Value::Array(vec![
             b("ok"),
             b("abc"),
             b("1500"),
             b("3"),
             Value::BulkString(vec![0xc0]),
-            Value::Array(vec![
-                b("p1"),
-                b("127.0.0.1:1"),
-                b("s"),
-                b("2500"),
-                b("torn"),
-            ]),
-            Value::Array(vec![b("o1"), b("127.0.0.1:2"), b("o"), b("0")]),
+            b(&(line("p1", now + 57_500, 's', 1) + "torn\n")),
+            b(&line("o1", now + 60_000, 'o', 2)),
             Value::Int(1),
+            b(&now.to_string()),
             Value::Array(vec![b("https://cdn.example/f")]),
         ]);
-        let answer = parse_answer(reply, 8).unwrap();
+        let answer = parse_answer(reply, 8, &pick("me", 1)).unwrap();
         assert_eq!(answer.instance, "abc");
         assert_eq!(answer.instance_age, Duration::from_millis(1500));
         assert_eq!(answer.leechers, 3);
@@ -674,11 +854,19 @@ mod tests {
         assert!(answer.peers[0].complete && answer.peers[0].last_seen_secs == 2);
         assert!(answer.origins[0].origin && answer.known);
         assert_eq!(answer.origin_urls, ["https://cdn.example/f"]);
-        let cap = parse_answer(Value::Array(vec![b("cap"), b("n:10.0.0.1"), b("1024")]), 8);
+        let cap = parse_answer(
+            Value::Array(vec![b("cap"), b("n:10.0.0.1"), b("1024")]),
+            8,
+            &pick("me", 1),
+        );
         assert!(cap.unwrap_err().starts_with("holder n:10.0.0.1 has 1024"));
-        let owner = parse_answer(Value::Array(vec![b("owner"), b("n:10.0.0.1")]), 8);
+        let owner = parse_answer(
+            Value::Array(vec![b("owner"), b("n:10.0.0.1")]),
+            8,
+            &pick("me", 1),
+        );
         assert!(owner.unwrap_err().starts_with("peer id"));
-        assert!(parse_answer(Value::Int(3), 8).is_err());
-        assert!(parse_answer(Value::Array(vec![b("ok")]), 8).is_err());
+        assert!(parse_answer(Value::Int(3), 8, &pick("me", 1)).is_err());
+        assert!(parse_answer(Value::Array(vec![b("ok")]), 8, &pick("me", 1)).is_err());
     }
 }

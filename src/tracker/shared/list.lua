@@ -1,20 +1,25 @@
--- swarmcache: every live peer of a swarm kept in Redis (GET /assets/ID/peers), at most
--- ARGV[2] of each list. KEYS: 1 peers, 2 info, 3 origins. ARGV: 1 peer ttl ms, 2 most.
+-- swarmcache: every peer record of a swarm kept in Redis (GET /assets/ID/peers), at most
+-- ARGV[1] live ones of each hash, read by HSCAN in bounded steps. KEYS: 1 swarm, 2 origin.
+-- Reply: {now ms, lines "id\trecord\n"} (records as announce.lua writes them).
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local ttl, most = tonumber(ARGV[1]), tonumber(ARGV[2])
-local out = {}
-for _, z in ipairs({KEYS[1], KEYS[3]}) do
-  local live = redis.call('ZRANGEBYSCORE', z, '(' .. now, '+inf', 'WITHSCORES', 'LIMIT', 0, most)
-  for i = 1, #live, 2 do
-    local v = redis.call('HGET', KEYS[2], live[i])
-    local a, k = nil, nil
-    if v then a, k = string.match(v, '^[^\t]*\t([^\t]*)\t(.)$') end
-    if a then
-      for _, f in ipairs({live[i], a, k, tostring(now - (tonumber(live[i + 1]) - ttl))}) do
-        table.insert(out, f)
+local most = tonumber(ARGV[1])
+local lines = {}
+for _, key in ipairs({KEYS[1], KEYS[2]}) do
+  local cursor, got, steps = '0', 0, 0
+  repeat
+    local r = redis.call('HSCAN', key, cursor, 'COUNT', 1000)
+    cursor, steps = r[1], steps + 1
+    local flat = r[2]
+    for i = 1, #flat, 2 do
+      if got < most and (tonumber(string.sub(flat[i + 1], 1, 13)) or 0) > now then
+        got = got + 1
+        table.insert(lines, flat[i])
+        table.insert(lines, '\t')
+        table.insert(lines, flat[i + 1])
+        table.insert(lines, '\n')
       end
     end
-  end
+  until cursor == '0' or got >= most or steps >= 1000
 end
-return out
+return {now, table.concat(lines)}
