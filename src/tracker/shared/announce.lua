@@ -249,23 +249,22 @@ local cache = base .. 'pool'
 if (serving and (not old or old_kind ~= kind or old_addr ~= addr)) or (old and not serving) then
   redis.call('DEL', cache)
 end
-local pool_peers, pool_origins, present, instance, born = '', '', '1', nil, nil
+local pool_peers, pool_origins, instance, born = '', '', nil, nil
 if max_peers > 0 then
   local got
   if redis.call('HINCRBY', cache, 'uses', 1) ~= 1 then
-    got = redis.call('HMGET', cache, 'peers', 'origins', 'known', 'instance', 'born')
+    got = redis.call('HMGET', cache, 'peers', 'origins', 'instance', 'born')
   end
-  if got and got[4] then
-    pool_peers, pool_origins, present = got[1] or '', got[2] or '', got[3] or '1'
-    instance, born = got[4], tonumber(got[5]) or now
+  if got and got[3] then
+    pool_peers, pool_origins = got[1] or '', got[2] or ''
+    instance, born = got[3], tonumber(got[4]) or now
   else
     instance, born = incarnation()
     -- Four candidates per peer wanted, so that the answers from one pool differ.
     pool_peers = sample(swarm, -4 * (max_peers + 1))
     pool_origins = sample(origin, 16)
-    present = tostring(redis.call('EXISTS', KEYS[6]))
     redis.call('HSET', cache, 'uses', 1 - POOL_USES, 'peers', pool_peers, 'origins', pool_origins,
-      'known', present, 'instance', instance, 'born', born)
+      'instance', instance, 'born', born)
     redis.call('PEXPIRE', cache, POOL_MS)
     refresh()
   end
@@ -273,9 +272,10 @@ else
   instance, born = incarnation()
   -- A batch entry asks for no peers: it sweeps a little all the same.
   sample(swarm, -2)
-  present = tostring(redis.call('EXISTS', KEYS[6]))
   if redis.call('PTTL', swarm) < memory / 2 then refresh() end
 end
+-- Read at every announce: an unpublish through another tracker shows at once.
+local present = tostring(redis.call('EXISTS', KEYS[6]))
 local urls = redis.call('LRANGE', KEYS[7], 0, 63)
 return {'ok', instance, now - born, leechers, share, pool_peers, pool_origins, present, now,
   urls}
