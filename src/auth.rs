@@ -499,12 +499,13 @@ impl KeyRing {
         getrandom::fill(&mut seed).map_err(|e| anyhow::anyhow!("no randomness for a key: {e}"))?;
         let current = SigningKey::from_bytes(&seed);
         if let Some(old) = &previous {
-            crate::fsutil::write_atomic(
+            crate::fsutil::write_atomic_private(
                 &dir.join(Self::PREVIOUS),
                 hex::encode(old.to_bytes()).as_bytes(),
             )?;
         }
-        crate::fsutil::write_atomic(
+        // Owner-only like the directory: a private key copied out of it keeps its mode.
+        crate::fsutil::write_atomic_private(
             &dir.join(Self::CURRENT),
             hex::encode(current.to_bytes()).as_bytes(),
         )?;
@@ -999,6 +1000,13 @@ mod tests {
             0,
             "key directory readable by others: {mode:o}"
         );
+        for file in [KeyRing::CURRENT, KeyRing::PREVIOUS] {
+            let mode = fs::metadata(dir.path().join(file))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{file} is {mode:o}");
+        }
     }
 
     #[test]
