@@ -113,6 +113,13 @@ fn tracker(dir: &Path, name: &str, redis: &RedisProc) -> TrackerProc {
     tracker_with(dir, name, redis, &[])
 }
 
+/// A Redis and two trackers on it, "one" and "two", each with its own data directory.
+fn two_trackers(dir: &Path) -> (RedisProc, TrackerProc, TrackerProc) {
+    let redis = RedisProc::start(dir, None);
+    let (one, two) = (tracker(dir, "one", &redis), tracker(dir, "two", &redis));
+    (redis, one, two)
+}
+
 /// A tracker on `redis` with `extra` flags, sharing the key directory `dir/keys` with the
 /// others (as trackers on one Redis must: ticket keys, and the content keys' wrapping key).
 fn tracker_with(dir: &Path, name: &str, redis: &RedisProc, extra: &[&str]) -> TrackerProc {
@@ -224,8 +231,7 @@ fn answers_drawn_from_the_swarms_shared_pool_see_a_join_a_move_and_a_leave_at_on
     }
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let redis = RedisProc::start(d, None);
-    let (one, other) = (tracker(d, "one", &redis), tracker(d, "other", &redis));
+    let (redis, one, other) = two_trackers(d);
     random_file(&d.join("f.bin"), 3 * 65536, 42);
     let id = publish(d, &one.url, "f.bin");
     let seeder = |n: u32, port: u32| {
@@ -269,8 +275,7 @@ fn a_catalog_published_through_one_tracker_is_served_by_the_other() {
     }
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let redis = RedisProc::start(d, None);
-    let (one, other) = (tracker(d, "one", &redis), tracker(d, "other", &redis));
+    let (redis, one, other) = two_trackers(d);
     random_file(&d.join("f.bin"), 5 * 65536 + 7, 41);
     let id = publish(d, &one.url, "f.bin");
     let listed = other.get_json("/assets");
@@ -327,8 +332,7 @@ fn a_crowd_finishes_when_redis_restarts_under_it() {
     }
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let mut redis = RedisProc::start(d, None);
-    let (one, two) = (tracker(d, "one", &redis), tracker(d, "two", &redis));
+    let (mut redis, one, two) = two_trackers(d);
     let both = format!("{},{}", one.url, two.url);
     let bytes = random_file(&d.join("f.bin"), CHUNKS * 65536, 43);
     let origin = ServerProc::capped_origin(d, &both, "f.bin");
@@ -439,8 +443,7 @@ fn an_origin_url_added_through_one_tracker_is_handed_out_by_the_other() {
     };
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let redis = RedisProc::start(d, None);
-    let (one, two) = (tracker(d, "one", &redis), tracker(d, "two", &redis));
+    let (redis, one, two) = two_trackers(d);
     let www = d.join("www");
     fs::create_dir_all(&www).unwrap();
     let bytes = random_file(&www.join("f.bin"), 40 * 65536 + 3, 45);
@@ -483,8 +486,7 @@ fn an_encrypted_asset_published_through_one_tracker_gives_its_key_through_the_ot
     }
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let redis = RedisProc::start(d, None);
-    let (one, two) = (tracker(d, "one", &redis), tracker(d, "two", &redis));
+    let (redis, one, two) = two_trackers(d);
     let plain = random_file(&d.join("plain.bin"), 5 * 65536 + 11, 46);
     let args = [
         "--encrypt",
@@ -646,8 +648,7 @@ fn repeated_tracker_flags_fail_over_past_a_dead_tracker() {
     }
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let redis = RedisProc::start(d, None);
-    let (one, two) = (tracker(d, "one", &redis), tracker(d, "two", &redis));
+    let (redis, one, two) = two_trackers(d);
     // Nothing listens on a port just freed.
     let dead = format!(
         "http://{}",
@@ -683,8 +684,7 @@ fn tags_origin_urls_and_keys_come_back_when_redis_restarts_empty() {
     }
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let mut redis = RedisProc::start(d, None);
-    let (one, two) = (tracker(d, "one", &redis), tracker(d, "two", &redis));
+    let (mut redis, one, two) = two_trackers(d);
     random_file(&d.join("plain.bin"), 2 * 65536 + 9, 49);
     let args = [
         "--encrypt",
