@@ -387,6 +387,10 @@ struct Why {
     reasons: Vec<(String, u64)>,
     dup_origin: u64,
     dup_peers: u64,
+    /// Duplicates by why the chunk was asked of a second source (`duplicates.why`).
+    dup_why: Vec<(String, u64)>,
+    /// Second copies a cancel stopped in time (`duplicates.cancelled`).
+    cancelled: u64,
 }
 
 impl Why {
@@ -402,6 +406,16 @@ impl Why {
         }
         self.dup_origin += summary["duplicates"]["from_origin"].as_u64().unwrap_or(0);
         self.dup_peers += summary["duplicates"]["from_peers"].as_u64().unwrap_or(0);
+        if let Some(why) = summary["duplicates"]["why"].as_object() {
+            for (name, bytes) in why {
+                let bytes = bytes.as_u64().unwrap_or(0);
+                match self.dup_why.iter_mut().find(|r| r.0 == *name) {
+                    Some(r) => r.1 += bytes,
+                    None => self.dup_why.push((name.clone(), bytes)),
+                }
+            }
+        }
+        self.cancelled += summary["duplicates"]["cancelled"].as_u64().unwrap_or(0);
     }
 
     /// One line, in F.
@@ -412,15 +426,27 @@ impl Why {
             .filter(|r| r.1 > 0)
             .map(|(name, bytes)| format!("{name} {:.3}", *bytes as f64 / f))
             .collect();
+        let why: Vec<String> = self
+            .dup_why
+            .iter()
+            .filter(|r| r.1 > 0)
+            .map(|(name, bytes)| format!("{name} {:.3}", *bytes as f64 / f))
+            .collect();
         format!(
-            "origin chunks/F by reason: {}; duplicates/F: from origin {:.3}, from peers {:.3}",
+            "origin chunks/F by reason: {}; duplicates/F: from origin {:.3}, from peers {:.3} (second asked for: {}; cancelled in time {:.3})",
             if reasons.is_empty() {
                 "none".to_string()
             } else {
                 reasons.join(", ")
             },
             self.dup_origin as f64 / f,
-            self.dup_peers as f64 / f
+            self.dup_peers as f64 / f,
+            if why.is_empty() {
+                "none".to_string()
+            } else {
+                why.join(", ")
+            },
+            self.cancelled as f64 / f
         )
     }
 }

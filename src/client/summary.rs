@@ -101,6 +101,54 @@ pub struct Duplicates {
     pub from_origin: u64,
     /// From peers.
     pub from_peers: u64,
+    /// All of them (from origins and peers), by why the chunk was asked of a second source.
+    pub why: SecondCopies,
+    /// Bytes of second copies that a cancel stopped before they were sent: what the
+    /// duplicates would have been without it.
+    pub cancelled: u64,
+}
+
+/// Why a chunk was asked of a second source while a first still had it in flight.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SecondWhy {
+    /// A slow peer had it; another source was expected to deliver sooner.
+    Rescue,
+    /// The endgame: overdue at the first source by that source's own pace.
+    Late,
+    /// The endgame: not overdue, but expected sooner at the second source.
+    Sooner,
+    /// A stream's urgent window: overdue at the first source.
+    Stream,
+}
+
+/// Duplicate bytes by [`SecondWhy`]; `other` counts a duplicate of a chunk that was not
+/// asked twice on purpose (none is expected).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct SecondCopies {
+    /// See [`SecondWhy::Rescue`].
+    pub rescue: u64,
+    /// See [`SecondWhy::Late`].
+    pub late: u64,
+    /// See [`SecondWhy::Sooner`].
+    pub sooner: u64,
+    /// See [`SecondWhy::Stream`].
+    pub stream: u64,
+    /// A duplicate with no second request on record.
+    pub other: u64,
+}
+
+impl SecondCopies {
+    /// Counts `len` bytes for a chunk asked twice for `why` (`None`: not on record).
+    pub(crate) fn add(&mut self, why: Option<SecondWhy>, len: u64) {
+        let field = match why {
+            Some(SecondWhy::Rescue) => &mut self.rescue,
+            Some(SecondWhy::Late) => &mut self.late,
+            Some(SecondWhy::Sooner) => &mut self.sooner,
+            Some(SecondWhy::Stream) => &mut self.stream,
+            None => &mut self.other,
+        };
+        *field += len;
+    }
 }
 
 /// What a `get` did.

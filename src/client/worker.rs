@@ -236,22 +236,35 @@ impl Worker {
         in_flight: &mut VecDeque<u32>,
         cancelled: &mut HashSet<u32>,
     ) -> std::io::Result<()> {
+        match self.frame_for(job, in_flight, cancelled) {
+            Some(message) => conn.queue(&message),
+            None => Ok(()),
+        }
+    }
+
+    /// The frame a job sends, if any, with the job taken into the connection's books (see
+    /// [`Worker::queue`]).
+    fn frame_for(
+        &self,
+        job: Job,
+        in_flight: &mut VecDeque<u32>,
+        cancelled: &mut HashSet<u32>,
+    ) -> Option<Message<'static>> {
         match job {
             Job::Fetch(index) => {
                 ratelimit::take(
                     self.limiter.as_deref(),
                     self.manifest.chunk_len(index) as u64,
                 );
-                conn.queue(&Message::Request { index })?;
                 in_flight.push_back(index);
+                Some(Message::Request { index })
             }
             Job::Cancel(index) if in_flight.contains(&index) => {
-                conn.queue(&Message::Cancel { index })?;
                 cancelled.insert(index);
+                Some(Message::Cancel { index })
             }
-            Job::Cancel(_) => {}
+            Job::Cancel(_) => None,
         }
-        Ok(())
     }
 
     /// Reports chunks the source says it gained; one out of range is a lie.
@@ -620,11 +633,22 @@ impl Worker {
                 .saturating_duration_since(Instant::now())
                 .max(Duration::from_millis(1));
             let mut lie = Ok(());
-            let reply = conn.recv_reply(left, false, |indices| {
-                if lie.is_ok() {
-                    lie = self.take_gained(indices);
-                }
-            });
+            // Jobs that come while the reply arrives go out at once: a cancel of a request
+            // queued behind this one reaches the source before it starts on that chunk.
+            let reply = conn.recv_reply_sending(
+                left,
+                |indices| {
+                    if lie.is_ok() {
+                        lie = self.take_gained(indices);
+                    }
+                },
+                || loop {
+                    let job = jobs.rx.try_recv().ok()?;
+                    if let Some(message) = self.frame_for(job, &mut in_flight, &mut cancelled) {
+                        return Some(message);
+                    }
+                },
+            );
             if let Err(end) = lie {
                 return end;
             }
