@@ -36,6 +36,7 @@ mod announce;
 mod config;
 mod depth;
 pub mod feed;
+mod headroom;
 mod output;
 mod plan;
 mod ranges;
@@ -384,10 +385,7 @@ fn fetch(
                     ticket: Arc::clone(&announce.ticket),
                     streaming,
                     reader_waits,
-                    yielding: serving
-                        .as_ref()
-                        .filter(|_| config.yield_uplink)
-                        .map(|s| s.yielding(config.asset)),
+                    yielding: serving.as_ref().map(|s| s.yielding(config.asset)),
                     skipped: skipped.clone(),
                     feed: feed.cloned(),
                 },

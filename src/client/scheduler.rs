@@ -22,6 +22,7 @@ use crate::sync::LockExt;
 
 use super::announce::Reports;
 use super::config::GetConfig;
+use super::headroom::Headroom;
 use super::plan::{Order, PIPELINE_DEPTH, Plan, Settings, Verdict, stall_bound};
 use super::serving::{UNLIMITED, Yielding};
 use super::sources::{End, Source};
@@ -88,9 +89,17 @@ pub(crate) struct Watch {
 /// The embedded server's adapted upload rate, and what it was last measured from.
 struct Yield {
     to: Yielding,
-    control: UplinkControl,
+    control: Control,
     served: u64,
     next: Instant,
+}
+
+/// What sets the embedded server's upload rate while the download runs.
+enum Control {
+    /// A headroom below the uplink's learnt rate (the default).
+    Headroom(Headroom),
+    /// The own download's round trip (`--yield-uplink`).
+    Delay(UplinkControl),
 }
 
 /// The threads and channels of one connection; its state is in the plan.
@@ -178,7 +187,11 @@ impl<'a> Scheduler<'a> {
             yielding: watch.yielding.clone().map(|to| Yield {
                 served: to.uploaded.get(&to.asset),
                 to,
-                control: UplinkControl::new(Instant::now()),
+                control: if config.yield_uplink {
+                    Control::Delay(UplinkControl::new(Instant::now()))
+                } else {
+                    Control::Headroom(Headroom::new())
+                },
                 next: Instant::now() + YIELD_EVERY,
             }),
             watch,
@@ -318,8 +331,9 @@ impl<'a> Scheduler<'a> {
         Ok(())
     }
 
-    /// Sets the embedded server's upload rate from this download's round trip and stream
-    /// (see [`super::uplink`]), once per [`YIELD_EVERY`].
+    /// Sets the embedded server's upload rate, once per [`YIELD_EVERY`]: a headroom below
+    /// the uplink's learnt rate (see [`super::headroom`]), or with `--yield-uplink` from
+    /// this download's round trip and stream (see [`super::uplink`]).
     fn adapt_uploads(&mut self, now: Instant) {
         let Some(y) = self.yielding.as_mut() else {
             return;
@@ -329,23 +343,41 @@ impl<'a> Scheduler<'a> {
         }
         y.next = now + YIELD_EVERY;
         let served = y.to.uploaded.get(&y.to.asset);
-        let before = y.control.rate();
-        let rate = y.control.observe(
-            Observation {
-                rtt: self.plan.own_rtt(),
-                served: served.saturating_sub(y.served),
-                stream_short: self.plan.stream_short(),
-            },
-            now,
-        );
+        let (before, rate) = match &mut y.control {
+            Control::Headroom(headroom) => {
+                let before = headroom.rate();
+                let rate = headroom.observe(y.to.gauge.read(), now);
+                if rate != before {
+                    log::debug!(
+                        "uploads limited to {rate:?} B/s, a headroom below the uplink's {:?} B/s learnt",
+                        headroom.estimate()
+                    );
+                }
+                (before, rate)
+            }
+            Control::Delay(control) => {
+                let before = control.rate();
+                let rate = control.observe(
+                    Observation {
+                        rtt: self.plan.own_rtt(),
+                        served: served.saturating_sub(y.served),
+                        stream_short: self.plan.stream_short(),
+                    },
+                    now,
+                );
+                if rate != before {
+                    log::debug!(
+                        "uploads limited to {:?} B/s for the own download (round trip {:?}, base {:?})",
+                        rate,
+                        self.plan.own_rtt(),
+                        control.base()
+                    );
+                }
+                (before, rate)
+            }
+        };
         y.served = served;
         if rate != before {
-            log::debug!(
-                "uploads limited to {:?} B/s for the own download (round trip {:?}, base {:?})",
-                rate,
-                self.plan.own_rtt(),
-                y.control.base()
-            );
             y.to.limiter.set_rate(rate.unwrap_or(UNLIMITED));
         }
     }

@@ -1,8 +1,9 @@
 //! The peer server a `get` embeds: it serves the asset from the download's store while it
 //! downloads (from the live have-bitmap the scheduler updates), and after it when seeding.
 //! While the download runs, its uploads also pass a limiter whose rate the scheduler sets
-//! from [`super::uplink`] (the host's own download first); once seeding, that limit is
-//! lifted. Every name this client takes from [`crate::server`] comes through here.
+//! (the host's own download first): a headroom below the uplink's learnt rate
+//! ([`super::headroom`], the default), or with `--yield-uplink` from the download's round
+//! trip ([`super::uplink`]); once seeding, that limit is lifted. Every name this client takes from [`crate::server`] comes through here.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use crate::bitfield::LiveHave;
 use crate::manifest::{AssetId, Manifest};
 use crate::ratelimit::RateLimiter;
 use crate::server::{Server, ServerConfig, ShutdownHandle};
-pub(crate) use crate::server::{TicketKeys, UploadCounter};
+pub(crate) use crate::server::{TicketKeys, UploadCounter, UploadGauge};
 
 use super::config::GetConfig;
 
@@ -28,6 +29,8 @@ pub(crate) struct Serving {
     pub(crate) keys: TicketKeys,
     /// The upload rate the own download lets the server use.
     pub(crate) yielding: Arc<RateLimiter>,
+    /// What the uploads did, to learn the uplink from.
+    pub(crate) gauge: Arc<UploadGauge>,
 }
 
 /// The rate that stands for "no limit of the own download's": 1 TB/s.
@@ -42,6 +45,8 @@ pub(crate) struct Yielding {
     pub(crate) uploaded: UploadCounter,
     /// The asset downloaded and served.
     pub(crate) asset: AssetId,
+    /// What the uploads did (bytes written, time held back), to learn the uplink from.
+    pub(crate) gauge: Arc<UploadGauge>,
 }
 
 impl Serving {
@@ -66,6 +71,7 @@ impl Serving {
         let advertised = config.advertise.unwrap_or(server.local_addr());
         let (stop, uploaded) = (server.shutdown_handle(), server.uploaded());
         let keys = server.ticket_keys();
+        let gauge = server.upload_gauge();
         let thread = std::thread::spawn(move || server.serve());
         Ok(Serving {
             stop,
@@ -74,6 +80,7 @@ impl Serving {
             advertised,
             keys,
             yielding,
+            gauge,
         })
     }
 
@@ -83,6 +90,7 @@ impl Serving {
             limiter: Arc::clone(&self.yielding),
             uploaded: self.uploaded.clone(),
             asset,
+            gauge: Arc::clone(&self.gauge),
         }
     }
 }

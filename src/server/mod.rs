@@ -51,6 +51,7 @@ pub use crate::announce::DEFAULT_ANNOUNCE_INTERVAL;
 pub use crate::net::ShutdownHandle;
 pub use stats::UploadCounter;
 pub use tickets::TicketKeys;
+pub use uploads::{GaugeReading, UploadGauge};
 
 /// A client has this long to send its whole `Hello` after connecting: a healthy one sends
 /// it at once, in one segment; 2 s leave room for one lost segment (TCP's first
@@ -438,6 +439,11 @@ impl Server {
     /// the downloader updates as chunks are verified and written.
     pub fn serve_live(&self, asset: AssetId, have: LiveHave) {
         self.shared.live.locked().insert(asset, have);
+    }
+
+    /// What this server's uploads did: bytes written, time busy and held by a rate.
+    pub fn upload_gauge(&self) -> Arc<UploadGauge> {
+        Arc::clone(&self.shared.uploads.gauge)
     }
 
     /// A counter of the bytes of `asset` this server has sent, for announces.

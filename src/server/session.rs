@@ -191,6 +191,7 @@ impl Shared {
     fn handle(&self, stream: &TcpStream, hello: &[u8], seat: &Held) -> Result<()> {
         stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
         stream.set_nodelay(true)?;
+        self.uploads.prepare(stream);
         let mut conn = Conn::new(stream, MAX_CONTROL_FRAME);
         let hello = wire::decode(hello, MAX_CONTROL_FRAME).context("reading Hello")?;
         let Decoded::Message(hello, _) = hello else {
@@ -345,6 +346,7 @@ impl Shared {
                         continue;
                     }
                     let len = manifest.chunk_len(index) as u64;
+                    let asked = Instant::now();
                     let slot = self.uploads.take(len);
                     // Waiting for a slot and the rate took time: the client may have got the
                     // chunk elsewhere meanwhile, or left.
@@ -354,6 +356,7 @@ impl Shared {
                     if let Some(at) = pending.iter().position(|p| *p == Pending::Cancel(index)) {
                         pending.remove(at);
                         self.uploads.give_back(slot, len);
+                        self.uploads.gauge.done(asked);
                         conn.send(&Message::Cancelled { index })?;
                     } else {
                         if sent.get(index) {
@@ -375,13 +378,17 @@ impl Shared {
                                 Err(e) => {
                                     log::warn!("serving {asset}: {e:#}");
                                     self.uploads.give_back(slot, len);
+                                    self.uploads.gauge.done(asked);
                                     conn.send(&Message::DontHave { index })?;
                                     continue;
                                 }
                             },
                         };
                         sent.set(index);
-                        send_chunk(stream, body, index, len as u32, slot).map_err(|e| {
+                        let sending =
+                            send_chunk(stream, body, index, len as u32, slot, &self.uploads.gauge);
+                        self.uploads.gauge.done(asked);
+                        sending.map_err(|e| {
                             MidFrame(format!("sending chunk {index} of {asset}: {e:#}"))
                         })?;
                         served.uploaded.fetch_add(len, Ordering::Relaxed);

@@ -1,11 +1,13 @@
 //! Sending chunks: the upload slots (how many chunks go out at once over all connections),
-//! the process's upload rate cap, and the `sendfile` loop that gives its slot up when a
-//! client reads slowly.
+//! the process's upload rate cap, the `sendfile` loop that gives its slot up when a
+//! client reads slowly, and the gauge of what the uploads did (for a `get` that keeps a
+//! headroom below its uplink, `client::headroom`).
 
 use std::fs::File;
 use std::io;
 use std::net::TcpStream;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -22,6 +24,14 @@ use crate::wire;
 const SLOT_HOLD: Duration = Duration::from_millis(100);
 /// Bytes per `sendfile` call, so that a send can give its slot up between calls.
 const SEND_PIECE: usize = 64 << 10;
+/// Unsent bytes an upload socket of a downloading `get` holds at most (`TCP_NOTSENT_LOWAT`):
+/// half a 256 KiB chunk. Without it the kernel's send buffer (up to 4 MiB, `tcp_wmem`)
+/// takes every chunk asked for at once and a write never waits, so the server cannot see
+/// that its uplink holds its uploads back (`client::headroom` learns the uplink from that
+/// wait): on issue 14's harness a full 200 Mbit/s uplink showed 0.0-0.5 chunks waiting.
+/// With it, a chunk's write lasts until half of it has gone out; 128 KiB is 5 ms of a
+/// 25 MB/s connection, more than a loaded box takes to wake a writer.
+const NOTSENT_LOWAT: u32 = 128 << 10;
 
 /// What every chunk sent waits for: an upload slot, then its bytes under the rate cap and
 /// under the rate its embedding client yields to (see [`super::ServerConfig::yield_to`]).
@@ -29,6 +39,50 @@ pub(super) struct Uploads {
     slots: Slots,
     limiter: Option<RateLimiter>,
     yielding: Option<Arc<RateLimiter>>,
+    pub(super) gauge: Arc<UploadGauge>,
+}
+
+/// What the uploads of a server did, counted since it started: bytes written to sockets,
+/// and the time chunks spent between asking for a slot and their last byte written, and
+/// asleep in a rate limiter (summed over the chunks: 2 s over 1 s is two chunks at once).
+/// Its owner reads it to tell an uplink that holds the uploads back from a demand that does
+/// not fill it ([`crate::client`]'s headroom).
+#[derive(Debug, Default)]
+pub struct UploadGauge {
+    sent: AtomicU64,
+    busy_ns: AtomicU64,
+    limited_ns: AtomicU64,
+}
+
+/// An [`UploadGauge`]'s counters at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GaugeReading {
+    /// Bytes written to the sockets.
+    pub sent: u64,
+    /// Time chunks spent waiting for a slot or the rate, or being written.
+    pub busy: Duration,
+    /// Time chunks spent asleep in a rate limiter.
+    pub limited: Duration,
+}
+
+impl UploadGauge {
+    /// The counters now.
+    pub fn read(&self) -> GaugeReading {
+        GaugeReading {
+            sent: self.sent.load(Ordering::Relaxed),
+            busy: Duration::from_nanos(self.busy_ns.load(Ordering::Relaxed)),
+            limited: Duration::from_nanos(self.limited_ns.load(Ordering::Relaxed)),
+        }
+    }
+
+    fn add(counter: &AtomicU64, time: Duration) {
+        counter.fetch_add(time.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    /// A chunk asked for its slot at `asked` and is sent now (or given back).
+    pub(super) fn done(&self, asked: Instant) {
+        Self::add(&self.busy_ns, asked.elapsed());
+    }
 }
 
 impl Uploads {
@@ -43,14 +97,33 @@ impl Uploads {
             slots: Slots::new(slots),
             limiter: rate.map(RateLimiter::new),
             yielding,
+            gauge: Arc::default(),
         }
     }
 
-    /// Waits for a slot and for `len` bytes of the rate.
+    /// Readies a connection's socket for uploads: with a limit its owner adapts (a
+    /// downloading `get`), its unsent bytes are kept to [`NOTSENT_LOWAT`], so that the gauge
+    /// sees the time the network holds the uploads back.
+    pub(super) fn prepare(&self, stream: &TcpStream) {
+        if self.yielding.is_none() {
+            return;
+        }
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        if let Err(e) = socket2::SockRef::from(stream).set_tcp_notsent_lowat(NOTSENT_LOWAT) {
+            log::debug!("serving: TCP_NOTSENT_LOWAT not set ({e}); the headroom learns less");
+        }
+        #[cfg(not(any(target_os = "linux", target_os = "android")))]
+        let _ = stream;
+    }
+
+    /// Waits for a slot and for `len` bytes of the rate; the time asleep in the rate goes
+    /// to the gauge.
     pub(super) fn take(&self, len: u64) -> Slot<'_> {
         let slot = self.slots.take();
+        let asleep = Instant::now();
         ratelimit::take(self.limiter.as_ref(), len);
         ratelimit::take(self.yielding.as_deref(), len);
+        UploadGauge::add(&self.gauge.limited_ns, asleep.elapsed());
         slot
     }
 
@@ -117,6 +190,7 @@ pub(super) fn send_chunk(
     index: u32,
     len: u32,
     slot: Slot<'_>,
+    gauge: &UploadGauge,
 ) -> Result<()> {
     let started = Instant::now();
     let mut slot = Some(slot);
@@ -149,7 +223,9 @@ pub(super) fn send_chunk(
                     end - position
                 );
             }
-            Ok(_) => {}
+            Ok(n) => {
+                gauge.sent.fetch_add(n as u64, Ordering::Relaxed);
+            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) if slot.is_some() && is_timeout(&e) => {
                 slot = None;
