@@ -393,28 +393,23 @@ struct Why {
     cancelled: u64,
 }
 
+/// Adds the byte counts of a JSON object (name → bytes) to `sums`, by name.
+fn add_named(sums: &mut Vec<(String, u64)>, counts: &serde_json::Value) {
+    for (name, bytes) in counts.as_object().into_iter().flatten() {
+        let bytes = bytes.as_u64().unwrap_or(0);
+        match sums.iter_mut().find(|r| r.0 == *name) {
+            Some(r) => r.1 += bytes,
+            None => sums.push((name.clone(), bytes)),
+        }
+    }
+}
+
 impl Why {
     fn add(&mut self, summary: &serde_json::Value) {
-        if let Some(reasons) = summary["origin_reasons"].as_object() {
-            for (name, bytes) in reasons {
-                let bytes = bytes.as_u64().unwrap_or(0);
-                match self.reasons.iter_mut().find(|r| r.0 == *name) {
-                    Some(r) => r.1 += bytes,
-                    None => self.reasons.push((name.clone(), bytes)),
-                }
-            }
-        }
+        add_named(&mut self.reasons, &summary["origin_reasons"]);
         self.dup_origin += summary["duplicates"]["from_origin"].as_u64().unwrap_or(0);
         self.dup_peers += summary["duplicates"]["from_peers"].as_u64().unwrap_or(0);
-        if let Some(why) = summary["duplicates"]["why"].as_object() {
-            for (name, bytes) in why {
-                let bytes = bytes.as_u64().unwrap_or(0);
-                match self.dup_why.iter_mut().find(|r| r.0 == *name) {
-                    Some(r) => r.1 += bytes,
-                    None => self.dup_why.push((name.clone(), bytes)),
-                }
-            }
-        }
+        add_named(&mut self.dup_why, &summary["duplicates"]["why"]);
         self.cancelled += summary["duplicates"]["cancelled"].as_u64().unwrap_or(0);
     }
 

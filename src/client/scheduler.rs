@@ -102,6 +102,16 @@ enum Control {
     Delay(UplinkControl),
 }
 
+impl Control {
+    /// The upload rate it sets now (`None`: no limit of its own).
+    fn rate(&self) -> Option<u64> {
+        match self {
+            Control::Headroom(headroom) => headroom.rate(),
+            Control::Delay(control) => control.rate(),
+        }
+    }
+}
+
 /// The threads and channels of one connection; its state is in the plan.
 struct Link {
     jobs: Option<Jobs>,
@@ -343,39 +353,31 @@ impl<'a> Scheduler<'a> {
         }
         y.next = now + YIELD_EVERY;
         let served = y.to.uploaded.get(&y.to.asset);
-        let (before, rate) = match &mut y.control {
-            Control::Headroom(headroom) => {
-                let before = headroom.rate();
-                let rate = headroom.observe(y.to.gauge.read(), now);
-                if rate != before {
-                    log::debug!(
-                        "uploads limited to {rate:?} B/s, a headroom below the uplink's {:?} B/s learnt",
-                        headroom.estimate()
-                    );
-                }
-                (before, rate)
-            }
-            Control::Delay(control) => {
-                let before = control.rate();
-                let rate = control.observe(
-                    Observation {
-                        rtt: self.plan.own_rtt(),
-                        served: served.saturating_sub(y.served),
-                        stream_short: self.plan.stream_short(),
-                    },
-                    now,
-                );
-                if rate != before {
-                    log::debug!(
-                        "uploads limited to {:?} B/s for the own download (round trip {:?}, base {:?})",
-                        rate,
-                        self.plan.own_rtt(),
-                        control.base()
-                    );
-                }
-                (before, rate)
-            }
+        let before = y.control.rate();
+        let rate = match &mut y.control {
+            Control::Headroom(headroom) => headroom.observe(y.to.gauge.read(), now),
+            Control::Delay(control) => control.observe(
+                Observation {
+                    rtt: self.plan.own_rtt(),
+                    served: served.saturating_sub(y.served),
+                    stream_short: self.plan.stream_short(),
+                },
+                now,
+            ),
         };
+        if rate != before {
+            match &y.control {
+                Control::Headroom(headroom) => log::debug!(
+                    "uploads limited to {rate:?} B/s, a headroom below the uplink's {:?} B/s learnt",
+                    headroom.estimate()
+                ),
+                Control::Delay(control) => log::debug!(
+                    "uploads limited to {rate:?} B/s for the own download (round trip {:?}, base {:?})",
+                    self.plan.own_rtt(),
+                    control.base()
+                ),
+            }
+        }
         y.served = served;
         if rate != before {
             y.to.limiter.set_rate(rate.unwrap_or(UNLIMITED));

@@ -3,7 +3,8 @@
 //! While the download runs, its uploads also pass a limiter whose rate the scheduler sets
 //! (the host's own download first): a headroom below the uplink's learnt rate
 //! ([`super::headroom`], the default), or with `--yield-uplink` from the download's round
-//! trip ([`super::uplink`]); once seeding, that limit is lifted. Every name this client takes from [`crate::server`] comes through here.
+//! trip ([`super::uplink`]); once seeding, that limit is lifted. Every name this client
+//! takes from [`crate::server`] comes through here.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

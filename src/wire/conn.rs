@@ -81,25 +81,14 @@ impl<S: Borrow<TcpStream>> Conn<S> {
         &mut self,
         within: Duration,
         control: bool,
-        mut gained: impl FnMut(Vec<u32>),
+        gained: impl FnMut(Vec<u32>),
     ) -> Result<Message<'_>, WireError> {
         let max_frame = if control {
             self.max_frame.min(MAX_CONTROL_FRAME)
         } else {
             self.max_frame
         };
-        let deadline = Instant::now() + within;
-        loop {
-            let total = self.fill_before(max_frame, deadline, within)?;
-            // Only the type byte is looked at before deciding, so that the reply returned
-            // borrows the buffer and a `Gained` does not.
-            if self.buf[4] != kind::GAINED {
-                return Message::decode(&self.buf[4..total]);
-            }
-            if let Message::Gained { indices } = Message::decode(&self.buf[4..total])? {
-                gained(indices);
-            }
-        }
+        self.reply(max_frame, within, gained, None)
     }
 
     /// Reads the reply to a request like [`Conn::recv_reply`], and while it waits for the
@@ -111,34 +100,49 @@ impl<S: Borrow<TcpStream>> Conn<S> {
     pub fn recv_reply_sending(
         &mut self,
         within: Duration,
-        mut gained: impl FnMut(Vec<u32>),
+        gained: impl FnMut(Vec<u32>),
         mut more: impl FnMut() -> Option<Message<'static>>,
+    ) -> Result<Message<'_>, WireError> {
+        self.reply(self.max_frame, within, gained, Some(&mut more))
+    }
+
+    /// The wait of [`Conn::recv_reply`] and [`Conn::recv_reply_sending`] (`more`: what to
+    /// send while it waits, if anything).
+    fn reply(
+        &mut self,
+        max_frame: u32,
+        within: Duration,
+        mut gained: impl FnMut(Vec<u32>),
+        mut more: Option<&mut dyn FnMut() -> Option<Message<'static>>>,
     ) -> Result<Message<'_>, WireError> {
         let deadline = Instant::now() + within;
         loop {
             let stream: &TcpStream = self.stream.borrow();
             let out = &mut self.out;
-            let mut send = || -> io::Result<()> {
-                while let Some(message) = more() {
-                    refuse_over_limit(&message)?;
-                    message.encode(out);
+            let mut send = more.as_deref_mut().map(|more| {
+                move || -> io::Result<()> {
+                    while let Some(message) = more() {
+                        refuse_over_limit(&message)?;
+                        message.encode(out);
+                    }
+                    if out.is_empty() {
+                        return Ok(());
+                    }
+                    let sent = (&mut &*stream).write_all(out);
+                    out.clear();
+                    sent
                 }
-                if out.is_empty() {
-                    return Ok(());
-                }
-                let sent = (&mut &*stream).write_all(out);
-                out.clear();
-                sent
-            };
+            });
             let mut reader = DeadlineReader {
                 stream,
                 deadline,
-                between: Some(&mut send),
+                between: send
+                    .as_mut()
+                    .map(|s| s as &mut dyn FnMut() -> io::Result<()>),
             };
-            let total = match fill_frame(&mut reader, self.max_frame, &mut self.buf) {
-                Err(WireError::Io(e)) if is_timeout(&e) => Err(WireError::Timeout(within)),
-                other => other,
-            }?;
+            let total = fill_within(&mut reader, max_frame, &mut self.buf, within)?;
+            // Only the type byte is looked at before deciding, so that the reply returned
+            // borrows the buffer and a `Gained` does not.
             if self.buf[4] != kind::GAINED {
                 return Message::decode(&self.buf[4..total]);
             }
@@ -160,10 +164,7 @@ impl<S: Borrow<TcpStream>> Conn<S> {
             deadline,
             between: None,
         };
-        match fill_frame(&mut reader, max_frame, &mut self.buf) {
-            Err(WireError::Io(e)) if is_timeout(&e) => Err(WireError::Timeout(within)),
-            other => other,
-        }
+        fill_within(&mut reader, max_frame, &mut self.buf, within)
     }
 
     /// Adds a message to those [`Conn::flush`] sends together. Fails with `InvalidInput`,
@@ -277,6 +278,20 @@ fn fill_frame(r: &mut impl Read, max_frame: u32, buf: &mut Vec<u8>) -> Result<us
         }
     };
     Ok(total)
+}
+
+/// [`fill_frame`] from a reader whose deadline was `within` from its start: a read past it
+/// is a [`WireError::Timeout`] naming that time.
+fn fill_within(
+    r: &mut DeadlineReader<'_>,
+    max_frame: u32,
+    buf: &mut Vec<u8>,
+    within: Duration,
+) -> Result<usize, WireError> {
+    match fill_frame(r, max_frame, buf) {
+        Err(WireError::Io(e)) if is_timeout(&e) => Err(WireError::Timeout(within)),
+        other => other,
+    }
 }
 
 /// How often a reply's read that waits for bytes stops to send what has come up meanwhile
