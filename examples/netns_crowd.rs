@@ -404,6 +404,14 @@ fn add_named(sums: &mut Vec<(String, u64)>, counts: &serde_json::Value) {
     }
 }
 
+/// Each named sum that is not nil, as "name 0.123" in F.
+fn in_f(sums: &[(String, u64)], f: f64) -> Vec<String> {
+    sums.iter()
+        .filter(|r| r.1 > 0)
+        .map(|(name, bytes)| format!("{name} {:.3}", *bytes as f64 / f))
+        .collect()
+}
+
 impl Why {
     fn add(&mut self, summary: &serde_json::Value) {
         add_named(&mut self.reasons, &summary["origin_reasons"]);
@@ -415,18 +423,7 @@ impl Why {
 
     /// One line, in F.
     fn line(&self, f: f64) -> String {
-        let reasons: Vec<String> = self
-            .reasons
-            .iter()
-            .filter(|r| r.1 > 0)
-            .map(|(name, bytes)| format!("{name} {:.3}", *bytes as f64 / f))
-            .collect();
-        let why: Vec<String> = self
-            .dup_why
-            .iter()
-            .filter(|r| r.1 > 0)
-            .map(|(name, bytes)| format!("{name} {:.3}", *bytes as f64 / f))
-            .collect();
+        let (reasons, why) = (in_f(&self.reasons, f), in_f(&self.dup_why, f));
         format!(
             "origin chunks/F by reason: {}; duplicates/F: from origin {:.3}, from peers {:.3} (second asked for: {}; cancelled in time {:.3})",
             if reasons.is_empty() {
