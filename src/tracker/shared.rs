@@ -37,7 +37,9 @@
 //! Lua took ~150 µs. So the sample is kept as the swarm's `pool` (candidates four times
 //! the answer's size) for the next 16 announces or a quarter of the peer timeout, and a
 //! join, a leave, a new address or a new kind drops it; each tracker picks its answer from
-//! the pool (complete peers first, at random). A seeder's announce skips the availability
+//! the pool (complete peers first, at random). A tracker keeps the last pool it was sent
+//! for each swarm and names its version in the call, and the script sends the pool only
+//! when it has another version (it sent the pool's 3-4 KB with every reply before). A seeder's announce skips the availability
 //! bitmaps (it marks `full:GEN`, once per generation) and the downloaders' count.
 //!
 //! What differs from the in-memory policy (also in PROTOCOL.md, appendix B):
@@ -63,6 +65,7 @@
 //!   (`sc:origin-urls:ID`) and tells an asset unpublished through another tracker
 //!   (its manifest gone from Redis).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -107,6 +110,9 @@ pub(super) const MAX_IDS_PER_HOLDER: usize = 1024;
 const MAX_LISTED: usize = 10_000;
 /// Most origins in an answer (the script's pool holds at most as many).
 const MAX_ORIGINS: usize = 16;
+/// Swarms whose pools a tracker keeps (a few KB each); past it they are all dropped and
+/// fetched again, one script reply each.
+const POOLS_KEPT: usize = 4096;
 
 /// Redis as the tracker's shared state: a client, idle connections, the scripts.
 pub(super) struct Shared {
@@ -114,6 +120,9 @@ pub(super) struct Shared {
     /// The seed of the next answer's pick (a Weyl sequence from the clock).
     seed: AtomicU64,
     idle: Mutex<Vec<redis::Connection>>,
+    /// The last pools the script sent, by swarm: an announce names the version it holds
+    /// and gets the pools again only when they changed.
+    pools: Mutex<HashMap<AssetId, Arc<Pools>>>,
     announce: redis::Script,
     list: redis::Script,
     url: String,
@@ -172,6 +181,15 @@ impl Kind {
             Kind::Leaving => "x",
         }
     }
+}
+
+/// A swarm's answer candidates as the script sent them: the peers' and the origins' lines,
+/// and the version naming them.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) struct Pools {
+    pub version: String,
+    pub peers: Vec<u8>,
+    pub origins: Vec<u8>,
 }
 
 /// The script's answer, parsed.
@@ -324,6 +342,7 @@ impl Shared {
             client,
             seed: AtomicU64::new(crate::backoff::seed_from_clock()),
             idle: Mutex::new(Vec::new()),
+            pools: Mutex::new(HashMap::new()),
             announce: redis::Script::new(ANNOUNCE),
             list: redis::Script::new(LIST),
             url: url.to_string(),
@@ -410,6 +429,8 @@ impl Shared {
             .arg(a.fresh_instance)
             .arg(ms(memory))
             .arg(MAX_IDS_PER_HOLDER);
+        let held = self.pools.locked().get(asset).cloned().unwrap_or_default();
+        call.arg(&held.version);
         let reply: redis::Value = self.with(|c| call.invoke(c))?;
         let pick = Pick {
             asker: a.peer_id,
@@ -417,7 +438,15 @@ impl Shared {
             ttl_ms: ms(a.peer_timeout),
             seed: self.seed.fetch_add(GOLDEN, Ordering::Relaxed),
         };
-        parse_answer(reply, a.chunk_count, &pick).map_err(|m| {
+        let parsed = parse_answer(reply, a.chunk_count, &pick, held);
+        if let Ok((_, Some(pools))) = &parsed {
+            let mut kept = self.pools.locked();
+            if kept.len() >= POOLS_KEPT && !kept.contains_key(asset) {
+                kept.clear();
+            }
+            kept.insert(*asset, pools.clone());
+        }
+        parsed.map(|(answer, _)| answer).map_err(|m| {
             let status = if m.starts_with("peer id") {
                 409
             } else if m.starts_with("holder") {
@@ -667,9 +696,16 @@ impl super::State {
 }
 
 /// The announce script's reply: `["ok", instance, age ms, leechers, share, peer pool,
-/// origin pool, known, now ms, origin URLs]`, `["owner", holder]` or `["cap", holder,
-/// live ids]`; the answer's peers and origins are picked from the pools as `pick` says.
-fn parse_answer(reply: redis::Value, count: u32, pick: &Pick<'_>) -> Result<Answer, String> {
+/// origin pool, known, now ms, origin URLs, pool version]`, `["owner", holder]` or
+/// `["cap", holder, live ids]`; the answer's peers and origins are picked from the pools as
+/// `pick` says: those of the reply, with the new pools to keep, or (both nil: unchanged)
+/// the `held` ones.
+fn parse_answer(
+    reply: redis::Value,
+    count: u32,
+    pick: &Pick<'_>,
+    held: Arc<Pools>,
+) -> Result<(Answer, Option<Arc<Pools>>), String> {
     use redis::Value;
     let Value::Array(items) = reply else {
         return Err(format!("the announce script answered {reply:?}"));
@@ -700,22 +736,35 @@ fn parse_answer(reply: redis::Value, count: u32, pick: &Pick<'_>) -> Result<Answ
             items.get(1).map(text).unwrap_or_default(),
             items.get(2).map(text).unwrap_or_default()
         )),
-        Some("ok") if items.len() == 10 => {
+        Some("ok") if items.len() == 11 => {
             let share = match &items[4] {
                 Value::BulkString(b) if !b.is_empty() => Some(share_runs(b, count)),
                 _ => None,
             };
             let now = number(&items[8]);
-            Ok(Answer {
+            let (pools, new) = match (&items[5], &items[6]) {
+                (Value::Nil, Value::Nil) => (held, None),
+                (peers, origins) => {
+                    let pools = Arc::new(Pools {
+                        version: text(&items[10]),
+                        peers: bytes(peers),
+                        origins: bytes(origins),
+                    });
+                    let keep = !pools.version.is_empty();
+                    (pools.clone(), keep.then_some(pools))
+                }
+            };
+            let answer = Answer {
                 instance: text(&items[1]),
                 instance_age: Duration::from_millis(number(&items[2])),
                 leechers: u32::try_from(number(&items[3])).unwrap_or(u32::MAX),
-                peers: pick.choose(&bytes(&items[5]), now, pick.max_peers),
-                origins: pick.choose(&bytes(&items[6]), now, MAX_ORIGINS),
+                peers: pick.choose(&pools.peers, now, pick.max_peers),
+                origins: pick.choose(&pools.origins, now, MAX_ORIGINS),
                 origin_share: share,
                 known: text(&items[7]) == "1",
                 origin_urls: list(&items[9]),
-            })
+            };
+            Ok((answer, new))
         }
         _ => Err(format!("the announce script answered {items:?}")),
     }
@@ -833,19 +882,27 @@ mod tests {
     fn replies_parse_and_junk_is_an_error_not_a_panic() {
         let b = |s: &str| Value::BulkString(s.as_bytes().to_vec());
         let now = 1_700_000_000_000u64;
-        let reply = Value::Array(vec![
-            b("ok"),
-            b("abc"),
-            b("1500"),
-            b("3"),
-            Value::BulkString(vec![0xc0]),
+        let ok = |peers: Value, origins: Value| {
+            Value::Array(vec![
+                b("ok"),
+                b("abc"),
+                b("1500"),
+                b("3"),
+                Value::BulkString(vec![0xc0]),
+                peers,
+                origins,
+                Value::Int(1),
+                b(&now.to_string()),
+                Value::Array(vec![b("https://cdn.example/f")]),
+                b("1700000000000.7"),
+            ])
+        };
+        let reply = ok(
             b(&(line("p1", now + 57_500, 's', 1) + "torn\n")),
             b(&line("o1", now + 60_000, 'o', 2)),
-            Value::Int(1),
-            b(&now.to_string()),
-            Value::Array(vec![b("https://cdn.example/f")]),
-        ]);
-        let answer = parse_answer(reply, 8, &pick("me", 1)).unwrap();
+        );
+        let none = Arc::new(Pools::default());
+        let (answer, kept) = parse_answer(reply, 8, &pick("me", 1), none.clone()).unwrap();
         assert_eq!(answer.instance, "abc");
         assert_eq!(answer.instance_age, Duration::from_millis(1500));
         assert_eq!(answer.leechers, 3);
@@ -854,19 +911,29 @@ mod tests {
         assert!(answer.peers[0].complete && answer.peers[0].last_seen_secs == 2);
         assert!(answer.origins[0].origin && answer.known);
         assert_eq!(answer.origin_urls, ["https://cdn.example/f"]);
+        // The pools come with their version, to be kept; a reply naming them unchanged
+        // (both nil) is answered from the pools held.
+        let kept = kept.unwrap();
+        assert_eq!(kept.version, "1700000000000.7");
+        let (again, fresh) =
+            parse_answer(ok(Value::Nil, Value::Nil), 8, &pick("me", 1), kept).unwrap();
+        assert_eq!((again.peers, again.origins), (answer.peers, answer.origins));
+        assert!(fresh.is_none());
         let cap = parse_answer(
             Value::Array(vec![b("cap"), b("n:10.0.0.1"), b("1024")]),
             8,
             &pick("me", 1),
+            none.clone(),
         );
         assert!(cap.unwrap_err().starts_with("holder n:10.0.0.1 has 1024"));
         let owner = parse_answer(
             Value::Array(vec![b("owner"), b("n:10.0.0.1")]),
             8,
             &pick("me", 1),
+            none.clone(),
         );
         assert!(owner.unwrap_err().starts_with("peer id"));
-        assert!(parse_answer(Value::Int(3), 8, &pick("me", 1)).is_err());
-        assert!(parse_answer(Value::Array(vec![b("ok")]), 8, &pick("me", 1)).is_err());
+        assert!(parse_answer(Value::Int(3), 8, &pick("me", 1), none.clone()).is_err());
+        assert!(parse_answer(Value::Array(vec![b("ok")]), 8, &pick("me", 1), none).is_err());
     }
 }
