@@ -226,6 +226,8 @@ fn announce(url: &str, id: &str, body: &str) -> Vec<(String, String)> {
 
 #[test]
 fn answers_drawn_from_the_swarms_shared_pool_see_a_join_a_move_and_a_leave_at_once() {
+    // A downloader's answers see each change at once; a seeder's heartbeat, answered from
+    // the tracker's view of the swarm (src/tracker/shared_beats.rs), within its 2 s.
     if !redis_installed() {
         return;
     }
@@ -240,7 +242,7 @@ fn answers_drawn_from_the_swarms_shared_pool_see_a_join_a_move_and_a_leave_at_on
     for n in 1..=3 {
         announce(&one.url, &id, &seeder(n, 9000 + n));
     }
-    let asker = r#"{"peer_id":"asker","addr":"127.0.0.1:9100","complete":true}"#;
+    let asker = r#"{"peer_id":"asker","addr":"127.0.0.1:9100","complete":false}"#;
     let pair = |n: u32, port: u32| (format!("s{n}"), format!("127.0.0.1:{port}"));
     // The first answer makes the pool, the next ones reuse it (its lifetime is seconds,
     // its uses 16): each change below must show in the very next answer all the same.
@@ -265,6 +267,22 @@ fn answers_drawn_from_the_swarms_shared_pool_see_a_join_a_move_and_a_leave_at_on
     );
     let listed = one.peers(&id);
     assert_eq!(listed.len(), 4, "s1, s3, s4 and the asker: {listed:?}");
+    // s1 heartbeats through the other tracker (the second one from its view), s5 joins
+    // through the first: s1's answers list s5 within the view's 2 s.
+    announce(&other.url, &id, &seeder(1, 9001));
+    announce(&other.url, &id, &seeder(1, 9001));
+    announce(&one.url, &id, &seeder(5, 9005));
+    let start = std::time::Instant::now();
+    let mut seen = false;
+    for _ in 0..60 {
+        seen = announce(&other.url, &id, &seeder(1, 9001)).contains(&pair(5, 9005));
+        if seen {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(seen, "s5 not in s1's answers after {:?}", start.elapsed());
+    assert!(start.elapsed() < std::time::Duration::from_secs(5));
     drop(redis);
 }
 
@@ -399,23 +417,38 @@ fn a_tag_set_through_one_tracker_resolves_through_the_other_and_an_unpublish_is_
     let race = two.get_json("/tags/ci/race");
     assert_eq!(race["tags"].as_array().unwrap().len(), 16, "{race}");
     // The second tracker serves the asset (adopting it from Redis), then one unpublishes.
-    let announce = |url: &str| {
+    let announce = |url: &str, body: &str| {
         call(
             "POST",
             &format!("{url}/assets/{id}/announce"),
             "",
-            Some(r#"{"peer_id":"p1","addr":"127.0.0.1:9","complete":true}"#),
+            Some(body),
         )
     };
-    assert_eq!(announce(&two.url).0, 200);
+    let seeder = r#"{"peer_id":"p1","addr":"127.0.0.1:9","complete":true}"#;
+    let downloader = r#"{"peer_id":"p2","addr":"127.0.0.1:10","complete":false}"#;
+    assert_eq!(announce(&two.url, seeder).0, 200);
+    assert_eq!(announce(&two.url, seeder).0, 200);
     let (status, answer) = call("DELETE", &format!("{}/assets/{id}", one.url), "", None);
     assert_eq!(status, 200, "{answer}");
-    let (status, answer) = announce(&two.url);
+    // A downloader hears it at once, a seeder's heartbeat (answered from the tracker's
+    // view of the swarm) within the view's 2 s.
+    let (status, answer) = announce(&two.url, downloader);
     assert_eq!(status, 410, "an announce through the other: {answer}");
     assert!(
         answer["error"].as_str().unwrap().contains("unpublished"),
         "{answer}"
     );
+    let start = std::time::Instant::now();
+    let mut status = 200;
+    for _ in 0..60 {
+        status = announce(&two.url, seeder).0;
+        if status != 200 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(status, 410, "a seeder after {:?}", start.elapsed());
     for path in [format!("/assets/{id}"), "/tags/ci/app:v1".to_string()] {
         let (status, answer) = call("GET", &format!("{}{path}", two.url), "", None);
         assert_eq!(status, 410, "GET {path} through the other: {answer}");
@@ -423,7 +456,7 @@ fn a_tag_set_through_one_tracker_resolves_through_the_other_and_an_unpublish_is_
     assert_eq!(two.get_json("/assets"), serde_json::json!([]));
     // Published again through the other: both serve it.
     assert_eq!(publish_with(d, &two.url, "f.bin", &[]), id);
-    assert_eq!(announce(&one.url).0, 200);
+    assert_eq!(announce(&one.url, seeder).0, 200);
     let (status, tag) = call("GET", &format!("{}/tags/ci/app:v1", one.url), "", None);
     assert_eq!(
         (status, tag["id"].as_str()),

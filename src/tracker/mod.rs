@@ -49,6 +49,7 @@ mod probe;
 mod routes;
 mod secrets;
 mod shared;
+mod shared_beats;
 mod shared_meta;
 mod stats;
 mod swarm;
@@ -307,7 +308,7 @@ impl Tracker {
         let shared = config
             .redis
             .as_deref()
-            .map(shared::Shared::connect)
+            .map(|url| shared::Shared::connect(url, config.peer_timeout))
             .transpose()?;
         if let Some(shared) = &shared {
             // Content keys in Redis are wrapped with the trackers' shared key (shared_meta).
