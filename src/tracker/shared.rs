@@ -96,9 +96,9 @@ const LIST: &str = include_str!("shared/list.lua");
 /// Connecting to Redis on a LAN takes a millisecond; a second covers a loaded one, and a
 /// Redis that does not answer within it is reported at once (503, clients retry or fail
 /// over) rather than holding a request thread.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// One script call takes well under a millisecond; 2 s is a Redis in trouble.
-const IO_TIMEOUT: Duration = Duration::from_secs(2);
+pub(super) const IO_TIMEOUT: Duration = Duration::from_secs(2);
 /// Idle connections kept: one per request thread that may talk to Redis at once.
 const POOL: usize = super::HTTP_THREADS;
 /// A swarm's keys outlive its last announce by this many peer timeouts, then Redis drops

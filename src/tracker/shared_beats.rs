@@ -27,7 +27,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use super::shared::Pools;
+use super::shared::{CONNECT_TIMEOUT, IO_TIMEOUT, Pools};
 use crate::manifest::AssetId;
 use crate::sync::LockExt;
 
@@ -296,13 +296,15 @@ fn call(
     part: &[Beat],
     ttl: u64,
 ) -> redis::RedisResult<redis::Value> {
-    if conn.is_none() {
-        let c = client.get_connection_with_timeout(Duration::from_secs(1))?;
-        c.set_read_timeout(Some(Duration::from_secs(2)))?;
-        c.set_write_timeout(Some(Duration::from_secs(2)))?;
-        *conn = Some(c);
-    }
-    let c = conn.as_mut().expect("connected above");
+    let c = match conn {
+        Some(c) => c,
+        None => {
+            let c = client.get_connection_with_timeout(CONNECT_TIMEOUT)?;
+            c.set_read_timeout(Some(IO_TIMEOUT))?;
+            c.set_write_timeout(Some(IO_TIMEOUT))?;
+            conn.insert(c)
+        }
+    };
     let mut invoke = script.prepare_invoke();
     invoke.arg(ttl);
     for b in part {
