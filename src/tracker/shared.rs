@@ -331,6 +331,11 @@ impl Pick<'_> {
     }
 }
 
+/// A timeout as the scripts take it: whole ms, at least 1.
+pub(super) fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
 fn unavailable(url: &str, e: &redis::RedisError) -> HttpError {
     err(
         503,
@@ -419,7 +424,6 @@ impl Shared {
             _ => have_bitmap(a.have, a.chunk_count),
         };
         let held = a.have.map_or(a.chunk_count, Bitfield::count);
-        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1);
         let memory = a.peer_timeout.saturating_mul(KEY_LIFETIME_TIMEOUTS);
         let mut call = self.announce.prepare_invoke();
         for part in ["swarm", "origin", "leech", ""] {
@@ -511,7 +515,7 @@ impl Shared {
         let pick = Pick {
             asker: a.peer_id,
             max_peers: a.max_peers,
-            ttl_ms: u64::try_from(a.peer_timeout.as_millis()).unwrap_or(u64::MAX),
+            ttl_ms: ms(a.peer_timeout),
             seed: self.seed.fetch_add(GOLDEN, Ordering::Relaxed),
         };
         Some(Answer {
@@ -538,7 +542,7 @@ impl Shared {
             .key(format!("{prefix}origin"))
             .arg(MAX_LISTED);
         let (now, lines): (u64, Vec<u8>) = self.with(|c| call.invoke(c))?;
-        let ttl = u64::try_from(peer_timeout.as_millis()).unwrap_or(u64::MAX);
+        let ttl = ms(peer_timeout);
         Ok(records(&lines)
             .filter(|r| r.expiry > now)
             .map(|r| r.info(now, ttl))

@@ -27,7 +27,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use super::shared::{CONNECT_TIMEOUT, IO_TIMEOUT, Pools};
+use super::shared::{CONNECT_TIMEOUT, IO_TIMEOUT, Pools, ms};
 use crate::manifest::AssetId;
 use crate::sync::LockExt;
 
@@ -264,9 +264,7 @@ pub(super) fn outcome(reply: &redis::Value, n: usize) -> Vec<bool> {
 /// Redis's failure to them.
 pub(super) fn write_behind(beats: Arc<Beats>, client: redis::Client, url: String) {
     let script = redis::Script::new(BEATS);
-    let ttl = u64::try_from(beats.peer_timeout.as_millis())
-        .unwrap_or(u64::MAX)
-        .max(1);
+    let ttl = ms(beats.peer_timeout);
     let mut conn: Option<redis::Connection> = None;
     loop {
         let batch = beats.next_batch();
