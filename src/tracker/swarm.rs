@@ -142,7 +142,16 @@ const EMPTY: usize = 2;
 const ORIGINS: usize = 3;
 
 /// Up to `n` ids of `ids` other than `me`, from just after `cursor` on, wrapping around;
-/// the cursor moves to the last one taken. Costs `n` steps, not a walk of every id.
+/// the cursor moves half the answer on (to the middle one taken). Costs `n` steps, not a
+/// walk of every id.
+///
+/// Why half: a client connects to the first half of an answer (8 of the 16 peers named,
+/// `client::plan`'s `NEW_PEERS_PER_ANSWER`), so the first halves of successive answers
+/// tile the list and every peer is taken by as many clients. Moving to the last one taken
+/// tiles only when the list is longer than an answer; when the whole list fits (a swarm of
+/// 16 or fewer), it started every answer at the same id, every client took the same 8
+/// peers, and the others served no one: in issue 14's harness at N = 16, 2 of 16 hosts
+/// uploaded nothing in 28 s and 2 more nothing for their first 10 s.
 fn window<'s>(
     ids: &'s BTreeSet<String>,
     cursor: &mut Option<String>,
@@ -166,8 +175,8 @@ fn window<'s>(
         .filter(|id| *id != me)
         .take(n)
         .collect();
-    if let Some(last) = taken.last() {
-        *cursor = Some(last.to_string());
+    if let Some(middle) = taken.get(taken.len().div_ceil(2).saturating_sub(1)) {
+        *cursor = Some(middle.to_string());
     }
     taken
 }
@@ -1377,6 +1386,38 @@ mod tests {
         let answer = swarm.announce_ok(announce("b", 2, None), &asset, 4, 10, timeout, now);
         assert_eq!(ids(&answer).len(), 3, "a, c and e");
         swarm.check();
+    }
+
+    #[test]
+    fn clients_taking_the_first_half_of_their_answers_take_every_peer_alike() {
+        // Issue 14's crowd: every peer announces in turn, is named all 15 others (the whole
+        // list fits in one answer) and connects to the first 8.
+        let timeout = Duration::from_secs(60);
+        let now = Instant::now();
+        let asset = AssetId([0; 32]);
+        let mut swarm = Swarm::default();
+        let ids: Vec<String> = (0..16).map(|i| format!("peer{i:02}")).collect();
+        for (port, id) in (1..).zip(&ids) {
+            swarm.announce_ok(announce(id, port, None), &asset, 4, 16, timeout, now);
+        }
+        let mut taken: BTreeMap<String, usize> = BTreeMap::new();
+        for _round in 0..2 {
+            for (port, id) in (1..).zip(&ids) {
+                let answer =
+                    swarm.announce_ok(announce(id, port, None), &asset, 4, 16, timeout, now);
+                assert_eq!(answer.peers.len(), 15);
+                for peer in answer.peers.iter().take(8) {
+                    *taken.entry(peer.peer_id.to_string()).or_default() += 1;
+                }
+            }
+        }
+        // 32 answers of 8: 16 each on average.
+        let counts: Vec<usize> = ids
+            .iter()
+            .map(|id| taken.get(id).copied().unwrap_or(0))
+            .collect();
+        let (least, most) = (counts.iter().min(), counts.iter().max());
+        assert!(least >= Some(&12) && most <= Some(&20), "taken {counts:?}");
     }
 
     #[test]
