@@ -30,7 +30,8 @@
 //!    wins and the other connection is told to cancel.
 //! 7. At most `max_peer_conns()` peer connections are open; peers beyond wait in
 //!    `pending` for a slot: at most [`NEW_PEERS_PER_ANSWER`] never tried, and peers
-//!    whose pause is over or that were rotated out, behind them.
+//!    whose pause is over or that were rotated out, behind them; with none waiting, the
+//!    rest of the latest answer (`reserve`).
 //! 5. A source that sent bad data is dropped: its connections take no more work, and
 //!    what they had in flight becomes missing again when they close. No other source is
 //!    ever dropped: one that failed is paused and tried again (see `sources`), and the
@@ -109,7 +110,8 @@ const MAX_PEER_CONNS: usize = 8;
 /// New peers taken from one tracker answer (it names 16), and peers waiting for a free
 /// connection at most: enough to fill every slot from one answer; a longer queue goes stale
 /// (the next answer names peers that announced more recently), and the tracker's window
-/// moves on, so those left out are named again later.
+/// moves on, so those left out are named again later. The others of the latest answer
+/// wait in `Plan::reserve` for slots that free with no peer waiting.
 const NEW_PEERS_PER_ANSWER: usize = 8;
 /// A peer is slow when its pace (the larger of its measured time per chunk and the age of
 /// its oldest request) exceeds this many times the fastest other peer's (or
@@ -307,6 +309,12 @@ pub(crate) struct Plan {
     slow: Vec<bool>,
     /// Peers taken from the tracker's answers that wait for a free connection slot.
     pending: VecDeque<usize>,
+    /// The rest of the tracker's latest answer, beyond the peers taken from it, in its
+    /// order: a slot that frees with no peer waiting takes the next one at once. Without
+    /// it, a client whose peers hang up (departed hosts, or fakes that accept and close,
+    /// issue 13) had no peer until its next announce and took everything from the origin
+    /// meanwhile. Each answer replaces it, so it is never staler than one announce.
+    reserve: VecDeque<Source>,
     /// How many usable peers hold each chunk, for rarest-first and the origin's choice.
     copies: Vec<u32>,
     conns: Vec<Conn>,
@@ -374,15 +382,15 @@ impl Plan {
         let missing: BTreeSet<u32> = (0..count).filter(|&i| !have.get(i)).collect();
         let first_missing = missing.first().copied();
         let remaining = count - have.count();
-        // The first answer is taken like any other: its first peers only.
+        // The first answer is taken like any other: its first peers, the rest in reserve.
         let mut peers = 0;
         let max_pause = settings.stall_timeout / TRIES_PER_STALL;
+        let (sources, reserve): (Vec<Source>, Vec<Source>) = sources.into_iter().partition(|s| {
+            peers += usize::from(!s.origin);
+            s.origin || peers <= NEW_PEERS_PER_ANSWER
+        });
         let sources: Vec<Source> = sources
             .into_iter()
-            .filter(|s| {
-                peers += usize::from(!s.origin);
-                s.origin || peers <= NEW_PEERS_PER_ANSWER
-            })
             .map(|mut s| {
                 s.cap_backoff(max_pause);
                 s
@@ -401,6 +409,7 @@ impl Plan {
             counted: vec![false; sources.len()],
             slow: vec![false; sources.len()],
             pending: VecDeque::new(),
+            reserve: reserve.into(),
             sources,
             copies: vec![0; count as usize],
             conns: Vec::new(),
@@ -547,18 +556,36 @@ impl Plan {
             .count()
     }
 
-    /// Connects waiting peers while peer slots are free.
+    /// Connects waiting peers while peer slots are free, and then peers of the reserve.
     fn fill_peer_slots(&mut self, now: Instant) {
         let mut open = self.open_peer_conns();
         while open < self.max_peer_conns() {
-            let Some(source) = self.pending.pop_front() else {
-                return;
+            let source = match self.pending.pop_front() {
+                Some(source) => source,
+                None => {
+                    let Some(peer) = self.reserve.pop_front() else {
+                        return;
+                    };
+                    if self.sources.iter().any(|s| s.addr == peer.addr) {
+                        continue;
+                    }
+                    self.add_source(peer)
+                }
             };
             if self.sources[source].dropped.is_none() {
                 self.open_conn(source, now);
                 open += 1;
             }
         }
+    }
+
+    /// Books a source the tracker named (no connection yet); its index.
+    fn add_source(&mut self, mut source: Source) -> usize {
+        source.cap_backoff(self.stall_timeout / TRIES_PER_STALL);
+        self.sources.push(source);
+        self.counted.push(false);
+        self.slow.push(false);
+        self.sources.len() - 1
     }
 
     /// Adds a connection to `source`; the scheduler starts its worker.
@@ -691,8 +718,8 @@ impl Plan {
 
     /// Takes in the tracker's latest answer: connects to origins not seen before, queues at
     /// most [`NEW_PEERS_PER_ANSWER`] new peers (those said complete first) for a free
-    /// connection slot (one connection each), and replaces the origin share when it names
-    /// one.
+    /// connection slot (one connection each), keeps the other new peers as the reserve,
+    /// and replaces the origin share when it names one.
     pub(crate) fn take_swarm(
         &mut self,
         mut new: Vec<Source>,
@@ -702,6 +729,7 @@ impl Plan {
         // Stable: the tracker's order stands within each kind.
         new.sort_by_key(|s| (!s.origin, !s.said_complete));
         let mut taken = 0;
+        self.reserve.clear();
         for source in new {
             if self.sources.iter().any(|s| s.addr == source.addr) {
                 continue;
@@ -709,16 +737,12 @@ impl Plan {
             let origin = source.origin;
             if !origin {
                 if taken >= NEW_PEERS_PER_ANSWER || self.untried_pending() >= NEW_PEERS_PER_ANSWER {
+                    self.reserve.push_back(source);
                     continue;
                 }
                 taken += 1;
             }
-            let mut source = source;
-            source.cap_backoff(self.stall_timeout / TRIES_PER_STALL);
-            self.sources.push(source);
-            self.counted.push(false);
-            self.slow.push(false);
-            let index = self.sources.len() - 1;
+            let index = self.add_source(source);
             if origin {
                 self.open_conn(index, now);
             } else {
@@ -3101,6 +3125,50 @@ mod tests {
         plan.closed(1, End::Busy("no free slot".into()), now);
         plan.reconnect_due(now + Duration::from_secs(60));
         assert_eq!(plan.open_peer_conns(), MAX_PEER_CONNS);
+        plan.check();
+    }
+
+    #[test]
+    fn peers_that_hang_up_are_replaced_from_the_rest_of_the_answer_at_once() {
+        // Issue 13's fakes: the first 8 peers an answer names accept and close at once.
+        let now = Instant::now();
+        let first: Vec<Source> = (1..=20).map(partial_peer).chain([origin()]).collect();
+        let mut plan = Plan::new(
+            8 * CHUNK as u64,
+            CHUNK,
+            Bitfield::new(8),
+            first,
+            settings(false, 4, None),
+            now,
+        );
+        plan.open_initial(now);
+        let open_peers = |plan: &Plan| -> Vec<String> {
+            plan.conns()
+                .iter()
+                .filter(|c| c.open && !plan.sources()[c.source].origin)
+                .map(|c| plan.sources()[c.source].addr.clone())
+                .collect()
+        };
+        let addrs = |ns: std::ops::RangeInclusive<u8>| -> Vec<String> {
+            ns.map(|n| format!("10.0.0.{n}:7000")).collect()
+        };
+        assert_eq!(open_peers(&plan), addrs(1..=8));
+        for conn in 0..plan.conns().len() {
+            if plan.conns()[conn].open && !plan.sources()[plan.conns()[conn].source].origin {
+                let (verdict, _) = plan.closed(conn, End::Failed("closed at once".into()), now);
+                assert!(matches!(verdict, Verdict::Retrying { .. }));
+            }
+        }
+        assert_eq!(
+            open_peers(&plan),
+            addrs(9..=16),
+            "the next 8 the answer named take the slots, without waiting for another answer"
+        );
+        plan.check();
+        // A new answer replaces the reserve: peers named once, long ago, are not kept.
+        plan.take_swarm((30..=50).map(partial_peer).collect(), None, now);
+        let reserve: Vec<String> = plan.reserve.iter().map(|s| s.addr.clone()).collect();
+        assert_eq!(reserve, addrs(38..=50));
         plan.check();
     }
 
