@@ -50,6 +50,7 @@ use std::time::{Duration, Instant};
 use crate::bitfield::Bitfield;
 
 use super::depth::Depth;
+use super::ranges::MAX_RUN_CHUNKS;
 use super::sources::{End, Holdings, Source};
 use super::summary::{Duplicates, OriginAccount, OriginWhy, SecondWhy};
 
@@ -1531,14 +1532,23 @@ impl Plan {
             // the share are the very ones it hands the next clients to arrive, and the
             // origin sends them twice (issue 14, N = 8: the first client, alone for its
             // first answer, took 15-19 MB outside its share before it knew any peer). An
-            // origin URL keeps the rising order: it fetches runs of consecutive chunks in
-            // one range request (up to 16), which falling ones would split into one each.
-            Some(plan) if self.fallback_open && self.stream_pos.is_none() && !src.web => self
+            // origin URL fetches runs of consecutive chunks in one range request, which
+            // falling chunks would split into one each: it goes down by blocks of
+            // `MAX_RUN_CHUNKS`, rising within each (in the web seed crowd test, the first
+            // client took 15 MB outside its share in rising order, and nginx sent 1.09 F).
+            Some(plan) if self.fallback_open && self.stream_pos.is_none() => self
                 .missing
                 .iter()
                 .copied()
                 .find(|&i| free(i) && plan.get(i))
-                .or_else(|| self.missing.iter().rev().copied().find(|&i| free(i)))?,
+                .or_else(|| {
+                    let top = self.missing.iter().rev().copied().find(|&i| free(i))?;
+                    if !src.web {
+                        return Some(top);
+                    }
+                    let block = top - top % MAX_RUN_CHUNKS as u32;
+                    self.missing.range(block..=top).copied().find(|&i| free(i))
+                })?,
             _ => self
                 .missing
                 .range(..horizon)
@@ -2117,6 +2127,32 @@ mod tests {
         let account = plan.origin_account();
         assert_eq!(account.share, 2 * CHUNK as u64);
         assert_eq!(account.fallback, 14 * CHUNK as u64);
+    }
+
+    #[test]
+    fn an_origin_url_with_its_share_lifted_goes_down_by_blocks_rising_within_each() {
+        // Falling chunks one by one would be one range request each; rising blocks from
+        // the top are runs, and still leave the bottom, which the tracker hands out first.
+        let now = Instant::now();
+        let count = 2 * MAX_RUN_CHUNKS as u32 + 4;
+        let url = Source::web("http://10.0.0.100/f.bin");
+        let mut plan = plan_with(
+            count,
+            vec![url],
+            settings(false, 4, Some(bits(count, [1]))),
+            now,
+        );
+        plan.update_fallback(now);
+        let order: Vec<u32> = run_to_end(&mut plan, now).iter().map(|f| f.1).collect();
+        let block = 2 * MAX_RUN_CHUNKS as u32;
+        let expected: Vec<u32> = [1]
+            .into_iter()
+            .chain(block..count)
+            .chain(MAX_RUN_CHUNKS as u32..block)
+            .chain((0..MAX_RUN_CHUNKS as u32).filter(|&i| i != 1))
+            .collect();
+        assert_eq!(order, expected);
+        assert!(plan.is_complete());
     }
 
     #[test]
