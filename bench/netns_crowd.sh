@@ -19,7 +19,10 @@
 #   CLIENT_ARGS="--max-upload-rate 22MB" NS=8 bench/netns_crowd.sh   # more flags for every get
 # Each crowd run also prints the clients' origin bytes by reason and their duplicates (the
 # summaries' origin_reasons and duplicates, in F), each uplink's use (tx bytes over cap x
-# wall: clients' min and median, the origin's) and the box's CPU busy share (/proc/stat).
+# wall: clients' min and median, the origin's), the box's CPU busy share (/proc/stat), the
+# time to the last summary (done_s: every output in place; a get serves on after it while
+# peers fetch from it, --linger) and the clients' idle uplink split into start-up / middle /
+# lingering / tail of exited hosts (shares of N x wall; veth counters sampled every 100 ms).
 # NETNS_PROGRESS=1 has every client write --progress json lines to its .err file (kept
 # when the driver runs with --work DIR).
 #   MODE=viewer bench/netns_crowd.sh                # a --stream viewer whose uplink 8 pullers fill

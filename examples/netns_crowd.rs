@@ -7,7 +7,10 @@
 //!   and origin, then N `peer_client get` at once (no rate flags: the kernel caps). Prints
 //!   wall time (from starting the clients to the last exit, discovery included), the
 //!   Kumar–Ross bound, their ratio, the origin host's egress ÷ F, failed and stuck
-//!   clients, then medians.
+//!   clients, then medians. Also the time to the last summary (every output in place:
+//!   clients that linger for their peers exit later) and where the clients' idle uplink
+//!   went (start-up, middle, lingering, tail of exited hosts, as shares of N × wall), from
+//!   each client's veth counter sampled every 100 ms.
 //! - `single`: one client and one origin on a capped link, at several round trips: our
 //!   `get` next to `curl` from a plain HTTP server (nginx, else python3 -m http.server)
 //!   serving the same file over the same relay.
@@ -443,6 +446,56 @@ impl Why {
     }
 }
 
+/// How often the clients' uplink counters are sampled for [`IdleSplit`].
+const UPLINK_SAMPLE: Duration = Duration::from_millis(100);
+
+/// Where the clients' unused uplink went, in bytes their caps would have let out: before a
+/// host's uplink first carried half its cap (start-up), while it downloaded (middle), after
+/// its output was complete while it still served (lingering), and after it exited (tail).
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+struct IdleSplit {
+    startup: f64,
+    middle: f64,
+    lingering: f64,
+    tail: f64,
+}
+
+/// One client's state at the start of a sampled interval, for [`IdleSplit::add`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Phase {
+    StartUp,
+    Middle,
+    Lingering,
+    Exited,
+}
+
+impl IdleSplit {
+    /// An interval in which a client in `phase` could send `cap` bytes and sent `sent`;
+    /// answers whether its uplink was busy (half its cap or more), which ends its start-up.
+    fn add(&mut self, phase: Phase, cap: f64, sent: f64) -> bool {
+        let idle = (cap - sent).max(0.0);
+        *match phase {
+            Phase::StartUp => &mut self.startup,
+            Phase::Middle => &mut self.middle,
+            Phase::Lingering => &mut self.lingering,
+            Phase::Exited => &mut self.tail,
+        } += idle;
+        sent >= cap / 2.0
+    }
+
+    /// One line, each part over `total` (N x cap x wall).
+    fn line(&self, total: f64) -> String {
+        let pct = |x: f64| x / total.max(1.0) * 100.0;
+        format!(
+            "idle client uplinks / (N x wall): start-up {:.0}%, middle {:.0}%, lingering {:.0}%, tail (exited) {:.0}%",
+            pct(self.startup),
+            pct(self.middle),
+            pct(self.lingering),
+            pct(self.tail)
+        )
+    }
+}
+
 /// The box's CPU time from /proc/stat, in ticks: busy (all but idle and iowait) and total.
 struct CpuTicks {
     busy: u64,
@@ -486,6 +539,13 @@ fn median(values: &[f64]) -> f64 {
         n if n % 2 == 1 => v[n / 2],
         n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
     }
+}
+
+/// The bytes each of the `n` clients (hosts 2..) has sent so far.
+fn sent_by(crowd: &Crowd, n: usize) -> Result<Vec<u64>> {
+    (0..n)
+        .map(|i| crowd.host(2 + i).sent_bytes().map_err(anyhow::Error::msg))
+        .collect()
 }
 
 fn mbit(rate: u64) -> u64 {
@@ -646,10 +706,19 @@ fn crowd(args: &Args, bins: &Bins, dir: &Path, sum: &str, setup: &CrowdSetup) ->
         setup.delay_ms * 2
     );
     println!(
-        "{:<4} {:>8} {:>10} {:>13} {:>15} {:>7} {:>6}",
-        "run", "wall_s", "wall/bound", "origin_tx/F", "origin_chunks/F", "failed", "stuck"
+        "{:<4} {:>8} {:>10} {:>13} {:>15} {:>7} {:>6} {:>7} {:>10}",
+        "run",
+        "wall_s",
+        "wall/bound",
+        "origin_tx/F",
+        "origin_chunks/F",
+        "failed",
+        "stuck",
+        "done_s",
+        "done/bound"
     );
     let (mut walls, mut ratios, mut payloads) = (Vec::new(), Vec::new(), Vec::new());
+    let mut dones = Vec::new();
     let (mut failed_total, mut stuck_total) = (0, 0);
     for run in 1..=args.runs {
         let servers = start_servers(
@@ -694,11 +763,22 @@ fn crowd(args: &Args, bins: &Bins, dir: &Path, sum: &str, setup: &CrowdSetup) ->
         let mut last_exit = started;
         let mut failed = Vec::new();
         let mut left = n;
+        // When each client's summary was written (its output is in place) and it exited.
+        let (mut done, mut exited) = (vec![None; n], vec![None; n]);
+        let mut split = IdleSplit::default();
+        let mut busy_yet = vec![false; n];
+        let mut sampled = (started, sent_by(&crowd, n)?);
+        let cap_rate = setup.client_rate as f64 / 8.0;
         while left > 0 && started.elapsed() < setup.timeout {
             for (i, slot) in running.iter_mut().enumerate() {
                 let Some(client) = slot else { continue };
+                if done[i].is_none() && client.stdout.metadata().is_ok_and(|m| m.len() > 0) {
+                    done[i] = Some(Instant::now());
+                }
                 if let Some(status) = client.child.try_wait()? {
                     last_exit = Instant::now();
+                    exited[i] = Some(last_exit);
+                    done[i].get_or_insert(last_exit);
                     if !status.success() {
                         failed.push(format!("client {i} ended {status}: {}", client.err()));
                     }
@@ -706,9 +786,31 @@ fn crowd(args: &Args, bins: &Bins, dir: &Path, sum: &str, setup: &CrowdSetup) ->
                     left -= 1;
                 }
             }
+            let now = Instant::now();
+            if now.duration_since(sampled.0) >= UPLINK_SAMPLE || left == 0 {
+                let sent = sent_by(&crowd, n)?;
+                let cap = cap_rate * now.duration_since(sampled.0).as_secs_f64();
+                for i in 0..n {
+                    let before = |t: Option<Instant>| t.is_some_and(|t| t <= sampled.0);
+                    let phase = if before(exited[i]) {
+                        Phase::Exited
+                    } else if !busy_yet[i] {
+                        Phase::StartUp
+                    } else if before(done[i]) {
+                        Phase::Lingering
+                    } else {
+                        Phase::Middle
+                    };
+                    let bytes = sent[i].saturating_sub(sampled.1[i]) as f64;
+                    busy_yet[i] |= split.add(phase, cap, bytes);
+                }
+                sampled = (now, sent);
+            }
             std::thread::sleep(Duration::from_millis(10));
         }
         let wall = last_exit.duration_since(started).as_secs_f64();
+        let last_done = done.iter().flatten().max().copied().unwrap_or(last_exit);
+        let done_s = last_done.duration_since(started).as_secs_f64();
         let cpu_busy = cpu_ticks()?.busy_since(&cpu_before);
         let stuck: Vec<usize> = (0..n).filter(|&i| running[i].is_some()).collect();
         drop(running);
@@ -765,12 +867,14 @@ fn crowd(args: &Args, bins: &Bins, dir: &Path, sum: &str, setup: &CrowdSetup) ->
         }
         let (ratio, payload) = (origin_tx as f64 / f, from_origin as f64 / f);
         println!(
-            "{run:<4} {wall:>8.2} {:>10.2} {ratio:>13.3} {payload:>15.3} {:>7} {:>6}",
+            "{run:<4} {wall:>8.2} {:>10.2} {ratio:>13.3} {payload:>15.3} {:>7} {:>6} {done_s:>7.2} {:>10.2}",
             wall / bound,
             failed.len(),
-            stuck.len()
+            stuck.len(),
+            done_s / bound
         );
         println!("     {}", why.line(f));
+        println!("     {}", split.line(n as f64 * cap_rate * wall));
         uplinks.sort_by(f64::total_cmp);
         println!(
             "     uplink use: clients min {:.0}% median {:.0}%, origin {:.0}%; box CPU busy {:.0}%",
@@ -780,22 +884,25 @@ fn crowd(args: &Args, bins: &Bins, dir: &Path, sum: &str, setup: &CrowdSetup) ->
             cpu_busy * 100.0
         );
         walls.push(wall);
+        dones.push(done_s);
         ratios.push(ratio);
         payloads.push(payload);
         failed_total += failed.len();
         stuck_total += stuck.len();
     }
-    let w = median(&walls);
+    let (w, d) = (median(&walls), median(&dones));
     println!(
-        "{:<4} {w:>8.2} {:>10.2} {:>13.3} {:>15.3} {failed_total:>7} {stuck_total:>6}",
+        "{:<4} {w:>8.2} {:>10.2} {:>13.3} {:>15.3} {failed_total:>7} {stuck_total:>6} {d:>7.2} {:>10.2}",
         "med",
         w / bound,
         median(&ratios),
-        median(&payloads)
+        median(&payloads),
+        d / bound
     );
     println!(
-        "(medians of {} runs; wall from starting the clients to the last exit; origin_tx: the origin host's \
-         egress counter, frames included; origin_chunks: chunk bytes the clients got from it)",
+        "(medians of {} runs; wall from starting the clients to the last exit, done to the last summary \
+         (every output in place; a client that lingers for its peers exits later); origin_tx: the origin \
+         host's egress counter, frames included; origin_chunks: chunk bytes the clients got from it)",
         args.runs
     );
     Ok(())
@@ -1415,6 +1522,27 @@ mod tests {
         assert_eq!(kumar_ross(100.0, 1, 10.0, 10.0), 10.0);
         // Crowd-bound: 8·100 / (50 + 8·25) = 3.2 s, above F/u_s = 2 s.
         assert!((kumar_ross(100.0, 8, 50.0, 25.0) - 3.2).abs() < 1e-9);
+    }
+
+    #[test]
+    fn idle_uplink_goes_to_the_phase_it_was_idle_in_and_half_a_cap_ends_the_start_up() {
+        let mut split = IdleSplit::default();
+        assert!(!split.add(Phase::StartUp, 100.0, 10.0));
+        assert!(split.add(Phase::StartUp, 100.0, 50.0));
+        assert!(
+            split.add(Phase::Middle, 100.0, 120.0),
+            "a burst over the cap is not idle"
+        );
+        split.add(Phase::Lingering, 100.0, 75.0);
+        split.add(Phase::Exited, 100.0, 0.0);
+        let want = IdleSplit {
+            startup: 140.0,
+            middle: 0.0,
+            lingering: 25.0,
+            tail: 100.0,
+        };
+        assert_eq!(split, want);
+        assert!(split.line(1000.0).contains("start-up 14%"));
     }
 
     #[test]

@@ -146,14 +146,20 @@ pub fn init_logging(program: &'static str) {
 /// Progress is checkpointed every second, so the forced exit loses at most that.
 pub const STOP_GRACE: std::time::Duration = std::time::Duration::from_millis(1500);
 
+/// The status a process exits with when it is still busy [`STOP_GRACE`] after a stop
+/// signal: set by [`on_stop_signal`], changed by [`set_stop_code`].
+static STOP_CODE: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
 /// Runs `stop` on Ctrl-C or SIGTERM (once per signal), and exits the process with
-/// `code` if it is still running [`STOP_GRACE`] after the first signal.
+/// `code` (or what [`set_stop_code`] set since) if it is still running [`STOP_GRACE`]
+/// after the first signal.
 pub fn on_stop_signal(
     program: &'static str,
     code: u8,
     stop: impl Fn() + Send + 'static,
 ) -> anyhow::Result<()> {
     use std::sync::atomic::{AtomicBool, Ordering};
+    STOP_CODE.store(code, Ordering::SeqCst);
     let armed = AtomicBool::new(false);
     ctrlc::set_handler(move || {
         stop();
@@ -164,11 +170,26 @@ pub fn on_stop_signal(
                     "{program}: still busy {STOP_GRACE:?} after the signal (blocked on a reader or \
                      a peer); exiting now"
                 );
-                std::process::exit(i32::from(code));
+                std::process::exit(i32::from(STOP_CODE.load(Ordering::SeqCst)));
             });
         }
     })
     .map_err(|e| anyhow::anyhow!("installing the Ctrl-C/SIGTERM handler: {e}"))
+}
+
+/// From now on a stop signal that has to force the exit exits with `code`: a `get` whose
+/// download is done and which only serves on exits 0, whatever a signal interrupts.
+pub fn set_stop_code(code: u8) {
+    STOP_CODE.store(code, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Points standard output at `/dev/null`, so that whoever reads it (a pipe into `jq`, a
+/// player reading `--stream`) sees its end while the process goes on with other work
+/// (a `get` serving its peers after the download). What is written to it later is lost.
+pub fn close_stdout() -> io::Result<()> {
+    io::stdout().lock().flush()?;
+    let null = std::fs::OpenOptions::new().write(true).open("/dev/null")?;
+    rustix::stdio::dup2_stdout(&null).map_err(io::Error::from)
 }
 
 /// Writes `text` and a newline to stdout and flushes, so scripts see each line at once.
@@ -202,6 +223,11 @@ pub fn duration_arg(text: &str) -> Result<std::time::Duration, String> {
         )),
         d => Ok(d),
     }
+}
+
+/// Parses a duration flag for clap where zero means "not at all" (`--linger 0s`).
+pub fn duration_or_zero_arg(text: &str) -> Result<std::time::Duration, String> {
+    crate::units::parse_duration(text)
 }
 
 /// Parses a chunk size flag for clap, checking the manifest's bounds.

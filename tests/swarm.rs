@@ -264,3 +264,128 @@ fn a_half_sent_frame_neither_holds_the_slot_nor_loses_the_replies_of_a_closing_c
         }
     }
 }
+
+/// The complete, non-origin peers the tracker lists for `id`.
+fn complete_peers(tracker: &TrackerProc, id: &str) -> usize {
+    tracker
+        .peers(id)
+        .iter()
+        .filter(|p| p["complete"] == true && p["origin"] == false)
+        .count()
+}
+
+/// A get that starts first and finishes first, and one that starts once the first holds
+/// half the file and fetches slowly (512 KiB/s, 8 MiB: 16 s), from it and from an origin at
+/// 4 MiB/s. The first waits on the second only for chunks of the second's origin share
+/// (a few seconds at most, then it takes them from the origin), so it finishes long before.
+fn early_and_late(
+    d: &std::path::Path,
+    early: &[&str],
+) -> (TrackerProc, ServerProc, Vec<u8>, Proc, Proc) {
+    let bytes = random_file(&d.join("f.bin"), 128 * 65536, 41);
+    let tracker = TrackerProc::start(d, &[]);
+    let origin = ServerProc::capped_origin(d, &tracker.url, "f.bin");
+    let id = origin.seeded[0].clone();
+    let first = client(d, 0, &tracker.url, &id, early);
+    crate::harness::eventually(
+        "the first get to hold half the file",
+        Duration::from_secs(60),
+        || crate::harness::stored_chunks(&d.join("client-0"), &id) >= 64,
+    );
+    let late = ["--max-download-rate", "512KiB", "--linger", "0s"];
+    let second = client(d, 1, &tracker.url, &id, &late);
+    (tracker, origin, bytes, first, second)
+}
+
+#[test]
+fn a_finished_get_serves_on_while_a_later_get_fetches_from_it_and_then_leaves() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // A bound far above the test's length: what ends the lingering is its idle rule.
+    let (tracker, mut origin, bytes, mut first, mut second) =
+        early_and_late(d, &["--linger", "120s"]);
+    let id = origin.seeded[0].clone();
+    let summary = first.summary();
+    assert_eq!(fs::read(d.join("copy-0.bin")).unwrap(), bytes, "{summary}");
+    // From here on the second get has only the first to fetch from.
+    origin.proc.kill();
+    assert!(
+        first.exited_within(Duration::ZERO).is_none(),
+        "the first get left while the second still fetched from it: {}",
+        first.stderr()
+    );
+    crate::harness::eventually(
+        "the lingering get listed by the tracker as complete",
+        Duration::from_secs(10),
+        || complete_peers(&tracker, &id) == 1,
+    );
+    let late = second.summary();
+    assert_eq!(fs::read(d.join("copy-1.bin")).unwrap(), bytes, "{late}");
+    assert!(late["from_peers"].as_u64().unwrap() > 0, "{late}");
+    assert!(second.wait().success(), "{}", second.stderr());
+    // Nobody fetches any more: it leaves long before its bound, and says "stopped".
+    let status = first.exited_within(Duration::from_secs(10));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "the first get, 10 s after the last peer finished: {status:?}\n{}",
+        first.stderr()
+    );
+    assert!(
+        first.stderr().contains("until peers stopped fetching"),
+        "{}",
+        first.stderr()
+    );
+    crate::harness::eventually(
+        "the lingering get gone from the tracker's list",
+        Duration::from_secs(10),
+        || complete_peers(&tracker, &id) == 0,
+    );
+}
+
+#[test]
+fn a_finished_get_with_linger_0s_exits_at_once_although_a_peer_fetches_from_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (_tracker, _origin, bytes, mut first, mut second) = early_and_late(d, &["--linger", "0s"]);
+    let summary = first.summary();
+    assert_eq!(fs::read(d.join("copy-0.bin")).unwrap(), bytes, "{summary}");
+    let status = first.exited_within(Duration::from_secs(5));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "the first get, 5 s after its summary: {status:?}\n{}",
+        first.stderr()
+    );
+    assert!(
+        second.exited_within(Duration::ZERO).is_none(),
+        "the second get was to be still fetching, or this shows nothing: {}\nthe first: {summary}",
+        second.stderr()
+    );
+    second.summary();
+    assert!(second.wait().success(), "{}", second.stderr());
+    assert_eq!(fs::read(d.join("copy-1.bin")).unwrap(), bytes);
+}
+
+#[test]
+fn ctrl_c_while_a_finished_get_serves_on_exits_promptly_with_its_success() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (_tracker, _origin, bytes, mut first, mut second) =
+        early_and_late(d, &["--linger", "120s"]);
+    first.summary();
+    assert!(
+        first.exited_within(Duration::ZERO).is_none(),
+        "the first get was to be serving the second: {}",
+        first.stderr()
+    );
+    first.signal("INT");
+    let status = first.exited_within(Duration::from_secs(5));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "the first get, 5 s after Ctrl-C: {status:?}\n{}",
+        first.stderr()
+    );
+    assert_eq!(fs::read(d.join("copy-0.bin")).unwrap(), bytes);
+    second.summary();
+    assert!(second.wait().success(), "{}", second.stderr());
+    assert_eq!(fs::read(d.join("copy-1.bin")).unwrap(), bytes);
+}

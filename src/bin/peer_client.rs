@@ -292,9 +292,19 @@ struct GetArgs {
     /// Do not serve the asset to other peers.
     #[arg(long, conflicts_with_all = ["listen", "seed_for"])]
     no_serve: bool,
-    /// Keep serving this long after the download completes (e.g. 30s, 10m).
+    /// Keep serving this long after the download completes (e.g. 30s, 10m); replaces
+    /// --linger.
     #[arg(long, value_parser = cli::duration_arg)]
     seed_for: Option<Duration>,
+    /// After a download, go on serving the peers that still fetch from this host, for at
+    /// most this long; 0s exits at once. The output is in place, the summary printed and
+    /// stdout closed (a reader of --stream or of --json sees its end) before; the process
+    /// exits, with the get's status, once no upload has been active for 250 ms. Without
+    /// it, the last downloaders of a crowd lose their peers when the others finish and
+    /// fetch the rest from the origin a second time. Ctrl-C ends it at once (exit 0).
+    /// Nothing lingers when the store held the whole asset already.
+    #[arg(long, default_value = "10s", value_parser = cli::duration_or_zero_arg)]
+    linger: Duration,
     /// Print the summary as JSON on stdout (on stderr with --stream).
     #[arg(long)]
     json: bool,
@@ -565,6 +575,7 @@ fn get(mut args: GetArgs) -> Result<u8> {
         files: args.files,
         replace: args.replace,
         progress,
+        linger: args.linger,
         ..swarm_config(args.swarm, asset, serve)
     };
     let seed = args.seed_for.is_some();
@@ -599,11 +610,35 @@ fn get(mut args: GetArgs) -> Result<u8> {
             cli::println(&json)?;
         }
     }
-    if let (Some(seeding), Some(duration)) = (got.seeding, args.seed_for) {
-        if !args.quiet {
-            eprintln!("peer_client: seeding for {duration:?}");
+    // The download is done: a signal from here on ends serving, not the get.
+    cli::set_stop_code(EXIT_OK);
+    match (got.seeding, args.seed_for) {
+        (Some(seeding), Some(duration)) => {
+            if !args.quiet {
+                eprintln!("peer_client: seeding for {duration:?}");
+            }
+            seeding.run(duration);
         }
-        seeding.run(duration);
+        (Some(seeding), None) => {
+            // What reads stdout has had everything; it need not wait for the peers.
+            if let Err(e) = cli::close_stdout() {
+                log::debug!("closing stdout before lingering: {e}");
+            }
+            let lingered = seeding.linger(config.linger);
+            if !args.quiet && lingered.uploaded > 0 {
+                let why = match lingered.left {
+                    Some(client::LingerEnd::Idle) => "until peers stopped fetching",
+                    Some(client::LingerEnd::Bound) => "until --linger's bound",
+                    None => "until interrupted",
+                };
+                eprintln!(
+                    "peer_client: served {} more over {:.1} s after the download, {why}",
+                    swarmcache::units::format_bytes(lingered.uploaded),
+                    lingered.time.as_secs_f64()
+                );
+            }
+        }
+        (None, _) => {}
     }
     Ok(EXIT_OK)
 }

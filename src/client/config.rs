@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::manifest::AssetId;
 
+use super::linger::DEFAULT_LINGER;
 use super::stream::DEFAULT_WINDOW;
 
 /// Default connections per download: enough to overlap receiving, hashing and writing on a
@@ -79,6 +80,10 @@ pub struct GetConfig {
     /// harness, 128 MiB, one run each), while no test showed it speeding the host's own
     /// download.
     pub yield_uplink: bool,
+    /// After a download, how long at most its server may go on serving peers that still
+    /// fetch from it (zero: leave at once); [`super::Got::seeding`] is then handed back for
+    /// [`super::Seeding::linger`].
+    pub linger: Duration,
 }
 
 impl GetConfig {
@@ -106,6 +111,7 @@ impl GetConfig {
             source_wait: DEFAULT_SOURCE_WAIT,
             stall_timeout: DEFAULT_STALL_TIMEOUT,
             yield_uplink: false,
+            linger: DEFAULT_LINGER,
         }
     }
 }

@@ -28,6 +28,8 @@
 //! a second in a small swarm, less often in a big one); the tracker answers with new peers
 //! and the share of chunks this client should take from the origin.
 //! [`stream`](mod@stream) writes the asset out in order while it downloads; `summary` reports.
+//! After the download its server may serve on while peers still fetch from it, announced
+//! as a seeder (`linger`, [`Seeding::linger`]), so the last downloaders keep their peers.
 //!
 //! The data path reads one way: socket → [`crate::wire`] (in the worker) → `plan` →
 //! [`crate::store`]; the plan imports neither the scheduler, the workers nor sockets.
@@ -37,6 +39,7 @@ mod config;
 mod depth;
 pub mod feed;
 mod headroom;
+mod linger;
 mod output;
 mod plan;
 mod ranges;
@@ -80,6 +83,7 @@ pub use config::{
     DEFAULT_CHUNK_TIMEOUT, DEFAULT_SOURCE_WAIT, DEFAULT_STALL_TIMEOUT, DEFAULT_WORKERS, GetConfig,
     Progress,
 };
+pub use linger::{DEFAULT_LINGER, LINGER_IDLE, LingerEnd};
 pub use plan::PIPELINE_DEPTH;
 pub use stream::{DEFAULT_WINDOW, StreamStats};
 pub use summary::{SourceSummary, Summary};
@@ -110,12 +114,24 @@ fn sleep_until(deadline: Instant, interrupted: impl Fn() -> bool) {
 }
 
 /// The outcome of [`get`]: the summary, and the embedded server when the asset is to be
-/// seeded on after the download.
+/// seeded on after the download, or may linger (see [`GetConfig::linger`]).
 pub struct Got {
     /// What the download did.
     pub summary: Summary,
-    /// Keeps serving the asset, for [`Seeding::run`] to finish.
+    /// Keeps serving the asset, for [`Seeding::run`] or [`Seeding::linger`] to finish
+    /// (dropped, it leaves the swarm at once).
     pub seeding: Option<Seeding>,
+}
+
+/// What [`Seeding::linger`] did.
+#[derive(Debug, Clone, Copy)]
+pub struct Lingered {
+    /// How long it served on.
+    pub time: Duration,
+    /// Bytes uploaded meanwhile.
+    pub uploaded: u64,
+    /// Why it stopped; `None`: interrupted.
+    pub left: Option<LingerEnd>,
 }
 
 /// A peer server seeding a downloaded asset, announced to the tracker until it stops.
@@ -134,11 +150,40 @@ impl Seeding {
         drop(self.announcer);
         drop(self.serving);
     }
+
+    /// Serves while peers still fetch: until no upload has been active for
+    /// [`LINGER_IDLE`], `bound` has passed, or [`interrupt`]; then leaves the swarm. Reads
+    /// the server's own upload gauge (bytes written to its sockets), the one the headroom
+    /// learns the uplink from.
+    pub fn linger(self, bound: Duration) -> Lingered {
+        let gauge = &self.serving.gauge;
+        let started = Instant::now();
+        let first = gauge.read().sent;
+        let mut linger = linger::Linger::new(bound, first, started);
+        let left = loop {
+            if interrupted() {
+                break None;
+            }
+            if let Some(left) = linger.observe(gauge.read().sent, Instant::now()) {
+                break Some(left);
+            }
+            std::thread::sleep(INTERRUPT_POLL);
+        };
+        let lingered = Lingered {
+            time: started.elapsed(),
+            uploaded: gauge.read().sent.saturating_sub(first),
+            left,
+        };
+        drop(self.announcer);
+        drop(self.serving);
+        lingered
+    }
 }
 
 /// Fetches an asset into the store and places it at the output path. Unless
 /// `config.serve` is `None`, the asset is served to other peers while it downloads; with
-/// `seed` the server is handed back, still serving, for [`Seeding::run`].
+/// `seed` the server is handed back, still serving, for [`Seeding::run`], and so it is
+/// after a download when `config.linger` is not zero, for [`Seeding::linger`].
 pub fn get(config: &GetConfig, seed: bool) -> Result<Got> {
     fetch(config, seed, None, None)
 }
@@ -325,6 +370,9 @@ fn fetch(
     };
     let announce =
         tracker.map(|t| Announce::new(t, config.asset, serving.as_ref(), Arc::clone(&live)));
+    // Only a download is lingered after: peers fetch from a `get` they found in the swarm
+    // while it downloaded, and a feed seeds on anyway.
+    let mut lingers = false;
     let mut announcer = None;
     // A file being placed is filled while the download runs, overlapped with the network
     // (see `output`); once complete in the store, it is copied in one go below.
@@ -391,6 +439,7 @@ fn fetch(
                 },
             );
             let events = scheduler.events();
+            lingers = !config.linger.is_zero() && feed.is_none();
             announcer = Some(announce::downloading(
                 departure,
                 Arc::new(move |answer| {
@@ -540,10 +589,10 @@ fn fetch(
             started.elapsed(),
         )
     };
-    // Without seeding, `announcer` and `serving` are dropped here: the client says
-    // "stopped" to the tracker and its server shuts down.
+    // Without seeding or lingering, `announcer` and `serving` are dropped here: the client
+    // says "stopped" to the tracker and its server shuts down.
     let seeding = match serving {
-        Some(serving) if seed => {
+        Some(serving) if seed || lingers => {
             let announcer = match announcer {
                 // The peer stays in the swarm across the switch.
                 Some(announcer) => Some(announce::seeding(announcer.halt())),
