@@ -181,6 +181,8 @@ enum OriginCommand {
     /// Example:
     ///   peer_client origin add "$ID" https://cdn.example.com/big.iso --tracker https://t:7443
     #[command(verbatim_doc_comment)]
+    // The text is --help's: a bare URL reads as one there.
+    #[allow(rustdoc::bare_urls)]
     Add {
         /// The asset id (64 hex digits).
         #[arg(value_parser = cli::asset_id_arg)]

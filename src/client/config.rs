@@ -75,7 +75,7 @@ pub struct GetConfig {
     /// (failing sources are retried until then).
     pub stall_timeout: Duration,
     /// Whether the embedded server's uploads yield to this download when the uplink queues
-    /// ([`super::uplink`]). Off by default: on kernel-capped links it throttled honest
+    /// (`client::uplink`). Off by default: on kernel-capped links it throttled honest
     /// peers to its floor, and 32 hosts' origin sent 3.2 F instead of 2.0 F (issue 14's
     /// harness, 128 MiB, one run each), while no test showed it speeding the host's own
     /// download.

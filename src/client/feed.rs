@@ -2,7 +2,7 @@
 //! any number of readers: each reader's position is a stream window the scheduler fetches
 //! first (nearest first), and a read blocks only until the chunks it needs are verified.
 //!
-//! The download itself is [`super::fetch`] (the same sources, store, serving to peers,
+//! The download itself is `client::fetch` (the same sources, store, serving to peers,
 //! announcing); this module is what sits between it and the readers: the chunks verified
 //! so far, the readers' positions, and the live figures a gateway shows.
 

@@ -197,7 +197,7 @@ pub fn stream(config: &GetConfig, seed: bool, out: &mut (dyn Write + Send)) -> R
 }
 
 /// Opens `config.asset` for readers at any offset (a gateway): looks up its manifest and
-/// key, then runs the download in a thread for as long as the returned [`Feed`] is used,
+/// key, then runs the download in a thread for as long as the returned [`feed::Feed`] is used,
 /// reader windows first; once complete, the asset is seeded on until `stop` says to stop.
 /// Returns once the manifest is known; the download's sources are found in the thread.
 pub fn open_feed(

@@ -93,7 +93,7 @@ impl<S: Borrow<TcpStream>> Conn<S> {
 
     /// Reads the reply to a request like [`Conn::recv_reply`], and while it waits for the
     /// reply's bytes, sends what `more` has to send: before every read of the socket (a
-    /// chunk arrives in many), and at least every [`SEND_TICK`] while none arrives, `more`
+    /// chunk arrives in many), and at least every `SEND_TICK` while none arrives, `more`
     /// is asked for messages until it has none, and they go out at once. A `Cancel` for a
     /// request queued behind the one arriving then reaches the source while it is still
     /// sending this one, instead of after it, when the next is already on its way.
