@@ -469,6 +469,23 @@ enum Phase {
     Exited,
 }
 
+impl Phase {
+    /// A client's phase at `at`: whether its uplink was busy yet, and when its output was
+    /// done and it exited, if it has.
+    fn at(at: Instant, busy_yet: bool, done: Option<Instant>, exited: Option<Instant>) -> Phase {
+        let by = |t: Option<Instant>| t.is_some_and(|t| t <= at);
+        if by(exited) {
+            Phase::Exited
+        } else if !busy_yet {
+            Phase::StartUp
+        } else if by(done) {
+            Phase::Lingering
+        } else {
+            Phase::Middle
+        }
+    }
+}
+
 impl IdleSplit {
     /// An interval in which a client in `phase` could send `cap` bytes and sent `sent`;
     /// answers whether its uplink was busy (half its cap or more), which ends its start-up.
@@ -791,16 +808,7 @@ fn crowd(args: &Args, bins: &Bins, dir: &Path, sum: &str, setup: &CrowdSetup) ->
                 let sent = sent_by(&crowd, n)?;
                 let cap = cap_rate * now.duration_since(sampled.0).as_secs_f64();
                 for i in 0..n {
-                    let before = |t: Option<Instant>| t.is_some_and(|t| t <= sampled.0);
-                    let phase = if before(exited[i]) {
-                        Phase::Exited
-                    } else if !busy_yet[i] {
-                        Phase::StartUp
-                    } else if before(done[i]) {
-                        Phase::Lingering
-                    } else {
-                        Phase::Middle
-                    };
+                    let phase = Phase::at(sampled.0, busy_yet[i], done[i], exited[i]);
                     let bytes = sent[i].saturating_sub(sampled.1[i]) as f64;
                     busy_yet[i] |= split.add(phase, cap, bytes);
                 }

@@ -225,11 +225,6 @@ pub fn duration_arg(text: &str) -> Result<std::time::Duration, String> {
     }
 }
 
-/// Parses a duration flag for clap where zero means "not at all" (`--linger 0s`).
-pub fn duration_or_zero_arg(text: &str) -> Result<std::time::Duration, String> {
-    crate::units::parse_duration(text)
-}
-
 /// Parses a chunk size flag for clap, checking the manifest's bounds.
 pub fn chunk_size_arg(text: &str) -> Result<u32, String> {
     let size = crate::units::parse_size(text)?;

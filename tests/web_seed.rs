@@ -263,25 +263,20 @@ fn a_crowd_of_8_with_only_an_origin_url_gets_exact_copies_for_about_one_file_fro
     let answers = web.log();
     // Why the origin sent what it sent, over the crowd: each reason's bytes, and the
     // origin's bytes for chunks a peer had delivered first.
-    let total = |field: &dyn Fn(&serde_json::Value) -> u64| -> f64 {
-        summaries.iter().map(field).sum::<u64>() as f64 / size as f64
+    let total = |pointer: &str| -> f64 {
+        let bytes: u64 = summaries
+            .iter()
+            .filter_map(|s| s.pointer(pointer)?.as_u64())
+            .sum();
+        bytes as f64 / size as f64
     };
-    const REASONS: &[&str] = &[
-        "share",
-        "fallback",
-        "endgame",
-        "rescue",
-        "retry",
-        "unplanned",
-    ];
-    let reasons: Vec<String> = REASONS
-        .iter()
-        .map(|r| {
-            let f = total(&|s| s["origin_reasons"][r].as_u64().unwrap_or(0));
-            format!("{r} {f:.3}")
-        })
+    let reasons: Vec<String> = summaries[0]["origin_reasons"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(r, _)| format!("{r} {:.3}", total(&format!("/origin_reasons/{r}"))))
         .collect();
-    let again = total(&|s| s["duplicates"]["from_origin"].as_u64().unwrap_or(0));
+    let again = total("/duplicates/from_origin");
     eprintln!(
         "crowd of 8 on an origin URL: nginx sent {:.3} F in {} answers (clients counted {:.3} F \
          from origins: {}; {again:.3} F more arrived after a peer's copy)",

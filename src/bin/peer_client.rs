@@ -305,7 +305,7 @@ struct GetArgs {
     /// it, the last downloaders of a crowd lose their peers when the others finish and
     /// fetch the rest from the origin a second time. Ctrl-C ends it at once (exit 0).
     /// Nothing lingers when the store held the whole asset already.
-    #[arg(long, default_value = "10s", value_parser = cli::duration_or_zero_arg)]
+    #[arg(long, default_value = "10s", value_parser = swarmcache::units::parse_duration)]
     linger: Duration,
     /// Print the summary as JSON on stdout (on stderr with --stream).
     #[arg(long)]

@@ -146,7 +146,12 @@ impl Seeding {
     /// Serves for `duration` (or until [`interrupt`]), then leaves the swarm.
     pub fn run(self, duration: Duration) {
         sleep_until(Instant::now() + duration, interrupted);
-        // Dropping the announcer says "stopped"; dropping the server shuts it down.
+        self.leave();
+    }
+
+    /// Leaves the swarm: dropping the announcer says "stopped"; dropping the server shuts
+    /// it down.
+    fn leave(self) {
         drop(self.announcer);
         drop(self.serving);
     }
@@ -174,8 +179,7 @@ impl Seeding {
             uploaded: gauge.read().sent.saturating_sub(first),
             left,
         };
-        drop(self.announcer);
-        drop(self.serving);
+        self.leave();
         lingered
     }
 }

@@ -567,7 +567,7 @@ impl Plan {
                     let Some(peer) = self.reserve.pop_front() else {
                         return;
                     };
-                    if self.sources.iter().any(|s| s.addr == peer.addr) {
+                    if self.knows(&peer.addr) {
                         continue;
                     }
                     self.add_source(peer)
@@ -578,6 +578,11 @@ impl Plan {
                 open += 1;
             }
         }
+    }
+
+    /// Whether a source at `addr` is booked already.
+    fn knows(&self, addr: &str) -> bool {
+        self.sources.iter().any(|s| s.addr == addr)
     }
 
     /// Books a source the tracker named (no connection yet); its index.
@@ -732,7 +737,7 @@ impl Plan {
         let mut taken = 0;
         self.reserve.clear();
         for source in new {
-            if self.sources.iter().any(|s| s.addr == source.addr) {
+            if self.knows(&source.addr) {
                 continue;
             }
             let origin = source.origin;
@@ -1897,6 +1902,19 @@ mod tests {
         }
     }
 
+    /// A plan of 8 chunks, none held, with `sources` and no connection yet.
+    fn unconnected(sources: Vec<Source>, now: Instant) -> Plan {
+        let size = 8 * CHUNK as u64;
+        Plan::new(
+            size,
+            CHUNK,
+            Bitfield::new(8),
+            sources,
+            settings(false, 4, None),
+            now,
+        )
+    }
+
     /// A plan of `count` chunks, none held, with one ready connection per source.
     fn plan_with(count: u32, sources: Vec<Source>, settings: Settings, now: Instant) -> Plan {
         let size = count as u64 * CHUNK as u64;
@@ -2893,14 +2911,7 @@ mod tests {
     #[test]
     fn new_peers_join_once_and_retire_the_extra_origin_connections() {
         let now = Instant::now();
-        let mut plan = Plan::new(
-            8 * CHUNK as u64,
-            CHUNK,
-            Bitfield::new(8),
-            vec![origin()],
-            settings(false, 4, None),
-            now,
-        );
+        let mut plan = unconnected(vec![origin()], now);
         plan.open_initial(now);
         assert_eq!(plan.conns().len(), 4, "an origin alone gets every worker");
         plan.take_swarm(
@@ -2953,14 +2964,7 @@ mod tests {
     #[test]
     fn partial_peers_of_unknown_holdings_are_connected_and_learnt_on_connect() {
         let now = Instant::now();
-        let mut plan = Plan::new(
-            8 * CHUNK as u64,
-            CHUNK,
-            Bitfield::new(8),
-            vec![partial_peer(1), partial_peer(2), origin()],
-            settings(false, 4, None),
-            now,
-        );
+        let mut plan = unconnected(vec![partial_peer(1), partial_peer(2), origin()], now);
         plan.open_initial(now);
         let peers_connected: Vec<usize> = plan.conns().iter().map(|c| c.source).collect();
         assert_eq!(
@@ -3038,14 +3042,7 @@ mod tests {
     #[test]
     fn a_gain_before_the_have_and_a_gain_at_an_unusable_source_keep_the_counts() {
         let now = Instant::now();
-        let mut plan = Plan::new(
-            8 * CHUNK as u64,
-            CHUNK,
-            Bitfield::new(8),
-            vec![partial_peer(1), partial_peer(2)],
-            settings(false, 4, None),
-            now,
-        );
+        let mut plan = unconnected(vec![partial_peer(1), partial_peer(2)], now);
         let (a, b) = (plan.open_conn(0, now), plan.open_conn(1, now));
         // Pushed before the Have that answers the handshake: taken in all the same.
         plan.gained(a, &[3]);
@@ -3126,14 +3123,7 @@ mod tests {
     fn peer_connections_are_capped_and_waiting_peers_take_the_slots_that_free_up() {
         let now = Instant::now();
         let first: Vec<Source> = (1..=12).map(partial_peer).chain([origin()]).collect();
-        let mut plan = Plan::new(
-            8 * CHUNK as u64,
-            CHUNK,
-            Bitfield::new(8),
-            first,
-            settings(false, 4, None),
-            now,
-        );
+        let mut plan = unconnected(first, now);
         assert_eq!(
             plan.sources().len(),
             NEW_PEERS_PER_ANSWER + 1,
@@ -3169,14 +3159,7 @@ mod tests {
         // Issue 13's fakes: the first 8 peers an answer names accept and close at once.
         let now = Instant::now();
         let first: Vec<Source> = (1..=20).map(partial_peer).chain([origin()]).collect();
-        let mut plan = Plan::new(
-            8 * CHUNK as u64,
-            CHUNK,
-            Bitfield::new(8),
-            first,
-            settings(false, 4, None),
-            now,
-        );
+        let mut plan = unconnected(first, now);
         plan.open_initial(now);
         let open_peers = |plan: &Plan| -> Vec<String> {
             plan.conns()
